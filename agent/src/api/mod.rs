@@ -1,0 +1,164 @@
+//! The agent's HTTP API: thin handlers over the supervisor, JSON under `/v1`, bearer tokens.
+//!
+//! `GET` routes need the `read` scope, everything else `deploy`. Errors are one shape
+//! ([`deployer_wire::ApiError`]) produced in one place ([`ApiErr`]).
+
+mod auth;
+
+use crate::config::{ResolvedToken, Scope};
+use crate::supervisor::{Supervisor, SupervisorError};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use deployer_wire::{ApiError, AppStatus, LogLines, ReloadOutcome, ReloadRequest, ScaleRequest};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use std::sync::{Arc, RwLock};
+
+/// What the handlers share.
+pub struct ApiState {
+    pub supervisor: Arc<Supervisor>,
+    /// Replaced on SIGHUP.
+    pub tokens: RwLock<Vec<ResolvedToken>>,
+}
+
+pub fn router(state: Arc<ApiState>) -> Router {
+    let v1 = Router::new()
+        .route("/apps", get(list_apps))
+        .route("/apps/{app}", get(show_app))
+        .route("/apps/{app}/reload", post(reload))
+        .route("/apps/{app}/restart", post(restart))
+        .route("/apps/{app}/stop", post(stop))
+        .route("/apps/{app}/start", post(start))
+        .route("/apps/{app}/scale", post(scale))
+        .route("/apps/{app}/logs", get(logs))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .nest(deployer_wire::API_PREFIX, v1)
+        .fallback(|| async { ApiErr::new(StatusCode::NOT_FOUND, "not_found", "no such route".into()) })
+        .layer(DefaultBodyLimit::max(64 * 1024))
+        .with_state(state)
+}
+
+/// An error answer.
+pub struct ApiErr(StatusCode, ApiError);
+
+impl ApiErr {
+    fn new(status: StatusCode, code: &str, message: String) -> ApiErr {
+        ApiErr(status, ApiError { code: code.into(), message, hint: None })
+    }
+    fn hint(mut self, hint: &str) -> ApiErr {
+        self.1.hint = Some(hint.into());
+        self
+    }
+}
+
+impl IntoResponse for ApiErr {
+    fn into_response(self) -> Response {
+        (self.0, Json(self.1)).into_response()
+    }
+}
+
+impl From<SupervisorError> for ApiErr {
+    fn from(e: SupervisorError) -> ApiErr {
+        match e {
+            SupervisorError::UnknownApp(_) => ApiErr::new(StatusCode::NOT_FOUND, "not_found", e.to_string()).hint("`GET /v1/apps` lists the apps"),
+            _ => ApiErr::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+        }
+    }
+}
+
+async fn require_token(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Result<Response, ApiErr> {
+    let need = if req.method() == Method::GET || req.method() == Method::HEAD { Scope::Read } else { Scope::Deploy };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(presented) = presented else {
+        return Err(ApiErr::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing bearer token".into()).hint("send `Authorization: Bearer <token>`; the CLI reads it from DEPLOYER_TOKEN"));
+    };
+    let scopes = auth::scopes_of(&st.tokens.read().unwrap_or_else(|e| e.into_inner()), presented);
+    match scopes {
+        None => Err(ApiErr::new(StatusCode::UNAUTHORIZED, "unauthorized", "invalid token".into())),
+        Some(s) if !auth::allows(&s, need) => Err(ApiErr::new(StatusCode::FORBIDDEN, "forbidden", format!("this token lacks the `{}` scope", if need == Scope::Deploy { "deploy" } else { "read" }))),
+        Some(_) => Ok(next.run(req).await),
+    }
+}
+
+/// A JSON body that may be empty (`None`).
+fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<Option<T>, ApiErr> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(bytes).map(Some).map_err(|e| ApiErr::new(StatusCode::BAD_REQUEST, "bad_request", format!("invalid JSON body: {e}")))
+}
+
+async fn list_apps(State(st): State<Arc<ApiState>>) -> Json<Vec<AppStatus>> {
+    Json(st.supervisor.list().iter().map(|a| a.status()).collect())
+}
+
+async fn show_app(State(st): State<Arc<ApiState>>, Path(app): Path<String>) -> Result<Json<AppStatus>, ApiErr> {
+    Ok(Json(st.supervisor.app(&app)?.status()))
+}
+
+async fn reload(State(st): State<Arc<ApiState>>, Path(app): Path<String>, bytes: Bytes) -> Result<Json<ReloadOutcome>, ApiErr> {
+    let req: ReloadRequest = body(&bytes)?.unwrap_or_default();
+    let app = st.supervisor.app(&app)?;
+    let out = app.reload(req.update_env).await;
+    match &out.error {
+        None => Ok(Json(out)),
+        Some(e) => Err(ApiErr::new(StatusCode::CONFLICT, "reload_failed", e.clone()).hint("`deployer logs <app>` shows what the new workers printed")),
+    }
+}
+
+async fn restart(State(st): State<Arc<ApiState>>, Path(app): Path<String>) -> Result<Json<AppStatus>, ApiErr> {
+    let app = st.supervisor.app(&app)?;
+    app.restart().await.map_err(failed_to_start)?;
+    Ok(Json(app.status()))
+}
+
+async fn stop(State(st): State<Arc<ApiState>>, Path(app): Path<String>) -> Result<Json<AppStatus>, ApiErr> {
+    let app = st.supervisor.app(&app)?;
+    app.stop().await;
+    Ok(Json(app.status()))
+}
+
+async fn start(State(st): State<Arc<ApiState>>, Path(app): Path<String>) -> Result<Json<AppStatus>, ApiErr> {
+    let app = st.supervisor.app(&app)?;
+    app.start().await.map_err(failed_to_start)?;
+    Ok(Json(app.status()))
+}
+
+async fn scale(State(st): State<Arc<ApiState>>, Path(app): Path<String>, bytes: Bytes) -> Result<Json<AppStatus>, ApiErr> {
+    let Some(req) = body::<ScaleRequest>(&bytes)? else {
+        return Err(ApiErr::new(StatusCode::BAD_REQUEST, "bad_request", "missing body: send {\"instances\": N}".into()));
+    };
+    if !(1..=1024).contains(&req.instances) {
+        return Err(ApiErr::new(StatusCode::BAD_REQUEST, "bad_request", format!("instances must be 1 to 1024, not {}", req.instances)).hint("use `stop` to run none"));
+    }
+    let app = st.supervisor.app(&app)?;
+    app.scale(req.instances).await.map_err(failed_to_start)?;
+    Ok(Json(app.status()))
+}
+
+fn failed_to_start(e: String) -> ApiErr {
+    ApiErr::new(StatusCode::CONFLICT, "start_failed", e).hint("`deployer logs <app>` shows what the workers printed")
+}
+
+#[derive(Deserialize)]
+struct LogsQuery {
+    lines: Option<usize>,
+}
+
+async fn logs(State(st): State<Arc<ApiState>>, Path(app): Path<String>, Query(q): Query<LogsQuery>) -> Result<Json<LogLines>, ApiErr> {
+    let app = st.supervisor.app(&app)?;
+    let lines = app.logs(q.lines.unwrap_or(100).min(10_000));
+    Ok(Json(LogLines { app: app.name.clone(), lines }))
+}

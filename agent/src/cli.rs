@@ -1,0 +1,33 @@
+//! Command-line arguments of `deployer-agent`.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// deployer-agent: supervises your apps' workers behind one port each and reloads them without
+/// failing a request.
+#[derive(Debug, Parser)]
+#[command(
+    name = "deployer-agent",
+    version,
+    after_help = "Examples:\n  \
+        DEPLOYER_TOKEN=change-me-please deployer-agent --config examples/agent.yaml\n  \
+        deployer-agent check --config agent.yaml\n\n\
+        Signals: SIGTERM/SIGINT stop gracefully (drain, stop workers, exit 0); SIGHUP re-reads the config.\n\
+        Logs: RUST_LOG=debug for more detail."
+)]
+pub struct Cli {
+    /// The agent's config file.
+    #[arg(long, short, global = true, env = "DEPLOYER_CONFIG", default_value = "agent.yaml")]
+    pub config: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent (the default).
+    Run,
+    /// Check the config file and exit: 0 when it is valid, 1 with `file:line:col` errors when not.
+    Check,
+}

@@ -1,0 +1,503 @@
+//! The agent's YAML config: what it serves, on which ports, with which workers.
+//!
+//! Every mistake is reported as `file:line:col: what is wrong` plus a `hint:` saying what to write
+//! instead. Parsing is strict (`deny_unknown_fields`), so a misspelt key is an error, not a
+//! silently ignored setting.
+
+mod error;
+mod locate;
+pub mod units;
+
+pub use error::ConfigError;
+
+use nix::sys::signal::Signal;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+use units::{Dur, Size};
+
+/// The whole `agent.yaml`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Address of the agent's HTTP API. Loopback unless you put a TLS proxy or a firewall in front.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Where the agent keeps its state: logs, pid records, releases. Relative to the config file.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// API bearer tokens. The values come from environment variables, never from this file.
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+    /// The apps this agent supervises, by name.
+    #[serde(default)]
+    pub apps: BTreeMap<String, AppConfig>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7070))
+}
+fn default_bind() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("state")
+}
+
+/// One API token.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// A name for logs and errors (the token itself is never logged).
+    pub name: String,
+    /// The environment variable holding the token.
+    pub token_env: String,
+    /// What the token may do: `read` (list, logs), `deploy` (reload, restart, stop, scale...).
+    pub scopes: Vec<Scope>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Read,
+    Deploy,
+}
+
+/// One supervised app.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    /// Directory the workers run in. Relative to the config file.
+    pub cwd: PathBuf,
+    /// The command: split like a shell would (quotes, escapes) but no shell is run.
+    pub start: StartCommand,
+    /// Number of workers, or `max` for one per CPU.
+    #[serde(default)]
+    pub instances: Instances,
+    /// The public port, owned by the front. Workers get private ports in `PORT`.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// The address the front binds the public port on.
+    #[serde(default = "default_bind")]
+    pub bind: IpAddr,
+    /// The front on the public port: `http` (default), `tcp`, `fd` or `none`.
+    #[serde(default)]
+    pub proxy: ProxyMode,
+    /// Environment for the workers, on top of the agent's own.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// A `KEY=VALUE` file read when workers start (and re-read by `reload --update-env`).
+    #[serde(default)]
+    pub env_file: Option<PathBuf>,
+    /// When a new worker counts as ready.
+    #[serde(default)]
+    pub ready: ReadyConfig,
+    /// How a rolling reload replaces workers.
+    #[serde(default)]
+    pub reload: ReloadConfig,
+    /// What happens when a worker exits by itself.
+    #[serde(default)]
+    pub restart: RestartConfig,
+    /// Replace a worker (gracefully, like a reload) whose RSS goes above this.
+    #[serde(default)]
+    pub max_memory: Option<Size>,
+    /// Rotation of the log files under `state_dir/logs`.
+    #[serde(default)]
+    pub logs: LogsConfig,
+}
+
+/// `start: node app.js` or `start: [node, app.js]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "StartRaw")]
+pub struct StartCommand(pub Vec<String>);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StartRaw {
+    Line(String),
+    Argv(Vec<String>),
+}
+
+impl TryFrom<StartRaw> for StartCommand {
+    type Error = String;
+    fn try_from(raw: StartRaw) -> Result<Self, String> {
+        let argv = match raw {
+            StartRaw::Line(s) => shell_words::split(&s)
+                .map_err(|e| format!("cannot split `{s}` into arguments: {e}"))?,
+            StartRaw::Argv(v) => v,
+        };
+        if argv.is_empty() || argv[0].is_empty() {
+            return Err("`start` is empty: write the command that runs one worker, like `node app.js`".into());
+        }
+        Ok(StartCommand(argv))
+    }
+}
+
+/// `instances: 4` or `instances: max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "InstancesRaw")]
+pub enum Instances {
+    Count(u32),
+    Max,
+}
+
+impl Default for Instances {
+    fn default() -> Self {
+        Instances::Count(1)
+    }
+}
+
+impl Instances {
+    pub fn resolve(self) -> u32 {
+        match self {
+            Instances::Count(n) => n,
+            Instances::Max => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum InstancesRaw {
+    N(i64),
+    S(String),
+}
+
+impl TryFrom<InstancesRaw> for Instances {
+    type Error = String;
+    fn try_from(raw: InstancesRaw) -> Result<Self, String> {
+        match raw {
+            InstancesRaw::N(n) if (1..=1024).contains(&n) => Ok(Instances::Count(n as u32)),
+            InstancesRaw::N(n) => Err(format!("`instances: {n}` is out of range: write 1 to 1024, or `max`")),
+            InstancesRaw::S(s) if s == "max" => Ok(Instances::Max),
+            InstancesRaw::S(s) => Err(format!("invalid `instances: {s}`: write a number like `2`, or `max` for one per CPU")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyMode {
+    /// HTTP/1.1 reverse proxy that knows request boundaries (zero failed requests on reload).
+    #[default]
+    Http,
+    /// Layer-4 proxy for any TCP protocol.
+    Tcp,
+    /// The agent binds the port and hands the socket to every worker (systemd socket activation).
+    Fd,
+    /// No front: plain supervised processes.
+    None,
+}
+
+impl ProxyMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyMode::Http => "http",
+            ProxyMode::Tcp => "tcp",
+            ProxyMode::Fd => "fd",
+            ProxyMode::None => "none",
+        }
+    }
+}
+
+/// `ready: { tcp: true }`, `{ http: /healthz }` or `{ notify: true }`, plus `timeout`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "ReadyRaw")]
+pub struct ReadyConfig {
+    pub check: ReadyCheck,
+    /// How long a new worker has to become ready before it counts as failed.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReadyCheck {
+    /// The worker's port accepts a connection.
+    Tcp,
+    /// `GET <path>` on the worker's port answers 2xx.
+    Http(String),
+    /// The worker sends `READY=1` on `NOTIFY_SOCKET` (sd_notify).
+    Notify,
+    /// The process is still running after this long (the default where there is no port to probe).
+    Alive(Duration),
+}
+
+impl Default for ReadyConfig {
+    fn default() -> Self {
+        ReadyConfig { check: ReadyCheck::Tcp, timeout: Duration::from_secs(30) }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadyRaw {
+    tcp: Option<bool>,
+    http: Option<String>,
+    notify: Option<bool>,
+    alive: Option<Dur>,
+    timeout: Option<Dur>,
+}
+
+impl TryFrom<ReadyRaw> for ReadyConfig {
+    type Error = String;
+    fn try_from(r: ReadyRaw) -> Result<Self, String> {
+        let mut checks = Vec::new();
+        if r.tcp == Some(true) {
+            checks.push(ReadyCheck::Tcp);
+        }
+        if let Some(path) = r.http {
+            if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(format!("invalid `http: {path}`: write a path like `/healthz`"));
+            }
+            checks.push(ReadyCheck::Http(path));
+        }
+        if r.notify == Some(true) {
+            checks.push(ReadyCheck::Notify);
+        }
+        if let Some(d) = r.alive {
+            checks.push(ReadyCheck::Alive(d.0));
+        }
+        if checks.len() > 1 {
+            return Err("`ready` takes one check: `tcp: true`, `http: /path`, `notify: true` or `alive: 1s`".into());
+        }
+        Ok(ReadyConfig {
+            check: checks.pop().unwrap_or(ReadyCheck::Tcp),
+            timeout: r.timeout.map_or(Duration::from_secs(30), |d| d.0),
+        })
+    }
+}
+
+/// `reload: { signal: SIGUSR2, drain_timeout: 30s, kill_timeout: 5s, max_surge: 1 }`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReloadConfig {
+    /// Sent to an old worker once its in-flight requests are done.
+    pub signal: SignalName,
+    /// How long an old worker may take to finish its in-flight requests.
+    pub drain_timeout: Dur,
+    /// How long an old worker may take to exit after the signal before `SIGKILL`.
+    pub kill_timeout: Dur,
+    /// How many workers are replaced at once.
+    pub max_surge: u32,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig {
+            signal: SignalName(Signal::SIGUSR2),
+            drain_timeout: Dur(Duration::from_secs(30)),
+            kill_timeout: Dur(Duration::from_secs(5)),
+            max_surge: 1,
+        }
+    }
+}
+
+/// A signal by name: `SIGUSR2`, `USR2`, `SIGTERM`...
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct SignalName(pub Signal);
+
+impl TryFrom<String> for SignalName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let upper = s.to_ascii_uppercase();
+        let full = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+        Signal::from_str(&full)
+            .map(SignalName)
+            .map_err(|_| format!("unknown signal `{s}`: write a name like `SIGUSR2`, `SIGTERM` or `SIGINT`"))
+    }
+}
+
+/// `restart: { max_restarts: 10, min_uptime: 1s, backoff_max: 15s }`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestartConfig {
+    /// Exits in a row, each within `min_uptime` of its start, before the worker is `errored`.
+    pub max_restarts: u32,
+    /// A worker that ran at least this long before exiting resets the count.
+    pub min_uptime: Dur,
+    /// The longest wait between two restarts (the wait doubles from 100ms).
+    pub backoff_max: Dur,
+}
+
+impl Default for RestartConfig {
+    fn default() -> Self {
+        RestartConfig {
+            max_restarts: 10,
+            min_uptime: Dur(Duration::from_secs(1)),
+            backoff_max: Dur(Duration::from_secs(15)),
+        }
+    }
+}
+
+/// `logs: { max_size: 10M, keep: 5 }`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogsConfig {
+    /// Rotate the app's log file when it reaches this size.
+    pub max_size: Size,
+    /// Rotated files kept (`web.log.1` ... `web.log.N`).
+    pub keep: u32,
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        LogsConfig { max_size: Size(10 << 20), keep: 5 }
+    }
+}
+
+/// A config read from a file, with every relative path made absolute and token values resolved.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub path: PathBuf,
+    pub config: AgentConfig,
+    /// (token name, token value, scopes), read from the environment.
+    pub tokens: Vec<ResolvedToken>,
+}
+
+#[derive(Clone)]
+pub struct ResolvedToken {
+    pub name: String,
+    pub value: String,
+    pub scopes: Vec<Scope>,
+}
+
+impl std::fmt::Debug for ResolvedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResolvedToken").field("name", &self.name).field("scopes", &self.scopes).finish_non_exhaustive()
+    }
+}
+
+/// Read, parse and check a config file.
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::io(path, e))?;
+    parse(path, &text)
+}
+
+/// Parse and check config text; `path` names it in errors and anchors relative paths.
+pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
+    let mut config: AgentConfig = if text.trim().is_empty() {
+        return Err(ConfigError::at(path, 1, 1, "the config is empty".into(), Some(
+            "start from `examples/agent.yaml`: it needs at least `apps:` with one app".into(),
+        )));
+    } else {
+        serde_yaml_ng::from_str(text).map_err(|e| ConfigError::from_yaml(path, e))?
+    };
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+    let base = std::fs::canonicalize(&base).unwrap_or(base);
+    let at = |keys: &[&str], msg: String, hint: Option<String>| {
+        let (line, col) = locate::key(text, keys).unwrap_or((1, 1));
+        ConfigError::at(path, line, col, msg, hint)
+    };
+
+    if config.state_dir.is_relative() {
+        config.state_dir = base.join(&config.state_dir);
+    }
+    let mut ports: BTreeMap<u16, &str> = BTreeMap::new();
+    for (name, app) in config.apps.iter_mut() {
+        if !valid_app_name(name) {
+            return Err(at(&["apps", name], format!("invalid app name `{name}`"), Some(
+                "use letters, digits, `-` and `_` (it names files and URL paths)".into(),
+            )));
+        }
+        if app.cwd.is_relative() {
+            app.cwd = base.join(&app.cwd);
+        }
+        if !app.cwd.is_dir() {
+            return Err(at(&["apps", name, "cwd"], format!("`cwd` of app `{name}` is not a directory: `{}`", app.cwd.display()), Some(
+                "paths are relative to the config file's directory".into(),
+            )));
+        }
+        if let Some(f) = &mut app.env_file {
+            if f.is_relative() {
+                *f = app.cwd.join(&*f);
+            }
+        }
+        if app.reload.max_surge == 0 {
+            return Err(at(&["apps", name, "reload", "max_surge"], "`max_surge: 0` would never replace a worker".into(), Some("write `max_surge: 1` or more".into())));
+        }
+        match (app.proxy, app.port) {
+            (ProxyMode::None, _) => {}
+            (mode, None) => {
+                return Err(at(&["apps", name, "proxy"], format!("app `{name}` has `proxy: {}` but no `port`", mode.as_str()), Some(
+                    "add `port: 3000` (the public port), or `proxy: none` for processes without a front".into(),
+                )));
+            }
+            (_, Some(port)) => {
+                if let Some(other) = ports.insert(port, name) {
+                    return Err(at(&["apps", name, "port"], format!("port {port} is used by both `{other}` and `{name}`"), Some("give each app its own `port`".into())));
+                }
+                if port == config.listen.port() {
+                    return Err(at(&["apps", name, "port"], format!("port {port} of app `{name}` is the agent's own `listen` port"), None));
+                }
+            }
+        }
+        // Where there is no private port to probe, readiness defaults to "still alive after 1s".
+        if matches!(app.proxy, ProxyMode::Fd | ProxyMode::None) && app.ready.check == ReadyCheck::Tcp && !locate::has_key(text, &["apps", name, "ready", "tcp"]) {
+            app.ready.check = ReadyCheck::Alive(Duration::from_secs(1));
+        }
+        if matches!(app.proxy, ProxyMode::Fd) && matches!(app.ready.check, ReadyCheck::Tcp | ReadyCheck::Http(_)) {
+            return Err(at(&["apps", name, "ready"], "`proxy: fd` workers share one socket, so they cannot be probed one by one".into(), Some(
+                "use `ready: { notify: true }` (sd_notify) or `ready: { alive: 1s }`".into(),
+            )));
+        }
+    }
+
+    let mut tokens = Vec::new();
+    for t in &config.tokens {
+        let Ok(value) = std::env::var(&t.token_env) else {
+            return Err(at(&["tokens"], format!("token `{}` reads environment variable `{}`, which is not set", t.name, t.token_env), Some(
+                format!("export {}=<a long random secret> before starting the agent", t.token_env),
+            )));
+        };
+        if value.len() < 8 {
+            return Err(at(&["tokens"], format!("token `{}` (from `{}`) is shorter than 8 characters", t.name, t.token_env), Some(
+                "use a long random value, e.g. `openssl rand -hex 24`".into(),
+            )));
+        }
+        tokens.push(ResolvedToken { name: t.name.clone(), value, scopes: t.scopes.clone() });
+    }
+    Ok(Loaded { path: path.to_path_buf(), config, tokens })
+}
+
+/// App names end up in file names and URL paths.
+pub fn valid_app_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && !name.starts_with('-')
+}
+
+/// Read a `KEY=VALUE` env file: `#` comments, blank lines, optional `export `, optional quotes.
+pub fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::io(path, e))?;
+    let mut vars = BTreeMap::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((k, v)) = line.split_once('=') else {
+            return Err(ConfigError::at(path, i + 1, 1, format!("expected `KEY=VALUE`, found `{line}`"), None));
+        };
+        let k = k.trim();
+        if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(ConfigError::at(path, i + 1, 1, format!("invalid variable name `{k}`"), Some("use letters, digits and `_`".into())));
+        }
+        let v = v.trim();
+        let v = v
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+            .unwrap_or(v);
+        vars.insert(k.to_string(), v.to_string());
+    }
+    Ok(vars)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,112 @@
+use super::*;
+
+fn write(dir: &Path, yaml: &str) -> PathBuf {
+    std::fs::create_dir_all(dir.join("app")).unwrap();
+    let p = dir.join("agent.yaml");
+    std::fs::write(&p, yaml).unwrap();
+    p
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("deployer-config-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+const GOOD: &str = "\
+listen: 127.0.0.1:7070
+state_dir: ./state
+apps:
+  web:
+    cwd: app
+    start: node app.js --title \"hello world\"
+    instances: 2
+    port: 3000
+    env: { NODE_ENV: production }
+    ready: { http: /healthz, timeout: 10s }
+    reload: { signal: SIGUSR2, drain_timeout: 30s, kill_timeout: 500ms, max_surge: 1 }
+    restart: { max_restarts: 10, min_uptime: 1s, backoff_max: 15s }
+    max_memory: 512M
+    logs: { max_size: 10M, keep: 5 }
+";
+
+#[test]
+fn parses_the_documented_keys() {
+    let d = tmp("good");
+    let p = write(&d, GOOD);
+    let l = load(&p).unwrap();
+    let web = &l.config.apps["web"];
+    assert_eq!(web.start.0, vec!["node", "app.js", "--title", "hello world"]);
+    assert_eq!(web.instances, Instances::Count(2));
+    assert_eq!(web.ready.check, ReadyCheck::Http("/healthz".into()));
+    assert_eq!(web.reload.kill_timeout.0, Duration::from_millis(500));
+    assert_eq!(web.max_memory, Some(Size(512 << 20)));
+    assert!(web.cwd.is_absolute());
+}
+
+#[test]
+fn misspelt_key_names_line_column_and_suggestion() {
+    let d = tmp("typo");
+    let p = write(&d, &GOOD.replace("    instances: 2", "    instanes: 2"));
+    let e = load(&p).unwrap_err();
+    assert_eq!((e.line, e.col), (7, 5), "{e}");
+    assert!(e.message.contains("unknown field `instanes`"), "{e}");
+    assert_eq!(e.hint.as_deref(), Some("did you mean `instances`?"));
+    assert!(e.to_string().starts_with(&format!("{}:7:5: ", p.display())), "{e}");
+}
+
+#[test]
+fn bad_values_are_located() {
+    let d = tmp("values");
+    let p = write(&d, &GOOD.replace("drain_timeout: 30s", "drain_timeout: 30 parsecs"));
+    let e = load(&p).unwrap_err();
+    assert_eq!(e.line, 11, "{e}");
+    assert!(e.message.contains("invalid duration `30 parsecs`"), "{e}");
+
+    let p = write(&d, &GOOD.replace("instances: 2", "instances: lots"));
+    let e = load(&p).unwrap_err();
+    assert_eq!(e.line, 7, "{e}");
+    assert!(e.message.contains("`max`"), "{e}");
+
+    let p = write(&d, &GOOD.replace("SIGUSR2", "SIGFOO"));
+    let e = load(&p).unwrap_err();
+    assert!(e.message.contains("unknown signal `SIGFOO`"), "{e}");
+}
+
+#[test]
+fn checks_after_parsing_point_at_the_key() {
+    let d = tmp("post");
+    let p = write(&d, &GOOD.replace("cwd: app", "cwd: nowhere"));
+    let e = load(&p).unwrap_err();
+    assert_eq!((e.line, e.col), (5, 5), "{e}");
+
+    let two = format!("{GOOD}  api:\n    cwd: app\n    start: node api.js\n    port: 3000\n");
+    let p = write(&d, &two);
+    let e = load(&p).unwrap_err();
+    assert!(e.message.contains("port 3000 is used by both"), "{e}");
+    assert_eq!(e.line, 18, "{e}");
+}
+
+#[test]
+fn missing_token_env_is_an_error() {
+    let d = tmp("token");
+    let yaml = format!("tokens:\n  - {{ name: admin, token_env: DEPLOYER_TEST_UNSET_VAR, scopes: [read] }}\n{}", &GOOD[GOOD.find("apps:").unwrap()..]);
+    let p = write(&d, &yaml);
+    let e = load(&p).unwrap_err();
+    assert!(e.message.contains("DEPLOYER_TEST_UNSET_VAR"), "{e}");
+    assert_eq!(e.line, 1);
+}
+
+#[test]
+fn env_file_lines() {
+    let d = tmp("envfile");
+    std::fs::create_dir_all(&d).unwrap();
+    let f = d.join(".env");
+    std::fs::write(&f, "# comment\nexport A=1\nB = \"two words\"\n\nC='x=y'\n").unwrap();
+    let v = read_env_file(&f).unwrap();
+    assert_eq!(v["A"], "1");
+    assert_eq!(v["B"], "two words");
+    assert_eq!(v["C"], "x=y");
+    std::fs::write(&f, "A=1\nnot a pair\n").unwrap();
+    assert_eq!(read_env_file(&f).unwrap_err().line, 2);
+}

@@ -1,0 +1,90 @@
+//! The agent's life: load the config, start the supervisor, serve the API, handle signals.
+
+use crate::api::{self, ApiState};
+use crate::cli::{Cli, Command};
+use crate::config;
+use crate::supervisor::{self, Supervisor};
+use anyhow::Context;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Check => Ok(check(&cli.config)),
+        Command::Run => {
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+                .with_writer(std::io::stderr)
+                .init();
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+            rt.block_on(serve(&cli.config))
+        }
+    }
+}
+
+/// `deployer-agent check`: validate and describe, start nothing.
+fn check(path: &Path) -> ExitCode {
+    match config::load(path) {
+        Ok(loaded) => {
+            println!("{}: ok", path.display());
+            for line in supervisor::describe(&loaded.config) {
+                println!("  {line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
+    let loaded = config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let listen = loaded.config.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot bind the API on `{listen}` (is another agent running?)"))?;
+    if loaded.tokens.is_empty() {
+        tracing::warn!("no `tokens` configured: every /v1 request will get 401");
+    }
+    let supervisor = Supervisor::start(&loaded).await?;
+    let state = Arc::new(ApiState { supervisor: supervisor.clone(), tokens: RwLock::new(loaded.tokens.clone()) });
+    let stop_api = CancellationToken::new();
+    let api = tokio::spawn(
+        axum::serve(listener, api::router(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>())
+            .with_graceful_shutdown(stop_api.clone().cancelled_owned())
+            .into_future(),
+    );
+    tracing::info!(%listen, config = %path.display(), "agent ready");
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => match config::load(path) {
+                Ok(fresh) => {
+                    tracing::info!("SIGHUP: applying the re-read config");
+                    *state.tokens.write().unwrap_or_else(|e| e.into_inner()) = fresh.tokens.clone();
+                    if let Err(e) = supervisor.apply(&fresh).await {
+                        tracing::error!(error = %e, "could not apply all of the new config");
+                    }
+                }
+                Err(e) => tracing::error!("SIGHUP: the config has an error; keeping the running one\n{e}"),
+            },
+        }
+    }
+    tracing::info!("stopping: draining connections, then stopping workers");
+    supervisor.shutdown().await;
+    stop_api.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), api).await;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}

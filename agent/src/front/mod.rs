@@ -1,0 +1,254 @@
+//! The front: what owns an app's public port and spreads traffic over its ready workers.
+//!
+//! Like kamal-proxy, the contract with the supervisor is four verbs on a [`Rotation`]:
+//! [`Rotation::add`] a ready worker, [`Rotation::remove`] it (no new traffic, idle upstream
+//! connections closed at once), [`Backend::drain`] (wait for its in-flight work), and after that the
+//! supervisor may signal the process. Nothing a client sent is ever written to a worker that has
+//! left the rotation, which is why an app that dies at once on the reload signal fails nothing.
+
+mod chunked;
+pub mod http;
+pub mod tcp;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+/// Idle upstream connections older than this are not reused. Node closes idle keep-alive
+/// connections after 5 s; staying well under it means the front never writes a request onto a
+/// connection the app is closing.
+pub const UPSTREAM_IDLE: Duration = Duration::from_secs(3);
+const MAX_IDLE_PER_BACKEND: usize = 512;
+
+/// One worker as the front sees it: an address, a count of work in flight, a pool.
+#[derive(Debug)]
+pub struct Backend {
+    pub addr: SocketAddr,
+    /// The worker's instance id, for logs.
+    pub worker: u32,
+    in_rotation: AtomicBool,
+    /// Requests in flight (`http`) or open connections (`tcp`).
+    inflight: AtomicUsize,
+    /// Client connections currently pinned to this backend (`http` keep-alive), for balancing.
+    pinned: AtomicUsize,
+    drained: Notify,
+    idle: Mutex<Vec<(TcpStream, Instant)>>,
+}
+
+impl Backend {
+    pub fn new(addr: SocketAddr, worker: u32) -> Arc<Backend> {
+        Arc::new(Backend {
+            addr,
+            worker,
+            in_rotation: AtomicBool::new(false),
+            inflight: AtomicUsize::new(0),
+            pinned: AtomicUsize::new(0),
+            drained: Notify::new(),
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(SeqCst)
+    }
+
+    pub fn in_rotation(&self) -> bool {
+        self.in_rotation.load(SeqCst)
+    }
+
+    /// Count one unit of work in, unless the backend has left the rotation.
+    ///
+    /// The increment comes before the check: `drain` clears the flag before it reads the count,
+    /// so either the drain sees this work, or this sees the flag cleared and backs off.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<Lease> {
+        self.inflight.fetch_add(1, SeqCst);
+        let lease = Lease(self.clone());
+        self.in_rotation.load(SeqCst).then_some(lease)
+    }
+
+    /// Wait until no work is in flight, or `timeout`. Answers whether it drained.
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.inflight.load(SeqCst) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.inflight.load(SeqCst) == 0;
+            }
+        }
+    }
+
+    /// A pooled idle connection young enough to reuse.
+    fn take_idle(&self) -> Option<TcpStream> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some((stream, since)) = idle.pop() {
+            if since.elapsed() < UPSTREAM_IDLE {
+                return Some(stream);
+            }
+        }
+        None
+    }
+
+    fn put_idle(&self, stream: TcpStream) {
+        if !self.in_rotation() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE_PER_BACKEND {
+            idle.push((stream, Instant::now()));
+        }
+    }
+
+    /// Close pooled connections that have been idle too long.
+    pub fn sweep_idle(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|(_, since)| since.elapsed() < UPSTREAM_IDLE);
+    }
+}
+
+/// One unit of work in flight on a backend; dropping it counts the work out.
+#[derive(Debug)]
+pub struct Lease(Arc<Backend>);
+
+impl Lease {
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.0
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.0.inflight.fetch_sub(1, SeqCst) == 1 {
+            self.0.drained.notify_waiters();
+        }
+    }
+}
+
+/// The set of backends that take new traffic.
+#[derive(Debug, Default)]
+pub struct Rotation {
+    backends: RwLock<Arc<Vec<Arc<Backend>>>>,
+    changed: Notify,
+    next: AtomicUsize,
+}
+
+impl Rotation {
+    /// Put a ready backend into rotation.
+    pub fn add(&self, b: &Arc<Backend>) {
+        b.in_rotation.store(true, SeqCst);
+        let mut all = self.backends.write().unwrap_or_else(|e| e.into_inner());
+        if !all.iter().any(|x| Arc::ptr_eq(x, b)) {
+            let mut v = Vec::clone(&all);
+            v.push(b.clone());
+            *all = Arc::new(v);
+        }
+        drop(all);
+        self.changed.notify_waiters();
+    }
+
+    /// Take a backend out of rotation: no new work reaches it; its idle connections close now.
+    pub fn remove(&self, b: &Arc<Backend>) {
+        b.in_rotation.store(false, SeqCst);
+        let mut all = self.backends.write().unwrap_or_else(|e| e.into_inner());
+        if all.iter().any(|x| Arc::ptr_eq(x, b)) {
+            *all = Arc::new(all.iter().filter(|x| !Arc::ptr_eq(x, b)).cloned().collect());
+        }
+        drop(all);
+        b.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    pub fn snapshot(&self) -> Arc<Vec<Arc<Backend>>> {
+        self.backends.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The least busy backend in rotation, not in `exclude`, with a lease on it.
+    pub fn pick(&self, exclude: &[SocketAddr]) -> Option<Lease> {
+        for _ in 0..4 {
+            let all = self.snapshot();
+            let n = all.len();
+            if n == 0 {
+                return None;
+            }
+            let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let best = (0..n)
+                .map(|i| &all[(start + i) % n])
+                .filter(|b| !exclude.contains(&b.addr))
+                .min_by_key(|b| b.inflight.load(SeqCst) + b.pinned.load(SeqCst))?;
+            if let Some(lease) = best.try_acquire() {
+                return Some(lease);
+            }
+        }
+        None
+    }
+
+    /// Like [`Rotation::pick`], but when no backend is in rotation (all restarting), wait for one
+    /// up to `patience` instead of failing the request at once.
+    pub async fn pick_wait(&self, exclude: &[SocketAddr], patience: Duration) -> Option<Lease> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(l) = self.pick(exclude) {
+                return Some(l);
+            }
+            if !exclude.is_empty() && !self.snapshot().is_empty() {
+                return None;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return self.pick(exclude);
+            }
+        }
+    }
+
+    pub fn sweep_idle(&self) {
+        for b in self.snapshot().iter() {
+            b.sweep_idle();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_removed_backend_takes_no_new_work_and_drains() {
+        let rot = Rotation::default();
+        let b = Backend::new("127.0.0.1:1".parse().unwrap(), 0);
+        rot.add(&b);
+        let lease = rot.pick(&[]).expect("in rotation");
+        rot.remove(&b);
+        assert!(rot.pick(&[]).is_none());
+        assert!(b.try_acquire().is_none());
+        assert!(!b.drain(Duration::from_millis(20)).await, "one request still in flight");
+        let waiter = tokio::spawn({
+            let b = b.clone();
+            async move { b.drain(Duration::from_secs(5)).await }
+        });
+        drop(lease);
+        assert!(waiter.await.unwrap());
+        assert_eq!(b.inflight(), 0);
+    }
+
+    #[tokio::test]
+    async fn picks_the_least_busy() {
+        let rot = Rotation::default();
+        let a = Backend::new("127.0.0.1:1".parse().unwrap(), 0);
+        let b = Backend::new("127.0.0.1:2".parse().unwrap(), 1);
+        rot.add(&a);
+        rot.add(&b);
+        let l1 = rot.pick(&[]).unwrap();
+        let l2 = rot.pick(&[]).unwrap();
+        assert_ne!(l1.backend().addr, l2.backend().addr);
+        let l3 = rot.pick(&[l1.backend().addr]).unwrap();
+        assert_eq!(l3.backend().addr, l2.backend().addr);
+    }
+}

@@ -1,0 +1,68 @@
+//! The `tcp` front: a layer-4 proxy for protocols the front does not speak.
+//!
+//! It sees connections, not requests: a worker leaving the rotation gets no new connections and
+//! is drained when its open connections close (or at `drain_timeout`). Long-lived keep-alive
+//! clients therefore hold an old worker until the drain timeout; the `http` front moves them at
+//! a request boundary instead.
+
+use super::{Lease, Rotation};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::http::FrontStats;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub async fn serve(listener: TcpListener, rotation: Arc<Rotation>, stats: Arc<FrontStats>, shutdown: CancellationToken, tracker: TaskTracker) {
+    loop {
+        let (client, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let _ = client.set_nodelay(true);
+        let rotation = rotation.clone();
+        let stats = stats.clone();
+        tracker.spawn(async move {
+            stats.requests.fetch_add(1, Relaxed);
+            let Some((lease, upstream)) = connect(&rotation).await else {
+                stats.errors.fetch_add(1, Relaxed);
+                return;
+            };
+            relay(client, upstream).await;
+            drop(lease);
+        });
+    }
+}
+
+/// A connection to the least busy worker; a worker that refuses is skipped for the next one.
+async fn connect(rotation: &Rotation) -> Option<(Lease, TcpStream)> {
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    for _ in 0..4 {
+        let lease = rotation.pick_wait(&tried, Duration::from_secs(10)).await?;
+        let addr = lease.backend().addr;
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                return Some((lease, s));
+            }
+            _ => tried.push(addr),
+        }
+    }
+    None
+}
+
+async fn relay(mut client: TcpStream, mut upstream: TcpStream) {
+    let _ = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, 16 * 1024, 16 * 1024).await;
+}

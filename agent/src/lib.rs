@@ -1,0 +1,12 @@
+//! `deployer-agent`: the per-host daemon.
+//!
+//! Start reading at [`daemon::run`]: it loads the [`config`], starts the [`supervisor`] (which
+//! owns each app's [`front`] and workers), serves the [`api`], and turns signals into reloads of
+//! the config and a graceful shutdown.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod front;
+pub mod supervisor;

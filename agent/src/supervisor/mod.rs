@@ -1,0 +1,536 @@
+//! The cluster supervisor: per app, N workers behind the app's front, kept running, reloaded
+//! without failing a request, scaled, stopped.
+//!
+//! Operations on one app (reload, restart, stop, start, scale, memory replacements) take the
+//! app's operation lock, so they never interleave; the front keeps serving throughout.
+
+mod logs;
+mod orphans;
+mod procstat;
+mod readiness;
+pub mod reload;
+mod spawn;
+pub mod worker;
+
+use crate::config::{self, AgentConfig, AppConfig, ConfigError, Loaded, ProxyMode, ReloadConfig};
+use crate::front::http::FrontStats;
+use crate::front::{self, Rotation};
+use deployer_wire::{AppStatus, LogLine, ReloadOutcome};
+use logs::LogSink;
+use nix::sys::signal::Signal;
+use orphans::PidRecord;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use worker::{Retire, Worker, WorkerCtx, WorkerSpec};
+
+/// Errors of supervisor operations, each with what the caller can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("no app named `{0}`")]
+    UnknownApp(String),
+    #[error("cannot bind port {port} for app `{app}`: {source}")]
+    Bind { app: String, port: u16, source: std::io::Error },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Refused(String),
+    #[error("cannot prepare `{path}`: {source}")]
+    StateDir { path: PathBuf, source: std::io::Error },
+}
+
+/// Everything the agent supervises.
+pub struct Supervisor {
+    config_path: PathBuf,
+    state_dir: PathBuf,
+    pids: Arc<PidRecord>,
+    base_env: RwLock<Arc<BTreeMap<String, String>>>,
+    apps: RwLock<BTreeMap<String, Arc<App>>>,
+}
+
+impl Supervisor {
+    /// Prepare the state dir, stop what a previous agent left running, bind every app's port and
+    /// start its workers.
+    pub async fn start(loaded: &Loaded) -> Result<Arc<Supervisor>, SupervisorError> {
+        let state_dir = loaded.config.state_dir.clone();
+        for dir in [state_dir.join("logs"), state_dir.join("run")] {
+            std::fs::create_dir_all(&dir).map_err(|source| SupervisorError::StateDir { path: dir.clone(), source })?;
+        }
+        let pids = Arc::new(PidRecord::new(state_dir.join("run").join("workers.pids")));
+        let reaped = pids.reap_previous();
+        if reaped > 0 {
+            tracing::warn!(reaped, "stopped workers left running by a previous agent");
+        }
+        let sup = Arc::new(Supervisor {
+            config_path: loaded.path.clone(),
+            state_dir,
+            pids,
+            base_env: RwLock::new(Arc::new(base_env(&loaded.config))),
+            apps: RwLock::new(BTreeMap::new()),
+        });
+        for (name, cfg) in &loaded.config.apps {
+            let app = sup.create_app(name, cfg)?;
+            sup.apps.write().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), app);
+        }
+        let apps: Vec<Arc<App>> = sup.list();
+        let results = futures_util::future::join_all(apps.iter().map(|a| a.start())).await;
+        for (app, r) in apps.iter().zip(results) {
+            if let Err(e) = r {
+                tracing::error!(app = %app.name, error = %e, "workers did not start; see `deployer logs {}`", app.name);
+            }
+        }
+        Ok(sup)
+    }
+
+    pub fn list(&self) -> Vec<Arc<App>> {
+        self.apps.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+
+    pub fn app(&self, name: &str) -> Result<Arc<App>, SupervisorError> {
+        self.apps.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned().ok_or_else(|| SupervisorError::UnknownApp(name.to_string()))
+    }
+
+    fn create_app(&self, name: &str, cfg: &AppConfig) -> Result<Arc<App>, SupervisorError> {
+        let spec = Arc::new(resolve_spec(cfg)?);
+        let logs = Arc::new(LogSink::new(name, self.state_dir.join("logs"), cfg.logs.max_size.0, cfg.logs.keep));
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let stats = Arc::new(FrontStats::default());
+        let (rotation, listener) = match (cfg.proxy, cfg.port) {
+            (ProxyMode::Http | ProxyMode::Tcp, Some(port)) => {
+                let addr = SocketAddr::new(cfg.bind, port);
+                let l = bind(addr).map_err(|source| SupervisorError::Bind { app: name.into(), port, source })?;
+                let rotation = Arc::new(Rotation::default());
+                let serve = {
+                    let (rotation, stats, cancel, tracker2) = (rotation.clone(), stats.clone(), cancel.clone(), tracker.clone());
+                    let mode = cfg.proxy;
+                    async move {
+                        match mode {
+                            ProxyMode::Tcp => front::tcp::serve(l, rotation, stats, cancel, tracker2).await,
+                            _ => front::http::serve(l, rotation, stats, cancel, tracker2).await,
+                        }
+                    }
+                };
+                tracker.spawn(serve);
+                tracing::info!(app = name, %addr, mode = cfg.proxy.as_str(), "front listening");
+                (Some(rotation), None)
+            }
+            (ProxyMode::Fd, Some(port)) => {
+                let addr = SocketAddr::new(cfg.bind, port);
+                let l = std::net::TcpListener::bind(addr).map_err(|source| SupervisorError::Bind { app: name.into(), port, source })?;
+                tracing::info!(app = name, %addr, "listening socket handed to workers (fd mode)");
+                (None, Some(Arc::new(l)))
+            }
+            _ => (None, None),
+        };
+        let ctx = Arc::new(WorkerCtx {
+            app: name.to_string(),
+            mode: cfg.proxy,
+            rotation,
+            listener,
+            app_port: cfg.port,
+            logs,
+            pids: self.pids.clone(),
+            run_dir: self.state_dir.join("run"),
+            base_env: self.base_env.read().unwrap_or_else(|e| e.into_inner()).clone(),
+        });
+        let app = Arc::new(App {
+            name: name.to_string(),
+            config_path: self.config_path.clone(),
+            ctx,
+            stats,
+            config: Mutex::new(cfg.clone()),
+            spec: Mutex::new(spec),
+            workers: Mutex::new(Vec::new()),
+            instances: AtomicU32::new(cfg.instances.resolve()),
+            running: AtomicBool::new(false),
+            reloading: AtomicBool::new(false),
+            op: tokio::sync::Mutex::new(()),
+            cancel,
+            tracker,
+        });
+        tokio::spawn(app.clone().monitor());
+        Ok(app)
+    }
+
+    /// SIGHUP: apply a re-read config. Apps added start, removed ones stop, changed ones are
+    /// reloaded onto the new settings (or recreated when their port or front changed).
+    pub async fn apply(&self, loaded: &Loaded) -> Result<(), SupervisorError> {
+        *self.base_env.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(base_env(&loaded.config));
+        let current: BTreeMap<String, Arc<App>> = self.apps.read().unwrap_or_else(|e| e.into_inner()).clone();
+        for (name, app) in &current {
+            if !loaded.config.apps.contains_key(name) {
+                tracing::info!(app = %name, "removed from the config; stopping");
+                app.shutdown().await;
+                self.apps.write().unwrap_or_else(|e| e.into_inner()).remove(name);
+            }
+        }
+        for (name, cfg) in &loaded.config.apps {
+            match current.get(name) {
+                Some(app) if app.config() == *cfg => {}
+                Some(app) if app.same_front(cfg) => {
+                    tracing::info!(app = %name, "changed in the config; reloading");
+                    let out = app.reload_with(Some(cfg.clone())).await;
+                    if !out.ok {
+                        tracing::error!(app = %name, error = ?out.error, "reload onto the new config failed");
+                    }
+                }
+                existing => {
+                    if let Some(app) = existing {
+                        tracing::info!(app = %name, "port or front changed; restarting it");
+                        app.shutdown().await;
+                    }
+                    let app = self.create_app(name, cfg)?;
+                    self.apps.write().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), app.clone());
+                    if let Err(e) = app.start().await {
+                        tracing::error!(app = %name, error = %e, "workers did not start");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stop taking connections, let in-flight requests finish, stop every worker.
+    pub async fn shutdown(&self) {
+        let apps = self.list();
+        futures_util::future::join_all(apps.iter().map(|a| a.shutdown())).await;
+    }
+}
+
+/// The agent's environment minus what must not reach apps: the API tokens.
+fn base_env(config: &AgentConfig) -> BTreeMap<String, String> {
+    let secrets: Vec<&str> = config.tokens.iter().map(|t| t.token_env.as_str()).collect();
+    std::env::vars().filter(|(k, _)| !secrets.contains(&k.as_str())).collect()
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// Read `env_file` and fix everything a worker of this config will run with.
+pub fn resolve_spec(cfg: &AppConfig) -> Result<WorkerSpec, ConfigError> {
+    let mut env = BTreeMap::new();
+    if let Some(f) = &cfg.env_file {
+        env.extend(config::read_env_file(f)?);
+    }
+    env.extend(cfg.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let mut h = Sha256::new();
+    for (k, v) in &env {
+        h.update(k.as_bytes());
+        h.update(b"=");
+        h.update(v.as_bytes());
+        h.update(b"\n");
+    }
+    let env_hash = hex::encode(&h.finalize()[..3]);
+    Ok(WorkerSpec {
+        argv: cfg.start.0.clone(),
+        cwd: cfg.cwd.clone(),
+        env,
+        env_hash,
+        release: cfg.cwd.display().to_string(),
+        ready: cfg.ready.clone(),
+        restart: cfg.restart.clone(),
+    })
+}
+
+/// One supervised app.
+pub struct App {
+    pub name: String,
+    config_path: PathBuf,
+    ctx: Arc<WorkerCtx>,
+    stats: Arc<FrontStats>,
+    config: Mutex<AppConfig>,
+    /// The spec the cluster was started (or last reloaded) with: a plain reload keeps it.
+    spec: Mutex<Arc<WorkerSpec>>,
+    /// Slot `i` holds the worker with instance id `i`.
+    workers: Mutex<Vec<Arc<Worker>>>,
+    instances: AtomicU32,
+    running: AtomicBool,
+    reloading: AtomicBool,
+    op: tokio::sync::Mutex<()>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl App {
+    pub fn config(&self) -> AppConfig {
+        self.config.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn same_front(&self, other: &AppConfig) -> bool {
+        let c = self.config();
+        c.port == other.port && c.proxy == other.proxy && c.bind == other.bind
+    }
+
+    pub(crate) fn reload_config(&self) -> ReloadConfig {
+        self.config().reload
+    }
+
+    pub(crate) fn worker_ctx(&self) -> Arc<WorkerCtx> {
+        self.ctx.clone()
+    }
+
+    pub fn front_stats(&self) -> &FrontStats {
+        &self.stats
+    }
+
+    pub(crate) fn retire_how(&self) -> Retire {
+        let r = self.reload_config();
+        Retire { signal: r.signal.0, drain_timeout: r.drain_timeout.0, kill_timeout: r.kill_timeout.0 }
+    }
+
+    fn stop_how(&self) -> Retire {
+        Retire { signal: Signal::SIGTERM, ..self.retire_how() }
+    }
+
+    /// Put `news` into `slots`; answers the workers they replace.
+    pub(crate) fn swap_workers(&self, slots: &[usize], news: &[Arc<Worker>]) -> Vec<Arc<Worker>> {
+        let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        slots.iter().zip(news).map(|(&s, n)| std::mem::replace(&mut workers[s], n.clone())).collect()
+    }
+
+    fn workers(&self) -> Vec<Arc<Worker>> {
+        self.workers.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn current_spec(&self) -> Arc<WorkerSpec> {
+        self.spec.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn status(&self) -> AppStatus {
+        let cfg = self.config();
+        let state = if self.reloading.load(SeqCst) {
+            "reloading"
+        } else if self.running.load(SeqCst) {
+            "running"
+        } else {
+            "stopped"
+        };
+        AppStatus {
+            name: self.name.clone(),
+            mode: cfg.proxy.as_str().to_string(),
+            port: cfg.port,
+            instances: self.instances.load(SeqCst),
+            state: state.to_string(),
+            workers: self.workers().iter().map(|w| w.to_wire()).collect(),
+        }
+    }
+
+    pub fn logs(&self, lines: usize) -> Vec<LogLine> {
+        self.ctx.logs.tail(lines)
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.ctx.logs.path()
+    }
+
+    /// Start the configured number of workers (if stopped) and wait until they are ready.
+    pub async fn start(&self) -> Result<(), String> {
+        let _op = self.op.lock().await;
+        self.start_locked().await
+    }
+
+    async fn start_locked(&self) -> Result<(), String> {
+        self.running.store(true, SeqCst);
+        let n = self.instances.load(SeqCst) as usize;
+        let spec = self.current_spec();
+        let news: Vec<Arc<Worker>> = {
+            let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+            let have = workers.len();
+            let news: Vec<Arc<Worker>> = (have..n).map(|i| Worker::start(i as u32, spec.clone(), self.ctx.clone())).collect();
+            workers.extend(news.iter().cloned());
+            news
+        };
+        let timeout = spec.ready.timeout + Duration::from_secs(1);
+        let results = futures_util::future::join_all(news.iter().map(|w| w.wait_ready(timeout))).await;
+        match results.into_iter().find_map(Result::err) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Stop every worker gracefully: out of rotation, drain, SIGTERM, `kill_timeout`, SIGKILL.
+    pub async fn stop(&self) {
+        let _op = self.op.lock().await;
+        self.stop_locked().await;
+    }
+
+    async fn stop_locked(&self) {
+        self.running.store(false, SeqCst);
+        let olds: Vec<Arc<Worker>> = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
+        let how = self.stop_how();
+        futures_util::future::join_all(olds.iter().map(|w| w.retire(how, self.ctx.rotation.as_deref()))).await;
+    }
+
+    /// Stop then start (like `pm2 restart`: not zero-downtime; `reload` is).
+    pub async fn restart(&self) -> Result<(), String> {
+        let _op = self.op.lock().await;
+        self.stop_locked().await;
+        self.start_locked().await
+    }
+
+    /// Grow or shrink to `n` workers; shrinking retires the highest instance ids gracefully.
+    pub async fn scale(&self, n: u32) -> Result<(), String> {
+        let _op = self.op.lock().await;
+        self.instances.store(n, SeqCst);
+        if !self.running.load(SeqCst) {
+            return Ok(());
+        }
+        let extra: Vec<Arc<Worker>> = {
+            let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+            if workers.len() > n as usize { workers.split_off(n as usize) } else { Vec::new() }
+        };
+        let how = self.retire_how();
+        futures_util::future::join_all(extra.iter().map(|w| w.retire(how, self.ctx.rotation.as_deref()))).await;
+        self.start_locked().await
+    }
+
+    /// Rolling reload. With `update_env`, the config file and `env_file` are read again first.
+    pub async fn reload(&self, update_env: bool) -> ReloadOutcome {
+        if !update_env {
+            return self.reload_with(None).await;
+        }
+        let fresh = match config::load(&self.config_path) {
+            Ok(l) => l,
+            Err(e) => return self.outcome(Instant::now(), Err(format!("the config file has an error, nothing was reloaded:\n{e}"))),
+        };
+        match fresh.config.apps.get(&self.name) {
+            Some(cfg) if self.same_front(cfg) => self.reload_with(Some(cfg.clone())).await,
+            Some(_) => self.outcome(Instant::now(), Err("`port`, `proxy` or `bind` changed: send SIGHUP to the agent to apply that".into())),
+            None => self.outcome(Instant::now(), Err(format!("app `{}` is no longer in the config file", self.name))),
+        }
+    }
+
+    /// Reload onto `cfg` (a new config for this app) or onto the spec the cluster runs with.
+    pub(crate) async fn reload_with(&self, cfg: Option<AppConfig>) -> ReloadOutcome {
+        let _op = self.op.lock().await;
+        let started = Instant::now();
+        let spec = match &cfg {
+            Some(c) => match resolve_spec(c) {
+                Ok(s) => Arc::new(s),
+                Err(e) => return self.outcome(started, Err(e.to_string())),
+            },
+            None => self.current_spec(),
+        };
+        let previous_cfg = self.config();
+        if let Some(c) = &cfg {
+            *self.config.lock().unwrap_or_else(|e| e.into_inner()) = c.clone();
+        }
+        if !self.running.load(SeqCst) {
+            *self.spec.lock().unwrap_or_else(|e| e.into_inner()) = spec;
+            let r = self.start_locked().await.map(|_| 0);
+            return self.outcome(started, r);
+        }
+        self.reloading.store(true, SeqCst);
+        let slots: Vec<usize> = (0..self.workers().len()).collect();
+        let span = tracing::info_span!("reload", app = %self.name, env = %spec.env_hash);
+        let result = tracing::Instrument::instrument(reload::roll(self, &slots, &spec), span).await;
+        self.reloading.store(false, SeqCst);
+        let result = match result {
+            Ok(n) => {
+                *self.spec.lock().unwrap_or_else(|e| e.into_inner()) = spec;
+                // Scaling in the new config applies after the roll.
+                let want = self.config().instances.resolve();
+                if cfg.is_some() && want != self.instances.load(SeqCst) {
+                    self.instances.store(want, SeqCst);
+                    let extra: Vec<Arc<Worker>> = {
+                        let mut w = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+                        if w.len() > want as usize { w.split_off(want as usize) } else { Vec::new() }
+                    };
+                    let how = self.retire_how();
+                    futures_util::future::join_all(extra.iter().map(|w| w.retire(how, self.ctx.rotation.as_deref()))).await;
+                    if let Err(e) = self.start_locked().await {
+                        tracing::warn!(app = %self.name, error = %e, "scaling up after the reload failed");
+                    }
+                }
+                Ok(n)
+            }
+            Err(e) => {
+                *self.config.lock().unwrap_or_else(|e| e.into_inner()) = previous_cfg;
+                let restored = if e.restored { "the previous workers are serving" } else { "some previous workers could not be put back" };
+                Err(format!("{}; {restored}", e.reason))
+            }
+        };
+        self.outcome(started, result)
+    }
+
+    fn outcome(&self, started: Instant, result: Result<u32, String>) -> ReloadOutcome {
+        let env_hash = self.current_spec().env_hash.clone();
+        let duration_ms = started.elapsed().as_millis() as u64;
+        match result {
+            Ok(replaced) => {
+                tracing::info!(app = %self.name, replaced, duration_ms, "reload done");
+                ReloadOutcome { app: self.name.clone(), ok: true, replaced, duration_ms, env_hash, error: None }
+            }
+            Err(e) => ReloadOutcome { app: self.name.clone(), ok: false, replaced: 0, duration_ms, env_hash, error: Some(e) },
+        }
+    }
+
+    /// Stop the front (no new connections; in-flight requests finish), then the workers.
+    pub async fn shutdown(&self) {
+        self.cancel.cancel();
+        self.tracker.close();
+        let drain = self.reload_config().drain_timeout.0;
+        if tokio::time::timeout(drain, self.tracker.wait()).await.is_err() {
+            tracing::warn!(app = %self.name, "connections still open after drain_timeout; closing them");
+        }
+        self.stop().await;
+    }
+
+    /// Every second: CPU and memory figures, idle upstream connections swept, and a worker above
+    /// `max_memory` replaced through the reload path.
+    async fn monitor(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.cancel.cancelled() => return,
+            }
+            if let Some(rot) = &self.ctx.rotation {
+                rot.sweep_idle();
+            }
+            let limit = self.config().max_memory.map(|s| s.0);
+            for (slot, w) in self.workers().iter().enumerate() {
+                let rss = w.sample_usage();
+                if let Some(limit) = limit.filter(|&l| rss > l) {
+                    if w.status().state != worker::WorkerState::Online {
+                        continue;
+                    }
+                    let Ok(_op) = self.op.try_lock() else { continue };
+                    tracing::warn!(app = %self.name, worker = w.id, rss, limit, "above max_memory; replacing the worker");
+                    let spec = w.spec.clone();
+                    if let Err(e) = reload::roll(&self, &[slot], &spec).await {
+                        tracing::error!(app = %self.name, worker = w.id, error = %e, "memory replacement failed");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Used by `deployer-agent check`: would these apps start? (Config errors are caught earlier.)
+pub fn describe(config: &AgentConfig) -> Vec<String> {
+    config
+        .apps
+        .iter()
+        .map(|(name, a)| {
+            let port = a.port.map_or("no port".to_string(), |p| format!("port {p}"));
+            format!("{name}: {} x `{}` in {}, {} front on {port}", a.instances.resolve(), a.start.0.join(" "), display(&a.cwd), a.proxy.as_str())
+        })
+        .collect()
+}
+
+fn display(p: &Path) -> String {
+    p.display().to_string()
+}

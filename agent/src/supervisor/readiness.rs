@@ -1,0 +1,89 @@
+//! When a new worker may take traffic: its port accepts, an HTTP probe answers 2xx, it says
+//! `READY=1` over sd_notify, or it is still alive after a while.
+
+use crate::config::ReadyCheck;
+use std::path::Path;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixDatagram};
+
+/// A bound `NOTIFY_SOCKET` waiting for the worker's `READY=1`.
+pub struct NotifySocket {
+    socket: UnixDatagram,
+    path: std::path::PathBuf,
+}
+
+impl NotifySocket {
+    pub fn bind(path: &Path) -> std::io::Result<NotifySocket> {
+        let _ = std::fs::remove_file(path);
+        Ok(NotifySocket { socket: UnixDatagram::bind(path)?, path: path.to_path_buf() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn wait_ready(&self) {
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Ok(n) = self.socket.recv(&mut buf).await {
+                if buf[..n].split(|&b| b == b'\n').any(|l| l == b"READY=1") {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Resolve when the worker is ready. The caller races this with the process exiting and with
+/// its timeout.
+pub async fn wait(check: &ReadyCheck, port: Option<u16>, notify: Option<&NotifySocket>) {
+    match check {
+        ReadyCheck::Tcp => poll(|| async { TcpStream::connect(("127.0.0.1", port?)).await.ok().map(|_| ()) }).await,
+        ReadyCheck::Http(path) => poll(|| probe_http(port, path)).await,
+        ReadyCheck::Notify => match notify {
+            Some(n) => n.wait_ready().await,
+            None => std::future::pending().await,
+        },
+        ReadyCheck::Alive(d) => tokio::time::sleep(*d).await,
+    }
+}
+
+/// Retry `attempt` with a short, growing pause until it succeeds.
+async fn poll<F, Fut>(mut attempt: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<()>>,
+{
+    let mut pause = Duration::from_millis(10);
+    loop {
+        if attempt().await.is_some() {
+            return;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+async fn probe_http(port: Option<u16>, path: &str) -> Option<()> {
+    let mut s = TcpStream::connect(("127.0.0.1", port?)).await.ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: deployer-agent\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = [0u8; 32];
+    let mut n = 0;
+    while n < 12 {
+        let r = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf[n..])).await.ok()?.ok()?;
+        if r == 0 {
+            return None;
+        }
+        n += r;
+    }
+    // "HTTP/1.1 200"
+    (buf.starts_with(b"HTTP/1.") && buf[9] == b'2').then_some(())
+}

@@ -1,0 +1,394 @@
+//! One worker: a process the supervisor keeps running, restarts with backoff when it exits by
+//! itself, and retires gracefully (out of rotation, drain, signal, kill) when asked.
+
+use super::logs::{LogSink, Stream};
+use super::orphans::PidRecord;
+use super::procstat::{self, ProcSample};
+use super::readiness::{self, NotifySocket};
+use super::spawn::{self, Launch};
+use crate::config::{ProxyMode, ReadyCheck, ReadyConfig, RestartConfig};
+use crate::front::{Backend, Rotation};
+use deployer_wire::WorkerStatus;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// What every worker of one app shares.
+#[derive(Debug)]
+pub struct WorkerCtx {
+    pub app: String,
+    pub mode: ProxyMode,
+    /// The front's rotation (`http` and `tcp` modes).
+    pub rotation: Option<Arc<Rotation>>,
+    /// The shared listener (`fd` mode).
+    pub listener: Option<Arc<std::net::TcpListener>>,
+    /// The public port, handed to the worker as `PORT` in `none` mode.
+    pub app_port: Option<u16>,
+    pub logs: Arc<LogSink>,
+    pub pids: Arc<PidRecord>,
+    pub run_dir: PathBuf,
+    /// The agent's environment minus its secrets: the base of every worker's environment.
+    pub base_env: Arc<BTreeMap<String, String>>,
+}
+
+/// Everything that decides what a worker runs, resolved when the worker starts. A plain reload
+/// reuses it; `--update-env` builds a new one from the config file and `env_file`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerSpec {
+    pub argv: Vec<String>,
+    pub cwd: PathBuf,
+    /// The app's own variables (`env` and `env_file`), without the agent's.
+    pub env: BTreeMap<String, String>,
+    pub env_hash: String,
+    pub release: String,
+    pub ready: ReadyConfig,
+    pub restart: RestartConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorkerState {
+    Starting,
+    Online,
+    Draining,
+    Stopping,
+    Stopped,
+    Restarting,
+    Errored(String),
+}
+
+impl WorkerState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            WorkerState::Starting => "starting",
+            WorkerState::Online => "online",
+            WorkerState::Draining => "draining",
+            WorkerState::Stopping => "stopping",
+            WorkerState::Stopped => "stopped",
+            WorkerState::Restarting => "restarting",
+            WorkerState::Errored(_) => "errored",
+        }
+    }
+
+    fn is_final(&self) -> bool {
+        matches!(self, WorkerState::Stopped | WorkerState::Errored(_))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub state: WorkerState,
+    pub pid: Option<u32>,
+    pub port: Option<u16>,
+    pub started: Option<Instant>,
+    pub restarts: u32,
+}
+
+/// How to retire a worker.
+#[derive(Debug, Clone, Copy)]
+pub struct Retire {
+    pub signal: Signal,
+    pub drain_timeout: Duration,
+    pub kill_timeout: Duration,
+}
+
+#[derive(Debug)]
+pub struct Worker {
+    /// The instance id (`INSTANCE_ID`, `NODE_APP_INSTANCE`), also its slot in the app.
+    pub id: u32,
+    pub spec: Arc<WorkerSpec>,
+    status: watch::Sender<Status>,
+    backend: Mutex<Option<Arc<Backend>>>,
+    stop: CancellationToken,
+    usage: Mutex<Usage>,
+}
+
+#[derive(Debug, Default)]
+struct Usage {
+    last: Option<(ProcSample, Instant)>,
+    cpu_percent: f32,
+    rss_bytes: u64,
+}
+
+impl Worker {
+    /// Create the worker and start keeping it running.
+    pub fn start(id: u32, spec: Arc<WorkerSpec>, ctx: Arc<WorkerCtx>) -> Arc<Worker> {
+        let status = Status { state: WorkerState::Starting, pid: None, port: None, started: None, restarts: 0 };
+        let w = Arc::new(Worker {
+            id,
+            spec,
+            status: watch::Sender::new(status),
+            backend: Mutex::new(None),
+            stop: CancellationToken::new(),
+            usage: Mutex::new(Usage::default()),
+        });
+        let span = tracing::info_span!("worker", app = %ctx.app, id);
+        tokio::spawn(w.clone().keep(ctx).instrument(span));
+        w
+    }
+
+    pub fn status(&self) -> Status {
+        self.status.borrow().clone()
+    }
+
+    fn set_state(&self, state: WorkerState) {
+        self.status.send_modify(|s| s.state = state);
+    }
+
+    /// Wait until the worker is online (ready and in rotation), or say why it is not.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
+        let mut rx = self.status.subscribe();
+        let wait = rx.wait_for(|s| matches!(s.state, WorkerState::Online | WorkerState::Errored(_) | WorkerState::Stopped));
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(s)) => match &s.state {
+                WorkerState::Online => Ok(()),
+                WorkerState::Errored(why) => Err(format!("worker {} errored: {why}", self.id)),
+                _ => Err(format!("worker {} stopped before it was ready", self.id)),
+            },
+            Ok(Err(_)) => Err(format!("worker {} is gone", self.id)),
+            Err(_) => Err(format!("worker {} was not ready within {}", self.id, humantime::format_duration(timeout))),
+        }
+    }
+
+    /// Out of rotation, wait for in-flight work, send the signal, wait, then SIGKILL the group.
+    pub async fn retire(&self, how: Retire, rotation: Option<&Rotation>) {
+        self.stop.cancel();
+        let backend = self.backend.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let (Some(b), Some(rot)) = (backend, rotation) {
+            self.set_state(WorkerState::Draining);
+            rot.remove(&b);
+            if !b.drain(how.drain_timeout).await {
+                tracing::warn!(worker = self.id, inflight = b.inflight(), "drain_timeout reached; cutting the requests still running");
+            }
+        }
+        let mut rx = self.status.subscribe();
+        let pid = {
+            let s = rx.borrow_and_update();
+            if s.state.is_final() {
+                return;
+            }
+            s.pid
+        };
+        self.status.send_modify(|s| {
+            if !s.state.is_final() {
+                s.state = WorkerState::Stopping;
+            }
+        });
+        if let Some(pid) = pid {
+            let _ = killpg(Pid::from_raw(pid as i32), how.signal);
+        }
+        if tokio::time::timeout(how.kill_timeout, rx.wait_for(|s| s.state.is_final())).await.is_err() {
+            tracing::info!(worker = self.id, "still running after kill_timeout; sending SIGKILL");
+            if let Some(pid) = self.status().pid {
+                let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|s| s.state.is_final())).await;
+        }
+    }
+
+    /// Refresh CPU and memory figures from `/proc`. Answers the RSS.
+    pub fn sample_usage(&self) -> u64 {
+        let Some(pid) = self.status.borrow().pid else { return 0 };
+        let Some(now) = procstat::sample(pid) else { return 0 };
+        let mut u = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        let at = Instant::now();
+        if let Some((prev, prev_at)) = u.last {
+            let secs = at.duration_since(prev_at).as_secs_f32();
+            if secs > 0.0 && now.start_ticks == prev.start_ticks {
+                let ticks = now.cpu_ticks.saturating_sub(prev.cpu_ticks) as f32;
+                u.cpu_percent = ticks / procstat::ticks_per_second() as f32 / secs * 100.0;
+            }
+        }
+        u.last = Some((now, at));
+        u.rss_bytes = now.rss_bytes;
+        now.rss_bytes
+    }
+
+    pub fn to_wire(&self) -> WorkerStatus {
+        let s = self.status();
+        let u = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        let running = matches!(s.state, WorkerState::Online | WorkerState::Draining | WorkerState::Stopping | WorkerState::Starting);
+        WorkerStatus {
+            id: self.id,
+            pid: s.pid.filter(|_| running),
+            port: s.port,
+            state: s.state.as_str().to_string(),
+            restarts: s.restarts,
+            uptime_ms: s.started.filter(|_| running).map_or(0, |t| t.elapsed().as_millis() as u64),
+            cpu_percent: if running { (u.cpu_percent * 10.0).round() / 10.0 } else { 0.0 },
+            rss_bytes: if running { u.rss_bytes } else { 0 },
+            inflight: self.backend.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map_or(0, |b| b.inflight() as u64),
+            env_hash: self.spec.env_hash.clone(),
+            release: self.spec.release.clone(),
+        }
+    }
+
+    /// The keeper: start the process, put it into rotation when ready, restart it with backoff
+    /// when it exits by itself, stop for good when retired or errored.
+    async fn keep(self: Arc<Self>, ctx: Arc<WorkerCtx>) {
+        let mut unstable = 0u32;
+        loop {
+            if self.stop.is_cancelled() {
+                self.set_state(WorkerState::Stopped);
+                return;
+            }
+            let started = Instant::now();
+            match self.run_once(&ctx).await {
+                RunEnd::Exited => {}
+                RunEnd::NotReady(why) => {
+                    ctx.logs.write(self.id, Stream::Err, &format!("[deployer] {why}; the worker is errored"));
+                    tracing::warn!("{why}");
+                    self.set_state(WorkerState::Errored(why));
+                    return;
+                }
+            }
+            if self.stop.is_cancelled() {
+                self.set_state(WorkerState::Stopped);
+                return;
+            }
+            let policy = &self.spec.restart;
+            unstable = if started.elapsed() < policy.min_uptime.0 { unstable + 1 } else { 0 };
+            self.status.send_modify(|s| s.restarts += 1);
+            if unstable >= policy.max_restarts.max(1) {
+                let why = format!("exited {unstable} times in a row, each within {} of starting", humantime::format_duration(policy.min_uptime.0));
+                ctx.logs.write(self.id, Stream::Err, &format!("[deployer] {why}; the worker is errored"));
+                tracing::error!("{why}; giving up");
+                self.set_state(WorkerState::Errored(why));
+                return;
+            }
+            let backoff = Duration::from_millis(100).saturating_mul(1 << unstable.min(16)).min(policy.backoff_max.0);
+            tracing::warn!(backoff_ms = backoff.as_millis() as u64, "worker exited; restarting");
+            self.set_state(WorkerState::Restarting);
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = self.stop.cancelled() => {}
+            }
+        }
+    }
+
+    /// One process, from spawn to exit.
+    async fn run_once(&self, ctx: &WorkerCtx) -> RunEnd {
+        let port = match ctx.mode {
+            ProxyMode::Http | ProxyMode::Tcp => match free_port() {
+                Ok(p) => Some(p),
+                Err(e) => return self.spawn_failed(ctx, &format!("no free port: {e}")),
+            },
+            ProxyMode::Fd => None,
+            ProxyMode::None => ctx.app_port,
+        };
+        let notify = match &self.spec.ready.check {
+            ReadyCheck::Notify => {
+                let path = ctx.run_dir.join(format!("{}-{}-{}.notify", ctx.app, self.id, std::process::id()));
+                match NotifySocket::bind(&path) {
+                    Ok(n) => Some(n),
+                    Err(e) => return self.spawn_failed(ctx, &format!("cannot bind NOTIFY_SOCKET: {e}")),
+                }
+            }
+            _ => None,
+        };
+        let mut env = (*ctx.base_env).clone();
+        env.extend(self.spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        if let Some(p) = port {
+            env.insert("PORT".into(), p.to_string());
+        }
+        env.insert("INSTANCE_ID".into(), self.id.to_string());
+        env.insert("NODE_APP_INSTANCE".into(), self.id.to_string());
+        if let Some(n) = &notify {
+            env.insert("NOTIFY_SOCKET".into(), n.path().display().to_string());
+        }
+        let launch = Launch {
+            argv: &self.spec.argv,
+            cwd: &self.spec.cwd,
+            env: &env,
+            listen_fd: ctx.listener.as_ref().map(|l| l.as_raw_fd()),
+            fd_name: &ctx.app,
+        };
+        let mut child = match spawn::spawn(&launch) {
+            Ok(c) => c,
+            Err(e) => return self.spawn_failed(ctx, &format!("cannot start `{}`: {e}", self.spec.argv.join(" "))),
+        };
+        let Some(pid) = child.id() else { return RunEnd::Exited };
+        ctx.pids.add(pid);
+        let started = Instant::now();
+        self.status.send_modify(|s| {
+            s.state = WorkerState::Starting;
+            s.pid = Some(pid);
+            s.port = port;
+            s.started = Some(started);
+        });
+        tracing::info!(pid, port, "worker started");
+        if let Some(out) = child.stdout.take() {
+            let logs = ctx.logs.clone();
+            let id = self.id;
+            tokio::spawn(async move { logs.capture(id, Stream::Out, out).await });
+        }
+        if let Some(err) = child.stderr.take() {
+            let logs = ctx.logs.clone();
+            let id = self.id;
+            tokio::spawn(async move { logs.capture(id, Stream::Err, err).await });
+        }
+
+        let timeout = self.spec.ready.timeout;
+        let mut end = RunEnd::Exited;
+        tokio::select! {
+            _ = readiness::wait(&self.spec.ready.check, port, notify.as_ref()) => {
+                drop(notify);
+                self.go_online(ctx, port, pid);
+                let _ = child.wait().await;
+            }
+            _ = tokio::time::sleep(timeout) => {
+                let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                let _ = child.wait().await;
+                end = RunEnd::NotReady(format!("not ready within {}", humantime::format_duration(timeout)));
+            }
+            status = child.wait() => {
+                let code = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                tracing::warn!(pid, "exited before it was ready ({code})");
+            }
+        }
+        // The group may hold children of the worker: none of them outlives it.
+        let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        ctx.pids.remove(pid);
+        if let (Some(b), Some(rot)) = (self.backend.lock().unwrap_or_else(|e| e.into_inner()).take(), &ctx.rotation) {
+            rot.remove(&b);
+        }
+        tracing::info!(pid, uptime_ms = started.elapsed().as_millis() as u64, "worker exited");
+        end
+    }
+
+    fn go_online(&self, ctx: &WorkerCtx, port: Option<u16>, pid: u32) {
+        if self.stop.is_cancelled() {
+            return;
+        }
+        if let (Some(rot), Some(port)) = (&ctx.rotation, port) {
+            let b = Backend::new(SocketAddr::from(([127, 0, 0, 1], port)), self.id);
+            rot.add(&b);
+            *self.backend.lock().unwrap_or_else(|e| e.into_inner()) = Some(b);
+        }
+        self.set_state(WorkerState::Online);
+        tracing::info!(pid, "worker online");
+    }
+
+    fn spawn_failed(&self, ctx: &WorkerCtx, why: &str) -> RunEnd {
+        ctx.logs.write(self.id, Stream::Err, &format!("[deployer] {why}"));
+        tracing::error!("{why}");
+        RunEnd::Exited
+    }
+}
+
+enum RunEnd {
+    Exited,
+    NotReady(String),
+}
+
+/// A private port for a new worker: the kernel picks a free one.
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
+}

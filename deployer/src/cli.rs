@@ -1,0 +1,95 @@
+//! The command line: global options and help text. Each command's own arguments live next to
+//! the command, in `commands/`.
+
+use clap::{Args, Parser};
+use reqwest::Url;
+
+use crate::commands::Command;
+
+const LONG_ABOUT: &str = "\
+Drive deployer agents from the command line.
+
+Every host runs `deployer-agent`, which supervises the apps' workers and serves an HTTP API. \
+This CLI asks one agent (--agent, default http://127.0.0.1:7070) to list its apps, reload them \
+without dropping a request, restart, stop, start or scale them, and show their logs.
+
+The API token is read from the DEPLOYER_TOKEN environment variable (--token-env NAME reads \
+another one); it is never a flag, so it stays out of shell history and `ps`.";
+
+/// Drive deployer agents: list apps, reload them without downtime, read their logs
+#[derive(Debug, Parser)]
+#[command(name = "deployer", version, long_about = LONG_ABOUT, after_help = examples())]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
+pub struct GlobalArgs {
+    /// The agent to talk to
+    #[arg(
+        long,
+        global = true,
+        env = "DEPLOYER_AGENT",
+        default_value = "http://127.0.0.1:7070",
+        value_name = "URL",
+        value_parser = parse_agent_url
+    )]
+    pub agent: Url,
+
+    /// Print the API's JSON answer (pretty) instead of tables and sentences
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// The environment variable that holds the API token
+    #[arg(long, global = true, default_value = "DEPLOYER_TOKEN", value_name = "NAME")]
+    pub token_env: String,
+}
+
+fn examples() -> String {
+    let heading = anstyle::Style::new().bold().underline();
+    format!(
+        "\
+{heading}Examples:{heading:#}
+  deployer ls                         List every app's workers
+  deployer reload web --update-env    Replace web's workers with ones that read the new env
+  deployer logs web -n 200            Show the last 200 lines web's workers wrote
+  deployer --agent http://10.0.0.5:7070 scale web 4 --json"
+    )
+}
+
+/// An agent URL: `http` or `https`, with a clear word for `10.0.0.5:7070` (no scheme).
+fn parse_agent_url(value: &str) -> Result<Url, String> {
+    if !value.contains("://") {
+        return Err(format!("`{value}` has no scheme; did you mean `http://{value}`?"));
+    }
+    let url = Url::parse(value).map_err(|e| format!("`{value}` is not a URL ({e})"))?;
+    match url.scheme() {
+        "http" | "https" => Ok(url),
+        other => Err(format!("the agent speaks `http` or `https`, not `{other}`")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn agent_urls_need_an_http_scheme() {
+        assert!(parse_agent_url("http://127.0.0.1:7070").is_ok());
+        assert!(parse_agent_url("https://agent.example/prefix/").is_ok());
+        assert!(parse_agent_url("10.0.0.5:7070").unwrap_err().contains("`http://10.0.0.5:7070`"));
+        assert!(parse_agent_url("ftp://host").unwrap_err().contains("`ftp`"));
+    }
+}

@@ -1,0 +1,315 @@
+//! The HTTP client of one agent's API: one method per route, typed answers, typed errors.
+//!
+//! Nothing here prints or knows about the command line; `report` turns a [`ClientError`] into
+//! words and hints for people.
+
+use std::fmt;
+use std::time::Duration;
+
+use deployer_wire::{
+    API_PREFIX, ApiError, AppStatus, LogLines, ReloadOutcome, ReloadRequest, ScaleRequest,
+};
+use reqwest::{Method, RequestBuilder, StatusCode, Url};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// How long to wait for the TCP (and TLS) connection: an agent that is up answers at once.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a quick request (list, start, logs...) may take. A reload has no limit: it returns
+/// when the new workers are ready, which can take minutes.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How much of a body that is not the API's to quote in an error.
+const BODY_EXCERPT: usize = 200;
+
+/// The API token, and where it came from (so a 401 can say which variable to fix).
+#[derive(Clone)]
+pub struct Token {
+    /// The environment variable the token is read from.
+    pub var: String,
+    value: Option<String>,
+}
+
+impl Token {
+    /// Reads the token from the environment variable `var`; unset or empty means no token.
+    pub fn from_env(var: &str) -> Self {
+        let value = std::env::var(var).ok().filter(|v| !v.is_empty());
+        Self { var: var.to_owned(), value }
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.value.is_some()
+    }
+}
+
+// The token never appears in debug output.
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Token")
+            .field("var", &self.var)
+            .field("set", &self.is_set())
+            .finish()
+    }
+}
+
+/// Why a request to an agent failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No connection: nothing listens there, the host is unknown, or the connect timed out.
+    #[error("cannot reach the agent at `{agent}`")]
+    Unreachable {
+        agent: String,
+        #[source]
+        cause: Cause,
+    },
+    /// Connected, but the agent did not answer in time.
+    #[error("the agent at `{agent}` did not answer within {}s", .after.as_secs())]
+    TimedOut { agent: String, after: Duration },
+    /// Connected, but the connection failed before the answer was complete.
+    #[error("the connection to the agent at `{agent}` broke before it answered")]
+    Broken {
+        agent: String,
+        #[source]
+        cause: Cause,
+    },
+    /// The agent answered with an error of its API.
+    #[error("{}", api_message(.status, .body))]
+    Api {
+        agent: String,
+        status: StatusCode,
+        body: ApiError,
+        /// Whether a token was sent, and from which variable.
+        token: Token,
+    },
+    /// Something answered, but not with the API's JSON.
+    #[error("the agent at `{agent}` answered `{status}` with a body that is not the API's")]
+    BadResponse {
+        agent: String,
+        status: StatusCode,
+        #[source]
+        cause: Cause,
+    },
+}
+
+fn api_message(status: &StatusCode, body: &ApiError) -> String {
+    if body.message.is_empty() {
+        format!("the agent answered `{status}` (`{}`)", body.code)
+    } else {
+        body.message.clone()
+    }
+}
+
+/// The innermost reason of a failure, as a plain message: reqwest's own chain repeats the URL
+/// and wraps the interesting part ("Connection refused") three levels deep.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Cause(String);
+
+impl Cause {
+    fn root_of(err: &(dyn std::error::Error + 'static)) -> Self {
+        let mut inner = err;
+        while let Some(source) = inner.source() {
+            inner = source;
+        }
+        Self(inner.to_string())
+    }
+}
+
+/// A client of one agent.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: Url,
+    token: Token,
+}
+
+impl Client {
+    pub fn new(base: Url, token: Token) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!("deployer/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self { http, base, token })
+    }
+
+    /// The agent's URL as people write it (no trailing slash).
+    pub fn agent(&self) -> String {
+        agent_label(&self.base)
+    }
+
+    /// `GET /v1/apps`
+    pub async fn apps(&self) -> Result<Vec<AppStatus>, ClientError> {
+        self.call(Method::GET, &["apps"], Some(REQUEST_TIMEOUT), None::<&()>)
+            .await
+    }
+
+    /// `POST /v1/apps/{app}/reload`: returns when the reload ended.
+    pub async fn reload(&self, app: &str, request: &ReloadRequest) -> Result<ReloadOutcome, ClientError> {
+        self.call(Method::POST, &["apps", app, "reload"], None, Some(request))
+            .await
+    }
+
+    /// `POST /v1/apps/{app}/restart`
+    pub async fn restart(&self, app: &str) -> Result<AppStatus, ClientError> {
+        self.post_empty(app, "restart").await
+    }
+
+    /// `POST /v1/apps/{app}/stop`
+    pub async fn stop(&self, app: &str) -> Result<AppStatus, ClientError> {
+        self.post_empty(app, "stop").await
+    }
+
+    /// `POST /v1/apps/{app}/start`
+    pub async fn start(&self, app: &str) -> Result<AppStatus, ClientError> {
+        self.post_empty(app, "start").await
+    }
+
+    /// `POST /v1/apps/{app}/scale`
+    pub async fn scale(&self, app: &str, instances: u32) -> Result<AppStatus, ClientError> {
+        let request = ScaleRequest { instances };
+        self.call(Method::POST, &["apps", app, "scale"], Some(REQUEST_TIMEOUT), Some(&request))
+            .await
+    }
+
+    /// `GET /v1/apps/{app}/logs?lines=N`
+    pub async fn logs(&self, app: &str, lines: u32) -> Result<LogLines, ClientError> {
+        let mut url = self.url(&["apps", app, "logs"]);
+        url.query_pairs_mut().append_pair("lines", &lines.to_string());
+        let request = self.http.get(url);
+        self.send(request, Some(REQUEST_TIMEOUT)).await
+    }
+
+    async fn post_empty(&self, app: &str, action: &str) -> Result<AppStatus, ClientError> {
+        self.call(Method::POST, &["apps", app, action], Some(REQUEST_TIMEOUT), None::<&()>)
+            .await
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &[&str],
+        timeout: Option<Duration>,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, ClientError> {
+        let mut request = self.http.request(method, self.url(path));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        self.send(request, timeout).await
+    }
+
+    /// The URL of an API route: segments are percent-encoded, so an app name cannot escape its
+    /// place in the path, and an agent behind a path prefix (`https://host/agent/`) works.
+    fn url(&self, path: &[&str]) -> Url {
+        let mut url = self.base.clone();
+        {
+            let mut segments = url
+                .path_segments_mut()
+                .expect("agent URLs are http(s) URLs, which have a path");
+            segments.pop_if_empty();
+            segments.push(API_PREFIX.trim_start_matches('/'));
+            segments.extend(path);
+        }
+        url
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        mut request: RequestBuilder,
+        timeout: Option<Duration>,
+    ) -> Result<T, ClientError> {
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
+        if let Some(token) = &self.token.value {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.map_err(|e| self.transport_error(e, timeout))?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| self.transport_error(e, timeout))?;
+
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|e| ClientError::BadResponse {
+                agent: self.agent(),
+                status,
+                cause: Cause(format!("cannot decode the answer: {e}")),
+            });
+        }
+        match serde_json::from_slice::<ApiError>(&bytes) {
+            Ok(body) => Err(ClientError::Api {
+                agent: self.agent(),
+                status,
+                body,
+                token: self.token.clone(),
+            }),
+            Err(_) => Err(ClientError::BadResponse {
+                agent: self.agent(),
+                status,
+                cause: Cause(format!("the body starts with `{}`", excerpt(&bytes))),
+            }),
+        }
+    }
+
+    fn transport_error(&self, err: reqwest::Error, timeout: Option<Duration>) -> ClientError {
+        let agent = self.agent();
+        if err.is_connect() {
+            ClientError::Unreachable { agent, cause: Cause::root_of(&err) }
+        } else if err.is_timeout() {
+            ClientError::TimedOut { agent, after: timeout.unwrap_or(CONNECT_TIMEOUT) }
+        } else {
+            ClientError::Broken { agent, cause: Cause::root_of(&err) }
+        }
+    }
+}
+
+/// An agent URL as people write it: `http://127.0.0.1:7070`, not `http://127.0.0.1:7070/`.
+pub fn agent_label(url: &Url) -> String {
+    url.as_str().trim_end_matches('/').to_owned()
+}
+
+/// The start of a body, on one line.
+fn excerpt(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match text.char_indices().nth(BODY_EXCERPT) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(base: &str) -> Client {
+        let token = Token { var: "DEPLOYER_TOKEN".into(), value: None };
+        Client::new(base.parse().unwrap(), token).unwrap()
+    }
+
+    #[test]
+    fn urls_encode_app_names_and_keep_path_prefixes() {
+        let c = client("http://127.0.0.1:7070");
+        assert_eq!(c.url(&["apps"]).as_str(), "http://127.0.0.1:7070/v1/apps");
+        assert_eq!(
+            c.url(&["apps", "a/b c", "reload"]).as_str(),
+            "http://127.0.0.1:7070/v1/apps/a%2Fb%20c/reload"
+        );
+        let c = client("https://host/agent/");
+        assert_eq!(c.url(&["apps"]).as_str(), "https://host/agent/v1/apps");
+        assert_eq!(c.agent(), "https://host/agent");
+    }
+
+    #[test]
+    fn the_token_stays_out_of_debug_output() {
+        let token = Token { var: "T".into(), value: Some("s3cret".into()) };
+        assert!(!format!("{token:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn excerpts_are_one_short_line() {
+        assert_eq!(excerpt(b"<html>\n  <body>Bad Gateway</body>"), "<html> <body>Bad Gateway</body>");
+        let long = "x".repeat(500);
+        assert_eq!(excerpt(long.as_bytes()).chars().count(), BODY_EXCERPT + 1);
+    }
+}

@@ -1,0 +1,41 @@
+//! `deployer`: the CLI that drives deployer agents.
+//!
+//! `main` parses the arguments and prints the error `run` returns; `commands/` holds one module
+//! per command, `client` the agent's HTTP API, `output` the rendering, `report` the errors.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+
+mod cli;
+mod client;
+mod commands;
+mod output;
+mod report;
+
+use cli::Cli;
+use client::{Client, Token};
+use commands::Context;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            report::print_error(&err);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let token = Token::from_env(&cli.global.token_env);
+    let client = Client::new(cli.global.agent, token).context("cannot set up the HTTP client")?;
+    let ctx = Context { client, json: cli.global.json };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(cli.command.run(&ctx))
+}

@@ -1,0 +1,80 @@
+//! Errors for people, the way uv prints them: `error: ...`, the causes, then a `hint:` line that
+//! says what to do. Values are in backticks; no trailing period.
+
+use std::io::Write;
+
+use reqwest::StatusCode;
+
+use crate::client::ClientError;
+use crate::output::{BOLD, FAILURE, HINT};
+
+/// Prints an error, its causes and a hint on stderr.
+pub fn print_error(err: &anyhow::Error) {
+    let mut stderr = anstream::stderr().lock();
+    // Nothing sensible to do when stderr itself is gone.
+    let _ = writeln!(stderr, "{FAILURE}error{FAILURE:#}: {err}");
+    for cause in err.chain().skip(1) {
+        let _ = writeln!(stderr, "  {BOLD}Caused by:{BOLD:#} {cause}");
+    }
+    if let Some(hint) = hint(err) {
+        let _ = writeln!(stderr, "{HINT}hint{HINT:#}: {hint}");
+    }
+}
+
+/// What to do about an error, when we know.
+fn hint(err: &anyhow::Error) -> Option<String> {
+    err.chain()
+        .find_map(|cause| cause.downcast_ref::<ClientError>())
+        .and_then(client_hint)
+}
+
+fn client_hint(err: &ClientError) -> Option<String> {
+    match err {
+        ClientError::Unreachable { .. } => Some(
+            "is deployer-agent running? start it with `deployer-agent --config agent.yaml`, \
+             or pass --agent URL"
+                .to_owned(),
+        ),
+        ClientError::TimedOut { .. } => Some(
+            "the agent accepted the connection but did not answer; check its log".to_owned(),
+        ),
+        ClientError::Broken { .. } => Some(
+            "the agent may have restarted or crashed; check its log, then run `deployer ls`"
+                .to_owned(),
+        ),
+        ClientError::BadResponse { agent, .. } => Some(format!(
+            "is `{agent}` a deployer agent? check --agent or `DEPLOYER_AGENT`"
+        )),
+        ClientError::Api { status, body, token, .. } => {
+            // The CLI knows better than the agent which variable holds the token.
+            if *status == StatusCode::UNAUTHORIZED {
+                return Some(if token.is_set() {
+                    format!(
+                        "the token in `{}` is not one the agent accepts; check it against the \
+                         agent's config",
+                        token.var
+                    )
+                } else {
+                    format!(
+                        "set `{}` to one of the agent's API tokens (or name another variable \
+                         with --token-env NAME)",
+                        token.var
+                    )
+                });
+            }
+            if let Some(hint) = &body.hint {
+                return Some(hint.clone());
+            }
+            match *status {
+                StatusCode::FORBIDDEN => Some(format!(
+                    "the token in `{}` lacks the `deploy` scope; use one that has it",
+                    token.var
+                )),
+                StatusCode::NOT_FOUND => {
+                    Some("run `deployer ls` to see the apps the agent runs".to_owned())
+                }
+                _ => None,
+            }
+        }
+    }
+}

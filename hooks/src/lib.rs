@@ -1,0 +1,1 @@
+//! Inbound webhooks (filled in by the webhook issue).
