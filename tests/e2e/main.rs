@@ -1,1 +1,14 @@
+//! End-to-end tests: the real `deployer-agent` and `deployer` binaries drive real Node workers
+//! over real sockets. One test binary (like casey/just's `tests/lib.rs`), one module per area;
+//! the shared helpers are the `deployer_tests` crate (`tests/support/`).
+//!
+//! Every test starts its own agent in a temp dir on ports picked for it, so tests run in
+//! parallel. Waits are polls with deadlines; loads are short and stop by themselves.
 
+mod api;
+mod cli;
+mod config;
+mod fronts;
+mod lifecycle;
+mod reload;
+mod supervise;

@@ -1,1 +1,23 @@
+//! Shared helpers of the end-to-end tests: the real `deployer-agent` and `deployer` binaries,
+//! real Node workers, real sockets.
+//!
+//! A test states its setup with a [`TestEnv`] (in the spirit of casey/just's `Test`), which writes
+//! an `agent.yaml` into a temp dir and starts the agent; the running [`Agent`] answers API calls,
+//! runs the CLI against itself and prints its own log when a test fails. [`Load`] is the Rust twin
+//! of `shared/bench/loadcheck.py`: closed-loop clients that count every failed request by the
+//! same rules. Every wait is a poll with a deadline ([`wait_until`]), never a fixed sleep.
 
+mod agent;
+mod bins;
+mod env;
+pub mod http;
+mod load;
+mod process;
+mod wait;
+
+pub use agent::Agent;
+pub use bins::bin;
+pub use env::{AppSpec, Proxy, Setup, TestEnv, fixture};
+pub use load::{Load, LoadReport};
+pub use process::{CliOutput, environ, pid_alive, port_is_free};
+pub use wait::{poll, wait_until};

@@ -1,0 +1,212 @@
+//! A running `deployer-agent`: its API, its CLI, its signals, its log.
+
+use crate::env::{Setup, TestEnv};
+use crate::http::{self, Response};
+use crate::process::{CliOutput, run_to_end};
+use crate::{poll, wait_until};
+use deployer_wire::{AppStatus, WorkerStatus};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use std::fs::OpenOptions;
+use std::process::{Child, ExitStatus, Stdio};
+use std::time::Duration;
+
+/// How long the agent may take to answer its API and bring every worker online.
+const STARTUP: Duration = Duration::from_secs(30);
+/// How long a stopping agent may take before it is killed.
+const SHUTDOWN: Duration = Duration::from_secs(20);
+/// How long one API call may take (a reload waits for the new workers).
+const API_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The agent process of a test. Dropping it stops the agent (SIGTERM, then SIGKILL after a
+/// deadline); when the test failed, its log is printed first.
+pub struct Agent {
+    setup: Setup,
+    child: Option<Child>,
+    exit: Option<ExitStatus>,
+}
+
+impl std::ops::Deref for Agent {
+    type Target = Setup;
+    fn deref(&self) -> &Setup {
+        &self.setup
+    }
+}
+
+impl Agent {
+    pub(crate) fn spawn(setup: Setup) -> Agent {
+        let mut agent = Agent { setup, child: None, exit: None };
+        agent.spawn_process();
+        agent
+    }
+
+    fn spawn_process(&mut self) {
+        let append = |name: &str| OpenOptions::new().create(true).append(true).open(self.setup.dir().join(name)).expect("agent log file");
+        let mut cmd = self.setup.agent_command();
+        cmd.arg("--config").arg(self.setup.config_path()).stdin(Stdio::null()).stdout(append("agent.out")).stderr(append("agent.err"));
+        self.child = Some(cmd.spawn().expect("start deployer-agent"));
+        self.exit = None;
+    }
+
+    /// Start a new agent process on the same config (the previous one must have exited).
+    pub fn start_again(&mut self) {
+        assert!(self.exited().is_some(), "the previous agent is still running");
+        self.spawn_process();
+        self.wait_started();
+    }
+
+    /// Wait until the API answers and (unless the env says not to) every worker is online.
+    pub(crate) fn wait_started(&mut self) {
+        let api = self.api_port();
+        let up = wait_until(STARTUP, || {
+            self.exited().is_none() && http::get(api, "/healthz").is_ok_and(|r| r.status == 200)
+        });
+        assert!(up, "the agent did not answer /healthz within {STARTUP:?} (exit: {:?})", self.exit);
+        if self.test_env().waits_for_workers() {
+            let apps: Vec<(String, u32)> = self.test_env().apps().iter().map(|a| (a.name.clone(), a.instance_count())).collect();
+            for (app, n) in apps {
+                self.wait_online(&app, n as usize);
+            }
+        }
+    }
+
+    /// The agent's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("an agent process").id()
+    }
+
+    /// The agent's own log (its stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir().join("agent.err")).unwrap_or_default()
+    }
+
+    /// The value of the token named `name` (`admin` always exists).
+    pub fn token(&self, name: &str) -> String {
+        self.setup.token_value(name)
+    }
+
+    /// An API request with `token` (or none); no body unless `body` is given.
+    pub fn request(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Response {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        http::request(self.api_port(), method, path, &headers, body, API_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// `GET path` with the admin token.
+    pub fn get(&self, path: &str) -> Response {
+        self.request("GET", path, Some(&self.token("admin")), None)
+    }
+
+    /// `POST path` with the admin token and a JSON body.
+    pub fn post(&self, path: &str, body: serde_json::Value) -> Response {
+        self.request("POST", path, Some(&self.token("admin")), Some(&body.to_string()))
+    }
+
+    /// `POST /v1/apps/{app}/reload`.
+    pub fn reload(&self, app: &str, update_env: bool) -> Response {
+        self.post(&format!("/v1/apps/{app}/reload"), serde_json::json!({ "update_env": update_env }))
+    }
+
+    /// `GET /v1/apps`.
+    pub fn apps(&self) -> Vec<AppStatus> {
+        let r = self.get("/v1/apps");
+        assert_eq!(r.status, 200, "GET /v1/apps: {}", r.body);
+        r.json()
+    }
+
+    /// `GET /v1/apps/{app}`.
+    pub fn app(&self, app: &str) -> AppStatus {
+        let r = self.get(&format!("/v1/apps/{app}"));
+        assert_eq!(r.status, 200, "GET /v1/apps/{app}: {}", r.body);
+        r.json()
+    }
+
+    /// The pids of `app`'s workers, by instance id.
+    pub fn pids(&self, app: &str) -> Vec<u32> {
+        self.app(app).workers.iter().filter_map(|w| w.pid).collect()
+    }
+
+    /// Wait until `app` has exactly `n` workers, all online; answers them.
+    #[track_caller]
+    pub fn wait_online(&self, app: &str, n: usize) -> Vec<WorkerStatus> {
+        let online = poll(STARTUP, || {
+            let status = self.app(app);
+            let all_online = status.workers.len() == n && status.workers.iter().all(|w| w.state == "online" && w.pid.is_some());
+            all_online.then_some(status.workers)
+        });
+        online.unwrap_or_else(|| panic!("`{app}` did not have {n} online workers within {STARTUP:?}: {:#?}", self.app(app)))
+    }
+
+    /// Run `deployer <args>` against this agent with the admin token.
+    pub fn cli(&self, args: &[&str]) -> CliOutput {
+        self.cli_as(Some(&self.token("admin")), args)
+    }
+
+    /// Run `deployer <args>` against this agent with `token` (or none) in `DEPLOYER_TOKEN`.
+    pub fn cli_as(&self, token: Option<&str>, args: &[&str]) -> CliOutput {
+        let mut cmd = std::process::Command::new(crate::bin("deployer"));
+        cmd.current_dir(self.dir())
+            .env_remove("DEPLOYER_AGENT")
+            .env_remove("DEPLOYER_TOKEN")
+            .env("NO_COLOR", "1")
+            .arg("--agent")
+            .arg(format!("http://127.0.0.1:{}", self.api_port()))
+            .args(args);
+        if let Some(t) = token {
+            cmd.env("DEPLOYER_TOKEN", t);
+        }
+        run_to_end(cmd, API_TIMEOUT)
+    }
+
+    /// Restate the test env and rewrite `agent.yaml` (the agent reads it on SIGHUP or
+    /// `reload --update-env`). New apps get a port and a copy of the example app.
+    pub fn reconfigure(&mut self, f: impl FnOnce(TestEnv) -> TestEnv) {
+        self.setup.reconfigure(f);
+    }
+
+    /// Rewrite `app`'s `.env` (its `env_file`).
+    pub fn write_env_file(&self, app: &str, content: &str) {
+        std::fs::write(self.app_dir(app).join(".env"), content).expect("write .env");
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        kill(Pid::from_raw(self.pid() as i32), sig).unwrap_or_else(|e| panic!("{sig} to the agent: {e}"));
+    }
+
+    /// The exit status, if the agent has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        if self.exit.is_none() {
+            if let Some(child) = &mut self.child {
+                self.exit = child.try_wait().expect("wait for the agent");
+            }
+        }
+        self.exit
+    }
+
+    /// Wait up to `timeout` for the agent to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        poll(timeout, || self.exited())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.exited().is_none() {
+            let _ = kill(Pid::from_raw(self.pid() as i32), Signal::SIGTERM);
+            if self.wait_exit(SHUTDOWN).is_none() {
+                if let Some(child) = &mut self.child {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("--- {} ---\n{}", self.config_path().display(), self.config_text());
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(200)..];
+            eprintln!("--- agent log (last {} lines) ---\n{}", tail.len(), tail.join("\n"));
+        }
+    }
+}

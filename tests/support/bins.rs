@@ -1,0 +1,63 @@
+//! The binaries under test, built from this workspace before the first test uses them.
+//!
+//! `cargo nextest run -p deployer-tests` builds the test binary only, not the `agent` and
+//! `deployer` binaries it drives; so the first use in a process runs `cargo build` for them, with
+//! the test binary's profile and target dir. A no-op build takes a moment, so under nextest (one
+//! process per test) a marker keyed on `NEXTEST_RUN_ID` makes it once per run.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The path of a workspace binary (`deployer-agent`, `deployer`), built if needed.
+pub fn bin(name: &str) -> PathBuf {
+    let dir = profile_dir();
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    if let Err(e) = BUILT.get_or_init(|| build(&dir)) {
+        panic!("{e}");
+    }
+    dir.join(name)
+}
+
+/// `target/<profile>`: the test executable lives in `target/<profile>/deps/`.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let dir = exe.parent().expect("the test executable's directory");
+    let dir = if dir.ends_with("deps") { dir.parent().expect("target/<profile>") } else { dir };
+    dir.to_path_buf()
+}
+
+fn build(profile_dir: &Path) -> Result<(), String> {
+    let marker = profile_dir.join(".deployer-tests-built");
+    let run_id = std::env::var("NEXTEST_RUN_ID").ok();
+    if let Some(id) = &run_id {
+        if std::fs::read_to_string(&marker).is_ok_and(|m| m == *id) {
+            return Ok(());
+        }
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("Cargo.toml");
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => "dev",
+        Some(other) => other,
+    };
+    let mut cmd = Command::new(&cargo);
+    cmd.args(["build", "--quiet", "--bins", "-p", "agent", "-p", "deployer", "--profile", profile])
+        .arg("--manifest-path")
+        .arg(&manifest);
+    if let Some(target_dir) = profile_dir.parent() {
+        cmd.arg("--target-dir").arg(target_dir);
+    }
+    let out = cmd.output().map_err(|e| format!("cannot run `{}`: {e}", cargo.to_string_lossy()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "building the agent and CLI binaries failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    if let Some(id) = run_id {
+        let _ = std::fs::write(&marker, id);
+    }
+    Ok(())
+}
