@@ -12,3 +12,4 @@ mod fronts;
 mod lifecycle;
 mod reload;
 mod supervise;
+mod scratch;
