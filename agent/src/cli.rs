@@ -10,6 +10,7 @@ use std::path::PathBuf;
     name = "deployer-agent",
     version,
     after_help = "Examples:\n  \
+        deployer-agent quickstart                      # a git repo + an agent deploying it\n  \
         DEPLOYER_TOKEN=change-me-please deployer-agent --config examples/agent.yaml\n  \
         deployer-agent check --config agent.yaml\n\n\
         Signals: SIGTERM/SIGINT stop gracefully (drain, stop workers, exit 0); SIGHUP re-reads the config.\n\
@@ -30,4 +31,17 @@ pub enum Command {
     Run,
     /// Check the config file and exit: 0 when it is valid, 1 with `file:line:col` errors when not.
     Check,
+    /// Try the whole product: make a local git repo with the example app and run an agent that
+    /// deploys it whenever you commit.
+    Quickstart {
+        /// Where to put the repo, the config and the agent's state.
+        #[arg(long, default_value = "quickstart")]
+        dir: PathBuf,
+        /// The app's public port.
+        #[arg(long, default_value_t = 3000)]
+        port: u16,
+        /// The agent API's port (on 127.0.0.1).
+        #[arg(long, default_value_t = 7070)]
+        api_port: u16,
+    },
 }

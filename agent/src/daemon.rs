@@ -3,6 +3,8 @@
 use crate::api::{self, ApiState};
 use crate::cli::{Cli, Command};
 use crate::config;
+use crate::deploy::Deployer;
+use crate::state::Store;
 use crate::supervisor::{self, Supervisor};
 use anyhow::Context;
 use std::path::Path;
@@ -15,6 +17,13 @@ use tokio_util::sync::CancellationToken;
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => Ok(check(&cli.config)),
+        Command::Quickstart { dir, port, api_port } => {
+            let qs = crate::quickstart::prepare(&dir, port, api_port)?;
+            // SAFETY: still single-threaded: no runtime or other thread exists yet.
+            unsafe { std::env::set_var("DEPLOYER_TOKEN", &qs.token) };
+            eprintln!("{}", qs.instructions());
+            run(Cli { config: qs.config, command: Some(Command::Run) })
+        }
         Command::Run => {
             tracing_subscriber::fmt()
                 .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
@@ -53,7 +62,10 @@ async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
         tracing::warn!("no `tokens` configured: every /v1 request will get 401");
     }
     let supervisor = Supervisor::start(&loaded).await?;
-    let state = Arc::new(ApiState { supervisor: supervisor.clone(), tokens: RwLock::new(loaded.tokens.clone()) });
+    let store = Arc::new(Store::open(&loaded.config.state_dir.join("agent.db"))?);
+    let stop_deploys = CancellationToken::new();
+    let deployer = Deployer::start(store, supervisor.clone(), stop_deploys.clone())?;
+    let state = Arc::new(ApiState { supervisor: supervisor.clone(), deployer, tokens: RwLock::new(loaded.tokens.clone()) });
     let stop_api = CancellationToken::new();
     let api = tokio::spawn(
         axum::serve(listener, api::router(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>())
@@ -82,6 +94,7 @@ async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
         }
     }
     tracing::info!("stopping: draining connections, then stopping workers");
+    stop_deploys.cancel();
     supervisor.shutdown().await;
     stop_api.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), api).await;

@@ -13,10 +13,14 @@ Every host runs `deployer-agent`, which supervises the apps' workers and serves 
 This CLI asks one agent (--agent, default http://127.0.0.1:7070) to list its apps, reload them \
 without dropping a request, restart, stop, start or scale them, and show their logs.
 
+An app with a git `repo` is deployed by the agent: `deploy` queues a branch or a commit, which \
+the agent fetches, installs into a new release and rolls out worker by worker; `history`, `show` \
+and `releases` tell what happened, `cancel` and `rollback` undo.
+
 The API token is read from the DEPLOYER_TOKEN environment variable (--token-env NAME reads \
 another one); it is never a flag, so it stays out of shell history and `ps`.";
 
-/// Drive deployer agents: list apps, reload them without downtime, read their logs
+/// Drive deployer agents: deploy apps from git, reload them without downtime, read their logs
 #[derive(Debug, Parser)]
 #[command(name = "deployer", version, long_about = LONG_ABOUT, after_help = examples())]
 pub struct Cli {
@@ -52,15 +56,25 @@ pub struct GlobalArgs {
 }
 
 fn examples() -> String {
-    let heading = anstyle::Style::new().bold().underline();
-    format!(
-        "\
-{heading}Examples:{heading:#}
+    examples_section(
+        "
   deployer ls                         List every app's workers
+  deployer deploy web --wait          Deploy web's branch and follow it until it is live
+  deployer deploy web --ref 1a2b3c4   Queue a deploy of one commit of web
+  deployer history web -n 5           Show web's last 5 deploys
+  deployer show 12                    Show deploy #12, its steps and its install output
+  deployer rollback web --wait        Put web's previous release back live
   deployer reload web --update-env    Replace web's workers with ones that read the new env
   deployer logs web -n 200            Show the last 200 lines web's workers wrote
-  deployer --agent http://10.0.0.5:7070 scale web 4 --json"
+  deployer --agent http://10.0.0.5:7070 scale web 4 --json",
     )
+}
+
+/// An `Examples:` section of help, its heading styled like clap's own; `lines` starts with a
+/// newline.
+pub fn examples_section(lines: &str) -> String {
+    let heading = anstyle::Style::new().bold().underline();
+    format!("{heading}Examples:{heading:#}{lines}")
 }
 
 /// An agent URL: `http` or `https`, with a clear word for `10.0.0.5:7070` (no scheme).

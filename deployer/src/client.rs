@@ -7,7 +7,8 @@ use std::fmt;
 use std::time::Duration;
 
 use deployer_wire::{
-    API_PREFIX, ApiError, AppStatus, LogLines, ReloadOutcome, ReloadRequest, ScaleRequest,
+    API_PREFIX, ApiError, AppStatus, Deploy, DeployAccepted, DeployRequest, LogLines,
+    ReloadOutcome, ReloadRequest, Release, RollbackRequest, ScaleRequest,
 };
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use serde::Serialize;
@@ -178,6 +179,46 @@ impl Client {
         url.query_pairs_mut().append_pair("lines", &lines.to_string());
         let request = self.http.get(url);
         self.send(request, Some(REQUEST_TIMEOUT)).await
+    }
+
+    /// `POST /v1/apps/{app}/deploys`: queues a deploy and answers at once (202).
+    pub async fn deploy(&self, app: &str, request: &DeployRequest) -> Result<DeployAccepted, ClientError> {
+        self.call(Method::POST, &["apps", app, "deploys"], Some(REQUEST_TIMEOUT), Some(request))
+            .await
+    }
+
+    /// `POST /v1/apps/{app}/rollback`: queues a deploy of a release on disk (202).
+    pub async fn rollback(&self, app: &str, request: &RollbackRequest) -> Result<DeployAccepted, ClientError> {
+        self.call(Method::POST, &["apps", app, "rollback"], Some(REQUEST_TIMEOUT), Some(request))
+            .await
+    }
+
+    /// `GET /v1/deploys/{id}`: one deploy, with its events and the tail of its install output.
+    pub async fn deploy_status(&self, id: u64) -> Result<Deploy, ClientError> {
+        let id = id.to_string();
+        self.call(Method::GET, &["deploys", &id], Some(REQUEST_TIMEOUT), None::<&()>)
+            .await
+    }
+
+    /// `GET /v1/apps/{app}/deploys?limit=N`: the newest deploys first, without their events.
+    pub async fn deploys(&self, app: &str, limit: u32) -> Result<Vec<Deploy>, ClientError> {
+        let mut url = self.url(&["apps", app, "deploys"]);
+        url.query_pairs_mut().append_pair("limit", &limit.to_string());
+        let request = self.http.get(url);
+        self.send(request, Some(REQUEST_TIMEOUT)).await
+    }
+
+    /// `POST /v1/deploys/{id}/cancel`: answers the deploy as it was when the cancel arrived.
+    pub async fn cancel(&self, id: u64) -> Result<Deploy, ClientError> {
+        let id = id.to_string();
+        self.call(Method::POST, &["deploys", &id, "cancel"], Some(REQUEST_TIMEOUT), None::<&()>)
+            .await
+    }
+
+    /// `GET /v1/apps/{app}/releases`: the release directories on disk, newest first.
+    pub async fn releases(&self, app: &str) -> Result<Vec<Release>, ClientError> {
+        self.call(Method::GET, &["apps", app, "releases"], Some(REQUEST_TIMEOUT), None::<&()>)
+            .await
     }
 
     async fn post_empty(&self, app: &str, action: &str) -> Result<AppStatus, ClientError> {

@@ -10,6 +10,8 @@ use comfy_table::{Attribute, Cell, Color, Table, presets, modifiers};
 use deployer_wire::{AppStatus, WorkerStatus};
 use serde::Serialize;
 
+pub mod deploys;
+
 pub const SUCCESS: Style = AnsiColor::Green.on_default().bold();
 pub const FAILURE: Style = AnsiColor::Red.on_default().bold();
 pub const HINT: Style = AnsiColor::Cyan.on_default().bold();
@@ -46,18 +48,9 @@ pub fn stderr_is_terminal() -> bool {
 
 /// One row per worker of each app, like `pm2 ls`; an app without workers gets one `stopped` row.
 pub fn workers_table(apps: &[AppStatus], colour: bool) -> Table {
-    let mut table = Table::new();
-    table
-        .load_preset(presets::UTF8_FULL_CONDENSED)
-        .apply_modifier(modifiers::UTF8_ROUND_CORNERS);
-    if colour {
-        table.enforce_styling();
-    } else {
-        table.force_no_tty();
-    }
-    table.set_header(
-        ["id", "name", "mode", "↺", "pid", "cpu", "memory", "uptime", "status", "env"]
-            .map(|title| Cell::new(title).add_attribute(Attribute::Bold).fg(Color::Cyan)),
+    let mut table = new_table(
+        ["id", "name", "mode", "↺", "pid", "cpu", "memory", "uptime", "status", "env"],
+        colour,
     );
     for app in apps {
         if app.workers.is_empty() {
@@ -78,6 +71,23 @@ pub fn workers_table(apps: &[AppStatus], colour: bool) -> Table {
             table.add_row(worker_row(app, worker));
         }
     }
+    table
+}
+
+/// An empty table in the house style: rounded corners, bold cyan titles, colour when asked.
+pub fn new_table<const N: usize>(titles: [&str; N], colour: bool) -> Table {
+    let mut table = Table::new();
+    table
+        .load_preset(presets::UTF8_FULL_CONDENSED)
+        .apply_modifier(modifiers::UTF8_ROUND_CORNERS);
+    if colour {
+        table.enforce_styling();
+    } else {
+        table.force_no_tty();
+    }
+    table.set_header(
+        titles.map(|title| Cell::new(title).add_attribute(Attribute::Bold).fg(Color::Cyan)),
+    );
     table
 }
 
@@ -143,6 +153,50 @@ pub fn human_elapsed(ms: u64) -> String {
     }
 }
 
+/// How long a deploy took, to a tenth of a second under a minute: `8.2s`, `2m05s`, `1h02m`.
+pub fn human_duration(ms: u64) -> String {
+    let tenths = ms.saturating_add(50) / 100;
+    if tenths < 600 {
+        return format!("{}.{}s", tenths / 10, tenths % 10);
+    }
+    let secs = ms.saturating_add(500) / 1000;
+    if secs < 3_600 {
+        format!("{}m{:02}s", secs / 60, secs % 60)
+    } else {
+        let mins = secs / 60;
+        format!("{}h{:02}m", mins / 60, mins % 60)
+    }
+}
+
+/// How long ago something happened: `just now`, `42s ago`, `3m ago`, `2h ago`, `4d ago`.
+pub fn human_age(ms: u64) -> String {
+    if ms < 1000 { "just now".to_owned() } else { format!("{} ago", human_uptime(ms)) }
+}
+
+/// Milliseconds since the Unix epoch, as the API counts them.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A commit the way git shows it in one line: its first 7 hex digits.
+pub fn short_sha(sha: &str) -> &str {
+    sha.char_indices().nth(7).map_or(sha, |(cut, _)| &sha[..cut])
+}
+
+/// The first line of a text, cut to `max` characters (with `…` when something was cut).
+pub fn one_line(text: &str, max: usize) -> String {
+    let mut lines = text.trim().lines();
+    let first = lines.next().unwrap_or("").trim_end();
+    let more = lines.next().is_some();
+    match first.char_indices().nth(max.saturating_sub(1)) {
+        Some((cut, _)) if first.chars().count() > max => format!("{}…", &first[..cut]),
+        _ if more => format!("{first}…"),
+        _ => first.to_owned(),
+    }
+}
+
 /// `1 worker`, `2 workers`.
 pub fn count(n: u32, noun: &str) -> String {
     if n == 1 { format!("{n} {noun}") } else { format!("{n} {noun}s") }
@@ -179,6 +233,45 @@ mod tests {
         assert_eq!(human_elapsed(1_840), "1.84s");
         assert_eq!(human_elapsed(420), "0.42s");
         assert_eq!(human_elapsed(125_000), "2m05s");
+    }
+
+    #[test]
+    fn durations_keep_tenths_under_a_minute() {
+        assert_eq!(human_duration(0), "0.0s");
+        assert_eq!(human_duration(8_240), "8.2s");
+        assert_eq!(human_duration(8_250), "8.3s");
+        assert_eq!(human_duration(59_940), "59.9s");
+        assert_eq!(human_duration(59_960), "1m00s", "never `60.0s`");
+        assert_eq!(human_duration(125_000), "2m05s");
+        assert_eq!(human_duration(3_599_600), "1h00m");
+        assert_eq!(human_duration(3_720_000), "1h02m");
+    }
+
+    #[test]
+    fn ages_read_like_ago() {
+        assert_eq!(human_age(0), "just now");
+        assert_eq!(human_age(999), "just now");
+        assert_eq!(human_age(42_000), "42s ago");
+        assert_eq!(human_age(3 * 60_000 + 5_000), "3m ago");
+        assert_eq!(human_age(2 * 3_600_000), "2h ago");
+        assert_eq!(human_age(9 * 86_400_000), "9d ago");
+    }
+
+    #[test]
+    fn shas_are_shortened_to_seven_digits() {
+        assert_eq!(short_sha("1a2b3c4d5e6f7a8b9c0d"), "1a2b3c4");
+        assert_eq!(short_sha("1a2b"), "1a2b");
+        assert_eq!(short_sha(""), "");
+    }
+
+    #[test]
+    fn one_line_cuts_long_and_multiline_text() {
+        assert_eq!(one_line("short", 10), "short");
+        assert_eq!(one_line("exactly 10", 10), "exactly 10");
+        assert_eq!(one_line("eleven char", 10), "eleven ch…");
+        assert_eq!(one_line("first\nsecond", 10), "first…");
+        assert_eq!(one_line("  padded  \n", 10), "padded");
+        assert_eq!(one_line("", 10), "");
     }
 
     #[test]

@@ -21,8 +21,31 @@ pub fn print_error(err: &anyhow::Error) {
     }
 }
 
+/// An error that knows what to do about it: for failures of a command whose fix the generic
+/// hints below do not know (a deploy still running at the deadline, an unknown deploy id).
+/// As the context of a [`ClientError`], its hint wins over the client's.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Hinted {
+    pub message: String,
+    pub hint: String,
+}
+
+impl Hinted {
+    pub fn new(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Self { message: message.into(), hint: hint.into() }
+    }
+}
+
 /// What to do about an error, when we know.
 fn hint(err: &anyhow::Error) -> Option<String> {
+    // anyhow finds a context by type only from the outside, not in `chain()`.
+    let hinted = err
+        .downcast_ref::<Hinted>()
+        .or_else(|| err.chain().find_map(|cause| cause.downcast_ref::<Hinted>()));
+    if let Some(hinted) = hinted {
+        return Some(hinted.hint.clone());
+    }
     err.chain()
         .find_map(|cause| cause.downcast_ref::<ClientError>())
         .and_then(client_hint)
@@ -76,5 +99,36 @@ fn client_hint(err: &ClientError) -> Option<String> {
                 _ => None,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use deployer_wire::ApiError;
+
+    use super::*;
+    use crate::client::Token;
+
+    fn not_found() -> ClientError {
+        ClientError::Api {
+            agent: "http://127.0.0.1:7070".into(),
+            status: StatusCode::NOT_FOUND,
+            body: ApiError { code: "not_found".into(), message: "no deploy #9".into(), hint: None },
+            token: Token::from_env("DEPLOYER_TEST_NO_SUCH_VARIABLE"),
+        }
+    }
+
+    #[test]
+    fn a_hinted_context_wins_over_the_client_hint() {
+        let plain = anyhow::Error::new(not_found());
+        assert!(hint(&plain).unwrap().contains("deployer ls"));
+
+        let hinted = anyhow::Error::new(not_found())
+            .context(Hinted::new("cannot show deploy #9", "try `deployer history web`"));
+        assert_eq!(hinted.to_string(), "cannot show deploy #9");
+        assert_eq!(hint(&hinted).as_deref(), Some("try `deployer history web`"));
+
+        let alone = anyhow::Error::new(Hinted::new("still building", "wait longer"));
+        assert_eq!(hint(&alone).as_deref(), Some("wait longer"));
     }
 }

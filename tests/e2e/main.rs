@@ -12,4 +12,3 @@ mod fronts;
 mod lifecycle;
 mod reload;
 mod supervise;
-mod scratch;

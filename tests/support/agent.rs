@@ -35,35 +35,87 @@ impl std::ops::Deref for Agent {
 
 impl Agent {
     pub(crate) fn spawn(setup: Setup) -> Agent {
-        let mut agent = Agent { setup, child: None, exit: None };
+        let mut agent = Agent {
+            setup,
+            child: None,
+            exit: None,
+        };
         agent.spawn_process();
         agent
     }
 
+    /// Spawn and wait until started. Ports are picked before the agent binds them, so another
+    /// test may take one in between: then the agent exits at once, and it is tried again on new
+    /// ports.
+    pub(crate) fn start(setup: Setup) -> Agent {
+        let mut agent = Agent::spawn(setup);
+        for _ in 0..3 {
+            if !agent.wait_api() && agent.log().contains("Address already in use") {
+                agent.setup.repick_ports();
+                agent.spawn_process();
+                continue;
+            }
+            break;
+        }
+        agent.wait_started();
+        agent
+    }
+
     fn spawn_process(&mut self) {
-        let append = |name: &str| OpenOptions::new().create(true).append(true).open(self.setup.dir().join(name)).expect("agent log file");
+        let append = |name: &str| {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.setup.dir().join(name))
+                .expect("agent log file")
+        };
         let mut cmd = self.setup.agent_command();
-        cmd.arg("--config").arg(self.setup.config_path()).stdin(Stdio::null()).stdout(append("agent.out")).stderr(append("agent.err"));
+        cmd.arg("--config")
+            .arg(self.setup.config_path())
+            .stdin(Stdio::null())
+            .stdout(append("agent.out"))
+            .stderr(append("agent.err"));
         self.child = Some(cmd.spawn().expect("start deployer-agent"));
         self.exit = None;
     }
 
     /// Start a new agent process on the same config (the previous one must have exited).
     pub fn start_again(&mut self) {
-        assert!(self.exited().is_some(), "the previous agent is still running");
+        assert!(
+            self.exited().is_some(),
+            "the previous agent is still running"
+        );
         self.spawn_process();
         self.wait_started();
     }
 
+    /// Wait until this agent's API answers (`false` when the agent exited first, or the time is up).
+    fn wait_api(&mut self) -> bool {
+        let api = self.api_port();
+        let mut up = false;
+        wait_until(STARTUP, || {
+            // Only this agent answers `ok`: a worker of another test could hold the port.
+            up = self.exited().is_none()
+                && http::get(api, "/healthz").is_ok_and(|r| r.status == 200 && r.body == "ok\n");
+            up || self.exited().is_some()
+        });
+        up
+    }
+
     /// Wait until the API answers and (unless the env says not to) every worker is online.
     pub(crate) fn wait_started(&mut self) {
-        let api = self.api_port();
-        let up = wait_until(STARTUP, || {
-            self.exited().is_none() && http::get(api, "/healthz").is_ok_and(|r| r.status == 200)
-        });
-        assert!(up, "the agent did not answer /healthz within {STARTUP:?} (exit: {:?})", self.exit);
+        assert!(
+            self.wait_api(),
+            "the agent did not answer /healthz within {STARTUP:?} (exit: {:?})",
+            self.exit
+        );
         if self.test_env().waits_for_workers() {
-            let apps: Vec<(String, u32)> = self.test_env().apps().iter().map(|a| (a.name.clone(), a.instance_count())).collect();
+            let apps: Vec<(String, u32)> = self
+                .test_env()
+                .apps()
+                .iter()
+                .map(|a| (a.name.clone(), a.instance_count()))
+                .collect();
             for (app, n) in apps {
                 self.wait_online(&app, n as usize);
             }
@@ -86,38 +138,53 @@ impl Agent {
     }
 
     /// An API request with `token` (or none); no body unless `body` is given.
-    pub fn request(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Response {
+    pub fn api_request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> Response {
         let auth = token.map(|t| format!("Bearer {t}"));
-        let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
         http::request(self.api_port(), method, path, &headers, body, API_TIMEOUT)
             .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
 
     /// `GET path` with the admin token.
-    pub fn get(&self, path: &str) -> Response {
-        self.request("GET", path, Some(&self.token("admin")), None)
+    pub fn api_get(&self, path: &str) -> Response {
+        self.api_request("GET", path, Some(&self.token("admin")), None)
     }
 
     /// `POST path` with the admin token and a JSON body.
-    pub fn post(&self, path: &str, body: serde_json::Value) -> Response {
-        self.request("POST", path, Some(&self.token("admin")), Some(&body.to_string()))
+    pub fn api_post(&self, path: &str, body: serde_json::Value) -> Response {
+        self.api_request(
+            "POST",
+            path,
+            Some(&self.token("admin")),
+            Some(&body.to_string()),
+        )
     }
 
     /// `POST /v1/apps/{app}/reload`.
     pub fn reload(&self, app: &str, update_env: bool) -> Response {
-        self.post(&format!("/v1/apps/{app}/reload"), serde_json::json!({ "update_env": update_env }))
+        self.api_post(
+            &format!("/v1/apps/{app}/reload"),
+            serde_json::json!({ "update_env": update_env }),
+        )
     }
 
     /// `GET /v1/apps`.
     pub fn apps(&self) -> Vec<AppStatus> {
-        let r = self.get("/v1/apps");
+        let r = self.api_get("/v1/apps");
         assert_eq!(r.status, 200, "GET /v1/apps: {}", r.body);
         r.json()
     }
 
     /// `GET /v1/apps/{app}`.
     pub fn app(&self, app: &str) -> AppStatus {
-        let r = self.get(&format!("/v1/apps/{app}"));
+        let r = self.api_get(&format!("/v1/apps/{app}"));
         assert_eq!(r.status, 200, "GET /v1/apps/{app}: {}", r.body);
         r.json()
     }
@@ -127,15 +194,26 @@ impl Agent {
         self.app(app).workers.iter().filter_map(|w| w.pid).collect()
     }
 
-    /// Wait until `app` has exactly `n` workers, all online; answers them.
+    /// Wait until `app` exists and has exactly `n` workers, all online; answers them.
     #[track_caller]
     pub fn wait_online(&self, app: &str, n: usize) -> Vec<WorkerStatus> {
         let online = poll(STARTUP, || {
-            let status = self.app(app);
-            let all_online = status.workers.len() == n && status.workers.iter().all(|w| w.state == "online" && w.pid.is_some());
+            // The app may not exist yet (a SIGHUP not applied yet).
+            let r = self.api_get(&format!("/v1/apps/{app}"));
+            let status: AppStatus = (r.status == 200).then(|| r.json())?;
+            let all_online = status.workers.len() == n
+                && status
+                    .workers
+                    .iter()
+                    .all(|w| w.state == "online" && w.pid.is_some());
             all_online.then_some(status.workers)
         });
-        online.unwrap_or_else(|| panic!("`{app}` did not have {n} online workers within {STARTUP:?}: {:#?}", self.app(app)))
+        online.unwrap_or_else(|| {
+            panic!(
+                "`{app}` did not have {n} online workers within {STARTUP:?}: {:#?}",
+                self.app(app)
+            )
+        })
     }
 
     /// Run `deployer <args>` against this agent with the admin token.
@@ -171,15 +249,14 @@ impl Agent {
     }
 
     pub fn signal(&self, sig: Signal) {
-        kill(Pid::from_raw(self.pid() as i32), sig).unwrap_or_else(|e| panic!("{sig} to the agent: {e}"));
+        kill(Pid::from_raw(self.pid() as i32), sig)
+            .unwrap_or_else(|e| panic!("{sig} to the agent: {e}"));
     }
 
     /// The exit status, if the agent has exited.
     pub fn exited(&mut self) -> Option<ExitStatus> {
-        if self.exit.is_none() {
-            if let Some(child) = &mut self.child {
-                self.exit = child.try_wait().expect("wait for the agent");
-            }
+        if let (None, Some(child)) = (self.exit, &mut self.child) {
+            self.exit = child.try_wait().expect("wait for the agent");
         }
         self.exit
     }
@@ -194,19 +271,26 @@ impl Drop for Agent {
     fn drop(&mut self) {
         if self.exited().is_none() {
             let _ = kill(Pid::from_raw(self.pid() as i32), Signal::SIGTERM);
-            if self.wait_exit(SHUTDOWN).is_none() {
-                if let Some(child) = &mut self.child {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                }
+            let stuck = self.wait_exit(SHUTDOWN).is_none();
+            if let (true, Some(child)) = (stuck, &mut self.child) {
+                let _ = child.kill();
+                let _ = child.wait();
             }
         }
         if std::thread::panicking() {
-            eprintln!("--- {} ---\n{}", self.config_path().display(), self.config_text());
+            eprintln!(
+                "--- {} ---\n{}",
+                self.config_path().display(),
+                self.config_text()
+            );
             let log = self.log();
             let lines: Vec<&str> = log.lines().collect();
             let tail = &lines[lines.len().saturating_sub(200)..];
-            eprintln!("--- agent log (last {} lines) ---\n{}", tail.len(), tail.join("\n"));
+            eprintln!(
+                "--- agent log (last {} lines) ---\n{}",
+                tail.len(),
+                tail.join("\n")
+            );
         }
     }
 }

@@ -4,6 +4,7 @@
 //! `deployer` binaries it drives; so the first use in a process runs `cargo build` for them, with
 //! the test binary's profile and target dir. A no-op build takes a moment, so under nextest (one
 //! process per test) a marker keyed on `NEXTEST_RUN_ID` makes it once per run.
+//! `DEPLOYER_TESTS_NO_BUILD=1` skips the build and tests the binaries already there.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,32 +24,57 @@ pub fn bin(name: &str) -> PathBuf {
 fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable's path");
     let dir = exe.parent().expect("the test executable's directory");
-    let dir = if dir.ends_with("deps") { dir.parent().expect("target/<profile>") } else { dir };
+    let dir = if dir.ends_with("deps") {
+        dir.parent().expect("target/<profile>")
+    } else {
+        dir
+    };
     dir.to_path_buf()
 }
 
 fn build(profile_dir: &Path) -> Result<(), String> {
+    if std::env::var_os("DEPLOYER_TESTS_NO_BUILD").is_some() {
+        return Ok(());
+    }
     let marker = profile_dir.join(".deployer-tests-built");
     let run_id = std::env::var("NEXTEST_RUN_ID").ok();
-    if let Some(id) = &run_id {
-        if std::fs::read_to_string(&marker).is_ok_and(|m| m == *id) {
-            return Ok(());
-        }
+    let built_in_this_run = run_id
+        .as_ref()
+        .is_some_and(|id| std::fs::read_to_string(&marker).is_ok_and(|m| m == *id));
+    if built_in_this_run {
+        return Ok(());
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("Cargo.toml");
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("Cargo.toml");
     let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
         Some("debug") | None => "dev",
         Some(other) => other,
     };
     let mut cmd = Command::new(&cargo);
-    cmd.args(["build", "--quiet", "--bins", "-p", "agent", "-p", "deployer", "--profile", profile])
-        .arg("--manifest-path")
-        .arg(&manifest);
+    cmd.args([
+        "build",
+        "--quiet",
+        "--bins",
+        "-p",
+        "agent",
+        "-p",
+        "deployer",
+        "--profile",
+        profile,
+    ])
+    .arg("--manifest-path")
+    .arg(&manifest);
     if let Some(target_dir) = profile_dir.parent() {
         cmd.arg("--target-dir").arg(target_dir);
     }
-    let out = cmd.output().map_err(|e| format!("cannot run `{}`: {e}", cargo.to_string_lossy()))?;
+    let out = cmd.output().map_err(|e| {
+        format!(
+            "cannot run `{}`: {e}\n  hint: set CARGO, or build the binaries first and set DEPLOYER_TESTS_NO_BUILD=1",
+            cargo.to_string_lossy()
+        )
+    })?;
     if !out.status.success() {
         return Err(format!(
             "building the agent and CLI binaries failed ({}):\n{}",

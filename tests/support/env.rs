@@ -32,7 +32,9 @@ impl Proxy {
 
 /// The absolute path of a file in `tests/fixtures/`, for a `start` command.
 pub fn fixture(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name);
     assert!(path.is_file(), "no fixture `{}`", path.display());
     path.display().to_string()
 }
@@ -50,6 +52,8 @@ pub struct AppSpec {
     ready_timeout: String,
     reload: BTreeMap<&'static str, String>,
     restart: BTreeMap<&'static str, String>,
+    /// Other keys of the app, written as given (`max_memory: 1M`).
+    other: BTreeMap<&'static str, String>,
     /// The public port, picked when the config is first written.
     port: Option<u16>,
 }
@@ -57,8 +61,17 @@ pub struct AppSpec {
 impl AppSpec {
     /// Two workers of the example app behind an `http` front, answering after 200 ms.
     pub fn new(name: &str) -> AppSpec {
-        let reload = [("signal", "SIGUSR2"), ("drain_timeout", "10s"), ("kill_timeout", "3s"), ("max_surge", "1")];
-        let restart = [("max_restarts", "10"), ("min_uptime", "1s"), ("backoff_max", "1s")];
+        let reload = [
+            ("signal", "SIGUSR2"),
+            ("drain_timeout", "10s"),
+            ("kill_timeout", "3s"),
+            ("max_surge", "1"),
+        ];
+        let restart = [
+            ("max_restarts", "10"),
+            ("min_uptime", "1s"),
+            ("backoff_max", "1s"),
+        ];
         AppSpec {
             name: name.to_string(),
             start: vec!["node".into(), "app.js".into()],
@@ -67,8 +80,15 @@ impl AppSpec {
             env: BTreeMap::from([("DELAY_MS".to_string(), "200".to_string())]),
             env_file: None,
             ready_timeout: "10s".into(),
-            reload: reload.into_iter().map(|(k, v)| (k, v.to_string())).collect(),
-            restart: restart.into_iter().map(|(k, v)| (k, v.to_string())).collect(),
+            reload: reload
+                .into_iter()
+                .map(|(k, v)| (k, v.to_string()))
+                .collect(),
+            restart: restart
+                .into_iter()
+                .map(|(k, v)| (k, v.to_string()))
+                .collect(),
+            other: BTreeMap::new(),
             port: None,
         }
     }
@@ -115,9 +135,16 @@ impl AppSpec {
 
     /// `restart: { max_restarts, min_uptime, backoff_max }`.
     pub fn restart(mut self, max_restarts: u32, min_uptime: &str, backoff_max: &str) -> Self {
-        self.restart.insert("max_restarts", max_restarts.to_string());
+        self.restart
+            .insert("max_restarts", max_restarts.to_string());
         self.restart.insert("min_uptime", min_uptime.into());
         self.restart.insert("backoff_max", backoff_max.into());
+        self
+    }
+
+    /// Any other key of the app, its value written as YAML: `set("max_memory", "1M")`.
+    pub fn set(mut self, key: &'static str, yaml: &str) -> Self {
+        self.other.insert(key, yaml.into());
         self
     }
 
@@ -148,7 +175,11 @@ impl Default for TestEnv {
 
 impl TestEnv {
     pub fn new() -> TestEnv {
-        TestEnv { apps: vec![AppSpec::new("web")], tokens: Vec::new(), wait_online: true }
+        TestEnv {
+            apps: vec![AppSpec::new("web")],
+            tokens: Vec::new(),
+            wait_online: true,
+        }
     }
 
     /// Change the app `web`.
@@ -182,6 +213,9 @@ impl TestEnv {
     pub fn restart(self, max_restarts: u32, min_uptime: &str, backoff_max: &str) -> Self {
         self.web(|a| a.restart(max_restarts, min_uptime, backoff_max))
     }
+    pub fn set(self, key: &'static str, yaml: &str) -> Self {
+        self.web(|a| a.set(key, yaml))
+    }
 
     /// Another app.
     pub fn app(mut self, app: AppSpec) -> Self {
@@ -189,9 +223,16 @@ impl TestEnv {
         self
     }
 
+    /// Without the app `name` (to remove it from a running agent's config).
+    pub fn without_app(mut self, name: &str) -> Self {
+        self.apps.retain(|a| a.name != name);
+        self
+    }
+
     /// Another API token, e.g. `token("reader", &["read"])`; [`Agent::token`] answers its value.
     pub fn token(mut self, name: &str, scopes: &[&str]) -> Self {
-        self.tokens.push((name.into(), scopes.iter().map(|s| s.to_string()).collect()));
+        self.tokens
+            .push((name.into(), scopes.iter().map(|s| s.to_string()).collect()));
         self
     }
 
@@ -212,13 +253,34 @@ impl TestEnv {
 
     /// Write the temp dir: config, app copies, token values.
     pub fn setup(self) -> Setup {
-        let dir = tempfile::Builder::new().prefix("deployer-e2e-").tempdir().expect("a temp dir");
-        let mut tokens = vec![Token { name: "admin".into(), var: "DEPLOYER_TOKEN".into(), value: secret("admin"), scopes: vec!["read".into(), "deploy".into()] }];
+        // Build before picking ports: a first build takes a while, and a port picked long before
+        // it is bound is more likely to be taken in between.
+        crate::bin("deployer-agent");
+        let dir = tempfile::Builder::new()
+            .prefix("deployer-e2e-")
+            .tempdir()
+            .expect("a temp dir");
+        let mut tokens = vec![Token {
+            name: "admin".into(),
+            var: "DEPLOYER_TOKEN".into(),
+            value: secret("admin"),
+            scopes: vec!["read".into(), "deploy".into()],
+        }];
         for (name, scopes) in &self.tokens {
             let var = format!("DEPLOYER_TEST_TOKEN_{}", name.to_ascii_uppercase());
-            tokens.push(Token { name: name.clone(), var, value: secret(name), scopes: scopes.clone() });
+            tokens.push(Token {
+                name: name.clone(),
+                var,
+                value: secret(name),
+                scopes: scopes.clone(),
+            });
         }
-        let mut setup = Setup { dir, api_port: free_port(), env: self, tokens };
+        let mut setup = Setup {
+            dir,
+            api_port: free_port(),
+            env: self,
+            tokens,
+        };
         setup.write();
         setup
     }
@@ -238,7 +300,9 @@ pub(crate) struct Token {
 }
 
 fn secret(name: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
     format!("{name}-secret-{}-{nanos:x}", std::process::id())
 }
 
@@ -274,7 +338,9 @@ impl Setup {
 
     /// The public port of `app`.
     pub fn port(&self, app: &str) -> u16 {
-        self.app_spec(app).port().expect("ports are picked when the config is written")
+        self.app_spec(app)
+            .port()
+            .expect("ports are picked when the config is written")
     }
 
     /// The directory `app`'s workers run in.
@@ -283,7 +349,11 @@ impl Setup {
     }
 
     pub(crate) fn app_spec(&self, app: &str) -> &AppSpec {
-        self.env.apps().iter().find(|a| a.name == app).unwrap_or_else(|| panic!("no app `{app}` in this test"))
+        self.env
+            .apps()
+            .iter()
+            .find(|a| a.name == app)
+            .unwrap_or_else(|| panic!("no app `{app}` in this test"))
     }
 
     pub(crate) fn test_env(&self) -> &TestEnv {
@@ -291,7 +361,21 @@ impl Setup {
     }
 
     pub(crate) fn token_value(&self, name: &str) -> String {
-        self.tokens.iter().find(|t| t.name == name).unwrap_or_else(|| panic!("no token `{name}` in this test")).value.clone()
+        self.tokens
+            .iter()
+            .find(|t| t.name == name)
+            .unwrap_or_else(|| panic!("no token `{name}` in this test"))
+            .value
+            .clone()
+    }
+
+    /// Pick new ports for the API and every app, and write the config again.
+    pub(crate) fn repick_ports(&mut self) {
+        self.api_port = free_port();
+        for app in &mut self.env.apps {
+            app.port = None;
+        }
+        self.write();
     }
 
     /// Restate the test env (`f` gets the current one) and write the config again.
@@ -323,9 +407,7 @@ impl Setup {
     /// Start the agent and wait until its API answers and (unless told not to) every worker is
     /// online.
     pub fn start(self) -> Agent {
-        let mut agent = Agent::spawn(self);
-        agent.wait_started();
-        agent
+        Agent::start(self)
     }
 
     /// Start the agent and return at once.
@@ -352,7 +434,10 @@ impl Setup {
 }
 
 fn copy_example_app(to: &Path) {
-    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("examples").join("hello-node");
+    let from = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("examples")
+        .join("hello-node");
     std::fs::create_dir_all(to).expect("create the app dir");
     for entry in std::fs::read_dir(&from).expect("examples/hello-node") {
         let entry = entry.expect("a dir entry");
@@ -374,12 +459,28 @@ fn render(api_port: u16, tokens: &[Token], apps: &[AppSpec]) -> String {
     let _ = writeln!(y, "state_dir: state");
     let _ = writeln!(y, "tokens:");
     for t in tokens {
-        let _ = writeln!(y, "  - {{ name: {}, token_env: {}, scopes: [{}] }}", t.name, t.var, t.scopes.join(", "));
+        let _ = writeln!(
+            y,
+            "  - {{ name: {}, token_env: {}, scopes: [{}] }}",
+            t.name,
+            t.var,
+            t.scopes.join(", ")
+        );
     }
     let _ = writeln!(y, "apps:");
     for a in apps {
-        let map = |m: &BTreeMap<&str, String>| m.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ");
-        let env = a.env.iter().map(|(k, v)| format!("{}: {}", q(k), q(v))).collect::<Vec<_>>().join(", ");
+        let map = |m: &BTreeMap<&str, String>| {
+            m.iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let env = a
+            .env
+            .iter()
+            .map(|(k, v)| format!("{}: {}", q(k), q(v)))
+            .collect::<Vec<_>>()
+            .join(", ");
         let start = a.start.iter().map(|s| q(s)).collect::<Vec<_>>().join(", ");
         let _ = writeln!(y, "  {}:", a.name);
         let _ = writeln!(y, "    cwd: {}", a.name);
@@ -393,6 +494,9 @@ fn render(api_port: u16, tokens: &[Token], apps: &[AppSpec]) -> String {
         let _ = writeln!(y, "    ready: {{ timeout: {} }}", a.ready_timeout);
         let _ = writeln!(y, "    reload: {{ {} }}", map(&a.reload));
         let _ = writeln!(y, "    restart: {{ {} }}", map(&a.restart));
+        for (k, v) in &a.other {
+            let _ = writeln!(y, "    {k}: {v}");
+        }
     }
     y
 }

@@ -6,6 +6,9 @@
 //! runs the CLI against itself and prints its own log when a test fails. [`Load`] is the Rust twin
 //! of `shared/bench/loadcheck.py`: closed-loop clients that count every failed request by the
 //! same rules. Every wait is a poll with a deadline ([`wait_until`]), never a fixed sleep.
+//!
+//! The agent and CLI binaries are built by the first test that needs them ([`bin`]);
+//! `DEPLOYER_TESTS_NO_BUILD=1` tests the binaries already in the target dir instead.
 
 mod agent;
 mod bins;

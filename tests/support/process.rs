@@ -5,9 +5,13 @@ use std::net::TcpListener;
 /// Whether `pid` names a live process. A zombie (exited, not yet reaped by whoever inherited it)
 /// counts as gone: it runs nothing and holds no socket.
 pub fn pid_alive(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
     // `pid (comm) S ...`: the state follows the last `)`, since `comm` may contain one.
-    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
     !matches!(state, Some('Z' | 'X') | None)
 }
 
@@ -16,9 +20,41 @@ pub fn port_is_free(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
-/// A port that was free a moment ago (the kernel's pick for port 0).
+/// A port for an agent to bind, free a moment ago.
+///
+/// Picked below the kernel's ephemeral range: workers get their private ports by binding port 0
+/// and clients' sockets get ephemeral ports, so neither can take this port between the pick and
+/// the agent's bind (another test's pick still could: [`crate::Agent`] retries that at startup).
 pub(crate) fn free_port() -> u16 {
-    TcpListener::bind(("127.0.0.1", 0)).and_then(|l| l.local_addr()).expect("a free port").port()
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    static STATE: AtomicU64 = AtomicU64::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let span = u64::from(low.saturating_sub(1024).min(12_000));
+    if STATE.load(Relaxed) == 0 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        STATE.store(nanos ^ (u64::from(std::process::id()) << 32) | 1, Relaxed);
+    }
+    for _ in 0..200 {
+        // xorshift64: no crate needed for a few random numbers.
+        let mut x = STATE.load(Relaxed);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        STATE.store(x, Relaxed);
+        let port = low - 1 - (x % span.max(1)) as u16;
+        if span > 0 && port_is_free(port) {
+            return port;
+        }
+    }
+    TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 /// The environment a process started with (`/proc/<pid>/environ`).
@@ -27,7 +63,8 @@ pub fn environ(pid: u32) -> Vec<(String, String)> {
     raw.split(|&b| b == 0)
         .filter_map(|kv| {
             let kv = String::from_utf8_lossy(kv);
-            kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
         })
         .collect()
 }
@@ -49,7 +86,11 @@ impl CliOutput {
     /// Assert that it exited 0; answers itself for more checks.
     #[track_caller]
     pub fn success(self) -> Self {
-        assert!(self.status.success(), "expected success, got {}\n{self}", self.status);
+        assert!(
+            self.status.success(),
+            "expected success, got {}\n{self}",
+            self.status
+        );
         self
     }
 
@@ -63,12 +104,19 @@ impl CliOutput {
 
 impl std::fmt::Display for CliOutput {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "--- stdout ---\n{}--- stderr ---\n{}--- ({}) ---", self.stdout, self.stderr, self.status)
+        write!(
+            f,
+            "--- stdout ---\n{}--- stderr ---\n{}--- ({}) ---",
+            self.stdout, self.stderr, self.status
+        )
     }
 }
 
 /// Run `cmd` to its end, capturing stdout and stderr; kill it and panic after `timeout`.
-pub(crate) fn run_to_end(mut cmd: std::process::Command, timeout: std::time::Duration) -> CliOutput {
+pub(crate) fn run_to_end(
+    mut cmd: std::process::Command,
+    timeout: std::time::Duration,
+) -> CliOutput {
     use std::io::Read;
     use std::process::Stdio;
     let shown = format!("{cmd:?}");
@@ -93,5 +141,9 @@ pub(crate) fn run_to_end(mut cmd: std::process::Command, timeout: std::time::Dur
         let _ = child.wait();
         panic!("{shown} did not finish within {timeout:?}");
     };
-    CliOutput { status, stdout: out.join().expect("stdout reader"), stderr: err.join().expect("stderr reader") }
+    CliOutput {
+        status,
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    }
 }

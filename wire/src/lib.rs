@@ -106,3 +106,102 @@ pub struct ApiError {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
 }
+
+/// `POST /v1/apps/{app}/deploys`: deploy a branch or a commit of the app's repo.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    /// A branch name or a commit sha (full or at least 7 hex digits); the app's `branch` when absent.
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<String>,
+    /// Who asked (shown in history); the token's name when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub who: Option<String>,
+}
+
+/// `POST /v1/apps/{app}/rollback`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// A release name (`12-1a2b3c4`), a sequence number or a sha prefix; the previous release when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+}
+
+/// One deploy: what was asked, what happened, step by step.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Deploy {
+    pub id: u64,
+    pub app: String,
+    /// What was asked for: a branch, a sha, or `rollback:<release>`.
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    /// The commit, once resolved.
+    pub sha: Option<String>,
+    /// `api`, `cli`, `webhook`, `poll`, `cron`, `rollback`, `bake`.
+    pub trigger: String,
+    /// `queued`, `fetching`, `building`, `rolling`, `live`, `failed`, `rolled_back`, `superseded`,
+    /// `interrupted`, `cancelled`.
+    pub state: String,
+    pub who: Option<String>,
+    /// The release directory name (`<seq>-<shortsha>`), once materialised.
+    pub release: Option<String>,
+    pub queued_at_ms: u64,
+    pub finished_at_ms: Option<u64>,
+    /// Why it failed, was rolled back, superseded or is a no-op.
+    pub message: Option<String>,
+    /// Present on `GET /v1/deploys/{id}`, empty in lists.
+    #[serde(default)]
+    pub events: Vec<DeployEvent>,
+    /// The last lines of install and hook output (on `GET /v1/deploys/{id}`).
+    #[serde(default)]
+    pub output_tail: Vec<String>,
+}
+
+impl Deploy {
+    /// Whether the deploy will not change any more.
+    pub fn is_final(&self) -> bool {
+        matches!(self.state.as_str(), "live" | "failed" | "rolled_back" | "superseded" | "interrupted" | "cancelled")
+    }
+}
+
+/// One step of a deploy.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeployEvent {
+    pub seq: u64,
+    pub at_ms: u64,
+    /// The state entered, or `log` for a message within a state.
+    pub state: String,
+    pub message: String,
+}
+
+/// The answer to a deploy or rollback request (202).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeployAccepted {
+    pub id: u64,
+    pub app: String,
+    pub state: String,
+    /// Set when the request changed nothing (the commit is already live).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// `GET /v1/apps/{app}/releases`: the release directories on disk.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Release {
+    pub name: String,
+    pub seq: u64,
+    pub sha: String,
+    pub current: bool,
+    /// Whether its install succeeded (failed releases are kept for inspection).
+    pub ok: bool,
+}
+
+/// `POST /v1/apps/{app}/check`: the branch head on the remote, and the deploy it queued if it moved.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CheckOutcome {
+    pub app: String,
+    pub sha: String,
+    /// The deploy queued because the head moved; absent when it is live or already queued.
+    pub queued: Option<u64>,
+}

@@ -8,13 +8,13 @@ use subtle::ConstantTimeEq;
 ///
 /// Both sides are hashed first so the comparison has a fixed length, and every configured token
 /// is compared, so timing tells nothing about which one matched or how much of it.
-pub fn scopes_of(tokens: &[ResolvedToken], presented: &str) -> Option<Vec<Scope>> {
+pub fn scopes_of(tokens: &[ResolvedToken], presented: &str) -> Option<(String, Vec<Scope>)> {
     let digest = Sha256::digest(presented.as_bytes());
     let mut found = None;
     for t in tokens {
         let theirs = Sha256::digest(t.value.as_bytes());
         if bool::from(theirs.ct_eq(&digest)) {
-            found = Some(t.scopes.clone());
+            found = Some((t.name.clone(), t.scopes.clone()));
         }
     }
     found
@@ -35,8 +35,8 @@ mod tests {
             ResolvedToken { name: "ro".into(), value: "read-only-secret".into(), scopes: vec![Scope::Read] },
             ResolvedToken { name: "admin".into(), value: "admin-secret-123".into(), scopes: vec![Scope::Read, Scope::Deploy] },
         ];
-        assert_eq!(scopes_of(&tokens, "read-only-secret"), Some(vec![Scope::Read]));
-        assert_eq!(scopes_of(&tokens, "admin-secret-123"), Some(vec![Scope::Read, Scope::Deploy]));
+        assert_eq!(scopes_of(&tokens, "read-only-secret"), Some(("ro".into(), vec![Scope::Read])));
+        assert_eq!(scopes_of(&tokens, "admin-secret-123"), Some(("admin".into(), vec![Scope::Read, Scope::Deploy])));
         assert_eq!(scopes_of(&tokens, "admin-secret-12"), None);
         assert_eq!(scopes_of(&tokens, ""), None);
         assert!(allows(&[Scope::Deploy], Scope::Read));

@@ -6,6 +6,7 @@
 mod auth;
 
 use crate::config::{ResolvedToken, Scope};
+use crate::deploy::{DeployError, Deployer, Target};
 use crate::supervisor::{Supervisor, SupervisorError};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{Method, StatusCode, header};
@@ -14,7 +15,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use deployer_wire::{ApiError, AppStatus, LogLines, ReloadOutcome, ReloadRequest, ScaleRequest};
+use axum::Extension;
+use deployer_wire::{ApiError, AppStatus, CheckOutcome, Deploy, DeployAccepted, DeployRequest, LogLines, Release, ReloadOutcome, ReloadRequest, RollbackRequest, ScaleRequest};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use std::sync::{Arc, RwLock};
@@ -22,6 +24,7 @@ use std::sync::{Arc, RwLock};
 /// What the handlers share.
 pub struct ApiState {
     pub supervisor: Arc<Supervisor>,
+    pub deployer: Arc<Deployer>,
     /// Replaced on SIGHUP.
     pub tokens: RwLock<Vec<ResolvedToken>>,
 }
@@ -36,6 +39,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/apps/{app}/start", post(start))
         .route("/apps/{app}/scale", post(scale))
         .route("/apps/{app}/logs", get(logs))
+        .route("/apps/{app}/deploys", post(create_deploy).get(list_deploys))
+        .route("/apps/{app}/rollback", post(rollback))
+        .route("/apps/{app}/releases", get(releases))
+        .route("/apps/{app}/check", post(check_now))
+        .route("/deploys/{id}", get(show_deploy))
+        .route("/deploys/{id}/cancel", post(cancel_deploy))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -73,7 +82,11 @@ impl From<SupervisorError> for ApiErr {
     }
 }
 
-async fn require_token(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Result<Response, ApiErr> {
+/// The name of the token a request came with (the default `who` of a deploy).
+#[derive(Clone)]
+struct Caller(String);
+
+async fn require_token(State(st): State<Arc<ApiState>>, mut req: Request, next: Next) -> Result<Response, ApiErr> {
     let need = if req.method() == Method::GET || req.method() == Method::HEAD { Scope::Read } else { Scope::Deploy };
     let presented = req
         .headers()
@@ -87,8 +100,11 @@ async fn require_token(State(st): State<Arc<ApiState>>, req: Request, next: Next
     let scopes = auth::scopes_of(&st.tokens.read().unwrap_or_else(|e| e.into_inner()), presented);
     match scopes {
         None => Err(ApiErr::new(StatusCode::UNAUTHORIZED, "unauthorized", "invalid token".into())),
-        Some(s) if !auth::allows(&s, need) => Err(ApiErr::new(StatusCode::FORBIDDEN, "forbidden", format!("this token lacks the `{}` scope", if need == Scope::Deploy { "deploy" } else { "read" }))),
-        Some(_) => Ok(next.run(req).await),
+        Some((_, s)) if !auth::allows(&s, need) => Err(ApiErr::new(StatusCode::FORBIDDEN, "forbidden", format!("this token lacks the `{}` scope", if need == Scope::Deploy { "deploy" } else { "read" }))),
+        Some((name, _)) => {
+            req.extensions_mut().insert(Caller(name));
+            Ok(next.run(req).await)
+        }
     }
 }
 
@@ -161,4 +177,65 @@ async fn logs(State(st): State<Arc<ApiState>>, Path(app): Path<String>, Query(q)
     let app = st.supervisor.app(&app)?;
     let lines = app.logs(q.lines.unwrap_or(100).min(10_000));
     Ok(Json(LogLines { app: app.name.clone(), lines }))
+}
+
+impl From<DeployError> for ApiErr {
+    fn from(e: DeployError) -> ApiErr {
+        let msg = e.to_string();
+        match e {
+            DeployError::App(e) => e.into(),
+            DeployError::NotFromGit(_) => ApiErr::new(StatusCode::CONFLICT, "conflict", msg).hint("add `repo:` and `branch:` to the app in the agent's config"),
+            DeployError::BadRef(_) => ApiErr::new(StatusCode::BAD_REQUEST, "bad_request", msg),
+            DeployError::NoSuchRelease(_) | DeployError::NotFound(_) => ApiErr::new(StatusCode::NOT_FOUND, "not_found", msg),
+            DeployError::CannotCancel { .. } => ApiErr::new(StatusCode::CONFLICT, "conflict", msg),
+            DeployError::State(_) => ApiErr::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", msg),
+        }
+    }
+}
+
+async fn create_deploy(State(st): State<Arc<ApiState>>, Extension(caller): Extension<Caller>, Path(app): Path<String>, bytes: Bytes) -> Result<(StatusCode, Json<DeployAccepted>), ApiErr> {
+    let req: DeployRequest = body(&bytes)?.unwrap_or_default();
+    let git_ref = match req.git_ref {
+        Some(r) => r,
+        None => st.supervisor.app(&app)?.config().branch,
+    };
+    let who = req.who.unwrap_or(caller.0);
+    let accepted = st.deployer.request(&app, Target::Ref(git_ref), "api", Some(&who))?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
+async fn rollback(State(st): State<Arc<ApiState>>, Extension(caller): Extension<Caller>, Path(app): Path<String>, bytes: Bytes) -> Result<(StatusCode, Json<DeployAccepted>), ApiErr> {
+    let req: RollbackRequest = body(&bytes)?.unwrap_or_default();
+    let accepted = st.deployer.request(&app, Target::Rollback(req.release), "rollback", Some(&caller.0))?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    limit: Option<usize>,
+}
+
+async fn list_deploys(State(st): State<Arc<ApiState>>, Path(app): Path<String>, Query(q): Query<HistoryQuery>) -> Result<Json<Vec<Deploy>>, ApiErr> {
+    Ok(Json(st.deployer.history(&app, q.limit.unwrap_or(20).min(1000))?))
+}
+
+async fn releases(State(st): State<Arc<ApiState>>, Path(app): Path<String>) -> Result<Json<Vec<Release>>, ApiErr> {
+    Ok(Json(st.deployer.releases(&app)?))
+}
+
+async fn show_deploy(State(st): State<Arc<ApiState>>, Path(id): Path<u64>) -> Result<Json<Deploy>, ApiErr> {
+    Ok(Json(st.deployer.get(id)?))
+}
+
+async fn cancel_deploy(State(st): State<Arc<ApiState>>, Path(id): Path<u64>) -> Result<Json<Deploy>, ApiErr> {
+    Ok(Json(st.deployer.cancel(id)?))
+}
+
+async fn check_now(State(st): State<Arc<ApiState>>, Path(app): Path<String>) -> Result<Json<CheckOutcome>, ApiErr> {
+    st.supervisor.app(&app)?;
+    match st.deployer.check(&app, "check", None).await {
+        Ok(crate::deploy::poll::Checked::Queued { sha, id }) => Ok(Json(CheckOutcome { app, sha, queued: Some(id) })),
+        Ok(crate::deploy::poll::Checked::Unchanged { sha }) => Ok(Json(CheckOutcome { app, sha, queued: None })),
+        Err(e) => Err(ApiErr::new(StatusCode::BAD_GATEWAY, "git_unreachable", e)),
+    }
 }

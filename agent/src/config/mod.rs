@@ -40,6 +40,18 @@ pub struct AgentConfig {
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7070))
 }
+fn default_branch() -> String {
+    "main".into()
+}
+fn default_root() -> PathBuf {
+    PathBuf::from(".")
+}
+fn default_install_timeout() -> Dur {
+    Dur(Duration::from_secs(600))
+}
+fn default_keep_releases() -> u32 {
+    5
+}
 fn default_bind() -> IpAddr {
     IpAddr::V4(Ipv4Addr::UNSPECIFIED)
 }
@@ -70,8 +82,47 @@ pub enum Scope {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AppConfig {
-    /// Directory the workers run in. Relative to the config file.
-    pub cwd: PathBuf,
+    /// Directory the workers run in, for an app deployed by other means. Relative to the config
+    /// file. An app with `repo` runs in `current/<root>` instead.
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
+    /// The git repository to deploy from: https or ssh URL, local path or `file://` URL.
+    #[serde(default)]
+    pub repo: Option<String>,
+    /// The branch to deploy.
+    #[serde(default = "default_branch")]
+    pub branch: String,
+    /// The repository's subdirectory that holds the app (monorepos).
+    #[serde(default = "default_root")]
+    pub root: PathBuf,
+    /// Credentials for `repo`; secrets come from the environment or a key file, never this file.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    /// The install step, run in the new release (one command or a list). No shell is run.
+    #[serde(default)]
+    pub install: Commands,
+    /// How long the install step (each command, and each hook) may take.
+    #[serde(default = "default_install_timeout")]
+    pub install_timeout: Dur,
+    /// Lifecycle commands run in the release directory.
+    #[serde(default)]
+    pub hooks: HooksConfig,
+    /// Paths kept across releases in the app's `shared/` dir and linked into each release.
+    #[serde(default)]
+    pub shared: Vec<PathBuf>,
+    /// Successful releases kept on disk (the current and previous ones are never pruned).
+    #[serde(default = "default_keep_releases")]
+    pub keep_releases: u32,
+    /// The app's directory (`repo.git`, `releases/`, `shared/`, `current`); `state_dir/apps/<name>` by default.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Pull mode: look up the branch head this often (with up to 10% jitter) and deploy when it moved.
+    #[serde(default)]
+    pub poll: Option<Dur>,
+    /// After a deploy goes live, watch the new workers this long and roll back by itself if they
+    /// crash-loop or stop being ready.
+    #[serde(default)]
+    pub bake: Option<Dur>,
     /// The command: split like a shell would (quotes, escapes) but no shell is run.
     pub start: StartCommand,
     /// Number of workers, or `max` for one per CPU.
@@ -176,6 +227,61 @@ impl TryFrom<InstancesRaw> for Instances {
             InstancesRaw::S(s) => Err(format!("invalid `instances: {s}`: write a number like `2`, or `max` for one per CPU")),
         }
     }
+}
+
+/// `auth: { token_env: GIT_TOKEN }` (https) or `auth: { ssh_key: /path/to/key }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum AuthConfig {
+    /// An environment variable holding an https token (GitHub, GitLab, Gitea access tokens).
+    TokenEnv(String),
+    /// A private key file for ssh URLs.
+    SshKey(PathBuf),
+}
+
+/// One command, or a list run in order: `install: npm ci` or `install: [npm ci, npm run build]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(try_from = "CommandsRaw")]
+pub struct Commands(pub Vec<Vec<String>>);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum CommandsRaw {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl TryFrom<CommandsRaw> for Commands {
+    type Error = String;
+    fn try_from(raw: CommandsRaw) -> Result<Self, String> {
+        let lines = match raw {
+            CommandsRaw::One(s) => vec![s],
+            CommandsRaw::Many(v) => v,
+        };
+        let mut out = Vec::new();
+        for line in lines {
+            let argv = shell_words::split(&line).map_err(|e| format!("cannot split `{line}` into arguments: {e}"))?;
+            if argv.is_empty() {
+                return Err("empty command: write one like `npm ci --omit=dev`".into());
+            }
+            out.push(argv);
+        }
+        Ok(Commands(out))
+    }
+}
+
+/// `hooks:` — each optional, run in the release directory with the deploy's environment.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HooksConfig {
+    /// After `install`; a failure fails the deploy.
+    pub post_install: Commands,
+    /// Before the rolling reload (migrations); a failure fails the deploy.
+    pub pre_reload: Commands,
+    /// After the new release is live; a failure is logged only.
+    pub post_reload: Commands,
+    /// When a deploy fails; a failure is logged only.
+    pub on_failure: Commands,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -396,6 +502,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
     if config.state_dir.is_relative() {
         config.state_dir = base.join(&config.state_dir);
     }
+    let state_dir = config.state_dir.clone();
     let mut ports: BTreeMap<u16, &str> = BTreeMap::new();
     for (name, app) in config.apps.iter_mut() {
         if !valid_app_name(name) {
@@ -403,17 +510,50 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
                 "use letters, digits, `-` and `_` (it names files and URL paths)".into(),
             )));
         }
-        if app.cwd.is_relative() {
-            app.cwd = base.join(&app.cwd);
-        }
-        if !app.cwd.is_dir() {
-            return Err(at(&["apps", name, "cwd"], format!("`cwd` of app `{name}` is not a directory: `{}`", app.cwd.display()), Some(
-                "paths are relative to the config file's directory".into(),
-            )));
-        }
-        if let Some(f) = &mut app.env_file {
-            if f.is_relative() {
-                *f = app.cwd.join(&*f);
+        match (&mut app.cwd, &app.repo) {
+            (Some(_), Some(_)) => {
+                return Err(at(&["apps", name, "cwd"], format!("app `{name}` has both `cwd` and `repo`"), Some(
+                    "an app with `repo` runs in its current release; use `root` for a subdirectory of the repo".into(),
+                )));
+            }
+            (None, None) => {
+                return Err(at(&["apps", name], format!("app `{name}` has neither `cwd` nor `repo`"), Some(
+                    "add `repo: <git URL or path>` to deploy from git, or `cwd: <dir>` to run a directory as it is".into(),
+                )));
+            }
+            (Some(cwd), None) => {
+                if cwd.is_relative() {
+                    *cwd = base.join(&*cwd);
+                }
+                if !cwd.is_dir() {
+                    return Err(at(&["apps", name, "cwd"], format!("`cwd` of app `{name}` is not a directory: `{}`", cwd.display()), Some(
+                        "paths are relative to the config file's directory".into(),
+                    )));
+                }
+            }
+            (None, Some(repo)) => {
+                // A local path is relative to the config file, like every other path here.
+                if !repo.contains("://") && !repo.contains('@') && Path::new(repo.as_str()).is_relative() {
+                    app.repo = Some(base.join(repo.as_str()).display().to_string());
+                }
+                if let Err(e) = crate::source::validate_ref(&app.branch) {
+                    return Err(at(&["apps", name, "branch"], e.to_string(), None));
+                }
+                if app.root.is_absolute() || app.root.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+                    return Err(at(&["apps", name, "root"], format!("`root: {}` must stay inside the repository", app.root.display()), Some("write a relative path like `services/web`".into())));
+                }
+                for p in &app.shared {
+                    if p.is_absolute() || p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+                        return Err(at(&["apps", name, "shared"], format!("shared path `{}` must stay inside the release", p.display()), None));
+                    }
+                }
+                if let Some(AuthConfig::TokenEnv(var)) = &app.auth {
+                    if std::env::var_os(var).is_none() {
+                        return Err(at(&["apps", name, "auth"], format!("app `{name}` reads its git token from `{var}`, which is not set"), Some(format!("export {var}=<token> before starting the agent"))));
+                    }
+                }
+                let dir = app.path.take().unwrap_or_else(|| PathBuf::from("apps").join(name.as_str()));
+                app.path = Some(if dir.is_relative() { state_dir.join(dir) } else { dir });
             }
         }
         if app.reload.max_surge == 0 {

@@ -41,7 +41,7 @@ fn parses_the_documented_keys() {
     assert_eq!(web.ready.check, ReadyCheck::Http("/healthz".into()));
     assert_eq!(web.reload.kill_timeout.0, Duration::from_millis(500));
     assert_eq!(web.max_memory, Some(Size(512 << 20)));
-    assert!(web.cwd.is_absolute());
+    assert!(web.cwd.as_ref().unwrap().is_absolute());
 }
 
 #[test]

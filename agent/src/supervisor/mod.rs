@@ -9,7 +9,7 @@ mod orphans;
 mod procstat;
 mod readiness;
 pub mod reload;
-mod spawn;
+pub(crate) mod spawn;
 pub mod worker;
 
 use crate::config::{self, AgentConfig, AppConfig, ConfigError, Loaded, ProxyMode, ReloadConfig};
@@ -43,11 +43,15 @@ pub enum SupervisorError {
     Refused(String),
     #[error("cannot prepare `{path}`: {source}")]
     StateDir { path: PathBuf, source: std::io::Error },
+    #[error("another agent is using the state dir `{0}`")]
+    StateDirBusy(PathBuf),
 }
 
 /// Everything the agent supervises.
 pub struct Supervisor {
     config_path: PathBuf,
+    /// Held while the agent runs: a second agent on the same state dir would reap our workers.
+    _lock: nix::fcntl::Flock<std::fs::File>,
     state_dir: PathBuf,
     pids: Arc<PidRecord>,
     base_env: RwLock<Arc<BTreeMap<String, String>>>,
@@ -62,6 +66,7 @@ impl Supervisor {
         for dir in [state_dir.join("logs"), state_dir.join("run")] {
             std::fs::create_dir_all(&dir).map_err(|source| SupervisorError::StateDir { path: dir.clone(), source })?;
         }
+        let lock = lock_state_dir(&state_dir)?;
         let pids = Arc::new(PidRecord::new(state_dir.join("run").join("workers.pids")));
         let reaped = pids.reap_previous();
         if reaped > 0 {
@@ -70,6 +75,7 @@ impl Supervisor {
         let sup = Arc::new(Supervisor {
             config_path: loaded.path.clone(),
             state_dir,
+            _lock: lock,
             pids,
             base_env: RwLock::new(Arc::new(base_env(&loaded.config))),
             apps: RwLock::new(BTreeMap::new()),
@@ -88,6 +94,11 @@ impl Supervisor {
         Ok(sup)
     }
 
+    /// The environment every worker and deploy command starts from (the agent's, minus secrets).
+    pub fn base_env(&self) -> BTreeMap<String, String> {
+        BTreeMap::clone(&self.base_env.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
     pub fn list(&self) -> Vec<Arc<App>> {
         self.apps.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
     }
@@ -97,7 +108,9 @@ impl Supervisor {
     }
 
     fn create_app(&self, name: &str, cfg: &AppConfig) -> Result<Arc<App>, SupervisorError> {
-        let spec = Arc::new(resolve_spec(cfg)?);
+        // An app deployed from git runs its current release; before the first deploy it has none.
+        let release = cfg.path.as_deref().and_then(current_release);
+        let spec = resolve_spec(cfg, release.as_ref())?.map(Arc::new);
         let logs = Arc::new(LogSink::new(name, self.state_dir.join("logs"), cfg.logs.max_size.0, cfg.logs.keep));
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -147,6 +160,7 @@ impl Supervisor {
             stats,
             config: Mutex::new(cfg.clone()),
             spec: Mutex::new(spec),
+            release: Mutex::new(release),
             workers: Mutex::new(Vec::new()),
             instances: AtomicU32::new(cfg.instances.resolve()),
             running: AtomicBool::new(false),
@@ -204,6 +218,13 @@ impl Supervisor {
     }
 }
 
+fn lock_state_dir(state_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, SupervisorError> {
+    let path = state_dir.join("run").join("agent.lock");
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)
+        .map_err(|source| SupervisorError::StateDir { path: path.clone(), source })?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| SupervisorError::StateDirBusy(state_dir.to_path_buf()))
+}
+
 /// The agent's environment minus what must not reach apps: the API tokens.
 fn base_env(config: &AgentConfig) -> BTreeMap<String, String> {
     let secrets: Vec<&str> = config.tokens.iter().map(|t| t.token_env.as_str()).collect();
@@ -217,11 +238,36 @@ fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     socket.listen(1024)
 }
 
-/// Read `env_file` and fix everything a worker of this config will run with.
-pub fn resolve_spec(cfg: &AppConfig) -> Result<WorkerSpec, ConfigError> {
+/// A release directory the app's workers run from (`releases/<seq>-<shortsha>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveRelease {
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+/// Where the `current` symlink of an app directory points, if it points at a directory.
+pub fn current_release(app_dir: &Path) -> Option<ActiveRelease> {
+    let link = app_dir.join("current");
+    let target = std::fs::read_link(&link).ok()?;
+    let dir = if target.is_absolute() { target } else { app_dir.join(target) };
+    let name = dir.file_name()?.to_str()?.to_string();
+    dir.is_dir().then_some(ActiveRelease { name, dir })
+}
+
+/// Read `env_file` and fix everything a worker of this config will run with: in `cwd`, or in
+/// the release's `root` for an app deployed from git (`None` when it has no release yet).
+pub fn resolve_spec(cfg: &AppConfig, release: Option<&ActiveRelease>) -> Result<Option<WorkerSpec>, ConfigError> {
+    let (workdir, release_name) = match (&cfg.cwd, release) {
+        (Some(cwd), _) => (cwd.clone(), cwd.display().to_string()),
+        (None, Some(r)) => (r.dir.join(&cfg.root), r.name.clone()),
+        (None, None) => return Ok(None),
+    };
     let mut env = BTreeMap::new();
     if let Some(f) = &cfg.env_file {
-        env.extend(config::read_env_file(f)?);
+        let f = workdir.join(f);
+        if f.exists() || cfg.repo.is_none() {
+            env.extend(config::read_env_file(&f)?);
+        }
     }
     env.extend(cfg.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     let mut h = Sha256::new();
@@ -232,15 +278,15 @@ pub fn resolve_spec(cfg: &AppConfig) -> Result<WorkerSpec, ConfigError> {
         h.update(b"\n");
     }
     let env_hash = hex::encode(&h.finalize()[..3]);
-    Ok(WorkerSpec {
+    Ok(Some(WorkerSpec {
         argv: cfg.start.0.clone(),
-        cwd: cfg.cwd.clone(),
+        cwd: workdir,
         env,
         env_hash,
-        release: cfg.cwd.display().to_string(),
+        release: release_name,
         ready: cfg.ready.clone(),
         restart: cfg.restart.clone(),
-    })
+    }))
 }
 
 /// One supervised app.
@@ -251,7 +297,9 @@ pub struct App {
     stats: Arc<FrontStats>,
     config: Mutex<AppConfig>,
     /// The spec the cluster was started (or last reloaded) with: a plain reload keeps it.
-    spec: Mutex<Arc<WorkerSpec>>,
+    spec: Mutex<Option<Arc<WorkerSpec>>>,
+    /// The release the workers run (apps deployed from git).
+    release: Mutex<Option<ActiveRelease>>,
     /// Slot `i` holds the worker with instance id `i`.
     workers: Mutex<Vec<Arc<Worker>>>,
     instances: AtomicU32,
@@ -303,8 +351,49 @@ impl App {
         self.workers.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn current_spec(&self) -> Arc<WorkerSpec> {
+    fn current_spec(&self) -> Option<Arc<WorkerSpec>> {
         self.spec.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn release(&self) -> Option<ActiveRelease> {
+        self.release.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// This app's part of the config file as it is now (`--update-env` and deploys re-read it).
+    pub fn fresh_config(&self) -> Result<AppConfig, String> {
+        let fresh = config::load(&self.config_path).map_err(|e| format!("the config file has an error, nothing was changed:\n{e}"))?;
+        match fresh.config.apps.get(&self.name) {
+            Some(cfg) if self.same_front(cfg) => Ok(cfg.clone()),
+            Some(_) => Err("`port`, `proxy` or `bind` changed: send SIGHUP to the agent to apply that".into()),
+            None => Err(format!("app `{}` is no longer in the config file", self.name)),
+        }
+    }
+
+    /// Roll the workers onto `release` with `cfg` (the deploy path). Before the first release the
+    /// workers are simply started.
+    pub async fn roll_to(&self, cfg: AppConfig, release: ActiveRelease) -> Result<u32, reload::RollFailed> {
+        let _op = self.op.lock().await;
+        let spec = match resolve_spec(&cfg, Some(&release)) {
+            Ok(Some(s)) => Arc::new(s),
+            Ok(None) => return Err(reload::RollFailed { reason: "no directory to run the app in".into(), restored: true }),
+            Err(e) => return Err(reload::RollFailed { reason: e.to_string(), restored: true }),
+        };
+        *self.config.lock().unwrap_or_else(|e| e.into_inner()) = cfg;
+        if self.workers().is_empty() {
+            *self.spec.lock().unwrap_or_else(|e| e.into_inner()) = Some(spec);
+            *self.release.lock().unwrap_or_else(|e| e.into_inner()) = Some(release);
+            return self.start_locked().await.map(|_| 0).map_err(|reason| reload::RollFailed { reason, restored: false });
+        }
+        self.reloading.store(true, SeqCst);
+        let slots: Vec<usize> = (0..self.workers().len()).collect();
+        let span = tracing::info_span!("reload", app = %self.name, release = %release.name);
+        let result = tracing::Instrument::instrument(reload::roll(self, &slots, &spec), span).await;
+        self.reloading.store(false, SeqCst);
+        if result.is_ok() {
+            *self.spec.lock().unwrap_or_else(|e| e.into_inner()) = Some(spec);
+            *self.release.lock().unwrap_or_else(|e| e.into_inner()) = Some(release);
+        }
+        result
     }
 
     pub fn status(&self) -> AppStatus {
@@ -343,7 +432,10 @@ impl App {
     async fn start_locked(&self) -> Result<(), String> {
         self.running.store(true, SeqCst);
         let n = self.instances.load(SeqCst) as usize;
-        let spec = self.current_spec();
+        let Some(spec) = self.current_spec() else {
+            tracing::info!(app = %self.name, "no release deployed yet: the workers start with the first deploy");
+            return Ok(());
+        };
         let news: Vec<Arc<Worker>> = {
             let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
             let have = workers.len();
@@ -400,14 +492,9 @@ impl App {
         if !update_env {
             return self.reload_with(None).await;
         }
-        let fresh = match config::load(&self.config_path) {
-            Ok(l) => l,
-            Err(e) => return self.outcome(Instant::now(), Err(format!("the config file has an error, nothing was reloaded:\n{e}"))),
-        };
-        match fresh.config.apps.get(&self.name) {
-            Some(cfg) if self.same_front(cfg) => self.reload_with(Some(cfg.clone())).await,
-            Some(_) => self.outcome(Instant::now(), Err("`port`, `proxy` or `bind` changed: send SIGHUP to the agent to apply that".into())),
-            None => self.outcome(Instant::now(), Err(format!("app `{}` is no longer in the config file", self.name))),
+        match self.fresh_config() {
+            Ok(cfg) => self.reload_with(Some(cfg)).await,
+            Err(e) => self.outcome(Instant::now(), Err(e)),
         }
     }
 
@@ -416,18 +503,20 @@ impl App {
         let _op = self.op.lock().await;
         let started = Instant::now();
         let spec = match &cfg {
-            Some(c) => match resolve_spec(c) {
-                Ok(s) => Arc::new(s),
-                Err(e) => return self.outcome(started, Err(e.to_string())),
-            },
-            None => self.current_spec(),
+            Some(c) => resolve_spec(c, self.release().as_ref()).map_err(|e| e.to_string()),
+            None => Ok(self.current_spec().map(|s| WorkerSpec::clone(&s))),
+        };
+        let spec = match spec {
+            Ok(Some(s)) => Arc::new(s),
+            Ok(None) => return self.outcome(started, Err("no release deployed yet: deploy one first".into())),
+            Err(e) => return self.outcome(started, Err(e)),
         };
         let previous_cfg = self.config();
         if let Some(c) = &cfg {
             *self.config.lock().unwrap_or_else(|e| e.into_inner()) = c.clone();
         }
         if !self.running.load(SeqCst) {
-            *self.spec.lock().unwrap_or_else(|e| e.into_inner()) = spec;
+            *self.spec.lock().unwrap_or_else(|e| e.into_inner()) = Some(spec);
             let r = self.start_locked().await.map(|_| 0);
             return self.outcome(started, r);
         }
@@ -438,7 +527,7 @@ impl App {
         self.reloading.store(false, SeqCst);
         let result = match result {
             Ok(n) => {
-                *self.spec.lock().unwrap_or_else(|e| e.into_inner()) = spec;
+                *self.spec.lock().unwrap_or_else(|e| e.into_inner()) = Some(spec);
                 // Scaling in the new config applies after the roll.
                 let want = self.config().instances.resolve();
                 if cfg.is_some() && want != self.instances.load(SeqCst) {
@@ -465,7 +554,7 @@ impl App {
     }
 
     fn outcome(&self, started: Instant, result: Result<u32, String>) -> ReloadOutcome {
-        let env_hash = self.current_spec().env_hash.clone();
+        let env_hash = self.current_spec().map(|s| s.env_hash.clone()).unwrap_or_default();
         let duration_ms = started.elapsed().as_millis() as u64;
         match result {
             Ok(replaced) => {
@@ -526,7 +615,11 @@ pub fn describe(config: &AgentConfig) -> Vec<String> {
         .iter()
         .map(|(name, a)| {
             let port = a.port.map_or("no port".to_string(), |p| format!("port {p}"));
-            format!("{name}: {} x `{}` in {}, {} front on {port}", a.instances.resolve(), a.start.0.join(" "), display(&a.cwd), a.proxy.as_str())
+            let place = match (&a.cwd, &a.repo) {
+                (Some(cwd), _) => display(cwd),
+                (None, repo) => format!("the current release of {} ({})", repo.as_deref().unwrap_or("?"), a.branch),
+            };
+            format!("{name}: {} x `{}` in {place}, {} front on {port}", a.instances.resolve(), a.start.0.join(" "), a.proxy.as_str())
         })
         .collect()
 }

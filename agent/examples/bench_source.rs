@@ -1,0 +1,151 @@
+//! How long a deploy spends getting its code: fetch + materialise of a 10,000-file repository.
+//!
+//! `cargo run --release -p agent --example bench_source [-- --files-per-dir N --dirs N --runs N]`
+//!
+//! Builds an upstream repository with the git CLI in a temp dir (100 dirs x 100 files of ~1 KiB,
+//! one commit), then times the first fetch + materialise, and then, several times, one new commit
+//! changing a few files followed by an incremental fetch + materialise of it (the goal is < 1 s).
+//! For comparison it also times libgit2's own checkout into an empty directory.
+//!
+//! Creating files dominates, so the figures depend on the file system more than on this code. On
+//! ext4, creating inodes is slow for a few minutes after many files were deleted (the allocator
+//! skips recently deleted inodes one by one): wait a few minutes between runs, since each run
+//! deletes its temp dir at the end.
+
+use agent::source::Source;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn main() {
+    let mut dirs = 100;
+    let mut files_per_dir = 100;
+    let mut runs = 5;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let value = args.next().and_then(|v| v.parse().ok()).expect("a number after each option");
+        match arg.as_str() {
+            "--dirs" => dirs = value,
+            "--files-per-dir" => files_per_dir = value,
+            "--runs" => runs = value,
+            other => panic!("unknown option `{other}`"),
+        }
+    }
+
+    let work = tempfile::tempdir().expect("temp dir");
+    let upstream = work.path().join("upstream");
+    let started = Instant::now();
+    std::fs::create_dir(&upstream).unwrap();
+    git(&upstream, &["init", "-q", "-b", "main"]);
+    let mut seed = 1u64;
+    for d in 0..dirs {
+        let dir = upstream.join(format!("dir{d:03}"));
+        std::fs::create_dir(&dir).unwrap();
+        for f in 0..files_per_dir {
+            std::fs::write(dir.join(format!("file{f:03}.txt")), text(&mut seed, 1024)).unwrap();
+        }
+    }
+    git(&upstream, &["add", "-A"]);
+    git(&upstream, &["commit", "-q", "-m", "initial"]);
+    println!("generated upstream: {} files in {} ({})", dirs * files_per_dir, ms(started.elapsed()), upstream.display());
+
+    let app = work.path().join("app");
+    let source = Source::open(&upstream.display().to_string(), "main", None, &app.join("repo.git")).unwrap();
+    let started = Instant::now();
+    let fetched = source.fetch().unwrap();
+    let fetch = started.elapsed();
+    let started = Instant::now();
+    source.materialise(&fetched.sha, ".", &app.join("releases/0")).unwrap();
+    let materialise = started.elapsed();
+    println!(
+        "initial fetch + materialise: {} (fetch {}, {} objects; materialise {})",
+        ms(fetch + materialise),
+        ms(fetch),
+        fetched.received_objects,
+        ms(materialise)
+    );
+
+    // libgit2's checkout, timed on the same commits right after ours so that both see the same
+    // machine; it is what `materialise` would be without its own tree walk.
+    let repo = git2::Repository::open_bare(source.cache_dir()).unwrap();
+    let mut totals = Vec::new();
+    let mut fetches = Vec::new();
+    let mut materialises = Vec::new();
+    let mut checkouts = Vec::new();
+    for run in 1..=runs {
+        for f in 0..5 {
+            let path = upstream.join(format!("dir{:03}/file{:03}.txt", (run * 7 + f * 13) % dirs, (run * 3 + f) % files_per_dir));
+            std::fs::write(path, text(&mut seed, 1024)).unwrap();
+        }
+        git(&upstream, &["commit", "-q", "-a", "-m", &format!("change {run}")]);
+
+        let started = Instant::now();
+        let fetched = source.fetch().unwrap();
+        let fetch = started.elapsed();
+        let release = app.join(format!("releases/{run}-{}", &fetched.sha[..7]));
+        let started = Instant::now();
+        source.materialise(&fetched.sha, ".", &release).unwrap();
+        let materialise = started.elapsed();
+        assert!(fetched.received_objects < 20, "the fetch was not incremental: {fetched:?}");
+        totals.push(fetch + materialise);
+        fetches.push(fetch);
+        materialises.push(materialise);
+
+        let tree = repo.find_commit(git2::Oid::from_str(&fetched.sha).unwrap()).unwrap().tree().unwrap();
+        let started = Instant::now();
+        let mut opts = git2::build::CheckoutBuilder::new();
+        opts.target_dir(&work.path().join(format!("checkout{run}"))).update_index(false).force();
+        repo.checkout_tree(tree.as_object(), Some(&mut opts)).unwrap();
+        checkouts.push(started.elapsed());
+    }
+    println!("incremental fetch (5 files changed), median of {runs}: {}", ms(median(&mut fetches)));
+    println!("materialise of the new commit, median of {runs}: {}", ms(median(&mut materialises)));
+    let total = median(&mut totals);
+    println!(
+        "incremental fetch + materialise, median of {runs}: {} (min {}, max {}; goal < 1 s: {})",
+        ms(total),
+        ms(totals[0]),
+        ms(totals[totals.len() - 1]),
+        if total < Duration::from_secs(1) { "met" } else { "MISSED" }
+    );
+    println!("for comparison, libgit2 checkout_tree of the same commits, median of {runs}: {}", ms(median(&mut checkouts)));
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let status = Command::new("git")
+        .args(["-c", "user.name=bench", "-c", "user.email=bench@example.com", "-c", "commit.gpgsign=false"])
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .status()
+        .expect("git runs");
+    assert!(status.success(), "git {args:?} failed");
+}
+
+/// About `len` bytes of source-like text, different for every call.
+fn text(seed: &mut u64, len: usize) -> String {
+    const WORDS: [&str; 16] = [
+        "let", "value", "return", "function", "const", "if", "else", "for", "request", "response", "=", "{", "}", "(x)", ";", "await",
+    ];
+    let mut out = String::with_capacity(len + 16);
+    while out.len() < len {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let n = (*seed >> 33) as usize;
+        out.push_str(WORDS[n % WORDS.len()]);
+        out.push(if n % 11 == 0 { '\n' } else { ' ' });
+        if n % 7 == 0 {
+            out.push_str(&(n % 100_000).to_string());
+        }
+    }
+    out
+}
+
+fn median(samples: &mut [Duration]) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}

@@ -1,0 +1,241 @@
+//! Git-driven deploys: the queue per app, and the [`pipeline`] that takes one deploy from a ref to
+//! live workers.
+//!
+//! One deploy runs per app at a time. Requests that arrive meanwhile coalesce: only the newest
+//! queued one survives, the others become `superseded`. Every trigger (API, CLI, webhook, poll)
+//! comes in through [`Deployer::request`].
+
+mod install;
+mod pipeline;
+pub mod poll;
+pub mod release;
+pub mod state;
+
+use crate::source::{self, BadRef};
+use crate::state::{DeployId, StateError, Store};
+use crate::supervisor::{App, Supervisor, SupervisorError};
+use deployer_wire::{Deploy, DeployAccepted, Release};
+use release::AppDir;
+use state::DeployState;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// What a deploy is asked to put live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A branch of the app's repo, or a commit sha.
+    Ref(String),
+    /// A release already on disk: the previous one, or one named by name, sequence or sha prefix.
+    Rollback(Option<String>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error(transparent)]
+    App(#[from] SupervisorError),
+    #[error("app `{0}` has no `repo`: it runs its `cwd` as it is and cannot be deployed")]
+    NotFromGit(String),
+    #[error(transparent)]
+    BadRef(#[from] BadRef),
+    #[error("{0}")]
+    NoSuchRelease(String),
+    #[error("no deploy #{0}")]
+    NotFound(DeployId),
+    #[error("deploy #{id} is {state}: only a queued, fetching or building deploy can be cancelled")]
+    CannotCancel { id: DeployId, state: String },
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// Deploys of every app of this agent.
+pub struct Deployer {
+    store: Arc<Store>,
+    supervisor: Arc<Supervisor>,
+    queues: Mutex<HashMap<String, Arc<AppQueue>>>,
+    shutdown: CancellationToken,
+}
+
+#[derive(Default)]
+struct AppQueue {
+    pending: Mutex<Option<Job>>,
+    running: Mutex<Option<Running>>,
+    wake: Notify,
+}
+
+#[derive(Debug)]
+struct Job {
+    id: DeployId,
+    target: Target,
+    trigger: String,
+}
+
+struct Running {
+    id: DeployId,
+    state: DeployState,
+    cancel: CancellationToken,
+}
+
+impl Deployer {
+    /// Repair what a crash left (unfinished deploys become `interrupted`, half-made release
+    /// directories are removed), then deploy the branch of every git app that has no release yet.
+    pub fn start(store: Arc<Store>, supervisor: Arc<Supervisor>, shutdown: CancellationToken) -> Result<Arc<Deployer>, DeployError> {
+        let interrupted = store.interrupt_unfinished()?;
+        if !interrupted.is_empty() {
+            tracing::warn!(?interrupted, "deploys interrupted by the previous agent's stop");
+        }
+        let d = Arc::new(Deployer { store, supervisor, queues: Mutex::new(HashMap::new()), shutdown });
+        for app in d.supervisor.list() {
+            let cfg = app.config();
+            let Some(path) = cfg.path.clone().filter(|_| cfg.repo.is_some()) else { continue };
+            let dir = AppDir::new(path);
+            d.remove_incomplete(&app.name, &dir, app.release().map(|r| r.name));
+            if app.release().is_none() {
+                tracing::info!(app = %app.name, branch = %cfg.branch, "no release yet: deploying the branch head");
+                d.request(&app.name, Target::Ref(cfg.branch.clone()), "startup", None)?;
+            }
+            if let Some(every) = cfg.poll {
+                tokio::spawn(d.clone().poll(app.name.clone(), every.0));
+            }
+        }
+        Ok(d)
+    }
+
+    /// Release directories that are on disk but not recorded (a crash mid-materialise) go.
+    fn remove_incomplete(&self, app: &str, dir: &AppDir, current: Option<String>) {
+        let known: Vec<String> = self.store.releases(app).unwrap_or_default().into_iter().map(|r| r.name).collect();
+        for name in dir.on_disk() {
+            if !known.contains(&name) && Some(&name) != current.as_ref() {
+                tracing::warn!(app, release = %name, "removing an incomplete release directory");
+                let _ = dir.remove_release(&name);
+            }
+        }
+    }
+
+    fn git_app(&self, app: &str) -> Result<Arc<App>, DeployError> {
+        let a = self.supervisor.app(app)?;
+        if a.config().repo.is_none() {
+            return Err(DeployError::NotFromGit(app.to_string()));
+        }
+        Ok(a)
+    }
+
+    /// Queue a deploy. A deploy still queued for the same app is superseded by this one.
+    pub fn request(self: &Arc<Self>, app: &str, target: Target, trigger: &str, who: Option<&str>) -> Result<DeployAccepted, DeployError> {
+        let a = self.git_app(app)?;
+        let label = match &target {
+            Target::Ref(r) => {
+                source::validate_ref(r)?;
+                r.clone()
+            }
+            Target::Rollback(r) => {
+                let name = pipeline::pick_rollback(&self.store, &a, r.as_deref())?;
+                format!("rollback:{name}")
+            }
+        };
+        let id = self.store.insert_deploy(app, &label, trigger, who)?;
+        if let Some(live) = self.live_release_for(&a, &target)? {
+            let message = format!("{label} is already live (release {live}): nothing to do");
+            self.store.set_release(id, &live)?;
+            self.store.transition(id, DeployState::Live.as_str(), &message, true)?;
+            return Ok(DeployAccepted { id, app: app.to_string(), state: DeployState::Live.as_str().into(), message: Some(message) });
+        }
+        tracing::info!(app, id, git_ref = %label, trigger, "deploy queued");
+        let queue = self.queue(app);
+        let previous = queue.pending.lock().unwrap_or_else(|e| e.into_inner()).replace(Job { id, target, trigger: trigger.to_string() });
+        if let Some(old) = previous {
+            self.store.transition(old.id, DeployState::Superseded.as_str(), &format!("superseded by #{id}"), true)?;
+            tracing::info!(app, id = old.id, by = id, "deploy superseded");
+        }
+        queue.wake.notify_one();
+        Ok(DeployAccepted { id, app: app.to_string(), state: DeployState::Queued.as_str().into(), message: None })
+    }
+
+    /// The live release, when `target` is a sha it already runs (a branch must be fetched first).
+    fn live_release_for(&self, app: &App, target: &Target) -> Result<Option<String>, DeployError> {
+        let Target::Ref(r) = target else { return Ok(None) };
+        let is_sha = r.len() >= 7 && r.len() <= 40 && r.chars().all(|c| c.is_ascii_hexdigit());
+        let Some(current) = app.release().filter(|_| is_sha) else { return Ok(None) };
+        let rows = self.store.releases(&app.name)?;
+        Ok(rows.into_iter().find(|row| row.name == current.name && row.sha.starts_with(&r.to_ascii_lowercase())).map(|row| row.name))
+    }
+
+    pub fn cancel(&self, id: DeployId) -> Result<Deploy, DeployError> {
+        let deploy = self.store.deploy(id)?.ok_or(DeployError::NotFound(id))?;
+        let queue = self.queue_if_any(&deploy.app);
+        if let Some(q) = &queue {
+            let mut pending = q.pending.lock().unwrap_or_else(|e| e.into_inner());
+            if pending.as_ref().is_some_and(|j| j.id == id) {
+                pending.take();
+                self.store.transition(id, DeployState::Cancelled.as_str(), "cancelled before it started", true)?;
+                return self.store.deploy(id)?.ok_or(DeployError::NotFound(id));
+            }
+            drop(pending);
+            let running = q.running.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(r) = running.as_ref().filter(|r| r.id == id) {
+                if r.state.can_cancel() {
+                    r.cancel.cancel();
+                    return Ok(deploy);
+                }
+                return Err(DeployError::CannotCancel { id, state: r.state.as_str().into() });
+            }
+        }
+        Err(DeployError::CannotCancel { id, state: deploy.state })
+    }
+
+    pub fn get(&self, id: DeployId) -> Result<Deploy, DeployError> {
+        self.store.deploy(id)?.ok_or(DeployError::NotFound(id))
+    }
+
+    pub fn history(&self, app: &str, limit: usize) -> Result<Vec<Deploy>, DeployError> {
+        self.supervisor.app(app)?;
+        Ok(self.store.history(app, limit)?)
+    }
+
+    pub fn releases(&self, app: &str) -> Result<Vec<Release>, DeployError> {
+        let a = self.git_app(app)?;
+        let current = a.release().map(|r| r.name);
+        Ok(self
+            .store
+            .releases(app)?
+            .into_iter()
+            .map(|r| Release { current: Some(&r.name) == current.as_ref(), name: r.name, seq: r.seq, sha: r.sha, ok: r.ok })
+            .collect())
+    }
+
+    fn queue_if_any(&self, app: &str) -> Option<Arc<AppQueue>> {
+        self.queues.lock().unwrap_or_else(|e| e.into_inner()).get(app).cloned()
+    }
+
+    /// The app's queue, and its runner task on first use.
+    fn queue(self: &Arc<Self>, app: &str) -> Arc<AppQueue> {
+        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(q) = queues.get(app) {
+            return q.clone();
+        }
+        let q = Arc::new(AppQueue::default());
+        queues.insert(app.to_string(), q.clone());
+        tokio::spawn(self.clone().run_queue(app.to_string(), q.clone()));
+        q
+    }
+
+    /// Take the newest queued deploy and run it, one at a time, until the agent stops.
+    async fn run_queue(self: Arc<Self>, app: String, q: Arc<AppQueue>) {
+        loop {
+            let job = q.pending.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let Some(job) = job else {
+                tokio::select! {
+                    _ = q.wake.notified() => continue,
+                    _ = self.shutdown.cancelled() => return,
+                }
+            };
+            let cancel = self.shutdown.child_token();
+            *q.running.lock().unwrap_or_else(|e| e.into_inner()) = Some(Running { id: job.id, state: DeployState::Queued, cancel: cancel.clone() });
+            let span = tracing::info_span!("deploy", app = %app, id = job.id);
+            let run = pipeline::run(&self, &q, &app, job, cancel);
+            tracing::Instrument::instrument(run, span).await;
+            *q.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+    }
+}

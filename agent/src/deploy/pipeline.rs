@@ -1,0 +1,356 @@
+//! One deploy, from a ref to live workers:
+//! fetch -> materialise a release -> link shared paths -> install and hooks -> rolling reload onto
+//! the release (environment re-read) -> switch `current` -> prune -> live.
+//!
+//! A failure before the roll leaves everything that serves untouched. A roll whose new workers do
+//! not get ready puts the previous release's workers back and ends `rolled_back`.
+
+use super::install::{self, Output};
+use super::release::{AppDir, prune_plan, seq_of};
+use super::state::DeployState;
+use super::{AppQueue, DeployError, Deployer, Job, Target};
+use crate::config::{AppConfig, AuthConfig};
+use crate::source::{GitAuth, Source};
+use crate::state::{DeployId, ReleaseRow, Store};
+use crate::supervisor::{ActiveRelease, App, resolve_spec};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// How a deploy ended early.
+struct Stop {
+    state: DeployState,
+    message: String,
+}
+
+impl Stop {
+    fn failed(message: impl Into<String>) -> Stop {
+        Stop { state: DeployState::Failed, message: message.into() }
+    }
+}
+
+struct Run<'a> {
+    d: &'a Arc<Deployer>,
+    q: &'a AppQueue,
+    app: Arc<App>,
+    id: DeployId,
+    state: DeployState,
+    cancel: CancellationToken,
+    out: Option<Output>,
+    started: Instant,
+}
+
+pub(super) async fn run(d: &Arc<Deployer>, q: &AppQueue, app_name: &str, job: Job, cancel: CancellationToken) {
+    let Ok(app) = d.supervisor.app(app_name) else {
+        let _ = d.store.transition(job.id, "failed", "the app is no longer configured", true);
+        return;
+    };
+    let mut run = Run { d, q, app, id: job.id, state: DeployState::Queued, cancel, out: None, started: Instant::now() };
+    let result = match &job.target {
+        Target::Ref(r) => run.deploy(r, &job.trigger).await,
+        Target::Rollback(r) => run.rollback(r.as_deref()).await,
+    };
+    let (state, message) = match result {
+        Ok(message) => (DeployState::Live, message),
+        Err(stop) => (stop.state, stop.message),
+    };
+    if let Some(out) = &run.out {
+        let _ = d.store.set_output_tail(run.id, &out.tail());
+    }
+    if state != DeployState::Live {
+        tracing::warn!(state = state.as_str(), %message, "deploy ended");
+    } else {
+        tracing::info!(%message, duration_ms = run.started.elapsed().as_millis() as u64, "deploy live");
+    }
+    run.enter(state, &message);
+}
+
+impl Run<'_> {
+    /// Enter a state: stored as an event, visible to `cancel` and to the API.
+    fn enter(&mut self, state: DeployState, message: &str) {
+        debug_assert!(self.state.can_become(state), "{:?} -> {:?}", self.state, state);
+        if let Err(e) = self.d.store.transition(self.id, state.as_str(), message, state.is_final()) {
+            tracing::error!(error = %e, "cannot record the deploy's state");
+        }
+        self.state = state;
+        if let Some(r) = self.q.running.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            r.state = state;
+        }
+        if !state.is_final() {
+            tracing::info!(state = state.as_str(), "{message}");
+        }
+    }
+
+    fn log(&self, message: &str) {
+        let _ = self.d.store.log(self.id, message);
+    }
+
+    fn check_cancel(&self) -> Result<(), Stop> {
+        if self.cancel.is_cancelled() {
+            return Err(Stop { state: DeployState::Cancelled, message: format!("cancelled while {}", self.state.as_str()) });
+        }
+        Ok(())
+    }
+
+    async fn deploy(&mut self, git_ref: &str, trigger: &str) -> Result<String, Stop> {
+        let cfg = self.app.config();
+        let (Some(url), Some(path)) = (cfg.repo.clone(), cfg.path.clone()) else {
+            return Err(Stop::failed("the app has no `repo`"));
+        };
+        let dir = AppDir::new(path);
+        dir.create().map_err(|e| Stop::failed(format!("cannot create `{}`: {e}", dir.root().display())))?;
+        self.out = Some(Output::create(dir.logs().join(format!("deploy-{}.log", self.id))));
+
+        // 1. fetch
+        self.enter(DeployState::Fetching, &format!("fetching `{}` from {}", cfg.branch, redact(&url)));
+        let t = Instant::now();
+        let sha = {
+            let (branch, auth, cache, rev) = (cfg.branch.clone(), git_auth(&cfg), dir.repo(), git_ref.to_string());
+            let fetch = tokio::task::spawn_blocking(move || {
+                let src = Source::open(&url, &branch, auth, &cache)?;
+                src.fetch()?;
+                src.resolve(&rev)
+            });
+            tokio::select! {
+                r = fetch => r.map_err(|e| Stop::failed(format!("fetch crashed: {e}")))?.map_err(|e| Stop::failed(e.to_string()))?,
+                _ = self.cancel.cancelled() => return Err(Stop { state: DeployState::Cancelled, message: "cancelled while fetching".into() }),
+            }
+        };
+        let short = &sha[..7.min(sha.len())];
+        let _ = self.d.store.set_sha(self.id, &sha);
+        self.log(&format!("`{git_ref}` is {short} (fetched in {} ms)", t.elapsed().as_millis()));
+        let previous = self.app.release();
+        if let Some(prev) = &previous {
+            let live_sha = self.d.store.releases(&self.app.name).unwrap_or_default().into_iter().find(|r| r.name == prev.name).map(|r| r.sha);
+            if live_sha.as_deref() == Some(sha.as_str()) {
+                let _ = self.d.store.set_release(self.id, &prev.name);
+                return Ok(format!("{short} is already live (release {}): nothing to do", prev.name));
+            }
+        }
+        self.check_cancel()?;
+
+        // 2. materialise
+        let seq = next_seq(&self.d.store, &self.app.name, &dir);
+        let name = format!("{seq}-{short}");
+        let release_dir = dir.release(&name);
+        self.enter(DeployState::Building, &format!("materialising {short} into releases/{name}"));
+        let t = Instant::now();
+        {
+            let (url, branch, auth, cache, sha, root, dest) = (cfg.repo.clone().unwrap_or_default(), cfg.branch.clone(), git_auth(&cfg), dir.repo(), sha.clone(), cfg.root.display().to_string(), release_dir.clone());
+            tokio::task::spawn_blocking(move || Source::open(&url, &branch, auth, &cache)?.materialise(&sha, &root, &dest))
+                .await
+                .map_err(|e| Stop::failed(format!("materialise crashed: {e}")))?
+                .map_err(|e| Stop::failed(e.to_string()))?;
+        }
+        let row = ReleaseRow { app: self.app.name.clone(), name: name.clone(), seq, sha: sha.clone(), ok: false };
+        let _ = self.d.store.record_release(&row);
+        let _ = self.d.store.set_release(self.id, &name);
+        dir.link_shared(&release_dir, &cfg.shared).map_err(|e| Stop::failed(format!("cannot link shared paths: {e}")))?;
+        self.log(&format!("release {name} materialised in {} ms", t.elapsed().as_millis()));
+
+        // 3. install and hooks, in the release with the deploy's environment
+        let release = ActiveRelease { name: name.clone(), dir: release_dir.clone() };
+        let env = self.deploy_env(&cfg, &release, &sha, git_ref, trigger, previous.as_ref())?;
+        let workdir = release_dir.join(&cfg.root);
+        let steps = [("install", &cfg.install), ("post_install", &cfg.hooks.post_install), ("pre_reload", &cfg.hooks.pre_reload)];
+        for (label, cmds) in steps {
+            if cmds.0.is_empty() {
+                continue;
+            }
+            self.check_cancel()?;
+            let t = Instant::now();
+            if let Err(e) = install::run(&cmds.0, &workdir, &env, cfg.install_timeout.0, &self.cancel, self.output()).await {
+                if matches!(e, install::StepError::Cancelled) {
+                    return Err(Stop { state: DeployState::Cancelled, message: format!("cancelled during {label}") });
+                }
+                self.on_failure(&cfg, &workdir, &env).await;
+                self.prune(&cfg, &dir);
+                return Err(Stop::failed(format!("{label}: {e}; the running release keeps serving")));
+            }
+            self.log(&format!("{label} ok in {:.1}s", t.elapsed().as_secs_f32()));
+        }
+        self.check_cancel()?;
+
+        // 4. roll, with the config and env re-read
+        let fresh = self.app.fresh_config().map_err(Stop::failed)?;
+        let n = self.app.status().workers.len();
+        self.enter(DeployState::Rolling, &format!("rolling {n} worker(s) onto {name}"));
+        if let Err(e) = self.app.roll_to(fresh.clone(), release).await {
+            self.on_failure(&cfg, &workdir, &env).await;
+            self.prune(&cfg, &dir);
+            return Err(match (&previous, e.restored) {
+                (Some(p), true) => Stop { state: DeployState::RolledBack, message: format!("{}; release {} is serving again", e.reason, p.name) },
+                _ => Stop::failed(e.reason),
+            });
+        }
+
+        // 5. current, records, prune, post_reload
+        self.go_live(&dir, &row)?;
+        self.prune(&fresh, &dir);
+        if !fresh.hooks.post_reload.0.is_empty() {
+            if let Err(e) = install::run(&fresh.hooks.post_reload.0, &workdir, &env, fresh.install_timeout.0, &CancellationToken::new(), self.output()).await {
+                self.log(&format!("post_reload: {e} (the deploy stays live)"));
+            }
+        }
+        if let Some(window) = fresh.bake {
+            tokio::spawn(bake(self.d.clone(), self.app.clone(), self.id, name.clone(), previous.map(|p| p.name), window.0));
+        }
+        Ok(format!("live on {short} (release {name}) in {:.1}s", self.started.elapsed().as_secs_f32()))
+    }
+
+    /// Back to a release on disk: no fetch, no install, the same rolling reload.
+    async fn rollback(&mut self, want: Option<&str>) -> Result<String, Stop> {
+        let cfg = self.app.config();
+        let dir = AppDir::new(cfg.path.clone().ok_or_else(|| Stop::failed("the app has no `repo`"))?);
+        let name = pick_rollback(&self.d.store, &self.app, want).map_err(|e| Stop::failed(e.to_string()))?;
+        let row = self.d.store.releases(&self.app.name).unwrap_or_default().into_iter().find(|r| r.name == name).ok_or_else(|| Stop::failed("the release is no longer recorded"))?;
+        let _ = self.d.store.set_sha(self.id, &row.sha);
+        let _ = self.d.store.set_release(self.id, &name);
+        let fresh = self.app.fresh_config().map_err(Stop::failed)?;
+        self.enter(DeployState::Rolling, &format!("rolling back onto {name}"));
+        let release = ActiveRelease { name: name.clone(), dir: dir.release(&name) };
+        self.app.roll_to(fresh, release).await.map_err(|e| Stop::failed(format!("{}; the workers stay on the release they ran", e.reason)))?;
+        self.go_live(&dir, &row)?;
+        Ok(format!("rolled back: live on {} (release {name}) in {:.1}s", &row.sha[..7.min(row.sha.len())], self.started.elapsed().as_secs_f32()))
+    }
+
+    fn go_live(&self, dir: &AppDir, row: &ReleaseRow) -> Result<(), Stop> {
+        dir.switch_current(&row.name).map_err(|e| Stop::failed(format!("cannot switch `current`: {e}")))?;
+        let _ = self.d.store.record_release(&ReleaseRow { ok: true, ..row.clone() });
+        let _ = self.d.store.set_current(&self.app.name, &row.name, Some(self.id));
+        Ok(())
+    }
+
+    fn output(&self) -> &Output {
+        self.out.as_ref().expect("output is created before any command runs")
+    }
+
+    /// The app's env (config, `env_file` of the new release) plus what describes this deploy.
+    fn deploy_env(&self, cfg: &AppConfig, release: &ActiveRelease, sha: &str, git_ref: &str, trigger: &str, previous: Option<&ActiveRelease>) -> Result<BTreeMap<String, String>, Stop> {
+        let spec = resolve_spec(cfg, Some(release)).map_err(|e| Stop::failed(e.to_string()))?;
+        let mut env = self.d.supervisor.base_env();
+        env.extend(spec.map(|s| s.env).unwrap_or_default());
+        env.insert("DEPLOY_SHA".into(), sha.into());
+        env.insert("DEPLOY_REF".into(), git_ref.into());
+        env.insert("DEPLOY_ID".into(), self.id.to_string());
+        env.insert("DEPLOY_TRIGGER".into(), trigger.into());
+        env.insert("RELEASE_DIR".into(), release.dir.display().to_string());
+        env.insert("PREVIOUS_RELEASE_DIR".into(), previous.map(|p| p.dir.display().to_string()).unwrap_or_default());
+        Ok(env)
+    }
+
+    async fn on_failure(&self, cfg: &AppConfig, workdir: &Path, env: &BTreeMap<String, String>) {
+        if cfg.hooks.on_failure.0.is_empty() {
+            return;
+        }
+        if let Err(e) = install::run(&cfg.hooks.on_failure.0, workdir, env, cfg.install_timeout.0, &CancellationToken::new(), self.output()).await {
+            self.log(&format!("on_failure: {e}"));
+        }
+    }
+
+    fn prune(&self, cfg: &AppConfig, dir: &AppDir) {
+        let rows = self.d.store.releases(&self.app.name).unwrap_or_default();
+        let current = self.app.release().map(|r| r.name);
+        let previous = rows.iter().filter(|r| r.ok && Some(&r.name) != current.as_ref()).map(|r| r.name.clone()).next();
+        let list: Vec<(String, bool)> = rows.iter().map(|r| (r.name.clone(), r.ok)).collect();
+        for name in prune_plan(&list, cfg.keep_releases as usize, current.as_deref(), previous.as_deref()) {
+            if dir.remove_release(&name).is_ok() || !dir.release(&name).exists() {
+                let _ = self.d.store.forget_release(&self.app.name, &name);
+                self.log(&format!("pruned release {name}"));
+            }
+        }
+    }
+}
+
+/// The next release number: one more than any recorded or on disk.
+fn next_seq(store: &Store, app: &str, dir: &AppDir) -> u64 {
+    let recorded = store.releases(app).unwrap_or_default().into_iter().map(|r| r.seq).max().unwrap_or(0);
+    let on_disk = dir.on_disk().iter().filter_map(|n| seq_of(n)).max().unwrap_or(0);
+    recorded.max(on_disk) + 1
+}
+
+/// The release a rollback goes to: the newest good one before the current, or the one named by
+/// name, sequence number or sha prefix.
+pub(super) fn pick_rollback(store: &Store, app: &App, want: Option<&str>) -> Result<String, DeployError> {
+    let current = app.release();
+    let current_seq = current.as_ref().and_then(|r| seq_of(&r.name));
+    let good: Vec<ReleaseRow> = store.releases(&app.name)?.into_iter().filter(|r| r.ok).collect();
+    let found = match want {
+        None => good.iter().find(|r| current_seq.is_none_or(|c| r.seq < c)),
+        Some(w) => good.iter().find(|r| r.name == w || r.seq.to_string() == w || (w.len() >= 4 && r.sha.starts_with(w))),
+    };
+    match found {
+        Some(r) if Some(&r.name) == current.as_ref().map(|c| &c.name) => Err(DeployError::NoSuchRelease(format!("release {} is already live", r.name))),
+        Some(r) => Ok(r.name.clone()),
+        None if want.is_none() => Err(DeployError::NoSuchRelease("there is no previous release to roll back to".into())),
+        None => Err(DeployError::NoSuchRelease(format!("no good release matches `{}`; `deployer releases <app>` lists them", want.unwrap_or_default()))),
+    }
+}
+
+pub(super) fn git_auth(cfg: &AppConfig) -> Option<GitAuth> {
+    match &cfg.auth {
+        Some(AuthConfig::TokenEnv(var)) => std::env::var(var).ok().map(GitAuth::Token),
+        Some(AuthConfig::SshKey(p)) => Some(GitAuth::SshKey(p.clone())),
+        None => None,
+    }
+}
+
+/// A URL without its userinfo, for messages.
+fn redact(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@') {
+            return format!("{scheme}://{}", &rest[at + 1..]);
+        }
+    }
+    url.to_string()
+}
+
+/// The bake window: a new release whose workers crash-loop or error out within `window` is
+/// rolled back by the agent itself.
+async fn bake(d: Arc<Deployer>, app: Arc<App>, id: DeployId, release: String, previous: Option<String>, window: Duration) {
+    let deadline = tokio::time::Instant::now() + window;
+    let baseline: u32 = app.status().workers.iter().map(|w| w.restarts).sum();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    while tokio::time::Instant::now() < deadline {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = d.shutdown.cancelled() => return,
+        }
+        if app.release().map(|r| r.name) != Some(release.clone()) {
+            return; // another deploy moved on
+        }
+        let status = app.status();
+        let restarts: u32 = status.workers.iter().map(|w| w.restarts).sum::<u32>().saturating_sub(baseline);
+        let errored = status.workers.iter().filter(|w| w.state == "errored").count();
+        if restarts >= 2 || errored > 0 {
+            let Some(previous) = previous else {
+                tracing::error!(app = %app.name, "release {release} is unhealthy in its bake window, and there is no previous release");
+                return;
+            };
+            let why = format!("within the bake window: {restarts} worker restart(s), {errored} errored; rolling back to {previous}");
+            tracing::warn!(app = %app.name, "{why}");
+            let _ = d.store.transition(id, DeployState::RolledBack.as_str(), &why, true);
+            if let Err(e) = d.request(&app.name, Target::Rollback(Some(previous)), "bake", Some("bake")) {
+                tracing::error!(app = %app.name, error = %e, "bake rollback could not be queued");
+            }
+            return;
+        }
+    }
+    let _ = d.store.log(id, &format!("bake window of {} passed", humantime::format_duration(window)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn urls_lose_their_secrets() {
+        assert_eq!(redact("https://x-access-token:s3cret@github.com/acme/web.git"), "https://github.com/acme/web.git");
+        assert_eq!(redact("https://github.com/acme/web.git"), "https://github.com/acme/web.git");
+        assert_eq!(redact("/srv/git/web"), "/srv/git/web");
+        assert_eq!(redact("ssh://git@host/x.git"), "ssh://host/x.git");
+    }
+}

@@ -1,0 +1,78 @@
+//! Pull mode: look up the branch head on the remote every `poll` interval (an `ls-remote`, no
+//! fetch) and queue a deploy when it moved. A git server that is down is retried at the next tick
+//! and logged once per outage; it never stops the agent.
+
+use super::{Deployer, Target};
+use crate::source::Source;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What one check found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Checked {
+    /// The head moved: a deploy was queued.
+    Queued { sha: String, id: u64 },
+    /// The head is what is live or already queued.
+    Unchanged { sha: String },
+}
+
+impl Deployer {
+    /// Look up the branch head now and deploy it if it is new. `last` is the head seen last time.
+    pub async fn check(self: &Arc<Self>, app: &str, trigger: &str, last: Option<&str>) -> Result<Checked, String> {
+        let a = self.git_app(app).map_err(|e| e.to_string())?;
+        let cfg = a.config();
+        let (Some(url), Some(path)) = (cfg.repo.clone(), cfg.path.clone()) else { return Err("the app has no `repo`".into()) };
+        let (branch, auth, cache) = (cfg.branch.clone(), super::pipeline::git_auth(&cfg), super::release::AppDir::new(path).repo());
+        let sha = tokio::task::spawn_blocking(move || Source::open(&url, &branch, auth, &cache)?.remote_head())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let live = a.release().and_then(|r| self.store.releases(app).ok()?.into_iter().find(|row| row.name == r.name)).map(|row| row.sha);
+        if live.as_deref() == Some(sha.as_str()) || last == Some(sha.as_str()) {
+            return Ok(Checked::Unchanged { sha });
+        }
+        let accepted = self.request(app, Target::Ref(sha.clone()), trigger, Some(trigger)).map_err(|e| e.to_string())?;
+        Ok(Checked::Queued { sha, id: accepted.id })
+    }
+
+    /// The poll loop of one app, until the agent stops.
+    pub(super) async fn poll(self: Arc<Self>, app: String, every: Duration) {
+        let mut last: Option<String> = None;
+        let mut down = false;
+        loop {
+            let jitter = every.mul_f64(0.1 * pseudo_random());
+            tokio::select! {
+                _ = tokio::time::sleep(every + jitter) => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+            match self.check(&app, "poll", last.as_deref()).await {
+                Ok(found) => {
+                    if down {
+                        tracing::info!(app, "the git remote answers again");
+                        down = false;
+                    }
+                    let sha = match found {
+                        Checked::Queued { sha, id } => {
+                            tracing::info!(app, id, sha = %&sha[..7.min(sha.len())], "the branch moved: deploy queued");
+                            sha
+                        }
+                        Checked::Unchanged { sha } => sha,
+                    };
+                    last = Some(sha);
+                }
+                Err(e) if !down => {
+                    tracing::warn!(app, error = %e, "cannot look up the branch head; retrying every tick (logged once per outage)");
+                    down = true;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// A number in [0, 1) that differs between ticks and agents, for jitter only.
+fn pseudo_random() -> f64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let mixed = (nanos ^ std::process::id().rotate_left(16)).wrapping_mul(2654435761);
+    f64::from(mixed % 1000) / 1000.0
+}

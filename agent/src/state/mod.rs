@@ -1,0 +1,263 @@
+//! The agent's durable state, in SQLite under `state_dir/agent.db`: deploys and their events,
+//! releases, the current release per app.
+//!
+//! Every call is a short transaction on one connection (WAL mode), so it is called directly from
+//! async code. A crash at any point leaves a database the next agent opens and repairs with
+//! [`Store::interrupt_unfinished`].
+
+mod schema;
+
+use deployer_wire::{Deploy, DeployEvent};
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, thiserror::Error)]
+#[error("state database: {0}")]
+pub struct StateError(#[from] rusqlite::Error);
+
+pub type DeployId = u64;
+
+/// A release directory as recorded: `<seq>-<shortsha>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseRow {
+    pub app: String,
+    pub name: String,
+    pub seq: u64,
+    pub sha: String,
+    pub ok: bool,
+}
+
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StateError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        schema::migrate(&conn)?;
+        Ok(Store { conn: Mutex::new(conn) })
+    }
+
+    #[cfg(test)]
+    pub fn in_memory() -> Store {
+        let conn = Connection::open_in_memory().expect("sqlite in memory");
+        schema::migrate(&conn).expect("schema");
+        Store { conn: Mutex::new(conn) }
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Record a new deploy in state `queued`.
+    pub fn insert_deploy(&self, app: &str, git_ref: &str, trigger: &str, who: Option<&str>) -> Result<DeployId, StateError> {
+        let c = self.conn();
+        c.execute(
+            "INSERT INTO deploys (app, git_ref, trigger, state, who, queued_at) VALUES (?1, ?2, ?3, 'queued', ?4, ?5)",
+            params![app, git_ref, trigger, who, now_ms() as i64],
+        )?;
+        let id = c.last_insert_rowid() as DeployId;
+        c.execute("INSERT INTO deploy_events (deploy_id, seq, at, state, message) VALUES (?1, 1, ?2, 'queued', ?3)", params![id as i64, now_ms() as i64, format!("{trigger}: deploy {git_ref}")])?;
+        Ok(id)
+    }
+
+    /// Enter `state`, with an event; final states also set `finished_at` and the message.
+    pub fn transition(&self, id: DeployId, state: &str, message: &str, is_final: bool) -> Result<(), StateError> {
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        if is_final {
+            tx.execute("UPDATE deploys SET state = ?2, finished_at = ?3, message = ?4 WHERE id = ?1", params![id as i64, state, now_ms() as i64, message])?;
+        } else {
+            tx.execute("UPDATE deploys SET state = ?2 WHERE id = ?1", params![id as i64, state])?;
+        }
+        insert_event(&tx, id, state, message)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A message within the current state.
+    pub fn log(&self, id: DeployId, message: &str) -> Result<(), StateError> {
+        insert_event(&self.conn(), id, "log", message)
+    }
+
+    pub fn set_sha(&self, id: DeployId, sha: &str) -> Result<(), StateError> {
+        self.conn().execute("UPDATE deploys SET sha = ?2 WHERE id = ?1", params![id as i64, sha])?;
+        Ok(())
+    }
+
+    pub fn set_release(&self, id: DeployId, release: &str) -> Result<(), StateError> {
+        self.conn().execute("UPDATE deploys SET release = ?2 WHERE id = ?1", params![id as i64, release])?;
+        Ok(())
+    }
+
+    pub fn set_output_tail(&self, id: DeployId, tail: &[String]) -> Result<(), StateError> {
+        self.conn().execute("UPDATE deploys SET output_tail = ?2 WHERE id = ?1", params![id as i64, tail.join("\n")])?;
+        Ok(())
+    }
+
+    /// One deploy with its events and output tail.
+    pub fn deploy(&self, id: DeployId) -> Result<Option<Deploy>, StateError> {
+        let c = self.conn();
+        let Some(mut d) = c
+            .query_row(&format!("SELECT {DEPLOY_COLUMNS} FROM deploys WHERE id = ?1"), params![id as i64], row_to_deploy)
+            .optional()?
+        else {
+            return Ok(None);
+        };
+        d.events = events_after(&c, id, 0)?;
+        let tail: Option<String> = c.query_row("SELECT output_tail FROM deploys WHERE id = ?1", params![id as i64], |r| r.get(0))?;
+        d.output_tail = tail.filter(|t| !t.is_empty()).map(|t| t.lines().map(String::from).collect()).unwrap_or_default();
+        Ok(Some(d))
+    }
+
+    /// Events of a deploy after `seq` (for streaming).
+    pub fn events_after(&self, id: DeployId, seq: u64) -> Result<Vec<DeployEvent>, StateError> {
+        events_after(&self.conn(), id, seq)
+    }
+
+    /// The newest deploys of an app, newest first, without events.
+    pub fn history(&self, app: &str, limit: usize) -> Result<Vec<Deploy>, StateError> {
+        let c = self.conn();
+        let mut stmt = c.prepare(&format!("SELECT {DEPLOY_COLUMNS} FROM deploys WHERE app = ?1 ORDER BY id DESC LIMIT ?2"))?;
+        let rows = stmt.query_map(params![app, limit as i64], row_to_deploy)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// At start: deploys a previous agent left unfinished become `interrupted`. Answers their ids.
+    pub fn interrupt_unfinished(&self) -> Result<Vec<DeployId>, StateError> {
+        let ids: Vec<DeployId> = {
+            let c = self.conn();
+            let mut stmt = c.prepare("SELECT id FROM deploys WHERE state IN ('queued', 'fetching', 'building', 'rolling')")?;
+            let ids = stmt.query_map([], |r| r.get::<_, i64>(0))?.collect::<Result<Vec<_>, _>>()?;
+            ids.into_iter().map(|i| i as DeployId).collect()
+        };
+        for id in &ids {
+            self.transition(*id, "interrupted", "the agent stopped during this deploy", true)?;
+        }
+        Ok(ids)
+    }
+
+    pub fn record_release(&self, r: &ReleaseRow) -> Result<(), StateError> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO releases (app, name, seq, sha, ok, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![r.app, r.name, r.seq as i64, r.sha, r.ok, now_ms() as i64],
+        )?;
+        Ok(())
+    }
+
+    pub fn forget_release(&self, app: &str, name: &str) -> Result<(), StateError> {
+        self.conn().execute("DELETE FROM releases WHERE app = ?1 AND name = ?2", params![app, name])?;
+        Ok(())
+    }
+
+    /// Releases of an app, newest first.
+    pub fn releases(&self, app: &str) -> Result<Vec<ReleaseRow>, StateError> {
+        let c = self.conn();
+        let mut stmt = c.prepare("SELECT app, name, seq, sha, ok FROM releases WHERE app = ?1 ORDER BY seq DESC")?;
+        let rows = stmt.query_map(params![app], |r| {
+            Ok(ReleaseRow { app: r.get(0)?, name: r.get(1)?, seq: r.get::<_, i64>(2)? as u64, sha: r.get(3)?, ok: r.get(4)? })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn set_current(&self, app: &str, release: &str, deploy: Option<DeployId>) -> Result<(), StateError> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO current_release (app, release, deploy_id, at) VALUES (?1, ?2, ?3, ?4)",
+            params![app, release, deploy.map(|d| d as i64), now_ms() as i64],
+        )?;
+        Ok(())
+    }
+}
+
+const DEPLOY_COLUMNS: &str = "id, app, git_ref, sha, trigger, state, who, release, queued_at, finished_at, message";
+
+fn row_to_deploy(r: &rusqlite::Row) -> rusqlite::Result<Deploy> {
+    Ok(Deploy {
+        id: r.get::<_, i64>(0)? as u64,
+        app: r.get(1)?,
+        git_ref: r.get(2)?,
+        sha: r.get(3)?,
+        trigger: r.get(4)?,
+        state: r.get(5)?,
+        who: r.get(6)?,
+        release: r.get(7)?,
+        queued_at_ms: r.get::<_, i64>(8)? as u64,
+        finished_at_ms: r.get::<_, Option<i64>>(9)?.map(|v| v as u64),
+        message: r.get(10)?,
+        events: Vec::new(),
+        output_tail: Vec::new(),
+    })
+}
+
+fn insert_event(c: &Connection, id: DeployId, state: &str, message: &str) -> Result<(), StateError> {
+    c.execute(
+        "INSERT INTO deploy_events (deploy_id, seq, at, state, message)
+         VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM deploy_events WHERE deploy_id = ?1), ?2, ?3, ?4)",
+        params![id as i64, now_ms() as i64, state, message],
+    )?;
+    Ok(())
+}
+
+fn events_after(c: &Connection, id: DeployId, seq: u64) -> Result<Vec<DeployEvent>, StateError> {
+    let mut stmt = c.prepare("SELECT seq, at, state, message FROM deploy_events WHERE deploy_id = ?1 AND seq > ?2 ORDER BY seq")?;
+    let rows = stmt.query_map(params![id as i64, seq as i64], |r| {
+        Ok(DeployEvent { seq: r.get::<_, i64>(0)? as u64, at_ms: r.get::<_, i64>(1)? as u64, state: r.get(2)?, message: r.get(3)? })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deploy_records_its_steps() {
+        let s = Store::in_memory();
+        let id = s.insert_deploy("web", "main", "api", Some("ci")).unwrap();
+        s.transition(id, "fetching", "fetching main", false).unwrap();
+        s.set_sha(id, "abc").unwrap();
+        s.log(id, "fetched abc").unwrap();
+        s.transition(id, "live", "live", true).unwrap();
+        let d = s.deploy(id).unwrap().unwrap();
+        assert_eq!(d.state, "live");
+        assert_eq!(d.sha.as_deref(), Some("abc"));
+        assert!(d.finished_at_ms.is_some());
+        let states: Vec<&str> = d.events.iter().map(|e| e.state.as_str()).collect();
+        assert_eq!(states, ["queued", "fetching", "log", "live"]);
+        assert_eq!(s.events_after(id, 2).unwrap().len(), 2);
+        assert_eq!(s.history("web", 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn unfinished_deploys_become_interrupted() {
+        let s = Store::in_memory();
+        let a = s.insert_deploy("web", "main", "api", None).unwrap();
+        let b = s.insert_deploy("web", "main", "api", None).unwrap();
+        s.transition(b, "live", "", true).unwrap();
+        assert_eq!(s.interrupt_unfinished().unwrap(), vec![a]);
+        assert_eq!(s.deploy(a).unwrap().unwrap().state, "interrupted");
+        assert_eq!(s.deploy(b).unwrap().unwrap().state, "live");
+    }
+
+    #[test]
+    fn releases_newest_first() {
+        let s = Store::in_memory();
+        for seq in 1..=3 {
+            s.record_release(&ReleaseRow { app: "web".into(), name: format!("{seq}-abc"), seq, sha: "abc".into(), ok: seq != 2 }).unwrap();
+        }
+        let r = s.releases("web").unwrap();
+        assert_eq!(r.iter().map(|r| r.seq).collect::<Vec<_>>(), [3, 2, 1]);
+        assert!(!r[1].ok);
+        s.forget_release("web", "3-abc").unwrap();
+        assert_eq!(s.releases("web").unwrap().len(), 2);
+    }
+}

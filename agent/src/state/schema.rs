@@ -1,0 +1,53 @@
+//! The database schema, versioned with `PRAGMA user_version`: each step runs once, in order.
+
+use rusqlite::Connection;
+
+const STEPS: &[&str] = &[
+    // 1: deploys, their events, releases, the current release per app.
+    "CREATE TABLE deploys (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        app TEXT NOT NULL,
+        git_ref TEXT NOT NULL,
+        sha TEXT,
+        trigger TEXT NOT NULL,
+        state TEXT NOT NULL,
+        who TEXT,
+        release TEXT,
+        queued_at INTEGER NOT NULL,
+        finished_at INTEGER,
+        message TEXT,
+        output_tail TEXT
+    );
+    CREATE INDEX deploys_by_app ON deploys (app, id);
+    CREATE TABLE deploy_events (
+        deploy_id INTEGER NOT NULL REFERENCES deploys (id),
+        seq INTEGER NOT NULL,
+        at INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        message TEXT NOT NULL,
+        PRIMARY KEY (deploy_id, seq)
+    );
+    CREATE TABLE releases (
+        app TEXT NOT NULL,
+        name TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        sha TEXT NOT NULL,
+        ok INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (app, name)
+    );
+    CREATE TABLE current_release (
+        app TEXT PRIMARY KEY,
+        release TEXT NOT NULL,
+        deploy_id INTEGER,
+        at INTEGER NOT NULL
+    );",
+];
+
+pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))? as usize;
+    for (i, step) in STEPS.iter().enumerate().skip(version) {
+        conn.execute_batch(&format!("BEGIN; {step}; PRAGMA user_version = {}; COMMIT;", i + 1))?;
+    }
+    Ok(())
+}
