@@ -11,6 +11,7 @@ use deployer_wire::{Deploy, DeployEvent};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
 use std::sync::Mutex;
+use tokio::sync::broadcast;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +32,18 @@ pub struct ReleaseRow {
 
 pub struct Store {
     conn: Mutex<Connection>,
+    changes: broadcast::Sender<DeployChange>,
+}
+
+/// Sent after every committed change to a deploy (new, new state, new event), so streams and
+/// reporters wake up. A slow receiver that lags re-reads from the database: the database, not
+/// this channel, is the record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeployChange {
+    pub id: DeployId,
+    /// The state entered, or `log` for a message within the current state.
+    pub state: String,
+    pub is_final: bool,
 }
 
 pub fn now_ms() -> u64 {
@@ -44,14 +57,28 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         schema::migrate(&conn)?;
-        Ok(Store { conn: Mutex::new(conn) })
+        Ok(Store::with(conn))
+    }
+
+    fn with(conn: Connection) -> Store {
+        Store { conn: Mutex::new(conn), changes: broadcast::channel(1024).0 }
+    }
+
+    /// Changes to deploys from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<DeployChange> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self, id: DeployId, state: &str, is_final: bool) {
+        // No receiver is fine: nobody is watching.
+        let _ = self.changes.send(DeployChange { id, state: state.to_string(), is_final });
     }
 
     #[cfg(test)]
     pub fn in_memory() -> Store {
         let conn = Connection::open_in_memory().expect("sqlite in memory");
         schema::migrate(&conn).expect("schema");
-        Store { conn: Mutex::new(conn) }
+        Store::with(conn)
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -67,6 +94,8 @@ impl Store {
         )?;
         let id = c.last_insert_rowid() as DeployId;
         c.execute("INSERT INTO deploy_events (deploy_id, seq, at, state, message) VALUES (?1, 1, ?2, 'queued', ?3)", params![id as i64, now_ms() as i64, format!("{trigger}: deploy {git_ref}")])?;
+        drop(c);
+        self.changed(id, "queued", false);
         Ok(id)
     }
 
@@ -81,12 +110,16 @@ impl Store {
         }
         insert_event(&tx, id, state, message)?;
         tx.commit()?;
+        drop(c);
+        self.changed(id, state, is_final);
         Ok(())
     }
 
     /// A message within the current state.
     pub fn log(&self, id: DeployId, message: &str) -> Result<(), StateError> {
-        insert_event(&self.conn(), id, "log", message)
+        insert_event(&self.conn(), id, "log", message)?;
+        self.changed(id, "log", false);
+        Ok(())
     }
 
     pub fn set_sha(&self, id: DeployId, sha: &str) -> Result<(), StateError> {
