@@ -4,7 +4,7 @@ use crate::env::{Setup, TestEnv};
 use crate::http::{self, Response};
 use crate::process::{CliOutput, run_to_end};
 use crate::{poll, wait_until};
-use deployer_wire::{AppStatus, WorkerStatus};
+use deployer_wire::{AppStatus, Deploy, DeployAccepted, WorkerStatus};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::fs::OpenOptions;
@@ -17,6 +17,8 @@ const STARTUP: Duration = Duration::from_secs(30);
 const SHUTDOWN: Duration = Duration::from_secs(20);
 /// How long one API call may take (a reload waits for the new workers).
 const API_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a deploy may take from request to a final state (fetch, install, roll).
+const DEPLOY_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The agent process of a test. Dropping it stops the agent (SIGTERM, then SIGKILL after a
 /// deadline); when the test failed, its log is printed first.
@@ -214,6 +216,68 @@ impl Agent {
                 self.app(app)
             )
         })
+    }
+
+    /// `POST /v1/apps/{app}/deploys {"ref": git_ref}`; asserts 202 and answers the deploy id.
+    #[track_caller]
+    pub fn deploy(&self, app: &str, git_ref: &str) -> u64 {
+        let r = self.api_post(
+            &format!("/v1/apps/{app}/deploys"),
+            serde_json::json!({ "ref": git_ref }),
+        );
+        assert_eq!(r.status, 202, "POST /v1/apps/{app}/deploys: {}", r.body);
+        r.json::<DeployAccepted>().id
+    }
+
+    /// `GET /v1/deploys/{id}`.
+    #[track_caller]
+    pub fn deploy_status(&self, id: u64) -> Deploy {
+        let r = self.api_get(&format!("/v1/deploys/{id}"));
+        assert_eq!(r.status, 200, "GET /v1/deploys/{id}: {}", r.body);
+        r.json()
+    }
+
+    /// Wait until deploy `id` is in a final state; answers it.
+    #[track_caller]
+    pub fn wait_deploy(&self, id: u64) -> Deploy {
+        let done = poll(DEPLOY_TIMEOUT, || {
+            let d = self.deploy_status(id);
+            d.is_final().then_some(d)
+        });
+        done.unwrap_or_else(|| {
+            panic!(
+                "deploy {id} did not end within {DEPLOY_TIMEOUT:?}: {:#?}",
+                self.deploy_status(id)
+            )
+        })
+    }
+
+    /// Wait until deploy `id` has entered `state` (or passed it); answers it.
+    #[track_caller]
+    pub fn wait_deploy_state(&self, id: u64, state: &str) -> Deploy {
+        let reached = poll(DEPLOY_TIMEOUT, || {
+            let d = self.deploy_status(id);
+            (d.state == state || d.events.iter().any(|e| e.state == state)).then_some(d)
+        });
+        reached.unwrap_or_else(|| {
+            panic!(
+                "deploy {id} did not reach `{state}` within {DEPLOY_TIMEOUT:?}: {:#?}",
+                self.deploy_status(id)
+            )
+        })
+    }
+
+    /// `GET /v1/apps/{app}/deploys`, newest first.
+    pub fn history(&self, app: &str) -> Vec<Deploy> {
+        let r = self.api_get(&format!("/v1/apps/{app}/deploys"));
+        assert_eq!(r.status, 200, "GET /v1/apps/{app}/deploys: {}", r.body);
+        r.json()
+    }
+
+    /// The name of the release `current` points at (`<seq>-<shortsha>`), if any.
+    pub fn current_release(&self, app: &str) -> Option<String> {
+        let target = std::fs::read_link(self.app_dir(app).join("current")).ok()?;
+        Some(target.file_name()?.to_str()?.to_string())
     }
 
     /// Run `deployer <args>` against this agent with the admin token.

@@ -56,6 +56,8 @@ pub struct AppSpec {
     other: BTreeMap<&'static str, String>,
     /// The public port, picked when the config is first written.
     port: Option<u16>,
+    /// Deployed from this repository's `main` (`repo:`) instead of run in a copy of the example.
+    repo: Option<String>,
 }
 
 impl AppSpec {
@@ -90,6 +92,7 @@ impl AppSpec {
                 .collect(),
             other: BTreeMap::new(),
             port: None,
+            repo: None,
         }
     }
 
@@ -106,6 +109,13 @@ impl AppSpec {
 
     pub fn proxy(mut self, proxy: Proxy) -> Self {
         self.proxy = proxy;
+        self
+    }
+
+    /// Deploy from `repo`'s `main` branch (`repo:`, `branch: main`) instead of running in a copy
+    /// of the example app (`cwd:`). Other keys (`install`, `bake`, ...) go through [`Self::set`].
+    pub fn repo(mut self, repo: &crate::TestRepo) -> Self {
+        self.repo = Some(repo.url());
         self
     }
 
@@ -343,9 +353,14 @@ impl Setup {
             .expect("ports are picked when the config is written")
     }
 
-    /// The directory `app`'s workers run in.
+    /// The directory `app`'s workers run in (for an app deployed from git: its directory under
+    /// `state/apps/`, which holds `current`, `releases/`, `shared/` and `repo.git`).
     pub fn app_dir(&self, app: &str) -> PathBuf {
-        self.dir().join(app)
+        if self.app_spec(app).repo.is_some() {
+            self.dir().join("state").join("apps").join(app)
+        } else {
+            self.dir().join(app)
+        }
     }
 
     pub(crate) fn app_spec(&self, app: &str) -> &AppSpec {
@@ -421,7 +436,7 @@ impl Setup {
                 app.port = Some(free_port());
             }
             let dir = self.dir.path().join(&app.name);
-            if !dir.exists() {
+            if app.repo.is_none() && !dir.exists() {
                 copy_example_app(&dir);
                 if let Some(content) = &app.env_file {
                     std::fs::write(dir.join(".env"), content).expect("write .env");
@@ -433,7 +448,7 @@ impl Setup {
     }
 }
 
-fn copy_example_app(to: &Path) {
+pub(crate) fn copy_example_app(to: &Path) {
     let from = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("..")
         .join("examples")
@@ -483,7 +498,15 @@ fn render(api_port: u16, tokens: &[Token], apps: &[AppSpec]) -> String {
             .join(", ");
         let start = a.start.iter().map(|s| q(s)).collect::<Vec<_>>().join(", ");
         let _ = writeln!(y, "  {}:", a.name);
-        let _ = writeln!(y, "    cwd: {}", a.name);
+        match &a.repo {
+            Some(url) => {
+                let _ = writeln!(y, "    repo: {}", q(url));
+                let _ = writeln!(y, "    branch: main");
+            }
+            None => {
+                let _ = writeln!(y, "    cwd: {}", a.name);
+            }
+        }
         let _ = writeln!(y, "    start: [{start}]");
         let _ = writeln!(y, "    instances: {}", a.instances);
         let _ = writeln!(y, "    port: {}", a.port.expect("picked"));

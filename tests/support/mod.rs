@@ -16,11 +16,13 @@ mod env;
 pub mod http;
 mod load;
 mod process;
+mod repo;
 mod wait;
 
 pub use agent::Agent;
 pub use bins::bin;
 pub use env::{AppSpec, Proxy, Setup, TestEnv, fixture};
 pub use load::{Load, LoadReport};
+pub use repo::TestRepo;
 pub use process::{CliOutput, environ, pid_alive, port_is_free};
 pub use wait::{poll, wait_until};
