@@ -312,3 +312,33 @@ fn releases_beyond_keep_releases_are_pruned_but_never_current_or_previous() {
     let current = agent.current_release("web").expect("current");
     assert!(releases.join(&current).is_dir());
 }
+
+#[test]
+fn a_release_that_crash_loops_within_its_bake_window_is_rolled_back_by_the_agent() {
+    let repo = TestRepo::with_example_app();
+    let agent = TestEnv::new().web(|a| a.repo(&repo).set("bake", "30s")).start();
+    let before = agent.current_release("web").expect("current");
+
+    // Gets ready, serves, then dies a second later, every time.
+    let app_js = std::fs::read_to_string(repo.path().join("app.js")).expect("app.js");
+    repo.commit_file("app.js", &format!("{app_js}\nsetTimeout(() => process.exit(1), 1000);\n"), "a slow crash");
+    let id = agent.deploy("web", "main");
+    agent.wait_deploy_state(id, "live");
+
+    let rolled_back = deployer_tests::poll(Duration::from_secs(60), || {
+        let d = agent.deploy_status(id);
+        (d.state == "rolled_back").then_some(d)
+    })
+    .unwrap_or_else(|| panic!("the bake window did not roll back: {:#?}", agent.deploy_status(id)));
+    let why = rolled_back.message.clone().unwrap_or_default();
+    assert!(why.contains("bake window") && why.contains(&before), "{why}");
+    assert!(
+        wait_until(Duration::from_secs(60), || agent.current_release("web").as_deref() == Some(before.as_str())),
+        "current went back to {before}: {:?}",
+        agent.current_release("web")
+    );
+    let rollback = agent.history("web").into_iter().find(|d| d.trigger == "bake").expect("a rollback deploy by the bake watcher");
+    assert_eq!(agent.wait_deploy(rollback.id).state, "live");
+    agent.wait_online("web", 2);
+    assert!(answer(&agent).starts_with("hello from worker"), "{}", answer(&agent));
+}
