@@ -167,24 +167,25 @@ pub struct StartCommand(pub Vec<String>);
 
 impl<'de> Deserialize<'de> for StartCommand {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        checked::any::<_, StartRaw, _>(d, "a command like `node app.js` or `[node, app.js]`")
+        checked::any::<_, OneOrList, _>(d, "a command like `node app.js` or `[node, app.js]`")
     }
 }
 
+/// A string or a list of strings, as written (`start` and `install` take both).
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum StartRaw {
-    Line(String),
-    Argv(Vec<String>),
+enum OneOrList {
+    One(String),
+    List(Vec<String>),
 }
 
-impl TryFrom<StartRaw> for StartCommand {
+impl TryFrom<OneOrList> for StartCommand {
     type Error = String;
-    fn try_from(raw: StartRaw) -> Result<Self, String> {
+    fn try_from(raw: OneOrList) -> Result<Self, String> {
         let argv = match raw {
-            StartRaw::Line(s) => shell_words::split(&s)
+            OneOrList::One(s) => shell_words::split(&s)
                 .map_err(|e| format!("cannot split `{s}` into arguments: {e}"))?,
-            StartRaw::Argv(v) => v,
+            OneOrList::List(argv) => argv,
         };
         if argv.is_empty() || argv[0].is_empty() {
             return Err("`start` is empty: write the command that runs one worker, like `node app.js`".into());
@@ -256,23 +257,16 @@ pub struct Commands(pub Vec<Vec<String>>);
 
 impl<'de> Deserialize<'de> for Commands {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        checked::any::<_, CommandsRaw, _>(d, "a command like `npm ci`, or a list of them")
+        checked::any::<_, OneOrList, _>(d, "a command like `npm ci`, or a list of them")
     }
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum CommandsRaw {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl TryFrom<CommandsRaw> for Commands {
+impl TryFrom<OneOrList> for Commands {
     type Error = String;
-    fn try_from(raw: CommandsRaw) -> Result<Self, String> {
+    fn try_from(raw: OneOrList) -> Result<Self, String> {
         let lines = match raw {
-            CommandsRaw::One(s) => vec![s],
-            CommandsRaw::Many(v) => v,
+            OneOrList::One(line) => vec![line],
+            OneOrList::List(lines) => lines,
         };
         let mut out = Vec::new();
         for line in lines {

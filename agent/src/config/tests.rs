@@ -119,32 +119,21 @@ fn env_file_lines() {
 #[test]
 fn value_checks_point_at_the_value_not_the_app() {
     let d = tmp("checked");
-    let p = write(&d, &GOOD.replace("start: node app.js --title \"hello world\"", "start: \"\""));
-    let e = load(&p).unwrap_err();
-    assert_eq!(e.line, 6, "{e}");
-    assert!(e.message.contains("`start` is empty"), "{e}");
-    assert!(e.message.starts_with("apps.web.start: "), "{e}");
-
-    let p = write(&d, &GOOD.replace("    max_memory: 512M", "    install: [npm ci, \"\"]"));
-    let e = load(&p).unwrap_err();
-    assert_eq!(e.line, 13, "{e}");
-    assert!(e.message.contains("empty command"), "{e}");
-
-    let p = write(&d, &GOOD.replace("ready: { http: /healthz,", "ready: { http: /healthz, notify: true,"));
-    let e = load(&p).unwrap_err();
-    assert_eq!(e.line, 10, "{e}");
-    assert!(e.message.contains("`ready` takes one check"), "{e}");
-
-    let p = write(&d, &GOOD.replace("SIGUSR2", "SIGFOO"));
-    let e = load(&p).unwrap_err();
-    assert_eq!((e.line, e.col), (11, 23), "{e}");
-    assert!(e.message.starts_with("apps.web.reload.signal: "), "{e}");
-
-    // A number where a duration goes is reported as a duration without a unit, not a type error.
-    let p = write(&d, &GOOD.replace("backoff_max: 15s", "backoff_max: 15"));
-    let e = load(&p).unwrap_err();
-    assert_eq!(e.line, 12, "{e}");
-    assert!(e.message.contains("invalid duration `15`"), "{e}");
+    // (written, instead, line, column, message): the position is the value's, the path its key's.
+    let cases = [
+        ("start: node app.js --title \"hello world\"", "start: \"\"", 6, 12, "apps.web.start: `start` is empty"),
+        ("max_memory: 512M", "install: [npm ci, \"\"]", 13, 14, "apps.web.install: empty command"),
+        ("ready: { http", "ready: { notify: true, http", 10, 12, "apps.web.ready: `ready` takes one check"),
+        ("SIGUSR2", "SIGFOO", 11, 23, "apps.web.reload.signal: unknown signal `SIGFOO`"),
+        // A number where a duration goes is a duration without a unit, not a type error.
+        ("backoff_max: 15s", "backoff_max: 15", 12, 63, "apps.web.restart.backoff_max: invalid duration `15`"),
+    ];
+    for (written, instead, line, col, message) in cases {
+        let p = write(&d, &GOOD.replace(written, instead));
+        let e = load(&p).unwrap_err();
+        assert_eq!((e.line, e.col), (line, col), "{e}");
+        assert!(e.message.starts_with(message), "{e}");
+    }
 }
 
 #[test]
