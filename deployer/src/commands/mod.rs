@@ -16,6 +16,7 @@ pub mod history;
 pub mod lifecycle;
 pub mod logs;
 pub mod ls;
+pub mod one_deploy;
 pub mod releases;
 pub mod reload;
 pub mod rollback;
