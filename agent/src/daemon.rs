@@ -28,6 +28,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tracing_subscriber::fmt()
                 .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
                 .with_writer(std::io::stderr)
+                // Colours only for a person: a log file or a journal gets plain text.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none())
                 .init();
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
             rt.block_on(serve(&cli.config))
