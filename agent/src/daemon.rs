@@ -65,8 +65,14 @@ async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
     let store = Arc::new(Store::open(&loaded.config.state_dir.join("agent.db"))?);
     let stop_deploys = CancellationToken::new();
     let deployer = Deployer::start(store, supervisor.clone(), stop_deploys.clone())?;
-    let state = Arc::new(ApiState { supervisor: supervisor.clone(), deployer, tokens: RwLock::new(loaded.tokens.clone()) });
     let stop_api = CancellationToken::new();
+    let state = Arc::new(ApiState {
+        supervisor: supervisor.clone(),
+        deployer,
+        tokens: RwLock::new(loaded.tokens.clone()),
+        locks: Default::default(),
+        shutdown: stop_api.clone(),
+    });
     let api = tokio::spawn(
         axum::serve(listener, api::router(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>())
             .with_graceful_shutdown(stop_api.clone().cancelled_owned())

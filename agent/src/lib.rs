@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod deploy;
 pub mod front;
+pub mod locks;
 pub mod quickstart;
 pub mod source;
 pub mod state;

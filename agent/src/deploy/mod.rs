@@ -5,6 +5,7 @@
 //! queued one survives, the others become `superseded`. Every trigger (API, CLI, webhook, poll)
 //! comes in through [`Deployer::request`].
 
+mod follow;
 mod install;
 mod pipeline;
 pub mod poll;
