@@ -11,6 +11,7 @@ use deployer_wire::{AppStatus, WorkerStatus};
 use serde::Serialize;
 
 pub mod deploys;
+pub mod fleet;
 
 pub const SUCCESS: Style = AnsiColor::Green.on_default().bold();
 pub const FAILURE: Style = AnsiColor::Red.on_default().bold();
