@@ -87,8 +87,16 @@ pub fn locate_key(text: &str, path: &[&str]) -> Option<(usize, usize)> {
     let lines: Vec<&str> = text.lines().collect();
     let mut min_indent = 0;
     let mut start = 0;
-    let mut found = None;
+    let mut found: Option<(usize, usize)> = None;
     'segments: for seg in path {
+        // Inside a flow map on the parent's own line: `rollout: { canary: 1 }`.
+        if let Some((line, col)) = found {
+            let text = lines[line - 1];
+            if let Some(at) = text[col - 1..].find(&format!(" {seg}:")).filter(|_| text.contains('{')) {
+                found = Some((line, col - 1 + at + 2));
+                continue 'segments;
+            }
+        }
         for (i, line) in lines.iter().enumerate().skip(start) {
             let trimmed = line.trim_start();
             let indent = line.len() - trimmed.len();
@@ -102,11 +110,6 @@ pub fn locate_key(text: &str, path: &[&str]) -> Option<(usize, usize)> {
                 found = Some((i + 1, indent + 1));
                 min_indent = indent + 1;
                 start = i + 1;
-                continue 'segments;
-            }
-            if let Some(col) = line.find(&format!(" {seg}:")).filter(|_| trimmed.contains('{')) {
-                found = Some((i + 1, col + 2));
-                start = i;
                 continue 'segments;
             }
         }
