@@ -8,6 +8,7 @@
 mod api;
 mod cli;
 mod config;
+mod fleet;
 mod fronts;
 mod lifecycle;
 mod reload;
