@@ -71,6 +71,7 @@ async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
         deployer,
         tokens: RwLock::new(loaded.tokens.clone()),
         locks: Default::default(),
+        metrics: Default::default(),
         shutdown: stop_api.clone(),
     });
     let api = tokio::spawn(

@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod deploy;
 pub mod front;
 pub mod locks;
+pub mod metrics;
 pub mod quickstart;
 pub mod source;
 pub mod state;

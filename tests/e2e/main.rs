@@ -12,4 +12,5 @@ mod fleet;
 mod fronts;
 mod lifecycle;
 mod reload;
+mod streams;
 mod supervise;

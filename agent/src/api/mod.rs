@@ -29,6 +29,8 @@ pub struct ApiState {
     pub deployer: Arc<Deployer>,
     /// Replaced on SIGHUP.
     pub tokens: RwLock<Vec<ResolvedToken>>,
+    /// Counters for `/metrics`.
+    pub metrics: crate::metrics::Metrics,
     /// Named leases (the CLI's push lock).
     pub locks: crate::locks::Locks,
     /// Cancelled when the agent stops: streams end so the server can drain.
@@ -54,8 +56,13 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/deploys/{id}/events", get(stream::deploy_events))
         .route("/locks/{name}", post(locks::acquire).delete(locks::release))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    // Prometheus sends the token too (`authorization:` in its scrape config).
+    let metrics = Router::new()
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .merge(metrics)
         .nest(deployer_wire::API_PREFIX, v1)
         .fallback(|| async { ApiErr::new(StatusCode::NOT_FOUND, "not_found", "no such route".into()) })
         .layer(DefaultBodyLimit::max(64 * 1024))
@@ -124,6 +131,11 @@ fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<Option<T>, ApiErr> {
     serde_json::from_slice(bytes).map(Some).map_err(|e| ApiErr::new(StatusCode::BAD_REQUEST, "bad_request", format!("invalid JSON body: {e}")))
 }
 
+async fn metrics(State(st): State<Arc<ApiState>>) -> impl IntoResponse {
+    let text = st.metrics.render(&st.supervisor, st.deployer.store());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
+}
+
 async fn list_apps(State(st): State<Arc<ApiState>>) -> Json<Vec<AppStatus>> {
     Json(st.supervisor.list().iter().map(|a| a.status()).collect())
 }
@@ -136,6 +148,7 @@ async fn reload(State(st): State<Arc<ApiState>>, Path(app): Path<String>, bytes:
     let req: ReloadRequest = body(&bytes)?.unwrap_or_default();
     let app = st.supervisor.app(&app)?;
     let out = app.reload(req.update_env).await;
+    st.metrics.reload_done(&app.name, out.error.is_none(), out.duration_ms as f64 / 1000.0);
     match &out.error {
         None => Ok(Json(out)),
         Some(e) => Err(ApiErr::new(StatusCode::CONFLICT, "reload_failed", e.clone()).hint("`deployer logs <app>` shows what the new workers printed")),

@@ -185,6 +185,11 @@ impl Deployer {
         Err(DeployError::CannotCancel { id, state: deploy.state })
     }
 
+    /// The state database (for `/metrics`).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     pub fn get(&self, id: DeployId) -> Result<Deploy, DeployError> {
         self.store.deploy(id)?.ok_or(DeployError::NotFound(id))
     }
