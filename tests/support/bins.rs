@@ -20,11 +20,12 @@ pub fn bin(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-/// `target/<profile>`: the test executable lives in `target/<profile>/deps/`.
+/// `target/<profile>`: the test executable lives in `target/<profile>/deps/` (an example, such as
+/// the push benchmark, in `target/<profile>/examples/`).
 fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable's path");
     let dir = exe.parent().expect("the test executable's directory");
-    let dir = if dir.ends_with("deps") {
+    let dir = if dir.ends_with("deps") || dir.ends_with("examples") {
         dir.parent().expect("target/<profile>")
     } else {
         dir
