@@ -190,6 +190,15 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_reads() {
+        let f = parse(include_str!("../../../examples/deployer.yaml")).unwrap();
+        let prod = f.environment("prod").unwrap();
+        assert_eq!((prod.hosts.len(), prod.rollout.canary, prod.rollout.max_parallel.get()), (3, 1, 2));
+        assert!(prod.rollout.rollback_on_failure);
+        assert_eq!(prod.token_env.as_deref(), Some("DEPLOYER_PROD_TOKEN"));
+    }
+
+    #[test]
     fn unknown_keys_name_the_place_and_the_fix() {
         let e = parse("app: web\nenvironments:\n  prod:\n    hosts: [http://a:1]\n    rollout: { canary: 0, max_paralel: 2 }\n").unwrap_err();
         let shown = e.to_string();
