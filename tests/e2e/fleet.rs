@@ -227,3 +227,82 @@ fn deployer_yaml_mistakes_name_the_place_and_the_fix() {
     assert!(stderr.contains("deployer.yaml:5:") && stderr.contains("unknown field `max_paralel`"), "{stderr}");
     assert!(stderr.contains("hint: did you mean `max_parallel`?"), "{stderr}");
 }
+
+#[test]
+fn reload_logs_and_rollback_act_on_every_host_of_an_environment() {
+    let fleet = TestFleet::start(TestRepo::with_example_app(), 2, |_, app| app);
+    let v1 = fleet.repo.head();
+    let v2 = fleet.repo.commit_greeting("v2");
+    fleet.write_file("prod", &fleet.hosts(), "{ max_parallel: 2 }");
+    fleet.cli(&["push", "prod"]).success();
+
+    // logs -f: every host's lines, prefixed with the host, until stopped. The tail (-n 50) makes
+    // it independent of when the streams connect: lines written before are in it.
+    let mut follow = fleet
+        .cli_command(&["logs", "prod", "-f", "-n", "50", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start logs -f");
+    let stdout = follow.stdout.take().expect("piped");
+    let reload_at = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
+    let since = reload_at.clone();
+    let hosts: Vec<String> = fleet.hosts().iter().map(|h| h.trim_start_matches("http://").to_string()).collect();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        use std::sync::atomic::Ordering::SeqCst;
+        let mut lines: Vec<Value> = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            lines.push(serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}")));
+            // Two new workers per host came up after the reload began.
+            let new_workers = |host: &str| {
+                lines
+                    .iter()
+                    .filter(|l| l["host"] == host && l["line"].as_str().is_some_and(|t| t.starts_with("Server listening")))
+                    .filter(|l| l["ts_ms"].as_u64().is_some_and(|t| t >= since.load(SeqCst)))
+                    .count()
+            };
+            if hosts.iter().all(|h| new_workers(h) >= 2) {
+                return (lines, true);
+            }
+        }
+        (lines, false)
+    });
+    let now_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    reload_at.store(now_ms(), std::sync::atomic::Ordering::SeqCst);
+    let reloaded = json(&fleet.cli(&["reload", "prod", "--json"]).success());
+    for (i, r) in reloaded.as_array().expect("an array").iter().enumerate() {
+        assert_eq!(str_of(r, "host"), fleet.host(i));
+        assert_eq!((r["ok"].as_bool(), r["replaced"].as_u64()), (Some(true), Some(2)), "{r:#}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !reader.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let (lines, saw_all) = reader.join().expect("reader");
+    assert!(saw_all, "logs -f did not show every host's new workers within 30 s: {lines:#?}");
+    for host in fleet.hosts() {
+        assert!(lines.iter().any(|l| l["host"] == host.trim_start_matches("http://") && l["stream"] == "out"), "no line of {host}: {lines:#?}");
+    }
+
+    // logs (a tail): merged, every line names its host.
+    let tail = json(&fleet.cli(&["logs", "prod", "-n", "5", "--json"]).success());
+    let tail = tail.as_array().expect("an array");
+    assert!(!tail.is_empty());
+    let stamps: Vec<u64> = tail.iter().map(|l| l["ts_ms"].as_u64().expect("ts_ms")).collect();
+    assert!(stamps.windows(2).all(|w| w[0] <= w[1]), "merged in time order: {stamps:?}");
+
+    // rollback: every host back on the previous release.
+    let back = json(&fleet.cli(&["rollback", "prod", "--json"]).success());
+    for (i, r) in back.as_array().expect("an array").iter().enumerate() {
+        assert_eq!(str_of(r, "state"), "live", "{r:#}");
+        assert_eq!(fleet.live_sha(i).as_deref(), Some(v1.as_str()));
+    }
+    let to_v2 = json(&fleet.cli(&["rollback", "prod", "--to", &v2[..12], "--json"]).success());
+    assert_eq!(to_v2.as_array().map(Vec::len), Some(2));
+    for i in 0..2 {
+        assert_eq!(fleet.live_sha(i).as_deref(), Some(v2.as_str()));
+    }
+}

@@ -55,6 +55,11 @@ impl TestFleet {
 
     /// Runs `deployer <args>` in the repository with the fleet's token.
     pub fn cli(&self, args: &[&str]) -> CliOutput {
+        run_to_end(self.cli_command(args), CLI_TIMEOUT)
+    }
+
+    /// `deployer <args>` ready to spawn (for commands that run until stopped, like `logs -f`).
+    pub fn cli_command(&self, args: &[&str]) -> std::process::Command {
         let mut cmd = std::process::Command::new(crate::bin("deployer"));
         cmd.current_dir(self.repo.path())
             .env_remove("DEPLOYER_AGENT")
@@ -63,7 +68,7 @@ impl TestFleet {
             .env("NO_COLOR", "1")
             .env("DEPLOYER_FLEET_TOKEN", &self.token)
             .args(args);
-        run_to_end(cmd, CLI_TIMEOUT)
+        cmd
     }
 
     /// The commit agent `i`'s current release was made from.
