@@ -32,6 +32,12 @@ pub fn print_success(message: &str) {
     anstream::println!("{SUCCESS}✓{SUCCESS:#} {message}");
 }
 
+/// Prints `warning: <message>` on stderr: something the user should know that does not stop
+/// the command.
+pub fn print_warning(message: &str) {
+    anstream::eprintln!("{HINT}warning{HINT:#}: {message}");
+}
+
 /// Prints the workers table of some apps on stdout.
 pub fn print_apps(apps: &[AppStatus]) {
     anstream::println!("{}", workers_table(apps, stdout_colour()));

@@ -3,14 +3,12 @@
 
 use std::process::ExitCode;
 
-use anstyle::Style;
-
 use super::Context;
 use crate::fleet::lock::{self, LockOutcome};
 use crate::fleet::progress::Board;
 use crate::fleet::rollout::{Action, Plan};
 use crate::fleet::git;
-use crate::output::{self, DIM, HINT, fleet as fleet_output, short_sha};
+use crate::output::{self, DIM, fleet as fleet_output, short_sha};
 use crate::report::Hinted;
 
 #[derive(Debug, clap::Args)]
@@ -43,7 +41,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
         anyhow::Error::new(e).context(Hinted::new(format!("cannot push `{git_ref}`"), "name a branch, a tag or a commit of this repository with --ref"))
     })?;
     if git::remote_branches_containing(&fleet.dir, &sha).is_empty() {
-        warn(&format!(
+        output::print_warning(&format!(
             "commit {} is on no remote branch: the agents fetch from the remote, so they may not find it (`git push` first)",
             short_sha(&sha)
         ));
@@ -71,7 +69,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
             .into());
         }
         Err(e) => {
-            warn(&format!("cannot take the push lock on {}: {}; pushing without it", fleet.hosts[0].0.label(), crate::fleet::rollout::reason(&e)));
+            output::print_warning(&format!("cannot take the push lock on {}: {}; pushing without it", fleet.hosts[0].0.label(), crate::fleet::rollout::reason(&e)));
             None
         }
     };
@@ -92,7 +90,20 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
     let board = Board::new(ctx.json, &labels);
     let who = args.who.or_else(|| std::env::var("USER").ok());
     let plan = Plan { hosts: &fleet.hosts, app: &fleet.app, action: Action::Deploy { sha: sha.clone(), who }, rollout };
-    let results = plan.run(&board).await;
+    let results = tokio::select! {
+        results = plan.run(&board) => results,
+        Ok(()) = tokio::signal::ctrl_c() => {
+            drop(board);
+            if let Some(lock) = lock {
+                lock.release().await;
+            }
+            return Err(Hinted::new(
+                format!("stopped following the push to `{}`; the hosts already asked go on deploying", fleet.name),
+                format!("`deployer status {}` shows where each host is", fleet.name),
+            )
+            .into());
+        }
+    };
     drop(board);
     if let Some(lock) = lock {
         lock.release().await;
@@ -114,7 +125,3 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
     Ok(if all_live { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn warn(message: &str) {
-    let style: Style = HINT;
-    anstream::eprintln!("{style}warning{style:#}: {message}");
-}

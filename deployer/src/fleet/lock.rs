@@ -87,14 +87,10 @@ async fn renew(client: Client, name: String, request: LockRequest) {
         tokio::time::sleep(RENEW_EVERY).await;
         match client.lock(&name, &request).await {
             Ok(s) if s.acquired => {}
-            Ok(s) => tracing_free_warn(&format!("lost the push lock `{name}` to {}", s.holder)),
-            Err(e) => tracing_free_warn(&format!("cannot renew the push lock `{name}`: {e}")),
+            Ok(s) => crate::output::print_warning(&format!("lost the push lock `{name}` to {}", s.holder)),
+            Err(e) => crate::output::print_warning(&format!("cannot renew the push lock `{name}`: {e}")),
         }
     }
-}
-
-fn tracing_free_warn(message: &str) {
-    anstream::eprintln!("{}warning{}: {message}", crate::output::HINT, crate::output::HINT.render_reset());
 }
 
 impl PushLock {
@@ -102,7 +98,7 @@ impl PushLock {
     pub async fn release(self) {
         self.renewing.abort();
         if let Err(e) = self.client.unlock(&self.name, &self.lease).await {
-            tracing_free_warn(&format!("cannot release the push lock `{}` (it lapses within {}s): {e}", self.name, TTL.as_secs()));
+            crate::output::print_warning(&format!("cannot release the push lock `{}` (it lapses within {}s): {e}", self.name, TTL.as_secs()));
         }
     }
 }
