@@ -16,3 +16,4 @@ pub mod quickstart;
 pub mod source;
 pub mod state;
 pub mod supervisor;
+pub mod tls;

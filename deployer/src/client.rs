@@ -139,6 +139,17 @@ impl Client {
         Ok(Self { http, base, token })
     }
 
+    /// A client of an agent whose certificate is signed by `ca_pem` (a private CA, or the agent's
+    /// self-signed certificate), besides the usual roots.
+    pub fn with_ca(base: Url, token: Token, ca_pem: &[u8]) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!("deployer/", env!("CARGO_PKG_VERSION")))
+            .add_root_certificate(reqwest::Certificate::from_pem(ca_pem)?)
+            .build()?;
+        Ok(Self { http, base, token })
+    }
+
     /// A client of another agent, sharing this one's connection pools and timeouts.
     pub fn for_agent(&self, base: Url, token: Token) -> Self {
         Self { http: self.http.clone(), base, token }

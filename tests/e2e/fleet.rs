@@ -306,3 +306,44 @@ fn reload_logs_and_rollback_act_on_every_host_of_an_environment() {
         assert_eq!(fleet.live_sha(i).as_deref(), Some(v2.as_str()));
     }
 }
+
+#[test]
+fn push_over_tls_to_an_agent_with_its_own_certificate() {
+    let certs = tempfile::tempdir().expect("a temp dir");
+    let made = std::process::Command::new("openssl")
+        .current_dir(certs.path())
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+        .args(["-keyout", "key.pem", "-out", "cert.pem", "-days", "2", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-addext", "basicConstraints=critical,CA:FALSE"])
+        .output()
+        .expect("run openssl");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+
+    let repo = TestRepo::with_example_app();
+    let token = "tls-fleet-secret";
+    let setup = deployer_tests::TestEnv::new().admin_token(token).web(|a| a.repo(&repo)).setup();
+    setup.edit_config(|text| format!("tls: {{ cert: {}, key: {} }}\n{text}", cert.display(), key.display()));
+    let host = format!("https://127.0.0.1:{}", setup.api_port());
+    let fleet = TestFleet::with_agents(repo, vec![setup.spawn()], token);
+    let yaml = format!("app: web\nenvironments:\n  prod:\n    hosts: [{host}]\n    token_env: DEPLOYER_FLEET_TOKEN\n    ca_cert: {}\n", cert.display());
+    std::fs::write(fleet.repo.path().join("deployer.yaml"), yaml).expect("write deployer.yaml");
+
+    let serving = |sha: &str| {
+        let status = json(&fleet.cli(&["status", "prod", "--json"]));
+        status[0]["sha"] == sha && status[0]["workers_up"] == 2
+    };
+    let v1 = fleet.repo.head();
+    assert!(deployer_tests::wait_until(Duration::from_secs(60), || serving(&v1)), "the agent never served over https: {}", fleet.agents[0].log());
+    let v2 = fleet.repo.commit_greeting("v2");
+    let pushed = json(&fleet.cli(&["push", "prod", "--json"]).success());
+    assert_eq!((str_of(&pushed[0], "state"), str_of(&pushed[0], "sha")), ("live", v2.as_str()));
+    assert!(serving(&v2));
+
+    // Without the certificate, the host is failed with the reason, not trusted.
+    let yaml = format!("app: web\nenvironments:\n  prod:\n    hosts: [{host}]\n    token_env: DEPLOYER_FLEET_TOKEN\n");
+    std::fs::write(fleet.repo.path().join("deployer.yaml"), yaml).expect("write deployer.yaml");
+    let status = json(&fleet.cli(&["status", "prod", "--json"]).failure(1));
+    assert_eq!(status[0]["reachable"], false);
+    assert!(str_of(&status[0], "error").to_lowercase().contains("certificate"), "{status:#}");
+}

@@ -35,6 +35,11 @@ impl TestFleet {
         TestFleet { repo, agents, token }
     }
 
+    /// A fleet of agents started otherwise (over TLS, say), all accepting `token` as `admin`.
+    pub fn with_agents(repo: TestRepo, agents: Vec<Agent>, token: &str) -> TestFleet {
+        TestFleet { repo, agents, token: token.to_string() }
+    }
+
     /// The API URL of agent `i`.
     pub fn host(&self, i: usize) -> String {
         format!("http://127.0.0.1:{}", self.agents[i].api_port())

@@ -47,6 +47,10 @@ pub struct Environment {
     /// itself `DEPLOYER_TOKEN` by default].
     #[serde(default)]
     pub token_env: Option<String>,
+    /// A PEM certificate to trust for `https://` hosts (a private CA, or a self-signed agent
+    /// certificate), relative to deployer.yaml.
+    #[serde(default)]
+    pub ca_cert: Option<PathBuf>,
     /// An app other than the file's `app`, for this environment.
     #[serde(default)]
     pub app: Option<String>,

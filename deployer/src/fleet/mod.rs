@@ -40,9 +40,22 @@ impl Fleet {
             )
         })?;
         let token = Token::from_env(env.token_env.as_deref().unwrap_or(default_token_env));
-        let hosts = env.hosts.iter().map(|h| (h.clone(), base.for_agent(h.0.clone(), token.clone()))).collect();
         let dir = file.path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
         let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+        let client = match &env.ca_cert {
+            None => base.clone(),
+            Some(ca) => {
+                let path = dir.join(ca);
+                let pem = std::fs::read(&path).map_err(|e| {
+                    Hinted::new(format!("cannot read `ca_cert` `{}` of environment `{name}`: {e}", path.display()), "name a PEM file, relative to deployer.yaml")
+                })?;
+                let first = env.hosts[0].0.clone();
+                Client::with_ca(first, token.clone(), &pem).map_err(|e| {
+                    Hinted::new(format!("`{}` is not a PEM certificate: {e}", path.display()), "write the CA's (or the agent's self-signed) certificate in PEM form")
+                })?
+            }
+        };
+        let hosts = env.hosts.iter().map(|h| (h.clone(), client.for_agent(h.0.clone(), token.clone()))).collect();
         Ok(Fleet { name: name.to_owned(), env, app, hosts, dir })
     }
 }
