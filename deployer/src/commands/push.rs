@@ -37,10 +37,10 @@ pub struct Args {
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
     let fleet = ctx.fleet(&args.env, args.app.as_deref())?;
     let git_ref = args.git_ref.clone().unwrap_or_else(|| "HEAD".into());
-    let sha = git::resolve(&fleet.dir, &git_ref).map_err(|e| {
+    let sha = git::resolve(&fleet.repo_dir, &git_ref).map_err(|e| {
         anyhow::Error::new(e).context(Hinted::new(format!("cannot push `{git_ref}`"), "name a branch, a tag or a commit of this repository with --ref"))
     })?;
-    if git::remote_branches_containing(&fleet.dir, &sha).is_empty() {
+    if git::remote_branches_containing(&fleet.repo_dir, &sha).is_empty() {
         output::print_warning(&format!(
             "commit {} is on no remote branch: the agents fetch from the remote, so they may not find it (`git push` first)",
             short_sha(&sha)

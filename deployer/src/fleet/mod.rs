@@ -24,8 +24,9 @@ pub struct Fleet {
     pub env: Environment,
     pub app: String,
     pub hosts: Vec<(Host, Client)>,
-    /// The directory of `deployer.yaml` (the local repository, for `git`).
-    pub dir: PathBuf,
+    /// Where `git` resolves the ref: the current directory (deployer.yaml may live elsewhere,
+    /// given with `--file`).
+    pub repo_dir: PathBuf,
 }
 
 impl Fleet {
@@ -56,7 +57,8 @@ impl Fleet {
             }
         };
         let hosts = env.hosts.iter().map(|h| (h.clone(), client.for_agent(h.0.clone(), token.clone()))).collect();
-        Ok(Fleet { name: name.to_owned(), env, app, hosts, dir })
+        let repo_dir = std::env::current_dir().unwrap_or(dir);
+        Ok(Fleet { name: name.to_owned(), env, app, hosts, repo_dir })
     }
 }
 
