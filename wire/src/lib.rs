@@ -215,7 +215,7 @@ pub enum DeployStreamItem {
     /// One step of the deploy, in `seq` order.
     Event(DeployEvent),
     /// The deploy as it ended (without its events).
-    End(Deploy),
+    End(Box<Deploy>),
 }
 
 impl DeployStreamItem {

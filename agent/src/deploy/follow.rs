@@ -74,7 +74,7 @@ impl Follow {
             self.ready.push_back(DeployStreamItem::Event(event));
         }
         if is_final {
-            self.ready.push_back(DeployStreamItem::End(ended));
+            self.ready.push_back(DeployStreamItem::End(Box::new(ended)));
             self.ended = true;
         }
     }

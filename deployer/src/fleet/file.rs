@@ -139,10 +139,9 @@ impl FleetFile {
                     Some(format!("write `canary: {}` or fewer", env.hosts.len().saturating_sub(1))),
                 ));
             }
-            if let Some(var) = &env.token_env {
-                if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                    return Err(FileError::at(path, at("token_env"), format!("`{var}` is not an environment variable name"), Some("write the variable's name, like `token_env: DEPLOYER_PROD_TOKEN`, never the token".into())));
-                }
+            // The value is not echoed: it may be a token pasted in by mistake.
+            if env.token_env.as_ref().is_some_and(|v| v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')) {
+                return Err(FileError::at(path, at("token_env"), format!("environment `{name}`: `token_env` is not an environment variable name"), Some("write the variable's name (letters, digits, `_`), like `token_env: DEPLOYER_PROD_TOKEN`, never the token".into())));
             }
         }
         Ok(file)
@@ -226,6 +225,9 @@ mod tests {
         assert!(e.contains("hint: write `canary: 0` or fewer"), "{e}");
         let e = parse("environments:\n  prod:\n    hosts: [http://a:1]\n    rollout: { max_parallel: 0 }\n").unwrap_err().to_string();
         assert!(e.starts_with("deployer.yaml:4:"), "{e}");
+        let e = parse("environments:\n  prod:\n    hosts: [http://a:1]\n    token_env: \"s3cr3t-token!\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("deployer.yaml:4:5: environment `prod`: `token_env` is not an environment variable name"), "{e}");
+        assert!(!e.contains("s3cr3t"), "the value may be a secret: {e}");
         let e = parse("environments:\n  prod:\n    hosts: []\n").unwrap_err().to_string();
         assert!(e.starts_with("deployer.yaml:3:5: environment `prod` has no hosts"), "{e}");
     }

@@ -91,10 +91,8 @@ impl HostResult {
         if let Some(ms) = self.duration_ms {
             words.push(format!("in {}", human_duration(ms)));
         }
-        if !self.is_live() {
-            if let Some(m) = &self.message {
-                words.push(format!("— {}", crate::output::one_line(m, 120)));
-            }
+        if let Some(m) = self.message.as_ref().filter(|_| !self.is_live()) {
+            words.push(format!("— {}", crate::output::one_line(m, 120)));
         }
         words.join(" ")
     }
@@ -264,7 +262,7 @@ pub async fn follow(client: &Client, id: u64, line: &HostLine) -> Result<Deploy,
                         line.event(&e);
                     }
                     DeployStreamItem::Event(_) => {}
-                    DeployStreamItem::End(d) => return Ok(Some(d)),
+                    DeployStreamItem::End(d) => return Ok(Some(*d)),
                 }
             }
             Ok(None)
