@@ -28,6 +28,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tracing_subscriber::fmt()
                 .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
                 .with_writer(std::io::stderr)
+                // Colours only for a person: a log file or a journal gets plain text.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none())
                 .init();
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
             rt.block_on(serve(&cli.config))
@@ -37,7 +39,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// `deployer-agent check`: validate and describe, start nothing.
 fn check(path: &Path) -> ExitCode {
-    match config::load(path) {
+    match config::load(path).and_then(read_env_files) {
         Ok(loaded) => {
             println!("{}: ok", path.display());
             for line in supervisor::describe(&loaded.config) {
@@ -50,6 +52,16 @@ fn check(path: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Resolve every app's worker spec as the agent does when it starts, so a missing or malformed
+/// `env_file` fails `check` too instead of only the start.
+fn read_env_files(loaded: config::Loaded) -> Result<config::Loaded, config::ConfigError> {
+    for app in loaded.config.apps.values() {
+        let release = app.path.as_deref().and_then(supervisor::current_release);
+        supervisor::resolve_spec(app, release.as_ref())?;
+    }
+    Ok(loaded)
 }
 
 async fn serve(path: &Path) -> anyhow::Result<ExitCode> {

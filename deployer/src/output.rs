@@ -150,21 +150,25 @@ pub fn human_uptime(ms: u64) -> String {
     }
 }
 
-/// How long an operation took: `0.42s`, `1.84s`, `2m05s`.
+/// How long an operation took, to a hundredth of a second under a minute: `0.42s`, `2m05s`.
 pub fn human_elapsed(ms: u64) -> String {
-    if ms < 60_000 {
-        format!("{:.2}s", ms as f64 / 1000.0)
-    } else {
-        let secs = ms / 1000;
-        format!("{}m{:02}s", secs / 60, secs % 60)
-    }
+    human_span(ms, 2)
 }
 
 /// How long a deploy took, to a tenth of a second under a minute: `8.2s`, `2m05s`, `1h02m`.
 pub fn human_duration(ms: u64) -> String {
-    let tenths = ms.saturating_add(50) / 100;
-    if tenths < 600 {
-        return format!("{}.{}s", tenths / 10, tenths % 10);
+    human_span(ms, 1)
+}
+
+/// Seconds with `decimals` (1 or 2) digits under a minute, then `2m05s`, then `1h02m`. Rounded
+/// before the unit is picked, so never `60.0s`.
+fn human_span(ms: u64, decimals: u32) -> String {
+    let digit_ms = 10u64.pow(3 - decimals.clamp(1, 2));
+    let digits = ms.saturating_add(digit_ms / 2) / digit_ms;
+    let per_sec = 1000 / digit_ms;
+    if digits < 60 * per_sec {
+        let width = decimals as usize;
+        return format!("{}.{:0width$}s", digits / per_sec, digits % per_sec);
     }
     let secs = ms.saturating_add(500) / 1000;
     if secs < 3_600 {
@@ -236,22 +240,25 @@ mod tests {
     }
 
     #[test]
-    fn elapsed_times_keep_hundredths_under_a_minute() {
-        assert_eq!(human_elapsed(1_840), "1.84s");
-        assert_eq!(human_elapsed(420), "0.42s");
-        assert_eq!(human_elapsed(125_000), "2m05s");
-    }
-
-    #[test]
-    fn durations_keep_tenths_under_a_minute() {
-        assert_eq!(human_duration(0), "0.0s");
-        assert_eq!(human_duration(8_240), "8.2s");
-        assert_eq!(human_duration(8_250), "8.3s");
-        assert_eq!(human_duration(59_940), "59.9s");
-        assert_eq!(human_duration(59_960), "1m00s", "never `60.0s`");
-        assert_eq!(human_duration(125_000), "2m05s");
-        assert_eq!(human_duration(3_599_600), "1h00m");
-        assert_eq!(human_duration(3_720_000), "1h02m");
+    fn spans_keep_hundredths_or_tenths_under_a_minute() {
+        // (ms, human_elapsed, human_duration): rounded before the unit is picked, so never `60.0s`.
+        let cases = [
+            (0, "0.00s", "0.0s"),
+            (7, "0.01s", "0.0s"),
+            (420, "0.42s", "0.4s"),
+            (1_840, "1.84s", "1.8s"),
+            (8_250, "8.25s", "8.3s"),
+            (59_940, "59.94s", "59.9s"),
+            (59_960, "59.96s", "1m00s"),
+            (59_996, "1m00s", "1m00s"),
+            (125_000, "2m05s", "2m05s"),
+            (3_599_600, "1h00m", "1h00m"),
+            (3_720_000, "1h02m", "1h02m"),
+        ];
+        for (ms, elapsed, duration) in cases {
+            assert_eq!(human_elapsed(ms), elapsed, "human_elapsed({ms})");
+            assert_eq!(human_duration(ms), duration, "human_duration({ms})");
+        }
     }
 
     #[test]

@@ -98,7 +98,6 @@ fn a_token_whose_variable_is_unset_is_an_error_that_names_the_variable() {
 // located like any other.
 
 #[test]
-#[ignore = "known bug, see the closing note of issue 2"]
 fn a_bad_value_inside_a_flow_map_is_reported_at_its_key() {
     let setup = TestEnv::new().setup();
     setup.edit_config(|c| c.replacen("max_surge: 1", "max_surge: 0", 1));
@@ -120,7 +119,6 @@ fn a_bad_value_inside_a_flow_map_is_reported_at_its_key() {
 }
 
 #[test]
-#[ignore = "known bug, see the closing note of issue 2"]
 fn an_explicit_tcp_readiness_check_is_refused_for_the_fd_front() {
     let setup = TestEnv::new().setup();
     setup.edit_config(|c| {
@@ -149,7 +147,6 @@ fn an_explicit_tcp_readiness_check_is_refused_for_the_fd_front() {
 }
 
 #[test]
-#[ignore = "known bug, see the closing note of issue 2"]
 fn an_invalid_instance_count_is_reported_at_its_own_line() {
     let setup = TestEnv::new().setup();
     setup.edit_config(|c| c.replacen("instances: 2", "instances: 0", 1));
@@ -169,7 +166,6 @@ fn an_invalid_instance_count_is_reported_at_its_own_line() {
 }
 
 #[test]
-#[ignore = "known bug, see the closing note of issue 2"]
 fn check_fails_like_the_agent_when_the_env_file_is_missing() {
     let setup = TestEnv::new().setup();
     std::fs::remove_file(setup.app_dir("web").join(".env")).expect("remove .env");
@@ -192,7 +188,6 @@ fn check_fails_like_the_agent_when_the_env_file_is_missing() {
 }
 
 #[test]
-#[ignore = "known bug, see the closing note of issue 2"]
 fn check_reports_a_malformed_env_file_at_its_line() {
     let setup = TestEnv::new()
         .env_file("# greeting\nGREETING hello\n")

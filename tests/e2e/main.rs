@@ -7,6 +7,7 @@
 
 mod api;
 mod cli;
+mod deploy;
 mod config;
 mod fleet;
 mod fronts;

@@ -20,11 +20,11 @@ pub fn bin(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-/// `target/<profile>`: the test executable lives in `target/<profile>/deps/` (an example, such as
-/// the push benchmark, in `target/<profile>/examples/`).
+/// `target/<profile>`, from where the running executable lives.
 fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable's path");
     let dir = exe.parent().expect("the test executable's directory");
+    // Tests run from `target/<profile>/deps/`, examples (the benchmarks) from `.../examples/`.
     let dir = if dir.ends_with("deps") || dir.ends_with("examples") {
         dir.parent().expect("target/<profile>")
     } else {

@@ -4,6 +4,7 @@
 //! instead. Parsing is strict (`deny_unknown_fields`), so a misspelt key is an error, not a
 //! silently ignored setting.
 
+mod checked;
 mod error;
 mod locate;
 pub mod units;
@@ -11,7 +12,7 @@ pub mod units;
 pub use error::ConfigError;
 
 use nix::sys::signal::Signal;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -174,24 +175,30 @@ pub struct AppConfig {
 }
 
 /// `start: node app.js` or `start: [node, app.js]`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(try_from = "StartRaw")]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StartCommand(pub Vec<String>);
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum StartRaw {
-    Line(String),
-    Argv(Vec<String>),
+impl<'de> Deserialize<'de> for StartCommand {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked::any::<_, OneOrList, _>(d, "a command like `node app.js` or `[node, app.js]`")
+    }
 }
 
-impl TryFrom<StartRaw> for StartCommand {
+/// A string or a list of strings, as written (`start` and `install` take both).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrList {
+    One(String),
+    List(Vec<String>),
+}
+
+impl TryFrom<OneOrList> for StartCommand {
     type Error = String;
-    fn try_from(raw: StartRaw) -> Result<Self, String> {
+    fn try_from(raw: OneOrList) -> Result<Self, String> {
         let argv = match raw {
-            StartRaw::Line(s) => shell_words::split(&s)
+            OneOrList::One(s) => shell_words::split(&s)
                 .map_err(|e| format!("cannot split `{s}` into arguments: {e}"))?,
-            StartRaw::Argv(v) => v,
+            OneOrList::List(argv) => argv,
         };
         if argv.is_empty() || argv[0].is_empty() {
             return Err("`start` is empty: write the command that runs one worker, like `node app.js`".into());
@@ -201,11 +208,16 @@ impl TryFrom<StartRaw> for StartCommand {
 }
 
 /// `instances: 4` or `instances: max`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "InstancesRaw")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Instances {
     Count(u32),
     Max,
+}
+
+impl<'de> Deserialize<'de> for Instances {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked::any::<_, InstancesRaw, _>(d, "a number like `2`, or `max`")
+    }
 }
 
 impl Default for Instances {
@@ -253,23 +265,21 @@ pub enum AuthConfig {
 }
 
 /// One command, or a list run in order: `install: npm ci` or `install: [npm ci, npm run build]`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(try_from = "CommandsRaw")]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Commands(pub Vec<Vec<String>>);
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum CommandsRaw {
-    One(String),
-    Many(Vec<String>),
+impl<'de> Deserialize<'de> for Commands {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked::any::<_, OneOrList, _>(d, "a command like `npm ci`, or a list of them")
+    }
 }
 
-impl TryFrom<CommandsRaw> for Commands {
+impl TryFrom<OneOrList> for Commands {
     type Error = String;
-    fn try_from(raw: CommandsRaw) -> Result<Self, String> {
+    fn try_from(raw: OneOrList) -> Result<Self, String> {
         let lines = match raw {
-            CommandsRaw::One(s) => vec![s],
-            CommandsRaw::Many(v) => v,
+            OneOrList::One(line) => vec![line],
+            OneOrList::List(lines) => lines,
         };
         let mut out = Vec::new();
         for line in lines {
@@ -323,8 +333,7 @@ impl ProxyMode {
 }
 
 /// `ready: { tcp: true }`, `{ http: /healthz }` or `{ notify: true }`, plus `timeout`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(try_from = "ReadyRaw")]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ReadyConfig {
     pub check: ReadyCheck,
     /// How long a new worker has to become ready before it counts as failed.
@@ -346,6 +355,12 @@ pub enum ReadyCheck {
 impl Default for ReadyConfig {
     fn default() -> Self {
         ReadyConfig { check: ReadyCheck::Tcp, timeout: Duration::from_secs(30) }
+    }
+}
+
+impl<'de> Deserialize<'de> for ReadyConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked::any::<_, ReadyRaw, _>(d, "a map like `{ http: /healthz, timeout: 10s }`")
     }
 }
 
@@ -414,9 +429,14 @@ impl Default for ReloadConfig {
 }
 
 /// A signal by name: `SIGUSR2`, `USR2`, `SIGTERM`...
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SignalName(pub Signal);
+
+impl<'de> Deserialize<'de> for SignalName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked::text(d, "a signal name like `SIGUSR2`")
+    }
+}
 
 impl TryFrom<String> for SignalName {
     type Error = String;
@@ -507,8 +527,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
     let base = std::fs::canonicalize(&base).unwrap_or(base);
+    // At the key, or at its closest parent written in the file (a default has no line of its own).
     let at = |keys: &[&str], msg: String, hint: Option<String>| {
-        let (line, col) = locate::key(text, keys).unwrap_or((1, 1));
+        let (line, col) = (1..=keys.len()).rev().find_map(|n| locate::key(text, &keys[..n])).unwrap_or((1, 1));
         ConfigError::at(path, line, col, msg, hint)
     };
 
@@ -528,8 +549,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
         }
     }
     let state_dir = config.state_dir.clone();
+    // Checked in file order, so that of two clashing apps the error names the one written second.
+    let mut names: Vec<String> = config.apps.keys().cloned().collect();
+    names.sort_by_key(|name| locate::key(text, &["apps", name]).unwrap_or((usize::MAX, 0)));
     let mut ports: BTreeMap<u16, &str> = BTreeMap::new();
-    for (name, app) in config.apps.iter_mut() {
+    for name in &names {
+        let Some(app) = config.apps.get_mut(name) else { continue };
         if !valid_app_name(name) {
             return Err(at(&["apps", name], format!("invalid app name `{name}`"), Some(
                 "use letters, digits, `-` and `_` (it names files and URL paths)".into(),
@@ -596,7 +621,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
                     return Err(at(&["apps", name, "port"], format!("port {port} is used by both `{other}` and `{name}`"), Some("give each app its own `port`".into())));
                 }
                 if port == config.listen.port() {
-                    return Err(at(&["apps", name, "port"], format!("port {port} of app `{name}` is the agent's own `listen` port"), None));
+                    return Err(at(&["apps", name, "port"], format!("port {port} of app `{name}` is the agent's own `listen` port"), Some(
+                        "give the app another `port`, or move the agent's API with `listen: 127.0.0.1:7070`".into(),
+                    )));
                 }
             }
         }
@@ -604,10 +631,23 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
         if matches!(app.proxy, ProxyMode::Fd | ProxyMode::None) && app.ready.check == ReadyCheck::Tcp && !locate::has_key(text, &["apps", name, "ready", "tcp"]) {
             app.ready.check = ReadyCheck::Alive(Duration::from_secs(1));
         }
-        if matches!(app.proxy, ProxyMode::Fd) && matches!(app.ready.check, ReadyCheck::Tcp | ReadyCheck::Http(_)) {
-            return Err(at(&["apps", name, "ready"], "`proxy: fd` workers share one socket, so they cannot be probed one by one".into(), Some(
-                "use `ready: { notify: true }` (sd_notify) or `ready: { alive: 1s }`".into(),
-            )));
+        let probe = match app.ready.check {
+            ReadyCheck::Tcp => Some("tcp"),
+            ReadyCheck::Http(_) => Some("http"),
+            ReadyCheck::Notify | ReadyCheck::Alive(_) => None,
+        };
+        match (app.proxy, app.port, probe) {
+            (ProxyMode::Fd, _, Some(probe)) => {
+                return Err(at(&["apps", name, "ready", probe], "`proxy: fd` workers share one socket, so they cannot be probed one by one".into(), Some(
+                    "use `ready: { notify: true }` (sd_notify) or `ready: { alive: 1s }`".into(),
+                )));
+            }
+            (ProxyMode::None, None, Some(probe)) => {
+                return Err(at(&["apps", name, "ready", probe], format!("app `{name}` has `proxy: none` and no `port`, so `ready: {{ {probe}: ... }}` has nothing to probe"), Some(
+                    "add `port: 3000` (handed to the workers as `PORT`), or use `ready: { notify: true }` or `ready: { alive: 1s }`".into(),
+                )));
+            }
+            _ => {}
         }
     }
 
@@ -638,7 +678,14 @@ pub fn valid_app_name(name: &str) -> bool {
 
 /// Read a `KEY=VALUE` env file: `#` comments, blank lines, optional `export `, optional quotes.
 pub fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::io(path, e))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let missing = e.kind() == std::io::ErrorKind::NotFound;
+        let mut err = ConfigError::io(path, e);
+        if missing {
+            err.hint = Some("create it with `KEY=VALUE` lines, or remove the app's `env_file`".into());
+        }
+        err
+    })?;
     let mut vars = BTreeMap::new();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
@@ -647,7 +694,9 @@ pub fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigErro
         }
         let line = line.strip_prefix("export ").unwrap_or(line);
         let Some((k, v)) = line.split_once('=') else {
-            return Err(ConfigError::at(path, i + 1, 1, format!("expected `KEY=VALUE`, found `{line}`"), None));
+            return Err(ConfigError::at(path, i + 1, 1, format!("expected `KEY=VALUE`, found `{line}`"), Some(
+                "write one `KEY=VALUE` per line; `#` starts a comment".into(),
+            )));
         };
         let k = k.trim();
         if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {

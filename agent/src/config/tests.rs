@@ -56,7 +56,6 @@ fn misspelt_key_names_line_column_and_suggestion() {
 }
 
 #[test]
-#[ignore = "known bug, see the closing note of issue 2"]
 fn bad_values_are_located() {
     let d = tmp("values");
     let p = write(&d, &GOOD.replace("drain_timeout: 30s", "drain_timeout: 30 parsecs"));
@@ -75,7 +74,6 @@ fn bad_values_are_located() {
 }
 
 #[test]
-#[ignore = "known bug, see the closing note of issue 2"]
 fn checks_after_parsing_point_at_the_key() {
     let d = tmp("post");
     let p = write(&d, &GOOD.replace("cwd: app", "cwd: nowhere"));
@@ -110,5 +108,80 @@ fn env_file_lines() {
     assert_eq!(v["B"], "two words");
     assert_eq!(v["C"], "x=y");
     std::fs::write(&f, "A=1\nnot a pair\n").unwrap();
-    assert_eq!(read_env_file(&f).unwrap_err().line, 2);
+    let e = read_env_file(&f).unwrap_err();
+    assert_eq!((e.line, e.col), (2, 1), "{e}");
+    assert!(e.hint.is_some_and(|h| h.contains("`KEY=VALUE` per line")));
+    let e = read_env_file(&d.join("missing.env")).unwrap_err();
+    assert!(e.to_string().contains("missing.env: cannot read"), "{e}");
+    assert!(e.hint.is_some_and(|h| h.contains("remove the app's `env_file`")));
+}
+
+#[test]
+fn value_checks_point_at_the_value_not_the_app() {
+    let d = tmp("checked");
+    // (written, instead, line, column, message): the position is the value's, the path its key's.
+    let cases = [
+        ("start: node app.js --title \"hello world\"", "start: \"\"", 6, 12, "apps.web.start: `start` is empty"),
+        ("max_memory: 512M", "install: [npm ci, \"\"]", 13, 14, "apps.web.install: empty command"),
+        ("ready: { http", "ready: { notify: true, http", 10, 12, "apps.web.ready: `ready` takes one check"),
+        ("SIGUSR2", "SIGFOO", 11, 23, "apps.web.reload.signal: unknown signal `SIGFOO`"),
+        // A number where a duration goes is a duration without a unit, not a type error.
+        ("backoff_max: 15s", "backoff_max: 15", 12, 63, "apps.web.restart.backoff_max: invalid duration `15`"),
+    ];
+    for (written, instead, line, col, message) in cases {
+        let p = write(&d, &GOOD.replace(written, instead));
+        let e = load(&p).unwrap_err();
+        assert_eq!((e.line, e.col), (line, col), "{e}");
+        assert!(e.message.starts_with(message), "{e}");
+    }
+}
+
+#[test]
+fn an_explicit_probe_is_refused_where_there_is_nothing_to_probe() {
+    let d = tmp("probe");
+    let fd = GOOD.replace("    port: 3000\n", "    port: 3000\n    proxy: fd\n");
+    let p = write(&d, &fd.replace("ready: { http: /healthz, timeout: 10s }", "ready: {tcp: true}"));
+    let e = load(&p).unwrap_err();
+    assert_eq!((e.line, e.col), (11, 13), "{e}");
+    assert!(e.message.contains("cannot be probed one by one"), "{e}");
+    assert!(e.hint.as_deref().is_some_and(|h| h.contains("notify: true")), "{e}");
+
+    // Not written: `fd` and `none` fronts default to "still alive after 1s".
+    let p = write(&d, &fd.replace("    ready: { http: /healthz, timeout: 10s }\n", ""));
+    assert_eq!(load(&p).unwrap().config.apps["web"].ready.check, ReadyCheck::Alive(Duration::from_secs(1)));
+
+    let none = GOOD.replace("    port: 3000\n", "    proxy: none\n");
+    let p = write(&d, &none.replace("ready: { http: /healthz, timeout: 10s }", "ready: { timeout: 10s, tcp: true }"));
+    let e = load(&p).unwrap_err();
+    assert_eq!((e.line, e.col), (10, 28), "{e}");
+    assert!(e.message.contains("has nothing to probe"), "{e}");
+    assert!(e.hint.as_deref().is_some_and(|h| h.contains("port: 3000")), "{e}");
+}
+
+#[test]
+fn of_two_apps_on_one_port_the_one_written_second_is_named() {
+    let d = tmp("ports");
+    let api = "  api:\n    cwd: app\n    start: node api.js\n    port: 3000\n";
+    let p = write(&d, &format!("{GOOD}{api}"));
+    let e = load(&p).unwrap_err();
+    assert_eq!(e.message, "port 3000 is used by both `web` and `api`", "{e}");
+    assert_eq!((e.line, e.col), (18, 5), "{e}");
+    assert_eq!(e.hint.as_deref(), Some("give each app its own `port`"));
+
+    // Written first, alphabetically first: the other one is still the one named.
+    let apps = GOOD.find("  web:").unwrap();
+    let p = write(&d, &format!("{}{api}{}", &GOOD[..apps], &GOOD[apps..]));
+    let e = load(&p).unwrap_err();
+    assert_eq!(e.message, "port 3000 is used by both `api` and `web`", "{e}");
+    assert_eq!(e.line, 12, "{e}");
+}
+
+#[test]
+fn an_error_about_a_default_points_at_the_closest_written_key() {
+    let d = tmp("default");
+    // `proxy` is not written (it defaults to `http`): the error points at the app.
+    let p = write(&d, &GOOD.replace("    port: 3000\n", ""));
+    let e = load(&p).unwrap_err();
+    assert!(e.message.contains("has `proxy: http` but no `port`"), "{e}");
+    assert_eq!((e.line, e.col), (4, 3), "{e}");
 }

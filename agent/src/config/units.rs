@@ -16,12 +16,16 @@ impl fmt::Debug for Dur {
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(s.trim()).map(Dur).map_err(|_| {
-            de::Error::custom(format_args!(
-                "invalid duration `{s}`: write a number with a unit, like `500ms`, `30s` or `5m`"
-            ))
-        })
+        super::checked::text(d, "a duration like `500ms`, `30s` or `5m`")
+    }
+}
+
+impl TryFrom<String> for Dur {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        humantime::parse_duration(s.trim())
+            .map(Dur)
+            .map_err(|_| format!("invalid duration `{s}`: write a number with a unit, like `500ms`, `30s` or `5m`"))
     }
 }
 

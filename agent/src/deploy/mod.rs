@@ -103,7 +103,8 @@ impl Deployer {
         Ok(d)
     }
 
-    /// Release directories that are on disk but not recorded (a crash mid-materialise) go.
+    /// Release directories that are on disk but not recorded, and half-written trees (a crash
+    /// mid-materialise), go.
     fn remove_incomplete(&self, app: &str, dir: &AppDir, current: Option<String>) {
         let known: Vec<String> = self.store.releases(app).unwrap_or_default().into_iter().map(|r| r.name).collect();
         for name in dir.on_disk() {
@@ -111,6 +112,10 @@ impl Deployer {
                 tracing::warn!(app, release = %name, "removing an incomplete release directory");
                 let _ = dir.remove_release(&name);
             }
+        }
+        for partial in dir.partials() {
+            tracing::warn!(app, path = %partial.display(), "removing a half-written release tree");
+            let _ = std::fs::remove_dir_all(&partial);
         }
     }
 

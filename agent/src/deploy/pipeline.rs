@@ -165,6 +165,9 @@ impl Run<'_> {
                 if matches!(e, install::StepError::Cancelled) {
                     return Err(Stop { state: DeployState::Cancelled, message: format!("cancelled during {label}") });
                 }
+                if let Some(out) = &self.out {
+                    self.log(&format!("{label} failed; its whole output is in {}", out.path().display()));
+                }
                 self.on_failure(&cfg, &workdir, &env).await;
                 self.prune(&cfg, &dir);
                 return Err(Stop::failed(format!("{label}: {e}; the running release keeps serving")));

@@ -94,6 +94,15 @@ impl AppDir {
             .collect()
     }
 
+    /// Half-written release trees (`.<name>.partial`) a crash mid-materialise left behind.
+    pub fn partials(&self) -> Vec<PathBuf> {
+        let Ok(rd) = std::fs::read_dir(self.releases()) else { return Vec::new() };
+        rd.filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with('.') && n.ends_with(".partial")))
+            .map(|e| e.path())
+            .collect()
+    }
+
     pub fn remove_release(&self, name: &str) -> io::Result<()> {
         std::fs::remove_dir_all(self.release(name))
     }
@@ -109,7 +118,8 @@ pub fn seq_of(name: &str) -> Option<u64> {
     name.split_once('-')?.0.parse().ok()
 }
 
-/// Which releases to delete: keep the newest `keep` good ones, the current and the previous, and
+/// Which releases to delete: keep `keep` good ones (the newest; the current and the previous are
+/// never deleted and count among them), and
 /// the newest two failed ones (kept for inspection). `releases` is (name, ok), any order.
 pub fn prune_plan(releases: &[(String, bool)], keep: usize, current: Option<&str>, previous: Option<&str>) -> Vec<String> {
     let mut sorted: Vec<&(String, bool)> = releases.iter().collect();
@@ -117,7 +127,9 @@ pub fn prune_plan(releases: &[(String, bool)], keep: usize, current: Option<&str
     let (mut good, mut bad) = (0, 0);
     let mut remove = Vec::new();
     for (name, ok) in sorted {
+        // The current and previous releases are never removed, and count towards `keep`.
         if Some(name.as_str()) == current || Some(name.as_str()) == previous {
+            good += usize::from(*ok);
             continue;
         }
         let kept = if *ok {
@@ -145,7 +157,8 @@ mod tests {
         let removed = prune_plan(&rel, 2, Some("10-abc"), Some("2-abc"));
         let mut removed: Vec<u64> = removed.iter().filter_map(|n| seq_of(n)).collect();
         removed.sort();
-        assert_eq!(removed, vec![1, 3, 4, 5]);
+        // Kept: 10 (current), 8 (good, the second of two), 9 and 6 (the newest two failed), 2 (previous).
+        assert_eq!(removed, vec![1, 3, 4, 5, 7]);
     }
 
     #[test]

@@ -15,8 +15,10 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
+use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::process::Child;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -105,8 +107,15 @@ pub struct Worker {
     pub id: u32,
     pub spec: Arc<WorkerSpec>,
     status: watch::Sender<Status>,
+    /// Set only while in rotation. The keeper checks `stop` under this lock before adding the
+    /// worker, so once `retire` has cancelled `stop` and taken it, nothing puts the worker back.
     backend: Mutex<Option<Arc<Backend>>>,
+    /// Cancelled by `retire`: the keeper spawns no new process and puts none into rotation.
     stop: CancellationToken,
+    /// The signal `retire` asks for. The keeper sends it itself, to the process it is waiting
+    /// on: that child is not reaped yet, so its group id cannot belong to another process, and a
+    /// worker between two runs (restarting) has nothing to signal.
+    kill: watch::Sender<Option<Signal>>,
     usage: Mutex<Usage>,
 }
 
@@ -127,6 +136,7 @@ impl Worker {
             status: watch::Sender::new(status),
             backend: Mutex::new(None),
             stop: CancellationToken::new(),
+            kill: watch::Sender::new(None),
             usage: Mutex::new(Usage::default()),
         });
         let span = tracing::info_span!("worker", app = %ctx.app, id);
@@ -158,6 +168,10 @@ impl Worker {
     }
 
     /// Out of rotation, wait for in-flight work, send the signal, wait, then SIGKILL the group.
+    ///
+    /// Safe at any point of the keeper's loop: `stop` is cancelled first, so no process is
+    /// spawned or put into rotation after this; the signals go through the keeper, which holds
+    /// the current child (if any) unreaped.
     pub async fn retire(&self, how: Retire, rotation: Option<&Rotation>) {
         self.stop.cancel();
         let backend = self.backend.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -169,26 +183,18 @@ impl Worker {
             }
         }
         let mut rx = self.status.subscribe();
-        let pid = {
-            let s = rx.borrow_and_update();
-            if s.state.is_final() {
-                return;
-            }
-            s.pid
-        };
+        if rx.borrow_and_update().state.is_final() {
+            return;
+        }
         self.status.send_modify(|s| {
             if !s.state.is_final() {
                 s.state = WorkerState::Stopping;
             }
         });
-        if let Some(pid) = pid {
-            let _ = killpg(Pid::from_raw(pid as i32), how.signal);
-        }
+        self.kill.send_replace(Some(how.signal));
         if tokio::time::timeout(how.kill_timeout, rx.wait_for(|s| s.state.is_final())).await.is_err() {
             tracing::info!(worker = self.id, "still running after kill_timeout; sending SIGKILL");
-            if let Some(pid) = self.status().pid {
-                let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
-            }
+            self.kill.send_replace(Some(Signal::SIGKILL));
             let _ = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|s| s.state.is_final())).await;
         }
     }
@@ -303,6 +309,12 @@ impl Worker {
         if let Some(n) = &notify {
             env.insert("NOTIFY_SOCKET".into(), n.path().display().to_string());
         }
+        // A signal `retire` asked for before this run is sent as soon as the child exists.
+        let mut kill = self.kill.subscribe();
+        kill.mark_changed();
+        if self.stop.is_cancelled() {
+            return RunEnd::Exited;
+        }
         let launch = Launch {
             argv: &self.spec.argv,
             cwd: &self.spec.cwd,
@@ -317,8 +329,11 @@ impl Worker {
         let Some(pid) = child.id() else { return RunEnd::Exited };
         ctx.pids.add(pid);
         let started = Instant::now();
+        let retiring = self.stop.is_cancelled();
         self.status.send_modify(|s| {
-            s.state = WorkerState::Starting;
+            if !retiring {
+                s.state = WorkerState::Starting;
+            }
             s.pid = Some(pid);
             s.port = port;
             s.started = Some(started);
@@ -341,18 +356,23 @@ impl Worker {
             _ = readiness::wait(&self.spec.ready.check, port, notify.as_ref()) => {
                 drop(notify);
                 self.go_online(ctx, port, pid);
-                let _ = child.wait().await;
+                let _ = self.wait_exit(&mut child, pid, &mut kill).await;
             }
             _ = tokio::time::sleep(timeout) => {
                 let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
                 let _ = child.wait().await;
-                end = RunEnd::NotReady(format!("not ready within {}", humantime::format_duration(timeout)));
+                // A worker retired while starting is stopped, not errored.
+                if !self.stop.is_cancelled() {
+                    end = RunEnd::NotReady(format!("not ready within {}", humantime::format_duration(timeout)));
+                }
             }
-            status = child.wait() => {
+            status = self.wait_exit(&mut child, pid, &mut kill) => {
                 let code = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
                 tracing::warn!(pid, "exited before it was ready ({code})");
             }
         }
+        // The pid is reaped: forget it before anything could recycle it.
+        self.status.send_modify(|s| s.pid = None);
         // The group may hold children of the worker: none of them outlives it.
         let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
         ctx.pids.remove(pid);
@@ -363,14 +383,31 @@ impl Worker {
         end
     }
 
+    /// Wait for the child to exit, sending it the signals `retire` asks for meanwhile.
+    async fn wait_exit(&self, child: &mut Child, pid: u32, kill: &mut watch::Receiver<Option<Signal>>) -> std::io::Result<ExitStatus> {
+        loop {
+            tokio::select! {
+                status = child.wait() => return status,
+                Ok(()) = kill.changed() => {
+                    // Not reaped while this branch runs: the group id is still this worker's.
+                    if let Some(signal) = *kill.borrow_and_update() {
+                        let _ = killpg(Pid::from_raw(pid as i32), signal);
+                    }
+                }
+            }
+        }
+    }
+
     fn go_online(&self, ctx: &WorkerCtx, port: Option<u16>, pid: u32) {
+        // Under the lock `retire` takes the backend with, after cancelling `stop`.
+        let mut backend = self.backend.lock().unwrap_or_else(|e| e.into_inner());
         if self.stop.is_cancelled() {
             return;
         }
         if let (Some(rot), Some(port)) = (&ctx.rotation, port) {
             let b = Backend::new(SocketAddr::from(([127, 0, 0, 1], port)), self.id);
             rot.add(&b);
-            *self.backend.lock().unwrap_or_else(|e| e.into_inner()) = Some(b);
+            *backend = Some(b);
         }
         self.set_state(WorkerState::Online);
         tracing::info!(pid, "worker online");
@@ -392,3 +429,6 @@ enum RunEnd {
 fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
 }
+
+#[cfg(test)]
+mod tests;

@@ -20,6 +20,7 @@ pub mod history;
 pub mod lifecycle;
 pub mod logs;
 pub mod ls;
+pub mod one_deploy;
 pub mod push;
 pub mod releases;
 pub mod reload;

@@ -1,0 +1,122 @@
+//! `retire` against a live keeper: real `sh` processes, each in its own process group.
+
+use super::*;
+use crate::config::units::Dur;
+
+struct Setup {
+    dir: tempfile::TempDir,
+    ctx: Arc<WorkerCtx>,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let base_env = std::env::vars().filter(|(k, _)| k == "PATH").collect();
+    let ctx = Arc::new(WorkerCtx {
+        app: "t".into(),
+        mode: ProxyMode::None,
+        rotation: None,
+        listener: None,
+        app_port: None,
+        logs: Arc::new(LogSink::new("t", dir.path().to_path_buf(), 1 << 20, 1)),
+        pids: Arc::new(PidRecord::new(dir.path().join("workers.pids"))),
+        run_dir: dir.path().to_path_buf(),
+        base_env: Arc::new(base_env),
+    });
+    Setup { dir, ctx }
+}
+
+impl Setup {
+    /// A worker running `sh -c script` in the temp dir, ready after 50ms alive.
+    fn worker(&self, script: &str, backoff_max: Duration) -> Arc<Worker> {
+        let spec = WorkerSpec {
+            argv: vec!["sh".into(), "-c".into(), script.into()],
+            cwd: self.dir.path().to_path_buf(),
+            env: BTreeMap::new(),
+            env_hash: String::new(),
+            release: String::new(),
+            ready: ReadyConfig { check: ReadyCheck::Alive(Duration::from_millis(50)), timeout: Duration::from_secs(5) },
+            restart: RestartConfig { max_restarts: u32::MAX, min_uptime: Dur(Duration::from_secs(1)), backoff_max: Dur(backoff_max) },
+        };
+        Worker::start(0, Arc::new(spec), self.ctx.clone())
+    }
+
+    /// The pids the script wrote to `file`, one a line.
+    fn pids(&self, file: &str) -> Vec<i32> {
+        let text = std::fs::read_to_string(self.dir.path().join(file)).unwrap_or_default();
+        text.lines().filter_map(|l| l.trim().parse().ok()).collect()
+    }
+}
+
+fn how(signal: Signal, kill_timeout: Duration) -> Retire {
+    Retire { signal, drain_timeout: Duration::from_secs(1), kill_timeout }
+}
+
+async fn wait_state(w: &Worker, want: &str) {
+    let mut rx = w.status.subscribe();
+    let reached = rx.wait_for(|s| s.state.as_str() == want);
+    tokio::time::timeout(Duration::from_secs(10), reached).await.expect("state reached in time").expect("worker alive");
+}
+
+fn alive(pid: i32) -> bool {
+    nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok()
+}
+
+#[tokio::test]
+async fn retire_sends_the_signal_to_the_running_process() {
+    let s = setup();
+    let w = s.worker("echo $$ >> pids; trap 'echo bye >> out; exit 0' USR2; while :; do sleep 0.05; done", Duration::from_secs(1));
+    wait_state(&w, "online").await;
+    let started = Instant::now();
+    w.retire(how(Signal::SIGUSR2, Duration::from_secs(10)), None).await;
+    assert!(started.elapsed() < Duration::from_secs(5), "waited for kill_timeout: {:?}", started.elapsed());
+    assert_eq!(w.status().state, WorkerState::Stopped);
+    assert_eq!(w.status().pid, None);
+    assert_eq!(std::fs::read_to_string(s.dir.path().join("out")).unwrap(), "bye\n");
+    assert!(s.pids("pids").iter().all(|&p| !alive(p)));
+}
+
+#[tokio::test]
+async fn retire_kills_a_process_that_ignores_the_signal_after_kill_timeout() {
+    let s = setup();
+    let w = s.worker("echo $$ >> pids; trap '' TERM; while :; do sleep 0.05; done", Duration::from_secs(1));
+    wait_state(&w, "online").await;
+    let started = Instant::now();
+    w.retire(how(Signal::SIGTERM, Duration::from_millis(300)), None).await;
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(w.status().state, WorkerState::Stopped);
+    assert!(s.pids("pids").iter().all(|&p| !alive(p)));
+}
+
+#[tokio::test]
+async fn retire_while_restarting_stops_without_a_new_process() {
+    let s = setup();
+    // Exits at once; the restart waits up to 10s, so the worker sits in `restarting`.
+    let w = s.worker("echo $$ >> pids; exit 1", Duration::from_secs(10));
+    wait_state(&w, "restarting").await;
+    let runs = s.pids("pids").len();
+    let started = Instant::now();
+    w.retire(how(Signal::SIGTERM, Duration::from_secs(10)), None).await;
+    assert!(started.elapsed() < Duration::from_secs(5), "waited for kill_timeout: {:?}", started.elapsed());
+    assert_eq!(w.status().state, WorkerState::Stopped);
+    assert_eq!(w.status().pid, None, "a stale pid outlived its process");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(s.pids("pids").len(), runs, "a process was spawned after retire");
+}
+
+#[tokio::test]
+async fn retire_racing_a_crash_loop_leaves_no_process_behind() {
+    let s = setup();
+    // No backoff: the keeper respawns at once, so retire lands anywhere in its loop.
+    for round in 0..20u64 {
+        let w = s.worker("echo $$ >> pids; sleep 0.01", Duration::ZERO);
+        tokio::time::sleep(Duration::from_millis(5 + round * 3)).await;
+        let started = Instant::now();
+        w.retire(how(Signal::SIGTERM, Duration::from_secs(10)), None).await;
+        assert!(started.elapsed() < Duration::from_secs(5), "round {round}: waited for kill_timeout");
+        assert_eq!(w.status().state, WorkerState::Stopped, "round {round}");
+    }
+    let pids = s.pids("pids");
+    assert!(pids.len() >= 20);
+    let left: Vec<i32> = pids.into_iter().filter(|&p| alive(p)).collect();
+    assert!(left.is_empty(), "still running after retire: {left:?}");
+}

@@ -1,0 +1,344 @@
+//! Git-driven deploys: a commit in a real repository (made with the git CLI) goes live through
+//! fetch, release, install and a rolling reload; failures leave the running release serving.
+
+use deployer_tests::{Agent, AppSpec, Load, LoadReport, TestEnv, TestRepo, http, wait_until};
+use deployer_wire::{ApiError, Deploy};
+use nix::sys::signal::Signal;
+use std::path::Path;
+use std::time::Duration;
+
+/// Clients hitting the app during a deploy.
+const CONNS: usize = 30;
+
+/// An install step that waits until the test opens the gate (a file next to the repo), so a
+/// test controls how long `building` lasts without sleeping itself.
+fn gated_install(gate: &Path) -> String {
+    format!(
+        "echo installing; while [ ! -e {} ]; do sleep 0.05; done; echo installed\n",
+        gate.display()
+    )
+}
+
+/// A repository whose app runs `sh install.sh` as its install step (the script is in the repo,
+/// so each commit chooses what its install does).
+fn repo_with_install(script: &str) -> TestRepo {
+    let repo = TestRepo::with_example_app();
+    repo.commit_file("install.sh", script, "an install step");
+    repo
+}
+
+fn app_from(repo: &TestRepo) -> impl FnOnce(AppSpec) -> AppSpec + '_ {
+    move |app| app.repo(repo).set("install", "sh install.sh").set("keep_releases", "2")
+}
+
+/// The body `GET /` answers on the app's public port.
+fn answer(agent: &Agent) -> String {
+    http::get(agent.port("web"), "/")
+        .map(|r| r.body)
+        .unwrap_or_else(|e| format!("(no answer: {e})"))
+}
+
+/// Deploy `git_ref` while [`CONNS`] clients hit the app; answers the finished deploy and the
+/// load's report.
+fn deploy_under_load(agent: &Agent, git_ref: &str) -> (Deploy, LoadReport) {
+    let load = Load::start(agent.port("web"), CONNS, false);
+    assert!(load.wait_for_more(50, Duration::from_secs(15)), "the load did not get going");
+    let id = agent.deploy("web", git_ref);
+    let deploy = agent.wait_deploy(id);
+    assert!(load.wait_for_more(100, Duration::from_secs(15)), "nothing served after the deploy");
+    let report = load.stop();
+    eprintln!("deploy: {deploy:#?}\nload: {report}");
+    (deploy, report)
+}
+
+fn states(d: &Deploy) -> Vec<&str> {
+    let mut s: Vec<&str> = d.events.iter().map(|e| e.state.as_str()).filter(|s| *s != "log").collect();
+    s.dedup();
+    s
+}
+
+#[test]
+fn a_new_commit_goes_live_without_a_failed_request() {
+    let repo = TestRepo::with_example_app();
+    let agent = TestEnv::new().web(|a| a.repo(&repo)).start();
+    let first = agent.current_release("web").expect("the first release is live after start");
+    assert!(answer(&agent).starts_with("hello from worker"), "{}", answer(&agent));
+
+    let sha = repo.commit_greeting("v2");
+    let (deploy, report) = deploy_under_load(&agent, "main");
+
+    assert_eq!(deploy.state, "live", "{deploy:#?}");
+    assert_eq!(deploy.sha.as_deref(), Some(sha.as_str()));
+    assert_eq!(states(&deploy), ["queued", "fetching", "building", "rolling", "live"]);
+    assert_eq!(report.failed, 0, "{report}");
+    assert!(report.saw("v2 from worker"), "the new release served none of the load: {report}");
+    let current = agent.current_release("web").expect("current");
+    assert_ne!(current, first);
+    assert!(current.ends_with(&sha[..7]), "current is {current}, the deploy was {sha}");
+    assert_eq!(deploy.release.as_deref(), Some(current.as_str()));
+    assert!(answer(&agent).starts_with("v2 from worker"), "{}", answer(&agent));
+}
+
+#[test]
+fn deploying_the_live_commit_again_changes_nothing() {
+    let repo = TestRepo::with_example_app();
+    let agent = TestEnv::new().web(|a| a.repo(&repo)).start();
+    let pids = agent.pids("web");
+    let deploy = agent.wait_deploy(agent.deploy("web", &repo.head()));
+    assert_eq!(deploy.state, "live", "{deploy:#?}");
+    assert!(deploy.message.as_deref().unwrap_or_default().contains("already live"), "{deploy:#?}");
+    assert_eq!(agent.pids("web"), pids, "no worker was replaced");
+}
+
+#[test]
+fn an_install_failure_leaves_the_old_release_serving() {
+    let repo = repo_with_install("echo install ok\n");
+    let agent = TestEnv::new().web(app_from(&repo)).start();
+    let before = agent.current_release("web").expect("current");
+    let pids = agent.pids("web");
+
+    repo.commit_file(".env", "GREETING=broken\n", "a greeting nobody sees");
+    let bad = repo.commit_file("install.sh", "echo 'npm ERR! code E404' >&2; exit 3\n", "a broken install");
+    let (deploy, report) = deploy_under_load(&agent, "main");
+
+    assert_eq!(deploy.state, "failed", "{deploy:#?}");
+    let message = deploy.message.clone().unwrap_or_default();
+    assert!(message.contains("install") && message.contains("keeps serving"), "{message}");
+    assert!(
+        deploy.output_tail.iter().any(|l| l.contains("npm ERR! code E404")),
+        "the install's output is in the deploy: {:?}",
+        deploy.output_tail
+    );
+    assert!(!states(&deploy).contains(&"rolling"), "{deploy:#?}");
+    assert_eq!(report.failed, 0, "{report}");
+    assert!(!report.saw("broken from worker"), "{report}");
+    assert_eq!(agent.current_release("web"), Some(before));
+    assert_eq!(agent.pids("web"), pids, "the running workers were not touched");
+    // The failed release is kept for inspection.
+    let failed = deploy.release.clone().expect("the failed deploy names its release");
+    assert!(failed.ends_with(&bad[..7]), "{failed}");
+    assert!(agent.app_dir("web").join("releases").join(&failed).is_dir(), "failed release {failed} was removed");
+}
+
+#[test]
+fn a_release_whose_workers_never_get_ready_is_rolled_back() {
+    let repo = TestRepo::with_example_app();
+    let agent = TestEnv::new().web(|a| a.repo(&repo).ready_timeout("2s")).start();
+    let before = agent.current_release("web").expect("current");
+    let pids = agent.pids("web");
+
+    // A new app.js that runs but never listens.
+    repo.commit_file("app.js", "setInterval(() => {}, 1000);\n", "forget to listen");
+    let (deploy, report) = deploy_under_load(&agent, "main");
+
+    assert_eq!(deploy.state, "rolled_back", "{deploy:#?}");
+    assert!(states(&deploy).contains(&"rolling"), "{deploy:#?}");
+    assert_eq!(report.failed, 0, "{report}");
+    assert_eq!(agent.current_release("web"), Some(before));
+    let after = agent.pids("web");
+    assert_eq!(after.len(), pids.len(), "{after:?}");
+    assert!(answer(&agent).starts_with("hello from worker"), "{}", answer(&agent));
+}
+
+#[test]
+fn rollback_puts_the_previous_release_back_without_fetching_or_installing() {
+    let repo = repo_with_install("echo install ran\n");
+    let agent = TestEnv::new().web(app_from(&repo)).start();
+    let first = agent.current_release("web").expect("current");
+    repo.commit_greeting("v2");
+    let deploy = agent.wait_deploy(agent.deploy("web", "main"));
+    assert_eq!(deploy.state, "live", "{deploy:#?}");
+    assert!(answer(&agent).starts_with("v2 from worker"));
+
+    let load = Load::start(agent.port("web"), CONNS, false);
+    assert!(load.wait_for_more(50, Duration::from_secs(15)), "the load did not get going");
+    let out = agent.cli(&["rollback", "web", "--wait", "--json"]);
+    assert_eq!(out.code(), Some(0), "{}{}", out.stdout, out.stderr);
+    let rollback: Deploy = serde_json::from_str(&out.stdout).expect("rollback --wait --json prints the deploy");
+    assert!(load.wait_for_more(100, Duration::from_secs(15)), "nothing served after the rollback");
+    let report = load.stop();
+
+    assert_eq!(rollback.state, "live", "{rollback:#?}");
+    assert_eq!(states(&rollback), ["queued", "rolling", "live"], "no fetch, no build: {rollback:#?}");
+    assert!(rollback.output_tail.is_empty(), "no install ran: {:?}", rollback.output_tail);
+    assert_eq!(report.failed, 0, "{report}");
+    assert_eq!(agent.current_release("web"), Some(first));
+    assert!(answer(&agent).starts_with("hello from worker"), "{}", answer(&agent));
+}
+
+#[test]
+fn deploys_requested_during_a_slow_install_coalesce_into_one_of_the_newest() {
+    let gate = tempfile::tempdir().expect("a temp dir");
+    let gate = gate.path().join("open");
+    let repo = repo_with_install("echo fast\n");
+    let agent = TestEnv::new().web(app_from(&repo)).start();
+
+    repo.commit_file("install.sh", &gated_install(&gate), "a slow install");
+    let slow = agent.deploy("web", "main");
+    agent.wait_deploy_state(slow, "building");
+    let mut later = Vec::new();
+    for v in ["v3", "v4", "v5"] {
+        let sha = repo.commit_greeting(v);
+        later.push((agent.deploy("web", &sha), sha));
+    }
+    std::fs::write(&gate, "").expect("open the gate");
+
+    assert_eq!(agent.wait_deploy(slow).state, "live");
+    let (newest, newest_sha) = later.pop().expect("three");
+    for (id, _) in &later {
+        let d = agent.wait_deploy(*id);
+        assert_eq!(d.state, "superseded", "{d:#?}");
+    }
+    let d = agent.wait_deploy(newest);
+    assert_eq!(d.state, "live", "{d:#?}");
+    assert_eq!(d.sha.as_deref(), Some(newest_sha.as_str()));
+    assert!(answer(&agent).starts_with("v5 from worker"), "{}", answer(&agent));
+    let ran: Vec<u64> = agent.history("web").iter().filter(|d| states(d).contains(&"building")).map(|d| d.id).collect();
+    assert!(!ran.contains(&later[0].0) && !ran.contains(&later[1].0), "superseded deploys never ran: {ran:?}");
+}
+
+#[test]
+fn a_deploy_can_be_cancelled_while_installing() {
+    let gate = tempfile::tempdir().expect("a temp dir");
+    let gate = gate.path().join("open");
+    let repo = repo_with_install("echo fast\n");
+    let agent = TestEnv::new().web(app_from(&repo)).start();
+    let before = agent.current_release("web");
+
+    repo.commit_file("install.sh", &gated_install(&gate), "a slow install");
+    let id = agent.deploy("web", "main");
+    agent.wait_deploy_state(id, "building");
+    let out = agent.cli(&["cancel", &id.to_string()]);
+    assert_eq!(out.code(), Some(0), "{}{}", out.stdout, out.stderr);
+    let d = agent.wait_deploy(id);
+    assert_eq!(d.state, "cancelled", "{d:#?}");
+    assert_eq!(agent.current_release("web"), before);
+    assert!(answer(&agent).starts_with("hello from worker"));
+}
+
+#[test]
+fn an_agent_killed_during_install_comes_back_on_the_intact_current_release() {
+    let gate = tempfile::tempdir().expect("a temp dir");
+    let gate = gate.path().join("open");
+    let repo = repo_with_install("echo fast\n");
+    let mut agent = TestEnv::new().web(app_from(&repo)).start();
+    let before = agent.current_release("web").expect("current");
+
+    repo.commit_greeting("never-live");
+    repo.commit_file("install.sh", &gated_install(&gate), "a slow install");
+    let id = agent.deploy("web", "main");
+    agent.wait_deploy_state(id, "building");
+    agent.signal(Signal::SIGKILL);
+    assert!(agent.wait_exit(Duration::from_secs(10)).is_some(), "the agent survived SIGKILL");
+    // Let the orphaned install end, whatever the kernel did with it.
+    std::fs::write(&gate, "").expect("open the gate");
+
+    agent.start_again();
+    let d = agent.deploy_status(id);
+    assert_eq!(d.state, "interrupted", "{d:#?}");
+    assert_eq!(agent.current_release("web"), Some(before));
+    assert!(answer(&agent).starts_with("hello from worker"), "{}", answer(&agent));
+    // The agent still deploys after the crash.
+    let sha = repo.commit_greeting("after-crash");
+    let d = agent.wait_deploy(agent.deploy("web", &sha));
+    assert_eq!(d.state, "live", "{d:#?}");
+    assert!(answer(&agent).starts_with("after-crash from worker"), "{}", answer(&agent));
+}
+
+#[test]
+fn hostile_refs_are_refused_with_400_and_queue_nothing() {
+    let repo = TestRepo::with_example_app();
+    let agent = TestEnv::new().web(|a| a.repo(&repo)).start();
+    let before = agent.history("web").len();
+    for bad in ["--upload-pack=touch /tmp/pwned", "main..evil", "../../etc/passwd", "a b", "refs/heads/x.lock", "", "-x", "main@{1}", "HEAD~1;rm -rf /"] {
+        let r = agent.api_post("/v1/apps/web/deploys", serde_json::json!({ "ref": bad }));
+        assert_eq!(r.status, 400, "ref {bad:?}: {}", r.body);
+        let e: ApiError = r.json();
+        assert!(!e.message.is_empty(), "ref {bad:?}: {e:?}");
+    }
+    assert_eq!(agent.history("web").len(), before, "nothing was queued");
+}
+
+#[test]
+fn deploy_wait_history_and_releases_on_the_cli() {
+    let repo = TestRepo::with_example_app();
+    let agent = TestEnv::new().web(|a| a.repo(&repo)).start();
+    let sha = repo.commit_greeting("v2");
+
+    let out = agent.cli(&["deploy", "web", "--wait"]);
+    assert_eq!(out.code(), Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("live"), "{}", out.stdout);
+
+    let out = agent.cli(&["history", "web", "--json"]);
+    assert_eq!(out.code(), Some(0), "{}{}", out.stdout, out.stderr);
+    let history: Vec<Deploy> = serde_json::from_str(&out.stdout).expect("history --json");
+    assert_eq!(history.len(), 2, "{history:#?}");
+    assert_eq!(history[0].sha.as_deref(), Some(sha.as_str()));
+    assert_eq!(history[0].state, "live");
+    assert_eq!(history[0].trigger, "api");
+
+    let out = agent.cli(&["releases", "web", "--json"]);
+    assert_eq!(out.code(), Some(0), "{}{}", out.stdout, out.stderr);
+    let releases: Vec<deployer_wire::Release> = serde_json::from_str(&out.stdout).expect("releases --json");
+    assert_eq!(releases.iter().filter(|r| r.current).count(), 1, "{releases:#?}");
+    assert!(releases.iter().any(|r| r.current && r.sha == sha), "{releases:#?}");
+
+    let bad = agent.cli(&["deploy", "web", "--ref", "main..x"]);
+    assert_ne!(bad.code(), Some(0));
+    assert!(bad.stderr.contains("ref"), "{}", bad.stderr);
+}
+
+#[test]
+fn releases_beyond_keep_releases_are_pruned_but_never_current_or_previous() {
+    let repo = repo_with_install("true\n");
+    let agent = TestEnv::new().web(app_from(&repo)).start();
+    for v in ["v2", "v3", "v4", "v5"] {
+        let sha = repo.commit_greeting(v);
+        let d = agent.wait_deploy(agent.deploy("web", &sha));
+        assert_eq!(d.state, "live", "{d:#?}");
+    }
+    let releases = agent.app_dir("web").join("releases");
+    let names = || -> Vec<String> {
+        let mut n: Vec<String> = std::fs::read_dir(&releases)
+            .expect("releases/")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        n.sort();
+        n
+    };
+    // Pruning happens right after the switch to live; the deploy may be reported live just before.
+    wait_until(Duration::from_secs(5), || names().len() == 2);
+    assert_eq!(names().len(), 2, "keep_releases: 2 keeps two release dirs: {:?}", names());
+    let current = agent.current_release("web").expect("current");
+    assert!(releases.join(&current).is_dir());
+}
+
+#[test]
+fn a_release_that_crash_loops_within_its_bake_window_is_rolled_back_by_the_agent() {
+    let repo = TestRepo::with_example_app();
+    let agent = TestEnv::new().web(|a| a.repo(&repo).set("bake", "30s")).start();
+    let before = agent.current_release("web").expect("current");
+
+    // Gets ready, serves, then dies a second later, every time.
+    let app_js = std::fs::read_to_string(repo.path().join("app.js")).expect("app.js");
+    repo.commit_file("app.js", &format!("{app_js}\nsetTimeout(() => process.exit(1), 1000);\n"), "a slow crash");
+    let id = agent.deploy("web", "main");
+    agent.wait_deploy_state(id, "live");
+
+    let rolled_back = deployer_tests::poll(Duration::from_secs(60), || {
+        let d = agent.deploy_status(id);
+        (d.state == "rolled_back").then_some(d)
+    })
+    .unwrap_or_else(|| panic!("the bake window did not roll back: {:#?}", agent.deploy_status(id)));
+    let why = rolled_back.message.clone().unwrap_or_default();
+    assert!(why.contains("bake window") && why.contains(&before), "{why}");
+    assert!(
+        wait_until(Duration::from_secs(60), || agent.current_release("web").as_deref() == Some(before.as_str())),
+        "current went back to {before}: {:?}",
+        agent.current_release("web")
+    );
+    let rollback = agent.history("web").into_iter().find(|d| d.trigger == "bake").expect("a rollback deploy by the bake watcher");
+    assert_eq!(agent.wait_deploy(rollback.id).state, "live");
+    agent.wait_online("web", 2);
+    assert!(answer(&agent).starts_with("hello from worker"), "{}", answer(&agent));
+}
