@@ -77,14 +77,29 @@ async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
     let store = Arc::new(Store::open(&loaded.config.state_dir.join("agent.db"))?);
     let stop_deploys = CancellationToken::new();
     let deployer = Deployer::start(store, supervisor.clone(), stop_deploys.clone())?;
-    let state = Arc::new(ApiState { supervisor: supervisor.clone(), deployer, tokens: RwLock::new(loaded.tokens.clone()) });
     let stop_api = CancellationToken::new();
-    let api = tokio::spawn(
-        axum::serve(listener, api::router(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>())
-            .with_graceful_shutdown(stop_api.clone().cancelled_owned())
-            .into_future(),
-    );
-    tracing::info!(%listen, config = %path.display(), "agent ready");
+    let state = Arc::new(ApiState {
+        supervisor: supervisor.clone(),
+        deployer,
+        tokens: RwLock::new(loaded.tokens.clone()),
+        locks: Default::default(),
+        metrics: Default::default(),
+        shutdown: stop_api.clone(),
+    });
+    let router = api::router(state.clone());
+    let api = match &loaded.config.tls {
+        // axum knows the peer address of its own listener only: no `ConnectInfo` over TLS.
+        Some(tls) => {
+            let listener = crate::tls::TlsListener::new(listener, crate::tls::acceptor(tls)?)?;
+            tokio::spawn(axum::serve(listener, router.into_make_service()).with_graceful_shutdown(stop_api.clone().cancelled_owned()).into_future())
+        }
+        None => tokio::spawn(
+            axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
+                .with_graceful_shutdown(stop_api.clone().cancelled_owned())
+                .into_future(),
+        ),
+    };
+    tracing::info!(%listen, tls = loaded.config.tls.is_some(), config = %path.display(), "agent ready");
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

@@ -17,6 +17,11 @@ An app with a git `repo` is deployed by the agent: `deploy` queues a branch or a
 the agent fetches, installs into a new release and rolls out worker by worker; `history`, `show` \
 and `releases` tell what happened, `cancel` and `rollback` undo.
 
+With a deployer.yaml (in the current directory or the git root, or --file PATH), `push ENV` \
+deploys the current commit to every host of an environment: canaries first, then the others a \
+few at a time, each host's progress on one line. `status`, `history`, `rollback`, `reload` and \
+`logs` act on the whole environment when their argument names one.
+
 The API token is read from the DEPLOYER_TOKEN environment variable (--token-env NAME reads \
 another one); it is never a flag, so it stays out of shell history and `ps`.";
 
@@ -27,11 +32,17 @@ pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
 
+    /// The deployer.yaml naming the environments (before the command: `deployer -f ci.yaml push prod`)
+    #[arg(short = 'f', value_name = "PATH", conflicts_with = "file")]
+    pub file_short: Option<std::path::PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
 
 /// Options every command takes.
+///
+/// `-f` is not among them: it is `logs --follow`; `--file` names deployer.yaml anywhere.
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
@@ -50,14 +61,21 @@ pub struct GlobalArgs {
     #[arg(long, global = true)]
     pub json: bool,
 
-    /// The environment variable that holds the API token
+    /// The environment variable that holds the API token (an environment's `token_env` wins)
     #[arg(long, global = true, default_value = "DEPLOYER_TOKEN", value_name = "NAME")]
     pub token_env: String,
+
+    /// The deployer.yaml naming the environments [default: ./deployer.yaml, else the one at the
+    /// git work tree's root]
+    #[arg(long = "file", global = true, env = "DEPLOYER_FILE", value_name = "PATH")]
+    pub file: Option<std::path::PathBuf>,
 }
 
 fn examples() -> String {
     examples_section(
         "
+  deployer push prod                  Deploy HEAD to every host of `prod` (deployer.yaml)
+  deployer status prod --json         Live sha, release and workers of every host
   deployer ls                         List every app's workers
   deployer deploy web --wait          Deploy web's branch and follow it until it is live
   deployer deploy web --ref 1a2b3c4   Queue a deploy of one commit of web

@@ -7,8 +7,9 @@ use std::fmt;
 use std::time::Duration;
 
 use deployer_wire::{
-    API_PREFIX, ApiError, AppStatus, Deploy, DeployAccepted, DeployRequest, LogLines,
-    ReloadOutcome, ReloadRequest, Release, RollbackRequest, ScaleRequest,
+    API_PREFIX, ApiError, AppStatus, Deploy, DeployAccepted, DeployRequest, DeployStreamItem,
+    LOG_LINE_EVENT, LockRequest, LockStatus, LogLine, LogLines, ReloadOutcome, ReloadRequest,
+    Release, RollbackRequest, ScaleRequest,
 };
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use serde::Serialize;
@@ -20,6 +21,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a quick request (list, start, logs...) may take. A reload has no limit: it returns
 /// when the new workers are ready, which can take minutes.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a stream may stay silent: the agent sends a keep-alive comment every 5 s, so a
+/// stream quiet for this long is a dead connection (a host that vanished), not a slow deploy.
+pub const STREAM_IDLE: Duration = Duration::from_secs(20);
 
 /// How much of a body that is not the API's to quote in an error.
 const BODY_EXCERPT: usize = 200;
@@ -134,6 +139,22 @@ impl Client {
         Ok(Self { http, base, token })
     }
 
+    /// A client of an agent whose certificate is signed by `ca_pem` (a private CA, or the agent's
+    /// self-signed certificate), besides the usual roots.
+    pub fn with_ca(base: Url, token: Token, ca_pem: &[u8]) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!("deployer/", env!("CARGO_PKG_VERSION")))
+            .add_root_certificate(reqwest::Certificate::from_pem(ca_pem)?)
+            .build()?;
+        Ok(Self { http, base, token })
+    }
+
+    /// A client of another agent, sharing this one's connection pools and timeouts.
+    pub fn for_agent(&self, base: Url, token: Token) -> Self {
+        Self { http: self.http.clone(), base, token }
+    }
+
     /// The agent's URL as people write it (no trailing slash).
     pub fn agent(&self) -> String {
         agent_label(&self.base)
@@ -142,6 +163,12 @@ impl Client {
     /// `GET /v1/apps`
     pub async fn apps(&self) -> Result<Vec<AppStatus>, ClientError> {
         self.call(Method::GET, &["apps"], Some(REQUEST_TIMEOUT), None::<&()>)
+            .await
+    }
+
+    /// `GET /v1/apps/{app}`
+    pub async fn app(&self, app: &str) -> Result<AppStatus, ClientError> {
+        self.call(Method::GET, &["apps", app], Some(REQUEST_TIMEOUT), None::<&()>)
             .await
     }
 
@@ -221,6 +248,60 @@ impl Client {
             .await
     }
 
+    /// `GET /v1/deploys/{id}/events`: the deploy's events so far, then as they happen, until it
+    /// ends.
+    pub async fn deploy_events(&self, id: u64) -> Result<EventStream<DeployStreamItem>, ClientError> {
+        let id = id.to_string();
+        self.stream(self.url(&["deploys", &id, "events"]), None).await
+    }
+
+    /// `GET /v1/apps/{app}/logs?lines=N&follow=true`: the last lines, then every new one.
+    pub async fn follow_logs(&self, app: &str, lines: u32) -> Result<EventStream<LogLine>, ClientError> {
+        let mut url = self.url(&["apps", app, "logs"]);
+        url.query_pairs_mut().append_pair("lines", &lines.to_string()).append_pair("follow", "true");
+        self.stream(url, Some(LOG_LINE_EVENT)).await
+    }
+
+    /// `POST /v1/locks/{name}`: take or renew a lease; the answer says who holds it.
+    pub async fn lock(&self, name: &str, request: &LockRequest) -> Result<LockStatus, ClientError> {
+        self.call(Method::POST, &["locks", name], Some(REQUEST_TIMEOUT), Some(request)).await
+    }
+
+    /// `DELETE /v1/locks/{name}?lease=`: give a lease back.
+    pub async fn unlock(&self, name: &str, lease: &str) -> Result<(), ClientError> {
+        let mut url = self.url(&["locks", name]);
+        url.query_pairs_mut().append_pair("lease", lease);
+        let mut request = self.http.delete(url).timeout(REQUEST_TIMEOUT);
+        if let Some(token) = &self.token.value {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.map_err(|e| self.transport_error(e, Some(REQUEST_TIMEOUT)))?;
+        if response.status().is_success() {
+            return Ok(());
+        }
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| self.transport_error(e, Some(REQUEST_TIMEOUT)))?;
+        Err(self.error_of(status, &bytes))
+    }
+
+    async fn stream<T: DeserializeOwned>(&self, url: Url, only: Option<&'static str>) -> Result<EventStream<T>, ClientError> {
+        let mut request = self.http.get(url).header(reqwest::header::ACCEPT, "text/event-stream");
+        if let Some(token) = &self.token.value {
+            request = request.bearer_auth(token);
+        }
+        // The answer's head comes at once; only the body is long.
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, request.send())
+            .await
+            .map_err(|_| ClientError::TimedOut { agent: self.agent(), after: REQUEST_TIMEOUT })?
+            .map_err(|e| self.transport_error(e, Some(REQUEST_TIMEOUT)))?;
+        let status = response.status();
+        if !status.is_success() {
+            let bytes = response.bytes().await.map_err(|e| self.transport_error(e, Some(REQUEST_TIMEOUT)))?;
+            return Err(self.error_of(status, &bytes));
+        }
+        Ok(EventStream { client: self.clone(), response, parser: Default::default(), ready: Default::default(), only, _item: std::marker::PhantomData })
+    }
+
     async fn post_empty(&self, app: &str, action: &str) -> Result<AppStatus, ClientError> {
         self.call(Method::POST, &["apps", app, action], Some(REQUEST_TIMEOUT), None::<&()>)
             .await
@@ -277,18 +358,23 @@ impl Client {
                 cause: Cause(format!("cannot decode the answer: {e}")),
             });
         }
-        match serde_json::from_slice::<ApiError>(&bytes) {
-            Ok(body) => Err(ClientError::Api {
+        Err(self.error_of(status, &bytes))
+    }
+
+    /// The error an answer that is not a success stands for.
+    fn error_of(&self, status: StatusCode, bytes: &[u8]) -> ClientError {
+        match serde_json::from_slice::<ApiError>(bytes) {
+            Ok(body) => ClientError::Api {
                 agent: self.agent(),
                 status,
                 body,
                 token: self.token.clone(),
-            }),
-            Err(_) => Err(ClientError::BadResponse {
+            },
+            Err(_) => ClientError::BadResponse {
                 agent: self.agent(),
                 status,
-                cause: Cause(format!("the body starts with `{}`", excerpt(&bytes))),
-            }),
+                cause: Cause(format!("the body starts with `{}`", excerpt(bytes))),
+            },
         }
     }
 
@@ -300,6 +386,44 @@ impl Client {
             ClientError::TimedOut { agent, after: timeout.unwrap_or(CONNECT_TIMEOUT) }
         } else {
             ClientError::Broken { agent, cause: Cause::root_of(&err) }
+        }
+    }
+}
+
+/// A Server-Sent Events answer, read message by message as typed values.
+pub struct EventStream<T> {
+    client: Client,
+    response: reqwest::Response,
+    parser: crate::sse::Parser,
+    ready: std::collections::VecDeque<crate::sse::Message>,
+    /// Only messages of this event name (others are skipped).
+    only: Option<&'static str>,
+    _item: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T: DeserializeOwned> EventStream<T> {
+    /// The next message; `None` when the agent ended the stream. Silence longer than
+    /// [`STREAM_IDLE`] is an error: the agent's keep-alives stopped.
+    pub async fn next(&mut self) -> Result<Option<T>, ClientError> {
+        loop {
+            while let Some(message) = self.ready.pop_front() {
+                if self.only.is_some_and(|only| only != message.event) {
+                    continue;
+                }
+                return serde_json::from_str(&message.data).map(Some).map_err(|e| ClientError::BadResponse {
+                    agent: self.client.agent(),
+                    status: StatusCode::OK,
+                    cause: Cause(format!("cannot decode a `{}` event: {e}", message.event)),
+                });
+            }
+            let chunk = tokio::time::timeout(STREAM_IDLE, self.response.chunk())
+                .await
+                .map_err(|_| ClientError::TimedOut { agent: self.client.agent(), after: STREAM_IDLE })?
+                .map_err(|e| self.client.transport_error(e, Some(STREAM_IDLE)))?;
+            match chunk {
+                Some(bytes) => self.ready.extend(self.parser.push(&bytes)),
+                None => return Ok(None),
+            }
         }
     }
 }

@@ -11,8 +11,10 @@ use clap::Parser;
 mod cli;
 mod client;
 mod commands;
+mod fleet;
 mod output;
 mod report;
+mod sse;
 
 use cli::Cli;
 use client::{Client, Token};
@@ -32,7 +34,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let token = Token::from_env(&cli.global.token_env);
     let client = Client::new(cli.global.agent, token).context("cannot set up the HTTP client")?;
-    let ctx = Context { client, json: cli.global.json };
+    let file = cli.file_short.or(cli.global.file);
+    let ctx = Context { client, json: cli.global.json, file, token_env: cli.global.token_env };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

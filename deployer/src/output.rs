@@ -11,6 +11,7 @@ use deployer_wire::{AppStatus, WorkerStatus};
 use serde::Serialize;
 
 pub mod deploys;
+pub mod fleet;
 
 pub const SUCCESS: Style = AnsiColor::Green.on_default().bold();
 pub const FAILURE: Style = AnsiColor::Red.on_default().bold();
@@ -29,6 +30,12 @@ pub fn print_json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
 /// Prints `✓ <message>` on stdout.
 pub fn print_success(message: &str) {
     anstream::println!("{SUCCESS}✓{SUCCESS:#} {message}");
+}
+
+/// Prints `warning: <message>` on stderr: something the user should know that does not stop
+/// the command.
+pub fn print_warning(message: &str) {
+    anstream::eprintln!("{HINT}warning{HINT:#}: {message}");
 }
 
 /// Prints the workers table of some apps on stdout.

@@ -175,6 +175,8 @@ pub struct TestEnv {
     /// (name, scopes) of tokens beyond `admin`.
     tokens: Vec<(String, Vec<String>)>,
     wait_online: bool,
+    /// The `admin` token's value, when several agents must accept one token (a fleet).
+    admin_secret: Option<String>,
 }
 
 impl Default for TestEnv {
@@ -189,6 +191,7 @@ impl TestEnv {
             apps: vec![AppSpec::new("web")],
             tokens: Vec::new(),
             wait_online: true,
+            admin_secret: None,
         }
     }
 
@@ -246,6 +249,12 @@ impl TestEnv {
         self
     }
 
+    /// The `admin` token's value, instead of one of its own (agents of one fleet share it).
+    pub fn admin_token(mut self, value: &str) -> Self {
+        self.admin_secret = Some(value.into());
+        self
+    }
+
     /// Let [`TestEnv::start`] return once the API answers, without waiting for workers to be
     /// online (for apps that never are, or not for long).
     pub fn dont_wait_for_workers(mut self) -> Self {
@@ -273,7 +282,7 @@ impl TestEnv {
         let mut tokens = vec![Token {
             name: "admin".into(),
             var: "DEPLOYER_TOKEN".into(),
-            value: secret("admin"),
+            value: self.admin_secret.clone().unwrap_or_else(|| secret("admin")),
             scopes: vec!["read".into(), "deploy".into()],
         }];
         for (name, scopes) in &self.tokens {

@@ -13,6 +13,7 @@
 mod agent;
 mod bins;
 mod env;
+mod fleet;
 pub mod http;
 mod load;
 mod process;
@@ -22,6 +23,7 @@ mod wait;
 pub use agent::Agent;
 pub use bins::bin;
 pub use env::{AppSpec, Proxy, Setup, TestEnv, fixture};
+pub use fleet::TestFleet;
 pub use load::{Load, LoadReport};
 pub use repo::TestRepo;
 pub use process::{CliOutput, environ, pid_alive, port_is_free};

@@ -205,3 +205,54 @@ pub struct CheckOutcome {
     /// The deploy queued because the head moved; absent when it is live or already queued.
     pub queued: Option<u64>,
 }
+
+/// One message of `GET /v1/deploys/{id}/events` (Server-Sent Events): the SSE `event:` field is
+/// the `type`, the `data:` field this value as JSON. Past events are replayed first; the stream
+/// ends after the `end` message, sent once the deploy is final.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum DeployStreamItem {
+    /// One step of the deploy, in `seq` order.
+    Event(DeployEvent),
+    /// The deploy as it ended (without its events).
+    End(Box<Deploy>),
+}
+
+impl DeployStreamItem {
+    /// The SSE `event:` name of this message.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DeployStreamItem::Event(_) => "event",
+            DeployStreamItem::End(_) => "end",
+        }
+    }
+}
+
+/// `GET /v1/apps/{app}/logs?follow=true` is a Server-Sent Events stream of `line` events whose
+/// data is a [`LogLine`] as JSON: the last `lines` lines first, then every new one.
+pub const LOG_LINE_EVENT: &str = "line";
+
+/// `POST /v1/locks/{name}`: take or renew a lease on a named lock (the CLI's push lock).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockRequest {
+    /// Who asks, as others see it: `ana@laptop (push prod)`.
+    pub holder: String,
+    /// A secret the holder chose: renewing and releasing need it.
+    pub lease: String,
+    /// How long the lock lasts unless renewed, in milliseconds (at most an hour).
+    pub ttl_ms: u64,
+}
+
+/// The answer to `POST /v1/locks/{name}` (200 whether taken or not): who holds it now.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LockStatus {
+    pub name: String,
+    /// Whether the request holds the lock now (taken or renewed).
+    pub acquired: bool,
+    pub holder: String,
+    /// When the current holder took it (milliseconds since the Unix epoch).
+    pub since_ms: u64,
+    /// When it lapses unless renewed.
+    pub expires_at_ms: u64,
+}

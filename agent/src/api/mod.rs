@@ -4,6 +4,8 @@
 //! ([`deployer_wire::ApiError`]) produced in one place ([`ApiErr`]).
 
 mod auth;
+mod locks;
+mod stream;
 
 use crate::config::{ResolvedToken, Scope};
 use crate::deploy::{DeployError, Deployer, Target};
@@ -16,7 +18,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use axum::Extension;
-use deployer_wire::{ApiError, AppStatus, CheckOutcome, Deploy, DeployAccepted, DeployRequest, LogLines, Release, ReloadOutcome, ReloadRequest, RollbackRequest, ScaleRequest};
+use deployer_wire::{ApiError, AppStatus, CheckOutcome, Deploy, DeployAccepted, DeployRequest, Release, ReloadOutcome, ReloadRequest, RollbackRequest, ScaleRequest};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use std::sync::{Arc, RwLock};
@@ -27,6 +29,12 @@ pub struct ApiState {
     pub deployer: Arc<Deployer>,
     /// Replaced on SIGHUP.
     pub tokens: RwLock<Vec<ResolvedToken>>,
+    /// Counters for `/metrics`.
+    pub metrics: crate::metrics::Metrics,
+    /// Named leases (the CLI's push lock).
+    pub locks: crate::locks::Locks,
+    /// Cancelled when the agent stops: streams end so the server can drain.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -38,16 +46,23 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/apps/{app}/stop", post(stop))
         .route("/apps/{app}/start", post(start))
         .route("/apps/{app}/scale", post(scale))
-        .route("/apps/{app}/logs", get(logs))
+        .route("/apps/{app}/logs", get(stream::logs))
         .route("/apps/{app}/deploys", post(create_deploy).get(list_deploys))
         .route("/apps/{app}/rollback", post(rollback))
         .route("/apps/{app}/releases", get(releases))
         .route("/apps/{app}/check", post(check_now))
         .route("/deploys/{id}", get(show_deploy))
         .route("/deploys/{id}/cancel", post(cancel_deploy))
+        .route("/deploys/{id}/events", get(stream::deploy_events))
+        .route("/locks/{name}", post(locks::acquire).delete(locks::release))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    // Prometheus sends the token too (`authorization:` in its scrape config).
+    let metrics = Router::new()
+        .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .merge(metrics)
         .nest(deployer_wire::API_PREFIX, v1)
         .fallback(|| async { ApiErr::new(StatusCode::NOT_FOUND, "not_found", "no such route".into()) })
         .layer(DefaultBodyLimit::max(64 * 1024))
@@ -116,6 +131,11 @@ fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<Option<T>, ApiErr> {
     serde_json::from_slice(bytes).map(Some).map_err(|e| ApiErr::new(StatusCode::BAD_REQUEST, "bad_request", format!("invalid JSON body: {e}")))
 }
 
+async fn metrics(State(st): State<Arc<ApiState>>) -> impl IntoResponse {
+    let text = st.metrics.render(&st.supervisor, st.deployer.store());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
+}
+
 async fn list_apps(State(st): State<Arc<ApiState>>) -> Json<Vec<AppStatus>> {
     Json(st.supervisor.list().iter().map(|a| a.status()).collect())
 }
@@ -128,6 +148,7 @@ async fn reload(State(st): State<Arc<ApiState>>, Path(app): Path<String>, bytes:
     let req: ReloadRequest = body(&bytes)?.unwrap_or_default();
     let app = st.supervisor.app(&app)?;
     let out = app.reload(req.update_env).await;
+    st.metrics.reload_done(&app.name, out.error.is_none(), out.duration_ms as f64 / 1000.0);
     match &out.error {
         None => Ok(Json(out)),
         Some(e) => Err(ApiErr::new(StatusCode::CONFLICT, "reload_failed", e.clone()).hint("`deployer logs <app>` shows what the new workers printed")),
@@ -166,17 +187,6 @@ async fn scale(State(st): State<Arc<ApiState>>, Path(app): Path<String>, bytes: 
 
 fn failed_to_start(e: String) -> ApiErr {
     ApiErr::new(StatusCode::CONFLICT, "start_failed", e).hint("`deployer logs <app>` shows what the workers printed")
-}
-
-#[derive(Deserialize)]
-struct LogsQuery {
-    lines: Option<usize>,
-}
-
-async fn logs(State(st): State<Arc<ApiState>>, Path(app): Path<String>, Query(q): Query<LogsQuery>) -> Result<Json<LogLines>, ApiErr> {
-    let app = st.supervisor.app(&app)?;
-    let lines = app.logs(q.lines.unwrap_or(100).min(10_000));
-    Ok(Json(LogLines { app: app.name.clone(), lines }))
 }
 
 impl From<DeployError> for ApiErr {

@@ -33,6 +33,9 @@ pub struct AgentConfig {
     /// API bearer tokens. The values come from environment variables, never from this file.
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
+    /// Serve the API over TLS (`https://`) with this certificate and key; plain HTTP when absent.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     /// The apps this agent supervises, by name.
     #[serde(default)]
     pub apps: BTreeMap<String, AppConfig>,
@@ -58,6 +61,16 @@ fn default_bind() -> IpAddr {
 }
 fn default_state_dir() -> PathBuf {
     PathBuf::from("state")
+}
+
+/// The API listener's certificate: PEM files, relative to the config file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// One API token.
@@ -522,6 +535,18 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
 
     if config.state_dir.is_relative() {
         config.state_dir = base.join(&config.state_dir);
+    }
+    if let Some(tls) = &mut config.tls {
+        for (key, file) in [("cert", &mut tls.cert), ("key", &mut tls.key)] {
+            if file.is_relative() {
+                *file = base.join(&*file);
+            }
+            if !file.is_file() {
+                return Err(at(&["tls", key], format!("`tls.{key}`: no file `{}`", file.display()), Some(
+                    "name a PEM file, relative to this config file".into(),
+                )));
+            }
+        }
     }
     let state_dir = config.state_dir.clone();
     // Checked in file order, so that of two clashing apps the error names the one written second.

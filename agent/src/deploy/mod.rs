@@ -5,6 +5,7 @@
 //! queued one survives, the others become `superseded`. Every trigger (API, CLI, webhook, poll)
 //! comes in through [`Deployer::request`].
 
+mod follow;
 mod install;
 mod pipeline;
 pub mod poll;
@@ -187,6 +188,11 @@ impl Deployer {
             }
         }
         Err(DeployError::CannotCancel { id, state: deploy.state })
+    }
+
+    /// The state database (for `/metrics`).
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     pub fn get(&self, id: DeployId) -> Result<Deploy, DeployError> {

@@ -211,6 +211,38 @@ impl Store {
     }
 }
 
+/// Deploys of one app in one state, for `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeployCount {
+    pub app: String,
+    pub state: String,
+    pub count: u64,
+    /// How many of them are finished, and their summed time from queued to final.
+    pub finished: u64,
+    pub duration_ms: u64,
+}
+
+impl Store {
+    /// Deploys by app and state.
+    pub fn deploy_counts(&self) -> Result<Vec<DeployCount>, StateError> {
+        let c = self.conn();
+        let mut stmt = c.prepare(
+            "SELECT app, state, COUNT(*), COUNT(finished_at), COALESCE(SUM(finished_at - queued_at), 0)
+             FROM deploys GROUP BY app, state ORDER BY app, state",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(DeployCount {
+                app: r.get(0)?,
+                state: r.get(1)?,
+                count: r.get::<_, i64>(2)? as u64,
+                finished: r.get::<_, i64>(3)? as u64,
+                duration_ms: r.get::<_, i64>(4)?.max(0) as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
 const DEPLOY_COLUMNS: &str = "id, app, git_ref, sha, trigger, state, who, release, queued_at, finished_at, message";
 
 fn row_to_deploy(r: &rusqlite::Row) -> rusqlite::Result<Deploy> {
@@ -268,6 +300,8 @@ mod tests {
         assert_eq!(states, ["queued", "fetching", "log", "live"]);
         assert_eq!(s.events_after(id, 2).unwrap().len(), 2);
         assert_eq!(s.history("web", 10).unwrap().len(), 1);
+        let counts = s.deploy_counts().unwrap();
+        assert_eq!((counts.len(), counts[0].state.as_str(), counts[0].count, counts[0].finished), (1, "live", 1, 1));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::sync::broadcast;
 
 const RING_LINES: usize = 2000;
 const MAX_LINE: usize = 16 * 1024;
@@ -33,6 +34,9 @@ pub struct LogSink {
     app: String,
     file: Mutex<LogFile>,
     ring: Mutex<VecDeque<LogLine>>,
+    /// Every new line, for `logs --follow`; a follower that lags skips lines rather than slow
+    /// the workers down.
+    live: broadcast::Sender<LogLine>,
 }
 
 #[derive(Debug)]
@@ -52,6 +56,7 @@ impl LogSink {
             app: app.to_string(),
             file: Mutex::new(LogFile { path, file: None, size, max_size, keep }),
             ring: Mutex::new(VecDeque::with_capacity(RING_LINES)),
+            live: broadcast::channel(1024).0,
         }
     }
 
@@ -64,11 +69,21 @@ impl LogSink {
         let stamp = humantime::format_rfc3339_millis(SystemTime::now());
         let text = format!("{stamp} {}-{worker} {}| {line}\n", self.app, stream.as_str());
         self.file.lock().unwrap_or_else(|e| e.into_inner()).append(text.as_bytes());
+        let entry = LogLine { ts_ms, worker, stream: stream.as_str().to_string(), line: line.to_string() };
         let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
         if ring.len() == RING_LINES {
             ring.pop_front();
         }
-        ring.push_back(LogLine { ts_ms, worker, stream: stream.as_str().to_string(), line: line.to_string() });
+        ring.push_back(entry.clone());
+        // Sent under the ring's lock, so a follower's tail and its stream neither overlap nor gap.
+        let _ = self.live.send(entry);
+    }
+
+    /// The last `n` lines, and every line written after them.
+    pub fn follow(&self, n: usize) -> (Vec<LogLine>, broadcast::Receiver<LogLine>) {
+        let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let tail = ring.iter().skip(ring.len().saturating_sub(n)).cloned().collect();
+        (tail, self.live.subscribe())
     }
 
     /// The last `n` lines, oldest first.

@@ -419,6 +419,11 @@ impl App {
         self.ctx.logs.tail(lines)
     }
 
+    /// The last `lines` lines and a receiver of every later one (`logs --follow`).
+    pub fn follow_logs(&self, lines: usize) -> (Vec<LogLine>, tokio::sync::broadcast::Receiver<LogLine>) {
+        self.ctx.logs.follow(lines)
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.ctx.logs.path()
     }

@@ -7,9 +7,13 @@ use clap::Subcommand;
 
 use crate::cli::examples_section;
 use crate::client::{Client, ClientError};
+use crate::fleet::{self, Fleet, file::FleetFile};
 use crate::output;
+use crate::report::Hinted;
+use std::path::PathBuf;
 
 pub mod cancel;
+pub mod completions;
 pub mod deploy;
 pub mod follow;
 pub mod history;
@@ -17,22 +21,43 @@ pub mod lifecycle;
 pub mod logs;
 pub mod ls;
 pub mod one_deploy;
+pub mod push;
 pub mod releases;
 pub mod reload;
 pub mod rollback;
 pub mod scale;
 pub mod show;
+pub mod status;
 
 use lifecycle::Action;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Deploy a commit to every host of an environment of deployer.yaml
+    ///
+    /// The ref (HEAD by default) is resolved to a commit with the local `git`; every host is asked
+    /// to deploy that exact commit: the `canary` hosts first, then the others `max_parallel` at a
+    /// time. Each host's progress shows on its own line. Exits 1 unless every host went live.
+    #[command(after_help = examples_section("
+  deployer push prod                  Deploy HEAD of the current branch to `prod`
+  deployer push staging --ref v1.4.2  Deploy a tag
+  deployer push prod --no-wait        Fail at once if another push of `prod` runs"))]
+    Push(push::Args),
+
+    /// Show every host of an environment: live commit, release, workers, last deploy
+    Status(status::Args),
+
+    /// Print a shell completion script (`deployer completions bash > /etc/bash_completion.d/deployer`)
+    Completions(completions::Args),
+
     /// List every app's workers: pid, cpu, memory, uptime, status
     ///
     /// One row per worker, like `pm2 ls`; an app without workers shows one `stopped` row.
     Ls,
 
     /// Replace an app's workers with new ones, without dropping a request
+    ///
+    /// Given an environment of deployer.yaml, every host reloads, `max_parallel` at a time.
     ///
     /// The agent starts new workers and drains the old ones once the new ones are ready. This
     /// command waits until the reload ended (it can take minutes), and exits with 1 if it failed.
@@ -50,7 +75,9 @@ pub enum Command {
     /// Run a given number of workers for an app
     Scale(scale::Args),
 
-    /// Show the last lines an app's workers wrote to stdout and stderr
+    /// Show the last lines an app's workers wrote to stdout and stderr (-f: and follow)
+    ///
+    /// Given an environment of deployer.yaml, the lines of every host, each prefixed with its host.
     Logs(logs::Args),
 
     /// Deploy a branch or a commit of an app's git repo, without downtime
@@ -64,10 +91,13 @@ pub enum Command {
   deployer deploy web --wait --who ana   Follow the deploy until it is live"))]
     Deploy(deploy::Args),
 
-    /// Show an app's last deploys: state, ref, commit, release, who, when, how long
+    /// Show an app's last deploys (or every host's, given an environment)
     History(history::Args),
 
     /// Put an earlier release of an app back live (the previous one by default)
+    ///
+    /// Given an environment of deployer.yaml, every host of it is rolled back (`--to` then best
+    /// names a commit: release numbers differ between hosts).
     ///
     /// No fetch and no install: the release is on disk already. Like `deploy`, this returns once
     /// the rollback is queued, or follows it with --wait.
@@ -89,16 +119,49 @@ pub enum Command {
     Show(show::Args),
 }
 
-/// What every command needs: the agent's client and how to print.
+/// What every command needs: the agent's client, how to print, where deployer.yaml is.
 pub struct Context {
     pub client: Client,
     /// Print the API's JSON instead of text for people.
     pub json: bool,
+    /// `--file`/`-f` as given.
+    pub file: Option<PathBuf>,
+    /// `--token-env`: the token's variable when an environment names none.
+    pub token_env: String,
+}
+
+impl Context {
+    /// The environment `name` when a deployer.yaml is found and has one by that name: then a
+    /// command acts on the fleet; otherwise on the single agent of `--agent`.
+    pub fn fleet_if_env(&self, name: &str, app: Option<&str>) -> anyhow::Result<Option<Fleet>> {
+        let Some(path) = fleet::locate(self.file.as_deref()) else { return Ok(None) };
+        let file = FleetFile::load(&path)?;
+        if file.environment(name).is_none() {
+            return Ok(None);
+        }
+        Fleet::open(&file, name, app, &self.client, &self.token_env).map(Some)
+    }
+
+    /// The environment `name`, for commands that only act on fleets.
+    pub fn fleet(&self, name: &str, app: Option<&str>) -> anyhow::Result<Fleet> {
+        let Some(path) = fleet::locate(self.file.as_deref()) else {
+            return Err(Hinted::new(
+                format!("no `{}` here or at the git root", fleet::file::FILE_NAME),
+                "write one (see `examples/deployer.yaml`), or name it with --file PATH",
+            )
+            .into());
+        };
+        let file = FleetFile::load(&path)?;
+        Fleet::open(&file, name, app, &self.client, &self.token_env)
+    }
 }
 
 impl Command {
     pub async fn run(self, ctx: &Context) -> anyhow::Result<ExitCode> {
         let result = match self {
+            Command::Push(args) => push::run(ctx, args).await,
+            Command::Status(args) => status::run(ctx, args).await,
+            Command::Completions(args) => completions::run(args),
             Command::Ls => ls::run(ctx).await,
             Command::Reload(args) => reload::run(ctx, args).await,
             Command::Restart(args) => lifecycle::run(ctx, Action::Restart, args).await,

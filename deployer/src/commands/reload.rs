@@ -7,11 +7,16 @@ use deployer_wire::ReloadRequest;
 
 use super::Context;
 use crate::client::ClientError;
+use crate::fleet::Fleet;
+use crate::fleet::rollout::reason;
+use futures_util::StreamExt;
+use serde::Serialize;
 use crate::output::{self, DIM};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The app, as named in the agent's config
+    /// The app, as named in the agent's config; or an environment of deployer.yaml
+    #[arg(value_name = "APP|ENV")]
     pub app: String,
 
     /// Re-read the agent's config file, `env` and `env_file` before starting the new workers
@@ -20,6 +25,9 @@ pub struct Args {
 }
 
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(fleet) = ctx.fleet_if_env(&args.app, None)? {
+        return run_fleet(ctx, &fleet, args.update_env).await;
+    }
     let failed = || format!("reload of `{}` failed", args.app);
     let request = ReloadRequest { update_env: args.update_env };
 
@@ -61,4 +69,49 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
 
 fn is_reload_failure(err: &ClientError) -> bool {
     matches!(err, ClientError::Api { body, .. } if body.code == "reload_failed")
+}
+
+/// One host of `deployer reload <env> --json`.
+#[derive(Debug, Serialize)]
+pub struct HostReload {
+    /// The agent's URL.
+    pub host: String,
+    pub app: String,
+    pub ok: bool,
+    pub replaced: u32,
+    pub duration_ms: u64,
+    pub error: Option<String>,
+}
+
+/// Every host reloads, `max_parallel` at a time (so capacity never drops on more hosts at once).
+async fn run_fleet(ctx: &Context, fleet: &Fleet, update_env: bool) -> anyhow::Result<ExitCode> {
+    let request = ReloadRequest { update_env };
+    let parallel = fleet.env.rollout.max_parallel.get();
+    let results: Vec<HostReload> = futures_util::stream::iter(fleet.hosts.iter().map(|(_, client)| {
+        let request = request.clone();
+        async move {
+            let started = std::time::Instant::now();
+            let host = client.agent();
+            match client.reload(&fleet.app, &request).await {
+                Ok(o) => HostReload { host, app: fleet.app.clone(), ok: o.ok, replaced: o.replaced, duration_ms: o.duration_ms, error: o.error },
+                Err(e) => HostReload { host, app: fleet.app.clone(), ok: false, replaced: 0, duration_ms: started.elapsed().as_millis() as u64, error: Some(reason(&e)) },
+            }
+        }
+    }))
+    .buffered(parallel)
+    .collect()
+    .await;
+    if ctx.json {
+        output::print_json(&results)?;
+    } else {
+        for r in &results {
+            if r.ok {
+                output::print_success(&format!("{}: reloaded {}, {} replaced in {}", r.host, r.app, output::count(r.replaced, "worker"), output::human_elapsed(r.duration_ms)));
+            } else {
+                let style = output::FAILURE;
+                anstream::println!("{style}✗{style:#} {}: {}", r.host, r.error.as_deref().unwrap_or("failed"));
+            }
+        }
+    }
+    Ok(if results.iter().all(|r| r.ok) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

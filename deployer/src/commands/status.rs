@@ -1,0 +1,83 @@
+//! `deployer status <env>`: every host of an environment at once: the commit and release it
+//! serves, its workers, its last deploy. A host that does not answer is a row that says so.
+
+use std::process::ExitCode;
+
+use futures_util::future::join_all;
+
+use super::Context;
+use crate::client::Client;
+use crate::fleet::rollout::reason;
+use crate::output::{self, fleet::{HostStatus, LastDeploy, status_table}};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The environment, as named in deployer.yaml
+    #[arg(value_name = "ENV")]
+    pub env: String,
+
+    /// The app [default: deployer.yaml's `app`]
+    #[arg(long, value_name = "APP")]
+    pub app: Option<String>,
+}
+
+pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
+    let fleet = ctx.fleet(&args.env, args.app.as_deref())?;
+    let now = output::now_ms();
+    let hosts = join_all(fleet.hosts.iter().map(|(_, client)| host_status(client, &fleet.app, now))).await;
+    if ctx.json {
+        output::print_json(&hosts)?;
+    } else {
+        anstream::println!("{}", status_table(&hosts, now, output::stdout_colour()));
+    }
+    // Status reports; it fails only when no host answered at all.
+    Ok(if hosts.iter().any(|h| h.reachable) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+async fn host_status(client: &Client, app: &str, now: u64) -> HostStatus {
+    let mut status = HostStatus {
+        host: client.agent(),
+        app: app.to_owned(),
+        reachable: false,
+        error: None,
+        app_state: None,
+        sha: None,
+        release: None,
+        workers_up: 0,
+        workers_total: 0,
+        last_deploy: None,
+    };
+    let (shown, releases, history) = tokio::join!(client.app(app), client.releases(app), client.deploys(app, 1));
+    match shown {
+        Ok(a) => {
+            status.reachable = true;
+            status.app_state = Some(a.state);
+            status.workers_total = a.instances;
+            status.workers_up = a.workers.iter().filter(|w| w.state == "online").count() as u32;
+        }
+        Err(e @ crate::client::ClientError::Api { .. }) => {
+            status.reachable = true;
+            status.error = Some(reason(&e));
+        }
+        Err(e) => {
+            status.error = Some(reason(&e));
+            return status;
+        }
+    }
+    if let Some(current) = releases.ok().and_then(|rs| rs.into_iter().find(|r| r.current)) {
+        status.sha = Some(current.sha);
+        status.release = Some(current.name);
+    }
+    if let Some(d) = history.ok().and_then(|h| h.into_iter().next()) {
+        status.last_deploy = Some(LastDeploy {
+            id: d.id,
+            state: d.state,
+            git_ref: d.git_ref,
+            sha: d.sha,
+            queued_at_ms: d.queued_at_ms,
+            finished_at_ms: d.finished_at_ms,
+            age_ms: now.saturating_sub(d.queued_at_ms),
+        });
+    }
+    status
+}

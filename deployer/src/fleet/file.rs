@@ -1,0 +1,234 @@
+//! `deployer.yaml`: the app's environments, their hosts (agent URLs), the token's source, and how
+//! a push rolls out across the hosts.
+//!
+//! ```yaml
+//! app: web
+//! environments:
+//!   prod:
+//!     hosts: [https://web1.internal:7070, https://web2.internal:7070]
+//!     token_env: DEPLOYER_PROD_TOKEN
+//!     rollout: { canary: 1, max_parallel: 2, halt_on_failure: true, rollback_on_failure: true }
+//! ```
+//! Found in the current directory, then at the git work tree's root; `-f PATH` names another.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+
+use reqwest::Url;
+use serde::Deserialize;
+
+use super::file_error::{FileError, locate_key};
+
+/// The file's name, looked for in the current directory and the git root.
+pub const FILE_NAME: &str = "deployer.yaml";
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetFile {
+    /// The app every environment deploys, as named in the agents' configs (`--app` overrides).
+    #[serde(default)]
+    pub app: Option<String>,
+    /// Environments by name (`prod`, `staging`).
+    pub environments: BTreeMap<String, Environment>,
+    /// Where the file was read from (not in the file).
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+/// One environment: a set of hosts deployed together.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Environment {
+    /// The agents of the environment, by API URL; the first one also keeps the push lock.
+    pub hosts: Vec<Host>,
+    /// The environment variable holding this environment's API token [default: `--token-env`,
+    /// itself `DEPLOYER_TOKEN` by default].
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// A PEM certificate to trust for `https://` hosts (a private CA, or a self-signed agent
+    /// certificate), relative to deployer.yaml.
+    #[serde(default)]
+    pub ca_cert: Option<PathBuf>,
+    /// An app other than the file's `app`, for this environment.
+    #[serde(default)]
+    pub app: Option<String>,
+    #[serde(default)]
+    pub rollout: Rollout,
+}
+
+/// How a push moves across the hosts of an environment.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Rollout {
+    /// Hosts deployed first, alone; the rest start only if they all went live.
+    pub canary: usize,
+    /// Hosts deployed at the same time after the canaries.
+    pub max_parallel: NonZeroUsize,
+    /// After a host fails, start no other host (those already going finish).
+    pub halt_on_failure: bool,
+    /// After a host fails, put the hosts already moved back on their previous release.
+    pub rollback_on_failure: bool,
+}
+
+impl Default for Rollout {
+    fn default() -> Self {
+        Rollout { canary: 0, max_parallel: NonZeroUsize::MIN, halt_on_failure: true, rollback_on_failure: false }
+    }
+}
+
+/// An agent's API URL, checked when the file is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host(pub Url);
+
+impl Host {
+    /// `web1.internal:7070`: the host as the progress lines and tables show it.
+    pub fn label(&self) -> String {
+        let url = &self.0;
+        let mut label = url.host_str().unwrap_or("?").to_owned();
+        if let Some(port) = url.port() {
+            label.push_str(&format!(":{port}"));
+        }
+        let path = url.path().trim_end_matches('/');
+        label.push_str(path);
+        label
+    }
+}
+
+impl<'de> Deserialize<'de> for Host {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_host(&text).map(Host).map_err(serde::de::Error::custom)
+    }
+}
+
+fn parse_host(text: &str) -> Result<Url, String> {
+    if !text.contains("://") {
+        return Err(format!("host `{text}` has no scheme; write `http://{text}`"));
+    }
+    let url = Url::parse(text).map_err(|e| format!("host `{text}` is not a URL ({e})"))?;
+    match url.scheme() {
+        "http" | "https" if url.host_str().is_some() => Ok(url),
+        "http" | "https" => Err(format!("host `{text}` names no host")),
+        other => Err(format!("host `{text}`: the agent speaks `http` or `https`, not `{other}`")),
+    }
+}
+
+impl FleetFile {
+    /// Reads and checks the file at `path`.
+    pub fn load(path: &Path) -> Result<FleetFile, FileError> {
+        let text = std::fs::read_to_string(path).map_err(|e| FileError::io(path, e))?;
+        FleetFile::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<FleetFile, FileError> {
+        let mut file: FleetFile = serde_yaml_ng::from_str(text).map_err(|e| FileError::from_yaml(path, e))?;
+        file.path = path.to_path_buf();
+        for (name, env) in &file.environments {
+            let at = |key: &str| locate_key(text, &["environments", name, key]).or_else(|| locate_key(text, &["environments", name]));
+            if env.hosts.is_empty() {
+                return Err(FileError::at(path, at("hosts"), format!("environment `{name}` has no hosts"), Some("write `hosts: [http://127.0.0.1:7070]`, one agent URL per host".into())));
+            }
+            if env.rollout.canary >= env.hosts.len() && env.rollout.canary > 0 {
+                let (line, col) = locate_key(text, &["environments", name, "rollout", "canary"]).or_else(|| at("rollout")).unwrap_or((0, 0));
+                return Err(FileError::at(
+                    path,
+                    Some((line, col)),
+                    format!("environment `{name}` has {} hosts, so `canary: {}` leaves none for the rollout", env.hosts.len(), env.rollout.canary),
+                    Some(format!("write `canary: {}` or fewer", env.hosts.len().saturating_sub(1))),
+                ));
+            }
+            // The value is not echoed: it may be a token pasted in by mistake.
+            if env.token_env.as_ref().is_some_and(|v| v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')) {
+                return Err(FileError::at(path, at("token_env"), format!("environment `{name}`: `token_env` is not an environment variable name"), Some("write the variable's name (letters, digits, `_`), like `token_env: DEPLOYER_PROD_TOKEN`, never the token".into())));
+            }
+        }
+        Ok(file)
+    }
+
+    /// `deployer.yaml` in `dir`, else at the root of the git work tree `dir` is in.
+    pub fn discover(dir: &Path) -> Option<PathBuf> {
+        let here = dir.join(FILE_NAME);
+        if here.is_file() {
+            return Some(here);
+        }
+        let root = super::git::work_tree_root(dir)?;
+        let there = root.join(FILE_NAME);
+        there.is_file().then_some(there)
+    }
+
+    /// The environment `name`, or an error listing the ones there are.
+    pub fn environment(&self, name: &str) -> Option<&Environment> {
+        self.environments.get(name)
+    }
+
+    /// The names of the environments, for error hints.
+    pub fn names(&self) -> String {
+        self.environments.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<FleetFile, FileError> {
+        FleetFile::parse(Path::new("deployer.yaml"), text)
+    }
+
+    #[test]
+    fn the_example_reads() {
+        let f = parse(
+            "app: web\nenvironments:\n  prod:\n    hosts: [https://web1.internal:7070, http://10.0.0.2:7070]\n    token_env: DEPLOYER_PROD_TOKEN\n    rollout: { canary: 1, max_parallel: 2, halt_on_failure: true }\n  staging:\n    hosts: [http://127.0.0.1:7070]\n",
+        )
+        .unwrap();
+        let prod = f.environment("prod").unwrap();
+        assert_eq!(prod.hosts.len(), 2);
+        assert_eq!(prod.hosts[0].label(), "web1.internal:7070");
+        assert_eq!((prod.rollout.canary, prod.rollout.max_parallel.get()), (1, 2));
+        assert!(prod.rollout.halt_on_failure && !prod.rollout.rollback_on_failure);
+        let staging = f.environment("staging").unwrap();
+        assert_eq!((staging.rollout.canary, staging.rollout.max_parallel.get()), (0, 1));
+    }
+
+    #[test]
+    fn the_shipped_example_reads() {
+        let f = parse(include_str!("../../../examples/deployer.yaml")).unwrap();
+        let prod = f.environment("prod").unwrap();
+        assert_eq!((prod.hosts.len(), prod.rollout.canary, prod.rollout.max_parallel.get()), (3, 1, 2));
+        assert!(prod.rollout.rollback_on_failure);
+        assert_eq!(prod.token_env.as_deref(), Some("DEPLOYER_PROD_TOKEN"));
+    }
+
+    #[test]
+    fn unknown_keys_name_the_place_and_the_fix() {
+        let e = parse("app: web\nenvironments:\n  prod:\n    hosts: [http://a:1]\n    rollout: { canary: 0, max_paralel: 2 }\n").unwrap_err();
+        let shown = e.to_string();
+        assert!(shown.starts_with("deployer.yaml:5:"), "{shown}");
+        assert!(shown.contains("unknown field `max_paralel`"), "{shown}");
+        assert!(shown.contains("hint: did you mean `max_parallel`?"), "{shown}");
+    }
+
+    #[test]
+    fn hosts_must_be_agent_urls() {
+        let e = parse("environments:\n  prod:\n    hosts:\n      - http://a:1\n      - 10.0.0.5:7070\n").unwrap_err().to_string();
+        // serde_yaml_ng places a wrong element at the start of its list.
+        assert!(e.starts_with("deployer.yaml:4:7: environments.prod.hosts: host `10.0.0.5:7070` has no scheme"), "{e}");
+        assert!(e.contains("write `http://10.0.0.5:7070`"), "{e}");
+    }
+
+    #[test]
+    fn rollout_numbers_are_checked_where_written() {
+        let e = parse("environments:\n  prod:\n    hosts: [http://a:1]\n    rollout:\n      canary: 1\n").unwrap_err().to_string();
+        assert!(e.starts_with("deployer.yaml:5:7: environment `prod` has 1 hosts"), "{e}");
+        assert!(e.contains("hint: write `canary: 0` or fewer"), "{e}");
+        let e = parse("environments:\n  prod:\n    hosts: [http://a:1]\n    rollout: { max_parallel: 0 }\n").unwrap_err().to_string();
+        assert!(e.starts_with("deployer.yaml:4:"), "{e}");
+        let e = parse("environments:\n  prod:\n    hosts: [http://a:1]\n    token_env: \"s3cr3t-token!\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("deployer.yaml:4:5: environment `prod`: `token_env` is not an environment variable name"), "{e}");
+        assert!(!e.contains("s3cr3t"), "the value may be a secret: {e}");
+        let e = parse("environments:\n  prod:\n    hosts: []\n").unwrap_err().to_string();
+        assert!(e.starts_with("deployer.yaml:3:5: environment `prod` has no hosts"), "{e}");
+    }
+}
