@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod deploy;
 pub mod front;
 pub mod quickstart;
+pub mod report;
 pub mod source;
 pub mod state;
 pub mod supervisor;
