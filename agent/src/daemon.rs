@@ -1,6 +1,7 @@
 //! The agent's life: load the config, start the supervisor, serve the API, handle signals.
 
-use crate::api::{self, ApiState};
+use crate::api::{self, ApiState, WebhookStats};
+use crate::report::Reporter;
 use crate::cli::{Cli, Command};
 use crate::config;
 use crate::deploy::Deployer;
@@ -64,8 +65,10 @@ async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
     let supervisor = Supervisor::start(&loaded).await?;
     let store = Arc::new(Store::open(&loaded.config.state_dir.join("agent.db"))?);
     let stop_deploys = CancellationToken::new();
-    let deployer = Deployer::start(store, supervisor.clone(), stop_deploys.clone())?;
-    let state = Arc::new(ApiState { supervisor: supervisor.clone(), deployer, tokens: RwLock::new(loaded.tokens.clone()) });
+    // Reports first: the deploys that start now are reported too.
+    let reporter = Reporter::start(store.clone(), &loaded.config, stop_deploys.clone());
+    let deployer = Deployer::start(store.clone(), supervisor.clone(), stop_deploys.clone())?;
+    let state = Arc::new(ApiState { supervisor: supervisor.clone(), deployer, tokens: RwLock::new(loaded.tokens.clone()), store, webhooks: WebhookStats::default() });
     let stop_api = CancellationToken::new();
     let api = tokio::spawn(
         axum::serve(listener, api::router(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>())
@@ -85,6 +88,7 @@ async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
                 Ok(fresh) => {
                     tracing::info!("SIGHUP: applying the re-read config");
                     *state.tokens.write().unwrap_or_else(|e| e.into_inner()) = fresh.tokens.clone();
+                    reporter.apply(&fresh.config);
                     if let Err(e) = supervisor.apply(&fresh).await {
                         tracing::error!(error = %e, "could not apply all of the new config");
                     }

@@ -11,4 +11,6 @@ mod config;
 mod fronts;
 mod lifecycle;
 mod reload;
+mod reports;
 mod supervise;
+mod triggers;

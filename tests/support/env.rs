@@ -175,6 +175,10 @@ pub struct TestEnv {
     /// (name, scopes) of tokens beyond `admin`.
     tokens: Vec<(String, Vec<String>)>,
     wait_online: bool,
+    /// Top-level keys of `agent.yaml` beyond the ones every test has (`report`, `report_retry`).
+    agent_keys: BTreeMap<&'static str, String>,
+    /// Variables in the agent's environment (webhook and report secrets).
+    agent_env: BTreeMap<String, String>,
 }
 
 impl Default for TestEnv {
@@ -189,7 +193,22 @@ impl TestEnv {
             apps: vec![AppSpec::new("web")],
             tokens: Vec::new(),
             wait_online: true,
+            agent_keys: BTreeMap::new(),
+            agent_env: BTreeMap::new(),
         }
+    }
+
+    /// A top-level key of the agent's config, its value written as YAML:
+    /// `agent_set("report_retry", "{ first: 100ms, max: 1s }")`.
+    pub fn agent_set(mut self, key: &'static str, yaml: &str) -> Self {
+        self.agent_keys.insert(key, yaml.into());
+        self
+    }
+
+    /// A variable in the agent's environment (a webhook or report secret).
+    pub fn agent_env(mut self, name: &str, value: &str) -> Self {
+        self.agent_env.insert(name.into(), value.into());
+        self
     }
 
     /// Change the app `web`.
@@ -409,6 +428,7 @@ impl Setup {
         for t in &self.tokens {
             cmd.env(&t.var, &t.value);
         }
+        cmd.envs(&self.env.agent_env);
         cmd
     }
 
@@ -443,7 +463,10 @@ impl Setup {
                 }
             }
         }
-        let text = render(self.api_port, &self.tokens, &self.env.apps);
+        let mut text = render(self.api_port, &self.tokens, &self.env.apps);
+        for (k, v) in &self.env.agent_keys {
+            let _ = writeln!(text, "{k}: {v}");
+        }
         std::fs::write(self.config_path(), text).expect("write agent.yaml");
     }
 }

@@ -4,9 +4,13 @@
 //! ([`deployer_wire::ApiError`]) produced in one place ([`ApiErr`]).
 
 mod auth;
+mod hooks;
+
+pub use hooks::{WebhookCounts, WebhookStats};
 
 use crate::config::{ResolvedToken, Scope};
 use crate::deploy::{DeployError, Deployer, Target};
+use crate::state::Store;
 use crate::supervisor::{Supervisor, SupervisorError};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{Method, StatusCode, header};
@@ -27,6 +31,9 @@ pub struct ApiState {
     pub deployer: Arc<Deployer>,
     /// Replaced on SIGHUP.
     pub tokens: RwLock<Vec<ResolvedToken>>,
+    /// Webhook delivery ids already handled live here.
+    pub store: Arc<Store>,
+    pub webhooks: WebhookStats,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -46,9 +53,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/deploys/{id}", get(show_deploy))
         .route("/deploys/{id}/cancel", post(cancel_deploy))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    // Outside the token layer: the signature is the authentication. Up to 1 MiB, then 413.
+    let webhooks = Router::new().route("/hooks/{app}", post(hooks::receive).layer(DefaultBodyLimit::max(::hooks::MAX_BODY)));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .nest(deployer_wire::API_PREFIX, v1)
+        .merge(webhooks)
         .fallback(|| async { ApiErr::new(StatusCode::NOT_FOUND, "not_found", "no such route".into()) })
         .layer(DefaultBodyLimit::max(64 * 1024))
         .with_state(state)

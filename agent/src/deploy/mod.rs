@@ -95,8 +95,8 @@ impl Deployer {
                 tracing::info!(app = %app.name, branch = %cfg.branch, "no release yet: deploying the branch head");
                 d.request(&app.name, Target::Ref(cfg.branch.clone()), "startup", None)?;
             }
-            if let Some(every) = cfg.poll {
-                tokio::spawn(d.clone().poll(app.name.clone(), every.0));
+            if let Some(schedule) = poll::Schedule::of(&cfg) {
+                tokio::spawn(d.clone().poll(app.name.clone(), schedule));
             }
         }
         Ok(d)
@@ -134,6 +134,9 @@ impl Deployer {
                 format!("rollback:{name}")
             }
         };
+        if let Some(joined) = self.join_queued(app, &target) {
+            return Ok(joined);
+        }
         let id = self.store.insert_deploy(app, &label, trigger, who)?;
         if let Some(live) = self.live_release_for(&a, &target)? {
             let message = format!("{label} is already live (release {live}): nothing to do");
@@ -150,6 +153,20 @@ impl Deployer {
         }
         queue.wake.notify_one();
         Ok(DeployAccepted { id, app: app.to_string(), state: DeployState::Queued.as_str().into(), message: None })
+    }
+
+    /// A request for exactly what is already queued joins that deploy instead of superseding it:
+    /// a burst of webhooks for one branch makes one deploy, not one per delivery.
+    fn join_queued(&self, app: &str, target: &Target) -> Option<DeployAccepted> {
+        let queue = self.queue_if_any(app)?;
+        let pending = queue.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let job = pending.as_ref().filter(|j| j.target == *target)?;
+        Some(DeployAccepted {
+            id: job.id,
+            app: app.to_string(),
+            state: DeployState::Queued.as_str().into(),
+            message: Some(format!("joined deploy #{}, queued for the same ref", job.id)),
+        })
     }
 
     /// The live release, when `target` is a sha it already runs (a branch must be fetched first).
