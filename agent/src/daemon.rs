@@ -67,6 +67,7 @@ async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
     let stop_deploys = CancellationToken::new();
     // Reports first: the deploys that start now are reported too.
     let reporter = Reporter::start(store.clone(), &loaded.config, stop_deploys.clone());
+    tokio::spawn(crate::report::watch_workers(supervisor.clone(), store.clone(), reporter.clone(), stop_deploys.clone()));
     let deployer = Deployer::start(store.clone(), supervisor.clone(), stop_deploys.clone())?;
     let state = Arc::new(ApiState { supervisor: supervisor.clone(), deployer, tokens: RwLock::new(loaded.tokens.clone()), store, webhooks: WebhookStats::default() });
     let stop_api = CancellationToken::new();

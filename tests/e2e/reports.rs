@@ -107,3 +107,23 @@ fn github_commit_statuses_follow_the_deploy() {
     assert_eq!(r.method, "POST");
     assert_eq!(r.header("authorization"), Some("Bearer gh-token-123"));
 }
+
+#[test]
+fn a_worker_that_errors_is_reported_with_its_output() {
+    let receiver = Receiver::start(Mode::Status(200));
+    let _agent = TestEnv::new()
+        .start_command(&["node", &deployer_tests::fixture("crashes.js")])
+        .env("CRASH_INSTANCE", "1")
+        .restart(2, "5s", "100ms")
+        .dont_wait_for_workers()
+        .agent_set("report", &format!("[{{ url: \"{}\" }}]", receiver.url("/events")))
+        .start();
+    let errored = || receiver.received().into_iter().filter(|r| r.json()["event"] == "worker.errored").collect::<Vec<_>>();
+    assert!(wait_until(Duration::from_secs(20), || !errored().is_empty()), "{:#?}", receiver.received());
+    let body = errored()[0].json();
+    assert_eq!((body["app"].as_str(), body["worker"].as_u64()), (Some("web"), Some(1)), "{body:#}");
+    assert!(body["output_tail"].to_string().contains("crashing on purpose"), "{body:#}");
+    assert!(errored()[0].header("x-deployer-signature").is_none(), "no secret, no signature");
+    // Once per errored worker, not once per look.
+    assert!(!wait_until(Duration::from_secs(3), || errored().len() > 1), "{:#?}", errored());
+}

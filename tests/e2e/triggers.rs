@@ -227,3 +227,16 @@ fn a_commit_that_left_the_branch_is_not_deployed() {
     assert!(d.message.as_deref().is_some_and(|m| m.contains("is not on branch `main`")), "{d:#?}");
     assert!(!agent.current_release("web").unwrap_or_default().ends_with(short(&dropped)));
 }
+
+#[test]
+fn deployer_pull_checks_now_and_deploys_what_moved() {
+    let repo = TestRepo::with_example_app();
+    let agent = TestEnv::new().web(|a: AppSpec| a.repo(&repo).instances(1)).start();
+    let sha = repo.commit_greeting("pulled");
+    let out = agent.cli(&["pull", "web", "--wait"]);
+    assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
+    assert!(agent.current_release("web").is_some_and(|r| r.ends_with(short(&sha))));
+    let again = agent.cli(&["pull", "web"]);
+    assert!(again.status.success(), "{}{}", again.stdout, again.stderr);
+    assert!(again.stdout.contains("nothing to do"), "{}", again.stdout);
+}

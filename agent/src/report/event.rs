@@ -114,6 +114,8 @@ pub struct WorkerEventBody<'a> {
     pub message: &'a str,
     pub release: Option<&'a str>,
     pub at_ms: u64,
+    /// The last lines the worker wrote.
+    pub output_tail: &'a [String],
 }
 
 /// GitHub's commit status for a deploy change: (`pending|success|failure|error`, description).

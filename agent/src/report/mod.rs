@@ -11,6 +11,9 @@
 
 pub mod event;
 pub mod send;
+mod watch;
+
+pub use watch::watch_workers;
 
 use crate::config::{AgentConfig, ReportConfig, RetryConfig};
 use crate::state::{Change, DeployFacts, NewReport, ReportRules, StateError, Store, now_ms};
@@ -68,10 +71,10 @@ impl Reporter {
     }
 
     /// Queue `worker.errored` for `app`'s webhook destinations.
-    pub fn worker_errored(&self, store: &Store, app: &str, worker: u32, message: &str, release: Option<&str>) -> Result<(), StateError> {
+    pub fn worker_errored(&self, store: &Store, app: &str, worker: u32, message: &str, release: Option<&str>, output_tail: &[String]) -> Result<(), StateError> {
         let t = self.targets.read().unwrap_or_else(|e| e.into_inner()).clone();
         let at_ms = now_ms();
-        let body = WorkerEventBody { event: EventKind::WorkerErrored.name(), app, host: &t.host, worker, message, release, at_ms };
+        let body = WorkerEventBody { event: EventKind::WorkerErrored.name(), app, host: &t.host, worker, message, release, at_ms, output_tail };
         let Ok(body) = serde_json::to_string(&body) else { return Ok(()) };
         let key = format!("{}:{app}:worker-{worker}:{at_ms}", t.host);
         let reports: Vec<NewReport> = t
