@@ -134,7 +134,7 @@ pub struct AppConfig {
     pub poll: Option<Dur>,
     /// Pull mode on a schedule instead: `cron: "*/5 * * * *"` (UTC; not together with `poll`).
     #[serde(default)]
-    pub cron: Option<CronSchedule>,
+    pub cron: Option<String>,
     /// Signed push webhooks at `POST /hooks/<app>`: `{ provider: github, secret_env: NAME }`.
     #[serde(default)]
     pub webhook: Option<WebhookConfig>,
@@ -638,6 +638,11 @@ fn check_triggers(name: &str, app: &mut AppConfig, at: &At<'_>) -> Result<(), Co
         return Err(at(&["apps", name, "cron"], format!("app `{name}` has both `poll` and `cron`"), Some(
             "pull mode runs on one schedule: keep `poll: 30s` (an interval) or `cron: \"*/5 * * * *\"` (times of day)".into(),
         )));
+    }
+    if let Some(text) = &app.cron {
+        text.parse::<CronSchedule>().map_err(|e| at(&["apps", name, "cron"], e, Some(
+            "write five fields, minute hour day month weekday, like `\"*/5 * * * *\"` (every 5 minutes, UTC)".into(),
+        )))?;
     }
     let needs_repo = |key: &str| at(&["apps", name, key], format!("app `{name}` has `{key}` but no `repo`"), Some(
         "pull mode, webhooks and reports are about git deploys: add `repo:` to the app".into(),

@@ -39,9 +39,9 @@ impl WebhookConfig {
 }
 
 /// `cron: "*/5 * * * *"`: check the branch head at these times (five fields, or six with seconds
-/// first), in UTC.
-#[derive(Clone, Deserialize)]
-#[serde(try_from = "String")]
+/// first), in UTC. Read as text by serde and parsed by the config checks, so that a mistake is
+/// reported at the `cron` key.
+#[derive(Clone)]
 pub struct CronSchedule {
     pub text: String,
     pub cron: croner::Cron,
@@ -53,18 +53,13 @@ impl fmt::Debug for CronSchedule {
     }
 }
 
-impl PartialEq for CronSchedule {
-    fn eq(&self, other: &Self) -> bool {
-        self.text == other.text
-    }
-}
-
-impl TryFrom<String> for CronSchedule {
-    type Error = String;
-    fn try_from(text: String) -> Result<Self, String> {
-        let cron = croner::Cron::from_str(text.trim())
-            .map_err(|e| format!("invalid `cron: {text}`: {e}; write five fields like `*/5 * * * *` (minute hour day month weekday)"))?;
-        Ok(CronSchedule { text, cron })
+impl FromStr for CronSchedule {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let cron = croner::Cron::from_str(text.trim()).map_err(|e| {
+            format!("invalid `cron: {text}`: {}", e.to_string().trim_end_matches('.'))
+        })?;
+        Ok(CronSchedule { text: text.to_string(), cron })
     }
 }
 
@@ -82,12 +77,63 @@ mod tests {
 
     #[test]
     fn cron_ticks_on_its_schedule() {
-        let every5: CronSchedule = "*/5 * * * *".to_string().try_into().unwrap();
+        let every5: CronSchedule = "*/5 * * * *".parse().unwrap();
         let now = chrono::DateTime::parse_from_rfc3339("2026-01-01T10:03:30Z").unwrap().with_timezone(&chrono::Utc);
         assert_eq!(every5.until_next(now), Some(std::time::Duration::from_secs(90)));
-        let every_second: CronSchedule = "* * * * * *".to_string().try_into().unwrap();
+        let every_second: CronSchedule = "* * * * * *".parse().unwrap();
         assert_eq!(every_second.until_next(now), Some(std::time::Duration::from_secs(1)));
-        assert!(CronSchedule::try_from("every day".to_string()).unwrap_err().contains("`cron: every day`"));
+        assert!("every day".parse::<CronSchedule>().unwrap_err().contains("`cron: every day`"));
+    }
+
+    fn parse(yaml: &str) -> Result<crate::config::Loaded, crate::config::ConfigError> {
+        crate::config::parse(std::path::Path::new("/nonexistent/agent.yaml"), yaml)
+    }
+
+    const APP: &str = "apps:\n  web:\n    repo: https://github.com/acme/web.git\n    start: node app.js\n    proxy: none\n";
+
+    #[test]
+    fn poll_and_cron_together_is_an_error_naming_both() {
+        let e = parse(&format!("{APP}    poll: 30s\n    cron: \"*/5 * * * *\"\n")).unwrap_err();
+        assert_eq!((e.line, e.col), (7, 5), "{e}");
+        assert!(e.message.contains("both `poll` and `cron`"), "{e}");
+        let ok = parse(&format!("{APP}    cron: \"*/5 * * * *\"\n")).unwrap();
+        assert_eq!(ok.config.apps["web"].cron.as_deref(), Some("*/5 * * * *"));
+    }
+
+    #[test]
+    fn a_bad_cron_is_located() {
+        let e = parse(&format!("{APP}    cron: \"every 5 minutes\"\n")).unwrap_err();
+        assert_eq!((e.line, e.col), (6, 5), "{e}");
+        assert!(e.message.contains("invalid `cron: every 5 minutes`"), "{e}");
+        assert!(e.hint.as_deref().is_some_and(|h| h.contains("*/5 * * * *")), "{e}");
+    }
+
+    #[test]
+    fn a_webhook_needs_its_secret_in_the_environment() {
+        let e = parse(&format!("{APP}    webhook: {{ provider: github, secret_env: DEPLOYER_TEST_UNSET_SECRET }}\n")).unwrap_err();
+        assert_eq!(e.line, 6, "{e}");
+        assert!(e.message.contains("`DEPLOYER_TEST_UNSET_SECRET`, which is not set"), "{e}");
+        let e = parse(&format!("{APP}    webhook: {{ provider: gitlab, secret_env: PATH, header: X-Sig }}\n")).unwrap_err();
+        assert!(e.message.contains("`header` is for `provider: generic`"), "{e}");
+        let e = parse(&format!("{APP}    webhook: {{ provider: bitbucket, secret_env: PATH }}\n")).unwrap_err();
+        assert!(e.message.contains("unknown webhook provider `bitbucket`"), "{e}");
+        // PATH is always set: a stand-in secret.
+        let ok = parse(&format!("{APP}    webhook: {{ provider: generic, secret_env: PATH, header: X-Sig }}\n")).unwrap();
+        let hook = ok.config.apps["web"].webhook.clone().unwrap();
+        assert_eq!(hook.resolved_provider().unwrap(), hooks::Provider::Generic { header: "X-Sig".into() });
+    }
+
+    #[test]
+    fn reports_are_checked_and_github_repos_derived() {
+        let ok = parse(&format!("{APP}    report: [{{ github_status: {{ token_env: PATH }} }}, {{ url: https://hooks.example/d, secret_env: PATH }}]\n")).unwrap();
+        let reports = &ok.config.apps["web"].report;
+        let crate::config::ReportConfig::GithubStatus(gh) = &reports[0] else { panic!("{reports:?}") };
+        assert_eq!((gh.repo.as_deref(), gh.api_url.as_str()), (Some("acme/web"), "https://api.github.com"));
+        let e = parse(&format!("{APP}    report: [{{ url: ftp://x }}]\n")).unwrap_err();
+        assert!(e.message.contains("must start with `https://`"), "{e}");
+        let e = parse(&format!("report: [{{ url: https://x, secret_env: DEPLOYER_TEST_UNSET_SECRET }}]\n{APP}")).unwrap_err();
+        assert_eq!(e.line, 1, "{e}");
+        assert!(e.message.contains("`DEPLOYER_TEST_UNSET_SECRET`, which is not set"), "{e}");
     }
 
     #[test]

@@ -21,7 +21,8 @@ impl Schedule {
     /// The app's pull schedule, if it has one (config checks make `poll` and `cron` exclusive).
     pub fn of(cfg: &AppConfig) -> Option<Schedule> {
         match (&cfg.cron, cfg.poll) {
-            (Some(c), _) => Some(Schedule::Cron(c.clone())),
+            // Checked when the config was loaded.
+            (Some(text), _) => text.parse().ok().map(Schedule::Cron),
             (None, Some(every)) => Some(Schedule::Every(every.0)),
             (None, None) => None,
         }
