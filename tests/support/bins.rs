@@ -24,7 +24,8 @@ pub fn bin(name: &str) -> PathBuf {
 fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable's path");
     let dir = exe.parent().expect("the test executable's directory");
-    let dir = if dir.ends_with("deps") {
+    // Tests run from `target/<profile>/deps`, examples from `target/<profile>/examples`.
+    let dir = if dir.ends_with("deps") || dir.ends_with("examples") {
         dir.parent().expect("target/<profile>")
     } else {
         dir
