@@ -676,17 +676,16 @@ fn check_triggers(name: &str, app: &mut AppConfig, at: &At<'_>) -> Result<(), Co
 /// A report's secret is set, and an app's GitHub status report knows its repository (`app_repo`
 /// is `None` for the agent-wide list, whose statuses find the repository of each app's `repo`).
 fn check_report(r: &ReportConfig, app_repo: Option<Option<&str>>, keys: &[&str], i: usize, at: &At<'_>) -> Result<(), ConfigError> {
-    if let Some(var) = r.secret_env() {
-        if std::env::var(var).map_or(true, |v| v.is_empty()) {
-            return Err(at(keys, format!("report {} reads its secret from `{var}`, which is not set", i + 1), Some(format!("export {var}=<secret> before starting the agent"))));
-        }
+    if let Some(var) = r.secret_env().filter(|var| !std::env::var(var).is_ok_and(|v| !v.is_empty())) {
+        return Err(at(keys, format!("report {} reads its secret from `{var}`, which is not set", i + 1), Some(format!("export {var}=<secret> before starting the agent"))));
     }
-    if let (ReportConfig::GithubStatus(gh), Some(repo)) = (r, app_repo) {
-        if gh.repo.is_none() && repo.and_then(report::github_repo_of).is_none() {
-            return Err(at(keys, "`github_status` needs `repo: owner/name`: the app's `repo` is not a github.com URL".into(), Some(
-                "write `github_status: { token_env: GH_TOKEN, repo: acme/web }`".into(),
-            )));
-        }
+    if let (ReportConfig::GithubStatus(gh), Some(repo)) = (r, app_repo)
+        && gh.repo.is_none()
+        && repo.and_then(report::github_repo_of).is_none()
+    {
+        return Err(at(keys, "`github_status` needs `repo: owner/name`: the app's `repo` is not a github.com URL".into(), Some(
+            "write `github_status: { token_env: GH_TOKEN, repo: acme/web }`".into(),
+        )));
     }
     Ok(())
 }

@@ -14,7 +14,7 @@ pub enum Schedule {
     /// This often, plus up to 10% jitter so a fleet does not hit the git server at once.
     Every(Duration),
     /// At each tick of the schedule (UTC).
-    Cron(CronSchedule),
+    Cron(Box<CronSchedule>),
 }
 
 impl Schedule {
@@ -22,7 +22,7 @@ impl Schedule {
     pub fn of(cfg: &AppConfig) -> Option<Schedule> {
         match (&cfg.cron, cfg.poll) {
             // Checked when the config was loaded.
-            (Some(text), _) => text.parse().ok().map(Schedule::Cron),
+            (Some(text), _) => text.parse().ok().map(|c| Schedule::Cron(Box::new(c))),
             (None, Some(every)) => Some(Schedule::Every(every.0)),
             (None, None) => None,
         }
