@@ -93,6 +93,7 @@ async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
                     if let Err(e) = supervisor.apply(&fresh).await {
                         tracing::error!(error = %e, "could not apply all of the new config");
                     }
+                    state.deployer.apply_schedules();
                 }
                 Err(e) => tracing::error!("SIGHUP: the config has an error; keeping the running one\n{e}"),
             },

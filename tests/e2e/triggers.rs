@@ -240,3 +240,18 @@ fn deployer_pull_checks_now_and_deploys_what_moved() {
     assert!(again.status.success(), "{}{}", again.stdout, again.stderr);
     assert!(again.stdout.contains("nothing to do"), "{}", again.stdout);
 }
+
+#[test]
+fn pull_mode_turned_on_by_sighup_starts_polling() {
+    let repo = TestRepo::with_example_app();
+    let mut agent = TestEnv::new().web(|a: AppSpec| a.repo(&repo).instances(1)).start();
+    agent.reconfigure(|env| env.web(|a| a.set("poll", "500ms")));
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(wait_until(Duration::from_secs(10), || agent.log().contains("pull mode on")), "{}", agent.log());
+    let sha = repo.commit_greeting("after-sighup");
+    assert!(
+        wait_until(Duration::from_secs(30), || agent.current_release("web").is_some_and(|r| r.ends_with(short(&sha)))),
+        "{:#?}",
+        agent.history("web")
+    );
+}

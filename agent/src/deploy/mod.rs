@@ -54,6 +54,8 @@ pub struct Deployer {
     store: Arc<Store>,
     supervisor: Arc<Supervisor>,
     queues: Mutex<HashMap<String, Arc<AppQueue>>>,
+    /// The pull loop of each app with `poll` or `cron`: its schedule and what stops it.
+    pullers: Mutex<HashMap<String, (String, CancellationToken)>>,
     shutdown: CancellationToken,
 }
 
@@ -85,7 +87,7 @@ impl Deployer {
         if !interrupted.is_empty() {
             tracing::warn!(?interrupted, "deploys interrupted by the previous agent's stop");
         }
-        let d = Arc::new(Deployer { store, supervisor, queues: Mutex::new(HashMap::new()), shutdown });
+        let d = Arc::new(Deployer { store, supervisor, queues: Mutex::new(HashMap::new()), pullers: Mutex::new(HashMap::new()), shutdown });
         for app in d.supervisor.list() {
             let cfg = app.config();
             let Some(path) = cfg.path.clone().filter(|_| cfg.repo.is_some()) else { continue };
@@ -95,11 +97,38 @@ impl Deployer {
                 tracing::info!(app = %app.name, branch = %cfg.branch, "no release yet: deploying the branch head");
                 d.request(&app.name, Target::Ref(cfg.branch.clone()), "startup", None)?;
             }
-            if let Some(schedule) = poll::Schedule::of(&cfg) {
-                tokio::spawn(d.clone().poll(app.name.clone(), schedule));
+        }
+        d.apply_schedules();
+        Ok(d)
+    }
+
+    /// Start, restart or stop each app's pull loop to match its `poll`/`cron` (at start and after
+    /// SIGHUP applied a new config).
+    pub fn apply_schedules(self: &Arc<Self>) {
+        let mut pullers = self.pullers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut wanted = HashMap::new();
+        for app in self.supervisor.list() {
+            let cfg = app.config();
+            if let Some(schedule) = poll::Schedule::of(&cfg).filter(|_| cfg.repo.is_some()) {
+                wanted.insert(app.name.clone(), schedule);
             }
         }
-        Ok(d)
+        pullers.retain(|app, (text, stop)| {
+            let keep = wanted.get(app).is_some_and(|s| s.describe() == *text);
+            if !keep {
+                stop.cancel();
+            }
+            keep
+        });
+        for (app, schedule) in wanted {
+            if pullers.contains_key(&app) {
+                continue;
+            }
+            let stop = self.shutdown.child_token();
+            tracing::info!(app = %app, schedule = %schedule.describe(), "pull mode on");
+            pullers.insert(app.clone(), (schedule.describe(), stop.clone()));
+            tokio::spawn(self.clone().poll(app, schedule, stop));
+        }
     }
 
     /// Release directories that are on disk but not recorded (a crash mid-materialise) go.

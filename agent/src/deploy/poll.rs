@@ -36,6 +36,14 @@ impl Schedule {
         }
     }
 
+    /// `poll: 30s` or `cron: "*/5 * * * *"`, to log and to tell a changed schedule.
+    pub fn describe(&self) -> String {
+        match self {
+            Schedule::Every(every) => format!("poll: {}", humantime::format_duration(*every)),
+            Schedule::Cron(c) => format!("cron: \"{}\"", c.text),
+        }
+    }
+
     /// How long until the next look.
     fn wait(&self) -> Duration {
         match self {
@@ -74,14 +82,14 @@ impl Deployer {
         Ok(Checked::Queued { sha, id: accepted.id })
     }
 
-    /// The pull loop of one app, until the agent stops.
-    pub(super) async fn poll(self: Arc<Self>, app: String, schedule: Schedule) {
+    /// The pull loop of one app, until `stop` (the agent stops, or the schedule changed).
+    pub(super) async fn poll(self: Arc<Self>, app: String, schedule: Schedule, stop: tokio_util::sync::CancellationToken) {
         let mut last: Option<String> = None;
         let mut down = false;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(schedule.wait()) => {}
-                _ = self.shutdown.cancelled() => return,
+                _ = stop.cancelled() => return,
             }
             match self.check(&app, schedule.trigger(), last.as_deref()).await {
                 Ok(found) => {
