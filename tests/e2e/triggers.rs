@@ -255,3 +255,25 @@ fn pull_mode_turned_on_by_sighup_starts_polling() {
         agent.history("web")
     );
 }
+
+#[test]
+fn a_generic_sender_signs_in_its_own_header() {
+    let repo = TestRepo::with_example_app();
+    let agent = TestEnv::new()
+        .web(|a: AppSpec| a.repo(&repo).instances(1).set("webhook", "{ provider: generic, secret_env: TEST_HOOK_SECRET, header: X-Sig }"))
+        .agent_env("TEST_HOOK_SECRET", SECRET)
+        .start();
+    let sha = repo.commit_greeting("generic");
+    let body = serde_json::json!({ "ref": "refs/heads/main", "after": sha, "pusher": { "name": "bot" } }).to_string();
+    let (_, sig) = hooks::Provider::Generic { header: "X-Sig".into() }.sign(SECRET.as_bytes(), body.as_bytes());
+    let sig = format!("sha256={}", String::from_utf8(sig).unwrap());
+    let send = |headers: &[(&str, &str)]| {
+        deployer_tests::http::request(agent.api_port(), "POST", "/hooks/web", headers, Some(&body), Duration::from_secs(30)).expect("POST /hooks/web")
+    };
+    // GitHub's header is not the one this app trusts.
+    assert_eq!(send(&[("X-Hub-Signature-256", &sig), ("X-Delivery-Id", "g1")]).status, 401);
+    let r = send(&[("X-Sig", &sig), ("X-Delivery-Id", "g1")]);
+    assert_eq!(r.status, 202, "{}", r.body);
+    let d = agent.wait_deploy(r.json::<HookAnswer>().deploy.expect("a deploy"));
+    assert_eq!((d.state.as_str(), d.sha.as_deref(), d.who.as_deref()), ("live", Some(sha.as_str()), Some("bot")));
+}
