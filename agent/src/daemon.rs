@@ -1,6 +1,7 @@
 //! The agent's life: load the config, start the supervisor, serve the API, handle signals.
 
-use crate::api::{self, ApiState};
+use crate::api::{self, ApiState, WebhookStats};
+use crate::report::Reporter;
 use crate::cli::{Cli, Command};
 use crate::config;
 use crate::deploy::Deployer;
@@ -76,7 +77,10 @@ async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
     let supervisor = Supervisor::start(&loaded).await?;
     let store = Arc::new(Store::open(&loaded.config.state_dir.join("agent.db"))?);
     let stop_deploys = CancellationToken::new();
-    let deployer = Deployer::start(store, supervisor.clone(), stop_deploys.clone())?;
+    // Reports first: the deploys that start now are reported too.
+    let reporter = Reporter::start(store.clone(), &loaded.config, stop_deploys.clone());
+    tokio::spawn(crate::report::watch_workers(supervisor.clone(), store.clone(), reporter.clone(), stop_deploys.clone()));
+    let deployer = Deployer::start(store.clone(), supervisor.clone(), stop_deploys.clone())?;
     let stop_api = CancellationToken::new();
     let state = Arc::new(ApiState {
         supervisor: supervisor.clone(),
@@ -85,6 +89,8 @@ async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
         locks: Default::default(),
         metrics: Default::default(),
         shutdown: stop_api.clone(),
+        store,
+        webhooks: WebhookStats::default(),
     });
     let router = api::router(state.clone());
     let api = match &loaded.config.tls {
@@ -112,9 +118,11 @@ async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
                 Ok(fresh) => {
                     tracing::info!("SIGHUP: applying the re-read config");
                     *state.tokens.write().unwrap_or_else(|e| e.into_inner()) = fresh.tokens.clone();
+                    reporter.apply(&fresh.config);
                     if let Err(e) = supervisor.apply(&fresh).await {
                         tracing::error!(error = %e, "could not apply all of the new config");
                     }
+                    state.deployer.apply_schedules();
                 }
                 Err(e) => tracing::error!("SIGHUP: the config has an error; keeping the running one\n{e}"),
             },

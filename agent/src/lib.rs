@@ -13,6 +13,7 @@ pub mod front;
 pub mod locks;
 pub mod metrics;
 pub mod quickstart;
+pub mod report;
 pub mod source;
 pub mod state;
 pub mod supervisor;

@@ -7,9 +7,9 @@ use std::fmt;
 use std::time::Duration;
 
 use deployer_wire::{
-    API_PREFIX, ApiError, AppStatus, Deploy, DeployAccepted, DeployRequest, DeployStreamItem,
-    LOG_LINE_EVENT, LockRequest, LockStatus, LogLine, LogLines, ReloadOutcome, ReloadRequest,
-    Release, RollbackRequest, ScaleRequest,
+    API_PREFIX, ApiError, AppStatus, CheckOutcome, Deploy, DeployAccepted, DeployRequest,
+    DeployStreamItem, LOG_LINE_EVENT, LockRequest, LockStatus, LogLine, LogLines, ReloadOutcome,
+    ReloadRequest, Release, RollbackRequest, ScaleRequest,
 };
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use serde::Serialize;
@@ -239,6 +239,12 @@ impl Client {
     pub async fn cancel(&self, id: u64) -> Result<Deploy, ClientError> {
         let id = id.to_string();
         self.call(Method::POST, &["deploys", &id, "cancel"], Some(REQUEST_TIMEOUT), None::<&()>)
+            .await
+    }
+
+    /// `POST /v1/apps/{app}/check`: the branch head on the remote, and the deploy queued if it moved.
+    pub async fn check(&self, app: &str) -> Result<CheckOutcome, ClientError> {
+        self.call(Method::POST, &["apps", app, "check"], Some(REQUEST_TIMEOUT), None::<&()>)
             .await
     }
 

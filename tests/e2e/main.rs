@@ -14,4 +14,6 @@ mod fronts;
 mod lifecycle;
 mod reload;
 mod streams;
+mod reports;
 mod supervise;
+mod triggers;

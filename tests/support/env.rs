@@ -177,6 +177,10 @@ pub struct TestEnv {
     wait_online: bool,
     /// The `admin` token's value, when several agents must accept one token (a fleet).
     admin_secret: Option<String>,
+    /// Top-level keys of `agent.yaml` beyond the ones every test has (`report`, `report_retry`).
+    agent_keys: BTreeMap<&'static str, String>,
+    /// Variables in the agent's environment (webhook and report secrets).
+    agent_env: BTreeMap<String, String>,
 }
 
 impl Default for TestEnv {
@@ -192,7 +196,22 @@ impl TestEnv {
             tokens: Vec::new(),
             wait_online: true,
             admin_secret: None,
+            agent_keys: BTreeMap::new(),
+            agent_env: BTreeMap::new(),
         }
+    }
+
+    /// A top-level key of the agent's config, its value written as YAML:
+    /// `agent_set("report_retry", "{ first: 100ms, max: 1s }")`.
+    pub fn agent_set(mut self, key: &'static str, yaml: &str) -> Self {
+        self.agent_keys.insert(key, yaml.into());
+        self
+    }
+
+    /// A variable in the agent's environment (a webhook or report secret).
+    pub fn agent_env(mut self, name: &str, value: &str) -> Self {
+        self.agent_env.insert(name.into(), value.into());
+        self
     }
 
     /// Change the app `web`.
@@ -418,6 +437,7 @@ impl Setup {
         for t in &self.tokens {
             cmd.env(&t.var, &t.value);
         }
+        cmd.envs(&self.env.agent_env);
         cmd
     }
 
@@ -452,7 +472,10 @@ impl Setup {
                 }
             }
         }
-        let text = render(self.api_port, &self.tokens, &self.env.apps);
+        let mut text = render(self.api_port, &self.tokens, &self.env.apps);
+        for (k, v) in &self.env.agent_keys {
+            let _ = writeln!(text, "{k}: {v}");
+        }
         std::fs::write(self.config_path(), text).expect("write agent.yaml");
     }
 }

@@ -17,14 +17,18 @@ mod fleet;
 pub mod http;
 mod load;
 mod process;
+pub mod receiver;
 mod repo;
 mod wait;
+pub mod webhook;
 
 pub use agent::Agent;
 pub use bins::bin;
 pub use env::{AppSpec, Proxy, Setup, TestEnv, fixture};
 pub use fleet::TestFleet;
 pub use load::{Load, LoadReport};
+pub use receiver::{Mode, Receiver};
 pub use repo::TestRepo;
+pub use webhook::GithubPush;
 pub use process::{CliOutput, environ, pid_alive, port_is_free};
 pub use wait::{poll, wait_until};

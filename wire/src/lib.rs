@@ -256,3 +256,18 @@ pub struct LockStatus {
     /// When it lapses unless renewed.
     pub expires_at_ms: u64,
 }
+
+/// `POST /hooks/{app}` (202): what the agent did with a webhook delivery.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HookAnswer {
+    pub app: String,
+    /// The host's delivery id, when the delivery was authentic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<String>,
+    /// The deploy queued (or joined) for the push.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<u64>,
+    /// Why nothing was deployed: a ping, a tag, another branch, a redelivery...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignored: Option<String>,
+}

@@ -6,9 +6,13 @@
 mod auth;
 mod locks;
 mod stream;
+mod hooks;
+
+pub use hooks::{WebhookCounts, WebhookStats};
 
 use crate::config::{ResolvedToken, Scope};
 use crate::deploy::{DeployError, Deployer, Target};
+use crate::state::Store;
 use crate::supervisor::{Supervisor, SupervisorError};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{Method, StatusCode, header};
@@ -35,6 +39,9 @@ pub struct ApiState {
     pub locks: crate::locks::Locks,
     /// Cancelled when the agent stops: streams end so the server can drain.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Webhook delivery ids already handled live here.
+    pub store: Arc<Store>,
+    pub webhooks: WebhookStats,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -60,10 +67,13 @@ pub fn router(state: Arc<ApiState>) -> Router {
     let metrics = Router::new()
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    // Outside the token layer: the signature is the authentication. Up to 1 MiB, then 413.
+    let webhooks = Router::new().route("/hooks/{app}", post(hooks::receive).layer(DefaultBodyLimit::max(::hooks::MAX_BODY)));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(metrics)
         .nest(deployer_wire::API_PREFIX, v1)
+        .merge(webhooks)
         .fallback(|| async { ApiErr::new(StatusCode::NOT_FOUND, "not_found", "no such route".into()) })
         .layer(DefaultBodyLimit::max(64 * 1024))
         .with_state(state)

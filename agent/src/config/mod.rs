@@ -7,9 +7,13 @@
 mod checked;
 mod error;
 mod locate;
+pub mod report;
+pub mod triggers;
 pub mod units;
 
 pub use error::ConfigError;
+pub use report::{GithubStatusConfig, ReportConfig, RetryConfig};
+pub use triggers::{CronSchedule, WebhookConfig};
 
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Deserializer};
@@ -39,6 +43,15 @@ pub struct AgentConfig {
     /// The apps this agent supervises, by name.
     #[serde(default)]
     pub apps: BTreeMap<String, AppConfig>,
+    /// Where every app's deploys are reported, on top of each app's own `report`.
+    #[serde(default)]
+    pub report: Vec<ReportConfig>,
+    /// The backoff between attempts to deliver a report.
+    #[serde(default)]
+    pub report_retry: RetryConfig,
+    /// This host's name in reports; the machine's hostname by default.
+    #[serde(default)]
+    pub host: Option<String>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -133,6 +146,15 @@ pub struct AppConfig {
     /// Pull mode: look up the branch head this often (with up to 10% jitter) and deploy when it moved.
     #[serde(default)]
     pub poll: Option<Dur>,
+    /// Pull mode on a schedule instead: `cron: "*/5 * * * *"` (UTC; not together with `poll`).
+    #[serde(default)]
+    pub cron: Option<String>,
+    /// Signed push webhooks at `POST /hooks/<app>`: `{ provider: github, secret_env: NAME }`.
+    #[serde(default)]
+    pub webhook: Option<WebhookConfig>,
+    /// Where this app's deploys are reported (the agent-wide `report` list gets them too).
+    #[serde(default)]
+    pub report: Vec<ReportConfig>,
     /// After a deploy goes live, watch the new workers this long and roll back by itself if they
     /// crash-loop or stop being ready.
     #[serde(default)]
@@ -606,6 +628,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
                 app.path = Some(if dir.is_relative() { state_dir.join(dir) } else { dir });
             }
         }
+        check_triggers(name, app, &at)?;
         if app.reload.max_surge == 0 {
             return Err(at(&["apps", name, "reload", "max_surge"], "`max_surge: 0` would never replace a worker".into(), Some("write `max_surge: 1` or more".into())));
         }
@@ -651,6 +674,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
         }
     }
 
+    for (i, r) in config.report.iter().enumerate() {
+        check_report(r, None, &["report"], i, &at)?;
+    }
+
     let mut tokens = Vec::new();
     for t in &config.tokens {
         let Ok(value) = std::env::var(&t.token_env) else {
@@ -666,6 +693,66 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
         tokens.push(ResolvedToken { name: t.name.clone(), value, scopes: t.scopes.clone() });
     }
     Ok(Loaded { path: path.to_path_buf(), config, tokens })
+}
+
+type At<'a> = dyn Fn(&[&str], String, Option<String>) -> ConfigError + 'a;
+
+/// `poll`/`cron`, `webhook` and `report` of one app.
+fn check_triggers(name: &str, app: &mut AppConfig, at: &At<'_>) -> Result<(), ConfigError> {
+    if app.poll.is_some() && app.cron.is_some() {
+        return Err(at(&["apps", name, "cron"], format!("app `{name}` has both `poll` and `cron`"), Some(
+            "pull mode runs on one schedule: keep `poll: 30s` (an interval) or `cron: \"*/5 * * * *\"` (times of day)".into(),
+        )));
+    }
+    if let Some(text) = &app.cron {
+        text.parse::<CronSchedule>().map_err(|e| at(&["apps", name, "cron"], e, Some(
+            "write five fields, minute hour day month weekday, like `\"*/5 * * * *\"` (every 5 minutes, UTC)".into(),
+        )))?;
+    }
+    let needs_repo = |key: &str| at(&["apps", name, key], format!("app `{name}` has `{key}` but no `repo`"), Some(
+        "pull mode, webhooks and reports are about git deploys: add `repo:` to the app".into(),
+    ));
+    if app.repo.is_none() {
+        for (key, set) in [("poll", app.poll.is_some()), ("cron", app.cron.is_some()), ("webhook", app.webhook.is_some())] {
+            if set {
+                return Err(needs_repo(key));
+            }
+        }
+    }
+    if let Some(hook) = &app.webhook {
+        let keys = ["apps", name, "webhook"];
+        hook.resolved_provider().map_err(|e| at(&keys, e, None))?;
+        if hook.secret().is_none() {
+            return Err(at(&keys, format!("app `{name}` reads its webhook secret from `{}`, which is not set", hook.secret_env), Some(
+                format!("export {}=<the secret set on the hook at the git host> before starting the agent", hook.secret_env),
+            )));
+        }
+    }
+    let repo = app.repo.clone();
+    for (i, r) in app.report.iter_mut().enumerate() {
+        check_report(r, Some(repo.as_deref()), &["apps", name, "report"], i, at)?;
+        if let ReportConfig::GithubStatus(gh) = r {
+            gh.repo = gh.repo.take().or_else(|| repo.as_deref().and_then(report::github_repo_of));
+        }
+    }
+    Ok(())
+}
+
+/// A report's secret is set, and an app's GitHub status report knows its repository (`app_repo`
+/// is `None` for the agent-wide list, whose statuses find the repository of each app's `repo`).
+fn check_report(r: &ReportConfig, app_repo: Option<Option<&str>>, keys: &[&str], i: usize, at: &At<'_>) -> Result<(), ConfigError> {
+    if let Some(var) = r.secret_env().filter(|var| !std::env::var(var).is_ok_and(|v| !v.is_empty())) {
+        return Err(at(keys, format!("report {} reads its secret from `{var}`, which is not set", i + 1), Some(format!("export {var}=<secret> before starting the agent"))));
+    }
+    if let (ReportConfig::GithubStatus(gh), Some(repo)) = (r, app_repo)
+        && gh.repo.is_none()
+        && repo.and_then(report::github_repo_of).is_none()
+    {
+        return Err(at(keys, "`github_status` needs `repo: owner/name`: the app's `repo` is not a github.com URL".into(), Some(
+            "write `github_status: { token_env: GH_TOKEN, repo: acme/web }`".into(),
+        )));
+    }
+    Ok(())
 }
 
 /// App names end up in file names and URL paths.

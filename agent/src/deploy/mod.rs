@@ -55,6 +55,8 @@ pub struct Deployer {
     store: Arc<Store>,
     supervisor: Arc<Supervisor>,
     queues: Mutex<HashMap<String, Arc<AppQueue>>>,
+    /// The pull loop of each app with `poll` or `cron`: its schedule and what stops it.
+    pullers: Mutex<HashMap<String, (String, CancellationToken)>>,
     shutdown: CancellationToken,
 }
 
@@ -86,7 +88,7 @@ impl Deployer {
         if !interrupted.is_empty() {
             tracing::warn!(?interrupted, "deploys interrupted by the previous agent's stop");
         }
-        let d = Arc::new(Deployer { store, supervisor, queues: Mutex::new(HashMap::new()), shutdown });
+        let d = Arc::new(Deployer { store, supervisor, queues: Mutex::new(HashMap::new()), pullers: Mutex::new(HashMap::new()), shutdown });
         for app in d.supervisor.list() {
             let cfg = app.config();
             let Some(path) = cfg.path.clone().filter(|_| cfg.repo.is_some()) else { continue };
@@ -96,11 +98,38 @@ impl Deployer {
                 tracing::info!(app = %app.name, branch = %cfg.branch, "no release yet: deploying the branch head");
                 d.request(&app.name, Target::Ref(cfg.branch.clone()), "startup", None)?;
             }
-            if let Some(every) = cfg.poll {
-                tokio::spawn(d.clone().poll(app.name.clone(), every.0));
+        }
+        d.apply_schedules();
+        Ok(d)
+    }
+
+    /// Start, restart or stop each app's pull loop to match its `poll`/`cron` (at start and after
+    /// SIGHUP applied a new config).
+    pub fn apply_schedules(self: &Arc<Self>) {
+        let mut pullers = self.pullers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut wanted = HashMap::new();
+        for app in self.supervisor.list() {
+            let cfg = app.config();
+            if let Some(schedule) = poll::Schedule::of(&cfg).filter(|_| cfg.repo.is_some()) {
+                wanted.insert(app.name.clone(), schedule);
             }
         }
-        Ok(d)
+        pullers.retain(|app, (text, stop)| {
+            let keep = wanted.get(app).is_some_and(|s| s.describe() == *text);
+            if !keep {
+                stop.cancel();
+            }
+            keep
+        });
+        for (app, schedule) in wanted {
+            if pullers.contains_key(&app) {
+                continue;
+            }
+            let stop = self.shutdown.child_token();
+            tracing::info!(app = %app, schedule = %schedule.describe(), "pull mode on");
+            pullers.insert(app.clone(), (schedule.describe(), stop.clone()));
+            tokio::spawn(self.clone().poll(app, schedule, stop));
+        }
     }
 
     /// Release directories that are on disk but not recorded, and half-written trees (a crash
@@ -140,6 +169,9 @@ impl Deployer {
                 format!("rollback:{name}")
             }
         };
+        if let Some(joined) = self.join_queued(app, &target) {
+            return Ok(joined);
+        }
         let id = self.store.insert_deploy(app, &label, trigger, who)?;
         if let Some(live) = self.live_release_for(&a, &target)? {
             let message = format!("{label} is already live (release {live}): nothing to do");
@@ -156,6 +188,20 @@ impl Deployer {
         }
         queue.wake.notify_one();
         Ok(DeployAccepted { id, app: app.to_string(), state: DeployState::Queued.as_str().into(), message: None })
+    }
+
+    /// A request for exactly what is already queued joins that deploy instead of superseding it:
+    /// a burst of webhooks for one branch makes one deploy, not one per delivery.
+    fn join_queued(&self, app: &str, target: &Target) -> Option<DeployAccepted> {
+        let queue = self.queue_if_any(app)?;
+        let pending = queue.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let job = pending.as_ref().filter(|j| j.target == *target)?;
+        Some(DeployAccepted {
+            id: job.id,
+            app: app.to_string(),
+            state: DeployState::Queued.as_str().into(),
+            message: Some(format!("joined deploy #{}, queued for the same ref", job.id)),
+        })
     }
 
     /// The live release, when `target` is a sha it already runs (a branch must be fetched first).

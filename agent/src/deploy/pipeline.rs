@@ -111,7 +111,12 @@ impl Run<'_> {
             let fetch = tokio::task::spawn_blocking(move || {
                 let src = Source::open(&url, &branch, auth, &cache)?;
                 src.fetch()?;
-                src.resolve(&rev)
+                let sha = src.resolve(&rev)?;
+                // A commit named from outside (API, webhook payload) must be on the branch.
+                if rev != branch {
+                    src.require_on_branch(&sha)?;
+                }
+                Ok::<_, crate::source::SourceError>(sha)
             });
             tokio::select! {
                 r = fetch => r.map_err(|e| Stop::failed(format!("fetch crashed: {e}")))?.map_err(|e| Stop::failed(e.to_string()))?,

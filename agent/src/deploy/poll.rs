@@ -1,11 +1,58 @@
-//! Pull mode: look up the branch head on the remote every `poll` interval (an `ls-remote`, no
-//! fetch) and queue a deploy when it moved. A git server that is down is retried at the next tick
-//! and logged once per outage; it never stops the agent.
+//! Pull mode: look up the branch head on the remote every `poll` interval or at each `cron` tick
+//! (an `ls-remote`, no fetch) and queue a deploy when it moved. A git server that is down is
+//! retried at the next tick and logged once per outage; it never stops the agent.
 
 use super::{Deployer, Target};
+use crate::config::{AppConfig, CronSchedule};
 use crate::source::Source;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// When pull mode looks: `poll: 30s` or `cron: "*/5 * * * *"`.
+#[derive(Debug, Clone)]
+pub enum Schedule {
+    /// This often, plus up to 10% jitter so a fleet does not hit the git server at once.
+    Every(Duration),
+    /// At each tick of the schedule (UTC).
+    Cron(Box<CronSchedule>),
+}
+
+impl Schedule {
+    /// The app's pull schedule, if it has one (config checks make `poll` and `cron` exclusive).
+    pub fn of(cfg: &AppConfig) -> Option<Schedule> {
+        match (&cfg.cron, cfg.poll) {
+            // Checked when the config was loaded.
+            (Some(text), _) => text.parse().ok().map(|c| Schedule::Cron(Box::new(c))),
+            (None, Some(every)) => Some(Schedule::Every(every.0)),
+            (None, None) => None,
+        }
+    }
+
+    /// The trigger name deploys it queues carry.
+    pub fn trigger(&self) -> &'static str {
+        match self {
+            Schedule::Every(_) => "poll",
+            Schedule::Cron(_) => "cron",
+        }
+    }
+
+    /// `poll: 30s` or `cron: "*/5 * * * *"`, to log and to tell a changed schedule.
+    pub fn describe(&self) -> String {
+        match self {
+            Schedule::Every(every) => format!("poll: {}", humantime::format_duration(*every)),
+            Schedule::Cron(c) => format!("cron: \"{}\"", c.text),
+        }
+    }
+
+    /// How long until the next look.
+    fn wait(&self) -> Duration {
+        match self {
+            Schedule::Every(every) => *every + every.mul_f64(0.1 * pseudo_random()),
+            // A schedule with no next tick (`0 0 30 2 *`) looks once a day, to stay alive.
+            Schedule::Cron(c) => c.until_next(chrono::Utc::now()).unwrap_or(Duration::from_secs(86_400)),
+        }
+    }
+}
 
 /// What one check found.
 #[derive(Debug, PartialEq, Eq)]
@@ -35,17 +82,16 @@ impl Deployer {
         Ok(Checked::Queued { sha, id: accepted.id })
     }
 
-    /// The poll loop of one app, until the agent stops.
-    pub(super) async fn poll(self: Arc<Self>, app: String, every: Duration) {
+    /// The pull loop of one app, until `stop` (the agent stops, or the schedule changed).
+    pub(super) async fn poll(self: Arc<Self>, app: String, schedule: Schedule, stop: tokio_util::sync::CancellationToken) {
         let mut last: Option<String> = None;
         let mut down = false;
         loop {
-            let jitter = every.mul_f64(0.1 * pseudo_random());
             tokio::select! {
-                _ = tokio::time::sleep(every + jitter) => {}
-                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(schedule.wait()) => {}
+                _ = stop.cancelled() => return,
             }
-            match self.check(&app, "poll", last.as_deref()).await {
+            match self.check(&app, schedule.trigger(), last.as_deref()).await {
                 Ok(found) => {
                     if down {
                         tracing::info!(app, "the git remote answers again");

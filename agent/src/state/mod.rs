@@ -5,13 +5,17 @@
 //! async code. A crash at any point leaves a database the next agent opens and repairs with
 //! [`Store::interrupt_unfinished`].
 
+mod deliveries;
+mod outbox;
 mod schema;
+
+pub use outbox::{Change, DeployFacts, NewReport, OutboxRow, ReportRules};
 
 use deployer_wire::{Deploy, DeployEvent};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
-use std::sync::Mutex;
-use tokio::sync::broadcast;
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::sync::{Notify, broadcast};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +37,9 @@ pub struct ReleaseRow {
 pub struct Store {
     conn: Mutex<Connection>,
     changes: broadcast::Sender<DeployChange>,
+    /// Turn deploy changes into outbox rows, in the same transaction.
+    rules: RwLock<Option<Arc<dyn ReportRules>>>,
+    outbox_wake: Arc<Notify>,
 }
 
 /// Sent after every committed change to a deploy (new, new state, new event), so streams and
@@ -61,7 +68,7 @@ impl Store {
     }
 
     fn with(conn: Connection) -> Store {
-        Store { conn: Mutex::new(conn), changes: broadcast::channel(1024).0 }
+        Store { conn: Mutex::new(conn), changes: broadcast::channel(1024).0, rules: RwLock::new(None), outbox_wake: Arc::new(Notify::new()) }
     }
 
     /// Changes to deploys from now on.
@@ -69,9 +76,12 @@ impl Store {
         self.changes.subscribe()
     }
 
-    fn changed(&self, id: DeployId, state: &str, is_final: bool) {
+    fn changed(&self, id: DeployId, state: &str, is_final: bool, reports: usize) {
         // No receiver is fine: nobody is watching.
         let _ = self.changes.send(DeployChange { id, state: state.to_string(), is_final });
+        if reports > 0 {
+            self.outbox_wake.notify_one();
+        }
     }
 
     #[cfg(test)]
@@ -87,15 +97,18 @@ impl Store {
 
     /// Record a new deploy in state `queued`.
     pub fn insert_deploy(&self, app: &str, git_ref: &str, trigger: &str, who: Option<&str>) -> Result<DeployId, StateError> {
-        let c = self.conn();
-        c.execute(
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        tx.execute(
             "INSERT INTO deploys (app, git_ref, trigger, state, who, queued_at) VALUES (?1, ?2, ?3, 'queued', ?4, ?5)",
             params![app, git_ref, trigger, who, now_ms() as i64],
         )?;
-        let id = c.last_insert_rowid() as DeployId;
-        c.execute("INSERT INTO deploy_events (deploy_id, seq, at, state, message) VALUES (?1, 1, ?2, 'queued', ?3)", params![id as i64, now_ms() as i64, format!("{trigger}: deploy {git_ref}")])?;
+        let id = tx.last_insert_rowid() as DeployId;
+        tx.execute("INSERT INTO deploy_events (deploy_id, seq, at, state, message) VALUES (?1, 1, ?2, 'queued', ?3)", params![id as i64, now_ms() as i64, format!("{trigger}: deploy {git_ref}")])?;
+        let reports = self.write_reports(&tx, id, Change::Queued)?;
+        tx.commit()?;
         drop(c);
-        self.changed(id, "queued", false);
+        self.changed(id, "queued", false, reports);
         Ok(id)
     }
 
@@ -103,27 +116,38 @@ impl Store {
     pub fn transition(&self, id: DeployId, state: &str, message: &str, is_final: bool) -> Result<(), StateError> {
         let mut c = self.conn();
         let tx = c.transaction()?;
+        let from: String = tx.query_row("SELECT state FROM deploys WHERE id = ?1", params![id as i64], |r| r.get(0)).optional()?.unwrap_or_default();
         if is_final {
             tx.execute("UPDATE deploys SET state = ?2, finished_at = ?3, message = ?4 WHERE id = ?1", params![id as i64, state, now_ms() as i64, message])?;
         } else {
             tx.execute("UPDATE deploys SET state = ?2 WHERE id = ?1", params![id as i64, state])?;
         }
         insert_event(&tx, id, state, message)?;
+        let reports = self.write_reports(&tx, id, Change::Entered { from: &from })?;
         tx.commit()?;
         drop(c);
-        self.changed(id, state, is_final);
+        self.changed(id, state, is_final, reports);
         Ok(())
     }
 
     /// A message within the current state.
     pub fn log(&self, id: DeployId, message: &str) -> Result<(), StateError> {
         insert_event(&self.conn(), id, "log", message)?;
-        self.changed(id, "log", false);
+        self.changed(id, "log", false, 0);
         Ok(())
     }
 
+    /// The deploy's commit is known; reports that need a sha (commit statuses) can go out.
     pub fn set_sha(&self, id: DeployId, sha: &str) -> Result<(), StateError> {
-        self.conn().execute("UPDATE deploys SET sha = ?2 WHERE id = ?1", params![id as i64, sha])?;
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        tx.execute("UPDATE deploys SET sha = ?2 WHERE id = ?1", params![id as i64, sha])?;
+        let reports = self.write_reports(&tx, id, Change::Resolved)?;
+        tx.commit()?;
+        drop(c);
+        if reports > 0 {
+            self.outbox_wake.notify_one();
+        }
         Ok(())
     }
 

@@ -42,6 +42,26 @@ const STEPS: &[&str] = &[
         deploy_id INTEGER,
         at INTEGER NOT NULL
     );",
+    // 2: webhook deliveries seen (redeliveries are ignored), and the report outbox.
+    "CREATE TABLE webhook_deliveries (
+        app TEXT NOT NULL,
+        delivery TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        PRIMARY KEY (app, delivery)
+    );
+    CREATE INDEX webhook_deliveries_by_age ON webhook_deliveries (at);
+    CREATE TABLE report_outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        destination TEXT NOT NULL,
+        idempotency_key TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at INTEGER NOT NULL,
+        last_error TEXT,
+        sent_at INTEGER
+    );
+    CREATE INDEX report_outbox_unsent ON report_outbox (sent_at, id);",
 ];
 
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {

@@ -22,6 +22,7 @@ pub mod logs;
 pub mod ls;
 pub mod one_deploy;
 pub mod push;
+pub mod pull;
 pub mod releases;
 pub mod reload;
 pub mod rollback;
@@ -114,6 +115,12 @@ pub enum Command {
     /// List the release directories of an app on disk; `*` marks the current one
     Releases(releases::Args),
 
+    /// Look up an app's branch head now and deploy it if it moved
+    ///
+    /// The check pull mode (`poll:`, `cron:`) makes on its schedule, on demand: for a system
+    /// crontab, or after a webhook got lost. With --wait it follows the deploy it queued.
+    Pull(pull::Args),
+
     /// Show one deploy: its steps, and the last lines of its install output
     #[command(alias = "deploy-status")]
     Show(show::Args),
@@ -175,6 +182,7 @@ impl Command {
             Command::Cancel(args) => cancel::run(ctx, args).await,
             Command::Releases(args) => releases::run(ctx, args).await,
             Command::Show(args) => show::run(ctx, args).await,
+            Command::Pull(args) => pull::run(ctx, args).await,
         };
         // A script asking for JSON gets the API's error body too (the words go to stderr).
         let failure = match &result {

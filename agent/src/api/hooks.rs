@@ -1,0 +1,125 @@
+//! `POST /hooks/{app}`: signed push webhooks from the git host. The signature is the
+//! authentication (no bearer token); [`hooks`] verifies and parses, this handler decides.
+//!
+//! A push only says "this branch moved": the agent queues a branch-head deploy, fetches the
+//! branch itself and deploys the head it fetched. The payload's sha is logged, never deployed.
+//! The answer comes before any git work: the deploy runs after it, through the same queue as
+//! every other trigger.
+
+use super::{ApiErr, ApiState};
+use crate::deploy::Target;
+use axum::Json;
+use axum::Extension;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use bytes::Bytes;
+use deployer_wire::HookAnswer;
+use hooks::{Headers, IgnoreReason, Outcome, RejectionKind};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Counters of what the webhook endpoint did, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct WebhookStats {
+    /// Deliveries that queued (or joined) a deploy.
+    pub deploys: AtomicU64,
+    /// Authentic deliveries with nothing to deploy (pings, tags, other branches, redeliveries).
+    pub ignored: AtomicU64,
+    /// Refused for a missing or wrong signature (401).
+    pub unauthorized: AtomicU64,
+    /// Refused as unreadable although signed (400).
+    pub malformed: AtomicU64,
+    /// Refused for a body over 1 MiB (413).
+    pub too_large: AtomicU64,
+}
+
+/// A plain copy of [`WebhookStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WebhookCounts {
+    pub deploys: u64,
+    pub ignored: u64,
+    pub unauthorized: u64,
+    pub malformed: u64,
+    pub too_large: u64,
+}
+
+impl WebhookStats {
+    pub fn snapshot(&self) -> WebhookCounts {
+        WebhookCounts {
+            deploys: self.deploys.load(Relaxed),
+            ignored: self.ignored.load(Relaxed),
+            unauthorized: self.unauthorized.load(Relaxed),
+            malformed: self.malformed.load(Relaxed),
+            too_large: self.too_large.load(Relaxed),
+        }
+    }
+}
+
+type Answer = Result<(StatusCode, Json<HookAnswer>), ApiErr>;
+
+pub async fn receive(State(st): State<Arc<ApiState>>, peer: Option<Extension<ConnectInfo<SocketAddr>>>, Path(app): Path<String>, headers: HeaderMap, body: Bytes) -> Answer {
+    // The peer address is known on plain TCP; the TLS listener does not provide it.
+    let peer = peer.map_or_else(|| "-".to_string(), |Extension(ConnectInfo(a))| a.to_string());
+    let span = tracing::info_span!("webhook", app = %app, %peer);
+    let _enter = span.enter();
+    let not_found = || ApiErr::new(StatusCode::NOT_FOUND, "not_found", format!("no webhook for app `{app}`")).hint("add `webhook: { provider: github, secret_env: NAME }` to the app in the agent's config");
+    let Ok(a) = st.supervisor.app(&app) else { return Err(not_found()) };
+    let cfg = a.config();
+    let Some(hook) = cfg.webhook.clone() else { return Err(not_found()) };
+    let provider = hook.resolved_provider().map_err(|e| ApiErr::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;
+    let secret = hook.secret().unwrap_or_default();
+    let fields: Headers<'_> = headers.iter().fold(Headers::new(), |h, (name, value)| h.with(name.as_str(), value.as_bytes()));
+
+    let outcome = match hooks::receive(&provider, secret.as_bytes(), &fields, &body, &cfg.branch) {
+        Ok(outcome) => outcome,
+        Err(rejection) => {
+            let (counter, status, code) = match rejection.kind() {
+                RejectionKind::Unauthorized => (&st.webhooks.unauthorized, StatusCode::UNAUTHORIZED, "unauthorized"),
+                RejectionKind::TooLarge => (&st.webhooks.too_large, StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+                RejectionKind::Malformed => (&st.webhooks.malformed, StatusCode::BAD_REQUEST, "bad_request"),
+            };
+            counter.fetch_add(1, Relaxed);
+            st.metrics.webhook_rejected(&app, code);
+            // The rejection's words quote no header value and no body: safe to log and to answer.
+            tracing::warn!(provider = %provider, bytes = body.len(), reason = %rejection, "webhook delivery refused");
+            let message = rejection.to_string();
+            let (message, hint) = message.split_once("\n  hint: ").map_or((message.as_str(), None), |(m, h)| (m, Some(h)));
+            let err = ApiErr::new(status, code, message.to_string());
+            return Err(match hint {
+                Some(h) => err.hint(h),
+                None => err,
+            });
+        }
+    };
+    let delivery = outcome.delivery().to_string();
+    let ignored = |reason: String| {
+        st.webhooks.ignored.fetch_add(1, Relaxed);
+        tracing::info!(delivery = %delivery, %reason, "webhook delivery ignored");
+        Ok((StatusCode::ACCEPTED, Json(HookAnswer { app: app.clone(), delivery: Some(delivery.clone()), deploy: None, ignored: Some(reason) })))
+    };
+    let push = match outcome {
+        Outcome::Push(push) => push,
+        Outcome::Ping { .. } => return ignored("ping: the hook works; pushes to the branch will deploy".into()),
+        Outcome::Ignored { reason, .. } => return ignored(reason.to_string()),
+    };
+    if !st.store.remember_delivery(&app, &delivery).map_err(internal)? {
+        return ignored(IgnoreReason::DuplicateDelivery { delivery: delivery.clone() }.to_string());
+    }
+    let who = push.pusher.clone().unwrap_or_else(|| "webhook".into());
+    let accepted = match st.deployer.request(&app, Target::Ref(cfg.branch.clone()), "webhook", Some(&who)) {
+        Ok(accepted) => accepted,
+        Err(e) => {
+            // Not acted on: let the host's retry through.
+            let _ = st.store.forget_delivery(&app, &delivery);
+            return Err(e.into());
+        }
+    };
+    st.webhooks.deploys.fetch_add(1, Relaxed);
+    tracing::info!(delivery = %delivery, deploy = accepted.id, pusher = %who, payload_after = %push.after.as_str(), commits = push.commits, "push webhook: deploying the branch head as fetched (the payload's sha is a hint only)");
+    Ok((StatusCode::ACCEPTED, Json(HookAnswer { app, delivery: Some(delivery), deploy: Some(accepted.id), ignored: None })))
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiErr {
+    ApiErr::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+}

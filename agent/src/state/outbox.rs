@@ -1,0 +1,166 @@
+//! The report outbox: every report is a row written in the same transaction as the deploy change
+//! that causes it, so a crash can lose none; a sender ([`crate::report`]) delivers rows until the
+//! receiver answers 2xx. Delivery is at least once, in row order per destination.
+
+use super::{DeployId, StateError, Store, now_ms};
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// A deploy as the report rules see it, read inside the transaction that changes it.
+#[derive(Debug, Clone)]
+pub struct DeployFacts {
+    pub id: DeployId,
+    pub app: String,
+    pub git_ref: String,
+    pub sha: Option<String>,
+    pub trigger: String,
+    pub who: Option<String>,
+    /// The state after the change.
+    pub state: String,
+    pub release: Option<String>,
+    pub queued_at_ms: u64,
+    pub finished_at_ms: Option<u64>,
+    pub message: Option<String>,
+    pub output_tail: Vec<String>,
+}
+
+/// What just happened to the deploy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change<'a> {
+    /// It was created, `queued`.
+    Queued,
+    /// It entered `DeployFacts::state` from `from`.
+    Entered { from: &'a str },
+    /// Its commit became known (after the fetch, or at once for a rollback).
+    Resolved,
+}
+
+/// One report to deliver: where (a destination the sender understands, as JSON), the key the
+/// receiver can deduplicate on, and the exact body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewReport {
+    pub destination: String,
+    pub idempotency_key: String,
+    pub body: String,
+}
+
+/// Decides which reports a change causes. Called inside the state transaction: it must be quick
+/// and do no I/O.
+pub trait ReportRules: Send + Sync {
+    fn reports(&self, deploy: &DeployFacts, change: Change<'_>) -> Vec<NewReport>;
+}
+
+/// A report not yet delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub destination: String,
+    pub idempotency_key: String,
+    pub body: String,
+    pub attempts: u32,
+    pub next_at_ms: u64,
+}
+
+/// Delivered rows kept this long, for a look at what went out.
+const KEEP_SENT_MS: i64 = 24 * 3600 * 1000;
+
+impl Store {
+    /// Install the rules that turn deploy changes into reports (at start, before any deploy).
+    pub fn set_report_rules(&self, rules: std::sync::Arc<dyn ReportRules>) {
+        *self.rules.write().unwrap_or_else(|e| e.into_inner()) = Some(rules);
+    }
+
+    /// Woken after rows were added to the outbox.
+    pub fn outbox_wake(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.outbox_wake.clone()
+    }
+
+    /// Write the reports `change` causes, within the caller's transaction. Answers how many.
+    pub(super) fn write_reports(&self, c: &Connection, id: DeployId, change: Change<'_>) -> Result<usize, StateError> {
+        let Some(rules) = self.rules.read().unwrap_or_else(|e| e.into_inner()).clone() else { return Ok(0) };
+        let Some(facts) = facts(c, id)? else { return Ok(0) };
+        let reports = rules.reports(&facts, change);
+        insert(c, &reports)?;
+        Ok(reports.len())
+    }
+
+    /// Add reports that belong to no deploy change (a worker that errored).
+    pub fn enqueue_reports(&self, reports: &[NewReport]) -> Result<(), StateError> {
+        insert(&self.conn(), reports)?;
+        if !reports.is_empty() {
+            self.outbox_wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Undelivered reports, oldest first.
+    pub fn unsent_reports(&self, limit: usize) -> Result<Vec<OutboxRow>, StateError> {
+        let c = self.conn();
+        let mut stmt = c.prepare(
+            "SELECT id, destination, idempotency_key, body, attempts, next_at FROM report_outbox WHERE sent_at IS NULL ORDER BY id LIMIT ?1",
+        )?;
+        let rows = stmt.query_map(params![limit as i64], |r| {
+            Ok(OutboxRow {
+                id: r.get(0)?,
+                destination: r.get(1)?,
+                idempotency_key: r.get(2)?,
+                body: r.get(3)?,
+                attempts: r.get::<_, i64>(4)? as u32,
+                next_at_ms: r.get::<_, i64>(5)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The receiver took it; delivered rows older than a day are pruned.
+    pub fn report_sent(&self, id: i64) -> Result<(), StateError> {
+        let c = self.conn();
+        let now = now_ms() as i64;
+        c.execute("UPDATE report_outbox SET sent_at = ?2, attempts = attempts + 1, last_error = NULL WHERE id = ?1", params![id, now])?;
+        c.execute("DELETE FROM report_outbox WHERE sent_at IS NOT NULL AND sent_at < ?1", params![now - KEEP_SENT_MS])?;
+        Ok(())
+    }
+
+    /// An attempt failed: try again at `next_at_ms`.
+    pub fn report_failed(&self, id: i64, next_at_ms: u64, error: &str) -> Result<(), StateError> {
+        self.conn().execute(
+            "UPDATE report_outbox SET attempts = attempts + 1, next_at = ?2, last_error = ?3 WHERE id = ?1",
+            params![id, next_at_ms as i64, error],
+        )?;
+        Ok(())
+    }
+}
+
+fn insert(c: &Connection, reports: &[NewReport]) -> Result<(), StateError> {
+    let now = now_ms() as i64;
+    for r in reports {
+        c.execute(
+            "INSERT INTO report_outbox (destination, idempotency_key, body, created_at, next_at) VALUES (?1, ?2, ?3, ?4, ?4)",
+            params![r.destination, r.idempotency_key, r.body, now],
+        )?;
+    }
+    Ok(())
+}
+
+fn facts(c: &Connection, id: DeployId) -> Result<Option<DeployFacts>, StateError> {
+    Ok(c.query_row(
+        "SELECT id, app, git_ref, sha, trigger, who, state, release, queued_at, finished_at, message, output_tail FROM deploys WHERE id = ?1",
+        params![id as i64],
+        |r| {
+            Ok(DeployFacts {
+                id: r.get::<_, i64>(0)? as DeployId,
+                app: r.get(1)?,
+                git_ref: r.get(2)?,
+                sha: r.get(3)?,
+                trigger: r.get(4)?,
+                who: r.get(5)?,
+                state: r.get(6)?,
+                release: r.get(7)?,
+                queued_at_ms: r.get::<_, i64>(8)? as u64,
+                finished_at_ms: r.get::<_, Option<i64>>(9)?.map(|v| v as u64),
+                message: r.get(10)?,
+                output_tail: r.get::<_, Option<String>>(11)?.filter(|t| !t.is_empty()).map(|t| t.lines().map(String::from).collect()).unwrap_or_default(),
+            })
+        },
+    )
+    .optional()?)
+}
