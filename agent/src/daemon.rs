@@ -122,7 +122,9 @@ async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
                     if let Err(e) = supervisor.apply(&fresh).await {
                         tracing::error!(error = %e, "could not apply all of the new config");
                     }
-                    state.deployer.apply_schedules();
+                    if let Err(e) = state.deployer.apply_config("config") {
+                        tracing::error!(error = %e, "could not queue the first deploy of a new app");
+                    }
                 }
                 Err(e) => tracing::error!("SIGHUP: the config has an error; keeping the running one\n{e}"),
             },

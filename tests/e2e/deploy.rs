@@ -342,3 +342,25 @@ fn a_release_that_crash_loops_within_its_bake_window_is_rolled_back_by_the_agent
     agent.wait_online("web", 2);
     assert!(answer(&agent).starts_with("hello from worker"), "{}", answer(&agent));
 }
+
+#[test]
+fn an_app_from_git_added_by_sighup_gets_its_first_deploy() {
+    let repo = TestRepo::with_example_app();
+    let mut agent = TestEnv::new().start();
+    let web = agent.pids("web");
+    agent.reconfigure(|env| env.app(AppSpec::new("api").instances(1).repo(&repo)));
+
+    agent.signal(Signal::SIGHUP);
+    agent.wait_online("api", 1);
+    let first = agent.history("api");
+    assert_eq!(first.len(), 1, "{first:#?}");
+    assert_eq!(first[0].trigger, "config");
+    assert_eq!(agent.wait_deploy(first[0].id).sha.as_deref(), Some(repo.head().as_str()));
+    let r = http::get(agent.port("api"), "/").expect("GET / on the new app's port");
+    assert!(r.body.starts_with("hello from worker 0"), "{}", r.body);
+    assert_eq!(agent.pids("web"), web, "an unchanged app was touched");
+
+    // A second SIGHUP with the release live deploys nothing more.
+    agent.signal(Signal::SIGHUP);
+    assert!(!wait_until(Duration::from_secs(2), || agent.history("api").len() > 1), "{:#?}", agent.history("api"));
+}

@@ -94,18 +94,36 @@ impl Deployer {
             let Some(path) = cfg.path.clone().filter(|_| cfg.repo.is_some()) else { continue };
             let dir = AppDir::new(path);
             d.remove_incomplete(&app.name, &dir, app.release().map(|r| r.name));
-            if app.release().is_none() {
-                tracing::info!(app = %app.name, branch = %cfg.branch, "no release yet: deploying the branch head");
-                d.request(&app.name, Target::Ref(cfg.branch.clone()), "startup", None)?;
-            }
         }
-        d.apply_schedules();
+        d.apply_config("startup")?;
         Ok(d)
     }
 
-    /// Start, restart or stop each app's pull loop to match its `poll`/`cron` (at start and after
-    /// SIGHUP applied a new config).
-    pub fn apply_schedules(self: &Arc<Self>) {
+    /// Make the deploys match the config (at start, and after SIGHUP applied a new one): a git app
+    /// with no release and nothing queued or running gets its branch head deployed (`trigger` says
+    /// why), and each app's pull loop is started, restarted or stopped to match `poll`/`cron`.
+    pub fn apply_config(self: &Arc<Self>, trigger: &str) -> Result<(), DeployError> {
+        for app in self.supervisor.list() {
+            let cfg = app.config();
+            if cfg.repo.is_none() || app.release().is_some() || self.busy(&app.name) {
+                continue;
+            }
+            tracing::info!(app = %app.name, branch = %cfg.branch, "no release yet: deploying the branch head");
+            self.request(&app.name, Target::Ref(cfg.branch.clone()), trigger, None)?;
+        }
+        self.apply_schedules();
+        Ok(())
+    }
+
+    /// Whether a deploy of `app` is queued or running.
+    fn busy(&self, app: &str) -> bool {
+        self.queue_if_any(app).is_some_and(|q| {
+            q.pending.lock().unwrap_or_else(|e| e.into_inner()).is_some() || q.running.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+        })
+    }
+
+    /// Start, restart or stop each app's pull loop to match its `poll`/`cron`.
+    fn apply_schedules(self: &Arc<Self>) {
         let mut pullers = self.pullers.lock().unwrap_or_else(|e| e.into_inner());
         let mut wanted = HashMap::new();
         for app in self.supervisor.list() {
