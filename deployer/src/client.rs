@@ -18,9 +18,14 @@ use serde::de::DeserializeOwned;
 /// How long to wait for the TCP (and TLS) connection: an agent that is up answers at once.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long a quick request (list, start, logs...) may take. A reload has no limit: it returns
-/// when the new workers are ready, which can take minutes.
+/// How long a request that waits on the workers (start, stop, scale) may take. A reload has no
+/// limit: it returns when the new workers are ready, which can take minutes.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a request the agent answers at once (lists, deploy and rollback requests, locks,
+/// stream heads) may take: a host that accepts the connection but hangs is failed after this,
+/// not after a minute.
+const QUICK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a stream may stay silent: the agent sends a keep-alive comment every 5 s, so a
 /// stream quiet for this long is a dead connection (a host that vanished), not a slow deploy.
@@ -162,13 +167,13 @@ impl Client {
 
     /// `GET /v1/apps`
     pub async fn apps(&self) -> Result<Vec<AppStatus>, ClientError> {
-        self.call(Method::GET, &["apps"], Some(REQUEST_TIMEOUT), None::<&()>)
+        self.call(Method::GET, &["apps"], Some(QUICK_TIMEOUT), None::<&()>)
             .await
     }
 
     /// `GET /v1/apps/{app}`
     pub async fn app(&self, app: &str) -> Result<AppStatus, ClientError> {
-        self.call(Method::GET, &["apps", app], Some(REQUEST_TIMEOUT), None::<&()>)
+        self.call(Method::GET, &["apps", app], Some(QUICK_TIMEOUT), None::<&()>)
             .await
     }
 
@@ -205,25 +210,25 @@ impl Client {
         let mut url = self.url(&["apps", app, "logs"]);
         url.query_pairs_mut().append_pair("lines", &lines.to_string());
         let request = self.http.get(url);
-        self.send(request, Some(REQUEST_TIMEOUT)).await
+        self.send(request, Some(QUICK_TIMEOUT)).await
     }
 
     /// `POST /v1/apps/{app}/deploys`: queues a deploy and answers at once (202).
     pub async fn deploy(&self, app: &str, request: &DeployRequest) -> Result<DeployAccepted, ClientError> {
-        self.call(Method::POST, &["apps", app, "deploys"], Some(REQUEST_TIMEOUT), Some(request))
+        self.call(Method::POST, &["apps", app, "deploys"], Some(QUICK_TIMEOUT), Some(request))
             .await
     }
 
     /// `POST /v1/apps/{app}/rollback`: queues a deploy of a release on disk (202).
     pub async fn rollback(&self, app: &str, request: &RollbackRequest) -> Result<DeployAccepted, ClientError> {
-        self.call(Method::POST, &["apps", app, "rollback"], Some(REQUEST_TIMEOUT), Some(request))
+        self.call(Method::POST, &["apps", app, "rollback"], Some(QUICK_TIMEOUT), Some(request))
             .await
     }
 
     /// `GET /v1/deploys/{id}`: one deploy, with its events and the tail of its install output.
     pub async fn deploy_status(&self, id: u64) -> Result<Deploy, ClientError> {
         let id = id.to_string();
-        self.call(Method::GET, &["deploys", &id], Some(REQUEST_TIMEOUT), None::<&()>)
+        self.call(Method::GET, &["deploys", &id], Some(QUICK_TIMEOUT), None::<&()>)
             .await
     }
 
@@ -232,13 +237,13 @@ impl Client {
         let mut url = self.url(&["apps", app, "deploys"]);
         url.query_pairs_mut().append_pair("limit", &limit.to_string());
         let request = self.http.get(url);
-        self.send(request, Some(REQUEST_TIMEOUT)).await
+        self.send(request, Some(QUICK_TIMEOUT)).await
     }
 
     /// `POST /v1/deploys/{id}/cancel`: answers the deploy as it was when the cancel arrived.
     pub async fn cancel(&self, id: u64) -> Result<Deploy, ClientError> {
         let id = id.to_string();
-        self.call(Method::POST, &["deploys", &id, "cancel"], Some(REQUEST_TIMEOUT), None::<&()>)
+        self.call(Method::POST, &["deploys", &id, "cancel"], Some(QUICK_TIMEOUT), None::<&()>)
             .await
     }
 
@@ -250,7 +255,7 @@ impl Client {
 
     /// `GET /v1/apps/{app}/releases`: the release directories on disk, newest first.
     pub async fn releases(&self, app: &str) -> Result<Vec<Release>, ClientError> {
-        self.call(Method::GET, &["apps", app, "releases"], Some(REQUEST_TIMEOUT), None::<&()>)
+        self.call(Method::GET, &["apps", app, "releases"], Some(QUICK_TIMEOUT), None::<&()>)
             .await
     }
 
@@ -270,23 +275,23 @@ impl Client {
 
     /// `POST /v1/locks/{name}`: take or renew a lease; the answer says who holds it.
     pub async fn lock(&self, name: &str, request: &LockRequest) -> Result<LockStatus, ClientError> {
-        self.call(Method::POST, &["locks", name], Some(REQUEST_TIMEOUT), Some(request)).await
+        self.call(Method::POST, &["locks", name], Some(QUICK_TIMEOUT), Some(request)).await
     }
 
     /// `DELETE /v1/locks/{name}?lease=`: give a lease back.
     pub async fn unlock(&self, name: &str, lease: &str) -> Result<(), ClientError> {
         let mut url = self.url(&["locks", name]);
         url.query_pairs_mut().append_pair("lease", lease);
-        let mut request = self.http.delete(url).timeout(REQUEST_TIMEOUT);
+        let mut request = self.http.delete(url).timeout(QUICK_TIMEOUT);
         if let Some(token) = &self.token.value {
             request = request.bearer_auth(token);
         }
-        let response = request.send().await.map_err(|e| self.transport_error(e, Some(REQUEST_TIMEOUT)))?;
+        let response = request.send().await.map_err(|e| self.transport_error(e, Some(QUICK_TIMEOUT)))?;
         if response.status().is_success() {
             return Ok(());
         }
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| self.transport_error(e, Some(REQUEST_TIMEOUT)))?;
+        let bytes = response.bytes().await.map_err(|e| self.transport_error(e, Some(QUICK_TIMEOUT)))?;
         Err(self.error_of(status, &bytes))
     }
 
@@ -296,13 +301,13 @@ impl Client {
             request = request.bearer_auth(token);
         }
         // The answer's head comes at once; only the body is long.
-        let response = tokio::time::timeout(REQUEST_TIMEOUT, request.send())
+        let response = tokio::time::timeout(QUICK_TIMEOUT, request.send())
             .await
-            .map_err(|_| ClientError::TimedOut { agent: self.agent(), after: REQUEST_TIMEOUT })?
-            .map_err(|e| self.transport_error(e, Some(REQUEST_TIMEOUT)))?;
+            .map_err(|_| ClientError::TimedOut { agent: self.agent(), after: QUICK_TIMEOUT })?
+            .map_err(|e| self.transport_error(e, Some(QUICK_TIMEOUT)))?;
         let status = response.status();
         if !status.is_success() {
-            let bytes = response.bytes().await.map_err(|e| self.transport_error(e, Some(REQUEST_TIMEOUT)))?;
+            let bytes = response.bytes().await.map_err(|e| self.transport_error(e, Some(QUICK_TIMEOUT)))?;
             return Err(self.error_of(status, &bytes));
         }
         Ok(EventStream { client: self.clone(), response, parser: Default::default(), ready: Default::default(), only, _item: std::marker::PhantomData })

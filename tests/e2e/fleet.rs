@@ -185,6 +185,28 @@ fn a_host_that_refuses_connections_fails_quickly_with_the_reason() {
 }
 
 #[test]
+fn a_host_that_accepts_but_never_answers_fails_within_the_request_timeout() {
+    let fleet = TestFleet::start(TestRepo::with_example_app(), 1, |_, app| app);
+    let v2 = fleet.repo.commit_greeting("v2");
+    // Accepts connections (the kernel's backlog does) and never reads or answers them.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let silent_url = format!("http://127.0.0.1:{}", silent.local_addr().expect("addr").port());
+    let mut hosts = fleet.hosts();
+    hosts.push(silent_url.clone());
+    fleet.write_file("prod", &hosts, "{ max_parallel: 2, halt_on_failure: false }");
+
+    let out = fleet.cli(&["push", "prod", "--json"]).failure(1);
+    let results = json(&out);
+    let r = &results[1];
+    assert_eq!(str_of(r, "host"), silent_url);
+    assert_ne!(str_of(r, "state"), "live", "{r:#}");
+    assert!(r["duration_ms"].as_u64().is_some_and(|d| d < 30_000), "a hung host held the push: {r:#}");
+    assert_eq!(str_of(&results[0], "state"), "live", "{results:#}");
+    assert_eq!(fleet.live_sha(0).as_deref(), Some(v2.as_str()));
+    drop(silent);
+}
+
+#[test]
 fn a_second_push_waits_for_the_lock_or_fails_at_once_with_no_wait() {
     let fleet = TestFleet::start(TestRepo::with_example_app(), 1, |_, app| app);
     fleet.repo.commit_greeting("v2");
