@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Rows looked at per round.
-const BATCH: usize = 500;
+/// Rows looked at per round and destination.
+const BATCH: usize = 200;
 /// One attempt may take this long.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Look at the outbox at least this often, even when nothing woke the sender.

@@ -92,13 +92,17 @@ impl Store {
         Ok(())
     }
 
-    /// Undelivered reports, oldest first.
-    pub fn unsent_reports(&self, limit: usize) -> Result<Vec<OutboxRow>, StateError> {
+    /// Undelivered reports, oldest first: at most `per_destination` of each destination, so a
+    /// receiver that is down with a long backlog holds back no other.
+    pub fn unsent_reports(&self, per_destination: usize) -> Result<Vec<OutboxRow>, StateError> {
         let c = self.conn();
         let mut stmt = c.prepare(
-            "SELECT id, destination, idempotency_key, body, attempts, next_at FROM report_outbox WHERE sent_at IS NULL ORDER BY id LIMIT ?1",
+            "SELECT id, destination, idempotency_key, body, attempts, next_at FROM (
+                 SELECT *, ROW_NUMBER() OVER (PARTITION BY destination ORDER BY id) AS nth
+                 FROM report_outbox WHERE sent_at IS NULL)
+             WHERE nth <= ?1 ORDER BY id",
         )?;
-        let rows = stmt.query_map(params![limit as i64], |r| {
+        let rows = stmt.query_map(params![per_destination as i64], |r| {
             Ok(OutboxRow {
                 id: r.get(0)?,
                 destination: r.get(1)?,
@@ -163,4 +167,30 @@ fn facts(c: &Connection, id: DeployId) -> Result<Option<DeployFacts>, StateError
         },
     )
     .optional()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(destination: &str, n: usize) -> NewReport {
+        NewReport { destination: destination.into(), idempotency_key: format!("{destination}-{n}"), body: "{}".into() }
+    }
+
+    #[test]
+    fn a_long_backlog_of_one_destination_holds_back_no_other() {
+        let store = Store::in_memory();
+        let down: Vec<NewReport> = (0..50).map(|n| report("down", n)).collect();
+        store.enqueue_reports(&down).expect("enqueue");
+        store.enqueue_reports(&[report("up", 0)]).expect("enqueue");
+
+        let rows = store.unsent_reports(10).expect("unsent");
+        assert_eq!(rows.iter().filter(|r| r.destination == "down").count(), 10);
+        assert!(rows.iter().any(|r| r.destination == "up"), "{rows:?}");
+        assert!(rows.windows(2).all(|w| w[0].id < w[1].id), "oldest first");
+
+        let up = rows.iter().find(|r| r.destination == "up").expect("up");
+        store.report_sent(up.id).expect("sent");
+        assert!(store.unsent_reports(10).expect("unsent").iter().all(|r| r.destination == "down"));
+    }
 }
