@@ -5,16 +5,14 @@
 //! silently ignored setting.
 
 mod checked;
-mod error;
-mod locate;
 pub mod report;
 pub mod triggers;
 pub mod units;
 
-pub use error::ConfigError;
 pub use report::{GithubStatusConfig, ReportConfig, RetryConfig};
 pub use triggers::{CronSchedule, WebhookConfig};
 
+use deployer_diagnostic::locate;
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
@@ -23,6 +21,11 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 use units::{Dur, Size};
+
+/// A mistake in `agent.yaml` or an app's env file, located: `file:line:col: message` and a
+/// `hint:`. The shape is shared with the CLI's `deployer.yaml`; the hints that name the agent's
+/// files are written here.
+pub type ConfigError = deployer_diagnostic::FileError;
 
 /// The whole `agent.yaml`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -533,7 +536,7 @@ impl std::fmt::Debug for ResolvedToken {
 
 /// Read, parse and check a config file.
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::io(path, e))?;
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::io(path, e, "check the path; `examples/agent.yaml` is a complete example"))?;
     parse(path, &text)
 }
 
@@ -765,14 +768,8 @@ pub fn valid_app_name(name: &str) -> bool {
 
 /// Read a `KEY=VALUE` env file: `#` comments, blank lines, optional `export `, optional quotes.
 pub fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        let missing = e.kind() == std::io::ErrorKind::NotFound;
-        let mut err = ConfigError::io(path, e);
-        if missing {
-            err.hint = Some("create it with `KEY=VALUE` lines, or remove the app's `env_file`".into());
-        }
-        err
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::io(path, e, "create it with `KEY=VALUE` lines, or remove the app's `env_file`"))?;
     let mut vars = BTreeMap::new();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();

@@ -15,10 +15,9 @@ use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 
+use deployer_diagnostic::{FileError, locate};
 use reqwest::Url;
 use serde::Deserialize;
-
-use super::file_error::{FileError, locate_key};
 
 /// The file's name, looked for in the current directory and the git root.
 pub const FILE_NAME: &str = "deployer.yaml";
@@ -118,30 +117,35 @@ fn parse_host(text: &str) -> Result<Url, String> {
 impl FleetFile {
     /// Reads and checks the file at `path`.
     pub fn load(path: &Path) -> Result<FleetFile, FileError> {
-        let text = std::fs::read_to_string(path).map_err(|e| FileError::io(path, e))?;
+        let text = std::fs::read_to_string(path).map_err(|e| FileError::io(path, e, "check the path given to `-f`"))?;
         FleetFile::parse(path, &text)
     }
 
+    /// Parses and checks `text`; errors name `path` and the line and column of the mistake.
     pub fn parse(path: &Path, text: &str) -> Result<FleetFile, FileError> {
-        let mut file: FleetFile = serde_yaml_ng::from_str(text).map_err(|e| FileError::from_yaml(path, e))?;
+        let mut file: FleetFile = serde_yaml_ng::from_str(text).map_err(|e| yaml_error(path, e))?;
         file.path = path.to_path_buf();
         for (name, env) in &file.environments {
-            let at = |key: &str| locate_key(text, &["environments", name, key]).or_else(|| locate_key(text, &["environments", name]));
+            // At the key, else at its environment; `(0, 0)` (no place) when neither is written.
+            let at = |key: &str| locate::key(text, &["environments", name, key]).or_else(|| locate::key(text, &["environments", name])).unwrap_or((0, 0));
             if env.hosts.is_empty() {
-                return Err(FileError::at(path, at("hosts"), format!("environment `{name}` has no hosts"), Some("write `hosts: [http://127.0.0.1:7070]`, one agent URL per host".into())));
+                let (line, col) = at("hosts");
+                return Err(FileError::at(path, line, col, format!("environment `{name}` has no hosts"), Some("write `hosts: [http://127.0.0.1:7070]`, one agent URL per host".into())));
             }
             if env.rollout.canary >= env.hosts.len() && env.rollout.canary > 0 {
-                let (line, col) = locate_key(text, &["environments", name, "rollout", "canary"]).or_else(|| at("rollout")).unwrap_or((0, 0));
+                let (line, col) = locate::key(text, &["environments", name, "rollout", "canary"]).unwrap_or_else(|| at("rollout"));
                 return Err(FileError::at(
                     path,
-                    Some((line, col)),
+                    line,
+                    col,
                     format!("environment `{name}` has {} hosts, so `canary: {}` leaves none for the rollout", env.hosts.len(), env.rollout.canary),
                     Some(format!("write `canary: {}` or fewer", env.hosts.len().saturating_sub(1))),
                 ));
             }
             // The value is not echoed: it may be a token pasted in by mistake.
             if env.token_env.as_ref().is_some_and(|v| v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')) {
-                return Err(FileError::at(path, at("token_env"), format!("environment `{name}`: `token_env` is not an environment variable name"), Some("write the variable's name (letters, digits, `_`), like `token_env: DEPLOYER_PROD_TOKEN`, never the token".into())));
+                let (line, col) = at("token_env");
+                return Err(FileError::at(path, line, col, format!("environment `{name}`: `token_env` is not an environment variable name"), Some("write the variable's name (letters, digits, `_`), like `token_env: DEPLOYER_PROD_TOKEN`, never the token".into())));
             }
         }
         Ok(file)
@@ -167,6 +171,15 @@ impl FleetFile {
     pub fn names(&self) -> String {
         self.environments.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
     }
+}
+
+/// serde's error, located, with a hint for the one key the file cannot do without.
+fn yaml_error(path: &Path, e: serde_yaml_ng::Error) -> FileError {
+    let mut err = FileError::from_yaml(path, e);
+    if err.hint.is_none() && err.message.contains("missing field `environments`") {
+        err.hint = Some("add `environments:` with at least one, e.g. `staging: { hosts: [http://127.0.0.1:7070] }`".to_owned());
+    }
+    err
 }
 
 #[cfg(test)]
@@ -211,6 +224,13 @@ mod tests {
     }
 
     #[test]
+    fn a_file_without_environments_says_what_to_add() {
+        let e = parse("app: web\n").unwrap_err();
+        assert!(e.message.contains("missing field `environments`"), "{e}");
+        assert!(e.hint.as_deref().is_some_and(|h| h.starts_with("add `environments:`")), "{e}");
+    }
+
+    #[test]
     fn hosts_must_be_agent_urls() {
         let e = parse("environments:\n  prod:\n    hosts:\n      - http://a:1\n      - 10.0.0.5:7070\n").unwrap_err().to_string();
         // serde_yaml_ng places a wrong element at the start of its list.
@@ -223,6 +243,8 @@ mod tests {
         let e = parse("environments:\n  prod:\n    hosts: [http://a:1]\n    rollout:\n      canary: 1\n").unwrap_err().to_string();
         assert!(e.starts_with("deployer.yaml:5:7: environment `prod` has 1 hosts"), "{e}");
         assert!(e.contains("hint: write `canary: 0` or fewer"), "{e}");
+        let e = parse("environments:\n  prod:\n    hosts: [http://a:1]\n    rollout: { canary: 1 }\n").unwrap_err().to_string();
+        assert!(e.starts_with("deployer.yaml:4:16: environment `prod` has 1 hosts"), "{e}");
         let e = parse("environments:\n  prod:\n    hosts: [http://a:1]\n    rollout: { max_parallel: 0 }\n").unwrap_err().to_string();
         assert!(e.starts_with("deployer.yaml:4:"), "{e}");
         let e = parse("environments:\n  prod:\n    hosts: [http://a:1]\n    token_env: \"s3cr3t-token!\"\n").unwrap_err().to_string();

@@ -6,7 +6,6 @@
 //! two pushes of one environment apart, `progress` shows one line per host.
 
 pub mod file;
-pub mod file_error;
 pub mod git;
 pub mod lock;
 pub mod progress;
