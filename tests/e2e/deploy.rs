@@ -364,3 +364,28 @@ fn an_app_from_git_added_by_sighup_gets_its_first_deploy() {
     agent.signal(Signal::SIGHUP);
     assert!(!wait_until(Duration::from_secs(2), || agent.history("api").len() > 1), "{:#?}", agent.history("api"));
 }
+
+#[test]
+fn workers_and_the_install_step_run_as_the_configured_user() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: only root can start processes as another user");
+        return;
+    }
+    let repo = repo_with_install("id -u > installed-by\n");
+    let setup = TestEnv::new().web(|a| app_from(&repo)(a).set("user", "nobody")).setup();
+    // The test's temp dir is private to root; `nobody` must reach the releases inside it.
+    std::fs::set_permissions(setup.dir(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod the temp dir");
+    let agent = setup.start();
+    let nobody = nix::unistd::User::from_name("nobody").expect("getpwnam").expect("a `nobody` user");
+    let uid = nobody.uid.as_raw().to_string();
+
+    for pid in agent.pids("web") {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/<pid>/status");
+        let uids = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or_default().to_string();
+        assert!(uids.split_whitespace().skip(1).all(|u| u == uid), "worker {pid} runs as {uids}, not {uid}");
+    }
+    let release = agent.app_dir("web").join("current");
+    let installed_by = std::fs::read_to_string(release.join("installed-by")).expect("the install step wrote its uid");
+    assert_eq!(installed_by.trim(), uid);
+    assert!(answer(&agent).starts_with("hello from worker"), "{}", answer(&agent));
+}

@@ -6,10 +6,12 @@
 
 mod checked;
 pub mod report;
+pub mod run_as;
 pub mod triggers;
 pub mod units;
 
 pub use report::{GithubStatusConfig, ReportConfig, RetryConfig};
+pub use run_as::RunAs;
 pub use triggers::{CronSchedule, WebhookConfig};
 
 use deployer_diagnostic::locate;
@@ -162,6 +164,13 @@ pub struct AppConfig {
     /// crash-loop or stop being ready.
     #[serde(default)]
     pub bake: Option<Dur>,
+    /// Run the workers and the install steps as this user (a name or a uid) instead of the
+    /// agent's own; the agent must then run as root. Releases are given to this user.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// `user`, looked up when the config is loaded.
+    #[serde(skip)]
+    pub run_as: Option<RunAs>,
     /// The command: split like a shell would (quotes, escapes) but no shell is run.
     pub start: StartCommand,
     /// Number of workers, or `max` for one per CPU.
@@ -632,6 +641,16 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
             }
         }
         check_triggers(name, app, &at)?;
+        if let Some(user) = &app.user {
+            let keys = ["apps", name.as_str(), "user"];
+            let run_as = RunAs::resolve(user).map_err(|e| at(&keys, e, Some("name an account of this host, e.g. `user: www-data`, or a uid".into())))?;
+            if !run_as.can_switch() {
+                return Err(at(&keys, format!("app `{name}` runs as `{}`, which needs the agent to run as root", run_as.user), Some(
+                    "start the agent as root (it starts the workers as `user`), or remove `user:`".into(),
+                )));
+            }
+            app.run_as = Some(run_as);
+        }
         if app.reload.max_surge == 0 {
             return Err(at(&["apps", name, "reload", "max_surge"], "`max_surge: 0` would never replace a worker".into(), Some("write `max_surge: 1` or more".into())));
         }

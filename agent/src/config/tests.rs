@@ -185,3 +185,18 @@ fn an_error_about_a_default_points_at_the_closest_written_key() {
     assert!(e.message.contains("has `proxy: http` but no `port`"), "{e}");
     assert_eq!((e.line, e.col), (4, 3), "{e}");
 }
+
+#[test]
+fn an_unknown_user_is_reported_at_its_key() {
+    let d = tmp("user");
+    let p = write(&d, &GOOD.replace("    cwd: app\n", "    cwd: app\n    user: no-such-user-here\n"));
+    let e = load(&p).unwrap_err();
+    assert_eq!(e.line, 6, "{e}");
+    assert!(e.message.contains("no user `no-such-user-here`"), "{e}");
+    assert!(e.hint.as_deref().unwrap_or_default().contains("user: www-data"), "{e}");
+
+    let p = write(&d, &GOOD.replace("    cwd: app\n", "    cwd: app\n    user: root\n"));
+    let loaded = load(&p).expect("root exists");
+    let run_as = loaded.config.apps["web"].run_as.clone().expect("looked up");
+    assert_eq!(run_as.uid, 0);
+}

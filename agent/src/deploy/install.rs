@@ -1,6 +1,7 @@
 //! Running the install step and the lifecycle hooks: commands from the config only, no shell,
 //! each in its own process group, with a timeout, output streamed to the deploy's log.
 
+use crate::config::RunAs;
 use crate::supervisor::spawn::{self, Launch};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -72,11 +73,11 @@ pub enum StepError {
 }
 
 /// Run `cmds` in order in `cwd`; the first failure stops the rest.
-pub async fn run(cmds: &[Vec<String>], cwd: &Path, env: &BTreeMap<String, String>, timeout: Duration, cancel: &CancellationToken, out: &Output) -> Result<(), StepError> {
+pub async fn run(cmds: &[Vec<String>], cwd: &Path, env: &BTreeMap<String, String>, run_as: Option<&RunAs>, timeout: Duration, cancel: &CancellationToken, out: &Output) -> Result<(), StepError> {
     for argv in cmds {
         let cmd = shell_words::join(argv);
         out.line(&format!("$ {cmd}"));
-        let launch = Launch { argv, cwd, env, listen_fd: None, fd_name: "" };
+        let launch = Launch { argv, cwd, env, listen_fd: None, fd_name: "", run_as };
         let mut child = spawn::spawn(&launch).map_err(|source| StepError::Spawn { cmd: cmd.clone(), source })?;
         let pid = child.id().map(|p| Pid::from_raw(p as i32));
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());

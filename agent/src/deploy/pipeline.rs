@@ -6,7 +6,7 @@
 //! not get ready puts the previous release's workers back and ends `rolled_back`.
 
 use super::install::{self, Output};
-use super::release::{AppDir, prune_plan, seq_of};
+use super::release::{self, AppDir, prune_plan, seq_of};
 use super::state::DeployState;
 use super::{AppQueue, DeployError, Deployer, Job, Target};
 use crate::config::{AppConfig, AuthConfig};
@@ -152,7 +152,17 @@ impl Run<'_> {
         let row = ReleaseRow { app: self.app.name.clone(), name: name.clone(), seq, sha: sha.clone(), ok: false };
         let _ = self.d.store.record_release(&row);
         let _ = self.d.store.set_release(self.id, &name);
+        if let Some(r) = cfg.run_as.clone() {
+            let tree = release_dir.clone();
+            tokio::task::spawn_blocking(move || release::give_tree(&tree, &r))
+                .await
+                .map_err(|e| Stop::failed(format!("chown crashed: {e}")))?
+                .map_err(|e| Stop::failed(format!("cannot give releases/{name} to `{}`: {e}", cfg.user.as_deref().unwrap_or_default())))?;
+        }
         dir.link_shared(&release_dir, &cfg.shared).map_err(|e| Stop::failed(format!("cannot link shared paths: {e}")))?;
+        if let Some(r) = &cfg.run_as {
+            dir.give_shared(&cfg.shared, r).map_err(|e| Stop::failed(format!("cannot give the shared paths to `{}`: {e}", r.user)))?;
+        }
         self.log(&format!("release {name} materialised in {} ms", t.elapsed().as_millis()));
 
         // 3. install and hooks, in the release with the deploy's environment
@@ -166,7 +176,7 @@ impl Run<'_> {
             }
             self.check_cancel()?;
             let t = Instant::now();
-            if let Err(e) = install::run(&cmds.0, &workdir, &env, cfg.install_timeout.0, &self.cancel, self.output()).await {
+            if let Err(e) = install::run(&cmds.0, &workdir, &env, cfg.run_as.as_ref(), cfg.install_timeout.0, &self.cancel, self.output()).await {
                 if matches!(e, install::StepError::Cancelled) {
                     return Err(Stop { state: DeployState::Cancelled, message: format!("cancelled during {label}") });
                 }
@@ -198,7 +208,7 @@ impl Run<'_> {
         self.go_live(&dir, &row)?;
         self.prune(&fresh, &dir);
         if !fresh.hooks.post_reload.0.is_empty() {
-            if let Err(e) = install::run(&fresh.hooks.post_reload.0, &workdir, &env, fresh.install_timeout.0, &CancellationToken::new(), self.output()).await {
+            if let Err(e) = install::run(&fresh.hooks.post_reload.0, &workdir, &env, fresh.run_as.as_ref(), fresh.install_timeout.0, &CancellationToken::new(), self.output()).await {
                 self.log(&format!("post_reload: {e} (the deploy stays live)"));
             }
         }
@@ -253,7 +263,7 @@ impl Run<'_> {
         if cfg.hooks.on_failure.0.is_empty() {
             return;
         }
-        if let Err(e) = install::run(&cfg.hooks.on_failure.0, workdir, env, cfg.install_timeout.0, &CancellationToken::new(), self.output()).await {
+        if let Err(e) = install::run(&cfg.hooks.on_failure.0, workdir, env, cfg.run_as.as_ref(), cfg.install_timeout.0, &CancellationToken::new(), self.output()).await {
             self.log(&format!("on_failure: {e}"));
         }
     }

@@ -1,6 +1,7 @@
 //! An app's directory on disk: `repo.git` (the cached clone), `releases/<seq>-<shortsha>/`,
 //! `shared/` and the `current` symlink.
 
+use crate::config::RunAs;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -94,6 +95,23 @@ impl AppDir {
             .collect()
     }
 
+    /// Give `shared/` and each shared path (not what is inside a shared directory: that is the
+    /// app's data, written by it) to the app's `user`.
+    pub fn give_shared(&self, paths: &[PathBuf], to: &RunAs) -> io::Result<()> {
+        let shared = self.shared();
+        if !shared.exists() {
+            return Ok(());
+        }
+        lchown(&shared, to)?;
+        for p in paths {
+            let p = shared.join(p);
+            if std::fs::symlink_metadata(&p).is_ok() {
+                lchown(&p, to)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Half-written release trees (`.<name>.partial`) a crash mid-materialise left behind.
     pub fn partials(&self) -> Vec<PathBuf> {
         let Ok(rd) = std::fs::read_dir(self.releases()) else { return Vec::new() };
@@ -106,6 +124,27 @@ impl AppDir {
     pub fn remove_release(&self, name: &str) -> io::Result<()> {
         std::fs::remove_dir_all(self.release(name))
     }
+}
+
+/// Give a release tree to the app's `user`, so its install step can write into it (symlinks
+/// themselves, never what they point at).
+pub fn give_tree(root: &Path, to: &RunAs) -> io::Result<()> {
+    lchown(root, to)?;
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            lchown(&entry.path(), to)?;
+            if entry.file_type()?.is_dir() {
+                dirs.push(entry.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn lchown(p: &Path, to: &RunAs) -> io::Result<()> {
+    std::os::unix::fs::lchown(p, Some(to.uid), Some(to.gid))
 }
 
 fn looks_like_file(p: &Path) -> bool {

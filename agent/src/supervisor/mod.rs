@@ -263,6 +263,9 @@ pub fn resolve_spec(cfg: &AppConfig, release: Option<&ActiveRelease>) -> Result<
         (None, None) => return Ok(None),
     };
     let mut env = BTreeMap::new();
+    if let Some(r) = &cfg.run_as {
+        env.extend(r.env());
+    }
     if let Some(f) = &cfg.env_file {
         let f = workdir.join(f);
         if f.exists() || cfg.repo.is_none() {
@@ -286,6 +289,7 @@ pub fn resolve_spec(cfg: &AppConfig, release: Option<&ActiveRelease>) -> Result<
         release: release_name,
         ready: cfg.ready.clone(),
         restart: cfg.restart.clone(),
+        run_as: cfg.run_as.clone(),
     }))
 }
 

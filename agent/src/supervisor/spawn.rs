@@ -8,6 +8,7 @@ use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use crate::config::RunAs;
 use tokio::process::{Child, Command};
 
 /// What one worker process is started with.
@@ -20,6 +21,8 @@ pub struct Launch<'a> {
     pub listen_fd: Option<RawFd>,
     /// The name in `LISTEN_FDNAMES`.
     pub fd_name: &'a str,
+    /// The account to start the process as (the agent must be root); `None`: the agent's own.
+    pub run_as: Option<&'a RunAs>,
 }
 
 /// Start the process; stdout and stderr are piped for the log sink.
@@ -34,6 +37,11 @@ pub fn spawn(l: &Launch) -> io::Result<Child> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(false);
+    if let Some(r) = l.run_as {
+        // std drops the supplementary groups when root switches user, before our pre_exec runs;
+        // PR_SET_PDEATHSIG is set after the switch, which would otherwise clear it.
+        cmd.uid(r.uid).gid(r.gid);
+    }
     let parent = std::process::id() as libc::pid_t;
     match l.listen_fd {
         None => {

@@ -6,7 +6,7 @@ use super::orphans::PidRecord;
 use super::procstat::{self, ProcSample};
 use super::readiness::{self, NotifySocket};
 use super::spawn::{self, Launch};
-use crate::config::{ProxyMode, ReadyCheck, ReadyConfig, RestartConfig};
+use crate::config::{ProxyMode, ReadyCheck, ReadyConfig, RestartConfig, RunAs};
 use crate::front::{Backend, Rotation};
 use deployer_wire::WorkerStatus;
 use nix::sys::signal::{Signal, killpg};
@@ -53,6 +53,8 @@ pub struct WorkerSpec {
     pub release: String,
     pub ready: ReadyConfig,
     pub restart: RestartConfig,
+    /// The account the worker runs as (`user:`); `None`: the agent's own.
+    pub run_as: Option<RunAs>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -321,6 +323,7 @@ impl Worker {
             env: &env,
             listen_fd: ctx.listener.as_ref().map(|l| l.as_raw_fd()),
             fd_name: &ctx.app,
+            run_as: self.spec.run_as.as_ref(),
         };
         let mut child = match spawn::spawn(&launch) {
             Ok(c) => c,

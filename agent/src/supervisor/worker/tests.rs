@@ -36,6 +36,7 @@ impl Setup {
             release: String::new(),
             ready: ReadyConfig { check: ReadyCheck::Alive(Duration::from_millis(50)), timeout: Duration::from_secs(5) },
             restart: RestartConfig { max_restarts: u32::MAX, min_uptime: Dur(Duration::from_secs(1)), backoff_max: Dur(backoff_max) },
+            run_as: None,
         };
         Worker::start(0, Arc::new(spec), self.ctx.clone())
     }
