@@ -11,6 +11,8 @@ use std::fs::OpenOptions;
 use std::process::{Child, ExitStatus, Stdio};
 use std::time::Duration;
 
+/// What the agent logs once its API listens.
+const READY: &str = "agent ready";
 /// How long the agent may take to answer its API and bring every worker online.
 const STARTUP: Duration = Duration::from_secs(30);
 /// How long a stopping agent may take before it is killed.
@@ -26,6 +28,8 @@ pub struct Agent {
     setup: Setup,
     child: Option<Child>,
     exit: Option<ExitStatus>,
+    /// How many times the log said `agent ready` before the current process was spawned.
+    ready_before: usize,
 }
 
 impl std::ops::Deref for Agent {
@@ -41,6 +45,7 @@ impl Agent {
             setup,
             child: None,
             exit: None,
+            ready_before: 0,
         };
         agent.spawn_process();
         agent
@@ -79,6 +84,7 @@ impl Agent {
             .stderr(append("agent.err"));
         self.child = Some(cmd.spawn().expect("start deployer-agent"));
         self.exit = None;
+        self.ready_before = self.log().matches(READY).count();
     }
 
     /// Start a new agent process on the same config (the previous one must have exited).
@@ -96,8 +102,11 @@ impl Agent {
         let api = self.api_port();
         let mut up = false;
         wait_until(STARTUP, || {
-            // Only this agent answers `ok`: a worker of another test could hold the port.
+            // Only an agent answers `ok`: a worker of another test could hold the port.
+            // Another agent (of a fleet started in parallel) may hold the port we picked and
+            // answer `ok`: this agent's own log must also say it is ready.
             up = self.exited().is_none()
+                && self.log().matches(READY).count() > self.ready_before
                 && http::get(api, "/healthz").is_ok_and(|r| r.status == 200 && r.body == "ok\n");
             up || self.exited().is_some()
         });
