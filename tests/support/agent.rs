@@ -121,14 +121,21 @@ impl Agent {
             self.exit
         );
         if self.test_env().waits_for_workers() {
-            let apps: Vec<(String, u32)> = self
+            let apps: Vec<(String, u32, bool)> = self
                 .test_env()
                 .apps()
                 .iter()
-                .map(|a| (a.name.clone(), a.instance_count()))
+                .map(|a| (a.name.clone(), a.instance_count(), a.from_git()))
                 .collect();
-            for (app, n) in apps {
+            for (app, n, from_git) in apps {
                 self.wait_online(&app, n as usize);
+                // The first deploy's workers are online a moment before `current` is switched.
+                if from_git {
+                    assert!(
+                        wait_until(STARTUP, || self.current_release(&app).is_some()),
+                        "`{app}` has online workers but no `current` release"
+                    );
+                }
             }
         }
     }

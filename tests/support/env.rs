@@ -158,6 +158,11 @@ impl AppSpec {
         self
     }
 
+    /// Whether the app is deployed from git (`repo:`).
+    pub(crate) fn from_git(&self) -> bool {
+        self.repo.is_some()
+    }
+
     pub(crate) fn instance_count(&self) -> u32 {
         self.instances
     }
