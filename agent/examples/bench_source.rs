@@ -133,8 +133,8 @@ fn text(seed: &mut u64, len: usize) -> String {
         *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         let n = (*seed >> 33) as usize;
         out.push_str(WORDS[n % WORDS.len()]);
-        out.push(if n % 11 == 0 { '\n' } else { ' ' });
-        if n % 7 == 0 {
+        out.push(if n.is_multiple_of(11) { '\n' } else { ' ' });
+        if n.is_multiple_of(7) {
             out.push_str(&(n % 100_000).to_string());
         }
     }

@@ -125,7 +125,7 @@ impl Agent {
                 .test_env()
                 .apps()
                 .iter()
-                .map(|a| (a.name.clone(), a.instance_count(), a.from_git()))
+                .map(|a| (a.name.clone(), a.instance_count(), a.deployed_from_git()))
                 .collect();
             for (app, n, from_git) in apps {
                 self.wait_online(&app, n as usize);

@@ -159,7 +159,7 @@ impl AppSpec {
     }
 
     /// Whether the app is deployed from git (`repo:`).
-    pub(crate) fn from_git(&self) -> bool {
+    pub(crate) fn deployed_from_git(&self) -> bool {
         self.repo.is_some()
     }
 

@@ -631,10 +631,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
                         return Err(at(&["apps", name, "shared"], format!("shared path `{}` must stay inside the release", p.display()), None));
                     }
                 }
-                if let Some(AuthConfig::TokenEnv(var)) = &app.auth {
-                    if std::env::var_os(var).is_none() {
-                        return Err(at(&["apps", name, "auth"], format!("app `{name}` reads its git token from `{var}`, which is not set"), Some(format!("export {var}=<token> before starting the agent"))));
-                    }
+                if let Some(AuthConfig::TokenEnv(var)) = &app.auth
+                    && std::env::var_os(var).is_none()
+                {
+                    return Err(at(&["apps", name, "auth"], format!("app `{name}` reads its git token from `{var}`, which is not set"), Some(format!("export {var}=<token> before starting the agent"))));
                 }
                 let dir = app.path.take().unwrap_or_else(|| PathBuf::from("apps").join(name.as_str()));
                 app.path = Some(if dir.is_relative() { state_dir.join(dir) } else { dir });

@@ -207,10 +207,10 @@ impl Run<'_> {
         // 5. current, records, prune, post_reload
         self.go_live(&dir, &row)?;
         self.prune(&fresh, &dir);
-        if !fresh.hooks.post_reload.0.is_empty() {
-            if let Err(e) = install::run(&fresh.hooks.post_reload.0, &workdir, &env, fresh.run_as.as_ref(), fresh.install_timeout.0, &CancellationToken::new(), self.output()).await {
-                self.log(&format!("post_reload: {e} (the deploy stays live)"));
-            }
+        if !fresh.hooks.post_reload.0.is_empty()
+            && let Err(e) = install::run(&fresh.hooks.post_reload.0, &workdir, &env, fresh.run_as.as_ref(), fresh.install_timeout.0, &CancellationToken::new(), self.output()).await
+        {
+            self.log(&format!("post_reload: {e} (the deploy stays live)"));
         }
         if let Some(window) = fresh.bake {
             tokio::spawn(bake(self.d.clone(), self.app.clone(), self.id, name.clone(), previous.map(|p| p.name), window.0));

@@ -284,21 +284,20 @@ impl Conn {
     /// A lease on a worker and a connection to it: the pinned one while its worker is in
     /// rotation, else a pooled or new one to the least busy worker.
     async fn checkout(&mut self, tried: &mut Vec<SocketAddr>, fresh_only: bool) -> Option<(Lease, Upstream)> {
-        if let Some(up) = self.pinned.take() {
-            if !fresh_only && up.used_at.elapsed() < UPSTREAM_IDLE {
-                if let Some(lease) = up.backend().try_acquire() {
-                    return Some((lease, Upstream { reused: true, ..up }));
-                }
-            }
+        // The pinned connection is taken in any case: unless it is reused here, it is dropped.
+        if let Some(up) = self.pinned.take()
+            && !fresh_only
+            && up.used_at.elapsed() < UPSTREAM_IDLE
+            && let Some(lease) = up.backend().try_acquire()
+        {
+            return Some((lease, Upstream { reused: true, ..up }));
         }
         while tried.len() < MAX_ATTEMPTS {
             let lease = self.rotation.pick_wait(tried, NO_WORKER_PATIENCE).await?;
             let backend = lease.backend().clone();
-            if !fresh_only {
-                if let Some(stream) = backend.take_idle() {
-                    let up = Upstream { stream, ubuf: BytesMut::new(), pin: PinCount::new(backend), used_at: Instant::now(), reused: true };
-                    return Some((lease, up));
-                }
+            if !fresh_only && let Some(stream) = backend.take_idle() {
+                let up = Upstream { stream, ubuf: BytesMut::new(), pin: PinCount::new(backend), used_at: Instant::now(), reused: true };
+                return Some((lease, up));
             }
             match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend.addr)).await {
                 Ok(Ok(stream)) => {

@@ -118,10 +118,10 @@ impl LogFile {
         if self.file.is_none() {
             self.file = OpenOptions::new().create(true).append(true).open(&self.path).ok();
         }
-        if let Some(f) = &mut self.file {
-            if f.write_all(bytes).is_ok() {
-                self.size += bytes.len() as u64;
-            }
+        if let Some(f) = &mut self.file
+            && f.write_all(bytes).is_ok()
+        {
+            self.size += bytes.len() as u64;
         }
     }
 

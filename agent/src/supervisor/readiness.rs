@@ -26,10 +26,10 @@ impl NotifySocket {
     async fn wait_ready(&self) {
         let mut buf = [0u8; 4096];
         loop {
-            if let Ok(n) = self.socket.recv(&mut buf).await {
-                if buf[..n].split(|&b| b == b'\n').any(|l| l == b"READY=1") {
-                    return;
-                }
+            if let Ok(n) = self.socket.recv(&mut buf).await
+                && buf[..n].split(|&b| b == b'\n').any(|l| l == b"READY=1")
+            {
+                return;
             }
         }
     }
