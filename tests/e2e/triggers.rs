@@ -2,7 +2,7 @@
 //! `cron`). A webhook only says "the branch moved": the agent fetches the branch and deploys the
 //! head it fetched, through the same coalescing queue as every other trigger.
 
-use deployer_tests::{Agent, AppSpec, GithubPush, Mode, Receiver, TestEnv, TestRepo, wait_until};
+use deployer_tests::{Agent, AppSpec, GithubPush, Mode, Receiver, TestEnv, TestRepo, http, wait_until};
 use deployer_wire::{Deploy, HookAnswer};
 use std::time::{Duration, Instant};
 
@@ -281,4 +281,68 @@ fn a_generic_sender_signs_in_its_own_header() {
     assert_eq!(r.status, 202, "{}", r.body);
     let d = agent.wait_deploy(r.json::<HookAnswer>().deploy.expect("a deploy"));
     assert_eq!((d.state.as_str(), d.sha.as_deref(), d.who.as_deref()), ("live", Some(sha.as_str()), Some("bot")));
+}
+
+/// A push to `main` of `sha`, the way GitLab and Gitea deliver it, signed with [`SECRET`].
+fn push_from(provider: &str, sha: &str) -> (Vec<(String, String)>, String) {
+    let zeros = "0000000000000000000000000000000000000000";
+    match provider {
+        "gitlab" => {
+            let body = serde_json::json!({
+                "object_kind": "push", "ref": "refs/heads/main", "before": zeros, "after": sha,
+                "user_username": "bo", "project": { "path_with_namespace": "acme/web" },
+                "total_commits_count": 1, "commits": [{ "id": sha }],
+            })
+            .to_string();
+            let headers = [("X-Gitlab-Event", "Push Hook"), ("X-Gitlab-Token", SECRET), ("X-Gitlab-Event-UUID", "gl-1")];
+            (headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), body)
+        }
+        _ => {
+            let body = serde_json::json!({
+                "ref": "refs/heads/main", "before": zeros, "after": sha,
+                "repository": { "full_name": "acme/web" }, "pusher": { "login": "bo" },
+                "total_commits": 1, "commits": [{ "id": sha }],
+            })
+            .to_string();
+            let (name, value) = hooks::Provider::Gitea.sign(SECRET.as_bytes(), body.as_bytes());
+            let value = String::from_utf8(value).expect("hex");
+            let headers = [("X-Gitea-Event", "push"), ("X-Gitea-Delivery", "gt-1"), (name, value.as_str())];
+            (headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), body)
+        }
+    }
+}
+
+#[test]
+fn gitlab_and_gitea_pushes_deploy_and_a_wrong_token_is_refused() {
+    for provider in ["gitlab", "gitea"] {
+        let repo = TestRepo::with_example_app();
+        let agent = TestEnv::new()
+            .web(|a: AppSpec| a.repo(&repo).instances(1).set("webhook", &format!("{{ provider: {provider}, secret_env: TEST_GH_SECRET }}")))
+            .agent_env("TEST_GH_SECRET", SECRET)
+            .start();
+        let sha = repo.commit_greeting("v2");
+        let (headers, body) = push_from(provider, &sha);
+        let send = |headers: &[(String, String)]| {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            http::request(agent.api_port(), "POST", "/hooks/web", &h, Some(&body), Duration::from_secs(30)).expect("POST /hooks/web")
+        };
+
+        let mut forged = headers.clone();
+        for (k, v) in &mut forged {
+            if k == "X-Gitlab-Token" || k == "X-Gitea-Signature" {
+                *v = v.replace(|c: char| c.is_ascii_alphanumeric(), "0");
+            }
+        }
+        let r = send(&forged);
+        assert_eq!(r.status, 401, "{provider}: {}", r.body);
+        assert_eq!(agent.history("web").len(), 1, "{provider}: a forged delivery deployed");
+
+        let r = send(&headers);
+        assert_eq!(r.status, 202, "{provider}: {}", r.body);
+        let id = r.json::<HookAnswer>().deploy.expect("a deploy id");
+        let d = agent.wait_deploy(id);
+        assert_eq!(d.state, "live", "{provider}: {d:#?}");
+        assert_eq!(d.sha.as_deref(), Some(sha.as_str()), "{provider}");
+        assert_eq!(d.who.as_deref(), Some("bo"), "{provider}");
+    }
 }
