@@ -169,6 +169,7 @@ mod tests {
             finished_at_ms: None,
             message: None,
             output_tail: vec!["npm ERR!".into()],
+            events: Vec::new(),
         }
     }
 

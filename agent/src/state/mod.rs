@@ -164,15 +164,8 @@ impl Store {
     /// One deploy with its events and output tail.
     pub fn deploy(&self, id: DeployId) -> Result<Option<Deploy>, StateError> {
         let c = self.conn();
-        let Some(mut d) = c
-            .query_row(&format!("SELECT {DEPLOY_COLUMNS} FROM deploys WHERE id = ?1"), params![id as i64], row_to_deploy)
-            .optional()?
-        else {
-            return Ok(None);
-        };
+        let Some(mut d) = deploy_row(&c, id)? else { return Ok(None) };
         d.events = events_after(&c, id, 0)?;
-        let tail: Option<String> = c.query_row("SELECT output_tail FROM deploys WHERE id = ?1", params![id as i64], |r| r.get(0))?;
-        d.output_tail = tail.filter(|t| !t.is_empty()).map(|t| t.lines().map(String::from).collect()).unwrap_or_default();
         Ok(Some(d))
     }
 
@@ -285,6 +278,17 @@ fn row_to_deploy(r: &rusqlite::Row) -> rusqlite::Result<Deploy> {
         events: Vec::new(),
         output_tail: Vec::new(),
     })
+}
+
+/// One deploy with its output tail, without its events.
+fn deploy_row(c: &Connection, id: DeployId) -> Result<Option<Deploy>, StateError> {
+    let row = c.query_row(&format!("SELECT {DEPLOY_COLUMNS}, output_tail FROM deploys WHERE id = ?1"), params![id as i64], |r| {
+        let mut d = row_to_deploy(r)?;
+        let tail: Option<String> = r.get(11)?;
+        d.output_tail = tail.filter(|t| !t.is_empty()).map(|t| t.lines().map(String::from).collect()).unwrap_or_default();
+        Ok(d)
+    });
+    Ok(row.optional()?)
 }
 
 fn insert_event(c: &Connection, id: DeployId, state: &str, message: &str) -> Result<(), StateError> {

@@ -3,25 +3,11 @@
 //! receiver answers 2xx. Delivery is at least once, in row order per destination.
 
 use super::{DeployId, StateError, Store, now_ms};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 
-/// A deploy as the report rules see it, read inside the transaction that changes it.
-#[derive(Debug, Clone)]
-pub struct DeployFacts {
-    pub id: DeployId,
-    pub app: String,
-    pub git_ref: String,
-    pub sha: Option<String>,
-    pub trigger: String,
-    pub who: Option<String>,
-    /// The state after the change.
-    pub state: String,
-    pub release: Option<String>,
-    pub queued_at_ms: u64,
-    pub finished_at_ms: Option<u64>,
-    pub message: Option<String>,
-    pub output_tail: Vec<String>,
-}
+/// A deploy as the report rules see it, read inside the transaction that changes it: the API's
+/// `Deploy` with its output tail, without its events.
+pub type DeployFacts = deployer_wire::Deploy;
 
 /// What just happened to the deploy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,27 +132,7 @@ fn insert(c: &Connection, reports: &[NewReport]) -> Result<(), StateError> {
 }
 
 fn facts(c: &Connection, id: DeployId) -> Result<Option<DeployFacts>, StateError> {
-    Ok(c.query_row(
-        "SELECT id, app, git_ref, sha, trigger, who, state, release, queued_at, finished_at, message, output_tail FROM deploys WHERE id = ?1",
-        params![id as i64],
-        |r| {
-            Ok(DeployFacts {
-                id: r.get::<_, i64>(0)? as DeployId,
-                app: r.get(1)?,
-                git_ref: r.get(2)?,
-                sha: r.get(3)?,
-                trigger: r.get(4)?,
-                who: r.get(5)?,
-                state: r.get(6)?,
-                release: r.get(7)?,
-                queued_at_ms: r.get::<_, i64>(8)? as u64,
-                finished_at_ms: r.get::<_, Option<i64>>(9)?.map(|v| v as u64),
-                message: r.get(10)?,
-                output_tail: r.get::<_, Option<String>>(11)?.filter(|t| !t.is_empty()).map(|t| t.lines().map(String::from).collect()).unwrap_or_default(),
-            })
-        },
-    )
-    .optional()?)
+    super::deploy_row(c, id)
 }
 
 #[cfg(test)]
