@@ -47,7 +47,12 @@ fn main() {
     }
     git(&upstream, &["add", "-A"]);
     git(&upstream, &["commit", "-q", "-m", "initial"]);
-    println!("generated upstream: {} files in {} ({})", dirs * files_per_dir, ms(started.elapsed()), upstream.display());
+    println!(
+        "generated upstream: {} files in {} ({})",
+        dirs * files_per_dir,
+        ms(started.elapsed()),
+        upstream.display()
+    );
 
     let app = work.path().join("app");
     let source = Source::open(&upstream.display().to_string(), "main", None, &app.join("repo.git")).unwrap();
@@ -74,7 +79,11 @@ fn main() {
     let mut checkouts = Vec::new();
     for run in 1..=runs {
         for f in 0..5 {
-            let path = upstream.join(format!("dir{:03}/file{:03}.txt", (run * 7 + f * 13) % dirs, (run * 3 + f) % files_per_dir));
+            let path = upstream.join(format!(
+                "dir{:03}/file{:03}.txt",
+                (run * 7 + f * 13) % dirs,
+                (run * 3 + f) % files_per_dir
+            ));
             std::fs::write(path, text(&mut seed, 1024)).unwrap();
         }
         git(&upstream, &["commit", "-q", "-a", "-m", &format!("change {run}")]);
@@ -108,7 +117,10 @@ fn main() {
         ms(totals[totals.len() - 1]),
         if total < Duration::from_secs(1) { "met" } else { "MISSED" }
     );
-    println!("for comparison, libgit2 checkout_tree of the same commits, median of {runs}: {}", ms(median(&mut checkouts)));
+    println!(
+        "for comparison, libgit2 checkout_tree of the same commits, median of {runs}: {}",
+        ms(median(&mut checkouts))
+    );
 }
 
 fn git(dir: &Path, args: &[&str]) {
@@ -126,7 +138,8 @@ fn git(dir: &Path, args: &[&str]) {
 /// About `len` bytes of source-like text, different for every call.
 fn text(seed: &mut u64, len: usize) -> String {
     const WORDS: [&str; 16] = [
-        "let", "value", "return", "function", "const", "if", "else", "for", "request", "response", "=", "{", "}", "(x)", ";", "await",
+        "let", "value", "return", "function", "const", "if", "else", "for", "request", "response", "=", "{", "}",
+        "(x)", ";", "await",
     ];
     let mut out = String::with_capacity(len + 16);
     while out.len() < len {

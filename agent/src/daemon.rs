@@ -1,10 +1,10 @@
 //! The agent's life: load the config, start the supervisor, serve the API, handle signals.
 
 use crate::api::{self, ApiState, WebhookStats};
-use crate::report::Reporter;
 use crate::cli::{Cli, Command};
 use crate::config;
 use crate::deploy::Deployer;
+use crate::report::Reporter;
 use crate::state::Store;
 use crate::supervisor::{self, Supervisor};
 use anyhow::Context;
@@ -27,12 +27,19 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Run => {
             tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+                )
                 .with_writer(std::io::stderr)
                 // Colours only for a person: a log file or a journal gets plain text.
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none())
+                .with_ansi(
+                    std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none(),
+                )
                 .init();
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
             rt.block_on(serve(&cli.config))
         }
     }
@@ -79,7 +86,12 @@ async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
     let stop_deploys = CancellationToken::new();
     // Reports first: the deploys that start now are reported too.
     let reporter = Reporter::start(store.clone(), &loaded.config, stop_deploys.clone());
-    tokio::spawn(crate::report::watch_workers(supervisor.clone(), store.clone(), reporter.clone(), stop_deploys.clone()));
+    tokio::spawn(crate::report::watch_workers(
+        supervisor.clone(),
+        store.clone(),
+        reporter.clone(),
+        stop_deploys.clone(),
+    ));
     let deployer = Deployer::start(store.clone(), supervisor.clone(), stop_deploys.clone())?;
     let stop_api = CancellationToken::new();
     let state = Arc::new(ApiState {
@@ -97,7 +109,11 @@ async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
         // axum knows the peer address of its own listener only: no `ConnectInfo` over TLS.
         Some(tls) => {
             let listener = crate::tls::TlsListener::new(listener, crate::tls::acceptor(tls)?)?;
-            tokio::spawn(axum::serve(listener, router.into_make_service()).with_graceful_shutdown(stop_api.clone().cancelled_owned()).into_future())
+            tokio::spawn(
+                axum::serve(listener, router.into_make_service())
+                    .with_graceful_shutdown(stop_api.clone().cancelled_owned())
+                    .into_future(),
+            )
         }
         None => tokio::spawn(
             axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())

@@ -41,7 +41,14 @@ fn valid_name(name: &str) -> bool {
 
 impl Locks {
     /// Take `name` if it is free or lapsed, renew it if `lease` holds it; otherwise answer who does.
-    pub fn acquire(&self, name: &str, holder: &str, lease: &str, ttl_ms: u64, now_ms: u64) -> Result<LockStatus, LockError> {
+    pub fn acquire(
+        &self,
+        name: &str,
+        holder: &str,
+        lease: &str,
+        ttl_ms: u64,
+        now_ms: u64,
+    ) -> Result<LockStatus, LockError> {
         if !valid_name(name) {
             return Err(LockError::BadName(name.into()));
         }
@@ -57,19 +64,30 @@ impl Locks {
                 l.holder = holder.to_string();
                 (true, l)
             }
-            None => (true, Lease { holder: holder.into(), secret: lease.into(), since_ms: now_ms, expires_at_ms: now_ms + ttl_ms }),
+            None => (
+                true,
+                Lease { holder: holder.into(), secret: lease.into(), since_ms: now_ms, expires_at_ms: now_ms + ttl_ms },
+            ),
         };
         if acquired {
             held.insert(name.to_string(), lease.clone());
         }
-        Ok(LockStatus { name: name.into(), acquired, holder: lease.holder, since_ms: lease.since_ms, expires_at_ms: lease.expires_at_ms })
+        Ok(LockStatus {
+            name: name.into(),
+            acquired,
+            holder: lease.holder,
+            since_ms: lease.since_ms,
+            expires_at_ms: lease.expires_at_ms,
+        })
     }
 
     /// Give `name` back. Releasing a lock nobody holds (or that lapsed) is fine.
     pub fn release(&self, name: &str, lease: &str, now_ms: u64) -> Result<(), LockError> {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         match held.get(name) {
-            Some(l) if l.expires_at_ms > now_ms && l.secret != lease => Err(LockError::HeldByOther { name: name.into(), holder: l.holder.clone() }),
+            Some(l) if l.expires_at_ms > now_ms && l.secret != lease => {
+                Err(LockError::HeldByOther { name: name.into(), holder: l.holder.clone() })
+            }
             _ => {
                 held.remove(name);
                 Ok(())

@@ -44,7 +44,12 @@ impl Metrics {
 
     /// A webhook delivery for `app` was refused (`reason`: `signature`, `payload`, ...).
     pub fn webhook_rejected(&self, app: &str, reason: &str) {
-        *self.webhook_rejections.lock().unwrap_or_else(|e| e.into_inner()).entry((app.to_string(), reason.to_string())).or_default() += 1;
+        *self
+            .webhook_rejections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((app.to_string(), reason.to_string()))
+            .or_default() += 1;
     }
 
     /// Everything, as Prometheus text.
@@ -57,16 +62,27 @@ impl Metrics {
         head(&mut out, "deployer_deploys", "gauge", "Deploys recorded, by app and state.");
         let counts = store.deploy_counts().unwrap_or_default();
         for c in &counts {
-            let _ = writeln!(out, "deployer_deploys{{app=\"{}\",state=\"{}\"}} {}", esc(&c.app), esc(&c.state), c.count);
+            let _ =
+                writeln!(out, "deployer_deploys{{app=\"{}\",state=\"{}\"}} {}", esc(&c.app), esc(&c.state), c.count);
         }
-        head(&mut out, "deployer_deploy_duration_seconds", "summary", "Time from queued to final, of finished deploys.");
+        head(
+            &mut out,
+            "deployer_deploy_duration_seconds",
+            "summary",
+            "Time from queued to final, of finished deploys.",
+        );
         for c in counts.iter().filter(|c| c.finished > 0) {
             let labels = format!("app=\"{}\",state=\"{}\"", esc(&c.app), esc(&c.state));
             let _ = writeln!(out, "deployer_deploy_duration_seconds_sum{{{labels}}} {}", c.duration_ms as f64 / 1000.0);
             let _ = writeln!(out, "deployer_deploy_duration_seconds_count{{{labels}}} {}", c.finished);
         }
 
-        head(&mut out, "deployer_reload_duration_seconds", "histogram", "Rolling reloads asked through the API, by app and outcome.");
+        head(
+            &mut out,
+            "deployer_reload_duration_seconds",
+            "histogram",
+            "Rolling reloads asked through the API, by app and outcome.",
+        );
         for ((app, ok), h) in self.reloads.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             let labels = format!("app=\"{}\",ok=\"{ok}\"", esc(app));
             for (bound, n) in RELOAD_BUCKETS.iter().zip(h.buckets) {
@@ -88,27 +104,67 @@ impl Metrics {
                 let _ = writeln!(out, "deployer_workers{{app=\"{}\",state=\"{}\"}} {n}", esc(&app.name), esc(&state));
             }
         }
-        head(&mut out, "deployer_worker_restarts", "gauge", "Restarts after unexpected exits, summed over the app's current workers.");
+        head(
+            &mut out,
+            "deployer_worker_restarts",
+            "gauge",
+            "Restarts after unexpected exits, summed over the app's current workers.",
+        );
         for app in &apps {
             let restarts: u64 = app.status().workers.iter().map(|w| u64::from(w.restarts)).sum();
             let _ = writeln!(out, "deployer_worker_restarts{{app=\"{}\"}} {restarts}", esc(&app.name));
         }
-        head(&mut out, "deployer_front_requests_total", "counter", "Requests (connections in tcp mode) through the app's front.");
+        head(
+            &mut out,
+            "deployer_front_requests_total",
+            "counter",
+            "Requests (connections in tcp mode) through the app's front.",
+        );
         for app in &apps {
-            let _ = writeln!(out, "deployer_front_requests_total{{app=\"{}\"}} {}", esc(&app.name), app.front_stats().requests.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "deployer_front_requests_total{{app=\"{}\"}} {}",
+                esc(&app.name),
+                app.front_stats().requests.load(Relaxed)
+            );
         }
         head(&mut out, "deployer_front_errors_total", "counter", "Requests the front itself answered 502 or 503.");
         for app in &apps {
-            let _ = writeln!(out, "deployer_front_errors_total{{app=\"{}\"}} {}", esc(&app.name), app.front_stats().errors.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "deployer_front_errors_total{{app=\"{}\"}} {}",
+                esc(&app.name),
+                app.front_stats().errors.load(Relaxed)
+            );
         }
-        head(&mut out, "deployer_front_retries_total", "counter", "Requests sent again to another worker before any answer.");
+        head(
+            &mut out,
+            "deployer_front_retries_total",
+            "counter",
+            "Requests sent again to another worker before any answer.",
+        );
         for app in &apps {
-            let _ = writeln!(out, "deployer_front_retries_total{{app=\"{}\"}} {}", esc(&app.name), app.front_stats().retries.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "deployer_front_retries_total{{app=\"{}\"}} {}",
+                esc(&app.name),
+                app.front_stats().retries.load(Relaxed)
+            );
         }
 
-        head(&mut out, "deployer_webhook_rejections_total", "counter", "Webhook deliveries refused, by app and reason.");
+        head(
+            &mut out,
+            "deployer_webhook_rejections_total",
+            "counter",
+            "Webhook deliveries refused, by app and reason.",
+        );
         for ((app, reason), n) in self.webhook_rejections.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let _ = writeln!(out, "deployer_webhook_rejections_total{{app=\"{}\",reason=\"{}\"}} {n}", esc(app), esc(reason));
+            let _ = writeln!(
+                out,
+                "deployer_webhook_rejections_total{{app=\"{}\",reason=\"{}\"}} {n}",
+                esc(app),
+                esc(reason)
+            );
         }
         out
     }

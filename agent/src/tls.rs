@@ -33,9 +33,13 @@ pub fn acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
     let certs = CertificateDer::pem_file_iter(&cfg.cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|source| TlsError::Cert { path: cfg.cert.display().to_string(), source })?;
-    let key = PrivateKeyDer::from_pem_file(&cfg.key).map_err(|source| TlsError::Key { path: cfg.key.display().to_string(), source })?;
+    let key = PrivateKeyDer::from_pem_file(&cfg.key)
+        .map_err(|source| TlsError::Key { path: cfg.key.display().to_string(), source })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?.with_no_client_auth().with_single_cert(certs, key)?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }

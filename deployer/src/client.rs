@@ -7,9 +7,9 @@ use std::fmt;
 use std::time::Duration;
 
 use deployer_wire::{
-    API_PREFIX, ApiError, AppStatus, CheckOutcome, Deploy, DeployAccepted, DeployRequest,
-    DeployStreamItem, LOG_LINE_EVENT, LockRequest, LockStatus, LogLine, LogLines, ReloadOutcome,
-    ReloadRequest, Release, RollbackRequest, ScaleRequest,
+    API_PREFIX, ApiError, AppStatus, CheckOutcome, Deploy, DeployAccepted, DeployRequest, DeployStreamItem,
+    LOG_LINE_EVENT, LockRequest, LockStatus, LogLine, LogLines, Release, ReloadOutcome, ReloadRequest, RollbackRequest,
+    ScaleRequest,
 };
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use serde::Serialize;
@@ -57,10 +57,7 @@ impl Token {
 // The token never appears in debug output.
 impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Token")
-            .field("var", &self.var)
-            .field("set", &self.is_set())
-            .finish()
+        f.debug_struct("Token").field("var", &self.var).field("set", &self.is_set()).finish()
     }
 }
 
@@ -167,20 +164,17 @@ impl Client {
 
     /// `GET /v1/apps`
     pub async fn apps(&self) -> Result<Vec<AppStatus>, ClientError> {
-        self.call(Method::GET, &["apps"], Some(QUICK_TIMEOUT), None::<&()>)
-            .await
+        self.call(Method::GET, &["apps"], Some(QUICK_TIMEOUT), None::<&()>).await
     }
 
     /// `GET /v1/apps/{app}`
     pub async fn app(&self, app: &str) -> Result<AppStatus, ClientError> {
-        self.call(Method::GET, &["apps", app], Some(QUICK_TIMEOUT), None::<&()>)
-            .await
+        self.call(Method::GET, &["apps", app], Some(QUICK_TIMEOUT), None::<&()>).await
     }
 
     /// `POST /v1/apps/{app}/reload`: returns when the reload ended.
     pub async fn reload(&self, app: &str, request: &ReloadRequest) -> Result<ReloadOutcome, ClientError> {
-        self.call(Method::POST, &["apps", app, "reload"], None, Some(request))
-            .await
+        self.call(Method::POST, &["apps", app, "reload"], None, Some(request)).await
     }
 
     /// `POST /v1/apps/{app}/restart`
@@ -201,8 +195,7 @@ impl Client {
     /// `POST /v1/apps/{app}/scale`
     pub async fn scale(&self, app: &str, instances: u32) -> Result<AppStatus, ClientError> {
         let request = ScaleRequest { instances };
-        self.call(Method::POST, &["apps", app, "scale"], Some(REQUEST_TIMEOUT), Some(&request))
-            .await
+        self.call(Method::POST, &["apps", app, "scale"], Some(REQUEST_TIMEOUT), Some(&request)).await
     }
 
     /// `GET /v1/apps/{app}/logs?lines=N`
@@ -215,21 +208,18 @@ impl Client {
 
     /// `POST /v1/apps/{app}/deploys`: queues a deploy and answers at once (202).
     pub async fn deploy(&self, app: &str, request: &DeployRequest) -> Result<DeployAccepted, ClientError> {
-        self.call(Method::POST, &["apps", app, "deploys"], Some(QUICK_TIMEOUT), Some(request))
-            .await
+        self.call(Method::POST, &["apps", app, "deploys"], Some(QUICK_TIMEOUT), Some(request)).await
     }
 
     /// `POST /v1/apps/{app}/rollback`: queues a deploy of a release on disk (202).
     pub async fn rollback(&self, app: &str, request: &RollbackRequest) -> Result<DeployAccepted, ClientError> {
-        self.call(Method::POST, &["apps", app, "rollback"], Some(QUICK_TIMEOUT), Some(request))
-            .await
+        self.call(Method::POST, &["apps", app, "rollback"], Some(QUICK_TIMEOUT), Some(request)).await
     }
 
     /// `GET /v1/deploys/{id}`: one deploy, with its events and the tail of its install output.
     pub async fn deploy_status(&self, id: u64) -> Result<Deploy, ClientError> {
         let id = id.to_string();
-        self.call(Method::GET, &["deploys", &id], Some(QUICK_TIMEOUT), None::<&()>)
-            .await
+        self.call(Method::GET, &["deploys", &id], Some(QUICK_TIMEOUT), None::<&()>).await
     }
 
     /// `GET /v1/apps/{app}/deploys?limit=N`: the newest deploys first, without their events.
@@ -243,20 +233,17 @@ impl Client {
     /// `POST /v1/deploys/{id}/cancel`: answers the deploy as it was when the cancel arrived.
     pub async fn cancel(&self, id: u64) -> Result<Deploy, ClientError> {
         let id = id.to_string();
-        self.call(Method::POST, &["deploys", &id, "cancel"], Some(QUICK_TIMEOUT), None::<&()>)
-            .await
+        self.call(Method::POST, &["deploys", &id, "cancel"], Some(QUICK_TIMEOUT), None::<&()>).await
     }
 
     /// `POST /v1/apps/{app}/check`: the branch head on the remote, and the deploy queued if it moved.
     pub async fn check(&self, app: &str) -> Result<CheckOutcome, ClientError> {
-        self.call(Method::POST, &["apps", app, "check"], Some(REQUEST_TIMEOUT), None::<&()>)
-            .await
+        self.call(Method::POST, &["apps", app, "check"], Some(REQUEST_TIMEOUT), None::<&()>).await
     }
 
     /// `GET /v1/apps/{app}/releases`: the release directories on disk, newest first.
     pub async fn releases(&self, app: &str) -> Result<Vec<Release>, ClientError> {
-        self.call(Method::GET, &["apps", app, "releases"], Some(QUICK_TIMEOUT), None::<&()>)
-            .await
+        self.call(Method::GET, &["apps", app, "releases"], Some(QUICK_TIMEOUT), None::<&()>).await
     }
 
     /// `GET /v1/deploys/{id}/events`: the deploy's events so far, then as they happen, until it
@@ -295,7 +282,11 @@ impl Client {
         Err(self.error_of(status, &bytes))
     }
 
-    async fn stream<T: DeserializeOwned>(&self, url: Url, only: Option<&'static str>) -> Result<EventStream<T>, ClientError> {
+    async fn stream<T: DeserializeOwned>(
+        &self,
+        url: Url,
+        only: Option<&'static str>,
+    ) -> Result<EventStream<T>, ClientError> {
         let mut request = self.http.get(url).header(reqwest::header::ACCEPT, "text/event-stream");
         if let Some(token) = &self.token.value {
             request = request.bearer_auth(token);
@@ -310,12 +301,18 @@ impl Client {
             let bytes = response.bytes().await.map_err(|e| self.transport_error(e, Some(QUICK_TIMEOUT)))?;
             return Err(self.error_of(status, &bytes));
         }
-        Ok(EventStream { client: self.clone(), response, parser: Default::default(), ready: Default::default(), only, _item: std::marker::PhantomData })
+        Ok(EventStream {
+            client: self.clone(),
+            response,
+            parser: Default::default(),
+            ready: Default::default(),
+            only,
+            _item: std::marker::PhantomData,
+        })
     }
 
     async fn post_empty(&self, app: &str, action: &str) -> Result<AppStatus, ClientError> {
-        self.call(Method::POST, &["apps", app, action], Some(REQUEST_TIMEOUT), None::<&()>)
-            .await
+        self.call(Method::POST, &["apps", app, action], Some(REQUEST_TIMEOUT), None::<&()>).await
     }
 
     async fn call<T: DeserializeOwned>(
@@ -337,9 +334,7 @@ impl Client {
     fn url(&self, path: &[&str]) -> Url {
         let mut url = self.base.clone();
         {
-            let mut segments = url
-                .path_segments_mut()
-                .expect("agent URLs are http(s) URLs, which have a path");
+            let mut segments = url.path_segments_mut().expect("agent URLs are http(s) URLs, which have a path");
             segments.pop_if_empty();
             segments.push(API_PREFIX.trim_start_matches('/'));
             segments.extend(path);
@@ -375,12 +370,7 @@ impl Client {
     /// The error an answer that is not a success stands for.
     fn error_of(&self, status: StatusCode, bytes: &[u8]) -> ClientError {
         match serde_json::from_slice::<ApiError>(bytes) {
-            Ok(body) => ClientError::Api {
-                agent: self.agent(),
-                status,
-                body,
-                token: self.token.clone(),
-            },
+            Ok(body) => ClientError::Api { agent: self.agent(), status, body, token: self.token.clone() },
             Err(_) => ClientError::BadResponse {
                 agent: self.agent(),
                 status,
@@ -467,10 +457,7 @@ mod tests {
     fn urls_encode_app_names_and_keep_path_prefixes() {
         let c = client("http://127.0.0.1:7070");
         assert_eq!(c.url(&["apps"]).as_str(), "http://127.0.0.1:7070/v1/apps");
-        assert_eq!(
-            c.url(&["apps", "a/b c", "reload"]).as_str(),
-            "http://127.0.0.1:7070/v1/apps/a%2Fb%20c/reload"
-        );
+        assert_eq!(c.url(&["apps", "a/b c", "reload"]).as_str(), "http://127.0.0.1:7070/v1/apps/a%2Fb%20c/reload");
         let c = client("https://host/agent/");
         assert_eq!(c.url(&["apps"]).as_str(), "https://host/agent/v1/apps");
         assert_eq!(c.agent(), "https://host/agent");

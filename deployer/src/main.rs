@@ -36,9 +36,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let client = Client::new(cli.global.agent, token).context("cannot set up the HTTP client")?;
     let file = cli.file_short.or(cli.global.file);
     let ctx = Context { client, json: cli.global.json, file, token_env: cli.global.token_env };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
     runtime.block_on(cli.command.run(&ctx))
 }

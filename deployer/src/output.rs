@@ -6,7 +6,7 @@
 use std::io::{IsTerminal, Write};
 
 use anstyle::{AnsiColor, Style};
-use comfy_table::{Attribute, Cell, Color, Table, presets, modifiers};
+use comfy_table::{Attribute, Cell, Color, Table, modifiers, presets};
 use deployer_wire::{AppStatus, WorkerStatus};
 use serde::Serialize;
 
@@ -55,10 +55,7 @@ pub fn stderr_is_terminal() -> bool {
 
 /// One row per worker of each app, like `pm2 ls`; an app without workers gets one `stopped` row.
 pub fn workers_table(apps: &[AppStatus], colour: bool) -> Table {
-    let mut table = new_table(
-        ["id", "name", "mode", "↺", "pid", "cpu", "memory", "uptime", "status", "env"],
-        colour,
-    );
+    let mut table = new_table(["id", "name", "mode", "↺", "pid", "cpu", "memory", "uptime", "status", "env"], colour);
     for app in apps {
         if app.workers.is_empty() {
             table.add_row(vec![
@@ -84,17 +81,13 @@ pub fn workers_table(apps: &[AppStatus], colour: bool) -> Table {
 /// An empty table in the house style: rounded corners, bold cyan titles, colour when asked.
 pub fn new_table<const N: usize>(titles: [&str; N], colour: bool) -> Table {
     let mut table = Table::new();
-    table
-        .load_preset(presets::UTF8_FULL_CONDENSED)
-        .apply_modifier(modifiers::UTF8_ROUND_CORNERS);
+    table.load_preset(presets::UTF8_FULL_CONDENSED).apply_modifier(modifiers::UTF8_ROUND_CORNERS);
     if colour {
         table.enforce_styling();
     } else {
         table.force_no_tty();
     }
-    table.set_header(
-        titles.map(|title| Cell::new(title).add_attribute(Attribute::Bold).fg(Color::Cyan)),
-    );
+    table.set_header(titles.map(|title| Cell::new(title).add_attribute(Attribute::Bold).fg(Color::Cyan)));
     table
 }
 
@@ -186,9 +179,7 @@ pub fn human_age(ms: u64) -> String {
 
 /// Milliseconds since the Unix epoch, as the API counts them.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A commit the way git shows it in one line: its first 7 hex digits.
@@ -335,10 +326,7 @@ mod tests {
         let cells = |line: &str| -> Vec<String> {
             line.split(['│', '┆']).map(str::trim).filter(|c| !c.is_empty()).map(String::from).collect()
         };
-        assert_eq!(
-            cells(lines[3]),
-            ["0", "web", "http", "0", "4242", "1.3%", "42.1mb", "2m", "online", "3fa1c2"]
-        );
+        assert_eq!(cells(lines[3]), ["0", "web", "http", "0", "4242", "1.3%", "42.1mb", "2m", "online", "3fa1c2"]);
         assert_eq!(cells(lines[4])[8], "starting");
         assert!(!rendered.contains('\u{1b}'), "no colour when asked for none: {rendered:?}");
     }

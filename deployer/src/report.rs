@@ -40,15 +40,11 @@ impl Hinted {
 /// What to do about an error, when we know.
 fn hint(err: &anyhow::Error) -> Option<String> {
     // anyhow finds a context by type only from the outside, not in `chain()`.
-    let hinted = err
-        .downcast_ref::<Hinted>()
-        .or_else(|| err.chain().find_map(|cause| cause.downcast_ref::<Hinted>()));
+    let hinted = err.downcast_ref::<Hinted>().or_else(|| err.chain().find_map(|cause| cause.downcast_ref::<Hinted>()));
     if let Some(hinted) = hinted {
         return Some(hinted.hint.clone());
     }
-    err.chain()
-        .find_map(|cause| cause.downcast_ref::<ClientError>())
-        .and_then(client_hint)
+    err.chain().find_map(|cause| cause.downcast_ref::<ClientError>()).and_then(client_hint)
 }
 
 fn client_hint(err: &ClientError) -> Option<String> {
@@ -58,16 +54,15 @@ fn client_hint(err: &ClientError) -> Option<String> {
              or pass --agent URL"
                 .to_owned(),
         ),
-        ClientError::TimedOut { .. } => Some(
-            "the agent accepted the connection but did not answer; check its log".to_owned(),
-        ),
-        ClientError::Broken { .. } => Some(
-            "the agent may have restarted or crashed; check its log, then run `deployer ls`"
-                .to_owned(),
-        ),
-        ClientError::BadResponse { agent, .. } => Some(format!(
-            "is `{agent}` a deployer agent? check --agent or `DEPLOYER_AGENT`"
-        )),
+        ClientError::TimedOut { .. } => {
+            Some("the agent accepted the connection but did not answer; check its log".to_owned())
+        }
+        ClientError::Broken { .. } => {
+            Some("the agent may have restarted or crashed; check its log, then run `deployer ls`".to_owned())
+        }
+        ClientError::BadResponse { agent, .. } => {
+            Some(format!("is `{agent}` a deployer agent? check --agent or `DEPLOYER_AGENT`"))
+        }
         ClientError::Api { status, body, token, .. } => {
             // The CLI knows better than the agent which variable holds the token.
             if *status == StatusCode::UNAUTHORIZED {
@@ -89,13 +84,10 @@ fn client_hint(err: &ClientError) -> Option<String> {
                 return Some(hint.clone());
             }
             match *status {
-                StatusCode::FORBIDDEN => Some(format!(
-                    "the token in `{}` lacks the `deploy` scope; use one that has it",
-                    token.var
-                )),
-                StatusCode::NOT_FOUND => {
-                    Some("run `deployer ls` to see the apps the agent runs".to_owned())
+                StatusCode::FORBIDDEN => {
+                    Some(format!("the token in `{}` lacks the `deploy` scope; use one that has it", token.var))
                 }
+                StatusCode::NOT_FOUND => Some("run `deployer ls` to see the apps the agent runs".to_owned()),
                 _ => None,
             }
         }
@@ -123,8 +115,8 @@ mod tests {
         let plain = anyhow::Error::new(not_found());
         assert!(hint(&plain).unwrap().contains("deployer ls"));
 
-        let hinted = anyhow::Error::new(not_found())
-            .context(Hinted::new("cannot show deploy #9", "try `deployer history web`"));
+        let hinted =
+            anyhow::Error::new(not_found()).context(Hinted::new("cannot show deploy #9", "try `deployer history web`"));
         assert_eq!(hinted.to_string(), "cannot show deploy #9");
         assert_eq!(hint(&hinted).as_deref(), Some("try `deployer history web`"));
 

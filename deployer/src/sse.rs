@@ -56,7 +56,8 @@ mod tests {
 
     #[test]
     fn messages_survive_any_split() {
-        let stream = "event: event\nid: 1\ndata: {\"a\":\"é\"}\n\n: keep-alive\n\nevent: end\r\ndata: x\r\ndata: y\r\n\r\n";
+        let stream =
+            "event: event\nid: 1\ndata: {\"a\":\"é\"}\n\n: keep-alive\n\nevent: end\r\ndata: x\r\ndata: y\r\n\r\n";
         let whole = Parser::default().push(stream.as_bytes());
         assert_eq!(
             whole,

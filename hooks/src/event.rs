@@ -30,12 +30,7 @@ struct Shape {
     kind: Option<(&'static str, &'static [&'static str])>,
 }
 
-const GITHUB: Shape = Shape {
-    repo: &["repository.full_name"],
-    pusher: &["pusher.name"],
-    total: None,
-    kind: None,
-};
+const GITHUB: Shape = Shape { repo: &["repository.full_name"], pusher: &["pusher.name"], total: None, kind: None };
 
 const GITLAB: Shape = Shape {
     repo: &["project.path_with_namespace"],
@@ -84,12 +79,7 @@ pub(crate) fn parse(
 }
 
 fn unsupported(delivery: String, event: &str) -> Outcome {
-    Outcome::Ignored {
-        delivery,
-        reason: IgnoreReason::UnsupportedEvent {
-            event: event.to_owned(),
-        },
-    }
+    Outcome::Ignored { delivery, reason: IgnoreReason::UnsupportedEvent { event: event.to_owned() } }
 }
 
 fn push(
@@ -99,10 +89,8 @@ fn push(
     body: &[u8],
     branch: &str,
 ) -> Result<Outcome, PayloadError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| PayloadError::Json {
-        line: e.line(),
-        column: e.column(),
-    })?;
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| PayloadError::Json { line: e.line(), column: e.column() })?;
     let Value::Object(map) = &value else {
         return Err(PayloadError::NotAnObject);
     };
@@ -111,60 +99,35 @@ fn push(
         && let Some(kind) = doc.string(field)?
         && !allowed.contains(&kind)
     {
-        return Err(PayloadError::Invalid {
-            field,
-            expected: "a push",
-        });
+        return Err(PayloadError::Invalid { field, expected: "a push" });
     }
 
     let git_ref = doc.string("ref")?.ok_or(PayloadError::Missing("ref"))?;
     if git_ref.len() > MAX_REF {
-        return Err(PayloadError::Invalid {
-            field: "ref",
-            expected: "a git ref of at most 1024 bytes",
-        });
+        return Err(PayloadError::Invalid { field: "ref", expected: "a git ref of at most 1024 bytes" });
     }
-    let ignore = |reason| {
-        Ok(Outcome::Ignored {
-            delivery: delivery.clone(),
-            reason,
-        })
-    };
+    let ignore = |reason| Ok(Outcome::Ignored { delivery: delivery.clone(), reason });
     if let Some(tag) = git_ref.strip_prefix("refs/tags/") {
-        return ignore(IgnoreReason::TagPush {
-            tag: tag.to_owned(),
-        });
+        return ignore(IgnoreReason::TagPush { tag: tag.to_owned() });
     }
     let pushed = match git_ref.strip_prefix("refs/heads/") {
         Some(name) if !name.is_empty() => name,
         _ => {
-            return ignore(IgnoreReason::NotABranch {
-                git_ref: git_ref.to_owned(),
-            });
+            return ignore(IgnoreReason::NotABranch { git_ref: git_ref.to_owned() });
         }
     };
     let watching = branch.strip_prefix("refs/heads/").unwrap_or(branch);
     if pushed != watching {
-        return ignore(IgnoreReason::OtherBranch {
-            branch: pushed.to_owned(),
-            watching: watching.to_owned(),
-        });
+        return ignore(IgnoreReason::OtherBranch { branch: pushed.to_owned(), watching: watching.to_owned() });
     }
 
     let after = doc.sha("after")?.ok_or(PayloadError::Missing("after"))?;
     // GitHub also says `deleted: true`; the zero `after` is what every host sends.
     if after.is_zero() || doc.bool("deleted")? == Some(true) {
-        return ignore(IgnoreReason::BranchDeleted {
-            branch: pushed.to_owned(),
-        });
+        return ignore(IgnoreReason::BranchDeleted { branch: pushed.to_owned() });
     }
 
-    let commits = match shape
-        .total
-        .map(|field| doc.count(field))
-        .transpose()?
-        .flatten()
-    {
+    let commits = match shape.total.map(|field| doc.count(field)).transpose()?.flatten() {
         Some(total) => total,
         None => doc.array_len("commits")?.unwrap_or(0),
     };
@@ -185,10 +148,7 @@ fn push(
 /// the reason for ignoring it).
 fn event<'h>(headers: &Headers<'h>, names: &[&'static str]) -> Result<&'h str, Rejection> {
     match headers.first_of(names) {
-        Err(Repeated(header)) => Err(Rejection::MalformedHeader {
-            header,
-            reason: "was sent more than once",
-        }),
+        Err(Repeated(header)) => Err(Rejection::MalformedHeader { header, reason: "was sent more than once" }),
         Ok(None) => Err(Rejection::MissingEvent { header: names[0] }),
         Ok(Some((header, value))) => text(header, value, MAX_EVENT, true),
     }
@@ -204,40 +164,24 @@ fn delivery(provider: &Provider, headers: &Headers<'_>, body: &[u8]) -> Result<S
         Provider::Generic { .. } => &["X-Delivery-Id"],
     };
     match headers.first_of(names) {
-        Err(Repeated(header)) => Err(Rejection::MalformedHeader {
-            header,
-            reason: "was sent more than once",
-        }),
-        Ok(Some((header, value))) if !value.is_empty() => {
-            text(header, value, MAX_DELIVERY, false).map(str::to_owned)
-        }
+        Err(Repeated(header)) => Err(Rejection::MalformedHeader { header, reason: "was sent more than once" }),
+        Ok(Some((header, value))) if !value.is_empty() => text(header, value, MAX_DELIVERY, false).map(str::to_owned),
         Ok(_) => Ok(format!("sha256:{}", hex::encode(Sha256::digest(body)))),
     }
 }
 
 /// A header value we echo back: printable ASCII only, so it cannot smuggle control
 /// characters into a log line or a response.
-fn text<'h>(
-    header: &'static str,
-    value: &'h [u8],
-    max: usize,
-    spaces: bool,
-) -> Result<&'h str, Rejection> {
+fn text<'h>(header: &'static str, value: &'h [u8], max: usize, spaces: bool) -> Result<&'h str, Rejection> {
     let reason = if value.is_empty() {
         "is empty"
     } else if value.len() > max {
         "is too long"
-    } else if !value
-        .iter()
-        .all(|&b| b.is_ascii_graphic() || (spaces && b == b' '))
-    {
+    } else if !value.iter().all(|&b| b.is_ascii_graphic() || (spaces && b == b' ')) {
         "is not printable ASCII"
     } else {
         // Printable ASCII is UTF-8.
-        return std::str::from_utf8(value).map_err(|_| Rejection::MalformedHeader {
-            header,
-            reason: "is not UTF-8",
-        });
+        return std::str::from_utf8(value).map_err(|_| Rejection::MalformedHeader { header, reason: "is not UTF-8" });
     };
     Err(Rejection::MalformedHeader { header, reason })
 }
@@ -258,12 +202,7 @@ impl<'v> Doc<'v> {
 
     fn string(&self, path: &'static str) -> Result<Option<&'v str>, PayloadError> {
         self.get(path)
-            .map(|v| {
-                v.as_str().ok_or(PayloadError::Invalid {
-                    field: path,
-                    expected: "a string",
-                })
-            })
+            .map(|v| v.as_str().ok_or(PayloadError::Invalid { field: path, expected: "a string" }))
             .transpose()
     }
 
@@ -278,12 +217,7 @@ impl<'v> Doc<'v> {
 
     fn bool(&self, path: &'static str) -> Result<Option<bool>, PayloadError> {
         self.get(path)
-            .map(|v| {
-                v.as_bool().ok_or(PayloadError::Invalid {
-                    field: path,
-                    expected: "true or false",
-                })
-            })
+            .map(|v| v.as_bool().ok_or(PayloadError::Invalid { field: path, expected: "true or false" }))
             .transpose()
     }
 
@@ -292,32 +226,21 @@ impl<'v> Doc<'v> {
             .map(|v| {
                 v.as_u64()
                     .and_then(|n| usize::try_from(n).ok())
-                    .ok_or(PayloadError::Invalid {
-                        field: path,
-                        expected: "a non-negative integer",
-                    })
+                    .ok_or(PayloadError::Invalid { field: path, expected: "a non-negative integer" })
             })
             .transpose()
     }
 
     fn array_len(&self, path: &'static str) -> Result<Option<usize>, PayloadError> {
         self.get(path)
-            .map(|v| {
-                v.as_array().map(Vec::len).ok_or(PayloadError::Invalid {
-                    field: path,
-                    expected: "an array",
-                })
-            })
+            .map(|v| v.as_array().map(Vec::len).ok_or(PayloadError::Invalid { field: path, expected: "an array" }))
             .transpose()
     }
 
     fn sha(&self, path: &'static str) -> Result<Option<Sha>, PayloadError> {
         self.string(path)?
             .map(|s| {
-                s.parse().map_err(|_| PayloadError::Invalid {
-                    field: path,
-                    expected: "a 40 or 64 digit hex commit id",
-                })
+                s.parse().map_err(|_| PayloadError::Invalid { field: path, expected: "a 40 or 64 digit hex commit id" })
             })
             .transpose()
     }

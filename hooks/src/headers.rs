@@ -54,10 +54,7 @@ impl<'a> Headers<'a> {
 
     /// Like [`Headers::one`] for the first of several names that is present: hosts that
     /// were forked (Gitea, Forgejo) send the same thing under more than one name.
-    pub(crate) fn first_of<'n>(
-        &self,
-        names: &[&'n str],
-    ) -> Result<Option<(&'n str, &'a [u8])>, Repeated<'n>> {
+    pub(crate) fn first_of<'n>(&self, names: &[&'n str]) -> Result<Option<(&'n str, &'a [u8])>, Repeated<'n>> {
         for &name in names {
             if let Some(value) = self.one(name)? {
                 return Ok(Some((name, value)));
@@ -67,10 +64,7 @@ impl<'a> Headers<'a> {
     }
 
     fn all<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'a [u8]> + 's {
-        self.fields
-            .iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| trim_ows(v))
+        self.fields.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| trim_ows(v))
     }
 }
 
@@ -79,18 +73,13 @@ impl<'a> Headers<'a> {
 pub(crate) fn trim_ows(value: &[u8]) -> &[u8] {
     let is_ows = |b: &u8| *b == b' ' || *b == b'\t';
     let start = value.iter().position(|b| !is_ows(b)).unwrap_or(value.len());
-    let end = value
-        .iter()
-        .rposition(|b| !is_ows(b))
-        .map_or(start, |i| i + 1);
+    let end = value.iter().rposition(|b| !is_ows(b)).map_or(start, |i| i + 1);
     &value[start..end]
 }
 
 impl<'a> FromIterator<(&'a str, &'a [u8])> for Headers<'a> {
     fn from_iter<I: IntoIterator<Item = (&'a str, &'a [u8])>>(iter: I) -> Self {
-        Headers {
-            fields: iter.into_iter().collect(),
-        }
+        Headers { fields: iter.into_iter().collect() }
     }
 }
 
@@ -103,8 +92,6 @@ impl<'a> FromIterator<(&'a str, &'a str)> for Headers<'a> {
 /// Lists header names only: values include GitLab's token, which must not reach a log.
 impl fmt::Debug for Headers<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list()
-            .entries(self.fields.iter().map(|(n, _)| n))
-            .finish()
+        f.debug_list().entries(self.fields.iter().map(|(n, _)| n)).finish()
     }
 }

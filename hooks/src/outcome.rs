@@ -121,23 +121,14 @@ impl fmt::Display for IgnoreReason {
                 write!(f, "push of tag `{tag}`; only branch pushes deploy")
             }
             IgnoreReason::BranchDeleted { branch } => {
-                write!(
-                    f,
-                    "branch `{branch}` was deleted; the running release stays"
-                )
+                write!(f, "branch `{branch}` was deleted; the running release stays")
             }
             IgnoreReason::OtherBranch { branch, watching } => {
-                write!(
-                    f,
-                    "push to branch `{branch}`; this app deploys `{watching}`"
-                )
+                write!(f, "push to branch `{branch}`; this app deploys `{watching}`")
             }
             IgnoreReason::NotABranch { git_ref } => write!(f, "ref `{git_ref}` is not a branch"),
             IgnoreReason::UnsupportedEvent { event } => {
-                write!(
-                    f,
-                    "event `{event}` is not a push; the hook needs only push events"
-                )
+                write!(f, "event `{event}` is not a push; the hook needs only push events")
             }
             IgnoreReason::DuplicateDelivery { delivery } => {
                 write!(f, "delivery `{delivery}` was already received")

@@ -50,13 +50,9 @@ impl Provider {
     /// agent's tests and tools can make deliveries the way the host does.
     pub fn sign(&self, secret: &[u8], body: &[u8]) -> (&str, Vec<u8>) {
         let value = match self {
-            Provider::GitHub => {
-                format!("sha256={}", crate::signature::hmac_hex(secret, body)).into_bytes()
-            }
+            Provider::GitHub => format!("sha256={}", crate::signature::hmac_hex(secret, body)).into_bytes(),
             Provider::GitLab => secret.to_vec(),
-            Provider::Gitea | Provider::Generic { .. } => {
-                crate::signature::hmac_hex(secret, body).into_bytes()
-            }
+            Provider::Gitea | Provider::Generic { .. } => crate::signature::hmac_hex(secret, body).into_bytes(),
         };
         (self.signature_header(), value)
     }
@@ -102,9 +98,7 @@ pub enum ParseProviderError {
     )]
     Unknown(String),
     /// `generic:` with something that cannot be an HTTP header name.
-    #[error(
-        "`{0}` is not a valid HTTP header name\n  hint: use letters, digits and `-`, like `X-Signature`"
-    )]
+    #[error("`{0}` is not a valid HTTP header name\n  hint: use letters, digits and `-`, like `X-Signature`")]
     BadHeader(String),
 }
 
@@ -133,9 +127,7 @@ impl FromStr for Provider {
 
 fn generic(header: &str) -> Result<Provider, ParseProviderError> {
     if is_header_name(header) {
-        Ok(Provider::Generic {
-            header: header.to_owned(),
-        })
+        Ok(Provider::Generic { header: header.to_owned() })
     } else {
         Err(ParseProviderError::BadHeader(header.to_owned()))
     }
@@ -143,10 +135,7 @@ fn generic(header: &str) -> Result<Provider, ParseProviderError> {
 
 /// An RFC 9110 token: what can legally stand before the colon of a header line.
 fn is_header_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 impl Serialize for Provider {
@@ -154,12 +143,7 @@ impl Serialize for Provider {
         match self {
             Provider::Generic { header } => {
                 let mut map = serializer.serialize_map(Some(1))?;
-                map.serialize_entry(
-                    "generic",
-                    &GenericConfig {
-                        header: header.clone(),
-                    },
-                )?;
+                map.serialize_entry("generic", &GenericConfig { header: header.clone() })?;
                 map.end()
             }
             other => serializer.serialize_str(other.name()),

@@ -99,9 +99,9 @@ impl Rejection {
             | Rejection::MissingSignature { .. }
             | Rejection::MalformedSignature { .. }
             | Rejection::BadSignature { .. } => RejectionKind::Unauthorized,
-            Rejection::MissingEvent { .. }
-            | Rejection::MalformedHeader { .. }
-            | Rejection::MalformedPayload(_) => RejectionKind::Malformed,
+            Rejection::MissingEvent { .. } | Rejection::MalformedHeader { .. } | Rejection::MalformedPayload(_) => {
+                RejectionKind::Malformed
+            }
         }
     }
 

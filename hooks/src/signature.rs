@@ -51,10 +51,7 @@ pub fn verify<'a>(
     body: &'a [u8],
 ) -> Result<Verified<'a>, Rejection> {
     if body.len() > MAX_BODY {
-        return Err(Rejection::TooLarge {
-            len: body.len(),
-            limit: MAX_BODY,
-        });
+        return Err(Rejection::TooLarge { len: body.len(), limit: MAX_BODY });
     }
     if secret.is_empty() {
         return Err(Rejection::NoSecret);
@@ -88,17 +85,11 @@ pub fn verify<'a>(
             // lengths differ, and hides the secret's length.
             let same = Sha256::digest(token).ct_eq(&Sha256::digest(secret));
             if !bool::from(same) {
-                return Err(Rejection::BadSignature {
-                    header: name.to_owned(),
-                });
+                return Err(Rejection::BadSignature { header: name.to_owned() });
             }
         }
     }
-    Ok(Verified {
-        provider,
-        headers,
-        body,
-    })
+    Ok(Verified { provider, headers, body })
 }
 
 /// The lowercase hex HMAC-SHA256 of `body` under `secret`, the signature GitHub, Gitea and
@@ -114,10 +105,7 @@ fn keyed(secret: &[u8]) -> HmacSha256 {
 }
 
 /// The first of `names` that is present and non-empty, with the name it came under.
-fn signature_header<'n, 'h>(
-    headers: &Headers<'h>,
-    names: &[&'n str],
-) -> Result<(&'n str, &'h [u8]), Rejection> {
+fn signature_header<'n, 'h>(headers: &Headers<'h>, names: &[&'n str]) -> Result<(&'n str, &'h [u8]), Rejection> {
     for &name in names {
         match headers.one(name) {
             Err(_) => return Err(malformed(name, "it was sent more than once")),
@@ -126,9 +114,7 @@ fn signature_header<'n, 'h>(
         }
     }
     let first = names.first().copied().unwrap_or_default();
-    Err(Rejection::MissingSignature {
-        header: first.to_owned(),
-    })
+    Err(Rejection::MissingSignature { header: first.to_owned() })
 }
 
 /// Compares the hex signature `hex` from header `name` with the HMAC of `body`.
@@ -144,14 +130,9 @@ fn check_hmac(name: &str, hex: &[u8], secret: &[u8], body: &[u8]) -> Result<(), 
     keyed(secret)
         .chain_update(body)
         .verify_slice(&claimed)
-        .map_err(|_| Rejection::BadSignature {
-            header: name.to_owned(),
-        })
+        .map_err(|_| Rejection::BadSignature { header: name.to_owned() })
 }
 
 fn malformed(name: &str, reason: &'static str) -> Rejection {
-    Rejection::MalformedSignature {
-        header: name.to_owned(),
-        reason,
-    }
+    Rejection::MalformedSignature { header: name.to_owned(), reason }
 }

@@ -5,10 +5,7 @@ use deployer_wire::{ApiError, AppStatus};
 
 #[test]
 fn the_api_needs_a_valid_token_and_changes_need_the_deploy_scope() {
-    let agent = TestEnv::new()
-        .instances(1)
-        .token("reader", &["read"])
-        .start();
+    let agent = TestEnv::new().instances(1).token("reader", &["read"]).start();
     let reader = agent.token("reader");
     let pids = agent.pids("web");
 
@@ -23,12 +20,7 @@ fn the_api_needs_a_valid_token_and_changes_need_the_deploy_scope() {
     assert_eq!(wrong.status, 401, "{}", wrong.body);
     assert_eq!(wrong.json::<ApiError>().code, "unauthorized");
 
-    let wrong_post = agent.api_request(
-        "POST",
-        "/v1/apps/web/restart",
-        Some("not-the-token-at-all"),
-        Some(""),
-    );
+    let wrong_post = agent.api_request("POST", "/v1/apps/web/restart", Some("not-the-token-at-all"), Some(""));
     assert_eq!(wrong_post.status, 401, "{}", wrong_post.body);
 
     let read_only_post = agent.api_request("POST", "/v1/apps/web/restart", Some(&reader), Some(""));
@@ -39,10 +31,7 @@ fn the_api_needs_a_valid_token_and_changes_need_the_deploy_scope() {
     let read_only_get = agent.api_request("GET", "/v1/apps", Some(&reader), None);
     assert_eq!(read_only_get.status, 200, "{}", read_only_get.body);
     let apps: Vec<AppStatus> = read_only_get.json();
-    assert_eq!(
-        apps.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(),
-        ["web"]
-    );
+    assert_eq!(apps.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), ["web"]);
 
     let logs = agent.api_request("GET", "/v1/apps/web/logs?lines=5", Some(&reader), None);
     assert_eq!(logs.status, 200, "logs are `read`: {}", logs.body);
@@ -50,34 +39,17 @@ fn the_api_needs_a_valid_token_and_changes_need_the_deploy_scope() {
 
 #[test]
 fn the_cli_says_which_variable_to_fix_when_the_token_is_missing_or_wrong() {
-    let agent = TestEnv::new()
-        .instances(1)
-        .token("reader", &["read"])
-        .start();
+    let agent = TestEnv::new().instances(1).token("reader", &["read"]).start();
 
     let missing = agent.cli_as(None, &["ls"]).failure(1);
-    assert!(
-        missing.stderr.contains("hint: set `DEPLOYER_TOKEN`"),
-        "{missing}"
-    );
+    assert!(missing.stderr.contains("hint: set `DEPLOYER_TOKEN`"), "{missing}");
 
-    let wrong = agent
-        .cli_as(Some("not-the-token-at-all"), &["ls"])
-        .failure(1);
-    assert!(
-        wrong
-            .stderr
-            .contains("the token in `DEPLOYER_TOKEN` is not one the agent accepts"),
-        "{wrong}"
-    );
+    let wrong = agent.cli_as(Some("not-the-token-at-all"), &["ls"]).failure(1);
+    assert!(wrong.stderr.contains("the token in `DEPLOYER_TOKEN` is not one the agent accepts"), "{wrong}");
 
-    let read_only = agent
-        .cli_as(Some(&agent.token("reader")), &["restart", "web"])
-        .failure(1);
+    let read_only = agent.cli_as(Some(&agent.token("reader")), &["restart", "web"]).failure(1);
     assert!(read_only.stderr.contains("`deploy` scope"), "{read_only}");
-    agent
-        .cli_as(Some(&agent.token("reader")), &["ls"])
-        .success();
+    agent.cli_as(Some(&agent.token("reader")), &["ls"]).success();
 }
 
 #[test]
@@ -95,12 +67,8 @@ fn mistakes_get_the_api_error_shape_with_a_code() {
     assert_eq!(unknown_route.status, 404, "{}", unknown_route.body);
     assert_eq!(unknown_route.json::<ApiError>().code, "not_found");
 
-    let bad_json = agent.api_request(
-        "POST",
-        "/v1/apps/web/scale",
-        Some(&agent.token("admin")),
-        Some("{\"instances\":"),
-    );
+    let bad_json =
+        agent.api_request("POST", "/v1/apps/web/scale", Some(&agent.token("admin")), Some("{\"instances\":"));
     assert_eq!(bad_json.status, 400, "{}", bad_json.body);
     assert_eq!(bad_json.json::<ApiError>().code, "bad_request");
 
@@ -108,10 +76,7 @@ fn mistakes_get_the_api_error_shape_with_a_code() {
     assert_eq!(zero.status, 400, "{}", zero.body);
     assert_eq!(zero.json::<ApiError>().code, "bad_request");
 
-    let unknown_field = agent.api_post(
-        "/v1/apps/web/reload",
-        serde_json::json!({ "update_evn": true }),
-    );
+    let unknown_field = agent.api_post("/v1/apps/web/reload", serde_json::json!({ "update_evn": true }));
     assert_eq!(unknown_field.status, 400, "{}", unknown_field.body);
     assert_eq!(unknown_field.json::<ApiError>().code, "bad_request");
 }

@@ -5,8 +5,7 @@ use deployer_wire::AppStatus;
 
 fn ls(agent: &deployer_tests::Agent) -> Vec<AppStatus> {
     let out = agent.cli(&["ls", "--json"]).success();
-    serde_json::from_str(&out.stdout)
-        .unwrap_or_else(|e| panic!("`ls --json` is not a list of apps ({e})\n{out}"))
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("`ls --json` is not a list of apps ({e})\n{out}"))
 }
 
 #[test]
@@ -15,27 +14,15 @@ fn ls_lists_every_worker() {
     let apps = ls(&agent);
     assert_eq!(apps.len(), 1, "{apps:#?}");
     let web = &apps[0];
-    assert_eq!(
-        (web.name.as_str(), web.mode.as_str(), web.state.as_str()),
-        ("web", "http", "running")
-    );
+    assert_eq!((web.name.as_str(), web.mode.as_str(), web.state.as_str()), ("web", "http", "running"));
     assert_eq!(web.port, Some(agent.port("web")));
     assert_eq!(web.workers.iter().map(|w| w.id).collect::<Vec<_>>(), [0, 1]);
     assert!(web.workers.iter().all(|w| w.state == "online"), "{web:#?}");
-    assert_eq!(
-        web.workers
-            .iter()
-            .map(|w| w.pid.expect("a pid"))
-            .collect::<Vec<_>>(),
-        agent.pids("web")
-    );
+    assert_eq!(web.workers.iter().map(|w| w.pid.expect("a pid")).collect::<Vec<_>>(), agent.pids("web"));
 
     let table = agent.cli(&["ls"]).success();
     for pid in agent.pids("web") {
-        assert!(
-            table.stdout.contains(&pid.to_string()),
-            "pid {pid} not in the table\n{table}"
-        );
+        assert!(table.stdout.contains(&pid.to_string()), "pid {pid} not in the table\n{table}");
     }
     assert!(table.stdout.contains("online"), "{table}");
 }
@@ -51,10 +38,7 @@ fn scale_adds_and_retires_workers() {
     assert_eq!(web.workers.len(), 3, "{web:#?}");
     assert!(web.workers.iter().all(|w| w.state == "online"), "{web:#?}");
     assert_eq!(
-        web.workers[..2]
-            .iter()
-            .map(|w| w.pid.expect("a pid"))
-            .collect::<Vec<_>>(),
+        web.workers[..2].iter().map(|w| w.pid.expect("a pid")).collect::<Vec<_>>(),
         first,
         "scaling up keeps the running workers"
     );
@@ -63,19 +47,9 @@ fn scale_adds_and_retires_workers() {
     let out = agent.cli(&["scale", "web", "1", "--json"]).success();
     let web: AppStatus = serde_json::from_str(&out.stdout).expect("scale --json answers the app");
     assert_eq!(web.workers.len(), 1, "{web:#?}");
-    assert_eq!(
-        web.workers[0].pid,
-        Some(first[0]),
-        "scaling down retires the highest ids"
-    );
-    assert!(
-        !pid_alive(first[1]) && !pid_alive(third),
-        "retired workers still run"
-    );
-    assert_eq!(
-        http::get(agent.port("web"), "/").expect("GET /").status,
-        200
-    );
+    assert_eq!(web.workers[0].pid, Some(first[0]), "scaling down retires the highest ids");
+    assert!(!pid_alive(first[1]) && !pid_alive(third), "retired workers still run");
+    assert_eq!(http::get(agent.port("web"), "/").expect("GET /").status, 200);
 }
 
 #[test]
@@ -87,10 +61,7 @@ fn stop_stops_every_worker_and_start_brings_them_back() {
     let web = &ls(&agent)[0];
     assert_eq!(web.state, "stopped", "{web:#?}");
     assert!(web.workers.is_empty(), "{web:#?}");
-    assert!(
-        first.iter().all(|p| !pid_alive(*p)),
-        "stopped workers still run"
-    );
+    assert!(first.iter().all(|p| !pid_alive(*p)), "stopped workers still run");
 
     agent.cli(&["start", "web"]).success();
     let web = &ls(&agent)[0];
@@ -104,10 +75,7 @@ fn stop_stops_every_worker_and_start_brings_them_back() {
     agent.cli(&["restart", "web"]).success();
     let restarted = agent.pids("web");
     assert_eq!(restarted.len(), 2);
-    assert!(
-        restarted.iter().all(|p| !started.contains(p)),
-        "restart kept a worker: {started:?} -> {restarted:?}"
-    );
+    assert!(restarted.iter().all(|p| !started.contains(p)), "restart kept a worker: {started:?} -> {restarted:?}");
 }
 
 #[test]
@@ -116,18 +84,10 @@ fn logs_shows_the_last_lines_the_workers_wrote() {
     let out = agent.cli(&["logs", "web", "-n", "5"]).success();
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert!(!lines.is_empty() && lines.len() <= 5, "{out}");
-    let listening = lines
-        .iter()
-        .filter(|l| l.contains("Server listening"))
-        .count();
-    assert_eq!(
-        listening, 2,
-        "one `Server listening` line per worker\n{out}"
-    );
+    let listening = lines.iter().filter(|l| l.contains("Server listening")).count();
+    assert_eq!(listening, 2, "one `Server listening` line per worker\n{out}");
     assert!(
-        lines
-            .iter()
-            .all(|l| l.starts_with("web-0") || l.starts_with("web-1")),
+        lines.iter().all(|l| l.starts_with("web-0") || l.starts_with("web-1")),
         "lines are prefixed by worker\n{out}"
     );
 }

@@ -13,9 +13,7 @@ fn position(text: &str, needle: &str) -> (usize, usize) {
 #[test]
 fn check_accepts_a_valid_config_and_describes_its_apps() {
     let setup = TestEnv::new().setup();
-    let out = setup
-        .run_agent(&["check", "--config", "agent.yaml"])
-        .success();
+    let out = setup.run_agent(&["check", "--config", "agent.yaml"]).success();
     assert!(out.stdout.contains("agent.yaml: ok"), "{out}");
     assert!(out.stdout.contains("web: 2 x `node app.js`"), "{out}");
 }
@@ -27,35 +25,19 @@ fn a_misspelt_key_is_reported_at_its_line_and_column_with_a_did_you_mean_hint() 
     let (line, col) = position(&setup.config_text(), "instanes:");
     let at = format!("agent.yaml:{line}:{col}: ");
 
-    let check = setup
-        .run_agent(&["check", "--config", "agent.yaml"])
-        .failure(1);
+    let check = setup.run_agent(&["check", "--config", "agent.yaml"]).failure(1);
     assert!(check.stderr.starts_with("error: "), "{check}");
     assert!(check.stderr.contains(&at), "expected `{at}`\n{check}");
     assert!(check.stderr.contains("unknown field `instanes`"), "{check}");
-    assert!(
-        check.stderr.contains("hint: did you mean `instances`?"),
-        "{check}"
-    );
+    assert!(check.stderr.contains("hint: did you mean `instances`?"), "{check}");
 
     // Starting the agent on it fails the same way, before anything runs.
     let config = setup.config_path();
     let run = setup.run_agent(&["--config", config.to_str().expect("utf-8 path")]);
-    assert!(
-        !run.status.success(),
-        "the agent started on a bad config\n{run}"
-    );
+    assert!(!run.status.success(), "the agent started on a bad config\n{run}");
     assert!(run.stderr.contains(&at), "expected `{at}`\n{run}");
     assert!(run.stderr.contains("did you mean `instances`?"), "{run}");
-    assert!(
-        !setup
-            .dir()
-            .join("state")
-            .join("run")
-            .join("workers.pids")
-            .exists(),
-        "a worker was started"
-    );
+    assert!(!setup.dir().join("state").join("run").join("workers.pids").exists(), "a worker was started");
 }
 
 #[test]
@@ -64,33 +46,21 @@ fn a_misspelt_value_is_reported_at_its_line_with_a_did_you_mean_hint() {
     setup.edit_config(|c| c.replacen("proxy: http", "proxy: htpp", 1));
     let (line, _) = position(&setup.config_text(), "htpp");
 
-    let check = setup
-        .run_agent(&["check", "--config", "agent.yaml"])
-        .failure(1);
-    assert!(
-        check.stderr.contains(&format!("agent.yaml:{line}:")),
-        "expected line {line}\n{check}"
-    );
+    let check = setup.run_agent(&["check", "--config", "agent.yaml"]).failure(1);
+    assert!(check.stderr.contains(&format!("agent.yaml:{line}:")), "expected line {line}\n{check}");
     assert!(check.stderr.contains("unknown variant `htpp`"), "{check}");
-    assert!(
-        check.stderr.contains("hint: did you mean `http`?"),
-        "{check}"
-    );
+    assert!(check.stderr.contains("hint: did you mean `http`?"), "{check}");
 }
 
 #[test]
 fn a_token_whose_variable_is_unset_is_an_error_that_names_the_variable() {
     let setup = TestEnv::new().setup();
     let mut cmd = setup.agent_command();
-    cmd.env_remove("DEPLOYER_TOKEN")
-        .args(["check", "--config", "agent.yaml"]);
+    cmd.env_remove("DEPLOYER_TOKEN").args(["check", "--config", "agent.yaml"]);
     let out = cmd.output().expect("run deployer-agent check");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("`DEPLOYER_TOKEN`, which is not set"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("`DEPLOYER_TOKEN`, which is not set"), "{stderr}");
     assert!(stderr.contains("hint: export DEPLOYER_TOKEN="), "{stderr}");
 }
 
@@ -103,15 +73,8 @@ fn a_bad_value_inside_a_flow_map_is_reported_at_its_key() {
     setup.edit_config(|c| c.replacen("max_surge: 1", "max_surge: 0", 1));
     let (line, col) = position(&setup.config_text(), "max_surge: 0");
 
-    let check = setup
-        .run_agent(&["check", "--config", "agent.yaml"])
-        .failure(1);
-    assert!(
-        check
-            .stderr
-            .contains("`max_surge: 0` would never replace a worker"),
-        "{check}"
-    );
+    let check = setup.run_agent(&["check", "--config", "agent.yaml"]).failure(1);
+    assert!(check.stderr.contains("`max_surge: 0` would never replace a worker"), "{check}");
     assert!(
         check.stderr.contains(&format!("agent.yaml:{line}:{col}: ")),
         "expected line {line}, column {col}\n{check}"
@@ -131,19 +94,9 @@ fn an_explicit_tcp_readiness_check_is_refused_for_the_fd_front() {
     let (line, _) = position(&setup.config_text(), "ready: { tcp: true");
 
     let check = setup.run_agent(&["check", "--config", "agent.yaml"]);
-    assert_eq!(
-        check.code(),
-        Some(1),
-        "`tcp: true` was silently dropped for an fd front\n{check}"
-    );
-    assert!(
-        check.stderr.contains("cannot be probed one by one"),
-        "{check}"
-    );
-    assert!(
-        check.stderr.contains(&format!("agent.yaml:{line}:")),
-        "expected line {line}\n{check}"
-    );
+    assert_eq!(check.code(), Some(1), "`tcp: true` was silently dropped for an fd front\n{check}");
+    assert!(check.stderr.contains("cannot be probed one by one"), "{check}");
+    assert!(check.stderr.contains(&format!("agent.yaml:{line}:")), "expected line {line}\n{check}");
 }
 
 #[test]
@@ -152,17 +105,9 @@ fn an_invalid_instance_count_is_reported_at_its_own_line() {
     setup.edit_config(|c| c.replacen("instances: 2", "instances: 0", 1));
     let (line, _) = position(&setup.config_text(), "instances: 0");
 
-    let check = setup
-        .run_agent(&["check", "--config", "agent.yaml"])
-        .failure(1);
-    assert!(
-        check.stderr.contains("`instances: 0` is out of range"),
-        "{check}"
-    );
-    assert!(
-        check.stderr.contains(&format!("agent.yaml:{line}:")),
-        "expected line {line}\n{check}"
-    );
+    let check = setup.run_agent(&["check", "--config", "agent.yaml"]).failure(1);
+    assert!(check.stderr.contains("`instances: 0` is out of range"), "{check}");
+    assert!(check.stderr.contains(&format!("agent.yaml:{line}:")), "expected line {line}\n{check}");
 }
 
 #[test]
@@ -171,35 +116,18 @@ fn check_fails_like_the_agent_when_the_env_file_is_missing() {
     std::fs::remove_file(setup.app_dir("web").join(".env")).expect("remove .env");
 
     let run = setup.run_agent(&["--config", "agent.yaml"]);
-    assert_eq!(
-        run.code(),
-        Some(1),
-        "the agent started without its env_file\n{run}"
-    );
+    assert_eq!(run.code(), Some(1), "the agent started without its env_file\n{run}");
     assert!(run.stderr.contains(".env: cannot read"), "{run}");
 
     let check = setup.run_agent(&["check", "--config", "agent.yaml"]);
-    assert_eq!(
-        check.code(),
-        Some(1),
-        "`check` passed a config the agent refuses to start on\n{check}"
-    );
+    assert_eq!(check.code(), Some(1), "`check` passed a config the agent refuses to start on\n{check}");
     assert!(check.stderr.contains(".env: cannot read"), "{check}");
 }
 
 #[test]
 fn check_reports_a_malformed_env_file_at_its_line() {
-    let setup = TestEnv::new()
-        .env_file("# greeting\nGREETING hello\n")
-        .setup();
+    let setup = TestEnv::new().env_file("# greeting\nGREETING hello\n").setup();
     let check = setup.run_agent(&["check", "--config", "agent.yaml"]);
-    assert_eq!(
-        check.code(),
-        Some(1),
-        "`check` passed a malformed env_file\n{check}"
-    );
-    assert!(
-        check.stderr.contains(".env:2:1: expected `KEY=VALUE`"),
-        "{check}"
-    );
+    assert_eq!(check.code(), Some(1), "`check` passed a malformed env_file\n{check}");
+    assert!(check.stderr.contains(".env:2:1: expected `KEY=VALUE`"), "{check}");
 }

@@ -13,10 +13,7 @@ const CONNS: usize = 30;
 /// An install step that waits until the test opens the gate (a file next to the repo), so a
 /// test controls how long `building` lasts without sleeping itself.
 fn gated_install(gate: &Path) -> String {
-    format!(
-        "echo installing; while [ ! -e {} ]; do sleep 0.05; done; echo installed\n",
-        gate.display()
-    )
+    format!("echo installing; while [ ! -e {} ]; do sleep 0.05; done; echo installed\n", gate.display())
 }
 
 /// A repository whose app runs `sh install.sh` as its install step (the script is in the repo,
@@ -33,9 +30,7 @@ fn app_from(repo: &TestRepo) -> impl FnOnce(AppSpec) -> AppSpec + '_ {
 
 /// The body `GET /` answers on the app's public port.
 fn answer(agent: &Agent) -> String {
-    http::get(agent.port("web"), "/")
-        .map(|r| r.body)
-        .unwrap_or_else(|e| format!("(no answer: {e})"))
+    http::get(agent.port("web"), "/").map(|r| r.body).unwrap_or_else(|e| format!("(no answer: {e})"))
 }
 
 /// Deploy `git_ref` while [`CONNS`] clients hit the app; answers the finished deploy and the
@@ -250,7 +245,17 @@ fn hostile_refs_are_refused_with_400_and_queue_nothing() {
     let repo = TestRepo::with_example_app();
     let agent = TestEnv::new().web(|a| a.repo(&repo)).start();
     let before = agent.history("web").len();
-    for bad in ["--upload-pack=touch /tmp/pwned", "main..evil", "../../etc/passwd", "a b", "refs/heads/x.lock", "", "-x", "main@{1}", "HEAD~1;rm -rf /"] {
+    for bad in [
+        "--upload-pack=touch /tmp/pwned",
+        "main..evil",
+        "../../etc/passwd",
+        "a b",
+        "refs/heads/x.lock",
+        "",
+        "-x",
+        "main@{1}",
+        "HEAD~1;rm -rf /",
+    ] {
         let r = agent.api_post("/v1/apps/web/deploys", serde_json::json!({ "ref": bad }));
         assert_eq!(r.status, 400, "ref {bad:?}: {}", r.body);
         let e: ApiError = r.json();
@@ -337,7 +342,8 @@ fn a_release_that_crash_loops_within_its_bake_window_is_rolled_back_by_the_agent
         "current went back to {before}: {:?}",
         agent.current_release("web")
     );
-    let rollback = agent.history("web").into_iter().find(|d| d.trigger == "bake").expect("a rollback deploy by the bake watcher");
+    let rollback =
+        agent.history("web").into_iter().find(|d| d.trigger == "bake").expect("a rollback deploy by the bake watcher");
     assert_eq!(agent.wait_deploy(rollback.id).state, "live");
     agent.wait_online("web", 2);
     assert!(answer(&agent).starts_with("hello from worker"), "{}", answer(&agent));
@@ -374,7 +380,8 @@ fn workers_and_the_install_step_run_as_the_configured_user() {
     let repo = repo_with_install("id -u > installed-by\n");
     let setup = TestEnv::new().web(|a| app_from(&repo)(a).set("user", "nobody")).setup();
     // The test's temp dir is private to root; `nobody` must reach the releases inside it.
-    std::fs::set_permissions(setup.dir(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod the temp dir");
+    std::fs::set_permissions(setup.dir(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod the temp dir");
     let agent = setup.start();
     let nobody = nix::unistd::User::from_name("nobody").expect("getpwnam").expect("a `nobody` user");
     let uid = nobody.uid.as_raw().to_string();

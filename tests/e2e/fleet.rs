@@ -79,10 +79,16 @@ fn push_moves_every_host_to_the_commit_without_failing_a_request() {
         let deploys = h["deploys"].as_array().expect("deploys");
         assert_eq!(deploys.len(), 2, "{h:#}");
         let (push, first) = (&deploys[0], &deploys[1]);
-        assert_eq!((str_of(push, "state"), str_of(push, "sha"), str_of(push, "ref")), ("live", v2.as_str(), v2.as_str()));
+        assert_eq!(
+            (str_of(push, "state"), str_of(push, "sha"), str_of(push, "ref")),
+            ("live", v2.as_str(), v2.as_str())
+        );
         assert_eq!((str_of(push, "trigger"), str_of(push, "who")), ("api", "fleet-test"));
         assert_eq!(Some(str_of(push, "release").to_string()), fleet.agents[i].current_release("web"));
-        assert_eq!((str_of(first, "state"), str_of(first, "sha"), str_of(first, "trigger")), ("live", v1.as_str(), "startup"));
+        assert_eq!(
+            (str_of(first, "state"), str_of(first, "sha"), str_of(first, "trigger")),
+            ("live", v1.as_str(), "startup")
+        );
         assert!(push["id"].as_u64() > first["id"].as_u64());
     }
 
@@ -101,7 +107,8 @@ fn push_moves_every_host_to_the_commit_without_failing_a_request() {
 
 #[test]
 fn a_canary_that_fails_readiness_halts_the_push_and_the_others_keep_the_old_version() {
-    let fleet = TestFleet::start(TestRepo::with_example_app(), 5, |i, app| if i == 0 { breaks_on_marker(app) } else { app });
+    let fleet =
+        TestFleet::start(TestRepo::with_example_app(), 5, |i, app| if i == 0 { breaks_on_marker(app) } else { app });
     let v1 = fleet.repo.head();
     let bad = fleet.repo.commit_file("broken", "yes\n", "break readiness on the canary");
     fleet.write_file("prod", &fleet.hosts(), "{ canary: 1, max_parallel: 2, halt_on_failure: true }");
@@ -134,10 +141,15 @@ fn a_canary_that_fails_readiness_halts_the_push_and_the_others_keep_the_old_vers
 
 #[test]
 fn rollback_on_failure_puts_the_moved_hosts_back() {
-    let fleet = TestFleet::start(TestRepo::with_example_app(), 3, |i, app| if i == 1 { breaks_on_marker(app) } else { app });
+    let fleet =
+        TestFleet::start(TestRepo::with_example_app(), 3, |i, app| if i == 1 { breaks_on_marker(app) } else { app });
     let v1 = fleet.repo.head();
     fleet.repo.commit_file("broken", "yes\n", "break readiness on host 1");
-    fleet.write_file("prod", &fleet.hosts(), "{ canary: 1, max_parallel: 1, halt_on_failure: true, rollback_on_failure: true }");
+    fleet.write_file(
+        "prod",
+        &fleet.hosts(),
+        "{ canary: 1, max_parallel: 1, halt_on_failure: true, rollback_on_failure: true }",
+    );
 
     let results = json(&fleet.cli(&["push", "prod", "--json"]).failure(1));
     let states: Vec<&str> = results.as_array().expect("an array").iter().map(|r| str_of(r, "state")).collect();
@@ -169,7 +181,11 @@ fn a_host_that_refuses_connections_fails_quickly_with_the_reason() {
     let r = &results[2];
     assert_eq!(str_of(r, "host"), refused);
     assert_eq!(str_of(r, "state"), "unreachable", "{r:#}");
-    assert!(str_of(r, "message").contains("cannot reach the agent") && str_of(r, "message").to_lowercase().contains("refused"), "{r:#}");
+    assert!(
+        str_of(r, "message").contains("cannot reach the agent")
+            && str_of(r, "message").to_lowercase().contains("refused"),
+        "{r:#}"
+    );
     assert!(r["duration_ms"].as_u64().is_some_and(|d| d < 6_000), "{r:#}");
     for i in 0..2 {
         assert_eq!(str_of(&results[i], "state"), "live");
@@ -213,7 +229,10 @@ fn a_second_push_waits_for_the_lock_or_fails_at_once_with_no_wait() {
     fleet.write_file("staging", &fleet.hosts(), "{ max_parallel: 1 }");
     let agent = &fleet.agents[0];
     let lock = |holder: &str, ttl_ms: u64| {
-        let r = agent.api_post("/v1/locks/push-staging", serde_json::json!({ "holder": holder, "lease": holder, "ttl_ms": ttl_ms }));
+        let r = agent.api_post(
+            "/v1/locks/push-staging",
+            serde_json::json!({ "holder": holder, "lease": holder, "ttl_ms": ttl_ms }),
+        );
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(r.json::<Value>()["acquired"], true);
     };
@@ -222,7 +241,8 @@ fn a_second_push_waits_for_the_lock_or_fails_at_once_with_no_wait() {
     let busy = fleet.cli(&["push", "staging", "--no-wait"]).failure(1);
     assert!(busy.stderr.contains("another push of `staging` is running: held by ci job 42 since"), "{busy}");
     assert_eq!(agent.history("web").len(), 1, "nothing deployed");
-    let r = agent.api_request("DELETE", "/v1/locks/push-staging?lease=ci%20job%2042", Some(&agent.token("admin")), None);
+    let r =
+        agent.api_request("DELETE", "/v1/locks/push-staging?lease=ci%20job%2042", Some(&agent.token("admin")), None);
     assert_eq!(r.status, 204, "{}", r.body);
 
     // A holder that vanished: its lease lapses and the waiting push goes on.
@@ -280,7 +300,9 @@ fn reload_logs_and_rollback_act_on_every_host_of_an_environment() {
             let new_workers = |host: &str| {
                 lines
                     .iter()
-                    .filter(|l| l["host"] == host && l["line"].as_str().is_some_and(|t| t.starts_with("Server listening")))
+                    .filter(|l| {
+                        l["host"] == host && l["line"].as_str().is_some_and(|t| t.starts_with("Server listening"))
+                    })
                     .filter(|l| l["ts_ms"].as_u64().is_some_and(|t| t >= since.load(SeqCst)))
                     .count()
             };
@@ -290,7 +312,8 @@ fn reload_logs_and_rollback_act_on_every_host_of_an_environment() {
         }
         (lines, false)
     });
-    let now_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let now_ms =
+        || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     reload_at.store(now_ms(), std::sync::atomic::Ordering::SeqCst);
     let reloaded = json(&fleet.cli(&["reload", "prod", "--json"]).success());
     for (i, r) in reloaded.as_array().expect("an array").iter().enumerate() {
@@ -306,7 +329,10 @@ fn reload_logs_and_rollback_act_on_every_host_of_an_environment() {
     let (lines, saw_all) = reader.join().expect("reader");
     assert!(saw_all, "logs -f did not show every host's new workers within 30 s: {lines:#?}");
     for host in fleet.hosts() {
-        assert!(lines.iter().any(|l| l["host"] == host.trim_start_matches("http://") && l["stream"] == "out"), "no line of {host}: {lines:#?}");
+        assert!(
+            lines.iter().any(|l| l["host"] == host.trim_start_matches("http://") && l["stream"] == "out"),
+            "no line of {host}: {lines:#?}"
+        );
     }
 
     // logs (a tail): merged, every line names its host.
@@ -348,7 +374,10 @@ fn push_over_tls_to_an_agent_with_its_own_certificate() {
     setup.edit_config(|text| format!("tls: {{ cert: {}, key: {} }}\n{text}", cert.display(), key.display()));
     let host = format!("https://127.0.0.1:{}", setup.api_port());
     let fleet = TestFleet::with_agents(repo, vec![setup.spawn()], token);
-    let yaml = format!("app: web\nenvironments:\n  prod:\n    hosts: [{host}]\n    token_env: DEPLOYER_FLEET_TOKEN\n    ca_cert: {}\n", cert.display());
+    let yaml = format!(
+        "app: web\nenvironments:\n  prod:\n    hosts: [{host}]\n    token_env: DEPLOYER_FLEET_TOKEN\n    ca_cert: {}\n",
+        cert.display()
+    );
     std::fs::write(fleet.repo.path().join("deployer.yaml"), yaml).expect("write deployer.yaml");
 
     let serving = |sha: &str| {
@@ -356,7 +385,11 @@ fn push_over_tls_to_an_agent_with_its_own_certificate() {
         status[0]["sha"] == sha && status[0]["workers_up"] == 2
     };
     let v1 = fleet.repo.head();
-    assert!(deployer_tests::wait_until(Duration::from_secs(60), || serving(&v1)), "the agent never served over https: {}", fleet.agents[0].log());
+    assert!(
+        deployer_tests::wait_until(Duration::from_secs(60), || serving(&v1)),
+        "the agent never served over https: {}",
+        fleet.agents[0].log()
+    );
     let v2 = fleet.repo.commit_greeting("v2");
     let pushed = json(&fleet.cli(&["push", "prod", "--json"]).success());
     assert_eq!((str_of(&pushed[0], "state"), str_of(&pushed[0], "sha")), ("live", v2.as_str()));

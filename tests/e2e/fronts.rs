@@ -22,14 +22,9 @@ fn fd_front_hands_the_socket_to_the_workers_and_serves_across_a_reload() {
     for w in &workers {
         assert_eq!(w.port, None, "fd workers have no private port");
         let env = environ(w.pid.expect("a pid"));
+        assert!(env.iter().any(|(k, v)| k == "LISTEN_FDS" && v == "1"), "worker {} has no LISTEN_FDS=1", w.id);
         assert!(
-            env.iter().any(|(k, v)| k == "LISTEN_FDS" && v == "1"),
-            "worker {} has no LISTEN_FDS=1",
-            w.id
-        );
-        assert!(
-            env.iter()
-                .any(|(k, v)| k == "LISTEN_PID" && *v == w.pid.expect("a pid").to_string()),
+            env.iter().any(|(k, v)| k == "LISTEN_PID" && *v == w.pid.expect("a pid").to_string()),
             "LISTEN_PID is not the worker's pid"
         );
     }
@@ -39,18 +34,11 @@ fn fd_front_hands_the_socket_to_the_workers_and_serves_across_a_reload() {
     let r = agent.reload("web", false);
     assert_eq!(r.status, 200, "{}", r.body);
     let after_pids = agent.pids("web");
-    assert!(
-        workers
-            .iter()
-            .all(|w| !after_pids.contains(&w.pid.expect("a pid"))),
-        "not every worker was replaced"
-    );
+    assert!(workers.iter().all(|w| !after_pids.contains(&w.pid.expect("a pid"))), "not every worker was replaced");
     let after = http::get(port, "/").expect("GET / after the reload");
     assert_eq!(after.status, 200, "{}", after.body);
     assert!(
-        after_pids
-            .iter()
-            .any(|p| after.body.contains(&format!("pid {p}\n"))),
+        after_pids.iter().any(|p| after.body.contains(&format!("pid {p}\n"))),
         "answered by an old worker: {}",
         after.body
     );

@@ -11,23 +11,14 @@ fn sigterm_lets_in_flight_requests_finish_then_stops_every_worker_and_exits_0() 
     let port = agent.port("web");
     let in_flight = std::thread::spawn(move || http::get(port, "/"));
     assert!(
-        wait_until(Duration::from_secs(10), || agent
-            .app("web")
-            .workers
-            .iter()
-            .any(|w| w.inflight > 0)),
+        wait_until(Duration::from_secs(10), || agent.app("web").workers.iter().any(|w| w.inflight > 0)),
         "the request never reached a worker"
     );
 
     agent.signal(Signal::SIGTERM);
-    let status = agent
-        .wait_exit(Duration::from_secs(20))
-        .expect("the agent did not exit after SIGTERM");
+    let status = agent.wait_exit(Duration::from_secs(20)).expect("the agent did not exit after SIGTERM");
     assert_eq!(status.code(), Some(0), "{status}");
-    let answer = in_flight
-        .join()
-        .expect("the request thread")
-        .expect("the in-flight request was cut");
+    let answer = in_flight.join().expect("the request thread").expect("the in-flight request was cut");
     assert_eq!(answer.status, 200, "{}", answer.body);
     for pid in pids {
         assert!(!pid_alive(pid), "worker {pid} outlived the agent");
@@ -42,21 +33,14 @@ fn after_kill_9_the_workers_die_too_and_a_new_agent_serves_on_the_same_config() 
     let pids = agent.pids("web");
 
     agent.signal(Signal::SIGKILL);
-    agent
-        .wait_exit(Duration::from_secs(10))
-        .expect("the agent did not die");
+    agent.wait_exit(Duration::from_secs(10)).expect("the agent did not die");
     assert!(
-        wait_until(Duration::from_secs(10), || pids
-            .iter()
-            .all(|p| !pid_alive(*p))),
+        wait_until(Duration::from_secs(10), || pids.iter().all(|p| !pid_alive(*p))),
         "workers outlived a killed agent: {:?}",
         pids.iter().filter(|p| pid_alive(**p)).collect::<Vec<_>>()
     );
 
-    assert!(
-        port_is_free(agent.port("web")),
-        "nothing may hold the public port once the agent is dead"
-    );
+    assert!(port_is_free(agent.port("web")), "nothing may hold the public port once the agent is dead");
 
     agent.start_again();
     let new_pids = agent.pids("web");
@@ -69,28 +53,16 @@ fn after_kill_9_the_workers_die_too_and_a_new_agent_serves_on_the_same_config() 
 fn a_new_agent_kills_the_worker_children_a_killed_agent_left_behind() {
     // `sh` is the worker and `node` its child: PR_SET_PDEATHSIG kills `sh` with the agent, but
     // not its child. The pid record in `state_dir/run` lets the next agent find the group.
-    let mut agent = TestEnv::new()
-        .instances(1)
-        .start_command(&["sh", "-c", "node app.js; exit 1"])
-        .start();
+    let mut agent = TestEnv::new().instances(1).start_command(&["sh", "-c", "node app.js; exit 1"]).start();
     let shell = agent.pids("web")[0];
     let body = http::get(agent.port("web"), "/").expect("GET /").body;
-    let node: u32 = body
-        .trim()
-        .rsplit(' ')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no pid in `{body}`"));
+    let node: u32 =
+        body.trim().rsplit(' ').next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("no pid in `{body}`"));
     assert_ne!(node, shell);
 
     agent.signal(Signal::SIGKILL);
-    agent
-        .wait_exit(Duration::from_secs(10))
-        .expect("the agent did not die");
-    assert!(
-        wait_until(Duration::from_secs(10), || !pid_alive(shell)),
-        "the worker outlived the agent"
-    );
+    agent.wait_exit(Duration::from_secs(10)).expect("the agent did not die");
+    assert!(wait_until(Duration::from_secs(10), || !pid_alive(shell)), "the worker outlived the agent");
     let left_behind = pid_alive(node);
 
     agent.start_again();
@@ -99,16 +71,9 @@ fn a_new_agent_kills_the_worker_children_a_killed_agent_left_behind() {
         "the new agent left the old worker's child running"
     );
     if left_behind {
-        assert!(
-            agent.log().contains("left by a previous agent"),
-            "{}",
-            agent.log()
-        );
+        assert!(agent.log().contains("left by a previous agent"), "{}", agent.log());
     }
-    assert_eq!(
-        http::get(agent.port("web"), "/").expect("GET /").status,
-        200
-    );
+    assert_eq!(http::get(agent.port("web"), "/").expect("GET /").status, 200);
 }
 
 #[test]
@@ -119,39 +84,22 @@ fn a_second_agent_on_the_same_config_refuses_to_start_and_leaves_the_first_alone
     let second = agent.run_agent(&["--config", "agent.yaml"]);
     assert_eq!(second.code(), Some(1), "{second}");
     assert!(second.stderr.contains("cannot bind the API"), "{second}");
-    assert_eq!(
-        agent.pids("web"),
-        pids,
-        "the second agent touched the first one's workers"
-    );
+    assert_eq!(agent.pids("web"), pids, "the second agent touched the first one's workers");
     assert!(pids.iter().all(|p| pid_alive(*p)));
-    assert_eq!(
-        http::get(agent.port("web"), "/").expect("GET /").status,
-        200
-    );
+    assert_eq!(http::get(agent.port("web"), "/").expect("GET /").status, 200);
 }
 
 #[test]
 fn sighup_starts_an_app_added_to_the_config() {
     let mut agent = TestEnv::new().instances(1).start();
     let web = agent.pids("web");
-    agent.reconfigure(|env| {
-        env.app(
-            AppSpec::new("api")
-                .instances(1)
-                .env("GREETING", "hi from api"),
-        )
-    });
+    agent.reconfigure(|env| env.app(AppSpec::new("api").instances(1).env("GREETING", "hi from api")));
 
     agent.signal(Signal::SIGHUP);
     agent.wait_online("api", 1);
     let r = http::get(agent.port("api"), "/").expect("GET / on the new app's port");
     assert_eq!(r.status, 200, "{}", r.body);
-    assert!(
-        r.body.starts_with("hi from api from worker 0"),
-        "{}",
-        r.body
-    );
+    assert!(r.body.starts_with("hi from api from worker 0"), "{}", r.body);
     assert_eq!(agent.pids("web"), web, "an unchanged app was touched");
     assert_eq!(agent.apps().len(), 2);
 }
@@ -165,43 +113,23 @@ fn sighup_reloads_a_changed_app_without_failing_a_request_and_stops_a_removed_on
     agent.reconfigure(|env| env.env("GREETING", "hola").without_app("api"));
 
     let load = Load::start(agent.port("web"), 50, false);
-    assert!(
-        load.wait_for_more(100, Duration::from_secs(15)),
-        "the load did not get going"
-    );
+    assert!(load.wait_for_more(100, Duration::from_secs(15)), "the load did not get going");
     agent.signal(Signal::SIGHUP);
     let reloaded = wait_until(Duration::from_secs(20), || {
         let now = agent.pids("web");
         now.len() == 2 && now.iter().all(|p| !web.contains(p))
     });
-    assert!(
-        load.wait_for_more(100, Duration::from_secs(15)),
-        "the app stopped serving"
-    );
+    assert!(load.wait_for_more(100, Duration::from_secs(15)), "the app stopped serving");
     let report = load.stop();
 
-    assert!(
-        reloaded,
-        "the changed app was not reloaded: {:#?}",
-        agent.app("web")
-    );
+    assert!(reloaded, "the changed app was not reloaded: {:#?}", agent.app("web"));
     assert_eq!(report.failed, 0, "{report}");
     let r = http::get(agent.port("web"), "/").expect("GET /");
     assert!(r.body.starts_with("hola from worker"), "{}", r.body);
     let apps = agent.apps();
-    assert_eq!(
-        apps.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(),
-        ["web"],
-        "the removed app is still listed"
-    );
-    assert!(
-        api.iter().all(|p| !pid_alive(*p)),
-        "the removed app's workers still run"
-    );
-    assert!(
-        wait_until(Duration::from_secs(10), || port_is_free(api_port)),
-        "the removed app's port is still bound"
-    );
+    assert_eq!(apps.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), ["web"], "the removed app is still listed");
+    assert!(api.iter().all(|p| !pid_alive(*p)), "the removed app's workers still run");
+    assert!(wait_until(Duration::from_secs(10), || port_is_free(api_port)), "the removed app's port is still bound");
 }
 
 #[test]
@@ -212,18 +140,10 @@ fn sighup_with_a_broken_config_keeps_the_running_one() {
 
     agent.signal(Signal::SIGHUP);
     assert!(
-        wait_until(Duration::from_secs(10), || agent
-            .log()
-            .contains("the config has an error")),
+        wait_until(Duration::from_secs(10), || agent.log().contains("the config has an error")),
         "the agent did not say the config is broken"
     );
-    assert!(
-        agent.log().contains("agent.yaml:"),
-        "the error has no location"
-    );
+    assert!(agent.log().contains("agent.yaml:"), "the error has no location");
     assert_eq!(agent.pids("web"), web);
-    assert_eq!(
-        http::get(agent.port("web"), "/").expect("GET /").status,
-        200
-    );
+    assert_eq!(http::get(agent.port("web"), "/").expect("GET /").status, 200);
 }

@@ -7,13 +7,13 @@
 
 mod api;
 mod cli;
-mod deploy;
 mod config;
+mod deploy;
 mod fleet;
 mod fronts;
 mod lifecycle;
 mod reload;
-mod streams;
 mod reports;
+mod streams;
 mod supervise;
 mod triggers;

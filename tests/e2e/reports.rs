@@ -23,7 +23,11 @@ fn answered(receiver: &Receiver, status: u16) -> Vec<(String, String, u64)> {
         .filter(|r| r.answered == status)
         .map(|r| {
             let body = r.json();
-            (r.header("idempotency-key").unwrap_or_default().to_string(), body["event"].as_str().unwrap_or_default().to_string(), body["deploy"].as_u64().unwrap_or_default())
+            (
+                r.header("idempotency-key").unwrap_or_default().to_string(),
+                body["event"].as_str().unwrap_or_default().to_string(),
+                body["deploy"].as_u64().unwrap_or_default(),
+            )
         })
         .collect()
 }
@@ -78,7 +82,11 @@ fn a_receiver_that_is_down_gets_every_event_after_it_recovers_even_across_a_rest
     assert!(keys.values().all(|v| v.len() == 1), "one key named two events: {keys:#?}");
     let refused: BTreeSet<String> = answered(&receiver, 500).into_iter().map(|(k, _, _)| k).collect();
     assert!(refused.iter().all(|k| keys.contains_key(k.as_str())), "a refused report never came back with its key");
-    let live = receiver.received().into_iter().find(|r| r.answered == 200 && r.json()["event"] == "deploy.live" && r.json()["deploy"] == id).expect("live");
+    let live = receiver
+        .received()
+        .into_iter()
+        .find(|r| r.answered == 200 && r.json()["event"] == "deploy.live" && r.json()["deploy"] == id)
+        .expect("live");
     assert_eq!(live.json()["sha"], sha.as_str());
 }
 
@@ -88,9 +96,13 @@ fn github_commit_statuses_follow_the_deploy() {
     let github = Receiver::start(Mode::Status(201));
     let agent = TestEnv::new()
         .web(|a: AppSpec| {
-            a.repo(&repo)
-                .instances(1)
-                .set("report", &format!("[{{ github_status: {{ token_env: TEST_GH_TOKEN, api_url: \"{}\", repo: acme/web }} }}]", github.url("")))
+            a.repo(&repo).instances(1).set(
+                "report",
+                &format!(
+                    "[{{ github_status: {{ token_env: TEST_GH_TOKEN, api_url: \"{}\", repo: acme/web }} }}]",
+                    github.url("")
+                ),
+            )
         })
         .agent_set("report_retry", "{ first: 100ms, max: 500ms }")
         .agent_env("TEST_GH_TOKEN", "gh-token-123")
@@ -100,7 +112,14 @@ fn github_commit_statuses_follow_the_deploy() {
     assert_eq!(agent.wait_deploy(id).state, "live");
 
     let path = format!("/repos/acme/web/statuses/{sha}");
-    let states = || -> Vec<String> { github.received().iter().filter(|r| r.path == path).map(|r| r.json()["state"].as_str().unwrap_or_default().to_string()).collect() };
+    let states = || -> Vec<String> {
+        github
+            .received()
+            .iter()
+            .filter(|r| r.path == path)
+            .map(|r| r.json()["state"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
     assert!(wait_until(Duration::from_secs(10), || states().len() >= 2), "{:#?}", github.received());
     assert_eq!(states(), ["pending", "success"]);
     let r = github.received().into_iter().find(|r| r.path == path).unwrap();
@@ -118,7 +137,8 @@ fn a_worker_that_errors_is_reported_with_its_output() {
         .dont_wait_for_workers()
         .agent_set("report", &format!("[{{ url: \"{}\" }}]", receiver.url("/events")))
         .start();
-    let errored = || receiver.received().into_iter().filter(|r| r.json()["event"] == "worker.errored").collect::<Vec<_>>();
+    let errored =
+        || receiver.received().into_iter().filter(|r| r.json()["event"] == "worker.errored").collect::<Vec<_>>();
     assert!(wait_until(Duration::from_secs(20), || !errored().is_empty()), "{:#?}", receiver.received());
     let body = errored()[0].json();
     assert_eq!((body["app"].as_str(), body["worker"].as_u64()), (Some("web"), Some(1)), "{body:#}");

@@ -31,7 +31,9 @@ fn deploy_events_follow_a_deploy_to_its_end_then_replay_it() {
     // Followed live: the request returns when the deploy is final, because the stream ends.
     let auth = format!("Bearer {}", agent.token("admin"));
     let path = format!("/v1/deploys/{id}/events");
-    let live = http::request(agent.api_port(), "GET", &path, &[("Authorization", &auth)], None, Duration::from_secs(30)).expect("the stream");
+    let live =
+        http::request(agent.api_port(), "GET", &path, &[("Authorization", &auth)], None, Duration::from_secs(30))
+            .expect("the stream");
     assert_eq!(live.status, 200, "{}", live.body);
     assert!(live.header("content-type").is_some_and(|c| c.starts_with("text/event-stream")), "{:?}", live.headers);
     let got = items(&live.body);
@@ -43,16 +45,21 @@ fn deploy_events_follow_a_deploy_to_its_end_then_replay_it() {
         })
         .collect();
     assert_eq!(states, ["queued", "fetching", "building", "rolling", "live"], "{}", live.body);
-    let seqs: Vec<u64> = got.iter().filter_map(|i| if let DeployStreamItem::Event(e) = i { Some(e.seq) } else { None }).collect();
+    let seqs: Vec<u64> =
+        got.iter().filter_map(|i| if let DeployStreamItem::Event(e) = i { Some(e.seq) } else { None }).collect();
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "every event once, in order");
     match got.last() {
-        Some(DeployStreamItem::End(d)) => assert_eq!((d.id, d.state.as_str(), d.sha.as_deref()), (id, "live", Some(v2.as_str()))),
+        Some(DeployStreamItem::End(d)) => {
+            assert_eq!((d.id, d.state.as_str(), d.sha.as_deref()), (id, "live", Some(v2.as_str())))
+        }
         other => panic!("the stream must end with `end`: {other:?}"),
     }
     assert_eq!(sse_data(&live.body, "end").len(), 1);
 
     // Asked again once final: the same events, replayed, and the end.
-    let replay = http::request(agent.api_port(), "GET", &path, &[("Authorization", &auth)], None, Duration::from_secs(10)).expect("the replay");
+    let replay =
+        http::request(agent.api_port(), "GET", &path, &[("Authorization", &auth)], None, Duration::from_secs(10))
+            .expect("the replay");
     assert_eq!(items(&replay.body), got);
 
     let missing = agent.api_get("/v1/deploys/9999/events");

@@ -15,15 +15,11 @@ fn a_worker_killed_with_sigkill_is_restarted_with_a_new_pid() {
 
     let after = poll(Duration::from_secs(15), || {
         let workers = agent.app("web").workers;
-        (workers[1].state == "online" && workers[1].pid.is_some_and(|p| p != victim))
-            .then_some(workers)
+        (workers[1].state == "online" && workers[1].pid.is_some_and(|p| p != victim)).then_some(workers)
     })
     .unwrap_or_else(|| panic!("worker 1 was not restarted: {:#?}", agent.app("web")));
     assert_eq!(after[1].restarts, 1, "{after:#?}");
-    assert_eq!(
-        after[0].pid, before[0].pid,
-        "the other worker was left alone"
-    );
+    assert_eq!(after[0].pid, before[0].pid, "the other worker was left alone");
     assert_eq!(after[0].restarts, 0);
     assert!(!pid_alive(victim));
     let r = http::get(agent.port("web"), "/").expect("GET /");
@@ -66,40 +62,14 @@ fn workers_get_their_port_and_instance_id_but_never_the_api_tokens() {
     for w in agent.wait_online("web", 2) {
         let env = environ(w.pid.expect("a pid"));
         let var = |k: &str| env.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
-        assert_eq!(
-            var("PORT"),
-            w.port.map(|p| p.to_string()),
-            "worker {}",
-            w.id
-        );
+        assert_eq!(var("PORT"), w.port.map(|p| p.to_string()), "worker {}", w.id);
         assert_eq!(var("INSTANCE_ID"), Some(w.id.to_string()));
         assert_eq!(var("NODE_APP_INSTANCE"), Some(w.id.to_string()));
-        assert_eq!(
-            var("DELAY_MS").as_deref(),
-            Some("200"),
-            "from the config's `env`"
-        );
-        assert_eq!(
-            var("GREETING").as_deref(),
-            Some("hello"),
-            "from the `env_file`"
-        );
-        assert!(
-            var("PATH").is_some(),
-            "the agent's own environment is the base"
-        );
-        assert_eq!(
-            var("DEPLOYER_TOKEN"),
-            None,
-            "the admin token leaked to worker {}",
-            w.id
-        );
-        assert_eq!(
-            var("DEPLOYER_TEST_TOKEN_READER"),
-            None,
-            "the reader token leaked to worker {}",
-            w.id
-        );
+        assert_eq!(var("DELAY_MS").as_deref(), Some("200"), "from the config's `env`");
+        assert_eq!(var("GREETING").as_deref(), Some("hello"), "from the `env_file`");
+        assert!(var("PATH").is_some(), "the agent's own environment is the base");
+        assert_eq!(var("DEPLOYER_TOKEN"), None, "the admin token leaked to worker {}", w.id);
+        assert_eq!(var("DEPLOYER_TEST_TOKEN_READER"), None, "the reader token leaked to worker {}", w.id);
     }
 }
 
@@ -109,18 +79,10 @@ fn workers_above_max_memory_are_replaced_without_failing_a_request() {
     let agent = TestEnv::new().set("max_memory", "1M").start();
     let first = agent.pids("web");
     let load = Load::start(agent.port("web"), 50, false);
-    let replaced = wait_until(Duration::from_secs(20), || {
-        first.iter().all(|p| !pid_alive(*p))
-    });
-    assert!(
-        load.wait_for_more(100, Duration::from_secs(15)),
-        "the app stopped serving"
-    );
+    let replaced = wait_until(Duration::from_secs(20), || first.iter().all(|p| !pid_alive(*p)));
+    assert!(load.wait_for_more(100, Duration::from_secs(15)), "the app stopped serving");
     let report = load.stop();
-    assert!(
-        replaced,
-        "workers above max_memory were not replaced: {first:?} still run"
-    );
+    assert!(replaced, "workers above max_memory were not replaced: {first:?} still run");
     assert_eq!(report.failed, 0, "{report}");
     assert!(agent.log().contains("above max_memory"), "{}", agent.log());
 }

@@ -14,7 +14,9 @@ fn hooked(repo: &TestRepo, receiver: Option<&Receiver>) -> TestEnv {
         .web(|a: AppSpec| a.repo(repo).instances(1).set("webhook", "{ provider: github, secret_env: TEST_GH_SECRET }"))
         .agent_env("TEST_GH_SECRET", SECRET);
     if let Some(r) = receiver {
-        env = env.agent_set("report", &format!("[{{ url: \"{}\", secret_env: TEST_REPORT_SECRET }}]", r.url("/events"))).agent_env("TEST_REPORT_SECRET", "report-secret");
+        env = env
+            .agent_set("report", &format!("[{{ url: \"{}\", secret_env: TEST_REPORT_SECRET }}]", r.url("/events")))
+            .agent_env("TEST_REPORT_SECRET", "report-secret");
     }
     env
 }
@@ -46,7 +48,12 @@ fn a_signed_github_push_deploys_the_pushed_commit_and_reports_each_step() {
 
     // The receiver hears queued -> started -> live for that deploy, in order, signed.
     let events = || -> Vec<String> {
-        receiver.received().iter().filter(|r| r.json()["deploy"] == id).map(|r| r.json()["event"].as_str().unwrap_or_default().to_string()).collect()
+        receiver
+            .received()
+            .iter()
+            .filter(|r| r.json()["deploy"] == id)
+            .map(|r| r.json()["event"].as_str().unwrap_or_default().to_string())
+            .collect()
     };
     assert!(wait_until(Duration::from_secs(10), || events().len() >= 3), "events for #{id}: {:?}", events());
     assert_eq!(events(), ["deploy.queued", "deploy.started", "deploy.live"]);
@@ -55,7 +62,12 @@ fn a_signed_github_push_deploys_the_pushed_commit_and_reports_each_step() {
         assert_eq!(r.header("x-deployer-signature"), Some(expected.as_str()), "{r:?}");
         assert!(r.header("idempotency-key").is_some_and(|k| !k.is_empty()), "{r:?}");
     }
-    let live = receiver.received().into_iter().find(|r| r.json()["event"] == "deploy.live" && r.json()["deploy"] == id).unwrap().json();
+    let live = receiver
+        .received()
+        .into_iter()
+        .find(|r| r.json()["event"] == "deploy.live" && r.json()["deploy"] == id)
+        .unwrap()
+        .json();
     assert_eq!(live["sha"], sha.as_str());
     assert_eq!(live["trigger"], "webhook");
     assert_eq!(live["app"], "web");
@@ -68,7 +80,8 @@ fn a_wrong_or_missing_signature_gets_401_and_deploys_nothing() {
     let before = agent.history("web").len();
     let sha = repo.commit_greeting("v2");
 
-    let forged = GithubPush::new(Some("not the secret"), "main", &sha, "d-forged", "body-marker-mallory").send(&agent, "web");
+    let forged =
+        GithubPush::new(Some("not the secret"), "main", &sha, "d-forged", "body-marker-mallory").send(&agent, "web");
     assert_eq!(forged.status, 401, "{}", forged.body);
     let unsigned = GithubPush::new(None, "main", &sha, "d-unsigned", "body-marker-mallory").send(&agent, "web");
     assert_eq!(unsigned.status, 401, "{}", unsigned.body);
@@ -80,10 +93,7 @@ fn a_wrong_or_missing_signature_gets_401_and_deploys_nothing() {
     assert!(!log.contains("body-marker-mallory"), "the body was logged:\n{log}");
     assert!(!agent.current_release("web").unwrap_or_default().ends_with(short(&sha)));
     let metrics = agent.api_get("/metrics").body;
-    assert!(
-        metrics.contains("deployer_webhook_rejections_total{app=\"web\",reason=\"unauthorized\"} 2"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("deployer_webhook_rejections_total{app=\"web\",reason=\"unauthorized\"} 2"), "{metrics}");
 }
 
 #[test]
@@ -98,7 +108,9 @@ fn deliveries_that_deploy_nothing_are_answered_with_a_reason() {
         assert_eq!(r.status, 202, "{}", r.body);
         r.json::<HookAnswer>().ignored.expect("a reason")
     };
-    assert!(ignored(GithubPush::raw("ping", Some(SECRET), "p1", r#"{"zen": "Keep it simple"}"#.into())).contains("ping"));
+    assert!(
+        ignored(GithubPush::raw("ping", Some(SECRET), "p1", r#"{"zen": "Keep it simple"}"#.into())).contains("ping")
+    );
     assert!(ignored(GithubPush::new(Some(SECRET), "other", &sha, "o1", "ana")).contains("`other`"));
     let tag = serde_json::json!({ "ref": "refs/tags/v1", "before": "0000000000000000000000000000000000000000", "after": sha }).to_string();
     assert!(ignored(GithubPush::raw("push", Some(SECRET), "t1", tag)).contains("tag `v1`"));
@@ -138,7 +150,12 @@ fn a_burst_of_deliveries_for_many_commits_ends_in_at_most_two_deploys_with_the_n
     let repo = TestRepo::with_example_app();
     // A build that takes a while, as real ones do: the burst arrives while the first deploy runs.
     let agent = TestEnv::new()
-        .web(|a: AppSpec| a.repo(&repo).instances(1).set("webhook", "{ provider: github, secret_env: TEST_GH_SECRET }").set("install", "[\"sleep 3\"]"))
+        .web(|a: AppSpec| {
+            a.repo(&repo)
+                .instances(1)
+                .set("webhook", "{ provider: github, secret_env: TEST_GH_SECRET }")
+                .set("install", "[\"sleep 3\"]")
+        })
         .agent_env("TEST_GH_SECRET", SECRET)
         .start();
 
@@ -206,7 +223,11 @@ fn a_git_server_that_is_down_is_logged_once_per_outage() {
     // Several ticks go by while it stays down.
     std::thread::sleep(Duration::from_millis(1500));
     std::fs::rename(&moved, repo.path()).expect("put the repo back");
-    assert!(wait_until(Duration::from_secs(10), || agent.log().contains("the git remote answers again")), "{}", agent.log());
+    assert!(
+        wait_until(Duration::from_secs(10), || agent.log().contains("the git remote answers again")),
+        "{}",
+        agent.log()
+    );
     assert_eq!(agent.log().matches(down).count(), 1, "{}", agent.log());
     assert_eq!(agent.app("web").workers.len(), 1, "the app kept running");
 }
@@ -265,7 +286,11 @@ fn pull_mode_turned_on_by_sighup_starts_polling() {
 fn a_generic_sender_signs_in_its_own_header() {
     let repo = TestRepo::with_example_app();
     let agent = TestEnv::new()
-        .web(|a: AppSpec| a.repo(&repo).instances(1).set("webhook", "{ provider: generic, secret_env: TEST_HOOK_SECRET, header: X-Sig }"))
+        .web(|a: AppSpec| {
+            a.repo(&repo)
+                .instances(1)
+                .set("webhook", "{ provider: generic, secret_env: TEST_HOOK_SECRET, header: X-Sig }")
+        })
         .agent_env("TEST_HOOK_SECRET", SECRET)
         .start();
     let sha = repo.commit_greeting("generic");
@@ -273,7 +298,15 @@ fn a_generic_sender_signs_in_its_own_header() {
     let (_, sig) = hooks::Provider::Generic { header: "X-Sig".into() }.sign(SECRET.as_bytes(), body.as_bytes());
     let sig = format!("sha256={}", String::from_utf8(sig).unwrap());
     let send = |headers: &[(&str, &str)]| {
-        deployer_tests::http::request(agent.api_port(), "POST", "/hooks/web", headers, Some(&body), Duration::from_secs(30)).expect("POST /hooks/web")
+        deployer_tests::http::request(
+            agent.api_port(),
+            "POST",
+            "/hooks/web",
+            headers,
+            Some(&body),
+            Duration::from_secs(30),
+        )
+        .expect("POST /hooks/web")
     };
     // GitHub's header is not the one this app trusts.
     assert_eq!(send(&[("X-Hub-Signature-256", &sig), ("X-Delivery-Id", "g1")]).status, 401);
@@ -294,7 +327,8 @@ fn push_from(provider: &str, sha: &str) -> (Vec<(String, String)>, String) {
                 "total_commits_count": 1, "commits": [{ "id": sha }],
             })
             .to_string();
-            let headers = [("X-Gitlab-Event", "Push Hook"), ("X-Gitlab-Token", SECRET), ("X-Gitlab-Event-UUID", "gl-1")];
+            let headers =
+                [("X-Gitlab-Event", "Push Hook"), ("X-Gitlab-Token", SECRET), ("X-Gitlab-Event-UUID", "gl-1")];
             (headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), body)
         }
         _ => {
@@ -317,14 +351,19 @@ fn gitlab_and_gitea_pushes_deploy_and_a_wrong_token_is_refused() {
     for provider in ["gitlab", "gitea"] {
         let repo = TestRepo::with_example_app();
         let agent = TestEnv::new()
-            .web(|a: AppSpec| a.repo(&repo).instances(1).set("webhook", &format!("{{ provider: {provider}, secret_env: TEST_GH_SECRET }}")))
+            .web(|a: AppSpec| {
+                a.repo(&repo)
+                    .instances(1)
+                    .set("webhook", &format!("{{ provider: {provider}, secret_env: TEST_GH_SECRET }}"))
+            })
             .agent_env("TEST_GH_SECRET", SECRET)
             .start();
         let sha = repo.commit_greeting("v2");
         let (headers, body) = push_from(provider, &sha);
         let send = |headers: &[(String, String)]| {
             let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            http::request(agent.api_port(), "POST", "/hooks/web", &h, Some(&body), Duration::from_secs(30)).expect("POST /hooks/web")
+            http::request(agent.api_port(), "POST", "/hooks/web", &h, Some(&body), Duration::from_secs(30))
+                .expect("POST /hooks/web")
         };
 
         let mut forged = headers.clone();

@@ -34,7 +34,9 @@ fn report(label: &str, mut ms: Vec<f64>) {
 fn webhook_latency() {
     let repo = TestRepo::with_example_app();
     let agent = TestEnv::new()
-        .web(|a: AppSpec| a.repo(&repo).instances(2).set("webhook", "{ provider: github, secret_env: BENCH_GH_SECRET }"))
+        .web(|a: AppSpec| {
+            a.repo(&repo).instances(2).set("webhook", "{ provider: github, secret_env: BENCH_GH_SECRET }")
+        })
         .agent_env("BENCH_GH_SECRET", SECRET)
         .start();
     let head = repo.head();
@@ -85,7 +87,8 @@ fn poll_latency() {
         let spawned = || agent.log().lines().filter(|l| l.contains("worker started")).nth(seen).and_then(log_time_ms);
         assert!(wait_until(Duration::from_secs(30), || spawned().is_some()), "no new worker:\n{}", agent.log());
         to_spawn.push((spawned().unwrap().saturating_sub(t0)) as f64);
-        let live = || agent.history("web").into_iter().find(|d| d.sha.as_deref() == Some(sha.as_str()) && d.state == "live");
+        let live =
+            || agent.history("web").into_iter().find(|d| d.sha.as_deref() == Some(sha.as_str()) && d.state == "live");
         assert!(wait_until(Duration::from_secs(60), || live().is_some()), "not live: {:#?}", agent.history("web"));
         to_live.push((live().unwrap().finished_at_ms.unwrap_or(t0).saturating_sub(t0)) as f64);
     }

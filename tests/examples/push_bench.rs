@@ -23,7 +23,8 @@ fn main() {
     assert!(out.status.success(), "the push failed\n{out}");
 
     let results: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON results");
-    let cli_slowest = results.as_array().expect("an array").iter().filter_map(|r| r["duration_ms"].as_u64()).max().unwrap_or(0);
+    let cli_slowest =
+        results.as_array().expect("an array").iter().filter_map(|r| r["duration_ms"].as_u64()).max().unwrap_or(0);
     let (mut slowest, mut fastest) = (0u64, u64::MAX);
     for (i, agent) in fleet.agents.iter().enumerate() {
         let d = &agent.history("web")[0];
@@ -37,5 +38,9 @@ fn main() {
     println!("total wall time of the push: {:.2}s", total_ms as f64 / 1000.0);
     println!("slowest host's deploy:       {:.2}s (fastest {:.2}s)", slowest as f64 / 1000.0, fastest as f64 / 1000.0);
     println!("slowest host seen by the CLI {:.2}s (request to end of stream)", cli_slowest as f64 / 1000.0);
-    println!("overhead (total - slowest):  {:.2}s  goal < 2 s: {}", (total_ms.saturating_sub(slowest)) as f64 / 1000.0, if total_ms < slowest + 2000 { "met" } else { "NOT met" });
+    println!(
+        "overhead (total - slowest):  {:.2}s  goal < 2 s: {}",
+        (total_ms.saturating_sub(slowest)) as f64 / 1000.0,
+        if total_ms < slowest + 2000 { "met" } else { "NOT met" }
+    );
 }

@@ -41,12 +41,7 @@ impl std::ops::Deref for Agent {
 
 impl Agent {
     pub(crate) fn spawn(setup: Setup) -> Agent {
-        let mut agent = Agent {
-            setup,
-            child: None,
-            exit: None,
-            ready_before: 0,
-        };
+        let mut agent = Agent { setup, child: None, exit: None, ready_before: 0 };
         agent.spawn_process();
         agent
     }
@@ -70,11 +65,7 @@ impl Agent {
 
     fn spawn_process(&mut self) {
         let append = |name: &str| {
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.setup.dir().join(name))
-                .expect("agent log file")
+            OpenOptions::new().create(true).append(true).open(self.setup.dir().join(name)).expect("agent log file")
         };
         let mut cmd = self.setup.agent_command();
         cmd.arg("--config")
@@ -89,10 +80,7 @@ impl Agent {
 
     /// Start a new agent process on the same config (the previous one must have exited).
     pub fn start_again(&mut self) {
-        assert!(
-            self.exited().is_some(),
-            "the previous agent is still running"
-        );
+        assert!(self.exited().is_some(), "the previous agent is still running");
         self.spawn_process();
         self.wait_started();
     }
@@ -115,11 +103,7 @@ impl Agent {
 
     /// Wait until the API answers and (unless the env says not to) every worker is online.
     pub(crate) fn wait_started(&mut self) {
-        assert!(
-            self.wait_api(),
-            "the agent did not answer /healthz within {STARTUP:?} (exit: {:?})",
-            self.exit
-        );
+        assert!(self.wait_api(), "the agent did not answer /healthz within {STARTUP:?} (exit: {:?})", self.exit);
         if self.test_env().waits_for_workers() {
             let apps: Vec<(String, u32, bool)> = self
                 .test_env()
@@ -156,16 +140,9 @@ impl Agent {
     }
 
     /// An API request with `token` (or none); no body unless `body` is given.
-    pub fn api_request(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&str>,
-    ) -> Response {
+    pub fn api_request(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Response {
         let auth = token.map(|t| format!("Bearer {t}"));
-        let headers: Vec<(&str, &str)> =
-            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
         http::request(self.api_port(), method, path, &headers, body, API_TIMEOUT)
             .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
@@ -177,20 +154,12 @@ impl Agent {
 
     /// `POST path` with the admin token and a JSON body.
     pub fn api_post(&self, path: &str, body: serde_json::Value) -> Response {
-        self.api_request(
-            "POST",
-            path,
-            Some(&self.token("admin")),
-            Some(&body.to_string()),
-        )
+        self.api_request("POST", path, Some(&self.token("admin")), Some(&body.to_string()))
     }
 
     /// `POST /v1/apps/{app}/reload`.
     pub fn reload(&self, app: &str, update_env: bool) -> Response {
-        self.api_post(
-            &format!("/v1/apps/{app}/reload"),
-            serde_json::json!({ "update_env": update_env }),
-        )
+        self.api_post(&format!("/v1/apps/{app}/reload"), serde_json::json!({ "update_env": update_env }))
     }
 
     /// `GET /v1/apps`.
@@ -219,28 +188,19 @@ impl Agent {
             // The app may not exist yet (a SIGHUP not applied yet).
             let r = self.api_get(&format!("/v1/apps/{app}"));
             let status: AppStatus = (r.status == 200).then(|| r.json())?;
-            let all_online = status.workers.len() == n
-                && status
-                    .workers
-                    .iter()
-                    .all(|w| w.state == "online" && w.pid.is_some());
+            let all_online =
+                status.workers.len() == n && status.workers.iter().all(|w| w.state == "online" && w.pid.is_some());
             all_online.then_some(status.workers)
         });
         online.unwrap_or_else(|| {
-            panic!(
-                "`{app}` did not have {n} online workers within {STARTUP:?}: {:#?}",
-                self.app(app)
-            )
+            panic!("`{app}` did not have {n} online workers within {STARTUP:?}: {:#?}", self.app(app))
         })
     }
 
     /// `POST /v1/apps/{app}/deploys {"ref": git_ref}`; asserts 202 and answers the deploy id.
     #[track_caller]
     pub fn deploy(&self, app: &str, git_ref: &str) -> u64 {
-        let r = self.api_post(
-            &format!("/v1/apps/{app}/deploys"),
-            serde_json::json!({ "ref": git_ref }),
-        );
+        let r = self.api_post(&format!("/v1/apps/{app}/deploys"), serde_json::json!({ "ref": git_ref }));
         assert_eq!(r.status, 202, "POST /v1/apps/{app}/deploys: {}", r.body);
         r.json::<DeployAccepted>().id
     }
@@ -261,10 +221,7 @@ impl Agent {
             d.is_final().then_some(d)
         });
         done.unwrap_or_else(|| {
-            panic!(
-                "deploy {id} did not end within {DEPLOY_TIMEOUT:?}: {:#?}",
-                self.deploy_status(id)
-            )
+            panic!("deploy {id} did not end within {DEPLOY_TIMEOUT:?}: {:#?}", self.deploy_status(id))
         })
     }
 
@@ -276,10 +233,7 @@ impl Agent {
             (d.state == state || d.events.iter().any(|e| e.state == state)).then_some(d)
         });
         reached.unwrap_or_else(|| {
-            panic!(
-                "deploy {id} did not reach `{state}` within {DEPLOY_TIMEOUT:?}: {:#?}",
-                self.deploy_status(id)
-            )
+            panic!("deploy {id} did not reach `{state}` within {DEPLOY_TIMEOUT:?}: {:#?}", self.deploy_status(id))
         })
     }
 
@@ -329,8 +283,7 @@ impl Agent {
     }
 
     pub fn signal(&self, sig: Signal) {
-        kill(Pid::from_raw(self.pid() as i32), sig)
-            .unwrap_or_else(|e| panic!("{sig} to the agent: {e}"));
+        kill(Pid::from_raw(self.pid() as i32), sig).unwrap_or_else(|e| panic!("{sig} to the agent: {e}"));
     }
 
     /// The exit status, if the agent has exited.
@@ -358,19 +311,11 @@ impl Drop for Agent {
             }
         }
         if std::thread::panicking() {
-            eprintln!(
-                "--- {} ---\n{}",
-                self.config_path().display(),
-                self.config_text()
-            );
+            eprintln!("--- {} ---\n{}", self.config_path().display(), self.config_text());
             let log = self.log();
             let lines: Vec<&str> = log.lines().collect();
             let tail = &lines[lines.len().saturating_sub(200)..];
-            eprintln!(
-                "--- agent log (last {} lines) ---\n{}",
-                tail.len(),
-                tail.join("\n")
-            );
+            eprintln!("--- agent log (last {} lines) ---\n{}", tail.len(), tail.join("\n"));
         }
     }
 }

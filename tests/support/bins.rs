@@ -25,11 +25,8 @@ fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable's path");
     let dir = exe.parent().expect("the test executable's directory");
     // Tests run from `target/<profile>/deps/`, examples (the benchmarks) from `.../examples/`.
-    let dir = if dir.ends_with("deps") || dir.ends_with("examples") {
-        dir.parent().expect("target/<profile>")
-    } else {
-        dir
-    };
+    let dir =
+        if dir.ends_with("deps") || dir.ends_with("examples") { dir.parent().expect("target/<profile>") } else { dir };
     dir.to_path_buf()
 }
 
@@ -39,34 +36,20 @@ fn build(profile_dir: &Path) -> Result<(), String> {
     }
     let marker = profile_dir.join(".deployer-tests-built");
     let run_id = std::env::var("NEXTEST_RUN_ID").ok();
-    let built_in_this_run = run_id
-        .as_ref()
-        .is_some_and(|id| std::fs::read_to_string(&marker).is_ok_and(|m| m == *id));
+    let built_in_this_run = run_id.as_ref().is_some_and(|id| std::fs::read_to_string(&marker).is_ok_and(|m| m == *id));
     if built_in_this_run {
         return Ok(());
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("Cargo.toml");
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("Cargo.toml");
     let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
         Some("debug") | None => "dev",
         Some(other) => other,
     };
     let mut cmd = Command::new(&cargo);
-    cmd.args([
-        "build",
-        "--quiet",
-        "--bins",
-        "-p",
-        "agent",
-        "-p",
-        "deployer",
-        "--profile",
-        profile,
-    ])
-    .arg("--manifest-path")
-    .arg(&manifest);
+    cmd.args(["build", "--quiet", "--bins", "-p", "agent", "-p", "deployer", "--profile", profile])
+        .arg("--manifest-path")
+        .arg(&manifest);
     if let Some(target_dir) = profile_dir.parent() {
         cmd.arg("--target-dir").arg(target_dir);
     }

@@ -32,9 +32,7 @@ impl Proxy {
 
 /// The absolute path of a file in `tests/fixtures/`, for a `start` command.
 pub fn fixture(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name);
     assert!(path.is_file(), "no fixture `{}`", path.display());
     path.display().to_string()
 }
@@ -63,17 +61,8 @@ pub struct AppSpec {
 impl AppSpec {
     /// Two workers of the example app behind an `http` front, answering after 200 ms.
     pub fn new(name: &str) -> AppSpec {
-        let reload = [
-            ("signal", "SIGUSR2"),
-            ("drain_timeout", "10s"),
-            ("kill_timeout", "3s"),
-            ("max_surge", "1"),
-        ];
-        let restart = [
-            ("max_restarts", "10"),
-            ("min_uptime", "1s"),
-            ("backoff_max", "1s"),
-        ];
+        let reload = [("signal", "SIGUSR2"), ("drain_timeout", "10s"), ("kill_timeout", "3s"), ("max_surge", "1")];
+        let restart = [("max_restarts", "10"), ("min_uptime", "1s"), ("backoff_max", "1s")];
         AppSpec {
             name: name.to_string(),
             start: vec!["node".into(), "app.js".into()],
@@ -82,14 +71,8 @@ impl AppSpec {
             env: BTreeMap::from([("DELAY_MS".to_string(), "200".to_string())]),
             env_file: None,
             ready_timeout: "10s".into(),
-            reload: reload
-                .into_iter()
-                .map(|(k, v)| (k, v.to_string()))
-                .collect(),
-            restart: restart
-                .into_iter()
-                .map(|(k, v)| (k, v.to_string()))
-                .collect(),
+            reload: reload.into_iter().map(|(k, v)| (k, v.to_string())).collect(),
+            restart: restart.into_iter().map(|(k, v)| (k, v.to_string())).collect(),
             other: BTreeMap::new(),
             port: None,
             repo: None,
@@ -145,8 +128,7 @@ impl AppSpec {
 
     /// `restart: { max_restarts, min_uptime, backoff_max }`.
     pub fn restart(mut self, max_restarts: u32, min_uptime: &str, backoff_max: &str) -> Self {
-        self.restart
-            .insert("max_restarts", max_restarts.to_string());
+        self.restart.insert("max_restarts", max_restarts.to_string());
         self.restart.insert("min_uptime", min_uptime.into());
         self.restart.insert("backoff_max", backoff_max.into());
         self
@@ -268,8 +250,7 @@ impl TestEnv {
 
     /// Another API token, e.g. `token("reader", &["read"])`; [`Agent::token`] answers its value.
     pub fn token(mut self, name: &str, scopes: &[&str]) -> Self {
-        self.tokens
-            .push((name.into(), scopes.iter().map(|s| s.to_string()).collect()));
+        self.tokens.push((name.into(), scopes.iter().map(|s| s.to_string()).collect()));
         self
     }
 
@@ -299,10 +280,7 @@ impl TestEnv {
         // Build before picking ports: a first build takes a while, and a port picked long before
         // it is bound is more likely to be taken in between.
         crate::bin("deployer-agent");
-        let dir = tempfile::Builder::new()
-            .prefix("deployer-e2e-")
-            .tempdir()
-            .expect("a temp dir");
+        let dir = tempfile::Builder::new().prefix("deployer-e2e-").tempdir().expect("a temp dir");
         let mut tokens = vec![Token {
             name: "admin".into(),
             var: "DEPLOYER_TOKEN".into(),
@@ -311,19 +289,9 @@ impl TestEnv {
         }];
         for (name, scopes) in &self.tokens {
             let var = format!("DEPLOYER_TEST_TOKEN_{}", name.to_ascii_uppercase());
-            tokens.push(Token {
-                name: name.clone(),
-                var,
-                value: secret(name),
-                scopes: scopes.clone(),
-            });
+            tokens.push(Token { name: name.clone(), var, value: secret(name), scopes: scopes.clone() });
         }
-        let mut setup = Setup {
-            dir,
-            api_port: free_port(),
-            env: self,
-            tokens,
-        };
+        let mut setup = Setup { dir, api_port: free_port(), env: self, tokens };
         setup.write();
         setup
     }
@@ -343,9 +311,7 @@ pub(crate) struct Token {
 }
 
 fn secret(name: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     format!("{name}-secret-{}-{nanos:x}", std::process::id())
 }
 
@@ -381,9 +347,7 @@ impl Setup {
 
     /// The public port of `app`.
     pub fn port(&self, app: &str) -> u16 {
-        self.app_spec(app)
-            .port()
-            .expect("ports are picked when the config is written")
+        self.app_spec(app).port().expect("ports are picked when the config is written")
     }
 
     /// The directory `app`'s workers run in (for an app deployed from git: its directory under
@@ -397,11 +361,7 @@ impl Setup {
     }
 
     pub(crate) fn app_spec(&self, app: &str) -> &AppSpec {
-        self.env
-            .apps()
-            .iter()
-            .find(|a| a.name == app)
-            .unwrap_or_else(|| panic!("no app `{app}` in this test"))
+        self.env.apps().iter().find(|a| a.name == app).unwrap_or_else(|| panic!("no app `{app}` in this test"))
     }
 
     pub(crate) fn test_env(&self) -> &TestEnv {
@@ -435,10 +395,7 @@ impl Setup {
     /// `deployer-agent` with the tokens in its environment, run in the temp dir.
     pub fn agent_command(&self) -> Command {
         let mut cmd = Command::new(crate::bin("deployer-agent"));
-        cmd.current_dir(self.dir())
-            .env_remove("DEPLOYER_CONFIG")
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1");
+        cmd.current_dir(self.dir()).env_remove("DEPLOYER_CONFIG").env("RUST_LOG", "info").env("NO_COLOR", "1");
         for t in &self.tokens {
             cmd.env(&t.var, &t.value);
         }
@@ -486,10 +443,7 @@ impl Setup {
 }
 
 pub(crate) fn copy_example_app(to: &Path) {
-    let from = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("examples")
-        .join("hello-node");
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("examples").join("hello-node");
     std::fs::create_dir_all(to).expect("create the app dir");
     for entry in std::fs::read_dir(&from).expect("examples/hello-node") {
         let entry = entry.expect("a dir entry");
@@ -511,28 +465,13 @@ fn render(api_port: u16, tokens: &[Token], apps: &[AppSpec]) -> String {
     let _ = writeln!(y, "state_dir: state");
     let _ = writeln!(y, "tokens:");
     for t in tokens {
-        let _ = writeln!(
-            y,
-            "  - {{ name: {}, token_env: {}, scopes: [{}] }}",
-            t.name,
-            t.var,
-            t.scopes.join(", ")
-        );
+        let _ = writeln!(y, "  - {{ name: {}, token_env: {}, scopes: [{}] }}", t.name, t.var, t.scopes.join(", "));
     }
     let _ = writeln!(y, "apps:");
     for a in apps {
-        let map = |m: &BTreeMap<&str, String>| {
-            m.iter()
-                .map(|(k, v)| format!("{k}: {v}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let env = a
-            .env
-            .iter()
-            .map(|(k, v)| format!("{}: {}", q(k), q(v)))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let map =
+            |m: &BTreeMap<&str, String>| m.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ");
+        let env = a.env.iter().map(|(k, v)| format!("{}: {}", q(k), q(v))).collect::<Vec<_>>().join(", ");
         let start = a.start.iter().map(|s| q(s)).collect::<Vec<_>>().join(", ");
         let _ = writeln!(y, "  {}:", a.name);
         match &a.repo {

@@ -54,7 +54,9 @@ impl TestFleet {
     /// `hosts`, its token in `DEPLOYER_FLEET_TOKEN`, and `rollout` as a YAML flow map.
     pub fn write_file(&self, env: &str, hosts: &[String], rollout: &str) {
         let hosts = hosts.join(", ");
-        let text = format!("app: web\nenvironments:\n  {env}:\n    hosts: [{hosts}]\n    token_env: DEPLOYER_FLEET_TOKEN\n    rollout: {rollout}\n");
+        let text = format!(
+            "app: web\nenvironments:\n  {env}:\n    hosts: [{hosts}]\n    token_env: DEPLOYER_FLEET_TOKEN\n    rollout: {rollout}\n"
+        );
         std::fs::write(self.repo.path().join("deployer.yaml"), text).expect("write deployer.yaml");
     }
 

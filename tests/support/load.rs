@@ -100,15 +100,11 @@ impl Load {
             until: Instant::now() + MAX_DURATION,
         };
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime for the load");
+            let rt =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime for the load");
             rt.block_on(async move {
                 let shared = Arc::new(shared);
-                let clients: Vec<_> = (0..conns)
-                    .map(|_| tokio::spawn(client(shared.clone())))
-                    .collect();
+                let clients: Vec<_> = (0..conns).map(|_| tokio::spawn(client(shared.clone()))).collect();
                 let mut report = LoadReport::default();
                 for c in clients {
                     report.merge(c.await.expect("a load client panicked"));
@@ -116,12 +112,7 @@ impl Load {
                 report
             })
         });
-        Load {
-            stop,
-            ok,
-            failed,
-            thread: Some(thread),
-        }
+        Load { stop, ok, failed, thread: Some(thread) }
     }
 
     /// Requests answered 200 so far.
@@ -143,11 +134,7 @@ impl Load {
     /// Let every client finish the request it is on, then answer what the load saw.
     pub fn stop(mut self) -> LoadReport {
         self.stop.store(true, SeqCst);
-        self.thread
-            .take()
-            .expect("stopped once")
-            .join()
-            .expect("the load thread panicked")
+        self.thread.take().expect("stopped once").join().expect("the load thread panicked")
     }
 }
 
@@ -185,11 +172,7 @@ async fn client(sh: Arc<Shared>) -> LoadReport {
     let req = format!(
         "GET / HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n{}\r\n",
         sh.port,
-        if sh.keepalive {
-            ""
-        } else {
-            "Connection: close\r\n"
-        }
+        if sh.keepalive { "" } else { "Connection: close\r\n" }
     );
     let mut report = LoadReport::default();
     let mut conn: Option<(TcpStream, Vec<u8>)> = None;
@@ -197,9 +180,7 @@ async fn client(sh: Arc<Shared>) -> LoadReport {
         let failed_before = report.failed;
         let mut fresh = false;
         if conn.is_none() {
-            match tokio::time::timeout(REQUEST_TIMEOUT, TcpStream::connect(("127.0.0.1", sh.port)))
-                .await
-            {
+            match tokio::time::timeout(REQUEST_TIMEOUT, TcpStream::connect(("127.0.0.1", sh.port))).await {
                 Ok(Ok(s)) => {
                     let _ = s.set_nodelay(true);
                     conn = Some((s, Vec::with_capacity(1024)));
@@ -224,10 +205,7 @@ async fn client(sh: Arc<Shared>) -> LoadReport {
                 if answer.status == 200 {
                     report.ok += 1;
                     sh.ok.fetch_add(1, SeqCst);
-                    *report
-                        .bodies
-                        .entry(String::from_utf8_lossy(&answer.body).into_owned())
-                        .or_default() += 1;
+                    *report.bodies.entry(String::from_utf8_lossy(&answer.body).into_owned()).or_default() += 1;
                 } else {
                     report.fail(format!("status_{}", answer.status));
                 }
@@ -278,11 +256,7 @@ async fn exchange(s: &mut TcpStream, buf: &mut Vec<u8>, req: &[u8]) -> Result<An
             break i + 4;
         }
         if read_more(s, buf).await? == 0 {
-            return Err(if buf.is_empty() {
-                Failure::ClosedBeforeAnswer
-            } else {
-                Failure::ClosedEarly
-            });
+            return Err(if buf.is_empty() { Failure::ClosedBeforeAnswer } else { Failure::ClosedEarly });
         }
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
@@ -291,12 +265,7 @@ async fn exchange(s: &mut TcpStream, buf: &mut Vec<u8>, req: &[u8]) -> Result<An
         .next()
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| {
-            Failure::Io(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "bad status line",
-            ))
-        })?;
+        .ok_or_else(|| Failure::Io(io::Error::new(io::ErrorKind::InvalidData, "bad status line")))?;
     let (mut length, mut chunked, mut close) = (None, false, false);
     for line in lines {
         let Some((k, v)) = line.split_once(':') else {
@@ -331,11 +300,7 @@ async fn exchange(s: &mut TcpStream, buf: &mut Vec<u8>, req: &[u8]) -> Result<An
         close = true;
         buf[head_end..].to_vec()
     };
-    Ok(Answer {
-        status,
-        close,
-        body,
-    })
+    Ok(Answer { status, close, body })
 }
 
 async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<usize, Failure> {

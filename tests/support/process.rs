@@ -9,9 +9,7 @@ pub fn pid_alive(pid: u32) -> bool {
         return false;
     };
     // `pid (comm) S ...`: the state follows the last `)`, since `comm` may contain one.
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
     !matches!(state, Some('Z' | 'X') | None)
 }
 
@@ -34,9 +32,8 @@ pub(crate) fn free_port() -> u16 {
         .unwrap_or(32768);
     let span = u64::from(low.saturating_sub(1024).min(12_000));
     if STATE.load(Relaxed) == 0 {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
         STATE.store(nanos ^ (u64::from(std::process::id()) << 32) | 1, Relaxed);
     }
     for _ in 0..200 {
@@ -51,10 +48,7 @@ pub(crate) fn free_port() -> u16 {
             return port;
         }
     }
-    TcpListener::bind(("127.0.0.1", 0))
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    TcpListener::bind(("127.0.0.1", 0)).and_then(|l| l.local_addr()).expect("a free port").port()
 }
 
 /// The environment a process started with (`/proc/<pid>/environ`).
@@ -63,8 +57,7 @@ pub fn environ(pid: u32) -> Vec<(String, String)> {
     raw.split(|&b| b == 0)
         .filter_map(|kv| {
             let kv = String::from_utf8_lossy(kv);
-            kv.split_once('=')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
+            kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))
         })
         .collect()
 }
@@ -86,11 +79,7 @@ impl CliOutput {
     /// Assert that it exited 0; answers itself for more checks.
     #[track_caller]
     pub fn success(self) -> Self {
-        assert!(
-            self.status.success(),
-            "expected success, got {}\n{self}",
-            self.status
-        );
+        assert!(self.status.success(), "expected success, got {}\n{self}", self.status);
         self
     }
 
@@ -104,19 +93,12 @@ impl CliOutput {
 
 impl std::fmt::Display for CliOutput {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "--- stdout ---\n{}--- stderr ---\n{}--- ({}) ---",
-            self.stdout, self.stderr, self.status
-        )
+        write!(f, "--- stdout ---\n{}--- stderr ---\n{}--- ({}) ---", self.stdout, self.stderr, self.status)
     }
 }
 
 /// Run `cmd` to its end, capturing stdout and stderr; kill it and panic after `timeout`.
-pub(crate) fn run_to_end(
-    mut cmd: std::process::Command,
-    timeout: std::time::Duration,
-) -> CliOutput {
+pub(crate) fn run_to_end(mut cmd: std::process::Command, timeout: std::time::Duration) -> CliOutput {
     use std::io::Read;
     use std::process::Stdio;
     let shown = format!("{cmd:?}");
@@ -141,9 +123,5 @@ pub(crate) fn run_to_end(
         let _ = child.wait();
         panic!("{shown} did not finish within {timeout:?}");
     };
-    CliOutput {
-        status,
-        stdout: out.join().expect("stdout reader"),
-        stderr: err.join().expect("stderr reader"),
-    }
+    CliOutput { status, stdout: out.join().expect("stdout reader"), stderr: err.join().expect("stderr reader") }
 }

@@ -56,7 +56,8 @@ impl Receiver {
     pub fn start(mode: Mode) -> Receiver {
         let probe = TcpListener::bind("127.0.0.1:0").expect("bind the receiver");
         let port = probe.local_addr().expect("its address").port();
-        let shared = Arc::new(Shared { mode: Mutex::new(mode), received: Mutex::new(Vec::new()), stop: AtomicBool::new(false) });
+        let shared =
+            Arc::new(Shared { mode: Mutex::new(mode), received: Mutex::new(Vec::new()), stop: AtomicBool::new(false) });
         let listener = (mode != Mode::Refuse).then_some(probe);
         let s = shared.clone();
         std::thread::spawn(move || serve(port, listener, &s));
@@ -142,7 +143,10 @@ fn handle(mut s: TcpStream, status: u16) -> Option<Received> {
     let mut lines = head.split("\r\n");
     let mut first = lines.next()?.split_whitespace();
     let (method, path) = (first.next()?.to_string(), first.next()?.to_string());
-    let headers: Vec<(String, String)> = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string())).collect();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
     let len: usize = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
     let mut body = raw[head_end + 4..].to_vec();
     while body.len() < len {

@@ -15,10 +15,7 @@ pub struct TestRepo {
 impl TestRepo {
     /// A repository whose first commit on `main` is `examples/hello-node`.
     pub fn with_example_app() -> TestRepo {
-        let dir = tempfile::Builder::new()
-            .prefix("deployer-repo-")
-            .tempdir()
-            .expect("a temp dir");
+        let dir = tempfile::Builder::new().prefix("deployer-repo-").tempdir().expect("a temp dir");
         crate::env::copy_example_app(dir.path());
         let repo = TestRepo { dir };
         repo.git(&["init", "--quiet", "--initial-branch=main"]);

@@ -27,7 +27,10 @@ impl GithubPush {
 
     /// Any event and body.
     pub fn raw(event: &str, secret: Option<&str>, delivery: &str, body: String) -> GithubPush {
-        let mut headers = vec![("X-GitHub-Event".to_string(), event.to_string()), ("X-GitHub-Delivery".to_string(), delivery.to_string())];
+        let mut headers = vec![
+            ("X-GitHub-Event".to_string(), event.to_string()),
+            ("X-GitHub-Delivery".to_string(), delivery.to_string()),
+        ];
         if let Some(secret) = secret {
             let (name, value) = hooks::Provider::GitHub.sign(secret.as_bytes(), body.as_bytes());
             headers.push((name.to_string(), String::from_utf8(value).expect("hex")));
@@ -38,8 +41,15 @@ impl GithubPush {
     /// POST it to the agent's `/hooks/<app>`.
     pub fn send(&self, agent: &Agent, app: &str) -> Response {
         let headers: Vec<(&str, &str)> = self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        http::request(agent.api_port(), "POST", &format!("/hooks/{app}"), &headers, Some(&self.body), Duration::from_secs(30))
-            .unwrap_or_else(|e| panic!("POST /hooks/{app}: {e}"))
+        http::request(
+            agent.api_port(),
+            "POST",
+            &format!("/hooks/{app}"),
+            &headers,
+            Some(&self.body),
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|e| panic!("POST /hooks/{app}: {e}"))
     }
 }
 

@@ -33,7 +33,11 @@ mod tests {
     fn matches_only_the_exact_token() {
         let tokens = vec![
             ResolvedToken { name: "ro".into(), value: "read-only-secret".into(), scopes: vec![Scope::Read] },
-            ResolvedToken { name: "admin".into(), value: "admin-secret-123".into(), scopes: vec![Scope::Read, Scope::Deploy] },
+            ResolvedToken {
+                name: "admin".into(),
+                value: "admin-secret-123".into(),
+                scopes: vec![Scope::Read, Scope::Deploy],
+            },
         ];
         assert_eq!(scopes_of(&tokens, "read-only-secret"), Some(("ro".into(), vec![Scope::Read])));
         assert_eq!(scopes_of(&tokens, "admin-secret-123"), Some(("admin".into(), vec![Scope::Read, Scope::Deploy])));

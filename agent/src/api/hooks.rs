@@ -8,8 +8,8 @@
 
 use super::{ApiErr, ApiState};
 use crate::deploy::Target;
-use axum::Json;
 use axum::Extension;
+use axum::Json;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
@@ -58,18 +58,29 @@ impl WebhookStats {
 
 type Answer = Result<(StatusCode, Json<HookAnswer>), ApiErr>;
 
-pub async fn receive(State(st): State<Arc<ApiState>>, peer: Option<Extension<ConnectInfo<SocketAddr>>>, Path(app): Path<String>, headers: HeaderMap, body: Bytes) -> Answer {
+pub async fn receive(
+    State(st): State<Arc<ApiState>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Answer {
     // The peer address is known on plain TCP; the TLS listener does not provide it.
     let peer = peer.map_or_else(|| "-".to_string(), |Extension(ConnectInfo(a))| a.to_string());
     let span = tracing::info_span!("webhook", app = %app, %peer);
     let _enter = span.enter();
-    let not_found = || ApiErr::new(StatusCode::NOT_FOUND, "not_found", format!("no webhook for app `{app}`")).hint("add `webhook: { provider: github, secret_env: NAME }` to the app in the agent's config");
+    let not_found = || {
+        ApiErr::new(StatusCode::NOT_FOUND, "not_found", format!("no webhook for app `{app}`"))
+            .hint("add `webhook: { provider: github, secret_env: NAME }` to the app in the agent's config")
+    };
     let Ok(a) = st.supervisor.app(&app) else { return Err(not_found()) };
     let cfg = a.config();
     let Some(hook) = cfg.webhook.clone() else { return Err(not_found()) };
-    let provider = hook.resolved_provider().map_err(|e| ApiErr::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;
+    let provider =
+        hook.resolved_provider().map_err(|e| ApiErr::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;
     let secret = hook.secret().unwrap_or_default();
-    let fields: Headers<'_> = headers.iter().fold(Headers::new(), |h, (name, value)| h.with(name.as_str(), value.as_bytes()));
+    let fields: Headers<'_> =
+        headers.iter().fold(Headers::new(), |h, (name, value)| h.with(name.as_str(), value.as_bytes()));
 
     let outcome = match hooks::receive(&provider, secret.as_bytes(), &fields, &body, &cfg.branch) {
         Ok(outcome) => outcome,
@@ -84,7 +95,8 @@ pub async fn receive(State(st): State<Arc<ApiState>>, peer: Option<Extension<Con
             // The rejection's words quote no header value and no body: safe to log and to answer.
             tracing::warn!(provider = %provider, bytes = body.len(), reason = %rejection, "webhook delivery refused");
             let message = rejection.to_string();
-            let (message, hint) = message.split_once("\n  hint: ").map_or((message.as_str(), None), |(m, h)| (m, Some(h)));
+            let (message, hint) =
+                message.split_once("\n  hint: ").map_or((message.as_str(), None), |(m, h)| (m, Some(h)));
             let err = ApiErr::new(status, code, message.to_string());
             return Err(match hint {
                 Some(h) => err.hint(h),
@@ -96,7 +108,15 @@ pub async fn receive(State(st): State<Arc<ApiState>>, peer: Option<Extension<Con
     let ignored = |reason: String| {
         st.webhooks.ignored.fetch_add(1, Relaxed);
         tracing::info!(delivery = %delivery, %reason, "webhook delivery ignored");
-        Ok((StatusCode::ACCEPTED, Json(HookAnswer { app: app.clone(), delivery: Some(delivery.clone()), deploy: None, ignored: Some(reason) })))
+        Ok((
+            StatusCode::ACCEPTED,
+            Json(HookAnswer {
+                app: app.clone(),
+                delivery: Some(delivery.clone()),
+                deploy: None,
+                ignored: Some(reason),
+            }),
+        ))
     };
     let push = match outcome {
         Outcome::Push(push) => push,
@@ -117,7 +137,10 @@ pub async fn receive(State(st): State<Arc<ApiState>>, peer: Option<Extension<Con
     };
     st.webhooks.deploys.fetch_add(1, Relaxed);
     tracing::info!(delivery = %delivery, deploy = accepted.id, pusher = %who, payload_after = %push.after.as_str(), commits = push.commits, "push webhook: deploying the branch head as fetched (the payload's sha is a hint only)");
-    Ok((StatusCode::ACCEPTED, Json(HookAnswer { app, delivery: Some(delivery), deploy: Some(accepted.id), ignored: None })))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(HookAnswer { app, delivery: Some(delivery), deploy: Some(accepted.id), ignored: None }),
+    ))
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiErr {

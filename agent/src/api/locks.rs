@@ -21,9 +21,17 @@ impl From<LockError> for ApiErr {
     }
 }
 
-pub async fn acquire(State(st): State<Arc<ApiState>>, Path(name): Path<String>, bytes: Bytes) -> Result<Json<LockStatus>, ApiErr> {
+pub async fn acquire(
+    State(st): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+    bytes: Bytes,
+) -> Result<Json<LockStatus>, ApiErr> {
     let Some(req) = body::<LockRequest>(&bytes)? else {
-        return Err(ApiErr::new(StatusCode::BAD_REQUEST, "bad_request", "missing body: send {\"holder\", \"lease\", \"ttl_ms\"}".into()));
+        return Err(ApiErr::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "missing body: send {\"holder\", \"lease\", \"ttl_ms\"}".into(),
+        ));
     };
     let status = st.locks.acquire(&name, &req.holder, &req.lease, req.ttl_ms, now_ms())?;
     tracing::info!(lock = %name, holder = %status.holder, acquired = status.acquired, "lock requested");
@@ -35,7 +43,11 @@ pub struct ReleaseQuery {
     lease: String,
 }
 
-pub async fn release(State(st): State<Arc<ApiState>>, Path(name): Path<String>, Query(q): Query<ReleaseQuery>) -> Result<StatusCode, ApiErr> {
+pub async fn release(
+    State(st): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+    Query(q): Query<ReleaseQuery>,
+) -> Result<StatusCode, ApiErr> {
     st.locks.release(&name, &q.lease, now_ms())?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -4,9 +4,9 @@
 //! ([`deployer_wire::ApiError`]) produced in one place ([`ApiErr`]).
 
 mod auth;
+mod hooks;
 mod locks;
 mod stream;
-mod hooks;
 
 pub use hooks::{WebhookCounts, WebhookStats};
 
@@ -14,6 +14,7 @@ use crate::config::{ResolvedToken, Scope};
 use crate::deploy::{DeployError, Deployer, Target};
 use crate::state::Store;
 use crate::supervisor::{Supervisor, SupervisorError};
+use axum::Extension;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -21,8 +22,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use axum::Extension;
-use deployer_wire::{ApiError, AppStatus, CheckOutcome, Deploy, DeployAccepted, DeployRequest, Release, ReloadOutcome, ReloadRequest, RollbackRequest, ScaleRequest};
+use deployer_wire::{
+    ApiError, AppStatus, CheckOutcome, Deploy, DeployAccepted, DeployRequest, Release, ReloadOutcome, ReloadRequest,
+    RollbackRequest, ScaleRequest,
+};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use std::sync::{Arc, RwLock};
@@ -68,7 +71,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     // Outside the token layer: the signature is the authentication. Up to 1 MiB, then 413.
-    let webhooks = Router::new().route("/hooks/{app}", post(hooks::receive).layer(DefaultBodyLimit::max(::hooks::MAX_BODY)));
+    let webhooks =
+        Router::new().route("/hooks/{app}", post(hooks::receive).layer(DefaultBodyLimit::max(::hooks::MAX_BODY)));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(metrics)
@@ -101,7 +105,9 @@ impl IntoResponse for ApiErr {
 impl From<SupervisorError> for ApiErr {
     fn from(e: SupervisorError) -> ApiErr {
         match e {
-            SupervisorError::UnknownApp(_) => ApiErr::new(StatusCode::NOT_FOUND, "not_found", e.to_string()).hint("`GET /v1/apps` lists the apps"),
+            SupervisorError::UnknownApp(_) => {
+                ApiErr::new(StatusCode::NOT_FOUND, "not_found", e.to_string()).hint("`GET /v1/apps` lists the apps")
+            }
             _ => ApiErr::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
         }
     }
@@ -120,12 +126,17 @@ async fn require_token(State(st): State<Arc<ApiState>>, mut req: Request, next: 
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     let Some(presented) = presented else {
-        return Err(ApiErr::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing bearer token".into()).hint("send `Authorization: Bearer <token>`; the CLI reads it from DEPLOYER_TOKEN"));
+        return Err(ApiErr::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing bearer token".into())
+            .hint("send `Authorization: Bearer <token>`; the CLI reads it from DEPLOYER_TOKEN"));
     };
     let scopes = auth::scopes_of(&st.tokens.read().unwrap_or_else(|e| e.into_inner()), presented);
     match scopes {
         None => Err(ApiErr::new(StatusCode::UNAUTHORIZED, "unauthorized", "invalid token".into())),
-        Some((_, s)) if !auth::allows(&s, need) => Err(ApiErr::new(StatusCode::FORBIDDEN, "forbidden", format!("this token lacks the `{}` scope", if need == Scope::Deploy { "deploy" } else { "read" }))),
+        Some((_, s)) if !auth::allows(&s, need) => Err(ApiErr::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("this token lacks the `{}` scope", if need == Scope::Deploy { "deploy" } else { "read" }),
+        )),
         Some((name, _)) => {
             req.extensions_mut().insert(Caller(name));
             Ok(next.run(req).await)
@@ -138,7 +149,9 @@ fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<Option<T>, ApiErr> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    serde_json::from_slice(bytes).map(Some).map_err(|e| ApiErr::new(StatusCode::BAD_REQUEST, "bad_request", format!("invalid JSON body: {e}")))
+    serde_json::from_slice(bytes)
+        .map(Some)
+        .map_err(|e| ApiErr::new(StatusCode::BAD_REQUEST, "bad_request", format!("invalid JSON body: {e}")))
 }
 
 async fn metrics(State(st): State<Arc<ApiState>>) -> impl IntoResponse {
@@ -154,14 +167,19 @@ async fn show_app(State(st): State<Arc<ApiState>>, Path(app): Path<String>) -> R
     Ok(Json(st.supervisor.app(&app)?.status()))
 }
 
-async fn reload(State(st): State<Arc<ApiState>>, Path(app): Path<String>, bytes: Bytes) -> Result<Json<ReloadOutcome>, ApiErr> {
+async fn reload(
+    State(st): State<Arc<ApiState>>,
+    Path(app): Path<String>,
+    bytes: Bytes,
+) -> Result<Json<ReloadOutcome>, ApiErr> {
     let req: ReloadRequest = body(&bytes)?.unwrap_or_default();
     let app = st.supervisor.app(&app)?;
     let out = app.reload(req.update_env).await;
     st.metrics.reload_done(&app.name, out.error.is_none(), out.duration_ms as f64 / 1000.0);
     match &out.error {
         None => Ok(Json(out)),
-        Some(e) => Err(ApiErr::new(StatusCode::CONFLICT, "reload_failed", e.clone()).hint("`deployer logs <app>` shows what the new workers printed")),
+        Some(e) => Err(ApiErr::new(StatusCode::CONFLICT, "reload_failed", e.clone())
+            .hint("`deployer logs <app>` shows what the new workers printed")),
     }
 }
 
@@ -183,12 +201,25 @@ async fn start(State(st): State<Arc<ApiState>>, Path(app): Path<String>) -> Resu
     Ok(Json(app.status()))
 }
 
-async fn scale(State(st): State<Arc<ApiState>>, Path(app): Path<String>, bytes: Bytes) -> Result<Json<AppStatus>, ApiErr> {
+async fn scale(
+    State(st): State<Arc<ApiState>>,
+    Path(app): Path<String>,
+    bytes: Bytes,
+) -> Result<Json<AppStatus>, ApiErr> {
     let Some(req) = body::<ScaleRequest>(&bytes)? else {
-        return Err(ApiErr::new(StatusCode::BAD_REQUEST, "bad_request", "missing body: send {\"instances\": N}".into()));
+        return Err(ApiErr::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "missing body: send {\"instances\": N}".into(),
+        ));
     };
     if !(1..=1024).contains(&req.instances) {
-        return Err(ApiErr::new(StatusCode::BAD_REQUEST, "bad_request", format!("instances must be 1 to 1024, not {}", req.instances)).hint("use `stop` to run none"));
+        return Err(ApiErr::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("instances must be 1 to 1024, not {}", req.instances),
+        )
+        .hint("use `stop` to run none"));
     }
     let app = st.supervisor.app(&app)?;
     app.scale(req.instances).await.map_err(failed_to_start)?;
@@ -204,16 +235,24 @@ impl From<DeployError> for ApiErr {
         let msg = e.to_string();
         match e {
             DeployError::App(e) => e.into(),
-            DeployError::NotFromGit(_) => ApiErr::new(StatusCode::CONFLICT, "conflict", msg).hint("add `repo:` and `branch:` to the app in the agent's config"),
+            DeployError::NotFromGit(_) => ApiErr::new(StatusCode::CONFLICT, "conflict", msg)
+                .hint("add `repo:` and `branch:` to the app in the agent's config"),
             DeployError::BadRef(_) => ApiErr::new(StatusCode::BAD_REQUEST, "bad_request", msg),
-            DeployError::NoSuchRelease(_) | DeployError::NotFound(_) => ApiErr::new(StatusCode::NOT_FOUND, "not_found", msg),
+            DeployError::NoSuchRelease(_) | DeployError::NotFound(_) => {
+                ApiErr::new(StatusCode::NOT_FOUND, "not_found", msg)
+            }
             DeployError::CannotCancel { .. } => ApiErr::new(StatusCode::CONFLICT, "conflict", msg),
             DeployError::State(_) => ApiErr::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", msg),
         }
     }
 }
 
-async fn create_deploy(State(st): State<Arc<ApiState>>, Extension(caller): Extension<Caller>, Path(app): Path<String>, bytes: Bytes) -> Result<(StatusCode, Json<DeployAccepted>), ApiErr> {
+async fn create_deploy(
+    State(st): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    Path(app): Path<String>,
+    bytes: Bytes,
+) -> Result<(StatusCode, Json<DeployAccepted>), ApiErr> {
     let req: DeployRequest = body(&bytes)?.unwrap_or_default();
     let git_ref = match req.git_ref {
         Some(r) => r,
@@ -224,7 +263,12 @@ async fn create_deploy(State(st): State<Arc<ApiState>>, Extension(caller): Exten
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
-async fn rollback(State(st): State<Arc<ApiState>>, Extension(caller): Extension<Caller>, Path(app): Path<String>, bytes: Bytes) -> Result<(StatusCode, Json<DeployAccepted>), ApiErr> {
+async fn rollback(
+    State(st): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    Path(app): Path<String>,
+    bytes: Bytes,
+) -> Result<(StatusCode, Json<DeployAccepted>), ApiErr> {
     let req: RollbackRequest = body(&bytes)?.unwrap_or_default();
     let accepted = st.deployer.request(&app, Target::Rollback(req.release), "rollback", Some(&caller.0))?;
     Ok((StatusCode::ACCEPTED, Json(accepted)))
@@ -235,7 +279,11 @@ struct HistoryQuery {
     limit: Option<usize>,
 }
 
-async fn list_deploys(State(st): State<Arc<ApiState>>, Path(app): Path<String>, Query(q): Query<HistoryQuery>) -> Result<Json<Vec<Deploy>>, ApiErr> {
+async fn list_deploys(
+    State(st): State<Arc<ApiState>>,
+    Path(app): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Json<Vec<Deploy>>, ApiErr> {
     Ok(Json(st.deployer.history(&app, q.limit.unwrap_or(20).min(1000))?))
 }
 

@@ -2,10 +2,10 @@
 //! log lines as they are written. Both end when the agent stops.
 
 use super::{ApiErr, ApiState};
+use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use deployer_wire::{DeployStreamItem, LOG_LINE_EVENT, LogLine, LogLines};
 use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
@@ -19,7 +19,10 @@ use tokio_util::sync::CancellationToken;
 const KEEP_ALIVE: Duration = Duration::from_secs(5);
 
 /// `GET /v1/deploys/{id}/events`
-pub async fn deploy_events(State(st): State<Arc<ApiState>>, Path(id): Path<u64>) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiErr> {
+pub async fn deploy_events(
+    State(st): State<Arc<ApiState>>,
+    Path(id): Path<u64>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiErr> {
     let items = st.deployer.follow(id, st.shutdown.clone())?;
     let events = items.map(|item: DeployStreamItem| {
         let mut event = Event::default().event(item.kind());
@@ -40,7 +43,11 @@ pub struct LogsQuery {
 
 /// `GET /v1/apps/{app}/logs?lines=N[&follow=true]`: JSON, or with `follow` an SSE stream of
 /// `line` events.
-pub async fn logs(State(st): State<Arc<ApiState>>, Path(app): Path<String>, Query(q): Query<LogsQuery>) -> Result<Response, ApiErr> {
+pub async fn logs(
+    State(st): State<Arc<ApiState>>,
+    Path(app): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Response, ApiErr> {
     let app = st.supervisor.app(&app)?;
     let lines = q.lines.unwrap_or(100).min(10_000);
     if !q.follow {
@@ -48,12 +55,22 @@ pub async fn logs(State(st): State<Arc<ApiState>>, Path(app): Path<String>, Quer
     }
     let (tail, live) = app.follow_logs(lines);
     let lines = futures_util::stream::iter(tail).chain(follow_lines(live, st.shutdown.clone()));
-    let events = lines.map(|line: LogLine| Ok::<_, Infallible>(Event::default().event(LOG_LINE_EVENT).json_data(&line).unwrap_or_else(|_| Event::default().comment("unserialisable"))));
+    let events = lines.map(|line: LogLine| {
+        Ok::<_, Infallible>(
+            Event::default()
+                .event(LOG_LINE_EVENT)
+                .json_data(&line)
+                .unwrap_or_else(|_| Event::default().comment("unserialisable")),
+        )
+    });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response())
 }
 
 /// New lines until the app goes away or the agent stops; lines a slow follower missed are skipped.
-fn follow_lines(live: broadcast::Receiver<LogLine>, stop: CancellationToken) -> impl Stream<Item = LogLine> + Send + 'static {
+fn follow_lines(
+    live: broadcast::Receiver<LogLine>,
+    stop: CancellationToken,
+) -> impl Stream<Item = LogLine> + Send + 'static {
     futures_util::stream::unfold((live, stop), |(mut live, stop)| async move {
         loop {
             tokio::select! {

@@ -230,8 +230,9 @@ impl TryFrom<OneOrList> for StartCommand {
     type Error = String;
     fn try_from(raw: OneOrList) -> Result<Self, String> {
         let argv = match raw {
-            OneOrList::One(s) => shell_words::split(&s)
-                .map_err(|e| format!("cannot split `{s}` into arguments: {e}"))?,
+            OneOrList::One(s) => {
+                shell_words::split(&s).map_err(|e| format!("cannot split `{s}` into arguments: {e}"))?
+            }
             OneOrList::List(argv) => argv,
         };
         if argv.is_empty() || argv[0].is_empty() {
@@ -283,7 +284,9 @@ impl TryFrom<InstancesRaw> for Instances {
             InstancesRaw::N(n) if (1..=1024).contains(&n) => Ok(Instances::Count(n as u32)),
             InstancesRaw::N(n) => Err(format!("`instances: {n}` is out of range: write 1 to 1024, or `max`")),
             InstancesRaw::S(s) if s == "max" => Ok(Instances::Max),
-            InstancesRaw::S(s) => Err(format!("invalid `instances: {s}`: write a number like `2`, or `max` for one per CPU")),
+            InstancesRaw::S(s) => {
+                Err(format!("invalid `instances: {s}`: write a number like `2`, or `max` for one per CPU"))
+            }
         }
     }
 }
@@ -545,16 +548,21 @@ impl std::fmt::Debug for ResolvedToken {
 
 /// Read, parse and check a config file.
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::io(path, e, "check the path; `examples/agent.yaml` is a complete example"))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::io(path, e, "check the path; `examples/agent.yaml` is a complete example"))?;
     parse(path, &text)
 }
 
 /// Parse and check config text; `path` names it in errors and anchors relative paths.
 pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
     let mut config: AgentConfig = if text.trim().is_empty() {
-        return Err(ConfigError::at(path, 1, 1, "the config is empty".into(), Some(
-            "start from `examples/agent.yaml`: it needs at least `apps:` with one app".into(),
-        )));
+        return Err(ConfigError::at(
+            path,
+            1,
+            1,
+            "the config is empty".into(),
+            Some("start from `examples/agent.yaml`: it needs at least `apps:` with one app".into()),
+        ));
     } else {
         serde_yaml_ng::from_str(text).map_err(|e| ConfigError::from_yaml(path, e))?
     };
@@ -576,9 +584,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
                 *file = base.join(&*file);
             }
             if !file.is_file() {
-                return Err(at(&["tls", key], format!("`tls.{key}`: no file `{}`", file.display()), Some(
-                    "name a PEM file, relative to this config file".into(),
-                )));
+                return Err(at(
+                    &["tls", key],
+                    format!("`tls.{key}`: no file `{}`", file.display()),
+                    Some("name a PEM file, relative to this config file".into()),
+                ));
             }
         }
     }
@@ -590,29 +600,43 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
     for name in &names {
         let Some(app) = config.apps.get_mut(name) else { continue };
         if !valid_app_name(name) {
-            return Err(at(&["apps", name], format!("invalid app name `{name}`"), Some(
-                "use letters, digits, `-` and `_` (it names files and URL paths)".into(),
-            )));
+            return Err(at(
+                &["apps", name],
+                format!("invalid app name `{name}`"),
+                Some("use letters, digits, `-` and `_` (it names files and URL paths)".into()),
+            ));
         }
         match (&mut app.cwd, &app.repo) {
             (Some(_), Some(_)) => {
-                return Err(at(&["apps", name, "cwd"], format!("app `{name}` has both `cwd` and `repo`"), Some(
-                    "an app with `repo` runs in its current release; use `root` for a subdirectory of the repo".into(),
-                )));
+                return Err(at(
+                    &["apps", name, "cwd"],
+                    format!("app `{name}` has both `cwd` and `repo`"),
+                    Some(
+                        "an app with `repo` runs in its current release; use `root` for a subdirectory of the repo"
+                            .into(),
+                    ),
+                ));
             }
             (None, None) => {
-                return Err(at(&["apps", name], format!("app `{name}` has neither `cwd` nor `repo`"), Some(
-                    "add `repo: <git URL or path>` to deploy from git, or `cwd: <dir>` to run a directory as it is".into(),
-                )));
+                return Err(at(
+                    &["apps", name],
+                    format!("app `{name}` has neither `cwd` nor `repo`"),
+                    Some(
+                        "add `repo: <git URL or path>` to deploy from git, or `cwd: <dir>` to run a directory as it is"
+                            .into(),
+                    ),
+                ));
             }
             (Some(cwd), None) => {
                 if cwd.is_relative() {
                     *cwd = base.join(&*cwd);
                 }
                 if !cwd.is_dir() {
-                    return Err(at(&["apps", name, "cwd"], format!("`cwd` of app `{name}` is not a directory: `{}`", cwd.display()), Some(
-                        "paths are relative to the config file's directory".into(),
-                    )));
+                    return Err(at(
+                        &["apps", name, "cwd"],
+                        format!("`cwd` of app `{name}` is not a directory: `{}`", cwd.display()),
+                        Some("paths are relative to the config file's directory".into()),
+                    ));
                 }
             }
             (None, Some(repo)) => {
@@ -623,18 +647,31 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
                 if let Err(e) = crate::source::validate_ref(&app.branch) {
                     return Err(at(&["apps", name, "branch"], e.to_string(), None));
                 }
-                if app.root.is_absolute() || app.root.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-                    return Err(at(&["apps", name, "root"], format!("`root: {}` must stay inside the repository", app.root.display()), Some("write a relative path like `services/web`".into())));
+                if app.root.is_absolute() || app.root.components().any(|c| matches!(c, std::path::Component::ParentDir))
+                {
+                    return Err(at(
+                        &["apps", name, "root"],
+                        format!("`root: {}` must stay inside the repository", app.root.display()),
+                        Some("write a relative path like `services/web`".into()),
+                    ));
                 }
                 for p in &app.shared {
                     if p.is_absolute() || p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-                        return Err(at(&["apps", name, "shared"], format!("shared path `{}` must stay inside the release", p.display()), None));
+                        return Err(at(
+                            &["apps", name, "shared"],
+                            format!("shared path `{}` must stay inside the release", p.display()),
+                            None,
+                        ));
                     }
                 }
                 if let Some(AuthConfig::TokenEnv(var)) = &app.auth
                     && std::env::var_os(var).is_none()
                 {
-                    return Err(at(&["apps", name, "auth"], format!("app `{name}` reads its git token from `{var}`, which is not set"), Some(format!("export {var}=<token> before starting the agent"))));
+                    return Err(at(
+                        &["apps", name, "auth"],
+                        format!("app `{name}` reads its git token from `{var}`, which is not set"),
+                        Some(format!("export {var}=<token> before starting the agent")),
+                    ));
                 }
                 let dir = app.path.take().unwrap_or_else(|| PathBuf::from("apps").join(name.as_str()));
                 app.path = Some(if dir.is_relative() { state_dir.join(dir) } else { dir });
@@ -643,37 +680,58 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
         check_triggers(name, app, &at)?;
         if let Some(user) = &app.user {
             let keys = ["apps", name.as_str(), "user"];
-            let run_as = RunAs::resolve(user).map_err(|e| at(&keys, e, Some("name an account of this host, e.g. `user: www-data`, or a uid".into())))?;
+            let run_as = RunAs::resolve(user).map_err(|e| {
+                at(&keys, e, Some("name an account of this host, e.g. `user: www-data`, or a uid".into()))
+            })?;
             if !run_as.can_switch() {
-                return Err(at(&keys, format!("app `{name}` runs as `{}`, which needs the agent to run as root", run_as.user), Some(
-                    "start the agent as root (it starts the workers as `user`), or remove `user:`".into(),
-                )));
+                return Err(at(
+                    &keys,
+                    format!("app `{name}` runs as `{}`, which needs the agent to run as root", run_as.user),
+                    Some("start the agent as root (it starts the workers as `user`), or remove `user:`".into()),
+                ));
             }
             app.run_as = Some(run_as);
         }
         if app.reload.max_surge == 0 {
-            return Err(at(&["apps", name, "reload", "max_surge"], "`max_surge: 0` would never replace a worker".into(), Some("write `max_surge: 1` or more".into())));
+            return Err(at(
+                &["apps", name, "reload", "max_surge"],
+                "`max_surge: 0` would never replace a worker".into(),
+                Some("write `max_surge: 1` or more".into()),
+            ));
         }
         match (app.proxy, app.port) {
             (ProxyMode::None, _) => {}
             (mode, None) => {
-                return Err(at(&["apps", name, "proxy"], format!("app `{name}` has `proxy: {}` but no `port`", mode.as_str()), Some(
-                    "add `port: 3000` (the public port), or `proxy: none` for processes without a front".into(),
-                )));
+                return Err(at(
+                    &["apps", name, "proxy"],
+                    format!("app `{name}` has `proxy: {}` but no `port`", mode.as_str()),
+                    Some("add `port: 3000` (the public port), or `proxy: none` for processes without a front".into()),
+                ));
             }
             (_, Some(port)) => {
                 if let Some(other) = ports.insert(port, name) {
-                    return Err(at(&["apps", name, "port"], format!("port {port} is used by both `{other}` and `{name}`"), Some("give each app its own `port`".into())));
+                    return Err(at(
+                        &["apps", name, "port"],
+                        format!("port {port} is used by both `{other}` and `{name}`"),
+                        Some("give each app its own `port`".into()),
+                    ));
                 }
                 if port == config.listen.port() {
-                    return Err(at(&["apps", name, "port"], format!("port {port} of app `{name}` is the agent's own `listen` port"), Some(
-                        "give the app another `port`, or move the agent's API with `listen: 127.0.0.1:7070`".into(),
-                    )));
+                    return Err(at(
+                        &["apps", name, "port"],
+                        format!("port {port} of app `{name}` is the agent's own `listen` port"),
+                        Some(
+                            "give the app another `port`, or move the agent's API with `listen: 127.0.0.1:7070`".into(),
+                        ),
+                    ));
                 }
             }
         }
         // Where there is no private port to probe, readiness defaults to "still alive after 1s".
-        if matches!(app.proxy, ProxyMode::Fd | ProxyMode::None) && app.ready.check == ReadyCheck::Tcp && !locate::has_key(text, &["apps", name, "ready", "tcp"]) {
+        if matches!(app.proxy, ProxyMode::Fd | ProxyMode::None)
+            && app.ready.check == ReadyCheck::Tcp
+            && !locate::has_key(text, &["apps", name, "ready", "tcp"])
+        {
             app.ready.check = ReadyCheck::Alive(Duration::from_secs(1));
         }
         let probe = match app.ready.check {
@@ -683,9 +741,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
         };
         match (app.proxy, app.port, probe) {
             (ProxyMode::Fd, _, Some(probe)) => {
-                return Err(at(&["apps", name, "ready", probe], "`proxy: fd` workers share one socket, so they cannot be probed one by one".into(), Some(
-                    "use `ready: { notify: true }` (sd_notify) or `ready: { alive: 1s }`".into(),
-                )));
+                return Err(at(
+                    &["apps", name, "ready", probe],
+                    "`proxy: fd` workers share one socket, so they cannot be probed one by one".into(),
+                    Some("use `ready: { notify: true }` (sd_notify) or `ready: { alive: 1s }`".into()),
+                ));
             }
             (ProxyMode::None, None, Some(probe)) => {
                 return Err(at(&["apps", name, "ready", probe], format!("app `{name}` has `proxy: none` and no `port`, so `ready: {{ {probe}: ... }}` has nothing to probe"), Some(
@@ -703,14 +763,18 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
     let mut tokens = Vec::new();
     for t in &config.tokens {
         let Ok(value) = std::env::var(&t.token_env) else {
-            return Err(at(&["tokens"], format!("token `{}` reads environment variable `{}`, which is not set", t.name, t.token_env), Some(
-                format!("export {}=<a long random secret> before starting the agent", t.token_env),
-            )));
+            return Err(at(
+                &["tokens"],
+                format!("token `{}` reads environment variable `{}`, which is not set", t.name, t.token_env),
+                Some(format!("export {}=<a long random secret> before starting the agent", t.token_env)),
+            ));
         };
         if value.len() < 8 {
-            return Err(at(&["tokens"], format!("token `{}` (from `{}`) is shorter than 8 characters", t.name, t.token_env), Some(
-                "use a long random value, e.g. `openssl rand -hex 24`".into(),
-            )));
+            return Err(at(
+                &["tokens"],
+                format!("token `{}` (from `{}`) is shorter than 8 characters", t.name, t.token_env),
+                Some("use a long random value, e.g. `openssl rand -hex 24`".into()),
+            ));
         }
         tokens.push(ResolvedToken { name: t.name.clone(), value, scopes: t.scopes.clone() });
     }
@@ -727,15 +791,28 @@ fn check_triggers(name: &str, app: &mut AppConfig, at: &At<'_>) -> Result<(), Co
         )));
     }
     if let Some(text) = &app.cron {
-        text.parse::<CronSchedule>().map_err(|e| at(&["apps", name, "cron"], e, Some(
-            "write five fields, minute hour day month weekday, like `\"*/5 * * * *\"` (every 5 minutes, UTC)".into(),
-        )))?;
+        text.parse::<CronSchedule>().map_err(|e| {
+            at(
+                &["apps", name, "cron"],
+                e,
+                Some(
+                    "write five fields, minute hour day month weekday, like `\"*/5 * * * *\"` (every 5 minutes, UTC)"
+                        .into(),
+                ),
+            )
+        })?;
     }
-    let needs_repo = |key: &str| at(&["apps", name, key], format!("app `{name}` has `{key}` but no `repo`"), Some(
-        "pull mode, webhooks and reports are about git deploys: add `repo:` to the app".into(),
-    ));
+    let needs_repo = |key: &str| {
+        at(
+            &["apps", name, key],
+            format!("app `{name}` has `{key}` but no `repo`"),
+            Some("pull mode, webhooks and reports are about git deploys: add `repo:` to the app".into()),
+        )
+    };
     if app.repo.is_none() {
-        for (key, set) in [("poll", app.poll.is_some()), ("cron", app.cron.is_some()), ("webhook", app.webhook.is_some())] {
+        for (key, set) in
+            [("poll", app.poll.is_some()), ("cron", app.cron.is_some()), ("webhook", app.webhook.is_some())]
+        {
             if set {
                 return Err(needs_repo(key));
             }
@@ -745,9 +822,14 @@ fn check_triggers(name: &str, app: &mut AppConfig, at: &At<'_>) -> Result<(), Co
         let keys = ["apps", name, "webhook"];
         hook.resolved_provider().map_err(|e| at(&keys, e, None))?;
         if hook.secret().is_none() {
-            return Err(at(&keys, format!("app `{name}` reads its webhook secret from `{}`, which is not set", hook.secret_env), Some(
-                format!("export {}=<the secret set on the hook at the git host> before starting the agent", hook.secret_env),
-            )));
+            return Err(at(
+                &keys,
+                format!("app `{name}` reads its webhook secret from `{}`, which is not set", hook.secret_env),
+                Some(format!(
+                    "export {}=<the secret set on the hook at the git host> before starting the agent",
+                    hook.secret_env
+                )),
+            ));
         }
     }
     let repo = app.repo.clone();
@@ -762,17 +844,29 @@ fn check_triggers(name: &str, app: &mut AppConfig, at: &At<'_>) -> Result<(), Co
 
 /// A report's secret is set, and an app's GitHub status report knows its repository (`app_repo`
 /// is `None` for the agent-wide list, whose statuses find the repository of each app's `repo`).
-fn check_report(r: &ReportConfig, app_repo: Option<Option<&str>>, keys: &[&str], i: usize, at: &At<'_>) -> Result<(), ConfigError> {
+fn check_report(
+    r: &ReportConfig,
+    app_repo: Option<Option<&str>>,
+    keys: &[&str],
+    i: usize,
+    at: &At<'_>,
+) -> Result<(), ConfigError> {
     if let Some(var) = r.secret_env().filter(|var| !std::env::var(var).is_ok_and(|v| !v.is_empty())) {
-        return Err(at(keys, format!("report {} reads its secret from `{var}`, which is not set", i + 1), Some(format!("export {var}=<secret> before starting the agent"))));
+        return Err(at(
+            keys,
+            format!("report {} reads its secret from `{var}`, which is not set", i + 1),
+            Some(format!("export {var}=<secret> before starting the agent")),
+        ));
     }
     if let (ReportConfig::GithubStatus(gh), Some(repo)) = (r, app_repo)
         && gh.repo.is_none()
         && repo.and_then(report::github_repo_of).is_none()
     {
-        return Err(at(keys, "`github_status` needs `repo: owner/name`: the app's `repo` is not a github.com URL".into(), Some(
-            "write `github_status: { token_env: GH_TOKEN, repo: acme/web }`".into(),
-        )));
+        return Err(at(
+            keys,
+            "`github_status` needs `repo: owner/name`: the app's `repo` is not a github.com URL".into(),
+            Some("write `github_status: { token_env: GH_TOKEN, repo: acme/web }`".into()),
+        ));
     }
     Ok(())
 }
@@ -797,13 +891,23 @@ pub fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigErro
         }
         let line = line.strip_prefix("export ").unwrap_or(line);
         let Some((k, v)) = line.split_once('=') else {
-            return Err(ConfigError::at(path, i + 1, 1, format!("expected `KEY=VALUE`, found `{line}`"), Some(
-                "write one `KEY=VALUE` per line; `#` starts a comment".into(),
-            )));
+            return Err(ConfigError::at(
+                path,
+                i + 1,
+                1,
+                format!("expected `KEY=VALUE`, found `{line}`"),
+                Some("write one `KEY=VALUE` per line; `#` starts a comment".into()),
+            ));
         };
         let k = k.trim();
         if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(ConfigError::at(path, i + 1, 1, format!("invalid variable name `{k}`"), Some("use letters, digits and `_`".into())));
+            return Err(ConfigError::at(
+                path,
+                i + 1,
+                1,
+                format!("invalid variable name `{k}`"),
+                Some("use letters, digits and `_`".into()),
+            ));
         }
         let v = v.trim();
         let v = v

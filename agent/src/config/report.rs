@@ -105,7 +105,10 @@ pub struct RetryConfig {
 
 impl Default for RetryConfig {
     fn default() -> Self {
-        RetryConfig { first: super::units::Dur(std::time::Duration::from_secs(1)), max: super::units::Dur(std::time::Duration::from_secs(30)) }
+        RetryConfig {
+            first: super::units::Dur(std::time::Duration::from_secs(1)),
+            max: super::units::Dur(std::time::Duration::from_secs(30)),
+        }
     }
 }
 

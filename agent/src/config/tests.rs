@@ -90,7 +90,10 @@ fn checks_after_parsing_point_at_the_key() {
 #[test]
 fn missing_token_env_is_an_error() {
     let d = tmp("token");
-    let yaml = format!("tokens:\n  - {{ name: admin, token_env: DEPLOYER_TEST_UNSET_VAR, scopes: [read] }}\n{}", &GOOD[GOOD.find("apps:").unwrap()..]);
+    let yaml = format!(
+        "tokens:\n  - {{ name: admin, token_env: DEPLOYER_TEST_UNSET_VAR, scopes: [read] }}\n{}",
+        &GOOD[GOOD.find("apps:").unwrap()..]
+    );
     let p = write(&d, &yaml);
     let e = load(&p).unwrap_err();
     assert!(e.message.contains("DEPLOYER_TEST_UNSET_VAR"), "{e}");

@@ -24,10 +24,12 @@ impl WebhookConfig {
     pub fn resolved_provider(&self) -> Result<hooks::Provider, String> {
         match (&self.provider, &self.header) {
             (p, None) => Ok(p.clone()),
-            (hooks::Provider::Generic { .. }, Some(h)) => {
-                format!("generic:{h}").parse::<hooks::Provider>().map_err(|e| e.to_string().lines().next().unwrap_or_default().to_string())
+            (hooks::Provider::Generic { .. }, Some(h)) => format!("generic:{h}")
+                .parse::<hooks::Provider>()
+                .map_err(|e| e.to_string().lines().next().unwrap_or_default().to_string()),
+            (p, Some(_)) => {
+                Err(format!("`header` is for `provider: generic`; `{p}` always signs in `{}`", p.signature_header()))
             }
-            (p, Some(_)) => Err(format!("`header` is for `provider: generic`; `{p}` always signs in `{}`", p.signature_header())),
         }
     }
 
@@ -56,9 +58,8 @@ impl fmt::Debug for CronSchedule {
 impl FromStr for CronSchedule {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, String> {
-        let cron = croner::Cron::from_str(text.trim()).map_err(|e| {
-            format!("invalid `cron: {text}`: {}", e.to_string().trim_end_matches('.'))
-        })?;
+        let cron = croner::Cron::from_str(text.trim())
+            .map_err(|e| format!("invalid `cron: {text}`: {}", e.to_string().trim_end_matches('.')))?;
         Ok(CronSchedule { text: text.to_string(), cron })
     }
 }
@@ -89,7 +90,8 @@ mod tests {
         crate::config::parse(std::path::Path::new("/nonexistent/agent.yaml"), yaml)
     }
 
-    const APP: &str = "apps:\n  web:\n    repo: https://github.com/acme/web.git\n    start: node app.js\n    proxy: none\n";
+    const APP: &str =
+        "apps:\n  web:\n    repo: https://github.com/acme/web.git\n    start: node app.js\n    proxy: none\n";
 
     #[test]
     fn poll_and_cron_together_is_an_error_naming_both() {
@@ -110,15 +112,18 @@ mod tests {
 
     #[test]
     fn a_webhook_needs_its_secret_in_the_environment() {
-        let e = parse(&format!("{APP}    webhook: {{ provider: github, secret_env: DEPLOYER_TEST_UNSET_SECRET }}\n")).unwrap_err();
+        let e = parse(&format!("{APP}    webhook: {{ provider: github, secret_env: DEPLOYER_TEST_UNSET_SECRET }}\n"))
+            .unwrap_err();
         assert_eq!(e.line, 6, "{e}");
         assert!(e.message.contains("`DEPLOYER_TEST_UNSET_SECRET`, which is not set"), "{e}");
-        let e = parse(&format!("{APP}    webhook: {{ provider: gitlab, secret_env: PATH, header: X-Sig }}\n")).unwrap_err();
+        let e =
+            parse(&format!("{APP}    webhook: {{ provider: gitlab, secret_env: PATH, header: X-Sig }}\n")).unwrap_err();
         assert!(e.message.contains("`header` is for `provider: generic`"), "{e}");
         let e = parse(&format!("{APP}    webhook: {{ provider: bitbucket, secret_env: PATH }}\n")).unwrap_err();
         assert!(e.message.contains("unknown webhook provider `bitbucket`"), "{e}");
         // PATH is always set: a stand-in secret.
-        let ok = parse(&format!("{APP}    webhook: {{ provider: generic, secret_env: PATH, header: X-Sig }}\n")).unwrap();
+        let ok =
+            parse(&format!("{APP}    webhook: {{ provider: generic, secret_env: PATH, header: X-Sig }}\n")).unwrap();
         let hook = ok.config.apps["web"].webhook.clone().unwrap();
         assert_eq!(hook.resolved_provider().unwrap(), hooks::Provider::Generic { header: "X-Sig".into() });
     }
@@ -131,15 +136,23 @@ mod tests {
         assert_eq!((gh.repo.as_deref(), gh.api_url.as_str()), (Some("acme/web"), "https://api.github.com"));
         let e = parse(&format!("{APP}    report: [{{ url: ftp://x }}]\n")).unwrap_err();
         assert!(e.message.contains("must start with `https://`"), "{e}");
-        let e = parse(&format!("report: [{{ url: https://x, secret_env: DEPLOYER_TEST_UNSET_SECRET }}]\n{APP}")).unwrap_err();
+        let e = parse(&format!("report: [{{ url: https://x, secret_env: DEPLOYER_TEST_UNSET_SECRET }}]\n{APP}"))
+            .unwrap_err();
         assert_eq!(e.line, 1, "{e}");
         assert!(e.message.contains("`DEPLOYER_TEST_UNSET_SECRET`, which is not set"), "{e}");
     }
 
     #[test]
     fn header_only_for_generic() {
-        let w = |p: &str, h: Option<&str>| WebhookConfig { provider: p.parse().unwrap(), secret_env: "S".into(), header: h.map(String::from) };
-        assert_eq!(w("generic", Some("X-Sig")).resolved_provider().unwrap(), hooks::Provider::Generic { header: "X-Sig".into() });
+        let w = |p: &str, h: Option<&str>| WebhookConfig {
+            provider: p.parse().unwrap(),
+            secret_env: "S".into(),
+            header: h.map(String::from),
+        };
+        assert_eq!(
+            w("generic", Some("X-Sig")).resolved_provider().unwrap(),
+            hooks::Provider::Generic { header: "X-Sig".into() }
+        );
         assert!(w("github", Some("X-Sig")).resolved_provider().unwrap_err().contains("X-Hub-Signature-256"));
         assert!(w("generic", Some("bad header")).resolved_provider().is_err());
     }

@@ -26,11 +26,16 @@ struct Follow {
 impl Deployer {
     /// The deploy's events from the first, then as they happen; ends after
     /// [`DeployStreamItem::End`], or when `stop` is cancelled (the agent stops).
-    pub fn follow(&self, id: DeployId, stop: CancellationToken) -> Result<impl Stream<Item = DeployStreamItem> + Send + 'static + use<>, DeployError> {
+    pub fn follow(
+        &self,
+        id: DeployId,
+        stop: CancellationToken,
+    ) -> Result<impl Stream<Item = DeployStreamItem> + Send + 'static + use<>, DeployError> {
         // Subscribe before the first read, so no change falls between the two.
         let changes = self.store.subscribe();
         self.store.deploy(id)?.ok_or(DeployError::NotFound(id))?;
-        let follow = Follow { store: self.store.clone(), id, changes, seen: 0, ready: VecDeque::new(), ended: false, stop };
+        let follow =
+            Follow { store: self.store.clone(), id, changes, seen: 0, ready: VecDeque::new(), ended: false, stop };
         Ok(follow.into_stream())
     }
 }

@@ -73,7 +73,15 @@ pub enum StepError {
 }
 
 /// Run `cmds` in order in `cwd`; the first failure stops the rest.
-pub async fn run(cmds: &[Vec<String>], cwd: &Path, env: &BTreeMap<String, String>, run_as: Option<&RunAs>, timeout: Duration, cancel: &CancellationToken, out: &Output) -> Result<(), StepError> {
+pub async fn run(
+    cmds: &[Vec<String>],
+    cwd: &Path,
+    env: &BTreeMap<String, String>,
+    run_as: Option<&RunAs>,
+    timeout: Duration,
+    cancel: &CancellationToken,
+    out: &Output,
+) -> Result<(), StepError> {
     for argv in cmds {
         let cmd = shell_words::join(argv);
         out.line(&format!("$ {cmd}"));

@@ -83,12 +83,22 @@ struct Running {
 impl Deployer {
     /// Repair what a crash left (unfinished deploys become `interrupted`, half-made release
     /// directories are removed), then deploy the branch of every git app that has no release yet.
-    pub fn start(store: Arc<Store>, supervisor: Arc<Supervisor>, shutdown: CancellationToken) -> Result<Arc<Deployer>, DeployError> {
+    pub fn start(
+        store: Arc<Store>,
+        supervisor: Arc<Supervisor>,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Deployer>, DeployError> {
         let interrupted = store.interrupt_unfinished()?;
         if !interrupted.is_empty() {
             tracing::warn!(?interrupted, "deploys interrupted by the previous agent's stop");
         }
-        let d = Arc::new(Deployer { store, supervisor, queues: Mutex::new(HashMap::new()), pullers: Mutex::new(HashMap::new()), shutdown });
+        let d = Arc::new(Deployer {
+            store,
+            supervisor,
+            queues: Mutex::new(HashMap::new()),
+            pullers: Mutex::new(HashMap::new()),
+            shutdown,
+        });
         for app in d.supervisor.list() {
             let cfg = app.config();
             let Some(path) = cfg.path.clone().filter(|_| cfg.repo.is_some()) else { continue };
@@ -118,7 +128,8 @@ impl Deployer {
     /// Whether a deploy of `app` is queued or running.
     fn busy(&self, app: &str) -> bool {
         self.queue_if_any(app).is_some_and(|q| {
-            q.pending.lock().unwrap_or_else(|e| e.into_inner()).is_some() || q.running.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+            q.pending.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+                || q.running.lock().unwrap_or_else(|e| e.into_inner()).is_some()
         })
     }
 
@@ -175,7 +186,13 @@ impl Deployer {
     }
 
     /// Queue a deploy. A deploy still queued for the same app is superseded by this one.
-    pub fn request(self: &Arc<Self>, app: &str, target: Target, trigger: &str, who: Option<&str>) -> Result<DeployAccepted, DeployError> {
+    pub fn request(
+        self: &Arc<Self>,
+        app: &str,
+        target: Target,
+        trigger: &str,
+        who: Option<&str>,
+    ) -> Result<DeployAccepted, DeployError> {
         let a = self.git_app(app)?;
         let label = match &target {
             Target::Ref(r) => {
@@ -195,11 +212,20 @@ impl Deployer {
             let message = format!("{label} is already live (release {live}): nothing to do");
             self.store.set_release(id, &live)?;
             self.store.transition(id, DeployState::Live.as_str(), &message, true)?;
-            return Ok(DeployAccepted { id, app: app.to_string(), state: DeployState::Live.as_str().into(), message: Some(message) });
+            return Ok(DeployAccepted {
+                id,
+                app: app.to_string(),
+                state: DeployState::Live.as_str().into(),
+                message: Some(message),
+            });
         }
         tracing::info!(app, id, git_ref = %label, trigger, "deploy queued");
         let queue = self.queue(app);
-        let previous = queue.pending.lock().unwrap_or_else(|e| e.into_inner()).replace(Job { id, target, trigger: trigger.to_string() });
+        let previous = queue.pending.lock().unwrap_or_else(|e| e.into_inner()).replace(Job {
+            id,
+            target,
+            trigger: trigger.to_string(),
+        });
         if let Some(old) = previous {
             self.store.transition(old.id, DeployState::Superseded.as_str(), &format!("superseded by #{id}"), true)?;
             tracing::info!(app, id = old.id, by = id, "deploy superseded");
@@ -228,7 +254,10 @@ impl Deployer {
         let is_sha = r.len() >= 7 && r.len() <= 40 && r.chars().all(|c| c.is_ascii_hexdigit());
         let Some(current) = app.release().filter(|_| is_sha) else { return Ok(None) };
         let rows = self.store.releases(&app.name)?;
-        Ok(rows.into_iter().find(|row| row.name == current.name && row.sha.starts_with(&r.to_ascii_lowercase())).map(|row| row.name))
+        Ok(rows
+            .into_iter()
+            .find(|row| row.name == current.name && row.sha.starts_with(&r.to_ascii_lowercase()))
+            .map(|row| row.name))
     }
 
     pub fn cancel(&self, id: DeployId) -> Result<Deploy, DeployError> {
@@ -275,7 +304,13 @@ impl Deployer {
             .store
             .releases(app)?
             .into_iter()
-            .map(|r| Release { current: Some(&r.name) == current.as_ref(), name: r.name, seq: r.seq, sha: r.sha, ok: r.ok })
+            .map(|r| Release {
+                current: Some(&r.name) == current.as_ref(),
+                name: r.name,
+                seq: r.seq,
+                sha: r.sha,
+                ok: r.ok,
+            })
             .collect())
     }
 
@@ -306,7 +341,8 @@ impl Deployer {
                 }
             };
             let cancel = self.shutdown.child_token();
-            *q.running.lock().unwrap_or_else(|e| e.into_inner()) = Some(Running { id: job.id, state: DeployState::Queued, cancel: cancel.clone() });
+            *q.running.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(Running { id: job.id, state: DeployState::Queued, cancel: cancel.clone() });
             let span = tracing::info_span!("deploy", app = %app, id = job.id);
             let run = pipeline::run(&self, &q, &app, job, cancel);
             tracing::Instrument::instrument(run, span).await;

@@ -89,7 +89,10 @@ impl Run<'_> {
 
     fn check_cancel(&self) -> Result<(), Stop> {
         if self.cancel.is_cancelled() {
-            return Err(Stop { state: DeployState::Cancelled, message: format!("cancelled while {}", self.state.as_str()) });
+            return Err(Stop {
+                state: DeployState::Cancelled,
+                message: format!("cancelled while {}", self.state.as_str()),
+            });
         }
         Ok(())
     }
@@ -128,7 +131,14 @@ impl Run<'_> {
         self.log(&format!("`{git_ref}` is {short} (fetched in {} ms)", t.elapsed().as_millis()));
         let previous = self.app.release();
         if let Some(prev) = &previous {
-            let live_sha = self.d.store.releases(&self.app.name).unwrap_or_default().into_iter().find(|r| r.name == prev.name).map(|r| r.sha);
+            let live_sha = self
+                .d
+                .store
+                .releases(&self.app.name)
+                .unwrap_or_default()
+                .into_iter()
+                .find(|r| r.name == prev.name)
+                .map(|r| r.sha);
             if live_sha.as_deref() == Some(sha.as_str()) {
                 let _ = self.d.store.set_release(self.id, &prev.name);
                 return Ok(format!("{short} is already live (release {}): nothing to do", prev.name));
@@ -143,11 +153,21 @@ impl Run<'_> {
         self.enter(DeployState::Building, &format!("materialising {short} into releases/{name}"));
         let t = Instant::now();
         {
-            let (url, branch, auth, cache, sha, root, dest) = (cfg.repo.clone().unwrap_or_default(), cfg.branch.clone(), git_auth(&cfg), dir.repo(), sha.clone(), cfg.root.display().to_string(), release_dir.clone());
-            tokio::task::spawn_blocking(move || Source::open(&url, &branch, auth, &cache)?.materialise(&sha, &root, &dest))
-                .await
-                .map_err(|e| Stop::failed(format!("materialise crashed: {e}")))?
-                .map_err(|e| Stop::failed(e.to_string()))?;
+            let (url, branch, auth, cache, sha, root, dest) = (
+                cfg.repo.clone().unwrap_or_default(),
+                cfg.branch.clone(),
+                git_auth(&cfg),
+                dir.repo(),
+                sha.clone(),
+                cfg.root.display().to_string(),
+                release_dir.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                Source::open(&url, &branch, auth, &cache)?.materialise(&sha, &root, &dest)
+            })
+            .await
+            .map_err(|e| Stop::failed(format!("materialise crashed: {e}")))?
+            .map_err(|e| Stop::failed(e.to_string()))?;
         }
         let row = ReleaseRow { app: self.app.name.clone(), name: name.clone(), seq, sha: sha.clone(), ok: false };
         let _ = self.d.store.record_release(&row);
@@ -157,11 +177,18 @@ impl Run<'_> {
             tokio::task::spawn_blocking(move || release::give_tree(&tree, &r))
                 .await
                 .map_err(|e| Stop::failed(format!("chown crashed: {e}")))?
-                .map_err(|e| Stop::failed(format!("cannot give releases/{name} to `{}`: {e}", cfg.user.as_deref().unwrap_or_default())))?;
+                .map_err(|e| {
+                    Stop::failed(format!(
+                        "cannot give releases/{name} to `{}`: {e}",
+                        cfg.user.as_deref().unwrap_or_default()
+                    ))
+                })?;
         }
-        dir.link_shared(&release_dir, &cfg.shared).map_err(|e| Stop::failed(format!("cannot link shared paths: {e}")))?;
+        dir.link_shared(&release_dir, &cfg.shared)
+            .map_err(|e| Stop::failed(format!("cannot link shared paths: {e}")))?;
         if let Some(r) = &cfg.run_as {
-            dir.give_shared(&cfg.shared, r).map_err(|e| Stop::failed(format!("cannot give the shared paths to `{}`: {e}", r.user)))?;
+            dir.give_shared(&cfg.shared, r)
+                .map_err(|e| Stop::failed(format!("cannot give the shared paths to `{}`: {e}", r.user)))?;
         }
         self.log(&format!("release {name} materialised in {} ms", t.elapsed().as_millis()));
 
@@ -169,14 +196,28 @@ impl Run<'_> {
         let release = ActiveRelease { name: name.clone(), dir: release_dir.clone() };
         let env = self.deploy_env(&cfg, &release, &sha, git_ref, trigger, previous.as_ref())?;
         let workdir = release_dir.join(&cfg.root);
-        let steps = [("install", &cfg.install), ("post_install", &cfg.hooks.post_install), ("pre_reload", &cfg.hooks.pre_reload)];
+        let steps = [
+            ("install", &cfg.install),
+            ("post_install", &cfg.hooks.post_install),
+            ("pre_reload", &cfg.hooks.pre_reload),
+        ];
         for (label, cmds) in steps {
             if cmds.0.is_empty() {
                 continue;
             }
             self.check_cancel()?;
             let t = Instant::now();
-            if let Err(e) = install::run(&cmds.0, &workdir, &env, cfg.run_as.as_ref(), cfg.install_timeout.0, &self.cancel, self.output()).await {
+            if let Err(e) = install::run(
+                &cmds.0,
+                &workdir,
+                &env,
+                cfg.run_as.as_ref(),
+                cfg.install_timeout.0,
+                &self.cancel,
+                self.output(),
+            )
+            .await
+            {
                 if matches!(e, install::StepError::Cancelled) {
                     return Err(Stop { state: DeployState::Cancelled, message: format!("cancelled during {label}") });
                 }
@@ -199,7 +240,10 @@ impl Run<'_> {
             self.on_failure(&cfg, &workdir, &env).await;
             self.prune(&cfg, &dir);
             return Err(match (&previous, e.restored) {
-                (Some(p), true) => Stop { state: DeployState::RolledBack, message: format!("{}; release {} is serving again", e.reason, p.name) },
+                (Some(p), true) => Stop {
+                    state: DeployState::RolledBack,
+                    message: format!("{}; release {} is serving again", e.reason, p.name),
+                },
                 _ => Stop::failed(e.reason),
             });
         }
@@ -208,12 +252,28 @@ impl Run<'_> {
         self.go_live(&dir, &row)?;
         self.prune(&fresh, &dir);
         if !fresh.hooks.post_reload.0.is_empty()
-            && let Err(e) = install::run(&fresh.hooks.post_reload.0, &workdir, &env, fresh.run_as.as_ref(), fresh.install_timeout.0, &CancellationToken::new(), self.output()).await
+            && let Err(e) = install::run(
+                &fresh.hooks.post_reload.0,
+                &workdir,
+                &env,
+                fresh.run_as.as_ref(),
+                fresh.install_timeout.0,
+                &CancellationToken::new(),
+                self.output(),
+            )
+            .await
         {
             self.log(&format!("post_reload: {e} (the deploy stays live)"));
         }
         if let Some(window) = fresh.bake {
-            tokio::spawn(bake(self.d.clone(), self.app.clone(), self.id, name.clone(), previous.map(|p| p.name), window.0));
+            tokio::spawn(bake(
+                self.d.clone(),
+                self.app.clone(),
+                self.id,
+                name.clone(),
+                previous.map(|p| p.name),
+                window.0,
+            ));
         }
         Ok(format!("live on {short} (release {name}) in {:.1}s", self.started.elapsed().as_secs_f32()))
     }
@@ -223,15 +283,29 @@ impl Run<'_> {
         let cfg = self.app.config();
         let dir = AppDir::new(cfg.path.clone().ok_or_else(|| Stop::failed("the app has no `repo`"))?);
         let name = pick_rollback(&self.d.store, &self.app, want).map_err(|e| Stop::failed(e.to_string()))?;
-        let row = self.d.store.releases(&self.app.name).unwrap_or_default().into_iter().find(|r| r.name == name).ok_or_else(|| Stop::failed("the release is no longer recorded"))?;
+        let row = self
+            .d
+            .store
+            .releases(&self.app.name)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|r| r.name == name)
+            .ok_or_else(|| Stop::failed("the release is no longer recorded"))?;
         let _ = self.d.store.set_sha(self.id, &row.sha);
         let _ = self.d.store.set_release(self.id, &name);
         let fresh = self.app.fresh_config().map_err(Stop::failed)?;
         self.enter(DeployState::Rolling, &format!("rolling back onto {name}"));
         let release = ActiveRelease { name: name.clone(), dir: dir.release(&name) };
-        self.app.roll_to(fresh, release).await.map_err(|e| Stop::failed(format!("{}; the workers stay on the release they ran", e.reason)))?;
+        self.app
+            .roll_to(fresh, release)
+            .await
+            .map_err(|e| Stop::failed(format!("{}; the workers stay on the release they ran", e.reason)))?;
         self.go_live(&dir, &row)?;
-        Ok(format!("rolled back: live on {} (release {name}) in {:.1}s", &row.sha[..7.min(row.sha.len())], self.started.elapsed().as_secs_f32()))
+        Ok(format!(
+            "rolled back: live on {} (release {name}) in {:.1}s",
+            &row.sha[..7.min(row.sha.len())],
+            self.started.elapsed().as_secs_f32()
+        ))
     }
 
     fn go_live(&self, dir: &AppDir, row: &ReleaseRow) -> Result<(), Stop> {
@@ -246,7 +320,15 @@ impl Run<'_> {
     }
 
     /// The app's env (config, `env_file` of the new release) plus what describes this deploy.
-    fn deploy_env(&self, cfg: &AppConfig, release: &ActiveRelease, sha: &str, git_ref: &str, trigger: &str, previous: Option<&ActiveRelease>) -> Result<BTreeMap<String, String>, Stop> {
+    fn deploy_env(
+        &self,
+        cfg: &AppConfig,
+        release: &ActiveRelease,
+        sha: &str,
+        git_ref: &str,
+        trigger: &str,
+        previous: Option<&ActiveRelease>,
+    ) -> Result<BTreeMap<String, String>, Stop> {
         let spec = resolve_spec(cfg, Some(release)).map_err(|e| Stop::failed(e.to_string()))?;
         let mut env = self.d.supervisor.base_env();
         env.extend(spec.map(|s| s.env).unwrap_or_default());
@@ -263,7 +345,17 @@ impl Run<'_> {
         if cfg.hooks.on_failure.0.is_empty() {
             return;
         }
-        if let Err(e) = install::run(&cfg.hooks.on_failure.0, workdir, env, cfg.run_as.as_ref(), cfg.install_timeout.0, &CancellationToken::new(), self.output()).await {
+        if let Err(e) = install::run(
+            &cfg.hooks.on_failure.0,
+            workdir,
+            env,
+            cfg.run_as.as_ref(),
+            cfg.install_timeout.0,
+            &CancellationToken::new(),
+            self.output(),
+        )
+        .await
+        {
             self.log(&format!("on_failure: {e}"));
         }
     }
@@ -297,13 +389,22 @@ pub(super) fn pick_rollback(store: &Store, app: &App, want: Option<&str>) -> Res
     let good: Vec<ReleaseRow> = store.releases(&app.name)?.into_iter().filter(|r| r.ok).collect();
     let found = match want {
         None => good.iter().find(|r| current_seq.is_none_or(|c| r.seq < c)),
-        Some(w) => good.iter().find(|r| r.name == w || r.seq.to_string() == w || (w.len() >= 4 && r.sha.starts_with(w))),
+        Some(w) => {
+            good.iter().find(|r| r.name == w || r.seq.to_string() == w || (w.len() >= 4 && r.sha.starts_with(w)))
+        }
     };
     match found {
-        Some(r) if Some(&r.name) == current.as_ref().map(|c| &c.name) => Err(DeployError::NoSuchRelease(format!("release {} is already live", r.name))),
+        Some(r) if Some(&r.name) == current.as_ref().map(|c| &c.name) => {
+            Err(DeployError::NoSuchRelease(format!("release {} is already live", r.name)))
+        }
         Some(r) => Ok(r.name.clone()),
-        None if want.is_none() => Err(DeployError::NoSuchRelease("there is no previous release to roll back to".into())),
-        None => Err(DeployError::NoSuchRelease(format!("no good release matches `{}`; `deployer releases <app>` lists them", want.unwrap_or_default()))),
+        None if want.is_none() => {
+            Err(DeployError::NoSuchRelease("there is no previous release to roll back to".into()))
+        }
+        None => Err(DeployError::NoSuchRelease(format!(
+            "no good release matches `{}`; `deployer releases <app>` lists them",
+            want.unwrap_or_default()
+        ))),
     }
 }
 
@@ -328,7 +429,14 @@ fn redact(url: &str) -> String {
 
 /// The bake window: a new release whose workers crash-loop or error out within `window` is
 /// rolled back by the agent itself.
-async fn bake(d: Arc<Deployer>, app: Arc<App>, id: DeployId, release: String, previous: Option<String>, window: Duration) {
+async fn bake(
+    d: Arc<Deployer>,
+    app: Arc<App>,
+    id: DeployId,
+    release: String,
+    previous: Option<String>,
+    window: Duration,
+) {
     let deadline = tokio::time::Instant::now() + window;
     let baseline: u32 = app.status().workers.iter().map(|w| w.restarts).sum();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -348,7 +456,9 @@ async fn bake(d: Arc<Deployer>, app: Arc<App>, id: DeployId, release: String, pr
                 tracing::error!(app = %app.name, "release {release} is unhealthy in its bake window, and there is no previous release");
                 return;
             };
-            let why = format!("within the bake window: {restarts} worker restart(s), {errored} errored; rolling back to {previous}");
+            let why = format!(
+                "within the bake window: {restarts} worker restart(s), {errored} errored; rolling back to {previous}"
+            );
             tracing::warn!(app = %app.name, "{why}");
             let _ = d.store.transition(id, DeployState::RolledBack.as_str(), &why, true);
             if let Err(e) = d.request(&app.name, Target::Rollback(Some(previous)), "bake", Some("bake")) {

@@ -68,22 +68,34 @@ impl Deployer {
     pub async fn check(self: &Arc<Self>, app: &str, trigger: &str, last: Option<&str>) -> Result<Checked, String> {
         let a = self.git_app(app).map_err(|e| e.to_string())?;
         let cfg = a.config();
-        let (Some(url), Some(path)) = (cfg.repo.clone(), cfg.path.clone()) else { return Err("the app has no `repo`".into()) };
-        let (branch, auth, cache) = (cfg.branch.clone(), super::pipeline::git_auth(&cfg), super::release::AppDir::new(path).repo());
+        let (Some(url), Some(path)) = (cfg.repo.clone(), cfg.path.clone()) else {
+            return Err("the app has no `repo`".into());
+        };
+        let (branch, auth, cache) =
+            (cfg.branch.clone(), super::pipeline::git_auth(&cfg), super::release::AppDir::new(path).repo());
         let sha = tokio::task::spawn_blocking(move || Source::open(&url, &branch, auth, &cache)?.remote_head())
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
-        let live = a.release().and_then(|r| self.store.releases(app).ok()?.into_iter().find(|row| row.name == r.name)).map(|row| row.sha);
+        let live = a
+            .release()
+            .and_then(|r| self.store.releases(app).ok()?.into_iter().find(|row| row.name == r.name))
+            .map(|row| row.sha);
         if live.as_deref() == Some(sha.as_str()) || last == Some(sha.as_str()) {
             return Ok(Checked::Unchanged { sha });
         }
-        let accepted = self.request(app, Target::Ref(sha.clone()), trigger, Some(trigger)).map_err(|e| e.to_string())?;
+        let accepted =
+            self.request(app, Target::Ref(sha.clone()), trigger, Some(trigger)).map_err(|e| e.to_string())?;
         Ok(Checked::Queued { sha, id: accepted.id })
     }
 
     /// The pull loop of one app, until `stop` (the agent stops, or the schedule changed).
-    pub(super) async fn poll(self: Arc<Self>, app: String, schedule: Schedule, stop: tokio_util::sync::CancellationToken) {
+    pub(super) async fn poll(
+        self: Arc<Self>,
+        app: String,
+        schedule: Schedule,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
         let mut last: Option<String> = None;
         let mut down = false;
         loop {

@@ -160,7 +160,12 @@ pub fn seq_of(name: &str) -> Option<u64> {
 /// Which releases to delete: keep `keep` good ones (the newest; the current and the previous are
 /// never deleted and count among them), and
 /// the newest two failed ones (kept for inspection). `releases` is (name, ok), any order.
-pub fn prune_plan(releases: &[(String, bool)], keep: usize, current: Option<&str>, previous: Option<&str>) -> Vec<String> {
+pub fn prune_plan(
+    releases: &[(String, bool)],
+    keep: usize,
+    current: Option<&str>,
+    previous: Option<&str>,
+) -> Vec<String> {
     let mut sorted: Vec<&(String, bool)> = releases.iter().collect();
     sorted.sort_by_key(|(n, _)| std::cmp::Reverse(seq_of(n).unwrap_or(0)));
     let (mut good, mut bad) = (0, 0);

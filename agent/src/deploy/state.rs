@@ -34,7 +34,15 @@ impl DeployState {
     }
 
     pub fn is_final(self) -> bool {
-        matches!(self, DeployState::Live | DeployState::Failed | DeployState::RolledBack | DeployState::Superseded | DeployState::Interrupted | DeployState::Cancelled)
+        matches!(
+            self,
+            DeployState::Live
+                | DeployState::Failed
+                | DeployState::RolledBack
+                | DeployState::Superseded
+                | DeployState::Interrupted
+                | DeployState::Cancelled
+        )
     }
 
     /// Whether a deploy may go from `self` to `next`.

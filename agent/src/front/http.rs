@@ -167,7 +167,9 @@ enum Failure {
     /// The client went away or broke the protocol: close without an answer.
     Client,
     /// A worker failed before answering anything; `retry` when the request may be sent again.
-    Upstream { retry: bool },
+    Upstream {
+        retry: bool,
+    },
     /// A worker failed after part of its answer was passed on: nothing to do but close.
     UpstreamMidResponse,
     Malformed,
@@ -296,7 +298,13 @@ impl Conn {
             let lease = self.rotation.pick_wait(tried, NO_WORKER_PATIENCE).await?;
             let backend = lease.backend().clone();
             if !fresh_only && let Some(stream) = backend.take_idle() {
-                let up = Upstream { stream, ubuf: BytesMut::new(), pin: PinCount::new(backend), used_at: Instant::now(), reused: true };
+                let up = Upstream {
+                    stream,
+                    ubuf: BytesMut::new(),
+                    pin: PinCount::new(backend),
+                    used_at: Instant::now(),
+                    reused: true,
+                };
                 return Some((lease, up));
             }
             match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend.addr)).await {
@@ -421,7 +429,13 @@ impl Conn {
 }
 
 /// Read the final response head into `ubuf`, passing interim `1xx` heads on to the client.
-async fn read_response<R, W>(up: &mut R, ubuf: &mut BytesMut, client: &mut W, req: &Request, retry: bool) -> Result<Response, Failure>
+async fn read_response<R, W>(
+    up: &mut R,
+    ubuf: &mut BytesMut,
+    client: &mut W,
+    req: &Request,
+    retry: bool,
+) -> Result<Response, Failure>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -509,7 +523,11 @@ fn parse_request(buf: &[u8], peer: IpAddr) -> Result<Option<(usize, Request)>, u
             }
             length = Some(v);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = h.value.split(|&b| b == b',').next_back().is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            chunked = h
+                .value
+                .split(|&b| b == b',')
+                .next_back()
+                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
             if !chunked {
                 return Err(501);
             }
@@ -546,7 +564,8 @@ fn parse_request(buf: &[u8], peer: IpAddr) -> Result<Option<(usize, Request)>, u
         head.extend_from_slice(parsed.path.unwrap_or("/").as_bytes());
         head.extend_from_slice(if version == 0 { b" HTTP/1.0\r\n" } else { b" HTTP/1.1\r\n" });
         for h in parsed.headers.iter() {
-            if h.name.eq_ignore_ascii_case("x-forwarded-for") || (h.name.eq_ignore_ascii_case("connection") && !upgrade) {
+            if h.name.eq_ignore_ascii_case("x-forwarded-for") || (h.name.eq_ignore_ascii_case("connection") && !upgrade)
+            {
                 continue;
             }
             head.extend_from_slice(h.name.as_bytes());
@@ -592,7 +611,11 @@ fn parse_response(buf: &[u8], req: &Request) -> Result<Option<Response>, Failure
         if h.name.eq_ignore_ascii_case("content-length") {
             length = std::str::from_utf8(h.value).ok().and_then(|s| s.trim().parse::<u64>().ok());
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = h.value.split(|&b| b == b',').next_back().is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            chunked = h
+                .value
+                .split(|&b| b == b',')
+                .next_back()
+                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         } else if h.name.eq_ignore_ascii_case("connection") {
             for token in h.value.split(|&b| b == b',') {
                 close |= token.trim_ascii().eq_ignore_ascii_case(b"close");
@@ -657,14 +680,19 @@ mod tests {
     #[test]
     fn adds_forwarded_headers_without_touching_the_rest() {
         let r = req("GET /a?b=1 HTTP/1.1\r\nHost: x\r\n\r\n");
-        assert_eq!(String::from_utf8(r.head).unwrap(), "GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.0.0.9\r\nX-Forwarded-Proto: http\r\n\r\n");
+        assert_eq!(
+            String::from_utf8(r.head).unwrap(),
+            "GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.0.0.9\r\nX-Forwarded-Proto: http\r\n\r\n"
+        );
         assert!(!r.client_close);
         assert_eq!(r.body, Body::None);
     }
 
     #[test]
     fn strips_connection_close_and_appends_to_forwarded_for() {
-        let r = req("POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Forwarded-For: 1.2.3.4\r\nContent-Length: 5\r\n\r\nhello");
+        let r = req(
+            "POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Forwarded-For: 1.2.3.4\r\nContent-Length: 5\r\n\r\nhello",
+        );
         let head = String::from_utf8(r.head).unwrap();
         assert!(!head.to_ascii_lowercase().contains("connection"), "{head}");
         assert!(head.contains("X-Forwarded-For: 1.2.3.4, 10.0.0.9\r\n"), "{head}");

@@ -18,7 +18,13 @@ use super::http::FrontStats;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-pub async fn serve(listener: TcpListener, rotation: Arc<Rotation>, stats: Arc<FrontStats>, shutdown: CancellationToken, tracker: TaskTracker) {
+pub async fn serve(
+    listener: TcpListener,
+    rotation: Arc<Rotation>,
+    stats: Arc<FrontStats>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
     loop {
         let (client, _) = tokio::select! {
             r = listener.accept() => match r {

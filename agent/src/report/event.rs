@@ -126,7 +126,9 @@ pub fn github_state(d: &DeployFacts, change: Change<'_>) -> Option<(&'static str
         (Change::Entered { .. }, "live") => Some(("success", format!("live (deploy #{})", d.id))),
         (Change::Entered { .. }, "failed") => Some(("failure", format!("deploy #{} failed", d.id))),
         (Change::Entered { .. }, "rolled_back") => Some(("failure", format!("deploy #{} was rolled back", d.id))),
-        (Change::Entered { .. }, "cancelled" | "interrupted") => Some(("error", format!("deploy #{} was {}", d.id, d.state))),
+        (Change::Entered { .. }, "cancelled" | "interrupted") => {
+            Some(("error", format!("deploy #{} was {}", d.id, d.state)))
+        }
         _ => None,
     }
 }

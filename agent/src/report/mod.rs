@@ -63,7 +63,8 @@ impl Reporter {
     pub fn apply(&self, config: &AgentConfig) {
         let apps = config.apps.iter().map(|(name, a)| (name.clone(), (a.report.clone(), a.repo.clone()))).collect();
         let host = config.host.clone().unwrap_or_else(hostname);
-        *self.targets.write().unwrap_or_else(|e| e.into_inner()) = Targets { host, agent: config.report.clone(), apps, retry: config.report_retry.clone() };
+        *self.targets.write().unwrap_or_else(|e| e.into_inner()) =
+            Targets { host, agent: config.report.clone(), apps, retry: config.report_retry.clone() };
     }
 
     fn retry(&self) -> RetryConfig {
@@ -71,17 +72,37 @@ impl Reporter {
     }
 
     /// Queue `worker.errored` for `app`'s webhook destinations.
-    pub fn worker_errored(&self, store: &Store, app: &str, worker: u32, message: &str, release: Option<&str>, output_tail: &[String]) -> Result<(), StateError> {
+    pub fn worker_errored(
+        &self,
+        store: &Store,
+        app: &str,
+        worker: u32,
+        message: &str,
+        release: Option<&str>,
+        output_tail: &[String],
+    ) -> Result<(), StateError> {
         let t = self.targets.read().unwrap_or_else(|e| e.into_inner()).clone();
         let at_ms = now_ms();
-        let body = WorkerEventBody { event: EventKind::WorkerErrored.name(), app, host: &t.host, worker, message, release, at_ms, output_tail };
+        let body = WorkerEventBody {
+            event: EventKind::WorkerErrored.name(),
+            app,
+            host: &t.host,
+            worker,
+            message,
+            release,
+            at_ms,
+            output_tail,
+        };
         let Ok(body) = serde_json::to_string(&body) else { return Ok(()) };
         let key = format!("{}:{app}:worker-{worker}:{at_ms}", t.host);
         let reports: Vec<NewReport> = t
             .configs_for(app)
             .filter_map(|r| match r {
                 ReportConfig::Webhook { url, secret_env } => Some(NewReport {
-                    destination: destination_json(&Destination::Webhook { url: url.clone(), secret_env: secret_env.clone() }),
+                    destination: destination_json(&Destination::Webhook {
+                        url: url.clone(),
+                        secret_env: secret_env.clone(),
+                    }),
                     idempotency_key: key.clone(),
                     body: body.clone(),
                 }),
@@ -111,7 +132,10 @@ impl ReportRules for Reporter {
                 ReportConfig::Webhook { url, secret_env } => {
                     let (Some(kind), Some(body)) = (event, &event_body) else { continue };
                     out.push(NewReport {
-                        destination: destination_json(&Destination::Webhook { url: url.clone(), secret_env: secret_env.clone() }),
+                        destination: destination_json(&Destination::Webhook {
+                            url: url.clone(),
+                            secret_env: secret_env.clone(),
+                        }),
                         idempotency_key: format!("{key_base}:{}", kind.name()),
                         body: body.clone(),
                     });
@@ -119,14 +143,19 @@ impl ReportRules for Reporter {
                 ReportConfig::GithubStatus(gh) => {
                     let (Some((state, description)), Some(sha)) = (&status, &d.sha) else { continue };
                     let app_repo = t.apps.get(&d.app).and_then(|(_, url)| url.as_deref());
-                    let Some(repo) = gh.repo.clone().or_else(|| app_repo.and_then(crate::config::report::github_repo_of)) else {
+                    let Some(repo) =
+                        gh.repo.clone().or_else(|| app_repo.and_then(crate::config::report::github_repo_of))
+                    else {
                         tracing::warn!(app = %d.app, "a `github_status` report has no `repo` and the app's repo is not on github.com: status not sent");
                         continue;
                     };
                     let url = format!("{}/repos/{repo}/statuses/{sha}", gh.api_url.trim_end_matches('/'));
                     let body = serde_json::json!({ "state": state, "description": description, "context": format!("{}/{}", gh.context, t.host) });
                     out.push(NewReport {
-                        destination: destination_json(&Destination::GithubStatus { url, token_env: gh.token_env.clone() }),
+                        destination: destination_json(&Destination::GithubStatus {
+                            url,
+                            token_env: gh.token_env.clone(),
+                        }),
                         idempotency_key: format!("{key_base}:status-{state}"),
                         body: body.to_string(),
                     });
@@ -199,13 +228,24 @@ mod tests {
 
     #[test]
     fn github_statuses_need_a_sha() {
-        let gh = crate::config::GithubStatusConfig { token_env: "T".into(), api_url: "http://gh/".into(), repo: None, context: "deployer".into() };
+        let gh = crate::config::GithubStatusConfig {
+            token_env: "T".into(),
+            api_url: "http://gh/".into(),
+            repo: None,
+            context: "deployer".into(),
+        };
         let r = reporter(vec![ReportConfig::GithubStatus(gh)]);
         assert!(r.reports(&facts("queued", None), Change::Queued).is_empty());
         let pending = r.reports(&facts("fetching", Some("abcdef1234")), Change::Resolved);
         assert_eq!(pending.len(), 1);
         let dest: Destination = serde_json::from_str(&pending[0].destination).unwrap();
-        assert_eq!(dest, Destination::GithubStatus { url: "http://gh/repos/acme/web/statuses/abcdef1234".into(), token_env: "T".into() });
+        assert_eq!(
+            dest,
+            Destination::GithubStatus {
+                url: "http://gh/repos/acme/web/statuses/abcdef1234".into(),
+                token_env: "T".into()
+            }
+        );
         assert!(pending[0].body.contains("\"pending\""));
         let live = r.reports(&facts("live", Some("abcdef1234")), Change::Entered { from: "rolling" });
         assert!(live[0].body.contains("\"success\""));

@@ -34,7 +34,11 @@ pub enum SendError {
 
 /// The sender task, until `shutdown`.
 pub async fn run(store: Arc<Store>, reporter: Arc<Reporter>, shutdown: CancellationToken) {
-    let client = match reqwest::Client::builder().timeout(ATTEMPT_TIMEOUT).user_agent(concat!("deployer-agent/", env!("CARGO_PKG_VERSION"))).build() {
+    let client = match reqwest::Client::builder()
+        .timeout(ATTEMPT_TIMEOUT)
+        .user_agent(concat!("deployer-agent/", env!("CARGO_PKG_VERSION")))
+        .build()
+    {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the HTTP client: reports will not be sent");
@@ -59,7 +63,12 @@ pub async fn run(store: Arc<Store>, reporter: Arc<Reporter>, shutdown: Cancellat
 }
 
 /// Send what is due; answers how long until the next row is due.
-async fn round(store: &Arc<Store>, client: &reqwest::Client, retry: &RetryConfig, shutdown: &CancellationToken) -> Result<Duration, crate::state::StateError> {
+async fn round(
+    store: &Arc<Store>,
+    client: &reqwest::Client,
+    retry: &RetryConfig,
+    shutdown: &CancellationToken,
+) -> Result<Duration, crate::state::StateError> {
     let rows = store.unsent_reports(BATCH)?;
     let mut by_destination: BTreeMap<String, Vec<OutboxRow>> = BTreeMap::new();
     for row in rows {
@@ -68,12 +77,24 @@ async fn round(store: &Arc<Store>, client: &reqwest::Client, retry: &RetryConfig
     let sends = by_destination.into_values().map(|rows| deliver_in_order(store, client, retry, rows, shutdown));
     let next = futures_util::future::join_all(sends).await;
     let now = now_ms();
-    Ok(next.into_iter().flatten().map(|at| Duration::from_millis(at.saturating_sub(now))).min().unwrap_or(IDLE).min(IDLE))
+    Ok(next
+        .into_iter()
+        .flatten()
+        .map(|at| Duration::from_millis(at.saturating_sub(now)))
+        .min()
+        .unwrap_or(IDLE)
+        .min(IDLE))
 }
 
 /// Send one destination's rows in order, stopping at the first that fails (so a receiver gets
 /// `queued` before `started`). Answers when that row is due again, if one failed or is not due.
-async fn deliver_in_order(store: &Store, client: &reqwest::Client, retry: &RetryConfig, rows: Vec<OutboxRow>, shutdown: &CancellationToken) -> Option<u64> {
+async fn deliver_in_order(
+    store: &Store,
+    client: &reqwest::Client,
+    retry: &RetryConfig,
+    rows: Vec<OutboxRow>,
+    shutdown: &CancellationToken,
+) -> Option<u64> {
     for row in rows {
         if shutdown.is_cancelled() {
             return None;
@@ -111,19 +132,30 @@ pub fn backoff(retry: &RetryConfig, failures: u32) -> Duration {
 
 /// One POST of one row.
 async fn attempt(client: &reqwest::Client, row: &OutboxRow) -> Result<(), SendError> {
-    let destination: Destination = serde_json::from_str(&row.destination).map_err(|e| SendError::Destination(e.to_string()))?;
+    let destination: Destination =
+        serde_json::from_str(&row.destination).map_err(|e| SendError::Destination(e.to_string()))?;
     let request = match &destination {
         Destination::Webhook { url, secret_env } => {
-            let event = serde_json::from_str::<serde_json::Value>(&row.body).ok().and_then(|v| v["event"].as_str().map(String::from)).unwrap_or_default();
+            let event = serde_json::from_str::<serde_json::Value>(&row.body)
+                .ok()
+                .and_then(|v| v["event"].as_str().map(String::from))
+                .unwrap_or_default();
             let mut req = client.post(url).header("content-type", "application/json").header("x-deployer-event", event);
             if let Some(var) = secret_env {
-                let secret = std::env::var(var).ok().filter(|s| !s.is_empty()).ok_or_else(|| SendError::NoSecret(var.clone()))?;
-                req = req.header("x-deployer-signature", format!("sha256={}", sign(secret.as_bytes(), row.body.as_bytes())));
+                let secret = std::env::var(var)
+                    .ok()
+                    .filter(|s| !s.is_empty())
+                    .ok_or_else(|| SendError::NoSecret(var.clone()))?;
+                req = req
+                    .header("x-deployer-signature", format!("sha256={}", sign(secret.as_bytes(), row.body.as_bytes())));
             }
             req
         }
         Destination::GithubStatus { url, token_env } => {
-            let token = std::env::var(token_env).ok().filter(|s| !s.is_empty()).ok_or_else(|| SendError::NoSecret(token_env.clone()))?;
+            let token = std::env::var(token_env)
+                .ok()
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| SendError::NoSecret(token_env.clone()))?;
             client
                 .post(url)
                 .header("content-type", "application/json")
@@ -165,6 +197,9 @@ mod tests {
     #[test]
     fn signatures_match_github_s_scheme() {
         // The same HMAC GitHub documents for its webhooks.
-        assert_eq!(sign(b"It's a Secret to Everybody", b"Hello, World!"), "757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17");
+        assert_eq!(
+            sign(b"It's a Secret to Everybody", b"Hello, World!"),
+            "757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+        );
     }
 }

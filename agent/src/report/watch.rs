@@ -13,7 +13,12 @@ use tokio_util::sync::CancellationToken;
 /// Lines of the worker's own output sent with the event.
 const TAIL: usize = 20;
 
-pub async fn watch_workers(supervisor: Arc<Supervisor>, store: Arc<Store>, reporter: Arc<Reporter>, shutdown: CancellationToken) {
+pub async fn watch_workers(
+    supervisor: Arc<Supervisor>,
+    store: Arc<Store>,
+    reporter: Arc<Reporter>,
+    shutdown: CancellationToken,
+) {
     let mut errored: BTreeSet<(String, u32)> = BTreeSet::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -27,9 +32,11 @@ pub async fn watch_workers(supervisor: Arc<Supervisor>, store: Arc<Store>, repor
             for w in status.workers.iter().filter(|w| w.state == "errored") {
                 let key = (app.name.clone(), w.id);
                 if !errored.contains(&key) {
-                    let tail: Vec<String> = app.logs(500).into_iter().filter(|l| l.worker == w.id).map(|l| l.line).collect();
+                    let tail: Vec<String> =
+                        app.logs(500).into_iter().filter(|l| l.worker == w.id).map(|l| l.line).collect();
                     let tail = &tail[tail.len().saturating_sub(TAIL)..];
-                    let message = format!("worker {} of `{}` is errored after {} restart(s)", w.id, app.name, w.restarts);
+                    let message =
+                        format!("worker {} of `{}` is errored after {} restart(s)", w.id, app.name, w.restarts);
                     let release = Some(w.release.as_str()).filter(|r| !r.is_empty());
                     if let Err(e) = reporter.worker_errored(&store, &app.name, w.id, &message, release, tail) {
                         tracing::error!(error = %e, "cannot queue the worker.errored report");

@@ -14,7 +14,9 @@ pub enum SourceError {
     BadRef(#[from] BadRef),
 
     /// The repository URL cannot be used at all.
-    #[error("invalid repository URL `{url}`: {reason}\n  hint: write an https or ssh URL (`https://host/org/repo.git`, `git@host:org/repo.git`), a local path or a `file://` URL")]
+    #[error(
+        "invalid repository URL `{url}`: {reason}\n  hint: write an https or ssh URL (`https://host/org/repo.git`, `git@host:org/repo.git`), a local path or a `file://` URL"
+    )]
     BadUrl { url: String, reason: &'static str },
 
     /// The cached clone cannot be opened or created.
@@ -26,7 +28,9 @@ pub enum SourceError {
     Fetch { url: String, branch: String, message: String, hint: &'static str },
 
     /// The remote has no such branch.
-    #[error("branch `{branch}` does not exist in `{url}`\n  hint: push the branch, or set `branch:` in the app's config to one that exists")]
+    #[error(
+        "branch `{branch}` does not exist in `{url}`\n  hint: push the branch, or set `branch:` in the app's config to one that exists"
+    )]
     BranchNotFound { url: String, branch: String },
 
     /// The branch was never fetched into the cache, so there is no head to resolve against.
@@ -34,23 +38,33 @@ pub enum SourceError {
     NotFetched { branch: String },
 
     /// A name that is neither the fetched branch nor a commit in the cache.
-    #[error("unknown ref `{rev}`: only branch `{branch}` is fetched, and `{rev}` is neither that branch nor a commit sha in it\n  hint: deploy branch `{branch}` or a commit sha (at least 7 hex digits) on it")]
+    #[error(
+        "unknown ref `{rev}`: only branch `{branch}` is fetched, and `{rev}` is neither that branch nor a commit sha in it\n  hint: deploy branch `{branch}` or a commit sha (at least 7 hex digits) on it"
+    )]
     UnknownRef { rev: String, branch: String },
 
     /// A commit sha that is not in the cached clone, even after fetching the branch.
-    #[error("unknown commit `{sha}`: it is not on branch `{branch}` of the repository (not even after fetching it)\n  hint: push the commit to branch `{branch}` first, or check the sha")]
+    #[error(
+        "unknown commit `{sha}`: it is not on branch `{branch}` of the repository (not even after fetching it)\n  hint: push the commit to branch `{branch}` first, or check the sha"
+    )]
     UnknownCommit { sha: String, branch: String },
 
     /// An abbreviated sha that matches more than one object.
-    #[error("commit sha `{prefix}` is ambiguous: more than one object starts with it\n  hint: give more hex digits, or the full 40-digit sha")]
+    #[error(
+        "commit sha `{prefix}` is ambiguous: more than one object starts with it\n  hint: give more hex digits, or the full 40-digit sha"
+    )]
     AmbiguousCommit { prefix: String },
 
     /// A commit that exists but is not reachable from the branch head, so must not be deployed.
-    #[error("commit `{sha}` is not on branch `{branch}`\n  hint: only commits reachable from the head of `{branch}` are deployed; merge it into `{branch}` first")]
+    #[error(
+        "commit `{sha}` is not on branch `{branch}`\n  hint: only commits reachable from the head of `{branch}` are deployed; merge it into `{branch}` first"
+    )]
     NotOnBranch { sha: String, branch: String },
 
     /// The app's `root` is not a directory in that commit.
-    #[error("`root: {root}` is not a directory in commit `{sha}`\n  hint: set `root:` to the repository subdirectory that holds the app, or `.` for the whole repository")]
+    #[error(
+        "`root: {root}` is not a directory in commit `{sha}`\n  hint: set `root:` to the repository subdirectory that holds the app, or `.` for the whole repository"
+    )]
     RootNotFound { root: String, sha: String },
 
     /// Writing the release tree failed.

@@ -39,14 +39,13 @@ impl Source {
             .download_tags(AutotagOption::None)
             .prune(FetchPrune::Off)
             .update_fetchhead(false);
-        remote
-            .fetch(&[self.refspec()], Some(&mut opts), Some("deployer: fetch"))
-            .map_err(|e| self.fetch_error(e))?;
+        remote.fetch(&[self.refspec()], Some(&mut opts), Some("deployer: fetch")).map_err(|e| self.fetch_error(e))?;
         let stats = remote.stats();
         let (received_objects, received_bytes) = (stats.received_objects(), stats.received_bytes());
         // The refs the remote advertised: a branch deleted upstream must not look like "unchanged".
         let wanted = format!("refs/heads/{}", self.branch);
-        let advertised = remote.list().map_err(|e| self.fetch_error(e))?.iter().find(|h| h.name() == wanted).map(|h| h.oid());
+        let advertised =
+            remote.list().map_err(|e| self.fetch_error(e))?.iter().find(|h| h.name() == wanted).map(|h| h.oid());
         let Some(oid) = advertised else {
             return Err(SourceError::BranchNotFound { url: self.display_url(), branch: self.branch.clone() });
         };
@@ -59,7 +58,12 @@ impl Source {
             ))));
         }
         tracing::debug!(url = %self.display_url(), branch = %self.branch, sha = %oid, received_objects, received_bytes, "fetched");
-        Ok(Fetched { sha: oid.to_string(), previous: previous.map(|p| p.to_string()), received_objects, received_bytes })
+        Ok(Fetched {
+            sha: oid.to_string(),
+            previous: previous.map(|p| p.to_string()),
+            received_objects,
+            received_bytes,
+        })
     }
 
     /// Make sure commit `sha` (full, or at least 7 hex digits) is in the cache, fetching the branch
@@ -88,7 +92,8 @@ impl Source {
             .connect_auth(Direction::Fetch, Some(self.callbacks()), Some(Self::proxy()))
             .map_err(|e| self.fetch_error(e))?;
         let wanted = format!("refs/heads/{}", self.branch);
-        let head = connection.list().map_err(|e| self.fetch_error(e))?.iter().find(|h| h.name() == wanted).map(|h| h.oid());
+        let head =
+            connection.list().map_err(|e| self.fetch_error(e))?.iter().find(|h| h.name() == wanted).map(|h| h.oid());
         head.map(|oid| oid.to_string())
             .ok_or_else(|| SourceError::BranchNotFound { url: self.display_url(), branch: self.branch.clone() })
     }
@@ -153,7 +158,12 @@ impl Source {
             Ok(commit) => Ok(commit.id()),
             Err(e) if e.code() == ErrorCode::Ambiguous => Err(SourceError::AmbiguousCommit { prefix: sha.to_string() }),
             // Not found, or an object that is not a commit (a tree or a blob with that prefix).
-            Err(e) if matches!(e.code(), ErrorCode::NotFound | ErrorCode::InvalidSpec | ErrorCode::Invalid | ErrorCode::Peel) => {
+            Err(e)
+                if matches!(
+                    e.code(),
+                    ErrorCode::NotFound | ErrorCode::InvalidSpec | ErrorCode::Invalid | ErrorCode::Peel
+                ) =>
+            {
                 Err(unknown())
             }
             Err(e) if e.class() == git2::ErrorClass::Object => Err(unknown()),

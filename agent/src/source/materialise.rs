@@ -14,9 +14,9 @@ use git2::{ObjectType, Odb, Oid, Repository, Tree};
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Write};
+use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -79,12 +79,23 @@ impl Source {
 
         let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let Some(name) = dest.file_name() else {
-            return Err(SourceError::Materialise { path: dest.to_path_buf(), message: "the path has no file name".into() });
+            return Err(SourceError::Materialise {
+                path: dest.to_path_buf(),
+                message: "the path has no file name".into(),
+            });
         };
-        fs::create_dir_all(parent).map_err(|e| SourceError::Io { action: "cannot create", path: parent.to_path_buf(), source: e })?;
+        fs::create_dir_all(parent).map_err(|e| SourceError::Io {
+            action: "cannot create",
+            path: parent.to_path_buf(),
+            source: e,
+        })?;
         let partial = parent.join(format!(".{}.partial", name.to_string_lossy()));
         if fs::symlink_metadata(&partial).is_ok() {
-            fs::remove_dir_all(&partial).map_err(|e| SourceError::Io { action: "cannot remove", path: partial.clone(), source: e })?;
+            fs::remove_dir_all(&partial).map_err(|e| SourceError::Io {
+                action: "cannot remove",
+                path: partial.clone(),
+                source: e,
+            })?;
         }
         if let Err(e) = self.write(&repo, &plan, &partial, dest) {
             let _ = fs::remove_dir_all(&partial);
@@ -127,7 +138,14 @@ impl Source {
 
     /// List everything under `tree`, refusing entry names that could escape the release.
     fn plan(&self, repo: &Repository, tree: &Tree<'_>, dest: &Path) -> Result<Plan, SourceError> {
-        fn walk(source: &Source, repo: &Repository, tree: &Tree<'_>, dir: &Path, dest: &Path, plan: &mut Plan) -> Result<(), SourceError> {
+        fn walk(
+            source: &Source,
+            repo: &Repository,
+            tree: &Tree<'_>,
+            dir: &Path,
+            dest: &Path,
+            plan: &mut Plan,
+        ) -> Result<(), SourceError> {
             for entry in tree.iter() {
                 let name = entry.name_bytes();
                 let path = dir.join(OsStr::from_bytes(name));
@@ -168,7 +186,10 @@ impl Source {
         walk(self, repo, tree, Path::new(""), dest, &mut plan)?;
         let mut start = 0;
         for i in 1..=plan.files.len() {
-            if i == plan.files.len() || i - start == BATCH || plan.files[i].path.parent() != plan.files[start].path.parent() {
+            if i == plan.files.len()
+                || i - start == BATCH
+                || plan.files[i].path.parent() != plan.files[start].path.parent()
+            {
                 plan.batches.push(start..i);
                 start = i;
             }
@@ -178,7 +199,8 @@ impl Source {
 
     /// Create the planned tree under `into` (named as under `dest` in errors).
     fn write(&self, repo: &Repository, plan: &Plan, into: &Path, dest: &Path) -> Result<(), SourceError> {
-        let failed = |rel: &Path, e: io::Error| SourceError::Materialise { path: dest.join(rel), message: e.to_string() };
+        let failed =
+            |rel: &Path, e: io::Error| SourceError::Materialise { path: dest.join(rel), message: e.to_string() };
         let mut dirs = fs::DirBuilder::new();
         dirs.mode(0o755);
         dirs.create(into).map_err(|e| failed(Path::new(""), e))?;
@@ -222,13 +244,22 @@ impl Source {
         let odb = repo.odb().map_err(|e| self.git_error(e))?;
         for (path, blob) in &plan.links {
             let target = odb.read(*blob).map_err(|e| self.git_error(e))?;
-            std::os::unix::fs::symlink(OsStr::from_bytes(target.data()), into.join(path)).map_err(|e| failed(path, e))?;
+            std::os::unix::fs::symlink(OsStr::from_bytes(target.data()), into.join(path))
+                .map_err(|e| failed(path, e))?;
         }
         Ok(())
     }
 
     /// Write the planned files, claiming batches through `next` until none are left or `stop`.
-    fn write_files(&self, odb: &Odb<'_>, plan: &Plan, next: &AtomicUsize, stop: &AtomicBool, into: &Path, dest: &Path) -> Result<(), SourceError> {
+    fn write_files(
+        &self,
+        odb: &Odb<'_>,
+        plan: &Plan,
+        next: &AtomicUsize,
+        stop: &AtomicBool,
+        into: &Path,
+        dest: &Path,
+    ) -> Result<(), SourceError> {
         loop {
             let claimed = next.fetch_add(1, Ordering::Relaxed);
             let Some(batch) = plan.batches.get(claimed) else { return Ok(()) };
@@ -246,7 +277,8 @@ impl Source {
                         .open(into.join(&file.path))?;
                     out.write_all(blob.data())
                 };
-                write().map_err(|e| SourceError::Materialise { path: dest.join(&file.path), message: e.to_string() })?;
+                write()
+                    .map_err(|e| SourceError::Materialise { path: dest.join(&file.path), message: e.to_string() })?;
             }
         }
     }

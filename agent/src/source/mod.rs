@@ -116,10 +116,8 @@ impl Source {
 
     /// A fresh handle on the cached clone; cheap, and it keeps `Source` free of libgit2's `!Sync`.
     fn repo(&self) -> Result<Repository, SourceError> {
-        Repository::open_bare(&self.cache_dir).map_err(|e| SourceError::Open {
-            path: self.cache_dir.clone(),
-            message: e.message().to_string(),
-        })
+        Repository::open_bare(&self.cache_dir)
+            .map_err(|e| SourceError::Open { path: self.cache_dir.clone(), message: e.message().to_string() })
     }
 
     /// Open the clone, or create it: in a sibling directory renamed into place, so that an agent
@@ -137,16 +135,28 @@ impl Source {
             return Repository::init_opts(dir, &opts).map_err(|e| open_err(e.message().to_string()));
         }
         let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        std::fs::create_dir_all(parent).map_err(|e| SourceError::Io { action: "cannot create", path: parent.to_path_buf(), source: e })?;
+        std::fs::create_dir_all(parent).map_err(|e| SourceError::Io {
+            action: "cannot create",
+            path: parent.to_path_buf(),
+            source: e,
+        })?;
         let name = dir.file_name().ok_or_else(|| open_err("the path has no file name".into()))?;
         let tmp = parent.join(format!(".{}.partial", name.to_string_lossy()));
         if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(|e| SourceError::Io { action: "cannot remove", path: tmp.clone(), source: e })?;
+            std::fs::remove_dir_all(&tmp).map_err(|e| SourceError::Io {
+                action: "cannot remove",
+                path: tmp.clone(),
+                source: e,
+            })?;
         }
         let mut opts = git2::RepositoryInitOptions::new();
         opts.bare(true);
         drop(Repository::init_opts(&tmp, &opts).map_err(|e| open_err(e.message().to_string()))?);
-        std::fs::rename(&tmp, dir).map_err(|e| SourceError::Io { action: "cannot rename into", path: dir.clone(), source: e })?;
+        std::fs::rename(&tmp, dir).map_err(|e| SourceError::Io {
+            action: "cannot rename into",
+            path: dir.clone(),
+            source: e,
+        })?;
         self.repo()
     }
 
@@ -161,7 +171,10 @@ impl Source {
                 }
                 let specs = remote.fetch_refspecs().map_err(git_err)?;
                 if specs.len() != 1 || specs.get_bytes(0) != Some(refspec.as_bytes()) {
-                    repo.config().map_err(git_err)?.set_multivar("remote.origin.fetch", ".*", &refspec).map_err(git_err)?;
+                    repo.config()
+                        .map_err(git_err)?
+                        .set_multivar("remote.origin.fetch", ".*", &refspec)
+                        .map_err(git_err)?;
                     if repo.find_remote(REMOTE).map_err(git_err)?.fetch_refspecs().map_err(git_err)?.is_empty() {
                         repo.remote_add_fetch(REMOTE, &refspec).map_err(git_err)?;
                     }
@@ -191,7 +204,9 @@ impl Source {
                     Cred::userpass_plaintext("x-access-token", token)
                 }
                 _ if allowed.contains(CredentialType::USERNAME) => Cred::username(user),
-                Some(GitAuth::SshKey(key)) if allowed.contains(CredentialType::SSH_KEY) => Cred::ssh_key(user, None, key, None),
+                Some(GitAuth::SshKey(key)) if allowed.contains(CredentialType::SSH_KEY) => {
+                    Cred::ssh_key(user, None, key, None)
+                }
                 None if allowed.contains(CredentialType::SSH_KEY) => Cred::ssh_key_from_agent(user),
                 _ => Err(git2::Error::new(
                     ErrorCode::Auth,
@@ -226,7 +241,9 @@ impl Source {
             (ErrorCode::Certificate, _) | (_, ErrorClass::Ssl) => {
                 "the remote's certificate or host key was not accepted; for ssh, add the host to `~/.ssh/known_hosts` of the agent's user"
             }
-            (ErrorCode::Owner, _) => "the local repository belongs to another user; run the agent as its owner or fetch over a URL",
+            (ErrorCode::Owner, _) => {
+                "the local repository belongs to another user; run the agent as its owner or fetch over a URL"
+            }
             (_, ErrorClass::Net | ErrorClass::Http | ErrorClass::Ssh | ErrorClass::Os) => {
                 "check the URL and that this host can reach it"
             }
@@ -240,7 +257,12 @@ impl Source {
                 hint: "check `repo:` in the app's config; a relative path is relative to the config file",
             };
         }
-        SourceError::Fetch { url: self.display_url(), branch: self.branch.clone(), message: self.scrub(e.message()), hint }
+        SourceError::Fetch {
+            url: self.display_url(),
+            branch: self.branch.clone(),
+            message: self.scrub(e.message()),
+            hint,
+        }
     }
 
     /// The repository's path when the URL is a local path or a `file://` URL.
@@ -302,7 +324,8 @@ mod tests {
         let repo = Repository::open_bare(&dir).unwrap();
         let remote = repo.find_remote("origin").unwrap();
         assert_eq!(remote.url().unwrap(), up.file_url());
-        let specs: Vec<String> = remote.fetch_refspecs().unwrap().iter().map(|s| s.unwrap().unwrap().to_string()).collect();
+        let specs: Vec<String> =
+            remote.fetch_refspecs().unwrap().iter().map(|s| s.unwrap().unwrap().to_string()).collect();
         assert_eq!(specs, ["+refs/heads/main:refs/remotes/origin/main"]);
     }
 

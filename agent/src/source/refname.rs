@@ -109,7 +109,18 @@ mod tests {
 
     #[test]
     fn accepts_branches_tags_and_shas() {
-        for ok in ["main", "feature/x", "v1.2.3", "release-2024_01", "0123456789abcdef0123456789abcdef01234567", "abc1234", "héllo", "a/b/c", "a.b", "@x"] {
+        for ok in [
+            "main",
+            "feature/x",
+            "v1.2.3",
+            "release-2024_01",
+            "0123456789abcdef0123456789abcdef01234567",
+            "abc1234",
+            "héllo",
+            "a/b/c",
+            "a.b",
+            "@x",
+        ] {
             assert_eq!(validate_ref(ok), Ok(()), "{ok}");
         }
     }

@@ -11,7 +11,10 @@ impl Store {
     pub fn remember_delivery(&self, app: &str, delivery: &str) -> Result<bool, StateError> {
         let mut c = self.conn();
         let tx = c.transaction()?;
-        let new = tx.execute("INSERT OR IGNORE INTO webhook_deliveries (app, delivery, at) VALUES (?1, ?2, ?3)", params![app, delivery, now_ms() as i64])? == 1;
+        let new = tx.execute(
+            "INSERT OR IGNORE INTO webhook_deliveries (app, delivery, at) VALUES (?1, ?2, ?3)",
+            params![app, delivery, now_ms() as i64],
+        )? == 1;
         if new {
             tx.execute(
                 "DELETE FROM webhook_deliveries WHERE rowid IN (SELECT rowid FROM webhook_deliveries ORDER BY at DESC LIMIT -1 OFFSET ?1)",
@@ -24,7 +27,8 @@ impl Store {
 
     /// Forget a delivery that could not be acted on, so the host's retry is not ignored.
     pub fn forget_delivery(&self, app: &str, delivery: &str) -> Result<(), StateError> {
-        self.conn().execute("DELETE FROM webhook_deliveries WHERE app = ?1 AND delivery = ?2", params![app, delivery])?;
+        self.conn()
+            .execute("DELETE FROM webhook_deliveries WHERE app = ?1 AND delivery = ?2", params![app, delivery])?;
         Ok(())
     }
 }

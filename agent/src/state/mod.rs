@@ -15,8 +15,8 @@ use deployer_wire::{Deploy, DeployEvent};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
-use tokio::sync::{Notify, broadcast};
 use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::{Notify, broadcast};
 
 #[derive(Debug, thiserror::Error)]
 #[error("state database: {0}")]
@@ -68,7 +68,12 @@ impl Store {
     }
 
     fn with(conn: Connection) -> Store {
-        Store { conn: Mutex::new(conn), changes: broadcast::channel(1024).0, rules: RwLock::new(None), outbox_wake: Arc::new(Notify::new()) }
+        Store {
+            conn: Mutex::new(conn),
+            changes: broadcast::channel(1024).0,
+            rules: RwLock::new(None),
+            outbox_wake: Arc::new(Notify::new()),
+        }
     }
 
     /// Changes to deploys from now on.
@@ -96,7 +101,13 @@ impl Store {
     }
 
     /// Record a new deploy in state `queued`.
-    pub fn insert_deploy(&self, app: &str, git_ref: &str, trigger: &str, who: Option<&str>) -> Result<DeployId, StateError> {
+    pub fn insert_deploy(
+        &self,
+        app: &str,
+        git_ref: &str,
+        trigger: &str,
+        who: Option<&str>,
+    ) -> Result<DeployId, StateError> {
         let mut c = self.conn();
         let tx = c.transaction()?;
         tx.execute(
@@ -104,7 +115,10 @@ impl Store {
             params![app, git_ref, trigger, who, now_ms() as i64],
         )?;
         let id = tx.last_insert_rowid() as DeployId;
-        tx.execute("INSERT INTO deploy_events (deploy_id, seq, at, state, message) VALUES (?1, 1, ?2, 'queued', ?3)", params![id as i64, now_ms() as i64, format!("{trigger}: deploy {git_ref}")])?;
+        tx.execute(
+            "INSERT INTO deploy_events (deploy_id, seq, at, state, message) VALUES (?1, 1, ?2, 'queued', ?3)",
+            params![id as i64, now_ms() as i64, format!("{trigger}: deploy {git_ref}")],
+        )?;
         let reports = self.write_reports(&tx, id, Change::Queued)?;
         tx.commit()?;
         drop(c);
@@ -116,9 +130,15 @@ impl Store {
     pub fn transition(&self, id: DeployId, state: &str, message: &str, is_final: bool) -> Result<(), StateError> {
         let mut c = self.conn();
         let tx = c.transaction()?;
-        let from: String = tx.query_row("SELECT state FROM deploys WHERE id = ?1", params![id as i64], |r| r.get(0)).optional()?.unwrap_or_default();
+        let from: String = tx
+            .query_row("SELECT state FROM deploys WHERE id = ?1", params![id as i64], |r| r.get(0))
+            .optional()?
+            .unwrap_or_default();
         if is_final {
-            tx.execute("UPDATE deploys SET state = ?2, finished_at = ?3, message = ?4 WHERE id = ?1", params![id as i64, state, now_ms() as i64, message])?;
+            tx.execute(
+                "UPDATE deploys SET state = ?2, finished_at = ?3, message = ?4 WHERE id = ?1",
+                params![id as i64, state, now_ms() as i64, message],
+            )?;
         } else {
             tx.execute("UPDATE deploys SET state = ?2 WHERE id = ?1", params![id as i64, state])?;
         }
@@ -157,7 +177,8 @@ impl Store {
     }
 
     pub fn set_output_tail(&self, id: DeployId, tail: &[String]) -> Result<(), StateError> {
-        self.conn().execute("UPDATE deploys SET output_tail = ?2 WHERE id = ?1", params![id as i64, tail.join("\n")])?;
+        self.conn()
+            .execute("UPDATE deploys SET output_tail = ?2 WHERE id = ?1", params![id as i64, tail.join("\n")])?;
         Ok(())
     }
 
@@ -177,7 +198,8 @@ impl Store {
     /// The newest deploys of an app, newest first, without events.
     pub fn history(&self, app: &str, limit: usize) -> Result<Vec<Deploy>, StateError> {
         let c = self.conn();
-        let mut stmt = c.prepare(&format!("SELECT {DEPLOY_COLUMNS} FROM deploys WHERE app = ?1 ORDER BY id DESC LIMIT ?2"))?;
+        let mut stmt =
+            c.prepare(&format!("SELECT {DEPLOY_COLUMNS} FROM deploys WHERE app = ?1 ORDER BY id DESC LIMIT ?2"))?;
         let rows = stmt.query_map(params![app, limit as i64], row_to_deploy)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -186,7 +208,8 @@ impl Store {
     pub fn interrupt_unfinished(&self) -> Result<Vec<DeployId>, StateError> {
         let ids: Vec<DeployId> = {
             let c = self.conn();
-            let mut stmt = c.prepare("SELECT id FROM deploys WHERE state IN ('queued', 'fetching', 'building', 'rolling')")?;
+            let mut stmt =
+                c.prepare("SELECT id FROM deploys WHERE state IN ('queued', 'fetching', 'building', 'rolling')")?;
             let ids = stmt.query_map([], |r| r.get::<_, i64>(0))?.collect::<Result<Vec<_>, _>>()?;
             ids.into_iter().map(|i| i as DeployId).collect()
         };
@@ -214,7 +237,13 @@ impl Store {
         let c = self.conn();
         let mut stmt = c.prepare("SELECT app, name, seq, sha, ok FROM releases WHERE app = ?1 ORDER BY seq DESC")?;
         let rows = stmt.query_map(params![app], |r| {
-            Ok(ReleaseRow { app: r.get(0)?, name: r.get(1)?, seq: r.get::<_, i64>(2)? as u64, sha: r.get(3)?, ok: r.get(4)? })
+            Ok(ReleaseRow {
+                app: r.get(0)?,
+                name: r.get(1)?,
+                seq: r.get::<_, i64>(2)? as u64,
+                sha: r.get(3)?,
+                ok: r.get(4)?,
+            })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -282,12 +311,17 @@ fn row_to_deploy(r: &rusqlite::Row) -> rusqlite::Result<Deploy> {
 
 /// One deploy with its output tail, without its events.
 fn deploy_row(c: &Connection, id: DeployId) -> Result<Option<Deploy>, StateError> {
-    let row = c.query_row(&format!("SELECT {DEPLOY_COLUMNS}, output_tail FROM deploys WHERE id = ?1"), params![id as i64], |r| {
-        let mut d = row_to_deploy(r)?;
-        let tail: Option<String> = r.get(11)?;
-        d.output_tail = tail.filter(|t| !t.is_empty()).map(|t| t.lines().map(String::from).collect()).unwrap_or_default();
-        Ok(d)
-    });
+    let row = c.query_row(
+        &format!("SELECT {DEPLOY_COLUMNS}, output_tail FROM deploys WHERE id = ?1"),
+        params![id as i64],
+        |r| {
+            let mut d = row_to_deploy(r)?;
+            let tail: Option<String> = r.get(11)?;
+            d.output_tail =
+                tail.filter(|t| !t.is_empty()).map(|t| t.lines().map(String::from).collect()).unwrap_or_default();
+            Ok(d)
+        },
+    );
     Ok(row.optional()?)
 }
 
@@ -301,9 +335,15 @@ fn insert_event(c: &Connection, id: DeployId, state: &str, message: &str) -> Res
 }
 
 fn events_after(c: &Connection, id: DeployId, seq: u64) -> Result<Vec<DeployEvent>, StateError> {
-    let mut stmt = c.prepare("SELECT seq, at, state, message FROM deploy_events WHERE deploy_id = ?1 AND seq > ?2 ORDER BY seq")?;
+    let mut stmt =
+        c.prepare("SELECT seq, at, state, message FROM deploy_events WHERE deploy_id = ?1 AND seq > ?2 ORDER BY seq")?;
     let rows = stmt.query_map(params![id as i64, seq as i64], |r| {
-        Ok(DeployEvent { seq: r.get::<_, i64>(0)? as u64, at_ms: r.get::<_, i64>(1)? as u64, state: r.get(2)?, message: r.get(3)? })
+        Ok(DeployEvent {
+            seq: r.get::<_, i64>(0)? as u64,
+            at_ms: r.get::<_, i64>(1)? as u64,
+            state: r.get(2)?,
+            message: r.get(3)?,
+        })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
@@ -347,7 +387,14 @@ mod tests {
     fn releases_newest_first() {
         let s = Store::in_memory();
         for seq in 1..=3 {
-            s.record_release(&ReleaseRow { app: "web".into(), name: format!("{seq}-abc"), seq, sha: "abc".into(), ok: seq != 2 }).unwrap();
+            s.record_release(&ReleaseRow {
+                app: "web".into(),
+                name: format!("{seq}-abc"),
+                seq,
+                sha: "abc".into(),
+                ok: seq != 2,
+            })
+            .unwrap();
         }
         let r = s.releases("web").unwrap();
         assert_eq!(r.iter().map(|r| r.seq).collect::<Vec<_>>(), [3, 2, 1]);

@@ -105,7 +105,10 @@ impl Store {
     pub fn report_sent(&self, id: i64) -> Result<(), StateError> {
         let c = self.conn();
         let now = now_ms() as i64;
-        c.execute("UPDATE report_outbox SET sent_at = ?2, attempts = attempts + 1, last_error = NULL WHERE id = ?1", params![id, now])?;
+        c.execute(
+            "UPDATE report_outbox SET sent_at = ?2, attempts = attempts + 1, last_error = NULL WHERE id = ?1",
+            params![id, now],
+        )?;
         c.execute("DELETE FROM report_outbox WHERE sent_at IS NOT NULL AND sent_at < ?1", params![now - KEEP_SENT_MS])?;
         Ok(())
     }

@@ -161,6 +161,9 @@ mod tests {
         assert!(!dir.join("web.log.3").exists());
         assert!(std::fs::metadata(dir.join("web.log")).unwrap().len() <= 200);
         let tail = sink.tail(3);
-        assert_eq!(tail.iter().map(|l| l.line.as_str()).collect::<Vec<_>>(), ["line number 17", "line number 18", "line number 19"]);
+        assert_eq!(
+            tail.iter().map(|l| l.line.as_str()).collect::<Vec<_>>(),
+            ["line number 17", "line number 18", "line number 19"]
+        );
     }
 }

@@ -104,7 +104,12 @@ impl Supervisor {
     }
 
     pub fn app(&self, name: &str) -> Result<Arc<App>, SupervisorError> {
-        self.apps.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned().ok_or_else(|| SupervisorError::UnknownApp(name.to_string()))
+        self.apps
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| SupervisorError::UnknownApp(name.to_string()))
     }
 
     fn create_app(&self, name: &str, cfg: &AppConfig) -> Result<Arc<App>, SupervisorError> {
@@ -121,7 +126,8 @@ impl Supervisor {
                 let l = bind(addr).map_err(|source| SupervisorError::Bind { app: name.into(), port, source })?;
                 let rotation = Arc::new(Rotation::default());
                 let serve = {
-                    let (rotation, stats, cancel, tracker2) = (rotation.clone(), stats.clone(), cancel.clone(), tracker.clone());
+                    let (rotation, stats, cancel, tracker2) =
+                        (rotation.clone(), stats.clone(), cancel.clone(), tracker.clone());
                     let mode = cfg.proxy;
                     async move {
                         match mode {
@@ -136,7 +142,11 @@ impl Supervisor {
             }
             (ProxyMode::Fd, Some(port)) => {
                 let addr = SocketAddr::new(cfg.bind, port);
-                let l = std::net::TcpListener::bind(addr).map_err(|source| SupervisorError::Bind { app: name.into(), port, source })?;
+                let l = std::net::TcpListener::bind(addr).map_err(|source| SupervisorError::Bind {
+                    app: name.into(),
+                    port,
+                    source,
+                })?;
                 tracing::info!(app = name, %addr, "listening socket handed to workers (fd mode)");
                 (None, Some(Arc::new(l)))
             }
@@ -220,9 +230,14 @@ impl Supervisor {
 
 fn lock_state_dir(state_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, SupervisorError> {
     let path = state_dir.join("run").join("agent.lock");
-    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
         .map_err(|source| SupervisorError::StateDir { path: path.clone(), source })?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| SupervisorError::StateDirBusy(state_dir.to_path_buf()))
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|_| SupervisorError::StateDirBusy(state_dir.to_path_buf()))
 }
 
 /// The agent's environment minus what must not reach apps: the API tokens.
@@ -365,7 +380,8 @@ impl App {
 
     /// This app's part of the config file as it is now (`--update-env` and deploys re-read it).
     pub fn fresh_config(&self) -> Result<AppConfig, String> {
-        let fresh = config::load(&self.config_path).map_err(|e| format!("the config file has an error, nothing was changed:\n{e}"))?;
+        let fresh = config::load(&self.config_path)
+            .map_err(|e| format!("the config file has an error, nothing was changed:\n{e}"))?;
         match fresh.config.apps.get(&self.name) {
             Some(cfg) if self.same_front(cfg) => Ok(cfg.clone()),
             Some(_) => Err("`port`, `proxy` or `bind` changed: send SIGHUP to the agent to apply that".into()),
@@ -379,14 +395,20 @@ impl App {
         let _op = self.op.lock().await;
         let spec = match resolve_spec(&cfg, Some(&release)) {
             Ok(Some(s)) => Arc::new(s),
-            Ok(None) => return Err(reload::RollFailed { reason: "no directory to run the app in".into(), restored: true }),
+            Ok(None) => {
+                return Err(reload::RollFailed { reason: "no directory to run the app in".into(), restored: true });
+            }
             Err(e) => return Err(reload::RollFailed { reason: e.to_string(), restored: true }),
         };
         *self.config.lock().unwrap_or_else(|e| e.into_inner()) = cfg;
         if self.workers().is_empty() {
             *self.spec.lock().unwrap_or_else(|e| e.into_inner()) = Some(spec);
             *self.release.lock().unwrap_or_else(|e| e.into_inner()) = Some(release);
-            return self.start_locked().await.map(|_| 0).map_err(|reason| reload::RollFailed { reason, restored: false });
+            return self
+                .start_locked()
+                .await
+                .map(|_| 0)
+                .map_err(|reason| reload::RollFailed { reason, restored: false });
         }
         self.reloading.store(true, SeqCst);
         let slots: Vec<usize> = (0..self.workers().len()).collect();
@@ -448,7 +470,8 @@ impl App {
         let news: Vec<Arc<Worker>> = {
             let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
             let have = workers.len();
-            let news: Vec<Arc<Worker>> = (have..n).map(|i| Worker::start(i as u32, spec.clone(), self.ctx.clone())).collect();
+            let news: Vec<Arc<Worker>> =
+                (have..n).map(|i| Worker::start(i as u32, spec.clone(), self.ctx.clone())).collect();
             workers.extend(news.iter().cloned());
             news
         };
@@ -546,7 +569,8 @@ impl App {
                         if w.len() > want as usize { w.split_off(want as usize) } else { Vec::new() }
                     };
                     let how = self.retire_how();
-                    futures_util::future::join_all(extra.iter().map(|w| w.retire(how, self.ctx.rotation.as_deref()))).await;
+                    futures_util::future::join_all(extra.iter().map(|w| w.retire(how, self.ctx.rotation.as_deref())))
+                        .await;
                     if let Err(e) = self.start_locked().await {
                         tracing::warn!(app = %self.name, error = %e, "scaling up after the reload failed");
                     }
@@ -555,7 +579,11 @@ impl App {
             }
             Err(e) => {
                 *self.config.lock().unwrap_or_else(|e| e.into_inner()) = previous_cfg;
-                let restored = if e.restored { "the previous workers are serving" } else { "some previous workers could not be put back" };
+                let restored = if e.restored {
+                    "the previous workers are serving"
+                } else {
+                    "some previous workers could not be put back"
+                };
                 Err(format!("{}; {restored}", e.reason))
             }
         };
@@ -570,7 +598,9 @@ impl App {
                 tracing::info!(app = %self.name, replaced, duration_ms, "reload done");
                 ReloadOutcome { app: self.name.clone(), ok: true, replaced, duration_ms, env_hash, error: None }
             }
-            Err(e) => ReloadOutcome { app: self.name.clone(), ok: false, replaced: 0, duration_ms, env_hash, error: Some(e) },
+            Err(e) => {
+                ReloadOutcome { app: self.name.clone(), ok: false, replaced: 0, duration_ms, env_hash, error: Some(e) }
+            }
         }
     }
 
@@ -628,7 +658,12 @@ pub fn describe(config: &AgentConfig) -> Vec<String> {
                 (Some(cwd), _) => display(cwd),
                 (None, repo) => format!("the current release of {} ({})", repo.as_deref().unwrap_or("?"), a.branch),
             };
-            format!("{name}: {} x `{}` in {place}, {} front on {port}", a.instances.resolve(), a.start.0.join(" "), a.proxy.as_str())
+            format!(
+                "{name}: {} x `{}` in {place}, {} front on {port}",
+                a.instances.resolve(),
+                a.start.0.join(" "),
+                a.proxy.as_str()
+            )
         })
         .collect()
 }

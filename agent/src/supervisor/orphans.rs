@@ -50,7 +50,8 @@ impl PidRecord {
         let mut reaped = 0;
         for line in text.lines() {
             let mut it = line.split_whitespace();
-            let (Some(Ok(pid)), Some(Ok(start))) = (it.next().map(str::parse::<u32>), it.next().map(str::parse::<u64>)) else {
+            let (Some(Ok(pid)), Some(Ok(start))) = (it.next().map(str::parse::<u32>), it.next().map(str::parse::<u64>))
+            else {
                 continue;
             };
             // The group may outlive its leader; kill it whenever the leader is gone or still ours.

@@ -73,7 +73,8 @@ where
 
 async fn probe_http(port: Option<u16>, path: &str) -> Option<()> {
     let mut s = TcpStream::connect(("127.0.0.1", port?)).await.ok()?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: deployer-agent\r\nConnection: close\r\n\r\n");
+    let req =
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: deployer-agent\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await.ok()?;
     let mut buf = [0u8; 32];
     let mut n = 0;

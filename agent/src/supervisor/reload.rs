@@ -9,9 +9,9 @@
 
 use super::App;
 use super::worker::{Retire, Worker, WorkerSpec};
+use futures_util::future::join_all;
 use nix::sys::signal::Signal;
 use std::sync::Arc;
-use futures_util::future::join_all;
 use std::time::Duration;
 
 /// A roll that stopped, after putting back what it had replaced.
@@ -54,7 +54,11 @@ async fn replace(app: &App, slots: &[usize], spec: &Arc<WorkerSpec>) -> Result<V
     let timeout = spec.ready.timeout + Duration::from_secs(1);
     let results = join_all(news.iter().map(|w| w.wait_ready(timeout))).await;
     if let Some(Err(reason)) = results.into_iter().find(Result::is_err) {
-        let kill = Retire { signal: Signal::SIGKILL, drain_timeout: app.reload_config().drain_timeout.0, kill_timeout: Duration::from_secs(1) };
+        let kill = Retire {
+            signal: Signal::SIGKILL,
+            drain_timeout: app.reload_config().drain_timeout.0,
+            kill_timeout: Duration::from_secs(1),
+        };
         join_all(news.iter().map(|w| w.retire(kill, ctx.rotation.as_deref()))).await;
         return Err(reason);
     }

@@ -1,6 +1,7 @@
 //! Starting one worker process: its own session and process group, death with the agent, the
 //! environment built here and nowhere else, and (in `fd` mode) the shared listener as fd 3.
 
+use crate::config::RunAs;
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr};
 use std::io;
@@ -8,7 +9,6 @@ use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use crate::config::RunAs;
 use tokio::process::{Child, Command};
 
 /// What one worker process is started with.
@@ -106,7 +106,10 @@ const PID_PREFIX: &[u8] = b"LISTEN_PID=";
 
 impl FdExec {
     fn new(program: &Path, l: &Launch, fd: RawFd) -> io::Result<FdExec> {
-        let c = |s: &[u8]| CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in a command or env value"));
+        let c = |s: &[u8]| {
+            CString::new(s)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in a command or env value"))
+        };
         let program = c(program.as_os_str().as_bytes())?;
         let argv: Vec<CString> = l.argv.iter().map(|a| c(a.as_bytes())).collect::<io::Result<_>>()?;
         let mut envp: Vec<CString> = l

@@ -157,7 +157,8 @@ impl Worker {
     /// Wait until the worker is online (ready and in rotation), or say why it is not.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
         let mut rx = self.status.subscribe();
-        let wait = rx.wait_for(|s| matches!(s.state, WorkerState::Online | WorkerState::Errored(_) | WorkerState::Stopped));
+        let wait =
+            rx.wait_for(|s| matches!(s.state, WorkerState::Online | WorkerState::Errored(_) | WorkerState::Stopped));
         match tokio::time::timeout(timeout, wait).await {
             Ok(Ok(s)) => match &s.state {
                 WorkerState::Online => Ok(()),
@@ -181,7 +182,11 @@ impl Worker {
             self.set_state(WorkerState::Draining);
             rot.remove(&b);
             if !b.drain(how.drain_timeout).await {
-                tracing::warn!(worker = self.id, inflight = b.inflight(), "drain_timeout reached; cutting the requests still running");
+                tracing::warn!(
+                    worker = self.id,
+                    inflight = b.inflight(),
+                    "drain_timeout reached; cutting the requests still running"
+                );
             }
         }
         let mut rx = self.status.subscribe();
@@ -222,7 +227,10 @@ impl Worker {
     pub fn to_wire(&self) -> WorkerStatus {
         let s = self.status();
         let u = self.usage.lock().unwrap_or_else(|e| e.into_inner());
-        let running = matches!(s.state, WorkerState::Online | WorkerState::Draining | WorkerState::Stopping | WorkerState::Starting);
+        let running = matches!(
+            s.state,
+            WorkerState::Online | WorkerState::Draining | WorkerState::Stopping | WorkerState::Starting
+        );
         WorkerStatus {
             id: self.id,
             pid: s.pid.filter(|_| running),
@@ -232,7 +240,12 @@ impl Worker {
             uptime_ms: s.started.filter(|_| running).map_or(0, |t| t.elapsed().as_millis() as u64),
             cpu_percent: if running { (u.cpu_percent * 10.0).round() / 10.0 } else { 0.0 },
             rss_bytes: if running { u.rss_bytes } else { 0 },
-            inflight: self.backend.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map_or(0, |b| b.inflight() as u64),
+            inflight: self
+                .backend
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .map_or(0, |b| b.inflight() as u64),
             env_hash: self.spec.env_hash.clone(),
             release: self.spec.release.clone(),
         }
@@ -265,7 +278,10 @@ impl Worker {
             unstable = if started.elapsed() < policy.min_uptime.0 { unstable + 1 } else { 0 };
             self.status.send_modify(|s| s.restarts += 1);
             if unstable >= policy.max_restarts.max(1) {
-                let why = format!("exited {unstable} times in a row, each within {} of starting", humantime::format_duration(policy.min_uptime.0));
+                let why = format!(
+                    "exited {unstable} times in a row, each within {} of starting",
+                    humantime::format_duration(policy.min_uptime.0)
+                );
                 ctx.logs.write(self.id, Stream::Err, &format!("[deployer] {why}; the worker is errored"));
                 tracing::error!("{why}; giving up");
                 self.set_state(WorkerState::Errored(why));
@@ -387,7 +403,12 @@ impl Worker {
     }
 
     /// Wait for the child to exit, sending it the signals `retire` asks for meanwhile.
-    async fn wait_exit(&self, child: &mut Child, pid: u32, kill: &mut watch::Receiver<Option<Signal>>) -> std::io::Result<ExitStatus> {
+    async fn wait_exit(
+        &self,
+        child: &mut Child,
+        pid: u32,
+        kill: &mut watch::Receiver<Option<Signal>>,
+    ) -> std::io::Result<ExitStatus> {
         loop {
             tokio::select! {
                 status = child.wait() => return status,

@@ -73,12 +73,7 @@ pub async fn accepted(
 
 /// Polls the deploy until it is final, printing its events as they appear. Ctrl-C stops the
 /// following, not the deploy. The spinner is gone when this returns.
-async fn follow(
-    ctx: &Context,
-    accepted: &DeployAccepted,
-    kind: &str,
-    timeout: Duration,
-) -> anyhow::Result<Deploy> {
+async fn follow(ctx: &Context, accepted: &DeployAccepted, kind: &str, timeout: Duration) -> anyhow::Result<Deploy> {
     let id = accepted.id;
     let watch = Watch::new(ctx.json, format!("{kind} #{id} of {}", accepted.app));
     tokio::select! {
@@ -93,13 +88,7 @@ async fn follow(
     }
 }
 
-async fn poll(
-    ctx: &Context,
-    id: u64,
-    kind: &str,
-    timeout: Duration,
-    watch: &Watch,
-) -> anyhow::Result<Deploy> {
+async fn poll(ctx: &Context, id: u64, kind: &str, timeout: Duration, watch: &Watch) -> anyhow::Result<Deploy> {
     let deadline = Instant::now() + timeout;
     let mut seen = 0;
     let mut state = String::from("queued");
@@ -133,10 +122,7 @@ async fn poll(
         }
         if Instant::now() >= deadline {
             return Err(Hinted::new(
-                format!(
-                    "{kind} #{id} is still {state} after {}",
-                    humantime::format_duration(timeout)
-                ),
+                format!("{kind} #{id} is still {state} after {}", humantime::format_duration(timeout)),
                 format!(
                     "it goes on on the agent: `deployer show {id}` shows how it went, \
                      `deployer cancel {id}` stops it; --timeout waits longer"
@@ -150,22 +136,15 @@ async fn poll(
 
 /// Failures that may pass: the agent restarting, a connection reset.
 fn is_transient(err: &ClientError) -> bool {
-    matches!(
-        err,
-        ClientError::Unreachable { .. } | ClientError::Broken { .. } | ClientError::TimedOut { .. }
-    )
+    matches!(err, ClientError::Unreachable { .. } | ClientError::Broken { .. } | ClientError::TimedOut { .. })
 }
 
 /// An error of a request about one deploy, with what the command was doing as context, and a
 /// hint that fits when the agent knows no such deploy.
 pub fn about_deploy(err: ClientError, doing: String) -> anyhow::Error {
     match &err {
-        ClientError::Api { status, .. } if *status == StatusCode::NOT_FOUND => {
-            anyhow::Error::new(err).context(Hinted::new(
-                doing,
-                "`deployer history <app>` lists an app's deploys and their ids",
-            ))
-        }
+        ClientError::Api { status, .. } if *status == StatusCode::NOT_FOUND => anyhow::Error::new(err)
+            .context(Hinted::new(doing, "`deployer history <app>` lists an app's deploys and their ids")),
         ClientError::Api { .. } => anyhow::Error::new(err).context(doing),
         _ => err.into(),
     }
@@ -218,7 +197,6 @@ impl Watch {
             None => {}
         }
     }
-
 }
 
 // The spinner is erased before the summary or an error is printed.

@@ -66,7 +66,10 @@ async fn run_fleet(ctx: &Context, fleet: &Fleet, args: &Args) -> anyhow::Result<
         follow(ctx.json, hosts, &fleet.app, args.lines).await?;
         return Ok(ExitCode::SUCCESS);
     }
-    let tails = join_all(hosts.iter().map(|(label, client)| async move { (label.clone().unwrap_or_default(), client.logs(&fleet.app, args.lines).await) })).await;
+    let tails = join_all(hosts.iter().map(|(label, client)| async move {
+        (label.clone().unwrap_or_default(), client.logs(&fleet.app, args.lines).await)
+    }))
+    .await;
     let mut merged: Vec<(String, LogLine)> = Vec::new();
     let mut failed = 0;
     for (label, tail) in tails {
@@ -160,13 +163,8 @@ fn host_line(host: &str, width: usize, app: &str, line: &LogLine) -> String {
 }
 
 /// Colours that tell workers apart in the prefix.
-const WORKER_COLOURS: [AnsiColor; 5] = [
-    AnsiColor::Cyan,
-    AnsiColor::Green,
-    AnsiColor::Magenta,
-    AnsiColor::Yellow,
-    AnsiColor::Blue,
-];
+const WORKER_COLOURS: [AnsiColor; 5] =
+    [AnsiColor::Cyan, AnsiColor::Green, AnsiColor::Magenta, AnsiColor::Yellow, AnsiColor::Blue];
 
 /// `web-0    | line` for stdout, `web-1 err| line` for stderr, prefixes padded to one width.
 /// Styled with ANSI codes, which `anstream` strips when stdout is not a terminal.
@@ -203,19 +201,9 @@ mod tests {
     fn lines_are_prefixed_by_worker_and_stream() {
         let logs = LogLines {
             app: "web".into(),
-            lines: vec![
-                line(0, "out", "listening on 9000"),
-                line(1, "err", "boom"),
-                line(10, "out", "hi"),
-            ],
+            lines: vec![line(0, "out", "listening on 9000"), line(1, "err", "boom"), line(10, "out", "hi")],
         };
-        let plain: Vec<String> = render(&logs)
-            .iter()
-            .map(|l| anstream::adapter::strip_str(l).to_string())
-            .collect();
-        assert_eq!(
-            plain,
-            ["web-0     | listening on 9000", "web-1  err| boom", "web-10    | hi"]
-        );
+        let plain: Vec<String> = render(&logs).iter().map(|l| anstream::adapter::strip_str(l).to_string()).collect();
+        assert_eq!(plain, ["web-0     | listening on 9000", "web-1  err| boom", "web-10    | hi"]);
     }
 }

@@ -25,9 +25,7 @@ pub async fn answer(
     request: impl Future<Output = Result<Deploy, ClientError>>,
     describe: impl FnOnce(&Deploy),
 ) -> anyhow::Result<ExitCode> {
-    let deploy = request
-        .await
-        .map_err(|err| follow::about_deploy(err, format!("cannot {verb} deploy #{id}")))?;
+    let deploy = request.await.map_err(|err| follow::about_deploy(err, format!("cannot {verb} deploy #{id}")))?;
     if ctx.json {
         output::print_json(&deploy)?;
     } else {

@@ -4,10 +4,10 @@
 use std::process::ExitCode;
 
 use super::Context;
+use crate::fleet::git;
 use crate::fleet::lock::{self, LockOutcome};
 use crate::fleet::progress::Board;
 use crate::fleet::rollout::{Action, Plan};
-use crate::fleet::git;
 use crate::output::{self, DIM, fleet as fleet_output, short_sha};
 use crate::report::Hinted;
 
@@ -38,7 +38,10 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
     let fleet = ctx.fleet(&args.env, args.app.as_deref())?;
     let git_ref = args.git_ref.clone().unwrap_or_else(|| "HEAD".into());
     let sha = git::resolve(&fleet.repo_dir, &git_ref).map_err(|e| {
-        anyhow::Error::new(e).context(Hinted::new(format!("cannot push `{git_ref}`"), "name a branch, a tag or a commit of this repository with --ref"))
+        anyhow::Error::new(e).context(Hinted::new(
+            format!("cannot push `{git_ref}`"),
+            "name a branch, a tag or a commit of this repository with --ref",
+        ))
     })?;
     if git::remote_branches_containing(&fleet.repo_dir, &sha).is_empty() {
         output::print_warning(&format!(
@@ -54,7 +57,11 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
     let held = lock::acquire(lock_client, &fleet.name, holder, !args.no_wait, |busy| {
         if !json {
             let since = output::human_age(output::now_ms().saturating_sub(busy.since_ms));
-            anstream::eprintln!("{DIM}waiting for the push lock of `{}`: held by {} since {since}{DIM:#}", fleet.name, busy.holder);
+            anstream::eprintln!(
+                "{DIM}waiting for the push lock of `{}`: held by {} since {since}{DIM:#}",
+                fleet.name,
+                busy.holder
+            );
         }
     })
     .await;
@@ -69,7 +76,11 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
             .into());
         }
         Err(e) => {
-            output::print_warning(&format!("cannot take the push lock on {}: {}; pushing without it", fleet.hosts[0].0.label(), crate::fleet::rollout::reason(&e)));
+            output::print_warning(&format!(
+                "cannot take the push lock on {}: {}; pushing without it",
+                fleet.hosts[0].0.label(),
+                crate::fleet::rollout::reason(&e)
+            ));
             None
         }
     };
@@ -116,12 +127,22 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
         anstream::println!("{}", fleet_output::rollout_table(&results, output::stdout_colour()));
         let live = results.iter().filter(|r| r.is_live()).count();
         if all_live {
-            output::print_success(&format!("{} is live on {} on all {} hosts of {}", fleet.app, short_sha(&sha), results.len(), fleet.name));
+            output::print_success(&format!(
+                "{} is live on {} on all {} hosts of {}",
+                fleet.app,
+                short_sha(&sha),
+                results.len(),
+                fleet.name
+            ));
         } else {
             let style = output::FAILURE;
-            anstream::println!("{style}✗{style:#} {live} of {} hosts of {} are live on {}", results.len(), fleet.name, short_sha(&sha));
+            anstream::println!(
+                "{style}✗{style:#} {live} of {} hosts of {} are live on {}",
+                results.len(),
+                fleet.name,
+                short_sha(&sha)
+            );
         }
     }
     Ok(if all_live { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
-

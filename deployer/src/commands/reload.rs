@@ -9,9 +9,9 @@ use super::Context;
 use crate::client::ClientError;
 use crate::fleet::Fleet;
 use crate::fleet::rollout::reason;
+use crate::output::{self, DIM};
 use futures_util::StreamExt;
 use serde::Serialize;
-use crate::output::{self, DIM};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -93,8 +93,22 @@ async fn run_fleet(ctx: &Context, fleet: &Fleet, update_env: bool) -> anyhow::Re
             let started = std::time::Instant::now();
             let host = client.agent();
             match client.reload(&fleet.app, &request).await {
-                Ok(o) => HostReload { host, app: fleet.app.clone(), ok: o.ok, replaced: o.replaced, duration_ms: o.duration_ms, error: o.error },
-                Err(e) => HostReload { host, app: fleet.app.clone(), ok: false, replaced: 0, duration_ms: started.elapsed().as_millis() as u64, error: Some(reason(&e)) },
+                Ok(o) => HostReload {
+                    host,
+                    app: fleet.app.clone(),
+                    ok: o.ok,
+                    replaced: o.replaced,
+                    duration_ms: o.duration_ms,
+                    error: o.error,
+                },
+                Err(e) => HostReload {
+                    host,
+                    app: fleet.app.clone(),
+                    ok: false,
+                    replaced: 0,
+                    duration_ms: started.elapsed().as_millis() as u64,
+                    error: Some(reason(&e)),
+                },
             }
         }
     }))
@@ -106,7 +120,13 @@ async fn run_fleet(ctx: &Context, fleet: &Fleet, update_env: bool) -> anyhow::Re
     } else {
         for r in &results {
             if r.ok {
-                output::print_success(&format!("{}: reloaded {}, {} replaced in {}", r.host, r.app, output::count(r.replaced, "worker"), output::human_elapsed(r.duration_ms)));
+                output::print_success(&format!(
+                    "{}: reloaded {}, {} replaced in {}",
+                    r.host,
+                    r.app,
+                    output::count(r.replaced, "worker"),
+                    output::human_elapsed(r.duration_ms)
+                ));
             } else {
                 let style = output::FAILURE;
                 anstream::println!("{style}✗{style:#} {}: {}", r.host, r.error.as_deref().unwrap_or("failed"));

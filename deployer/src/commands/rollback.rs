@@ -39,10 +39,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
         Err(err @ ClientError::Api { status: StatusCode::NOT_FOUND, .. }) => {
             return Err(anyhow::Error::new(err).context(Hinted::new(
                 format!("cannot roll `{}` back", args.app),
-                format!(
-                    "`deployer releases {}` lists its releases; `deployer ls` lists the apps",
-                    args.app
-                ),
+                format!("`deployer releases {}` lists its releases; `deployer ls` lists the apps", args.app),
             )));
         }
         Err(err) => return Err(err.into()),

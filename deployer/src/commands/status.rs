@@ -8,7 +8,10 @@ use futures_util::future::join_all;
 use super::Context;
 use crate::client::Client;
 use crate::fleet::rollout::reason;
-use crate::output::{self, fleet::{HostStatus, LastDeploy, status_table}};
+use crate::output::{
+    self,
+    fleet::{HostStatus, LastDeploy, status_table},
+};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

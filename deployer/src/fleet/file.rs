@@ -127,23 +127,42 @@ impl FleetFile {
         file.path = path.to_path_buf();
         for (name, env) in &file.environments {
             // At the key, else at its environment; `(0, 0)` (no place) when neither is written.
-            let at = |key: &str| locate::key(text, &["environments", name, key]).or_else(|| locate::key(text, &["environments", name])).unwrap_or((0, 0));
+            let at = |key: &str| {
+                locate::key(text, &["environments", name, key])
+                    .or_else(|| locate::key(text, &["environments", name]))
+                    .unwrap_or((0, 0))
+            };
             if env.hosts.is_empty() {
                 let (line, col) = at("hosts");
-                return Err(FileError::at(path, line, col, format!("environment `{name}` has no hosts"), Some("write `hosts: [http://127.0.0.1:7070]`, one agent URL per host".into())));
-            }
-            if env.rollout.canary >= env.hosts.len() && env.rollout.canary > 0 {
-                let (line, col) = locate::key(text, &["environments", name, "rollout", "canary"]).unwrap_or_else(|| at("rollout"));
                 return Err(FileError::at(
                     path,
                     line,
                     col,
-                    format!("environment `{name}` has {} hosts, so `canary: {}` leaves none for the rollout", env.hosts.len(), env.rollout.canary),
+                    format!("environment `{name}` has no hosts"),
+                    Some("write `hosts: [http://127.0.0.1:7070]`, one agent URL per host".into()),
+                ));
+            }
+            if env.rollout.canary >= env.hosts.len() && env.rollout.canary > 0 {
+                let (line, col) =
+                    locate::key(text, &["environments", name, "rollout", "canary"]).unwrap_or_else(|| at("rollout"));
+                return Err(FileError::at(
+                    path,
+                    line,
+                    col,
+                    format!(
+                        "environment `{name}` has {} hosts, so `canary: {}` leaves none for the rollout",
+                        env.hosts.len(),
+                        env.rollout.canary
+                    ),
                     Some(format!("write `canary: {}` or fewer", env.hosts.len().saturating_sub(1))),
                 ));
             }
             // The value is not echoed: it may be a token pasted in by mistake.
-            if env.token_env.as_ref().is_some_and(|v| v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')) {
+            if env
+                .token_env
+                .as_ref()
+                .is_some_and(|v| v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+            {
                 let (line, col) = at("token_env");
                 return Err(FileError::at(path, line, col, format!("environment `{name}`: `token_env` is not an environment variable name"), Some("write the variable's name (letters, digits, `_`), like `token_env: DEPLOYER_PROD_TOKEN`, never the token".into())));
             }
@@ -177,7 +196,9 @@ impl FleetFile {
 fn yaml_error(path: &Path, e: serde_yaml_ng::Error) -> FileError {
     let mut err = FileError::from_yaml(path, e);
     if err.hint.is_none() && err.message.contains("missing field `environments`") {
-        err.hint = Some("add `environments:` with at least one, e.g. `staging: { hosts: [http://127.0.0.1:7070] }`".to_owned());
+        err.hint = Some(
+            "add `environments:` with at least one, e.g. `staging: { hosts: [http://127.0.0.1:7070] }`".to_owned(),
+        );
     }
     err
 }
@@ -216,7 +237,10 @@ mod tests {
 
     #[test]
     fn unknown_keys_name_the_place_and_the_fix() {
-        let e = parse("app: web\nenvironments:\n  prod:\n    hosts: [http://a:1]\n    rollout: { canary: 0, max_paralel: 2 }\n").unwrap_err();
+        let e = parse(
+            "app: web\nenvironments:\n  prod:\n    hosts: [http://a:1]\n    rollout: { canary: 0, max_paralel: 2 }\n",
+        )
+        .unwrap_err();
         let shown = e.to_string();
         assert!(shown.starts_with("deployer.yaml:5:"), "{shown}");
         assert!(shown.contains("unknown field `max_paralel`"), "{shown}");
@@ -232,7 +256,9 @@ mod tests {
 
     #[test]
     fn hosts_must_be_agent_urls() {
-        let e = parse("environments:\n  prod:\n    hosts:\n      - http://a:1\n      - 10.0.0.5:7070\n").unwrap_err().to_string();
+        let e = parse("environments:\n  prod:\n    hosts:\n      - http://a:1\n      - 10.0.0.5:7070\n")
+            .unwrap_err()
+            .to_string();
         // serde_yaml_ng places a wrong element at the start of its list.
         assert!(e.starts_with("deployer.yaml:4:7: environments.prod.hosts: host `10.0.0.5:7070` has no scheme"), "{e}");
         assert!(e.contains("write `http://10.0.0.5:7070`"), "{e}");
@@ -240,15 +266,26 @@ mod tests {
 
     #[test]
     fn rollout_numbers_are_checked_where_written() {
-        let e = parse("environments:\n  prod:\n    hosts: [http://a:1]\n    rollout:\n      canary: 1\n").unwrap_err().to_string();
+        let e = parse("environments:\n  prod:\n    hosts: [http://a:1]\n    rollout:\n      canary: 1\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("deployer.yaml:5:7: environment `prod` has 1 hosts"), "{e}");
         assert!(e.contains("hint: write `canary: 0` or fewer"), "{e}");
-        let e = parse("environments:\n  prod:\n    hosts: [http://a:1]\n    rollout: { canary: 1 }\n").unwrap_err().to_string();
+        let e = parse("environments:\n  prod:\n    hosts: [http://a:1]\n    rollout: { canary: 1 }\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("deployer.yaml:4:16: environment `prod` has 1 hosts"), "{e}");
-        let e = parse("environments:\n  prod:\n    hosts: [http://a:1]\n    rollout: { max_parallel: 0 }\n").unwrap_err().to_string();
+        let e = parse("environments:\n  prod:\n    hosts: [http://a:1]\n    rollout: { max_parallel: 0 }\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("deployer.yaml:4:"), "{e}");
-        let e = parse("environments:\n  prod:\n    hosts: [http://a:1]\n    token_env: \"s3cr3t-token!\"\n").unwrap_err().to_string();
-        assert!(e.starts_with("deployer.yaml:4:5: environment `prod`: `token_env` is not an environment variable name"), "{e}");
+        let e = parse("environments:\n  prod:\n    hosts: [http://a:1]\n    token_env: \"s3cr3t-token!\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("deployer.yaml:4:5: environment `prod`: `token_env` is not an environment variable name"),
+            "{e}"
+        );
         assert!(!e.contains("s3cr3t"), "the value may be a secret: {e}");
         let e = parse("environments:\n  prod:\n    hosts: []\n").unwrap_err().to_string();
         assert!(e.starts_with("deployer.yaml:3:5: environment `prod` has no hosts"), "{e}");

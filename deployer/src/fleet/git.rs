@@ -27,7 +27,8 @@ pub fn work_tree_root(dir: &Path) -> Option<PathBuf> {
 pub fn resolve(dir: &Path, git_ref: &str) -> Result<String, GitError> {
     // `--end-of-options`: a ref that starts with `-` is a ref, not an option.
     let spec = format!("{git_ref}^{{commit}}");
-    let out = git(dir, &["rev-parse", "--verify", "--quiet", "--end-of-options", &spec]).map_err(GitError::NotRunnable)?;
+    let out =
+        git(dir, &["rev-parse", "--verify", "--quiet", "--end-of-options", &spec]).map_err(GitError::NotRunnable)?;
     let sha = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     if !out.status.success() || sha.len() < 40 {
         let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();

@@ -35,14 +35,17 @@ pub enum LockOutcome {
 
 /// The lock's name for environment `env`.
 pub fn name(env: &str) -> String {
-    let safe: String = env.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }).collect();
+    let safe: String =
+        env.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }).collect();
     format!("push-{safe}")
 }
 
 /// Who we are, as the other pusher sees it: `ana@laptop (pid 4242)`.
 pub fn holder(what: &str) -> String {
     let user = std::env::var("USER").or_else(|_| std::env::var("USERNAME")).unwrap_or_else(|_| "someone".into());
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "somewhere".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "somewhere".into());
     format!("{user}@{host} ({what}, pid {})", std::process::id())
 }
 
@@ -60,7 +63,13 @@ impl std::fmt::Debug for PushLock {
 
 /// Takes the lock; when busy, calls `waiting` with its holder and tries again until it is free
 /// (or answers [`LockOutcome::Busy`] at once when `wait` is false).
-pub async fn acquire(client: &Client, env: &str, holder: String, wait: bool, mut waiting: impl FnMut(&LockStatus)) -> Result<LockOutcome, ClientError> {
+pub async fn acquire(
+    client: &Client,
+    env: &str,
+    holder: String,
+    wait: bool,
+    mut waiting: impl FnMut(&LockStatus),
+) -> Result<LockOutcome, ClientError> {
     let name = name(env);
     let request = LockRequest { holder, lease: lease_id(), ttl_ms: TTL.as_millis() as u64 };
     let mut told: Option<(String, u64)> = None;
@@ -98,7 +107,11 @@ impl PushLock {
     pub async fn release(self) {
         self.renewing.abort();
         if let Err(e) = self.client.unlock(&self.name, &self.lease).await {
-            crate::output::print_warning(&format!("cannot release the push lock `{}` (it lapses within {}s): {e}", self.name, TTL.as_secs()));
+            crate::output::print_warning(&format!(
+                "cannot release the push lock `{}` (it lapses within {}s): {e}",
+                self.name,
+                TTL.as_secs()
+            ));
         }
     }
 }

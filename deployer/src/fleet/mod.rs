@@ -31,7 +31,13 @@ pub struct Fleet {
 impl Fleet {
     /// Clients for every host of `name`, with the environment's token (`token_env`, else
     /// `default_token_env`). `app` (from `--app`) wins over the file's.
-    pub fn open(file: &FleetFile, name: &str, app: Option<&str>, base: &Client, default_token_env: &str) -> anyhow::Result<Fleet> {
+    pub fn open(
+        file: &FleetFile,
+        name: &str,
+        app: Option<&str>,
+        base: &Client,
+        default_token_env: &str,
+    ) -> anyhow::Result<Fleet> {
         let env = file.environment(name).ok_or_else(|| unknown_environment(file, name))?.clone();
         let app = app.map(str::to_owned).or_else(|| env.app.clone()).or_else(|| file.app.clone()).ok_or_else(|| {
             Hinted::new(
@@ -47,11 +53,17 @@ impl Fleet {
             Some(ca) => {
                 let path = dir.join(ca);
                 let pem = std::fs::read(&path).map_err(|e| {
-                    Hinted::new(format!("cannot read `ca_cert` `{}` of environment `{name}`: {e}", path.display()), "name a PEM file, relative to deployer.yaml")
+                    Hinted::new(
+                        format!("cannot read `ca_cert` `{}` of environment `{name}`: {e}", path.display()),
+                        "name a PEM file, relative to deployer.yaml",
+                    )
                 })?;
                 let first = env.hosts[0].0.clone();
                 Client::with_ca(first, token.clone(), &pem).map_err(|e| {
-                    Hinted::new(format!("`{}` is not a PEM certificate: {e}", path.display()), "write the CA's (or the agent's self-signed) certificate in PEM form")
+                    Hinted::new(
+                        format!("`{}` is not a PEM certificate: {e}", path.display()),
+                        "write the CA's (or the agent's self-signed) certificate in PEM form",
+                    )
                 })?
             }
         };

@@ -33,7 +33,11 @@ impl Board {
         } else {
             Mode::Lines
         };
-        let multi = MultiProgress::with_draw_target(if mode == Mode::Bars { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() });
+        let multi = MultiProgress::with_draw_target(if mode == Mode::Bars {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        });
         let width = labels.iter().map(String::len).max().unwrap_or(0);
         Board { mode, multi, width }
     }
@@ -41,7 +45,8 @@ impl Board {
     /// The line of one host, waiting to start.
     pub fn host(&self, label: &str) -> HostLine {
         let bar = (self.mode == Mode::Bars).then(|| {
-            let style = ProgressStyle::with_template("{spinner:.cyan} {prefix:.bold} {msg} {elapsed:.dim}").unwrap_or_else(|_| ProgressStyle::default_spinner());
+            let style = ProgressStyle::with_template("{spinner:.cyan} {prefix:.bold} {msg} {elapsed:.dim}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner());
             let bar = self.multi.add(ProgressBar::new_spinner().with_style(style));
             bar.set_prefix(format!("{label:<w$}", w = self.width));
             bar.set_message(format!("{DIM}waiting{DIM:#}"));

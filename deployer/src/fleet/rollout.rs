@@ -178,14 +178,22 @@ impl Plan<'_> {
             while running.len() < parallel {
                 let Some((i, line)) = pending.next() else { break };
                 let to = results[i].previous_release.clone();
-                let back = Plan { hosts: self.hosts, app: self.app, action: Action::Rollback { to }, rollout: self.rollout.clone() };
+                let back = Plan {
+                    hosts: self.hosts,
+                    app: self.app,
+                    action: Action::Rollback { to },
+                    rollout: self.rollout.clone(),
+                };
                 running.push(async move { (i, back.one(i, false, line).await) });
             }
             let Some((i, back)) = running.next().await else { break };
             let r = &mut results[i];
             if back.is_live() {
                 r.state = "reverted".into();
-                r.message = Some(format!("went live, then was put back on {} (rollback_on_failure)", back.release.as_deref().unwrap_or("its previous release")));
+                r.message = Some(format!(
+                    "went live, then was put back on {} (rollback_on_failure)",
+                    back.release.as_deref().unwrap_or("its previous release")
+                ));
             } else {
                 r.message = Some(format!("went live; putting it back failed: {}", back.message.unwrap_or_default()));
             }
@@ -207,7 +215,13 @@ impl Plan<'_> {
         let result = match r {
             Ok(()) => result,
             Err(e) => {
-                let state = if matches!(e, ClientError::Unreachable { .. }) { "unreachable" } else if matches!(e, ClientError::Api { .. }) { "error" } else { "failed" };
+                let state = if matches!(e, ClientError::Unreachable { .. }) {
+                    "unreachable"
+                } else if matches!(e, ClientError::Api { .. }) {
+                    "error"
+                } else {
+                    "failed"
+                };
                 let message = reason(&e);
                 result.failed(state, message)
             }
@@ -275,7 +289,9 @@ pub async fn follow(client: &Client, id: u64, line: &HostLine) -> Result<Deploy,
             other => {
                 let since = *broken_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= RECONNECT_GRACE {
-                    return Err(other.err().unwrap_or_else(|| ClientError::TimedOut { agent: client.agent(), after: RECONNECT_GRACE }));
+                    return Err(other
+                        .err()
+                        .unwrap_or_else(|| ClientError::TimedOut { agent: client.agent(), after: RECONNECT_GRACE }));
                 }
             }
         }

@@ -8,9 +8,7 @@ use anstyle::{AnsiColor, Style};
 use comfy_table::{Attribute, Cell, Color, Table};
 use deployer_wire::{Deploy, DeployAccepted, DeployEvent, Release};
 
-use super::{
-    DIM, FAILURE, SUCCESS, human_age, human_duration, new_table, one_line, short_sha,
-};
+use super::{DIM, FAILURE, SUCCESS, human_age, human_duration, new_table, one_line, short_sha};
 
 /// The width of the state column of event lines: the longest states (`rolled_back`,
 /// `interrupted`) fit.
@@ -66,16 +64,12 @@ pub fn event_line(event: &DeployEvent) -> String {
         "log" => ("", Style::new()),
         state => (state, state_style(state)),
     };
-    format!("  {style}{state:<STATE_WIDTH$}{style:#} {}", event.message)
-        .trim_end()
-        .to_owned()
+    format!("  {style}{state:<STATE_WIDTH$}{style:#} {}", event.message).trim_end().to_owned()
 }
 
 /// How long a deploy took, once it is over.
 fn took(deploy: &Deploy) -> Option<String> {
-    deploy
-        .finished_at_ms
-        .map(|end| human_duration(end.saturating_sub(deploy.queued_at_ms)))
+    deploy.finished_at_ms.map(|end| human_duration(end.saturating_sub(deploy.queued_at_ms)))
 }
 
 /// The last words of a followed deploy: `✓ web is live on 1a2b3c4 (release 12-1a2b3c4) in 8.2s`,
@@ -115,13 +109,8 @@ pub fn summary(deploy: &Deploy) -> Vec<String> {
 /// tail of its install output.
 pub fn details(deploy: &Deploy, now_ms: u64) -> Vec<String> {
     let style = state_style(&deploy.state);
-    let mut lines = vec![format!(
-        "{} #{} of {}: {style}{}{style:#}",
-        noun(deploy),
-        deploy.id,
-        deploy.app,
-        deploy.state
-    )];
+    let mut lines =
+        vec![format!("{} #{} of {}: {style}{}{style:#}", noun(deploy), deploy.id, deploy.app, deploy.state)];
     let mut field = |name: &str, value: &str| lines.push(format!("  {DIM}{name:<9}{DIM:#}{value}"));
     field("ref", &deploy.git_ref);
     if let Some(sha) = &deploy.sha {
@@ -160,10 +149,8 @@ pub fn details(deploy: &Deploy, now_ms: u64) -> Vec<String> {
 
 /// One row per deploy, newest first as the agent answers them.
 pub fn history_table(deploys: &[Deploy], now_ms: u64, colour: bool) -> Table {
-    let mut table = new_table(
-        ["id", "state", "ref", "sha", "release", "trigger", "who", "age", "duration", "message"],
-        colour,
-    );
+    let mut table =
+        new_table(["id", "state", "ref", "sha", "release", "trigger", "who", "age", "duration", "message"], colour);
     for deploy in deploys {
         let dash = || "-".to_owned();
         let duration = took(deploy).unwrap_or_else(|| {
@@ -275,7 +262,8 @@ mod tests {
             accepted_line(&accepted, "rollback", Some("rollback:11-1a2b3c4")),
             "queued rollback #12 of web (11-1a2b3c4)"
         );
-        let noop = DeployAccepted { state: "live".into(), message: Some("web is already live on 1a2b3c4".into()), ..accepted };
+        let noop =
+            DeployAccepted { state: "live".into(), message: Some("web is already live on 1a2b3c4".into()), ..accepted };
         assert_eq!(accepted_line(&noop, "deploy", Some("main")), "web is already live on 1a2b3c4");
     }
 
@@ -348,10 +336,7 @@ mod tests {
             ["id", "state", "ref", "sha", "release", "trigger", "who", "age", "duration", "message"]
         );
         assert_eq!(cells(lines[3]), ["13", "building", "main", "-", "-", "cli", "alice", "3m ago", "3m00s…"]);
-        assert_eq!(
-            cells(lines[4]),
-            ["12", "live", "main", "1a2b3c4", "12-1a2b3c4", "cli", "alice", "3m ago", "8.2s"]
-        );
+        assert_eq!(cells(lines[4]), ["12", "live", "main", "1a2b3c4", "12-1a2b3c4", "cli", "alice", "3m ago", "8.2s"]);
         let row = cells(lines[5]);
         assert_eq!(row[..9], ["11", "failed", "main", "1a2b3c4", "11-1a2b3c4", "cli", "-", "3m ago", "8.2s"]);
         assert_eq!(row[9].chars().count(), MESSAGE_WIDTH, "{}", row[9]);

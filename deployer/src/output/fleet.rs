@@ -24,7 +24,11 @@ pub fn rollout_table(results: &[HostResult], colour: bool) -> Table {
     let mut table = new_table(["host", "state", "sha", "release", "duration", "message"], colour);
     for r in results {
         let host = if r.canary { format!("{} (canary)", r.host) } else { r.host.clone() };
-        let message = if r.is_live() { r.message.as_deref().filter(|m| m.contains("already live")).unwrap_or("") } else { r.message.as_deref().unwrap_or("") };
+        let message = if r.is_live() {
+            r.message.as_deref().filter(|m| m.contains("already live")).unwrap_or("")
+        } else {
+            r.message.as_deref().unwrap_or("")
+        };
         table.add_row(vec![
             Cell::new(host),
             state_cell(&r.state),
@@ -90,10 +94,19 @@ pub fn status_table(hosts: &[HostStatus], now_ms: u64, colour: bool) -> Table {
             continue;
         }
         let last = h.last_deploy.as_ref().map_or_else(dash, |d| {
-            format!("#{} {} {}", d.id, d.state, human_age(now_ms.saturating_sub(d.finished_at_ms.unwrap_or(d.queued_at_ms))))
+            format!(
+                "#{} {} {}",
+                d.id,
+                d.state,
+                human_age(now_ms.saturating_sub(d.finished_at_ms.unwrap_or(d.queued_at_ms)))
+            )
         });
         let workers = format!("{}/{}", h.workers_up, h.workers_total);
-        let workers = if h.workers_up == h.workers_total { Cell::new(workers).fg(Color::Green) } else { Cell::new(workers).fg(Color::Yellow) };
+        let workers = if h.workers_up == h.workers_total {
+            Cell::new(workers).fg(Color::Green)
+        } else {
+            Cell::new(workers).fg(Color::Yellow)
+        };
         let state = h.app_state.clone().or_else(|| h.error.clone()).unwrap_or_else(dash);
         table.add_row(vec![
             Cell::new(&h.host),

@@ -13,14 +13,8 @@ fn push_is_a_push() {
     assert_eq!(push.delivery, "7d4cf0a5-4c88-4b4d-9e3d-6f0e7fb3d2a9");
     assert_eq!(push.repo.as_deref(), Some("acme/shop"));
     assert_eq!(push.branch, "main");
-    assert_eq!(
-        push.before.unwrap().as_str(),
-        "4c1b6e3f0a9d8e7c6b5a4f3e2d1c0b9a8f7e6d5c"
-    );
-    assert_eq!(
-        push.after.as_str(),
-        "e3d2a9f1c8b7a6e5d4c3b2a1f0e9d8c7b6a5f4e3"
-    );
+    assert_eq!(push.before.unwrap().as_str(), "4c1b6e3f0a9d8e7c6b5a4f3e2d1c0b9a8f7e6d5c");
+    assert_eq!(push.after.as_str(), "e3d2a9f1c8b7a6e5d4c3b2a1f0e9d8c7b6a5f4e3");
     assert_eq!(push.pusher.as_deref(), Some("alice"));
     assert_eq!(push.commits, 1);
 }
@@ -58,25 +52,15 @@ fn older_gitea_without_total_commits_counts_the_list() {
 #[test]
 fn wrong_secret_is_unauthorized() {
     let delivery = Delivery::gitea("push", &fixture("gitea_push")).signed(b"wrong");
-    assert_eq!(
-        delivery.rejected(),
-        Rejection::BadSignature {
-            header: "X-Gitea-Signature".into()
-        }
-    );
+    assert_eq!(delivery.rejected(), Rejection::BadSignature { header: "X-Gitea-Signature".into() });
 }
 
 #[test]
 fn github_style_prefix_is_malformed_for_gitea() {
     let delivery = Delivery::gitea("push", &fixture("gitea_push"));
     let (_, signature) = Provider::GitHub.sign(SECRET, &delivery.body);
-    let delivery = delivery
-        .without("X-Gitea-Signature")
-        .header("X-Gitea-Signature", signature);
-    assert!(matches!(
-        delivery.rejected(),
-        Rejection::MalformedSignature { .. }
-    ));
+    let delivery = delivery.without("X-Gitea-Signature").header("X-Gitea-Signature", signature);
+    assert!(matches!(delivery.rejected(), Rejection::MalformedSignature { .. }));
 }
 
 #[test]
@@ -85,12 +69,7 @@ fn github_signature_header_from_gitea_is_not_read() {
     let delivery = Delivery::gitea("push", &fixture("gitea_push"));
     let (name, value) = Provider::GitHub.sign(SECRET, &delivery.body);
     let delivery = delivery.without("X-Gitea-Signature").header(name, value);
-    assert_eq!(
-        delivery.rejected(),
-        Rejection::MissingSignature {
-            header: "X-Gitea-Signature".into()
-        }
-    );
+    assert_eq!(delivery.rejected(), Rejection::MissingSignature { header: "X-Gitea-Signature".into() });
 }
 
 #[test]
@@ -98,12 +77,7 @@ fn tag_push_is_ignored() {
     let mut body = fixture("gitea_push");
     set(&mut body, "ref", json!("refs/tags/v0.9.1"));
     let (reason, _) = Delivery::gitea("push", &body).ignored();
-    assert_eq!(
-        reason,
-        IgnoreReason::TagPush {
-            tag: "v0.9.1".into()
-        }
-    );
+    assert_eq!(reason, IgnoreReason::TagPush { tag: "v0.9.1".into() });
 }
 
 #[test]
@@ -111,12 +85,7 @@ fn create_and_delete_events_are_ignored() {
     for event in ["create", "delete"] {
         let body = json!({"ref": "main", "ref_type": "branch", "sha": "e3d2a9f1c8b7a6e5d4c3b2a1f0e9d8c7b6a5f4e3"});
         let (reason, _) = Delivery::gitea(event, &body).ignored();
-        assert_eq!(
-            reason,
-            IgnoreReason::UnsupportedEvent {
-                event: event.into()
-            }
-        );
+        assert_eq!(reason, IgnoreReason::UnsupportedEvent { event: event.into() });
     }
 }
 
@@ -125,11 +94,5 @@ fn push_to_another_branch_is_ignored() {
     let mut body = fixture("gitea_push");
     set(&mut body, "ref", json!("refs/heads/renovate/serde-1.x"));
     let (reason, _) = Delivery::gitea("push", &body).ignored();
-    assert_eq!(
-        reason,
-        IgnoreReason::OtherBranch {
-            branch: "renovate/serde-1.x".into(),
-            watching: "main".into()
-        }
-    );
+    assert_eq!(reason, IgnoreReason::OtherBranch { branch: "renovate/serde-1.x".into(), watching: "main".into() });
 }

@@ -32,9 +32,7 @@ fn provider() -> impl Strategy<Value = Provider> {
         Just(Provider::GitHub),
         Just(Provider::GitLab),
         Just(Provider::Gitea),
-        Just(Provider::Generic {
-            header: "X-Signature".into()
-        }),
+        Just(Provider::Generic { header: "X-Signature".into() }),
     ]
 }
 
@@ -57,18 +55,8 @@ fn header_value() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         prop::collection::vec(any::<u8>(), 0..80),
         "(sha256=|sha1=|SHA256=)?[0-9a-fA-F]{0,70}".prop_map(String::into_bytes),
-        prop::sample::select(
-            &[
-                "push",
-                "ping",
-                "Push Hook",
-                "Tag Push Hook",
-                "issues",
-                "",
-                " push "
-            ][..]
-        )
-        .prop_map(|s| s.as_bytes().to_vec()),
+        prop::sample::select(&["push", "ping", "Push Hook", "Tag Push Hook", "issues", "", " push "][..])
+            .prop_map(|s| s.as_bytes().to_vec()),
         "[ -~]{0,140}".prop_map(String::into_bytes),
     ]
 }
@@ -90,8 +78,7 @@ fn json_value() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::from),
         any::<i64>().prop_map(Value::from),
-        any::<f64>()
-            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
         ".{0,20}".prop_map(Value::from),
     ];
     leaf.prop_recursive(4, 64, 8, |inner| {
@@ -99,18 +86,8 @@ fn json_value() -> impl Strategy<Value = Value> {
             prop::collection::vec(inner.clone(), 0..8).prop_map(Value::from),
             prop::collection::btree_map(
                 prop::sample::select(
-                    &[
-                        "ref",
-                        "after",
-                        "before",
-                        "deleted",
-                        "commits",
-                        "repository",
-                        "pusher",
-                        "full_name",
-                        "name",
-                        "x"
-                    ][..]
+                    &["ref", "after", "before", "deleted", "commits", "repository", "pusher", "full_name", "name", "x"]
+                        [..]
                 )
                 .prop_map(str::to_owned),
                 inner,
@@ -148,77 +125,49 @@ fn push_payload() -> impl Strategy<Value = Value> {
         optional(sha().boxed()),
         optional(any::<bool>().prop_map(Value::from).boxed()),
         optional(json_value().boxed()),
-        optional(
-            prop::collection::vec(json_value(), 0..4)
-                .prop_map(Value::from)
-                .boxed(),
-        ),
+        optional(prop::collection::vec(json_value(), 0..4).prop_map(Value::from).boxed()),
         optional(any::<i64>().prop_map(Value::from).boxed()),
-        optional(
-            ".{0,12}"
-                .prop_map(|s| json!({"full_name": s, "login": s, "name": s}))
-                .boxed(),
-        ),
-        prop::option::of(prop::sample::select(
-            &["push", "tag_push", "merge_request"][..],
-        )),
+        optional(".{0,12}".prop_map(|s| json!({"full_name": s, "login": s, "name": s})).boxed()),
+        prop::option::of(prop::sample::select(&["push", "tag_push", "merge_request"][..])),
     )
-        .prop_map(
-            |(git_ref, after, before, deleted, pusher, commits, total, repo, kind)| {
-                let mut map = serde_json::Map::new();
-                map.insert("ref".into(), git_ref);
-                map.insert("after".into(), after);
-                let mut put = |key: &str, value: Option<Value>| {
-                    if let Some(value) = value {
-                        map.insert(key.into(), value);
-                    }
-                };
-                put("before", before);
-                put("deleted", deleted);
-                put("pusher", pusher);
-                put("commits", commits);
-                put("total_commits_count", total.clone());
-                put("total_commits", total);
-                put("repository", repo.clone());
-                put(
-                    "project",
-                    repo.map(|r| json!({"path_with_namespace": r["full_name"]})),
-                );
-                put("object_kind", kind.map(Value::from));
-                Value::Object(map)
-            },
-        )
+        .prop_map(|(git_ref, after, before, deleted, pusher, commits, total, repo, kind)| {
+            let mut map = serde_json::Map::new();
+            map.insert("ref".into(), git_ref);
+            map.insert("after".into(), after);
+            let mut put = |key: &str, value: Option<Value>| {
+                if let Some(value) = value {
+                    map.insert(key.into(), value);
+                }
+            };
+            put("before", before);
+            put("deleted", deleted);
+            put("pusher", pusher);
+            put("commits", commits);
+            put("total_commits_count", total.clone());
+            put("total_commits", total);
+            put("repository", repo.clone());
+            put("project", repo.map(|r| json!({"path_with_namespace": r["full_name"]})));
+            put("object_kind", kind.map(Value::from));
+            Value::Object(map)
+        })
 }
 
 /// A secret the provider can carry: any bytes for an HMAC key, but GitLab sends the secret
 /// itself as a header value, so there it is text without spaces at the ends.
 fn secret_for(provider: &Provider) -> BoxedStrategy<Vec<u8>> {
     match provider {
-        Provider::GitLab => "[!-~]([ -~]{0,60}[!-~])?"
-            .prop_map(String::into_bytes)
-            .boxed(),
+        Provider::GitLab => "[!-~]([ -~]{0,60}[!-~])?".prop_map(String::into_bytes).boxed(),
         _ => prop::collection::vec(any::<u8>(), 1..100).boxed(),
     }
 }
 
-fn receive(
-    provider: &Provider,
-    fields: &[(String, Vec<u8>)],
-    body: &[u8],
-) -> Result<Outcome, Rejection> {
-    let headers: Headers<'_> = fields
-        .iter()
-        .map(|(n, v)| (n.as_str(), v.as_slice()))
-        .collect();
+fn receive(provider: &Provider, fields: &[(String, Vec<u8>)], body: &[u8]) -> Result<Outcome, Rejection> {
+    let headers: Headers<'_> = fields.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
     hooks::receive(provider, SECRET, &headers, body, "main")
 }
 
 /// `fields` without any header that could carry `provider`'s signature, then the right one.
-fn sign(
-    provider: &Provider,
-    mut fields: Vec<(String, Vec<u8>)>,
-    body: &[u8],
-) -> Vec<(String, Vec<u8>)> {
+fn sign(provider: &Provider, mut fields: Vec<(String, Vec<u8>)>, body: &[u8]) -> Vec<(String, Vec<u8>)> {
     let (name, value) = provider.sign(SECRET, body);
     fields.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
     fields.push((name.to_owned(), value));
@@ -232,17 +181,9 @@ fn check_outcome(outcome: &Outcome) {
         assert_eq!(push.git_ref, "refs/heads/main");
         assert!(!push.after.is_zero());
         assert!(matches!(push.after.as_str().len(), 40 | 64));
-        assert!(
-            push.after
-                .as_str()
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        );
+        assert!(push.after.as_str().bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
     }
-    assert!(
-        outcome.delivery().bytes().all(|b| b.is_ascii_graphic()),
-        "{outcome:?}"
-    );
+    assert!(outcome.delivery().bytes().all(|b| b.is_ascii_graphic()), "{outcome:?}");
 }
 
 proptest! {
@@ -341,11 +282,7 @@ proptest! {
 #[test]
 fn deeply_nested_json_is_malformed_not_a_stack_overflow() {
     let body = [vec![b'['; 100_000], vec![b']'; 100_000]].concat();
-    let fields = sign(
-        &Provider::GitHub,
-        vec![("X-GitHub-Event".into(), b"push".to_vec())],
-        &body,
-    );
+    let fields = sign(&Provider::GitHub, vec![("X-GitHub-Event".into(), b"push".to_vec())], &body);
     let rejection = receive(&Provider::GitHub, &fields, &body).unwrap_err();
     assert_eq!(rejection.kind(), RejectionKind::Malformed);
 }
@@ -370,8 +307,5 @@ fn push_payloads_reach_every_outcome() {
             Err(_) => malformed += 1,
         }
     }
-    assert!(
-        pushes > 10 && ignored > 10 && malformed > 10,
-        "{pushes} pushes, {ignored} ignored, {malformed} malformed"
-    );
+    assert!(pushes > 10 && ignored > 10 && malformed > 10, "{pushes} pushes, {ignored} ignored, {malformed} malformed");
 }

@@ -34,11 +34,7 @@ pub struct Delivery {
 
 impl Delivery {
     pub fn new(provider: Provider, body: impl Into<Vec<u8>>) -> Self {
-        Delivery {
-            provider,
-            headers: Vec::new(),
-            body: body.into(),
-        }
+        Delivery { provider, headers: Vec::new(), body: body.into() }
     }
 
     /// The body as the hosts send it: pretty-printed JSON.
@@ -62,14 +58,8 @@ impl Delivery {
         Self::json(Provider::GitLab, body)
             .header("X-Gitlab-Event", event)
             .header("X-Gitlab-Instance", "https://gitlab.example.com")
-            .header(
-                "X-Gitlab-Webhook-UUID",
-                "a1c3b7a6-9b11-4c2e-9e25-0c1d7c3b0f11",
-            )
-            .header(
-                "X-Gitlab-Event-UUID",
-                "13792a34-cac6-4fda-95a8-c58e00a3954e",
-            )
+            .header("X-Gitlab-Webhook-UUID", "a1c3b7a6-9b11-4c2e-9e25-0c1d7c3b0f11")
+            .header("X-Gitlab-Event-UUID", "13792a34-cac6-4fda-95a8-c58e00a3954e")
             .header("Idempotency-Key", "908a6d9e-45fd-46c8-97e6-c4f350f219dd")
             .header("User-Agent", "GitLab/17.5.0")
             .signed(SECRET)
@@ -87,8 +77,7 @@ impl Delivery {
     }
 
     pub fn header(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
-        self.headers
-            .push((name.to_owned(), value.as_ref().to_vec()));
+        self.headers.push((name.to_owned(), value.as_ref().to_vec()));
         self
     }
 
@@ -106,10 +95,7 @@ impl Delivery {
     }
 
     pub fn headers(&self) -> Headers<'_> {
-        self.headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_slice()))
-            .collect()
+        self.headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect()
     }
 
     pub fn receive(&self) -> Result<Outcome, Rejection> {
@@ -154,22 +140,13 @@ impl Delivery {
 pub fn assert_quotes_nothing(rejection: &Rejection, secret: &[u8], body: &[u8]) {
     let message = rejection.to_string();
     let secret = String::from_utf8_lossy(secret);
-    assert!(
-        !message.contains(&*secret),
-        "message {message:?} contains the secret"
-    );
+    assert!(!message.contains(&*secret), "message {message:?} contains the secret");
     // Distinctive runs of the body (shas, ids, uuids) would show up here; plain words may
     // legitimately match the field names we report.
     let body = String::from_utf8_lossy(body);
     let distinctive = |w: &&str| w.len() >= 6 && w.bytes().any(|b| b.is_ascii_digit());
-    for word in body
-        .split(|c: char| !c.is_ascii_alphanumeric())
-        .filter(distinctive)
-    {
-        assert!(
-            !message.contains(word),
-            "message {message:?} quotes {word:?} from the body"
-        );
+    for word in body.split(|c: char| !c.is_ascii_alphanumeric()).filter(distinctive) {
+        assert!(!message.contains(word), "message {message:?} quotes {word:?} from the body");
     }
 }
 

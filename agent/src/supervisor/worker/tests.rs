@@ -35,7 +35,11 @@ impl Setup {
             env_hash: String::new(),
             release: String::new(),
             ready: ReadyConfig { check: ReadyCheck::Alive(Duration::from_millis(50)), timeout: Duration::from_secs(5) },
-            restart: RestartConfig { max_restarts: u32::MAX, min_uptime: Dur(Duration::from_secs(1)), backoff_max: Dur(backoff_max) },
+            restart: RestartConfig {
+                max_restarts: u32::MAX,
+                min_uptime: Dur(Duration::from_secs(1)),
+                backoff_max: Dur(backoff_max),
+            },
             run_as: None,
         };
         Worker::start(0, Arc::new(spec), self.ctx.clone())
@@ -65,7 +69,10 @@ fn alive(pid: i32) -> bool {
 #[tokio::test]
 async fn retire_sends_the_signal_to_the_running_process() {
     let s = setup();
-    let w = s.worker("echo $$ >> pids; trap 'echo bye >> out; exit 0' USR2; while :; do sleep 0.05; done", Duration::from_secs(1));
+    let w = s.worker(
+        "echo $$ >> pids; trap 'echo bye >> out; exit 0' USR2; while :; do sleep 0.05; done",
+        Duration::from_secs(1),
+    );
     wait_state(&w, "online").await;
     let started = Instant::now();
     w.retire(how(Signal::SIGUSR2, Duration::from_secs(10)), None).await;
