@@ -5,6 +5,7 @@
 //! Every test starts its own agent in a temp dir on ports picked for it, so tests run in
 //! parallel. Waits are polls with deadlines; loads are short and stop by themselves.
 
+mod abuse;
 mod api;
 mod cli;
 mod config;

@@ -10,6 +10,7 @@
 //! The agent and CLI binaries are built by the first test that needs them ([`bin`]);
 //! `DEPLOYER_TESTS_NO_BUILD=1` tests the binaries already in the target dir instead.
 
+pub mod abuse;
 mod agent;
 mod bins;
 mod env;
@@ -22,6 +23,7 @@ mod repo;
 mod wait;
 pub mod webhook;
 
+pub use abuse::{Bystander, Decoy};
 pub use agent::Agent;
 pub use bins::bin;
 pub use env::{AppSpec, Proxy, Setup, TestEnv, fixture};
