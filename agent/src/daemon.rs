@@ -17,7 +17,15 @@ use tokio_util::sync::CancellationToken;
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command.unwrap_or(Command::Run) {
-        Command::Check => Ok(check(&cli.config)),
+        Command::Check => {
+            // `deployer-agent check | head -1` ends quietly instead of panicking on a closed
+            // stdout. Only here: the daemon keeps ignoring SIGPIPE.
+            // SAFETY: single-threaded, nothing else runs yet.
+            unsafe {
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            }
+            Ok(check(&cli.config))
+        }
         Command::Quickstart { dir, port, api_port } => {
             let qs = crate::quickstart::prepare(&dir, port, api_port)?;
             // SAFETY: still single-threaded: no runtime or other thread exists yet.

@@ -21,6 +21,7 @@ use client::{Client, Token};
 use commands::Context;
 
 fn main() -> ExitCode {
+    restore_sigpipe();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -39,4 +40,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
     runtime.block_on(cli.command.run(&ctx))
+}
+
+/// `deployer history web | head -3` ends quietly, like any Unix tool, instead of panicking on a
+/// closed stdout: Rust ignores SIGPIPE by default, this puts the default back. Sockets are not
+/// affected (std and tokio send with `MSG_NOSIGNAL`).
+fn restore_sigpipe() {
+    // SAFETY: called first thing in `main`, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }

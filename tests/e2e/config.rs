@@ -131,3 +131,26 @@ fn check_reports_a_malformed_env_file_at_its_line() {
     assert_eq!(check.code(), Some(1), "`check` passed a malformed env_file\n{check}");
     assert!(check.stderr.contains(".env:2:1: expected `KEY=VALUE`"), "{check}");
 }
+
+#[test]
+fn check_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let setup = TestEnv::new().setup();
+    // `deployer-agent check | head -0`: the reader is gone before anything is written.
+    let (read, write) = nix::unistd::pipe().expect("a pipe");
+    drop(read);
+    let out = setup
+        .agent_command()
+        .args(["check", "--config", "agent.yaml"])
+        .stdout(std::process::Stdio::from(write))
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success() || out.status.signal() == Some(libc_sigpipe()), "{:?} {stderr}", out.status);
+}
+
+fn libc_sigpipe() -> i32 {
+    nix::sys::signal::Signal::SIGPIPE as i32
+}

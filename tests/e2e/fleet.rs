@@ -193,8 +193,8 @@ fn a_host_that_refuses_connections_fails_quickly_with_the_reason() {
     }
     assert!(started.elapsed() < Duration::from_secs(120), "took {:?}", started.elapsed());
 
-    // status shows the host as unreachable, the others as they are.
-    let status = json(&fleet.cli(&["status", "prod", "--json"]).success());
+    // status shows the host as unreachable, the others as they are, and fails: not all is fine.
+    let status = json(&fleet.cli(&["status", "prod", "--json"]).failure(1));
     assert_eq!(status[2]["reachable"], false);
     assert!(str_of(&status[2], "error").contains("cannot reach"), "{status:#}");
     assert_eq!(status[0]["reachable"], true);

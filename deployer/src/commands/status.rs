@@ -33,8 +33,9 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
     } else {
         anstream::println!("{}", status_table(&hosts, now, output::stdout_colour()));
     }
-    // Status reports; it fails only when no host answered at all.
-    Ok(if hosts.iter().any(|h| h.reachable) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    // The exit code says whether what it shows is fine: any host that did not answer, or
+    // answered with an error, fails it (scripts and CI gate on it).
+    Ok(if hosts.iter().all(|h| h.reachable && h.error.is_none()) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 async fn host_status(client: &Client, app: &str, now: u64) -> HostStatus {
