@@ -10,6 +10,7 @@ mod api;
 mod cli;
 mod config;
 mod deploy;
+mod edge;
 mod fleet;
 mod fronts;
 mod lifecycle;

@@ -59,6 +59,18 @@ pub fn request(
     parse(&raw)
 }
 
+/// Send `raw` bytes as they are (a head the test shapes itself, bare LF and all) on a fresh
+/// connection and read the answer until the server closes or `timeout`.
+pub fn raw(port: u16, raw: &[u8], timeout: Duration) -> io::Result<Response> {
+    let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(5))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    s.write_all(raw)?;
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer)?;
+    parse(&answer)
+}
+
 fn parse(raw: &[u8]) -> io::Result<Response> {
     let bad =
         |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("{what}: {:?}", String::from_utf8_lossy(raw)));

@@ -5,11 +5,13 @@
 //! silently ignored setting.
 
 mod checked;
+pub mod front;
 pub mod report;
 pub mod run_as;
 pub mod triggers;
 pub mod units;
 
+pub use front::{Cidr, FrontConfig};
 pub use report::{GithubStatusConfig, ReportConfig, RetryConfig};
 pub use run_as::RunAs;
 pub use triggers::{CronSchedule, WebhookConfig};
@@ -185,6 +187,9 @@ pub struct AppConfig {
     /// The front on the public port: `http` (default), `tcp`, `fd` or `none`.
     #[serde(default)]
     pub proxy: ProxyMode,
+    /// How the `http` front treats clients: head deadline, keep-alive idle time, trusted proxies.
+    #[serde(default)]
+    pub front: FrontConfig,
     /// Environment for the workers, on top of the agent's own.
     #[serde(default)]
     pub env: BTreeMap<String, String>,

@@ -76,7 +76,10 @@ impl Chunked {
                 }
                 State::DataCr if b == b'\r' => State::DataLf,
                 State::DataLf if b == b'\n' => State::Size { n: 0, digits: 0 },
+                // Trailer lines end in CRLF like every other line: a bare LF is how a smuggler
+                // makes two parsers disagree on where the message ends.
                 State::TrailerStart if b == b'\r' => State::FinalLf,
+                State::TrailerStart | State::TrailerLine if b == b'\n' => return Err(ChunkError),
                 State::TrailerStart | State::TrailerLine if b != b'\r' => State::TrailerLine,
                 State::TrailerLine => State::TrailerLf,
                 State::TrailerLf if b == b'\n' => State::TrailerStart,
@@ -122,5 +125,7 @@ mod tests {
         assert_eq!(Chunked::default().advance(b"zz\r\n"), Err(ChunkError));
         assert_eq!(Chunked::default().advance(b"3\r\nabcX"), Err(ChunkError));
         assert_eq!(Chunked::default().advance(b"ffffffffffffffffff\r\n"), Err(ChunkError));
+        assert_eq!(Chunked::default().advance(b"0\r\nX-Trailer: a\nGET / HTTP/1.1\r\n\r\n"), Err(ChunkError));
+        assert_eq!(Chunked::default().advance(b"0\r\n\n"), Err(ChunkError));
     }
 }

@@ -120,6 +120,7 @@ impl Supervisor {
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         let stats = Arc::new(FrontStats::default());
+        let (rules, rules_rx) = tokio::sync::watch::channel(client_rules(cfg));
         let (rotation, listener) = match (cfg.proxy, cfg.port) {
             (ProxyMode::Http | ProxyMode::Tcp, Some(port)) => {
                 let addr = SocketAddr::new(cfg.bind, port);
@@ -132,7 +133,7 @@ impl Supervisor {
                     async move {
                         match mode {
                             ProxyMode::Tcp => front::tcp::serve(l, rotation, stats, cancel, tracker2).await,
-                            _ => front::http::serve(l, rotation, stats, cancel, tracker2).await,
+                            _ => front::http::serve(l, rotation, stats, rules_rx, cancel, tracker2).await,
                         }
                     }
                 };
@@ -169,6 +170,7 @@ impl Supervisor {
             ctx,
             stats,
             config: Mutex::new(cfg.clone()),
+            rules,
             spec: Mutex::new(spec),
             release: Mutex::new(release),
             workers: Mutex::new(Vec::new()),
@@ -246,6 +248,16 @@ fn base_env(config: &AgentConfig) -> BTreeMap<String, String> {
     std::env::vars().filter(|(k, _)| !secrets.contains(&k.as_str())).collect()
 }
 
+/// The app's `front:` settings as the `http` front applies them.
+fn client_rules(cfg: &AppConfig) -> Arc<front::http::ClientRules> {
+    let f = cfg.front.clone();
+    Arc::new(front::http::ClientRules {
+        header_timeout: f.header_timeout.0,
+        idle_timeout: f.idle_timeout.0,
+        trusted_proxy: Box::new(move |ip| f.trusts(ip)),
+    })
+}
+
 fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
@@ -315,6 +327,8 @@ pub struct App {
     ctx: Arc<WorkerCtx>,
     stats: Arc<FrontStats>,
     config: Mutex<AppConfig>,
+    /// The `front:` part of `config` as the `http` front reads it.
+    rules: tokio::sync::watch::Sender<Arc<front::http::ClientRules>>,
     /// The spec the cluster was started (or last reloaded) with: a plain reload keeps it.
     spec: Mutex<Option<Arc<WorkerSpec>>>,
     /// The release the workers run (apps deployed from git).
@@ -332,6 +346,12 @@ pub struct App {
 impl App {
     pub fn config(&self) -> AppConfig {
         self.config.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The config the app runs with, and the front's view of it.
+    fn set_config(&self, cfg: AppConfig) {
+        self.rules.send_replace(client_rules(&cfg));
+        *self.config.lock().unwrap_or_else(|e| e.into_inner()) = cfg;
     }
 
     fn same_front(&self, other: &AppConfig) -> bool {
@@ -400,7 +420,7 @@ impl App {
             }
             Err(e) => return Err(reload::RollFailed { reason: e.to_string(), restored: true }),
         };
-        *self.config.lock().unwrap_or_else(|e| e.into_inner()) = cfg;
+        self.set_config(cfg);
         if self.workers().is_empty() {
             *self.spec.lock().unwrap_or_else(|e| e.into_inner()) = Some(spec);
             *self.release.lock().unwrap_or_else(|e| e.into_inner()) = Some(release);
@@ -545,7 +565,7 @@ impl App {
         };
         let previous_cfg = self.config();
         if let Some(c) = &cfg {
-            *self.config.lock().unwrap_or_else(|e| e.into_inner()) = c.clone();
+            self.set_config(c.clone());
         }
         if !self.running.load(SeqCst) {
             *self.spec.lock().unwrap_or_else(|e| e.into_inner()) = Some(spec);
@@ -578,7 +598,7 @@ impl App {
                 Ok(n)
             }
             Err(e) => {
-                *self.config.lock().unwrap_or_else(|e| e.into_inner()) = previous_cfg;
+                self.set_config(previous_cfg);
                 let restored = if e.restored {
                     "the previous workers are serving"
                 } else {

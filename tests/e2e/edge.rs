@@ -1,0 +1,128 @@
+//! The `http` front at the edge (issue 10): what a hostile or broken client sends reaches the
+//! worker as a clean CRLF head with forwarding headers the front set itself, and a client that
+//! trickles its head is cut at the deadline while everyone else is served.
+
+use deployer_tests::{Load, TestEnv, fixture, http, wait_until};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+fn echo_app(agent_env: TestEnv) -> TestEnv {
+    agent_env.web(|a| a.start(&["node", &fixture("echo-head.js")]))
+}
+
+/// What the worker saw of a request sent as `raw` bytes.
+fn seen(port: u16, raw: &str) -> Value {
+    let r = http::raw(port, raw.as_bytes(), Duration::from_secs(10)).expect("an answer");
+    assert_eq!(r.status, 200, "{}", r.body);
+    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.body))
+}
+
+#[test]
+fn a_bare_lf_head_reaches_node_in_crlf_with_the_clients_address_in_its_own_header() {
+    let agent = echo_app(TestEnv::new()).start();
+    let port = agent.port("web");
+    let got = seen(port, "GET /lf HTTP/1.1\nHost: app.example\nX-Custom: kept\nConnection: close\n\n");
+    assert_eq!(got["url"], "/lf");
+    assert_eq!(got["headers"]["x-custom"], "kept", "{got:#}");
+    assert_eq!(got["headers"]["x-forwarded-for"], "127.0.0.1", "{got:#}");
+    assert_eq!(got["headers"]["x-forwarded-proto"], "http", "{got:#}");
+    assert_eq!(got["headers"]["x-forwarded-host"], "app.example", "{got:#}");
+}
+
+#[test]
+fn a_clients_own_forwarding_headers_are_replaced_unless_it_is_a_trusted_proxy() {
+    let spoof = "GET / HTTP/1.1\r\nHost: app.example\r\nX-Forwarded-Proto: https\r\nX-Forwarded-For: 6.6.6.6\r\n\
+                 X-Forwarded-Host: bank.example\r\nForwarded: for=6.6.6.6;proto=https\r\nX-Real-IP: 6.6.6.6\r\n\
+                 Connection: close\r\n\r\n";
+    let agent = echo_app(TestEnv::new()).start();
+    let got = seen(agent.port("web"), spoof);
+    let h = &got["headers"];
+    assert_eq!(h["x-forwarded-proto"], "http", "plain http must not pass for https: {got:#}");
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{got:#}");
+    assert_eq!(h["x-forwarded-host"], "app.example", "{got:#}");
+    assert!(h.get("forwarded").is_none() && h.get("x-real-ip").is_none(), "{got:#}");
+    drop(agent);
+
+    // Behind a load balancer on loopback, its headers are believed and the chain extended.
+    let agent = echo_app(TestEnv::new()).web(|a| a.set("front", "{ trusted_proxies: [127.0.0.0/8] }")).start();
+    let got = seen(agent.port("web"), spoof);
+    let h = &got["headers"];
+    assert_eq!(h["x-forwarded-proto"], "https", "{got:#}");
+    assert_eq!(h["x-forwarded-for"], "6.6.6.6, 127.0.0.1", "{got:#}");
+    assert_eq!(h["x-forwarded-host"], "bank.example", "{got:#}");
+    assert_eq!(h["x-real-ip"], "6.6.6.6", "{got:#}");
+}
+
+#[test]
+fn a_sloppy_content_length_is_refused_before_the_worker_sees_it() {
+    let agent = echo_app(TestEnv::new()).start();
+    for bad in ["+5", "5, 5", "-1"] {
+        let raw = format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {bad}\r\n\r\nhello");
+        let r = http::raw(agent.port("web"), raw.as_bytes(), Duration::from_secs(10)).expect("an answer");
+        assert_eq!(r.status, 400, "Content-Length: {bad}: {}", r.body);
+    }
+}
+
+/// A client that sends a head one byte at a time, slower than the deadline allows: the front
+/// answers 408 and closes at `header_timeout`, while 200 others that never finish their heads
+/// are cut too, and clients that behave see no failure.
+#[test]
+fn trickling_and_unfinished_heads_are_cut_at_the_header_deadline_while_others_are_served() {
+    let agent = echo_app(TestEnv::new()).web(|a| a.set("front", "{ header_timeout: 2s }")).start();
+    let port = agent.port("web");
+    let load = Load::start(port, 10, true);
+    assert!(load.wait_for_more(20, Duration::from_secs(15)), "the load did not get going");
+
+    let mut idle: Vec<TcpStream> = (0..200)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n").expect("half a head");
+            s
+        })
+        .collect();
+    let started = Instant::now();
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    slow.set_read_timeout(Some(Duration::from_millis(300))).expect("timeout");
+    let head = b"GET / HTTP/1.1\r\nHost: a\r\nX-Trickle: 0123456789012345678901234567890123456789\r\n\r\n";
+    let mut answer = Vec::new();
+    for b in head.iter() {
+        if slow.write_all(std::slice::from_ref(b)).is_err() {
+            break;
+        }
+        let mut buf = [0u8; 512];
+        match slow.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        if !answer.is_empty() || started.elapsed() > Duration::from_secs(20) {
+            break;
+        }
+    }
+    let cut_after = started.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "the trickler got {answer:?} after {cut_after:?}");
+    assert!(cut_after < Duration::from_secs(5), "cut only after {cut_after:?}");
+
+    // Every unfinished head is closed by now or soon (each had the same deadline).
+    let closed = wait_until(Duration::from_secs(5), || idle.iter_mut().all(is_closed));
+    assert!(closed, "some unfinished heads are still open after the deadline");
+    let report = load.stop();
+    assert_eq!(report.failed, 0, "{report}");
+}
+
+/// Whether the server closed `s`: its answer (if any) read, then end of file or a reset.
+fn is_closed(s: &mut TcpStream) -> bool {
+    s.set_nonblocking(true).expect("nonblocking");
+    let mut buf = [0u8; 512];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+}
