@@ -128,7 +128,7 @@ impl Metrics {
                 app.front_stats().requests.load(Relaxed)
             );
         }
-        head(&mut out, "deployer_front_errors_total", "counter", "Requests the front itself answered 502 or 503.");
+        head(&mut out, "deployer_front_errors_total", "counter", "Requests the front itself answered 502, 503 or 504.");
         for app in &apps {
             let _ = writeln!(
                 out,
@@ -149,6 +149,20 @@ impl Metrics {
                 "deployer_front_retries_total{{app=\"{}\"}} {}",
                 esc(&app.name),
                 app.front_stats().retries.load(Relaxed)
+            );
+        }
+        head(
+            &mut out,
+            "deployer_front_timeouts_total",
+            "counter",
+            "Requests a worker did not answer within response_timeout (answered 504).",
+        );
+        for app in &apps {
+            let _ = writeln!(
+                out,
+                "deployer_front_timeouts_total{{app=\"{}\"}} {}",
+                esc(&app.name),
+                app.front_stats().timeouts.load(Relaxed)
             );
         }
 

@@ -126,3 +126,66 @@ fn is_closed(s: &mut TcpStream) -> bool {
         }
     }
 }
+
+/// The front's own counter of requests it answered 504.
+fn timeouts_metric(agent: &deployer_tests::Agent) -> u64 {
+    let metrics = agent.api_get("/metrics").body;
+    metrics
+        .lines()
+        .find(|l| l.starts_with("deployer_front_timeouts_total{app=\"web\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no timeouts counter in:\n{metrics}"))
+}
+
+/// Under load, one of two workers stops (`SIGSTOP`) or hangs. The requests already on it are
+/// answered 504 at `response_timeout`, it leaves the rotation and is replaced (the replacement
+/// ready first), and nothing else fails.
+fn a_hung_worker_costs_only_the_requests_already_on_it(hang_instance: &str, hang: impl FnOnce(u32)) {
+    let marker = tempfile::tempdir().expect("a temp dir");
+    let once = marker.path().join("hung");
+    let agent = TestEnv::new()
+        .web(|a| {
+            a.start(&["node", &fixture("hangs.js")])
+                .env("HANG_ONCE_FILE", &once.display().to_string())
+                .env("HANG_INSTANCE", hang_instance)
+                .env("DELAY_MS", "20")
+                .set("front", "{ response_timeout: 2s, unhealthy_after: 3 }")
+                .reload("drain_timeout", "30s")
+        })
+        .start();
+    let victim = agent.wait_online("web", 2)[1].pid.expect("a pid");
+    let load = Load::start(agent.port("web"), 20, true);
+    assert!(load.wait_for_more(50, Duration::from_secs(15)), "the load did not get going");
+
+    hang(victim);
+    let replaced = wait_until(Duration::from_secs(30), || {
+        let pids = agent.pids("web");
+        pids.len() == 2 && !pids.contains(&victim) && agent.app("web").workers.iter().all(|w| w.state == "online")
+    });
+    assert!(replaced, "the hung worker was not replaced: {:#?}", agent.app("web").workers);
+    // Retired: out of rotation, its stuck requests answered 504, then killed.
+    assert!(wait_until(Duration::from_secs(15), || !deployer_tests::pid_alive(victim)), "the hung worker still runs");
+    let failed_when_replaced = load.failed_so_far();
+    assert!(load.wait_for_more(200, Duration::from_secs(15)), "nothing served after the replacement");
+    let report = load.stop();
+    eprintln!("load: {report}");
+
+    assert_eq!(report.failed, failed_when_replaced, "requests failed after the replacement: {report}");
+    assert!(report.by_kind.keys().all(|k| k == "status_504"), "only the stuck requests may fail: {report}");
+    assert_eq!(timeouts_metric(&agent), report.failed, "every 504 is counted in /metrics");
+    assert!(report.failed <= 20, "more requests failed than the 20 clients could have had on it: {report}");
+}
+
+#[test]
+fn a_stopped_worker_is_cut_off_at_the_response_timeout_and_replaced() {
+    a_hung_worker_costs_only_the_requests_already_on_it("none", |pid| {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGSTOP)
+            .expect("SIGSTOP the worker");
+    });
+}
+
+#[test]
+fn a_worker_that_accepts_and_never_answers_is_cut_off_and_replaced() {
+    a_hung_worker_costs_only_the_requests_already_on_it("1", |_| {});
+}

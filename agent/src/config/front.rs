@@ -7,7 +7,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
-/// `front: { header_timeout: 30s, idle_timeout: 75s, trusted_proxies: [10.0.0.0/8] }`.
+/// `front: { header_timeout: 30s, idle_timeout: 75s, response_timeout: 60s, unhealthy_after: 3,
+/// trusted_proxies: [10.0.0.0/8] }`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FrontConfig {
@@ -16,6 +17,18 @@ pub struct FrontConfig {
     pub header_timeout: Dur,
     /// A keep-alive client connection with no request in progress is closed after this long.
     pub idle_timeout: Dur,
+    /// A worker must start answering within this long of receiving the whole request, and may
+    /// not fall silent longer than this in the middle of an answer: otherwise the client gets a
+    /// 504 and the worker a failure (nginx's `proxy_read_timeout`).
+    pub response_timeout: Dur,
+    /// A client may not fall silent longer than this while sending a request body
+    /// (nginx's `client_body_timeout`).
+    pub body_timeout: Dur,
+    /// Passive health: after this many response timeouts or refused connects in a row, a worker
+    /// leaves the rotation and is replaced through the reload path (its replacement ready
+    /// first). `0` turns it off. A worker that hangs (a deadlock, `SIGSTOP`) costs at most the
+    /// requests already sent to it.
+    pub unhealthy_after: u32,
     /// Peers (CIDRs or addresses) whose `X-Forwarded-For/-Proto/-Host`, `Forwarded` and
     /// `X-Real-IP` are believed: a load balancer in front of the agent. Anyone else's are dropped
     /// and replaced by what the front saw, so a client cannot claim to be on https or another IP.
@@ -27,6 +40,9 @@ impl Default for FrontConfig {
         FrontConfig {
             header_timeout: Dur(Duration::from_secs(30)),
             idle_timeout: Dur(Duration::from_secs(75)),
+            response_timeout: Dur(Duration::from_secs(60)),
+            body_timeout: Dur(Duration::from_secs(60)),
+            unhealthy_after: 3,
             trusted_proxies: Vec::new(),
         }
     }

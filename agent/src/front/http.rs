@@ -34,6 +34,11 @@ pub struct ClientRules {
     pub header_timeout: Duration,
     /// A keep-alive connection with no request in progress is closed after this long.
     pub idle_timeout: Duration,
+    /// A worker must start its answer within this long of getting the whole request (then 504),
+    /// and may not fall silent longer than this in the middle of it.
+    pub response_timeout: Duration,
+    /// A client may not fall silent longer than this while it sends a request body.
+    pub body_timeout: Duration,
     /// Whether a peer's forwarding headers are believed (`trusted_proxies`).
     pub trusted_proxy: Box<dyn Fn(IpAddr) -> bool + Send + Sync>,
 }
@@ -43,6 +48,8 @@ impl Default for ClientRules {
         ClientRules {
             header_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(75),
+            response_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(60),
             trusted_proxy: Box::new(|_| false),
         }
     }
@@ -53,6 +60,8 @@ impl std::fmt::Debug for ClientRules {
         f.debug_struct("ClientRules")
             .field("header_timeout", &self.header_timeout)
             .field("idle_timeout", &self.idle_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("body_timeout", &self.body_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -65,6 +74,8 @@ pub struct FrontStats {
     pub errors: AtomicU64,
     /// Requests sent again to another connection or worker after a failure before any answer.
     pub retries: AtomicU64,
+    /// Requests a worker did not answer within `response_timeout` (answered 504; also in `errors`).
+    pub timeouts: AtomicU64,
 }
 
 /// Accept client connections until `shutdown`; each one is served on `tracker`.
@@ -204,6 +215,8 @@ enum Failure {
     },
     /// A worker failed after part of its answer was passed on: nothing to do but close.
     UpstreamMidResponse,
+    /// A worker did not start its answer within `response_timeout`.
+    Timeout,
     Malformed,
 }
 
@@ -324,6 +337,15 @@ impl Conn {
                     self.stats.errors.fetch_add(1, Relaxed);
                     return Flow::Close;
                 }
+                Err(Failure::Timeout) => {
+                    let after = self.rules.response_timeout;
+                    tracing::warn!(worker = up.backend().worker, ?after, "worker did not answer in time; 504");
+                    self.stats.timeouts.fetch_add(1, Relaxed);
+                    self.stats.errors.fetch_add(1, Relaxed);
+                    self.rotation.failed(up.backend());
+                    let _ = respond(&mut self.client, 504).await;
+                    return Flow::Close;
+                }
                 Err(Failure::Client) => return Flow::Close,
             }
         }
@@ -371,6 +393,7 @@ impl Conn {
                 Ok(Err(e)) => tracing::debug!(worker = backend.worker, error = %e, "connect to worker failed"),
                 Err(_) => tracing::debug!(worker = backend.worker, "connect to worker timed out"),
             }
+            self.rotation.failed(&backend);
             tried.push(backend.addr);
         }
         None
@@ -388,25 +411,40 @@ impl Conn {
         if up.stream.write_all(&out).await.is_err() {
             return Err(Failure::Upstream { retry });
         }
-        let Conn { client, cbuf, .. } = self;
-        if req.body.is_done() {
-            read_response(&mut up.stream, &mut up.ubuf, client, req, retry).await
+        let Conn { client, cbuf, rules, rotation, .. } = self;
+        let answer = if req.body.is_done() {
+            within(rules.response_timeout, read_response(&mut up.stream, &mut up.ubuf, client, req, retry)).await
         } else {
             let (mut cr, mut cw) = client.split();
             let (mut ur, mut uw) = up.stream.split();
             let mut body = req.body;
+            // The worker's time to answer runs from the end of the body.
+            let sent_all = tokio::sync::Notify::new();
             let send = async {
-                relay(&mut cr, cbuf, &mut uw, &mut body).await.map_err(|e| match e {
-                    Relay::Src => Failure::Client,
+                let sent = relay(&mut cr, cbuf, &mut uw, &mut body, rules.body_timeout).await.map_err(|e| match e {
+                    Relay::Src | Relay::Idle | Relay::Malformed => Failure::Client,
                     Relay::Dst => Failure::Upstream { retry: false },
-                    Relay::Malformed => Failure::Client,
-                })
+                });
+                sent_all.notify_one();
+                sent
             };
             let ubuf = &mut up.ubuf;
-            let (sent, res) = tokio::join!(send, read_response(&mut ur, ubuf, &mut cw, req, false));
+            let answer = async {
+                let read = read_response(&mut ur, ubuf, &mut cw, req, false);
+                tokio::pin!(read);
+                tokio::select! {
+                    r = &mut read => r,
+                    () = sent_all.notified() => within(rules.response_timeout, read).await,
+                }
+            };
+            let (sent, res) = tokio::join!(send, answer);
             sent?;
             res
+        };
+        if answer.is_ok() {
+            rotation.answered(up.backend());
         }
+        answer
     }
 
     /// Pass the answer on, then keep, pool or drop the upstream connection.
@@ -430,9 +468,16 @@ impl Conn {
             return Flow::Close;
         }
         if !body.is_done() {
-            match relay(&mut up.stream, &mut up.ubuf, &mut self.client, &mut body).await {
+            match relay(&mut up.stream, &mut up.ubuf, &mut self.client, &mut body, self.rules.response_timeout).await {
                 Ok(()) => {}
                 Err(Relay::Dst) => return Flow::Close,
+                Err(Relay::Idle) => {
+                    tracing::warn!(worker = up.backend().worker, "worker fell silent in the middle of a response body");
+                    self.stats.timeouts.fetch_add(1, Relaxed);
+                    self.stats.errors.fetch_add(1, Relaxed);
+                    self.rotation.failed(up.backend());
+                    return Flow::Close;
+                }
                 Err(Relay::Src | Relay::Malformed) => {
                     tracing::warn!(worker = up.backend().worker, "worker closed in the middle of a response body");
                     self.stats.errors.fetch_add(1, Relaxed);
@@ -513,14 +558,22 @@ where
     }
 }
 
+/// `fut`, or [`Failure::Timeout`] after `limit`.
+async fn within<T>(limit: Duration, fut: impl Future<Output = Result<T, Failure>>) -> Result<T, Failure> {
+    tokio::time::timeout(limit, fut).await.unwrap_or(Err(Failure::Timeout))
+}
+
 enum Relay {
     Src,
     Dst,
+    /// `src` sent nothing for the idle limit.
+    Idle,
     Malformed,
 }
 
-/// Copy the rest of a body from `src` (bytes already read sit in `buf`) to `dst`.
-async fn relay<R, W>(src: &mut R, buf: &mut BytesMut, dst: &mut W, body: &mut Body) -> Result<(), Relay>
+/// Copy the rest of a body from `src` (bytes already read sit in `buf`) to `dst`; `src` may not
+/// fall silent for longer than `idle`.
+async fn relay<R, W>(src: &mut R, buf: &mut BytesMut, dst: &mut W, body: &mut Body, idle: Duration) -> Result<(), Relay>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -537,10 +590,11 @@ where
             return Ok(());
         }
         buf.reserve(16 * 1024);
-        match src.read_buf(buf).await {
-            Ok(0) if *body == Body::UntilClose => return Ok(()),
-            Ok(0) | Err(_) => return Err(Relay::Src),
-            Ok(_) => {}
+        match tokio::time::timeout(idle, src.read_buf(buf)).await {
+            Err(_) => return Err(Relay::Idle),
+            Ok(Ok(0)) if *body == Body::UntilClose => return Ok(()),
+            Ok(Ok(0) | Err(_)) => return Err(Relay::Src),
+            Ok(Ok(_)) => {}
         }
     }
 }
@@ -768,6 +822,7 @@ async fn respond(client: &mut TcpStream, status: u16) -> io::Result<()> {
         408 => ("Request Timeout", "the request head did not arrive in time\n"),
         431 => ("Request Header Fields Too Large", "request head too large\n"),
         501 => ("Not Implemented", "transfer-encoding not supported\n"),
+        504 => ("Gateway Timeout", "the worker did not answer in time\n"),
         503 => ("Service Unavailable", "no worker is ready\n"),
         _ => ("Bad Gateway", "the worker failed to answer\n"),
     };

@@ -36,6 +36,10 @@ pub struct Backend {
     pinned: AtomicUsize,
     drained: Notify,
     idle: Mutex<Vec<(TcpStream, Instant)>>,
+    /// Timeouts and refused connects in a row (passive health); an answer resets it.
+    failures: AtomicUsize,
+    /// Reported unhealthy once; its replacement is on the way.
+    unhealthy: AtomicBool,
 }
 
 impl Backend {
@@ -48,6 +52,8 @@ impl Backend {
             pinned: AtomicUsize::new(0),
             drained: Notify::new(),
             idle: Mutex::new(Vec::new()),
+            failures: AtomicUsize::new(0),
+            unhealthy: AtomicBool::new(false),
         })
     }
 
@@ -137,9 +143,54 @@ pub struct Rotation {
     backends: RwLock<Arc<Vec<Arc<Backend>>>>,
     changed: Notify,
     next: AtomicUsize,
+    /// Failures in a row after which a backend is unhealthy; 0: never.
+    unhealthy_after: AtomicUsize,
+    /// Backends found unhealthy, for the supervisor to replace ([`Rotation::next_unhealthy`]).
+    unhealthy: Mutex<Vec<Arc<Backend>>>,
+    unhealthy_found: Notify,
 }
 
 impl Rotation {
+    /// Passive health: after `n` timeouts or refused connects in a row a backend leaves the
+    /// rotation and is handed to whoever waits in [`Rotation::next_unhealthy`]. 0 turns it off.
+    pub fn set_unhealthy_after(&self, n: usize) {
+        self.unhealthy_after.store(n, SeqCst);
+    }
+
+    /// A request to `b` timed out or a connect to it was refused.
+    pub fn failed(&self, b: &Arc<Backend>) {
+        let n = b.failures.fetch_add(1, SeqCst) + 1;
+        let limit = self.unhealthy_after.load(SeqCst);
+        if limit == 0 || n < limit || b.unhealthy.swap(true, SeqCst) {
+            return;
+        }
+        // The last backend stays: a slow answer beats none (every worker of an app that waits
+        // on a dead database times out; taking them all away would only add 503s).
+        if self.snapshot().iter().any(|x| !Arc::ptr_eq(x, b)) {
+            self.remove(b);
+        }
+        self.unhealthy.lock().unwrap_or_else(|e| e.into_inner()).push(b.clone());
+        self.unhealthy_found.notify_one();
+    }
+
+    /// `b` answered: its failure count starts again.
+    pub fn answered(&self, b: &Backend) {
+        if b.failures.load(std::sync::atomic::Ordering::Relaxed) != 0 {
+            b.failures.store(0, SeqCst);
+        }
+    }
+
+    /// The next backend found unhealthy (waits until there is one).
+    pub async fn next_unhealthy(&self) -> Arc<Backend> {
+        loop {
+            let found = self.unhealthy_found.notified();
+            if let Some(b) = self.unhealthy.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+                return b;
+            }
+            found.await;
+        }
+    }
+
     /// Put a ready backend into rotation.
     pub fn add(&self, b: &Arc<Backend>) {
         b.in_rotation.store(true, SeqCst);
@@ -236,6 +287,35 @@ mod tests {
         drop(lease);
         assert!(waiter.await.unwrap());
         assert_eq!(b.inflight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_backend_failing_in_a_row_leaves_the_rotation_and_is_reported_once() {
+        let rot = Rotation::default();
+        rot.set_unhealthy_after(3);
+        let a = Backend::new("127.0.0.1:1".parse().unwrap(), 0);
+        let b = Backend::new("127.0.0.1:2".parse().unwrap(), 1);
+        rot.add(&a);
+        rot.add(&b);
+        rot.failed(&a);
+        rot.failed(&a);
+        rot.answered(&a);
+        rot.failed(&a);
+        rot.failed(&a);
+        assert!(a.in_rotation(), "an answer in between resets the count");
+        rot.failed(&a);
+        assert!(!a.in_rotation());
+        rot.failed(&a);
+        let sick = tokio::time::timeout(Duration::from_secs(1), rot.next_unhealthy()).await.unwrap();
+        assert!(Arc::ptr_eq(&sick, &a));
+        assert!(tokio::time::timeout(Duration::from_millis(50), rot.next_unhealthy()).await.is_err(), "reported once");
+        // The last backend in rotation stays in it, but is still reported for replacement.
+        for _ in 0..3 {
+            rot.failed(&b);
+        }
+        assert!(b.in_rotation());
+        let sick = tokio::time::timeout(Duration::from_secs(1), rot.next_unhealthy()).await.unwrap();
+        assert!(Arc::ptr_eq(&sick, &b));
     }
 
     #[tokio::test]

@@ -126,6 +126,7 @@ impl Supervisor {
                 let addr = SocketAddr::new(cfg.bind, port);
                 let l = bind(addr).map_err(|source| SupervisorError::Bind { app: name.into(), port, source })?;
                 let rotation = Arc::new(Rotation::default());
+                rotation.set_unhealthy_after(cfg.front.unhealthy_after as usize);
                 let serve = {
                     let (rotation, stats, cancel, tracker2) =
                         (rotation.clone(), stats.clone(), cancel.clone(), tracker.clone());
@@ -182,6 +183,9 @@ impl Supervisor {
             tracker,
         });
         tokio::spawn(app.clone().monitor());
+        if app.ctx.rotation.is_some() {
+            tokio::spawn(app.clone().replace_unhealthy());
+        }
         Ok(app)
     }
 
@@ -254,6 +258,8 @@ fn client_rules(cfg: &AppConfig) -> Arc<front::http::ClientRules> {
     Arc::new(front::http::ClientRules {
         header_timeout: f.header_timeout.0,
         idle_timeout: f.idle_timeout.0,
+        response_timeout: f.response_timeout.0,
+        body_timeout: f.body_timeout.0,
         trusted_proxy: Box::new(move |ip| f.trusts(ip)),
     })
 }
@@ -351,6 +357,9 @@ impl App {
     /// The config the app runs with, and the front's view of it.
     fn set_config(&self, cfg: AppConfig) {
         self.rules.send_replace(client_rules(&cfg));
+        if let Some(rot) = &self.ctx.rotation {
+            rot.set_unhealthy_after(cfg.front.unhealthy_after as usize);
+        }
         *self.config.lock().unwrap_or_else(|e| e.into_inner()) = cfg;
     }
 
@@ -633,6 +642,34 @@ impl App {
             tracing::warn!(app = %self.name, "connections still open after drain_timeout; closing them");
         }
         self.stop().await;
+    }
+
+    /// Passive health: a worker the front found unhealthy (answers timing out, connects refused)
+    /// is replaced through the reload path, its replacement ready before it is killed. The
+    /// requests stuck on it were answered 504 by the front, so its drain is short.
+    async fn replace_unhealthy(self: Arc<Self>) {
+        let Some(rotation) = self.ctx.rotation.clone() else { return };
+        loop {
+            let sick = tokio::select! {
+                b = rotation.next_unhealthy() => b,
+                _ = self.cancel.cancelled() => return,
+            };
+            let _op = tokio::select! {
+                op = self.op.lock() => op,
+                _ = self.cancel.cancelled() => return,
+            };
+            // Found again under the lock: a reload may have replaced it meanwhile.
+            let Some((slot, w)) = self.workers().into_iter().enumerate().find(|(_, w)| w.is_backend(&sick)) else {
+                continue;
+            };
+            let limit = self.config().front.unhealthy_after;
+            tracing::warn!(app = %self.name, worker = w.id, failures = limit, "worker unhealthy (timeouts or refused connects in a row); replacing it");
+            w.mark_unhealthy();
+            let spec = w.spec.clone();
+            if let Err(e) = reload::roll(&self, &[slot], &spec).await {
+                tracing::error!(app = %self.name, worker = w.id, error = %e, "replacing the unhealthy worker failed");
+            }
+        }
     }
 
     /// Every second: CPU and memory figures, idle upstream connections swept, and a worker above

@@ -65,6 +65,8 @@ pub enum WorkerState {
     Stopping,
     Stopped,
     Restarting,
+    /// Its answers time out (passive health): out of rotation, being replaced.
+    Unhealthy,
     Errored(String),
 }
 
@@ -77,6 +79,7 @@ impl WorkerState {
             WorkerState::Stopping => "stopping",
             WorkerState::Stopped => "stopped",
             WorkerState::Restarting => "restarting",
+            WorkerState::Unhealthy => "unhealthy",
             WorkerState::Errored(_) => "errored",
         }
     }
@@ -420,6 +423,20 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Whether `b` is this worker's place in the rotation.
+    pub fn is_backend(&self, b: &Arc<Backend>) -> bool {
+        self.backend.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|mine| Arc::ptr_eq(mine, b))
+    }
+
+    /// The front found it unhealthy; shown until it is replaced.
+    pub fn mark_unhealthy(&self) {
+        self.status.send_modify(|s| {
+            if s.state == WorkerState::Online {
+                s.state = WorkerState::Unhealthy;
+            }
+        });
     }
 
     fn go_online(&self, ctx: &WorkerCtx, port: Option<u16>, pid: u32) {
