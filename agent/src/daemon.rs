@@ -89,7 +89,15 @@ async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
     if loaded.tokens.is_empty() {
         tracing::warn!("no `tokens` configured: every /v1 request will get 401");
     }
-    let supervisor = Supervisor::start(&loaded).await?;
+    let nofile = crate::limits::raise_nofile().context("cannot read the fd limit (RLIMIT_NOFILE)")?;
+    let budget = crate::limits::FdBudget::for_limit(nofile);
+    tracing::info!(
+        nofile,
+        front_connections = budget.front_connections,
+        api_connections = budget.api_connections,
+        "file descriptors shared"
+    );
+    let supervisor = Supervisor::start(&loaded, budget.front_connections).await?;
     let store = Arc::new(Store::open(&loaded.config.state_dir.join("agent.db"))?);
     let stop_deploys = CancellationToken::new();
     // Reports first: the deploys that start now are reported too.
@@ -114,20 +122,11 @@ async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
     });
     let router = api::router(state.clone());
     let api = match &loaded.config.tls {
-        // axum knows the peer address of its own listener only: no `ConnectInfo` over TLS.
         Some(tls) => {
             let listener = crate::tls::TlsListener::new(listener, crate::tls::acceptor(tls)?)?;
-            tokio::spawn(
-                axum::serve(listener, router.into_make_service())
-                    .with_graceful_shutdown(stop_api.clone().cancelled_owned())
-                    .into_future(),
-            )
+            tokio::spawn(api::serve::serve(listener, router, budget.api_connections, stop_api.clone()))
         }
-        None => tokio::spawn(
-            axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
-                .with_graceful_shutdown(stop_api.clone().cancelled_owned())
-                .into_future(),
-        ),
+        None => tokio::spawn(api::serve::serve(listener, router, budget.api_connections, stop_api.clone())),
     };
     tracing::info!(%listen, tls = loaded.config.tls.is_some(), config = %path.display(), "agent ready");
 

@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod deploy;
 pub mod front;
+pub mod limits;
 pub mod locks;
 pub mod metrics;
 pub mod quickstart;

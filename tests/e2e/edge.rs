@@ -189,3 +189,42 @@ fn a_stopped_worker_is_cut_off_at_the_response_timeout_and_replaced() {
 fn a_worker_that_accepts_and_never_answers_is_cut_off_and_replaced() {
     a_hung_worker_costs_only_the_requests_already_on_it("1", |_| {});
 }
+
+/// With the fd limit at 160, 300 connections that send nothing fill the fronts' budget, not the
+/// fd table: the API still answers `/healthz` and a reload, the log shows no error storm, and
+/// once the flood goes away the app serves again at once.
+#[test]
+fn a_connection_flood_under_a_low_fd_limit_leaves_the_api_and_reloads_working() {
+    let agent = TestEnv::new().fd_limit(160).web(|a| a.set("front", "{ header_timeout: 3s }")).start();
+    let port = agent.port("web");
+    let flood: Vec<TcpStream> = (0..300).filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok()).collect();
+    assert!(flood.len() >= 200, "only {} connections could be opened", flood.len());
+
+    let health = agent.api_get("/healthz");
+    assert_eq!(health.status, 200, "{}", health.body);
+    let reload = agent.reload("web", false);
+    assert_eq!(reload.status, 200, "a reload during the flood: {}", reload.body);
+    let storm = agent.log().matches("accept failed").count();
+    assert!(storm <= 3, "{storm} accept errors logged");
+
+    drop(flood);
+    let served = wait_until(Duration::from_secs(10), || http::get(port, "/").is_ok_and(|r| r.status == 200));
+    assert!(served, "the app did not serve again after the flood");
+}
+
+/// The API has a head deadline too: partial heads are closed, and `/healthz` answers meanwhile.
+#[test]
+fn partial_heads_on_the_api_are_closed_at_its_head_deadline() {
+    let agent = TestEnv::new().start();
+    let mut partial: Vec<TcpStream> = (0..50)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", agent.api_port())).expect("connect to the API");
+            s.write_all(b"GET /v1/apps HTTP/1.1\r\nHost: a\r\n").expect("half a head");
+            s
+        })
+        .collect();
+    let health = http::get(agent.api_port(), "/healthz").expect("GET /healthz");
+    assert_eq!(health.status, 200, "{}", health.body);
+    let closed = wait_until(Duration::from_secs(20), || partial.iter_mut().all(is_closed));
+    assert!(closed, "partial heads are still open on the API");
+}

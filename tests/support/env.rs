@@ -168,6 +168,8 @@ pub struct TestEnv {
     agent_keys: BTreeMap<&'static str, String>,
     /// Variables in the agent's environment (webhook and report secrets).
     agent_env: BTreeMap<String, String>,
+    /// `RLIMIT_NOFILE` of the agent process (`None`: the test's own).
+    pub(crate) fd_limit: Option<u64>,
 }
 
 impl Default for TestEnv {
@@ -185,7 +187,15 @@ impl TestEnv {
             admin_secret: None,
             agent_keys: BTreeMap::new(),
             agent_env: BTreeMap::new(),
+            fd_limit: None,
         }
+    }
+
+    /// Start the agent with `RLIMIT_NOFILE` at `n` (soft and hard), as a host with a low fd
+    /// limit would.
+    pub fn fd_limit(mut self, n: u64) -> Self {
+        self.fd_limit = Some(n);
+        self
     }
 
     /// A top-level key of the agent's config, its value written as YAML:
@@ -400,6 +410,16 @@ impl Setup {
             cmd.env(&t.var, &t.value);
         }
         cmd.envs(&self.env.agent_env);
+        if let Some(n) = self.env.fd_limit {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit only, between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, n, n)
+                        .map_err(std::io::Error::from)
+                });
+            }
+        }
         cmd
     }
 

@@ -6,6 +6,7 @@
 mod auth;
 mod hooks;
 mod locks;
+pub mod serve;
 mod stream;
 
 pub use hooks::{WebhookCounts, WebhookStats};

@@ -8,7 +8,7 @@
 //! still reuses warm connections to the app.
 
 use super::chunked::Chunked;
-use super::{Backend, Lease, Rotation, UPSTREAM_IDLE};
+use super::{Backend, Lease, Rotation, UPSTREAM_IDLE, accept};
 use bytes::{Buf, BytesMut};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -78,39 +78,35 @@ pub struct FrontStats {
     pub timeouts: AtomicU64,
 }
 
-/// Accept client connections until `shutdown`; each one is served on `tracker`.
+/// Accept client connections until `shutdown`, within `budget`; each one is served on `tracker`.
 pub async fn serve(
     listener: TcpListener,
     rotation: Arc<Rotation>,
     stats: Arc<FrontStats>,
     rules: tokio::sync::watch::Receiver<Arc<ClientRules>>,
+    budget: accept::Budget,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => break,
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some(accept::Accepted { stream, peer, slot }) = accept::next(&listener, &budget, &shutdown).await {
+        let rules = rules.borrow().clone();
         let conn = Conn {
             client: stream,
             cbuf: BytesMut::with_capacity(8 * 1024),
             scanned: 0,
+            // A connection that sends nothing is held to the head deadline from its start.
+            head_started: Some(Instant::now()),
             peer: peer.ip(),
-            rules: rules.borrow().clone(),
+            rules,
             rotation: rotation.clone(),
             stats: stats.clone(),
             pinned: None,
         };
-        tracker.spawn(conn.run(shutdown.clone()));
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            conn.run(shutdown).await;
+            drop(slot);
+        });
     }
 }
 
@@ -226,6 +222,9 @@ struct Conn {
     /// How much of `cbuf` is known not to hold the end of a head: each byte is searched once,
     /// however the head is cut into reads.
     scanned: usize,
+    /// When the head being read started: at accept for the first request, at its first byte
+    /// for later ones (between requests a connection is idle, not slow).
+    head_started: Option<Instant>,
     peer: IpAddr,
     rules: Arc<ClientRules>,
     rotation: Arc<Rotation>,
@@ -263,8 +262,12 @@ impl Conn {
     /// The next request head, `None` when the client closed (or the agent stops, or it stayed
     /// idle past `idle_timeout`) between requests. `Err(status)`: answer that and close.
     async fn read_request(&mut self, shutdown: &CancellationToken) -> Result<Option<Request>, u16> {
-        // The head's deadline runs from its first byte; before that the connection is idle.
-        let mut head_deadline = (!self.cbuf.is_empty()).then(|| Instant::now() + self.rules.header_timeout);
+        // The head's deadline runs from its first byte (or the connection's start); before that
+        // a keep-alive connection is idle.
+        if !self.cbuf.is_empty() {
+            self.head_started.get_or_insert_with(Instant::now);
+        }
+        let mut head_deadline = self.head_started.take().map(|t| t + self.rules.header_timeout);
         loop {
             if let Some(end) = head_end(&self.cbuf, self.scanned) {
                 let parsed = parse_request(&self.cbuf[..end], self.peer, &*self.rules.trusted_proxy);

@@ -6,6 +6,7 @@
 //! supervisor may signal the process. Nothing a client sent is ever written to a worker that has
 //! left the rotation, which is why an app that dies at once on the reload signal fails nothing.
 
+pub mod accept;
 mod chunked;
 pub mod http;
 pub mod tcp;

@@ -5,7 +5,7 @@
 //! clients therefore hold an old worker until the drain timeout; the `http` front moves them at
 //! a request boundary instead.
 
-use super::{Lease, Rotation};
+use super::{Lease, Rotation, accept};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -18,26 +18,16 @@ use super::http::FrontStats;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Accept client connections until `shutdown`, within `budget`; each one is relayed on `tracker`.
 pub async fn serve(
     listener: TcpListener,
     rotation: Arc<Rotation>,
     stats: Arc<FrontStats>,
+    budget: accept::Budget,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    loop {
-        let (client, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => break,
-        };
-        let _ = client.set_nodelay(true);
+    while let Some(accept::Accepted { stream: client, slot, .. }) = accept::next(&listener, &budget, &shutdown).await {
         let rotation = rotation.clone();
         let stats = stats.clone();
         tracker.spawn(async move {
@@ -48,6 +38,7 @@ pub async fn serve(
             };
             relay(client, upstream).await;
             drop(lease);
+            drop(slot);
         });
     }
 }

@@ -56,12 +56,14 @@ pub struct Supervisor {
     pids: Arc<PidRecord>,
     base_env: RwLock<Arc<BTreeMap<String, String>>>,
     apps: RwLock<BTreeMap<String, Arc<App>>>,
+    /// Client connections all fronts may hold at once (`crate::limits`).
+    front_budget: front::accept::Budget,
 }
 
 impl Supervisor {
     /// Prepare the state dir, stop what a previous agent left running, bind every app's port and
     /// start its workers.
-    pub async fn start(loaded: &Loaded) -> Result<Arc<Supervisor>, SupervisorError> {
+    pub async fn start(loaded: &Loaded, front_connections: usize) -> Result<Arc<Supervisor>, SupervisorError> {
         let state_dir = loaded.config.state_dir.clone();
         for dir in [state_dir.join("logs"), state_dir.join("run")] {
             std::fs::create_dir_all(&dir).map_err(|source| SupervisorError::StateDir { path: dir.clone(), source })?;
@@ -79,6 +81,7 @@ impl Supervisor {
             pids,
             base_env: RwLock::new(Arc::new(base_env(&loaded.config))),
             apps: RwLock::new(BTreeMap::new()),
+            front_budget: Arc::new(tokio::sync::Semaphore::new(front_connections)),
         });
         for (name, cfg) in &loaded.config.apps {
             let app = sup.create_app(name, cfg)?;
@@ -131,10 +134,11 @@ impl Supervisor {
                     let (rotation, stats, cancel, tracker2) =
                         (rotation.clone(), stats.clone(), cancel.clone(), tracker.clone());
                     let mode = cfg.proxy;
+                    let budget = self.front_budget.clone();
                     async move {
                         match mode {
-                            ProxyMode::Tcp => front::tcp::serve(l, rotation, stats, cancel, tracker2).await,
-                            _ => front::http::serve(l, rotation, stats, rules_rx, cancel, tracker2).await,
+                            ProxyMode::Tcp => front::tcp::serve(l, rotation, stats, budget, cancel, tracker2).await,
+                            _ => front::http::serve(l, rotation, stats, rules_rx, budget, cancel, tracker2).await,
                         }
                     }
                 };

@@ -1,0 +1,69 @@
+//! Serving the API with the limits a listener needs when anyone can connect to it: a cap on
+//! connections (the rest wait in the kernel's accept queue, no fd is spent on them) and a
+//! deadline for each request head, so neither a flood nor slow clients keep `/healthz`, the
+//! webhooks or a deploy from being answered. axum's own `serve` has neither.
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::serve::Listener;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
+
+/// The whole head of a request must arrive within this long.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connections may take to finish when the agent stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Serve `router` on `listener`, at most `max_connections` at once (their fds are part of the
+/// agent's reserve, `crate::limits`, which the fronts never take), until `shutdown`; then let
+/// open connections finish (briefly). Handlers see the peer as `ConnectInfo<SocketAddr>`, over
+/// TLS too.
+pub async fn serve<L>(mut listener: L, router: Router, max_connections: usize, shutdown: CancellationToken)
+where
+    L: Listener<Addr = SocketAddr>,
+{
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let graceful = GracefulShutdown::new();
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let (io, peer) = tokio::select! {
+            c = listener.accept() => c,
+            _ = shutdown.cancelled() => break,
+        };
+        let service = router.clone().map_request(move |req: hyper::Request<Incoming>| {
+            let mut req = req.map(Body::new);
+            req.extensions_mut().insert(ConnectInfo(peer));
+            req
+        });
+        let mut builder = Builder::new(TokioExecutor::new());
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "API connection ended");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+        tracing::debug!("API connections still open at shutdown; closing them");
+    }
+}
