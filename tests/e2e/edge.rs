@@ -228,3 +228,24 @@ fn partial_heads_on_the_api_are_closed_at_its_head_deadline() {
     let closed = wait_until(Duration::from_secs(20), || partial.iter_mut().all(is_closed));
     assert!(closed, "partial heads are still open on the API");
 }
+
+#[test]
+fn a_body_over_max_body_is_refused_with_413() {
+    let agent = echo_app(TestEnv::new()).web(|a| a.set("front", "{ max_body: 1K }")).start();
+    let port = agent.port("web");
+    let big = "x".repeat(5000);
+    let r = http::request(port, "POST", "/", &[], Some(&big), Duration::from_secs(10)).expect("an answer");
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert!(r.body.contains("max_body"), "{}", r.body);
+
+    let chunked = format!(
+        "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{big}\r\n0\r\n\r\n",
+        big.len()
+    );
+    let r = http::raw(port, chunked.as_bytes(), Duration::from_secs(10)).expect("an answer");
+    assert_eq!(r.status, 413, "{}", r.body);
+
+    let small = "y".repeat(900);
+    let r = http::request(port, "POST", "/", &[], Some(&small), Duration::from_secs(10)).expect("an answer");
+    assert_eq!(r.status, 200, "a body under the limit passes: {}", r.body);
+}

@@ -1,7 +1,7 @@
 //! `front:` — how an app's `http` front treats clients: deadlines for slow ones and which peers
 //! may tell it who the real client is.
 
-use super::units::Dur;
+use super::units::{Dur, Size};
 use serde::{Deserialize, Deserializer};
 use std::fmt;
 use std::net::IpAddr;
@@ -24,6 +24,11 @@ pub struct FrontConfig {
     /// A client may not fall silent longer than this while sending a request body
     /// (nginx's `client_body_timeout`).
     pub body_timeout: Dur,
+    /// The largest request body passed to a worker (`100M` by default, like a large upload;
+    /// bodies are streamed, never buffered). A bigger `Content-Length` is answered 413 before
+    /// the worker sees a byte; a chunked body that grows past it is cut (nginx's
+    /// `client_max_body_size`).
+    pub max_body: Size,
     /// Passive health: after this many response timeouts or refused connects in a row, a worker
     /// leaves the rotation and is replaced through the reload path (its replacement ready
     /// first). `0` turns it off. A worker that hangs (a deadlock, `SIGSTOP`) costs at most the
@@ -42,6 +47,7 @@ impl Default for FrontConfig {
             idle_timeout: Dur(Duration::from_secs(75)),
             response_timeout: Dur(Duration::from_secs(60)),
             body_timeout: Dur(Duration::from_secs(60)),
+            max_body: Size(100 << 20),
             unhealthy_after: 3,
             trusted_proxies: Vec::new(),
         }

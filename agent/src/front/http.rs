@@ -39,6 +39,9 @@ pub struct ClientRules {
     pub response_timeout: Duration,
     /// A client may not fall silent longer than this while it sends a request body.
     pub body_timeout: Duration,
+    /// The largest request body passed on: a larger `Content-Length` is answered 413 before the
+    /// worker sees a byte; a chunked body that grows past it is cut (413 if nothing was answered).
+    pub max_body: u64,
     /// Whether a peer's forwarding headers are believed (`trusted_proxies`).
     pub trusted_proxy: Box<dyn Fn(IpAddr) -> bool + Send + Sync>,
 }
@@ -50,6 +53,7 @@ impl Default for ClientRules {
             idle_timeout: Duration::from_secs(75),
             response_timeout: Duration::from_secs(60),
             body_timeout: Duration::from_secs(60),
+            max_body: 100 << 20,
             trusted_proxy: Box::new(|_| false),
         }
     }
@@ -213,6 +217,8 @@ enum Failure {
     UpstreamMidResponse,
     /// A worker did not start its answer within `response_timeout`.
     Timeout,
+    /// The client's body is larger than `max_body`.
+    TooLarge,
     Malformed,
 }
 
@@ -245,6 +251,7 @@ impl Conn {
                 Ok(None) => break,
                 Err(status) => {
                     let _ = respond(&mut self.client, status).await;
+                    linger(&mut self.client).await;
                     break;
                 }
             };
@@ -273,6 +280,7 @@ impl Conn {
                 let parsed = parse_request(&self.cbuf[..end], self.peer, &*self.rules.trusted_proxy);
                 self.scanned = 0;
                 return match parsed {
+                    Ok(Some((_, req))) if matches!(req.body, Body::Length(n) if n > self.rules.max_body) => Err(413),
                     Ok(Some((len, req))) => {
                         self.cbuf.advance(len);
                         Ok(Some(req))
@@ -349,6 +357,13 @@ impl Conn {
                     let _ = respond(&mut self.client, 504).await;
                     return Flow::Close;
                 }
+                Err(Failure::TooLarge) => {
+                    // The worker got part of the body: its connection cannot carry another request.
+                    drop(up);
+                    let _ = respond(&mut self.client, 413).await;
+                    linger(&mut self.client).await;
+                    return Flow::Close;
+                }
                 Err(Failure::Client) => return Flow::Close,
             }
         }
@@ -409,6 +424,8 @@ impl Conn {
         let retry = req.idempotent && req.body == Body::None;
         let mut out = req.head.clone();
         let n = req.body.take(&self.cbuf)?;
+        // What is left of `max_body` (a `Content-Length` was checked with the head).
+        let mut body_left = self.rules.max_body.checked_sub(n as u64).ok_or(Failure::TooLarge)?;
         out.extend_from_slice(&self.cbuf[..n]);
         self.cbuf.advance(n);
         if up.stream.write_all(&out).await.is_err() {
@@ -424,10 +441,13 @@ impl Conn {
             // The worker's time to answer runs from the end of the body.
             let sent_all = tokio::sync::Notify::new();
             let send = async {
-                let sent = relay(&mut cr, cbuf, &mut uw, &mut body, rules.body_timeout).await.map_err(|e| match e {
-                    Relay::Src | Relay::Idle | Relay::Malformed => Failure::Client,
-                    Relay::Dst => Failure::Upstream { retry: false },
-                });
+                let sent = relay(&mut cr, cbuf, &mut uw, &mut body, rules.body_timeout, Some(&mut body_left))
+                    .await
+                    .map_err(|e| match e {
+                        Relay::Src | Relay::Idle | Relay::Malformed => Failure::Client,
+                        Relay::TooLarge => Failure::TooLarge,
+                        Relay::Dst => Failure::Upstream { retry: false },
+                    });
                 sent_all.notify_one();
                 sent
             };
@@ -471,7 +491,9 @@ impl Conn {
             return Flow::Close;
         }
         if !body.is_done() {
-            match relay(&mut up.stream, &mut up.ubuf, &mut self.client, &mut body, self.rules.response_timeout).await {
+            match relay(&mut up.stream, &mut up.ubuf, &mut self.client, &mut body, self.rules.response_timeout, None)
+                .await
+            {
                 Ok(()) => {}
                 Err(Relay::Dst) => return Flow::Close,
                 Err(Relay::Idle) => {
@@ -481,7 +503,7 @@ impl Conn {
                     self.rotation.failed(up.backend());
                     return Flow::Close;
                 }
-                Err(Relay::Src | Relay::Malformed) => {
+                Err(Relay::Src | Relay::Malformed | Relay::TooLarge) => {
                     tracing::warn!(worker = up.backend().worker, "worker closed in the middle of a response body");
                     self.stats.errors.fetch_add(1, Relaxed);
                     return Flow::Close;
@@ -571,12 +593,21 @@ enum Relay {
     Dst,
     /// `src` sent nothing for the idle limit.
     Idle,
+    /// More than the body limit.
+    TooLarge,
     Malformed,
 }
 
 /// Copy the rest of a body from `src` (bytes already read sit in `buf`) to `dst`; `src` may not
-/// fall silent for longer than `idle`.
-async fn relay<R, W>(src: &mut R, buf: &mut BytesMut, dst: &mut W, body: &mut Body, idle: Duration) -> Result<(), Relay>
+/// fall silent for longer than `idle`, nor send more than `limit` bytes of body.
+async fn relay<R, W>(
+    src: &mut R,
+    buf: &mut BytesMut,
+    dst: &mut W,
+    body: &mut Body,
+    idle: Duration,
+    mut limit: Option<&mut u64>,
+) -> Result<(), Relay>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -584,6 +615,9 @@ where
     loop {
         if !buf.is_empty() {
             let n = body.take(buf).map_err(|_| Relay::Malformed)?;
+            if let Some(left) = limit.as_deref_mut() {
+                *left = left.checked_sub(n as u64).ok_or(Relay::TooLarge)?;
+            }
             if n > 0 {
                 dst.write_all(&buf[..n]).await.map_err(|_| Relay::Dst)?;
                 buf.advance(n);
@@ -818,11 +852,26 @@ fn parse_response(buf: &[u8], req: &Request) -> Result<Option<Response>, Failure
     Ok(Some(Response { head_len, status, body, upstream_close, rewritten }))
 }
 
+/// Read and drop what the client still sends (a body we refused) for a moment before closing:
+/// closing with unread bytes resets the connection, and the client might lose our answer.
+async fn linger(client: &mut TcpStream) {
+    let mut sink = [0u8; 16 * 1024];
+    let mut budget = 1usize << 20;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    while budget > 0 {
+        match tokio::time::timeout_at(deadline, client.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => budget = budget.saturating_sub(n),
+            _ => return,
+        }
+    }
+}
+
 /// The front's own answer, when no worker could give one.
 async fn respond(client: &mut TcpStream, status: u16) -> io::Result<()> {
     let (reason, text) = match status {
         400 => ("Bad Request", "bad request\n"),
         408 => ("Request Timeout", "the request head did not arrive in time\n"),
+        413 => ("Content Too Large", "the request body is larger than the app's `front.max_body`\n"),
         431 => ("Request Header Fields Too Large", "request head too large\n"),
         501 => ("Not Implemented", "transfer-encoding not supported\n"),
         504 => ("Gateway Timeout", "the worker did not answer in time\n"),

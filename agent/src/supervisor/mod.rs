@@ -264,6 +264,7 @@ fn client_rules(cfg: &AppConfig) -> Arc<front::http::ClientRules> {
         idle_timeout: f.idle_timeout.0,
         response_timeout: f.response_timeout.0,
         body_timeout: f.body_timeout.0,
+        max_body: f.max_body.0,
         trusted_proxy: Box::new(move |ip| f.trusts(ip)),
     })
 }
