@@ -155,7 +155,7 @@ impl Upstream {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Body {
+pub(super) enum Body {
     None,
     Length(u64),
     Chunked(Chunked),
@@ -163,7 +163,7 @@ enum Body {
 }
 
 impl Body {
-    fn is_done(&self) -> bool {
+    pub(super) fn is_done(&self) -> bool {
         match self {
             Body::None | Body::Length(0) => true,
             Body::Chunked(c) => c.is_done(),
@@ -172,7 +172,7 @@ impl Body {
     }
 
     /// How many of `buf`'s leading bytes belong to this body; advances the framing.
-    fn take(&mut self, buf: &[u8]) -> Result<usize, Failure> {
+    pub(super) fn take(&mut self, buf: &[u8]) -> Result<usize, Failure> {
         Ok(match self {
             Body::None => 0,
             Body::Length(left) => {
@@ -187,9 +187,9 @@ impl Body {
 }
 
 /// A parsed request head, with the bytes to send upstream already built.
-struct Request {
-    head: Vec<u8>,
-    body: Body,
+pub(super) struct Request {
+    pub(super) head: Vec<u8>,
+    pub(super) body: Body,
     idempotent: bool,
     is_head: bool,
     client_close: bool,
@@ -206,7 +206,7 @@ struct Response {
 }
 
 #[derive(Debug)]
-enum Failure {
+pub(super) enum Failure {
     /// The client went away or broke the protocol: close without an answer.
     Client,
     /// A worker failed before answering anything; `retry` when the request may be sent again.
@@ -638,7 +638,7 @@ where
 
 /// Where the head in `buf` ends (just past its empty line), searching from `from`. A line may
 /// end in CRLF or a bare LF (RFC 9112 lets a recipient accept it); the worker always gets CRLF.
-fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+pub(super) fn head_end(buf: &[u8], from: usize) -> Option<usize> {
     let mut i = from;
     while let Some(p) = buf.get(i..)?.iter().position(|&b| b == b'\n') {
         let lf = i + p;
@@ -665,7 +665,7 @@ fn content_length(value: &[u8]) -> Option<u64> {
 const FORWARDING: [&str; 5] = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"];
 
 /// Parse a complete request head. `Ok(None)`: incomplete. `Err(status)`: answer that and close.
-fn parse_request(
+pub(super) fn parse_request(
     buf: &[u8],
     peer: IpAddr,
     trusted_proxy: &(dyn Fn(IpAddr) -> bool + Send + Sync),

@@ -8,6 +8,8 @@
 
 pub mod accept;
 mod chunked;
+#[cfg(test)]
+mod differential;
 pub mod http;
 pub mod tcp;
 
