@@ -1,7 +1,12 @@
 //! Running the install step and the lifecycle hooks: commands from the config only, no shell,
 //! each in its own process group, with a timeout, output streamed to the deploy's log.
+//!
+//! Output is read in bounded memory (a line over 16 KiB is cut and marked, as for workers) and
+//! every secret value the agent knows is masked before a line reaches the log file or the tail.
 
 use crate::config::RunAs;
+use crate::secrets::Secrets;
+use crate::supervisor::lines;
 use crate::supervisor::spawn::{self, Launch};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -10,7 +15,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::AsyncRead;
 use tokio_util::sync::CancellationToken;
 
 const TAIL_LINES: usize = 40;
@@ -20,19 +25,26 @@ pub struct Output {
     path: PathBuf,
     file: Mutex<Option<std::fs::File>>,
     tail: Mutex<VecDeque<String>>,
+    secrets: Secrets,
 }
 
 impl Output {
-    pub fn create(path: PathBuf) -> Output {
+    pub fn create(path: PathBuf, secrets: Secrets) -> Output {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&path).ok();
-        Output { path, file: Mutex::new(file), tail: Mutex::new(VecDeque::with_capacity(TAIL_LINES)) }
+        Output { path, file: Mutex::new(file), tail: Mutex::new(VecDeque::with_capacity(TAIL_LINES)), secrets }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// Keep one line, its secrets masked.
     pub fn line(&self, line: &str) {
+        self.keep(&self.secrets.mask(line));
+    }
+
+    /// Keep one line as it is (masked and cut already).
+    fn keep(&self, line: &str) {
         if let Some(f) = self.file.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
             let _ = writeln!(f, "{line}");
         }
@@ -48,15 +60,7 @@ impl Output {
     }
 
     async fn capture(&self, pipe: impl AsyncRead + Unpin) {
-        let mut reader = BufReader::new(pipe);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match reader.read_until(b'\n', &mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => self.line(String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r'])),
-            }
-        }
+        lines::read(pipe, |line| self.keep(&line.finish(&self.secrets))).await;
     }
 }
 

@@ -4,6 +4,7 @@
 //! Operations on one app (reload, restart, stop, start, scale, memory replacements) take the
 //! app's operation lock, so they never interleave; the front keeps serving throughout.
 
+pub(crate) mod lines;
 mod logs;
 mod orphans;
 mod procstat;
@@ -15,6 +16,7 @@ pub mod worker;
 use crate::config::{self, AgentConfig, AppConfig, ConfigError, Loaded, ProxyMode, ReloadConfig};
 use crate::front::http::FrontStats;
 use crate::front::{self, Rotation};
+use crate::secrets::Secrets;
 use deployer_wire::{AppStatus, LogLine, ReloadOutcome};
 use logs::LogSink;
 use nix::sys::signal::Signal;
@@ -54,14 +56,15 @@ pub struct Supervisor {
     _lock: nix::fcntl::Flock<std::fs::File>,
     state_dir: PathBuf,
     pids: Arc<PidRecord>,
-    base_env: RwLock<Arc<BTreeMap<String, String>>>,
+    /// What children never get in their environment, and what logs mask (the daemon updates it).
+    secrets: Secrets,
     apps: RwLock<BTreeMap<String, Arc<App>>>,
 }
 
 impl Supervisor {
     /// Prepare the state dir, stop what a previous agent left running, bind every app's port and
     /// start its workers.
-    pub async fn start(loaded: &Loaded) -> Result<Arc<Supervisor>, SupervisorError> {
+    pub async fn start(loaded: &Loaded, secrets: Secrets) -> Result<Arc<Supervisor>, SupervisorError> {
         let state_dir = loaded.config.state_dir.clone();
         for dir in [state_dir.join("logs"), state_dir.join("run")] {
             std::fs::create_dir_all(&dir).map_err(|source| SupervisorError::StateDir { path: dir.clone(), source })?;
@@ -77,7 +80,7 @@ impl Supervisor {
             state_dir,
             _lock: lock,
             pids,
-            base_env: RwLock::new(Arc::new(base_env(&loaded.config))),
+            secrets,
             apps: RwLock::new(BTreeMap::new()),
         });
         for (name, cfg) in &loaded.config.apps {
@@ -92,11 +95,6 @@ impl Supervisor {
             }
         }
         Ok(sup)
-    }
-
-    /// The environment every worker and deploy command starts from (the agent's, minus secrets).
-    pub fn base_env(&self) -> BTreeMap<String, String> {
-        BTreeMap::clone(&self.base_env.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub fn list(&self) -> Vec<Arc<App>> {
@@ -116,7 +114,13 @@ impl Supervisor {
         // An app deployed from git runs its current release; before the first deploy it has none.
         let release = cfg.path.as_deref().and_then(current_release);
         let spec = resolve_spec(cfg, release.as_ref())?.map(Arc::new);
-        let logs = Arc::new(LogSink::new(name, self.state_dir.join("logs"), cfg.logs.max_size.0, cfg.logs.keep));
+        let logs = Arc::new(LogSink::new(
+            name,
+            self.state_dir.join("logs"),
+            cfg.logs.max_size.0,
+            cfg.logs.keep,
+            self.secrets.clone(),
+        ));
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         let stats = Arc::new(FrontStats::default());
@@ -161,7 +165,7 @@ impl Supervisor {
             logs,
             pids: self.pids.clone(),
             run_dir: self.state_dir.join("run"),
-            base_env: self.base_env.read().unwrap_or_else(|e| e.into_inner()).clone(),
+            secrets: self.secrets.clone(),
         });
         let app = Arc::new(App {
             name: name.to_string(),
@@ -184,9 +188,10 @@ impl Supervisor {
     }
 
     /// SIGHUP: apply a re-read config. Apps added start, removed ones stop, changed ones are
-    /// reloaded onto the new settings (or recreated when their port or front changed).
+    /// reloaded onto the new settings (or recreated when their port or front changed). The
+    /// caller has updated the [`Secrets`] first, so every worker started from here on gets the
+    /// environment of the new config.
     pub async fn apply(&self, loaded: &Loaded) -> Result<(), SupervisorError> {
-        *self.base_env.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(base_env(&loaded.config));
         let current: BTreeMap<String, Arc<App>> = self.apps.read().unwrap_or_else(|e| e.into_inner()).clone();
         for (name, app) in &current {
             if !loaded.config.apps.contains_key(name) {
@@ -238,12 +243,6 @@ fn lock_state_dir(state_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, 
         .map_err(|source| SupervisorError::StateDir { path: path.clone(), source })?;
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
         .map_err(|_| SupervisorError::StateDirBusy(state_dir.to_path_buf()))
-}
-
-/// The agent's environment minus what must not reach apps: the API tokens.
-fn base_env(config: &AgentConfig) -> BTreeMap<String, String> {
-    let secrets: Vec<&str> = config.tokens.iter().map(|t| t.token_env.as_str()).collect();
-    std::env::vars().filter(|(k, _)| !secrets.contains(&k.as_str())).collect()
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
@@ -599,7 +598,8 @@ impl App {
                 ReloadOutcome { app: self.name.clone(), ok: true, replaced, duration_ms, env_hash, error: None }
             }
             Err(e) => {
-                ReloadOutcome { app: self.name.clone(), ok: false, replaced: 0, duration_ms, env_hash, error: Some(e) }
+                let error = Some(self.ctx.secrets.masked(&e));
+                ReloadOutcome { app: self.name.clone(), ok: false, replaced: 0, duration_ms, env_hash, error }
             }
         }
     }
