@@ -4,8 +4,10 @@
 //!
 //! They decide two things, here and nowhere else:
 //! - what a child (worker, install step, hook) starts with: [`Secrets::child_env`] is the agent's
-//!   environment without those variables and without any `DEPLOYER_*` one (the agent's own
-//!   settings), then the app's `env_file`, its `env`, then the variables of the run;
+//!   environment without those variables, without any `DEPLOYER_*` one (the agent's own
+//!   settings) and without what systemd addresses to the agent (`NOTIFY_SOCKET`, `LISTEN_*`,
+//!   `WATCHDOG_*`, `CREDENTIALS_DIRECTORY`), then the app's `env_file`, its `env`, then the
+//!   variables of the run;
 //! - what is masked as `***` in everything the agent stores or sends: [`Secrets::mask`] is called
 //!   by the state store (deploys, events, output tails, report bodies), the log sinks (worker
 //!   logs, install output), the API (every JSON answer) and the agent's own log.
@@ -15,7 +17,10 @@
 //! same handle, so a rotated or newly named secret is masked and withheld everywhere at once.
 //!
 //! Values shorter than [`MIN_MASKED_LEN`] are withheld from children but not masked: a token
-//! like `x` would otherwise turn every `x` of every log line into `***`.
+//! like `x` would otherwise turn every `x` of every log line into `***`. Only whole values (and
+//! whole lines of multi-line values) are masked, never a part: masking a part would tell a
+//! program that prints guesses which guesses start a secret. Masking catches a value an app
+//! echoes by accident; an app given a value (through `env`) can always print it some other way.
 
 use crate::config::{AgentConfig, AuthConfig};
 use std::borrow::Cow;
@@ -28,12 +33,20 @@ pub const MASK: &str = "***";
 /// Secret values (and lines of multi-line values) shorter than this are not masked.
 pub const MIN_MASKED_LEN: usize = 6;
 
-/// A cut line that ends with at least this many first characters of a secret has them masked
-/// too: the rest of the secret was in the part of the line that was dropped.
-const MIN_MASKED_FRAGMENT: usize = 3;
-
 /// The prefix of the agent's own variables: never passed to a child.
 const AGENT_PREFIX: &str = "DEPLOYER_";
+
+/// What systemd hands the agent itself (its notify socket, its listening sockets, its watchdog,
+/// its credentials): never passed to a child, which gets its own where it needs one.
+const AGENT_ONLY: &[&str] = &[
+    "NOTIFY_SOCKET",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "CREDENTIALS_DIRECTORY",
+];
 
 /// The agent's secrets, shared: cheap to clone, replaced as a whole on SIGHUP.
 #[derive(Clone, Default)]
@@ -70,6 +83,19 @@ impl Secrets {
         *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(known);
     }
 
+    /// Also withhold and mask what `config` names, keeping what is known: a config file re-read
+    /// without SIGHUP (`reload --update-env`, a deploy) may name a secret the running config does
+    /// not, and the app then runs with it. Only a SIGHUP forgets a name.
+    pub fn include(&self, config: &AgentConfig) {
+        let mut cell = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let mut all = names(config);
+        if all.is_subset(&cell.names) {
+            return;
+        }
+        all.extend(cell.names.iter().cloned());
+        *cell = Arc::new(Known::read(all, std::env::vars_os()));
+    }
+
     fn known(&self) -> Arc<Known> {
         self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -82,28 +108,6 @@ impl Secrets {
     /// [`Secrets::mask`], owned.
     pub fn masked(&self, text: &str) -> String {
         self.mask(text).into_owned()
-    }
-
-    /// [`Secrets::mask`] for the kept part of a cut line: a secret whose start is at the end of
-    /// the kept part (its rest was dropped) is masked too.
-    pub fn mask_cut(&self, text: &str) -> String {
-        let known = self.known();
-        let mut out = mask_with(&known.values, text).into_owned();
-        let fragment = known
-            .values
-            .iter()
-            .filter_map(|v| {
-                (MIN_MASKED_FRAGMENT..v.len())
-                    .rev()
-                    .filter(|&k| v.is_char_boundary(k))
-                    .find(|&k| out.ends_with(&v[..k]))
-            })
-            .max();
-        if let Some(k) = fragment {
-            out.truncate(out.len() - k);
-            out.push_str(MASK);
-        }
-        out
     }
 
     /// The complete environment of a child: the agent's without its secrets and its own
@@ -146,7 +150,7 @@ impl Known {
                 if let Ok(json) = serde_json::to_string(v) {
                     values.insert(json[1..json.len() - 1].to_string());
                 }
-            } else if !k.starts_with(AGENT_PREFIX) {
+            } else if !k.starts_with(AGENT_PREFIX) && !AGENT_ONLY.contains(&k) {
                 base.insert(k.to_string(), v.to_string());
             }
         }
@@ -204,6 +208,14 @@ mod tests {
         s.update(&config);
         assert_eq!(held.mask(&format!("path={path}")), "path=***");
         assert!(!held.child_env(&BTreeMap::new(), []).contains_key("PATH"));
+        // A config read without SIGHUP adds names and forgets none; SIGHUP's update replaces them.
+        let other: AgentConfig =
+            serde_yaml_ng::from_str("tokens: [{ name: a, token_env: HOME, scopes: [read] }]").expect("config");
+        s.include(&other);
+        let env = held.child_env(&BTreeMap::new(), []);
+        assert!(!env.contains_key("PATH") && !env.contains_key("HOME"), "{env:?}");
+        s.update(&other);
+        assert!(held.child_env(&BTreeMap::new(), []).contains_key("PATH"));
     }
 
     #[test]
@@ -241,6 +253,7 @@ apps:
                 ("GIT_TOKEN", "git-token-value"),
                 ("DEPLOYER_TOKEN", "api-token-value"),
                 ("DEPLOYER_ANYTHING", "x"),
+                ("NOTIFY_SOCKET", "/run/systemd/notify"),
                 ("LANG", "C.UTF-8"),
             ],
         );
@@ -262,9 +275,6 @@ apps:
         assert!(matches!(s.mask("nothing here"), Cow::Borrowed(_)));
         assert_eq!(s.mask("key-line-2"), "***", "a line of a multi-line secret");
         assert_eq!(s.mask(r#"{"k":"-----BEGIN\nkey-line-2\n"}"#), r#"{"k":"***"}"#, "as JSON holds it");
-        assert_eq!(s.mask_cut("prefix then s3cr"), "prefix then ***");
-        assert_eq!(s.mask_cut("ends in s3"), "ends in s3", "two characters tell nothing");
-        assert_eq!(s.mask_cut("nothing"), "nothing");
         assert_eq!(Secrets::default().mask("s3cret-token"), "s3cret-token");
     }
 }

@@ -26,7 +26,7 @@ impl Line<'_> {
     /// The line as it is stored and shown: secrets masked, and a cut line marked as cut.
     pub(crate) fn finish(&self, secrets: &Secrets) -> String {
         if self.cut {
-            format!("{}… [line cut: {} bytes kept]", secrets.mask_cut(&self.text), self.text.len())
+            format!("{}… [line cut: {} bytes kept]", secrets.mask(&self.text), self.text.len())
         } else {
             secrets.masked(&self.text)
         }

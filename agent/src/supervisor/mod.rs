@@ -381,6 +381,8 @@ impl App {
     pub fn fresh_config(&self) -> Result<AppConfig, String> {
         let fresh = config::load(&self.config_path)
             .map_err(|e| format!("the config file has an error, nothing was changed:\n{e}"))?;
+        // A secret this file names is withheld from the workers started with it, SIGHUP or not.
+        self.ctx.secrets.include(&fresh.config);
         match fresh.config.apps.get(&self.name) {
             Some(cfg) if self.same_front(cfg) => Ok(cfg.clone()),
             Some(_) => Err("`port`, `proxy` or `bind` changed: send SIGHUP to the agent to apply that".into()),
