@@ -70,13 +70,6 @@ struct Known {
 }
 
 impl Secrets {
-    /// The secrets `config` names, read from the agent's environment now.
-    pub fn of(config: &AgentConfig) -> Secrets {
-        let s = Secrets::default();
-        s.update(config);
-        s
-    }
-
     /// Take the names (and their current values) of a re-read config (SIGHUP).
     pub fn update(&self, config: &AgentConfig) {
         let known = Known::read(names(config), std::env::vars_os());

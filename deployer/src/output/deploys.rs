@@ -356,6 +356,21 @@ mod tests {
     }
 
     #[test]
+    fn the_token_is_the_actor_and_who_is_shown_beside_it() {
+        let by = |who: Option<&str>, token: Option<&str>| {
+            let mut d = deploy(1, "live");
+            d.who = who.map(String::from);
+            d.token = token.map(String::from);
+            asked_by(&d)
+        };
+        assert_eq!(by(Some("admin"), Some("ci")).as_deref(), Some("admin (token ci)"));
+        assert_eq!(by(None, Some("ci")).as_deref(), Some("token ci"));
+        assert_eq!(by(Some("ci"), Some("ci")).as_deref(), Some("token ci"));
+        assert_eq!(by(Some("ana"), None).as_deref(), Some("ana"));
+        assert_eq!(by(None, None), None);
+    }
+
+    #[test]
     fn history_states_are_coloured_on_a_terminal() {
         let rendered = history_table(&[deploy(12, "live")], 1_010_000, true).to_string();
         assert!(rendered.contains('\u{1b}'), "{rendered}");
