@@ -5,6 +5,7 @@ use crate::cli::{Cli, Command};
 use crate::config;
 use crate::deploy::Deployer;
 use crate::report::Reporter;
+use crate::secrets::Secrets;
 use crate::state::Store;
 use crate::supervisor::{self, Supervisor};
 use anyhow::Context;
@@ -34,11 +35,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             run(Cli { config: qs.config, command: Some(Command::Run) })
         }
         Command::Run => {
+            // Empty until the config is loaded; the log masks whatever it holds from then on.
+            let secrets = Secrets::default();
             tracing_subscriber::fmt()
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
                 )
-                .with_writer(std::io::stderr)
+                .with_writer(MaskedStderr(secrets.clone()))
                 // Colours only for a person: a log file or a journal gets plain text.
                 .with_ansi(
                     std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none(),
@@ -48,7 +51,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            rt.block_on(serve(&cli.config))
+            rt.block_on(serve(&cli.config, secrets))
         }
     }
 }
@@ -80,7 +83,7 @@ fn read_env_files(loaded: config::Loaded) -> Result<config::Loaded, config::Conf
     Ok(loaded)
 }
 
-async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
+async fn serve(path: &Path, secrets: Secrets) -> anyhow::Result<ExitCode> {
     let loaded = config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let listen = loaded.config.listen;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -89,6 +92,7 @@ async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
     if loaded.tokens.is_empty() {
         tracing::warn!("no `tokens` configured: every /v1 request will get 401");
     }
+    secrets.update(&loaded.config);
     let nofile = crate::limits::raise_nofile().context("cannot read the fd limit (RLIMIT_NOFILE)")?;
     let budget = crate::limits::FdBudget::for_limit(nofile);
     tracing::info!(
@@ -97,8 +101,8 @@ async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
         api_connections = budget.api_connections,
         "file descriptors shared"
     );
-    let supervisor = Supervisor::start(&loaded, budget.front_connections).await?;
-    let store = Arc::new(Store::open(&loaded.config.state_dir.join("agent.db"))?);
+    let supervisor = Supervisor::start(&loaded, secrets.clone(), budget.front_connections).await?;
+    let store = Arc::new(Store::open(&loaded.config.state_dir.join("agent.db"), secrets.clone())?);
     let stop_deploys = CancellationToken::new();
     // Reports first: the deploys that start now are reported too.
     let reporter = Reporter::start(store.clone(), &loaded.config, stop_deploys.clone());
@@ -108,7 +112,7 @@ async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
         reporter.clone(),
         stop_deploys.clone(),
     ));
-    let deployer = Deployer::start(store.clone(), supervisor.clone(), stop_deploys.clone())?;
+    let deployer = Deployer::start(store.clone(), supervisor.clone(), secrets.clone(), stop_deploys.clone())?;
     let stop_api = CancellationToken::new();
     let state = Arc::new(ApiState {
         supervisor: supervisor.clone(),
@@ -119,6 +123,7 @@ async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
         shutdown: stop_api.clone(),
         store,
         webhooks: WebhookStats::default(),
+        secrets: secrets.clone(),
     });
     let router = api::router(state.clone());
     let api = match &loaded.config.tls {
@@ -139,6 +144,9 @@ async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
             _ = int.recv() => break,
             _ = hup.recv() => match config::load(path) {
                 Ok(fresh) => {
+                    // First: every child started from here on, and every text masked, follows
+                    // the new config's secrets.
+                    secrets.update(&fresh.config);
                     tracing::info!("SIGHUP: applying the re-read config");
                     *state.tokens.write().unwrap_or_else(|e| e.into_inner()) = fresh.tokens.clone();
                     reporter.apply(&fresh.config);
@@ -160,4 +168,39 @@ async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
     let _ = tokio::time::timeout(Duration::from_secs(5), api).await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The agent's own log: stderr, each event written whole with the agent's secrets masked (an
+/// error from git or a receiver may quote one).
+struct MaskedStderr(Secrets);
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for MaskedStderr {
+    type Writer = MaskedEvent<'a>;
+    fn make_writer(&'a self) -> MaskedEvent<'a> {
+        MaskedEvent { secrets: &self.0, buf: Vec::new() }
+    }
+}
+
+/// One event being written: kept until it is complete, then masked and written at once.
+struct MaskedEvent<'a> {
+    secrets: &'a Secrets,
+    buf: Vec<u8>,
+}
+
+impl std::io::Write for MaskedEvent<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for MaskedEvent<'_> {
+    fn drop(&mut self) {
+        let text = String::from_utf8_lossy(&self.buf);
+        // Nowhere to report a failed write of the log itself.
+        let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), self.secrets.mask(&text).as_bytes());
+    }
 }

@@ -15,6 +15,7 @@ pub mod locks;
 pub mod metrics;
 pub mod quickstart;
 pub mod report;
+pub mod secrets;
 pub mod source;
 pub mod state;
 pub mod supervisor;

@@ -114,7 +114,7 @@ pub struct DeployRequest {
     /// A branch name or a commit sha (full or at least 7 hex digits); the app's `branch` when absent.
     #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
     pub git_ref: Option<String>,
-    /// Who asked (shown in history); the token's name when absent.
+    /// Who asked (shown in history). The token's name is recorded beside it in any case.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub who: Option<String>,
 }
@@ -143,7 +143,12 @@ pub struct Deploy {
     /// `queued`, `fetching`, `building`, `rolling`, `live`, `failed`, `rolled_back`, `superseded`,
     /// `interrupted`, `cancelled`.
     pub state: String,
+    /// Who asked, as the request said (`--who`), or the pusher of a webhook, or the trigger.
     pub who: Option<String>,
+    /// The name of the API token the deploy was asked with: the authenticated actor, whatever
+    /// `who` says. Absent for webhooks, pull mode and the agent's own deploys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
     /// The release directory name (`<seq>-<shortsha>`), once materialised.
     pub release: Option<String>,
     pub queued_at_ms: u64,
@@ -267,6 +272,10 @@ pub struct HookAnswer {
     /// The deploy queued (or joined) for the push.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deploy: Option<u64>,
+    /// What happened to the push when it did not queue a new deploy: it joined one queued or
+    /// running for the same commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
     /// Why nothing was deployed: a ping, a tag, another branch, a redelivery...
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ignored: Option<String>,

@@ -5,9 +5,13 @@
 //! branch itself and deploys the head it fetched. The payload's sha is logged, never deployed.
 //! The answer comes before any git work: the deploy runs after it, through the same queue as
 //! every other trigger.
+//!
+//! Delivery ids are not signed, so a captured delivery can be replayed under a new id. A push
+//! whose commit is already live, or already being deployed, queues nothing (it joins the deploy
+//! under way); a body seen before under another id queues nothing either.
 
 use super::{ApiErr, ApiState};
-use crate::deploy::Target;
+use crate::deploy::{Pushed, Requester};
 use axum::Extension;
 use axum::Json;
 use axum::extract::{ConnectInfo, Path, State};
@@ -15,6 +19,7 @@ use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
 use deployer_wire::HookAnswer;
 use hooks::{Headers, IgnoreReason, Outcome, RejectionKind};
+use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -114,6 +119,7 @@ pub async fn receive(
                 app: app.clone(),
                 delivery: Some(delivery.clone()),
                 deploy: None,
+                message: None,
                 ignored: Some(reason),
             }),
         ))
@@ -126,20 +132,49 @@ pub async fn receive(
     if !st.store.remember_delivery(&app, &delivery).map_err(internal)? {
         return ignored(IgnoreReason::DuplicateDelivery { delivery: delivery.clone() }.to_string());
     }
+    // The body is what is signed: the same body under a new delivery id is a replay.
+    let body_id = format!("body:sha256:{}", hex::encode(Sha256::digest(&body)));
+    let replayed = match st.store.remember_delivery(&app, &body_id) {
+        Ok(new) => !new,
+        Err(e) => {
+            let _ = st.store.forget_delivery(&app, &delivery);
+            return Err(internal(e));
+        }
+    };
     let who = push.pusher.clone().unwrap_or_else(|| "webhook".into());
-    let accepted = match st.deployer.request(&app, Target::Ref(cfg.branch.clone()), "webhook", Some(&who)) {
-        Ok(accepted) => accepted,
+    let after = push.after.as_str();
+    let pushed = match st.deployer.push(&app, after, replayed, &Requester::named(Some(&who))) {
+        Ok(pushed) => pushed,
         Err(e) => {
             // Not acted on: let the host's retry through.
             let _ = st.store.forget_delivery(&app, &delivery);
+            if !replayed {
+                let _ = st.store.forget_delivery(&app, &body_id);
+            }
             return Err(e.into());
         }
     };
+    let short = &after[..7.min(after.len())];
+    let (accepted, message) = match pushed {
+        Pushed::Queued(accepted) => (accepted, None),
+        Pushed::Joined(accepted) => {
+            let message = accepted.message.clone();
+            (accepted, message)
+        }
+        Pushed::AlreadyLive { release } => {
+            return ignored(format!("{short} is already live (release {release}): nothing to deploy"));
+        }
+        Pushed::Replayed => {
+            return ignored(format!(
+                "this signed push (of {short}) was already received under another delivery id: a replay, not deployed"
+            ));
+        }
+    };
     st.webhooks.deploys.fetch_add(1, Relaxed);
-    tracing::info!(delivery = %delivery, deploy = accepted.id, pusher = %who, payload_after = %push.after.as_str(), commits = push.commits, "push webhook: deploying the branch head as fetched (the payload's sha is a hint only)");
+    tracing::info!(delivery = %delivery, deploy = accepted.id, pusher = %who, payload_after = %after, commits = push.commits, joined = message.is_some(), "push webhook: deploying the branch head as fetched (the payload's sha is a hint only)");
     Ok((
         StatusCode::ACCEPTED,
-        Json(HookAnswer { app, delivery: Some(delivery), deploy: Some(accepted.id), ignored: None }),
+        Json(HookAnswer { app, delivery: Some(delivery), deploy: Some(accepted.id), message, ignored: None }),
     ))
 }
 

@@ -12,7 +12,8 @@ mod stream;
 pub use hooks::{WebhookCounts, WebhookStats};
 
 use crate::config::{ResolvedToken, Scope};
-use crate::deploy::{DeployError, Deployer, Target};
+use crate::deploy::{DeployError, Deployer, Requester, Target};
+use crate::secrets::Secrets;
 use crate::state::Store;
 use crate::supervisor::{Supervisor, SupervisorError};
 use axum::Extension;
@@ -46,6 +47,8 @@ pub struct ApiState {
     /// Webhook delivery ids already handled live here.
     pub store: Arc<Store>,
     pub webhooks: WebhookStats,
+    /// Masked in every JSON answer.
+    pub secrets: Secrets,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -81,7 +84,40 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .merge(webhooks)
         .fallback(|| async { ApiErr::new(StatusCode::NOT_FOUND, "not_found", "no such route".into()) })
         .layer(DefaultBodyLimit::max(64 * 1024))
+        .layer(middleware::from_fn_with_state(state.clone(), mask_answers))
         .with_state(state)
+}
+
+/// The largest JSON answer (a history of 1000 deploys, 2000 log lines) is far below this.
+const MAX_ANSWER: usize = 64 << 20;
+
+/// Every JSON answer has the agent's secret values masked, whatever produced its text (an error
+/// from git or from the config, a log line): behind the masking where text is stored, this is
+/// the last place a secret could leave through the API. Streams (SSE) are made of text masked
+/// where it is stored.
+async fn mask_answers(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
+    let answer = next.run(req).await;
+    let json = answer
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !json {
+        return answer;
+    }
+    let (mut parts, body) = answer.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_ANSWER).await else {
+        return ApiErr::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the answer could not be read".into())
+            .into_response();
+    };
+    let masked = match std::str::from_utf8(&bytes).map(|text| st.secrets.mask(text)) {
+        Ok(std::borrow::Cow::Owned(text)) => {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Bytes::from(text)
+        }
+        _ => bytes,
+    };
+    Response::from_parts(parts, axum::body::Body::from(masked))
 }
 
 /// An error answer.
@@ -114,7 +150,7 @@ impl From<SupervisorError> for ApiErr {
     }
 }
 
-/// The name of the token a request came with (the default `who` of a deploy).
+/// The name of the token a request came with: the actor a deploy records.
 #[derive(Clone)]
 struct Caller(String);
 
@@ -259,8 +295,9 @@ async fn create_deploy(
         Some(r) => r,
         None => st.supervisor.app(&app)?.config().branch,
     };
-    let who = req.who.unwrap_or(caller.0);
-    let accepted = st.deployer.request(&app, Target::Ref(git_ref), "api", Some(&who))?;
+    // The token is who asked; what the request says about itself is kept beside it.
+    let by = Requester::token(&caller.0, req.who);
+    let accepted = st.deployer.request(&app, Target::Ref(git_ref), "api", &by)?;
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
@@ -271,7 +308,8 @@ async fn rollback(
     bytes: Bytes,
 ) -> Result<(StatusCode, Json<DeployAccepted>), ApiErr> {
     let req: RollbackRequest = body(&bytes)?.unwrap_or_default();
-    let accepted = st.deployer.request(&app, Target::Rollback(req.release), "rollback", Some(&caller.0))?;
+    let by = Requester::token(&caller.0, None);
+    let accepted = st.deployer.request(&app, Target::Rollback(req.release), "rollback", &by)?;
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
@@ -300,9 +338,14 @@ async fn cancel_deploy(State(st): State<Arc<ApiState>>, Path(id): Path<u64>) -> 
     Ok(Json(st.deployer.cancel(id)?))
 }
 
-async fn check_now(State(st): State<Arc<ApiState>>, Path(app): Path<String>) -> Result<Json<CheckOutcome>, ApiErr> {
+async fn check_now(
+    State(st): State<Arc<ApiState>>,
+    Extension(caller): Extension<Caller>,
+    Path(app): Path<String>,
+) -> Result<Json<CheckOutcome>, ApiErr> {
     st.supervisor.app(&app)?;
-    match st.deployer.check(&app, "check", None).await {
+    let by = Requester::token(&caller.0, Some("check".into()));
+    match st.deployer.check(&app, "check", &by, None).await {
         Ok(crate::deploy::poll::Checked::Queued { sha, id }) => Ok(Json(CheckOutcome { app, sha, queued: Some(id) })),
         Ok(crate::deploy::poll::Checked::Unchanged { sha }) => Ok(Json(CheckOutcome { app, sha, queued: None })),
         Err(e) => Err(ApiErr::new(StatusCode::BAD_GATEWAY, "git_unreachable", e)),

@@ -55,7 +55,10 @@ pub async fn logs(
     }
     let (tail, live) = app.follow_logs(lines);
     let lines = futures_util::stream::iter(tail).chain(follow_lines(live, st.shutdown.clone()));
-    let events = lines.map(|line: LogLine| {
+    // Lines are masked when they are written; a secret named by a later SIGHUP is masked here too.
+    let secrets = st.secrets.clone();
+    let events = lines.map(move |mut line: LogLine| {
+        line.line = secrets.masked(&line.line);
         Ok::<_, Infallible>(
             Event::default()
                 .event(LOG_LINE_EVENT)

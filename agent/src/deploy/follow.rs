@@ -130,7 +130,7 @@ mod tests {
     #[tokio::test]
     async fn replays_then_follows_until_the_end() {
         let store = Arc::new(Store::in_memory());
-        let id = store.insert_deploy("web", "main", "api", None).unwrap();
+        let id = store.insert_deploy("web", "main", "api", &crate::state::Requester::default()).unwrap();
         store.transition(id, "fetching", "fetching main", false).unwrap();
         let mut stream = Box::pin(follow(&store, id));
         let first: Vec<_> = vec![stream.next().await.unwrap(), stream.next().await.unwrap()];

@@ -12,7 +12,9 @@ pub mod poll;
 pub mod release;
 pub mod state;
 
+use crate::secrets::Secrets;
 use crate::source::{self, BadRef};
+pub use crate::state::Requester;
 use crate::state::{DeployId, StateError, Store};
 use crate::supervisor::{App, Supervisor, SupervisorError};
 use deployer_wire::{Deploy, DeployAccepted, Release};
@@ -50,10 +52,26 @@ pub enum DeployError {
     State(#[from] StateError),
 }
 
+/// What a signed push led to ([`Deployer::push`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Pushed {
+    /// A deploy of the branch head was queued.
+    Queued(DeployAccepted),
+    /// A deploy queued or running for the same commit takes the push; `message` says which.
+    Joined(DeployAccepted),
+    /// The pushed commit is what the app runs: nothing to do.
+    AlreadyLive { release: String },
+    /// The same signed body came before under another delivery id, and its commit is neither
+    /// live nor being deployed: a replay, not a push.
+    Replayed,
+}
+
 /// Deploys of every app of this agent.
 pub struct Deployer {
     store: Arc<Store>,
     supervisor: Arc<Supervisor>,
+    /// Builds the install steps' environment and masks their output.
+    secrets: Secrets,
     queues: Mutex<HashMap<String, Arc<AppQueue>>>,
     /// The pull loop of each app with `poll` or `cron`: its schedule and what stops it.
     pullers: Mutex<HashMap<String, (String, CancellationToken)>>,
@@ -86,6 +104,7 @@ impl Deployer {
     pub fn start(
         store: Arc<Store>,
         supervisor: Arc<Supervisor>,
+        secrets: Secrets,
         shutdown: CancellationToken,
     ) -> Result<Arc<Deployer>, DeployError> {
         let interrupted = store.interrupt_unfinished()?;
@@ -95,6 +114,7 @@ impl Deployer {
         let d = Arc::new(Deployer {
             store,
             supervisor,
+            secrets,
             queues: Mutex::new(HashMap::new()),
             pullers: Mutex::new(HashMap::new()),
             shutdown,
@@ -119,7 +139,7 @@ impl Deployer {
                 continue;
             }
             tracing::info!(app = %app.name, branch = %cfg.branch, "no release yet: deploying the branch head");
-            self.request(&app.name, Target::Ref(cfg.branch.clone()), trigger, None)?;
+            self.request(&app.name, Target::Ref(cfg.branch.clone()), trigger, &Requester::default())?;
         }
         self.apply_schedules();
         Ok(())
@@ -185,13 +205,14 @@ impl Deployer {
         Ok(a)
     }
 
-    /// Queue a deploy. A deploy still queued for the same app is superseded by this one.
+    /// Queue a deploy, asked for `by` someone. A deploy still queued for the same app is
+    /// superseded by this one.
     pub fn request(
         self: &Arc<Self>,
         app: &str,
         target: Target,
         trigger: &str,
-        who: Option<&str>,
+        by: &Requester,
     ) -> Result<DeployAccepted, DeployError> {
         let a = self.git_app(app)?;
         let label = match &target {
@@ -207,7 +228,7 @@ impl Deployer {
         if let Some(joined) = self.join_queued(app, &target) {
             return Ok(joined);
         }
-        let id = self.store.insert_deploy(app, &label, trigger, who)?;
+        let id = self.store.insert_deploy(app, &label, trigger, by)?;
         if let Some(live) = self.live_release_for(&a, &target)? {
             let message = format!("{label} is already live (release {live}): nothing to do");
             self.store.set_release(id, &live)?;
@@ -219,7 +240,7 @@ impl Deployer {
                 message: Some(message),
             });
         }
-        tracing::info!(app, id, git_ref = %label, trigger, "deploy queued");
+        tracing::info!(app, id, git_ref = %label, trigger, token = ?by.token, who = ?by.who, "deploy queued");
         let queue = self.queue(app);
         let previous = queue.pending.lock().unwrap_or_else(|e| e.into_inner()).replace(Job {
             id,
@@ -232,6 +253,54 @@ impl Deployer {
         }
         queue.wake.notify_one();
         Ok(DeployAccepted { id, app: app.to_string(), state: DeployState::Queued.as_str().into(), message: None })
+    }
+
+    /// A signed push says the branch is now at `after`. A push whose commit is already live, or
+    /// is what a queued or running deploy of the app deploys, makes no new deploy (a delivery
+    /// replayed under a new id, since headers are not signed, costs a lookup and no deploy row
+    /// or report). `replayed`: this exact signed body was handled before, under another delivery
+    /// id; then it queues nothing either (an older push replayed after a newer one, or after a
+    /// rollback, must not redeploy the branch).
+    pub fn push(
+        self: &Arc<Self>,
+        app: &str,
+        after: &str,
+        replayed: bool,
+        by: &Requester,
+    ) -> Result<Pushed, DeployError> {
+        let a = self.git_app(app)?;
+        if let Some(release) = self.live_release_for(&a, &Target::Ref(after.to_string()))? {
+            return Ok(Pushed::AlreadyLive { release });
+        }
+        let branch = Target::Ref(a.config().branch);
+        if let Some(joined) = self.join_queued(app, &branch) {
+            return Ok(Pushed::Joined(joined));
+        }
+        if let Some(joined) = self.join_running(app, after)? {
+            return Ok(Pushed::Joined(joined));
+        }
+        if replayed {
+            return Ok(Pushed::Replayed);
+        }
+        self.request(app, branch, "webhook", by).map(Pushed::Queued)
+    }
+
+    /// The running deploy of `app`, when the commit it deploys is `sha`.
+    fn join_running(&self, app: &str, sha: &str) -> Result<Option<DeployAccepted>, DeployError> {
+        let Some(queue) = self.queue_if_any(app) else { return Ok(None) };
+        let Some(id) = queue.running.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|r| r.id) else {
+            return Ok(None);
+        };
+        let Some(d) = self.store.deploy(id)?.filter(|d| !d.is_final()) else { return Ok(None) };
+        if !d.sha.as_deref().is_some_and(|s| s.eq_ignore_ascii_case(sha)) {
+            return Ok(None);
+        }
+        Ok(Some(DeployAccepted {
+            id,
+            app: app.to_string(),
+            state: d.state,
+            message: Some(format!("joined deploy #{id}, already deploying {}", &sha[..7.min(sha.len())])),
+        }))
     }
 
     /// A request for exactly what is already queued joins that deploy instead of superseding it:

@@ -104,7 +104,7 @@ impl Run<'_> {
         };
         let dir = AppDir::new(path);
         dir.create().map_err(|e| Stop::failed(format!("cannot create `{}`: {e}", dir.root().display())))?;
-        self.out = Some(Output::create(dir.logs().join(format!("deploy-{}.log", self.id))));
+        self.out = Some(Output::create(dir.logs().join(format!("deploy-{}.log", self.id)), self.d.secrets.clone()));
 
         // 1. fetch
         self.enter(DeployState::Fetching, &format!("fetching `{}` from {}", cfg.branch, redact(&url)));
@@ -319,7 +319,9 @@ impl Run<'_> {
         self.out.as_ref().expect("output is created before any command runs")
     }
 
-    /// The app's env (config, `env_file` of the new release) plus what describes this deploy.
+    /// The environment of the install step and hooks: built like a worker's (without the
+    /// agent's secrets; `env_file` of the new release, then `env`), plus what describes this
+    /// deploy.
     fn deploy_env(
         &self,
         cfg: &AppConfig,
@@ -330,15 +332,16 @@ impl Run<'_> {
         previous: Option<&ActiveRelease>,
     ) -> Result<BTreeMap<String, String>, Stop> {
         let spec = resolve_spec(cfg, Some(release)).map_err(|e| Stop::failed(e.to_string()))?;
-        let mut env = self.d.supervisor.base_env();
-        env.extend(spec.map(|s| s.env).unwrap_or_default());
-        env.insert("DEPLOY_SHA".into(), sha.into());
-        env.insert("DEPLOY_REF".into(), git_ref.into());
-        env.insert("DEPLOY_ID".into(), self.id.to_string());
-        env.insert("DEPLOY_TRIGGER".into(), trigger.into());
-        env.insert("RELEASE_DIR".into(), release.dir.display().to_string());
-        env.insert("PREVIOUS_RELEASE_DIR".into(), previous.map(|p| p.dir.display().to_string()).unwrap_or_default());
-        Ok(env)
+        let run = [
+            ("DEPLOY_SHA", sha.to_string()),
+            ("DEPLOY_REF", git_ref.to_string()),
+            ("DEPLOY_ID", self.id.to_string()),
+            ("DEPLOY_TRIGGER", trigger.to_string()),
+            ("RELEASE_DIR", release.dir.display().to_string()),
+            ("PREVIOUS_RELEASE_DIR", previous.map(|p| p.dir.display().to_string()).unwrap_or_default()),
+        ];
+        let app = spec.map(|s| s.env).unwrap_or_default();
+        Ok(self.d.secrets.child_env(&app, run.map(|(k, v)| (k.to_string(), v))))
     }
 
     async fn on_failure(&self, cfg: &AppConfig, workdir: &Path, env: &BTreeMap<String, String>) {
@@ -461,7 +464,8 @@ async fn bake(
             );
             tracing::warn!(app = %app.name, "{why}");
             let _ = d.store.transition(id, DeployState::RolledBack.as_str(), &why, true);
-            if let Err(e) = d.request(&app.name, Target::Rollback(Some(previous)), "bake", Some("bake")) {
+            let by = super::Requester::named(Some("bake"));
+            if let Err(e) = d.request(&app.name, Target::Rollback(Some(previous)), "bake", &by) {
                 tracing::error!(app = %app.name, error = %e, "bake rollback could not be queued");
             }
             return;

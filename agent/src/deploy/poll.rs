@@ -64,8 +64,15 @@ pub enum Checked {
 }
 
 impl Deployer {
-    /// Look up the branch head now and deploy it if it is new. `last` is the head seen last time.
-    pub async fn check(self: &Arc<Self>, app: &str, trigger: &str, last: Option<&str>) -> Result<Checked, String> {
+    /// Look up the branch head now and deploy it (asked `by` someone) if it is new. `last` is the
+    /// head seen last time.
+    pub async fn check(
+        self: &Arc<Self>,
+        app: &str,
+        trigger: &str,
+        by: &super::Requester,
+        last: Option<&str>,
+    ) -> Result<Checked, String> {
         let a = self.git_app(app).map_err(|e| e.to_string())?;
         let cfg = a.config();
         let (Some(url), Some(path)) = (cfg.repo.clone(), cfg.path.clone()) else {
@@ -84,8 +91,7 @@ impl Deployer {
         if live.as_deref() == Some(sha.as_str()) || last == Some(sha.as_str()) {
             return Ok(Checked::Unchanged { sha });
         }
-        let accepted =
-            self.request(app, Target::Ref(sha.clone()), trigger, Some(trigger)).map_err(|e| e.to_string())?;
+        let accepted = self.request(app, Target::Ref(sha.clone()), trigger, by).map_err(|e| e.to_string())?;
         Ok(Checked::Queued { sha, id: accepted.id })
     }
 
@@ -103,7 +109,8 @@ impl Deployer {
                 _ = tokio::time::sleep(schedule.wait()) => {}
                 _ = stop.cancelled() => return,
             }
-            match self.check(&app, schedule.trigger(), last.as_deref()).await {
+            let by = super::Requester::named(Some(schedule.trigger()));
+            match self.check(&app, schedule.trigger(), &by, last.as_deref()).await {
                 Ok(found) => {
                     if down {
                         tracing::info!(app, "the git remote answers again");

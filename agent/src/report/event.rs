@@ -70,6 +70,9 @@ pub struct DeployEventBody<'a> {
     pub sha: Option<&'a str>,
     pub trigger: &'a str,
     pub who: Option<&'a str>,
+    /// The name of the API token the deploy was asked with (absent for webhooks, pull mode...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<&'a str>,
     pub release: Option<&'a str>,
     pub message: Option<&'a str>,
     pub queued_at_ms: u64,
@@ -94,6 +97,7 @@ impl<'a> DeployEventBody<'a> {
             sha: d.sha.as_deref(),
             trigger: &d.trigger,
             who: d.who.as_deref(),
+            token: d.token.as_deref(),
             release: d.release.as_deref(),
             message: d.message.as_deref(),
             queued_at_ms: d.queued_at_ms,

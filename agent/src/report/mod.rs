@@ -192,6 +192,7 @@ mod tests {
             sha: sha.map(String::from),
             trigger: "webhook".into(),
             who: Some("ana".into()),
+            token: None,
             state: state.into(),
             release: None,
             queued_at_ms: 1,

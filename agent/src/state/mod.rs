@@ -4,6 +4,10 @@
 //! Every call is a short transaction on one connection (WAL mode), so it is called directly from
 //! async code. A crash at any point leaves a database the next agent opens and repairs with
 //! [`Store::interrupt_unfinished`].
+//!
+//! Every text that comes from outside the agent's own code (refs, names, messages, output, report
+//! bodies) has the agent's secret values masked before it is written, and again when it is read
+//! (a row written before a secret was configured shows it masked too).
 
 mod deliveries;
 mod outbox;
@@ -11,6 +15,7 @@ mod schema;
 
 pub use outbox::{Change, DeployFacts, NewReport, OutboxRow, ReportRules};
 
+use crate::secrets::Secrets;
 use deployer_wire::{Deploy, DeployEvent};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
@@ -40,6 +45,29 @@ pub struct Store {
     /// Turn deploy changes into outbox rows, in the same transaction.
     rules: RwLock<Option<Arc<dyn ReportRules>>>,
     outbox_wake: Arc<Notify>,
+    secrets: Secrets,
+}
+
+/// Who asked for a deploy, as the audit trail keeps it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Requester {
+    /// The name of the API token the request came with: the authenticated actor.
+    pub token: Option<String>,
+    /// What the request said about who asked (`who`), or the pusher of a webhook, or the
+    /// trigger: shown beside the token, never instead of it.
+    pub who: Option<String>,
+}
+
+impl Requester {
+    /// A request that came with the API token `token`, saying it was from `who`.
+    pub fn token(token: &str, who: Option<String>) -> Requester {
+        Requester { token: Some(token.to_string()), who }
+    }
+
+    /// A request without a token (a webhook's pusher, pull mode, the agent itself).
+    pub fn named(who: Option<&str>) -> Requester {
+        Requester { token: None, who: who.map(String::from) }
+    }
 }
 
 /// Sent after every committed change to a deploy (new, new state, new event), so streams and
@@ -58,22 +86,45 @@ pub fn now_ms() -> u64 {
 }
 
 impl Store {
-    pub fn open(path: &Path) -> Result<Store, StateError> {
+    /// Open (and migrate) the database; `secrets` are masked in what is written and read.
+    pub fn open(path: &Path, secrets: Secrets) -> Result<Store, StateError> {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         schema::migrate(&conn)?;
-        Ok(Store::with(conn))
+        Ok(Store::with(conn, secrets))
     }
 
-    fn with(conn: Connection) -> Store {
+    fn with(conn: Connection, secrets: Secrets) -> Store {
         Store {
             conn: Mutex::new(conn),
             changes: broadcast::channel(1024).0,
             rules: RwLock::new(None),
             outbox_wake: Arc::new(Notify::new()),
+            secrets,
         }
+    }
+
+    /// `text` with the agent's secrets masked.
+    fn mask(&self, text: &str) -> String {
+        self.secrets.masked(text)
+    }
+
+    /// A deploy as read, with the agent's secrets masked in every text of it.
+    fn masked_deploy(&self, mut d: Deploy) -> Deploy {
+        let mask = |s: &mut String| {
+            if let std::borrow::Cow::Owned(m) = self.secrets.mask(s) {
+                *s = m;
+            }
+        };
+        mask(&mut d.git_ref);
+        for s in [&mut d.who, &mut d.token, &mut d.message].into_iter().flatten() {
+            mask(s);
+        }
+        d.output_tail.iter_mut().for_each(mask);
+        d.events.iter_mut().for_each(|e| mask(&mut e.message));
+        d
     }
 
     /// Changes to deploys from now on.
@@ -91,28 +142,37 @@ impl Store {
 
     #[cfg(test)]
     pub fn in_memory() -> Store {
+        Store::in_memory_with(Secrets::default())
+    }
+
+    #[cfg(test)]
+    pub fn in_memory_with(secrets: Secrets) -> Store {
         let conn = Connection::open_in_memory().expect("sqlite in memory");
         schema::migrate(&conn).expect("schema");
-        Store::with(conn)
+        Store::with(conn, secrets)
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Record a new deploy in state `queued`.
+    /// Record a new deploy in state `queued`, asked for by `by`.
     pub fn insert_deploy(
         &self,
         app: &str,
         git_ref: &str,
         trigger: &str,
-        who: Option<&str>,
+        by: &Requester,
     ) -> Result<DeployId, StateError> {
+        let git_ref = self.mask(git_ref);
+        let who = by.who.as_deref().map(|w| self.mask(w));
+        let token = by.token.as_deref().map(|t| self.mask(t));
         let mut c = self.conn();
         let tx = c.transaction()?;
         tx.execute(
-            "INSERT INTO deploys (app, git_ref, trigger, state, who, queued_at) VALUES (?1, ?2, ?3, 'queued', ?4, ?5)",
-            params![app, git_ref, trigger, who, now_ms() as i64],
+            "INSERT INTO deploys (app, git_ref, trigger, state, who, token, queued_at)
+             VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6)",
+            params![app, git_ref, trigger, who, token, now_ms() as i64],
         )?;
         let id = tx.last_insert_rowid() as DeployId;
         tx.execute(
@@ -128,6 +188,7 @@ impl Store {
 
     /// Enter `state`, with an event; final states also set `finished_at` and the message.
     pub fn transition(&self, id: DeployId, state: &str, message: &str, is_final: bool) -> Result<(), StateError> {
+        let message = self.mask(message);
         let mut c = self.conn();
         let tx = c.transaction()?;
         let from: String = tx
@@ -142,7 +203,7 @@ impl Store {
         } else {
             tx.execute("UPDATE deploys SET state = ?2 WHERE id = ?1", params![id as i64, state])?;
         }
-        insert_event(&tx, id, state, message)?;
+        insert_event(&tx, id, state, &message)?;
         let reports = self.write_reports(&tx, id, Change::Entered { from: &from })?;
         tx.commit()?;
         drop(c);
@@ -152,7 +213,7 @@ impl Store {
 
     /// A message within the current state.
     pub fn log(&self, id: DeployId, message: &str) -> Result<(), StateError> {
-        insert_event(&self.conn(), id, "log", message)?;
+        insert_event(&self.conn(), id, "log", &self.mask(message))?;
         self.changed(id, "log", false, 0);
         Ok(())
     }
@@ -177,8 +238,8 @@ impl Store {
     }
 
     pub fn set_output_tail(&self, id: DeployId, tail: &[String]) -> Result<(), StateError> {
-        self.conn()
-            .execute("UPDATE deploys SET output_tail = ?2 WHERE id = ?1", params![id as i64, tail.join("\n")])?;
+        let tail = self.mask(&tail.join("\n"));
+        self.conn().execute("UPDATE deploys SET output_tail = ?2 WHERE id = ?1", params![id as i64, tail])?;
         Ok(())
     }
 
@@ -187,12 +248,17 @@ impl Store {
         let c = self.conn();
         let Some(mut d) = deploy_row(&c, id)? else { return Ok(None) };
         d.events = events_after(&c, id, 0)?;
-        Ok(Some(d))
+        drop(c);
+        Ok(Some(self.masked_deploy(d)))
     }
 
     /// Events of a deploy after `seq` (for streaming).
     pub fn events_after(&self, id: DeployId, seq: u64) -> Result<Vec<DeployEvent>, StateError> {
-        events_after(&self.conn(), id, seq)
+        let mut events = events_after(&self.conn(), id, seq)?;
+        for e in &mut events {
+            e.message = self.mask(&e.message);
+        }
+        Ok(events)
     }
 
     /// The newest deploys of an app, newest first, without events.
@@ -201,7 +267,8 @@ impl Store {
         let mut stmt =
             c.prepare(&format!("SELECT {DEPLOY_COLUMNS} FROM deploys WHERE app = ?1 ORDER BY id DESC LIMIT ?2"))?;
         let rows = stmt.query_map(params![app, limit as i64], row_to_deploy)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let rows: Vec<Deploy> = rows.collect::<Result<_, _>>()?;
+        Ok(rows.into_iter().map(|d| self.masked_deploy(d)).collect())
     }
 
     /// At start: deploys a previous agent left unfinished become `interrupted`. Answers their ids.
@@ -289,7 +356,8 @@ impl Store {
     }
 }
 
-const DEPLOY_COLUMNS: &str = "id, app, git_ref, sha, trigger, state, who, release, queued_at, finished_at, message";
+const DEPLOY_COLUMNS: &str =
+    "id, app, git_ref, sha, trigger, state, who, release, queued_at, finished_at, message, token";
 
 fn row_to_deploy(r: &rusqlite::Row) -> rusqlite::Result<Deploy> {
     Ok(Deploy {
@@ -304,6 +372,7 @@ fn row_to_deploy(r: &rusqlite::Row) -> rusqlite::Result<Deploy> {
         queued_at_ms: r.get::<_, i64>(8)? as u64,
         finished_at_ms: r.get::<_, Option<i64>>(9)?.map(|v| v as u64),
         message: r.get(10)?,
+        token: r.get(11)?,
         events: Vec::new(),
         output_tail: Vec::new(),
     })
@@ -316,7 +385,7 @@ fn deploy_row(c: &Connection, id: DeployId) -> Result<Option<Deploy>, StateError
         params![id as i64],
         |r| {
             let mut d = row_to_deploy(r)?;
-            let tail: Option<String> = r.get(11)?;
+            let tail: Option<String> = r.get(12)?;
             d.output_tail =
                 tail.filter(|t| !t.is_empty()).map(|t| t.lines().map(String::from).collect()).unwrap_or_default();
             Ok(d)
@@ -355,7 +424,7 @@ mod tests {
     #[test]
     fn a_deploy_records_its_steps() {
         let s = Store::in_memory();
-        let id = s.insert_deploy("web", "main", "api", Some("ci")).unwrap();
+        let id = s.insert_deploy("web", "main", "api", &Requester::token("ci", Some("ana".into()))).unwrap();
         s.transition(id, "fetching", "fetching main", false).unwrap();
         s.set_sha(id, "abc").unwrap();
         s.log(id, "fetched abc").unwrap();
@@ -363,6 +432,7 @@ mod tests {
         let d = s.deploy(id).unwrap().unwrap();
         assert_eq!(d.state, "live");
         assert_eq!(d.sha.as_deref(), Some("abc"));
+        assert_eq!((d.token.as_deref(), d.who.as_deref()), (Some("ci"), Some("ana")));
         assert!(d.finished_at_ms.is_some());
         let states: Vec<&str> = d.events.iter().map(|e| e.state.as_str()).collect();
         assert_eq!(states, ["queued", "fetching", "log", "live"]);
@@ -373,10 +443,40 @@ mod tests {
     }
 
     #[test]
+    fn secrets_are_masked_in_what_is_written_and_what_is_read() {
+        let s = Store::in_memory_with(crate::secrets::Secrets::for_test(&[("T", "token-value-123")]));
+        let by = Requester { token: Some("ci".into()), who: Some("token-value-123".into()) };
+        let id = s.insert_deploy("web", "token-value-123", "api", &by).unwrap();
+        s.transition(id, "fetching", "fetching with token-value-123", false).unwrap();
+        s.log(id, "log token-value-123").unwrap();
+        s.set_output_tail(id, &["out token-value-123".into()]).unwrap();
+        s.transition(id, "failed", "failed: token-value-123", true).unwrap();
+        let stored: Vec<String> = {
+            let c = s.conn();
+            let mut stmt = c.prepare("SELECT message FROM deploy_events UNION ALL SELECT git_ref || who || message || output_tail FROM deploys").unwrap();
+            stmt.query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
+        };
+        assert!(stored.iter().all(|t| !t.contains("token-value-123")), "{stored:?}");
+        let d = s.deploy(id).unwrap().unwrap();
+        assert_eq!(
+            (d.git_ref.as_str(), d.who.as_deref(), d.message.as_deref()),
+            ("***", Some("***"), Some("failed: ***"))
+        );
+        assert_eq!(d.output_tail, ["out ***"]);
+        // A row written before the secret was known is masked when read.
+        let before = Store::in_memory();
+        let id = before.insert_deploy("web", "main", "api", &Requester::named(Some("token-value-123"))).unwrap();
+        let conn = std::mem::replace(&mut *before.conn(), Connection::open_in_memory().unwrap());
+        let after = Store::with(conn, crate::secrets::Secrets::for_test(&[("T", "token-value-123")]));
+        assert_eq!(after.deploy(id).unwrap().unwrap().who.as_deref(), Some("***"));
+        assert_eq!(after.history("web", 1).unwrap()[0].who.as_deref(), Some("***"));
+    }
+
+    #[test]
     fn unfinished_deploys_become_interrupted() {
         let s = Store::in_memory();
-        let a = s.insert_deploy("web", "main", "api", None).unwrap();
-        let b = s.insert_deploy("web", "main", "api", None).unwrap();
+        let a = s.insert_deploy("web", "main", "api", &Requester::default()).unwrap();
+        let b = s.insert_deploy("web", "main", "api", &Requester::default()).unwrap();
         s.transition(b, "live", "", true).unwrap();
         assert_eq!(s.interrupt_unfinished().unwrap(), vec![a]);
         assert_eq!(s.deploy(a).unwrap().unwrap().state, "interrupted");

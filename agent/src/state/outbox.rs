@@ -65,13 +65,13 @@ impl Store {
         let Some(rules) = self.rules.read().unwrap_or_else(|e| e.into_inner()).clone() else { return Ok(0) };
         let Some(facts) = facts(c, id)? else { return Ok(0) };
         let reports = rules.reports(&facts, change);
-        insert(c, &reports)?;
+        insert(c, &reports, &self.secrets)?;
         Ok(reports.len())
     }
 
     /// Add reports that belong to no deploy change (a worker that errored).
     pub fn enqueue_reports(&self, reports: &[NewReport]) -> Result<(), StateError> {
-        insert(&self.conn(), reports)?;
+        insert(&self.conn(), reports, &self.secrets)?;
         if !reports.is_empty() {
             self.outbox_wake.notify_one();
         }
@@ -93,7 +93,7 @@ impl Store {
                 id: r.get(0)?,
                 destination: r.get(1)?,
                 idempotency_key: r.get(2)?,
-                body: r.get(3)?,
+                body: self.secrets.masked(&r.get::<_, String>(3)?),
                 attempts: r.get::<_, i64>(4)? as u32,
                 next_at_ms: r.get::<_, i64>(5)? as u64,
             })
@@ -117,18 +117,19 @@ impl Store {
     pub fn report_failed(&self, id: i64, next_at_ms: u64, error: &str) -> Result<(), StateError> {
         self.conn().execute(
             "UPDATE report_outbox SET attempts = attempts + 1, next_at = ?2, last_error = ?3 WHERE id = ?1",
-            params![id, next_at_ms as i64, error],
+            params![id, next_at_ms as i64, self.secrets.masked(error)],
         )?;
         Ok(())
     }
 }
 
-fn insert(c: &Connection, reports: &[NewReport]) -> Result<(), StateError> {
+/// Bodies are masked here: a report holds no secret value, whatever the deploy or worker said.
+fn insert(c: &Connection, reports: &[NewReport], secrets: &crate::secrets::Secrets) -> Result<(), StateError> {
     let now = now_ms() as i64;
     for r in reports {
         c.execute(
             "INSERT INTO report_outbox (destination, idempotency_key, body, created_at, next_at) VALUES (?1, ?2, ?3, ?4, ?4)",
-            params![r.destination, r.idempotency_key, r.body, now],
+            params![r.destination, r.idempotency_key, secrets.mask(&r.body), now],
         )?;
     }
     Ok(())

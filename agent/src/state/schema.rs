@@ -62,6 +62,8 @@ const STEPS: &[&str] = &[
         sent_at INTEGER
     );
     CREATE INDEX report_outbox_unsent ON report_outbox (sent_at, id);",
+    // 3: the name of the API token a deploy was asked with (`who` is what the request said).
+    "ALTER TABLE deploys ADD COLUMN token TEXT;",
 ];
 
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {

@@ -1,6 +1,13 @@
 //! Worker output: every line goes to the app's log file (rotated by size) and to a ring buffer
 //! that `GET /v1/apps/{app}/logs` reads without touching the disk.
+//!
+//! Lines are read in bounded memory (see [`super::lines`]: longer than 16 KiB, cut and marked)
+//! and every secret value the agent knows is masked before a line is kept anywhere. The ring and
+//! the followers' channel are bounded in bytes as well as in lines, so a worker printing long
+//! lines fast costs the agent a few MiB per app at most.
 
+use super::lines;
+use crate::secrets::Secrets;
 use deployer_wire::LogLine;
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -8,11 +15,15 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::AsyncRead;
 use tokio::sync::broadcast;
 
+/// The ring buffer keeps the last this many lines...
 const RING_LINES: usize = 2000;
-const MAX_LINE: usize = 16 * 1024;
+/// ...and no more than this many bytes of them.
+const RING_BYTES: usize = 4 << 20;
+/// Lines a follower may lag behind before it skips some (each up to 16 KiB).
+const LIVE_LINES: usize = 256;
 
 #[derive(Debug, Clone, Copy)]
 pub enum Stream {
@@ -33,10 +44,18 @@ impl Stream {
 pub struct LogSink {
     app: String,
     file: Mutex<LogFile>,
-    ring: Mutex<VecDeque<LogLine>>,
+    ring: Mutex<Ring>,
     /// Every new line, for `logs --follow`; a follower that lags skips lines rather than slow
     /// the workers down.
     live: broadcast::Sender<LogLine>,
+    secrets: Secrets,
+}
+
+/// The last lines, bounded in count and in bytes.
+#[derive(Debug, Default)]
+struct Ring {
+    lines: VecDeque<LogLine>,
+    bytes: usize,
 }
 
 #[derive(Debug)]
@@ -49,14 +68,15 @@ struct LogFile {
 }
 
 impl LogSink {
-    pub fn new(app: &str, dir: PathBuf, max_size: u64, keep: u32) -> LogSink {
+    pub fn new(app: &str, dir: PathBuf, max_size: u64, keep: u32, secrets: Secrets) -> LogSink {
         let path = dir.join(format!("{app}.log"));
         let size = std::fs::metadata(&path).map_or(0, |m| m.len());
         LogSink {
             app: app.to_string(),
             file: Mutex::new(LogFile { path, file: None, size, max_size, keep }),
-            ring: Mutex::new(VecDeque::with_capacity(RING_LINES)),
-            live: broadcast::channel(1024).0,
+            ring: Mutex::new(Ring::default()),
+            live: broadcast::channel(LIVE_LINES).0,
+            secrets,
         }
     }
 
@@ -64,17 +84,20 @@ impl LogSink {
         self.file.lock().unwrap_or_else(|e| e.into_inner()).path.clone()
     }
 
+    /// Keep one line, its secrets masked.
     pub fn write(&self, worker: u32, stream: Stream, line: &str) {
+        self.keep(worker, stream, &self.secrets.mask(line));
+    }
+
+    /// Keep one line as it is (masked and cut already).
+    fn keep(&self, worker: u32, stream: Stream, line: &str) {
         let ts_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let stamp = humantime::format_rfc3339_millis(SystemTime::now());
         let text = format!("{stamp} {}-{worker} {}| {line}\n", self.app, stream.as_str());
         self.file.lock().unwrap_or_else(|e| e.into_inner()).append(text.as_bytes());
         let entry = LogLine { ts_ms, worker, stream: stream.as_str().to_string(), line: line.to_string() };
         let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-        if ring.len() == RING_LINES {
-            ring.pop_front();
-        }
-        ring.push_back(entry.clone());
+        ring.push(entry.clone());
         // Sent under the ring's lock, so a follower's tail and its stream neither overlap nor gap.
         let _ = self.live.send(entry);
     }
@@ -82,31 +105,34 @@ impl LogSink {
     /// The last `n` lines, and every line written after them.
     pub fn follow(&self, n: usize) -> (Vec<LogLine>, broadcast::Receiver<LogLine>) {
         let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-        let tail = ring.iter().skip(ring.len().saturating_sub(n)).cloned().collect();
-        (tail, self.live.subscribe())
+        (ring.tail(n), self.live.subscribe())
     }
 
     /// The last `n` lines, oldest first.
     pub fn tail(&self, n: usize) -> Vec<LogLine> {
-        let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-        ring.iter().skip(ring.len().saturating_sub(n)).cloned().collect()
+        self.ring.lock().unwrap_or_else(|e| e.into_inner()).tail(n)
     }
 
     /// Copy a worker's stdout or stderr into the sink, line by line, until it closes.
     pub async fn capture(&self, worker: u32, stream: Stream, pipe: impl AsyncRead + Unpin) {
-        let mut reader = BufReader::new(pipe);
-        let mut buf = Vec::with_capacity(256);
-        loop {
-            buf.clear();
-            match reader.read_until(b'\n', &mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    buf.truncate(MAX_LINE);
-                    let line = String::from_utf8_lossy(&buf);
-                    self.write(worker, stream, line.trim_end_matches(['\n', '\r']));
-                }
+        lines::read(pipe, |line| self.keep(worker, stream, &line.finish(&self.secrets))).await;
+    }
+}
+
+impl Ring {
+    fn push(&mut self, line: LogLine) {
+        self.bytes += line.line.len();
+        self.lines.push_back(line);
+        while self.lines.len() > RING_LINES || (self.bytes > RING_BYTES && self.lines.len() > 1) {
+            if let Some(old) = self.lines.pop_front() {
+                self.bytes -= old.line.len();
             }
         }
+    }
+
+    /// The last `n` lines, oldest first.
+    fn tail(&self, n: usize) -> Vec<LogLine> {
+        self.lines.iter().skip(self.lines.len().saturating_sub(n)).cloned().collect()
     }
 }
 
@@ -147,11 +173,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn lines_are_masked_and_the_ring_is_bounded_in_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secrets = Secrets::for_test(&[("HOOK", "hook-secret-value")]);
+        let sink = LogSink::new("web", dir.path().to_path_buf(), 1 << 30, 1, secrets);
+        let (_, mut follower) = sink.follow(0);
+        sink.write(0, Stream::Out, "the secret is hook-secret-value");
+        assert_eq!(sink.tail(1)[0].line, "the secret is ***");
+        assert_eq!(follower.try_recv().expect("a line").line, "the secret is ***");
+        let file = std::fs::read_to_string(dir.path().join("web.log")).expect("web.log");
+        assert!(file.contains("the secret is ***") && !file.contains("hook-secret-value"), "{file}");
+
+        let long = "y".repeat(16 * 1024);
+        for _ in 0..RING_LINES {
+            sink.write(0, Stream::Out, &long);
+        }
+        let ring = sink.ring.lock().unwrap();
+        assert!(ring.bytes <= RING_BYTES && ring.lines.len() == RING_BYTES / long.len(), "{}", ring.lines.len());
+        assert_eq!(ring.bytes, ring.lines.iter().map(|l| l.line.len()).sum::<usize>());
+    }
+
+    #[test]
     fn rotates_by_size_and_keeps_n_files() {
         let dir = std::env::temp_dir().join(format!("deployer-logs-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let sink = LogSink::new("web", dir.clone(), 200, 2);
+        let sink = LogSink::new("web", dir.clone(), 200, 2, Secrets::default());
         for i in 0..20 {
             sink.write(0, Stream::Out, &format!("line number {i}"));
         }

@@ -4,6 +4,7 @@
 //! Operations on one app (reload, restart, stop, start, scale, memory replacements) take the
 //! app's operation lock, so they never interleave; the front keeps serving throughout.
 
+pub(crate) mod lines;
 mod logs;
 mod orphans;
 mod procstat;
@@ -15,6 +16,7 @@ pub mod worker;
 use crate::config::{self, AgentConfig, AppConfig, ConfigError, Loaded, ProxyMode, ReloadConfig};
 use crate::front::http::FrontStats;
 use crate::front::{self, Rotation};
+use crate::secrets::Secrets;
 use deployer_wire::{AppStatus, LogLine, ReloadOutcome};
 use logs::LogSink;
 use nix::sys::signal::Signal;
@@ -54,7 +56,8 @@ pub struct Supervisor {
     _lock: nix::fcntl::Flock<std::fs::File>,
     state_dir: PathBuf,
     pids: Arc<PidRecord>,
-    base_env: RwLock<Arc<BTreeMap<String, String>>>,
+    /// What children never get in their environment, and what logs mask (the daemon updates it).
+    secrets: Secrets,
     apps: RwLock<BTreeMap<String, Arc<App>>>,
     /// Client connections all fronts may hold at once (`crate::limits`).
     front_budget: front::accept::Budget,
@@ -63,7 +66,11 @@ pub struct Supervisor {
 impl Supervisor {
     /// Prepare the state dir, stop what a previous agent left running, bind every app's port and
     /// start its workers.
-    pub async fn start(loaded: &Loaded, front_connections: usize) -> Result<Arc<Supervisor>, SupervisorError> {
+    pub async fn start(
+        loaded: &Loaded,
+        secrets: Secrets,
+        front_connections: usize,
+    ) -> Result<Arc<Supervisor>, SupervisorError> {
         let state_dir = loaded.config.state_dir.clone();
         for dir in [state_dir.join("logs"), state_dir.join("run")] {
             std::fs::create_dir_all(&dir).map_err(|source| SupervisorError::StateDir { path: dir.clone(), source })?;
@@ -79,7 +86,7 @@ impl Supervisor {
             state_dir,
             _lock: lock,
             pids,
-            base_env: RwLock::new(Arc::new(base_env(&loaded.config))),
+            secrets,
             apps: RwLock::new(BTreeMap::new()),
             front_budget: Arc::new(tokio::sync::Semaphore::new(front_connections)),
         });
@@ -95,11 +102,6 @@ impl Supervisor {
             }
         }
         Ok(sup)
-    }
-
-    /// The environment every worker and deploy command starts from (the agent's, minus secrets).
-    pub fn base_env(&self) -> BTreeMap<String, String> {
-        BTreeMap::clone(&self.base_env.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub fn list(&self) -> Vec<Arc<App>> {
@@ -119,7 +121,13 @@ impl Supervisor {
         // An app deployed from git runs its current release; before the first deploy it has none.
         let release = cfg.path.as_deref().and_then(current_release);
         let spec = resolve_spec(cfg, release.as_ref())?.map(Arc::new);
-        let logs = Arc::new(LogSink::new(name, self.state_dir.join("logs"), cfg.logs.max_size.0, cfg.logs.keep));
+        let logs = Arc::new(LogSink::new(
+            name,
+            self.state_dir.join("logs"),
+            cfg.logs.max_size.0,
+            cfg.logs.keep,
+            self.secrets.clone(),
+        ));
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         let stats = Arc::new(FrontStats::default());
@@ -167,7 +175,7 @@ impl Supervisor {
             logs,
             pids: self.pids.clone(),
             run_dir: self.state_dir.join("run"),
-            base_env: self.base_env.read().unwrap_or_else(|e| e.into_inner()).clone(),
+            secrets: self.secrets.clone(),
         });
         let app = Arc::new(App {
             name: name.to_string(),
@@ -194,9 +202,10 @@ impl Supervisor {
     }
 
     /// SIGHUP: apply a re-read config. Apps added start, removed ones stop, changed ones are
-    /// reloaded onto the new settings (or recreated when their port or front changed).
+    /// reloaded onto the new settings (or recreated when their port or front changed). The
+    /// caller has updated the [`Secrets`] first, so every worker started from here on gets the
+    /// environment of the new config.
     pub async fn apply(&self, loaded: &Loaded) -> Result<(), SupervisorError> {
-        *self.base_env.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(base_env(&loaded.config));
         let current: BTreeMap<String, Arc<App>> = self.apps.read().unwrap_or_else(|e| e.into_inner()).clone();
         for (name, app) in &current {
             if !loaded.config.apps.contains_key(name) {
@@ -248,12 +257,6 @@ fn lock_state_dir(state_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, 
         .map_err(|source| SupervisorError::StateDir { path: path.clone(), source })?;
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
         .map_err(|_| SupervisorError::StateDirBusy(state_dir.to_path_buf()))
-}
-
-/// The agent's environment minus what must not reach apps: the API tokens.
-fn base_env(config: &AgentConfig) -> BTreeMap<String, String> {
-    let secrets: Vec<&str> = config.tokens.iter().map(|t| t.token_env.as_str()).collect();
-    std::env::vars().filter(|(k, _)| !secrets.contains(&k.as_str())).collect()
 }
 
 /// The app's `front:` settings as the `http` front applies them.
@@ -416,6 +419,8 @@ impl App {
     pub fn fresh_config(&self) -> Result<AppConfig, String> {
         let fresh = config::load(&self.config_path)
             .map_err(|e| format!("the config file has an error, nothing was changed:\n{e}"))?;
+        // A secret this file names is withheld from the workers started with it, SIGHUP or not.
+        self.ctx.secrets.include(&fresh.config);
         match fresh.config.apps.get(&self.name) {
             Some(cfg) if self.same_front(cfg) => Ok(cfg.clone()),
             Some(_) => Err("`port`, `proxy` or `bind` changed: send SIGHUP to the agent to apply that".into()),
@@ -633,7 +638,8 @@ impl App {
                 ReloadOutcome { app: self.name.clone(), ok: true, replaced, duration_ms, env_hash, error: None }
             }
             Err(e) => {
-                ReloadOutcome { app: self.name.clone(), ok: false, replaced: 0, duration_ms, env_hash, error: Some(e) }
+                let error = Some(self.ctx.secrets.masked(&e));
+                ReloadOutcome { app: self.name.clone(), ok: false, replaced: 0, duration_ms, env_hash, error }
             }
         }
     }

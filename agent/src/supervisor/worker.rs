@@ -8,6 +8,7 @@ use super::readiness::{self, NotifySocket};
 use super::spawn::{self, Launch};
 use crate::config::{ProxyMode, ReadyCheck, ReadyConfig, RestartConfig, RunAs};
 use crate::front::{Backend, Rotation};
+use crate::secrets::Secrets;
 use deployer_wire::WorkerStatus;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -37,8 +38,8 @@ pub struct WorkerCtx {
     pub logs: Arc<LogSink>,
     pub pids: Arc<PidRecord>,
     pub run_dir: PathBuf,
-    /// The agent's environment minus its secrets: the base of every worker's environment.
-    pub base_env: Arc<BTreeMap<String, String>>,
+    /// Builds every worker's environment (without the agent's secrets), read at each spawn.
+    pub secrets: Secrets,
 }
 
 /// Everything that decides what a worker runs, resolved when the worker starts. A plain reload
@@ -320,16 +321,17 @@ impl Worker {
             }
             _ => None,
         };
-        let mut env = (*ctx.base_env).clone();
-        env.extend(self.spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let mut run = vec![
+            ("INSTANCE_ID".to_string(), self.id.to_string()),
+            ("NODE_APP_INSTANCE".to_string(), self.id.to_string()),
+        ];
         if let Some(p) = port {
-            env.insert("PORT".into(), p.to_string());
+            run.push(("PORT".into(), p.to_string()));
         }
-        env.insert("INSTANCE_ID".into(), self.id.to_string());
-        env.insert("NODE_APP_INSTANCE".into(), self.id.to_string());
         if let Some(n) = &notify {
-            env.insert("NOTIFY_SOCKET".into(), n.path().display().to_string());
+            run.push(("NOTIFY_SOCKET".into(), n.path().display().to_string()));
         }
+        let env = ctx.secrets.child_env(&self.spec.env, run);
         // A signal `retire` asked for before this run is sent as soon as the child exists.
         let mut kill = self.kill.subscribe();
         kill.mark_changed();

@@ -119,8 +119,8 @@ pub fn details(deploy: &Deploy, now_ms: u64) -> Vec<String> {
     if let Some(release) = &deploy.release {
         field("release", release);
     }
-    match &deploy.who {
-        Some(who) => field("trigger", &format!("{} by {who}", deploy.trigger)),
+    match asked_by(deploy) {
+        Some(by) => field("trigger", &format!("{} by {by}", deploy.trigger)),
         None => field("trigger", &deploy.trigger),
     }
     field("queued", &human_age(now_ms.saturating_sub(deploy.queued_at_ms)));
@@ -147,6 +147,16 @@ pub fn details(deploy: &Deploy, now_ms: u64) -> Vec<String> {
     lines
 }
 
+/// Who asked for a deploy: the token it came with is the actor, what the request said about
+/// itself (`who`) is shown beside it: `ana (token ci)`, `token ci`, or `ana` (a webhook's pusher).
+fn asked_by(deploy: &Deploy) -> Option<String> {
+    match (&deploy.who, &deploy.token) {
+        (Some(who), Some(token)) if who != token => Some(format!("{who} (token {token})")),
+        (_, Some(token)) => Some(format!("token {token}")),
+        (who, None) => who.clone(),
+    }
+}
+
 /// One row per deploy, newest first as the agent answers them.
 pub fn history_table(deploys: &[Deploy], now_ms: u64, colour: bool) -> Table {
     let mut table =
@@ -167,7 +177,7 @@ pub fn history_table(deploys: &[Deploy], now_ms: u64, colour: bool) -> Table {
             Cell::new(deploy.sha.as_deref().map_or_else(dash, |s| short_sha(s).to_owned())),
             Cell::new(deploy.release.clone().unwrap_or_else(dash)),
             Cell::new(&deploy.trigger),
-            Cell::new(deploy.who.clone().unwrap_or_else(dash)),
+            Cell::new(asked_by(deploy).unwrap_or_else(dash)),
             Cell::new(human_age(now_ms.saturating_sub(deploy.queued_at_ms))),
             Cell::new(duration),
             Cell::new(one_line(deploy.message.as_deref().unwrap_or(""), MESSAGE_WIDTH)),
@@ -229,6 +239,7 @@ mod tests {
             trigger: "cli".into(),
             state: state.into(),
             who: Some("alice".into()),
+            token: None,
             release: Some(format!("{id}-1a2b3c4")),
             queued_at_ms: 1_000_000,
             finished_at_ms: Some(1_008_240),
@@ -342,6 +353,21 @@ mod tests {
         assert_eq!(row[9].chars().count(), MESSAGE_WIDTH, "{}", row[9]);
         assert!(row[9].ends_with('…'), "{}", row[9]);
         assert!(!rendered.contains('\u{1b}'), "no colour when asked for none: {rendered:?}");
+    }
+
+    #[test]
+    fn the_token_is_the_actor_and_who_is_shown_beside_it() {
+        let by = |who: Option<&str>, token: Option<&str>| {
+            let mut d = deploy(1, "live");
+            d.who = who.map(String::from);
+            d.token = token.map(String::from);
+            asked_by(&d)
+        };
+        assert_eq!(by(Some("admin"), Some("ci")).as_deref(), Some("admin (token ci)"));
+        assert_eq!(by(None, Some("ci")).as_deref(), Some("token ci"));
+        assert_eq!(by(Some("ci"), Some("ci")).as_deref(), Some("token ci"));
+        assert_eq!(by(Some("ana"), None).as_deref(), Some("ana"));
+        assert_eq!(by(None, None), None);
     }
 
     #[test]

@@ -10,17 +10,16 @@ struct Setup {
 
 fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let base_env = std::env::vars().filter(|(k, _)| k == "PATH").collect();
     let ctx = Arc::new(WorkerCtx {
         app: "t".into(),
         mode: ProxyMode::None,
         rotation: None,
         listener: None,
         app_port: None,
-        logs: Arc::new(LogSink::new("t", dir.path().to_path_buf(), 1 << 20, 1)),
+        logs: Arc::new(LogSink::new("t", dir.path().to_path_buf(), 1 << 20, 1, Secrets::default())),
         pids: Arc::new(PidRecord::new(dir.path().join("workers.pids"))),
         run_dir: dir.path().to_path_buf(),
-        base_env: Arc::new(base_env),
+        secrets: Secrets::default(),
     });
     Setup { dir, ctx }
 }
@@ -31,7 +30,7 @@ impl Setup {
         let spec = WorkerSpec {
             argv: vec!["sh".into(), "-c".into(), script.into()],
             cwd: self.dir.path().to_path_buf(),
-            env: BTreeMap::new(),
+            env: std::env::vars().filter(|(k, _)| k == "PATH").collect(),
             env_hash: String::new(),
             release: String::new(),
             ready: ReadyConfig { check: ReadyCheck::Alive(Duration::from_millis(50)), timeout: Duration::from_secs(5) },
