@@ -240,9 +240,10 @@ fn lock_state_dir(state_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, 
         .map_err(|_| SupervisorError::StateDirBusy(state_dir.to_path_buf()))
 }
 
-/// The agent's environment minus what must not reach apps: the API tokens.
+/// The agent's environment minus what must not reach apps: the API tokens, the git tokens.
 fn base_env(config: &AgentConfig) -> BTreeMap<String, String> {
-    let secrets: Vec<&str> = config.tokens.iter().map(|t| t.token_env.as_str()).collect();
+    let git_tokens = config.apps.values().filter_map(|a| a.auth.as_ref()?.secret_env());
+    let secrets: Vec<&str> = config.tokens.iter().map(|t| t.token_env.as_str()).chain(git_tokens).collect();
     std::env::vars().filter(|(k, _)| !secrets.contains(&k.as_str())).collect()
 }
 
