@@ -31,7 +31,7 @@ pub use env::{AppSpec, Proxy, Setup, TestEnv, fixture};
 pub use fleet::TestFleet;
 pub use gitserver::{GitHttpServer, GitSshServer};
 pub use load::{Load, LoadReport};
-pub use process::{CliOutput, environ, pid_alive, port_is_free};
+pub use process::{CliOutput, environ, pid_alive, port_is_free, run_to_end};
 pub use receiver::{Mode, Receiver};
 pub use repo::TestRepo;
 pub use wait::{poll, wait_until};

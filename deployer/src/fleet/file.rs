@@ -19,6 +19,10 @@ use deployer_diagnostic::{FileError, locate};
 use reqwest::Url;
 use serde::Deserialize;
 
+/// What a `token_env` read from the file must start with: a repository's file may name only the
+/// variables meant for deployer, never another secret of the CI job that runs it.
+pub const TOKEN_ENV_PREFIX: &str = "DEPLOYER_";
+
 /// The file's name, looked for in the current directory and the git root.
 pub const FILE_NAME: &str = "deployer.yaml";
 
@@ -42,8 +46,8 @@ pub struct FleetFile {
 pub struct Environment {
     /// The agents of the environment, by API URL; the first one also keeps the push lock.
     pub hosts: Vec<Host>,
-    /// The environment variable holding this environment's API token [default: `--token-env`,
-    /// itself `DEPLOYER_TOKEN` by default].
+    /// The environment variable holding this environment's API token; it must start with
+    /// `DEPLOYER_` [default: `--token-env`, itself `DEPLOYER_TOKEN` by default].
     #[serde(default)]
     pub token_env: Option<String>,
     /// A PEM certificate to trust for `https://` hosts (a private CA, or a self-signed agent
@@ -165,6 +169,25 @@ impl FleetFile {
             {
                 let (line, col) = at("token_env");
                 return Err(FileError::at(path, line, col, format!("environment `{name}`: `token_env` is not an environment variable name"), Some("write the variable's name (letters, digits, `_`), like `token_env: DEPLOYER_PROD_TOKEN`, never the token".into())));
+            }
+            // The file comes with the repository, which a pull request changes: it must not pick
+            // which of CI's secrets is sent, and to whom. The name is not echoed either.
+            if env.token_env.as_ref().is_some_and(|v| !v.starts_with(TOKEN_ENV_PREFIX)) {
+                let (line, col) = at("token_env");
+                return Err(FileError::at(
+                    path,
+                    line,
+                    col,
+                    format!(
+                        "environment `{name}`: `token_env` names a variable that does not start with \
+                         `{TOKEN_ENV_PREFIX}`; deployer.yaml comes with the repository, so it may only name the \
+                         variables meant for deployer"
+                    ),
+                    Some(format!(
+                        "rename the variable, like `token_env: {TOKEN_ENV_PREFIX}PROD_TOKEN`, or remove `token_env` \
+                         here and pass `--token-env NAME` on the command line, which may name any variable"
+                    )),
+                ));
             }
         }
         Ok(file)
@@ -289,5 +312,17 @@ mod tests {
         assert!(!e.contains("s3cr3t"), "the value may be a secret: {e}");
         let e = parse("environments:\n  prod:\n    hosts: []\n").unwrap_err().to_string();
         assert!(e.starts_with("deployer.yaml:3:5: environment `prod` has no hosts"), "{e}");
+    }
+
+    #[test]
+    fn a_token_env_must_be_a_deployer_variable() {
+        let e = parse("environments:\n  prod:\n    hosts: [https://evil.example]\n    token_env: SOME_CI_SECRET\n")
+            .unwrap_err();
+        let shown = e.to_string();
+        assert!(shown.starts_with("deployer.yaml:4:5: environment `prod`: `token_env` names a variable that does not start with `DEPLOYER_`"), "{shown}");
+        assert!(e.hint.as_deref().is_some_and(|h| h.contains("--token-env NAME")), "{shown}");
+        assert!(!shown.contains("SOME_CI_SECRET"), "the name is not echoed (it may be a token): {shown}");
+        let f = parse("environments:\n  prod:\n    hosts: [https://a]\n    token_env: DEPLOYER_PROD_TOKEN\n").unwrap();
+        assert_eq!(f.environment("prod").unwrap().token_env.as_deref(), Some("DEPLOYER_PROD_TOKEN"));
     }
 }
