@@ -286,7 +286,8 @@ impl Client {
     pub async fn unlock(&self, name: &str, lease: &str) -> Result<(), ClientError> {
         let mut url = self.url(&["locks", name]);
         url.query_pairs_mut().append_pair("lease", lease);
-        let request = self.authorize(self.http.delete(url).timeout(QUICK_TIMEOUT))?;
+        let request =
+            self.authorize(self.http.delete(url).timeout(QUICK_TIMEOUT)).ok_or_else(|| self.insecure_token())?;
         let response = request.send().await.map_err(|e| self.transport_error(e, Some(QUICK_TIMEOUT)))?;
         if response.status().is_success() {
             return Ok(());
@@ -301,7 +302,9 @@ impl Client {
         url: Url,
         only: Option<&'static str>,
     ) -> Result<EventStream<T>, ClientError> {
-        let request = self.authorize(self.http.get(url).header(reqwest::header::ACCEPT, "text/event-stream"))?;
+        let request = self
+            .authorize(self.http.get(url).header(reqwest::header::ACCEPT, "text/event-stream"))
+            .ok_or_else(|| self.insecure_token())?;
         // The answer's head comes at once; only the body is long.
         let response = tokio::time::timeout(QUICK_TIMEOUT, request.send())
             .await
@@ -361,7 +364,8 @@ impl Client {
         if let Some(timeout) = timeout {
             request = request.timeout(timeout);
         }
-        let response = self.authorize(request)?.send().await.map_err(|e| self.transport_error(e, timeout))?;
+        let request = self.authorize(request).ok_or_else(|| self.insecure_token())?;
+        let response = request.send().await.map_err(|e| self.transport_error(e, timeout))?;
         let status = response.status();
         let bytes = response.bytes().await.map_err(|e| self.transport_error(e, timeout))?;
 
@@ -375,15 +379,18 @@ impl Client {
         Err(self.error_of(status, &bytes))
     }
 
-    /// The token on `request`, if there is one and it may go to this agent.
-    fn authorize(&self, request: RequestBuilder) -> Result<RequestBuilder, ClientError> {
+    /// The token on `request`, if there is one; `None` when it may not go to this agent.
+    fn authorize(&self, request: RequestBuilder) -> Option<RequestBuilder> {
         match &self.token.value {
-            None => Ok(request),
-            Some(_) if !carries_tokens(&self.base) => {
-                Err(ClientError::InsecureToken { agent: self.agent(), var: self.token.var.clone() })
-            }
-            Some(token) => Ok(request.bearer_auth(token)),
+            None => Some(request),
+            Some(token) if carries_tokens(&self.base) => Some(request.bearer_auth(token)),
+            Some(_) => None,
         }
+    }
+
+    /// What [`Client::authorize`] refusing means.
+    fn insecure_token(&self) -> ClientError {
+        ClientError::InsecureToken { agent: self.agent(), var: self.token.var.clone() }
     }
 
     /// An answer's JSON as `T`, its text made safe for a terminal unless kept raw.

@@ -8,7 +8,7 @@
 
 use super::known_hosts::{self, KnownHosts, Verdict};
 use super::{Source, SourceError};
-use git2::{CertificateCheckStatus, Cred, CredentialType, ErrorClass, ErrorCode, RemoteCallbacks};
+use git2::{CertificateCheckStatus, Cred, CredentialType, ErrorClass, ErrorCode, ProxyOptions, RemoteCallbacks};
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::path::PathBuf;
@@ -96,6 +96,17 @@ impl Source {
             }
         });
         callbacks
+    }
+
+    /// Honour `https_proxy`, `http_proxy` and git's own proxy settings, except for a token over
+    /// plain http (to loopback, the only place config checks let one go): a proxy would read it.
+    pub(super) fn proxy(&self) -> ProxyOptions<'static> {
+        let mut proxy = ProxyOptions::new();
+        let plain_http = matches!(transport(&self.url), Transport::Http { tls: false, .. });
+        if !(plain_http && matches!(self.auth, Some(GitAuth::Token(_)))) {
+            proxy.auto();
+        }
+        proxy
     }
 
     /// Is `key`, offered by `host` on the URL's port, one the known_hosts files trust for it?

@@ -37,7 +37,7 @@ impl Source {
         let attempt = Attempt::default();
         let mut opts = FetchOptions::new();
         opts.remote_callbacks(self.callbacks(&attempt))
-            .proxy_options(Self::proxy())
+            .proxy_options(self.proxy())
             .download_tags(AutotagOption::None)
             .prune(FetchPrune::Off)
             .update_fetchhead(false);
@@ -94,7 +94,7 @@ impl Source {
         let mut remote = repo.find_remote(REMOTE).map_err(|e| self.git_error(e))?;
         let attempt = Attempt::default();
         let connection = remote
-            .connect_auth(Direction::Fetch, Some(self.callbacks(&attempt)), Some(Self::proxy()))
+            .connect_auth(Direction::Fetch, Some(self.callbacks(&attempt)), Some(self.proxy()))
             .map_err(|e| self.attempt_error(e, &attempt))?;
         let wanted = format!("refs/heads/{}", self.branch);
         let head =

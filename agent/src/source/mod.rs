@@ -25,7 +25,7 @@ pub use error::{SourceError, redact_url};
 pub use fetch::Fetched;
 pub use refname::{BadRef, is_sha_like, validate_ref};
 
-use git2::{ErrorClass, ErrorCode, ProxyOptions, Repository};
+use git2::{ErrorClass, ErrorCode, Repository};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -171,13 +171,6 @@ impl Source {
             Err(e) => return Err(git_err(e)),
         }
         Ok(())
-    }
-
-    /// Honour `https_proxy`, `http_proxy` and git's own proxy settings.
-    fn proxy() -> ProxyOptions<'static> {
-        let mut proxy = ProxyOptions::new();
-        proxy.auto();
-        proxy
     }
 
     /// An error while talking to the remote, with a hint matching its cause.

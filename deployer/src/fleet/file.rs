@@ -129,7 +129,27 @@ impl FleetFile {
     pub fn parse(path: &Path, text: &str) -> Result<FleetFile, FileError> {
         let mut file: FleetFile = serde_yaml_ng::from_str(text).map_err(|e| yaml_error(path, e))?;
         file.path = path.to_path_buf();
+        // Names are printed on the terminal and sent in URLs: a repository's file must not smuggle
+        // escape sequences in through them (nor name an app no agent could have).
+        if let Some(app) = file.app.as_deref().filter(|a| !valid_app_name(a)) {
+            let (line, col) = locate::key(text, &["app"]).unwrap_or((0, 0));
+            return Err(bad_app_name(path, line, col, app));
+        }
+        if let Some(name) = file.environments.keys().find(|n| n.is_empty() || n.chars().any(char::is_control)) {
+            let (line, col) = locate::key(text, &["environments"]).unwrap_or((0, 0));
+            return Err(FileError::at(
+                path,
+                line,
+                col,
+                format!("an environment's name `{}` is empty or holds control characters", name.escape_debug()),
+                Some("name environments with letters, digits, `-`, `_` or `.`, like `prod`".into()),
+            ));
+        }
         for (name, env) in &file.environments {
+            if let Some(app) = env.app.as_deref().filter(|a| !valid_app_name(a)) {
+                let (line, col) = locate::key(text, &["environments", name, "app"]).unwrap_or((0, 0));
+                return Err(bad_app_name(path, line, col, app));
+            }
             // At the key, else at its environment; `(0, 0)` (no place) when neither is written.
             let at = |key: &str| {
                 locate::key(text, &["environments", name, key])
@@ -213,6 +233,24 @@ impl FleetFile {
     pub fn names(&self) -> String {
         self.environments.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
     }
+}
+
+/// The agents' rule for app names (they name files and URL paths there).
+fn valid_app_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('-')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+fn bad_app_name(path: &Path, line: usize, col: usize, app: &str) -> FileError {
+    FileError::at(
+        path,
+        line,
+        col,
+        format!("invalid app name `{}`", app.escape_debug()),
+        Some("write the app's name as the agents' configs have it: letters, digits, `-` and `_`".into()),
+    )
 }
 
 /// serde's error, located, with a hint for the one key the file cannot do without.
@@ -324,5 +362,16 @@ mod tests {
         assert!(!shown.contains("SOME_CI_SECRET"), "the name is not echoed (it may be a token): {shown}");
         let f = parse("environments:\n  prod:\n    hosts: [https://a]\n    token_env: DEPLOYER_PROD_TOKEN\n").unwrap();
         assert_eq!(f.environment("prod").unwrap().token_env.as_deref(), Some("DEPLOYER_PROD_TOKEN"));
+    }
+
+    #[test]
+    fn names_cannot_smuggle_escape_sequences() {
+        let e = parse("app: \"web\\e]0;pwned\\a\"\nenvironments:\n  prod: { hosts: [http://a:1] }\n").unwrap_err();
+        assert!(e.to_string().starts_with("deployer.yaml:1:1: invalid app name `web\\u{1b}]0;pwned\\u{7}`"), "{e}");
+        let e = parse("environments:\n  \"prod\\e[2J\": { hosts: [http://a:1] }\n").unwrap_err();
+        assert!(e.message.contains("holds control characters"), "{e}");
+        assert!(!e.to_string().contains('\u{1b}'), "{e}");
+        let e = parse("environments:\n  prod: { hosts: [http://a:1], app: \"a b\" }\n").unwrap_err();
+        assert!(e.message.contains("invalid app name `a b`"), "{e}");
     }
 }

@@ -127,8 +127,18 @@ fn a_token_over_smart_http_deploys_and_shows_up_nowhere() {
     let repo = TestRepo::with_example_app();
     let server = GitHttpServer::start(&repo, TOKEN);
     let reports = Receiver::start(Mode::Status(200));
+    // A proxy in the agent's environment would read a plain-http request, token and all.
+    let proxy = Receiver::start(Mode::Status(200));
     // The README's form: `auth: { token_env: GIT_TOKEN }`.
-    let setup = env_for(&server.url(), "{ token_env: GIT_TOKEN }", &reports).agent_env("GIT_TOKEN", TOKEN).setup();
+    let setup = env_for(&server.url(), "{ token_env: GIT_TOKEN }", &reports)
+        .agent_env("GIT_TOKEN", TOKEN)
+        .agent_env("http_proxy", &proxy.url(""))
+        .agent_env("HTTP_PROXY", &proxy.url(""))
+        // libgit2 reads `no_proxy` first (empty: the proxy applies), the agent's report client
+        // `NO_PROXY` first (its reports to loopback skip the proxy, so they arrive).
+        .agent_env("no_proxy", "")
+        .agent_env("NO_PROXY", "127.0.0.1")
+        .setup();
     open_to_nobody(&setup);
     let agent = setup.start();
 
@@ -150,6 +160,9 @@ fn a_token_over_smart_http_deploys_and_shows_up_nowhere() {
     }
     assert!(deployer_tests::wait_until(Duration::from_secs(10), || !reports.received().is_empty()), "no report");
     assert_nowhere(&agent, &reports, TOKEN);
+    // (The agent's reports may take the proxy: they carry no secret.)
+    let fetches: Vec<_> = proxy.received().into_iter().filter(|r| r.path.contains("app.git")).collect();
+    assert!(fetches.is_empty(), "the fetch went through the proxy: {fetches:?}");
 }
 
 #[test]
