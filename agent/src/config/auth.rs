@@ -235,6 +235,25 @@ mod tests {
         );
     }
 
+    /// Every YAML example in the README that has an `auth:` reads as an agent config (the shape
+    /// only: the variables and files it names do not exist here).
+    #[test]
+    fn the_readme_snippets_with_auth_read() {
+        let readme = include_str!("../../../README.md");
+        let blocks: Vec<&str> = readme
+            .split("```yaml\n")
+            .skip(1)
+            .filter_map(|b| b.split("```").next())
+            .filter(|b| b.contains("auth:"))
+            .collect();
+        assert!(!blocks.is_empty(), "the README shows `auth:` in a YAML example");
+        for block in blocks {
+            let config: super::super::AgentConfig =
+                serde_yaml_ng::from_str(block).unwrap_or_else(|e| panic!("{e}\n{block}"));
+            assert!(config.apps.values().any(|a| a.auth.is_some()), "{block}");
+        }
+    }
+
     #[test]
     fn the_tag_forms_still_parse() {
         assert_eq!(parse("auth: !token_env GIT_TOKEN").unwrap(), AuthConfig::TokenEnv("GIT_TOKEN".into()));
@@ -314,5 +333,17 @@ mod tests {
             load(&dir, repo, "!ssh_key keys/deploy").unwrap(),
             AuthConfig::SshKey { key: dir.join("keys/deploy"), known_hosts: None }
         );
+    }
+
+    #[test]
+    fn mistakes_in_the_map_are_located_with_a_hint() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = load(dir.path(), "https://h/b.git", "{ tokn_env: PATH }").unwrap_err();
+        assert_eq!(e.line, 4, "{e}");
+        assert!(e.message.contains("unknown field `tokn_env`"), "{e}");
+        assert_eq!(e.hint.as_deref(), Some("did you mean `token_env`?"), "{e}");
+        let e = load(dir.path(), "https://h/b.git", "{ token_env: PATH, ssh_key: /k }").unwrap_err();
+        assert_eq!(e.line, 4, "{e}");
+        assert!(e.message.contains("takes one credential"), "{e}");
     }
 }
