@@ -8,7 +8,9 @@
 //!
 //! Invariants: only the configured branch is fetched (into `refs/remotes/origin/<branch>`); the
 //! cache is never re-cloned per deploy; refs from the outside pass [`validate_ref`] first and
-//! nothing reaches a shell; credentials never appear in errors or logs.
+//! nothing reaches a shell; credentials never appear in errors or logs; each credential is offered
+//! once per conversation with the remote; an ssh server is sent nothing until its host key matched
+//! the operator's known_hosts files (`auth.rs`, `known_hosts.rs`).
 
 mod auth;
 mod error;
