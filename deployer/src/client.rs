@@ -2,6 +2,11 @@
 //!
 //! Nothing here prints or knows about the command line; `report` turns a [`ClientError`] into
 //! words and hints for people.
+//!
+//! The token is guarded here, where it is attached: it goes only to `https://` agents or to this
+//! machine's loopback, never through a proxy in clear text, never along a redirect. Answers meant
+//! for people have their text made safe for a terminal ([`crate::output::untrusted`]) as they are
+//! decoded; `--json` keeps them as sent (JSON escapes control characters).
 
 use std::fmt;
 use std::time::Duration;
@@ -12,6 +17,8 @@ use deployer_wire::{
     ScaleRequest,
 };
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
+
+use crate::output::untrusted;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -64,6 +71,11 @@ impl fmt::Debug for Token {
 /// Why a request to an agent failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// Not sent: the token would have crossed the network in clear text.
+    #[error(
+        "refusing to send the token in `{var}` to `{agent}` over plain http: anyone on the way could read it and use it"
+    )]
+    InsecureToken { agent: String, var: String },
     /// No connection: nothing listens there, the host is unknown, or the connect timed out.
     #[error("cannot reach the agent at `{agent}`")]
     Unreachable {
@@ -120,7 +132,7 @@ impl Cause {
         while let Some(source) = inner.source() {
             inner = source;
         }
-        Self(inner.to_string())
+        Self(untrusted::text(&inner.to_string()).into_owned())
     }
 }
 
@@ -130,31 +142,36 @@ pub struct Client {
     http: reqwest::Client,
     base: Url,
     token: Token,
+    /// Keep the agent's text as sent (`--json`), instead of making it safe for a terminal.
+    raw_text: bool,
 }
 
 impl Client {
     pub fn new(base: Url, token: Token) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("deployer/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(Self { http, base, token })
+        let http = builder()?.build()?;
+        Ok(Self { http, base, token, raw_text: false })
     }
 
     /// A client of an agent whose certificate is signed by `ca_pem` (a private CA, or the agent's
     /// self-signed certificate), besides the usual roots.
     pub fn with_ca(base: Url, token: Token, ca_pem: &[u8]) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("deployer/", env!("CARGO_PKG_VERSION")))
-            .add_root_certificate(reqwest::Certificate::from_pem(ca_pem)?)
-            .build()?;
-        Ok(Self { http, base, token })
+        let http = builder()?.add_root_certificate(reqwest::Certificate::from_pem(ca_pem)?).build()?;
+        Ok(Self { http, base, token, raw_text: false })
+    }
+
+    /// Keep the text of answers as the agent sent it (for `--json`, which escapes it), or not.
+    pub fn keep_raw_text(mut self, raw: bool) -> Self {
+        self.raw_text = raw;
+        self
+    }
+
+    pub fn raw_text(&self) -> bool {
+        self.raw_text
     }
 
     /// A client of another agent, sharing this one's connection pools and timeouts.
     pub fn for_agent(&self, base: Url, token: Token) -> Self {
-        Self { http: self.http.clone(), base, token }
+        Self { http: self.http.clone(), base, token, raw_text: self.raw_text }
     }
 
     /// The agent's URL as people write it (no trailing slash).
@@ -269,10 +286,8 @@ impl Client {
     pub async fn unlock(&self, name: &str, lease: &str) -> Result<(), ClientError> {
         let mut url = self.url(&["locks", name]);
         url.query_pairs_mut().append_pair("lease", lease);
-        let mut request = self.http.delete(url).timeout(QUICK_TIMEOUT);
-        if let Some(token) = &self.token.value {
-            request = request.bearer_auth(token);
-        }
+        let request =
+            self.authorize(self.http.delete(url).timeout(QUICK_TIMEOUT)).ok_or_else(|| self.insecure_token())?;
         let response = request.send().await.map_err(|e| self.transport_error(e, Some(QUICK_TIMEOUT)))?;
         if response.status().is_success() {
             return Ok(());
@@ -287,10 +302,9 @@ impl Client {
         url: Url,
         only: Option<&'static str>,
     ) -> Result<EventStream<T>, ClientError> {
-        let mut request = self.http.get(url).header(reqwest::header::ACCEPT, "text/event-stream");
-        if let Some(token) = &self.token.value {
-            request = request.bearer_auth(token);
-        }
+        let request = self
+            .authorize(self.http.get(url).header(reqwest::header::ACCEPT, "text/event-stream"))
+            .ok_or_else(|| self.insecure_token())?;
         // The answer's head comes at once; only the body is long.
         let response = tokio::time::timeout(QUICK_TIMEOUT, request.send())
             .await
@@ -350,15 +364,13 @@ impl Client {
         if let Some(timeout) = timeout {
             request = request.timeout(timeout);
         }
-        if let Some(token) = &self.token.value {
-            request = request.bearer_auth(token);
-        }
+        let request = self.authorize(request).ok_or_else(|| self.insecure_token())?;
         let response = request.send().await.map_err(|e| self.transport_error(e, timeout))?;
         let status = response.status();
         let bytes = response.bytes().await.map_err(|e| self.transport_error(e, timeout))?;
 
         if status.is_success() {
-            return serde_json::from_slice(&bytes).map_err(|e| ClientError::BadResponse {
+            return self.decode(&bytes).map_err(|e| ClientError::BadResponse {
                 agent: self.agent(),
                 status,
                 cause: Cause(format!("cannot decode the answer: {e}")),
@@ -367,9 +379,33 @@ impl Client {
         Err(self.error_of(status, &bytes))
     }
 
+    /// The token on `request`, if there is one; `None` when it may not go to this agent.
+    fn authorize(&self, request: RequestBuilder) -> Option<RequestBuilder> {
+        match &self.token.value {
+            None => Some(request),
+            Some(token) if carries_tokens(&self.base) => Some(request.bearer_auth(token)),
+            Some(_) => None,
+        }
+    }
+
+    /// What [`Client::authorize`] refusing means.
+    fn insecure_token(&self) -> ClientError {
+        ClientError::InsecureToken { agent: self.agent(), var: self.token.var.clone() }
+    }
+
+    /// An answer's JSON as `T`, its text made safe for a terminal unless kept raw.
+    fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, serde_json::Error> {
+        if self.raw_text {
+            return serde_json::from_slice(bytes);
+        }
+        let mut value: serde_json::Value = serde_json::from_slice(bytes)?;
+        untrusted::json(&mut value);
+        serde_json::from_value(value)
+    }
+
     /// The error an answer that is not a success stands for.
     fn error_of(&self, status: StatusCode, bytes: &[u8]) -> ClientError {
-        match serde_json::from_slice::<ApiError>(bytes) {
+        match self.decode::<ApiError>(bytes) {
             Ok(body) => ClientError::Api { agent: self.agent(), status, body, token: self.token.clone() },
             Err(_) => ClientError::BadResponse {
                 agent: self.agent(),
@@ -411,7 +447,7 @@ impl<T: DeserializeOwned> EventStream<T> {
                 if self.only.is_some_and(|only| only != message.event) {
                     continue;
                 }
-                return serde_json::from_str(&message.data).map(Some).map_err(|e| ClientError::BadResponse {
+                return self.client.decode(message.data.as_bytes()).map(Some).map_err(|e| ClientError::BadResponse {
                     agent: self.client.agent(),
                     status: StatusCode::OK,
                     cause: Cause(format!("cannot decode a `{}` event: {e}", message.event)),
@@ -429,6 +465,42 @@ impl<T: DeserializeOwned> EventStream<T> {
     }
 }
 
+/// The HTTP client every agent client shares: timeouts, no redirects (the API never redirects,
+/// and a redirect could carry the token elsewhere), and proxies for `https://` only: a proxy
+/// would see a plain http request, token and all. An https proxy comes from `HTTPS_PROXY` or
+/// `ALL_PROXY` (and `NO_PROXY`), as curl reads them.
+fn builder() -> Result<reqwest::ClientBuilder, reqwest::Error> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .user_agent(concat!("deployer/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy();
+    let https_proxy = ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
+        .iter()
+        .find_map(|var| std::env::var(var).ok().filter(|v| !v.is_empty()));
+    if let Some(proxy) = https_proxy {
+        builder = builder.proxy(reqwest::Proxy::https(proxy)?.no_proxy(reqwest::NoProxy::from_env()));
+    }
+    Ok(builder)
+}
+
+/// Whether a token may go to the agent at `url`: over TLS, or to this machine's loopback, where
+/// plain http does not leave the host.
+pub fn carries_tokens(url: &Url) -> bool {
+    url.scheme() == "https" || url.host_str().is_some_and(is_loopback)
+}
+
+/// `localhost`, `127.0.0.0/8`, `::1` (as the URL parser normalised them: `127.1` is `127.0.0.1`).
+fn is_loopback(host: &str) -> bool {
+    use std::net::IpAddr;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<IpAddr>() {
+        Ok(IpAddr::V4(ip)) => ip.is_loopback(),
+        Ok(IpAddr::V6(ip)) => ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    }
+}
+
 /// An agent URL as people write it: `http://127.0.0.1:7070`, not `http://127.0.0.1:7070/`.
 pub fn agent_label(url: &Url) -> String {
     url.as_str().trim_end_matches('/').to_owned()
@@ -437,7 +509,7 @@ pub fn agent_label(url: &Url) -> String {
 /// The start of a body, on one line.
 fn excerpt(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
-    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let text = untrusted::text(&text).split_whitespace().collect::<Vec<_>>().join(" ");
     match text.char_indices().nth(BODY_EXCERPT) {
         Some((cut, _)) => format!("{}…", &text[..cut]),
         None => text,
@@ -474,5 +546,39 @@ mod tests {
         assert_eq!(excerpt(b"<html>\n  <body>Bad Gateway</body>"), "<html> <body>Bad Gateway</body>");
         let long = "x".repeat(500);
         assert_eq!(excerpt(long.as_bytes()).chars().count(), BODY_EXCERPT + 1);
+    }
+
+    #[test]
+    fn tokens_go_over_tls_or_to_loopback_only() {
+        for ok in [
+            "https://agent.example:7070",
+            "http://127.0.0.1:7070",
+            "http://127.1:7070",
+            "http://localhost:7070",
+            "http://[::1]:7070",
+            "http://[::ffff:127.0.0.1]:1",
+        ] {
+            assert!(carries_tokens(&ok.parse().unwrap()), "{ok}");
+        }
+        for bad in [
+            "http://10.0.0.5:7070",
+            "http://agent.example",
+            "http://localhost.evil.example",
+            "http://[::2]:1",
+            "http://0.0.0.0:7070",
+        ] {
+            assert!(!carries_tokens(&bad.parse().unwrap()), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_token_is_refused_before_anything_is_sent_over_plain_http() {
+        let token = Token { var: "DEPLOYER_TOKEN".into(), value: Some("s3cret".into()) };
+        // Nothing listens there: an attempt to send would be `Unreachable`, not refused.
+        let c = Client::new("http://192.0.2.1:9".parse().unwrap(), token).unwrap();
+        let err = c.apps().await.unwrap_err();
+        assert!(matches!(err, ClientError::InsecureToken { .. }), "{err:?}");
+        assert!(err.to_string().contains("`DEPLOYER_TOKEN` to `http://192.0.2.1:9` over plain http"), "{err}");
+        assert!(!err.to_string().contains("s3cret"));
     }
 }

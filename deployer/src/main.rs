@@ -34,7 +34,8 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let token = Token::from_env(&cli.global.token_env);
-    let client = Client::new(cli.global.agent, token).context("cannot set up the HTTP client")?;
+    let client =
+        Client::new(cli.global.agent, token).context("cannot set up the HTTP client")?.keep_raw_text(cli.global.json);
     let file = cli.file_short.or(cli.global.file);
     let ctx = Context { client, json: cli.global.json, file, token_env: cli.global.token_env };
     let runtime =

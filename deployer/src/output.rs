@@ -12,6 +12,7 @@ use serde::Serialize;
 
 pub mod deploys;
 pub mod fleet;
+pub mod untrusted;
 
 pub const SUCCESS: Style = AnsiColor::Green.on_default().bold();
 pub const FAILURE: Style = AnsiColor::Red.on_default().bold();
@@ -33,9 +34,9 @@ pub fn print_success(message: &str) {
 }
 
 /// Prints `warning: <message>` on stderr: something the user should know that does not stop
-/// the command.
+/// the command. The message may quote an agent (with `--json`, its text is not cleaned before).
 pub fn print_warning(message: &str) {
-    anstream::eprintln!("{HINT}warning{HINT:#}: {message}");
+    anstream::eprintln!("{HINT}warning{HINT:#}: {}", untrusted::text(message));
 }
 
 /// Prints the workers table of some apps on stdout.

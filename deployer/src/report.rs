@@ -6,18 +6,20 @@ use std::io::Write;
 use reqwest::StatusCode;
 
 use crate::client::ClientError;
+use crate::output::untrusted;
 use crate::output::{BOLD, FAILURE, HINT};
 
-/// Prints an error, its causes and a hint on stderr.
+/// Prints an error, its causes and a hint on stderr. Their words may quote an agent (its
+/// message and hint, with `--json` not cleaned before), so they are made safe here again.
 pub fn print_error(err: &anyhow::Error) {
     let mut stderr = anstream::stderr().lock();
     // Nothing sensible to do when stderr itself is gone.
-    let _ = writeln!(stderr, "{FAILURE}error{FAILURE:#}: {err}");
+    let _ = writeln!(stderr, "{FAILURE}error{FAILURE:#}: {}", untrusted::text(&err.to_string()));
     for cause in err.chain().skip(1) {
-        let _ = writeln!(stderr, "  {BOLD}Caused by:{BOLD:#} {cause}");
+        let _ = writeln!(stderr, "  {BOLD}Caused by:{BOLD:#} {}", untrusted::text(&cause.to_string()));
     }
     if let Some(hint) = hint(err) {
-        let _ = writeln!(stderr, "{HINT}hint{HINT:#}: {hint}");
+        let _ = writeln!(stderr, "{HINT}hint{HINT:#}: {}", untrusted::text(&hint));
     }
 }
 
@@ -49,6 +51,12 @@ fn hint(err: &anyhow::Error) -> Option<String> {
 
 fn client_hint(err: &ClientError) -> Option<String> {
     match err {
+        ClientError::InsecureToken { .. } => Some(
+            "serve the agent's API over TLS (`tls:` in its agent.yaml) and use an `https://` URL, or reach it \
+             through a tunnel to this machine's loopback: `ssh -N -L 7070:127.0.0.1:7070 <host>`, then \
+             --agent http://127.0.0.1:7070"
+                .to_owned(),
+        ),
         ClientError::Unreachable { .. } => Some(
             "is deployer-agent running? start it with `deployer-agent --config agent.yaml`, \
              or pass --agent URL"

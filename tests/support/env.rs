@@ -102,6 +102,12 @@ impl AppSpec {
         self
     }
 
+    /// Deploy from `url`'s `main` branch (a git server of [`crate::gitserver`]); like [`Self::repo`].
+    pub fn repo_url(mut self, url: &str) -> Self {
+        self.repo = Some(url.into());
+        self
+    }
+
     /// A variable in the config's `env:` map.
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.insert(key.into(), value.into());

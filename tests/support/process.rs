@@ -98,7 +98,7 @@ impl std::fmt::Display for CliOutput {
 }
 
 /// Run `cmd` to its end, capturing stdout and stderr; kill it and panic after `timeout`.
-pub(crate) fn run_to_end(mut cmd: std::process::Command, timeout: std::time::Duration) -> CliOutput {
+pub fn run_to_end(mut cmd: std::process::Command, timeout: std::time::Duration) -> CliOutput {
     use std::io::Read;
     use std::process::Stdio;
     let shown = format!("{cmd:?}");

@@ -3,7 +3,7 @@
 //! one request per connection.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,6 +15,8 @@ pub enum Mode {
     Refuse,
     /// Every request is answered with this status.
     Status(u16),
+    /// Every request is answered with this status and this JSON body (a fake agent's answer).
+    Json(u16, &'static str),
 }
 
 /// One request as received, and what it was answered.
@@ -40,6 +42,7 @@ impl Received {
 }
 
 struct Shared {
+    ip: IpAddr,
     mode: Mutex<Mode>,
     received: Mutex<Vec<Received>>,
     stop: AtomicBool,
@@ -54,10 +57,19 @@ pub struct Receiver {
 impl Receiver {
     /// A receiver answering `mode` on a port of its own.
     pub fn start(mode: Mode) -> Receiver {
-        let probe = TcpListener::bind("127.0.0.1:0").expect("bind the receiver");
+        Receiver::start_on(IpAddr::V4(Ipv4Addr::LOCALHOST), mode)
+    }
+
+    /// A receiver listening on `ip` (one of this machine's addresses, not only loopback).
+    pub fn start_on(ip: IpAddr, mode: Mode) -> Receiver {
+        let probe = TcpListener::bind((ip, 0)).expect("bind the receiver");
         let port = probe.local_addr().expect("its address").port();
-        let shared =
-            Arc::new(Shared { mode: Mutex::new(mode), received: Mutex::new(Vec::new()), stop: AtomicBool::new(false) });
+        let shared = Arc::new(Shared {
+            ip,
+            mode: Mutex::new(mode),
+            received: Mutex::new(Vec::new()),
+            stop: AtomicBool::new(false),
+        });
         let listener = (mode != Mode::Refuse).then_some(probe);
         let s = shared.clone();
         std::thread::spawn(move || serve(port, listener, &s));
@@ -68,9 +80,12 @@ impl Receiver {
         self.port
     }
 
-    /// `http://127.0.0.1:<port><path>`.
+    /// `http://127.0.0.1:<port><path>` (or the address it listens on).
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        match self.shared.ip {
+            IpAddr::V6(ip) => format!("http://[{ip}]:{}{path}", self.port),
+            ip => format!("http://{ip}:{}{path}", self.port),
+        }
     }
 
     pub fn set_mode(&self, mode: Mode) {
@@ -92,17 +107,18 @@ impl Drop for Receiver {
 fn serve(port: u16, mut listener: Option<TcpListener>, shared: &Shared) {
     while !shared.stop.load(Ordering::Relaxed) {
         let mode = *shared.mode.lock().unwrap();
-        let status = match mode {
+        let answer = match mode {
             Mode::Refuse => {
                 listener = None;
                 std::thread::sleep(Duration::from_millis(10));
                 continue;
             }
-            Mode::Status(s) => s,
+            Mode::Status(s) => (s, None),
+            Mode::Json(s, body) => (s, Some(body)),
         };
         if listener.is_none() {
             // std sets SO_REUSEADDR, so the port can be bound again at once.
-            listener = TcpListener::bind(("127.0.0.1", port)).ok();
+            listener = TcpListener::bind((shared.ip, port)).ok();
             if let Some(l) = &listener {
                 l.set_nonblocking(true).expect("nonblocking listener");
             } else {
@@ -114,7 +130,7 @@ fn serve(port: u16, mut listener: Option<TcpListener>, shared: &Shared) {
             l.set_nonblocking(true).expect("nonblocking listener");
             match l.accept() {
                 Ok((stream, _)) => {
-                    if let Some(r) = handle(stream, status) {
+                    if let Some(r) = handle(stream, answer) {
                         shared.received.lock().unwrap().push(r);
                     }
                 }
@@ -124,7 +140,7 @@ fn serve(port: u16, mut listener: Option<TcpListener>, shared: &Shared) {
     }
 }
 
-fn handle(mut s: TcpStream, status: u16) -> Option<Received> {
+fn handle(mut s: TcpStream, (status, json): (u16, Option<&str>)) -> Option<Received> {
     s.set_nonblocking(false).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     let mut raw = Vec::new();
@@ -156,7 +172,13 @@ fn handle(mut s: TcpStream, status: u16) -> Option<Received> {
         }
         body.extend_from_slice(&buf[..n]);
     }
-    let reply = format!("HTTP/1.1 {status} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+    let reply = match json {
+        Some(body) => format!(
+            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+        None => format!("HTTP/1.1 {status} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"),
+    };
     let _ = s.write_all(reply.as_bytes());
     Some(Received { method, path, headers, body: String::from_utf8_lossy(&body).into_owned(), answered: status })
 }

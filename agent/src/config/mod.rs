@@ -4,6 +4,7 @@
 //! instead. Parsing is strict (`deny_unknown_fields`), so a misspelt key is an error, not a
 //! silently ignored setting.
 
+pub mod auth;
 mod checked;
 pub mod front;
 pub mod report;
@@ -11,6 +12,7 @@ pub mod run_as;
 pub mod triggers;
 pub mod units;
 
+pub use auth::AuthConfig;
 pub use front::{Cidr, FrontConfig};
 pub use report::{GithubStatusConfig, ReportConfig, RetryConfig};
 pub use run_as::RunAs;
@@ -294,16 +296,6 @@ impl TryFrom<InstancesRaw> for Instances {
             }
         }
     }
-}
-
-/// `auth: { token_env: GIT_TOKEN }` (https) or `auth: { ssh_key: /path/to/key }`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
-pub enum AuthConfig {
-    /// An environment variable holding an https token (GitHub, GitLab, Gitea access tokens).
-    TokenEnv(String),
-    /// A private key file for ssh URLs.
-    SshKey(PathBuf),
 }
 
 /// One command, or a list run in order: `install: npm ci` or `install: [npm ci, npm run build]`.
@@ -669,17 +661,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
                         ));
                     }
                 }
-                if let Some(AuthConfig::TokenEnv(var)) = &app.auth
-                    && std::env::var_os(var).is_none()
-                {
-                    return Err(at(
-                        &["apps", name, "auth"],
-                        format!("app `{name}` reads its git token from `{var}`, which is not set"),
-                        Some(format!("export {var}=<token> before starting the agent")),
-                    ));
-                }
                 let dir = app.path.take().unwrap_or_else(|| PathBuf::from("apps").join(name.as_str()));
                 app.path = Some(if dir.is_relative() { state_dir.join(dir) } else { dir });
+                auth::check(name, app, &base, &at)?;
             }
         }
         check_triggers(name, app, &at)?;

@@ -9,7 +9,7 @@ use super::install::{self, Output};
 use super::release::{self, AppDir, prune_plan, seq_of};
 use super::state::DeployState;
 use super::{AppQueue, DeployError, Deployer, Job, Target};
-use crate::config::{AppConfig, AuthConfig};
+use crate::config::AppConfig;
 use crate::source::{GitAuth, Source};
 use crate::state::{DeployId, ReleaseRow, Store};
 use crate::supervisor::{ActiveRelease, App, resolve_spec};
@@ -412,11 +412,7 @@ pub(super) fn pick_rollback(store: &Store, app: &App, want: Option<&str>) -> Res
 }
 
 pub(super) fn git_auth(cfg: &AppConfig) -> Option<GitAuth> {
-    match &cfg.auth {
-        Some(AuthConfig::TokenEnv(var)) => std::env::var(var).ok().map(GitAuth::Token),
-        Some(AuthConfig::SshKey(p)) => Some(GitAuth::SshKey(p.clone())),
-        None => None,
-    }
+    cfg.auth.as_ref().and_then(|a| a.git_auth())
 }
 
 /// A URL without its userinfo, for messages.

@@ -27,6 +27,10 @@ pub enum SourceError {
     #[error("cannot fetch branch `{branch}` from `{url}`: {message}\n  hint: {hint}")]
     Fetch { url: String, branch: String, message: String, hint: &'static str },
 
+    /// The ssh server's host key is not one the known_hosts files trust for it: nothing was sent.
+    #[error("cannot fetch branch `{branch}` from `{url}`: {message}\n  hint: {hint}")]
+    HostKey { url: String, branch: String, message: String, hint: String },
+
     /// The remote has no such branch.
     #[error(
         "branch `{branch}` does not exist in `{url}`\n  hint: push the branch, or set `branch:` in the app's config to one that exists"

@@ -1,6 +1,7 @@
 //! Talking to the remote: fetch the branch into the cached clone, look up its head without
 //! fetching (poll mode), and turn refs and shas into commits known to be on the branch.
 
+use super::auth::Attempt;
 use super::refname::is_sha_like;
 use super::{REMOTE, Source, SourceError, validate_ref};
 use git2::{AutotagOption, Direction, ErrorCode, FetchOptions, FetchPrune, Oid, Repository};
@@ -33,13 +34,16 @@ impl Source {
         let repo = self.repo()?;
         let previous = self.branch_head(&repo)?;
         let mut remote = repo.find_remote(REMOTE).map_err(|e| self.git_error(e))?;
+        let attempt = Attempt::default();
         let mut opts = FetchOptions::new();
-        opts.remote_callbacks(self.callbacks())
-            .proxy_options(Self::proxy())
+        opts.remote_callbacks(self.callbacks(&attempt))
+            .proxy_options(self.proxy())
             .download_tags(AutotagOption::None)
             .prune(FetchPrune::Off)
             .update_fetchhead(false);
-        remote.fetch(&[self.refspec()], Some(&mut opts), Some("deployer: fetch")).map_err(|e| self.fetch_error(e))?;
+        remote
+            .fetch(&[self.refspec()], Some(&mut opts), Some("deployer: fetch"))
+            .map_err(|e| self.attempt_error(e, &attempt))?;
         let stats = remote.stats();
         let (received_objects, received_bytes) = (stats.received_objects(), stats.received_bytes());
         // The refs the remote advertised: a branch deleted upstream must not look like "unchanged".
@@ -88,9 +92,10 @@ impl Source {
     pub fn remote_head(&self) -> Result<String, SourceError> {
         let repo = self.repo()?;
         let mut remote = repo.find_remote(REMOTE).map_err(|e| self.git_error(e))?;
+        let attempt = Attempt::default();
         let connection = remote
-            .connect_auth(Direction::Fetch, Some(self.callbacks()), Some(Self::proxy()))
-            .map_err(|e| self.fetch_error(e))?;
+            .connect_auth(Direction::Fetch, Some(self.callbacks(&attempt)), Some(self.proxy()))
+            .map_err(|e| self.attempt_error(e, &attempt))?;
         let wanted = format!("refs/heads/{}", self.branch);
         let head =
             connection.list().map_err(|e| self.fetch_error(e))?.iter().find(|h| h.name() == wanted).map(|h| h.oid());

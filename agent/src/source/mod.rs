@@ -8,45 +8,32 @@
 //!
 //! Invariants: only the configured branch is fetched (into `refs/remotes/origin/<branch>`); the
 //! cache is never re-cloned per deploy; refs from the outside pass [`validate_ref`] first and
-//! nothing reaches a shell; credentials never appear in errors or logs.
+//! nothing reaches a shell; credentials never appear in errors or logs; each credential is offered
+//! once per conversation with the remote; an ssh server is sent nothing until its host key matched
+//! the operator's known_hosts files (`auth.rs`, `known_hosts.rs`).
 
+mod auth;
 mod error;
 mod fetch;
+mod known_hosts;
 mod materialise;
 mod refname;
 
 #[cfg(test)]
 mod fixture;
 
+pub use auth::{GitAuth, Transport, is_loopback, transport};
 pub use error::{SourceError, redact_url};
 pub use fetch::Fetched;
 pub use refname::{BadRef, is_sha_like, validate_ref};
 
-use git2::{Cred, CredentialType, ErrorClass, ErrorCode, ProxyOptions, RemoteCallbacks, Repository};
+use git2::{ErrorClass, ErrorCode, Repository};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// The remote's name in the cached clone.
 const REMOTE: &str = "origin";
-
-/// Credentials for the app's repository. The `Debug` output hides the secret.
-#[derive(Clone, PartialEq, Eq)]
-pub enum GitAuth {
-    /// An https access token (GitHub, GitLab, Gitea), sent as the password of user `x-access-token`.
-    Token(String),
-    /// A private key file for ssh URLs (no passphrase: the agent runs unattended).
-    SshKey(PathBuf),
-}
-
-impl fmt::Debug for GitAuth {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            GitAuth::Token(_) => f.write_str("Token(***)"),
-            GitAuth::SshKey(path) => f.debug_tuple("SshKey").field(path).finish(),
-        }
-    }
-}
 
 /// One app's repository: where it is fetched from, which branch, and the cached clone on disk.
 pub struct Source {
@@ -188,58 +175,12 @@ impl Source {
         Ok(())
     }
 
-    /// Callbacks that answer libgit2's credential requests from `auth`, and give up after a few
-    /// refusals (libgit2 would otherwise ask again forever).
-    fn callbacks(&self) -> RemoteCallbacks<'_> {
-        let mut callbacks = RemoteCallbacks::new();
-        let mut asked = 0;
-        callbacks.credentials(move |_url, user_from_url, allowed| {
-            asked += 1;
-            if asked > 4 {
-                return Err(git2::Error::new(ErrorCode::Auth, ErrorClass::Net, "the remote refused the credentials"));
-            }
-            let user = user_from_url.unwrap_or("git");
-            match &self.auth {
-                Some(GitAuth::Token(token)) if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) => {
-                    Cred::userpass_plaintext("x-access-token", token)
-                }
-                _ if allowed.contains(CredentialType::USERNAME) => Cred::username(user),
-                Some(GitAuth::SshKey(key)) if allowed.contains(CredentialType::SSH_KEY) => {
-                    Cred::ssh_key(user, None, key, None)
-                }
-                None if allowed.contains(CredentialType::SSH_KEY) => Cred::ssh_key_from_agent(user),
-                _ => Err(git2::Error::new(
-                    ErrorCode::Auth,
-                    ErrorClass::Net,
-                    "the remote asks for credentials that are not configured",
-                )),
-            }
-        });
-        callbacks
-    }
-
-    /// Honour `https_proxy`, `http_proxy` and git's own proxy settings.
-    fn proxy() -> ProxyOptions<'static> {
-        let mut proxy = ProxyOptions::new();
-        proxy.auto();
-        proxy
-    }
-
-    /// A libgit2 message with the URL redacted and the token, should it appear, masked.
-    fn scrub(&self, message: &str) -> String {
-        let message = message.replace(&self.url, &self.display_url());
-        match &self.auth {
-            Some(GitAuth::Token(token)) if !token.is_empty() => message.replace(token.as_str(), "***"),
-            _ => message,
-        }
-    }
-
     /// An error while talking to the remote, with a hint matching its cause.
     fn fetch_error(&self, e: git2::Error) -> SourceError {
         let hint = match (e.code(), e.class()) {
             (ErrorCode::Auth, _) => "check the app's `auth:` (an https token, or an ssh key the remote accepts)",
             (ErrorCode::Certificate, _) | (_, ErrorClass::Ssl) => {
-                "the remote's certificate or host key was not accepted; for ssh, add the host to `~/.ssh/known_hosts` of the agent's user"
+                "the remote's https certificate was not accepted: it must be signed by a CA of this host's trust store"
             }
             (ErrorCode::Owner, _) => {
                 "the local repository belongs to another user; run the agent as its owner or fetch over a URL"

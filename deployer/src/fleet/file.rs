@@ -19,6 +19,10 @@ use deployer_diagnostic::{FileError, locate};
 use reqwest::Url;
 use serde::Deserialize;
 
+/// What a `token_env` read from the file must start with: a repository's file may name only the
+/// variables meant for deployer, never another secret of the CI job that runs it.
+pub const TOKEN_ENV_PREFIX: &str = "DEPLOYER_";
+
 /// The file's name, looked for in the current directory and the git root.
 pub const FILE_NAME: &str = "deployer.yaml";
 
@@ -42,8 +46,8 @@ pub struct FleetFile {
 pub struct Environment {
     /// The agents of the environment, by API URL; the first one also keeps the push lock.
     pub hosts: Vec<Host>,
-    /// The environment variable holding this environment's API token [default: `--token-env`,
-    /// itself `DEPLOYER_TOKEN` by default].
+    /// The environment variable holding this environment's API token; it must start with
+    /// `DEPLOYER_` [default: `--token-env`, itself `DEPLOYER_TOKEN` by default].
     #[serde(default)]
     pub token_env: Option<String>,
     /// A PEM certificate to trust for `https://` hosts (a private CA, or a self-signed agent
@@ -125,7 +129,27 @@ impl FleetFile {
     pub fn parse(path: &Path, text: &str) -> Result<FleetFile, FileError> {
         let mut file: FleetFile = serde_yaml_ng::from_str(text).map_err(|e| yaml_error(path, e))?;
         file.path = path.to_path_buf();
+        // Names are printed on the terminal and sent in URLs: a repository's file must not smuggle
+        // escape sequences in through them (nor name an app no agent could have).
+        if let Some(app) = file.app.as_deref().filter(|a| !valid_app_name(a)) {
+            let (line, col) = locate::key(text, &["app"]).unwrap_or((0, 0));
+            return Err(bad_app_name(path, line, col, app));
+        }
+        if let Some(name) = file.environments.keys().find(|n| n.is_empty() || n.chars().any(char::is_control)) {
+            let (line, col) = locate::key(text, &["environments"]).unwrap_or((0, 0));
+            return Err(FileError::at(
+                path,
+                line,
+                col,
+                format!("an environment's name `{}` is empty or holds control characters", name.escape_debug()),
+                Some("name environments with letters, digits, `-`, `_` or `.`, like `prod`".into()),
+            ));
+        }
         for (name, env) in &file.environments {
+            if let Some(app) = env.app.as_deref().filter(|a| !valid_app_name(a)) {
+                let (line, col) = locate::key(text, &["environments", name, "app"]).unwrap_or((0, 0));
+                return Err(bad_app_name(path, line, col, app));
+            }
             // At the key, else at its environment; `(0, 0)` (no place) when neither is written.
             let at = |key: &str| {
                 locate::key(text, &["environments", name, key])
@@ -166,6 +190,25 @@ impl FleetFile {
                 let (line, col) = at("token_env");
                 return Err(FileError::at(path, line, col, format!("environment `{name}`: `token_env` is not an environment variable name"), Some("write the variable's name (letters, digits, `_`), like `token_env: DEPLOYER_PROD_TOKEN`, never the token".into())));
             }
+            // The file comes with the repository, which a pull request changes: it must not pick
+            // which of CI's secrets is sent, and to whom. The name is not echoed either.
+            if env.token_env.as_ref().is_some_and(|v| !v.starts_with(TOKEN_ENV_PREFIX)) {
+                let (line, col) = at("token_env");
+                return Err(FileError::at(
+                    path,
+                    line,
+                    col,
+                    format!(
+                        "environment `{name}`: `token_env` names a variable that does not start with \
+                         `{TOKEN_ENV_PREFIX}`; deployer.yaml comes with the repository, so it may only name the \
+                         variables meant for deployer"
+                    ),
+                    Some(format!(
+                        "rename the variable, like `token_env: {TOKEN_ENV_PREFIX}PROD_TOKEN`, or remove `token_env` \
+                         here and pass `--token-env NAME` on the command line, which may name any variable"
+                    )),
+                ));
+            }
         }
         Ok(file)
     }
@@ -190,6 +233,24 @@ impl FleetFile {
     pub fn names(&self) -> String {
         self.environments.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
     }
+}
+
+/// The agents' rule for app names (they name files and URL paths there).
+fn valid_app_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('-')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+fn bad_app_name(path: &Path, line: usize, col: usize, app: &str) -> FileError {
+    FileError::at(
+        path,
+        line,
+        col,
+        format!("invalid app name `{}`", app.escape_debug()),
+        Some("write the app's name as the agents' configs have it: letters, digits, `-` and `_`".into()),
+    )
 }
 
 /// serde's error, located, with a hint for the one key the file cannot do without.
@@ -289,5 +350,28 @@ mod tests {
         assert!(!e.contains("s3cr3t"), "the value may be a secret: {e}");
         let e = parse("environments:\n  prod:\n    hosts: []\n").unwrap_err().to_string();
         assert!(e.starts_with("deployer.yaml:3:5: environment `prod` has no hosts"), "{e}");
+    }
+
+    #[test]
+    fn a_token_env_must_be_a_deployer_variable() {
+        let e = parse("environments:\n  prod:\n    hosts: [https://evil.example]\n    token_env: SOME_CI_SECRET\n")
+            .unwrap_err();
+        let shown = e.to_string();
+        assert!(shown.starts_with("deployer.yaml:4:5: environment `prod`: `token_env` names a variable that does not start with `DEPLOYER_`"), "{shown}");
+        assert!(e.hint.as_deref().is_some_and(|h| h.contains("--token-env NAME")), "{shown}");
+        assert!(!shown.contains("SOME_CI_SECRET"), "the name is not echoed (it may be a token): {shown}");
+        let f = parse("environments:\n  prod:\n    hosts: [https://a]\n    token_env: DEPLOYER_PROD_TOKEN\n").unwrap();
+        assert_eq!(f.environment("prod").unwrap().token_env.as_deref(), Some("DEPLOYER_PROD_TOKEN"));
+    }
+
+    #[test]
+    fn names_cannot_smuggle_escape_sequences() {
+        let e = parse("app: \"web\\e]0;pwned\\a\"\nenvironments:\n  prod: { hosts: [http://a:1] }\n").unwrap_err();
+        assert!(e.to_string().starts_with("deployer.yaml:1:1: invalid app name `web\\u{1b}]0;pwned\\u{7}`"), "{e}");
+        let e = parse("environments:\n  \"prod\\e[2J\": { hosts: [http://a:1] }\n").unwrap_err();
+        assert!(e.message.contains("holds control characters"), "{e}");
+        assert!(!e.to_string().contains('\u{1b}'), "{e}");
+        let e = parse("environments:\n  prod: { hosts: [http://a:1], app: \"a b\" }\n").unwrap_err();
+        assert!(e.message.contains("invalid app name `a b`"), "{e}");
     }
 }

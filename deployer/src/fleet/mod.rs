@@ -13,7 +13,7 @@ pub mod rollout;
 
 use std::path::{Path, PathBuf};
 
-use crate::client::{Client, Token};
+use crate::client::{Client, Token, agent_label, carries_tokens};
 use crate::report::Hinted;
 use file::{Environment, FleetFile, Host};
 
@@ -46,6 +46,22 @@ impl Fleet {
             )
         })?;
         let token = Token::from_env(env.token_env.as_deref().unwrap_or(default_token_env));
+        if token.is_set()
+            && let Some(host) = env.hosts.iter().find(|h| !carries_tokens(&h.0))
+        {
+            return Err(Hinted::new(
+                format!(
+                    "environment `{name}` lists `{}`, a plain http host that is not this machine: the token in `{}` \
+                     would cross the network in clear text, so nothing was sent",
+                    agent_label(&host.0),
+                    token.var
+                ),
+                "serve the agent's API over TLS (`tls:` in its agent.yaml) and write its `https://` URL in \
+                 deployer.yaml, or reach it through an ssh tunnel to loopback (`ssh -N -L 7070:127.0.0.1:7070 <host>`, \
+                 host `http://127.0.0.1:7070`)",
+            )
+            .into());
+        }
         let dir = file.path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
         let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
         let client = match &env.ca_cert {
@@ -59,7 +75,7 @@ impl Fleet {
                     )
                 })?;
                 let first = env.hosts[0].0.clone();
-                Client::with_ca(first, token.clone(), &pem).map_err(|e| {
+                Client::with_ca(first, token.clone(), &pem).map(|c| c.keep_raw_text(base.raw_text())).map_err(|e| {
                     Hinted::new(
                         format!("`{}` is not a PEM certificate: {e}", path.display()),
                         "write the CA's (or the agent's self-signed) certificate in PEM form",

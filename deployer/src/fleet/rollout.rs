@@ -307,5 +307,6 @@ pub fn reason(e: &ClientError) -> String {
         text.push_str(&format!(": {s}"));
         source = s.source();
     }
-    text
+    // Printed on stderr as it is, with --json too.
+    crate::output::untrusted::text(&text).into_owned()
 }
