@@ -249,3 +249,31 @@ fn a_body_over_max_body_is_refused_with_413() {
     let r = http::request(port, "POST", "/", &[], Some(&small), Duration::from_secs(10)).expect("an answer");
     assert_eq!(r.status, 200, "a body under the limit passes: {}", r.body);
 }
+
+/// `access_log: true`: one JSON line per request, with the request id the worker saw.
+#[test]
+fn the_access_log_has_a_line_per_request_with_the_id_the_worker_saw() {
+    let agent = echo_app(TestEnv::new()).web(|a| a.set("front", "{ access_log: true, max_body: 10 }")).start();
+    let port = agent.port("web");
+    let got = seen(port, "GET /one?x=1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    let id = got["headers"]["x-request-id"].as_str().expect("the front added an X-Request-Id").to_string();
+    let got = seen(port, "GET /two HTTP/1.1\r\nHost: a\r\nX-Request-Id: mine-42\r\nConnection: close\r\n\r\n");
+    assert_eq!(got["headers"]["x-request-id"], "mine-42", "a client's id travels on");
+    let r = http::request(port, "POST", "/big", &[], Some("0123456789abcdef"), Duration::from_secs(10)).expect("413");
+    assert_eq!(r.status, 413);
+
+    let path = agent.dir().join("state/logs/web.access.log");
+    let lines = deployer_tests::poll(Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&path).ok()?;
+        let lines: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        (lines.len() >= 2).then_some(lines)
+    })
+    .unwrap_or_else(|| panic!("no access log lines in {}", path.display()));
+    let one = lines.iter().find(|l| l["path"] == "/one?x=1").expect("a line for /one");
+    assert_eq!(one["method"], "GET");
+    assert_eq!(one["status"], 200);
+    assert_eq!(one["id"], id.as_str());
+    assert_eq!(one["peer"], "127.0.0.1");
+    assert!(one["bytes"].as_u64().is_some_and(|b| b > 0) && one["ms"].is_u64() && one["worker"].is_u64(), "{one}");
+    assert!(lines.iter().any(|l| l["path"] == "/two" && l["id"] == "mine-42"), "{lines:#?}");
+}

@@ -29,6 +29,9 @@ pub struct FrontConfig {
     /// the worker sees a byte; a chunked body that grows past it is cut (nginx's
     /// `client_max_body_size`).
     pub max_body: Size,
+    /// One JSON line per request in `state_dir/logs/<app>.access.log` (rotated like the app's
+    /// log): time, peer, method, path, status, bytes, milliseconds, worker and request id.
+    pub access_log: bool,
     /// Passive health: after this many response timeouts or refused connects in a row, a worker
     /// leaves the rotation and is replaced through the reload path (its replacement ready
     /// first). `0` turns it off. A worker that hangs (a deadlock, `SIGSTOP`) costs at most the
@@ -48,6 +51,7 @@ impl Default for FrontConfig {
             response_timeout: Dur(Duration::from_secs(60)),
             body_timeout: Dur(Duration::from_secs(60)),
             max_body: Size(100 << 20),
+            access_log: false,
             unhealthy_after: 3,
             trusted_proxies: Vec::new(),
         }

@@ -3,7 +3,7 @@
 //! LF line ends. Whatever the front accepts, hyper must frame the same way, both as the client
 //! sent it and as the front passes it on; what hyper would frame differently, the front refuses.
 
-use super::http::{Body, head_end, parse_request};
+use super::http::{Body, RequestIds, head_end, parse_request};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -146,9 +146,10 @@ fn front_frames(raw: &[u8]) -> (Vec<u8>, usize, bool) {
     let mut buf = raw;
     let mut forwarded = Vec::new();
     let mut count = 0;
+    let ids = RequestIds::counting();
     while !buf.is_empty() {
         let Some(end) = head_end(buf, 0) else { return (forwarded, count, true) };
-        let Ok(Some((len, mut req))) = parse_request(&buf[..end], peer, &untrusted) else {
+        let Ok(Some((len, mut req))) = parse_request(&buf[..end], peer, &untrusted, &ids, true) else {
             return (forwarded, count, true);
         };
         buf = &buf[len..];

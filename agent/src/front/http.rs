@@ -44,6 +44,9 @@ pub struct ClientRules {
     pub max_body: u64,
     /// Whether a peer's forwarding headers are believed (`trusted_proxies`).
     pub trusted_proxy: Box<dyn Fn(IpAddr) -> bool + Send + Sync>,
+    /// Where one JSON line per request goes (`access_log: true`); a full channel drops lines
+    /// rather than slow a request down.
+    pub access_log: Option<tokio::sync::mpsc::Sender<String>>,
 }
 
 impl Default for ClientRules {
@@ -55,6 +58,7 @@ impl Default for ClientRules {
             body_timeout: Duration::from_secs(60),
             max_body: 100 << 20,
             trusted_proxy: Box::new(|_| false),
+            access_log: None,
         }
     }
 }
@@ -92,6 +96,7 @@ pub async fn serve(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let ids = Arc::new(RequestIds::new());
     while let Some(accept::Accepted { stream, peer, slot }) = accept::next(&listener, &budget, &shutdown).await {
         let rules = rules.borrow().clone();
         let conn = Conn {
@@ -102,6 +107,7 @@ pub async fn serve(
             head_started: Some(Instant::now()),
             peer: peer.ip(),
             rules,
+            ids: ids.clone(),
             rotation: rotation.clone(),
             stats: stats.clone(),
             pinned: None,
@@ -189,6 +195,10 @@ impl Body {
 /// A parsed request head, with the bytes to send upstream already built.
 pub(super) struct Request {
     pub(super) head: Vec<u8>,
+    /// `X-Request-Id`: the client's, or one the front made.
+    id: String,
+    /// Method and target, kept only for the access log.
+    line: Option<Box<(String, String)>>,
     pub(super) body: Body,
     idempotent: bool,
     is_head: bool,
@@ -233,6 +243,7 @@ struct Conn {
     head_started: Option<Instant>,
     peer: IpAddr,
     rules: Arc<ClientRules>,
+    ids: Arc<RequestIds>,
     rotation: Arc<Rotation>,
     stats: Arc<FrontStats>,
     pinned: Option<Upstream>,
@@ -241,6 +252,15 @@ struct Conn {
 enum Flow {
     Continue,
     Close,
+}
+
+/// How one request went, for the access log.
+struct Served {
+    flow: Flow,
+    status: u16,
+    /// Bytes of the answer sent to the client.
+    bytes: u64,
+    worker: Option<u32>,
 }
 
 impl Conn {
@@ -277,7 +297,9 @@ impl Conn {
         let mut head_deadline = self.head_started.take().map(|t| t + self.rules.header_timeout);
         loop {
             if let Some(end) = head_end(&self.cbuf, self.scanned) {
-                let parsed = parse_request(&self.cbuf[..end], self.peer, &*self.rules.trusted_proxy);
+                let keep_line = self.rules.access_log.is_some();
+                let parsed =
+                    parse_request(&self.cbuf[..end], self.peer, &*self.rules.trusted_proxy, &self.ids, keep_line);
                 self.scanned = 0;
                 return match parsed {
                     Ok(Some((_, req))) if matches!(req.body, Body::Length(n) if n > self.rules.max_body) => Err(413),
@@ -315,6 +337,29 @@ impl Conn {
     /// Send one request to a worker and its answer back, retrying on another connection or worker
     /// while nothing of the answer has reached the client.
     async fn forward(&mut self, mut req: Request) -> Flow {
+        let started = Instant::now();
+        let Served { flow, status, bytes, worker } = self.serve_one(&mut req).await;
+        if let Some(log) = &self.rules.access_log {
+            let (method, path) = req.line.as_deref().map_or(("", ""), |(m, p)| (m.as_str(), p.as_str()));
+            let line = serde_json::json!({
+                "ts": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                "peer": self.peer.to_string(),
+                "method": method,
+                "path": path,
+                "status": status,
+                "bytes": bytes,
+                "ms": started.elapsed().as_millis() as u64,
+                "worker": worker,
+                "id": req.id,
+            });
+            let _ = log.try_send(line.to_string());
+        }
+        flow
+    }
+
+    /// [`Conn::forward`] without the access log.
+    async fn serve_one(&mut self, req: &mut Request) -> Served {
+        let front = |flow, status| Served { flow, status, bytes: 0, worker: None };
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut fresh_only = false;
         for attempt in 0..MAX_ATTEMPTS {
@@ -325,10 +370,15 @@ impl Conn {
                 self.stats.errors.fetch_add(1, Relaxed);
                 let status = if self.rotation.snapshot().is_empty() { 503 } else { 502 };
                 let _ = respond(&mut self.client, status).await;
-                return Flow::Close;
+                return front(Flow::Close, status);
             };
-            match self.exchange(&mut req, &mut up).await {
-                Ok(res) => return self.finish(req, res, lease, up).await,
+            let worker = Some(up.backend().worker);
+            match self.exchange(req, &mut up).await {
+                Ok(res) => {
+                    let status = res.status;
+                    let (flow, bytes) = self.finish(req, res, lease, up).await;
+                    return Served { flow, status, bytes, worker };
+                }
                 Err(Failure::Upstream { retry: true }) => {
                     tracing::debug!(worker = up.backend().worker, "upstream failed before answering; retrying");
                     if !up.reused {
@@ -341,12 +391,12 @@ impl Conn {
                     tracing::warn!(worker = up.backend().worker, "worker failed a request");
                     self.stats.errors.fetch_add(1, Relaxed);
                     let _ = respond(&mut self.client, 502).await;
-                    return Flow::Close;
+                    return Served { worker, ..front(Flow::Close, 502) };
                 }
                 Err(Failure::UpstreamMidResponse) => {
                     tracing::warn!(worker = up.backend().worker, "worker closed in the middle of a response");
                     self.stats.errors.fetch_add(1, Relaxed);
-                    return Flow::Close;
+                    return Served { worker, ..front(Flow::Close, 502) };
                 }
                 Err(Failure::Timeout) => {
                     let after = self.rules.response_timeout;
@@ -355,21 +405,22 @@ impl Conn {
                     self.stats.errors.fetch_add(1, Relaxed);
                     self.rotation.failed(up.backend());
                     let _ = respond(&mut self.client, 504).await;
-                    return Flow::Close;
+                    return Served { worker, ..front(Flow::Close, 504) };
                 }
                 Err(Failure::TooLarge) => {
                     // The worker got part of the body: its connection cannot carry another request.
                     drop(up);
                     let _ = respond(&mut self.client, 413).await;
                     linger(&mut self.client).await;
-                    return Flow::Close;
+                    return Served { worker, ..front(Flow::Close, 413) };
                 }
-                Err(Failure::Client) => return Flow::Close,
+                // The client went away: nginx's 499.
+                Err(Failure::Client) => return Served { worker, ..front(Flow::Close, 499) },
             }
         }
         self.stats.errors.fetch_add(1, Relaxed);
         let _ = respond(&mut self.client, 502).await;
-        Flow::Close
+        front(Flow::Close, 502)
     }
 
     /// A lease on a worker and a connection to it: the pinned one while its worker is in
@@ -471,12 +522,13 @@ impl Conn {
     }
 
     /// Pass the answer on, then keep, pool or drop the upstream connection.
-    async fn finish(&mut self, req: Request, res: Response, lease: Lease, mut up: Upstream) -> Flow {
+    async fn finish(&mut self, req: &Request, res: Response, lease: Lease, mut up: Upstream) -> (Flow, u64) {
         let mut body = res.body;
         let n = match body.take(&up.ubuf[res.head_len..]) {
             Ok(n) => n,
-            Err(_) => return Flow::Close,
+            Err(_) => return (Flow::Close, 0),
         };
+        let mut sent = (res.rewritten.as_ref().map_or(res.head_len, Vec::len) + n) as u64;
         let written = match &res.rewritten {
             Some(head) => {
                 let mut out = Vec::with_capacity(head.len() + n);
@@ -488,32 +540,32 @@ impl Conn {
         };
         up.ubuf.advance(res.head_len + n);
         if written.is_err() {
-            return Flow::Close;
+            return (Flow::Close, 0);
         }
         if !body.is_done() {
             match relay(&mut up.stream, &mut up.ubuf, &mut self.client, &mut body, self.rules.response_timeout, None)
                 .await
             {
-                Ok(()) => {}
-                Err(Relay::Dst) => return Flow::Close,
+                Ok(relayed) => sent += relayed,
+                Err(Relay::Dst) => return (Flow::Close, sent),
                 Err(Relay::Idle) => {
                     tracing::warn!(worker = up.backend().worker, "worker fell silent in the middle of a response body");
                     self.stats.timeouts.fetch_add(1, Relaxed);
                     self.stats.errors.fetch_add(1, Relaxed);
                     self.rotation.failed(up.backend());
-                    return Flow::Close;
+                    return (Flow::Close, sent);
                 }
                 Err(Relay::Src | Relay::Malformed | Relay::TooLarge) => {
                     tracing::warn!(worker = up.backend().worker, "worker closed in the middle of a response body");
                     self.stats.errors.fetch_add(1, Relaxed);
-                    return Flow::Close;
+                    return (Flow::Close, sent);
                 }
             }
         }
         if res.status == 101 && req.upgrade {
             self.tunnel(up).await;
             drop(lease);
-            return Flow::Close;
+            return (Flow::Close, sent);
         }
         drop(lease);
         let keep_client = !req.client_close && !res.upstream_close;
@@ -526,10 +578,10 @@ impl Conn {
             up.release();
         }
         if keep_client {
-            Flow::Continue
+            (Flow::Continue, sent)
         } else {
             let _ = self.client.shutdown().await;
-            Flow::Close
+            (Flow::Close, sent)
         }
     }
 
@@ -607,11 +659,12 @@ async fn relay<R, W>(
     body: &mut Body,
     idle: Duration,
     mut limit: Option<&mut u64>,
-) -> Result<(), Relay>
+) -> Result<u64, Relay>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let mut copied = 0u64;
     loop {
         if !buf.is_empty() {
             let n = body.take(buf).map_err(|_| Relay::Malformed)?;
@@ -621,18 +674,46 @@ where
             if n > 0 {
                 dst.write_all(&buf[..n]).await.map_err(|_| Relay::Dst)?;
                 buf.advance(n);
+                copied += n as u64;
             }
         }
         if body.is_done() {
-            return Ok(());
+            return Ok(copied);
         }
         buf.reserve(16 * 1024);
         match tokio::time::timeout(idle, src.read_buf(buf)).await {
             Err(_) => return Err(Relay::Idle),
-            Ok(Ok(0)) if *body == Body::UntilClose => return Ok(()),
+            Ok(Ok(0)) if *body == Body::UntilClose => return Ok(copied),
             Ok(Ok(0) | Err(_)) => return Err(Relay::Src),
             Ok(Ok(_)) => {}
         }
+    }
+}
+
+/// Request ids for requests that come without one: a random prefix per agent and a counter,
+/// unique enough to join log lines, cheap enough for every request.
+pub(super) struct RequestIds {
+    prefix: u32,
+    next: std::sync::atomic::AtomicU32,
+}
+
+impl RequestIds {
+    pub(super) fn new() -> RequestIds {
+        use std::hash::{BuildHasher, Hasher};
+        // std's hasher keys are random per process: a seed without another dependency.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(u64::from(std::process::id()));
+        RequestIds { prefix: h.finish() as u32, next: std::sync::atomic::AtomicU32::new(0) }
+    }
+
+    /// Ids `0000000000000000`, `0000000000000001`... (tests).
+    #[cfg(test)]
+    pub(super) fn counting() -> RequestIds {
+        RequestIds { prefix: 0, next: std::sync::atomic::AtomicU32::new(0) }
+    }
+
+    fn next(&self) -> String {
+        format!("{:08x}{:08x}", self.prefix, self.next.fetch_add(1, Relaxed))
     }
 }
 
@@ -669,6 +750,8 @@ pub(super) fn parse_request(
     buf: &[u8],
     peer: IpAddr,
     trusted_proxy: &(dyn Fn(IpAddr) -> bool + Send + Sync),
+    ids: &RequestIds,
+    keep_line: bool,
 ) -> Result<Option<(usize, Request)>, u16> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
@@ -691,6 +774,7 @@ pub(super) fn parse_request(
     let mut forwarded_proto: Option<&[u8]> = None;
     let mut forwarded_host: Option<&[u8]> = None;
     let mut host: Option<&[u8]> = None;
+    let mut request_id: Option<&[u8]> = None;
     for h in parsed.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
@@ -720,6 +804,8 @@ pub(super) fn parse_request(
             has_upgrade = true;
         } else if name.eq_ignore_ascii_case("host") {
             host = Some(h.value);
+        } else if name.eq_ignore_ascii_case("x-request-id") && !h.value.is_empty() && h.value.len() <= 200 {
+            request_id = Some(h.value);
         } else if FORWARDING.iter().any(|f| name.eq_ignore_ascii_case(f)) {
             has_forwarding = true;
             if trusted && name.eq_ignore_ascii_case("x-forwarded-for") {
@@ -783,7 +869,19 @@ pub(super) fn parse_request(
         head.extend_from_slice(b"\r\nX-Forwarded-Host: ");
         head.extend_from_slice(h);
     }
+    // The client's request id travels on (httparse checked it holds no control bytes); a
+    // request without one gets one, so the app's logs and the access log can be joined.
+    let id = match request_id {
+        Some(v) => String::from_utf8_lossy(v).into_owned(),
+        None => {
+            let id = ids.next();
+            head.extend_from_slice(b"\r\nX-Request-Id: ");
+            head.extend_from_slice(id.as_bytes());
+            id
+        }
+    };
     head.extend_from_slice(b"\r\n\r\n");
+    let line = keep_line.then(|| Box::new((method.to_string(), parsed.path.unwrap_or("/").to_string())));
 
     let body = match (chunked, length) {
         (true, _) => Body::Chunked(Chunked::default()),
@@ -791,7 +889,7 @@ pub(super) fn parse_request(
         (false, None) => Body::None,
     };
     let idempotent = matches!(method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE");
-    Ok(Some((len, Request { head, body, idempotent, is_head: method == "HEAD", client_close, upgrade })))
+    Ok(Some((len, Request { head, id, line, body, idempotent, is_head: method == "HEAD", client_close, upgrade })))
 }
 
 fn parse_response(buf: &[u8], req: &Request) -> Result<Option<Response>, Failure> {
@@ -895,12 +993,18 @@ mod tests {
     }
 
     fn req(raw: &str) -> Request {
-        parse_request(raw.as_bytes(), "10.0.0.9".parse().unwrap(), &untrusted).unwrap().unwrap().1
+        parse_request(raw.as_bytes(), "10.0.0.9".parse().unwrap(), &untrusted, &RequestIds::counting(), false)
+            .unwrap()
+            .unwrap()
+            .1
     }
 
     fn head_of(raw: &str, trusted: bool) -> String {
         let trust = move |_: IpAddr| trusted;
-        let r = parse_request(raw.as_bytes(), "10.0.0.9".parse().unwrap(), &trust).unwrap().unwrap().1;
+        let r = parse_request(raw.as_bytes(), "10.0.0.9".parse().unwrap(), &trust, &RequestIds::counting(), false)
+            .unwrap()
+            .unwrap()
+            .1;
         String::from_utf8(r.head).unwrap()
     }
 
@@ -911,7 +1015,7 @@ mod tests {
         assert_eq!(
             head_of(raw, false),
             "GET /x HTTP/1.1\r\nHost: app\r\nAccept: */*\r\nX-Forwarded-For: 10.0.0.9\r\nX-Forwarded-Proto: http\r\n\
-             X-Forwarded-Host: app\r\n\r\n"
+             X-Forwarded-Host: app\r\nX-Request-Id: 0000000000000000\r\n\r\n"
         );
     }
 
@@ -923,7 +1027,7 @@ mod tests {
         assert_eq!(
             head,
             "GET / HTTP/1.1\r\nHost: app\r\nX-Forwarded-For: 10.0.0.9\r\nX-Forwarded-Proto: http\r\n\
-             X-Forwarded-Host: app\r\n\r\n"
+             X-Forwarded-Host: app\r\nX-Request-Id: 0000000000000000\r\n\r\n"
         );
         let head = head_of(raw, true);
         assert!(head.contains("X-Forwarded-For: 1.1.1.1, 10.0.0.9\r\n"), "{head}");
@@ -935,11 +1039,28 @@ mod tests {
     }
 
     #[test]
+    fn a_request_id_is_added_when_absent_and_kept_when_present() {
+        let ids = RequestIds::counting();
+        let parse = |raw: &str| {
+            parse_request(raw.as_bytes(), "10.0.0.9".parse().unwrap(), &untrusted, &ids, false).unwrap().unwrap().1
+        };
+        let first = parse("GET / HTTP/1.1\r\n\r\n");
+        let second = parse("GET / HTTP/1.1\r\n\r\n");
+        assert_eq!((first.id.as_str(), second.id.as_str()), ("0000000000000000", "0000000000000001"));
+        assert!(String::from_utf8(second.head).unwrap().contains("X-Request-Id: 0000000000000001\r\n"));
+        let given = parse("GET / HTTP/1.1\r\nX-Request-Id: abc-123\r\n\r\n");
+        assert_eq!(given.id, "abc-123");
+        let head = String::from_utf8(given.head).unwrap();
+        assert_eq!(head.matches("X-Request-Id").count(), 1, "{head}");
+    }
+
+    #[test]
     fn content_length_is_digits_only() {
         for bad in ["+5", "-1", "5, 5", "0x5", "", " ", "1e3", "99999999999999999999"] {
             let raw = format!("POST / HTTP/1.1\r\nContent-Length: {bad}\r\n\r\n");
             assert_eq!(
-                parse_request(raw.as_bytes(), "127.0.0.1".parse().unwrap(), &untrusted).err(),
+                parse_request(raw.as_bytes(), "127.0.0.1".parse().unwrap(), &untrusted, &RequestIds::counting(), false)
+                    .err(),
                 Some(400),
                 "{bad}"
             );
@@ -970,7 +1091,8 @@ mod tests {
         let r = req("GET /a?b=1 HTTP/1.1\r\nHost: x\r\n\r\n");
         assert_eq!(
             String::from_utf8(r.head).unwrap(),
-            "GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.0.0.9\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: x\r\n\r\n"
+            "GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.0.0.9\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: x\r\n\
+             X-Request-Id: 0000000000000000\r\n\r\n"
         );
         assert!(!r.client_close);
         assert_eq!(r.body, Body::None);
@@ -992,9 +1114,17 @@ mod tests {
     #[test]
     fn refuses_smuggling_shapes() {
         let raw = "POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert_eq!(parse_request(raw.as_bytes(), "127.0.0.1".parse().unwrap(), &untrusted).err(), Some(400));
+        assert_eq!(
+            parse_request(raw.as_bytes(), "127.0.0.1".parse().unwrap(), &untrusted, &RequestIds::counting(), false)
+                .err(),
+            Some(400)
+        );
         let raw = "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n";
-        assert_eq!(parse_request(raw.as_bytes(), "127.0.0.1".parse().unwrap(), &untrusted).err(), Some(400));
+        assert_eq!(
+            parse_request(raw.as_bytes(), "127.0.0.1".parse().unwrap(), &untrusted, &RequestIds::counting(), false)
+                .err(),
+            Some(400)
+        );
     }
 
     #[test]

@@ -58,8 +58,43 @@ struct Ring {
     bytes: usize,
 }
 
+/// The writer of an app's access log (`<app>.access.log`, rotated like its worker log): one
+/// task owns the file and appends the lines the front sends, until `stop`. The channel is
+/// bounded: the front drops a line rather than wait for the disk.
+pub fn access_log(
+    path: PathBuf,
+    max_size: u64,
+    keep: u32,
+    tracker: &tokio_util::task::TaskTracker,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::sync::mpsc::Sender<String> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(4096);
+    tracker.spawn(async move {
+        let mut file = LogFile::new(path, max_size, keep);
+        loop {
+            let line = tokio::select! {
+                l = rx.recv() => l,
+                _ = stop.cancelled() => {
+                    // The app stops: what was already sent still goes in.
+                    rx.close();
+                    while let Ok(mut line) = rx.try_recv() {
+                        line.push('\n');
+                        file.append(line.as_bytes());
+                    }
+                    None
+                }
+            };
+            let Some(mut line) = line else { return };
+            line.push('\n');
+            file.append(line.as_bytes());
+        }
+    });
+    tx
+}
+
+/// A log file rotated by size (`web.log` -> `web.log.1` ...): worker output and access logs.
 #[derive(Debug)]
-struct LogFile {
+pub(super) struct LogFile {
     path: PathBuf,
     file: Option<File>,
     size: u64,
@@ -137,7 +172,12 @@ impl Ring {
 }
 
 impl LogFile {
-    fn append(&mut self, bytes: &[u8]) {
+    pub(super) fn new(path: PathBuf, max_size: u64, keep: u32) -> LogFile {
+        let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+        LogFile { path, file: None, size, max_size, keep }
+    }
+
+    pub(super) fn append(&mut self, bytes: &[u8]) {
         if self.size + bytes.len() as u64 > self.max_size && self.size > 0 {
             self.rotate();
         }

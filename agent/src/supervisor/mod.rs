@@ -131,7 +131,14 @@ impl Supervisor {
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         let stats = Arc::new(FrontStats::default());
-        let (rules, rules_rx) = tokio::sync::watch::channel(client_rules(cfg));
+        let access_log = logs::access_log(
+            self.state_dir.join("logs").join(format!("{name}.access.log")),
+            cfg.logs.max_size.0,
+            cfg.logs.keep,
+            &tracker,
+            cancel.clone(),
+        );
+        let (rules, rules_rx) = tokio::sync::watch::channel(client_rules(cfg, &access_log));
         let (rotation, listener) = match (cfg.proxy, cfg.port) {
             (ProxyMode::Http | ProxyMode::Tcp, Some(port)) => {
                 let addr = SocketAddr::new(cfg.bind, port);
@@ -184,6 +191,7 @@ impl Supervisor {
             stats,
             config: Mutex::new(cfg.clone()),
             rules,
+            access_log,
             spec: Mutex::new(spec),
             release: Mutex::new(release),
             workers: Mutex::new(Vec::new()),
@@ -260,9 +268,10 @@ fn lock_state_dir(state_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, 
 }
 
 /// The app's `front:` settings as the `http` front applies them.
-fn client_rules(cfg: &AppConfig) -> Arc<front::http::ClientRules> {
+fn client_rules(cfg: &AppConfig, access_log: &tokio::sync::mpsc::Sender<String>) -> Arc<front::http::ClientRules> {
     let f = cfg.front.clone();
     Arc::new(front::http::ClientRules {
+        access_log: f.access_log.then(|| access_log.clone()),
         header_timeout: f.header_timeout.0,
         idle_timeout: f.idle_timeout.0,
         response_timeout: f.response_timeout.0,
@@ -343,6 +352,8 @@ pub struct App {
     config: Mutex<AppConfig>,
     /// The `front:` part of `config` as the `http` front reads it.
     rules: tokio::sync::watch::Sender<Arc<front::http::ClientRules>>,
+    /// Lines for `<app>.access.log` (used while `front.access_log` is on).
+    access_log: tokio::sync::mpsc::Sender<String>,
     /// The spec the cluster was started (or last reloaded) with: a plain reload keeps it.
     spec: Mutex<Option<Arc<WorkerSpec>>>,
     /// The release the workers run (apps deployed from git).
@@ -364,7 +375,7 @@ impl App {
 
     /// The config the app runs with, and the front's view of it.
     fn set_config(&self, cfg: AppConfig) {
-        self.rules.send_replace(client_rules(&cfg));
+        self.rules.send_replace(client_rules(&cfg, &self.access_log));
         if let Some(rot) = &self.ctx.rotation {
             rot.set_unhealthy_after(cfg.front.unhealthy_after as usize);
         }
