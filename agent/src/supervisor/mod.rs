@@ -281,12 +281,7 @@ pub fn resolve_spec(cfg: &AppConfig, release: Option<&ActiveRelease>) -> Result<
     if let Some(r) = &cfg.run_as {
         env.extend(r.env());
     }
-    if let Some(f) = &cfg.env_file {
-        let f = workdir.join(f);
-        if f.exists() || cfg.repo.is_none() {
-            env.extend(config::read_env_file(&f)?);
-        }
-    }
+    env.extend(config::env_file::read_for_app(cfg, release.map(|r| r.name.as_str()))?);
     env.extend(cfg.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     let mut h = Sha256::new();
     for (k, v) in &env {
