@@ -144,7 +144,7 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, String>, Conf
                 path,
                 n,
                 1,
-                format!("line {n} is not `KEY=VALUE`"),
+                format!("expected `KEY=VALUE` on line {n}"),
                 Some("write one `KEY=VALUE` per line; `#` starts a comment".into()),
             ));
         };
@@ -262,7 +262,7 @@ mod tests {
         let p = Path::new("x/.env");
         let e = parse(p, format!("A=1\nroot:{SECRET}:0:0\n").as_bytes()).unwrap_err();
         assert_eq!((e.line, e.col), (2, 1));
-        assert!(e.to_string().contains("line 2 is not `KEY=VALUE`") && !e.to_string().contains(SECRET), "{e}");
+        assert!(e.to_string().contains("expected `KEY=VALUE` on line 2") && !e.to_string().contains(SECRET), "{e}");
         let e = parse(p, format!("{SECRET}-x=1\n").as_bytes()).unwrap_err();
         assert!(e.to_string().contains("line 1") && !e.to_string().contains(SECRET), "{e}");
         let e = parse(p, b"A=1\nB=\xff\n").unwrap_err();
