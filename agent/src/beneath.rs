@@ -10,8 +10,10 @@
 //! `openat2`), and every change is an `*at` call on such an fd, so a path swapped for a link
 //! between a check and the change is refused, not followed.
 //!
-//! Hard links are the kernel's part: with `fs.protected_hardlinks = 1` (the default of every
-//! major distribution) a user cannot link a file it could not already read and write.
+//! Hard links are mostly the kernel's part: with `fs.protected_hardlinks = 1` (the default of
+//! every major distribution) a user cannot link a file it could not already read and write.
+//! Where it is off (the agent warns at start), [`Dir::read`] still refuses a linked file that
+//! is not the app user's own, and the deploy never gives one to the app's user.
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, RenameFlags};
@@ -37,6 +39,8 @@ pub enum BeneathError {
     Outside(PathBuf, PathBuf),
     #[error("`{0}` does not exist")]
     Missing(PathBuf),
+    #[error("`{0}` has other hard links and is not the app user's own")]
+    HardLinked(PathBuf),
     #[error("`{0}` is larger than {1} bytes")]
     TooLarge(PathBuf, u64),
     #[error("`{path}`: {source}")]
@@ -134,8 +138,10 @@ impl Dir {
         Ok(cur)
     }
 
-    /// Read the regular file at `rel` beneath this one, up to `limit` bytes.
-    pub fn read(&self, rel: &Path, limit: u64) -> Result<Vec<u8>, BeneathError> {
+    /// Read the regular file at `rel` beneath this one, up to `limit` bytes. Where `uid` (an
+    /// app's user) can write, pass it: a file with other hard links is then read only if it is
+    /// `uid`'s own (a link to somebody else's file, made where the kernel allows it, is not).
+    pub fn read(&self, rel: &Path, limit: u64, uid: Option<u32>) -> Result<Vec<u8>, BeneathError> {
         let parts = self.parts(rel)?;
         let shown = self.shown(&parts);
         if parts.is_empty() {
@@ -147,6 +153,9 @@ impl Dir {
         let st = nix::sys::stat::fstat(fd.as_fd()).map_err(|e| BeneathError::io(shown.clone(), e))?;
         if Kind::of(&st) != Kind::File {
             return Err(BeneathError::NotAFile(shown));
+        }
+        if uid.is_some_and(|uid| st.st_nlink > 1 && st.st_uid != uid) {
+            return Err(BeneathError::HardLinked(shown));
         }
         if st.st_size as u64 > limit {
             return Err(BeneathError::TooLarge(shown, limit));
@@ -474,9 +483,9 @@ mod tests {
     fn reads_a_plain_file_beneath() {
         both(|| {
             let (_t, app) = tree();
-            assert_eq!(app.read(Path::new("rel/.env"), 1024).unwrap(), b"A=1\n");
-            assert_eq!(app.read(Path::new("./rel/sub/../.env"), 1024).unwrap(), b"A=1\n");
-            assert_eq!(app.open_dir(Path::new("rel/sub")).unwrap().read(Path::new("f"), 10).unwrap(), b"f\n");
+            assert_eq!(app.read(Path::new("rel/.env"), 1024, None).unwrap(), b"A=1\n");
+            assert_eq!(app.read(Path::new("./rel/sub/../.env"), 1024, None).unwrap(), b"A=1\n");
+            assert_eq!(app.open_dir(Path::new("rel/sub")).unwrap().read(Path::new("f"), 10, None).unwrap(), b"f\n");
         });
     }
 
@@ -487,7 +496,7 @@ mod tests {
             for (rel, named) in
                 [("rel/out.env", "rel/out.env"), ("rel/inner/f", "rel/inner"), ("rel/up/secret.env", "rel/up")]
             {
-                match app.read(Path::new(rel), 1024) {
+                match app.read(Path::new(rel), 1024, None) {
                     Err(BeneathError::Link(p)) => assert!(p.ends_with(named), "{rel}: named {}", p.display()),
                     other => panic!("{rel}: {other:?}"),
                 }
@@ -500,7 +509,7 @@ mod tests {
     fn refuses_paths_that_leave_the_directory() {
         let (_t, app) = tree();
         for rel in ["../secret.env", "rel/../../secret.env", "/etc/passwd"] {
-            assert!(matches!(app.read(Path::new(rel), 1024), Err(BeneathError::Outside(..))), "{rel}");
+            assert!(matches!(app.read(Path::new(rel), 1024, None), Err(BeneathError::Outside(..))), "{rel}");
         }
     }
 
@@ -508,19 +517,23 @@ mod tests {
     fn tells_missing_from_not_a_directory_and_not_a_file() {
         both(|| {
             let (_t, app) = tree();
-            assert!(app.read(Path::new("rel/nope"), 10).unwrap_err().is_missing());
-            assert!(matches!(app.read(Path::new("rel/.env/x"), 10), Err(BeneathError::NotADir(_))));
-            assert!(matches!(app.read(Path::new("rel/sub"), 10), Err(BeneathError::NotAFile(_))));
+            assert!(app.read(Path::new("rel/nope"), 10, None).unwrap_err().is_missing());
+            assert!(matches!(app.read(Path::new("rel/.env/x"), 10, None), Err(BeneathError::NotADir(_))));
+            assert!(matches!(app.read(Path::new("rel/sub"), 10, None), Err(BeneathError::NotAFile(_))));
         });
     }
 
     #[test]
-    fn a_fifo_is_refused_without_blocking_and_a_big_file_is_not_read() {
+    fn a_fifo_a_hard_link_and_a_big_file_are_refused() {
         let (t, app) = tree();
         nix::unistd::mkfifo(&t.path().join("app/rel/fifo"), Mode::from_bits_truncate(0o600)).unwrap();
-        assert!(matches!(app.read(Path::new("rel/fifo"), 10), Err(BeneathError::NotAFile(_))));
+        assert!(matches!(app.read(Path::new("rel/fifo"), 10, None), Err(BeneathError::NotAFile(_))));
+        std::fs::hard_link(t.path().join("app/rel/.env"), t.path().join("app/rel/linked")).unwrap();
+        assert!(matches!(app.read(Path::new("rel/linked"), 10, Some(12345)), Err(BeneathError::HardLinked(_))));
+        assert!(app.read(Path::new("rel/linked"), 10, Some(nix::unistd::geteuid().as_raw())).is_ok());
+        assert!(app.read(Path::new("rel/linked"), 10, None).is_ok());
         std::fs::write(t.path().join("app/rel/big"), vec![b'x'; 100]).unwrap();
-        assert!(matches!(app.read(Path::new("rel/big"), 99), Err(BeneathError::TooLarge(_, 99))));
+        assert!(matches!(app.read(Path::new("rel/big"), 99, None), Err(BeneathError::TooLarge(_, 99))));
     }
 
     #[test]

@@ -31,8 +31,10 @@ pub fn read_for_app(cfg: &AppConfig, release: Option<&str>) -> Result<BTreeMap<S
         }
         return read_env_file(file);
     }
+    // Where the app's user can write, a hard link to a file it could not read is not read either.
+    let uid = cfg.run_as.as_ref().map(|r| r.uid);
     match (&cfg.cwd, &cfg.path, release) {
-        (Some(cwd), _, _) => read_beneath(cwd, file, file, Place::Cwd)?.ok_or_else(|| {
+        (Some(cwd), _, _) => read_beneath(cwd, file, file, Place::Cwd, uid)?.ok_or_else(|| {
             ConfigError::at(&cwd.join(file), 0, 0, "cannot read: no such file".into(), Some(IF_MISSING.into()))
         }),
         (None, Some(app_dir), Some(release)) => {
@@ -50,7 +52,7 @@ pub fn read_for_app(cfg: &AppConfig, release: Option<&str>) -> Result<BTreeMap<S
             let beneath =
                 if shared { Path::new("shared").join(&rel) } else { Path::new("releases").join(release).join(&rel) };
             let place = if shared { Place::Shared } else { Place::Release };
-            Ok(read_beneath(app_dir, &beneath, file, place)?.unwrap_or_default())
+            Ok(read_beneath(app_dir, &beneath, file, place, uid)?.unwrap_or_default())
         }
         _ => Ok(BTreeMap::new()),
     }
@@ -81,10 +83,11 @@ fn read_beneath(
     rel: &Path,
     env_file: &Path,
     place: Place,
+    uid: Option<u32>,
 ) -> Result<Option<BTreeMap<String, String>>, ConfigError> {
     let shown = dir.join(rel);
     let fail = |message: String, hint: Option<&str>| ConfigError::at(&shown, 0, 0, message, hint.map(Into::into));
-    let bytes = match Dir::open_trusted(dir).and_then(|d| d.read(rel, MAX_BYTES)) {
+    let bytes = match Dir::open_trusted(dir).and_then(|d| d.read(rel, MAX_BYTES, uid)) {
         Ok(bytes) => bytes,
         Err(BeneathError::Missing(_)) => return Ok(None),
         Err(BeneathError::Link(p)) if p == shown => {
