@@ -4,9 +4,10 @@
 //!
 //! | path | mode |
 //! |---|---|
-//! | `state_dir/`, `apps/` | `0700`; `0711` when an app with `user:` lives below (traversable, never listable) |
+//! | `state_dir/`, `apps/`, `run/` | `0700`; `0711` when an app has `user:` (traversable, never listable) |
 //! | `agent.db` (and `-wal`, `-shm`) | `0600` |
-//! | `logs/`, `run/` | `0700`, their files `0600` |
+//! | `logs/` | `0700`, its files `0600` |
+//! | `run/` files | `0600`; a worker's `NOTIFY_SOCKET` belongs to the app's user |
 //! | `apps/<app>/` (or an app's `path:`) | see [`AppDir::secure`]: `0750` root:<the user's group>, or `0700` |
 //!
 //! Modes are set explicitly on what the agent creates, never through the umask, so workers
@@ -39,14 +40,12 @@ pub fn secure(config: &AgentConfig) -> Result<(), StateDirError> {
         std::fs::create_dir_all(parent).map_err(fail)?;
     }
     mkdir(dir, 0o700).map_err(fail)?;
-    // An app's user must pass through the state dir and `apps/` to reach its own releases.
-    let traverse = config
-        .apps
-        .values()
-        .any(|a| a.run_as.is_some() && a.repo.is_some() && a.path.as_ref().is_some_and(|p| p.starts_with(dir)));
-    let shared_mode = if traverse { 0o711 } else { 0o700 };
-    tighten(dir, shared_mode, "state dir");
-    for (sub, mode) in [("logs", 0o700), ("run", 0o700), ("apps", shared_mode)] {
+    // An app's user passes through the state dir to its releases (`apps/<app>/`) and to its
+    // workers' `NOTIFY_SOCKET` (`run/`, each socket its own).
+    let traverse = config.apps.values().any(|a| a.run_as.is_some());
+    let pass = if traverse { 0o711 } else { 0o700 };
+    tighten(dir, pass, "state dir");
+    for (sub, mode) in [("logs", 0o700), ("run", pass), ("apps", pass)] {
         let p = dir.join(sub);
         if let Err(e) = mkdir(&p, mode) {
             tracing::warn!(path = %p.display(), error = %e, "cannot create a state directory");

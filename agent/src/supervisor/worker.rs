@@ -310,7 +310,12 @@ impl Worker {
         let notify = match &self.spec.ready.check {
             ReadyCheck::Notify => {
                 let path = ctx.run_dir.join(format!("{}-{}-{}.notify", ctx.app, self.id, std::process::id()));
-                match NotifySocket::bind(&path) {
+                // The app's user must be able to write to it (the state dir lets it pass, not list).
+                let bound = NotifySocket::bind(&path).and_then(|n| match &self.spec.run_as {
+                    Some(r) => std::os::unix::fs::lchown(n.path(), Some(r.uid), Some(r.gid)).map(|()| n),
+                    None => Ok(n),
+                });
+                match bound {
                     Ok(n) => Some(n),
                     Err(e) => return self.spawn_failed(ctx, &format!("cannot bind NOTIFY_SOCKET: {e}")),
                 }

@@ -3,7 +3,7 @@
 //! and nothing else; an existing install is tightened when the agent starts.
 
 use deployer_tests::abuse::{BYSTANDER, is_root, nobody_uid, open_to_nobody};
-use deployer_tests::{Bystander, TestEnv, TestRepo, http};
+use deployer_tests::{Bystander, Proxy, TestEnv, TestRepo, http};
 use nix::sys::signal::Signal;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
@@ -68,7 +68,7 @@ fn state_files_are_private_and_a_nobody_app_still_runs() {
     }
     assert_mode(&state.join("logs"), 0o700);
     assert_mode(&state.join("logs/web.log"), 0o600);
-    assert_mode(&state.join("run"), 0o700);
+    assert_mode(&state.join("run"), 0o711);
     assert_mode(&app, 0o750);
     assert_eq!(std::fs::metadata(&app).expect("app dir").gid(), nobody_gid(), "the app dir's group");
     assert_mode(&app.join("repo.git"), 0o700);
@@ -146,4 +146,29 @@ fn an_existing_state_dir_is_made_private_at_start_with_a_warning() {
     }
     let body = http::get(agent.port("web"), "/").map(|r| r.body).unwrap_or_default();
     assert!(body.starts_with("hello from worker"), "{body}");
+}
+
+#[test]
+fn a_nobody_worker_reaches_its_notify_socket_through_the_private_state_dir() {
+    if !is_root() {
+        eprintln!("skipped: workers as `nobody` need root");
+        return;
+    }
+    // Says READY=1 on `NOTIFY_SOCKET` (sd_notify), then idles.
+    let notify = "import os, socket, time\n\
+                  s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+                  s.sendto(b'READY=1', os.environ['NOTIFY_SOCKET'])\n\
+                  time.sleep(600)\n";
+    let setup = TestEnv::new()
+        .web(|a| a.start(&["/usr/bin/python3", "-c", notify]).proxy(Proxy::None).instances(1).set("user", "nobody"))
+        .setup();
+    setup.edit_config(|c| c.replacen("ready: { timeout: 10s }", "ready: { notify: true, timeout: 10s }", 1));
+    open_to_nobody(&setup);
+    let agent = setup.start();
+    let pid = agent.pids("web")[0];
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/<pid>/status");
+    assert!(status.lines().any(|l| l.starts_with("Uid:") && l.contains(&nobody_uid().to_string())), "{status}");
+    let state = agent.dir().join("state");
+    assert_mode(&state.join("run"), 0o711);
+    assert!(!nobody_can_read(&state.join("run")), "`nobody` can list run/");
 }
