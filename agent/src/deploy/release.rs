@@ -129,10 +129,22 @@ impl AppDir {
         for p in paths {
             let (parent, name) = split_shared(p)?;
             let at = |source| SharedError::Path { path: p.clone(), source };
+            let mut parents = Vec::new();
             for side in [&release, &shared] {
                 match side.open_dir(&parent) {
-                    Ok(_) | Err(BeneathError::Missing(_)) => {}
+                    Ok(d) => parents.push(Some(d)),
+                    Err(BeneathError::Missing(_)) => parents.push(None),
                     Err(e) => return Err(at(e)),
+                }
+            }
+            // `shared/` is never seeded with a link: it would stay there, and be read, for good.
+            if let [Some(in_release), in_shared] = parents.as_slice() {
+                let seeding = match in_shared {
+                    Some(d) => d.kind(&name).map_err(at)?.is_none(),
+                    None => true,
+                };
+                if seeding && in_release.kind(&name).map_err(at)? == Some(Kind::Link) {
+                    return Err(at(BeneathError::Link(in_release.path().join(&name))));
                 }
             }
             split.push((p, parent, name));
@@ -423,6 +435,19 @@ mod tests {
             assert_eq!(std::fs::metadata(outside.join("data")).unwrap().uid(), 0, "chowned through the link");
         }
         assert!(outside.join("data/keep").exists());
+    }
+
+    #[test]
+    fn shared_is_never_seeded_with_a_committed_link() {
+        let (_t, d, outside) = app_and_outside();
+        std::os::unix::fs::symlink(outside.join("data/keep"), d.release("1-aaa").join(".env")).unwrap();
+        let e = d.link_shared(&d.release("1-aaa"), &[".env".into()]).unwrap_err().to_string();
+        assert!(e.contains("releases/1-aaa/.env`") && e.contains("symbolic link"), "{e}");
+        assert!(std::fs::symlink_metadata(d.shared().join(".env")).is_err(), "seeded with the link");
+        // Once `shared/` has its own copy, a committed link is simply replaced by the agent's.
+        std::fs::write(d.shared().join(".env"), "A=1\n").unwrap();
+        d.link_shared(&d.release("1-aaa"), &[".env".into()]).unwrap();
+        assert_eq!(std::fs::read_link(d.release("1-aaa").join(".env")).unwrap(), d.shared().join(".env"));
     }
 
     #[test]
