@@ -230,12 +230,13 @@ impl Supervisor {
 
 fn lock_state_dir(state_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, SupervisorError> {
     let path = state_dir.join("run").join("agent.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|source| SupervisorError::StateDir { path: path.clone(), source })?;
+    // 0600: another local user holding the lock would keep the agent from starting.
+    let file = std::os::unix::fs::OpenOptionsExt::mode(
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true),
+        0o600,
+    )
+    .open(&path)
+    .map_err(|source| SupervisorError::StateDir { path: path.clone(), source })?;
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
         .map_err(|_| SupervisorError::StateDirBusy(state_dir.to_path_buf()))
 }

@@ -310,10 +310,14 @@ impl Worker {
         let notify = match &self.spec.ready.check {
             ReadyCheck::Notify => {
                 let path = ctx.run_dir.join(format!("{}-{}-{}.notify", ctx.app, self.id, std::process::id()));
-                // The app's user must be able to write to it (the state dir lets it pass, not list).
-                let bound = NotifySocket::bind(&path).and_then(|n| match &self.spec.run_as {
-                    Some(r) => std::os::unix::fs::lchown(n.path(), Some(r.uid), Some(r.gid)).map(|()| n),
-                    None => Ok(n),
+                // Only the worker may write to it: the app's user, whom the state dir lets pass.
+                let bound = NotifySocket::bind(&path).and_then(|n| {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(n.path(), std::fs::Permissions::from_mode(0o600))?;
+                    if let Some(r) = &self.spec.run_as {
+                        std::os::unix::fs::lchown(n.path(), Some(r.uid), Some(r.gid))?;
+                    }
+                    Ok(n)
                 });
                 match bound {
                     Ok(n) => Some(n),

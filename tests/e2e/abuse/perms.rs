@@ -69,6 +69,9 @@ fn state_files_are_private_and_a_nobody_app_still_runs() {
     assert_mode(&state.join("logs"), 0o700);
     assert_mode(&state.join("logs/web.log"), 0o600);
     assert_mode(&state.join("run"), 0o711);
+    // A local user holding the lock would keep the agent from starting.
+    assert_mode(&state.join("run/agent.lock"), 0o600);
+    assert_mode(&state.join("run/workers.pids"), 0o600);
     assert_mode(&app, 0o750);
     assert_eq!(std::fs::metadata(&app).expect("app dir").gid(), nobody_gid(), "the app dir's group");
     assert_mode(&app.join("repo.git"), 0o700);
@@ -82,6 +85,7 @@ fn state_files_are_private_and_a_nobody_app_still_runs() {
         state.join("logs/web.log"),
         state.join(format!("logs/{BYSTANDER}.log")),
         state.join("run/workers.pids"),
+        state.join("run/agent.lock"),
         app.join("repo.git/config"),
         app.join("logs/deploy-1.log"),
     ] {
