@@ -85,6 +85,7 @@ fn read_env_files(loaded: config::Loaded) -> Result<config::Loaded, config::Conf
 
 async fn serve(path: &Path, secrets: Secrets) -> anyhow::Result<ExitCode> {
     let loaded = config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    crate::state_dir::secure(&loaded.config)?;
     let listen = loaded.config.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -148,6 +149,9 @@ async fn serve(path: &Path, secrets: Secrets) -> anyhow::Result<ExitCode> {
                     // the new config's secrets.
                     secrets.update(&fresh.config);
                     tracing::info!("SIGHUP: applying the re-read config");
+                    if let Err(e) = crate::state_dir::secure(&fresh.config) {
+                        tracing::error!(error = %e, "could not prepare the state dir");
+                    }
                     *state.tokens.write().unwrap_or_else(|e| e.into_inner()) = fresh.tokens.clone();
                     reporter.apply(&fresh.config);
                     if let Err(e) = supervisor.apply(&fresh).await {

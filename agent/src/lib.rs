@@ -5,6 +5,7 @@
 //! the config and a graceful shutdown.
 
 pub mod api;
+pub(crate) mod beneath;
 pub mod cli;
 pub mod config;
 pub mod daemon;
@@ -18,5 +19,6 @@ pub mod report;
 pub mod secrets;
 pub mod source;
 pub mod state;
+pub mod state_dir;
 pub mod supervisor;
 pub mod tls;

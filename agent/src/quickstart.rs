@@ -5,6 +5,8 @@
 //! the agent fetches it, builds a release and rolls the workers over without failing a request.
 
 use anyhow::Context;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 const APP_JS: &str = include_str!("../../examples/hello-node/app.js");
@@ -35,10 +37,18 @@ pub fn prepare(dir: &Path, port: u16, api_port: u16) -> anyhow::Result<Quickstar
         Ok(t) if t.trim().len() >= 16 => t.trim().to_string(),
         _ => {
             let t = random_token()?;
-            std::fs::write(&token_file, &t)?;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&token_file)
+                .and_then(|mut f| f.write_all(t.as_bytes()))?;
             t
         }
     };
+    // Only its owner may read the token (a file from an older quickstart was 0644).
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600))?;
     let config = dir.join("agent.yaml");
     if !config.exists() {
         std::fs::write(

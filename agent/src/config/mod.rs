@@ -6,6 +6,7 @@
 
 pub mod auth;
 mod checked;
+pub mod env_file;
 pub mod front;
 pub mod report;
 pub mod run_as;
@@ -13,6 +14,7 @@ pub mod triggers;
 pub mod units;
 
 pub use auth::AuthConfig;
+pub use env_file::read_env_file;
 pub use front::{Cidr, FrontConfig};
 pub use report::{GithubStatusConfig, ReportConfig, RetryConfig};
 pub use run_as::RunAs;
@@ -866,47 +868,6 @@ pub fn valid_app_name(name: &str) -> bool {
         && name.len() <= 64
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         && !name.starts_with('-')
-}
-
-/// Read a `KEY=VALUE` env file: `#` comments, blank lines, optional `export `, optional quotes.
-pub fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::io(path, e, "create it with `KEY=VALUE` lines, or remove the app's `env_file`"))?;
-    let mut vars = BTreeMap::new();
-    for (i, raw) in text.lines().enumerate() {
-        let line = raw.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let line = line.strip_prefix("export ").unwrap_or(line);
-        let Some((k, v)) = line.split_once('=') else {
-            return Err(ConfigError::at(
-                path,
-                i + 1,
-                1,
-                format!("expected `KEY=VALUE`, found `{line}`"),
-                Some("write one `KEY=VALUE` per line; `#` starts a comment".into()),
-            ));
-        };
-        let k = k.trim();
-        if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(ConfigError::at(
-                path,
-                i + 1,
-                1,
-                format!("invalid variable name `{k}`"),
-                Some("use letters, digits and `_`".into()),
-            ));
-        }
-        let v = v.trim();
-        let v = v
-            .strip_prefix('"')
-            .and_then(|v| v.strip_suffix('"'))
-            .or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
-            .unwrap_or(v);
-        vars.insert(k.to_string(), v.to_string());
-    }
-    Ok(vars)
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -34,7 +35,7 @@ pub struct Output {
 
 impl Output {
     pub fn create(path: PathBuf, secrets: Secrets) -> Output {
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path).ok();
+        let file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&path).ok();
         let file = Mutex::new(LogFile { file, written: 0 });
         Output { path, file, tail: Mutex::new(VecDeque::with_capacity(TAIL_LINES)), secrets }
     }

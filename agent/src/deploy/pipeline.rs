@@ -103,7 +103,8 @@ impl Run<'_> {
             return Err(Stop::failed("the app has no `repo`"));
         };
         let dir = AppDir::new(path);
-        dir.create().map_err(|e| Stop::failed(format!("cannot create `{}`: {e}", dir.root().display())))?;
+        dir.create(cfg.run_as.as_ref())
+            .map_err(|e| Stop::failed(format!("cannot create `{}`: {e}", dir.root().display())))?;
         self.out = Some(Output::create(dir.logs().join(format!("deploy-{}.log", self.id)), self.d.secrets.clone()));
 
         // 1. fetch

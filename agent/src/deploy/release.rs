@@ -1,13 +1,42 @@
 //! An app's directory on disk: `repo.git` (the cached clone), `releases/<seq>-<shortsha>/`,
-//! `shared/` and the `current` symlink.
+//! `shared/`, `logs/` and the `current` symlink.
+//!
+//! Private by default: the directory is the agent's (root's), `0700`, or `0750` with the group of
+//! the app's `user` so that user reaches its releases and `shared/` and nothing else of the agent
+//! (`repo.git` and `logs/` stay `0700`, deploy logs `0600`).
+//!
+//! A release holds whatever a commit holds, and belongs to the app's user once given to it;
+//! `shared/` belongs to that user too. So linking and giving them is done through
+//! [`crate::beneath`]: every create, move, delete and chown relative to a directory fd opened
+//! with no link followed. A link where a shared path's parent should be (committed, or planted
+//! in `shared/` by the app) fails the deploy, naming it, before anything is moved or changed.
 
+use crate::beneath::{BeneathError, Dir, Kind};
 use crate::config::RunAs;
+use std::ffi::OsStr;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
 
 #[derive(Debug, Clone)]
 pub struct AppDir {
     root: PathBuf,
+}
+
+/// Why a shared path could not be linked into a release or given to the app's user.
+#[derive(Debug, thiserror::Error)]
+pub enum SharedError {
+    #[error("shared path `{}`: {source}", path.display())]
+    Path { path: PathBuf, source: BeneathError },
+    #[error("shared path `{}` must be a relative path inside the release", .0.display())]
+    Invalid(PathBuf),
+    #[error(transparent)]
+    Dir(#[from] BeneathError),
+}
+
+/// A directory's mode and group: the app's user reaches it through its group, nobody else.
+fn private_mode(run_as: Option<&RunAs>) -> u32 {
+    if run_as.is_some() { 0o750 } else { 0o700 }
 }
 
 impl AppDir {
@@ -15,10 +44,44 @@ impl AppDir {
         AppDir { root }
     }
 
-    pub fn create(&self) -> io::Result<()> {
-        std::fs::create_dir_all(self.releases())?;
-        std::fs::create_dir_all(self.shared())?;
-        std::fs::create_dir_all(self.logs())
+    /// Create the app's directory and its parts (`releases/`, `shared/`, `logs/`, an empty
+    /// `repo.git` the clone is made in) and make them private, see [`AppDir::secure`].
+    pub fn create(&self, run_as: Option<&RunAs>) -> io::Result<()> {
+        std::fs::create_dir_all(&self.root)?;
+        for (dir, mode) in [
+            (self.releases(), private_mode(run_as)),
+            (self.shared(), 0o750),
+            (self.logs(), 0o700),
+            (self.repo(), 0o700),
+        ] {
+            match std::fs::DirBuilder::new().mode(mode).create(&dir) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+                _ => {}
+            }
+        }
+        self.secure(run_as)
+    }
+
+    /// Set the modes this directory must have (an older agent made everything `0755`/`0644`):
+    /// itself and `releases/` `0750` with the group of `run_as` (`0700` without), `repo.git` and
+    /// `logs/` `0700`, each deploy log `0600`. `shared/` and the releases are the app user's.
+    pub fn secure(&self, run_as: Option<&RunAs>) -> io::Result<()> {
+        let mode = private_mode(run_as);
+        for dir in [&self.root, &self.releases()] {
+            if let Some(r) = run_as {
+                std::os::unix::fs::chown(dir, None, Some(r.gid))?;
+            }
+            set_mode(dir, mode)?;
+        }
+        for dir in [self.repo(), self.logs()] {
+            if dir.is_dir() {
+                set_mode(&dir, 0o700)?;
+            }
+        }
+        if let Ok(logs) = Dir::open_trusted(&self.root).and_then(|d| d.open_dir(Path::new("logs"))) {
+            private_files(&logs).map_err(io::Error::other)?;
+        }
+        Ok(())
     }
 
     pub fn root(&self) -> &Path {
@@ -54,35 +117,66 @@ impl AppDir {
     /// Link each `shared` path into the release: the first release seeds `shared/` with the
     /// repo's copy if it has one; a path that exists nowhere starts as an empty directory (or an
     /// empty file when its name has an extension or starts with a dot, like `.env`).
-    pub fn link_shared(&self, release_dir: &Path, paths: &[PathBuf]) -> io::Result<()> {
+    ///
+    /// Nothing is followed: every parent of a shared path, in the release and in `shared/`, is
+    /// checked first (a link or a file there fails, naming it, before anything changed), and
+    /// each step is then done on directory fds opened with no link followed.
+    pub fn link_shared(&self, release_dir: &Path, paths: &[PathBuf]) -> Result<(), SharedError> {
+        let app = Dir::open_trusted(&self.root)?;
+        let release = app.open_dir(&self.release_rel(release_dir)?)?;
+        let shared = app.create_dirs(Path::new("shared"), 0o750)?;
+        let mut split = Vec::new();
         for p in paths {
-            let in_shared = self.shared().join(p);
-            let in_release = release_dir.join(p);
-            if let Some(parent) = in_shared.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            if std::fs::symlink_metadata(&in_shared).is_err() {
-                if std::fs::symlink_metadata(&in_release).is_ok() {
-                    std::fs::rename(&in_release, &in_shared)?;
-                } else if looks_like_file(p) {
-                    std::fs::File::create(&in_shared)?;
-                } else {
-                    std::fs::create_dir_all(&in_shared)?;
+            let (parent, name) = split_shared(p)?;
+            let at = |source| SharedError::Path { path: p.clone(), source };
+            let mut parents = Vec::new();
+            for side in [&release, &shared] {
+                match side.open_dir(&parent) {
+                    Ok(d) => parents.push(Some(d)),
+                    Err(BeneathError::Missing(_)) => parents.push(None),
+                    Err(e) => return Err(at(e)),
                 }
             }
-            if let Ok(meta) = std::fs::symlink_metadata(&in_release) {
-                if meta.is_dir() {
-                    std::fs::remove_dir_all(&in_release)?;
-                } else {
-                    std::fs::remove_file(&in_release)?;
+            // `shared/` is never seeded with a link: it would stay there, and be read, for good.
+            if let [Some(in_release), in_shared] = parents.as_slice() {
+                let seeding = match in_shared {
+                    Some(d) => d.kind(&name).map_err(at)?.is_none(),
+                    None => true,
+                };
+                if seeding && in_release.kind(&name).map_err(at)? == Some(Kind::Link) {
+                    return Err(at(BeneathError::Link(in_release.path().join(&name))));
                 }
             }
-            if let Some(parent) = in_release.parent() {
-                std::fs::create_dir_all(parent)?;
+            split.push((p, parent, name));
+        }
+        for (p, parent, name) in split {
+            let at = |source| SharedError::Path { path: p.clone(), source };
+            let in_release = release.create_dirs(&parent, 0o755).map_err(at)?;
+            let in_shared = shared.create_dirs(&parent, 0o755).map_err(at)?;
+            let name = name.as_os_str();
+            if in_shared.kind(name).map_err(at)?.is_none() {
+                match in_release.kind(name).map_err(at)? {
+                    // Seeded from the release, whatever it is (a committed link moves as a link).
+                    Some(_) => in_release.move_to(name, &in_shared, name),
+                    None if looks_like_file(p) => in_shared.create_file(name, 0o644),
+                    None => in_shared.create_dir(name, 0o755),
+                }
+                .map_err(at)?;
             }
-            std::os::unix::fs::symlink(&in_shared, &in_release)?;
+            if in_release.kind(name).map_err(at)?.is_some() {
+                in_release.remove_all(name).map_err(at)?;
+            }
+            in_release.symlink(name, &self.shared().join(p)).map_err(at)?;
         }
         Ok(())
+    }
+
+    /// `releases/<name>` for a release directory of this app.
+    fn release_rel(&self, release_dir: &Path) -> Result<PathBuf, BeneathError> {
+        match release_dir.strip_prefix(self.releases()).ok().map(|r| r.components().collect::<Vec<_>>()) {
+            Some(c) if matches!(c.as_slice(), [Component::Normal(_)]) => Ok(Path::new("releases").join(c[0])),
+            _ => Err(BeneathError::Outside(release_dir.to_path_buf(), self.releases())),
+        }
     }
 
     /// Release directories on disk (names), whatever the database says.
@@ -96,18 +190,22 @@ impl AppDir {
     }
 
     /// Give `shared/` and each shared path (not what is inside a shared directory: that is the
-    /// app's data, written by it) to the app's `user`.
-    pub fn give_shared(&self, paths: &[PathBuf], to: &RunAs) -> io::Result<()> {
-        let shared = self.shared();
-        if !shared.exists() {
-            return Ok(());
-        }
-        lchown(&shared, to)?;
+    /// app's data, written by it) to the app's `user`. The app's user owns `shared/` and may have
+    /// put links there: a link is given as itself, a link on the way to a path fails.
+    pub fn give_shared(&self, paths: &[PathBuf], to: &RunAs) -> Result<(), SharedError> {
+        let shared = match Dir::open_trusted(&self.root)?.open_dir(Path::new("shared")) {
+            Err(BeneathError::Missing(_)) => return Ok(()),
+            other => other?,
+        };
+        shared.chown_self(to.uid, to.gid)?;
         for p in paths {
-            let p = shared.join(p);
-            if std::fs::symlink_metadata(&p).is_ok() {
-                lchown(&p, to)?;
-            }
+            let (parent, name) = split_shared(p)?;
+            let at = |source| SharedError::Path { path: p.clone(), source };
+            let dir = match shared.open_dir(&parent) {
+                Err(BeneathError::Missing(_)) => continue,
+                other => other.map_err(at)?,
+            };
+            give(&dir, name.as_os_str(), to).map_err(at)?;
         }
         Ok(())
     }
@@ -126,25 +224,90 @@ impl AppDir {
     }
 }
 
-/// Give a release tree to the app's `user`, so its install step can write into it (symlinks
-/// themselves, never what they point at).
-pub fn give_tree(root: &Path, to: &RunAs) -> io::Result<()> {
-    lchown(root, to)?;
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir)? {
-            let entry = entry?;
-            lchown(&entry.path(), to)?;
-            if entry.file_type()?.is_dir() {
-                dirs.push(entry.path());
+/// Give a release tree to the app's `user`, so its install step can write into it (links
+/// themselves, never what they point at). Walked by directory fd, each opened with no link
+/// followed from its parent's: a running worker of the app that swaps a directory for a link
+/// while the walk runs gets its link given to itself, nothing else.
+pub fn give_tree(root: &Path, to: &RunAs) -> Result<(), BeneathError> {
+    let (Some(parent), Some(name)) = (root.parent(), root.file_name()) else {
+        return Err(BeneathError::NotADir(root.to_path_buf()));
+    };
+    let top = Dir::open_trusted(parent)?.open_dir(Path::new(name))?;
+    top.chown_self(to.uid, to.gid)?;
+    let list = top.entries()?;
+    let mut stack = vec![(top, list)];
+    while let Some((dir, todo)) = stack.last_mut() {
+        let Some((name, kind)) = todo.pop() else {
+            stack.pop();
+            continue;
+        };
+        if kind != Kind::Dir {
+            give(dir, &name, to)?;
+            continue;
+        }
+        match dir.open_dir(Path::new(&name)) {
+            Ok(sub) => {
+                sub.chown_self(to.uid, to.gid)?;
+                let list = sub.entries()?;
+                stack.push((sub, list));
             }
+            // Swapped since it was listed: give what is there now, as itself.
+            Err(BeneathError::Link(_) | BeneathError::NotADir(_)) => give(dir, &name, to)?,
+            Err(BeneathError::Missing(_)) => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(())
 }
 
-fn lchown(p: &Path, to: &RunAs) -> io::Result<()> {
-    std::os::unix::fs::lchown(p, Some(to.uid), Some(to.gid))
+/// Give the entry `name` (never what a link points at) to `to`. A regular file with other hard
+/// links is left alone: it may be somebody else's file linked in (where the kernel allows it).
+fn give(dir: &Dir, name: &OsStr, to: &RunAs) -> Result<(), BeneathError> {
+    match dir.stat(name)? {
+        None => Ok(()),
+        Some(st) if st.st_nlink > 1 && (st.st_mode & libc::S_IFMT) == libc::S_IFREG => {
+            tracing::warn!(path = %dir.path().join(name).display(), "not given to the app's user: it has other hard links");
+            Ok(())
+        }
+        Some(_) => dir.chown(name, to.uid, to.gid),
+    }
+}
+
+/// A shared path's parent (in the release and in `shared/`) and its name; refuses anything but
+/// a relative path of plain components (the config checks this too).
+fn split_shared(p: &Path) -> Result<(PathBuf, std::ffi::OsString), SharedError> {
+    let mut parts: Vec<&OsStr> = Vec::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(n) => parts.push(n),
+            Component::CurDir => {}
+            _ => return Err(SharedError::Invalid(p.to_path_buf())),
+        }
+    }
+    let name = parts.pop().ok_or_else(|| SharedError::Invalid(p.to_path_buf()))?;
+    Ok((parts.iter().collect(), name.to_os_string()))
+}
+
+/// `chmod`, when the mode is not already `mode`.
+fn set_mode(p: &Path, mode: u32) -> io::Result<()> {
+    let now = std::fs::symlink_metadata(p)?.mode() & 0o7777;
+    if now != mode {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
+/// Every regular file directly in `dir` made `0600` (logs; no link followed).
+pub(crate) fn private_files(dir: &Dir) -> Result<(), BeneathError> {
+    for (name, kind) in dir.entries()? {
+        if kind == Kind::File
+            && let Some(st) = dir.stat(&name)?
+            && st.st_mode & 0o077 != 0
+        {
+            dir.chmod(&name, 0o600)?;
+        }
+    }
+    Ok(())
 }
 
 fn looks_like_file(p: &Path) -> bool {
@@ -209,7 +372,7 @@ mod tests {
     fn switch_and_shared() {
         let t = tempfile::tempdir().unwrap();
         let d = AppDir::new(t.path().to_path_buf());
-        d.create().unwrap();
+        d.create(None).unwrap();
         for n in ["1-aaa", "2-bbb"] {
             std::fs::create_dir_all(d.release(n)).unwrap();
         }
@@ -226,5 +389,112 @@ mod tests {
         let mut disk = d.on_disk();
         disk.sort();
         assert_eq!(disk, ["1-aaa", "2-bbb"]);
+    }
+
+    /// An app dir with releases `1-aaa` and `2-bbb`, and an `outside/data` dir with a file.
+    fn app_and_outside() -> (tempfile::TempDir, AppDir, PathBuf) {
+        let t = tempfile::tempdir().unwrap();
+        let d = AppDir::new(t.path().join("app"));
+        d.create(None).unwrap();
+        for n in ["1-aaa", "2-bbb"] {
+            std::fs::create_dir_all(d.release(n)).unwrap();
+        }
+        let outside = t.path().join("outside");
+        std::fs::create_dir_all(outside.join("data")).unwrap();
+        std::fs::write(outside.join("data/keep"), "x").unwrap();
+        (t, d, outside)
+    }
+
+    #[test]
+    fn a_shared_path_below_a_committed_link_fails_before_anything_moves() {
+        let (_t, d, outside) = app_and_outside();
+        std::os::unix::fs::symlink(&outside, d.release("1-aaa").join("cfg")).unwrap();
+        let e = d.link_shared(&d.release("1-aaa"), &[".env".into(), "cfg/data".into()]).unwrap_err().to_string();
+        assert!(e.contains("`cfg/data`") && e.contains("releases/1-aaa/cfg`") && e.contains("symbolic link"), "{e}");
+        assert!(outside.join("data/keep").exists(), "moved out of the decoy");
+        assert!(!d.shared().join("cfg").exists() && !d.shared().join(".env").exists(), "changed before failing");
+        // A file where a directory should be, too.
+        std::fs::write(d.release("2-bbb").join("cfg"), "x").unwrap();
+        let e = d.link_shared(&d.release("2-bbb"), &["cfg/data".into()]).unwrap_err().to_string();
+        assert!(e.contains("is not a directory"), "{e}");
+    }
+
+    #[test]
+    fn a_link_planted_in_shared_is_refused_and_never_followed() {
+        let (_t, d, outside) = app_and_outside();
+        d.link_shared(&d.release("1-aaa"), &["cfg/data".into()]).unwrap();
+        // The app's user owns `shared/`: it swaps `cfg` for a link out.
+        std::fs::rename(d.shared().join("cfg"), d.shared().join("cfg.old")).unwrap();
+        std::os::unix::fs::symlink(&outside, d.shared().join("cfg")).unwrap();
+        let e = d.link_shared(&d.release("2-bbb"), &["cfg/data".into()]).unwrap_err().to_string();
+        assert!(e.contains("shared/cfg`") && e.contains("symbolic link"), "{e}");
+        if nix::unistd::geteuid().is_root() {
+            let nobody = RunAs { user: "x".into(), uid: 12345, gid: 12345, home: "/".into() };
+            let e = d.give_shared(&["cfg/data".into()], &nobody).unwrap_err().to_string();
+            assert!(e.contains("symbolic link"), "{e}");
+            assert_eq!(std::fs::metadata(outside.join("data")).unwrap().uid(), 0, "chowned through the link");
+        }
+        assert!(outside.join("data/keep").exists());
+    }
+
+    #[test]
+    fn shared_is_never_seeded_with_a_committed_link() {
+        let (_t, d, outside) = app_and_outside();
+        std::os::unix::fs::symlink(outside.join("data/keep"), d.release("1-aaa").join(".env")).unwrap();
+        let e = d.link_shared(&d.release("1-aaa"), &[".env".into()]).unwrap_err().to_string();
+        assert!(e.contains("releases/1-aaa/.env`") && e.contains("symbolic link"), "{e}");
+        assert!(std::fs::symlink_metadata(d.shared().join(".env")).is_err(), "seeded with the link");
+        // Once `shared/` has its own copy, a committed link is simply replaced by the agent's.
+        std::fs::write(d.shared().join(".env"), "A=1\n").unwrap();
+        d.link_shared(&d.release("1-aaa"), &[".env".into()]).unwrap();
+        assert_eq!(std::fs::read_link(d.release("1-aaa").join(".env")).unwrap(), d.shared().join(".env"));
+    }
+
+    #[test]
+    fn the_repo_copy_of_a_shared_dir_is_replaced_without_following_its_links() {
+        let (_t, d, outside) = app_and_outside();
+        d.link_shared(&d.release("1-aaa"), &["uploads".into()]).unwrap();
+        std::fs::create_dir_all(d.release("2-bbb").join("uploads/deep")).unwrap();
+        std::os::unix::fs::symlink(&outside, d.release("2-bbb").join("uploads/deep/out")).unwrap();
+        d.link_shared(&d.release("2-bbb"), &["uploads".into()]).unwrap();
+        assert!(std::fs::symlink_metadata(d.release("2-bbb").join("uploads")).unwrap().file_type().is_symlink());
+        assert!(outside.join("data/keep").exists(), "deleted through a link");
+    }
+
+    #[test]
+    fn give_tree_gives_links_as_themselves() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let (_t, d, outside) = app_and_outside();
+        let rel = d.release("1-aaa");
+        std::fs::create_dir_all(rel.join("a/b")).unwrap();
+        std::fs::write(rel.join("a/b/f"), "f").unwrap();
+        std::os::unix::fs::symlink(&outside, rel.join("a/out")).unwrap();
+        let to = RunAs { user: "x".into(), uid: 12345, gid: 12346, home: "/".into() };
+        give_tree(&rel, &to).unwrap();
+        for p in ["", "a", "a/b", "a/b/f", "a/out"] {
+            let m = std::fs::symlink_metadata(rel.join(p)).unwrap();
+            assert_eq!((m.uid(), m.gid()), (12345, 12346), "{p}");
+        }
+        assert_eq!(std::fs::metadata(outside.join("data")).unwrap().uid(), 0, "followed a link");
+        assert_eq!(std::fs::metadata(&outside).unwrap().uid(), 0, "followed a link");
+    }
+
+    #[test]
+    fn the_app_dir_is_private() {
+        let (_t, d, _) = app_and_outside();
+        let mode = |p: PathBuf| std::fs::metadata(p).unwrap().mode() & 0o777;
+        assert_eq!(mode(d.root().to_path_buf()), 0o700);
+        assert_eq!(mode(d.repo()), 0o700);
+        assert_eq!(mode(d.logs()), 0o700);
+        assert_eq!(mode(d.releases()), 0o700);
+        if nix::unistd::geteuid().is_root() {
+            let to = RunAs { user: "x".into(), uid: 12345, gid: 12346, home: "/".into() };
+            d.secure(Some(&to)).unwrap();
+            assert_eq!(mode(d.root().to_path_buf()), 0o750);
+            assert_eq!(std::fs::metadata(d.root()).unwrap().gid(), 12346);
+            assert_eq!(mode(d.repo()), 0o700);
+        }
     }
 }

@@ -12,6 +12,7 @@ use deployer_wire::LogLine;
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -182,7 +183,7 @@ impl LogFile {
             self.rotate();
         }
         if self.file.is_none() {
-            self.file = OpenOptions::new().create(true).append(true).open(&self.path).ok();
+            self.file = OpenOptions::new().create(true).append(true).mode(0o600).open(&self.path).ok();
         }
         if let Some(f) = &mut self.file
             && f.write_all(bytes).is_ok()

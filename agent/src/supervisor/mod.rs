@@ -257,12 +257,13 @@ impl Supervisor {
 
 fn lock_state_dir(state_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, SupervisorError> {
     let path = state_dir.join("run").join("agent.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|source| SupervisorError::StateDir { path: path.clone(), source })?;
+    // 0600: another local user holding the lock would keep the agent from starting.
+    let file = std::os::unix::fs::OpenOptionsExt::mode(
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true),
+        0o600,
+    )
+    .open(&path)
+    .map_err(|source| SupervisorError::StateDir { path: path.clone(), source })?;
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
         .map_err(|_| SupervisorError::StateDirBusy(state_dir.to_path_buf()))
 }
@@ -316,12 +317,7 @@ pub fn resolve_spec(cfg: &AppConfig, release: Option<&ActiveRelease>) -> Result<
     if let Some(r) = &cfg.run_as {
         env.extend(r.env());
     }
-    if let Some(f) = &cfg.env_file {
-        let f = workdir.join(f);
-        if f.exists() || cfg.repo.is_none() {
-            env.extend(config::read_env_file(&f)?);
-        }
-    }
+    env.extend(config::env_file::read_for_app(cfg, release.map(|r| r.name.as_str()))?);
     env.extend(cfg.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     let mut h = Sha256::new();
     for (k, v) in &env {

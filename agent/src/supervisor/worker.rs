@@ -314,7 +314,16 @@ impl Worker {
         let notify = match &self.spec.ready.check {
             ReadyCheck::Notify => {
                 let path = ctx.run_dir.join(format!("{}-{}-{}.notify", ctx.app, self.id, std::process::id()));
-                match NotifySocket::bind(&path) {
+                // Only the worker may write to it: the app's user, whom the state dir lets pass.
+                let bound = NotifySocket::bind(&path).and_then(|n| {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(n.path(), std::fs::Permissions::from_mode(0o600))?;
+                    if let Some(r) = &self.spec.run_as {
+                        std::os::unix::fs::lchown(n.path(), Some(r.uid), Some(r.gid))?;
+                    }
+                    Ok(n)
+                });
+                match bound {
                     Ok(n) => Some(n),
                     Err(e) => return self.spawn_failed(ctx, &format!("cannot bind NOTIFY_SOCKET: {e}")),
                 }
