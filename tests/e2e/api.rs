@@ -80,3 +80,29 @@ fn mistakes_get_the_api_error_shape_with_a_code() {
     assert_eq!(unknown_field.status, 400, "{}", unknown_field.body);
     assert_eq!(unknown_field.json::<ApiError>().code, "bad_request");
 }
+
+/// Every error answer is `{code, message, hint}`, also those the HTTP framework makes itself.
+#[test]
+fn every_error_answer_is_the_documented_json_with_a_hint_where_one_helps() {
+    let agent = deployer_tests::TestEnv::new().start();
+    let token = agent.token("admin");
+    let check = |r: deployer_tests::http::Response, status: u16, code: &str| {
+        assert_eq!(r.status, status, "{}", r.body);
+        let e: deployer_wire::ApiError =
+            serde_json::from_str(&r.body).unwrap_or_else(|err| panic!("not the documented JSON ({err}): {}", r.body));
+        assert_eq!(e.code, code, "{}", r.body);
+        e
+    };
+    let big = "x".repeat(100 * 1024);
+    let e = check(agent.api_request("POST", "/v1/apps/web/deploys", Some(&token), Some(&big)), 413, "too_large");
+    assert!(e.hint.is_some(), "{e:?}");
+    let e = check(agent.api_request("DELETE", "/v1/apps", Some(&token), None), 405, "method_not_allowed");
+    assert!(e.hint.is_some(), "{e:?}");
+    check(agent.api_request("GET", "/v1/deploys/not-a-number", Some(&token), None), 400, "bad_request");
+    let e = check(agent.api_request("GET", "/v2/nothing", Some(&token), None), 404, "not_found");
+    assert!(e.hint.is_some(), "{e:?}");
+    let e = check(agent.api_request("GET", "/v1/apps", Some("wrong-token-value"), None), 401, "unauthorized");
+    assert!(e.hint.is_some(), "an invalid token gets a hint: {e:?}");
+    let e = check(agent.api_request("POST", "/v1/apps/web/check", Some(&token), None), 409, "conflict");
+    assert!(!e.message.contains("git"), "an app without a repo is not a git outage: {e:?}");
+}

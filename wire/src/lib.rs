@@ -99,7 +99,7 @@ pub struct LogLine {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApiError {
     /// A stable machine-readable code: `unauthorized`, `forbidden`, `not_found`, `bad_request`,
-    /// `conflict`, `reload_failed`, `internal`.
+    /// `conflict`, `reload_failed`, `too_large`, `method_not_allowed`, `git_unreachable`, `internal`.
     pub code: String,
     pub message: String,
     /// What to do about it, when there is something to say.

@@ -12,8 +12,10 @@ mod stream;
 pub use hooks::{WebhookCounts, WebhookStats};
 
 use crate::config::{ResolvedToken, Scope};
+use crate::deploy::poll::CheckError;
 use crate::deploy::{DeployError, Deployer, Requester, Target};
 use crate::secrets::Secrets;
+use crate::source::BadRef;
 use crate::state::Store;
 use crate::supervisor::{Supervisor, SupervisorError};
 use axum::Extension;
@@ -82,8 +84,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .merge(metrics)
         .nest(deployer_wire::API_PREFIX, v1)
         .merge(webhooks)
-        .fallback(|| async { ApiErr::new(StatusCode::NOT_FOUND, "not_found", "no such route".into()) })
+        .fallback(|| async {
+            ApiErr::new(StatusCode::NOT_FOUND, "not_found", "no such route".into())
+                .hint("the routes are listed in README's API section; they start with `/v1/`")
+        })
         .layer(DefaultBodyLimit::max(64 * 1024))
+        .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(state.clone(), mask_answers))
         .with_state(state)
 }
@@ -118,6 +124,42 @@ async fn mask_answers(State(st): State<Arc<ApiState>>, req: Request, next: Next)
         _ => bytes,
     };
     Response::from_parts(parts, axum::body::Body::from(masked))
+}
+
+/// Every error answer is the documented `{code, message, hint}`, also those axum makes itself
+/// (a body over the limit, a wrong method, an unparsable path or query): they come as plain text,
+/// and are rewritten here with a code from their status and a hint where one helps.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let answer = next.run(req).await;
+    let status = answer.status();
+    let is_json = answer
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return answer;
+    }
+    let text = axum::body::to_bytes(answer.into_body(), 64 * 1024).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_string();
+    let (code, hint) = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ("too_large", Some("request bodies of the API are at most 64 KiB (webhooks 1 MiB)"))
+        }
+        StatusCode::METHOD_NOT_ALLOWED => {
+            ("method_not_allowed", Some("README's API section lists each route's method"))
+        }
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("bad_request", Some("send `Content-Type: application/json`")),
+        StatusCode::NOT_FOUND => ("not_found", None),
+        s if s.is_client_error() => ("bad_request", None),
+        _ => ("internal", None),
+    };
+    let message = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_lowercase() } else { text };
+    let mut err = ApiErr::new(status, code, message);
+    if let Some(h) = hint {
+        err = err.hint(h);
+    }
+    err.into_response()
 }
 
 /// An error answer.
@@ -168,7 +210,9 @@ async fn require_token(State(st): State<Arc<ApiState>>, mut req: Request, next: 
     };
     let scopes = auth::scopes_of(&st.tokens.read().unwrap_or_else(|e| e.into_inner()), presented);
     match scopes {
-        None => Err(ApiErr::new(StatusCode::UNAUTHORIZED, "unauthorized", "invalid token".into())),
+        None => Err(ApiErr::new(StatusCode::UNAUTHORIZED, "unauthorized", "invalid token".into()).hint(
+            "the token matches none of the agent's `tokens`; check DEPLOYER_TOKEN (or --token-env) against the agent's config",
+        )),
         Some((_, s)) if !auth::allows(&s, need) => Err(ApiErr::new(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -274,7 +318,9 @@ impl From<DeployError> for ApiErr {
             DeployError::App(e) => e.into(),
             DeployError::NotFromGit(_) => ApiErr::new(StatusCode::CONFLICT, "conflict", msg)
                 .hint("add `repo:` and `branch:` to the app in the agent's config"),
-            DeployError::BadRef(_) => ApiErr::new(StatusCode::BAD_REQUEST, "bad_request", msg),
+            DeployError::BadRef(bad) => {
+                ApiErr::new(StatusCode::BAD_REQUEST, "bad_request", bad.problem()).hint(BadRef::HINT)
+            }
             DeployError::NoSuchRelease(_) | DeployError::NotFound(_) => {
                 ApiErr::new(StatusCode::NOT_FOUND, "not_found", msg)
             }
@@ -348,6 +394,11 @@ async fn check_now(
     match st.deployer.check(&app, "check", &by, None).await {
         Ok(crate::deploy::poll::Checked::Queued { sha, id }) => Ok(Json(CheckOutcome { app, sha, queued: Some(id) })),
         Ok(crate::deploy::poll::Checked::Unchanged { sha }) => Ok(Json(CheckOutcome { app, sha, queued: None })),
-        Err(e) => Err(ApiErr::new(StatusCode::BAD_GATEWAY, "git_unreachable", e)),
+        Err(CheckError::App(e)) => Err(e.into()),
+        Err(e @ CheckError::Git(_)) => Err(ApiErr::new(StatusCode::BAD_GATEWAY, "git_unreachable", e.to_string())
+            .hint("the agent could not read the branch head from the app's `repo`; `deployer logs` and the agent's log say more")),
+        Err(e @ CheckError::Crashed(_)) => {
+            Err(ApiErr::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+        }
     }
 }

@@ -54,6 +54,17 @@ impl Schedule {
     }
 }
 
+/// Why a check found nothing: the app (unknown, not from git, no repo) or the remote.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error(transparent)]
+    App(#[from] super::DeployError),
+    #[error(transparent)]
+    Git(#[from] crate::source::SourceError),
+    #[error("the branch lookup stopped unexpectedly: {0}")]
+    Crashed(#[from] tokio::task::JoinError),
+}
+
 /// What one check found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Checked {
@@ -72,18 +83,16 @@ impl Deployer {
         trigger: &str,
         by: &super::Requester,
         last: Option<&str>,
-    ) -> Result<Checked, String> {
-        let a = self.git_app(app).map_err(|e| e.to_string())?;
+    ) -> Result<Checked, CheckError> {
+        let a = self.git_app(app)?;
         let cfg = a.config();
         let (Some(url), Some(path)) = (cfg.repo.clone(), cfg.path.clone()) else {
-            return Err("the app has no `repo`".into());
+            return Err(super::DeployError::NotFromGit(app.to_string()).into());
         };
         let (branch, auth, cache) =
             (cfg.branch.clone(), super::pipeline::git_auth(&cfg), super::release::AppDir::new(path).repo());
-        let sha = tokio::task::spawn_blocking(move || Source::open(&url, &branch, auth, &cache)?.remote_head())
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+        let sha =
+            tokio::task::spawn_blocking(move || Source::open(&url, &branch, auth, &cache)?.remote_head()).await??;
         let live = a
             .release()
             .and_then(|r| self.store.releases(app).ok()?.into_iter().find(|row| row.name == r.name))
@@ -91,7 +100,7 @@ impl Deployer {
         if live.as_deref() == Some(sha.as_str()) || last == Some(sha.as_str()) {
             return Ok(Checked::Unchanged { sha });
         }
-        let accepted = self.request(app, Target::Ref(sha.clone()), trigger, by).map_err(|e| e.to_string())?;
+        let accepted = self.request(app, Target::Ref(sha.clone()), trigger, by)?;
         Ok(Checked::Queued { sha, id: accepted.id })
     }
 

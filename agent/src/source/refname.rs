@@ -93,13 +93,20 @@ pub struct BadRef {
     pub reason: &'static str,
 }
 
+impl BadRef {
+    /// What to write instead (the `hint:` line of the message, or a field of its own in answers).
+    pub const HINT: &'static str =
+        "write a branch or tag name like `main`, `feature/x` or `v1.2.3`, or a commit sha of 7 to 40 hex digits";
+
+    /// The message without its hint.
+    pub fn problem(&self) -> String {
+        format!("invalid ref `{}`: {}", self.input.escape_debug(), self.reason)
+    }
+}
+
 impl fmt::Display for BadRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid ref `{}`: {}", self.input.escape_debug(), self.reason)?;
-        write!(
-            f,
-            "\n  hint: write a branch or tag name like `main`, `feature/x` or `v1.2.3`, or a commit sha of 7 to 40 hex digits"
-        )
+        write!(f, "{}\n  hint: {}", self.problem(), BadRef::HINT)
     }
 }
 
