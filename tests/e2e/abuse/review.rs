@@ -77,3 +77,19 @@ fn an_fd_the_agent_inherited_does_not_reach_the_workers() {
     }
     drop(secret);
 }
+
+/// `root:` names the repository's subdirectory that holds the app (a monorepo): the workers
+/// and the install step run there and its `.env` is read, whatever else the repo holds.
+#[test]
+fn an_app_in_a_monorepo_subdirectory_deploys_and_runs_there() {
+    let repo = TestRepo::with_example_app();
+    let app_js = std::fs::read_to_string(repo.path().join("app.js")).expect("the example's app.js");
+    repo.commit_file("services/web/app.js", &app_js, "the app in a subdirectory");
+    repo.commit_file("services/web/.env", "GREETING=from-the-subdirectory\n", "its env file");
+    let setup = TestEnv::new().web(|a| a.repo(&repo).set("root", "services/web")).dont_wait_for_workers().setup();
+    let agent = setup.start();
+    let d = agent.wait_deploy(1);
+    assert_eq!(d.state, "live", "{d:#?}");
+    let answer = deployer_tests::http::get(agent.port("web"), "/").map(|r| r.body).unwrap_or_default();
+    assert!(answer.starts_with("from-the-subdirectory"), "{answer}");
+}
