@@ -35,6 +35,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             run(Cli { config: qs.config, command: Some(Command::Run) })
         }
         Command::Run => {
+            close_inherited_on_exec();
             // Empty until the config is loaded; the log masks whatever it holds from then on.
             let secrets = Secrets::default();
             tracing_subscriber::fmt()
@@ -52,6 +53,32 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .build()
                 .context("cannot start the async runtime")?;
             rt.block_on(serve(&cli.config, secrets))
+        }
+    }
+}
+
+/// Mark every fd above stderr that the agent inherited close-on-exec. Whoever started the agent
+/// (a wrapper script's lock, a process manager) may have left fds open without it, and every
+/// child inherits those: a worker run as `user:` could read or write through them what root
+/// opened. The agent's own fds are all opened close-on-exec; a worker's listener in `fd` mode is
+/// put on fd 3 after the fork.
+fn close_inherited_on_exec() {
+    // SAFETY: a plain syscall on the fd table; nothing else runs yet.
+    let marked = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) } == 0;
+    if marked {
+        return;
+    }
+    // Kernels before 5.11: one by one. The list is read first (its own fd is then closed).
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|rd| rd.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).filter(|&fd| fd > 2).collect())
+        .unwrap_or_default();
+    for fd in fds {
+        // SAFETY: as above; an fd that is not open any more answers EBADF, which is fine.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
         }
     }
 }

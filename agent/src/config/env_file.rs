@@ -38,9 +38,9 @@ pub fn read_for_app(cfg: &AppConfig, release: Option<&str>) -> Result<BTreeMap<S
             ConfigError::at(&cwd.join(file), 0, 0, "cannot read: no such file".into(), Some(IF_MISSING.into()))
         }),
         (None, Some(app_dir), Some(release)) => {
-            let rel = in_release(&cfg.root.join(file)).ok_or_else(|| {
+            let rel = in_release(file).ok_or_else(|| {
                 ConfigError::at(
-                    &app_dir.join("releases").join(release).join(&cfg.root).join(file),
+                    &app_dir.join("releases").join(release).join(file),
                     0,
                     0,
                     format!("`env_file: {}` leads out of the release", file.display()),

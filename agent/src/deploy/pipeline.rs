@@ -196,7 +196,8 @@ impl Run<'_> {
         // 3. install and hooks, in the release with the deploy's environment
         let release = ActiveRelease { name: name.clone(), dir: release_dir.clone() };
         let env = self.deploy_env(&cfg, &release, &sha, git_ref, trigger, previous.as_ref())?;
-        let workdir = release_dir.join(&cfg.root);
+        // The release holds only the repository's `root` subdirectory.
+        let workdir = release_dir.clone();
         let steps = [
             ("install", &cfg.install),
             ("post_install", &cfg.hooks.post_install),

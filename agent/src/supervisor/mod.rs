@@ -310,7 +310,8 @@ pub fn current_release(app_dir: &Path) -> Option<ActiveRelease> {
 pub fn resolve_spec(cfg: &AppConfig, release: Option<&ActiveRelease>) -> Result<Option<WorkerSpec>, ConfigError> {
     let (workdir, release_name) = match (&cfg.cwd, release) {
         (Some(cwd), _) => (cwd.clone(), cwd.display().to_string()),
-        (None, Some(r)) => (r.dir.join(&cfg.root), r.name.clone()),
+        // A release holds only the repository's `root` subdirectory: it is the workers' cwd.
+        (None, Some(r)) => (r.dir.clone(), r.name.clone()),
         (None, None) => return Ok(None),
     };
     let mut env = BTreeMap::new();

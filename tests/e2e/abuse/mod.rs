@@ -8,5 +8,6 @@ mod files;
 mod git_auth;
 mod output;
 mod perms;
+mod review;
 mod secrets;
 mod trees;
