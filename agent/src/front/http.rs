@@ -745,6 +745,17 @@ fn content_length(value: &[u8]) -> Option<u64> {
 /// trusted proxy, otherwise dropped and set by the front from what it saw.
 const FORWARDING: [&str; 5] = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"];
 
+/// A forwarding header spelled with `_` for `-` (`X_Forwarded_Proto`): CGI, WSGI and Rack servers
+/// read it as the dashed one (both become `HTTP_X_FORWARDED_PROTO`, joined), so a client could claim
+/// https or another address through it. No proxy sends such names: always dropped.
+fn underscored_forwarding(name: &str) -> bool {
+    name.contains('_')
+        && FORWARDING.iter().any(|f| {
+            f.len() == name.len()
+                && f.bytes().zip(name.bytes()).all(|(f, n)| f == n.to_ascii_lowercase() || (f == b'-' && n == b'_'))
+        })
+}
+
 /// Parse a complete request head. `Ok(None)`: incomplete. `Err(status)`: answer that and close.
 pub(super) fn parse_request(
     buf: &[u8],
@@ -806,6 +817,8 @@ pub(super) fn parse_request(
             host = Some(h.value);
         } else if name.eq_ignore_ascii_case("x-request-id") && !h.value.is_empty() && h.value.len() <= 200 {
             request_id = Some(h.value);
+        } else if underscored_forwarding(name) {
+            has_forwarding = true;
         } else if FORWARDING.iter().any(|f| name.eq_ignore_ascii_case(f)) {
             has_forwarding = true;
             if trusted && name.eq_ignore_ascii_case("x-forwarded-for") {
@@ -844,6 +857,7 @@ pub(super) fn parse_request(
                 .any(|f| h.name.eq_ignore_ascii_case(f));
             let dropped = (!trusted && FORWARDING.iter().any(|f| h.name.eq_ignore_ascii_case(f)))
                 || set_by_front
+                || underscored_forwarding(h.name)
                 || (h.name.eq_ignore_ascii_case("connection") && !upgrade);
             if dropped {
                 continue;
@@ -1036,6 +1050,17 @@ mod tests {
         assert!(head.contains("Forwarded: for=1.1.1.1;proto=https\r\n"), "{head}");
         assert!(head.contains("X-Real-IP: 1.1.1.1\r\n"), "{head}");
         assert_eq!(head.matches("X-Forwarded-Proto").count(), 1, "{head}");
+    }
+
+    #[test]
+    fn forwarding_headers_spelled_with_underscores_are_dropped_even_from_a_trusted_proxy() {
+        let raw = "GET / HTTP/1.1\r\nHost: app\r\nX_Forwarded_Proto: https\r\nx-forwarded_for: 1.1.1.1\r\n\
+                   X_REAL_IP: 1.1.1.1\r\nX_Custom: kept\r\n\r\n";
+        for trusted in [false, true] {
+            let head = head_of(raw, trusted);
+            assert!(!head.contains("1.1.1.1") && !head.contains("https"), "{head}");
+            assert!(head.contains("X_Custom: kept\r\n"), "{head}");
+        }
     }
 
     #[test]
