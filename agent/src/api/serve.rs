@@ -1,7 +1,7 @@
 //! Serving the API with the limits a listener needs when anyone can connect to it: a cap on
 //! connections (the rest wait in the kernel's accept queue, no fd is spent on them) and a
-//! deadline for each request head, so neither a flood nor slow clients keep `/healthz`, the
-//! webhooks or a deploy from being answered. axum's own `serve` has neither.
+//! deadline for each request head and each request body, so neither a flood nor slow clients keep
+//! `/healthz`, the webhooks or a deploy from being answered. axum's own `serve` has none of them.
 
 use axum::Router;
 use axum::body::Body;
@@ -12,8 +12,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +24,10 @@ use tower::ServiceExt as _;
 
 /// The whole head of a request must arrive within this long.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The whole body of a request must arrive within this long of its head: hyper bounds only the
+/// head, and `POST /hooks/{app}` reads its body before anything is checked, so without this a
+/// client that never finishes one would hold an API connection for ever.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long connections may take to finish when the agent stops.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -47,7 +54,7 @@ where
             _ = shutdown.cancelled() => break,
         };
         let service = router.clone().map_request(move |req: hyper::Request<Incoming>| {
-            let mut req = req.map(Body::new);
+            let mut req = req.map(|body| Body::new(Deadline::new(body, BODY_TIMEOUT)));
             req.extensions_mut().insert(ConnectInfo(peer));
             req
         });
@@ -65,5 +72,53 @@ where
     drop(listener);
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
         tracing::debug!("API connections still open at shutdown; closing them");
+    }
+}
+
+/// A request body that fails once `sleep` ends before it does (a handler reading it gets an error
+/// and answers; the connection is not reused).
+struct Deadline<B> {
+    body: B,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<B> Deadline<B> {
+    fn new(body: B, limit: Duration) -> Self {
+        Deadline { body, sleep: Box::pin(tokio::time::sleep(limit)) }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within {}s", BODY_TIMEOUT.as_secs())]
+struct BodyTooSlow;
+
+impl<B> hyper::body::Body for Deadline<B>
+where
+    B: hyper::body::Body + Unpin,
+    B::Error: Into<axum::BoxError>,
+{
+    type Data = B::Data;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        // What has arrived is passed on whatever the time; only waiting is bounded.
+        if let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        match self.sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(BodyTooSlow.into()))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }

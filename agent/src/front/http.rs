@@ -26,6 +26,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a request waits for a worker when none is in rotation (all restarting).
 const NO_WORKER_PATIENCE: Duration = Duration::from_secs(10);
 const MAX_ATTEMPTS: usize = 4;
+/// How long the front's own short answers (400, 502, 504...) may take to be taken by the client.
+const RESPOND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How the front treats clients (the app's `front:` config); changed by SIGHUP through a
 /// `watch` channel, read once per client connection.
@@ -37,7 +39,9 @@ pub struct ClientRules {
     /// A worker must start its answer within this long of getting the whole request (then 504),
     /// and may not fall silent longer than this in the middle of it.
     pub response_timeout: Duration,
-    /// A client may not fall silent longer than this while it sends a request body.
+    /// A client may not fall silent longer than this while it sends a request body, nor stop
+    /// taking its answer for longer than this (nginx's `send_timeout`): a client that never reads
+    /// would otherwise hold its connection, and a lease on a worker, for ever.
     pub body_timeout: Duration,
     /// The largest request body passed on: a larger `Content-Length` is answered 413 before the
     /// worker sees a byte; a chunked body that grows past it is cut (413 if nothing was answered).
@@ -484,7 +488,8 @@ impl Conn {
         }
         let Conn { client, cbuf, rules, rotation, .. } = self;
         let answer = if req.body.is_done() {
-            within(rules.response_timeout, read_response(&mut up.stream, &mut up.ubuf, client, req, retry)).await
+            let read = read_response(&mut up.stream, &mut up.ubuf, client, rules.body_timeout, req, retry);
+            within(rules.response_timeout, read).await
         } else {
             let (mut cr, mut cw) = client.split();
             let (mut ur, mut uw) = up.stream.split();
@@ -492,7 +497,8 @@ impl Conn {
             // The worker's time to answer runs from the end of the body.
             let sent_all = tokio::sync::Notify::new();
             let send = async {
-                let sent = relay(&mut cr, cbuf, &mut uw, &mut body, rules.body_timeout, Some(&mut body_left))
+                let (read_idle, write_idle) = (rules.body_timeout, rules.response_timeout);
+                let sent = relay(&mut cr, cbuf, &mut uw, &mut body, read_idle, write_idle, Some(&mut body_left))
                     .await
                     .map_err(|e| match e {
                         Relay::Src | Relay::Idle | Relay::Malformed => Failure::Client,
@@ -504,7 +510,7 @@ impl Conn {
             };
             let ubuf = &mut up.ubuf;
             let answer = async {
-                let read = read_response(&mut ur, ubuf, &mut cw, req, false);
+                let read = read_response(&mut ur, ubuf, &mut cw, rules.body_timeout, req, false);
                 tokio::pin!(read);
                 tokio::select! {
                     r = &mut read => r,
@@ -534,18 +540,17 @@ impl Conn {
                 let mut out = Vec::with_capacity(head.len() + n);
                 out.extend_from_slice(head);
                 out.extend_from_slice(&up.ubuf[res.head_len..res.head_len + n]);
-                self.client.write_all(&out).await
+                write_within(self.rules.body_timeout, &mut self.client, &out).await
             }
-            None => self.client.write_all(&up.ubuf[..res.head_len + n]).await,
+            None => write_within(self.rules.body_timeout, &mut self.client, &up.ubuf[..res.head_len + n]).await,
         };
         up.ubuf.advance(res.head_len + n);
         if written.is_err() {
             return (Flow::Close, 0);
         }
         if !body.is_done() {
-            match relay(&mut up.stream, &mut up.ubuf, &mut self.client, &mut body, self.rules.response_timeout, None)
-                .await
-            {
+            let (read_idle, write_idle) = (self.rules.response_timeout, self.rules.body_timeout);
+            match relay(&mut up.stream, &mut up.ubuf, &mut self.client, &mut body, read_idle, write_idle, None).await {
                 Ok(relayed) => sent += relayed,
                 Err(Relay::Dst) => return (Flow::Close, sent),
                 Err(Relay::Idle) => {
@@ -588,10 +593,11 @@ impl Conn {
     /// After `101 Switching Protocols`: bytes both ways until either side closes. The lease is held
     /// meanwhile, so a draining worker waits for its websockets (up to `drain_timeout`).
     async fn tunnel(&mut self, mut up: Upstream) {
-        if !up.ubuf.is_empty() && self.client.write_all(&up.ubuf).await.is_err() {
+        let limit = self.rules.body_timeout;
+        if !up.ubuf.is_empty() && write_within(limit, &mut self.client, &up.ubuf).await.is_err() {
             return;
         }
-        if !self.cbuf.is_empty() && up.stream.write_all(&self.cbuf).await.is_err() {
+        if !self.cbuf.is_empty() && write_within(limit, &mut up.stream, &self.cbuf).await.is_err() {
             return;
         }
         self.cbuf.clear();
@@ -604,6 +610,7 @@ async fn read_response<R, W>(
     up: &mut R,
     ubuf: &mut BytesMut,
     client: &mut W,
+    client_write: Duration,
     req: &Request,
     retry: bool,
 ) -> Result<Response, Failure>
@@ -616,7 +623,7 @@ where
         if !ubuf.is_empty() {
             match parse_response(ubuf, req)? {
                 Some(res) if (100..200).contains(&res.status) && res.status != 101 => {
-                    client.write_all(&ubuf[..res.head_len]).await.map_err(|_| Failure::Client)?;
+                    write_within(client_write, client, &ubuf[..res.head_len]).await.map_err(|_| Failure::Client)?;
                     ubuf.advance(res.head_len);
                     got_any = true;
                     continue;
@@ -632,6 +639,14 @@ where
             Ok(0) | Err(_) => return Err(Failure::UpstreamMidResponse),
             Ok(_) => {}
         }
+    }
+}
+
+/// Write all of `buf` to `dst` within `limit`: a peer that stops reading is a peer gone.
+async fn write_within<W: AsyncWrite + Unpin>(limit: Duration, dst: &mut W, buf: &[u8]) -> io::Result<()> {
+    match tokio::time::timeout(limit, dst.write_all(buf)).await {
+        Ok(written) => written,
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
     }
 }
 
@@ -651,13 +666,15 @@ enum Relay {
 }
 
 /// Copy the rest of a body from `src` (bytes already read sit in `buf`) to `dst`; `src` may not
-/// fall silent for longer than `idle`, nor send more than `limit` bytes of body.
+/// fall silent for longer than `idle`, nor send more than `limit` bytes of body, and `dst` must
+/// take each piece within `write_idle`.
 async fn relay<R, W>(
     src: &mut R,
     buf: &mut BytesMut,
     dst: &mut W,
     body: &mut Body,
     idle: Duration,
+    write_idle: Duration,
     mut limit: Option<&mut u64>,
 ) -> Result<u64, Relay>
 where
@@ -672,7 +689,7 @@ where
                 *left = left.checked_sub(n as u64).ok_or(Relay::TooLarge)?;
             }
             if n > 0 {
-                dst.write_all(&buf[..n]).await.map_err(|_| Relay::Dst)?;
+                write_within(write_idle, dst, &buf[..n]).await.map_err(|_| Relay::Dst)?;
                 buf.advance(n);
                 copied += n as u64;
             }
@@ -745,6 +762,17 @@ fn content_length(value: &[u8]) -> Option<u64> {
 /// trusted proxy, otherwise dropped and set by the front from what it saw.
 const FORWARDING: [&str; 5] = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"];
 
+/// A forwarding header spelled with `_` for `-` (`X_Forwarded_Proto`): CGI, WSGI and Rack servers
+/// read it as the dashed one (both become `HTTP_X_FORWARDED_PROTO`, joined), so a client could claim
+/// https or another address through it. No proxy sends such names: always dropped.
+fn underscored_forwarding(name: &str) -> bool {
+    name.contains('_')
+        && FORWARDING.iter().any(|f| {
+            f.len() == name.len()
+                && f.bytes().zip(name.bytes()).all(|(f, n)| f == n.to_ascii_lowercase() || (f == b'-' && n == b'_'))
+        })
+}
+
 /// Parse a complete request head. `Ok(None)`: incomplete. `Err(status)`: answer that and close.
 pub(super) fn parse_request(
     buf: &[u8],
@@ -806,6 +834,8 @@ pub(super) fn parse_request(
             host = Some(h.value);
         } else if name.eq_ignore_ascii_case("x-request-id") && !h.value.is_empty() && h.value.len() <= 200 {
             request_id = Some(h.value);
+        } else if underscored_forwarding(name) {
+            has_forwarding = true;
         } else if FORWARDING.iter().any(|f| name.eq_ignore_ascii_case(f)) {
             has_forwarding = true;
             if trusted && name.eq_ignore_ascii_case("x-forwarded-for") {
@@ -844,6 +874,7 @@ pub(super) fn parse_request(
                 .any(|f| h.name.eq_ignore_ascii_case(f));
             let dropped = (!trusted && FORWARDING.iter().any(|f| h.name.eq_ignore_ascii_case(f)))
                 || set_by_front
+                || underscored_forwarding(h.name)
                 || (h.name.eq_ignore_ascii_case("connection") && !upgrade);
             if dropped {
                 continue;
@@ -980,7 +1011,8 @@ async fn respond(client: &mut TcpStream, status: u16) -> io::Result<()> {
         "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
         text.len()
     );
-    client.write_all(msg.as_bytes()).await?;
+    // A client that does not read (its earlier answers fill the buffers) is not waited for.
+    write_within(RESPOND_TIMEOUT, client, msg.as_bytes()).await?;
     client.shutdown().await
 }
 
@@ -1036,6 +1068,17 @@ mod tests {
         assert!(head.contains("Forwarded: for=1.1.1.1;proto=https\r\n"), "{head}");
         assert!(head.contains("X-Real-IP: 1.1.1.1\r\n"), "{head}");
         assert_eq!(head.matches("X-Forwarded-Proto").count(), 1, "{head}");
+    }
+
+    #[test]
+    fn forwarding_headers_spelled_with_underscores_are_dropped_even_from_a_trusted_proxy() {
+        let raw = "GET / HTTP/1.1\r\nHost: app\r\nX_Forwarded_Proto: https\r\nx-forwarded_for: 1.1.1.1\r\n\
+                   X_REAL_IP: 1.1.1.1\r\nX_Custom: kept\r\n\r\n";
+        for trusted in [false, true] {
+            let head = head_of(raw, trusted);
+            assert!(!head.contains("1.1.1.1") && !head.contains("https"), "{head}");
+            assert!(head.contains("X_Custom: kept\r\n"), "{head}");
+        }
     }
 
     #[test]

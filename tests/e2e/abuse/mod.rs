@@ -4,6 +4,7 @@
 //! and the other apps on the same agent keep serving (a [`deployer_tests::Bystander`]).
 
 mod cli;
+mod edge_attacks;
 mod files;
 mod git_auth;
 mod output;
