@@ -47,7 +47,14 @@ impl AppDir {
     /// Create the app's directory and its parts (`releases/`, `shared/`, `logs/`, an empty
     /// `repo.git` the clone is made in) and make them private, see [`AppDir::secure`].
     pub fn create(&self, run_as: Option<&RunAs>) -> io::Result<()> {
-        std::fs::create_dir_all(&self.root)?;
+        if let Some(parent) = self.root.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        match std::fs::DirBuilder::new().mode(private_mode(run_as)).create(&self.root) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+        only_root_can_change(&self.root)?;
         for (dir, mode) in [
             (self.releases(), private_mode(run_as)),
             (self.shared(), 0o750),
@@ -66,6 +73,7 @@ impl AppDir {
     /// itself and `releases/` `0750` with the group of `run_as` (`0700` without), `repo.git` and
     /// `logs/` `0700`, each deploy log `0600`. `shared/` and the releases are the app user's.
     pub fn secure(&self, run_as: Option<&RunAs>) -> io::Result<()> {
+        only_root_can_change(&self.root)?;
         let mode = private_mode(run_as);
         for dir in [&self.root, &self.releases()] {
             if let Some(r) = run_as {
@@ -315,6 +323,47 @@ fn looks_like_file(p: &Path) -> bool {
     name.starts_with('.') || p.extension().is_some()
 }
 
+/// Refuse `dir` unless nobody but the agent's user (root) can replace it or any directory above
+/// it: every directory from `/` down is the agent's (or root's) and writable by nobody else, or
+/// sticky (`/tmp`: others cannot rename what is not theirs), and `dir` itself is a directory, not
+/// a link. Otherwise an app's user could swap the app dir for a link (an app kept in its home,
+/// `path: /home/deploy/web`) and have root chmod, chown and write wherever it points. This is
+/// sshd's `StrictModes` rule.
+pub fn only_root_can_change(dir: &Path) -> io::Result<()> {
+    let me = nix::unistd::geteuid().as_raw();
+    let meta = std::fs::symlink_metadata(dir)?;
+    if !meta.is_dir() {
+        return Err(io::Error::other(format!("`{}` is not a directory (a link is not followed here)", dir.display())));
+    }
+    let real = std::fs::canonicalize(dir)?;
+    for p in real.ancestors() {
+        let m = std::fs::metadata(p)?;
+        if m.uid() != me && m.uid() != 0 {
+            return Err(io::Error::other(format!(
+                "`{}` belongs to uid {}, who could swap `{}` for a link: keep app directories where only root can \
+                 write (the default, under `state_dir`), or give `{}` to root",
+                p.display(),
+                m.uid(),
+                dir.display(),
+                p.display()
+            )));
+        }
+        // A sticky directory (`/tmp`) lets others rename only what is theirs, and what is below
+        // it was just checked to be root's.
+        let sticky = m.mode() & 0o1000 != 0;
+        if m.mode() & 0o022 != 0 && !(sticky && p != real) {
+            return Err(io::Error::other(format!(
+                "`{}` is writable by other users (mode {:o}), who could swap `{}` for a link: `chmod go-w {}`",
+                p.display(),
+                m.mode() & 0o7777,
+                dir.display(),
+                p.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The sequence number of a release name `<seq>-<shortsha>`.
 pub fn seq_of(name: &str) -> Option<u64> {
     name.split_once('-')?.0.parse().ok()
@@ -495,6 +544,27 @@ mod tests {
             assert_eq!(mode(d.root().to_path_buf()), 0o750);
             assert_eq!(std::fs::metadata(d.root()).unwrap().gid(), 12346);
             assert_eq!(mode(d.repo()), 0o700);
+        }
+    }
+
+    #[test]
+    fn an_app_dir_that_someone_else_could_swap_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("app");
+        std::fs::create_dir(&dir).unwrap();
+        assert!(only_root_can_change(&dir).is_ok(), "a dir under a private temp dir");
+        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = only_root_can_change(&dir).unwrap_err().to_string();
+        assert!(e.contains("writable by other users") && e.contains("chmod go-w"), "{e}");
+        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        assert!(only_root_can_change(&dir).is_ok(), "a sticky parent, like /tmp");
+        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink(&dir, t.path().join("link")).unwrap();
+        assert!(only_root_can_change(&t.path().join("link")).is_err(), "a link is not an app dir");
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::chown(t.path(), Some(65534), None).unwrap();
+            let e = only_root_can_change(&dir).unwrap_err().to_string();
+            assert!(e.contains("belongs to uid 65534"), "{e}");
         }
     }
 }

@@ -39,7 +39,15 @@ fn an_app_dir_swapped_for_a_link_by_the_app_user_is_not_followed() {
     assert!(status.success(), "nobody could not swap its app dir");
     repo.commit_greeting("through the link");
     let d = agent.wait_deploy(agent.deploy("web", "main"));
-    eprintln!("{d:#?}");
+    assert_eq!(d.state, "failed", "{d:#?}");
+    let message = d.message.clone().unwrap_or_default();
+    assert!(
+        message.contains("who could swap") || message.contains("a link is not followed"),
+        "the error says why: {d:#?}"
+    );
+    // The app dir's parent is nobody's: even before the swap, the agent refuses to work there.
+    let first = agent.history("web").into_iter().last().expect("the first deploy");
+    assert!(first.message.unwrap_or_default().contains("who could swap"), "the first deploy names the risk");
 
     decoy.assert_untouched();
     bystander.finish();
