@@ -24,6 +24,10 @@ pub struct FrontConfig {
     /// A client may not fall silent longer than this while sending a request body
     /// (nginx's `client_body_timeout`).
     pub body_timeout: Dur,
+    /// A `tcp` front connection, or an upgraded one (websocket) on the `http` front, with no byte
+    /// either way for this long is closed (HAProxy's `timeout tunnel`), so silent connections
+    /// cannot hold the fronts' connection budget for ever. Keep it above your websocket pings.
+    pub tunnel_idle_timeout: Dur,
     /// The largest request body passed to a worker (`100M` by default, like a large upload;
     /// bodies are streamed, never buffered). A bigger `Content-Length` is answered 413 before
     /// the worker sees a byte; a chunked body that grows past it is cut (nginx's
@@ -51,6 +55,7 @@ impl Default for FrontConfig {
             response_timeout: Dur(Duration::from_secs(60)),
             body_timeout: Dur(Duration::from_secs(60)),
             max_body: Size(100 << 20),
+            tunnel_idle_timeout: Dur(Duration::from_secs(600)),
             access_log: false,
             unhealthy_after: 3,
             trusted_proxies: Vec::new(),

@@ -43,6 +43,8 @@ pub struct ClientRules {
     /// taking its answer for longer than this (nginx's `send_timeout`): a client that never reads
     /// would otherwise hold its connection, and a lease on a worker, for ever.
     pub body_timeout: Duration,
+    /// An upgraded connection (websocket) with no byte either way for this long is closed.
+    pub tunnel_idle_timeout: Duration,
     /// The largest request body passed on: a larger `Content-Length` is answered 413 before the
     /// worker sees a byte; a chunked body that grows past it is cut (413 if nothing was answered).
     pub max_body: u64,
@@ -61,6 +63,7 @@ impl Default for ClientRules {
             response_timeout: Duration::from_secs(60),
             body_timeout: Duration::from_secs(60),
             max_body: 100 << 20,
+            tunnel_idle_timeout: Duration::from_secs(600),
             trusted_proxy: Box::new(|_| false),
             access_log: None,
         }
@@ -601,7 +604,9 @@ impl Conn {
             return;
         }
         self.cbuf.clear();
-        let _ = tokio::io::copy_bidirectional(&mut self.client, &mut up.stream).await;
+        if super::tunnel::relay(&mut self.client, &mut up.stream, self.rules.tunnel_idle_timeout).await {
+            tracing::debug!(worker = up.backend().worker, "upgraded connection idle; closed");
+        }
     }
 }
 

@@ -12,6 +12,7 @@ mod chunked;
 mod differential;
 pub mod http;
 pub mod tcp;
+pub mod tunnel;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};

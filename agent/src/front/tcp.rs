@@ -24,19 +24,21 @@ pub async fn serve(
     rotation: Arc<Rotation>,
     stats: Arc<FrontStats>,
     budget: accept::Budget,
+    rules: tokio::sync::watch::Receiver<Arc<super::http::ClientRules>>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
     while let Some(accept::Accepted { stream: client, slot, .. }) = accept::next(&listener, &budget, &shutdown).await {
         let rotation = rotation.clone();
         let stats = stats.clone();
+        let idle = rules.borrow().tunnel_idle_timeout;
         tracker.spawn(async move {
             stats.requests.fetch_add(1, Relaxed);
             let Some((lease, upstream)) = connect(&rotation).await else {
                 stats.errors.fetch_add(1, Relaxed);
                 return;
             };
-            relay(client, upstream).await;
+            relay(client, upstream, idle).await;
             drop(lease);
             drop(slot);
         });
@@ -60,6 +62,8 @@ async fn connect(rotation: &Rotation) -> Option<(Lease, TcpStream)> {
     None
 }
 
-async fn relay(mut client: TcpStream, mut upstream: TcpStream) {
-    let _ = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, 16 * 1024, 16 * 1024).await;
+async fn relay(mut client: TcpStream, mut upstream: TcpStream, idle: Duration) {
+    if super::tunnel::relay(&mut client, &mut upstream, idle).await {
+        tracing::debug!("tcp connection idle; closed");
+    }
 }

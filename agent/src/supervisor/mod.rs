@@ -152,7 +152,9 @@ impl Supervisor {
                     let budget = self.front_budget.clone();
                     async move {
                         match mode {
-                            ProxyMode::Tcp => front::tcp::serve(l, rotation, stats, budget, cancel, tracker2).await,
+                            ProxyMode::Tcp => {
+                                front::tcp::serve(l, rotation, stats, budget, rules_rx, cancel, tracker2).await
+                            }
                             _ => front::http::serve(l, rotation, stats, rules_rx, budget, cancel, tracker2).await,
                         }
                     }
@@ -278,6 +280,7 @@ fn client_rules(cfg: &AppConfig, access_log: &tokio::sync::mpsc::Sender<String>)
         response_timeout: f.response_timeout.0,
         body_timeout: f.body_timeout.0,
         max_body: f.max_body.0,
+        tunnel_idle_timeout: f.tunnel_idle_timeout.0,
         trusted_proxy: Box::new(move |ip| f.trusts(ip)),
     })
 }
