@@ -5,11 +5,13 @@
 //! silently ignored setting.
 
 mod checked;
+pub mod limits;
 pub mod report;
 pub mod run_as;
 pub mod triggers;
 pub mod units;
 
+pub use limits::LimitsConfig;
 pub use report::{GithubStatusConfig, ReportConfig, RetryConfig};
 pub use run_as::RunAs;
 pub use triggers::{CronSchedule, WebhookConfig};
@@ -206,6 +208,10 @@ pub struct AppConfig {
     /// Rotation of the log files under `state_dir/logs`.
     #[serde(default)]
     pub logs: LogsConfig,
+    /// How much one commit of `repo` may make the agent fetch and write (depth, files, sizes); a
+    /// commit over a limit fails its deploy. See `config/limits.rs` for the defaults and why.
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
 
 /// `start: node app.js` or `start: [node, app.js]`.
@@ -678,6 +684,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
             }
         }
         check_triggers(name, app, &at)?;
+        limits::check(name, &app.limits, &at)?;
         if let Some(user) = &app.user {
             let keys = ["apps", name.as_str(), "user"];
             let run_as = RunAs::resolve(user).map_err(|e| {

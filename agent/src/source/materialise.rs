@@ -8,12 +8,19 @@
 //! is 1.5 to 2 times as fast into a fresh directory (10,000 files: ~0.3-0.4 s against ~0.6-0.7 s on
 //! a 2-core VM, see `examples/bench_source.rs`), and it applies no `.gitattributes` filters: a
 //! release holds the bytes that were committed. Creating inodes dominates either way.
+//!
+//! A commit's content is the attacker's: the listing is a loop over an explicit stack (a
+//! 30,000-level tree once overflowed a recursive walk and aborted the agent), it stops at the
+//! app's [`Limits`] before anything is written (entry count, depth, each blob's size read from
+//! its header, the total size), and a large blob is streamed to disk or read by one thread of
+//! the whole agent at a time (see [`LARGE_OBJECT`]).
 
+use super::limits::{Bytes, LARGE, LARGE_OBJECT, Limit};
 use super::{Source, SourceError};
 use git2::{ObjectType, Odb, Oid, Repository, Tree};
 use std::ffi::OsStr;
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -28,6 +35,9 @@ const PARALLEL_FROM: usize = 512;
 const BATCH: usize = 128;
 /// Writing is mostly system calls; past a few threads the file system is the bottleneck.
 const MAX_THREADS: usize = 4;
+/// Linux refuses longer file names (`NAME_MAX`) and paths (`PATH_MAX`, with its NUL).
+const NAME_MAX: usize = 255;
+const PATH_MAX: usize = 4095;
 
 /// Git's file modes, by type (`mode & TYPE_MASK`).
 const TYPE_MASK: i32 = 0o170000;
@@ -36,20 +46,67 @@ const MODE_BLOB: i32 = 0o100000;
 const MODE_LINK: i32 = 0o120000;
 const MODE_GITLINK: i32 = 0o160000;
 
-/// What to create, relative to the release root, in order: directories (parents first), files, links.
-#[derive(Default)]
+/// What to create, relative to the release root, in order: directories (parents first), files,
+/// links. Entries name their directory by index instead of holding a whole path, so the plan's
+/// memory grows with the names, not with names times depth.
 struct Plan {
-    dirs: Vec<PathBuf>,
+    /// `dirs[0]` is the release root.
+    dirs: Vec<Dir>,
     files: Vec<FileEntry>,
-    links: Vec<(PathBuf, Oid)>,
+    links: Vec<Entry>,
     /// `files` cut into claims for the writer threads: at most `BATCH`, all in one directory.
     batches: Vec<Range<usize>>,
 }
 
-struct FileEntry {
-    path: PathBuf,
+struct Dir {
+    parent: u32,
+    name: Box<[u8]>,
+    /// 0 for the root, 1 for its subdirectories...
+    depth: u32,
+    /// The length of its path relative to the root.
+    path_len: usize,
+}
+
+struct Entry {
+    dir: u32,
+    name: Box<[u8]>,
     blob: Oid,
+}
+
+struct FileEntry {
+    entry: Entry,
+    size: u64,
     executable: bool,
+}
+
+impl Plan {
+    /// The path of directory `dir` relative to the release root.
+    fn dir_path(&self, dir: u32) -> PathBuf {
+        let mut names = Vec::new();
+        let mut at = dir as usize;
+        while at != 0 {
+            let d = &self.dirs[at];
+            names.push(&d.name);
+            at = d.parent as usize;
+        }
+        names.iter().rev().map(|n| OsStr::from_bytes(n)).collect()
+    }
+
+    fn path(&self, dir: u32, name: &[u8]) -> PathBuf {
+        self.dir_path(dir).join(OsStr::from_bytes(name))
+    }
+}
+
+/// A path for a message: whole when short, its two ends when a crafted tree made it huge.
+fn shown(path: &Path) -> String {
+    let text = path.display().to_string();
+    let chars: Vec<char> = text.chars().collect();
+    if chars.len() <= 120 {
+        return text;
+    }
+    let head: String = chars[..60].iter().collect();
+    let tail: String = chars[chars.len() - 40..].iter().collect();
+    format!("{head}…{tail}")
 }
 
 impl Source {
@@ -60,6 +117,8 @@ impl Source {
     ///
     /// The commit must be in the cache ([`Source::fetch`] first). A `.<name>.partial` directory next
     /// to `dest` holds the tree while it is written; one left by a crash is removed by the next call.
+    /// A tree over the source's [`Limits`](super::Limits) is [`SourceError::LimitExceeded`], found
+    /// before anything is written.
     pub fn materialise(&self, sha: &str, root: impl AsRef<Path>, dest: &Path) -> Result<(), SourceError> {
         let root = root.as_ref();
         match fs::symlink_metadata(dest) {
@@ -75,8 +134,6 @@ impl Source {
         let repo = self.repo()?;
         let commit = self.find_commit(&repo, sha)?;
         let tree = self.root_tree(&repo, commit, root)?;
-        let plan = self.plan(&repo, &tree, dest)?;
-
         let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let Some(name) = dest.file_name() else {
             return Err(SourceError::Materialise {
@@ -84,12 +141,14 @@ impl Source {
                 message: "the path has no file name".into(),
             });
         };
+        let partial = parent.join(format!(".{}.partial", name.to_string_lossy()));
+        let plan = self.plan(&repo, commit, &tree, dest, partial.as_os_str().len().max(dest.as_os_str().len()))?;
+
         fs::create_dir_all(parent).map_err(|e| SourceError::Io {
             action: "cannot create",
             path: parent.to_path_buf(),
             source: e,
         })?;
-        let partial = parent.join(format!(".{}.partial", name.to_string_lossy()));
         if fs::symlink_metadata(&partial).is_ok() {
             fs::remove_dir_all(&partial).map_err(|e| SourceError::Io {
                 action: "cannot remove",
@@ -109,7 +168,8 @@ impl Source {
         Ok(())
     }
 
-    /// The tree of `commit`, or of its subdirectory `root`.
+    /// The tree of `commit`, or of its subdirectory `root`. (`get_path` walks `root`'s components,
+    /// which come from the config, not from the repository.)
     fn root_tree<'r>(&self, repo: &'r Repository, commit: Oid, root: &Path) -> Result<Tree<'r>, SourceError> {
         let git_err = |e| self.git_error(e);
         let not_found = || SourceError::RootNotFound { root: root.display().to_string(), sha: commit.to_string() };
@@ -136,60 +196,155 @@ impl Source {
         repo.find_tree(entry.id()).map_err(git_err)
     }
 
-    /// List everything under `tree`, refusing entry names that could escape the release.
-    fn plan(&self, repo: &Repository, tree: &Tree<'_>, dest: &Path) -> Result<Plan, SourceError> {
-        fn walk(
-            source: &Source,
-            repo: &Repository,
-            tree: &Tree<'_>,
-            dir: &Path,
-            dest: &Path,
-            plan: &mut Plan,
-        ) -> Result<(), SourceError> {
+    /// List everything under `tree`, depth first over an explicit stack, refusing entry names that
+    /// could escape the release and anything over the limits. Nothing is read but trees and the
+    /// blobs' headers. `longest_dest` is the longest absolute prefix a path will be written under.
+    fn plan(
+        &self,
+        repo: &Repository,
+        commit: Oid,
+        tree: &Tree<'_>,
+        dest: &Path,
+        longest_dest: usize,
+    ) -> Result<Plan, SourceError> {
+        let limits = &self.limits;
+        let short = &commit.to_string()[..7];
+        let odb = repo.odb().map_err(|e| self.git_error(e))?;
+        let over =
+            |limit: Limit, found: String| SourceError::LimitExceeded { limit, value: limit.value_in(limits), found };
+        let bad = |path: PathBuf, message: String| SourceError::Materialise { path: dest.join(path), message };
+        let mut plan = Plan {
+            dirs: vec![Dir { parent: 0, name: Box::default(), depth: 0, path_len: 0 }],
+            files: Vec::new(),
+            links: Vec::new(),
+            batches: Vec::new(),
+        };
+        let (mut entries, mut bytes) = (0u64, 0u64);
+        // Trees still to list, each with the index of the directory it becomes.
+        let mut pending: Vec<(Oid, u32)> = vec![(tree.id(), 0)];
+        while let Some((tree_id, dir)) = pending.pop() {
+            let (tree_size, kind) = odb.read_header(tree_id).map_err(|e| self.git_error(e))?;
+            if kind != ObjectType::Tree {
+                return Err(bad(plan.dir_path(dir), format!("the commit names a {kind} where a directory is")));
+            }
+            if tree_size as u64 > limits.max_file_size {
+                return Err(over(
+                    Limit::FileSize,
+                    format!(
+                        "directory `{}` of commit {short} is listed in a tree object of {}",
+                        shown(&plan.dir_path(dir)),
+                        Bytes(tree_size as u64)
+                    ),
+                ));
+            }
+            let tree = repo.find_tree(tree_id).map_err(|e| self.git_error(e))?;
+            let (depth, dir_len) = (plan.dirs[dir as usize].depth + 1, plan.dirs[dir as usize].path_len);
             for entry in tree.iter() {
                 let name = entry.name_bytes();
-                let path = dir.join(OsStr::from_bytes(name));
-                if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
-                    return Err(SourceError::Materialise {
-                        path: dest.join(&path),
-                        message: "the commit holds a file name that is not allowed in a tree".into(),
-                    });
-                }
                 if name.eq_ignore_ascii_case(b".git") {
-                    tracing::warn!(path = %path.display(), "skipped `.git` inside the commit's tree");
+                    tracing::warn!(path = %shown(&plan.path(dir, name)), "skipped `.git` inside the commit's tree");
                     continue;
                 }
+                if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
+                    return Err(bad(
+                        plan.path(dir, name),
+                        "the commit holds a file name that is not allowed in a tree".into(),
+                    ));
+                }
+                if name.len() > NAME_MAX {
+                    return Err(bad(
+                        plan.path(dir, name),
+                        format!("the commit holds a file name longer than {NAME_MAX} bytes"),
+                    ));
+                }
+                let path_len = if dir_len == 0 { name.len() } else { dir_len + 1 + name.len() };
+                if longest_dest + 1 + path_len > PATH_MAX {
+                    return Err(bad(
+                        shown(&plan.path(dir, name)).into(),
+                        format!("the path is longer than the system allows ({PATH_MAX} bytes with the release's own)"),
+                    ));
+                }
+                entries += 1;
+                if entries > limits.max_files {
+                    return Err(over(
+                        Limit::Files,
+                        format!("commit {short} holds more than {} files and directories", limits.max_files),
+                    ));
+                }
                 let mode = entry.filemode();
+                let name: Box<[u8]> = name.into();
                 match mode & TYPE_MASK {
-                    MODE_TREE => {
-                        let sub = repo.find_tree(entry.id()).map_err(|e| source.git_error(e))?;
-                        plan.dirs.push(path.clone());
-                        walk(source, repo, &sub, &path, dest, plan)?;
+                    MODE_TREE | MODE_GITLINK => {
+                        if depth > limits.max_depth {
+                            return Err(over(
+                                Limit::Depth,
+                                format!(
+                                    "commit {short} nests directories more than {} deep, at `{}`",
+                                    limits.max_depth,
+                                    shown(&plan.path(dir, &name))
+                                ),
+                            ));
+                        }
+                        let index = u32::try_from(plan.dirs.len()).map_err(|_| {
+                            over(Limit::Files, format!("commit {short} holds more directories than fit in a plan"))
+                        })?;
+                        if mode & TYPE_MASK == MODE_GITLINK {
+                            tracing::warn!(path = %shown(&plan.path(dir, &name)), commit = %entry.id(), "submodule not included in the release: it is left as an empty directory");
+                        } else {
+                            pending.push((entry.id(), index));
+                        }
+                        plan.dirs.push(Dir { parent: dir, name, depth, path_len });
                     }
-                    MODE_BLOB => plan.files.push(FileEntry { path, blob: entry.id(), executable: mode & 0o100 != 0 }),
-                    MODE_LINK => plan.links.push((path, entry.id())),
-                    MODE_GITLINK => {
-                        tracing::warn!(path = %path.display(), commit = %entry.id(), "submodule not included in the release: it is left as an empty directory");
-                        plan.dirs.push(path);
+                    MODE_BLOB | MODE_LINK => {
+                        let (size, kind) = odb.read_header(entry.id()).map_err(|e| self.git_error(e))?;
+                        let size = size as u64;
+                        if kind != ObjectType::Blob {
+                            return Err(bad(
+                                plan.path(dir, &name),
+                                format!("the commit names a {kind} where a file is"),
+                            ));
+                        }
+                        if size > limits.max_file_size {
+                            return Err(over(
+                                Limit::FileSize,
+                                format!("`{}` in commit {short} is {}", shown(&plan.path(dir, &name)), Bytes(size)),
+                            ));
+                        }
+                        bytes += size;
+                        if bytes > limits.max_release_size {
+                            return Err(over(
+                                Limit::ReleaseSize,
+                                format!(
+                                    "the files of commit {short} add up to more than {}",
+                                    Bytes(limits.max_release_size)
+                                ),
+                            ));
+                        }
+                        let entry = Entry { dir, name, blob: entry.id() };
+                        if mode & TYPE_MASK == MODE_LINK {
+                            if size as usize > PATH_MAX {
+                                return Err(bad(
+                                    plan.path(dir, &entry.name),
+                                    format!("the commit holds a symlink whose target is longer than {PATH_MAX} bytes"),
+                                ));
+                            }
+                            plan.links.push(entry);
+                        } else {
+                            plan.files.push(FileEntry { entry, size, executable: mode & 0o100 != 0 });
+                        }
                     }
                     _ => {
-                        return Err(SourceError::Materialise {
-                            path: dest.join(&path),
-                            message: format!("unknown file mode {mode:o} in the commit's tree"),
-                        });
+                        return Err(bad(
+                            plan.path(dir, &name),
+                            format!("unknown file mode {mode:o} in the commit's tree"),
+                        ));
                     }
                 }
             }
-            Ok(())
         }
-        let mut plan = Plan::default();
-        walk(self, repo, tree, Path::new(""), dest, &mut plan)?;
         let mut start = 0;
         for i in 1..=plan.files.len() {
-            if i == plan.files.len()
-                || i - start == BATCH
-                || plan.files[i].path.parent() != plan.files[start].path.parent()
-            {
+            if i == plan.files.len() || i - start == BATCH || plan.files[i].entry.dir != plan.files[start].entry.dir {
                 plan.batches.push(start..i);
                 start = i;
             }
@@ -204,8 +359,9 @@ impl Source {
         let mut dirs = fs::DirBuilder::new();
         dirs.mode(0o755);
         dirs.create(into).map_err(|e| failed(Path::new(""), e))?;
-        for dir in &plan.dirs {
-            dirs.create(into.join(dir)).map_err(|e| failed(dir, e))?;
+        for index in 1..plan.dirs.len() {
+            let dir = plan.dir_path(index as u32);
+            dirs.create(into.join(&dir)).map_err(|e| failed(&dir, e))?;
         }
 
         let threads = if plan.files.len() < PARALLEL_FROM {
@@ -242,10 +398,11 @@ impl Source {
         }
 
         let odb = repo.odb().map_err(|e| self.git_error(e))?;
-        for (path, blob) in &plan.links {
-            let target = odb.read(*blob).map_err(|e| self.git_error(e))?;
-            std::os::unix::fs::symlink(OsStr::from_bytes(target.data()), into.join(path))
-                .map_err(|e| failed(path, e))?;
+        for link in &plan.links {
+            let path = plan.path(link.dir, &link.name);
+            let target = odb.read(link.blob).map_err(|e| self.git_error(e))?;
+            std::os::unix::fs::symlink(OsStr::from_bytes(target.data()), into.join(&path))
+                .map_err(|e| failed(&path, e))?;
         }
         Ok(())
     }
@@ -266,21 +423,51 @@ impl Source {
             if stop.load(Ordering::Relaxed) {
                 return Ok(());
             }
+            let Some(first) = plan.files.get(batch.start) else { continue };
+            let dir = plan.dir_path(first.entry.dir);
             for file in &plan.files[batch.clone()] {
-                let blob = odb.read(file.blob).map_err(|e| self.git_error(e))?;
-                let write = || -> io::Result<()> {
-                    // `create_new`: never follow or overwrite anything already there.
-                    let mut out = fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .mode(if file.executable { 0o755 } else { 0o644 })
-                        .open(into.join(&file.path))?;
-                    out.write_all(blob.data())
-                };
-                write()
-                    .map_err(|e| SourceError::Materialise { path: dest.join(&file.path), message: e.to_string() })?;
+                let path = dir.join(OsStr::from_bytes(&file.entry.name));
+                let failed = |e: io::Error| SourceError::Materialise { path: dest.join(&path), message: e.to_string() };
+                // `create_new`: never follow or overwrite anything already there.
+                let mut out = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(if file.executable { 0o755 } else { 0o644 })
+                    .open(into.join(&path))
+                    .map_err(failed)?;
+                self.write_blob(odb, file, &mut out, &path, dest)?;
             }
         }
+    }
+
+    /// Copy one blob into `out`: small ones read whole; large ones streamed from a loose object,
+    /// or else read whole while holding [`LARGE_OBJECT`].
+    fn write_blob(
+        &self,
+        odb: &Odb<'_>,
+        file: &FileEntry,
+        out: &mut fs::File,
+        path: &Path,
+        dest: &Path,
+    ) -> Result<(), SourceError> {
+        let failed = |e: io::Error| SourceError::Materialise { path: dest.join(path), message: e.to_string() };
+        if file.size >= LARGE {
+            if let Ok((reader, _, _)) = odb.reader(file.entry.blob) {
+                let written = io::copy(&mut reader.take(file.size), out).map_err(failed)?;
+                if written != file.size {
+                    return Err(SourceError::Materialise {
+                        path: dest.join(path),
+                        message: format!("the object database gave {written} of its {} bytes", file.size),
+                    });
+                }
+                return Ok(());
+            }
+            let _one_large_object = LARGE_OBJECT.lock().unwrap_or_else(|p| p.into_inner());
+            let blob = odb.read(file.entry.blob).map_err(|e| self.git_error(e))?;
+            return out.write_all(blob.data()).map_err(failed);
+        }
+        let blob = odb.read(file.entry.blob).map_err(|e| self.git_error(e))?;
+        out.write_all(blob.data()).map_err(failed)
     }
 }
 

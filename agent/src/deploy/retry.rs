@@ -1,0 +1,55 @@
+//! What the automatic triggers (the startup deploy, `poll`, `cron`) remember across an agent
+//! restart, so that a commit that failed, or that took the agent down, is not deployed again by
+//! itself in a loop. A person (API, CLI) or a new push still deploys anything.
+//!
+//! A poller remembers the last head it saw and queues only a new one; a restarted agent used to
+//! forget it, and retried the failed head once per start. If that deploy itself killed the agent,
+//! every start died again on it (the deep tree of issue 9 did), and with it every app's workers.
+
+use super::Deployer;
+use crate::source::is_sha_like;
+use deployer_wire::Deploy;
+
+impl Deployer {
+    /// The commit the app's newest deploy from its branch was about, for a poller to start from
+    /// as if it had seen it itself: it queues only a head different from this one. An
+    /// `interrupted` deploy (the agent stopped during it) is retried once, unless the one before it
+    /// was interrupted on the same commit too. Rollbacks are skipped: the commit rolled back from
+    /// stays the one last tried.
+    pub(super) fn last_tried(&self, app: &str) -> Option<String> {
+        let recent = self.branch_deploys(app);
+        let newest = recent.first()?;
+        if newest.state == "interrupted" && !crashed_twice(&recent) {
+            return None;
+        }
+        commit_of(newest)
+    }
+
+    /// The ref of the app's two newest deploys when both were `interrupted` on it: the agent
+    /// stopped twice in a row while deploying it, most likely because of it. The startup deploy
+    /// then does not run it a third time.
+    pub(super) fn crash_looped(&self, app: &str) -> Option<String> {
+        let recent = self.branch_deploys(app);
+        crashed_twice(&recent).then(|| recent[0].git_ref.clone())
+    }
+
+    /// The app's newest finished deploys of a branch or a commit (not rollbacks), newest first.
+    fn branch_deploys(&self, app: &str) -> Vec<Deploy> {
+        let recent = self.store.history(app, 20).unwrap_or_default();
+        recent.into_iter().filter(|d| d.is_final() && !d.git_ref.starts_with("rollback:")).collect()
+    }
+}
+
+/// Whether the two newest of `recent` were both interrupted on the same ref (and commit, if known).
+fn crashed_twice(recent: &[Deploy]) -> bool {
+    let [newest, before, ..] = recent else { return false };
+    newest.state == "interrupted"
+        && before.state == "interrupted"
+        && newest.git_ref == before.git_ref
+        && (newest.sha.is_none() || before.sha.is_none() || newest.sha == before.sha)
+}
+
+/// The commit a deploy was about: its resolved sha, or the sha it was asked for.
+fn commit_of(d: &Deploy) -> Option<String> {
+    d.sha.clone().or_else(|| is_sha_like(&d.git_ref).then(|| d.git_ref.clone()))
+}
