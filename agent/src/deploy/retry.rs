@@ -53,3 +53,46 @@ fn crashed_twice(recent: &[Deploy]) -> bool {
 fn commit_of(d: &Deploy) -> Option<String> {
     d.sha.clone().or_else(|| is_sha_like(&d.git_ref).then(|| d.git_ref.clone()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deploy(git_ref: &str, sha: Option<&str>, state: &str) -> Deploy {
+        Deploy {
+            id: 1,
+            app: "web".into(),
+            git_ref: git_ref.into(),
+            sha: sha.map(String::from),
+            trigger: "poll".into(),
+            state: state.into(),
+            who: None,
+            release: None,
+            queued_at_ms: 0,
+            finished_at_ms: Some(1),
+            message: None,
+            events: Vec::new(),
+            output_tail: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn two_interrupts_in_a_row_on_one_commit_are_a_crash_loop() {
+        let sha = "a".repeat(40);
+        let other = "b".repeat(40);
+        let int = |r, s| deploy(r, s, "interrupted");
+        assert!(crashed_twice(&[int("main", Some(&sha)), int("main", Some(&sha))]));
+        assert!(crashed_twice(&[int("main", None), int("main", Some(&sha))]), "killed before the sha was known");
+        assert!(!crashed_twice(&[int("main", Some(&sha)), int("main", Some(&other))]), "the branch moved");
+        assert!(!crashed_twice(&[int("main", Some(&sha)), deploy("main", Some(&sha), "failed")]));
+        assert!(!crashed_twice(&[int("main", Some(&sha))]), "one stop is an ordinary restart");
+    }
+
+    #[test]
+    fn the_commit_of_a_deploy_is_its_sha_or_the_sha_it_asked_for() {
+        let sha = "c".repeat(40);
+        assert_eq!(commit_of(&deploy("main", Some(&sha), "failed")), Some(sha.clone()));
+        assert_eq!(commit_of(&deploy(&sha, None, "failed")), Some(sha.clone()), "a poll deploy names its sha");
+        assert_eq!(commit_of(&deploy("main", None, "failed")), None);
+    }
+}

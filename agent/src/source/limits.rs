@@ -66,20 +66,30 @@ impl Limit {
         }
     }
 
-    /// The limit's value in `limits`, as a user writes it (`100M`, `256`).
+    /// The limit's value in `limits`, as the config writes it (`100M`, `256`).
     pub fn value_in(self, limits: &Limits) -> String {
         match self {
             Limit::Files => limits.max_files.to_string(),
             Limit::Depth => limits.max_depth.to_string(),
-            Limit::FileSize => Bytes(limits.max_file_size).to_string(),
-            Limit::ReleaseSize => Bytes(limits.max_release_size).to_string(),
-            Limit::FetchSize => Bytes(limits.max_fetch_size).to_string(),
+            Limit::FileSize => config_size(limits.max_file_size),
+            Limit::ReleaseSize => config_size(limits.max_release_size),
+            Limit::FetchSize => config_size(limits.max_fetch_size),
             Limit::FetchObjects => limits.max_fetch_objects.to_string(),
         }
     }
 }
 
-/// A size as the config writes it: `100M`, `2G`, `1536K`, or bytes when it is not a round unit.
+/// A size as `config::units::Size` reads it: `100M` when it is a round unit, else bytes.
+fn config_size(n: u64) -> String {
+    for (shift, unit) in [(30, "G"), (20, "M"), (10, "K")] {
+        if n >= 1 << shift && n.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", n >> shift);
+        }
+    }
+    n.to_string()
+}
+
+/// A size for a person: `100M`, `2G`, `1536K`, `1.5M` or `3000 bytes`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bytes(pub u64);
 
@@ -87,7 +97,7 @@ impl fmt::Display for Bytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0;
         for (shift, unit) in [(30, "G"), (20, "M"), (10, "K")] {
-            if n >= 1 << shift && n % (1 << shift) == 0 {
+            if n >= 1 << shift && n.is_multiple_of(1 << shift) {
                 return write!(f, "{}{unit}", n >> shift);
             }
         }
@@ -122,5 +132,7 @@ mod tests {
         assert_eq!(Bytes(1000).to_string(), "1000 bytes");
         assert_eq!(Limit::FileSize.value_in(&Limits::default()), "100M");
         assert_eq!(Limit::Depth.value_in(&Limits::default()), "256");
+        let odd = Limits { max_release_size: 3000, ..Limits::default() };
+        assert_eq!(Limit::ReleaseSize.value_in(&odd), "3000");
     }
 }

@@ -169,7 +169,8 @@ impl Copy<'_> {
                 let id = entry.id();
                 match entry.kind() {
                     Some(ObjectType::Tree) => {
-                        if !self.to.exists(id) && self.count(id)? {
+                        let new = !self.to.exists(id) && self.count(id)?;
+                        if new {
                             pending.push(id);
                         }
                     }
@@ -268,4 +269,134 @@ fn check_bytes(source: &Source, bytes: u64) -> Result<(), SourceError> {
 /// The 7-digit abbreviation git shows.
 fn short(oid: Oid) -> String {
     oid.to_string()[..7].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixture::{GitDaemon, RawRepo, Upstream};
+    use super::super::{Limits, Source, SourceError};
+    use super::*;
+
+    /// Deterministic bytes that do not compress.
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed * 2 + 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    fn cache() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap()
+    }
+
+    /// The cache holds no object and no ref after a refused fetch.
+    fn nothing_stored(source: &Source) {
+        assert!(matches!(source.resolve("main"), Err(SourceError::NotFetched { .. })));
+        let packs = std::fs::read_dir(source.cache_dir().join("objects/pack")).unwrap().count();
+        assert_eq!(packs, 0, "no pack was kept");
+    }
+
+    #[test]
+    fn a_file_over_max_file_size_stops_the_fetch_before_it_is_read() {
+        let raw = RawRepo::new();
+        let big = raw.blob(&noise(2 << 20, 1));
+        raw.commit(raw.tree(&[("100644", b"a.txt", raw.blob(b"a\n")), ("100644", b"big.bin", big)]));
+        let dir = cache();
+        let limits = Limits { max_file_size: 1 << 20, ..Limits::default() };
+        let source = Source::open(&raw.url(), "main", None, &dir.path().join("r.git")).unwrap().with_limits(limits);
+        let err = source.fetch().unwrap_err();
+        assert!(matches!(err, SourceError::LimitExceeded { limit: Limit::FileSize, .. }), "{err}");
+        let message = err.to_string();
+        assert!(message.contains(&format!("file `big.bin` (blob {})", &big.to_string()[..7])), "{message}");
+        assert!(message.contains("is 2M, over the app's limit `limits.max_file_size: 1M`"), "{message}");
+        nothing_stored(&source);
+    }
+
+    #[test]
+    fn max_fetch_objects_and_max_fetch_size_stop_the_copy() {
+        let up = Upstream::new();
+        for i in 0..40 {
+            std::fs::write(up.path().join(format!("f{i}.bin")), noise(200, i)).unwrap();
+        }
+        up.commit("forty files");
+        let dir = cache();
+        let open =
+            |limits| Source::open(&up.path_url(), "main", None, &dir.path().join("r.git")).unwrap().with_limits(limits);
+
+        let source = open(Limits { max_fetch_objects: 20, ..Limits::default() });
+        let err = source.fetch().unwrap_err();
+        assert!(matches!(err, SourceError::LimitExceeded { limit: Limit::FetchObjects, .. }), "{err}");
+        assert!(err.to_string().contains("would bring more than 20 objects"), "{err}");
+        nothing_stored(&source);
+
+        let source = open(Limits { max_fetch_size: 4 << 10, ..Limits::default() });
+        let err = source.fetch().unwrap_err();
+        assert!(matches!(err, SourceError::LimitExceeded { limit: Limit::FetchSize, .. }), "{err}");
+        assert!(err.to_string().contains("would bring more than 4K, over the app's limit `limits.max_fetch_size: 4K`"));
+        nothing_stored(&source);
+
+        let fetched = open(Limits::default()).fetch().unwrap();
+        // Two commits, two root trees, README and forty files.
+        assert_eq!(fetched.received_objects, 45, "{fetched:?}");
+        assert!(fetched.received_bytes > 8000, "{fetched:?}");
+    }
+
+    /// The smart protocol (here `git://`, as over https or ssh): the pack's object count is known
+    /// from its header and its bytes as they arrive, so the download stops at a limit and the
+    /// partial pack is dropped.
+    #[test]
+    fn a_remote_fetch_stops_at_max_fetch_size_and_max_fetch_objects() {
+        let raw = RawRepo::new();
+        raw.commit(raw.tree(&[("100644", b"noise.bin", raw.blob(&noise(3 << 20, 7)))]));
+        let daemon = GitDaemon::serve(raw.dir(), &[]);
+        let dir = cache();
+        let open = |limits| {
+            Source::open(&daemon.url("repo.git"), "main", None, &dir.path().join("r.git")).unwrap().with_limits(limits)
+        };
+
+        let source = open(Limits { max_fetch_size: 1 << 20, ..Limits::default() });
+        let err = source.fetch().unwrap_err();
+        assert!(matches!(err, SourceError::LimitExceeded { limit: Limit::FetchSize, .. }), "{err}");
+        assert!(err.to_string().contains("would bring more than 1M"), "{err}");
+        nothing_stored(&source);
+
+        let source = open(Limits { max_fetch_objects: 2, ..Limits::default() });
+        let err = source.fetch().unwrap_err();
+        assert!(matches!(err, SourceError::LimitExceeded { limit: Limit::FetchObjects, .. }), "{err}");
+        nothing_stored(&source);
+
+        let fetched = open(Limits::default()).fetch().unwrap();
+        assert_eq!(fetched.received_objects, 3);
+    }
+
+    /// A server that sends a 3,000-level tree (git refuses to, unless `core.maxTreeDepth` is
+    /// raised, which a hostile server would do; deeper takes git's own `pack-objects` minutes):
+    /// libgit2's indexer takes it without recursion, and the release fails on `max_depth`, all
+    /// on a 256 KiB stack.
+    #[test]
+    fn a_deep_tree_from_a_remote_is_indexed_then_refused_by_max_depth() {
+        let raw = RawRepo::new();
+        let leaf = raw.tree(&[("100644", b"leaf.txt", raw.blob(b"leaf\n"))]);
+        let sha = raw.commit(raw.tree(&[("40000", b"deep", raw.chain(3_000, leaf))]));
+        let daemon = GitDaemon::serve(raw.dir(), &["core.maxTreeDepth=100000"]);
+        let (url, dir) = (daemon.url("repo.git"), cache());
+        let cache_dir = dir.path().join("r.git");
+        let err = std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(move || {
+                let source = Source::open(&url, "main", None, &cache_dir).unwrap();
+                let fetched = source.fetch().unwrap();
+                assert_eq!(fetched.sha, sha);
+                source.materialise(&sha, ".", &cache_dir.with_file_name("release")).unwrap_err()
+            })
+            .unwrap()
+            .join()
+            .expect("no stack overflow, no panic");
+        assert!(matches!(err, SourceError::LimitExceeded { limit: Limit::Depth, .. }), "{err}");
+    }
 }
