@@ -306,10 +306,12 @@ impl Source {
 /// Bound what libgit2 keeps in memory for the whole process; call once at start, before any
 /// other thread uses libgit2 (its options are plain globals).
 ///
-/// libgit2's defaults suit a desktop git client, not a small daemon: a 256 MiB object cache (every
-/// tree a walk lists stays cached up to that), and pack windows of 1 GiB mapped up to 8 GiB,
-/// whose touched pages all count in the agent's RSS. The agent reads each tree once per deploy, so
-/// a small cache costs nothing; smaller windows cost a few more `mmap` calls on large packs.
+/// libgit2's defaults suit a desktop git client, not a small daemon: a 256 MiB object cache, and
+/// pack windows of 1 GiB mapped up to 8 GiB, whose touched pages all count in the agent's RSS.
+/// Trees are not cached at all: the cache weighs a tree by its raw size (~30 bytes for one entry)
+/// while a parsed tree costs about a kilobyte, so listing a 30,000-level tree kept ~22 MB cached
+/// under a "16 MiB" cap; the agent reads each tree once per deploy, so the cache saved nothing.
+/// Smaller windows cost a few more `mmap` calls on large packs.
 pub fn configure_libgit2() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -317,6 +319,7 @@ pub fn configure_libgit2() {
         // agent calls it before it starts any thread that uses libgit2.
         let set = unsafe {
             git2::opts::set_cache_max_size(16 << 20)
+                .and_then(|()| git2::opts::set_cache_object_limit(git2::ObjectType::Tree, 0))
                 .and_then(|()| git2::opts::set_mwindow_size(32 << 20))
                 .and_then(|()| git2::opts::set_mwindow_mapped_limit(128 << 20))
         };
