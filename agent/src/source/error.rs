@@ -83,6 +83,13 @@ pub enum SourceError {
         found: String,
     },
 
+    /// The commit nests directories deeper than git itself allows (`core.maxTreeDepth`): no
+    /// `limits` setting lets it through, and a git server would not even send it.
+    #[error(
+        "commit {sha} nests directories more than {depth} deep, at `{at}`: git itself refuses such trees (`core.maxTreeDepth`)\n  hint: nothing of it was fetched, nor will any commit after it be (a git server refuses to send it too); rewrite the branch without that commit"
+    )]
+    TooDeep { sha: String, depth: usize, at: String },
+
     /// Writing the release tree failed.
     #[error("cannot write the release `{}`: {message}", path.display())]
     Materialise { path: PathBuf, message: String },

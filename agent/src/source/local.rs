@@ -8,10 +8,11 @@
 //! ten of them per thread for delta search, with nothing that stops it at a size.
 //!
 //! Here the walk is a loop over an explicit stack; each object's header is read before the
-//! object, so a file over `max_file_size` is refused before it is read (for a repository on this
-//! host that holds for every commit the fetch brings, not only the one deployed); objects are
-//! counted against `max_fetch_objects` as they are found and the pack's bytes against
-//! `max_fetch_size` as it is written. Objects under [`PACK_BELOW`] go into one pack built by
+//! object, so a file over `max_file_size` is refused before it is read, and a chain of
+//! directories deeper than git's own 4096 levels once it gets there (for a repository on this host
+//! both hold for every commit the fetch brings, not only the one deployed, as a git server's
+//! refusal of deep trees does); objects are counted against `max_fetch_objects` as they are found
+//! and the pack's bytes against `max_fetch_size` as it is written. Objects under [`PACK_BELOW`] go into one pack built by
 //! libgit2's pack builder (one thread, each object inserted on its own: no walk of its own), so
 //! its delta window holds small objects only; larger blobs are copied one at a time as loose
 //! objects, streamed when the source has them loose. A fetch that stops half-way leaves only
@@ -19,11 +20,18 @@
 
 use super::fetch::Fetched;
 use super::limits::{Bytes, LARGE_OBJECT, Limit};
+use super::tree::{MODE_GITLINK, MODE_TREE};
 use super::{Source, SourceError};
 use git2::{ErrorCode, ObjectType, Odb, Oid, PackBuilder, Repository};
 use std::collections::HashSet;
 use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+
+/// Git's own ceiling on tree depth (`core.maxTreeDepth`, 4096 since git 2.46): a git server
+/// refuses to send deeper trees, and so does the copy. The app's `max_depth` (at most 1024)
+/// applies to the release, from its `root:`, when it is materialised.
+const FETCH_DEPTH: usize = 4096;
 
 /// Objects smaller than this go into the pack (and its delta search, which holds ten of them in
 /// memory at once); larger ones are copied alone as loose objects.
@@ -88,12 +96,13 @@ impl Source {
                     let _ = walk.hide(oid);
                 }
             }
+            let listings = from.odb().map_err(|e| self.fetch_error(e))?;
             for commit in walk {
                 let commit = commit.map_err(|e| self.fetch_error(e))?;
                 if copy.to.exists(commit) {
                     continue;
                 }
-                copy.commit(&from, commit)?;
+                copy.commit(&from, &listings, commit)?;
             }
             fetched.received_objects = copy.seen.len();
             fetched.received_bytes = usize::try_from(copy.finish()?).unwrap_or(usize::MAX);
@@ -150,8 +159,10 @@ impl Copy<'_> {
         Ok(size)
     }
 
-    /// Add commit `oid`, its tree and everything under it the cache lacks.
-    fn commit(&mut self, from: &Repository, oid: Oid) -> Result<(), SourceError> {
+    /// Add commit `oid`, its tree and everything under it the cache lacks. Trees are read through
+    /// `listings`, a handle of their own on the source's objects, so that a listing being walked
+    /// does not hold `self`.
+    fn commit(&mut self, from: &Repository, listings: &Odb<'_>, oid: Oid) -> Result<(), SourceError> {
         self.commit = oid;
         self.count(oid)?;
         self.size(oid, ObjectType::Commit, || "the commit object".into())?;
@@ -160,34 +171,53 @@ impl Copy<'_> {
         if self.to.exists(tree) || !self.count(tree)? {
             return Ok(());
         }
-        // Depth first over an explicit stack: no recursion however deep the tree.
-        let mut pending = vec![tree];
-        while let Some(tree) = pending.pop() {
+        // Depth first over an explicit stack: no recursion however deep the tree. `path` holds
+        // the names down to the tree being listed (in a depth-first walk, the entries before it
+        // at lower depths are its ancestors). A tree shared by several directories or commits is
+        // walked once, at the first path found.
+        let mut pending: Vec<(Oid, usize, Box<[u8]>)> = vec![(tree, 0, Box::default())];
+        let mut path: Vec<Box<[u8]>> = Vec::new();
+        while let Some((tree, depth, name)) = pending.pop() {
+            path.truncate(depth.saturating_sub(1));
+            if depth > 0 {
+                path.push(name);
+            }
             self.size(tree, ObjectType::Tree, || format!("a directory listing (tree {})", short(tree)))?;
-            let listing = from.find_tree(tree).map_err(|e| self.err(e))?;
-            for entry in listing.iter() {
-                let id = entry.id();
-                match entry.kind() {
-                    Some(ObjectType::Tree) => {
-                        let new = !self.to.exists(id) && self.count(id)?;
-                        if new {
-                            pending.push(id);
-                        }
-                    }
-                    Some(ObjectType::Blob) => {
+            let listing = listings.read(tree).map_err(|e| self.err(e))?;
+            for entry in super::tree::entries(listing.data()) {
+                let entry = entry.map_err(|e| {
+                    self.err(git2::Error::from_str(&format!("tree {tree} of the repository is damaged: {e}")))
+                })?;
+                let id = entry.id;
+                match entry.mode {
+                    MODE_TREE => {
                         if self.to.exists(id) || !self.count(id)? {
                             continue;
                         }
-                        let name = String::from_utf8_lossy(entry.name_bytes()).into_owned();
-                        let size = self.size(id, ObjectType::Blob, || format!("file `{name}` (blob {})", short(id)))?;
+                        if depth + 1 > FETCH_DEPTH {
+                            return Err(SourceError::TooDeep {
+                                sha: short(self.commit),
+                                depth: FETCH_DEPTH,
+                                at: shown_path(&path, entry.name),
+                            });
+                        }
+                        pending.push((id, depth + 1, entry.name.into()));
+                    }
+                    // A submodule's commit lives in another repository.
+                    MODE_GITLINK => {}
+                    _ => {
+                        if self.to.exists(id) || !self.count(id)? {
+                            continue;
+                        }
+                        let size = self.size(id, ObjectType::Blob, || {
+                            format!("file `{}` (blob {})", shown_path(&path, entry.name), short(id))
+                        })?;
                         if size < PACK_BELOW {
                             self.pack.insert_object(id, None).map_err(|e| self.err(e))?;
                         } else {
                             self.copy_loose(id, size)?;
                         }
                     }
-                    // A submodule's commit lives in another repository.
-                    _ => {}
                 }
             }
             self.pack.insert_object(tree, None).map_err(|e| self.err(e))?;
@@ -264,6 +294,12 @@ fn check_bytes(source: &Source, bytes: u64) -> Result<(), SourceError> {
         });
     }
     Ok(())
+}
+
+/// `names` joined by `/`, then `last`, shortened for a message like materialise's paths.
+fn shown_path(names: &[Box<[u8]>], last: &[u8]) -> String {
+    let path: std::path::PathBuf = names.iter().map(|n| &**n).chain([last]).map(std::ffi::OsStr::from_bytes).collect();
+    super::materialise::shown(&path)
 }
 
 /// The 7-digit abbreviation git shows.

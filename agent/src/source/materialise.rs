@@ -16,6 +16,7 @@
 //! the whole agent at a time (see [`LARGE_OBJECT`]).
 
 use super::limits::{Bytes, LARGE, LARGE_OBJECT, Limit};
+use super::tree::{self, MAX_ENTRY, MODE_EXEC, MODE_GITLINK, MODE_LINK, MODE_TREE};
 use super::{Source, SourceError};
 use git2::{ObjectType, Odb, Oid, Repository, Tree};
 use std::ffi::OsStr;
@@ -38,13 +39,6 @@ const MAX_THREADS: usize = 4;
 /// Linux refuses longer file names (`NAME_MAX`) and paths (`PATH_MAX`, with its NUL).
 const NAME_MAX: usize = 255;
 const PATH_MAX: usize = 4095;
-
-/// Git's file modes, by type (`mode & TYPE_MASK`).
-const TYPE_MASK: i32 = 0o170000;
-const MODE_TREE: i32 = 0o040000;
-const MODE_BLOB: i32 = 0o100000;
-const MODE_LINK: i32 = 0o120000;
-const MODE_GITLINK: i32 = 0o160000;
 
 /// What to create, relative to the release root, in order: directories (parents first), files,
 /// links. Entries name their directory by index instead of holding a whole path, so the plan's
@@ -98,7 +92,7 @@ impl Plan {
 }
 
 /// A path for a message: whole when short, its two ends when a crafted tree made it huge.
-fn shown(path: &Path) -> String {
+pub(super) fn shown(path: &Path) -> String {
     let text = path.display().to_string();
     let chars: Vec<char> = text.chars().collect();
     if chars.len() <= 120 {
@@ -133,7 +127,7 @@ impl Source {
         }
         let repo = self.repo()?;
         let commit = self.find_commit(&repo, sha)?;
-        let tree = self.root_tree(&repo, commit, root)?;
+        let top = self.root_tree(&repo, commit, root)?;
         let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let Some(name) = dest.file_name() else {
             return Err(SourceError::Materialise {
@@ -142,7 +136,7 @@ impl Source {
             });
         };
         let partial = parent.join(format!(".{}.partial", name.to_string_lossy()));
-        let plan = self.plan(&repo, commit, &tree, dest, partial.as_os_str().len().max(dest.as_os_str().len()))?;
+        let plan = self.plan(&repo, commit, top.id(), dest, partial.as_os_str().len().max(dest.as_os_str().len()))?;
 
         fs::create_dir_all(parent).map_err(|e| SourceError::Io {
             action: "cannot create",
@@ -196,14 +190,14 @@ impl Source {
         repo.find_tree(entry.id()).map_err(git_err)
     }
 
-    /// List everything under `tree`, depth first over an explicit stack, refusing entry names that
+    /// List everything under tree `top`, depth first over an explicit stack, refusing entry names that
     /// could escape the release and anything over the limits. Nothing is read but trees and the
     /// blobs' headers. `longest_dest` is the longest absolute prefix a path will be written under.
     fn plan(
         &self,
         repo: &Repository,
         commit: Oid,
-        tree: &Tree<'_>,
+        top: Oid,
         dest: &Path,
         longest_dest: usize,
     ) -> Result<Plan, SourceError> {
@@ -221,31 +215,50 @@ impl Source {
         };
         let (mut entries, mut bytes) = (0u64, 0u64);
         // Trees still to list, each with the index of the directory it becomes.
-        let mut pending: Vec<(Oid, u32)> = vec![(tree.id(), 0)];
+        let mut pending: Vec<(Oid, u32)> = vec![(top, 0)];
         while let Some((tree_id, dir)) = pending.pop() {
             let (tree_size, kind) = odb.read_header(tree_id).map_err(|e| self.git_error(e))?;
             if kind != ObjectType::Tree {
                 return Err(bad(plan.dir_path(dir), format!("the commit names a {kind} where a directory is")));
             }
-            if tree_size as u64 > limits.max_file_size {
+            // A listing this long holds more entries than the release may still take: refused
+            // before it is read, so one crafted directory cannot make the agent read megabytes.
+            let room = limits.max_files - entries;
+            if tree_size as u64 > room.saturating_mul(MAX_ENTRY) {
                 return Err(over(
-                    Limit::FileSize,
+                    Limit::Files,
                     format!(
-                        "directory `{}` of commit {short} is listed in a tree object of {}",
+                        "commit {short} holds more than {} files and directories (the listing of directory `{}` alone is {})",
+                        limits.max_files,
                         shown(&plan.dir_path(dir)),
                         Bytes(tree_size as u64)
                     ),
                 ));
             }
-            let tree = repo.find_tree(tree_id).map_err(|e| self.git_error(e))?;
+            let listing = odb.read(tree_id).map_err(|e| self.git_error(e))?;
             let (depth, dir_len) = (plan.dirs[dir as usize].depth + 1, plan.dirs[dir as usize].path_len);
-            for entry in tree.iter() {
-                let name = entry.name_bytes();
+            for entry in tree::entries(listing.data()) {
+                let entry = entry.map_err(|e| {
+                    self.git_error(git2::Error::from_str(&format!(
+                        "the tree of directory `{}` ({tree_id}) is damaged: {e}",
+                        shown(&plan.dir_path(dir))
+                    )))
+                })?;
+                let name = entry.name;
+                // Every listed entry counts, even one skipped below: so a listing longer than
+                // `max_files` entries can only be, and is refused unread above.
+                entries += 1;
+                if entries > limits.max_files {
+                    return Err(over(
+                        Limit::Files,
+                        format!("commit {short} holds more than {} files and directories", limits.max_files),
+                    ));
+                }
                 if name.eq_ignore_ascii_case(b".git") {
                     tracing::warn!(path = %shown(&plan.path(dir, name)), "skipped `.git` inside the commit's tree");
                     continue;
                 }
-                if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
+                if name == b"." || name == b".." || name.contains(&b'/') {
                     return Err(bad(
                         plan.path(dir, name),
                         "the commit holds a file name that is not allowed in a tree".into(),
@@ -264,16 +277,8 @@ impl Source {
                         format!("the path is longer than the system allows ({PATH_MAX} bytes with the release's own)"),
                     ));
                 }
-                entries += 1;
-                if entries > limits.max_files {
-                    return Err(over(
-                        Limit::Files,
-                        format!("commit {short} holds more than {} files and directories", limits.max_files),
-                    ));
-                }
-                let mode = entry.filemode();
                 let name: Box<[u8]> = name.into();
-                match mode & TYPE_MASK {
+                match entry.mode {
                     MODE_TREE | MODE_GITLINK => {
                         if depth > limits.max_depth {
                             return Err(over(
@@ -288,15 +293,15 @@ impl Source {
                         let index = u32::try_from(plan.dirs.len()).map_err(|_| {
                             over(Limit::Files, format!("commit {short} holds more directories than fit in a plan"))
                         })?;
-                        if mode & TYPE_MASK == MODE_GITLINK {
-                            tracing::warn!(path = %shown(&plan.path(dir, &name)), commit = %entry.id(), "submodule not included in the release: it is left as an empty directory");
+                        if entry.mode == MODE_GITLINK {
+                            tracing::warn!(path = %shown(&plan.path(dir, &name)), commit = %entry.id, "submodule not included in the release: it is left as an empty directory");
                         } else {
-                            pending.push((entry.id(), index));
+                            pending.push((entry.id, index));
                         }
                         plan.dirs.push(Dir { parent: dir, name, depth, path_len });
                     }
-                    MODE_BLOB | MODE_LINK => {
-                        let (size, kind) = odb.read_header(entry.id()).map_err(|e| self.git_error(e))?;
+                    mode => {
+                        let (size, kind) = odb.read_header(entry.id).map_err(|e| self.git_error(e))?;
                         let size = size as u64;
                         if kind != ObjectType::Blob {
                             return Err(bad(
@@ -320,8 +325,8 @@ impl Source {
                                 ),
                             ));
                         }
-                        let entry = Entry { dir, name, blob: entry.id() };
-                        if mode & TYPE_MASK == MODE_LINK {
+                        let entry = Entry { dir, name, blob: entry.id };
+                        if mode == MODE_LINK {
                             if size as usize > PATH_MAX {
                                 return Err(bad(
                                     plan.path(dir, &entry.name),
@@ -330,14 +335,8 @@ impl Source {
                             }
                             plan.links.push(entry);
                         } else {
-                            plan.files.push(FileEntry { entry, size, executable: mode & 0o100 != 0 });
+                            plan.files.push(FileEntry { entry, size, executable: mode == MODE_EXEC });
                         }
-                    }
-                    _ => {
-                        return Err(bad(
-                            plan.path(dir, &name),
-                            format!("unknown file mode {mode:o} in the commit's tree"),
-                        ));
                     }
                 }
             }

@@ -151,6 +151,10 @@ fn still_serving(agent: &Agent, live: &str) {
     assert!(answer.starts_with("hello from worker"), "{answer}");
 }
 
+/// Issue 9's crash: a 30,000-level tree (~1 MB of objects) aborted the agent, and every worker
+/// with it. It is now refused while it is fetched, at git's own 4096 levels; a 1,000-level tree,
+/// which git allows, is fetched and refused on the app's `max_depth` (256 by default) before
+/// anything is written.
 #[test]
 fn a_30000_level_tree_fails_its_deploy_within_seconds_and_the_agent_stays_up() {
     if !is_root() {
@@ -160,23 +164,29 @@ fn a_30000_level_tree_fails_its_deploy_within_seconds_and_the_agent_stays_up() {
     let repo = TestRepo::with_example_app();
     let mut agent = victim_and_bystander(&repo, |a| a);
     let live = agent.current_release("web").expect("a live release");
+    let before = repo.head();
     let bystander = Bystander::start(&agent);
 
-    let deep = deep_tree(&repo, 30_000);
-    let sha = commit_entry(&repo, "040000", "tree", &deep, "deep");
-    let (deploy, took) = deploy_watched(&agent, "30,000-level tree");
-
-    assert_eq!(deploy.state, "failed", "{deploy:#?}");
-    assert_eq!(deploy.sha.as_deref(), Some(sha.as_str()));
-    let message = deploy.message.clone().unwrap_or_default();
-    assert!(message.contains(&format!("commit {} nests directories more than 256 deep, at `deep/d/d/", &sha[..7])));
-    assert!(message.contains("over the app's limit `limits.max_depth: 256`"), "{message}");
-    assert!(message.contains("hint: nothing of it was deployed"), "{message}");
-    assert!(took < FAILS_WITHIN, "took {took:?}");
-    assert!(agent.exited().is_none(), "the agent is still running");
-    still_serving(&agent, &live);
-    let releases = std::fs::read_dir(agent.app_dir("web").join("releases")).expect("releases/").count();
-    assert_eq!(releases, 1, "no release directory (nor a partial one) was left");
+    let cases = [
+        (30_000, "more than 4096 deep, at `deep/d/d/", "git itself refuses such trees"),
+        (1_000, "more than 256 deep, at `deep/d/d/", "over the app's limit `limits.max_depth: 256`"),
+    ];
+    for (levels, deep, why) in cases {
+        repo.git(&["update-ref", "refs/heads/main", &before]);
+        let tree = deep_tree(&repo, levels);
+        let sha = commit_entry(&repo, "040000", "tree", &tree, "deep");
+        let (deploy, took) = deploy_watched(&agent, &format!("{levels}-level tree"));
+        assert_eq!(deploy.state, "failed", "{deploy:#?}");
+        let message = deploy.message.clone().unwrap_or_default();
+        let found = format!("commit {} nests directories {deep}", &sha[..7]);
+        assert!(message.contains(&found) && message.contains(why), "{message}");
+        assert!(message.contains("hint: nothing of it was"), "{message}");
+        assert!(took < FAILS_WITHIN, "took {took:?}");
+        assert!(agent.exited().is_none(), "the agent is still running");
+        still_serving(&agent, &live);
+        let releases = std::fs::read_dir(agent.app_dir("web").join("releases")).expect("releases/").count();
+        assert_eq!(releases, 1, "no release directory (nor a partial one) was left");
+    }
     let report = bystander.finish();
     eprintln!("bystander: {report}");
 }
@@ -217,7 +227,8 @@ fn a_1_gb_file_fails_its_deploy_within_seconds_without_being_read() {
 }
 
 /// The pull loop saw the deep commit fail; after a restart it does not queue it again (it
-/// starts from the commit the previous agent last tried), and the next commit deploys as usual.
+/// starts from the commit the previous agent last tried), and once the branch is rewritten
+/// without it (no commit after it can be fetched, as from a git server) the fix deploys.
 #[test]
 fn a_restarted_agent_does_not_try_the_failed_commit_again() {
     if !is_root() {
@@ -226,6 +237,7 @@ fn a_restarted_agent_does_not_try_the_failed_commit_again() {
     }
     let repo = TestRepo::with_example_app();
     let mut agent = victim_and_bystander(&repo, |a| a.set("poll", "300ms"));
+    let before = repo.head();
     let deep = deep_tree(&repo, 30_000);
     let bad = commit_entry(&repo, "040000", "tree", &deep, "deep");
     let of = |d: &Deploy, sha: &str| d.git_ref == sha || d.sha.as_deref() == Some(sha);
@@ -240,6 +252,7 @@ fn a_restarted_agent_does_not_try_the_failed_commit_again() {
     assert!(status.success(), "{status}");
     agent.start_again();
     let bystander = Bystander::start(&agent);
+    repo.git(&["update-ref", "refs/heads/main", &before]);
     let good = repo.commit_greeting("fixed");
     let live =
         poll(Duration::from_secs(60), || agent.history("web").into_iter().find(|d| of(d, &good) && d.is_final()))

@@ -8,7 +8,7 @@
 //! The trees are written object by object into a bare repository, so they include what git
 //! itself would refuse to make.
 
-use super::super::fixture::{RawRepo, tree_bytes};
+use super::super::fixture::RawRepo;
 use super::super::{Limit, Limits, Source, SourceError};
 use super::{NAME_MAX, PATH_MAX};
 use git2::Oid;
@@ -119,17 +119,6 @@ fn mode_of(node: &Node) -> &'static str {
     }
 }
 
-/// The size of the tree object listing `entries`.
-fn tree_size(entries: &[(Vec<u8>, Node)]) -> usize {
-    tree_bytes(
-        &entries
-            .iter()
-            .map(|(name, node)| (mode_of(node), name.as_slice(), Oid::from_bytes(&[0; 20]).unwrap()))
-            .collect::<Vec<_>>(),
-    )
-    .len()
-}
-
 /// Write `entries` as a tree into `raw`; its id.
 fn write_tree(raw: &RawRepo, entries: &[(Vec<u8>, Node)]) -> Oid {
     let mut written = Vec::new();
@@ -159,11 +148,13 @@ struct Model<'a> {
 
 impl Model<'_> {
     fn dir(&mut self, entries: &[(Vec<u8>, Node)], path: &Path, depth: u32) {
-        if tree_size(entries) as u64 > self.limits.max_file_size {
-            self.why.push(Why::Limit(Limit::FileSize));
-        }
         let mut names = HashSet::new();
         for (name, node) in entries {
+            // Every entry listed counts, skipped or not.
+            self.entries += 1;
+            if self.entries > self.limits.max_files {
+                self.why.push(Why::Limit(Limit::Files));
+            }
             if name.eq_ignore_ascii_case(b".git") {
                 continue;
             }
@@ -172,17 +163,19 @@ impl Model<'_> {
                 continue;
             }
             let p = path.join(std::ffi::OsStr::from_bytes(name));
-            if name == b"." || name == b".." || name.contains(&b'/') || name.len() > NAME_MAX {
+            if name.len() > NAME_MAX {
+                // Such an entry is longer than `MAX_ENTRY`, so the listing may look too long for
+                // the entries allowed before the name is even read.
+                self.why.extend([Why::Entry, Why::Limit(Limit::Files)]);
+                continue;
+            }
+            if name == b"." || name == b".." || name.contains(&b'/') {
                 self.why.push(Why::Entry);
                 continue;
             }
             if self.prefix + 1 + p.as_os_str().len() > PATH_MAX {
                 self.why.push(Why::Entry);
                 continue;
-            }
-            self.entries += 1;
-            if self.entries > self.limits.max_files {
-                self.why.push(Why::Limit(Limit::Files));
             }
             if !names.insert(name.clone()) {
                 self.why.push(Why::Entry);

@@ -153,9 +153,10 @@ fn a_submodule_becomes_an_empty_directory() {
 }
 
 /// Issue 9: a 30,000-level tree (~1 MB of objects) once overflowed the stack of the thread that
-/// listed it and aborted the agent. Fetched and listed on a thread with a 256 KiB stack (an eighth
-/// of tokio's blocking threads'), it fails on `max_depth`, and with that limit out of the way on
-/// the path length, before anything is written.
+/// fetched it and of the one that listed it, and aborted the agent. On a thread with a 256 KiB
+/// stack (an eighth of tokio's blocking threads'), the fetch stops at git's own 4096 levels; the
+/// listing, straight from the repository, fails on `max_depth`, and with that limit out of the
+/// way on the path's length, before anything is written.
 #[test]
 fn a_30000_level_tree_fails_on_max_depth_even_on_a_small_stack() {
     let raw = RawRepo::new();
@@ -163,24 +164,33 @@ fn a_30000_level_tree_fails_on_max_depth_even_on_a_small_stack() {
     let deep = raw.chain(30_000, leaf);
     let sha = raw.commit(raw.tree(&[("100644", b"README.md", raw.blob(b"hi\n")), ("40000", b"deep", deep)]));
     let dir = tempfile::tempdir().unwrap();
-    let (url, cache, dest) = (raw.url(), dir.path().join("repo.git"), dir.path().join("releases/1"));
+    let (url, repo, cache, dest) =
+        (raw.url(), raw.path().to_path_buf(), dir.path().join("c.git"), dir.path().join("r"));
     let outcome = std::thread::Builder::new()
         .stack_size(256 << 10)
         .spawn(move || {
-            let source = Source::open(&url, "main", None, &cache).unwrap();
-            source.fetch().unwrap();
-            let limited = source.materialise(&sha, ".", &dest).unwrap_err();
+            let fetch = Source::open(&url, "main", None, &cache).unwrap().fetch().unwrap_err();
+            assert!(matches!(
+                Source::open(&url, "main", None, &cache).unwrap().resolve("main"),
+                Err(SourceError::NotFetched { .. })
+            ));
+            let limited = Source::open(&url, "main", None, &repo).unwrap().materialise(&sha, ".", &dest).unwrap_err();
             nothing_written(&dest);
             let unlimited = Limits { max_depth: u32::MAX, ..Limits::default() };
-            let source = Source::open(&url, "main", None, &cache).unwrap().with_limits(unlimited);
+            let source = Source::open(&url, "main", None, &repo).unwrap().with_limits(unlimited);
             let too_long = source.materialise(&sha, ".", &dest).unwrap_err();
             nothing_written(&dest);
-            (limited, too_long)
+            (fetch, limited, too_long)
         })
         .unwrap()
         .join()
         .expect("no stack overflow, no panic");
-    let (limited, too_long) = outcome;
+    let (fetch, limited, too_long) = outcome;
+    assert!(matches!(fetch, SourceError::TooDeep { depth: 4096, .. }), "{fetch}");
+    let message = fetch.to_string();
+    assert!(message.contains("nests directories more than 4096 deep, at `deep/d/d/d/"), "{message}");
+    assert!(message.contains("git itself refuses such trees"), "{message}");
+    assert!(message.len() < 600, "the path is shortened: {message}");
     assert!(matches!(limited, SourceError::LimitExceeded { limit: Limit::Depth, .. }), "{limited}");
     let message = limited.to_string();
     assert!(message.contains("nests directories more than 256 deep, at `deep/d/d/d/"), "{message}");
@@ -189,6 +199,23 @@ fn a_30000_level_tree_fails_on_max_depth_even_on_a_small_stack() {
     assert!(message.len() < 600, "the path is shortened: {message}");
     assert!(matches!(too_long, SourceError::Materialise { .. }), "{too_long}");
     assert!(too_long.to_string().contains("longer than the system allows"), "{too_long}");
+}
+
+/// A directory listing longer than the entries still allowed is refused from its header, before
+/// it is read: one tree of a million entries is ~30 MB.
+#[test]
+fn a_listing_too_long_for_max_files_is_not_read() {
+    let raw = RawRepo::new();
+    let blob = raw.blob(b"x");
+    let names: Vec<String> = (0..400).map(|i| format!("f{i:03}")).collect();
+    let entries: Vec<(&str, &[u8], git2::Oid)> = names.iter().map(|n| ("100644", n.as_bytes(), blob)).collect();
+    let sha = raw.commit(raw.tree(&[("40000", b"wide", raw.tree(&entries))]));
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits { max_files: 20, ..Limits::default() };
+    let source = Source::open(&raw.url(), "main", None, raw.path()).unwrap().with_limits(limits);
+    let err = source.materialise(&sha, ".", &dir.path().join("r")).unwrap_err();
+    assert!(matches!(err, SourceError::LimitExceeded { limit: Limit::Files, .. }), "{err}");
+    assert!(err.to_string().contains("(the listing of directory `wide` alone is 12800 bytes)"), "{err}");
 }
 
 /// Each limit stops the listing before anything is written, with an error naming its key.
