@@ -7,6 +7,7 @@
 //! every start died again on it (the deep tree of issue 9 did), and with it every app's workers.
 
 use super::Deployer;
+use super::state::DeployState;
 use crate::source::is_sha_like;
 use deployer_wire::Deploy;
 
@@ -19,7 +20,7 @@ impl Deployer {
     pub(super) fn last_tried(&self, app: &str) -> Option<String> {
         let recent = self.branch_deploys(app);
         let newest = recent.first()?;
-        if newest.state == "interrupted" && !crashed_twice(&recent) {
+        if interrupted(newest) && !crashed_twice(&recent) {
             return None;
         }
         commit_of(newest)
@@ -40,11 +41,16 @@ impl Deployer {
     }
 }
 
+/// Whether the agent stopped during `d` (`Store::interrupt_unfinished` marked it).
+fn interrupted(d: &Deploy) -> bool {
+    d.state == DeployState::Interrupted.as_str()
+}
+
 /// Whether the two newest of `recent` were both interrupted on the same ref (and commit, if known).
 fn crashed_twice(recent: &[Deploy]) -> bool {
     let [newest, before, ..] = recent else { return false };
-    newest.state == "interrupted"
-        && before.state == "interrupted"
+    interrupted(newest)
+        && interrupted(before)
         && newest.git_ref == before.git_ref
         && (newest.sha.is_none() || before.sha.is_none() || newest.sha == before.sha)
 }

@@ -62,7 +62,6 @@ impl Source {
             .prune(FetchPrune::Off)
             .update_fetchhead(false);
         let result = remote.fetch(&[self.refspec()], Some(&mut opts), Some("deployer: fetch"));
-        drop(opts);
         if let Some(limit) = over.get() {
             let what = match limit {
                 Limit::FetchObjects => format!("more than {} objects", self.limits.max_fetch_objects),

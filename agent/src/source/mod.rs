@@ -23,7 +23,7 @@ mod fixture;
 
 pub use error::{SourceError, redact_url};
 pub use fetch::Fetched;
-pub use limits::{Bytes, Limit, Limits};
+pub use limits::{Limit, Limits};
 pub use refname::{BadRef, is_sha_like, validate_ref};
 
 use git2::{Cred, CredentialType, ErrorClass, ErrorCode, ProxyOptions, RemoteCallbacks, Repository};
@@ -102,11 +102,6 @@ impl Source {
     pub fn with_limits(mut self, limits: Limits) -> Source {
         self.limits = limits;
         self
-    }
-
-    /// The limits this source holds the repository to.
-    pub fn limits(&self) -> &Limits {
-        &self.limits
     }
 
     /// The repository URL without any userinfo, fit for logs and messages.
