@@ -48,6 +48,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none(),
                 )
                 .init();
+            // Before the runtime starts the threads that use libgit2.
+            crate::source::configure_libgit2();
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

@@ -8,6 +8,7 @@ pub mod auth;
 mod checked;
 pub mod env_file;
 pub mod front;
+pub mod limits;
 pub mod report;
 pub mod run_as;
 pub mod triggers;
@@ -16,6 +17,7 @@ pub mod units;
 pub use auth::AuthConfig;
 pub use env_file::read_env_file;
 pub use front::{Cidr, FrontConfig};
+pub use limits::LimitsConfig;
 pub use report::{GithubStatusConfig, ReportConfig, RetryConfig};
 pub use run_as::RunAs;
 pub use triggers::{CronSchedule, WebhookConfig};
@@ -215,6 +217,10 @@ pub struct AppConfig {
     /// Rotation of the log files under `state_dir/logs`.
     #[serde(default)]
     pub logs: LogsConfig,
+    /// How much one commit of `repo` may make the agent fetch and write (depth, files, sizes); a
+    /// commit over a limit fails its deploy. See `config/limits.rs` for the defaults and why.
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
 
 /// `start: node app.js` or `start: [node, app.js]`.
@@ -669,6 +675,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
             }
         }
         check_triggers(name, app, &at)?;
+        limits::check(name, &app.limits, &at)?;
         if let Some(user) = &app.user {
             let keys = ["apps", name.as_str(), "user"];
             let run_as = RunAs::resolve(user).map_err(|e| {

@@ -203,3 +203,45 @@ fn an_unknown_user_is_reported_at_its_key() {
     let run_as = loaded.config.apps["web"].run_as.clone().expect("looked up");
     assert_eq!(run_as.uid, 0);
 }
+
+const REPO_APP: &str = "\
+apps:
+  web:
+    repo: https://example.invalid/web.git
+    start: node app.js
+    port: 3000
+";
+
+#[test]
+fn limits_default_to_the_sources_and_take_units() {
+    let d = tmp("limits");
+    let l = load(&write(&d, REPO_APP)).unwrap();
+    assert_eq!(l.config.apps["web"].limits.to_source(), crate::source::Limits::default());
+
+    let yaml = format!("{REPO_APP}    limits: {{ max_file_size: 10M, max_depth: 32, max_release_size: 1536K }}\n");
+    let limits = load(&write(&d, &yaml)).unwrap().config.apps["web"].limits.to_source();
+    assert_eq!(limits.max_file_size, 10 << 20);
+    assert_eq!(limits.max_depth, 32);
+    assert_eq!(limits.max_release_size, 1536 << 10);
+    assert_eq!(limits.max_files, 200_000, "the others keep their defaults");
+}
+
+#[test]
+fn bad_limits_are_located_with_a_hint() {
+    let d = tmp("badlimits");
+    let cases = [
+        ("limits:\n      max_depth: 0\n", 7, "`limits.max_depth: 0` of app `web` would refuse every deploy"),
+        ("limits:\n      max_depth: 5000\n", 7, "`limits.max_depth: 5000` of app `web` is over 1024"),
+        ("limits:\n      max_file_size: 0\n", 7, "`limits.max_file_size: 0`"),
+        ("limits:\n      max_file_size: 10 parsecs\n", 7, "invalid size `10 parsecs`"),
+        ("limits:\n      max_files: many\n", 7, "invalid type: string \"many\""),
+    ];
+    for (limits, line, message) in cases {
+        let e = load(&write(&d, &format!("{REPO_APP}    {limits}"))).unwrap_err();
+        assert_eq!(e.line, line, "{e}");
+        assert!(e.message.contains(message), "{e}");
+    }
+    let e = load(&write(&d, &format!("{REPO_APP}    limits: {{ max_blob: 1M }}\n"))).unwrap_err();
+    assert!(e.message.contains("unknown field `max_blob`"), "{e}");
+    assert!(e.hint.is_some_and(|h| h.contains("max_file")), "a suggestion names a real key");
+}

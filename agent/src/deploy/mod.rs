@@ -10,6 +10,7 @@ mod install;
 mod pipeline;
 pub mod poll;
 pub mod release;
+mod retry;
 pub mod state;
 
 use crate::secrets::Secrets;
@@ -136,6 +137,10 @@ impl Deployer {
         for app in self.supervisor.list() {
             let cfg = app.config();
             if cfg.repo.is_none() || app.release().is_some() || self.busy(&app.name) {
+                continue;
+            }
+            if let Some(git_ref) = self.crash_looped(&app.name) {
+                tracing::error!(app = %app.name, git_ref = %git_ref, "the agent stopped twice in a row while deploying `{git_ref}`: not deploying it again by itself; deploy a fixed commit with `deployer push` (or the API) once the cause is found in the log");
                 continue;
             }
             tracing::info!(app = %app.name, branch = %cfg.branch, "no release yet: deploying the branch head");

@@ -112,8 +112,9 @@ impl Run<'_> {
         let t = Instant::now();
         let sha = {
             let (branch, auth, cache, rev) = (cfg.branch.clone(), git_auth(&cfg), dir.repo(), git_ref.to_string());
+            let limits = cfg.limits.to_source();
             let fetch = tokio::task::spawn_blocking(move || {
-                let src = Source::open(&url, &branch, auth, &cache)?;
+                let src = Source::open(&url, &branch, auth, &cache)?.with_limits(limits);
                 src.fetch()?;
                 let sha = src.resolve(&rev)?;
                 // A commit named from outside (API, webhook payload) must be on the branch.
@@ -163,8 +164,9 @@ impl Run<'_> {
                 cfg.root.display().to_string(),
                 release_dir.clone(),
             );
+            let limits = cfg.limits.to_source();
             tokio::task::spawn_blocking(move || {
-                Source::open(&url, &branch, auth, &cache)?.materialise(&sha, &root, &dest)
+                Source::open(&url, &branch, auth, &cache)?.with_limits(limits).materialise(&sha, &root, &dest)
             })
             .await
             .map_err(|e| Stop::failed(format!("materialise crashed: {e}")))?

@@ -111,7 +111,9 @@ impl Deployer {
         schedule: Schedule,
         stop: tokio_util::sync::CancellationToken,
     ) {
-        let mut last: Option<String> = None;
+        // What the previous agent last tried, so a commit that failed (or crashed it) is not
+        // queued again just because the agent restarted.
+        let mut last: Option<String> = self.last_tried(&app);
         let mut down = false;
         loop {
             tokio::select! {

@@ -3,6 +3,7 @@
 //! URLs in messages have their userinfo (user, password, token) removed, and credentials are never
 //! part of any variant: these errors end up in deploy logs and API responses.
 
+use super::limits::Limit;
 use super::refname::BadRef;
 use std::path::PathBuf;
 
@@ -70,6 +71,28 @@ pub enum SourceError {
         "`root: {root}` is not a directory in commit `{sha}`\n  hint: set `root:` to the repository subdirectory that holds the app, or `.` for the whole repository"
     )]
     RootNotFound { root: String, sha: String },
+
+    /// The commit or the fetch is larger than one of the app's `limits`: nothing was written into
+    /// a release (a fetch over a limit stores nothing either).
+    #[error(
+        "{found}, over the app's limit `limits.{}: {value}`\n  hint: nothing of it was deployed; if this commit is what you mean to deploy, raise `limits.{}` in the app's config and deploy again",
+        limit.key(),
+        limit.key()
+    )]
+    LimitExceeded {
+        limit: Limit,
+        /// The limit's value, as the config writes it (`256`, `100M`).
+        value: String,
+        /// What went over it, naming the commit and the path where there is one.
+        found: String,
+    },
+
+    /// The commit nests directories deeper than git itself allows (`core.maxTreeDepth`): no
+    /// `limits` setting lets it through, and a git server would not even send it.
+    #[error(
+        "commit {sha} nests directories more than {depth} deep, at `{at}`: git itself refuses such trees (`core.maxTreeDepth`)\n  hint: nothing of it was fetched, nor will any commit after it be (a git server refuses to send it too); rewrite the branch without that commit"
+    )]
+    TooDeep { sha: String, depth: usize, at: String },
 
     /// Writing the release tree failed.
     #[error("cannot write the release `{}`: {message}", path.display())]

@@ -2,9 +2,11 @@
 //! fetching (poll mode), and turn refs and shas into commits known to be on the branch.
 
 use super::auth::Attempt;
+use super::limits::{Bytes, Limit};
 use super::refname::is_sha_like;
 use super::{REMOTE, Source, SourceError, validate_ref};
 use git2::{AutotagOption, Direction, ErrorCode, FetchOptions, FetchPrune, Oid, Repository};
+use std::cell::Cell;
 
 /// The outcome of a [`Source::fetch`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,21 +31,51 @@ impl Fetched {
 impl Source {
     /// Fetch the branch, and only it (no tags, no other branches), into
     /// `refs/remotes/origin/<branch>`. Only objects the cache lacks are downloaded.
+    ///
+    /// A fetch over the source's `max_fetch_size` or `max_fetch_objects` stops as soon as it
+    /// goes over, stores nothing, and is [`SourceError::LimitExceeded`]. A repository on this host
+    /// is copied by [`Source::fetch_local`] instead of libgit2's local transport (see `local.rs`).
     pub fn fetch(&self) -> Result<Fetched, SourceError> {
         let _one_at_a_time = self.fetch_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(path) = self.local_path() {
+            return self.fetch_local(&path);
+        }
         let repo = self.repo()?;
         let previous = self.branch_head(&repo)?;
         let mut remote = repo.find_remote(REMOTE).map_err(|e| self.git_error(e))?;
         let attempt = Attempt::default();
+        let over = Cell::new(None);
+        let mut callbacks = self.callbacks(&attempt);
+        // The pack's header says how many objects follow, and bytes are counted as they arrive:
+        // returning `false` makes libgit2 stop reading and drop the partial pack.
+        callbacks.transfer_progress(|progress| {
+            let limits = &self.limits;
+            if progress.total_objects() as u64 > limits.max_fetch_objects {
+                over.set(Some(Limit::FetchObjects));
+            } else if progress.received_bytes() as u64 > limits.max_fetch_size {
+                over.set(Some(Limit::FetchSize));
+            }
+            over.get().is_none()
+        });
         let mut opts = FetchOptions::new();
-        opts.remote_callbacks(self.callbacks(&attempt))
+        opts.remote_callbacks(callbacks)
             .proxy_options(self.proxy())
             .download_tags(AutotagOption::None)
             .prune(FetchPrune::Off)
             .update_fetchhead(false);
-        remote
-            .fetch(&[self.refspec()], Some(&mut opts), Some("deployer: fetch"))
-            .map_err(|e| self.attempt_error(e, &attempt))?;
+        let result = remote.fetch(&[self.refspec()], Some(&mut opts), Some("deployer: fetch"));
+        if let Some(limit) = over.get() {
+            let what = match limit {
+                Limit::FetchObjects => format!("more than {} objects", self.limits.max_fetch_objects),
+                _ => format!("more than {}", Bytes(self.limits.max_fetch_size)),
+            };
+            return Err(SourceError::LimitExceeded {
+                limit,
+                value: limit.value_in(&self.limits),
+                found: format!("fetching branch `{}` from `{}` would bring {what}", self.branch, self.display_url()),
+            });
+        }
+        result.map_err(|e| self.attempt_error(e, &attempt))?;
         let stats = remote.stats();
         let (received_objects, received_bytes) = (stats.received_objects(), stats.received_bytes());
         // The refs the remote advertised: a branch deleted upstream must not look like "unchanged".
@@ -140,7 +172,7 @@ impl Source {
     }
 
     /// The fetched branch head, if the branch was ever fetched.
-    fn branch_head(&self, repo: &Repository) -> Result<Option<Oid>, SourceError> {
+    pub(super) fn branch_head(&self, repo: &Repository) -> Result<Option<Oid>, SourceError> {
         match repo.refname_to_id(&self.tracking_ref()) {
             Ok(oid) => Ok(Some(oid)),
             Err(e) if e.code() == ErrorCode::NotFound => Ok(None),

@@ -8,12 +8,20 @@
 //! is 1.5 to 2 times as fast into a fresh directory (10,000 files: ~0.3-0.4 s against ~0.6-0.7 s on
 //! a 2-core VM, see `examples/bench_source.rs`), and it applies no `.gitattributes` filters: a
 //! release holds the bytes that were committed. Creating inodes dominates either way.
+//!
+//! A commit's content is the attacker's: the listing is a loop over an explicit stack (a
+//! 30,000-level tree once overflowed a recursive walk and aborted the agent), it stops at the
+//! app's [`Limits`] before anything is written (entry count, depth, each blob's size read from
+//! its header, the total size), and a large blob is streamed to disk or read by one thread of
+//! the whole agent at a time (see [`LARGE_OBJECT`]).
 
+use super::limits::{Bytes, LARGE, LARGE_OBJECT, Limit};
+use super::tree::{self, MAX_ENTRY, MODE_EXEC, MODE_GITLINK, MODE_LINK, MODE_TREE};
 use super::{Source, SourceError};
 use git2::{ObjectType, Odb, Oid, Repository, Tree};
 use std::ffi::OsStr;
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -28,28 +36,71 @@ const PARALLEL_FROM: usize = 512;
 const BATCH: usize = 128;
 /// Writing is mostly system calls; past a few threads the file system is the bottleneck.
 const MAX_THREADS: usize = 4;
+/// Linux refuses longer file names (`NAME_MAX`) and paths (`PATH_MAX`, with its NUL).
+const NAME_MAX: usize = 255;
+const PATH_MAX: usize = 4095;
 
-/// Git's file modes, by type (`mode & TYPE_MASK`).
-const TYPE_MASK: i32 = 0o170000;
-const MODE_TREE: i32 = 0o040000;
-const MODE_BLOB: i32 = 0o100000;
-const MODE_LINK: i32 = 0o120000;
-const MODE_GITLINK: i32 = 0o160000;
-
-/// What to create, relative to the release root, in order: directories (parents first), files, links.
-#[derive(Default)]
+/// What to create, relative to the release root, in order: directories (parents first), files,
+/// links. Entries name their directory by index instead of holding a whole path, so the plan's
+/// memory grows with the names, not with names times depth.
 struct Plan {
-    dirs: Vec<PathBuf>,
+    /// `dirs[0]` is the release root.
+    dirs: Vec<Dir>,
     files: Vec<FileEntry>,
-    links: Vec<(PathBuf, Oid)>,
+    links: Vec<Entry>,
     /// `files` cut into claims for the writer threads: at most `BATCH`, all in one directory.
     batches: Vec<Range<usize>>,
 }
 
-struct FileEntry {
-    path: PathBuf,
+struct Dir {
+    parent: u32,
+    name: Box<[u8]>,
+    /// 0 for the root, 1 for its subdirectories...
+    depth: u32,
+    /// The length of its path relative to the root.
+    path_len: usize,
+}
+
+struct Entry {
+    dir: u32,
+    name: Box<[u8]>,
     blob: Oid,
+}
+
+struct FileEntry {
+    entry: Entry,
+    size: u64,
     executable: bool,
+}
+
+impl Plan {
+    /// The path of directory `dir` relative to the release root.
+    fn dir_path(&self, dir: u32) -> PathBuf {
+        let mut names = Vec::new();
+        let mut at = dir as usize;
+        while at != 0 {
+            let d = &self.dirs[at];
+            names.push(&d.name);
+            at = d.parent as usize;
+        }
+        names.iter().rev().map(|n| OsStr::from_bytes(n)).collect()
+    }
+
+    fn path(&self, dir: u32, name: &[u8]) -> PathBuf {
+        self.dir_path(dir).join(OsStr::from_bytes(name))
+    }
+}
+
+/// A path for a message: whole when short, its two ends when a crafted tree made it huge.
+pub(super) fn shown(path: &Path) -> String {
+    let text = path.display().to_string();
+    let chars: Vec<char> = text.chars().collect();
+    if chars.len() <= 120 {
+        return text;
+    }
+    let head: String = chars[..60].iter().collect();
+    let tail: String = chars[chars.len() - 40..].iter().collect();
+    format!("{head}…{tail}")
 }
 
 impl Source {
@@ -60,6 +111,8 @@ impl Source {
     ///
     /// The commit must be in the cache ([`Source::fetch`] first). A `.<name>.partial` directory next
     /// to `dest` holds the tree while it is written; one left by a crash is removed by the next call.
+    /// A tree over the source's [`Limits`](super::Limits) is [`SourceError::LimitExceeded`], found
+    /// before anything is written.
     pub fn materialise(&self, sha: &str, root: impl AsRef<Path>, dest: &Path) -> Result<(), SourceError> {
         let root = root.as_ref();
         match fs::symlink_metadata(dest) {
@@ -74,9 +127,7 @@ impl Source {
         }
         let repo = self.repo()?;
         let commit = self.find_commit(&repo, sha)?;
-        let tree = self.root_tree(&repo, commit, root)?;
-        let plan = self.plan(&repo, &tree, dest)?;
-
+        let top = self.root_tree(&repo, commit, root)?;
         let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let Some(name) = dest.file_name() else {
             return Err(SourceError::Materialise {
@@ -84,12 +135,14 @@ impl Source {
                 message: "the path has no file name".into(),
             });
         };
+        let partial = parent.join(format!(".{}.partial", name.to_string_lossy()));
+        let plan = self.plan(&repo, commit, top.id(), dest, partial.as_os_str().len().max(dest.as_os_str().len()))?;
+
         fs::create_dir_all(parent).map_err(|e| SourceError::Io {
             action: "cannot create",
             path: parent.to_path_buf(),
             source: e,
         })?;
-        let partial = parent.join(format!(".{}.partial", name.to_string_lossy()));
         if fs::symlink_metadata(&partial).is_ok() {
             fs::remove_dir_all(&partial).map_err(|e| SourceError::Io {
                 action: "cannot remove",
@@ -109,7 +162,8 @@ impl Source {
         Ok(())
     }
 
-    /// The tree of `commit`, or of its subdirectory `root`.
+    /// The tree of `commit`, or of its subdirectory `root`. (`get_path` walks `root`'s components,
+    /// which come from the config, not from the repository.)
     fn root_tree<'r>(&self, repo: &'r Repository, commit: Oid, root: &Path) -> Result<Tree<'r>, SourceError> {
         let git_err = |e| self.git_error(e);
         let not_found = || SourceError::RootNotFound { root: root.display().to_string(), sha: commit.to_string() };
@@ -136,60 +190,160 @@ impl Source {
         repo.find_tree(entry.id()).map_err(git_err)
     }
 
-    /// List everything under `tree`, refusing entry names that could escape the release.
-    fn plan(&self, repo: &Repository, tree: &Tree<'_>, dest: &Path) -> Result<Plan, SourceError> {
-        fn walk(
-            source: &Source,
-            repo: &Repository,
-            tree: &Tree<'_>,
-            dir: &Path,
-            dest: &Path,
-            plan: &mut Plan,
-        ) -> Result<(), SourceError> {
-            for entry in tree.iter() {
-                let name = entry.name_bytes();
-                let path = dir.join(OsStr::from_bytes(name));
-                if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
-                    return Err(SourceError::Materialise {
-                        path: dest.join(&path),
-                        message: "the commit holds a file name that is not allowed in a tree".into(),
-                    });
+    /// List everything under tree `top`, depth first over an explicit stack, refusing entry names that
+    /// could escape the release and anything over the limits. Nothing is read but trees and the
+    /// blobs' headers. `longest_dest` is the longest absolute prefix a path will be written under.
+    fn plan(
+        &self,
+        repo: &Repository,
+        commit: Oid,
+        top: Oid,
+        dest: &Path,
+        longest_dest: usize,
+    ) -> Result<Plan, SourceError> {
+        let limits = &self.limits;
+        let short = &commit.to_string()[..7];
+        let odb = repo.odb().map_err(|e| self.git_error(e))?;
+        let over =
+            |limit: Limit, found: String| SourceError::LimitExceeded { limit, value: limit.value_in(limits), found };
+        let bad = |path: PathBuf, message: String| SourceError::Materialise { path: dest.join(path), message };
+        let mut plan = Plan {
+            dirs: vec![Dir { parent: 0, name: Box::default(), depth: 0, path_len: 0 }],
+            files: Vec::new(),
+            links: Vec::new(),
+            batches: Vec::new(),
+        };
+        let (mut entries, mut bytes) = (0u64, 0u64);
+        // Trees still to list, each with the index of the directory it becomes.
+        let mut pending: Vec<(Oid, u32)> = vec![(top, 0)];
+        while let Some((tree_id, dir)) = pending.pop() {
+            let (tree_size, kind) = odb.read_header(tree_id).map_err(|e| self.git_error(e))?;
+            if kind != ObjectType::Tree {
+                return Err(bad(plan.dir_path(dir), format!("the commit names a {kind} where a directory is")));
+            }
+            // A listing this long holds more entries than the release may still take: refused
+            // before it is read, so one crafted directory cannot make the agent read megabytes.
+            let room = limits.max_files - entries;
+            if tree_size as u64 > room.saturating_mul(MAX_ENTRY) {
+                return Err(over(
+                    Limit::Files,
+                    format!(
+                        "commit {short} holds more than {} files and directories (the listing of directory `{}` alone is {})",
+                        limits.max_files,
+                        shown(&plan.dir_path(dir)),
+                        Bytes(tree_size as u64)
+                    ),
+                ));
+            }
+            let listing = odb.read(tree_id).map_err(|e| self.git_error(e))?;
+            let (depth, dir_len) = (plan.dirs[dir as usize].depth + 1, plan.dirs[dir as usize].path_len);
+            for entry in tree::entries(listing.data()) {
+                let entry = entry.map_err(|e| {
+                    self.git_error(git2::Error::from_str(&format!(
+                        "the tree of directory `{}` ({tree_id}) is damaged: {e}",
+                        shown(&plan.dir_path(dir))
+                    )))
+                })?;
+                let name = entry.name;
+                // Every listed entry counts, even one skipped below: so a listing longer than
+                // `max_files` entries can only be, and is refused unread above.
+                entries += 1;
+                if entries > limits.max_files {
+                    return Err(over(
+                        Limit::Files,
+                        format!("commit {short} holds more than {} files and directories", limits.max_files),
+                    ));
                 }
                 if name.eq_ignore_ascii_case(b".git") {
-                    tracing::warn!(path = %path.display(), "skipped `.git` inside the commit's tree");
+                    tracing::warn!(path = %shown(&plan.path(dir, name)), "skipped `.git` inside the commit's tree");
                     continue;
                 }
-                let mode = entry.filemode();
-                match mode & TYPE_MASK {
-                    MODE_TREE => {
-                        let sub = repo.find_tree(entry.id()).map_err(|e| source.git_error(e))?;
-                        plan.dirs.push(path.clone());
-                        walk(source, repo, &sub, &path, dest, plan)?;
+                if name == b"." || name == b".." || name.contains(&b'/') {
+                    return Err(bad(
+                        plan.path(dir, name),
+                        "the commit holds a file name that is not allowed in a tree".into(),
+                    ));
+                }
+                if name.len() > NAME_MAX {
+                    return Err(bad(
+                        plan.path(dir, name),
+                        format!("the commit holds a file name longer than {NAME_MAX} bytes"),
+                    ));
+                }
+                let path_len = if dir_len == 0 { name.len() } else { dir_len + 1 + name.len() };
+                if longest_dest + 1 + path_len > PATH_MAX {
+                    return Err(bad(
+                        shown(&plan.path(dir, name)).into(),
+                        format!("the path is longer than the system allows ({PATH_MAX} bytes with the release's own)"),
+                    ));
+                }
+                let name: Box<[u8]> = name.into();
+                match entry.mode {
+                    MODE_TREE | MODE_GITLINK => {
+                        if depth > limits.max_depth {
+                            return Err(over(
+                                Limit::Depth,
+                                format!(
+                                    "commit {short} nests directories more than {} deep, at `{}`",
+                                    limits.max_depth,
+                                    shown(&plan.path(dir, &name))
+                                ),
+                            ));
+                        }
+                        let index = u32::try_from(plan.dirs.len()).map_err(|_| {
+                            over(Limit::Files, format!("commit {short} holds more directories than fit in a plan"))
+                        })?;
+                        if entry.mode == MODE_GITLINK {
+                            tracing::warn!(path = %shown(&plan.path(dir, &name)), commit = %entry.id, "submodule not included in the release: it is left as an empty directory");
+                        } else {
+                            pending.push((entry.id, index));
+                        }
+                        plan.dirs.push(Dir { parent: dir, name, depth, path_len });
                     }
-                    MODE_BLOB => plan.files.push(FileEntry { path, blob: entry.id(), executable: mode & 0o100 != 0 }),
-                    MODE_LINK => plan.links.push((path, entry.id())),
-                    MODE_GITLINK => {
-                        tracing::warn!(path = %path.display(), commit = %entry.id(), "submodule not included in the release: it is left as an empty directory");
-                        plan.dirs.push(path);
-                    }
-                    _ => {
-                        return Err(SourceError::Materialise {
-                            path: dest.join(&path),
-                            message: format!("unknown file mode {mode:o} in the commit's tree"),
-                        });
+                    mode => {
+                        let (size, kind) = odb.read_header(entry.id).map_err(|e| self.git_error(e))?;
+                        let size = size as u64;
+                        if kind != ObjectType::Blob {
+                            return Err(bad(
+                                plan.path(dir, &name),
+                                format!("the commit names a {kind} where a file is"),
+                            ));
+                        }
+                        if size > limits.max_file_size {
+                            return Err(over(
+                                Limit::FileSize,
+                                format!("`{}` in commit {short} is {}", shown(&plan.path(dir, &name)), Bytes(size)),
+                            ));
+                        }
+                        bytes += size;
+                        if bytes > limits.max_release_size {
+                            return Err(over(
+                                Limit::ReleaseSize,
+                                format!(
+                                    "the files of commit {short} add up to more than {}",
+                                    Bytes(limits.max_release_size)
+                                ),
+                            ));
+                        }
+                        let entry = Entry { dir, name, blob: entry.id };
+                        if mode == MODE_LINK {
+                            if size as usize > PATH_MAX {
+                                return Err(bad(
+                                    plan.path(dir, &entry.name),
+                                    format!("the commit holds a symlink whose target is longer than {PATH_MAX} bytes"),
+                                ));
+                            }
+                            plan.links.push(entry);
+                        } else {
+                            plan.files.push(FileEntry { entry, size, executable: mode == MODE_EXEC });
+                        }
                     }
                 }
             }
-            Ok(())
         }
-        let mut plan = Plan::default();
-        walk(self, repo, tree, Path::new(""), dest, &mut plan)?;
         let mut start = 0;
         for i in 1..=plan.files.len() {
-            if i == plan.files.len()
-                || i - start == BATCH
-                || plan.files[i].path.parent() != plan.files[start].path.parent()
-            {
+            if i == plan.files.len() || i - start == BATCH || plan.files[i].entry.dir != plan.files[start].entry.dir {
                 plan.batches.push(start..i);
                 start = i;
             }
@@ -204,8 +358,9 @@ impl Source {
         let mut dirs = fs::DirBuilder::new();
         dirs.mode(0o755);
         dirs.create(into).map_err(|e| failed(Path::new(""), e))?;
-        for dir in &plan.dirs {
-            dirs.create(into.join(dir)).map_err(|e| failed(dir, e))?;
+        for index in 1..plan.dirs.len() {
+            let dir = plan.dir_path(index as u32);
+            dirs.create(into.join(&dir)).map_err(|e| failed(&dir, e))?;
         }
 
         let threads = if plan.files.len() < PARALLEL_FROM {
@@ -242,10 +397,11 @@ impl Source {
         }
 
         let odb = repo.odb().map_err(|e| self.git_error(e))?;
-        for (path, blob) in &plan.links {
-            let target = odb.read(*blob).map_err(|e| self.git_error(e))?;
-            std::os::unix::fs::symlink(OsStr::from_bytes(target.data()), into.join(path))
-                .map_err(|e| failed(path, e))?;
+        for link in &plan.links {
+            let path = plan.path(link.dir, &link.name);
+            let target = odb.read(link.blob).map_err(|e| self.git_error(e))?;
+            std::os::unix::fs::symlink(OsStr::from_bytes(target.data()), into.join(&path))
+                .map_err(|e| failed(&path, e))?;
         }
         Ok(())
     }
@@ -266,156 +422,55 @@ impl Source {
             if stop.load(Ordering::Relaxed) {
                 return Ok(());
             }
+            let Some(first) = plan.files.get(batch.start) else { continue };
+            let dir = plan.dir_path(first.entry.dir);
             for file in &plan.files[batch.clone()] {
-                let blob = odb.read(file.blob).map_err(|e| self.git_error(e))?;
-                let write = || -> io::Result<()> {
-                    // `create_new`: never follow or overwrite anything already there.
-                    let mut out = fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .mode(if file.executable { 0o755 } else { 0o644 })
-                        .open(into.join(&file.path))?;
-                    out.write_all(blob.data())
-                };
-                write()
-                    .map_err(|e| SourceError::Materialise { path: dest.join(&file.path), message: e.to_string() })?;
+                let path = dir.join(OsStr::from_bytes(&file.entry.name));
+                let failed = |e: io::Error| SourceError::Materialise { path: dest.join(&path), message: e.to_string() };
+                // `create_new`: never follow or overwrite anything already there.
+                let mut out = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(if file.executable { 0o755 } else { 0o644 })
+                    .open(into.join(&path))
+                    .map_err(failed)?;
+                self.write_blob(odb, file, &mut out, &path, dest)?;
             }
         }
+    }
+
+    /// Copy one blob into `out`: small ones read whole; large ones streamed from a loose object,
+    /// or else read whole while holding [`LARGE_OBJECT`].
+    fn write_blob(
+        &self,
+        odb: &Odb<'_>,
+        file: &FileEntry,
+        out: &mut fs::File,
+        path: &Path,
+        dest: &Path,
+    ) -> Result<(), SourceError> {
+        let failed = |e: io::Error| SourceError::Materialise { path: dest.join(path), message: e.to_string() };
+        if file.size >= LARGE {
+            if let Ok((reader, _, _)) = odb.reader(file.entry.blob) {
+                let written = io::copy(&mut reader.take(file.size), out).map_err(failed)?;
+                if written != file.size {
+                    return Err(SourceError::Materialise {
+                        path: dest.join(path),
+                        message: format!("the object database gave {written} of its {} bytes", file.size),
+                    });
+                }
+                return Ok(());
+            }
+            let _one_large_object = LARGE_OBJECT.lock().unwrap_or_else(|p| p.into_inner());
+            let blob = odb.read(file.entry.blob).map_err(|e| self.git_error(e))?;
+            return out.write_all(blob.data()).map_err(failed);
+        }
+        let blob = odb.read(file.entry.blob).map_err(|e| self.git_error(e))?;
+        out.write_all(blob.data()).map_err(failed)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::super::fixture::Upstream;
-    use super::*;
-    use std::os::unix::fs::PermissionsExt;
-
-    fn fetched(up: &Upstream) -> (Source, String, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let source = Source::open(&up.path_url(), "main", None, &dir.path().join("repo.git")).unwrap();
-        let sha = source.fetch().unwrap().sha;
-        (source, sha, dir)
-    }
-
-    fn mode(path: &Path) -> u32 {
-        fs::symlink_metadata(path).unwrap().permissions().mode() & 0o777
-    }
-
-    #[test]
-    fn writes_a_clean_tree_with_exec_bits_and_symlinks() {
-        let up = Upstream::new();
-        let run = up.write("bin/run.sh", "#!/bin/sh\necho hi\n");
-        fs::set_permissions(&run, fs::Permissions::from_mode(0o755)).unwrap();
-        up.write("src/app.js", "console.log(1)\n");
-        std::os::unix::fs::symlink("src/app.js", up.path().join("main.js")).unwrap();
-        std::os::unix::fs::symlink("../README.md", up.path().join("src/readme")).unwrap();
-        up.commit("files");
-        let (source, sha, dir) = fetched(&up);
-
-        let dest = dir.path().join("releases/1-abc");
-        source.materialise(&sha, ".", &dest).unwrap();
-        assert_eq!(fs::read_to_string(dest.join("README.md")).unwrap(), "hello\n");
-        assert_eq!(fs::read_to_string(dest.join("src/app.js")).unwrap(), "console.log(1)\n");
-        assert_ne!(mode(&dest.join("bin/run.sh")) & 0o111, 0, "the exec bit is kept");
-        assert_eq!(mode(&dest.join("src/app.js")) & 0o111, 0);
-        assert_eq!(fs::read_link(dest.join("main.js")).unwrap(), Path::new("src/app.js"));
-        assert_eq!(fs::read_link(dest.join("src/readme")).unwrap(), Path::new("../README.md"));
-        assert_eq!(fs::read_to_string(dest.join("src/readme")).unwrap(), "hello\n");
-        assert!(!dest.join(".git").exists());
-        let mut names: Vec<_> = fs::read_dir(dest.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        names.sort();
-        assert_eq!(names, ["1-abc"], "no partial directory is left behind");
-    }
-
-    #[test]
-    fn writes_only_the_root_subdirectory() {
-        let up = Upstream::new();
-        up.write("services/web/package.json", "{}\n");
-        up.write("services/web/lib/index.js", "x\n");
-        up.write("services/api/main.go", "package main\n");
-        up.commit("monorepo");
-        let (source, sha, dir) = fetched(&up);
-
-        let dest = dir.path().join("web");
-        source.materialise(&sha[..10], "services/web", &dest).unwrap();
-        assert_eq!(fs::read_to_string(dest.join("package.json")).unwrap(), "{}\n");
-        assert_eq!(fs::read_to_string(dest.join("lib/index.js")).unwrap(), "x\n");
-        assert!(!dest.join("services").exists() && !dest.join("README.md").exists());
-
-        source.materialise(&sha, "./services/web/", &dir.path().join("web2")).unwrap();
-        assert!(dir.path().join("web2/package.json").is_file());
-
-        for bad in ["services/nope", "README.md", "../x", "/etc"] {
-            let err = source.materialise(&sha, bad, &dir.path().join("bad")).unwrap_err();
-            assert!(matches!(err, SourceError::RootNotFound { .. }), "{bad}: {err}");
-            assert!(!dir.path().join("bad").exists());
-        }
-    }
-
-    #[test]
-    fn refuses_an_existing_dest() {
-        let up = Upstream::new();
-        let (source, sha, dir) = fetched(&up);
-        let dest = dir.path().join("release");
-        fs::create_dir(&dest).unwrap();
-        fs::write(dest.join("keep"), "mine").unwrap();
-        let err = source.materialise(&sha, ".", &dest).unwrap_err();
-        assert!(matches!(err, SourceError::Materialise { .. }), "{err}");
-        assert!(err.to_string().contains("already exists"), "{err}");
-        assert_eq!(fs::read_to_string(dest.join("keep")).unwrap(), "mine", "left untouched");
-    }
-
-    #[test]
-    fn an_unknown_commit_writes_nothing() {
-        let up = Upstream::new();
-        let (source, _sha, dir) = fetched(&up);
-        let dest = dir.path().join("release");
-        let err = source.materialise(&"3".repeat(40), ".", &dest).unwrap_err();
-        assert!(matches!(err, SourceError::UnknownCommit { .. }), "{err}");
-        assert!(!dest.exists());
-    }
-
-    #[test]
-    fn a_partial_left_by_a_crash_is_replaced() {
-        let up = Upstream::new();
-        let (source, sha, dir) = fetched(&up);
-        let partial = dir.path().join(".release.partial");
-        fs::create_dir_all(partial.join("junk")).unwrap();
-        source.materialise(&sha, ".", &dir.path().join("release")).unwrap();
-        assert!(!partial.exists());
-        assert!(!dir.path().join("release/junk").exists());
-    }
-
-    #[test]
-    fn many_files_are_written_by_several_threads() {
-        let up = Upstream::new();
-        for d in 0..10 {
-            for f in 0..100 {
-                up.write(&format!("d{d}/f{f}.txt"), &format!("{d}/{f}\n"));
-            }
-        }
-        up.commit("a thousand files");
-        let (source, sha, dir) = fetched(&up);
-        let dest = dir.path().join("release");
-        source.materialise(&sha, ".", &dest).unwrap();
-        for d in 0..10 {
-            for f in 0..100 {
-                assert_eq!(fs::read_to_string(dest.join(format!("d{d}/f{f}.txt"))).unwrap(), format!("{d}/{f}\n"));
-            }
-        }
-    }
-
-    #[test]
-    fn a_submodule_becomes_an_empty_directory() {
-        let up = Upstream::new();
-        let sub = Upstream::new();
-        up.git(&["-c", "protocol.file.allow=always", "submodule", "add", "-q", &sub.path_url(), "vendor/lib"]);
-        up.commit("submodule");
-        let (source, sha, dir) = fetched(&up);
-        let dest = dir.path().join("release");
-        source.materialise(&sha, ".", &dest).unwrap();
-        assert!(dest.join("vendor/lib").is_dir());
-        assert_eq!(fs::read_dir(dest.join("vendor/lib")).unwrap().count(), 0);
-        assert!(dest.join(".gitmodules").is_file());
-    }
-}
+mod shapes;
+#[cfg(test)]
+mod tests;

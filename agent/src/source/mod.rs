@@ -16,8 +16,11 @@ mod auth;
 mod error;
 mod fetch;
 mod known_hosts;
+mod limits;
+mod local;
 mod materialise;
 mod refname;
+mod tree;
 
 #[cfg(test)]
 mod fixture;
@@ -25,6 +28,7 @@ mod fixture;
 pub use auth::{GitAuth, Transport, is_loopback, transport};
 pub use error::{SourceError, redact_url};
 pub use fetch::Fetched;
+pub use limits::{Limit, Limits};
 pub use refname::{BadRef, is_sha_like, validate_ref};
 
 use git2::{ErrorClass, ErrorCode, Repository};
@@ -41,6 +45,8 @@ pub struct Source {
     branch: String,
     auth: Option<GitAuth>,
     cache_dir: PathBuf,
+    /// How much a commit or a fetch may make this source do.
+    limits: Limits,
     /// Two fetches into one clone would fight over ref locks; a deploy and a poll may overlap.
     fetch_lock: Mutex<()>,
 }
@@ -52,6 +58,7 @@ impl fmt::Debug for Source {
             .field("branch", &self.branch)
             .field("auth", &self.auth)
             .field("cache_dir", &self.cache_dir)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -70,11 +77,18 @@ impl Source {
             branch: branch.to_string(),
             auth,
             cache_dir: cache_dir.to_path_buf(),
+            limits: Limits::default(),
             fetch_lock: Mutex::new(()),
         };
         let repo = source.open_or_init()?;
         source.configure_remote(&repo)?;
         Ok(source)
+    }
+
+    /// Hold fetches and materialised trees to `limits` instead of the defaults.
+    pub fn with_limits(mut self, limits: Limits) -> Source {
+        self.limits = limits;
+        self
     }
 
     /// The repository URL without any userinfo, fit for logs and messages.
@@ -206,10 +220,15 @@ impl Source {
         }
     }
 
-    /// The repository's path when the URL is a local path or a `file://` URL.
+    /// The repository's path when the URL is a local path or a `file://` URL: every URL that
+    /// libgit2 would fetch through its local transport (an existing directory is one, whatever
+    /// its name looks like), so that none of them reaches it.
     fn local_path(&self) -> Option<PathBuf> {
         if let Some(path) = self.url.strip_prefix("file://") {
-            return Some(PathBuf::from(path));
+            return Some(PathBuf::from(percent_decoded(path)));
+        }
+        if Path::new(&self.url).is_dir() {
+            return Some(PathBuf::from(&self.url));
         }
         let scp_like = self.url.split_once(':').is_some_and(|(host, _)| !host.contains('/'));
         (!self.url.contains("://") && !scp_like).then(|| PathBuf::from(&self.url))
@@ -219,6 +238,55 @@ impl Source {
     fn git_error(&self, e: git2::Error) -> SourceError {
         SourceError::Git { path: self.cache_dir.clone(), message: self.scrub(e.message()) }
     }
+}
+
+/// Bound what libgit2 keeps in memory for the whole process; call once at start, before any
+/// other thread uses libgit2 (its options are plain globals).
+///
+/// libgit2's defaults suit a desktop git client, not a small daemon: a 256 MiB object cache, and
+/// pack windows of 1 GiB mapped up to 8 GiB, whose touched pages all count in the agent's RSS.
+/// Trees are not cached at all: the cache weighs a tree by its raw size (~30 bytes for one entry)
+/// while a parsed tree costs about a kilobyte, so listing a 30,000-level tree through libgit2's
+/// `Tree` once kept ~22 MB cached under a "16 MiB" cap. (The walks now read trees' bytes
+/// themselves, `tree.rs`; the `root:` lookup still goes through `Tree`.)
+/// Smaller windows cost a few more `mmap` calls on large packs.
+pub fn configure_libgit2() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: libgit2's options are process globals without locking; this runs once, and the
+        // agent calls it before it starts any thread that uses libgit2.
+        let set = unsafe {
+            git2::opts::set_cache_max_size(16 << 20)
+                .and_then(|()| git2::opts::set_cache_object_limit(git2::ObjectType::Tree, 0))
+                .and_then(|()| git2::opts::set_mwindow_size(32 << 20))
+                .and_then(|()| git2::opts::set_mwindow_mapped_limit(128 << 20))
+        };
+        if let Err(e) = set {
+            tracing::warn!(error = %e, "cannot bound libgit2's caches; it keeps its defaults");
+        }
+    });
+}
+
+/// A `file://` URL's path with `%XX` escapes decoded, as git and libgit2 read it.
+fn percent_decoded(path: &str) -> std::ffi::OsString {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    std::ffi::OsString::from_vec(out)
 }
 
 /// Refuse URLs that cannot be right before libgit2 sees them.
