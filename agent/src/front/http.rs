@@ -765,7 +765,21 @@ fn content_length(value: &[u8]) -> Option<u64> {
 
 /// Headers through which a client says who it is or how it connected: believed only from a
 /// trusted proxy, otherwise dropped and set by the front from what it saw.
-const FORWARDING: [&str; 5] = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"];
+/// Beyond the standard ones, the spellings frameworks read to decide a request came over https
+/// (Rack: `X-Forwarded-Ssl`, `X-Forwarded-Scheme`, `Front-End-Https`, `X-Url-Scheme`) or on
+/// which port.
+const FORWARDING: [&str; 10] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+    "x-real-ip",
+    "x-forwarded-ssl",
+    "x-forwarded-scheme",
+    "front-end-https",
+    "x-url-scheme",
+    "x-forwarded-port",
+];
 
 /// A forwarding header spelled with `_` for `-` (`X_Forwarded_Proto`): CGI, WSGI and Rack servers
 /// read it as the dashed one (both become `HTTP_X_FORWARDED_PROTO`, joined), so a client could claim
@@ -808,6 +822,7 @@ pub(super) fn parse_request(
     let mut forwarded_host: Option<&[u8]> = None;
     let mut host: Option<&[u8]> = None;
     let mut request_id: Option<&[u8]> = None;
+    let mut bad_request_id = false;
     for h in parsed.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
@@ -837,8 +852,14 @@ pub(super) fn parse_request(
             has_upgrade = true;
         } else if name.eq_ignore_ascii_case("host") {
             host = Some(h.value);
-        } else if name.eq_ignore_ascii_case("x-request-id") && !h.value.is_empty() && h.value.len() <= 200 {
-            request_id = Some(h.value);
+        } else if name.eq_ignore_ascii_case("x-request-id") {
+            // An empty or overlong id is replaced by one of the front's, never sent beside it.
+            if !h.value.is_empty() && h.value.len() <= 200 && request_id.is_none() {
+                request_id = Some(h.value);
+            } else {
+                has_forwarding = true;
+                bad_request_id = true;
+            }
         } else if underscored_forwarding(name) {
             has_forwarding = true;
         } else if FORWARDING.iter().any(|f| name.eq_ignore_ascii_case(f)) {
@@ -880,6 +901,7 @@ pub(super) fn parse_request(
             let dropped = (!trusted && FORWARDING.iter().any(|f| h.name.eq_ignore_ascii_case(f)))
                 || set_by_front
                 || underscored_forwarding(h.name)
+                || (bad_request_id && h.name.eq_ignore_ascii_case("x-request-id"))
                 || (h.name.eq_ignore_ascii_case("connection") && !upgrade);
             if dropped {
                 continue;
@@ -907,7 +929,7 @@ pub(super) fn parse_request(
     }
     // The client's request id travels on (httparse checked it holds no control bytes); a
     // request without one gets one, so the app's logs and the access log can be joined.
-    let id = match request_id {
+    let id = match request_id.filter(|_| !bad_request_id) {
         Some(v) => String::from_utf8_lossy(v).into_owned(),
         None => {
             let id = ids.next();
@@ -1059,7 +1081,8 @@ mod tests {
     #[test]
     fn a_clients_own_forwarding_headers_are_replaced_unless_it_is_a_trusted_proxy() {
         let raw = "GET / HTTP/1.1\r\nHost: app\r\nX-Forwarded-Proto: https\r\nX-Forwarded-For: 1.1.1.1\r\n\
-                   X-Forwarded-Host: evil\r\nForwarded: for=1.1.1.1;proto=https\r\nX-Real-IP: 1.1.1.1\r\n\r\n";
+                   X-Forwarded-Host: evil\r\nForwarded: for=1.1.1.1;proto=https\r\nX-Real-IP: 1.1.1.1\r\n\
+                   X-Forwarded-Ssl: on\r\nFront-End-Https: on\r\nX-Url-Scheme: https\r\n\r\n";
         let head = head_of(raw, false);
         assert_eq!(
             head,
@@ -1096,6 +1119,12 @@ mod tests {
         let second = parse("GET / HTTP/1.1\r\n\r\n");
         assert_eq!((first.id.as_str(), second.id.as_str()), ("0000000000000000", "0000000000000001"));
         assert!(String::from_utf8(second.head).unwrap().contains("X-Request-Id: 0000000000000001\r\n"));
+        for bad in ["X-Request-Id: \r\n".to_string(), format!("X-Request-Id: {}\r\n", "x".repeat(300))] {
+            let r = parse(&format!("GET / HTTP/1.1\r\n{bad}\r\n"));
+            let head = String::from_utf8(r.head).unwrap();
+            assert_eq!(head.matches("X-Request-Id").count(), 1, "one id reaches the worker: {head}");
+            assert!(head.contains(&format!("X-Request-Id: {}\r\n", r.id)), "{head}");
+        }
         let given = parse("GET / HTTP/1.1\r\nX-Request-Id: abc-123\r\n\r\n");
         assert_eq!(given.id, "abc-123");
         let head = String::from_utf8(given.head).unwrap();
