@@ -280,3 +280,134 @@ pub struct HookAnswer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ignored: Option<String>,
 }
+
+/// The states of a deploy, one place for the agent (which stores them by these names and checks
+/// every transition), the CLI and scripts.
+///
+/// `queued -> fetching -> building -> rolling -> live`, or `failed | rolled_back | superseded |
+/// interrupted | cancelled`. A live deploy can still become `rolled_back` (the bake window).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeployState {
+    Queued,
+    Fetching,
+    Building,
+    Rolling,
+    Live,
+    Failed,
+    RolledBack,
+    Superseded,
+    Interrupted,
+    Cancelled,
+}
+
+impl DeployState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeployState::Queued => "queued",
+            DeployState::Fetching => "fetching",
+            DeployState::Building => "building",
+            DeployState::Rolling => "rolling",
+            DeployState::Live => "live",
+            DeployState::Failed => "failed",
+            DeployState::RolledBack => "rolled_back",
+            DeployState::Superseded => "superseded",
+            DeployState::Interrupted => "interrupted",
+            DeployState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            DeployState::Live
+                | DeployState::Failed
+                | DeployState::RolledBack
+                | DeployState::Superseded
+                | DeployState::Interrupted
+                | DeployState::Cancelled
+        )
+    }
+
+    /// Whether a deploy may go from `self` to `next`.
+    pub fn can_become(self, next: DeployState) -> bool {
+        use DeployState::*;
+        match (self, next) {
+            (Queued, Fetching | Rolling | Superseded | Cancelled | Interrupted | Failed | Live) => true,
+            (Fetching, Building | Live | Failed | Cancelled | Interrupted) => true,
+            (Building, Rolling | Failed | Cancelled | Interrupted) => true,
+            (Rolling, Live | Failed | RolledBack | Interrupted) => true,
+            // The bake window: a live release that crash-loops is rolled back.
+            (Live, RolledBack) => true,
+            _ => false,
+        }
+    }
+
+    /// Every state, in the order of the happy path, then the ends.
+    pub const ALL: [DeployState; 10] = [
+        DeployState::Queued,
+        DeployState::Fetching,
+        DeployState::Building,
+        DeployState::Rolling,
+        DeployState::Live,
+        DeployState::Failed,
+        DeployState::RolledBack,
+        DeployState::Superseded,
+        DeployState::Interrupted,
+        DeployState::Cancelled,
+    ];
+
+    /// Cancelling is possible before the workers are touched.
+    pub fn can_cancel(self) -> bool {
+        matches!(self, DeployState::Queued | DeployState::Fetching | DeployState::Building)
+    }
+}
+
+impl std::fmt::Display for DeployState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for DeployState {
+    type Err = UnknownState;
+    fn from_str(s: &str) -> Result<Self, UnknownState> {
+        DeployState::ALL.into_iter().find(|d| d.as_str() == s).ok_or_else(|| UnknownState(s.to_string()))
+    }
+}
+
+/// A state name that is none of [`DeployState`]'s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownState(pub String);
+
+impl std::fmt::Display for UnknownState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "unknown deploy state `{}`", self.0)
+    }
+}
+
+impl std::error::Error for UnknownState {}
+
+#[cfg(test)]
+mod deploy_state_tests {
+    use super::DeployState::{self, *};
+
+    #[test]
+    fn the_happy_path_and_its_exits() {
+        let path = [Queued, Fetching, Building, Rolling, Live];
+        for w in path.windows(2) {
+            assert!(w[0].can_become(w[1]), "{:?} -> {:?}", w[0], w[1]);
+        }
+        assert!(!Live.can_become(Failed));
+        assert!(!Rolling.can_become(Cancelled), "the roll is not cancellable");
+        assert!(!Failed.can_become(Live));
+        assert!(Live.can_become(RolledBack));
+        assert!(Building.can_cancel() && !Rolling.can_cancel());
+        assert!(Superseded.is_final() && !Rolling.is_final());
+        for s in DeployState::ALL {
+            assert_eq!(s.as_str().parse::<DeployState>(), Ok(s));
+            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{}\"", s.as_str()));
+        }
+        assert!("done".parse::<DeployState>().is_err());
+    }
+}

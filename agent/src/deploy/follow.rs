@@ -131,14 +131,14 @@ mod tests {
     async fn replays_then_follows_until_the_end() {
         let store = Arc::new(Store::in_memory());
         let id = store.insert_deploy("web", "main", "api", &crate::state::Requester::default()).unwrap();
-        store.transition(id, "fetching", "fetching main", false).unwrap();
+        store.transition(id, deployer_wire::DeployState::Fetching, "fetching main").unwrap();
         let mut stream = Box::pin(follow(&store, id));
         let first: Vec<_> = vec![stream.next().await.unwrap(), stream.next().await.unwrap()];
         assert!(matches!(&first[1], DeployStreamItem::Event(e) if e.state == "fetching"));
         let writer = store.clone();
         tokio::spawn(async move {
             writer.log(id, "fetched").unwrap();
-            writer.transition(id, "live", "live", true).unwrap();
+            writer.transition(id, deployer_wire::DeployState::Live, "live").unwrap();
         });
         let rest: Vec<_> = stream.collect().await;
         let kinds: Vec<&str> = rest.iter().map(|i| i.kind()).collect();

@@ -11,16 +11,15 @@ mod pipeline;
 pub mod poll;
 pub mod release;
 mod retry;
-pub mod state;
 
 use crate::secrets::Secrets;
 use crate::source::{self, BadRef};
 pub use crate::state::Requester;
 use crate::state::{DeployId, StateError, Store};
 use crate::supervisor::{App, Supervisor, SupervisorError};
+pub use deployer_wire::DeployState;
 use deployer_wire::{Deploy, DeployAccepted, Release};
 use release::AppDir;
-use state::DeployState;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
@@ -237,7 +236,7 @@ impl Deployer {
         if let Some(live) = self.live_release_for(&a, &target)? {
             let message = format!("{label} is already live (release {live}): nothing to do");
             self.store.set_release(id, &live)?;
-            self.store.transition(id, DeployState::Live.as_str(), &message, true)?;
+            self.store.transition(id, DeployState::Live, &message)?;
             return Ok(DeployAccepted {
                 id,
                 app: app.to_string(),
@@ -253,7 +252,7 @@ impl Deployer {
             trigger: trigger.to_string(),
         });
         if let Some(old) = previous {
-            self.store.transition(old.id, DeployState::Superseded.as_str(), &format!("superseded by #{id}"), true)?;
+            self.store.transition(old.id, DeployState::Superseded, &format!("superseded by #{id}"))?;
             tracing::info!(app, id = old.id, by = id, "deploy superseded");
         }
         queue.wake.notify_one();
@@ -341,7 +340,7 @@ impl Deployer {
             let mut pending = q.pending.lock().unwrap_or_else(|e| e.into_inner());
             if pending.as_ref().is_some_and(|j| j.id == id) {
                 pending.take();
-                self.store.transition(id, DeployState::Cancelled.as_str(), "cancelled before it started", true)?;
+                self.store.transition(id, DeployState::Cancelled, "cancelled before it started")?;
                 return self.store.deploy(id)?.ok_or(DeployError::NotFound(id));
             }
             drop(pending);

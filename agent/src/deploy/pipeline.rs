@@ -5,9 +5,9 @@
 //! A failure before the roll leaves everything that serves untouched. A roll whose new workers do
 //! not get ready puts the previous release's workers back and ends `rolled_back`.
 
+use super::DeployState;
 use super::install::{self, Output};
 use super::release::{self, AppDir, prune_plan, seq_of};
-use super::state::DeployState;
 use super::{AppQueue, DeployError, Deployer, Job, Target};
 use crate::config::AppConfig;
 use crate::source::{GitAuth, Source};
@@ -44,7 +44,9 @@ struct Run<'a> {
 
 pub(super) async fn run(d: &Arc<Deployer>, q: &AppQueue, app_name: &str, job: Job, cancel: CancellationToken) {
     let Ok(app) = d.supervisor.app(app_name) else {
-        let _ = d.store.transition(job.id, "failed", "the app is no longer configured", true);
+        if let Err(e) = d.store.transition(job.id, DeployState::Failed, "the app is no longer configured") {
+            tracing::error!(error = %e, "cannot record the deploy's state");
+        }
         return;
     };
     let mut run = Run { d, q, app, id: job.id, state: DeployState::Queued, cancel, out: None, started: Instant::now() };
@@ -70,8 +72,7 @@ pub(super) async fn run(d: &Arc<Deployer>, q: &AppQueue, app_name: &str, job: Jo
 impl Run<'_> {
     /// Enter a state: stored as an event, visible to `cancel` and to the API.
     fn enter(&mut self, state: DeployState, message: &str) {
-        debug_assert!(self.state.can_become(state), "{:?} -> {:?}", self.state, state);
-        if let Err(e) = self.d.store.transition(self.id, state.as_str(), message, state.is_final()) {
+        if let Err(e) = self.d.store.transition(self.id, state, message) {
             tracing::error!(error = %e, "cannot record the deploy's state");
         }
         self.state = state;
@@ -463,7 +464,9 @@ async fn bake(
                 "within the bake window: {restarts} worker restart(s), {errored} errored; rolling back to {previous}"
             );
             tracing::warn!(app = %app.name, "{why}");
-            let _ = d.store.transition(id, DeployState::RolledBack.as_str(), &why, true);
+            if let Err(e) = d.store.transition(id, DeployState::RolledBack, &why) {
+                tracing::error!(app = %app.name, error = %e, "cannot record the bake rollback");
+            }
             let by = super::Requester::named(Some("bake"));
             if let Err(e) = d.request(&app.name, Target::Rollback(Some(previous)), "bake", &by) {
                 tracing::error!(app = %app.name, error = %e, "bake rollback could not be queued");

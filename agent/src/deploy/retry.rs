@@ -6,8 +6,8 @@
 //! forget it, and retried the failed head once per start. If that deploy itself killed the agent,
 //! every start died again on it (the deep tree of issue 9 did), and with it every app's workers.
 
+use super::DeployState;
 use super::Deployer;
-use super::state::DeployState;
 use crate::source::is_sha_like;
 use deployer_wire::Deploy;
 

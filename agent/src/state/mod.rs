@@ -16,6 +16,7 @@ mod schema;
 pub use outbox::{Change, DeployFacts, NewReport, OutboxRow, ReportRules};
 
 use crate::secrets::Secrets;
+use deployer_wire::DeployState;
 use deployer_wire::{Deploy, DeployEvent};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
@@ -23,9 +24,14 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{Notify, broadcast};
 
+/// The state database failed, or was asked for a transition the deploy's states forbid.
 #[derive(Debug, thiserror::Error)]
-#[error("state database: {0}")]
-pub struct StateError(#[from] rusqlite::Error);
+pub enum StateError {
+    #[error("state database: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("deploy #{id} cannot go from `{from}` to `{to}`")]
+    Illegal { id: DeployId, from: String, to: DeployState },
+}
 
 pub type DeployId = u64;
 
@@ -187,14 +193,21 @@ impl Store {
     }
 
     /// Enter `state`, with an event; final states also set `finished_at` and the message.
-    pub fn transition(&self, id: DeployId, state: &str, message: &str, is_final: bool) -> Result<(), StateError> {
+    /// Enter `to`, if the deploy's current state may become it (checked in the transaction that
+    /// writes it, whoever asks: the pipeline, a cancel, the queue, the bake window, a restart).
+    pub fn transition(&self, id: DeployId, to: DeployState, message: &str) -> Result<(), StateError> {
         let message = self.mask(message);
+        let state = to.as_str();
+        let is_final = to.is_final();
         let mut c = self.conn();
         let tx = c.transaction()?;
         let from: String = tx
             .query_row("SELECT state FROM deploys WHERE id = ?1", params![id as i64], |r| r.get(0))
             .optional()?
             .unwrap_or_default();
+        if !from.parse::<DeployState>().is_ok_and(|f| f.can_become(to)) {
+            return Err(StateError::Illegal { id, from, to });
+        }
         if is_final {
             tx.execute(
                 "UPDATE deploys SET state = ?2, finished_at = ?3, message = ?4 WHERE id = ?1",
@@ -281,7 +294,7 @@ impl Store {
             ids.into_iter().map(|i| i as DeployId).collect()
         };
         for id in &ids {
-            self.transition(*id, "interrupted", "the agent stopped during this deploy", true)?;
+            self.transition(*id, DeployState::Interrupted, "the agent stopped during this deploy")?;
         }
         Ok(ids)
     }
@@ -425,10 +438,10 @@ mod tests {
     fn a_deploy_records_its_steps() {
         let s = Store::in_memory();
         let id = s.insert_deploy("web", "main", "api", &Requester::token("ci", Some("ana".into()))).unwrap();
-        s.transition(id, "fetching", "fetching main", false).unwrap();
+        s.transition(id, DeployState::Fetching, "fetching main").unwrap();
         s.set_sha(id, "abc").unwrap();
         s.log(id, "fetched abc").unwrap();
-        s.transition(id, "live", "live", true).unwrap();
+        s.transition(id, DeployState::Live, "live").unwrap();
         let d = s.deploy(id).unwrap().unwrap();
         assert_eq!(d.state, "live");
         assert_eq!(d.sha.as_deref(), Some("abc"));
@@ -447,10 +460,10 @@ mod tests {
         let s = Store::in_memory_with(crate::secrets::Secrets::for_test(&[("T", "token-value-123")]));
         let by = Requester { token: Some("ci".into()), who: Some("token-value-123".into()) };
         let id = s.insert_deploy("web", "token-value-123", "api", &by).unwrap();
-        s.transition(id, "fetching", "fetching with token-value-123", false).unwrap();
+        s.transition(id, DeployState::Fetching, "fetching with token-value-123").unwrap();
         s.log(id, "log token-value-123").unwrap();
         s.set_output_tail(id, &["out token-value-123".into()]).unwrap();
-        s.transition(id, "failed", "failed: token-value-123", true).unwrap();
+        s.transition(id, DeployState::Failed, "failed: token-value-123").unwrap();
         let stored: Vec<String> = {
             let c = s.conn();
             let mut stmt = c.prepare("SELECT message FROM deploy_events UNION ALL SELECT git_ref || who || message || output_tail FROM deploys").unwrap();
@@ -477,7 +490,7 @@ mod tests {
         let s = Store::in_memory();
         let a = s.insert_deploy("web", "main", "api", &Requester::default()).unwrap();
         let b = s.insert_deploy("web", "main", "api", &Requester::default()).unwrap();
-        s.transition(b, "live", "", true).unwrap();
+        s.transition(b, DeployState::Live, "").unwrap();
         assert_eq!(s.interrupt_unfinished().unwrap(), vec![a]);
         assert_eq!(s.deploy(a).unwrap().unwrap().state, "interrupted");
         assert_eq!(s.deploy(b).unwrap().unwrap().state, "live");
@@ -501,5 +514,19 @@ mod tests {
         assert!(!r[1].ok);
         s.forget_release("web", "3-abc").unwrap();
         assert_eq!(s.releases("web").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn an_illegal_transition_is_an_error_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("agent.db"), Secrets::default()).unwrap();
+        let id = s.insert_deploy("web", "main", "api", &Requester::default()).unwrap();
+        s.transition(id, DeployState::Fetching, "fetching").unwrap();
+        s.transition(id, DeployState::Failed, "failed").unwrap();
+        let e = s.transition(id, DeployState::Live, "live after all").unwrap_err();
+        assert!(matches!(&e, StateError::Illegal { from, to: DeployState::Live, .. } if from == "failed"), "{e}");
+        let d = s.deploy(id).unwrap().unwrap();
+        assert_eq!(d.state, "failed");
+        assert!(d.events.iter().all(|e| e.message != "live after all"));
     }
 }
