@@ -80,9 +80,34 @@ pub struct Deployer {
 
 #[derive(Default)]
 struct AppQueue {
-    pending: Mutex<Option<Job>>,
-    running: Mutex<Option<Running>>,
+    /// The queued and the running deploy under one lock: the hand-off from one to the other, a
+    /// cancel and the step past which a deploy can no longer be cancelled are each one step.
+    slots: Mutex<Slots>,
     wake: Notify,
+}
+
+#[derive(Default)]
+struct Slots {
+    pending: Option<Job>,
+    running: Option<Running>,
+}
+
+impl AppQueue {
+    fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The running deploy `id` enters `to`. Going past the last cancellable state is refused
+    /// (`false`) when a cancel came first: a cancel that was answered "ok" is kept.
+    fn enter(&self, id: DeployId, to: DeployState) -> bool {
+        let mut slots = self.slots();
+        let Some(r) = slots.running.as_mut().filter(|r| r.id == id) else { return true };
+        if !to.can_cancel() && !to.is_final() && r.cancel.is_cancelled() {
+            return false;
+        }
+        r.state = to;
+        true
+    }
 }
 
 #[derive(Debug)]
@@ -152,8 +177,8 @@ impl Deployer {
     /// Whether a deploy of `app` is queued or running.
     fn busy(&self, app: &str) -> bool {
         self.queue_if_any(app).is_some_and(|q| {
-            q.pending.lock().unwrap_or_else(|e| e.into_inner()).is_some()
-                || q.running.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+            let slots = q.slots();
+            slots.pending.is_some() || slots.running.is_some()
         })
     }
 
@@ -246,11 +271,7 @@ impl Deployer {
         }
         tracing::info!(app, id, git_ref = %label, trigger, token = ?by.token, who = ?by.who, "deploy queued");
         let queue = self.queue(app);
-        let previous = queue.pending.lock().unwrap_or_else(|e| e.into_inner()).replace(Job {
-            id,
-            target,
-            trigger: trigger.to_string(),
-        });
+        let previous = queue.slots().pending.replace(Job { id, target, trigger: trigger.to_string() });
         if let Some(old) = previous {
             self.store.transition(old.id, DeployState::Superseded, &format!("superseded by #{id}"))?;
             tracing::info!(app, id = old.id, by = id, "deploy superseded");
@@ -292,7 +313,7 @@ impl Deployer {
     /// The running deploy of `app`, when the commit it deploys is `sha`.
     fn join_running(&self, app: &str, sha: &str) -> Result<Option<DeployAccepted>, DeployError> {
         let Some(queue) = self.queue_if_any(app) else { return Ok(None) };
-        let Some(id) = queue.running.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|r| r.id) else {
+        let Some(id) = queue.slots().running.as_ref().map(|r| r.id) else {
             return Ok(None);
         };
         let Some(d) = self.store.deploy(id)?.filter(|d| !d.is_final()) else { return Ok(None) };
@@ -311,8 +332,8 @@ impl Deployer {
     /// a burst of webhooks for one branch makes one deploy, not one per delivery.
     fn join_queued(&self, app: &str, target: &Target) -> Option<DeployAccepted> {
         let queue = self.queue_if_any(app)?;
-        let pending = queue.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let job = pending.as_ref().filter(|j| j.target == *target)?;
+        let slots = queue.slots();
+        let job = slots.pending.as_ref().filter(|j| j.target == *target)?;
         Some(DeployAccepted {
             id: job.id,
             app: app.to_string(),
@@ -335,17 +356,19 @@ impl Deployer {
 
     pub fn cancel(&self, id: DeployId) -> Result<Deploy, DeployError> {
         let deploy = self.store.deploy(id)?.ok_or(DeployError::NotFound(id))?;
+        if deploy.is_final() {
+            return Err(DeployError::CannotCancel { id, state: deploy.state });
+        }
         let queue = self.queue_if_any(&deploy.app);
         if let Some(q) = &queue {
-            let mut pending = q.pending.lock().unwrap_or_else(|e| e.into_inner());
-            if pending.as_ref().is_some_and(|j| j.id == id) {
-                pending.take();
+            let mut slots = q.slots();
+            if slots.pending.as_ref().is_some_and(|j| j.id == id) {
+                slots.pending.take();
+                drop(slots);
                 self.store.transition(id, DeployState::Cancelled, "cancelled before it started")?;
                 return self.store.deploy(id)?.ok_or(DeployError::NotFound(id));
             }
-            drop(pending);
-            let running = q.running.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(r) = running.as_ref().filter(|r| r.id == id) {
+            if let Some(r) = slots.running.as_ref().filter(|r| r.id == id) {
                 if r.state.can_cancel() {
                     r.cancel.cancel();
                     return Ok(deploy);
@@ -406,20 +429,58 @@ impl Deployer {
     /// Take the newest queued deploy and run it, one at a time, until the agent stops.
     async fn run_queue(self: Arc<Self>, app: String, q: Arc<AppQueue>) {
         loop {
-            let job = q.pending.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let cancel = self.shutdown.child_token();
+            // Taken from the queue and made the running one in one step: a cancel or a status
+            // in between sees it in one place or the other, never in neither.
+            let job = {
+                let mut slots = q.slots();
+                let job = slots.pending.take();
+                if let Some(j) = &job {
+                    slots.running = Some(Running { id: j.id, state: DeployState::Queued, cancel: cancel.clone() });
+                }
+                job
+            };
             let Some(job) = job else {
                 tokio::select! {
                     _ = q.wake.notified() => continue,
                     _ = self.shutdown.cancelled() => return,
                 }
             };
-            let cancel = self.shutdown.child_token();
-            *q.running.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some(Running { id: job.id, state: DeployState::Queued, cancel: cancel.clone() });
             let span = tracing::info_span!("deploy", app = %app, id = job.id);
             let run = pipeline::run(&self, &q, &app, job, cancel);
             tracing::Instrument::instrument(run, span).await;
-            *q.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            q.slots().running = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn running(q: &AppQueue, id: DeployId, state: DeployState) -> CancellationToken {
+        let cancel = CancellationToken::new();
+        q.slots().running = Some(Running { id, state, cancel: cancel.clone() });
+        cancel
+    }
+
+    #[test]
+    fn a_cancel_that_came_first_keeps_a_deploy_from_rolling() {
+        let q = AppQueue::default();
+        let cancel = running(&q, 7, DeployState::Building);
+        assert!(q.enter(7, DeployState::Building));
+        cancel.cancel();
+        assert!(!q.enter(7, DeployState::Rolling), "the roll must not start after an answered cancel");
+        assert!(q.enter(7, DeployState::Cancelled), "the deploy can still end");
+    }
+
+    #[test]
+    fn once_rolling_a_deploy_is_past_cancelling() {
+        let q = AppQueue::default();
+        let _cancel = running(&q, 7, DeployState::Building);
+        assert!(q.enter(7, DeployState::Rolling));
+        let state = q.slots().running.as_ref().map(|r| r.state);
+        assert_eq!(state, Some(DeployState::Rolling));
+        assert!(!state.is_some_and(DeployState::can_cancel), "a cancel now is refused, not lost");
     }
 }

@@ -75,10 +75,9 @@ impl Run<'_> {
         if let Err(e) = self.d.store.transition(self.id, state, message) {
             tracing::error!(error = %e, "cannot record the deploy's state");
         }
+        // Only `rolling` can be refused (by a cancel), and it goes through `begin_roll` first.
+        self.q.enter(self.id, state);
         self.state = state;
-        if let Some(r) = self.q.running.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
-            r.state = state;
-        }
         if !state.is_final() {
             tracing::info!(state = state.as_str(), "{message}");
         }
@@ -86,6 +85,19 @@ impl Run<'_> {
 
     fn log(&self, message: &str) {
         let _ = self.d.store.log(self.id, message);
+    }
+
+    /// Enter `rolling`, unless a cancel came first: past this point a deploy cannot be cancelled,
+    /// and the queue decides that in the same step as a cancel does.
+    fn begin_roll(&mut self, message: &str) -> Result<(), Stop> {
+        if !self.q.enter(self.id, DeployState::Rolling) {
+            return Err(Stop {
+                state: DeployState::Cancelled,
+                message: format!("cancelled while {}", self.state.as_str()),
+            });
+        }
+        self.enter(DeployState::Rolling, message);
+        Ok(())
     }
 
     fn check_cancel(&self) -> Result<(), Stop> {
@@ -240,7 +252,7 @@ impl Run<'_> {
         // 4. roll, with the config and env re-read
         let fresh = self.app.fresh_config().map_err(Stop::failed)?;
         let n = self.app.status().workers.len();
-        self.enter(DeployState::Rolling, &format!("rolling {n} worker(s) onto {name}"));
+        self.begin_roll(&format!("rolling {n} worker(s) onto {name}"))?;
         if let Err(e) = self.app.roll_to(fresh.clone(), release).await {
             self.on_failure(&cfg, &workdir, &env).await;
             self.prune(&cfg, &dir);
@@ -299,7 +311,7 @@ impl Run<'_> {
         let _ = self.d.store.set_sha(self.id, &row.sha);
         let _ = self.d.store.set_release(self.id, &name);
         let fresh = self.app.fresh_config().map_err(Stop::failed)?;
-        self.enter(DeployState::Rolling, &format!("rolling back onto {name}"));
+        self.begin_roll(&format!("rolling back onto {name}"))?;
         let release = ActiveRelease { name: name.clone(), dir: dir.release(&name) };
         self.app
             .roll_to(fresh, release)
