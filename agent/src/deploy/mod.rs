@@ -213,16 +213,27 @@ impl Deployer {
     /// Release directories that are on disk but not recorded, and half-written trees (a crash
     /// mid-materialise), go.
     fn remove_incomplete(&self, app: &str, dir: &AppDir, current: Option<String>) {
-        let known: Vec<String> = self.store.releases(app).unwrap_or_default().into_iter().map(|r| r.name).collect();
+        // Without the database's list every release would look unknown: remove nothing then.
+        let known: Vec<String> = match self.store.releases(app) {
+            Ok(rows) => rows.into_iter().map(|r| r.name).collect(),
+            Err(e) => {
+                tracing::error!(app, error = %e, "cannot read the recorded releases; leaving the release directories as they are");
+                return;
+            }
+        };
         for name in dir.on_disk() {
             if !known.contains(&name) && Some(&name) != current.as_ref() {
                 tracing::warn!(app, release = %name, "removing an incomplete release directory");
-                let _ = dir.remove_release(&name);
+                if let Err(e) = dir.remove_release(&name) {
+                    tracing::warn!(app, release = %name, error = %e, "cannot remove a half-made release");
+                }
             }
         }
         for partial in dir.partials() {
             tracing::warn!(app, path = %partial.display(), "removing a half-written release tree");
-            let _ = std::fs::remove_dir_all(&partial);
+            if let Err(e) = std::fs::remove_dir_all(&partial) {
+                tracing::warn!(app, path = %partial.display(), error = %e, "cannot remove a half-written release tree");
+            }
         }
     }
 

@@ -58,8 +58,10 @@ pub(super) async fn run(d: &Arc<Deployer>, q: &AppQueue, app_name: &str, job: Jo
         Ok(message) => (DeployState::Live, message),
         Err(stop) => (stop.state, stop.message),
     };
-    if let Some(out) = &run.out {
-        let _ = d.store.set_output_tail(run.id, &out.tail());
+    if let Some(out) = &run.out
+        && let Err(e) = d.store.set_output_tail(run.id, &out.tail())
+    {
+        tracing::error!(error = %e, "cannot record the install output's tail");
     }
     if state != DeployState::Live {
         tracing::warn!(state = state.as_str(), %message, "deploy ended");
@@ -84,7 +86,9 @@ impl Run<'_> {
     }
 
     fn log(&self, message: &str) {
-        let _ = self.d.store.log(self.id, message);
+        if let Err(e) = self.d.store.log(self.id, message) {
+            tracing::error!(error = %e, %message, "cannot record a deploy event");
+        }
     }
 
     /// Enter `rolling`, unless a cancel came first: past this point a deploy cannot be cancelled,
@@ -142,7 +146,7 @@ impl Run<'_> {
             }
         };
         let short = &sha[..7.min(sha.len())];
-        let _ = self.d.store.set_sha(self.id, &sha);
+        self.d.store.set_sha(self.id, &sha).map_err(recording)?;
         self.log(&format!("`{git_ref}` is {short} (fetched in {} ms)", t.elapsed().as_millis()));
         let previous = self.app.release();
         if let Some(prev) = &previous {
@@ -155,7 +159,7 @@ impl Run<'_> {
                 .find(|r| r.name == prev.name)
                 .map(|r| r.sha);
             if live_sha.as_deref() == Some(sha.as_str()) {
-                let _ = self.d.store.set_release(self.id, &prev.name);
+                self.d.store.set_release(self.id, &prev.name).map_err(recording)?;
                 return Ok(format!("{short} is already live (release {}): nothing to do", prev.name));
             }
         }
@@ -186,8 +190,8 @@ impl Run<'_> {
             .map_err(|e| Stop::failed(e.to_string()))?;
         }
         let row = ReleaseRow { app: self.app.name.clone(), name: name.clone(), seq, sha: sha.clone(), ok: false };
-        let _ = self.d.store.record_release(&row);
-        let _ = self.d.store.set_release(self.id, &name);
+        self.d.store.record_release(&row).map_err(recording)?;
+        self.d.store.set_release(self.id, &name).map_err(recording)?;
         if let Some(r) = cfg.run_as.clone() {
             let tree = release_dir.clone();
             tokio::task::spawn_blocking(move || release::give_tree(&tree, &r))
@@ -308,8 +312,8 @@ impl Run<'_> {
             .into_iter()
             .find(|r| r.name == name)
             .ok_or_else(|| Stop::failed("the release is no longer recorded"))?;
-        let _ = self.d.store.set_sha(self.id, &row.sha);
-        let _ = self.d.store.set_release(self.id, &name);
+        self.d.store.set_sha(self.id, &row.sha).map_err(recording)?;
+        self.d.store.set_release(self.id, &name).map_err(recording)?;
         let fresh = self.app.fresh_config().map_err(Stop::failed)?;
         self.begin_roll(&format!("rolling back onto {name}"))?;
         let release = ActiveRelease { name: name.clone(), dir: dir.release(&name) };
@@ -327,8 +331,14 @@ impl Run<'_> {
 
     fn go_live(&self, dir: &AppDir, row: &ReleaseRow) -> Result<(), Stop> {
         dir.switch_current(&row.name).map_err(|e| Stop::failed(format!("cannot switch `current`: {e}")))?;
-        let _ = self.d.store.record_release(&ReleaseRow { ok: true, ..row.clone() });
-        let _ = self.d.store.set_current(&self.app.name, &row.name, Some(self.id));
+        // The new workers serve already: a record that cannot be written is logged, loudly, and
+        // the deploy still says what happened (the agent's own availability is issue 11's).
+        if let Err(e) = self.d.store.record_release(&ReleaseRow { ok: true, ..row.clone() }) {
+            tracing::error!(error = %e, release = %row.name, "cannot record the release as good");
+        }
+        if let Err(e) = self.d.store.set_current(&self.app.name, &row.name, Some(self.id)) {
+            tracing::error!(error = %e, release = %row.name, "cannot record the current release");
+        }
         Ok(())
     }
 
@@ -387,11 +397,18 @@ impl Run<'_> {
         let list: Vec<(String, bool)> = rows.iter().map(|r| (r.name.clone(), r.ok)).collect();
         for name in prune_plan(&list, cfg.keep_releases as usize, current.as_deref(), previous.as_deref()) {
             if dir.remove_release(&name).is_ok() || !dir.release(&name).exists() {
-                let _ = self.d.store.forget_release(&self.app.name, &name);
+                if let Err(e) = self.d.store.forget_release(&self.app.name, &name) {
+                    tracing::error!(error = %e, release = %name, "cannot forget a pruned release");
+                }
                 self.log(&format!("pruned release {name}"));
             }
         }
     }
+}
+
+/// A deploy whose progress cannot be recorded stops before it changes what serves.
+fn recording(e: crate::state::StateError) -> Stop {
+    Stop::failed(format!("cannot record the deploy's progress: {e}"))
 }
 
 /// The next release number: one more than any recorded or on disk.
@@ -486,7 +503,9 @@ async fn bake(
             return;
         }
     }
-    let _ = d.store.log(id, &format!("bake window of {} passed", humantime::format_duration(window)));
+    if let Err(e) = d.store.log(id, &format!("bake window of {} passed", humantime::format_duration(window))) {
+        tracing::error!(error = %e, "cannot record the end of the bake window");
+    }
 }
 
 #[cfg(test)]

@@ -140,6 +140,7 @@ impl Store {
 
     fn changed(&self, id: DeployId, state: &str, is_final: bool, reports: usize) {
         // No receiver is fine: nobody is watching.
+        // No follower is listening: nothing to tell.
         let _ = self.changes.send(DeployChange { id, state: state.to_string(), is_final });
         if reports > 0 {
             self.outbox_wake.notify_one();
