@@ -2,11 +2,15 @@
 # The supervisor's numbers, in one run:
 #   1. failed requests over 20 reloads in a row under 50 concurrent clients (goal: 0), with a new
 #      connection per request and with keep-alive clients, on the unmodified example app;
-#   2. throughput of each front (http, tcp, fd) vs. PM2 7 cluster mode, same 0 ms app, 2 workers,
-#      wrk -c64 with keep-alive and with `Connection: close`;
+#   2. throughput of each front (http, tcp, fd) vs. PM2 7 cluster mode, nginx and HAProxy, same
+#      0 ms app, 2 workers, wrk -t1 -c64 with keep-alive and with `Connection: close`;
 #   3. the agent's RSS with one app of 2 workers.
+# nginx (2 worker processes, upstream keepalive 64) and HAProxy (nbthread 2, http-reuse always)
+# run from temp configs on free loopback ports, as `nobody` when the script runs as root, and are
+# started and killed here: no system service is used or touched.
 # Usage: bench/reload.sh [--quick]   (--quick: 5 reloads, 5 s wrk runs)
-# Needs: cargo, node, npm, python3, wrk (installed with apt-get when missing and run as root).
+# Needs: cargo, node, npm, python3, wrk, nginx (Debian nginx-light), haproxy (installed with apt-get
+# when missing and run as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -15,16 +19,25 @@ RELOADS=20 WRK_SECONDS=10
 
 WORK=$(mktemp -d /tmp/deployer-bench.XXXXXX)
 AGENT_PID=""
+EXTRA_PIDS=()
 cleanup() {
   [[ -n "$AGENT_PID" ]] && kill "$AGENT_PID" 2>/dev/null && wait "$AGENT_PID" 2>/dev/null || true
+  for pid in "${EXTRA_PIDS[@]}"; do kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true; done
   [[ -x "$WORK/pm2/node_modules/.bin/pm2" ]] && PM2_HOME=$WORK/pm2home "$WORK/pm2/node_modules/.bin/pm2" kill >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-if ! command -v wrk >/dev/null; then
-  if [[ $(id -u) == 0 ]]; then (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null; else echo "wrk is missing: apt-get install wrk" >&2; exit 1; fi
+MISSING=()
+command -v wrk >/dev/null || MISSING+=(wrk)
+[[ -x /usr/sbin/nginx ]] || command -v nginx >/dev/null || MISSING+=(nginx-light)
+[[ -x /usr/sbin/haproxy ]] || command -v haproxy >/dev/null || MISSING+=(haproxy)
+if (( ${#MISSING[@]} )); then
+  if [[ $(id -u) == 0 ]]; then (apt-get update -qq && apt-get install -y -qq "${MISSING[@]}") >/dev/null
+  else echo "missing: apt-get install ${MISSING[*]}" >&2; exit 1; fi
 fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 LOADCHECK=$ROOT/../shared/bench/loadcheck.py
 [[ -f $LOADCHECK ]] || LOADCHECK=$ROOT/bench/loadcheck.py
 
@@ -69,6 +82,16 @@ YAML
 }
 stop_agent() { kill "$AGENT_PID"; wait "$AGENT_PID" 2>/dev/null || true; AGENT_PID=""; }
 
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_http() { for _ in $(seq 100); do curl -sf "http://127.0.0.1:$1/" >/dev/null && return 0; sleep 0.1; done; echo "nothing answers on :$1" >&2; return 1; }
+# as_nobody CMD... &: run a proxy unprivileged (setpriv to nobody when we are root). It execs, so
+# call it only in a background subshell: then $! is the proxy itself and killing it stops the proxy.
+as_nobody() {
+  if [[ $(id -u) == 0 ]]; then exec setpriv --reuid=nobody --regid=nogroup --clear-groups --inh-caps=-all -- "$@"; fi
+  exec "$@"
+}
+# kill_extra PID...: stop processes this script started (and only those).
+kill_extra() { for pid in "$@"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done; }
 rps() { wrk -t1 -c64 -d"${WRK_SECONDS}s" --latency "$@" | awk '/Requests\/sec/ {print $2}'; }
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
@@ -109,6 +132,88 @@ KA[pm2]=$(rps "http://127.0.0.1:$PM2_PORT/")
 CL[pm2]=$(rps -H 'Connection: close' "http://127.0.0.1:$PM2_PORT/")
 PM2_RSS=$(ps -o rss= -p "$(pgrep -f 'PM2 v.*God Daemon' | head -1)" | tr -d ' ')
 PM2_HOME=$WORK/pm2home "$PM2" kill >/dev/null 2>&1
+# nginx and HAProxy: in front of the same app, 2 plain workers (DELAY_MS=0) on free loopback ports.
+W1=$(free_port) W2=$(free_port)
+(cd "$ROOT/examples/hello-node" && DELAY_MS=0 INSTANCE_ID=0 PORT=$W1 exec node app.js >/dev/null 2>&1) &
+EXTRA_PIDS+=($!)
+(cd "$ROOT/examples/hello-node" && DELAY_MS=0 INSTANCE_ID=1 PORT=$W2 exec node app.js >/dev/null 2>&1) &
+EXTRA_PIDS+=($!)
+WORKER_PIDS=("${EXTRA_PIDS[@]}")
+wait_http "$W1" && wait_http "$W2" || exit 1
+# The proxies' own dir: readable and writable by the unprivileged user (WORK itself stays 0700 but
+# traversable so that user can reach it).
+chmod 711 "$WORK"
+PX=$WORK/proxies
+mkdir -p "$PX/nginx-tmp"
+[[ $(id -u) == 0 ]] && chown -R nobody:nogroup "$PX"
+
+NGINX_PORT=$(free_port)
+cat > "$PX/nginx.conf" <<NGINX
+worker_processes 2;
+daemon off;
+pid $PX/nginx.pid;
+error_log $PX/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $PX/nginx-tmp/body;
+  proxy_temp_path $PX/nginx-tmp/proxy;
+  fastcgi_temp_path $PX/nginx-tmp/fastcgi;
+  uwsgi_temp_path $PX/nginx-tmp/uwsgi;
+  scgi_temp_path $PX/nginx-tmp/scgi;
+  upstream app {
+    server 127.0.0.1:$W1;
+    server 127.0.0.1:$W2;
+    keepalive 64;
+  }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+NGINX
+as_nobody "$NGINX" -e "$PX/nginx-error.log" -p "$PX" -c "$PX/nginx.conf" >"$PX/nginx.out" 2>&1 &
+NGINX_PID=$!
+EXTRA_PIDS+=($NGINX_PID)
+wait_http "$NGINX_PORT" || { cat "$PX/nginx.out" "$PX/nginx-error.log" >&2 || true; exit 1; }
+KA[nginx]=$(rps "http://127.0.0.1:$NGINX_PORT/")
+CL[nginx]=$(rps -H 'Connection: close' "http://127.0.0.1:$NGINX_PORT/")
+kill_extra "$NGINX_PID"
+EXTRA_PIDS=("${WORKER_PIDS[@]}")
+
+HAPROXY_PORT=$(free_port)
+cat > "$PX/haproxy.cfg" <<HAPROXY
+global
+  nbthread 2
+  maxconn 4096
+defaults
+  mode http
+  option http-keep-alive
+  http-reuse always
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+frontend bench
+  bind 127.0.0.1:$HAPROXY_PORT
+  default_backend app
+backend app
+  balance roundrobin
+  server w1 127.0.0.1:$W1
+  server w2 127.0.0.1:$W2
+HAPROXY
+as_nobody "$HAPROXY" -db -f "$PX/haproxy.cfg" >"$PX/haproxy.out" 2>&1 &
+HAPROXY_PID=$!
+EXTRA_PIDS+=($HAPROXY_PID)
+wait_http "$HAPROXY_PORT" || { cat "$PX/haproxy.out" >&2 || true; exit 1; }
+KA[haproxy]=$(rps "http://127.0.0.1:$HAPROXY_PORT/")
+CL[haproxy]=$(rps -H 'Connection: close' "http://127.0.0.1:$HAPROXY_PORT/")
+kill_extra "$HAPROXY_PID" "${WORKER_PIDS[@]}"
+EXTRA_PIDS=()
+
 for mode in http tcp fd; do
   start_agent "$mode" 0
   KA[$mode]=$(rps "http://127.0.0.1:$APP_PORT/")
@@ -116,22 +221,29 @@ for mode in http tcp fd; do
   [[ $mode == http ]] && LOADED_RSS=$(rss_kb "$AGENT_PID")
   stop_agent
 done
-python3 - "${KA[pm2]}" "${CL[pm2]}" "${KA[http]}" "${CL[http]}" "${KA[tcp]}" "${CL[tcp]}" "${KA[fd]}" "${CL[fd]}" <<'PY'
+python3 - "${KA[pm2]}" "${CL[pm2]}" "${KA[nginx]}" "${CL[nginx]}" "${KA[haproxy]}" "${CL[haproxy]}" \
+  "${KA[http]}" "${CL[http]}" "${KA[tcp]}" "${CL[tcp]}" "${KA[fd]}" "${CL[fd]}" <<'PY'
 import sys
+names = ["pm2 7 cluster", "nginx", "haproxy", "http", "tcp", "fd"]
 v = list(map(float, sys.argv[1:]))
-goals = {"http": (0.9, 1.5), "tcp": (0.95, 1.5), "fd": (1.0, 2.0)}
-print(f"| front | keep-alive | x PM2 (goal) | conn/request | x PM2 (goal) |")
-print(f"|---|---|---|---|---|")
-print(f"| pm2 7 cluster | {v[0]:.0f} | 1.00 | {v[1]:.0f} | 1.00 |")
-for i, m in enumerate(["http", "tcp", "fd"]):
-    ka, cl = v[2 + 2 * i], v[3 + 2 * i]
-    g = goals[m]
-    print(f"| {m} | {ka:.0f} | {ka / v[0]:.2f} (>= {g[0]}) | {cl:.0f} | {cl / v[1]:.2f} (>= {g[1]}) |")
+ka = dict(zip(names, v[0::2]))
+cl = dict(zip(names, v[1::2]))
+print("| front | keep-alive | x nginx | x PM2 | conn/request | x nginx | x PM2 |")
+print("|---|---|---|---|---|---|---|")
+for m in names:
+    print(f"| {m} | {ka[m]:.0f} | {ka[m] / ka['nginx']:.2f} | {ka[m] / ka['pm2 7 cluster']:.2f} "
+          f"| {cl[m]:.0f} | {cl[m] / cl['nginx']:.2f} | {cl[m] / cl['pm2 7 cluster']:.2f} |")
+best_ka = max(ka["nginx"], ka["haproxy"])
+best_cl = max(cl["nginx"], cl["haproxy"])
+print()
+print(f"- goal for `http`: >= 1.0x the better of nginx/HAProxy with both client kinds, >= 0.97x PM2 keep-alive: "
+      f"keep-alive {ka['http'] / best_ka:.2f}x, conn/request {cl['http'] / best_cl:.2f}x, "
+      f"keep-alive {ka['http'] / ka['pm2 7 cluster']:.2f}x PM2")
 PY
 
 echo
 echo "## 3. Memory (RSS of the agent, one app of 2 workers)"
 echo "- agent idle after start: $((IDLE_RSS / 1024)).$(( (IDLE_RSS % 1024) * 10 / 1024 )) MB (goal <= 15 MB)"
 echo "- agent after ${RELOADS}x2 reloads under load: $((BUSY_RSS / 1024)).$(( (BUSY_RSS % 1024) * 10 / 1024 )) MB"
-echo "- agent after wrk -c64 through the http front: $((LOADED_RSS / 1024)).$(( (LOADED_RSS % 1024) * 10 / 1024 )) MB"
+echo "- agent after wrk -c64 (keep-alive, then conn/request) through the http front: $((LOADED_RSS / 1024)).$(( (LOADED_RSS % 1024) * 10 / 1024 )) MB"
 echo "- PM2 daemon: $((PM2_RSS / 1024)) MB"
