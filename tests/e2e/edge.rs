@@ -277,3 +277,45 @@ fn the_access_log_has_a_line_per_request_with_the_id_the_worker_saw() {
     assert!(one["bytes"].as_u64().is_some_and(|b| b > 0) && one["ms"].is_u64() && one["worker"].is_u64(), "{one}");
     assert!(lines.iter().any(|l| l["path"] == "/two" && l["id"] == "mine-42"), "{lines:#?}");
 }
+
+/// The app with `health:` probes every 200 ms, whose worker 1 answers `/healthz` with 500 once
+/// `marker` exists; answers the agent and the sick worker's pid.
+pub(crate) fn sickening_app(env: TestEnv, dir: &std::path::Path) -> (deployer_tests::Agent, u32) {
+    let agent = env
+        .web(|a| {
+            a.start(&["node", &fixture("sickens.js")])
+                .env("SICK_ONCE_FILE", &dir.join("sick-once").display().to_string())
+                .env("SICK_MARKER", &dir.join("sick-now").display().to_string())
+                .env("DELAY_MS", "20")
+                .set("health", "{ http: /healthz, interval: 200ms, timeout: 1s, failures: 3 }")
+        })
+        .start();
+    let sick = agent.wait_online("web", 2)[1].pid.expect("a pid");
+    (agent, sick)
+}
+
+/// Active health: a worker whose own `/healthz` starts failing while it still serves `/` leaves
+/// the rotation after `failures` probes and is replaced through the reload path, its replacement
+/// ready first: clients on `/` see no failure at all.
+#[test]
+fn a_worker_failing_its_health_probes_is_replaced_without_failing_a_request() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let (agent, sick) = sickening_app(TestEnv::new(), dir.path());
+    let load = Load::start(agent.port("web"), 20, true);
+    assert!(load.wait_for_more(50, Duration::from_secs(15)), "the load did not get going");
+    // Healthy probes do nothing: the same two workers serve.
+    assert!(!wait_until(Duration::from_secs(1), || !agent.pids("web").contains(&sick)), "replaced while healthy");
+
+    std::fs::write(dir.path().join("sick-now"), "").expect("the marker");
+    let replaced = wait_until(Duration::from_secs(20), || {
+        let pids = agent.pids("web");
+        pids.len() == 2 && !pids.contains(&sick) && agent.app("web").workers.iter().all(|w| w.state == "online")
+    });
+    assert!(replaced, "the sick worker was not replaced: {:#?}", agent.app("web").workers);
+    assert!(wait_until(Duration::from_secs(15), || !deployer_tests::pid_alive(sick)), "the sick worker still runs");
+    assert!(load.wait_for_more(100, Duration::from_secs(15)), "nothing served after the replacement");
+    let report = load.stop();
+    eprintln!("load: {report}");
+    assert_eq!(report.failed, 0, "{report}");
+    assert!(agent.log().contains("failed health probes in a row"), "{}", agent.log());
+}

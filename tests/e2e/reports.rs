@@ -147,3 +147,24 @@ fn a_worker_that_errors_is_reported_with_its_output() {
     // Once per errored worker, not once per look.
     assert!(!wait_until(Duration::from_secs(3), || errored().len() > 1), "{:#?}", errored());
 }
+
+/// A worker that health checks take out of rotation is reported once as `worker.unhealthy`,
+/// saying why, with its release.
+#[test]
+fn a_worker_found_unhealthy_is_reported_once() {
+    let receiver = Receiver::start(Mode::Status(200));
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let env = TestEnv::new().agent_set("report", &format!("[{{ url: \"{}\" }}]", receiver.url("/events")));
+    let (_agent, _sick) = crate::edge::sickening_app(env, dir.path());
+    std::fs::write(dir.path().join("sick-now"), "").expect("the marker");
+    let unhealthy =
+        || receiver.received().into_iter().filter(|r| r.json()["event"] == "worker.unhealthy").collect::<Vec<_>>();
+    assert!(wait_until(Duration::from_secs(20), || !unhealthy().is_empty()), "{:#?}", receiver.received());
+    let body = unhealthy()[0].json();
+    assert_eq!((body["app"].as_str(), body["worker"].as_u64()), (Some("web"), Some(1)), "{body:#}");
+    assert!(body["message"].as_str().is_some_and(|m| m.contains("3 failed health probes in a row")), "{body:#}");
+    assert!(body["release"].is_string(), "{body:#}");
+    assert_eq!(unhealthy()[0].header("x-deployer-event"), Some("worker.unhealthy"));
+    // Its replacement is healthy: no second report.
+    assert!(!wait_until(Duration::from_secs(3), || unhealthy().len() > 1), "{:#?}", unhealthy());
+}

@@ -8,6 +8,7 @@ pub mod auth;
 mod checked;
 pub mod env_file;
 pub mod front;
+pub mod health;
 pub mod limits;
 pub mod report;
 pub mod run_as;
@@ -17,6 +18,7 @@ pub mod units;
 pub use auth::AuthConfig;
 pub use env_file::read_env_file;
 pub use front::{Cidr, FrontConfig};
+pub use health::{HealthCheck, HealthConfig};
 pub use limits::LimitsConfig;
 pub use report::{GithubStatusConfig, ReportConfig, RetryConfig};
 pub use run_as::RunAs;
@@ -196,6 +198,9 @@ pub struct AppConfig {
     /// How the `http` front treats clients: head deadline, keep-alive idle time, trusted proxies.
     #[serde(default)]
     pub front: FrontConfig,
+    /// Active health checks of each online worker (`http` and `tcp` fronts): off when absent.
+    #[serde(default)]
+    pub health: Option<HealthConfig>,
     /// Environment for the workers, on top of the agent's own.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -724,6 +729,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
                     ));
                 }
             }
+        }
+        if app.health.is_some() && !matches!(app.proxy, ProxyMode::Http | ProxyMode::Tcp) {
+            return Err(at(
+                &["apps", name, "health"],
+                format!("`proxy: {}` workers have no private port the agent can probe one by one", app.proxy.as_str()),
+                Some("remove `health`, or use `proxy: http` or `proxy: tcp`".into()),
+            ));
         }
         // Where there is no private port to probe, readiness defaults to "still alive after 1s".
         if matches!(app.proxy, ProxyMode::Fd | ProxyMode::None)

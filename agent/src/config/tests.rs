@@ -245,3 +245,29 @@ fn bad_limits_are_located_with_a_hint() {
     assert!(e.message.contains("unknown field `max_blob`"), "{e}");
     assert!(e.hint.is_some_and(|h| h.contains("max_file")), "a suggestion names a real key");
 }
+
+#[test]
+fn health_checks_parse_and_are_refused_where_workers_cannot_be_probed() {
+    let d = tmp("health");
+    let with =
+        GOOD.replace("    max_memory: 512M\n", "    max_memory: 512M\n    health: { http: /healthz, interval: 1s }\n");
+    let p = write(&d, &with);
+    let h = load(&p).unwrap().config.apps["web"].health.clone().unwrap();
+    assert_eq!((h.check, h.interval, h.failures), (HealthCheck::Http("/healthz".into()), Duration::from_secs(1), 3));
+
+    let p = write(&d, &with.replace("interval: 1s", "interval: 1s, failures: 0"));
+    let e = load(&p).unwrap_err();
+    assert_eq!(e.line, 14, "{e}");
+    assert!(e.message.starts_with("apps.web.health: `failures: 0`"), "{e}");
+
+    let p = write(
+        &d,
+        &with
+            .replace("    port: 3000\n", "    port: 3000\n    proxy: fd\n")
+            .replace("{ http: /healthz, timeout: 10s }", "{ notify: true }"),
+    );
+    let e = load(&p).unwrap_err();
+    assert_eq!(e.line, 15, "{e}");
+    assert!(e.message.contains("`proxy: fd` workers have no private port"), "{e}");
+    assert!(e.hint.as_deref().is_some_and(|h| h.contains("remove `health`")), "{e}");
+}

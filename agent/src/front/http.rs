@@ -7,6 +7,10 @@
 //! Upstream connections are pooled per worker, so a client that opens a connection per request
 //! still reuses warm connections to the app.
 
+mod fuzz;
+
+pub use fuzz::{Framed, fuzz_frame};
+
 use super::chunked::Chunked;
 use super::{Backend, Lease, Rotation, UPSTREAM_IDLE, accept};
 use bytes::{Buf, BytesMut};

@@ -42,6 +42,8 @@ pub struct Backend {
     idle: Mutex<Vec<(TcpStream, Instant)>>,
     /// Timeouts and refused connects in a row (passive health); an answer resets it.
     failures: AtomicUsize,
+    /// Failed active health probes in a row; a passing probe resets it.
+    probe_failures: AtomicUsize,
     /// Reported unhealthy once; its replacement is on the way.
     unhealthy: AtomicBool,
 }
@@ -57,6 +59,7 @@ impl Backend {
             drained: Notify::new(),
             idle: Mutex::new(Vec::new()),
             failures: AtomicUsize::new(0),
+            probe_failures: AtomicUsize::new(0),
             unhealthy: AtomicBool::new(false),
         })
     }
@@ -141,6 +144,24 @@ impl Drop for Lease {
     }
 }
 
+/// Why a backend was found unhealthy (for logs and the `worker.unhealthy` report).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unhealthy {
+    /// Passive: this many response timeouts or refused connects in a row.
+    Requests(usize),
+    /// Active: this many failed health probes in a row.
+    Probes(usize),
+}
+
+impl std::fmt::Display for Unhealthy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unhealthy::Requests(n) => write!(f, "{n} timeouts or refused connects in a row"),
+            Unhealthy::Probes(n) => write!(f, "{n} failed health probes in a row"),
+        }
+    }
+}
+
 /// The set of backends that take new traffic.
 #[derive(Debug, Default)]
 pub struct Rotation {
@@ -150,7 +171,7 @@ pub struct Rotation {
     /// Failures in a row after which a backend is unhealthy; 0: never.
     unhealthy_after: AtomicUsize,
     /// Backends found unhealthy, for the supervisor to replace ([`Rotation::next_unhealthy`]).
-    unhealthy: Mutex<Vec<Arc<Backend>>>,
+    unhealthy: Mutex<Vec<(Arc<Backend>, Unhealthy)>>,
     unhealthy_found: Notify,
 }
 
@@ -165,7 +186,28 @@ impl Rotation {
     pub fn failed(&self, b: &Arc<Backend>) {
         let n = b.failures.fetch_add(1, SeqCst) + 1;
         let limit = self.unhealthy_after.load(SeqCst);
-        if limit == 0 || n < limit || b.unhealthy.swap(true, SeqCst) {
+        if limit != 0 && n >= limit {
+            self.found_unhealthy(b, Unhealthy::Requests(limit));
+        }
+    }
+
+    /// Active health: a probe of `b` failed; after `limit` in a row `b` is unhealthy exactly as
+    /// after passive failures.
+    pub fn probe_failed(&self, b: &Arc<Backend>, limit: usize) {
+        let n = b.probe_failures.fetch_add(1, SeqCst) + 1;
+        if n >= limit.max(1) {
+            self.found_unhealthy(b, Unhealthy::Probes(limit.max(1)));
+        }
+    }
+
+    /// A probe of `b` passed: its probe failure count starts again.
+    pub fn probe_passed(&self, b: &Backend) {
+        b.probe_failures.store(0, SeqCst);
+    }
+
+    /// Take `b` out of rotation (unless it is the last one) and hand it to the supervisor, once.
+    fn found_unhealthy(&self, b: &Arc<Backend>, why: Unhealthy) {
+        if b.unhealthy.swap(true, SeqCst) {
             return;
         }
         // The last backend stays: a slow answer beats none (every worker of an app that waits
@@ -173,7 +215,7 @@ impl Rotation {
         if self.snapshot().iter().any(|x| !Arc::ptr_eq(x, b)) {
             self.remove(b);
         }
-        self.unhealthy.lock().unwrap_or_else(|e| e.into_inner()).push(b.clone());
+        self.unhealthy.lock().unwrap_or_else(|e| e.into_inner()).push((b.clone(), why));
         self.unhealthy_found.notify_one();
     }
 
@@ -184,8 +226,8 @@ impl Rotation {
         }
     }
 
-    /// The next backend found unhealthy (waits until there is one).
-    pub async fn next_unhealthy(&self) -> Arc<Backend> {
+    /// The next backend found unhealthy, and why (waits until there is one).
+    pub async fn next_unhealthy(&self) -> (Arc<Backend>, Unhealthy) {
         loop {
             let found = self.unhealthy_found.notified();
             if let Some(b) = self.unhealthy.lock().unwrap_or_else(|e| e.into_inner()).pop() {
@@ -310,16 +352,39 @@ mod tests {
         rot.failed(&a);
         assert!(!a.in_rotation());
         rot.failed(&a);
-        let sick = tokio::time::timeout(Duration::from_secs(1), rot.next_unhealthy()).await.unwrap();
+        let (sick, why) = tokio::time::timeout(Duration::from_secs(1), rot.next_unhealthy()).await.unwrap();
         assert!(Arc::ptr_eq(&sick, &a));
+        assert_eq!(why, Unhealthy::Requests(3));
         assert!(tokio::time::timeout(Duration::from_millis(50), rot.next_unhealthy()).await.is_err(), "reported once");
         // The last backend in rotation stays in it, but is still reported for replacement.
         for _ in 0..3 {
             rot.failed(&b);
         }
         assert!(b.in_rotation());
-        let sick = tokio::time::timeout(Duration::from_secs(1), rot.next_unhealthy()).await.unwrap();
+        let (sick, _) = tokio::time::timeout(Duration::from_secs(1), rot.next_unhealthy()).await.unwrap();
         assert!(Arc::ptr_eq(&sick, &b));
+    }
+
+    #[tokio::test]
+    async fn failed_probes_in_a_row_make_a_backend_unhealthy_even_with_passive_health_off() {
+        let rot = Rotation::default();
+        rot.set_unhealthy_after(0);
+        let a = Backend::new("127.0.0.1:1".parse().unwrap(), 0);
+        let b = Backend::new("127.0.0.1:2".parse().unwrap(), 1);
+        rot.add(&a);
+        rot.add(&b);
+        rot.probe_failed(&a, 2);
+        rot.probe_passed(&a);
+        rot.probe_failed(&a, 2);
+        assert!(a.in_rotation(), "a passing probe in between resets the count");
+        rot.probe_failed(&a, 2);
+        assert!(!a.in_rotation());
+        let (sick, why) = tokio::time::timeout(Duration::from_secs(1), rot.next_unhealthy()).await.unwrap();
+        assert!(Arc::ptr_eq(&sick, &a));
+        assert_eq!(why, Unhealthy::Probes(2));
+        rot.failed(&a);
+        rot.probe_failed(&a, 2);
+        assert!(tokio::time::timeout(Duration::from_millis(50), rot.next_unhealthy()).await.is_err(), "reported once");
     }
 
     #[tokio::test]

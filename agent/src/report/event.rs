@@ -3,7 +3,7 @@
 use crate::state::{Change, DeployFacts, now_ms};
 use serde::Serialize;
 
-/// The events a receiver gets, named `deploy.<state>` and `worker.errored`.
+/// The events a receiver gets, named `deploy.<state>`, `worker.errored` and `worker.unhealthy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
     Queued,
@@ -16,6 +16,8 @@ pub enum EventKind {
     Cancelled,
     Interrupted,
     WorkerErrored,
+    /// Passive or active health found the worker unhealthy; it is being replaced.
+    WorkerUnhealthy,
 }
 
 impl EventKind {
@@ -30,6 +32,7 @@ impl EventKind {
             EventKind::Cancelled => "deploy.cancelled",
             EventKind::Interrupted => "deploy.interrupted",
             EventKind::WorkerErrored => "worker.errored",
+            EventKind::WorkerUnhealthy => "worker.unhealthy",
         }
     }
 
@@ -108,7 +111,7 @@ impl<'a> DeployEventBody<'a> {
     }
 }
 
-/// The JSON body of `worker.errored`.
+/// The JSON body of `worker.errored` and `worker.unhealthy`.
 #[derive(Debug, Serialize)]
 pub struct WorkerEventBody<'a> {
     pub event: &'static str,

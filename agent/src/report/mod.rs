@@ -1,4 +1,5 @@
-//! Reports back over HTTP: every step of a deploy (and a worker that errored) goes out as a JSON
+//! Reports back over HTTP: every step of a deploy (and a worker that errored or was found
+//! unhealthy) goes out as a JSON
 //! event to each `report: { url }` and as a commit status to each `report: { github_status }`.
 //!
 //! [`Reporter`] is the [`ReportRules`] the [`Store`] calls inside each deploy transaction: it
@@ -71,10 +72,12 @@ impl Reporter {
         self.targets.read().unwrap_or_else(|e| e.into_inner()).retry.clone()
     }
 
-    /// Queue `worker.errored` for `app`'s webhook destinations.
-    pub fn worker_errored(
+    /// Queue a worker event (`worker.errored`, `worker.unhealthy`) for `app`'s webhook destinations.
+    #[allow(clippy::too_many_arguments)]
+    pub fn worker_event(
         &self,
         store: &Store,
+        kind: EventKind,
         app: &str,
         worker: u32,
         message: &str,
@@ -83,18 +86,10 @@ impl Reporter {
     ) -> Result<(), StateError> {
         let t = self.targets.read().unwrap_or_else(|e| e.into_inner()).clone();
         let at_ms = now_ms();
-        let body = WorkerEventBody {
-            event: EventKind::WorkerErrored.name(),
-            app,
-            host: &t.host,
-            worker,
-            message,
-            release,
-            at_ms,
-            output_tail,
-        };
+        let body =
+            WorkerEventBody { event: kind.name(), app, host: &t.host, worker, message, release, at_ms, output_tail };
         let Ok(body) = serde_json::to_string(&body) else { return Ok(()) };
-        let key = format!("{}:{app}:worker-{worker}:{at_ms}", t.host);
+        let key = format!("{}:{app}:worker-{worker}:{at_ms}:{}", t.host, kind.name());
         let reports: Vec<NewReport> = t
             .configs_for(app)
             .filter_map(|r| match r {

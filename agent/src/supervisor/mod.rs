@@ -4,6 +4,7 @@
 //! Operations on one app (reload, restart, stop, start, scale, memory replacements) take the
 //! app's operation lock, so they never interleave; the front keeps serving throughout.
 
+mod health;
 pub(crate) mod lines;
 mod logs;
 mod orphans;
@@ -49,6 +50,16 @@ pub enum SupervisorError {
     StateDirBusy(PathBuf),
 }
 
+/// A worker found unhealthy (passive or active health), as the reports tell it.
+#[derive(Debug, Clone)]
+pub struct UnhealthyWorker {
+    pub app: String,
+    pub worker: u32,
+    pub why: front::Unhealthy,
+    /// The release (or cwd) it ran.
+    pub release: String,
+}
+
 /// Everything the agent supervises.
 pub struct Supervisor {
     config_path: PathBuf,
@@ -61,6 +72,8 @@ pub struct Supervisor {
     apps: RwLock<BTreeMap<String, Arc<App>>>,
     /// Client connections all fronts may hold at once (`crate::limits`).
     front_budget: front::accept::Budget,
+    /// Every worker found unhealthy, for whoever reports it ([`Supervisor::unhealthy_workers`]).
+    unhealthy: tokio::sync::broadcast::Sender<UnhealthyWorker>,
 }
 
 impl Supervisor {
@@ -89,6 +102,7 @@ impl Supervisor {
             secrets,
             apps: RwLock::new(BTreeMap::new()),
             front_budget: Arc::new(tokio::sync::Semaphore::new(front_connections)),
+            unhealthy: tokio::sync::broadcast::channel(64).0,
         });
         for (name, cfg) in &loaded.config.apps {
             let app = sup.create_app(name, cfg)?;
@@ -102,6 +116,12 @@ impl Supervisor {
             }
         }
         Ok(sup)
+    }
+
+    /// Workers found unhealthy from now on. A receiver that lags loses the oldest events (it is
+    /// told how many), never blocks the supervisor.
+    pub fn unhealthy_workers(&self) -> tokio::sync::broadcast::Receiver<UnhealthyWorker> {
+        self.unhealthy.subscribe()
     }
 
     pub fn list(&self) -> Vec<Arc<App>> {
@@ -203,10 +223,12 @@ impl Supervisor {
             op: tokio::sync::Mutex::new(()),
             cancel,
             tracker,
+            unhealthy: self.unhealthy.clone(),
         });
         tokio::spawn(app.clone().monitor());
-        if app.ctx.rotation.is_some() {
+        if let Some(rotation) = app.ctx.rotation.clone() {
             tokio::spawn(app.clone().replace_unhealthy());
+            tokio::spawn(health::probe_workers(app.clone(), rotation));
         }
         Ok(app)
     }
@@ -366,6 +388,8 @@ pub struct App {
     op: tokio::sync::Mutex<()>,
     cancel: CancellationToken,
     tracker: TaskTracker,
+    /// Where a worker found unhealthy is announced (the supervisor's channel).
+    unhealthy: tokio::sync::broadcast::Sender<UnhealthyWorker>,
 }
 
 impl App {
@@ -666,14 +690,15 @@ impl App {
         self.stop().await;
     }
 
-    /// Passive health: a worker the front found unhealthy (answers timing out, connects refused)
-    /// is replaced through the reload path, its replacement ready before it is killed. The
-    /// requests stuck on it were answered 504 by the front, so its drain is short.
+    /// Passive and active health: a worker found unhealthy (answers timing out, connects
+    /// refused, health probes failing) is announced and replaced through the reload path, its
+    /// replacement ready before it is killed. The requests stuck on it were answered 504 by the
+    /// front, so its drain is short.
     async fn replace_unhealthy(self: Arc<Self>) {
         let Some(rotation) = self.ctx.rotation.clone() else { return };
         loop {
-            let sick = tokio::select! {
-                b = rotation.next_unhealthy() => b,
+            let (sick, why) = tokio::select! {
+                found = rotation.next_unhealthy() => found,
                 _ = self.cancel.cancelled() => return,
             };
             let _op = tokio::select! {
@@ -684,9 +709,15 @@ impl App {
             let Some((slot, w)) = self.workers().into_iter().enumerate().find(|(_, w)| w.is_backend(&sick)) else {
                 continue;
             };
-            let limit = self.config().front.unhealthy_after;
-            tracing::warn!(app = %self.name, worker = w.id, failures = limit, "worker unhealthy (timeouts or refused connects in a row); replacing it");
+            tracing::warn!(app = %self.name, worker = w.id, "worker unhealthy ({why}); replacing it");
             w.mark_unhealthy();
+            // No receiver (no reports configured yet) is not an error.
+            let _ = self.unhealthy.send(UnhealthyWorker {
+                app: self.name.clone(),
+                worker: w.id,
+                why,
+                release: w.spec.release.clone(),
+            });
             let spec = w.spec.clone();
             if let Err(e) = reload::roll(&self, &[slot], &spec).await {
                 tracing::error!(app = %self.name, worker = w.id, error = %e, "replacing the unhealthy worker failed");

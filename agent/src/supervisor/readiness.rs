@@ -46,7 +46,7 @@ impl Drop for NotifySocket {
 pub async fn wait(check: &ReadyCheck, port: Option<u16>, notify: Option<&NotifySocket>) {
     match check {
         ReadyCheck::Tcp => poll(|| async { TcpStream::connect(("127.0.0.1", port?)).await.ok().map(|_| ()) }).await,
-        ReadyCheck::Http(path) => poll(|| probe_http(port, path)).await,
+        ReadyCheck::Http(path) => poll(|| probe_http(port, path, Duration::from_secs(2))).await,
         ReadyCheck::Notify => match notify {
             Some(n) => n.wait_ready().await,
             None => std::future::pending().await,
@@ -71,7 +71,9 @@ where
     }
 }
 
-async fn probe_http(port: Option<u16>, path: &str) -> Option<()> {
+/// `GET path` on the worker's port answers 2xx, each read within `timeout` (also what active
+/// health probes with).
+pub(super) async fn probe_http(port: Option<u16>, path: &str, timeout: Duration) -> Option<()> {
     let mut s = TcpStream::connect(("127.0.0.1", port?)).await.ok()?;
     let req =
         format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: deployer-agent\r\nConnection: close\r\n\r\n");
@@ -79,7 +81,7 @@ async fn probe_http(port: Option<u16>, path: &str) -> Option<()> {
     let mut buf = [0u8; 32];
     let mut n = 0;
     while n < 12 {
-        let r = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf[n..])).await.ok()?.ok()?;
+        let r = tokio::time::timeout(timeout, s.read(&mut buf[n..])).await.ok()?.ok()?;
         if r == 0 {
             return None;
         }

@@ -436,6 +436,11 @@ impl Worker {
         }
     }
 
+    /// Its place in the rotation while it has one (what active health probes).
+    pub fn backend(&self) -> Option<Arc<Backend>> {
+        self.backend.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Whether `b` is this worker's place in the rotation.
     pub fn is_backend(&self, b: &Arc<Backend>) -> bool {
         self.backend.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|mine| Arc::ptr_eq(mine, b))
