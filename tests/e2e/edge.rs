@@ -319,3 +319,24 @@ fn a_worker_failing_its_health_probes_is_replaced_without_failing_a_request() {
     assert_eq!(report.failed, 0, "{report}");
     assert!(agent.log().contains("failed health probes in a row"), "{}", agent.log());
 }
+
+/// A flood of silent connections on one app's port takes at most its share of the fronts'
+/// budget: another app on the same agent is still served.
+#[test]
+fn a_flood_on_one_apps_port_leaves_another_app_served() {
+    let agent = TestEnv::new()
+        .fd_limit(160)
+        .web(|a| a.set("front", "{ header_timeout: 60s }"))
+        .app(deployer_tests::AppSpec::new("other"))
+        .start();
+    let flood: Vec<TcpStream> =
+        (0..100).filter_map(|_| TcpStream::connect(("127.0.0.1", agent.port("web"))).ok()).collect();
+    assert!(flood.len() >= 50, "only {} connections could be opened", flood.len());
+    // The flooded front has taken all it may (its share of a 40-connection budget).
+    let other = agent.port("other");
+    let served = wait_until(Duration::from_secs(10), || {
+        http::request(other, "GET", "/", &[], None, Duration::from_secs(3)).is_ok_and(|r| r.status == 200)
+    });
+    assert!(served, "the other app was not served while web was flooded");
+    drop(flood);
+}

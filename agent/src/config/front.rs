@@ -24,6 +24,12 @@ pub struct FrontConfig {
     /// A client may not fall silent longer than this while sending a request body
     /// (nginx's `client_body_timeout`).
     pub body_timeout: Dur,
+    /// The most client connections this app's front holds at once (past it, new ones wait in
+    /// the kernel's accept queue). By default three quarters of the agent's budget for all fronts
+    /// (half the fd limit, less a reserve: logged at start), so a flood on one app's port leaves
+    /// the other apps room. Set when the front is created (start, or a SIGHUP that changes the
+    /// app's port or front).
+    pub max_connections: Option<u32>,
     /// A `tcp` front connection, or an upgraded one (websocket) on the `http` front, with no byte
     /// either way for this long is closed (HAProxy's `timeout tunnel`), so silent connections
     /// cannot hold the fronts' connection budget for ever. Keep it above your websocket pings.
@@ -56,6 +62,7 @@ impl Default for FrontConfig {
             body_timeout: Dur(Duration::from_secs(60)),
             max_body: Size(100 << 20),
             tunnel_idle_timeout: Dur(Duration::from_secs(600)),
+            max_connections: None,
             access_log: false,
             unhealthy_after: 3,
             trusted_proxies: Vec::new(),

@@ -13,23 +13,40 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-/// How many client connections all fronts may hold at once (each also holds one upstream
-/// connection); see `crate::limits`.
-pub type Budget = Arc<Semaphore>;
+/// How many client connections a front may hold at once (each also holds one upstream
+/// connection): a slot of the agent's budget for all fronts (`crate::limits`), and one of its
+/// own share, so that a flood on one app's port leaves room for the others.
+#[derive(Clone)]
+pub struct Budget {
+    pub all_fronts: Arc<Semaphore>,
+    pub this_front: Arc<Semaphore>,
+}
+
+/// Both slots of one connection, given back when it is dropped.
+pub struct Slot {
+    _all_fronts: OwnedSemaphorePermit,
+    _this_front: OwnedSemaphorePermit,
+}
 
 /// A client connection counted in the budget until it is dropped.
 pub struct Accepted {
     pub stream: TcpStream,
     pub peer: SocketAddr,
-    pub slot: OwnedSemaphorePermit,
+    pub slot: Slot,
 }
 
 /// The next client connection, `None` once `shutdown` is cancelled.
 pub async fn next(listener: &TcpListener, budget: &Budget, shutdown: &CancellationToken) -> Option<Accepted> {
-    let slot = tokio::select! {
-        s = budget.clone().acquire_owned() => s.ok()?,
+    // Its own share first: a front at its cap waits without holding a slot others could use.
+    let this_front = tokio::select! {
+        s = budget.this_front.clone().acquire_owned() => s.ok()?,
         _ = shutdown.cancelled() => return None,
     };
+    let all_fronts = tokio::select! {
+        s = budget.all_fronts.clone().acquire_owned() => s.ok()?,
+        _ = shutdown.cancelled() => return None,
+    };
+    let slot = Slot { _all_fronts: all_fronts, _this_front: this_front };
     let mut failures = 0u64;
     let mut warned: Option<Instant> = None;
     loop {

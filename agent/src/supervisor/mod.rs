@@ -70,8 +70,9 @@ pub struct Supervisor {
     /// What children never get in their environment, and what logs mask (the daemon updates it).
     secrets: Secrets,
     apps: RwLock<BTreeMap<String, Arc<App>>>,
-    /// Client connections all fronts may hold at once (`crate::limits`).
-    front_budget: front::accept::Budget,
+    /// Client connections all fronts may hold at once (`crate::limits`), and that number.
+    front_budget: Arc<tokio::sync::Semaphore>,
+    front_connections: usize,
     /// Every worker found unhealthy, for whoever reports it ([`Supervisor::unhealthy_workers`]).
     unhealthy: tokio::sync::broadcast::Sender<UnhealthyWorker>,
 }
@@ -102,6 +103,7 @@ impl Supervisor {
             secrets,
             apps: RwLock::new(BTreeMap::new()),
             front_budget: Arc::new(tokio::sync::Semaphore::new(front_connections)),
+            front_connections,
             unhealthy: tokio::sync::broadcast::channel(64).0,
         });
         for (name, cfg) in &loaded.config.apps {
@@ -169,7 +171,13 @@ impl Supervisor {
                     let (rotation, stats, cancel, tracker2) =
                         (rotation.clone(), stats.clone(), cancel.clone(), tracker.clone());
                     let mode = cfg.proxy;
-                    let budget = self.front_budget.clone();
+                    // By default one front may take three quarters of the budget: a flood on one
+                    // app's port leaves the others a quarter.
+                    let own = cfg.front.max_connections.map_or(self.front_connections * 3 / 4, |n| n as usize).max(1);
+                    let budget = front::accept::Budget {
+                        all_fronts: self.front_budget.clone(),
+                        this_front: Arc::new(tokio::sync::Semaphore::new(own)),
+                    };
                     async move {
                         match mode {
                             ProxyMode::Tcp => {
