@@ -300,6 +300,16 @@ fn lock_state_dir(state_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, 
         .map_err(|_| SupervisorError::StateDirBusy(state_dir.to_path_buf()))
 }
 
+/// How far back replacements of unhealthy workers count towards the backoff.
+const UNHEALTHY_WINDOW: Duration = Duration::from_secs(600);
+
+/// The wait before replacing an unhealthy worker when `recent` were replaced within
+/// [`UNHEALTHY_WINDOW`]: none for the first three, then 30 s, doubling up to 5 minutes.
+fn unhealthy_backoff(recent: usize) -> Option<Duration> {
+    let over = recent.checked_sub(3)?;
+    Some(Duration::from_secs(30u64.saturating_mul(1 << over.min(4))).min(Duration::from_secs(300)))
+}
+
 /// The app's `front:` settings as the `http` front applies them.
 fn client_rules(cfg: &AppConfig, access_log: &tokio::sync::mpsc::Sender<String>) -> Arc<front::http::ClientRules> {
     let f = cfg.front.clone();
@@ -704,11 +714,30 @@ impl App {
     /// front, so its drain is short.
     async fn replace_unhealthy(self: Arc<Self>) {
         let Some(rotation) = self.ctx.rotation.clone() else { return };
+        // Replacements of the last 10 minutes: an app whose workers all turn unhealthy (a dead
+        // database behind `/healthz`) is not restarted in a tight loop.
+        let mut recent: std::collections::VecDeque<Instant> = std::collections::VecDeque::new();
         loop {
             let (sick, why) = tokio::select! {
                 found = rotation.next_unhealthy() => found,
                 _ = self.cancel.cancelled() => return,
             };
+            while recent.front().is_some_and(|t| t.elapsed() > UNHEALTHY_WINDOW) {
+                recent.pop_front();
+            }
+            if let Some(wait) = unhealthy_backoff(recent.len()) {
+                tracing::warn!(
+                    app = %self.name,
+                    replaced = recent.len(),
+                    wait_s = wait.as_secs(),
+                    "workers keep turning unhealthy; waiting before the next replacement"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = self.cancel.cancelled() => return,
+                }
+            }
+            recent.push_back(Instant::now());
             let _op = tokio::select! {
                 op = self.op.lock() => op,
                 _ = self.cancel.cancelled() => return,
@@ -788,4 +817,16 @@ pub fn describe(config: &AgentConfig) -> Vec<String> {
 
 fn display(p: &Path) -> String {
     p.display().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unhealthy_replacements_back_off_after_three() {
+        let waits: Vec<Option<u64>> = (0..9).map(|n| unhealthy_backoff(n).map(|d| d.as_secs())).collect();
+        assert_eq!(waits, [None, None, None, Some(30), Some(60), Some(120), Some(240), Some(300), Some(300)]);
+        assert_eq!(unhealthy_backoff(1000), Some(Duration::from_secs(300)));
+    }
 }
