@@ -396,3 +396,34 @@ fn workers_and_the_install_step_run_as_the_configured_user() {
     assert_eq!(installed_by.trim(), uid);
     assert!(answer(&agent).starts_with("hello from worker"), "{}", answer(&agent));
 }
+
+/// A deploy rolls onto the config file as it is now: a changed `instances` is applied.
+#[test]
+fn a_deploy_applies_a_changed_instances() {
+    let repo = TestRepo::with_example_app();
+    let agent = TestEnv::new().web(|a| a.repo(&repo)).start();
+    assert_eq!(agent.pids("web").len(), 2);
+    agent.edit_config(|c| c.replacen("    instances: 2", "    instances: 3", 1));
+    repo.commit_greeting("three of us");
+    let deploy = agent.wait_deploy(agent.deploy("web", "main"));
+    assert_eq!(deploy.state, "live", "{deploy:#?}");
+    let online = agent.wait_online("web", 3);
+    assert_eq!(online.len(), 3, "{online:#?}");
+    assert_eq!(agent.app("web").instances, 3);
+}
+
+/// A deploy whose roll fails puts the previous config back with the previous workers: the
+/// front keeps applying the settings the serving workers were started with.
+#[test]
+fn a_roll_that_fails_puts_the_previous_config_back() {
+    let repo = TestRepo::with_example_app();
+    let agent = TestEnv::new().web(|a| a.repo(&repo).ready_timeout("2s")).start();
+    agent.edit_config(|c| c.replacen("    instances: 2", "    instances: 2\n    front: { max_body: 10 }", 1));
+    repo.commit_file("app.js", "setInterval(() => {}, 1000);\n", "forget to listen");
+    let deploy = agent.wait_deploy(agent.deploy("web", "main"));
+    assert_eq!(deploy.state, "rolled_back", "{deploy:#?}");
+
+    let body = "x".repeat(100);
+    let r = http::request(agent.port("web"), "POST", "/", &[], Some(&body), Duration::from_secs(10)).expect("answer");
+    assert_eq!(r.status, 200, "the failed deploy's `max_body: 10` must not stay in force: {}", r.body);
+}

@@ -300,6 +300,14 @@ fn lock_state_dir(state_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, 
         .map_err(|_| SupervisorError::StateDirBusy(state_dir.to_path_buf()))
 }
 
+/// Why [`App::roll_locked`] did not move the app.
+enum Refused {
+    /// Before anything changed (no release yet, a config or `env_file` error).
+    NothingChanged(String),
+    /// The roll stopped; what it put back is in the error.
+    Roll(reload::RollFailed),
+}
+
 /// How far back replacements of unhealthy workers count towards the backoff.
 const UNHEALTHY_WINDOW: Duration = Duration::from_secs(600);
 
@@ -485,33 +493,91 @@ impl App {
     /// workers are simply started.
     pub async fn roll_to(&self, cfg: AppConfig, release: ActiveRelease) -> Result<u32, reload::RollFailed> {
         let _op = self.op.lock().await;
-        let spec = match resolve_spec(&cfg, Some(&release)) {
-            Ok(Some(s)) => Arc::new(s),
-            Ok(None) => {
-                return Err(reload::RollFailed { reason: "no directory to run the app in".into(), restored: true });
-            }
-            Err(e) => return Err(reload::RollFailed { reason: e.to_string(), restored: true }),
+        self.roll_locked(Some(cfg), Some(release)).await.map_err(|e| match e {
+            Refused::NothingChanged(reason) => reload::RollFailed { reason, restored: true },
+            Refused::Roll(e) => e,
+        })
+    }
+
+    /// The one roll protocol, under the operation lock: reload, `--update-env`, SIGHUP, deploy
+    /// and rollback all come here. Moves the app onto `cfg` (a re-read config) and `release` (a
+    /// new release), either, both or neither (a plain reload keeps the spec it runs). The new
+    /// spec, config and release are kept only if the roll succeeds: a failed roll puts the
+    /// previous config back, as the workers were put back. A changed `instances` applies after
+    /// the roll.
+    async fn roll_locked(&self, cfg: Option<AppConfig>, release: Option<ActiveRelease>) -> Result<u32, Refused> {
+        let spec = if cfg.is_none() && release.is_none() {
+            Ok(self.current_spec().map(|s| WorkerSpec::clone(&s)))
+        } else {
+            let c = cfg.clone().unwrap_or_else(|| self.config());
+            resolve_spec(&c, release.clone().or_else(|| self.release()).as_ref()).map_err(|e| e.to_string())
         };
-        self.set_config(cfg);
-        if self.workers().is_empty() {
+        let spec = match spec {
+            Ok(Some(s)) => Arc::new(s),
+            Ok(None) => return Err(Refused::NothingChanged("no release deployed yet: deploy one first".into())),
+            Err(e) => return Err(Refused::NothingChanged(e)),
+        };
+        let previous_cfg = self.config();
+        if let Some(c) = &cfg {
+            self.set_config(c.clone());
+        }
+        let keep = |spec: Arc<WorkerSpec>| {
             *self.spec.lock().unwrap_or_else(|e| e.into_inner()) = Some(spec);
-            *self.release.lock().unwrap_or_else(|e| e.into_inner()) = Some(release);
+            if let Some(r) = release.clone() {
+                *self.release.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+            }
+        };
+        if !self.running.load(SeqCst) || self.workers().is_empty() {
+            // Nothing to roll: start the workers (a stopped app, or the first release).
+            keep(spec);
+            if cfg.is_some() {
+                self.instances.store(self.config().instances.resolve(), SeqCst);
+            }
             return self
                 .start_locked()
                 .await
                 .map(|_| 0)
-                .map_err(|reason| reload::RollFailed { reason, restored: false });
+                .map_err(|reason| Refused::Roll(reload::RollFailed { reason, restored: false }));
         }
         self.reloading.store(true, SeqCst);
         let slots: Vec<usize> = (0..self.workers().len()).collect();
-        let span = tracing::info_span!("reload", app = %self.name, release = %release.name);
+        let span = match &release {
+            Some(r) => tracing::info_span!("reload", app = %self.name, release = %r.name),
+            None => tracing::info_span!("reload", app = %self.name, env = %spec.env_hash),
+        };
         let result = tracing::Instrument::instrument(reload::roll(self, &slots, &spec), span).await;
         self.reloading.store(false, SeqCst);
-        if result.is_ok() {
-            *self.spec.lock().unwrap_or_else(|e| e.into_inner()) = Some(spec);
-            *self.release.lock().unwrap_or_else(|e| e.into_inner()) = Some(release);
+        match result {
+            Ok(n) => {
+                keep(spec);
+                if cfg.is_some() {
+                    self.apply_instances().await;
+                }
+                Ok(n)
+            }
+            Err(e) => {
+                self.set_config(previous_cfg);
+                Err(Refused::Roll(e))
+            }
         }
-        result
+    }
+
+    /// After a roll onto a new config: grow or shrink to its `instances`.
+    async fn apply_instances(&self) {
+        let want = self.config().instances.resolve();
+        if want == self.instances.load(SeqCst) {
+            return;
+        }
+        self.instances.store(want, SeqCst);
+        let extra: Vec<Arc<Worker>> = {
+            let mut w = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+            if w.len() > want as usize { w.split_off(want as usize) } else { Vec::new() }
+        };
+        let how = self.retire_how();
+        futures_util::future::join_all(extra.iter().map(|w| w.retire(how, self.ctx.rotation.as_deref()))).await;
+        if let Err(e) = self.start_locked().await {
+            tracing::warn!(app = %self.name, error = %e, "scaling up after the reload failed");
+        }
     }
 
     pub fn status(&self) -> AppStatus {
@@ -626,59 +692,17 @@ impl App {
     pub(crate) async fn reload_with(&self, cfg: Option<AppConfig>) -> ReloadOutcome {
         let _op = self.op.lock().await;
         let started = Instant::now();
-        let spec = match &cfg {
-            Some(c) => resolve_spec(c, self.release().as_ref()).map_err(|e| e.to_string()),
-            None => Ok(self.current_spec().map(|s| WorkerSpec::clone(&s))),
-        };
-        let spec = match spec {
-            Ok(Some(s)) => Arc::new(s),
-            Ok(None) => return self.outcome(started, Err("no release deployed yet: deploy one first".into())),
-            Err(e) => return self.outcome(started, Err(e)),
-        };
-        let previous_cfg = self.config();
-        if let Some(c) = &cfg {
-            self.set_config(c.clone());
-        }
-        if !self.running.load(SeqCst) {
-            *self.spec.lock().unwrap_or_else(|e| e.into_inner()) = Some(spec);
-            let r = self.start_locked().await.map(|_| 0);
-            return self.outcome(started, r);
-        }
-        self.reloading.store(true, SeqCst);
-        let slots: Vec<usize> = (0..self.workers().len()).collect();
-        let span = tracing::info_span!("reload", app = %self.name, env = %spec.env_hash);
-        let result = tracing::Instrument::instrument(reload::roll(self, &slots, &spec), span).await;
-        self.reloading.store(false, SeqCst);
-        let result = match result {
-            Ok(n) => {
-                *self.spec.lock().unwrap_or_else(|e| e.into_inner()) = Some(spec);
-                // Scaling in the new config applies after the roll.
-                let want = self.config().instances.resolve();
-                if cfg.is_some() && want != self.instances.load(SeqCst) {
-                    self.instances.store(want, SeqCst);
-                    let extra: Vec<Arc<Worker>> = {
-                        let mut w = self.workers.lock().unwrap_or_else(|e| e.into_inner());
-                        if w.len() > want as usize { w.split_off(want as usize) } else { Vec::new() }
-                    };
-                    let how = self.retire_how();
-                    futures_util::future::join_all(extra.iter().map(|w| w.retire(how, self.ctx.rotation.as_deref())))
-                        .await;
-                    if let Err(e) = self.start_locked().await {
-                        tracing::warn!(app = %self.name, error = %e, "scaling up after the reload failed");
-                    }
-                }
-                Ok(n)
-            }
-            Err(e) => {
-                self.set_config(previous_cfg);
+        let result = self.roll_locked(cfg, None).await.map_err(|e| match e {
+            Refused::NothingChanged(reason) => reason,
+            Refused::Roll(e) => {
                 let restored = if e.restored {
                     "the previous workers are serving"
                 } else {
                     "some previous workers could not be put back"
                 };
-                Err(format!("{}; {restored}", e.reason))
+                format!("{}; {restored}", e.reason)
             }
-        };
+        });
         self.outcome(started, result)
     }
 
