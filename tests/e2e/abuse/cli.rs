@@ -173,8 +173,12 @@ fn worker_and_install_output_reach_the_terminal_without_control_characters() {
     let env = [("DEPLOYER_TOKEN", token.as_str())];
     let dir = agent.dir();
 
-    let logs = deployer(dir, &env, &["--agent", &api, "logs", "web"]).success();
-    assert!(logs.stdout.contains("evil ]0;pwned[2Jlineover[31m red"), "{logs}");
+    // The worker's output is read by the agent as it comes: wait until the line is in.
+    let logs = deployer_tests::poll(Duration::from_secs(10), || {
+        let out = deployer(dir, &env, &["--agent", &api, "logs", "web"]).success();
+        out.stdout.contains("evil ]0;pwned[2Jlineover[31m red").then_some(out)
+    })
+    .expect("the worker's line in `deployer logs`");
     assert_terminal_safe("deployer logs", &logs.stdout);
 
     let show = deployer(dir, &env, &["--agent", &api, "show", "1"]).success();
