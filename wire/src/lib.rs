@@ -142,7 +142,7 @@ pub struct Deploy {
     pub trigger: String,
     /// `queued`, `fetching`, `building`, `rolling`, `live`, `failed`, `rolled_back`, `superseded`,
     /// `interrupted`, `cancelled`.
-    pub state: String,
+    pub state: DeployState,
     /// Who asked, as the request said (`--who`), or the pusher of a webhook, or the trigger.
     pub who: Option<String>,
     /// The name of the API token the deploy was asked with: the authenticated actor, whatever
@@ -166,7 +166,7 @@ pub struct Deploy {
 impl Deploy {
     /// Whether the deploy will not change any more.
     pub fn is_final(&self) -> bool {
-        matches!(self.state.as_str(), "live" | "failed" | "rolled_back" | "superseded" | "interrupted" | "cancelled")
+        self.state.is_final()
     }
 }
 
@@ -185,7 +185,7 @@ pub struct DeployEvent {
 pub struct DeployAccepted {
     pub id: u64,
     pub app: String,
-    pub state: String,
+    pub state: DeployState,
     /// Set when the request changed nothing (the commit is already live).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -366,6 +366,19 @@ impl DeployState {
 impl std::fmt::Display for DeployState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// `deploy.state == "live"`: scripts and tests compare with the names they see in JSON.
+impl PartialEq<&str> for DeployState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<str> for DeployState {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
     }
 }
 

@@ -47,7 +47,7 @@ pub enum DeployError {
     #[error("no deploy #{0}")]
     NotFound(DeployId),
     #[error("deploy #{id} is {state}: only a queued, fetching or building deploy can be cancelled")]
-    CannotCancel { id: DeployId, state: String },
+    CannotCancel { id: DeployId, state: DeployState },
     #[error(transparent)]
     State(#[from] StateError),
 }
@@ -273,12 +273,7 @@ impl Deployer {
             let message = format!("{label} is already live (release {live}): nothing to do");
             self.store.set_release(id, &live)?;
             self.store.transition(id, DeployState::Live, &message)?;
-            return Ok(DeployAccepted {
-                id,
-                app: app.to_string(),
-                state: DeployState::Live.as_str().into(),
-                message: Some(message),
-            });
+            return Ok(DeployAccepted { id, app: app.to_string(), state: DeployState::Live, message: Some(message) });
         }
         tracing::info!(app, id, git_ref = %label, trigger, token = ?by.token, who = ?by.who, "deploy queued");
         let queue = self.queue(app);
@@ -288,7 +283,7 @@ impl Deployer {
             tracing::info!(app, id = old.id, by = id, "deploy superseded");
         }
         queue.wake.notify_one();
-        Ok(DeployAccepted { id, app: app.to_string(), state: DeployState::Queued.as_str().into(), message: None })
+        Ok(DeployAccepted { id, app: app.to_string(), state: DeployState::Queued, message: None })
     }
 
     /// A signed push says the branch is now at `after`. A push whose commit is already live, or
@@ -348,7 +343,7 @@ impl Deployer {
         Some(DeployAccepted {
             id: job.id,
             app: app.to_string(),
-            state: DeployState::Queued.as_str().into(),
+            state: DeployState::Queued,
             message: Some(format!("joined deploy #{}, queued for the same ref", job.id)),
         })
     }
@@ -384,7 +379,7 @@ impl Deployer {
                     r.cancel.cancel();
                     return Ok(deploy);
                 }
-                return Err(DeployError::CannotCancel { id, state: r.state.as_str().into() });
+                return Err(DeployError::CannotCancel { id, state: r.state });
             }
         }
         Err(DeployError::CannotCancel { id, state: deploy.state })

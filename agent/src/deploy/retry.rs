@@ -71,7 +71,7 @@ mod tests {
             git_ref: git_ref.into(),
             sha: sha.map(String::from),
             trigger: "poll".into(),
-            state: state.into(),
+            state: state.parse().expect("a deploy state"),
             who: None,
             token: None,
             release: None,

@@ -95,7 +95,7 @@ impl<'a> DeployEventBody<'a> {
             app: &d.app,
             host,
             deploy: d.id,
-            state: &d.state,
+            state: d.state.as_str(),
             git_ref: &d.git_ref,
             sha: d.sha.as_deref(),
             trigger: &d.trigger,

@@ -188,7 +188,7 @@ mod tests {
             trigger: "webhook".into(),
             who: Some("ana".into()),
             token: None,
-            state: state.into(),
+            state: state.parse().expect("a deploy state"),
             release: None,
             queued_at_ms: 1,
             finished_at_ms: None,

@@ -380,7 +380,11 @@ fn row_to_deploy(r: &rusqlite::Row) -> rusqlite::Result<Deploy> {
         git_ref: r.get(2)?,
         sha: r.get(3)?,
         trigger: r.get(4)?,
-        state: r.get(5)?,
+        state: {
+            let name: String = r.get(5)?;
+            name.parse()
+                .map_err(|e| rusqlite::Error::FromSqlConversionFailure(5, rusqlite::types::Type::Text, Box::new(e)))?
+        },
         who: r.get(6)?,
         release: r.get(7)?,
         queued_at_ms: r.get::<_, i64>(8)? as u64,

@@ -1,6 +1,7 @@
 //! What `deploy` and `rollback` share: the `--wait` options, and following a deploy to its end by
 //! polling `GET /v1/deploys/{id}`, printing each new event once.
 
+use deployer_wire::DeployState;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -53,7 +54,7 @@ pub async fn accepted(
                 anstream::println!("{line}");
             }
         }
-        return Ok(if deploy.state == "live" { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        return Ok(if deploy.state == DeployState::Live { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     }
     if ctx.json {
         output::print_json(&accepted)?;
@@ -63,7 +64,7 @@ pub async fn accepted(
     // deploy does. Only words depend on it, so a failure just leaves them out.
     let git_ref = ctx.client.deploy_status(accepted.id).await.ok().map(|d| d.git_ref);
     let line = deploys::accepted_line(&accepted, kind, git_ref.as_deref());
-    if accepted.state == "live" {
+    if accepted.state == DeployState::Live {
         output::print_success(&line);
     } else {
         anstream::println!("{line}");
@@ -106,8 +107,8 @@ async fn poll(ctx: &Context, id: u64, kind: &str, timeout: Duration, watch: &Wat
                 if deploy.is_final() {
                     return Ok(deploy);
                 }
-                watch.state(&deploy.state);
-                state = deploy.state;
+                watch.state(deploy.state.as_str());
+                state = deploy.state.to_string();
             }
             Err(err) if is_transient(&err) => {
                 let since = *unanswered_since.get_or_insert_with(|| {

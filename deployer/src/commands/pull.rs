@@ -21,7 +21,8 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
     let checked = ctx.client.check(&args.app).await?;
     match checked.queued {
         Some(id) => {
-            let accepted = DeployAccepted { id, app: checked.app, state: "queued".into(), message: None };
+            let accepted =
+                DeployAccepted { id, app: checked.app, state: deployer_wire::DeployState::Queued, message: None };
             follow::accepted(ctx, accepted, "deploy", &args.wait).await
         }
         None if ctx.json => {

@@ -75,7 +75,7 @@ async fn host_status(client: &Client, app: &str, now: u64) -> HostStatus {
     if let Some(d) = history.ok().and_then(|h| h.into_iter().next()) {
         status.last_deploy = Some(LastDeploy {
             id: d.id,
-            state: d.state,
+            state: d.state.to_string(),
             git_ref: d.git_ref,
             sha: d.sha,
             queued_at_ms: d.queued_at_ms,

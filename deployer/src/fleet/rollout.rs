@@ -6,6 +6,7 @@
 //! A host that cannot be reached, or whose stream goes silent, is a failed host with the reason;
 //! nothing here waits without a deadline.
 
+use deployer_wire::DeployState;
 use std::time::{Duration, Instant};
 
 use deployer_wire::{Deploy, DeployAccepted, DeployRequest, DeployStreamItem, RollbackRequest};
@@ -247,15 +248,15 @@ impl Plan<'_> {
         };
         result.deploy_id = Some(accepted.id);
         let deploy = follow(client, accepted.id, line).await?;
-        result.state = deploy.state.clone();
+        result.state = deploy.state.to_string();
         result.release = deploy.release.clone();
         if deploy.sha.is_some() {
             result.sha = deploy.sha.clone();
         }
         result.message = deploy.message.clone();
         // A no-op (`already live`) is live without moving anything.
-        let noop = accepted.state == "live";
-        result.moved = deploy.state == "live" && !noop && result.previous_release != deploy.release;
+        let noop = accepted.state == DeployState::Live;
+        result.moved = deploy.state == DeployState::Live && !noop && result.previous_release != deploy.release;
         Ok(())
     }
 }

@@ -6,6 +6,7 @@
 
 use anstyle::{AnsiColor, Style};
 use comfy_table::{Attribute, Cell, Color, Table};
+use deployer_wire::DeployState;
 use deployer_wire::{Deploy, DeployAccepted, DeployEvent, Release};
 
 use super::{DIM, FAILURE, SUCCESS, human_age, human_duration, new_table, one_line, short_sha};
@@ -75,7 +76,7 @@ fn took(deploy: &Deploy) -> Option<String> {
 /// The last words of a followed deploy: `✓ web is live on 1a2b3c4 (release 12-1a2b3c4) in 8.2s`,
 /// or `✗ deploy #12 failed: <message>` then the tail of its install output, indented.
 pub fn summary(deploy: &Deploy) -> Vec<String> {
-    if deploy.state == "live" {
+    if deploy.state == DeployState::Live {
         let mut line = format!("{SUCCESS}✓{SUCCESS:#} {} is live", deploy.app);
         if let Some(sha) = &deploy.sha {
             line.push_str(&format!(" on {}", short_sha(sha)));
@@ -108,7 +109,7 @@ pub fn summary(deploy: &Deploy) -> Vec<String> {
 /// `deployer show`: a deploy's fields, its events (with their time since it was queued) and the
 /// tail of its install output.
 pub fn details(deploy: &Deploy, now_ms: u64) -> Vec<String> {
-    let style = state_style(&deploy.state);
+    let style = state_style(deploy.state.as_str());
     let mut lines =
         vec![format!("{} #{} of {}: {style}{}{style:#}", noun(deploy), deploy.id, deploy.app, deploy.state)];
     let mut field = |name: &str, value: &str| lines.push(format!("  {DIM}{name:<9}{DIM:#}{value}"));
@@ -164,7 +165,7 @@ pub fn history_table(deploys: &[Deploy], now_ms: u64, colour: bool) -> Table {
     for deploy in deploys {
         let dash = || "-".to_owned();
         let duration = took(deploy).unwrap_or_else(|| {
-            if in_progress(&deploy.state) {
+            if in_progress(deploy.state.as_str()) {
                 format!("{}…", human_duration(now_ms.saturating_sub(deploy.queued_at_ms)))
             } else {
                 dash()
@@ -172,7 +173,7 @@ pub fn history_table(deploys: &[Deploy], now_ms: u64, colour: bool) -> Table {
         });
         table.add_row(vec![
             Cell::new(deploy.id),
-            history_state_cell(&deploy.state),
+            history_state_cell(deploy.state.as_str()),
             Cell::new(&deploy.git_ref),
             Cell::new(deploy.sha.as_deref().map_or_else(dash, |s| short_sha(s).to_owned())),
             Cell::new(deploy.release.clone().unwrap_or_else(dash)),
@@ -237,7 +238,7 @@ mod tests {
             git_ref: "main".into(),
             sha: Some("1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d".into()),
             trigger: "cli".into(),
-            state: state.into(),
+            state: state.parse().expect("a deploy state"),
             who: Some("alice".into()),
             token: None,
             release: Some(format!("{id}-1a2b3c4")),
@@ -266,15 +267,19 @@ mod tests {
 
     #[test]
     fn accepted_lines_name_the_deploy_and_its_ref() {
-        let accepted = DeployAccepted { id: 12, app: "web".into(), state: "queued".into(), message: None };
+        let accepted =
+            DeployAccepted { id: 12, app: "web".into(), state: deployer_wire::DeployState::Queued, message: None };
         assert_eq!(accepted_line(&accepted, "deploy", Some("main")), "queued deploy #12 of web (main)");
         assert_eq!(accepted_line(&accepted, "deploy", None), "queued deploy #12 of web");
         assert_eq!(
             accepted_line(&accepted, "rollback", Some("rollback:11-1a2b3c4")),
             "queued rollback #12 of web (11-1a2b3c4)"
         );
-        let noop =
-            DeployAccepted { state: "live".into(), message: Some("web is already live on 1a2b3c4".into()), ..accepted };
+        let noop = DeployAccepted {
+            state: deployer_wire::DeployState::Live,
+            message: Some("web is already live on 1a2b3c4".into()),
+            ..accepted
+        };
         assert_eq!(accepted_line(&noop, "deploy", Some("main")), "web is already live on 1a2b3c4");
     }
 
