@@ -114,56 +114,28 @@ impl Metrics {
             let restarts: u64 = app.status().workers.iter().map(|w| u64::from(w.restarts)).sum();
             let _ = writeln!(out, "deployer_worker_restarts{{app=\"{}\"}} {restarts}", esc(&app.name));
         }
-        head(
-            &mut out,
-            "deployer_front_requests_total",
-            "counter",
-            "Requests (connections in tcp mode) through the app's front.",
-        );
-        for app in &apps {
-            let _ = writeln!(
-                out,
-                "deployer_front_requests_total{{app=\"{}\"}} {}",
-                esc(&app.name),
-                app.front_stats().requests.load(Relaxed)
-            );
-        }
-        head(&mut out, "deployer_front_errors_total", "counter", "Requests the front itself answered 502, 503 or 504.");
-        for app in &apps {
-            let _ = writeln!(
-                out,
-                "deployer_front_errors_total{{app=\"{}\"}} {}",
-                esc(&app.name),
-                app.front_stats().errors.load(Relaxed)
-            );
-        }
-        head(
-            &mut out,
-            "deployer_front_retries_total",
-            "counter",
-            "Requests sent again to another worker before any answer.",
-        );
-        for app in &apps {
-            let _ = writeln!(
-                out,
-                "deployer_front_retries_total{{app=\"{}\"}} {}",
-                esc(&app.name),
-                app.front_stats().retries.load(Relaxed)
-            );
-        }
-        head(
-            &mut out,
-            "deployer_front_timeouts_total",
-            "counter",
-            "Requests a worker did not answer within response_timeout (answered 504).",
-        );
-        for app in &apps {
-            let _ = writeln!(
-                out,
-                "deployer_front_timeouts_total{{app=\"{}\"}} {}",
-                esc(&app.name),
-                app.front_stats().timeouts.load(Relaxed)
-            );
+        type Counter = fn(&crate::front::http::FrontStats) -> u64;
+        let fronts: [(&str, &str, Counter); 4] = [
+            ("deployer_front_requests_total", "Requests (connections in tcp mode) through the app's front.", |f| {
+                f.requests.load(Relaxed)
+            }),
+            ("deployer_front_errors_total", "Requests the front itself answered 502, 503 or 504.", |f| {
+                f.errors.load(Relaxed)
+            }),
+            ("deployer_front_retries_total", "Requests sent again to another worker before any answer.", |f| {
+                f.retries.load(Relaxed)
+            }),
+            (
+                "deployer_front_timeouts_total",
+                "Requests a worker did not answer within response_timeout (answered 504).",
+                |f| f.timeouts.load(Relaxed),
+            ),
+        ];
+        for (name, help, value) in fronts {
+            head(&mut out, name, "counter", help);
+            for app in &apps {
+                let _ = writeln!(out, "{name}{{app=\"{}\"}} {}", esc(&app.name), value(app.front_stats()));
+            }
         }
 
         head(
