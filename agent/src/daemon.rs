@@ -6,7 +6,7 @@ use crate::config;
 use crate::deploy::Deployer;
 use crate::report::Reporter;
 use crate::secrets::Secrets;
-use crate::state::Store;
+use crate::store::Store;
 use crate::supervisor::{self, Supervisor};
 use anyhow::Context;
 use std::path::Path;

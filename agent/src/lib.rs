@@ -18,7 +18,7 @@ pub mod quickstart;
 pub mod report;
 pub mod secrets;
 pub mod source;
-pub mod state;
 pub mod state_dir;
+pub mod store;
 pub mod supervisor;
 pub mod tls;

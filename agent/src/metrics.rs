@@ -4,7 +4,7 @@
 //! deploys, the supervisor for workers, each front's [`FrontStats`](crate::front::http::FrontStats));
 //! what only passes by (reload durations, webhook rejections) is counted here.
 
-use crate::state::Store;
+use crate::store::Store;
 use crate::supervisor::Supervisor;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -3,7 +3,7 @@
 
 use super::{ApiErr, ApiState, body};
 use crate::locks::LockError;
-use crate::state::now_ms;
+use crate::store::now_ms;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;

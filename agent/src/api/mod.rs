@@ -4,19 +4,19 @@
 //! ([`deployer_wire::ApiError`]) produced in one place ([`ApiErr`]).
 
 mod auth;
-mod hooks;
 mod locks;
 pub mod serve;
 mod stream;
+mod webhooks;
 
-pub use hooks::{WebhookCounts, WebhookStats};
+pub use webhooks::{WebhookCounts, WebhookStats};
 
 use crate::config::{ResolvedToken, Scope};
 use crate::deploy::poll::CheckError;
 use crate::deploy::{DeployError, Deployer, Requester, Target};
 use crate::secrets::Secrets;
 use crate::source::BadRef;
-use crate::state::Store;
+use crate::store::Store;
 use crate::supervisor::{Supervisor, SupervisorError};
 use axum::Extension;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
@@ -78,7 +78,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     // Outside the token layer: the signature is the authentication. Up to 1 MiB, then 413.
     let webhooks =
-        Router::new().route("/hooks/{app}", post(hooks::receive).layer(DefaultBodyLimit::max(::hooks::MAX_BODY)));
+        Router::new().route("/hooks/{app}", post(webhooks::receive).layer(DefaultBodyLimit::max(::hooks::MAX_BODY)));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(metrics)

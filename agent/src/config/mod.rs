@@ -148,7 +148,7 @@ pub struct AppConfig {
     pub install_timeout: Dur,
     /// Lifecycle commands run in the release directory.
     #[serde(default)]
-    pub hooks: HooksConfig,
+    pub hooks: LifecycleHooks,
     /// Paths kept across releases in the app's `shared/` dir and linked into each release.
     #[serde(default)]
     pub shared: Vec<PathBuf>,
@@ -343,7 +343,7 @@ impl TryFrom<OneOrList> for Commands {
 /// `hooks:` — each optional, run in the release directory with the deploy's environment.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct HooksConfig {
+pub struct LifecycleHooks {
     /// After `install`; a failure fails the deploy.
     pub post_install: Commands,
     /// Before the rolling reload (migrations); a failure fails the deploy.

@@ -4,7 +4,7 @@
 //! A receiver that lags loses nothing: it re-reads the events after the last one it sent.
 
 use super::{DeployError, Deployer};
-use crate::state::{DeployId, Store};
+use crate::store::{DeployId, Store};
 use deployer_wire::DeployStreamItem;
 use futures_util::Stream;
 use std::collections::VecDeque;
@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 struct Follow {
     store: Arc<Store>,
     id: DeployId,
-    changes: broadcast::Receiver<crate::state::DeployChange>,
+    changes: broadcast::Receiver<crate::store::DeployChange>,
     /// The `seq` of the last event sent.
     seen: u64,
     ready: VecDeque<DeployStreamItem>,
@@ -108,7 +108,7 @@ impl Follow {
 
 #[cfg(test)]
 mod tests {
-    use crate::state::Store;
+    use crate::store::Store;
     use deployer_wire::DeployStreamItem;
     use futures_util::StreamExt;
     use std::sync::Arc;
@@ -130,7 +130,7 @@ mod tests {
     #[tokio::test]
     async fn replays_then_follows_until_the_end() {
         let store = Arc::new(Store::in_memory());
-        let id = store.insert_deploy("web", "main", "api", &crate::state::Requester::default()).unwrap();
+        let id = store.insert_deploy("web", "main", "api", &crate::store::Requester::default()).unwrap();
         store.transition(id, deployer_wire::DeployState::Fetching, "fetching main").unwrap();
         let mut stream = Box::pin(follow(&store, id));
         let first: Vec<_> = vec![stream.next().await.unwrap(), stream.next().await.unwrap()];

@@ -14,8 +14,8 @@ mod retry;
 
 use crate::secrets::Secrets;
 use crate::source::{self, BadRef};
-pub use crate::state::Requester;
-use crate::state::{DeployId, StateError, Store};
+pub use crate::store::Requester;
+use crate::store::{DeployId, Store, StoreError};
 use crate::supervisor::{App, Supervisor, SupervisorError};
 pub use deployer_wire::DeployState;
 use deployer_wire::{Deploy, DeployAccepted, Release};
@@ -49,7 +49,7 @@ pub enum DeployError {
     #[error("deploy #{id} is {state}: only a queued, fetching or building deploy can be cancelled")]
     CannotCancel { id: DeployId, state: DeployState },
     #[error(transparent)]
-    State(#[from] StateError),
+    State(#[from] StoreError),
 }
 
 /// What a signed push led to ([`Deployer::push`]).

@@ -11,7 +11,7 @@ use super::release::{self, AppDir, prune_plan, seq_of};
 use super::{AppQueue, DeployError, Deployer, Job, Target};
 use crate::config::AppConfig;
 use crate::source::{GitAuth, Source};
-use crate::state::{DeployId, ReleaseRow, Store};
+use crate::store::{DeployId, ReleaseRow, Store};
 use crate::supervisor::{ActiveRelease, App, resolve_spec};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -407,7 +407,7 @@ impl Run<'_> {
 }
 
 /// A deploy whose progress cannot be recorded stops before it changes what serves.
-fn recording(e: crate::state::StateError) -> Stop {
+fn recording(e: crate::store::StoreError) -> Stop {
     Stop::failed(format!("cannot record the deploy's progress: {e}"))
 }
 

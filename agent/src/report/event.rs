@@ -1,6 +1,6 @@
 //! What a report says: the event a deploy change is, and its JSON body.
 
-use crate::state::{Change, DeployFacts, now_ms};
+use crate::store::{Change, DeployFacts, now_ms};
 use serde::Serialize;
 
 /// The events a receiver gets, named `deploy.<state>`, `worker.errored` and `worker.unhealthy`.

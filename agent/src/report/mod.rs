@@ -17,7 +17,7 @@ mod watch;
 pub use watch::watch_workers;
 
 use crate::config::{AgentConfig, ReportConfig, RetryConfig};
-use crate::state::{Change, DeployFacts, NewReport, ReportRules, StateError, Store, now_ms};
+use crate::store::{Change, DeployFacts, NewReport, ReportRules, Store, StoreError, now_ms};
 use event::{DeployEventBody, EventKind, WorkerEventBody};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -83,7 +83,7 @@ impl Reporter {
         message: &str,
         release: Option<&str>,
         output_tail: &[String],
-    ) -> Result<(), StateError> {
+    ) -> Result<(), StoreError> {
         let t = self.targets.read().unwrap_or_else(|e| e.into_inner()).clone();
         let at_ms = now_ms();
         let body =

@@ -4,7 +4,7 @@
 
 use super::{Destination, Reporter};
 use crate::config::RetryConfig;
-use crate::state::{OutboxRow, Store, now_ms};
+use crate::store::{OutboxRow, Store, now_ms};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::collections::BTreeMap;
@@ -68,7 +68,7 @@ async fn round(
     client: &reqwest::Client,
     retry: &RetryConfig,
     shutdown: &CancellationToken,
-) -> Result<Duration, crate::state::StateError> {
+) -> Result<Duration, crate::store::StoreError> {
     let rows = store.unsent_reports(BATCH)?;
     let mut by_destination: BTreeMap<String, Vec<OutboxRow>> = BTreeMap::new();
     for row in rows {

@@ -6,7 +6,7 @@
 
 use super::Reporter;
 use super::event::EventKind;
-use crate::state::Store;
+use crate::store::Store;
 use crate::supervisor::{App, Supervisor, UnhealthyWorker};
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! that causes it, so a crash can lose none; a sender ([`crate::report`]) delivers rows until the
 //! receiver answers 2xx. Delivery is at least once, in row order per destination.
 
-use super::{DeployId, StateError, Store, now_ms};
+use super::{DeployId, Store, StoreError, now_ms};
 use rusqlite::{Connection, params};
 
 /// A deploy as the report rules see it, read inside the transaction that changes it: the API's
@@ -61,7 +61,7 @@ impl Store {
     }
 
     /// Write the reports `change` causes, within the caller's transaction. Answers how many.
-    pub(super) fn write_reports(&self, c: &Connection, id: DeployId, change: Change<'_>) -> Result<usize, StateError> {
+    pub(super) fn write_reports(&self, c: &Connection, id: DeployId, change: Change<'_>) -> Result<usize, StoreError> {
         let Some(rules) = self.rules.read().unwrap_or_else(|e| e.into_inner()).clone() else { return Ok(0) };
         let Some(facts) = facts(c, id)? else { return Ok(0) };
         let reports = rules.reports(&facts, change);
@@ -70,7 +70,7 @@ impl Store {
     }
 
     /// Add reports that belong to no deploy change (a worker that errored).
-    pub fn enqueue_reports(&self, reports: &[NewReport]) -> Result<(), StateError> {
+    pub fn enqueue_reports(&self, reports: &[NewReport]) -> Result<(), StoreError> {
         insert(&self.conn(), reports, &self.secrets)?;
         if !reports.is_empty() {
             self.outbox_wake.notify_one();
@@ -80,7 +80,7 @@ impl Store {
 
     /// Undelivered reports, oldest first: at most `per_destination` of each destination, so a
     /// receiver that is down with a long backlog holds back no other.
-    pub fn unsent_reports(&self, per_destination: usize) -> Result<Vec<OutboxRow>, StateError> {
+    pub fn unsent_reports(&self, per_destination: usize) -> Result<Vec<OutboxRow>, StoreError> {
         let c = self.conn();
         let mut stmt = c.prepare(
             "SELECT id, destination, idempotency_key, body, attempts, next_at FROM (
@@ -102,7 +102,7 @@ impl Store {
     }
 
     /// The receiver took it; delivered rows older than a day are pruned.
-    pub fn report_sent(&self, id: i64) -> Result<(), StateError> {
+    pub fn report_sent(&self, id: i64) -> Result<(), StoreError> {
         let c = self.conn();
         let now = now_ms() as i64;
         c.execute(
@@ -114,7 +114,7 @@ impl Store {
     }
 
     /// An attempt failed: try again at `next_at_ms`.
-    pub fn report_failed(&self, id: i64, next_at_ms: u64, error: &str) -> Result<(), StateError> {
+    pub fn report_failed(&self, id: i64, next_at_ms: u64, error: &str) -> Result<(), StoreError> {
         self.conn().execute(
             "UPDATE report_outbox SET attempts = attempts + 1, next_at = ?2, last_error = ?3 WHERE id = ?1",
             params![id, next_at_ms as i64, self.secrets.masked(error)],
@@ -124,7 +124,7 @@ impl Store {
 }
 
 /// Bodies are masked here: a report holds no secret value, whatever the deploy or worker said.
-fn insert(c: &Connection, reports: &[NewReport], secrets: &crate::secrets::Secrets) -> Result<(), StateError> {
+fn insert(c: &Connection, reports: &[NewReport], secrets: &crate::secrets::Secrets) -> Result<(), StoreError> {
     let now = now_ms() as i64;
     for r in reports {
         c.execute(
@@ -135,7 +135,7 @@ fn insert(c: &Connection, reports: &[NewReport], secrets: &crate::secrets::Secre
     Ok(())
 }
 
-fn facts(c: &Connection, id: DeployId) -> Result<Option<DeployFacts>, StateError> {
+fn facts(c: &Connection, id: DeployId) -> Result<Option<DeployFacts>, StoreError> {
     super::deploy_row(c, id)
 }
 

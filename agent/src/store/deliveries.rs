@@ -1,6 +1,6 @@
 //! Webhook delivery ids already handled, so a host's redelivery deploys nothing twice.
 
-use super::{StateError, Store, now_ms};
+use super::{Store, StoreError, now_ms};
 use rusqlite::params;
 
 /// Ids kept per agent; older ones go first. A host redelivers within hours, not weeks.
@@ -8,7 +8,7 @@ const KEEP: i64 = 10_000;
 
 impl Store {
     /// Remember `delivery` of `app`; `false` when it was seen before.
-    pub fn remember_delivery(&self, app: &str, delivery: &str) -> Result<bool, StateError> {
+    pub fn remember_delivery(&self, app: &str, delivery: &str) -> Result<bool, StoreError> {
         let mut c = self.conn();
         let tx = c.transaction()?;
         let new = tx.execute(
@@ -26,7 +26,7 @@ impl Store {
     }
 
     /// Forget a delivery that could not be acted on, so the host's retry is not ignored.
-    pub fn forget_delivery(&self, app: &str, delivery: &str) -> Result<(), StateError> {
+    pub fn forget_delivery(&self, app: &str, delivery: &str) -> Result<(), StoreError> {
         self.conn()
             .execute("DELETE FROM webhook_deliveries WHERE app = ?1 AND delivery = ?2", params![app, delivery])?;
         Ok(())

@@ -26,7 +26,7 @@ use tokio::sync::{Notify, broadcast};
 
 /// The state database failed, or was asked for a transition the deploy's states forbid.
 #[derive(Debug, thiserror::Error)]
-pub enum StateError {
+pub enum StoreError {
     #[error("state database: {0}")]
     Db(#[from] rusqlite::Error),
     #[error("deploy #{id} cannot go from `{from}` to `{to}`")]
@@ -93,7 +93,7 @@ pub fn now_ms() -> u64 {
 
 impl Store {
     /// Open (and migrate) the database; `secrets` are masked in what is written and read.
-    pub fn open(path: &Path, secrets: Secrets) -> Result<Store, StateError> {
+    pub fn open(path: &Path, secrets: Secrets) -> Result<Store, StoreError> {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -170,7 +170,7 @@ impl Store {
         git_ref: &str,
         trigger: &str,
         by: &Requester,
-    ) -> Result<DeployId, StateError> {
+    ) -> Result<DeployId, StoreError> {
         let git_ref = self.mask(git_ref);
         let who = by.who.as_deref().map(|w| self.mask(w));
         let token = by.token.as_deref().map(|t| self.mask(t));
@@ -196,7 +196,7 @@ impl Store {
     /// Enter `state`, with an event; final states also set `finished_at` and the message.
     /// Enter `to`, if the deploy's current state may become it (checked in the transaction that
     /// writes it, whoever asks: the pipeline, a cancel, the queue, the bake window, a restart).
-    pub fn transition(&self, id: DeployId, to: DeployState, message: &str) -> Result<(), StateError> {
+    pub fn transition(&self, id: DeployId, to: DeployState, message: &str) -> Result<(), StoreError> {
         let message = self.mask(message);
         let state = to.as_str();
         let is_final = to.is_final();
@@ -207,7 +207,7 @@ impl Store {
             .optional()?
             .unwrap_or_default();
         if !from.parse::<DeployState>().is_ok_and(|f| f.can_become(to)) {
-            return Err(StateError::Illegal { id, from, to });
+            return Err(StoreError::Illegal { id, from, to });
         }
         if is_final {
             tx.execute(
@@ -226,14 +226,14 @@ impl Store {
     }
 
     /// A message within the current state.
-    pub fn log(&self, id: DeployId, message: &str) -> Result<(), StateError> {
+    pub fn log(&self, id: DeployId, message: &str) -> Result<(), StoreError> {
         insert_event(&self.conn(), id, "log", &self.mask(message))?;
         self.changed(id, "log", false, 0);
         Ok(())
     }
 
     /// The deploy's commit is known; reports that need a sha (commit statuses) can go out.
-    pub fn set_sha(&self, id: DeployId, sha: &str) -> Result<(), StateError> {
+    pub fn set_sha(&self, id: DeployId, sha: &str) -> Result<(), StoreError> {
         let mut c = self.conn();
         let tx = c.transaction()?;
         tx.execute("UPDATE deploys SET sha = ?2 WHERE id = ?1", params![id as i64, sha])?;
@@ -246,19 +246,19 @@ impl Store {
         Ok(())
     }
 
-    pub fn set_release(&self, id: DeployId, release: &str) -> Result<(), StateError> {
+    pub fn set_release(&self, id: DeployId, release: &str) -> Result<(), StoreError> {
         self.conn().execute("UPDATE deploys SET release = ?2 WHERE id = ?1", params![id as i64, release])?;
         Ok(())
     }
 
-    pub fn set_output_tail(&self, id: DeployId, tail: &[String]) -> Result<(), StateError> {
+    pub fn set_output_tail(&self, id: DeployId, tail: &[String]) -> Result<(), StoreError> {
         let tail = self.mask(&tail.join("\n"));
         self.conn().execute("UPDATE deploys SET output_tail = ?2 WHERE id = ?1", params![id as i64, tail])?;
         Ok(())
     }
 
     /// One deploy with its events and output tail.
-    pub fn deploy(&self, id: DeployId) -> Result<Option<Deploy>, StateError> {
+    pub fn deploy(&self, id: DeployId) -> Result<Option<Deploy>, StoreError> {
         let c = self.conn();
         let Some(mut d) = deploy_row(&c, id)? else { return Ok(None) };
         d.events = events_after(&c, id, 0)?;
@@ -267,7 +267,7 @@ impl Store {
     }
 
     /// Events of a deploy after `seq` (for streaming).
-    pub fn events_after(&self, id: DeployId, seq: u64) -> Result<Vec<DeployEvent>, StateError> {
+    pub fn events_after(&self, id: DeployId, seq: u64) -> Result<Vec<DeployEvent>, StoreError> {
         let mut events = events_after(&self.conn(), id, seq)?;
         for e in &mut events {
             e.message = self.mask(&e.message);
@@ -276,7 +276,7 @@ impl Store {
     }
 
     /// The newest deploys of an app, newest first, without events.
-    pub fn history(&self, app: &str, limit: usize) -> Result<Vec<Deploy>, StateError> {
+    pub fn history(&self, app: &str, limit: usize) -> Result<Vec<Deploy>, StoreError> {
         let c = self.conn();
         let mut stmt =
             c.prepare(&format!("SELECT {DEPLOY_COLUMNS} FROM deploys WHERE app = ?1 ORDER BY id DESC LIMIT ?2"))?;
@@ -286,7 +286,7 @@ impl Store {
     }
 
     /// At start: deploys a previous agent left unfinished become `interrupted`. Answers their ids.
-    pub fn interrupt_unfinished(&self) -> Result<Vec<DeployId>, StateError> {
+    pub fn interrupt_unfinished(&self) -> Result<Vec<DeployId>, StoreError> {
         let ids: Vec<DeployId> = {
             let c = self.conn();
             let mut stmt =
@@ -300,7 +300,7 @@ impl Store {
         Ok(ids)
     }
 
-    pub fn record_release(&self, r: &ReleaseRow) -> Result<(), StateError> {
+    pub fn record_release(&self, r: &ReleaseRow) -> Result<(), StoreError> {
         self.conn().execute(
             "INSERT OR REPLACE INTO releases (app, name, seq, sha, ok, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![r.app, r.name, r.seq as i64, r.sha, r.ok, now_ms() as i64],
@@ -308,13 +308,13 @@ impl Store {
         Ok(())
     }
 
-    pub fn forget_release(&self, app: &str, name: &str) -> Result<(), StateError> {
+    pub fn forget_release(&self, app: &str, name: &str) -> Result<(), StoreError> {
         self.conn().execute("DELETE FROM releases WHERE app = ?1 AND name = ?2", params![app, name])?;
         Ok(())
     }
 
     /// Releases of an app, newest first.
-    pub fn releases(&self, app: &str) -> Result<Vec<ReleaseRow>, StateError> {
+    pub fn releases(&self, app: &str) -> Result<Vec<ReleaseRow>, StoreError> {
         let c = self.conn();
         let mut stmt = c.prepare("SELECT app, name, seq, sha, ok FROM releases WHERE app = ?1 ORDER BY seq DESC")?;
         let rows = stmt.query_map(params![app], |r| {
@@ -329,7 +329,7 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    pub fn set_current(&self, app: &str, release: &str, deploy: Option<DeployId>) -> Result<(), StateError> {
+    pub fn set_current(&self, app: &str, release: &str, deploy: Option<DeployId>) -> Result<(), StoreError> {
         self.conn().execute(
             "INSERT OR REPLACE INTO current_release (app, release, deploy_id, at) VALUES (?1, ?2, ?3, ?4)",
             params![app, release, deploy.map(|d| d as i64), now_ms() as i64],
@@ -351,7 +351,7 @@ pub struct DeployCount {
 
 impl Store {
     /// Deploys by app and state.
-    pub fn deploy_counts(&self) -> Result<Vec<DeployCount>, StateError> {
+    pub fn deploy_counts(&self) -> Result<Vec<DeployCount>, StoreError> {
         let c = self.conn();
         let mut stmt = c.prepare(
             "SELECT app, state, COUNT(*), COUNT(finished_at), COALESCE(SUM(finished_at - queued_at), 0)
@@ -397,7 +397,7 @@ fn row_to_deploy(r: &rusqlite::Row) -> rusqlite::Result<Deploy> {
 }
 
 /// One deploy with its output tail, without its events.
-fn deploy_row(c: &Connection, id: DeployId) -> Result<Option<Deploy>, StateError> {
+fn deploy_row(c: &Connection, id: DeployId) -> Result<Option<Deploy>, StoreError> {
     let row = c.query_row(
         &format!("SELECT {DEPLOY_COLUMNS}, output_tail FROM deploys WHERE id = ?1"),
         params![id as i64],
@@ -412,7 +412,7 @@ fn deploy_row(c: &Connection, id: DeployId) -> Result<Option<Deploy>, StateError
     Ok(row.optional()?)
 }
 
-fn insert_event(c: &Connection, id: DeployId, state: &str, message: &str) -> Result<(), StateError> {
+fn insert_event(c: &Connection, id: DeployId, state: &str, message: &str) -> Result<(), StoreError> {
     c.execute(
         "INSERT INTO deploy_events (deploy_id, seq, at, state, message)
          VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM deploy_events WHERE deploy_id = ?1), ?2, ?3, ?4)",
@@ -421,7 +421,7 @@ fn insert_event(c: &Connection, id: DeployId, state: &str, message: &str) -> Res
     Ok(())
 }
 
-fn events_after(c: &Connection, id: DeployId, seq: u64) -> Result<Vec<DeployEvent>, StateError> {
+fn events_after(c: &Connection, id: DeployId, seq: u64) -> Result<Vec<DeployEvent>, StoreError> {
     let mut stmt =
         c.prepare("SELECT seq, at, state, message FROM deploy_events WHERE deploy_id = ?1 AND seq > ?2 ORDER BY seq")?;
     let rows = stmt.query_map(params![id as i64, seq as i64], |r| {
@@ -529,7 +529,7 @@ mod tests {
         s.transition(id, DeployState::Fetching, "fetching").unwrap();
         s.transition(id, DeployState::Failed, "failed").unwrap();
         let e = s.transition(id, DeployState::Live, "live after all").unwrap_err();
-        assert!(matches!(&e, StateError::Illegal { from, to: DeployState::Live, .. } if from == "failed"), "{e}");
+        assert!(matches!(&e, StoreError::Illegal { from, to: DeployState::Live, .. } if from == "failed"), "{e}");
         let d = s.deploy(id).unwrap().unwrap();
         assert_eq!(d.state, "failed");
         assert!(d.events.iter().all(|e| e.message != "live after all"));
