@@ -6,6 +6,7 @@
 
 pub mod api;
 pub(crate) mod beneath;
+pub mod cgroup;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -18,4 +18,5 @@ mod reload;
 mod reports;
 mod streams;
 mod supervise;
+mod trees;
 mod triggers;

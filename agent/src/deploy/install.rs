@@ -1,10 +1,17 @@
 //! Running the install step and the lifecycle hooks: commands from the config only, no shell,
-//! each in its own process group, with a timeout, output streamed to the deploy's log.
+//! each in its own process group and (where the host has one) its own cgroup, with a timeout,
+//! output streamed to the deploy's log.
+//!
+//! A command is over when its process exits: whatever it started is then killed (its process
+//! group, and in a cgroup also what left the group with `setsid`), so a daemon started by
+//! `npm install` does not outlive the deploy, and a background child that keeps stdout open does
+//! not make a finished step look hung.
 //!
 //! Output is read in bounded memory (a line over 16 KiB is cut and marked, as for workers) and
 //! every secret value the agent knows is masked before a line reaches the log file or the tail.
 //! The log file of one deploy stops growing at [`MAX_LOG_BYTES`] (the tail goes on).
 
+use crate::cgroup::Cgroups;
 use crate::config::RunAs;
 use crate::secrets::Secrets;
 use crate::supervisor::lines;
@@ -31,13 +38,24 @@ pub struct Output {
     file: Mutex<LogFile>,
     tail: Mutex<VecDeque<String>>,
     secrets: Secrets,
+    /// Where each command's process tree goes, and the name that says whose it is.
+    cgroups: Cgroups,
+    scope: String,
 }
 
 impl Output {
     pub fn create(path: PathBuf, secrets: Secrets) -> Output {
         let file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&path).ok();
         let file = Mutex::new(LogFile { file, written: 0 });
-        Output { path, file, tail: Mutex::new(VecDeque::with_capacity(TAIL_LINES)), secrets }
+        let tail = Mutex::new(VecDeque::with_capacity(TAIL_LINES));
+        Output { path, file, tail, secrets, cgroups: Cgroups::none(), scope: String::new() }
+    }
+
+    /// Run each command's processes in a cgroup named after `scope` (e.g. `web.deploy-7`).
+    pub fn in_cgroups(mut self, cgroups: Cgroups, scope: String) -> Output {
+        self.cgroups = cgroups;
+        self.scope = scope;
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -115,9 +133,14 @@ pub async fn run(
     for argv in cmds {
         let cmd = shell_words::join(argv);
         out.line(&format!("$ {cmd}"));
-        let launch = Launch { argv, cwd, env, listen_fd: None, fd_name: "", run_as };
+        let tree = out.cgroups.create(&out.scope);
+        let cgroup_procs = tree.as_ref().map(|t| t.procs_fd());
+        let launch = Launch { argv, cwd, env, listen_fd: None, fd_name: "", run_as, cgroup_procs };
         let mut child = spawn::spawn(&launch).map_err(|source| StepError::Spawn { cmd: cmd.clone(), source })?;
-        let pid = child.id().map(|p| Pid::from_raw(p as i32));
+        let pid = child.id();
+        if let (Some(t), Some(pid)) = (&tree, pid) {
+            t.adopt(pid);
+        }
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
         let capture = async {
             let a = async {
@@ -132,21 +155,41 @@ pub async fn run(
             };
             tokio::join!(a, b);
         };
-        let waited = tokio::select! {
-            (status, ()) = async { tokio::join!(child.wait(), capture) } => Ok(status),
-            _ = tokio::time::sleep(timeout) => Err(StepError::Timeout { cmd: cmd.clone(), after: humantime::format_duration(timeout).to_string() }),
-            _ = cancel.cancelled() => Err(StepError::Cancelled),
+        let mut capture = std::pin::pin!(capture);
+        let mut captured = false;
+        let deadline = tokio::time::sleep(timeout);
+        let mut deadline = std::pin::pin!(deadline);
+        // The command is over when its process exits, whoever still holds its output.
+        let waited = loop {
+            tokio::select! {
+                status = child.wait() => break Ok(status),
+                () = &mut capture, if !captured => captured = true,
+                () = &mut deadline => break Err(StepError::Timeout { cmd: cmd.clone(), after: humantime::format_duration(timeout).to_string() }),
+                () = cancel.cancelled() => break Err(StepError::Cancelled),
+            }
         };
-        // The whole group goes, whatever happened: no install step leaves processes behind.
+        // Whatever happened, nothing the command started outlives it: its group, then its tree.
         if let Some(pid) = pid {
-            let _ = killpg(pid, Signal::SIGKILL);
+            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL); // ESRCH: the group is gone already
+        }
+        if let Some(t) = &tree
+            && !t.end(Duration::from_secs(5)).await
+        {
+            out.line("[deployer] processes of this command did not end; the next agent ends them");
+        }
+        if waited.is_err() {
+            let _ = child.wait().await; // killed just above: this reaps it
+        }
+        // Read what is left in the pipes; a holder outside the tree (a `setsid` daemon on a host
+        // without cgroups) is not waited for.
+        if !captured && tokio::time::timeout(Duration::from_secs(2), &mut capture).await.is_err() {
+            out.line("[deployer] a process started by this command still holds its output; not read further");
         }
         match waited {
             Ok(Ok(status)) if status.success() => {}
             Ok(Ok(status)) => return Err(StepError::Exit { cmd, status: status.to_string() }),
             Ok(Err(e)) => return Err(StepError::Spawn { cmd, source: e }),
             Err(e) => {
-                let _ = child.wait().await;
                 out.line(&format!("[deployer] {e}"));
                 return Err(e);
             }

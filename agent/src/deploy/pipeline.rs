@@ -122,7 +122,10 @@ impl Run<'_> {
         let dir = AppDir::new(path);
         dir.create(cfg.run_as.as_ref())
             .map_err(|e| Stop::failed(format!("cannot create `{}`: {e}", dir.root().display())))?;
-        self.out = Some(Output::create(dir.logs().join(format!("deploy-{}.log", self.id)), self.d.secrets.clone()));
+        self.out = Some(
+            Output::create(dir.logs().join(format!("deploy-{}.log", self.id)), self.d.secrets.clone())
+                .in_cgroups(self.d.supervisor.cgroups(), format!("{}.deploy-{}", self.app.name, self.id)),
+        );
 
         // 1. fetch
         self.enter(DeployState::Fetching, &format!("fetching `{}` from {}", cfg.branch, redact(&url)));

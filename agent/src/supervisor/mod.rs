@@ -14,6 +14,7 @@ pub mod reload;
 pub(crate) mod spawn;
 pub mod worker;
 
+use crate::cgroup::Cgroups;
 use crate::config::{self, AgentConfig, AppConfig, ConfigError, Loaded, ProxyMode, ReloadConfig};
 use crate::front::http::FrontStats;
 use crate::front::{self, Rotation};
@@ -67,6 +68,8 @@ pub struct Supervisor {
     _lock: nix::fcntl::Flock<std::fs::File>,
     state_dir: PathBuf,
     pids: Arc<PidRecord>,
+    /// The cgroups of every process tree the agent starts (workers, install steps).
+    cgroups: Cgroups,
     /// What children never get in their environment, and what logs mask (the daemon updates it).
     secrets: Secrets,
     apps: RwLock<BTreeMap<String, Arc<App>>>,
@@ -95,11 +98,17 @@ impl Supervisor {
         if reaped > 0 {
             tracing::warn!(reaped, "stopped workers left running by a previous agent");
         }
+        let cgroups = Cgroups::detect(&state_dir);
+        let reaped = cgroups.reap_previous();
+        if reaped > 0 {
+            tracing::warn!(reaped, "ended process trees (workers, install steps) left by a previous agent");
+        }
         let sup = Arc::new(Supervisor {
             config_path: loaded.path.clone(),
             state_dir,
             _lock: lock,
             pids,
+            cgroups,
             secrets,
             apps: RwLock::new(BTreeMap::new()),
             front_budget: Arc::new(tokio::sync::Semaphore::new(front_connections)),
@@ -213,6 +222,7 @@ impl Supervisor {
             pids: self.pids.clone(),
             run_dir: self.state_dir.join("run"),
             secrets: self.secrets.clone(),
+            cgroups: self.cgroups.clone(),
         });
         let app = Arc::new(App {
             name: name.to_string(),
@@ -284,6 +294,12 @@ impl Supervisor {
     pub async fn shutdown(&self) {
         let apps = self.list();
         futures_util::future::join_all(apps.iter().map(|a| a.shutdown())).await;
+        self.cgroups.remove_root();
+    }
+
+    /// Where install steps and hooks put their process trees.
+    pub fn cgroups(&self) -> Cgroups {
+        self.cgroups.clone()
     }
 }
 

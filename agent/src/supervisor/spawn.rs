@@ -23,6 +23,8 @@ pub struct Launch<'a> {
     pub fd_name: &'a str,
     /// The account to start the process as (the agent must be root); `None`: the agent's own.
     pub run_as: Option<&'a RunAs>,
+    /// `cgroup.procs` of the process tree's cgroup (`crate::cgroup`), joined before exec.
+    pub cgroup_procs: Option<RawFd>,
 }
 
 /// Start the process; stdout and stderr are piped for the log sink.
@@ -43,11 +45,13 @@ pub fn spawn(l: &Launch) -> io::Result<Child> {
         cmd.uid(r.uid).gid(r.gid);
     }
     let parent = std::process::id() as libc::pid_t;
+    let cgroup = l.cgroup_procs;
     match l.listen_fd {
         None => {
-            // SAFETY: only async-signal-safe calls (setsid, prctl, getppid) between fork and exec.
+            // SAFETY: only async-signal-safe calls (setsid, prctl, getppid, write) between fork
+            // and exec.
             unsafe {
-                cmd.pre_exec(move || detach_with_parent_death(parent));
+                cmd.pre_exec(move || detach_with_parent_death(parent, cgroup));
             }
         }
         Some(fd) => {
@@ -56,7 +60,7 @@ pub fn spawn(l: &Launch) -> io::Result<Child> {
             // LISTEN_PID digits are written into the child's own copy of that memory.
             unsafe {
                 cmd.pre_exec(move || {
-                    detach_with_parent_death(parent)?;
+                    detach_with_parent_death(parent, cgroup)?;
                     exec.exec()
                 });
             }
@@ -65,10 +69,15 @@ pub fn spawn(l: &Launch) -> io::Result<Child> {
     cmd.spawn()
 }
 
-/// New session (so signals reach the whole group, never the agent) and SIGKILL when the agent dies.
-fn detach_with_parent_death(parent: libc::pid_t) -> io::Result<()> {
+/// New session (so signals reach the whole group, never the agent), SIGKILL when the agent dies,
+/// and into the tree's cgroup before anything can be forked. A failed cgroup write is not fatal:
+/// the agent moves the process after the spawn (`cgroup::Tree::adopt`).
+fn detach_with_parent_death(parent: libc::pid_t, cgroup: Option<RawFd>) -> io::Result<()> {
     // SAFETY: plain syscalls.
     unsafe {
+        if let Some(fd) = cgroup {
+            libc::write(fd, b"0".as_ptr().cast(), 1);
+        }
         if libc::setsid() < 0 {
             return Err(io::Error::last_os_error());
         }

@@ -3,9 +3,10 @@
 
 use super::logs::{LogSink, Stream};
 use super::orphans::PidRecord;
-use super::procstat::{self, ProcSample};
+use super::procstat;
 use super::readiness::{self, NotifySocket};
 use super::spawn::{self, Launch};
+use crate::cgroup::{Cgroups, Tree};
 use crate::config::{ProxyMode, ReadyCheck, ReadyConfig, RestartConfig, RunAs};
 use crate::front::{Backend, Rotation};
 use crate::secrets::Secrets;
@@ -40,6 +41,8 @@ pub struct WorkerCtx {
     pub run_dir: PathBuf,
     /// Builds every worker's environment (without the agent's secrets), read at each spawn.
     pub secrets: Secrets,
+    /// Each run of a worker is one process tree in a cgroup of its own, where the host has them.
+    pub cgroups: Cgroups,
 }
 
 /// Everything that decides what a worker runs, resolved when the worker starts. A plain reload
@@ -123,11 +126,14 @@ pub struct Worker {
     /// worker between two runs (restarting) has nothing to signal.
     kill: watch::Sender<Option<Signal>>,
     usage: Mutex<Usage>,
+    /// The current run's process tree, while it runs in a cgroup.
+    tree: Mutex<Option<Arc<Tree>>>,
 }
 
 #[derive(Debug, Default)]
 struct Usage {
-    last: Option<(ProcSample, Instant)>,
+    /// The last reading: CPU time in microseconds, the leader's start time, when.
+    last: Option<(u64, u64, Instant)>,
     cpu_percent: f32,
     rss_bytes: u64,
 }
@@ -144,6 +150,7 @@ impl Worker {
             stop: CancellationToken::new(),
             kill: watch::Sender::new(None),
             usage: Mutex::new(Usage::default()),
+            tree: Mutex::new(None),
         });
         let span = tracing::info_span!("worker", app = %ctx.app, id);
         tokio::spawn(w.clone().keep(ctx).instrument(span));
@@ -210,22 +217,32 @@ impl Worker {
         }
     }
 
-    /// Refresh CPU and memory figures from `/proc`. Answers the RSS.
+    /// Refresh CPU and memory figures. Answers the RSS. In a cgroup they are the whole tree's
+    /// (`node` under `npm start` counts); without one, the worker's own process's.
     pub fn sample_usage(&self) -> u64 {
         let Some(pid) = self.status.borrow().pid else { return 0 };
-        let Some(now) = procstat::sample(pid) else { return 0 };
+        let Some(leader) = procstat::sample(pid) else { return 0 };
+        let tree = self.tree.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let (cpu_usec, rss) = match &tree {
+            Some(t) => {
+                let pids = t.pids();
+                let rss = pids.iter().filter_map(|p| procstat::sample(*p)).map(|s| s.rss_bytes).sum::<u64>();
+                let cpu = t.cpu_usec().unwrap_or_else(|| ticks_to_usec(leader.cpu_ticks));
+                (cpu, rss.max(leader.rss_bytes))
+            }
+            None => (ticks_to_usec(leader.cpu_ticks), leader.rss_bytes),
+        };
         let mut u = self.usage.lock().unwrap_or_else(|e| e.into_inner());
         let at = Instant::now();
-        if let Some((prev, prev_at)) = u.last {
+        if let Some((prev_cpu, prev_start, prev_at)) = u.last {
             let secs = at.duration_since(prev_at).as_secs_f32();
-            if secs > 0.0 && now.start_ticks == prev.start_ticks {
-                let ticks = now.cpu_ticks.saturating_sub(prev.cpu_ticks) as f32;
-                u.cpu_percent = ticks / procstat::ticks_per_second() as f32 / secs * 100.0;
+            if secs > 0.0 && leader.start_ticks == prev_start {
+                u.cpu_percent = cpu_usec.saturating_sub(prev_cpu) as f32 / 1e6 / secs * 100.0;
             }
         }
-        u.last = Some((now, at));
-        u.rss_bytes = now.rss_bytes;
-        now.rss_bytes
+        u.last = Some((cpu_usec, leader.start_ticks, at));
+        u.rss_bytes = rss;
+        rss
     }
 
     pub fn to_wire(&self) -> WorkerStatus {
@@ -341,6 +358,7 @@ impl Worker {
             run.push(("NOTIFY_SOCKET".into(), n.path().display().to_string()));
         }
         let env = ctx.secrets.child_env(&self.spec.env, run);
+        let tree = ctx.cgroups.create(&format!("{}.w{}", ctx.app, self.id)).map(Arc::new);
         // A signal `retire` asked for before this run is sent as soon as the child exists.
         let mut kill = self.kill.subscribe();
         kill.mark_changed();
@@ -354,12 +372,17 @@ impl Worker {
             listen_fd: ctx.listener.as_ref().map(|l| l.as_raw_fd()),
             fd_name: &ctx.app,
             run_as: self.spec.run_as.as_ref(),
+            cgroup_procs: tree.as_ref().map(|t| t.procs_fd()),
         };
         let mut child = match spawn::spawn(&launch) {
             Ok(c) => c,
             Err(e) => return self.spawn_failed(ctx, &format!("cannot start `{}`: {e}", self.spec.argv.join(" "))),
         };
         let Some(pid) = child.id() else { return RunEnd::Exited };
+        if let Some(t) = &tree {
+            t.adopt(pid);
+            *self.tree.lock().unwrap_or_else(|e| e.into_inner()) = Some(t.clone());
+        }
         ctx.pids.add(pid);
         let started = Instant::now();
         let retiring = self.stop.is_cancelled();
@@ -406,8 +429,15 @@ impl Worker {
         }
         // The pid is reaped: forget it before anything could recycle it.
         self.status.send_modify(|s| s.pid = None);
-        // The group may hold children of the worker: none of them outlives it.
+        // The group may hold children of the worker: none of them outlives it, nor anything
+        // that left the group with `setsid` (the cgroup holds those).
         let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        self.tree.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = tree
+            && !t.end(Duration::from_secs(2)).await
+        {
+            tracing::warn!(pid, "processes of the worker's tree outlived it; the next agent ends them");
+        }
         ctx.pids.remove(pid);
         if let (Some(b), Some(rot)) = (self.backend.lock().unwrap_or_else(|e| e.into_inner()).take(), &ctx.rotation) {
             rot.remove(&b);
@@ -480,6 +510,10 @@ impl Worker {
 enum RunEnd {
     Exited,
     NotReady(String),
+}
+
+fn ticks_to_usec(ticks: u64) -> u64 {
+    ticks.saturating_mul(1_000_000) / procstat::ticks_per_second()
 }
 
 /// A private port for a new worker: the kernel picks a free one.

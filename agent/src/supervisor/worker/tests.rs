@@ -20,6 +20,7 @@ fn setup() -> Setup {
         pids: Arc::new(PidRecord::new(dir.path().join("workers.pids"))),
         run_dir: dir.path().to_path_buf(),
         secrets: Secrets::default(),
+        cgroups: crate::cgroup::Cgroups::none(),
     });
     Setup { dir, ctx }
 }
