@@ -48,6 +48,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none(),
                 )
                 .init();
+            // Sockets systemd holds for us, while fd 3.. are still what it passed and before any
+            // thread could read the environment.
+            crate::listeners::claim_from_env();
             // Before the runtime starts the threads that use libgit2.
             crate::source::configure_libgit2();
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -116,8 +119,8 @@ async fn serve(path: &Path, secrets: Secrets) -> anyhow::Result<ExitCode> {
     let loaded = config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
     crate::state_dir::secure(&loaded.config)?;
     let listen = loaded.config.listen;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
+    let listener = crate::listeners::tcp("api", listen)
+        .and_then(tokio::net::TcpListener::from_std)
         .with_context(|| format!("cannot bind the API on `{listen}` (is another agent running?)"))?;
     if loaded.tokens.is_empty() {
         tracing::warn!("no `tokens` configured: every /v1 request will get 401");
@@ -164,6 +167,11 @@ async fn serve(path: &Path, secrets: Secrets) -> anyhow::Result<ExitCode> {
         None => tokio::spawn(api::serve::serve(listener, router, budget.api_connections, stop_api.clone())),
     };
     tracing::info!(%listen, tls = loaded.config.tls.is_some(), config = %path.display(), "agent ready");
+    crate::listeners::warn_unused();
+    crate::sd_notify::notify("READY=1");
+    if let Some(every) = crate::sd_notify::watchdog_interval() {
+        tokio::spawn(crate::sd_notify::watchdog(every, supervisor.clone()));
+    }
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -195,6 +203,7 @@ async fn serve(path: &Path, secrets: Secrets) -> anyhow::Result<ExitCode> {
         }
     }
     tracing::info!("stopping: draining connections, then stopping workers");
+    crate::sd_notify::notify("STOPPING=1");
     stop_deploys.cancel();
     supervisor.shutdown().await;
     stop_api.cancel();

@@ -147,3 +147,25 @@ fn sighup_with_a_broken_config_keeps_the_running_one() {
     assert_eq!(agent.pids("web"), web);
     assert_eq!(http::get(agent.port("web"), "/").expect("GET /").status, 200);
 }
+
+/// With the listening sockets held outside the agent (systemd's socket units; here the test),
+/// an agent killed with `kill -9` refuses no connection: clients wait in the kernel's queue
+/// until the next agent takes the same sockets, starts its workers and answers them. Only the
+/// requests the killed agent was carrying are lost.
+#[test]
+fn an_agent_killed_under_load_refuses_no_connection_when_its_sockets_are_held() {
+    let mut agent = TestEnv::new().socket_activation().env("DELAY_MS", "20").start();
+    assert!(agent.log().contains("listening socket received from systemd"), "{}", agent.log());
+    let load = Load::start(agent.port("web"), 20, false);
+    assert!(load.wait_for_more(200, Duration::from_secs(15)), "the load did not get going");
+    agent.signal(Signal::SIGKILL);
+    assert!(agent.wait_exit(Duration::from_secs(10)).is_some(), "the agent survived SIGKILL");
+    let lost = load.failed_so_far();
+    agent.start_again();
+    assert!(load.wait_for_more(200, Duration::from_secs(20)), "the restarted agent does not serve");
+    let report = load.stop();
+    eprintln!("kill -9 and restart under load: {report}; lost while killed: {lost}");
+    assert_eq!(report.by_kind.get("refused"), None, "connections were refused: {report}");
+    // What fails is what the killed agent held: at most one request per client.
+    assert!(report.failed <= 20, "more than the in-flight requests failed: {report}");
+}

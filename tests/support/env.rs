@@ -176,6 +176,9 @@ pub struct TestEnv {
     agent_env: BTreeMap<String, String>,
     /// `RLIMIT_NOFILE` of the agent process (`None`: the test's own).
     pub(crate) fd_limit: Option<u64>,
+    /// The test holds the API's and the fronts' listening sockets and passes them to each agent
+    /// process it starts, as systemd socket activation does.
+    socket_activation: bool,
 }
 
 impl Default for TestEnv {
@@ -194,6 +197,7 @@ impl TestEnv {
             agent_keys: BTreeMap::new(),
             agent_env: BTreeMap::new(),
             fd_limit: None,
+            socket_activation: false,
         }
     }
 
@@ -283,6 +287,14 @@ impl TestEnv {
         self
     }
 
+    /// Hold the API's and every front's listening socket in the test process and pass them to
+    /// the agent (`LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`), as systemd's socket units do: the
+    /// ports stay open while no agent runs.
+    pub fn socket_activation(mut self) -> Self {
+        self.socket_activation = true;
+        self
+    }
+
     pub(crate) fn apps(&self) -> &[AppSpec] {
         &self.apps
     }
@@ -307,8 +319,11 @@ impl TestEnv {
             let var = format!("DEPLOYER_TEST_TOKEN_{}", name.to_ascii_uppercase());
             tokens.push(Token { name: name.clone(), var, value: secret(name), scopes: scopes.clone() });
         }
-        let mut setup = Setup { dir, api_port: free_port(), env: self, tokens };
+        let mut setup = Setup { dir, api_port: free_port(), env: self, tokens, held: Vec::new() };
         setup.write();
+        if setup.env.socket_activation {
+            setup.hold_sockets();
+        }
         setup
     }
 
@@ -337,9 +352,24 @@ pub struct Setup {
     api_port: u16,
     env: TestEnv,
     tokens: Vec<Token>,
+    /// The listening sockets held for the agent (`TestEnv::socket_activation`), by name.
+    held: Vec<(String, std::net::TcpListener)>,
 }
 
 impl Setup {
+    /// Bind the API's and each front's port here, to pass them to every agent process.
+    fn hold_sockets(&mut self) {
+        let mut held = vec![("api".to_string(), self.api_port)];
+        held.extend(self.env.apps.iter().filter_map(|a| Some((a.name.clone(), a.port()?))));
+        self.held = held
+            .into_iter()
+            .map(|(name, port)| {
+                let l = std::net::TcpListener::bind(("127.0.0.1", port)).expect("hold a listening socket");
+                (name, l)
+            })
+            .collect();
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
@@ -410,7 +440,11 @@ impl Setup {
 
     /// `deployer-agent` with the tokens in its environment, run in the temp dir.
     pub fn agent_command(&self) -> Command {
-        let mut cmd = Command::new(crate::bin("deployer-agent"));
+        let mut cmd = if self.held.is_empty() {
+            Command::new(crate::bin("deployer-agent"))
+        } else {
+            self.socket_activated_command()
+        };
         cmd.current_dir(self.dir()).env_remove("DEPLOYER_CONFIG").env("RUST_LOG", "info").env("NO_COLOR", "1");
         for t in &self.tokens {
             cmd.env(&t.var, &t.value);
@@ -425,6 +459,44 @@ impl Setup {
                         .map_err(std::io::Error::from)
                 });
             }
+        }
+        cmd
+    }
+
+    /// `deployer-agent` with the held sockets as fd 3.. and the variables systemd sets; `sh` sets
+    /// `LISTEN_PID` to its own pid, which the agent keeps when `sh` execs it.
+    fn socket_activated_command(&self) -> Command {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let names: Vec<&str> = self.held.iter().map(|(n, _)| n.as_str()).collect();
+        let script =
+            format!("LISTEN_PID=$$ LISTEN_FDS={} LISTEN_FDNAMES={} exec \"$0\" \"$@\"", names.len(), names.join(":"));
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c").arg(script).arg(crate::bin("deployer-agent"));
+        let mut fds = [-1i32; 16];
+        assert!(self.held.len() <= fds.len(), "at most {} held sockets", fds.len());
+        for (slot, (_, l)) in fds.iter_mut().zip(&self.held) {
+            *slot = l.as_raw_fd();
+        }
+        let n = self.held.len();
+        // SAFETY: fcntl and dup2 only, between fork and exec, on fds this process owns. Each is
+        // first copied above the target range, so placing one on 3.. never clobbers another.
+        unsafe {
+            cmd.pre_exec(move || {
+                let mut high = [-1i32; 16];
+                for i in 0..n {
+                    high[i] = libc::fcntl(fds[i], libc::F_DUPFD_CLOEXEC, 64);
+                    if high[i] < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                for (i, fd) in high.iter().enumerate().take(n) {
+                    if libc::dup2(*fd, 3 + i as i32) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
         }
         cmd
     }

@@ -173,7 +173,9 @@ impl Supervisor {
         let (rotation, listener) = match (cfg.proxy, cfg.port) {
             (ProxyMode::Http | ProxyMode::Tcp, Some(port)) => {
                 let addr = SocketAddr::new(cfg.bind, port);
-                let l = bind(addr).map_err(|source| SupervisorError::Bind { app: name.into(), port, source })?;
+                let l = crate::listeners::tcp(name, addr)
+                    .and_then(tokio::net::TcpListener::from_std)
+                    .map_err(|source| SupervisorError::Bind { app: name.into(), port, source })?;
                 let rotation = Arc::new(Rotation::default());
                 rotation.set_unhealthy_after(cfg.front.unhealthy_after as usize);
                 let serve = {
@@ -202,11 +204,10 @@ impl Supervisor {
             }
             (ProxyMode::Fd, Some(port)) => {
                 let addr = SocketAddr::new(cfg.bind, port);
-                let l = std::net::TcpListener::bind(addr).map_err(|source| SupervisorError::Bind {
-                    app: name.into(),
-                    port,
-                    source,
-                })?;
+                let l = crate::listeners::tcp(name, addr)
+                    // The workers accept on it, and may expect a blocking socket as `bind` gives.
+                    .and_then(|l| l.set_nonblocking(false).map(|()| l))
+                    .map_err(|source| SupervisorError::Bind { app: name.into(), port, source })?;
                 tracing::info!(app = name, %addr, "listening socket handed to workers (fd mode)");
                 (None, Some(Arc::new(l)))
             }
@@ -347,13 +348,6 @@ fn client_rules(cfg: &AppConfig, access_log: &tokio::sync::mpsc::Sender<String>)
         tunnel_idle_timeout: f.tunnel_idle_timeout.0,
         trusted_proxy: Box::new(move |ip| f.trusts(ip)),
     })
-}
-
-fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
 }
 
 /// A release directory the app's workers run from (`releases/<seq>-<shortsha>`).
