@@ -69,6 +69,8 @@ fn an_install_step_leaves_no_process_behind_and_is_over_when_its_command_is() {
     // Not held until install_timeout (2 min) by the child that keeps stdout open.
     assert!(took < Duration::from_secs(60), "the deploy took {took:?}: the install step looked hung");
     assert!(answer(&agent).starts_with("v2 from worker"), "{}", answer(&agent));
+    let said = d.output_tail.iter().any(|l| l.contains("process(es) `sh install.sh` left running"));
+    assert!(said, "the deploy does not say what the install step left running: {:#?}", d.output_tail);
     assert!(
         wait_until(Duration::from_secs(10), || running(&daemon).is_empty() && running(&holder).is_empty()),
         "processes the install step started outlived it: daemon {:?}, stdout holder {:?}",

@@ -169,13 +169,17 @@ pub async fn run(
             }
         };
         // Whatever happened, nothing the command started outlives it: its group, then its tree.
+        let left = tree.as_ref().map_or(0, |t| t.pids().len());
         if let Some(pid) = pid {
             let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL); // ESRCH: the group is gone already
         }
-        if let Some(t) = &tree
-            && !t.end(Duration::from_secs(5)).await
-        {
-            out.line("[deployer] processes of this command did not end; the next agent ends them");
+        if let Some(t) = &tree {
+            if left > 0 && waited.as_ref().is_ok_and(|s| s.is_ok()) {
+                out.line(&format!("[deployer] ended {left} process(es) `{cmd}` left running"));
+            }
+            if !t.end(Duration::from_secs(5)).await {
+                out.line("[deployer] processes of this command did not end; the next agent ends them");
+            }
         }
         if waited.is_err() {
             let _ = child.wait().await; // killed just above: this reaps it
