@@ -20,6 +20,8 @@ fn setup() -> Setup {
         pids: Arc::new(PidRecord::new(dir.path().join("workers.pids"))),
         run_dir: dir.path().to_path_buf(),
         secrets: Secrets::default(),
+        events: Default::default(),
+        tasks: Default::default(),
     });
     Setup { dir, ctx }
 }
