@@ -139,6 +139,8 @@ impl Run<'_> {
         let sha = {
             let (branch, auth, cache, rev) = (cfg.branch.clone(), git_auth(&cfg), dir.repo(), git_ref.to_string());
             let limits = cfg.limits.to_source();
+            // Awaited below; a cancel leaves it to finish on its own (libgit2 cannot be
+            // interrupted), and the agent's exit does not wait for it (`daemon::BLOCKING_GRACE`).
             let fetch = tokio::task::spawn_blocking(move || {
                 let src = Source::open(&url, &branch, auth, &cache)?.with_limits(limits);
                 src.fetch()?;
@@ -385,7 +387,8 @@ impl Run<'_> {
     }
 
     async fn on_failure(&self, cfg: &AppConfig, workdir: &Path, env: &BTreeMap<String, String>) {
-        if cfg.hooks.on_failure.0.is_empty() {
+        // The agent's stop is no failure of the release: the hook is not run for it.
+        if cfg.hooks.on_failure.0.is_empty() || self.d.stopping() {
             return;
         }
         if let Err(e) = install::run(
@@ -586,7 +589,30 @@ impl Bake {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{Seen, redact};
+    use crate::supervisor::event::{SupervisorEvent, WorkerRef};
+
+    fn worker(release: &str) -> WorkerRef {
+        WorkerRef { app: "web".into(), id: 0, serial: 1, release: release.into() }
+    }
+
+    #[test]
+    fn the_bake_counts_only_what_the_release_s_workers_did_by_themselves() {
+        let mut seen = Seen::default();
+        let exited =
+            |release: &str, retired| SupervisorEvent::WorkerExited { worker: worker(release), pid: 1, retired };
+        seen.add(&exited("2-abc", true), "2-abc");
+        seen.add(&exited("1-old", false), "2-abc");
+        seen.add(&SupervisorEvent::WorkerOnline { worker: worker("2-abc"), pid: 1 }, "2-abc");
+        assert_eq!(seen, Seen::default(), "retired workers and other releases do not count");
+        seen.add(&exited("2-abc", false), "2-abc");
+        assert!(!seen.unhealthy(), "one restart is allowed");
+        seen.add(&exited("2-abc", false), "2-abc");
+        assert!(seen.unhealthy(), "two are a crash loop");
+        let mut seen = Seen::default();
+        seen.add(&SupervisorEvent::WorkerErrored { worker: worker("2-abc"), why: "x".into(), restarts: 3 }, "2-abc");
+        assert!(seen.unhealthy(), "an errored worker fails the bake at once");
+    }
 
     #[test]
     fn urls_lose_their_secrets() {

@@ -662,6 +662,10 @@ impl App {
     }
 
     async fn start_locked(&self) -> Result<(), String> {
+        if self.halt.is_cancelled() {
+            // Nothing started after the stop began: the stop would not wait for it.
+            return Err("the agent is stopping".into());
+        }
         self.running.store(true, SeqCst);
         let n = self.instances.load(SeqCst) as usize;
         let Some(spec) = self.current_spec() else {

@@ -55,6 +55,9 @@ pub async fn roll(app: &App, slots: &[usize], spec: &Arc<WorkerSpec>) -> Result<
 /// One step: start replacements for `slots`, wait until all are ready, then retire the old ones.
 /// Answers the retired workers (their specs are what a rollback puts back).
 async fn replace(app: &App, slots: &[usize], spec: &Arc<WorkerSpec>) -> Result<Vec<Arc<Worker>>, String> {
+    if app.halted().is_cancelled() {
+        return Err("interrupted: the agent is stopping".into());
+    }
     let ctx = app.worker_ctx();
     let news: Vec<Arc<Worker>> = slots.iter().map(|&s| Worker::start(s as u32, spec.clone(), ctx.clone())).collect();
     let timeout = spec.ready.timeout + Duration::from_secs(1);
