@@ -600,7 +600,7 @@ mod tests {
     fn the_bake_counts_only_what_the_release_s_workers_did_by_themselves() {
         let mut seen = Seen::default();
         let exited =
-            |release: &str, retired| SupervisorEvent::WorkerExited { worker: worker(release), pid: 1, retired };
+            |release: &str, retired| SupervisorEvent::WorkerExited { worker: worker(release), pid: Some(1), retired };
         seen.add(&exited("2-abc", true), "2-abc");
         seen.add(&exited("1-old", false), "2-abc");
         seen.add(&SupervisorEvent::WorkerOnline { worker: worker("2-abc"), pid: 1 }, "2-abc");

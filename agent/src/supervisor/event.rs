@@ -29,9 +29,10 @@ pub struct WorkerRef {
 pub enum SupervisorEvent {
     /// A worker is ready and in rotation.
     WorkerOnline { worker: WorkerRef, pid: u32 },
-    /// A worker's process ended. `retired`: it was asked to (reload, stop, scale, replacement);
-    /// otherwise it exited by itself and is restarted, or errored.
-    WorkerExited { worker: WorkerRef, pid: u32, retired: bool },
+    /// A worker's process ended (`pid: None`: it could not be started at all). `retired`: it was
+    /// asked to (reload, stop, scale, replacement); otherwise it exited by itself and is
+    /// restarted, or errored.
+    WorkerExited { worker: WorkerRef, pid: Option<u32>, retired: bool },
     /// The supervisor gave up on a worker: it kept exiting, or never got ready.
     WorkerErrored { worker: WorkerRef, why: String, restarts: u32 },
     /// Passive or active health took the worker out of rotation; it is being replaced.

@@ -442,7 +442,7 @@ impl Worker {
         }
         tracing::info!(pid, uptime_ms = started.elapsed().as_millis() as u64, "worker exited");
         let retired = self.stop.is_cancelled();
-        ctx.events.send(SupervisorEvent::WorkerExited { worker: self.reference(), pid, retired });
+        ctx.events.send(SupervisorEvent::WorkerExited { worker: self.reference(), pid: Some(pid), retired });
         end
     }
 
@@ -505,6 +505,8 @@ impl Worker {
     fn spawn_failed(&self, ctx: &WorkerCtx, why: &str) -> RunEnd {
         ctx.logs.write(self.id, Stream::Err, &format!("[deployer] {why}"));
         tracing::error!("{why}");
+        let retired = self.stop.is_cancelled();
+        ctx.events.send(SupervisorEvent::WorkerExited { worker: self.reference(), pid: None, retired });
         RunEnd::Exited
     }
 }
