@@ -151,6 +151,14 @@ fn the_agent_stops_a_hung_worker_within_drain_timeout_plus_kill_timeout() {
 
     let stopping = Instant::now();
     agent.signal(Signal::SIGTERM);
+    // While it drains, the agent still answers, and refuses new work.
+    let refused = poll(Duration::from_secs(5), || {
+        let r = agent.api_post("/v1/apps/web/deploys", serde_json::json!({ "ref": "main" }));
+        (r.status == 503).then_some(r)
+    })
+    .expect("a deploy asked for during the stop is refused with 503");
+    assert_eq!(refused.json::<serde_json::Value>()["code"], "stopping", "{}", refused.body);
+    assert_eq!(agent.app("web").workers.len(), 1, "the status still answers");
     let status = agent.wait_exit(2 * drain + kill_after + MARGIN);
     let took = stopping.elapsed();
     eprintln!("stopped in {took:?} (drain_timeout {drain:?}, kill_timeout {kill_after:?})");
