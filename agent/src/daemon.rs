@@ -4,7 +4,7 @@
 //! order: 1. triggers (no deploy is queued from the API, webhooks or pull loops, no SIGHUP is
 //! applied, a reload or roll in progress is interrupted: new workers not yet in rotation are
 //! ended); 2. running deploys (ended, their final state `interrupted` in SQLite); 3. reports (what
-//! is due goes out within [`REPORT_GRACE`]); 4. fronts (no new connection, in-flight requests
+//! is due goes out within `REPORT_GRACE`); 4. fronts (no new connection, in-flight requests
 //! drain) and 5. workers (signal, `kill_timeout`, SIGKILL), every app at once within one
 //! `drain_timeout + kill_timeout`; 6. the API, which answered until then.
 
