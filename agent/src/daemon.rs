@@ -1,4 +1,12 @@
 //! The agent's life: load the config, start the supervisor, serve the API, handle signals.
+//!
+//! Every task has an owner that awaits it, and the stop (SIGTERM, SIGINT) waits for them in one
+//! order: 1. triggers (no deploy is queued from the API, webhooks or pull loops, no SIGHUP is
+//! applied, a reload or roll in progress is interrupted: new workers not yet in rotation are
+//! ended); 2. running deploys (ended, their final state `interrupted` in SQLite); 3. reports (what
+//! is due goes out within `REPORT_GRACE`); 4. fronts (no new connection, in-flight requests
+//! drain) and 5. workers (signal, `kill_timeout`, SIGKILL), every app at once within one
+//! `drain_timeout + kill_timeout`; 6. the API, which answered until then.
 
 use crate::api::{self, ApiState, WebhookStats};
 use crate::cli::{Cli, Command};
@@ -9,12 +17,14 @@ use crate::secrets::Secrets;
 use crate::store::Store;
 use crate::supervisor::{self, Supervisor};
 use anyhow::Context;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command.unwrap_or(Command::Run) {
@@ -57,10 +67,21 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            rt.block_on(serve(&cli.config, secrets))
+            let code = rt.block_on(serve(&cli.config, secrets));
+            // Every task was awaited by its owner; what may still run is a blocking git call a
+            // cancelled deploy left (libgit2 cannot be interrupted): not waited for.
+            rt.shutdown_timeout(BLOCKING_GRACE);
+            code
         }
     }
 }
+
+/// How long the agent's exit waits for a blocking call (a git fetch) a cancelled deploy left.
+const BLOCKING_GRACE: Duration = Duration::from_secs(1);
+
+/// How long the stop gives the report sender to deliver what is due (the deploys the stop
+/// ended, mostly); what is left is sent by the next agent.
+const REPORT_GRACE: Duration = Duration::from_secs(5);
 
 /// Mark every fd above stderr that the agent inherited close-on-exec. Whoever started the agent
 /// (a wrapper script's lock, a process manager) may have left fds open without it, and every
@@ -136,16 +157,10 @@ async fn serve(path: &Path, secrets: Secrets) -> anyhow::Result<ExitCode> {
     );
     let supervisor = Supervisor::start(&loaded, secrets.clone(), budget.front_connections).await?;
     let store = Arc::new(Store::open(&loaded.config.state_dir.join("agent.db"), secrets.clone())?);
-    let stop_deploys = CancellationToken::new();
     // Reports first: the deploys that start now are reported too.
-    let reporter = Reporter::start(store.clone(), &loaded.config, stop_deploys.clone());
-    tokio::spawn(crate::report::watch_workers(
-        supervisor.clone(),
-        store.clone(),
-        reporter.clone(),
-        stop_deploys.clone(),
-    ));
-    let deployer = Deployer::start(store.clone(), supervisor.clone(), secrets.clone(), stop_deploys.clone())?;
+    let reporter = Reporter::start(store.clone(), &loaded.config);
+    reporter.watch_workers(supervisor.clone(), store.clone());
+    let deployer = Deployer::start(store.clone(), supervisor.clone(), secrets.clone())?;
     let stop_api = CancellationToken::new();
     let state = Arc::new(ApiState {
         supervisor: supervisor.clone(),
@@ -159,57 +174,137 @@ async fn serve(path: &Path, secrets: Secrets) -> anyhow::Result<ExitCode> {
         secrets: secrets.clone(),
     });
     let router = api::router(state.clone());
-    let api = match &loaded.config.tls {
+    // The API's accept loop (and TLS handshakes); its connections are the accept loop's own.
+    let api = TaskTracker::new();
+    match &loaded.config.tls {
         Some(tls) => {
-            let listener = crate::tls::TlsListener::new(listener, crate::tls::acceptor(tls)?)?;
-            tokio::spawn(api::serve::serve(listener, router, budget.api_connections, stop_api.clone()))
+            let acceptor = crate::tls::acceptor(tls)?;
+            let listener = crate::tls::TlsListener::new(listener, acceptor, &api, stop_api.clone())?;
+            api.spawn(api::serve::serve(listener, router, budget.api_connections, stop_api.clone()))
         }
-        None => tokio::spawn(api::serve::serve(listener, router, budget.api_connections, stop_api.clone())),
+        None => api.spawn(api::serve::serve(listener, router, budget.api_connections, stop_api.clone())),
     };
     tracing::info!(%listen, tls = loaded.config.tls.is_some(), config = %path.display(), "agent ready");
     crate::listeners::warn_unused();
     crate::sd_notify::notify("READY=1");
     if let Some(every) = crate::sd_notify::watchdog_interval() {
-        tokio::spawn(crate::sd_notify::watchdog(every, supervisor.clone()));
+        // Pings until the API stops, last (a stop is bounded by the unit's TimeoutStopSec).
+        let (supervisor, stop) = (supervisor.clone(), stop_api.clone());
+        api.spawn(async move {
+            tokio::select! {
+                () = crate::sd_notify::watchdog(every, supervisor) => {}
+                () = stop.cancelled() => {}
+            }
+        });
     }
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-    loop {
+    // SIGHUPs are applied by a task of their own, so a SIGTERM is heard while one is applied.
+    let sighup = Sighup {
+        path: path.to_path_buf(),
+        secrets: secrets.clone(),
+        state: state.clone(),
+        reporter: reporter.clone(),
+        wake: Arc::new(Notify::new()),
+        stop: CancellationToken::new(),
+    };
+    let applying = tokio::spawn(sighup.clone().run());
+    let signal = loop {
         tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => match config::load(path) {
-                Ok(fresh) => {
-                    // First: every child started from here on, and every text masked, follows
-                    // the new config's secrets.
-                    secrets.update(&fresh.config);
-                    tracing::info!("SIGHUP: applying the re-read config");
-                    if let Err(e) = crate::state_dir::secure(&fresh.config) {
-                        tracing::error!(error = %e, "could not prepare the state dir");
-                    }
-                    *state.tokens.write().unwrap_or_else(|e| e.into_inner()) = fresh.tokens.clone();
-                    reporter.apply(&fresh.config);
-                    if let Err(e) = supervisor.apply(&fresh).await {
-                        tracing::error!(error = %e, "could not apply all of the new config");
-                    }
-                    if let Err(e) = state.deployer.apply_config("config") {
-                        tracing::error!(error = %e, "could not queue the first deploy of a new app");
-                    }
-                }
-                Err(e) => tracing::error!("SIGHUP: the config has an error; keeping the running one\n{e}"),
-            },
+            _ = term.recv() => break "SIGTERM",
+            _ = int.recv() => break "SIGINT",
+            // Several SIGHUPs during one apply make one more apply, of the file as it is then.
+            _ = hup.recv() => sighup.wake.notify_one(),
+        }
+    };
+
+    // The stop, in order; each step waits for the one before.
+    let stopping = Instant::now();
+    let ms = |t: Instant| t.elapsed().as_millis() as u64;
+    tracing::info!(signal, "stopping: triggers, then deploys, reports, connections, workers");
+    crate::sd_notify::notify("STOPPING=1");
+    // 1. Triggers: no deploy is queued from now on (API, webhooks, pull loops), no SIGHUP applied;
+    //    a reload or roll in progress (a SIGHUP's too) is interrupted, its new workers ended.
+    state.deployer.close();
+    sighup.stop.cancel();
+    supervisor.halt();
+    if let Err(e) = applying.await {
+        tracing::error!(error = %e, "the SIGHUP task ended abnormally");
+    }
+    // 2. Running deploys end, each with its final state in the database.
+    state.deployer.shutdown().await;
+    tracing::info!(after_ms = ms(stopping), "deploys ended and recorded");
+    // 3. Reports: what is due now goes out, within a grace.
+    reporter.shutdown(REPORT_GRACE).await;
+    tracing::info!(after_ms = ms(stopping), "reports flushed");
+    // 4 and 5. Fronts stop accepting and drain, then workers stop: every app at once, each
+    //    within its drain_timeout + kill_timeout.
+    supervisor.shutdown().await;
+    tracing::info!(after_ms = ms(stopping), "connections drained, workers stopped");
+    // 6. The API answered until now (status, streams); its streams end here.
+    stop_api.cancel();
+    api.close();
+    if tokio::time::timeout(Duration::from_secs(5), api.wait()).await.is_err() {
+        tracing::warn!("API connections still open after 5s; closing them");
+    }
+    tracing::info!(after_ms = ms(stopping), "stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Applies the config file on SIGHUP, one apply at a time, until the agent stops.
+#[derive(Clone)]
+struct Sighup {
+    path: PathBuf,
+    secrets: Secrets,
+    state: Arc<ApiState>,
+    reporter: Arc<Reporter>,
+    /// Notified per SIGHUP (a permit is kept while an apply runs).
+    wake: Arc<Notify>,
+    /// The agent stops: no further apply (the running one is interrupted by `Supervisor::halt`).
+    stop: CancellationToken,
+}
+
+impl Sighup {
+    async fn run(self) {
+        loop {
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = self.stop.cancelled() => return,
+            }
+            self.apply().await;
         }
     }
-    tracing::info!("stopping: draining connections, then stopping workers");
-    crate::sd_notify::notify("STOPPING=1");
-    stop_deploys.cancel();
-    supervisor.shutdown().await;
-    stop_api.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(5), api).await;
-    tracing::info!("stopped");
-    Ok(ExitCode::SUCCESS)
+
+    async fn apply(&self) {
+        let fresh = match config::load(&self.path) {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                tracing::error!("SIGHUP: the config has an error; keeping the running one\n{e}");
+                return;
+            }
+        };
+        // First: every child started from here on, and every text masked, follows the new
+        // config's secrets.
+        self.secrets.update(&fresh.config);
+        tracing::info!("SIGHUP: applying the re-read config");
+        if let Err(e) = crate::state_dir::secure(&fresh.config) {
+            tracing::error!(error = %e, "could not prepare the state dir");
+        }
+        *self.state.tokens.write().unwrap_or_else(|e| e.into_inner()) = fresh.tokens.clone();
+        self.reporter.apply(&fresh.config);
+        if let Err(e) = self.state.supervisor.apply(&fresh).await {
+            tracing::error!(error = %e, "could not apply all of the new config");
+        }
+        if self.stop.is_cancelled() {
+            tracing::info!("SIGHUP: interrupted by the agent's stop");
+            return;
+        }
+        if let Err(e) = self.state.deployer.apply_config("config") {
+            tracing::error!(error = %e, "could not queue the first deploy of a new app");
+        }
+    }
 }
 
 /// The agent's own log: stderr, each event written whole with the agent's secrets masked (an

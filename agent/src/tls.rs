@@ -14,6 +14,8 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::{self, ServerConfig};
 use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// A client gets this long to finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,16 +55,30 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    pub fn new(listener: TcpListener, acceptor: TlsAcceptor) -> std::io::Result<TlsListener> {
+    /// Accept on `listener` until `stop` (or until this listener is dropped). The accept loop and
+    /// each handshake (at most [`HANDSHAKE_TIMEOUT`]) run as tasks of `tasks`, which the caller
+    /// waits for after the API stopped.
+    pub fn new(
+        listener: TcpListener,
+        acceptor: TlsAcceptor,
+        tasks: &TaskTracker,
+        stop: CancellationToken,
+    ) -> std::io::Result<TlsListener> {
         let local = listener.local_addr()?;
         let (tx, ready) = mpsc::channel(64);
         // Handshakes in progress at once: past this, connections wait in the kernel's queue
         // instead of each taking an fd and a task.
         let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
-        tokio::spawn(async move {
+        let handshaking = tasks.clone();
+        tasks.spawn(async move {
             loop {
                 let Ok(permit) = handshakes.clone().acquire_owned().await else { return };
-                let (tcp, peer) = match listener.accept().await {
+                let accepted = tokio::select! {
+                    a = listener.accept() => a,
+                    _ = stop.cancelled() => return,
+                    _ = tx.closed() => return,
+                };
+                let (tcp, peer) = match accepted {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::warn!(error = %e, "API accept failed");
@@ -74,7 +90,7 @@ impl TlsListener {
                     return;
                 }
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
+                handshaking.spawn(async move {
                     let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
                     drop(permit);
                     match handshake {

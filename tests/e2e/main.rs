@@ -16,6 +16,7 @@ mod fronts;
 mod lifecycle;
 mod reload;
 mod reports;
+mod shutdown;
 mod streams;
 mod supervise;
 mod trees;

@@ -326,6 +326,8 @@ impl From<DeployError> for ApiErr {
             }
             DeployError::CannotCancel { .. } => ApiErr::new(StatusCode::CONFLICT, "conflict", msg),
             DeployError::State(_) => ApiErr::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", msg),
+            DeployError::Stopping => ApiErr::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", msg)
+                .hint("ask again once the agent is back (`deployer status` shows when)"),
         }
     }
 }

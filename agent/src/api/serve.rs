@@ -41,6 +41,8 @@ where
 {
     let slots = Arc::new(Semaphore::new(max_connections));
     let graceful = GracefulShutdown::new();
+    // The connections belong to this loop: it waits for them before it returns.
+    let connections = tokio_util::task::TaskTracker::new();
     loop {
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => match p {
@@ -62,7 +64,7 @@ where
         builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
         let conn = graceful.watch(conn.into_owned());
-        tokio::spawn(async move {
+        connections.spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "API connection ended");
             }
@@ -70,7 +72,12 @@ where
         });
     }
     drop(listener);
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+    connections.close();
+    let ended = async {
+        graceful.shutdown().await;
+        connections.wait().await;
+    };
+    if tokio::time::timeout(SHUTDOWN_GRACE, ended).await.is_err() {
         tracing::debug!("API connections still open at shutdown; closing them");
     }
 }

@@ -4,6 +4,11 @@
 //! One deploy runs per app at a time. Requests that arrive meanwhile coalesce: only the newest
 //! queued one survives, the others become `superseded`. Every trigger (API, CLI, webhook, poll)
 //! comes in through [`Deployer::request`].
+//!
+//! The deployer owns its tasks (one queue runner per app, the pull loops, the bake windows) in
+//! one [`TaskTracker`]. The agent's stop first closes the intake ([`Deployer::close`]: pull loops
+//! end, requests are refused), then [`Deployer::shutdown`] ends the running deploys and waits
+//! until each has recorded its final state (`interrupted`: the agent stopped during it).
 
 mod follow;
 mod install;
@@ -21,9 +26,11 @@ pub use deployer_wire::DeployState;
 use deployer_wire::{Deploy, DeployAccepted, Release};
 use release::AppDir;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// What a deploy is asked to put live.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +57,8 @@ pub enum DeployError {
     CannotCancel { id: DeployId, state: DeployState },
     #[error(transparent)]
     State(#[from] StoreError),
+    #[error("the agent is stopping: no new deploy is started")]
+    Stopping,
 }
 
 /// What a signed push led to ([`Deployer::push`]).
@@ -75,7 +84,12 @@ pub struct Deployer {
     queues: Mutex<HashMap<String, Arc<AppQueue>>>,
     /// The pull loop of each app with `poll` or `cron`: its schedule and what stops it.
     pullers: Mutex<HashMap<String, (String, CancellationToken)>>,
+    /// Cancelled by [`Deployer::shutdown`]: running deploys end, queue runners and bakes return.
     shutdown: CancellationToken,
+    /// Set by [`Deployer::close`]: no new deploy is queued, no pull loop starts.
+    closed: AtomicBool,
+    /// The queue runners, the pull loops and the bake windows.
+    tasks: TaskTracker,
 }
 
 #[derive(Default)]
@@ -130,7 +144,6 @@ impl Deployer {
         store: Arc<Store>,
         supervisor: Arc<Supervisor>,
         secrets: Secrets,
-        shutdown: CancellationToken,
     ) -> Result<Arc<Deployer>, DeployError> {
         let interrupted = store.interrupt_unfinished()?;
         if !interrupted.is_empty() {
@@ -142,7 +155,9 @@ impl Deployer {
             secrets,
             queues: Mutex::new(HashMap::new()),
             pullers: Mutex::new(HashMap::new()),
-            shutdown,
+            shutdown: CancellationToken::new(),
+            closed: AtomicBool::new(false),
+            tasks: TaskTracker::new(),
         });
         for app in d.supervisor.list() {
             let cfg = app.config();
@@ -174,6 +189,39 @@ impl Deployer {
         Ok(())
     }
 
+    /// The agent stops: no deploy is queued from now on (requests answer [`DeployError::Stopping`])
+    /// and the pull loops end. Running deploys go on until [`Deployer::shutdown`].
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        for (_, stop) in self.pullers.lock().unwrap_or_else(|e| e.into_inner()).drain().map(|(_, v)| v) {
+            stop.cancel();
+        }
+    }
+
+    /// Whether the agent is stopping ([`Deployer::close`]).
+    fn stopping(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// End the running deploys and wait until every task of the deployer has returned; each
+    /// deploy has its final state recorded by then (`interrupted`, or what it reached), and a
+    /// deploy still queued is recorded `interrupted` too. Closes the intake first if needed.
+    pub async fn shutdown(&self) {
+        self.close();
+        self.shutdown.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        let queues: Vec<Arc<AppQueue>> =
+            self.queues.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        for q in queues {
+            let Some(job) = q.slots().pending.take() else { continue };
+            let message = "interrupted: the agent stopped before this deploy started";
+            if let Err(e) = self.store.transition(job.id, DeployState::Interrupted, message) {
+                tracing::error!(id = job.id, error = %e, "cannot record a queued deploy as interrupted");
+            }
+        }
+    }
+
     /// Whether a deploy of `app` is queued or running.
     fn busy(&self, app: &str) -> bool {
         self.queue_if_any(app).is_some_and(|q| {
@@ -200,13 +248,13 @@ impl Deployer {
             keep
         });
         for (app, schedule) in wanted {
-            if pullers.contains_key(&app) {
+            if pullers.contains_key(&app) || self.stopping() {
                 continue;
             }
             let stop = self.shutdown.child_token();
             tracing::info!(app = %app, schedule = %schedule.describe(), "pull mode on");
             pullers.insert(app.clone(), (schedule.describe(), stop.clone()));
-            tokio::spawn(self.clone().poll(app, schedule, stop));
+            self.tasks.spawn(self.clone().poll(app, schedule, stop));
         }
     }
 
@@ -254,6 +302,9 @@ impl Deployer {
         trigger: &str,
         by: &Requester,
     ) -> Result<DeployAccepted, DeployError> {
+        if self.stopping() {
+            return Err(DeployError::Stopping);
+        }
         let a = self.git_app(app)?;
         let label = match &target {
             Target::Ref(r) => {
@@ -277,7 +328,17 @@ impl Deployer {
         }
         tracing::info!(app, id, git_ref = %label, trigger, token = ?by.token, who = ?by.who, "deploy queued");
         let queue = self.queue(app);
-        let previous = queue.slots().pending.replace(Job { id, target, trigger: trigger.to_string() });
+        let previous = {
+            let mut slots = queue.slots();
+            // Checked again under the queue's lock, which `shutdown` takes to record what is
+            // still queued: a request that slipped past the first check is not left `queued`.
+            if self.stopping() {
+                drop(slots);
+                self.store.transition(id, DeployState::Interrupted, "interrupted: the agent is stopping")?;
+                return Err(DeployError::Stopping);
+            }
+            slots.pending.replace(Job { id, target, trigger: trigger.to_string() })
+        };
         if let Some(old) = previous {
             self.store.transition(old.id, DeployState::Superseded, &format!("superseded by #{id}"))?;
             tracing::info!(app, id = old.id, by = id, "deploy superseded");
@@ -428,13 +489,17 @@ impl Deployer {
         }
         let q = Arc::new(AppQueue::default());
         queues.insert(app.to_string(), q.clone());
-        tokio::spawn(self.clone().run_queue(app.to_string(), q.clone()));
+        self.tasks.spawn(self.clone().run_queue(app.to_string(), q.clone()));
         q
     }
 
     /// Take the newest queued deploy and run it, one at a time, until the agent stops.
     async fn run_queue(self: Arc<Self>, app: String, q: Arc<AppQueue>) {
         loop {
+            if self.shutdown.is_cancelled() {
+                // What is still queued is recorded by `shutdown`.
+                return;
+            }
             let cancel = self.shutdown.child_token();
             // Taken from the queue and made the running one in one step: a cancel or a status
             // in between sees it in one place or the other, never in neither.

@@ -12,11 +12,14 @@ use super::{AppQueue, DeployError, Deployer, Job, Target};
 use crate::config::AppConfig;
 use crate::source::{GitAuth, Source};
 use crate::store::{DeployId, ReleaseRow, Store};
+use crate::supervisor::event::SupervisorEvent;
+use crate::supervisor::worker::WorkerState;
 use crate::supervisor::{ActiveRelease, App, resolve_spec};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
 
 /// How a deploy ended early.
@@ -56,6 +59,12 @@ pub(super) async fn run(d: &Arc<Deployer>, q: &AppQueue, app_name: &str, job: Jo
     };
     let (state, message) = match result {
         Ok(message) => (DeployState::Live, message),
+        // The agent's stop ended it (a cancelled step, a halted roll): `interrupted`, as a
+        // restarted agent records a deploy a dead one left, and the pull loops retry it once.
+        Err(stop) if d.stopping() => (
+            DeployState::Interrupted,
+            format!("interrupted: the agent stopped while {} ({})", run.state.as_str(), stop.message),
+        ),
         Err(stop) => (stop.state, stop.message),
     };
     if let Some(out) = &run.out
@@ -133,6 +142,8 @@ impl Run<'_> {
         let sha = {
             let (branch, auth, cache, rev) = (cfg.branch.clone(), git_auth(&cfg), dir.repo(), git_ref.to_string());
             let limits = cfg.limits.to_source();
+            // Awaited below; a cancel leaves it to finish on its own (libgit2 cannot be
+            // interrupted), and the agent's exit does not wait for it (`daemon::BLOCKING_GRACE`).
             let fetch = tokio::task::spawn_blocking(move || {
                 let src = Source::open(&url, &branch, auth, &cache)?.with_limits(limits);
                 src.fetch()?;
@@ -282,7 +293,8 @@ impl Run<'_> {
                 &env,
                 fresh.run_as.as_ref(),
                 fresh.install_timeout.0,
-                &CancellationToken::new(),
+                // The deploy is past cancelling; only the agent's stop ends the hook early.
+                &self.d.shutdown,
                 self.output(),
             )
             .await
@@ -290,14 +302,17 @@ impl Run<'_> {
             self.log(&format!("post_reload: {e} (the deploy stays live)"));
         }
         if let Some(window) = fresh.bake {
-            tokio::spawn(bake(
-                self.d.clone(),
-                self.app.clone(),
-                self.id,
-                name.clone(),
-                previous.map(|p| p.name),
-                window.0,
-            ));
+            let bake = Bake {
+                d: self.d.clone(),
+                app: self.app.clone(),
+                id: self.id,
+                release: name.clone(),
+                previous: previous.map(|p| p.name),
+                window: window.0,
+                // Subscribed now: a worker of the release that errors from here on is heard.
+                events: self.d.supervisor.events(),
+            };
+            self.d.tasks.spawn(bake.watch());
         }
         Ok(format!("live on {short} (release {name}) in {:.1}s", self.started.elapsed().as_secs_f32()))
     }
@@ -375,7 +390,8 @@ impl Run<'_> {
     }
 
     async fn on_failure(&self, cfg: &AppConfig, workdir: &Path, env: &BTreeMap<String, String>) {
-        if cfg.hooks.on_failure.0.is_empty() {
+        // The agent's stop is no failure of the release: the hook is not run for it.
+        if cfg.hooks.on_failure.0.is_empty() || self.d.stopping() {
             return;
         }
         if let Err(e) = install::run(
@@ -384,7 +400,8 @@ impl Run<'_> {
             env,
             cfg.run_as.as_ref(),
             cfg.install_timeout.0,
-            &CancellationToken::new(),
+            // Only the agent's stop ends the hook early.
+            &self.d.shutdown,
             self.output(),
         )
         .await
@@ -464,56 +481,141 @@ fn redact(url: &str) -> String {
 }
 
 /// The bake window: a new release whose workers crash-loop or error out within `window` is
-/// rolled back by the agent itself.
-async fn bake(
+/// rolled back by the agent itself. It follows the supervisor's events: a worker of the release
+/// that errors, or exits by itself a second time, ends the bake at once.
+struct Bake {
     d: Arc<Deployer>,
     app: Arc<App>,
     id: DeployId,
     release: String,
     previous: Option<String>,
     window: Duration,
-) {
-    let deadline = tokio::time::Instant::now() + window;
-    let baseline: u32 = app.status().workers.iter().map(|w| w.restarts).sum();
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    while tokio::time::Instant::now() < deadline {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = d.shutdown.cancelled() => return,
-        }
-        if app.release().map(|r| r.name) != Some(release.clone()) {
-            return; // another deploy moved on
-        }
-        let status = app.status();
-        let restarts: u32 = status.workers.iter().map(|w| w.restarts).sum::<u32>().saturating_sub(baseline);
-        let errored = status.workers.iter().filter(|w| w.state == "errored").count();
-        if restarts >= 2 || errored > 0 {
-            let Some(previous) = previous else {
-                tracing::error!(app = %app.name, "release {release} is unhealthy in its bake window, and there is no previous release");
-                return;
-            };
-            let why = format!(
-                "within the bake window: {restarts} worker restart(s), {errored} errored; rolling back to {previous}"
-            );
-            tracing::warn!(app = %app.name, "{why}");
-            if let Err(e) = d.store.transition(id, DeployState::RolledBack, &why) {
-                tracing::error!(app = %app.name, error = %e, "cannot record the bake rollback");
+    events: broadcast::Receiver<SupervisorEvent>,
+}
+
+/// What the bake has seen of the release's workers.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    /// Exits the workers did not ask for (each one a restart).
+    exits: u32,
+    errored: u32,
+}
+
+impl Seen {
+    fn unhealthy(self) -> bool {
+        self.exits >= 2 || self.errored > 0
+    }
+
+    /// What an event adds, when it is about a worker of `release`.
+    fn add(&mut self, event: &SupervisorEvent, release: &str) {
+        match event {
+            SupervisorEvent::WorkerExited { worker, retired: false, .. } if worker.release == release => {
+                self.exits += 1
             }
-            let by = super::Requester::named(Some("bake"));
-            if let Err(e) = d.request(&app.name, Target::Rollback(Some(previous)), "bake", &by) {
-                tracing::error!(app = %app.name, error = %e, "bake rollback could not be queued");
-            }
-            return;
+            SupervisorEvent::WorkerErrored { worker, .. } if worker.release == release => self.errored += 1,
+            _ => {}
         }
     }
-    if let Err(e) = d.store.log(id, &format!("bake window of {} passed", humantime::format_duration(window))) {
-        tracing::error!(error = %e, "cannot record the end of the bake window");
+}
+
+impl Bake {
+    /// The workers of the release as they are now: errored ones, and restarts so far.
+    fn read(&self) -> Seen {
+        let states = self.app.worker_states();
+        let ours = states.iter().filter(|(w, _)| w.release == self.release);
+        let mut seen = Seen::default();
+        for (_, status) in ours {
+            seen.exits += status.restarts;
+            if matches!(status.state, WorkerState::Errored(_)) {
+                seen.errored += 1;
+            }
+        }
+        seen
+    }
+
+    async fn watch(mut self) {
+        let deadline = tokio::time::Instant::now() + self.window;
+        // Restarts before the window (during the roll) do not count; an errored worker does.
+        let baseline = self.read();
+        let mut seen = Seen { exits: 0, errored: baseline.errored };
+        loop {
+            if self.app.release().map(|r| r.name) != Some(self.release.clone()) {
+                return; // another deploy moved on
+            }
+            if seen.unhealthy() {
+                return self.roll_back(seen).await;
+            }
+            let event = tokio::select! {
+                e = self.events.recv() => e,
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = self.d.shutdown.cancelled() => return,
+            };
+            match event {
+                Ok(e) if e.app() == self.app.name => seen.add(&e, &self.release),
+                Ok(_) => {}
+                Err(RecvError::Lagged(lost)) => {
+                    // Read the state once instead of the events lost.
+                    tracing::debug!(lost, "the bake fell behind the supervisor's events");
+                    let now = self.read();
+                    seen.exits = seen.exits.max(now.exits.saturating_sub(baseline.exits));
+                    seen.errored = seen.errored.max(now.errored);
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+        let message = format!("bake window of {} passed", humantime::format_duration(self.window));
+        if let Err(e) = self.d.store.log(self.id, &message) {
+            tracing::error!(error = %e, "cannot record the end of the bake window");
+        }
+    }
+
+    async fn roll_back(self, seen: Seen) {
+        let (app, release) = (&self.app.name, &self.release);
+        let Some(previous) = self.previous else {
+            tracing::error!(%app, "release {release} is unhealthy in its bake window, and there is no previous release");
+            return;
+        };
+        let why = format!(
+            "within the bake window: {} worker restart(s), {} errored; rolling back to {previous}",
+            seen.exits, seen.errored
+        );
+        tracing::warn!(%app, "{why}");
+        if let Err(e) = self.d.store.transition(self.id, DeployState::RolledBack, &why) {
+            tracing::error!(%app, error = %e, "cannot record the bake rollback");
+        }
+        let by = super::Requester::named(Some("bake"));
+        if let Err(e) = self.d.request(app, Target::Rollback(Some(previous)), "bake", &by) {
+            tracing::error!(%app, error = %e, "bake rollback could not be queued");
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{Seen, redact};
+    use crate::supervisor::event::{SupervisorEvent, WorkerRef};
+
+    fn worker(release: &str) -> WorkerRef {
+        WorkerRef { app: "web".into(), id: 0, serial: 1, release: release.into() }
+    }
+
+    #[test]
+    fn the_bake_counts_only_what_the_release_s_workers_did_by_themselves() {
+        let mut seen = Seen::default();
+        let exited =
+            |release: &str, retired| SupervisorEvent::WorkerExited { worker: worker(release), pid: Some(1), retired };
+        seen.add(&exited("2-abc", true), "2-abc");
+        seen.add(&exited("1-old", false), "2-abc");
+        seen.add(&SupervisorEvent::WorkerOnline { worker: worker("2-abc"), pid: 1 }, "2-abc");
+        assert_eq!(seen, Seen::default(), "retired workers and other releases do not count");
+        seen.add(&exited("2-abc", false), "2-abc");
+        assert!(!seen.unhealthy(), "one restart is allowed");
+        seen.add(&exited("2-abc", false), "2-abc");
+        assert!(seen.unhealthy(), "two are a crash loop");
+        let mut seen = Seen::default();
+        seen.add(&SupervisorEvent::WorkerErrored { worker: worker("2-abc"), why: "x".into(), restarts: 3 }, "2-abc");
+        assert!(seen.unhealthy(), "an errored worker fails the bake at once");
+    }
 
     #[test]
     fn urls_lose_their_secrets() {

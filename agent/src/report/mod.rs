@@ -5,7 +5,9 @@
 //! [`Reporter`] is the [`ReportRules`] the [`Store`] calls inside each deploy transaction: it
 //! turns the change into outbox rows (destination, idempotency key, body), so a crash can lose no
 //! report. [`send::run`] delivers the rows, in order per destination, retrying with exponential
-//! backoff until the receiver answers 2xx; delivery is at least once.
+//! backoff until the receiver answers 2xx; delivery is at least once. The reporter owns its two
+//! tasks (the sender and the worker watcher); [`Reporter::shutdown`] ends them, after the sender
+//! has had a bounded grace to deliver what is due (the deploy states the agent's stop recorded).
 //!
 //! Must never: block or do I/O inside [`ReportRules::reports`]; store a secret in the outbox
 //! (rows name the environment variable, the sender reads it at each attempt).
@@ -14,15 +16,15 @@ pub mod event;
 pub mod send;
 mod watch;
 
-pub use watch::watch_workers;
-
 use crate::config::{AgentConfig, ReportConfig, RetryConfig};
 use crate::store::{Change, DeployFacts, NewReport, ReportRules, Store, StoreError, now_ms};
 use event::{DeployEventBody, EventKind, WorkerEventBody};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Where an outbox row goes, stored with it as JSON (a later config change does not strand it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,17 +49,52 @@ struct Targets {
 /// Turns deploy changes into reports, and owns their delivery.
 pub struct Reporter {
     targets: RwLock<Targets>,
+    /// The sender and the worker watcher.
+    tasks: TaskTracker,
+    /// Cancelled at the agent's stop: the sender delivers what is due now, then ends.
+    flush: CancellationToken,
+    /// Cancelled when the flush's grace is over: an attempt in flight is dropped (sent again later).
+    stop: CancellationToken,
 }
 
 impl Reporter {
     /// Install the rules in `store` and start delivering its outbox (also what a previous agent
-    /// left undelivered) until `shutdown`.
-    pub fn start(store: Arc<Store>, config: &AgentConfig, shutdown: CancellationToken) -> Arc<Reporter> {
-        let reporter = Arc::new(Reporter { targets: RwLock::new(Targets::default()) });
+    /// left undelivered) until [`Reporter::shutdown`].
+    pub fn start(store: Arc<Store>, config: &AgentConfig) -> Arc<Reporter> {
+        let reporter = Arc::new(Reporter {
+            targets: RwLock::new(Targets::default()),
+            tasks: TaskTracker::new(),
+            flush: CancellationToken::new(),
+            stop: CancellationToken::new(),
+        });
         reporter.apply(config);
         store.set_report_rules(reporter.clone());
-        tokio::spawn(send::run(store, reporter.clone(), shutdown));
+        let sender = send::run(store, reporter.clone(), reporter.flush.clone(), reporter.stop.clone());
+        reporter.tasks.spawn(sender);
         reporter
+    }
+
+    /// Report the supervisor's `worker.errored` and `worker.unhealthy` events from now on (and
+    /// the workers errored or unhealthy already).
+    pub fn watch_workers(self: &Arc<Self>, supervisor: Arc<crate::supervisor::Supervisor>, store: Arc<Store>) {
+        // Ends when the stop begins: worker changes from then on are the stop's own.
+        let watch = watch::watch_workers(supervisor, store, self.clone(), self.flush.clone());
+        self.tasks.spawn(watch);
+    }
+
+    /// The agent stops: deliver what is due now (within `grace`), then end every task. What is
+    /// left stays in the outbox for the next agent.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.flush.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(grace, self.tasks.wait()).await.is_err() {
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "reports not delivered within the stop's grace; the next agent sends them"
+            );
+        }
+        self.stop.cancel();
+        self.tasks.wait().await;
     }
 
     /// Take a re-read config (SIGHUP). Rows already in the outbox keep their destination.
@@ -199,7 +236,12 @@ mod tests {
     }
 
     fn reporter(reports: Vec<ReportConfig>) -> Reporter {
-        let r = Reporter { targets: RwLock::new(Targets::default()) };
+        let r = Reporter {
+            targets: RwLock::new(Targets::default()),
+            tasks: TaskTracker::new(),
+            flush: CancellationToken::new(),
+            stop: CancellationToken::new(),
+        };
         r.targets.write().unwrap().host = "h1".into();
         r.targets.write().unwrap().apps.insert("web".into(), (reports, Some("https://github.com/acme/web.git".into())));
         r

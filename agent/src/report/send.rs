@@ -32,8 +32,9 @@ pub enum SendError {
     Status(u16),
 }
 
-/// The sender task, until `shutdown`.
-pub async fn run(store: Arc<Store>, reporter: Arc<Reporter>, shutdown: CancellationToken) {
+/// The sender task. Once `flush` is cancelled (the agent stops) it sends what is due now and
+/// ends; `stop` ends it at once, an attempt in flight included.
+pub async fn run(store: Arc<Store>, reporter: Arc<Reporter>, flush: CancellationToken, stop: CancellationToken) {
     let client = match reqwest::Client::builder()
         .timeout(ATTEMPT_TIMEOUT)
         .user_agent(concat!("deployer-agent/", env!("CARGO_PKG_VERSION")))
@@ -47,17 +48,29 @@ pub async fn run(store: Arc<Store>, reporter: Arc<Reporter>, shutdown: Cancellat
     };
     let wake = store.outbox_wake();
     loop {
-        let wait = match round(&store, &client, &reporter.retry(), &shutdown).await {
+        let wait = match round(&store, &client, &reporter.retry(), &stop).await {
             Ok(wait) => wait,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the report outbox");
                 IDLE
             }
         };
+        if stop.is_cancelled() {
+            return;
+        }
+        if flush.is_cancelled() {
+            // Flushing: another round only while rows are due at once (a round stops at the
+            // first failure per destination, whose retry is then due later).
+            if wait.is_zero() {
+                continue;
+            }
+            return;
+        }
         tokio::select! {
             _ = wake.notified() => {}
             _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.cancelled() => return,
+            _ = flush.cancelled() => {}
+            _ = stop.cancelled() => return,
         }
     }
 }
@@ -70,12 +83,17 @@ async fn round(
     shutdown: &CancellationToken,
 ) -> Result<Duration, crate::store::StoreError> {
     let rows = store.unsent_reports(BATCH)?;
+    let full = rows.len() == BATCH;
     let mut by_destination: BTreeMap<String, Vec<OutboxRow>> = BTreeMap::new();
     for row in rows {
         by_destination.entry(row.destination.clone()).or_default().push(row);
     }
     let sends = by_destination.into_values().map(|rows| deliver_in_order(store, client, retry, rows, shutdown));
     let next = futures_util::future::join_all(sends).await;
+    if full && next.iter().all(Option::is_none) {
+        // All of a full batch went out: more rows may wait behind it, look again at once.
+        return Ok(Duration::ZERO);
+    }
     let now = now_ms();
     Ok(next
         .into_iter()
@@ -102,7 +120,12 @@ async fn deliver_in_order(
         if row.next_at_ms > now_ms() {
             return Some(row.next_at_ms);
         }
-        match attempt(client, &row).await {
+        let sent = tokio::select! {
+            r = attempt(client, &row) => r,
+            // Not marked sent: the next agent sends it again (delivery is at least once).
+            _ = shutdown.cancelled() => return None,
+        };
+        match sent {
             Ok(()) => {
                 if let Err(e) = store.report_sent(row.id) {
                     tracing::error!(error = %e, "cannot mark a report sent; it will be sent again");

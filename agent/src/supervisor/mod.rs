@@ -4,6 +4,7 @@
 //! Operations on one app (reload, restart, stop, start, scale, memory replacements) take the
 //! app's operation lock, so they never interleave; the front keeps serving throughout.
 
+pub mod event;
 mod health;
 pub(crate) mod lines;
 mod logs;
@@ -20,6 +21,7 @@ use crate::front::http::FrontStats;
 use crate::front::{self, Rotation};
 use crate::secrets::Secrets;
 use deployer_wire::{AppStatus, LogLine, ReloadOutcome};
+use event::{Events, SupervisorEvent, WorkerRef};
 use logs::LogSink;
 use nix::sys::signal::Signal;
 use orphans::PidRecord;
@@ -51,16 +53,6 @@ pub enum SupervisorError {
     StateDirBusy(PathBuf),
 }
 
-/// A worker found unhealthy (passive or active health), as the reports tell it.
-#[derive(Debug, Clone)]
-pub struct UnhealthyWorker {
-    pub app: String,
-    pub worker: u32,
-    pub why: front::Unhealthy,
-    /// The release (or cwd) it ran.
-    pub release: String,
-}
-
 /// Everything the agent supervises.
 pub struct Supervisor {
     config_path: PathBuf,
@@ -76,8 +68,11 @@ pub struct Supervisor {
     /// Client connections all fronts may hold at once (`crate::limits`), and that number.
     front_budget: Arc<tokio::sync::Semaphore>,
     front_connections: usize,
-    /// Every worker found unhealthy, for whoever reports it ([`Supervisor::unhealthy_workers`]).
-    unhealthy: tokio::sync::broadcast::Sender<UnhealthyWorker>,
+    /// Every worker's and app's change, for whoever listens ([`Supervisor::events`]).
+    events: Events,
+    /// Cancelled when the agent stops: a roll or start in progress ends at once (new workers not
+    /// yet in rotation are ended, the serving ones stay for the stop). Each app holds a child.
+    halt: CancellationToken,
 }
 
 impl Supervisor {
@@ -113,7 +108,8 @@ impl Supervisor {
             apps: RwLock::new(BTreeMap::new()),
             front_budget: Arc::new(tokio::sync::Semaphore::new(front_connections)),
             front_connections,
-            unhealthy: tokio::sync::broadcast::channel(64).0,
+            events: Events::default(),
+            halt: CancellationToken::new(),
         });
         for (name, cfg) in &loaded.config.apps {
             let app = sup.create_app(name, cfg)?;
@@ -129,10 +125,17 @@ impl Supervisor {
         Ok(sup)
     }
 
-    /// Workers found unhealthy from now on. A receiver that lags loses the oldest events (it is
-    /// told how many), never blocks the supervisor.
-    pub fn unhealthy_workers(&self) -> tokio::sync::broadcast::Receiver<UnhealthyWorker> {
-        self.unhealthy.subscribe()
+    /// Worker and app changes from now on. A receiver that lags loses the oldest events (it is
+    /// told how many; it then reads [`App::worker_states`] once), never blocks the supervisor.
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<SupervisorEvent> {
+        self.events.subscribe()
+    }
+
+    /// The agent stops: interrupt every roll, reload or start in progress (a SIGHUP's included),
+    /// so the stop does not wait for new workers to get ready. New workers not yet in rotation
+    /// are ended; every slot keeps a worker that serves, and the stop ends those.
+    pub fn halt(&self) {
+        self.halt.cancel();
     }
 
     pub fn list(&self) -> Vec<Arc<App>> {
@@ -161,6 +164,7 @@ impl Supervisor {
         ));
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let halt = self.halt.child_token();
         let stats = Arc::new(FrontStats::default());
         let access_log = logs::access_log(
             self.state_dir.join("logs").join(format!("{name}.access.log")),
@@ -224,6 +228,8 @@ impl Supervisor {
             run_dir: self.state_dir.join("run"),
             secrets: self.secrets.clone(),
             cgroups: self.cgroups.clone(),
+            events: self.events.clone(),
+            tasks: TaskTracker::new(),
         });
         let app = Arc::new(App {
             name: name.to_string(),
@@ -241,13 +247,14 @@ impl Supervisor {
             reloading: AtomicBool::new(false),
             op: tokio::sync::Mutex::new(()),
             cancel,
+            halt,
             tracker,
-            unhealthy: self.unhealthy.clone(),
+            tasks: TaskTracker::new(),
         });
-        tokio::spawn(app.clone().monitor());
+        app.tasks.spawn(app.clone().monitor());
         if let Some(rotation) = app.ctx.rotation.clone() {
-            tokio::spawn(app.clone().replace_unhealthy());
-            tokio::spawn(health::probe_workers(app.clone(), rotation));
+            app.tasks.spawn(app.clone().replace_unhealthy());
+            app.tasks.spawn(health::probe_workers(app.clone(), rotation));
         }
         Ok(app)
     }
@@ -259,6 +266,9 @@ impl Supervisor {
     pub async fn apply(&self, loaded: &Loaded) -> Result<(), SupervisorError> {
         let current: BTreeMap<String, Arc<App>> = self.apps.read().unwrap_or_else(|e| e.into_inner()).clone();
         for (name, app) in &current {
+            if self.halt.is_cancelled() {
+                return Ok(());
+            }
             if !loaded.config.apps.contains_key(name) {
                 tracing::info!(app = %name, "removed from the config; stopping");
                 app.shutdown().await;
@@ -266,6 +276,10 @@ impl Supervisor {
             }
         }
         for (name, cfg) in &loaded.config.apps {
+            if self.halt.is_cancelled() {
+                tracing::info!("the agent is stopping: the rest of the new config is not applied");
+                return Ok(());
+            }
             match current.get(name) {
                 Some(app) if app.config() == *cfg => {}
                 Some(app) if app.same_front(cfg) => {
@@ -291,8 +305,10 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Stop taking connections, let in-flight requests finish, stop every worker.
+    /// Stop taking connections, let in-flight requests finish, stop every worker: every app at
+    /// once, each within its `drain_timeout + kill_timeout`.
     pub async fn shutdown(&self) {
+        self.halt();
         let apps = self.list();
         futures_util::future::join_all(apps.iter().map(|a| a.shutdown())).await;
         self.cgroups.remove_root();
@@ -324,6 +340,9 @@ enum Refused {
     /// The roll stopped; what it put back is in the error.
     Roll(reload::RollFailed),
 }
+
+/// How long an app's stop waits for its workers' output readers once the workers are gone.
+const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 
 /// How far back replacements of unhealthy workers count towards the backoff.
 const UNHEALTHY_WINDOW: Duration = Duration::from_secs(600);
@@ -422,10 +441,14 @@ pub struct App {
     running: AtomicBool,
     reloading: AtomicBool,
     op: tokio::sync::Mutex<()>,
+    /// Cancelled when the app stops: the front stops accepting, the background tasks end.
     cancel: CancellationToken,
+    /// Cancelled when the agent (or this app) stops: a roll or start in progress ends at once.
+    halt: CancellationToken,
+    /// The front's accept loop and its connections.
     tracker: TaskTracker,
-    /// Where a worker found unhealthy is announced (the supervisor's channel).
-    unhealthy: tokio::sync::broadcast::Sender<UnhealthyWorker>,
+    /// The background tasks: monitor, unhealthy replacements, health probes.
+    tasks: TaskTracker,
 }
 
 impl App {
@@ -470,8 +493,26 @@ impl App {
 
     /// Put `news` into `slots`; answers the workers they replace.
     pub(crate) fn swap_workers(&self, slots: &[usize], news: &[Arc<Worker>]) -> Vec<Arc<Worker>> {
-        let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
-        slots.iter().zip(news).map(|(&s, n)| std::mem::replace(&mut workers[s], n.clone())).collect()
+        let olds: Vec<Arc<Worker>> = {
+            let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+            slots.iter().zip(news).map(|(&s, n)| std::mem::replace(&mut workers[s], n.clone())).collect()
+        };
+        for (old, new) in olds.iter().zip(news) {
+            self.ctx.events.send(SupervisorEvent::WorkerReplaced { old: old.reference(), new: new.reference() });
+        }
+        olds
+    }
+
+    /// Cancelled when the agent or this app stops: a roll or start waiting for new workers
+    /// gives up at once.
+    pub(crate) fn halted(&self) -> &CancellationToken {
+        &self.halt
+    }
+
+    /// Every worker as events name it, with its state and restarts now: what a listener that
+    /// lagged reads once to catch up.
+    pub fn worker_states(&self) -> Vec<(WorkerRef, worker::Status)> {
+        self.workers().iter().map(|w| (w.reference(), w.status())).collect()
     }
 
     fn workers(&self) -> Vec<Arc<Worker>> {
@@ -563,6 +604,8 @@ impl App {
                 if cfg.is_some() {
                     self.apply_instances().await;
                 }
+                let release = self.release().map(|r| r.name);
+                self.ctx.events.send(SupervisorEvent::AppReloaded { app: self.name.clone(), replaced: n, release });
                 Ok(n)
             }
             Err(e) => {
@@ -629,6 +672,10 @@ impl App {
     }
 
     async fn start_locked(&self) -> Result<(), String> {
+        if self.halt.is_cancelled() {
+            // Nothing started after the stop began: the stop would not wait for it.
+            return Err("the agent is stopping".into());
+        }
         self.running.store(true, SeqCst);
         let n = self.instances.load(SeqCst) as usize;
         let Some(spec) = self.current_spec() else {
@@ -644,10 +691,21 @@ impl App {
             news
         };
         let timeout = spec.ready.timeout + Duration::from_secs(1);
-        let results = futures_util::future::join_all(news.iter().map(|w| w.wait_ready(timeout))).await;
+        let ready = futures_util::future::join_all(news.iter().map(|w| w.wait_ready(timeout)));
+        // The agent's stop does not wait for workers to get ready: they are in their slots, and
+        // the stop ends them with the others.
+        let results = tokio::select! {
+            r = ready => r,
+            _ = self.halt.cancelled() => return Err("interrupted: the agent is stopping".into()),
+        };
         match results.into_iter().find_map(Result::err) {
             Some(e) => Err(e),
-            None => Ok(()),
+            None => {
+                if !news.is_empty() {
+                    self.ctx.events.send(SupervisorEvent::AppStarted { app: self.name.clone() });
+                }
+                Ok(())
+            }
         }
     }
 
@@ -658,10 +716,17 @@ impl App {
     }
 
     async fn stop_locked(&self) {
+        self.stop_workers(self.stop_how()).await;
+    }
+
+    /// Retire every worker `how`, at once.
+    async fn stop_workers(&self, how: Retire) {
         self.running.store(false, SeqCst);
         let olds: Vec<Arc<Worker>> = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
-        let how = self.stop_how();
         futures_util::future::join_all(olds.iter().map(|w| w.retire(how, self.ctx.rotation.as_deref()))).await;
+        if !olds.is_empty() {
+            self.ctx.events.send(SupervisorEvent::AppStopped { app: self.name.clone() });
+        }
     }
 
     /// Stop then start (like `pm2 restart`: not zero-downtime; `reload` is).
@@ -684,7 +749,9 @@ impl App {
         };
         let how = self.retire_how();
         futures_util::future::join_all(extra.iter().map(|w| w.retire(how, self.ctx.rotation.as_deref()))).await;
-        self.start_locked().await
+        let started = self.start_locked().await;
+        self.ctx.events.send(SupervisorEvent::AppScaled { app: self.name.clone(), instances: n });
+        started
     }
 
     /// Rolling reload. With `update_env`, the config file and `env_file` are read again first.
@@ -731,15 +798,35 @@ impl App {
         }
     }
 
-    /// Stop the front (no new connections; in-flight requests finish), then the workers.
+    /// Stop the front (no new connections; in-flight requests finish), then the workers, then
+    /// wait for every task of the app.
+    ///
+    /// One `drain_timeout` for the whole stop: the front's connections and the workers' in-flight
+    /// requests are the same requests, so the workers' drain gets what the front's left, and a
+    /// hung worker costs `drain_timeout + kill_timeout`, not twice the drain.
     pub async fn shutdown(&self) {
+        self.halt.cancel();
         self.cancel.cancel();
         self.tracker.close();
-        let drain = self.reload_config().drain_timeout.0;
-        if tokio::time::timeout(drain, self.tracker.wait()).await.is_err() {
+        let how = self.stop_how();
+        let deadline = tokio::time::Instant::now() + how.drain_timeout;
+        if tokio::time::timeout_at(deadline, self.tracker.wait()).await.is_err() {
             tracing::warn!(app = %self.name, "connections still open after drain_timeout; closing them");
         }
-        self.stop().await;
+        {
+            // A roll in progress was halted: it ends its new workers and lets go of the lock.
+            let _op = self.op.lock().await;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            self.stop_workers(Retire { drain_timeout: left, ..how }).await;
+        }
+        self.tasks.close();
+        self.tasks.wait().await;
+        // Keepers end with their workers; an output reader ends when the last holder of the
+        // worker's stdout does, which a child that left the worker's process group may delay.
+        self.ctx.tasks.close();
+        if tokio::time::timeout(OUTPUT_GRACE, self.ctx.tasks.wait()).await.is_err() {
+            tracing::warn!(app = %self.name, "a worker's output is still held open by a process it left behind");
+        }
     }
 
     /// Passive and active health: a worker found unhealthy (answers timing out, connects
@@ -782,13 +869,7 @@ impl App {
             };
             tracing::warn!(app = %self.name, worker = w.id, "worker unhealthy ({why}); replacing it");
             w.mark_unhealthy();
-            // No receiver (no reports configured yet) is not an error.
-            let _ = self.unhealthy.send(UnhealthyWorker {
-                app: self.name.clone(),
-                worker: w.id,
-                why,
-                release: w.spec.release.clone(),
-            });
+            self.ctx.events.send(SupervisorEvent::WorkerUnhealthy { worker: w.reference(), why });
             let spec = w.spec.clone();
             if let Err(e) = reload::roll(&self, &[slot], &spec).await {
                 tracing::error!(app = %self.name, worker = w.id, error = %e, "replacing the unhealthy worker failed");

@@ -5,7 +5,9 @@
 //! out of rotation -> drain its in-flight requests -> reload signal -> `kill_timeout` -> SIGKILL.
 //! If a new worker does not become ready, the roll stops: the new ones of that step are killed,
 //! the old ones of that step never left the rotation, and the slots already replaced are rolled
-//! back onto the previous spec the same way.
+//! back onto the previous spec the same way. When the agent stops meanwhile ([`App::halted`]),
+//! the roll ends at once: the new workers of that step are killed, nothing is put back (the stop
+//! ends every worker), and every slot still holds a worker.
 
 use super::App;
 use super::worker::{Retire, Worker, WorkerSpec};
@@ -30,6 +32,10 @@ pub async fn roll(app: &App, slots: &[usize], spec: &Arc<WorkerSpec>) -> Result<
     for step in slots.chunks(surge) {
         match replace(app, step, spec).await {
             Ok(olds) => replaced.extend(step.iter().copied().zip(olds)),
+            Err(reason) if app.halted().is_cancelled() => {
+                tracing::warn!(%reason, replaced = replaced.len(), "reload interrupted: the agent is stopping");
+                return Err(RollFailed { reason, restored: false });
+            }
             Err(reason) => {
                 tracing::error!(%reason, "reload stopped");
                 let mut restored = true;
@@ -49,10 +55,17 @@ pub async fn roll(app: &App, slots: &[usize], spec: &Arc<WorkerSpec>) -> Result<
 /// One step: start replacements for `slots`, wait until all are ready, then retire the old ones.
 /// Answers the retired workers (their specs are what a rollback puts back).
 async fn replace(app: &App, slots: &[usize], spec: &Arc<WorkerSpec>) -> Result<Vec<Arc<Worker>>, String> {
+    if app.halted().is_cancelled() {
+        return Err("interrupted: the agent is stopping".into());
+    }
     let ctx = app.worker_ctx();
     let news: Vec<Arc<Worker>> = slots.iter().map(|&s| Worker::start(s as u32, spec.clone(), ctx.clone())).collect();
     let timeout = spec.ready.timeout + Duration::from_secs(1);
-    let results = join_all(news.iter().map(|w| w.wait_ready(timeout))).await;
+    let ready = join_all(news.iter().map(|w| w.wait_ready(timeout)));
+    let results = tokio::select! {
+        r = ready => r,
+        _ = app.halted().cancelled() => vec![Err("interrupted: the agent is stopping".to_string())],
+    };
     if let Some(Err(reason)) = results.into_iter().find(Result::is_err) {
         let kill = Retire {
             signal: Signal::SIGKILL,

@@ -1,6 +1,7 @@
 //! One worker: a process the supervisor keeps running, restarts with backoff when it exits by
 //! itself, and retires gracefully (out of rotation, drain, signal, kill) when asked.
 
+use super::event::{Events, SupervisorEvent, WorkerRef};
 use super::logs::{LogSink, Stream};
 use super::orphans::PidRecord;
 use super::procstat;
@@ -18,11 +19,13 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::ExitStatus;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::process::Child;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 /// What every worker of one app shares.
@@ -43,6 +46,10 @@ pub struct WorkerCtx {
     pub secrets: Secrets,
     /// Each run of a worker is one process tree in a cgroup of its own, where the host has them.
     pub cgroups: Cgroups,
+    /// Where worker changes are announced (the supervisor's channel).
+    pub(crate) events: Events,
+    /// Owns every keeper and output reader of the app's workers: the app's stop waits for them.
+    pub(crate) tasks: TaskTracker,
 }
 
 /// Everything that decides what a worker runs, resolved when the worker starts. A plain reload
@@ -114,6 +121,9 @@ pub struct Retire {
 pub struct Worker {
     /// The instance id (`INSTANCE_ID`, `NODE_APP_INSTANCE`), also its slot in the app.
     pub id: u32,
+    /// Unique among the workers of this agent (events tell two runs of one slot apart).
+    pub serial: u64,
+    app: String,
     pub spec: Arc<WorkerSpec>,
     status: watch::Sender<Status>,
     /// Set only while in rotation. The keeper checks `stop` under this lock before adding the
@@ -138,12 +148,17 @@ struct Usage {
     rss_bytes: u64,
 }
 
+/// The next [`Worker::serial`].
+static SERIAL: AtomicU64 = AtomicU64::new(1);
+
 impl Worker {
-    /// Create the worker and start keeping it running.
+    /// Create the worker and start keeping it running; its keeper belongs to the app's tasks.
     pub fn start(id: u32, spec: Arc<WorkerSpec>, ctx: Arc<WorkerCtx>) -> Arc<Worker> {
         let status = Status { state: WorkerState::Starting, pid: None, port: None, started: None, restarts: 0 };
         let w = Arc::new(Worker {
             id,
+            serial: SERIAL.fetch_add(1, Ordering::Relaxed),
+            app: ctx.app.clone(),
             spec,
             status: watch::Sender::new(status),
             backend: Mutex::new(None),
@@ -153,8 +168,13 @@ impl Worker {
             tree: Mutex::new(None),
         });
         let span = tracing::info_span!("worker", app = %ctx.app, id);
-        tokio::spawn(w.clone().keep(ctx).instrument(span));
+        ctx.tasks.spawn(w.clone().keep(ctx.clone()).instrument(span));
         w
+    }
+
+    /// This worker as events name it.
+    pub fn reference(&self) -> WorkerRef {
+        WorkerRef { app: self.app.clone(), id: self.id, serial: self.serial, release: self.spec.release.clone() }
     }
 
     pub fn status(&self) -> Status {
@@ -287,7 +307,7 @@ impl Worker {
                 RunEnd::NotReady(why) => {
                     ctx.logs.write(self.id, Stream::Err, &format!("[deployer] {why}; the worker is errored"));
                     tracing::warn!("{why}");
-                    self.set_state(WorkerState::Errored(why));
+                    self.errored(&ctx, why);
                     return;
                 }
             }
@@ -305,7 +325,7 @@ impl Worker {
                 );
                 ctx.logs.write(self.id, Stream::Err, &format!("[deployer] {why}; the worker is errored"));
                 tracing::error!("{why}; giving up");
-                self.set_state(WorkerState::Errored(why));
+                self.errored(&ctx, why);
                 return;
             }
             let backoff = Duration::from_millis(100).saturating_mul(1 << unstable.min(16)).min(policy.backoff_max.0);
@@ -316,6 +336,14 @@ impl Worker {
                 _ = self.stop.cancelled() => {}
             }
         }
+    }
+
+    /// Given up on: shown as errored and announced (after the state is set, so a listener that
+    /// reads the status on the event sees it).
+    fn errored(&self, ctx: &WorkerCtx, why: String) {
+        self.set_state(WorkerState::Errored(why.clone()));
+        let restarts = self.status.borrow().restarts;
+        ctx.events.send(SupervisorEvent::WorkerErrored { worker: self.reference(), why, restarts });
     }
 
     /// One process, from spawn to exit.
@@ -398,12 +426,12 @@ impl Worker {
         if let Some(out) = child.stdout.take() {
             let logs = ctx.logs.clone();
             let id = self.id;
-            tokio::spawn(async move { logs.capture(id, Stream::Out, out).await });
+            ctx.tasks.spawn(async move { logs.capture(id, Stream::Out, out).await });
         }
         if let Some(err) = child.stderr.take() {
             let logs = ctx.logs.clone();
             let id = self.id;
-            tokio::spawn(async move { logs.capture(id, Stream::Err, err).await });
+            ctx.tasks.spawn(async move { logs.capture(id, Stream::Err, err).await });
         }
 
         let timeout = self.spec.ready.timeout;
@@ -443,6 +471,8 @@ impl Worker {
             rot.remove(&b);
         }
         tracing::info!(pid, uptime_ms = started.elapsed().as_millis() as u64, "worker exited");
+        let retired = self.stop.is_cancelled();
+        ctx.events.send(SupervisorEvent::WorkerExited { worker: self.reference(), pid: Some(pid), retired });
         end
     }
 
@@ -497,12 +527,16 @@ impl Worker {
             *backend = Some(b);
         }
         self.set_state(WorkerState::Online);
+        drop(backend);
         tracing::info!(pid, "worker online");
+        ctx.events.send(SupervisorEvent::WorkerOnline { worker: self.reference(), pid });
     }
 
     fn spawn_failed(&self, ctx: &WorkerCtx, why: &str) -> RunEnd {
         ctx.logs.write(self.id, Stream::Err, &format!("[deployer] {why}"));
         tracing::error!("{why}");
+        let retired = self.stop.is_cancelled();
+        ctx.events.send(SupervisorEvent::WorkerExited { worker: self.reference(), pid: None, retired });
         RunEnd::Exited
     }
 }

@@ -21,6 +21,8 @@ fn setup() -> Setup {
         run_dir: dir.path().to_path_buf(),
         secrets: Secrets::default(),
         cgroups: crate::cgroup::Cgroups::none(),
+        events: Default::default(),
+        tasks: Default::default(),
     });
     Setup { dir, ctx }
 }
@@ -127,4 +129,42 @@ async fn retire_racing_a_crash_loop_leaves_no_process_behind() {
     assert!(pids.len() >= 20);
     let left: Vec<i32> = pids.into_iter().filter(|&p| alive(p)).collect();
     assert!(left.is_empty(), "still running after retire: {left:?}");
+}
+
+/// Every change of a worker is announced, in order, and its keeper and output readers belong to
+/// the app's tasks: once retired, waiting for them ends.
+#[tokio::test]
+async fn a_worker_announces_its_life_and_its_tasks_end_with_it() {
+    let s = setup();
+    let crashing = s.worker("sleep 0.1; exit 3", Duration::from_millis(10));
+    // Given up on after two quick exits.
+    let mut spec = WorkerSpec::clone(&crashing.spec);
+    crashing.retire(how(Signal::SIGKILL, Duration::from_secs(1)), None).await;
+    spec.restart.max_restarts = 2;
+    let mut events = s.ctx.events.subscribe();
+    let w = Worker::start(1, Arc::new(spec), s.ctx.clone());
+    let mut kinds = Vec::new();
+    let errored = loop {
+        let e = tokio::time::timeout(Duration::from_secs(10), events.recv()).await.expect("an event").expect("open");
+        assert_eq!(e.app(), "t");
+        match e {
+            SupervisorEvent::WorkerOnline { .. } => kinds.push("online"),
+            SupervisorEvent::WorkerExited { retired, .. } => {
+                assert!(!retired, "it exited by itself");
+                kinds.push("exited");
+            }
+            SupervisorEvent::WorkerErrored { worker, restarts, .. } => break (worker, restarts),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!((errored.0.id, errored.0.serial), (1, w.serial));
+    assert_eq!(errored.1, 2, "{errored:?}");
+    assert_eq!(kinds, ["online", "exited", "online", "exited"]);
+    assert!(matches!(w.status().state, WorkerState::Errored(_)), "the state is set before the event is sent");
+
+    let alive = s.worker("while :; do sleep 0.05; done", Duration::from_secs(1));
+    wait_state(&alive, "online").await;
+    alive.retire(how(Signal::SIGTERM, Duration::from_secs(5)), None).await;
+    s.ctx.tasks.close();
+    tokio::time::timeout(Duration::from_secs(5), s.ctx.tasks.wait()).await.expect("the keepers and readers ended");
 }
