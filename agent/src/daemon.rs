@@ -186,7 +186,7 @@ async fn serve(path: &Path, secrets: Secrets) -> anyhow::Result<ExitCode> {
                     if let Err(e) = supervisor.apply(&fresh).await {
                         tracing::error!(error = %e, "could not apply all of the new config");
                     }
-                    if let Err(e) = state.deployer.apply_config("config") {
+                    if let Err(e) = state.deployer.apply_config(deployer_wire::Trigger::Config) {
                         tracing::error!(error = %e, "could not queue the first deploy of a new app");
                     }
                 }

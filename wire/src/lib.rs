@@ -590,8 +590,7 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(worker.state, WorkerState::Unknown);
-        let err: ApiError =
-            serde_json::from_str(r#"{"code":"quota_exceeded","message":"m","hint":"h"}"#).unwrap();
+        let err: ApiError = serde_json::from_str(r#"{"code":"quota_exceeded","message":"m","hint":"h"}"#).unwrap();
         assert_eq!((err.code, err.hint.as_deref()), (ErrorCode::Unknown, Some("h")));
         let event: DeployEvent =
             serde_json::from_str(r#"{"seq":1,"at_ms":0,"state":"verifying","message":"m"}"#).unwrap();

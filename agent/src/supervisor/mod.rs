@@ -18,7 +18,7 @@ use crate::config::{self, AgentConfig, AppConfig, ConfigError, Loaded, ProxyMode
 use crate::front::http::FrontStats;
 use crate::front::{self, Rotation};
 use crate::secrets::Secrets;
-use deployer_wire::{AppStatus, LogLine, ReloadOutcome};
+use deployer_wire::{AppMode, AppState, AppStatus, LogLine, ReloadOutcome};
 use logs::LogSink;
 use nix::sys::signal::Signal;
 use orphans::PidRecord;
@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+pub use worker::NotReady;
 use worker::{Retire, Worker, WorkerCtx, WorkerSpec};
 
 /// Errors of supervisor operations, each with what the caller can do about it.
@@ -48,6 +49,32 @@ pub enum SupervisorError {
     StateDir { path: PathBuf, source: std::io::Error },
     #[error("another agent is using the state dir `{0}`")]
     StateDirBusy(PathBuf),
+}
+
+/// Why the config file, read again for `--update-env` or a deploy, cannot be applied to an app.
+#[derive(Debug, thiserror::Error)]
+pub enum FreshConfigError {
+    #[error("the config file has an error, nothing was changed:\n{0}")]
+    Invalid(#[from] ConfigError),
+    #[error("`port`, `proxy` or `bind` changed: send SIGHUP to the agent to apply that")]
+    FrontChanged,
+    #[error("app `{0}` is no longer in the config file")]
+    Removed(String),
+}
+
+/// Why a reload did not move the app; its words are the `error` of the [`ReloadOutcome`].
+#[derive(Debug, thiserror::Error)]
+enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] FreshConfigError),
+    #[error("{0}")]
+    NothingChanged(String),
+    #[error("{}; {}", .0.reason, if .0.restored {
+        "the previous workers are serving"
+    } else {
+        "some previous workers could not be put back"
+    })]
+    Roll(reload::RollFailed),
 }
 
 /// A worker found unhealthy (passive or active health), as the reports tell it.
@@ -477,15 +504,14 @@ impl App {
     }
 
     /// This app's part of the config file as it is now (`--update-env` and deploys re-read it).
-    pub fn fresh_config(&self) -> Result<AppConfig, String> {
-        let fresh = config::load(&self.config_path)
-            .map_err(|e| format!("the config file has an error, nothing was changed:\n{e}"))?;
+    pub fn fresh_config(&self) -> Result<AppConfig, FreshConfigError> {
+        let fresh = config::load(&self.config_path)?;
         // A secret this file names is withheld from the workers started with it, SIGHUP or not.
         self.ctx.secrets.include(&fresh.config);
         match fresh.config.apps.get(&self.name) {
             Some(cfg) if self.same_front(cfg) => Ok(cfg.clone()),
-            Some(_) => Err("`port`, `proxy` or `bind` changed: send SIGHUP to the agent to apply that".into()),
-            None => Err(format!("app `{}` is no longer in the config file", self.name)),
+            Some(_) => Err(FreshConfigError::FrontChanged),
+            None => Err(FreshConfigError::Removed(self.name.clone())),
         }
     }
 
@@ -537,7 +563,7 @@ impl App {
                 .start_locked()
                 .await
                 .map(|_| 0)
-                .map_err(|reason| Refused::Roll(reload::RollFailed { reason, restored: false }));
+                .map_err(|e| Refused::Roll(reload::RollFailed { reason: e.to_string(), restored: false }));
         }
         self.reloading.store(true, SeqCst);
         let slots: Vec<usize> = (0..self.workers().len()).collect();
@@ -583,18 +609,24 @@ impl App {
     pub fn status(&self) -> AppStatus {
         let cfg = self.config();
         let state = if self.reloading.load(SeqCst) {
-            "reloading"
+            AppState::Reloading
         } else if self.running.load(SeqCst) {
-            "running"
+            AppState::Running
         } else {
-            "stopped"
+            AppState::Stopped
+        };
+        let mode = match cfg.proxy {
+            ProxyMode::Http => AppMode::Http,
+            ProxyMode::Tcp => AppMode::Tcp,
+            ProxyMode::Fd => AppMode::Fd,
+            ProxyMode::None => AppMode::None,
         };
         AppStatus {
             name: self.name.clone(),
-            mode: cfg.proxy.as_str().to_string(),
+            mode,
             port: cfg.port,
             instances: self.instances.load(SeqCst),
-            state: state.to_string(),
+            state,
             workers: self.workers().iter().map(|w| w.to_wire()).collect(),
         }
     }
@@ -613,12 +645,12 @@ impl App {
     }
 
     /// Start the configured number of workers (if stopped) and wait until they are ready.
-    pub async fn start(&self) -> Result<(), String> {
+    pub async fn start(&self) -> Result<(), NotReady> {
         let _op = self.op.lock().await;
         self.start_locked().await
     }
 
-    async fn start_locked(&self) -> Result<(), String> {
+    async fn start_locked(&self) -> Result<(), NotReady> {
         self.running.store(true, SeqCst);
         let n = self.instances.load(SeqCst) as usize;
         let Some(spec) = self.current_spec() else {
@@ -655,14 +687,14 @@ impl App {
     }
 
     /// Stop then start (like `pm2 restart`: not zero-downtime; `reload` is).
-    pub async fn restart(&self) -> Result<(), String> {
+    pub async fn restart(&self) -> Result<(), NotReady> {
         let _op = self.op.lock().await;
         self.stop_locked().await;
         self.start_locked().await
     }
 
     /// Grow or shrink to `n` workers; shrinking retires the highest instance ids gracefully.
-    pub async fn scale(&self, n: u32) -> Result<(), String> {
+    pub async fn scale(&self, n: u32) -> Result<(), NotReady> {
         let _op = self.op.lock().await;
         self.instances.store(n, SeqCst);
         if !self.running.load(SeqCst) {
@@ -684,7 +716,7 @@ impl App {
         }
         match self.fresh_config() {
             Ok(cfg) => self.reload_with(Some(cfg)).await,
-            Err(e) => self.outcome(Instant::now(), Err(e)),
+            Err(e) => self.outcome(Instant::now(), Err(e.into())),
         }
     }
 
@@ -693,20 +725,13 @@ impl App {
         let _op = self.op.lock().await;
         let started = Instant::now();
         let result = self.roll_locked(cfg, None).await.map_err(|e| match e {
-            Refused::NothingChanged(reason) => reason,
-            Refused::Roll(e) => {
-                let restored = if e.restored {
-                    "the previous workers are serving"
-                } else {
-                    "some previous workers could not be put back"
-                };
-                format!("{}; {restored}", e.reason)
-            }
+            Refused::NothingChanged(reason) => ReloadError::NothingChanged(reason),
+            Refused::Roll(e) => ReloadError::Roll(e),
         });
         self.outcome(started, result)
     }
 
-    fn outcome(&self, started: Instant, result: Result<u32, String>) -> ReloadOutcome {
+    fn outcome(&self, started: Instant, result: Result<u32, ReloadError>) -> ReloadOutcome {
         let env_hash = self.current_spec().map(|s| s.env_hash.clone()).unwrap_or_default();
         let duration_ms = started.elapsed().as_millis() as u64;
         match result {
@@ -715,7 +740,7 @@ impl App {
                 ReloadOutcome { app: self.name.clone(), ok: true, replaced, duration_ms, env_hash, error: None }
             }
             Err(e) => {
-                let error = Some(self.ctx.secrets.masked(&e));
+                let error = Some(self.ctx.secrets.masked(&e.to_string()));
                 ReloadOutcome { app: self.name.clone(), ok: false, replaced: 0, duration_ms, env_hash, error }
             }
         }

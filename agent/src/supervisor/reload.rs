@@ -8,7 +8,7 @@
 //! back onto the previous spec the same way.
 
 use super::App;
-use super::worker::{Retire, Worker, WorkerSpec};
+use super::worker::{NotReady, Retire, Worker, WorkerSpec};
 use futures_util::future::join_all;
 use nix::sys::signal::Signal;
 use std::sync::Arc;
@@ -39,7 +39,7 @@ pub async fn roll(app: &App, slots: &[usize], spec: &Arc<WorkerSpec>) -> Result<
                         restored = false;
                     }
                 }
-                return Err(RollFailed { reason, restored });
+                return Err(RollFailed { reason: reason.to_string(), restored });
             }
         }
     }
@@ -48,7 +48,7 @@ pub async fn roll(app: &App, slots: &[usize], spec: &Arc<WorkerSpec>) -> Result<
 
 /// One step: start replacements for `slots`, wait until all are ready, then retire the old ones.
 /// Answers the retired workers (their specs are what a rollback puts back).
-async fn replace(app: &App, slots: &[usize], spec: &Arc<WorkerSpec>) -> Result<Vec<Arc<Worker>>, String> {
+async fn replace(app: &App, slots: &[usize], spec: &Arc<WorkerSpec>) -> Result<Vec<Arc<Worker>>, NotReady> {
     let ctx = app.worker_ctx();
     let news: Vec<Arc<Worker>> = slots.iter().map(|&s| Worker::start(s as u32, spec.clone(), ctx.clone())).collect();
     let timeout = spec.ready.timeout + Duration::from_secs(1);
