@@ -162,9 +162,10 @@ pub struct Deploy {
 }
 
 impl Deploy {
-    /// Whether the deploy will not change any more.
+    /// Whether the deploy will not change any more. A state this build does not know (from a
+    /// newer agent) is final once the agent says when it finished.
     pub fn is_final(&self) -> bool {
-        self.state.is_final()
+        self.state.is_final() || (self.state == DeployState::Unknown && self.finished_at_ms.is_some())
     }
 }
 

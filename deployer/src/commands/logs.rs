@@ -92,7 +92,8 @@ async fn run_fleet(ctx: &Context, fleet: &Fleet, args: &Args) -> anyhow::Result<
             anstream::println!("{}", host_line(host, width, &fleet.app, line));
         }
     }
-    Ok(if failed == hosts.len() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    // The lines of the hosts that answered are shown; a host that did not fails the command.
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// Follows the lines of every host (a `None` label: the single agent, no prefix) until Ctrl-C or
