@@ -159,3 +159,19 @@ fn a_cli_older_than_its_agent_reads_names_it_does_not_know() {
     let out = deployer(&agent, &["ls"]).failure(1);
     assert!(out.stderr.contains("error: over the deploy quota") && out.stderr.contains("hint: wait an hour"), "{out}");
 }
+
+/// Before: a reload onto a malformed `env_file` answered the config error's `hint:` line inside
+/// `message`; the CLI then printed the agent's generic hint below it.
+#[test]
+fn a_reload_onto_a_bad_env_file_answers_the_config_hint_as_a_field() {
+    let agent = TestEnv::new().instances(1).start();
+    agent.write_env_file("web", "GREETING hello\n");
+    let e = error_of(agent.reload("web", true), 409);
+    assert_eq!(e.code, ErrorCode::ReloadFailed, "{e:?}");
+    assert!(e.message.contains(".env:1:1: expected `KEY=VALUE`"), "{e:?}");
+    assert!(hint_is_a_field(&e).contains("one `KEY=VALUE` per line"), "{e:?}");
+
+    let out = agent.cli(&["reload", "web", "--update-env"]).failure(1);
+    assert!(out.stderr.contains("hint: write one `KEY=VALUE` per line"), "{out}");
+    assert_eq!(out.stderr.matches("hint:").count(), 1, "{out}");
+}

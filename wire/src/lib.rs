@@ -70,6 +70,9 @@ pub struct ReloadOutcome {
     pub env_hash: String,
     /// Why the reload failed, when it did.
     pub error: Option<String>,
+    /// What to do about it, when there is something to say (a config error's fix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
 }
 
 /// `POST /v1/apps/{app}/scale`.

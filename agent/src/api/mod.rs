@@ -236,8 +236,9 @@ async fn reload(
     st.metrics.reload_done(&app.name, out.error.is_none(), out.duration_ms as f64 / 1000.0);
     match &out.error {
         None => Ok(Json(out)),
-        Some(e) => Err(ApiErr::new(ErrorCode::ReloadFailed, e.clone())
-            .hint("`deployer logs <app>` shows what the new workers printed")),
+        Some(e) => Err(ApiErr::new(ErrorCode::ReloadFailed, e.clone()).hint(
+            out.hint.clone().unwrap_or_else(|| "`deployer logs <app>` shows what the new workers printed".into()),
+        )),
     }
 }
 

@@ -62,19 +62,39 @@ pub enum FreshConfigError {
     Removed(String),
 }
 
-/// Why a reload did not move the app; its words are the `error` of the [`ReloadOutcome`].
+/// Why a reload did not move the app; its words are the `error` of the [`ReloadOutcome`], the
+/// hint of a config error its `hint`.
 #[derive(Debug, thiserror::Error)]
 enum ReloadError {
     #[error(transparent)]
     Config(#[from] FreshConfigError),
-    #[error("{0}")]
-    NothingChanged(String),
-    #[error("{}; {}", .0.reason, if .0.restored {
-        "the previous workers are serving"
-    } else {
-        "some previous workers could not be put back"
-    })]
-    Roll(reload::RollFailed),
+    #[error(transparent)]
+    Refused(#[from] Refused),
+}
+
+impl ReloadError {
+    /// The config error in it, if it is one (its hint is answered apart).
+    fn config_error(&self) -> Option<&ConfigError> {
+        match self {
+            ReloadError::Config(FreshConfigError::Invalid(e)) | ReloadError::Refused(Refused::Spec(e)) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// What went wrong, without the hint (a config error's place and words).
+    fn problem(&self) -> String {
+        let Some(e) = self.config_error() else { return self.to_string() };
+        let place =
+            ConfigError { file: e.file.clone(), line: e.line, col: e.col, message: e.message.clone(), hint: None };
+        match self {
+            ReloadError::Config(_) => format!("the config file has an error, nothing was changed:\n{place}"),
+            _ => place.to_string(),
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        self.config_error().and_then(|e| e.hint.clone())
+    }
 }
 
 /// A worker found unhealthy (passive or active health), as the reports tell it.
@@ -328,10 +348,20 @@ fn lock_state_dir(state_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, 
 }
 
 /// Why [`App::roll_locked`] did not move the app.
+#[derive(Debug, thiserror::Error)]
 enum Refused {
-    /// Before anything changed (no release yet, a config or `env_file` error).
-    NothingChanged(String),
+    /// Before anything changed: there is no release to run yet.
+    #[error("no release deployed yet: deploy one first")]
+    NoRelease,
+    /// Before anything changed: the config or `env_file` has an error.
+    #[error(transparent)]
+    Spec(ConfigError),
     /// The roll stopped; what it put back is in the error.
+    #[error("{}; {}", .0.reason, if .0.restored {
+        "the previous workers are serving"
+    } else {
+        "some previous workers could not be put back"
+    })]
     Roll(reload::RollFailed),
 }
 
@@ -520,8 +550,8 @@ impl App {
     pub async fn roll_to(&self, cfg: AppConfig, release: ActiveRelease) -> Result<u32, reload::RollFailed> {
         let _op = self.op.lock().await;
         self.roll_locked(Some(cfg), Some(release)).await.map_err(|e| match e {
-            Refused::NothingChanged(reason) => reload::RollFailed { reason, restored: true },
             Refused::Roll(e) => e,
+            nothing_changed => reload::RollFailed { reason: nothing_changed.to_string(), restored: true },
         })
     }
 
@@ -536,12 +566,12 @@ impl App {
             Ok(self.current_spec().map(|s| WorkerSpec::clone(&s)))
         } else {
             let c = cfg.clone().unwrap_or_else(|| self.config());
-            resolve_spec(&c, release.clone().or_else(|| self.release()).as_ref()).map_err(|e| e.to_string())
+            resolve_spec(&c, release.clone().or_else(|| self.release()).as_ref())
         };
         let spec = match spec {
             Ok(Some(s)) => Arc::new(s),
-            Ok(None) => return Err(Refused::NothingChanged("no release deployed yet: deploy one first".into())),
-            Err(e) => return Err(Refused::NothingChanged(e)),
+            Ok(None) => return Err(Refused::NoRelease),
+            Err(e) => return Err(Refused::Spec(e)),
         };
         let previous_cfg = self.config();
         if let Some(c) = &cfg {
@@ -724,10 +754,7 @@ impl App {
     pub(crate) async fn reload_with(&self, cfg: Option<AppConfig>) -> ReloadOutcome {
         let _op = self.op.lock().await;
         let started = Instant::now();
-        let result = self.roll_locked(cfg, None).await.map_err(|e| match e {
-            Refused::NothingChanged(reason) => ReloadError::NothingChanged(reason),
-            Refused::Roll(e) => ReloadError::Roll(e),
-        });
+        let result = self.roll_locked(cfg, None).await.map_err(ReloadError::from);
         self.outcome(started, result)
     }
 
@@ -737,11 +764,20 @@ impl App {
         match result {
             Ok(replaced) => {
                 tracing::info!(app = %self.name, replaced, duration_ms, "reload done");
-                ReloadOutcome { app: self.name.clone(), ok: true, replaced, duration_ms, env_hash, error: None }
+                ReloadOutcome {
+                    app: self.name.clone(),
+                    ok: true,
+                    replaced,
+                    duration_ms,
+                    env_hash,
+                    error: None,
+                    hint: None,
+                }
             }
             Err(e) => {
-                let error = Some(self.ctx.secrets.masked(&e.to_string()));
-                ReloadOutcome { app: self.name.clone(), ok: false, replaced: 0, duration_ms, env_hash, error }
+                let error = Some(self.ctx.secrets.masked(&e.problem()));
+                let hint = e.hint().map(|h| self.ctx.secrets.masked(&h));
+                ReloadOutcome { app: self.name.clone(), ok: false, replaced: 0, duration_ms, env_hash, error, hint }
             }
         }
     }
