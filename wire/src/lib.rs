@@ -523,6 +523,8 @@ named! {
         BranchNotFound = "branch_not_found",
         /// The app's git remote could not be read: network, credentials, host key (502).
         GitUnreachable = "git_unreachable",
+        /// The agent is stopping and takes no new deploy (503).
+        Stopping = "stopping",
         /// The agent failed (500).
         Internal = "internal",
     }
