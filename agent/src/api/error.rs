@@ -109,12 +109,20 @@ impl Answer for SupervisorError {
     }
 }
 
+const STOPPING_HINT: &str = "ask again once the agent is back (`deployer status` shows when)";
+
 impl Answer for NotReady {
     fn code(&self) -> ErrorCode {
-        ErrorCode::StartFailed
+        match self {
+            NotReady::Stopping => ErrorCode::Stopping,
+            _ => ErrorCode::StartFailed,
+        }
     }
     fn hint(&self) -> Option<String> {
-        Some(LOGS_HINT.into())
+        Some(match self {
+            NotReady::Stopping => STOPPING_HINT.into(),
+            _ => LOGS_HINT.into(),
+        })
     }
 }
 

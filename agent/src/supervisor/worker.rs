@@ -116,6 +116,9 @@ pub enum NotReady {
     Gone { id: u32 },
     #[error("worker {id} was not ready within {}", humantime::format_duration(*.within))]
     TimedOut { id: u32, within: Duration },
+    /// The agent is stopping: no worker is started any more (a roll in progress is halted).
+    #[error("interrupted: the agent is stopping")]
+    Stopping,
 }
 
 #[derive(Debug, Clone)]
