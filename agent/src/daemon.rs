@@ -301,7 +301,7 @@ impl Sighup {
             tracing::info!("SIGHUP: interrupted by the agent's stop");
             return;
         }
-        if let Err(e) = self.state.deployer.apply_config("config") {
+        if let Err(e) = self.state.deployer.apply_config(deployer_wire::Trigger::Config) {
             tracing::error!(error = %e, "could not queue the first deploy of a new app");
         }
     }

@@ -96,12 +96,12 @@ impl Metrics {
         let apps = supervisor.list();
         head(&mut out, "deployer_workers", "gauge", "Workers by app and state.");
         for app in &apps {
-            let mut by_state: BTreeMap<String, u64> = BTreeMap::new();
+            let mut by_state: BTreeMap<&str, u64> = BTreeMap::new();
             for w in app.status().workers {
-                *by_state.entry(w.state).or_default() += 1;
+                *by_state.entry(w.state.as_str()).or_default() += 1;
             }
             for (state, n) in by_state {
-                let _ = writeln!(out, "deployer_workers{{app=\"{}\",state=\"{}\"}} {n}", esc(&app.name), esc(&state));
+                let _ = writeln!(out, "deployer_workers{{app=\"{}\",state=\"{}\"}} {n}", esc(&app.name), esc(state));
             }
         }
         head(

@@ -7,7 +7,7 @@ use std::io::{IsTerminal, Write};
 
 use anstyle::{AnsiColor, Style};
 use comfy_table::{Attribute, Cell, Color, Table, modifiers, presets};
-use deployer_wire::{AppStatus, WorkerStatus};
+use deployer_wire::{AppStatus, WorkerState, WorkerStatus};
 use serde::Serialize;
 
 pub mod deploys;
@@ -62,13 +62,13 @@ pub fn workers_table(apps: &[AppStatus], colour: bool) -> Table {
             table.add_row(vec![
                 Cell::new("-"),
                 Cell::new(&app.name).add_attribute(Attribute::Bold),
-                Cell::new(&app.mode),
+                Cell::new(app.mode),
                 Cell::new("-"),
                 Cell::new("-"),
                 Cell::new("-"),
                 Cell::new("-"),
                 Cell::new("-"),
-                status_cell("stopped"),
+                status_cell(WorkerState::Stopped),
                 Cell::new("-"),
             ]);
         }
@@ -97,21 +97,21 @@ fn worker_row(app: &AppStatus, worker: &WorkerStatus) -> Vec<Cell> {
     vec![
         Cell::new(worker.id),
         Cell::new(&app.name).add_attribute(Attribute::Bold),
-        Cell::new(&app.mode),
+        Cell::new(app.mode),
         Cell::new(worker.restarts),
         Cell::new(pid),
         Cell::new(format!("{:.1}%", worker.cpu_percent)),
         Cell::new(human_bytes(worker.rss_bytes)),
         Cell::new(human_uptime(worker.uptime_ms)),
-        status_cell(&worker.state),
+        status_cell(worker.state),
         Cell::new(&worker.env_hash),
     ]
 }
 
-fn status_cell(state: &str) -> Cell {
+fn status_cell(state: WorkerState) -> Cell {
     let colour = match state {
-        "online" => Color::Green,
-        "stopped" | "errored" => Color::Red,
+        WorkerState::Online => Color::Green,
+        WorkerState::Stopped | WorkerState::Errored => Color::Red,
         _ => Color::Yellow,
     };
     Cell::new(state).fg(colour).add_attribute(Attribute::Bold)
@@ -292,7 +292,7 @@ mod tests {
             id,
             pid: Some(4242 + id),
             port: Some(9000 + id as u16),
-            state: state.into(),
+            state: state.parse().unwrap(),
             restarts: id,
             uptime_ms: 125_000,
             cpu_percent: 1.26,
@@ -306,10 +306,10 @@ mod tests {
     fn app(name: &str, workers: Vec<WorkerStatus>) -> AppStatus {
         AppStatus {
             name: name.into(),
-            mode: "http".into(),
+            mode: deployer_wire::AppMode::Http,
             port: Some(3000),
             instances: workers.len() as u32,
-            state: "running".into(),
+            state: deployer_wire::AppState::Running,
             workers,
         }
     }

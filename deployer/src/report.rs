@@ -113,7 +113,7 @@ mod tests {
         ClientError::Api {
             agent: "http://127.0.0.1:7070".into(),
             status: StatusCode::NOT_FOUND,
-            body: ApiError { code: "not_found".into(), message: "no deploy #9".into(), hint: None },
+            body: ApiError { code: deployer_wire::ErrorCode::NotFound, message: "no deploy #9".into(), hint: None },
             token: Token::from_env("DEPLOYER_TEST_NO_SUCH_VARIABLE"),
         }
     }

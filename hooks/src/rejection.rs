@@ -23,15 +23,11 @@ pub enum Rejection {
     /// The app has an empty secret. Anyone can compute an HMAC with an empty key, and GitLab
     /// sends an empty token when none is set, so an empty secret would accept everything: we
     /// fail closed instead.
-    #[error(
-        "no webhook secret is configured for this app, so no delivery can be trusted\n  hint: set a non-empty `secret` in the app's webhook config and the same one at the git host"
-    )]
+    #[error("no webhook secret is configured for this app, so no delivery can be trusted")]
     NoSecret,
 
     /// The header that carries the signature (or GitLab's token) is absent or empty.
-    #[error(
-        "missing `{header}` header\n  hint: set a secret on the webhook at the git host; unsigned deliveries are refused"
-    )]
+    #[error("missing `{header}` header")]
     MissingSignature {
         /// The header that was expected.
         header: String,
@@ -49,9 +45,7 @@ pub enum Rejection {
 
     /// The signature is well formed but does not match the body for our secret (or GitLab's
     /// token differs from ours).
-    #[error(
-        "`{header}` does not match the body for this app's secret\n  hint: check that the secret in the agent's config is the one set on the webhook"
-    )]
+    #[error("`{header}` does not match the body for this app's secret")]
     BadSignature {
         /// The header that was checked.
         header: String,
@@ -102,6 +96,23 @@ impl Rejection {
             Rejection::MissingEvent { .. } | Rejection::MalformedHeader { .. } | Rejection::MalformedPayload(_) => {
                 RejectionKind::Malformed
             }
+        }
+    }
+
+    /// What the operator can do about it, kept apart from the message so an answer carries it in
+    /// a field of its own. Static text: nothing of the delivery is quoted.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            Rejection::NoSecret => {
+                Some("set a non-empty `secret` in the app's webhook config and the same one at the git host")
+            }
+            Rejection::MissingSignature { .. } => {
+                Some("set a secret on the webhook at the git host; unsigned deliveries are refused")
+            }
+            Rejection::BadSignature { .. } => {
+                Some("check that the secret in the agent's config is the one set on the webhook")
+            }
+            _ => None,
         }
     }
 

@@ -103,6 +103,6 @@ fn every_error_answer_is_the_documented_json_with_a_hint_where_one_helps() {
     assert!(e.hint.is_some(), "{e:?}");
     let e = check(agent.api_request("GET", "/v1/apps", Some("wrong-token-value"), None), 401, "unauthorized");
     assert!(e.hint.is_some(), "an invalid token gets a hint: {e:?}");
-    let e = check(agent.api_request("POST", "/v1/apps/web/check", Some(&token), None), 409, "conflict");
+    let e = check(agent.api_request("POST", "/v1/apps/web/check", Some(&token), None), 409, "no_repo");
     assert!(!e.message.contains("git"), "an app without a repo is not a git outage: {e:?}");
 }

@@ -198,6 +198,10 @@ fn a_host_that_refuses_connections_fails_quickly_with_the_reason() {
     assert_eq!(status[2]["reachable"], false);
     assert!(str_of(&status[2], "error").contains("cannot reach"), "{status:#}");
     assert_eq!(status[0]["reachable"], true);
+    // So do history and logs: what the others answered is shown, and the command fails.
+    let history = json(&fleet.cli(&["history", "prod", "--json"]).failure(1));
+    assert!(history[0]["deploys"].as_array().is_some_and(|d| !d.is_empty()) && !history[2]["error"].is_null());
+    fleet.cli(&["logs", "prod", "-n", "5"]).failure(1);
 }
 
 #[test]

@@ -6,6 +6,7 @@
 //! parallel. Waits are polls with deadlines; loads are short and stop by themselves.
 
 mod abuse;
+mod answers;
 mod api;
 mod cli;
 mod config;

@@ -6,6 +6,10 @@
 
 use serde::{Deserialize, Serialize};
 
+#[macro_use]
+mod names;
+pub use names::UnknownName;
+
 /// The version prefix of every API route.
 pub const API_PREFIX: &str = "/v1";
 
@@ -13,14 +17,13 @@ pub const API_PREFIX: &str = "/v1";
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AppStatus {
     pub name: String,
-    /// `http`, `tcp`, `fd` or `none`.
-    pub mode: String,
+    /// What owns the app's public port.
+    pub mode: AppMode,
     /// The public port the front owns (absent in `none` mode without a port).
     pub port: Option<u16>,
     /// Instances the app is configured (or scaled) to run.
     pub instances: u32,
-    /// `running`, `stopped`, `reloading`.
-    pub state: String,
+    pub state: AppState,
     pub workers: Vec<WorkerStatus>,
 }
 
@@ -32,8 +35,7 @@ pub struct WorkerStatus {
     pub pid: Option<u32>,
     /// The private port the worker listens on (absent in `fd` and `none` modes).
     pub port: Option<u16>,
-    /// `starting`, `online`, `draining`, `stopping`, `stopped`, `restarting`, `errored`.
-    pub state: String,
+    pub state: WorkerState,
     /// Restarts after unexpected exits since the worker was created.
     pub restarts: u32,
     pub uptime_ms: u64,
@@ -68,6 +70,9 @@ pub struct ReloadOutcome {
     pub env_hash: String,
     /// Why the reload failed, when it did.
     pub error: Option<String>,
+    /// What to do about it, when there is something to say (a config error's fix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
 }
 
 /// `POST /v1/apps/{app}/scale`.
@@ -90,17 +95,15 @@ pub struct LogLine {
     /// Milliseconds since the Unix epoch.
     pub ts_ms: u64,
     pub worker: u32,
-    /// `out` or `err`.
-    pub stream: String,
+    pub stream: LogStream,
     pub line: String,
 }
 
 /// Every error answer of the API has this body.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApiError {
-    /// A stable machine-readable code: `unauthorized`, `forbidden`, `not_found`, `bad_request`,
-    /// `conflict`, `reload_failed`, `too_large`, `method_not_allowed`, `git_unreachable`, `internal`.
-    pub code: String,
+    /// A stable machine-readable code.
+    pub code: ErrorCode,
     pub message: String,
     /// What to do about it, when there is something to say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -138,10 +141,8 @@ pub struct Deploy {
     pub git_ref: String,
     /// The commit, once resolved.
     pub sha: Option<String>,
-    /// `api`, `cli`, `webhook`, `poll`, `cron`, `rollback`, `bake`.
-    pub trigger: String,
-    /// `queued`, `fetching`, `building`, `rolling`, `live`, `failed`, `rolled_back`, `superseded`,
-    /// `interrupted`, `cancelled`.
+    /// What asked for it.
+    pub trigger: Trigger,
     pub state: DeployState,
     /// Who asked, as the request said (`--who`), or the pusher of a webhook, or the trigger.
     pub who: Option<String>,
@@ -164,9 +165,10 @@ pub struct Deploy {
 }
 
 impl Deploy {
-    /// Whether the deploy will not change any more.
+    /// Whether the deploy will not change any more. A state this build does not know (from a
+    /// newer agent) is final once the agent says when it finished.
     pub fn is_final(&self) -> bool {
-        self.state.is_final()
+        self.state.is_final() || (self.state == DeployState::Unknown && self.finished_at_ms.is_some())
     }
 }
 
@@ -176,7 +178,7 @@ pub struct DeployEvent {
     pub seq: u64,
     pub at_ms: u64,
     /// The state entered, or `log` for a message within a state.
-    pub state: String,
+    pub state: EventState,
     pub message: String,
 }
 
@@ -281,42 +283,29 @@ pub struct HookAnswer {
     pub ignored: Option<String>,
 }
 
-/// The states of a deploy, one place for the agent (which stores them by these names and checks
-/// every transition), the CLI and scripts.
-///
-/// `queued -> fetching -> building -> rolling -> live`, or `failed | rolled_back | superseded |
-/// interrupted | cancelled`. A live deploy can still become `rolled_back` (the bake window).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeployState {
-    Queued,
-    Fetching,
-    Building,
-    Rolling,
-    Live,
-    Failed,
-    RolledBack,
-    Superseded,
-    Interrupted,
-    Cancelled,
+named! {
+    /// The states of a deploy, one place for the agent (which stores them by these names and
+    /// checks every transition), the CLI and scripts.
+    ///
+    /// `queued -> fetching -> building -> rolling -> live`, or `failed | rolled_back | superseded |
+    /// interrupted | cancelled`. A live deploy can still become `rolled_back` (the bake window).
+    pub enum DeployState ("deploy state") {
+        Queued = "queued",
+        Fetching = "fetching",
+        Building = "building",
+        Rolling = "rolling",
+        Live = "live",
+        Failed = "failed",
+        RolledBack = "rolled_back",
+        Superseded = "superseded",
+        Interrupted = "interrupted",
+        Cancelled = "cancelled",
+    }
 }
 
 impl DeployState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeployState::Queued => "queued",
-            DeployState::Fetching => "fetching",
-            DeployState::Building => "building",
-            DeployState::Rolling => "rolling",
-            DeployState::Live => "live",
-            DeployState::Failed => "failed",
-            DeployState::RolledBack => "rolled_back",
-            DeployState::Superseded => "superseded",
-            DeployState::Interrupted => "interrupted",
-            DeployState::Cancelled => "cancelled",
-        }
-    }
-
+    /// Whether the deploy will not change any more. A state this build does not know is not
+    /// final: the agent's stream says when the deploy ended.
     pub fn is_final(self) -> bool {
         matches!(
             self,
@@ -327,6 +316,11 @@ impl DeployState {
                 | DeployState::Interrupted
                 | DeployState::Cancelled
         )
+    }
+
+    /// Whether the deploy is still under way (queued or running).
+    pub fn in_progress(self) -> bool {
+        matches!(self, DeployState::Queued | DeployState::Fetching | DeployState::Building | DeployState::Rolling)
     }
 
     /// Whether a deploy may go from `self` to `next`.
@@ -343,67 +337,203 @@ impl DeployState {
         }
     }
 
-    /// Every state, in the order of the happy path, then the ends.
-    pub const ALL: [DeployState; 10] = [
-        DeployState::Queued,
-        DeployState::Fetching,
-        DeployState::Building,
-        DeployState::Rolling,
-        DeployState::Live,
-        DeployState::Failed,
-        DeployState::RolledBack,
-        DeployState::Superseded,
-        DeployState::Interrupted,
-        DeployState::Cancelled,
-    ];
-
     /// Cancelling is possible before the workers are touched.
     pub fn can_cancel(self) -> bool {
         matches!(self, DeployState::Queued | DeployState::Fetching | DeployState::Building)
     }
 }
 
-impl std::fmt::Display for DeployState {
+/// What a deploy event records: a state entered, or a message within the current state. On the
+/// wire and in SQLite it is the state's name, or `log`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventState {
+    Entered(DeployState),
+    Log,
+}
+
+impl EventState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventState::Entered(s) => s.as_str(),
+            EventState::Log => "log",
+        }
+    }
+
+    /// The state entered, if the event is one.
+    pub fn entered(self) -> Option<DeployState> {
+        match self {
+            EventState::Entered(s) => Some(s),
+            EventState::Log => None,
+        }
+    }
+}
+
+impl From<DeployState> for EventState {
+    fn from(s: DeployState) -> EventState {
+        EventState::Entered(s)
+    }
+}
+
+impl std::fmt::Display for EventState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
-/// `deploy.state == "live"`: scripts and tests compare with the names they see in JSON.
-impl PartialEq<&str> for DeployState {
+impl std::str::FromStr for EventState {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<EventState, UnknownName> {
+        match s {
+            "log" => Ok(EventState::Log),
+            _ => s.parse().map(EventState::Entered).map_err(|_| UnknownName { kind: "deploy event", name: s.into() }),
+        }
+    }
+}
+
+impl Serialize for EventState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// A name this build does not know is a state entered that it does not know.
+impl<'de> Deserialize<'de> for EventState {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<EventState, D::Error> {
+        let name = String::deserialize(d)?;
+        Ok(name.parse().unwrap_or(EventState::Entered(DeployState::Unknown)))
+    }
+}
+
+impl PartialEq<&str> for EventState {
     fn eq(&self, other: &&str) -> bool {
         self.as_str() == *other
     }
 }
 
-impl PartialEq<str> for DeployState {
-    fn eq(&self, other: &str) -> bool {
-        self.as_str() == other
+named! {
+    /// What asked for a deploy: the API (and the CLI through it), a webhook, pull mode, or the
+    /// agent itself.
+    pub enum Trigger ("trigger") {
+        /// `POST /v1/apps/{app}/deploys` (`deployer deploy`, `deployer push`).
+        Api = "api",
+        /// `POST /v1/apps/{app}/rollback`.
+        Rollback = "rollback",
+        /// `POST /v1/apps/{app}/check` (`deployer pull`) found the branch head moved.
+        Check = "check",
+        /// A signed push webhook.
+        Webhook = "webhook",
+        /// Pull mode, `poll:`.
+        Poll = "poll",
+        /// Pull mode, `cron:`.
+        Cron = "cron",
+        /// The agent started with an app that has no release yet.
+        Startup = "startup",
+        /// SIGHUP applied a config with a new app that has no release yet.
+        Config = "config",
+        /// The bake window rolled a crash-looping release back.
+        Bake = "bake",
     }
 }
 
-impl std::str::FromStr for DeployState {
-    type Err = UnknownState;
-    fn from_str(s: &str) -> Result<Self, UnknownState> {
-        DeployState::ALL.into_iter().find(|d| d.as_str() == s).ok_or_else(|| UnknownState(s.to_string()))
+impl Trigger {
+    /// Whether the deploy puts a release on disk back (no fetch, no install).
+    pub fn is_rollback(self) -> bool {
+        matches!(self, Trigger::Rollback | Trigger::Bake)
     }
 }
 
-/// A state name that is none of [`DeployState`]'s.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnknownState(pub String);
-
-impl std::fmt::Display for UnknownState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "unknown deploy state `{}`", self.0)
+named! {
+    /// One worker process's state, as the supervisor sees it.
+    pub enum WorkerState ("worker state") {
+        /// Spawned, not ready yet.
+        Starting = "starting",
+        /// Ready and in rotation.
+        Online = "online",
+        /// Out of rotation, finishing its in-flight work.
+        Draining = "draining",
+        /// Signalled, waiting to exit.
+        Stopping = "stopping",
+        Stopped = "stopped",
+        /// Exited unexpectedly, waiting for its restart (with backoff).
+        Restarting = "restarting",
+        /// Out of rotation after failed requests or probes; about to be replaced.
+        Unhealthy = "unhealthy",
+        /// Died `max_restarts` times within `min_uptime`: left alone until a reload or restart.
+        Errored = "errored",
     }
 }
 
-impl std::error::Error for UnknownState {}
+named! {
+    /// The state of an app's cluster as a whole.
+    pub enum AppState ("app state") {
+        Running = "running",
+        Stopped = "stopped",
+        /// A rolling reload (or a deploy's roll) is under way.
+        Reloading = "reloading",
+    }
+}
+
+named! {
+    /// What owns an app's public port (`proxy:` in the agent's config).
+    pub enum AppMode ("app mode") {
+        /// An HTTP/1.1 reverse proxy in the agent.
+        Http = "http",
+        /// A plain L4 proxy.
+        Tcp = "tcp",
+        /// The listener handed to every worker (systemd socket activation).
+        Fd = "fd",
+        /// No port: plain supervised processes.
+        None = "none",
+    }
+}
+
+named! {
+    /// Which output of a worker a log line came from.
+    pub enum LogStream ("log stream") {
+        Out = "out",
+        Err = "err",
+    }
+}
+
+named! {
+    /// The `code` of an API error: what a script branches on. The `message` says it for people,
+    /// the `hint` what to do.
+    pub enum ErrorCode ("error code") {
+        /// No bearer token, or not one of the agent's (401).
+        Unauthorized = "unauthorized",
+        /// The token lacks the scope the route needs (403).
+        Forbidden = "forbidden",
+        /// No such app, deploy, release or route (404).
+        NotFound = "not_found",
+        /// The request is malformed: its JSON, a value out of range, a ref git would refuse (400).
+        BadRequest = "bad_request",
+        /// The request conflicts with the state: a deploy past cancelling, a lock held (409).
+        Conflict = "conflict",
+        /// The app has no `repo`: it cannot be deployed, rolled back or checked (409).
+        NoRepo = "no_repo",
+        /// A reload stopped; the previous workers serve (409).
+        ReloadFailed = "reload_failed",
+        /// Workers did not become ready after a start, restart or scale (409).
+        StartFailed = "start_failed",
+        /// The request body is over the limit (413).
+        TooLarge = "too_large",
+        /// The route exists with another method (405).
+        MethodNotAllowed = "method_not_allowed",
+        /// The app's branch does not exist in its repository (409).
+        BranchNotFound = "branch_not_found",
+        /// The app's git remote could not be read: network, credentials, host key (502).
+        GitUnreachable = "git_unreachable",
+        /// The agent is stopping and takes no new deploy (503).
+        Stopping = "stopping",
+        /// The agent failed (500).
+        Internal = "internal",
+    }
+}
 
 #[cfg(test)]
-mod deploy_state_tests {
-    use super::DeployState::{self, *};
+mod tests {
+    use super::*;
+    use DeployState::*;
 
     #[test]
     fn the_happy_path_and_its_exits() {
@@ -417,10 +547,74 @@ mod deploy_state_tests {
         assert!(Live.can_become(RolledBack));
         assert!(Building.can_cancel() && !Rolling.can_cancel());
         assert!(Superseded.is_final() && !Rolling.is_final());
-        for s in DeployState::ALL {
-            assert_eq!(s.as_str().parse::<DeployState>(), Ok(s));
-            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{}\"", s.as_str()));
-        }
+        assert!(!Unknown.is_final() && !Unknown.can_become(Live) && !Queued.can_become(Unknown));
         assert!("done".parse::<DeployState>().is_err());
+    }
+
+    /// Every name goes out and comes back as the same value, through JSON and through `FromStr`
+    /// (what the agent's SQLite columns are read with).
+    fn round_trips<T>(known: &[T])
+    where
+        T: Copy + PartialEq + std::fmt::Debug + std::fmt::Display + std::str::FromStr + Serialize,
+        T: for<'de> Deserialize<'de>,
+        <T as std::str::FromStr>::Err: std::fmt::Debug,
+    {
+        let mut names = std::collections::HashSet::new();
+        for &v in known {
+            let name = v.to_string();
+            assert!(names.insert(name.clone()), "`{name}` names two values");
+            assert!(name.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "`{name}` is not snake_case");
+            assert_eq!(name.parse::<T>().unwrap(), v);
+            let json = serde_json::to_string(&v).unwrap();
+            assert_eq!(json, format!("\"{name}\""));
+            assert_eq!(serde_json::from_str::<T>(&json).unwrap(), v);
+        }
+    }
+
+    #[test]
+    fn every_name_round_trips() {
+        round_trips(DeployState::KNOWN);
+        round_trips(Trigger::KNOWN);
+        round_trips(WorkerState::KNOWN);
+        round_trips(AppState::KNOWN);
+        round_trips(AppMode::KNOWN);
+        round_trips(LogStream::KNOWN);
+        round_trips(ErrorCode::KNOWN);
+        let events: Vec<EventState> =
+            DeployState::KNOWN.iter().map(|&s| EventState::Entered(s)).chain([EventState::Log]).collect();
+        round_trips(&events);
+        assert_eq!(DeployState::KNOWN.len(), 10);
+    }
+
+    /// A CLI older than its agent reads a name added later as `Unknown` instead of failing to
+    /// read the whole answer; the agent, parsing what it stored, gets an error instead.
+    #[test]
+    fn names_from_a_newer_agent_read_as_unknown() {
+        let worker: WorkerStatus = serde_json::from_value(serde_json::json!({
+            "id": 0, "pid": 1, "port": null, "state": "hibernating", "restarts": 0, "uptime_ms": 0,
+            "cpu_percent": 0.0, "rss_bytes": 0, "inflight": 0, "env_hash": "", "release": ""
+        }))
+        .unwrap();
+        assert_eq!(worker.state, WorkerState::Unknown);
+        let err: ApiError = serde_json::from_str(r#"{"code":"quota_exceeded","message":"m","hint":"h"}"#).unwrap();
+        assert_eq!((err.code, err.hint.as_deref()), (ErrorCode::Unknown, Some("h")));
+        let event: DeployEvent =
+            serde_json::from_str(r#"{"seq":1,"at_ms":0,"state":"verifying","message":"m"}"#).unwrap();
+        assert_eq!(event.state, EventState::Entered(DeployState::Unknown));
+        assert_eq!(serde_json::from_str::<Trigger>("\"schedule\"").unwrap(), Trigger::Unknown);
+        assert_eq!(serde_json::from_str::<AppMode>("\"quic\"").unwrap(), AppMode::Unknown);
+
+        let refused = "hibernating".parse::<WorkerState>().unwrap_err();
+        assert_eq!(refused.to_string(), "unknown worker state `hibernating`");
+        assert!("unknown".parse::<DeployState>().is_err(), "`Unknown` is never a stored value");
+        assert!("verifying".parse::<EventState>().is_err());
+        assert!(serde_json::from_str::<Trigger>("3").is_err(), "not a name at all is still an error");
+    }
+
+    #[test]
+    fn scripts_compare_values_with_the_names_they_see() {
+        assert!(DeployState::RolledBack == "rolled_back" && EventState::Log == "log");
+        assert_eq!(ErrorCode::NoRepo, "no_repo");
+        assert_eq!(EventState::from(Live).entered(), Some(Live));
     }
 }

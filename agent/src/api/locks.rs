@@ -2,24 +2,14 @@
 //! back): the push lock of the CLI, kept by the first host of an environment.
 
 use super::{ApiErr, ApiState, body};
-use crate::locks::LockError;
 use crate::store::now_ms;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use bytes::Bytes;
-use deployer_wire::{LockRequest, LockStatus};
+use deployer_wire::{ErrorCode, LockRequest, LockStatus};
 use serde::Deserialize;
 use std::sync::Arc;
-
-impl From<LockError> for ApiErr {
-    fn from(e: LockError) -> ApiErr {
-        match e {
-            LockError::HeldByOther { .. } => ApiErr::new(StatusCode::CONFLICT, "conflict", e.to_string()),
-            _ => ApiErr::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
-        }
-    }
-}
 
 pub async fn acquire(
     State(st): State<Arc<ApiState>>,
@@ -27,11 +17,7 @@ pub async fn acquire(
     bytes: Bytes,
 ) -> Result<Json<LockStatus>, ApiErr> {
     let Some(req) = body::<LockRequest>(&bytes)? else {
-        return Err(ApiErr::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "missing body: send {\"holder\", \"lease\", \"ttl_ms\"}".into(),
-        ));
+        return Err(ApiErr::new(ErrorCode::BadRequest, "missing body").hint("send {\"holder\", \"lease\", \"ttl_ms\"}"));
     };
     let status = st.locks.acquire(&name, &req.holder, &req.lease, req.ttl_ms, now_ms())?;
     tracing::info!(lock = %name, holder = %status.holder, acquired = status.acquired, "lock requested");

@@ -1,9 +1,11 @@
 //! The agent's HTTP API: thin handlers over the supervisor, JSON under `/v1`, bearer tokens.
 //!
 //! `GET` routes need the `read` scope, everything else `deploy`. Errors are one shape
-//! ([`deployer_wire::ApiError`]) produced in one place ([`ApiErr`]).
+//! ([`deployer_wire::ApiError`]) produced in one place ([`ApiErr`], from each error's
+//! [`error::Answer`]).
 
 mod auth;
+mod error;
 mod locks;
 pub mod serve;
 mod stream;
@@ -11,13 +13,13 @@ mod webhooks;
 
 pub use webhooks::{WebhookCounts, WebhookStats};
 
+pub use error::ApiErr;
+
 use crate::config::{ResolvedToken, Scope};
-use crate::deploy::poll::CheckError;
-use crate::deploy::{DeployError, Deployer, Requester, Target};
+use crate::deploy::{Deployer, Requester, Target};
 use crate::secrets::Secrets;
-use crate::source::BadRef;
 use crate::store::Store;
-use crate::supervisor::{Supervisor, SupervisorError};
+use crate::supervisor::Supervisor;
 use axum::Extension;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{Method, StatusCode, header};
@@ -27,8 +29,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use deployer_wire::{
-    ApiError, AppStatus, CheckOutcome, Deploy, DeployAccepted, DeployRequest, Release, ReloadOutcome, ReloadRequest,
-    RollbackRequest, ScaleRequest,
+    AppStatus, CheckOutcome, Deploy, DeployAccepted, DeployRequest, ErrorCode, Release, ReloadOutcome, ReloadRequest,
+    RollbackRequest, ScaleRequest, Trigger,
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -85,7 +87,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .nest(deployer_wire::API_PREFIX, v1)
         .merge(webhooks)
         .fallback(|| async {
-            ApiErr::new(StatusCode::NOT_FOUND, "not_found", "no such route".into())
+            ApiErr::new(ErrorCode::NotFound, "no such route")
                 .hint("the routes are listed in README's API section; they start with `/v1/`")
         })
         .layer(DefaultBodyLimit::max(64 * 1024))
@@ -113,8 +115,7 @@ async fn mask_answers(State(st): State<Arc<ApiState>>, req: Request, next: Next)
     }
     let (mut parts, body) = answer.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, MAX_ANSWER).await else {
-        return ApiErr::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the answer could not be read".into())
-            .into_response();
+        return ApiErr::internal("the answer could not be read").into_response();
     };
     let masked = match std::str::from_utf8(&bytes).map(|text| st.secrets.mask(text)) {
         Ok(std::borrow::Cow::Owned(text)) => {
@@ -144,52 +145,26 @@ async fn json_errors(req: Request, next: Next) -> Response {
     let text = String::from_utf8_lossy(&text).trim().to_string();
     let (code, hint) = match status {
         StatusCode::PAYLOAD_TOO_LARGE => {
-            ("too_large", Some("request bodies of the API are at most 64 KiB (webhooks 1 MiB)"))
+            (ErrorCode::TooLarge, Some("request bodies of the API are at most 64 KiB (webhooks 1 MiB)"))
         }
         StatusCode::METHOD_NOT_ALLOWED => {
-            ("method_not_allowed", Some("README's API section lists each route's method"))
+            (ErrorCode::MethodNotAllowed, Some("README's API section lists each route's method"))
         }
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("bad_request", Some("send `Content-Type: application/json`")),
-        StatusCode::NOT_FOUND => ("not_found", None),
-        s if s.is_client_error() => ("bad_request", None),
-        _ => ("internal", None),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (ErrorCode::BadRequest, Some("send `Content-Type: application/json`")),
+        StatusCode::NOT_FOUND => (ErrorCode::NotFound, None),
+        // A path segment or query that does not parse (`/v1/deploys/abc`, `?limit=x`).
+        s if s.is_client_error() => {
+            (ErrorCode::BadRequest, Some("deploy ids are numbers; README's API section lists each route's parameters"))
+        }
+        _ => (ErrorCode::Internal, None),
     };
     let message = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_lowercase() } else { text };
-    let mut err = ApiErr::new(status, code, message);
-    if let Some(h) = hint {
-        err = err.hint(h);
+    let err = ApiErr::with_status(status, code, message);
+    match hint {
+        Some(h) => err.hint(h),
+        None => err,
     }
-    err.into_response()
-}
-
-/// An error answer.
-pub struct ApiErr(StatusCode, ApiError);
-
-impl ApiErr {
-    fn new(status: StatusCode, code: &str, message: String) -> ApiErr {
-        ApiErr(status, ApiError { code: code.into(), message, hint: None })
-    }
-    fn hint(mut self, hint: &str) -> ApiErr {
-        self.1.hint = Some(hint.into());
-        self
-    }
-}
-
-impl IntoResponse for ApiErr {
-    fn into_response(self) -> Response {
-        (self.0, Json(self.1)).into_response()
-    }
-}
-
-impl From<SupervisorError> for ApiErr {
-    fn from(e: SupervisorError) -> ApiErr {
-        match e {
-            SupervisorError::UnknownApp(_) => {
-                ApiErr::new(StatusCode::NOT_FOUND, "not_found", e.to_string()).hint("`GET /v1/apps` lists the apps")
-            }
-            _ => ApiErr::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
-        }
-    }
+    .into_response()
 }
 
 /// The name of the token a request came with: the actor a deploy records.
@@ -205,19 +180,20 @@ async fn require_token(State(st): State<Arc<ApiState>>, mut req: Request, next: 
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     let Some(presented) = presented else {
-        return Err(ApiErr::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing bearer token".into())
+        return Err(ApiErr::new(ErrorCode::Unauthorized, "missing bearer token")
             .hint("send `Authorization: Bearer <token>`; the CLI reads it from DEPLOYER_TOKEN"));
     };
     let scopes = auth::scopes_of(&st.tokens.read().unwrap_or_else(|e| e.into_inner()), presented);
     match scopes {
-        None => Err(ApiErr::new(StatusCode::UNAUTHORIZED, "unauthorized", "invalid token".into()).hint(
+        None => Err(ApiErr::new(ErrorCode::Unauthorized, "invalid token").hint(
             "the token matches none of the agent's `tokens`; check DEPLOYER_TOKEN (or --token-env) against the agent's config",
         )),
-        Some((_, s)) if !auth::allows(&s, need) => Err(ApiErr::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!("this token lacks the `{}` scope", if need == Scope::Deploy { "deploy" } else { "read" }),
-        )),
+        Some((_, s)) if !auth::allows(&s, need) => {
+            let scope = if need == Scope::Deploy { "deploy" } else { "read" };
+            Err(ApiErr::new(ErrorCode::Forbidden, format!("this token lacks the `{scope}` scope")).hint(format!(
+                "use a token whose `scopes` in the agent's config include `{scope}` (`deploy` implies `read`)"
+            )))
+        }
         Some((name, _)) => {
             req.extensions_mut().insert(Caller(name));
             Ok(next.run(req).await)
@@ -230,9 +206,10 @@ fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<Option<T>, ApiErr> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    serde_json::from_slice(bytes)
-        .map(Some)
-        .map_err(|e| ApiErr::new(StatusCode::BAD_REQUEST, "bad_request", format!("invalid JSON body: {e}")))
+    serde_json::from_slice(bytes).map(Some).map_err(|e| {
+        ApiErr::new(ErrorCode::BadRequest, format!("invalid JSON body: {e}"))
+            .hint("README's API section shows each route's body; unknown fields are refused")
+    })
 }
 
 async fn metrics(State(st): State<Arc<ApiState>>) -> impl IntoResponse {
@@ -259,14 +236,15 @@ async fn reload(
     st.metrics.reload_done(&app.name, out.error.is_none(), out.duration_ms as f64 / 1000.0);
     match &out.error {
         None => Ok(Json(out)),
-        Some(e) => Err(ApiErr::new(StatusCode::CONFLICT, "reload_failed", e.clone())
-            .hint("`deployer logs <app>` shows what the new workers printed")),
+        Some(e) => Err(ApiErr::new(ErrorCode::ReloadFailed, e.clone()).hint(
+            out.hint.clone().unwrap_or_else(|| "`deployer logs <app>` shows what the new workers printed".into()),
+        )),
     }
 }
 
 async fn restart(State(st): State<Arc<ApiState>>, Path(app): Path<String>) -> Result<Json<AppStatus>, ApiErr> {
     let app = st.supervisor.app(&app)?;
-    app.restart().await.map_err(failed_to_start)?;
+    app.restart().await?;
     Ok(Json(app.status()))
 }
 
@@ -278,7 +256,7 @@ async fn stop(State(st): State<Arc<ApiState>>, Path(app): Path<String>) -> Resul
 
 async fn start(State(st): State<Arc<ApiState>>, Path(app): Path<String>) -> Result<Json<AppStatus>, ApiErr> {
     let app = st.supervisor.app(&app)?;
-    app.start().await.map_err(failed_to_start)?;
+    app.start().await?;
     Ok(Json(app.status()))
 }
 
@@ -288,48 +266,15 @@ async fn scale(
     bytes: Bytes,
 ) -> Result<Json<AppStatus>, ApiErr> {
     let Some(req) = body::<ScaleRequest>(&bytes)? else {
-        return Err(ApiErr::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "missing body: send {\"instances\": N}".into(),
-        ));
+        return Err(ApiErr::new(ErrorCode::BadRequest, "missing body").hint("send {\"instances\": N}"));
     };
     if !(1..=1024).contains(&req.instances) {
-        return Err(ApiErr::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("instances must be 1 to 1024, not {}", req.instances),
-        )
-        .hint("use `stop` to run none"));
+        return Err(ApiErr::new(ErrorCode::BadRequest, format!("instances must be 1 to 1024, not {}", req.instances))
+            .hint("use `stop` to run none"));
     }
     let app = st.supervisor.app(&app)?;
-    app.scale(req.instances).await.map_err(failed_to_start)?;
+    app.scale(req.instances).await?;
     Ok(Json(app.status()))
-}
-
-fn failed_to_start(e: String) -> ApiErr {
-    ApiErr::new(StatusCode::CONFLICT, "start_failed", e).hint("`deployer logs <app>` shows what the workers printed")
-}
-
-impl From<DeployError> for ApiErr {
-    fn from(e: DeployError) -> ApiErr {
-        let msg = e.to_string();
-        match e {
-            DeployError::App(e) => e.into(),
-            DeployError::NotFromGit(_) => ApiErr::new(StatusCode::CONFLICT, "conflict", msg)
-                .hint("add `repo:` and `branch:` to the app in the agent's config"),
-            DeployError::BadRef(bad) => {
-                ApiErr::new(StatusCode::BAD_REQUEST, "bad_request", bad.problem()).hint(BadRef::HINT)
-            }
-            DeployError::NoSuchRelease(_) | DeployError::NotFound(_) => {
-                ApiErr::new(StatusCode::NOT_FOUND, "not_found", msg)
-            }
-            DeployError::CannotCancel { .. } => ApiErr::new(StatusCode::CONFLICT, "conflict", msg),
-            DeployError::State(_) => ApiErr::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", msg),
-            DeployError::Stopping => ApiErr::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", msg)
-                .hint("ask again once the agent is back (`deployer status` shows when)"),
-        }
-    }
 }
 
 async fn create_deploy(
@@ -345,7 +290,7 @@ async fn create_deploy(
     };
     // The token is who asked; what the request says about itself is kept beside it.
     let by = Requester::token(&caller.0, req.who);
-    let accepted = st.deployer.request(&app, Target::Ref(git_ref), "api", &by)?;
+    let accepted = st.deployer.request(&app, Target::Ref(git_ref), Trigger::Api, &by)?;
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
@@ -357,7 +302,7 @@ async fn rollback(
 ) -> Result<(StatusCode, Json<DeployAccepted>), ApiErr> {
     let req: RollbackRequest = body(&bytes)?.unwrap_or_default();
     let by = Requester::token(&caller.0, None);
-    let accepted = st.deployer.request(&app, Target::Rollback(req.release), "rollback", &by)?;
+    let accepted = st.deployer.request(&app, Target::Rollback(req.release), Trigger::Rollback, &by)?;
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
@@ -392,15 +337,9 @@ async fn check_now(
     Path(app): Path<String>,
 ) -> Result<Json<CheckOutcome>, ApiErr> {
     st.supervisor.app(&app)?;
-    let by = Requester::token(&caller.0, Some("check".into()));
-    match st.deployer.check(&app, "check", &by, None).await {
-        Ok(crate::deploy::poll::Checked::Queued { sha, id }) => Ok(Json(CheckOutcome { app, sha, queued: Some(id) })),
-        Ok(crate::deploy::poll::Checked::Unchanged { sha }) => Ok(Json(CheckOutcome { app, sha, queued: None })),
-        Err(CheckError::App(e)) => Err(e.into()),
-        Err(e @ CheckError::Git(_)) => Err(ApiErr::new(StatusCode::BAD_GATEWAY, "git_unreachable", e.to_string())
-            .hint("the agent could not read the branch head from the app's `repo`; `deployer logs` and the agent's log say more")),
-        Err(e @ CheckError::Crashed(_)) => {
-            Err(ApiErr::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
-        }
-    }
+    let by = Requester::token(&caller.0, Some(Trigger::Check.as_str().into()));
+    Ok(Json(match st.deployer.check(&app, Trigger::Check, &by, None).await? {
+        crate::deploy::poll::Checked::Queued { sha, id } => CheckOutcome { app, sha, queued: Some(id) },
+        crate::deploy::poll::Checked::Unchanged { sha } => CheckOutcome { app, sha, queued: None },
+    }))
 }

@@ -17,7 +17,7 @@ use axum::Json;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
-use deployer_wire::HookAnswer;
+use deployer_wire::{ErrorCode, HookAnswer};
 use hooks::{Headers, IgnoreReason, Outcome, RejectionKind};
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
@@ -75,14 +75,13 @@ pub async fn receive(
     let span = tracing::info_span!("webhook", app = %app, %peer);
     let _enter = span.enter();
     let not_found = || {
-        ApiErr::new(StatusCode::NOT_FOUND, "not_found", format!("no webhook for app `{app}`"))
+        ApiErr::new(ErrorCode::NotFound, format!("no webhook for app `{app}`"))
             .hint("add `webhook: { provider: github, secret_env: NAME }` to the app in the agent's config")
     };
     let Ok(a) = st.supervisor.app(&app) else { return Err(not_found()) };
     let cfg = a.config();
     let Some(hook) = cfg.webhook.clone() else { return Err(not_found()) };
-    let provider =
-        hook.resolved_provider().map_err(|e| ApiErr::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;
+    let provider = hook.resolved_provider().map_err(ApiErr::internal)?;
     let secret = hook.secret().unwrap_or_default();
     let fields: Headers<'_> =
         headers.iter().fold(Headers::new(), |h, (name, value)| h.with(name.as_str(), value.as_bytes()));
@@ -90,23 +89,17 @@ pub async fn receive(
     let outcome = match hooks::receive(&provider, secret.as_bytes(), &fields, &body, &cfg.branch) {
         Ok(outcome) => outcome,
         Err(rejection) => {
-            let (counter, status, code) = match rejection.kind() {
-                RejectionKind::Unauthorized => (&st.webhooks.unauthorized, StatusCode::UNAUTHORIZED, "unauthorized"),
-                RejectionKind::TooLarge => (&st.webhooks.too_large, StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-                RejectionKind::Malformed => (&st.webhooks.malformed, StatusCode::BAD_REQUEST, "bad_request"),
+            let counter = match rejection.kind() {
+                RejectionKind::Unauthorized => &st.webhooks.unauthorized,
+                RejectionKind::TooLarge => &st.webhooks.too_large,
+                RejectionKind::Malformed => &st.webhooks.malformed,
             };
             counter.fetch_add(1, Relaxed);
-            st.metrics.webhook_rejected(&app, code);
             // The rejection's words quote no header value and no body: safe to log and to answer.
             tracing::warn!(provider = %provider, bytes = body.len(), reason = %rejection, "webhook delivery refused");
-            let message = rejection.to_string();
-            let (message, hint) =
-                message.split_once("\n  hint: ").map_or((message.as_str(), None), |(m, h)| (m, Some(h)));
-            let err = ApiErr::new(status, code, message.to_string());
-            return Err(match hint {
-                Some(h) => err.hint(h),
-                None => err,
-            });
+            let err = ApiErr::from(rejection);
+            st.metrics.webhook_rejected(&app, err.code().as_str());
+            return Err(err);
         }
     };
     let delivery = outcome.delivery().to_string();
@@ -129,7 +122,7 @@ pub async fn receive(
         Outcome::Ping { .. } => return ignored("ping: the hook works; pushes to the branch will deploy".into()),
         Outcome::Ignored { reason, .. } => return ignored(reason.to_string()),
     };
-    if !st.store.remember_delivery(&app, &delivery).map_err(internal)? {
+    if !st.store.remember_delivery(&app, &delivery).map_err(ApiErr::internal)? {
         return ignored(IgnoreReason::DuplicateDelivery { delivery: delivery.clone() }.to_string());
     }
     // The body is what is signed: the same body under a new delivery id is a replay.
@@ -138,7 +131,7 @@ pub async fn receive(
         Ok(new) => !new,
         Err(e) => {
             let _ = st.store.forget_delivery(&app, &delivery);
-            return Err(internal(e));
+            return Err(ApiErr::internal(e));
         }
     };
     let who = push.pusher.clone().unwrap_or_else(|| "webhook".into());
@@ -176,8 +169,4 @@ pub async fn receive(
         StatusCode::ACCEPTED,
         Json(HookAnswer { app, delivery: Some(delivery), deploy: Some(accepted.id), message, ignored: None }),
     ))
-}
-
-fn internal(e: impl std::fmt::Display) -> ApiErr {
-    ApiErr::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
 }

@@ -130,7 +130,9 @@ mod tests {
     #[tokio::test]
     async fn replays_then_follows_until_the_end() {
         let store = Arc::new(Store::in_memory());
-        let id = store.insert_deploy("web", "main", "api", &crate::store::Requester::default()).unwrap();
+        let id = store
+            .insert_deploy("web", "main", deployer_wire::Trigger::Api, &crate::store::Requester::default())
+            .unwrap();
         store.transition(id, deployer_wire::DeployState::Fetching, "fetching main").unwrap();
         let mut stream = Box::pin(follow(&store, id));
         let first: Vec<_> = vec![stream.next().await.unwrap(), stream.next().await.unwrap()];

@@ -23,7 +23,7 @@ pub use crate::store::Requester;
 use crate::store::{DeployId, Store, StoreError};
 use crate::supervisor::{App, Supervisor, SupervisorError};
 pub use deployer_wire::DeployState;
-use deployer_wire::{Deploy, DeployAccepted, Release};
+use deployer_wire::{Deploy, DeployAccepted, Release, Trigger};
 use release::AppDir;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -128,7 +128,7 @@ impl AppQueue {
 struct Job {
     id: DeployId,
     target: Target,
-    trigger: String,
+    trigger: Trigger,
 }
 
 struct Running {
@@ -165,14 +165,14 @@ impl Deployer {
             let dir = AppDir::new(path);
             d.remove_incomplete(&app.name, &dir, app.release().map(|r| r.name));
         }
-        d.apply_config("startup")?;
+        d.apply_config(Trigger::Startup)?;
         Ok(d)
     }
 
     /// Make the deploys match the config (at start, and after SIGHUP applied a new one): a git app
     /// with no release and nothing queued or running gets its branch head deployed (`trigger` says
     /// why), and each app's pull loop is started, restarted or stopped to match `poll`/`cron`.
-    pub fn apply_config(self: &Arc<Self>, trigger: &str) -> Result<(), DeployError> {
+    pub fn apply_config(self: &Arc<Self>, trigger: Trigger) -> Result<(), DeployError> {
         for app in self.supervisor.list() {
             let cfg = app.config();
             if cfg.repo.is_none() || app.release().is_some() || self.busy(&app.name) {
@@ -299,7 +299,7 @@ impl Deployer {
         self: &Arc<Self>,
         app: &str,
         target: Target,
-        trigger: &str,
+        trigger: Trigger,
         by: &Requester,
     ) -> Result<DeployAccepted, DeployError> {
         if self.stopping() {
@@ -326,7 +326,7 @@ impl Deployer {
             self.store.transition(id, DeployState::Live, &message)?;
             return Ok(DeployAccepted { id, app: app.to_string(), state: DeployState::Live, message: Some(message) });
         }
-        tracing::info!(app, id, git_ref = %label, trigger, token = ?by.token, who = ?by.who, "deploy queued");
+        tracing::info!(app, id, git_ref = %label, %trigger, token = ?by.token, who = ?by.who, "deploy queued");
         let queue = self.queue(app);
         let previous = {
             let mut slots = queue.slots();
@@ -337,7 +337,7 @@ impl Deployer {
                 self.store.transition(id, DeployState::Interrupted, "interrupted: the agent is stopping")?;
                 return Err(DeployError::Stopping);
             }
-            slots.pending.replace(Job { id, target, trigger: trigger.to_string() })
+            slots.pending.replace(Job { id, target, trigger })
         };
         if let Some(old) = previous {
             self.store.transition(old.id, DeployState::Superseded, &format!("superseded by #{id}"))?;
@@ -374,7 +374,7 @@ impl Deployer {
         if replayed {
             return Ok(Pushed::Replayed);
         }
-        self.request(app, branch, "webhook", by).map(Pushed::Queued)
+        self.request(app, branch, Trigger::Webhook, by).map(Pushed::Queued)
     }
 
     /// The running deploy of `app`, when the commit it deploys is `sha`.

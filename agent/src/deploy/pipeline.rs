@@ -15,6 +15,7 @@ use crate::store::{DeployId, ReleaseRow, Store};
 use crate::supervisor::event::SupervisorEvent;
 use crate::supervisor::worker::WorkerState;
 use crate::supervisor::{ActiveRelease, App, resolve_spec};
+use deployer_wire::Trigger;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -54,7 +55,7 @@ pub(super) async fn run(d: &Arc<Deployer>, q: &AppQueue, app_name: &str, job: Jo
     };
     let mut run = Run { d, q, app, id: job.id, state: DeployState::Queued, cancel, out: None, started: Instant::now() };
     let result = match &job.target {
-        Target::Ref(r) => run.deploy(r, &job.trigger).await,
+        Target::Ref(r) => run.deploy(r, job.trigger).await,
         Target::Rollback(r) => run.rollback(r.as_deref()).await,
     };
     let (state, message) = match result {
@@ -123,7 +124,7 @@ impl Run<'_> {
         Ok(())
     }
 
-    async fn deploy(&mut self, git_ref: &str, trigger: &str) -> Result<String, Stop> {
+    async fn deploy(&mut self, git_ref: &str, trigger: Trigger) -> Result<String, Stop> {
         let cfg = self.app.config();
         let (Some(url), Some(path)) = (cfg.repo.clone(), cfg.path.clone()) else {
             return Err(Stop::failed("the app has no `repo`"));
@@ -268,7 +269,7 @@ impl Run<'_> {
         self.check_cancel()?;
 
         // 4. roll, with the config and env re-read
-        let fresh = self.app.fresh_config().map_err(Stop::failed)?;
+        let fresh = self.app.fresh_config().map_err(|e| Stop::failed(e.to_string()))?;
         let n = self.app.status().workers.len();
         self.begin_roll(&format!("rolling {n} worker(s) onto {name}"))?;
         if let Err(e) = self.app.roll_to(fresh.clone(), release).await {
@@ -332,7 +333,7 @@ impl Run<'_> {
             .ok_or_else(|| Stop::failed("the release is no longer recorded"))?;
         self.d.store.set_sha(self.id, &row.sha).map_err(recording)?;
         self.d.store.set_release(self.id, &name).map_err(recording)?;
-        let fresh = self.app.fresh_config().map_err(Stop::failed)?;
+        let fresh = self.app.fresh_config().map_err(|e| Stop::failed(e.to_string()))?;
         self.begin_roll(&format!("rolling back onto {name}"))?;
         let release = ActiveRelease { name: name.clone(), dir: dir.release(&name) };
         self.app
@@ -373,7 +374,7 @@ impl Run<'_> {
         release: &ActiveRelease,
         sha: &str,
         git_ref: &str,
-        trigger: &str,
+        trigger: Trigger,
         previous: Option<&ActiveRelease>,
     ) -> Result<BTreeMap<String, String>, Stop> {
         let spec = resolve_spec(cfg, Some(release)).map_err(|e| Stop::failed(e.to_string()))?;
@@ -381,7 +382,7 @@ impl Run<'_> {
             ("DEPLOY_SHA", sha.to_string()),
             ("DEPLOY_REF", git_ref.to_string()),
             ("DEPLOY_ID", self.id.to_string()),
-            ("DEPLOY_TRIGGER", trigger.to_string()),
+            ("DEPLOY_TRIGGER", trigger.as_str().to_string()),
             ("RELEASE_DIR", release.dir.display().to_string()),
             ("PREVIOUS_RELEASE_DIR", previous.map(|p| p.dir.display().to_string()).unwrap_or_default()),
         ];
@@ -583,8 +584,8 @@ impl Bake {
         if let Err(e) = self.d.store.transition(self.id, DeployState::RolledBack, &why) {
             tracing::error!(%app, error = %e, "cannot record the bake rollback");
         }
-        let by = super::Requester::named(Some("bake"));
-        if let Err(e) = self.d.request(app, Target::Rollback(Some(previous)), "bake", &by) {
+        let by = super::Requester::named(Some(Trigger::Bake.as_str()));
+        if let Err(e) = self.d.request(app, Target::Rollback(Some(previous)), Trigger::Bake, &by) {
             tracing::error!(%app, error = %e, "bake rollback could not be queued");
         }
     }

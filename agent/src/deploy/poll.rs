@@ -5,6 +5,7 @@
 use super::{Deployer, Target};
 use crate::config::{AppConfig, CronSchedule};
 use crate::source::Source;
+use deployer_wire::Trigger;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,10 +30,10 @@ impl Schedule {
     }
 
     /// The trigger name deploys it queues carry.
-    pub fn trigger(&self) -> &'static str {
+    pub fn trigger(&self) -> Trigger {
         match self {
-            Schedule::Every(_) => "poll",
-            Schedule::Cron(_) => "cron",
+            Schedule::Every(_) => Trigger::Poll,
+            Schedule::Cron(_) => Trigger::Cron,
         }
     }
 
@@ -80,7 +81,7 @@ impl Deployer {
     pub async fn check(
         self: &Arc<Self>,
         app: &str,
-        trigger: &str,
+        trigger: Trigger,
         by: &super::Requester,
         last: Option<&str>,
     ) -> Result<Checked, CheckError> {
@@ -120,7 +121,7 @@ impl Deployer {
                 _ = tokio::time::sleep(schedule.wait()) => {}
                 _ = stop.cancelled() => return,
             }
-            let by = super::Requester::named(Some(schedule.trigger()));
+            let by = super::Requester::named(Some(schedule.trigger().as_str()));
             match self.check(&app, schedule.trigger(), &by, last.as_deref()).await {
                 Ok(found) => {
                     if down {

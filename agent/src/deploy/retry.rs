@@ -70,7 +70,7 @@ mod tests {
             app: "web".into(),
             git_ref: git_ref.into(),
             sha: sha.map(String::from),
-            trigger: "poll".into(),
+            trigger: deployer_wire::Trigger::Poll,
             state: state.parse().expect("a deploy state"),
             who: None,
             token: None,

@@ -98,7 +98,7 @@ impl<'a> DeployEventBody<'a> {
             state: d.state.as_str(),
             git_ref: &d.git_ref,
             sha: d.sha.as_deref(),
-            trigger: &d.trigger,
+            trigger: d.trigger.as_str(),
             who: d.who.as_deref(),
             token: d.token.as_deref(),
             release: d.release.as_deref(),

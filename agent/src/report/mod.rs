@@ -222,7 +222,7 @@ mod tests {
             app: "web".into(),
             git_ref: "main".into(),
             sha: sha.map(String::from),
-            trigger: "webhook".into(),
+            trigger: deployer_wire::Trigger::Webhook,
             who: Some("ana".into()),
             token: None,
             state: state.parse().expect("a deploy state"),

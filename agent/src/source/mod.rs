@@ -80,6 +80,11 @@ impl Source {
             limits: Limits::default(),
             fetch_lock: Mutex::new(()),
         };
+        // A deploy and a `check` (or a poll) may open one cache at once: one makes it and sets
+        // its remote, the other then finds it so (the temporary directory has one name, so a
+        // crash leaves one to clean up; git's `config.lock` would refuse the second writer).
+        static OPENING: Mutex<()> = Mutex::new(());
+        let _opening = OPENING.lock().unwrap_or_else(|e| e.into_inner());
         let repo = source.open_or_init()?;
         source.configure_remote(&repo)?;
         Ok(source)
@@ -321,6 +326,26 @@ mod tests {
         assert!(!cache.path().join("app/.repo.git.partial").exists());
         drop(source);
         Source::open(&up.path_url(), "main", None, &dir).unwrap();
+    }
+
+    /// A deploy and a `check` (or a poll) open the same cache at once: before, the second
+    /// removed the first's half-made `.repo.git.partial` and one of them got "not a repository".
+    #[test]
+    fn concurrent_opens_of_a_new_cache_all_succeed() {
+        let up = Upstream::new();
+        for _ in 0..20 {
+            let cache = tempfile::tempdir().unwrap();
+            let dir = cache.path().join("repo.git");
+            let opens: Vec<_> = (0..4)
+                .map(|_| {
+                    let (url, dir) = (up.path_url(), dir.clone());
+                    std::thread::spawn(move || Source::open(&url, "main", None, &dir).map(drop))
+                })
+                .collect();
+            for open in opens {
+                open.join().unwrap().unwrap();
+            }
+        }
     }
 
     #[test]

@@ -16,8 +16,7 @@ mod schema;
 pub use outbox::{Change, DeployFacts, NewReport, OutboxRow, ReportRules};
 
 use crate::secrets::Secrets;
-use deployer_wire::DeployState;
-use deployer_wire::{Deploy, DeployEvent};
+use deployer_wire::{Deploy, DeployEvent, DeployState, EventState, Trigger};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
@@ -82,8 +81,8 @@ impl Requester {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeployChange {
     pub id: DeployId,
-    /// The state entered, or `log` for a message within the current state.
-    pub state: String,
+    /// The state entered, or `Log` for a message within the current state.
+    pub state: EventState,
     pub is_final: bool,
 }
 
@@ -138,10 +137,9 @@ impl Store {
         self.changes.subscribe()
     }
 
-    fn changed(&self, id: DeployId, state: &str, is_final: bool, reports: usize) {
-        // No receiver is fine: nobody is watching.
+    fn changed(&self, id: DeployId, state: EventState, is_final: bool, reports: usize) {
         // No follower is listening: nothing to tell.
-        let _ = self.changes.send(DeployChange { id, state: state.to_string(), is_final });
+        let _ = self.changes.send(DeployChange { id, state, is_final });
         if reports > 0 {
             self.outbox_wake.notify_one();
         }
@@ -168,7 +166,7 @@ impl Store {
         &self,
         app: &str,
         git_ref: &str,
-        trigger: &str,
+        trigger: Trigger,
         by: &Requester,
     ) -> Result<DeployId, StoreError> {
         let git_ref = self.mask(git_ref);
@@ -179,7 +177,7 @@ impl Store {
         tx.execute(
             "INSERT INTO deploys (app, git_ref, trigger, state, who, token, queued_at)
              VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6)",
-            params![app, git_ref, trigger, who, token, now_ms() as i64],
+            params![app, git_ref, trigger.as_str(), who, token, now_ms() as i64],
         )?;
         let id = tx.last_insert_rowid() as DeployId;
         tx.execute(
@@ -189,7 +187,7 @@ impl Store {
         let reports = self.write_reports(&tx, id, Change::Queued)?;
         tx.commit()?;
         drop(c);
-        self.changed(id, "queued", false, reports);
+        self.changed(id, DeployState::Queued.into(), false, reports);
         Ok(id)
     }
 
@@ -198,7 +196,6 @@ impl Store {
     /// writes it, whoever asks: the pipeline, a cancel, the queue, the bake window, a restart).
     pub fn transition(&self, id: DeployId, to: DeployState, message: &str) -> Result<(), StoreError> {
         let message = self.mask(message);
-        let state = to.as_str();
         let is_final = to.is_final();
         let mut c = self.conn();
         let tx = c.transaction()?;
@@ -212,23 +209,23 @@ impl Store {
         if is_final {
             tx.execute(
                 "UPDATE deploys SET state = ?2, finished_at = ?3, message = ?4 WHERE id = ?1",
-                params![id as i64, state, now_ms() as i64, message],
+                params![id as i64, to.as_str(), now_ms() as i64, message],
             )?;
         } else {
-            tx.execute("UPDATE deploys SET state = ?2 WHERE id = ?1", params![id as i64, state])?;
+            tx.execute("UPDATE deploys SET state = ?2 WHERE id = ?1", params![id as i64, to.as_str()])?;
         }
-        insert_event(&tx, id, state, &message)?;
+        insert_event(&tx, id, to.into(), &message)?;
         let reports = self.write_reports(&tx, id, Change::Entered { from: &from })?;
         tx.commit()?;
         drop(c);
-        self.changed(id, state, is_final, reports);
+        self.changed(id, to.into(), is_final, reports);
         Ok(())
     }
 
     /// A message within the current state.
     pub fn log(&self, id: DeployId, message: &str) -> Result<(), StoreError> {
-        insert_event(&self.conn(), id, "log", &self.mask(message))?;
-        self.changed(id, "log", false, 0);
+        insert_event(&self.conn(), id, EventState::Log, &self.mask(message))?;
+        self.changed(id, EventState::Log, false, 0);
         Ok(())
     }
 
@@ -379,12 +376,8 @@ fn row_to_deploy(r: &rusqlite::Row) -> rusqlite::Result<Deploy> {
         app: r.get(1)?,
         git_ref: r.get(2)?,
         sha: r.get(3)?,
-        trigger: r.get(4)?,
-        state: {
-            let name: String = r.get(5)?;
-            name.parse()
-                .map_err(|e| rusqlite::Error::FromSqlConversionFailure(5, rusqlite::types::Type::Text, Box::new(e)))?
-        },
+        trigger: named(r, 4)?,
+        state: named(r, 5)?,
         who: r.get(6)?,
         release: r.get(7)?,
         queued_at_ms: r.get::<_, i64>(8)? as u64,
@@ -412,11 +405,22 @@ fn deploy_row(c: &Connection, id: DeployId) -> Result<Option<Deploy>, StoreError
     Ok(row.optional()?)
 }
 
-fn insert_event(c: &Connection, id: DeployId, state: &str, message: &str) -> Result<(), StoreError> {
+/// A column that holds one of the wire's names (a state, a trigger), read back as its value. A
+/// name this agent does not know is an error: the agent only reads what it wrote.
+fn named<T>(r: &rusqlite::Row, column: usize) -> rusqlite::Result<T>
+where
+    T: std::str::FromStr<Err = deployer_wire::UnknownName>,
+{
+    let name: String = r.get(column)?;
+    name.parse()
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, Box::new(e)))
+}
+
+fn insert_event(c: &Connection, id: DeployId, state: EventState, message: &str) -> Result<(), StoreError> {
     c.execute(
         "INSERT INTO deploy_events (deploy_id, seq, at, state, message)
          VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM deploy_events WHERE deploy_id = ?1), ?2, ?3, ?4)",
-        params![id as i64, now_ms() as i64, state, message],
+        params![id as i64, now_ms() as i64, state.as_str(), message],
     )?;
     Ok(())
 }
@@ -428,7 +432,7 @@ fn events_after(c: &Connection, id: DeployId, seq: u64) -> Result<Vec<DeployEven
         Ok(DeployEvent {
             seq: r.get::<_, i64>(0)? as u64,
             at_ms: r.get::<_, i64>(1)? as u64,
-            state: r.get(2)?,
+            state: named(r, 2)?,
             message: r.get(3)?,
         })
     })?;
@@ -442,7 +446,9 @@ mod tests {
     #[test]
     fn a_deploy_records_its_steps() {
         let s = Store::in_memory();
-        let id = s.insert_deploy("web", "main", "api", &Requester::token("ci", Some("ana".into()))).unwrap();
+        let id = s
+            .insert_deploy("web", "main", deployer_wire::Trigger::Api, &Requester::token("ci", Some("ana".into())))
+            .unwrap();
         s.transition(id, DeployState::Fetching, "fetching main").unwrap();
         s.set_sha(id, "abc").unwrap();
         s.log(id, "fetched abc").unwrap();
@@ -464,7 +470,7 @@ mod tests {
     fn secrets_are_masked_in_what_is_written_and_what_is_read() {
         let s = Store::in_memory_with(crate::secrets::Secrets::for_test(&[("T", "token-value-123")]));
         let by = Requester { token: Some("ci".into()), who: Some("token-value-123".into()) };
-        let id = s.insert_deploy("web", "token-value-123", "api", &by).unwrap();
+        let id = s.insert_deploy("web", "token-value-123", deployer_wire::Trigger::Api, &by).unwrap();
         s.transition(id, DeployState::Fetching, "fetching with token-value-123").unwrap();
         s.log(id, "log token-value-123").unwrap();
         s.set_output_tail(id, &["out token-value-123".into()]).unwrap();
@@ -483,7 +489,9 @@ mod tests {
         assert_eq!(d.output_tail, ["out ***"]);
         // A row written before the secret was known is masked when read.
         let before = Store::in_memory();
-        let id = before.insert_deploy("web", "main", "api", &Requester::named(Some("token-value-123"))).unwrap();
+        let id = before
+            .insert_deploy("web", "main", deployer_wire::Trigger::Api, &Requester::named(Some("token-value-123")))
+            .unwrap();
         let conn = std::mem::replace(&mut *before.conn(), Connection::open_in_memory().unwrap());
         let after = Store::with(conn, crate::secrets::Secrets::for_test(&[("T", "token-value-123")]));
         assert_eq!(after.deploy(id).unwrap().unwrap().who.as_deref(), Some("***"));
@@ -493,8 +501,8 @@ mod tests {
     #[test]
     fn unfinished_deploys_become_interrupted() {
         let s = Store::in_memory();
-        let a = s.insert_deploy("web", "main", "api", &Requester::default()).unwrap();
-        let b = s.insert_deploy("web", "main", "api", &Requester::default()).unwrap();
+        let a = s.insert_deploy("web", "main", deployer_wire::Trigger::Api, &Requester::default()).unwrap();
+        let b = s.insert_deploy("web", "main", deployer_wire::Trigger::Api, &Requester::default()).unwrap();
         s.transition(b, DeployState::Live, "").unwrap();
         assert_eq!(s.interrupt_unfinished().unwrap(), vec![a]);
         assert_eq!(s.deploy(a).unwrap().unwrap().state, "interrupted");
@@ -525,7 +533,7 @@ mod tests {
     fn an_illegal_transition_is_an_error_and_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("agent.db"), Secrets::default()).unwrap();
-        let id = s.insert_deploy("web", "main", "api", &Requester::default()).unwrap();
+        let id = s.insert_deploy("web", "main", deployer_wire::Trigger::Api, &Requester::default()).unwrap();
         s.transition(id, DeployState::Fetching, "fetching").unwrap();
         s.transition(id, DeployState::Failed, "failed").unwrap();
         let e = s.transition(id, DeployState::Live, "live after all").unwrap_err();

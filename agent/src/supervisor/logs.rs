@@ -33,10 +33,11 @@ pub enum Stream {
 }
 
 impl Stream {
-    fn as_str(self) -> &'static str {
+    /// As the API and the log file name it.
+    fn to_wire(self) -> deployer_wire::LogStream {
         match self {
-            Stream::Out => "out",
-            Stream::Err => "err",
+            Stream::Out => deployer_wire::LogStream::Out,
+            Stream::Err => deployer_wire::LogStream::Err,
         }
     }
 }
@@ -129,9 +130,9 @@ impl LogSink {
     fn keep(&self, worker: u32, stream: Stream, line: &str) {
         let ts_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let stamp = humantime::format_rfc3339_millis(SystemTime::now());
-        let text = format!("{stamp} {}-{worker} {}| {line}\n", self.app, stream.as_str());
+        let text = format!("{stamp} {}-{worker} {}| {line}\n", self.app, stream.to_wire());
         self.file.lock().unwrap_or_else(|e| e.into_inner()).append(text.as_bytes());
-        let entry = LogLine { ts_ms, worker, stream: stream.as_str().to_string(), line: line.to_string() };
+        let entry = LogLine { ts_ms, worker, stream: stream.to_wire(), line: line.to_string() };
         let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
         ring.push(entry.clone());
         // Sent under the ring's lock, so a follower's tail and its stream neither overlap nor gap.

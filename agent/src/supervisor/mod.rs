@@ -20,7 +20,7 @@ use crate::config::{self, AgentConfig, AppConfig, ConfigError, Loaded, ProxyMode
 use crate::front::http::FrontStats;
 use crate::front::{self, Rotation};
 use crate::secrets::Secrets;
-use deployer_wire::{AppStatus, LogLine, ReloadOutcome};
+use deployer_wire::{AppMode, AppState, AppStatus, LogLine, ReloadOutcome};
 use event::{Events, SupervisorEvent, WorkerRef};
 use logs::LogSink;
 use nix::sys::signal::Signal;
@@ -34,6 +34,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+pub use worker::NotReady;
 use worker::{Retire, Worker, WorkerCtx, WorkerSpec};
 
 /// Errors of supervisor operations, each with what the caller can do about it.
@@ -51,6 +52,52 @@ pub enum SupervisorError {
     StateDir { path: PathBuf, source: std::io::Error },
     #[error("another agent is using the state dir `{0}`")]
     StateDirBusy(PathBuf),
+}
+
+/// Why the config file, read again for `--update-env` or a deploy, cannot be applied to an app.
+#[derive(Debug, thiserror::Error)]
+pub enum FreshConfigError {
+    #[error("the config file has an error, nothing was changed:\n{0}")]
+    Invalid(#[from] ConfigError),
+    #[error("`port`, `proxy` or `bind` changed: send SIGHUP to the agent to apply that")]
+    FrontChanged,
+    #[error("app `{0}` is no longer in the config file")]
+    Removed(String),
+}
+
+/// Why a reload did not move the app; its words are the `error` of the [`ReloadOutcome`], the
+/// hint of a config error its `hint`.
+#[derive(Debug, thiserror::Error)]
+enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] FreshConfigError),
+    #[error(transparent)]
+    Refused(#[from] Refused),
+}
+
+impl ReloadError {
+    /// The config error in it, if it is one (its hint is answered apart).
+    fn config_error(&self) -> Option<&ConfigError> {
+        match self {
+            ReloadError::Config(FreshConfigError::Invalid(e)) | ReloadError::Refused(Refused::Spec(e)) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// What went wrong, without the hint (a config error's place and words).
+    fn problem(&self) -> String {
+        let Some(e) = self.config_error() else { return self.to_string() };
+        let place =
+            ConfigError { file: e.file.clone(), line: e.line, col: e.col, message: e.message.clone(), hint: None };
+        match self {
+            ReloadError::Config(_) => format!("the config file has an error, nothing was changed:\n{place}"),
+            _ => place.to_string(),
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        self.config_error().and_then(|e| e.hint.clone())
+    }
 }
 
 /// Everything the agent supervises.
@@ -334,10 +381,20 @@ fn lock_state_dir(state_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, 
 }
 
 /// Why [`App::roll_locked`] did not move the app.
+#[derive(Debug, thiserror::Error)]
 enum Refused {
-    /// Before anything changed (no release yet, a config or `env_file` error).
-    NothingChanged(String),
+    /// Before anything changed: there is no release to run yet.
+    #[error("no release deployed yet: deploy one first")]
+    NoRelease,
+    /// Before anything changed: the config or `env_file` has an error.
+    #[error(transparent)]
+    Spec(ConfigError),
     /// The roll stopped; what it put back is in the error.
+    #[error("{}; {}", .0.reason, if .0.restored {
+        "the previous workers are serving"
+    } else {
+        "some previous workers could not be put back"
+    })]
     Roll(reload::RollFailed),
 }
 
@@ -528,15 +585,14 @@ impl App {
     }
 
     /// This app's part of the config file as it is now (`--update-env` and deploys re-read it).
-    pub fn fresh_config(&self) -> Result<AppConfig, String> {
-        let fresh = config::load(&self.config_path)
-            .map_err(|e| format!("the config file has an error, nothing was changed:\n{e}"))?;
+    pub fn fresh_config(&self) -> Result<AppConfig, FreshConfigError> {
+        let fresh = config::load(&self.config_path)?;
         // A secret this file names is withheld from the workers started with it, SIGHUP or not.
         self.ctx.secrets.include(&fresh.config);
         match fresh.config.apps.get(&self.name) {
             Some(cfg) if self.same_front(cfg) => Ok(cfg.clone()),
-            Some(_) => Err("`port`, `proxy` or `bind` changed: send SIGHUP to the agent to apply that".into()),
-            None => Err(format!("app `{}` is no longer in the config file", self.name)),
+            Some(_) => Err(FreshConfigError::FrontChanged),
+            None => Err(FreshConfigError::Removed(self.name.clone())),
         }
     }
 
@@ -545,8 +601,8 @@ impl App {
     pub async fn roll_to(&self, cfg: AppConfig, release: ActiveRelease) -> Result<u32, reload::RollFailed> {
         let _op = self.op.lock().await;
         self.roll_locked(Some(cfg), Some(release)).await.map_err(|e| match e {
-            Refused::NothingChanged(reason) => reload::RollFailed { reason, restored: true },
             Refused::Roll(e) => e,
+            nothing_changed => reload::RollFailed { reason: nothing_changed.to_string(), restored: true },
         })
     }
 
@@ -561,12 +617,12 @@ impl App {
             Ok(self.current_spec().map(|s| WorkerSpec::clone(&s)))
         } else {
             let c = cfg.clone().unwrap_or_else(|| self.config());
-            resolve_spec(&c, release.clone().or_else(|| self.release()).as_ref()).map_err(|e| e.to_string())
+            resolve_spec(&c, release.clone().or_else(|| self.release()).as_ref())
         };
         let spec = match spec {
             Ok(Some(s)) => Arc::new(s),
-            Ok(None) => return Err(Refused::NothingChanged("no release deployed yet: deploy one first".into())),
-            Err(e) => return Err(Refused::NothingChanged(e)),
+            Ok(None) => return Err(Refused::NoRelease),
+            Err(e) => return Err(Refused::Spec(e)),
         };
         let previous_cfg = self.config();
         if let Some(c) = &cfg {
@@ -588,7 +644,7 @@ impl App {
                 .start_locked()
                 .await
                 .map(|_| 0)
-                .map_err(|reason| Refused::Roll(reload::RollFailed { reason, restored: false }));
+                .map_err(|e| Refused::Roll(reload::RollFailed { reason: e.to_string(), restored: false }));
         }
         self.reloading.store(true, SeqCst);
         let slots: Vec<usize> = (0..self.workers().len()).collect();
@@ -636,18 +692,24 @@ impl App {
     pub fn status(&self) -> AppStatus {
         let cfg = self.config();
         let state = if self.reloading.load(SeqCst) {
-            "reloading"
+            AppState::Reloading
         } else if self.running.load(SeqCst) {
-            "running"
+            AppState::Running
         } else {
-            "stopped"
+            AppState::Stopped
+        };
+        let mode = match cfg.proxy {
+            ProxyMode::Http => AppMode::Http,
+            ProxyMode::Tcp => AppMode::Tcp,
+            ProxyMode::Fd => AppMode::Fd,
+            ProxyMode::None => AppMode::None,
         };
         AppStatus {
             name: self.name.clone(),
-            mode: cfg.proxy.as_str().to_string(),
+            mode,
             port: cfg.port,
             instances: self.instances.load(SeqCst),
-            state: state.to_string(),
+            state,
             workers: self.workers().iter().map(|w| w.to_wire()).collect(),
         }
     }
@@ -666,15 +728,15 @@ impl App {
     }
 
     /// Start the configured number of workers (if stopped) and wait until they are ready.
-    pub async fn start(&self) -> Result<(), String> {
+    pub async fn start(&self) -> Result<(), NotReady> {
         let _op = self.op.lock().await;
         self.start_locked().await
     }
 
-    async fn start_locked(&self) -> Result<(), String> {
+    async fn start_locked(&self) -> Result<(), NotReady> {
         if self.halt.is_cancelled() {
             // Nothing started after the stop began: the stop would not wait for it.
-            return Err("the agent is stopping".into());
+            return Err(NotReady::Stopping);
         }
         self.running.store(true, SeqCst);
         let n = self.instances.load(SeqCst) as usize;
@@ -696,7 +758,7 @@ impl App {
         // the stop ends them with the others.
         let results = tokio::select! {
             r = ready => r,
-            _ = self.halt.cancelled() => return Err("interrupted: the agent is stopping".into()),
+            _ = self.halt.cancelled() => return Err(NotReady::Stopping),
         };
         match results.into_iter().find_map(Result::err) {
             Some(e) => Err(e),
@@ -730,14 +792,14 @@ impl App {
     }
 
     /// Stop then start (like `pm2 restart`: not zero-downtime; `reload` is).
-    pub async fn restart(&self) -> Result<(), String> {
+    pub async fn restart(&self) -> Result<(), NotReady> {
         let _op = self.op.lock().await;
         self.stop_locked().await;
         self.start_locked().await
     }
 
     /// Grow or shrink to `n` workers; shrinking retires the highest instance ids gracefully.
-    pub async fn scale(&self, n: u32) -> Result<(), String> {
+    pub async fn scale(&self, n: u32) -> Result<(), NotReady> {
         let _op = self.op.lock().await;
         self.instances.store(n, SeqCst);
         if !self.running.load(SeqCst) {
@@ -761,7 +823,7 @@ impl App {
         }
         match self.fresh_config() {
             Ok(cfg) => self.reload_with(Some(cfg)).await,
-            Err(e) => self.outcome(Instant::now(), Err(e)),
+            Err(e) => self.outcome(Instant::now(), Err(e.into())),
         }
     }
 
@@ -769,31 +831,30 @@ impl App {
     pub(crate) async fn reload_with(&self, cfg: Option<AppConfig>) -> ReloadOutcome {
         let _op = self.op.lock().await;
         let started = Instant::now();
-        let result = self.roll_locked(cfg, None).await.map_err(|e| match e {
-            Refused::NothingChanged(reason) => reason,
-            Refused::Roll(e) => {
-                let restored = if e.restored {
-                    "the previous workers are serving"
-                } else {
-                    "some previous workers could not be put back"
-                };
-                format!("{}; {restored}", e.reason)
-            }
-        });
+        let result = self.roll_locked(cfg, None).await.map_err(ReloadError::from);
         self.outcome(started, result)
     }
 
-    fn outcome(&self, started: Instant, result: Result<u32, String>) -> ReloadOutcome {
+    fn outcome(&self, started: Instant, result: Result<u32, ReloadError>) -> ReloadOutcome {
         let env_hash = self.current_spec().map(|s| s.env_hash.clone()).unwrap_or_default();
         let duration_ms = started.elapsed().as_millis() as u64;
         match result {
             Ok(replaced) => {
                 tracing::info!(app = %self.name, replaced, duration_ms, "reload done");
-                ReloadOutcome { app: self.name.clone(), ok: true, replaced, duration_ms, env_hash, error: None }
+                ReloadOutcome {
+                    app: self.name.clone(),
+                    ok: true,
+                    replaced,
+                    duration_ms,
+                    env_hash,
+                    error: None,
+                    hint: None,
+                }
             }
             Err(e) => {
-                let error = Some(self.ctx.secrets.masked(&e));
-                ReloadOutcome { app: self.name.clone(), ok: false, replaced: 0, duration_ms, env_hash, error }
+                let error = Some(self.ctx.secrets.masked(&e.problem()));
+                let hint = e.hint().map(|h| self.ctx.secrets.masked(&h));
+                ReloadOutcome { app: self.name.clone(), ok: false, replaced: 0, duration_ms, env_hash, error, hint }
             }
         }
     }

@@ -10,7 +10,7 @@
 //! ends every worker), and every slot still holds a worker.
 
 use super::App;
-use super::worker::{Retire, Worker, WorkerSpec};
+use super::worker::{NotReady, Retire, Worker, WorkerSpec};
 use futures_util::future::join_all;
 use nix::sys::signal::Signal;
 use std::sync::Arc;
@@ -34,7 +34,7 @@ pub async fn roll(app: &App, slots: &[usize], spec: &Arc<WorkerSpec>) -> Result<
             Ok(olds) => replaced.extend(step.iter().copied().zip(olds)),
             Err(reason) if app.halted().is_cancelled() => {
                 tracing::warn!(%reason, replaced = replaced.len(), "reload interrupted: the agent is stopping");
-                return Err(RollFailed { reason, restored: false });
+                return Err(RollFailed { reason: reason.to_string(), restored: false });
             }
             Err(reason) => {
                 tracing::error!(%reason, "reload stopped");
@@ -45,7 +45,7 @@ pub async fn roll(app: &App, slots: &[usize], spec: &Arc<WorkerSpec>) -> Result<
                         restored = false;
                     }
                 }
-                return Err(RollFailed { reason, restored });
+                return Err(RollFailed { reason: reason.to_string(), restored });
             }
         }
     }
@@ -54,9 +54,9 @@ pub async fn roll(app: &App, slots: &[usize], spec: &Arc<WorkerSpec>) -> Result<
 
 /// One step: start replacements for `slots`, wait until all are ready, then retire the old ones.
 /// Answers the retired workers (their specs are what a rollback puts back).
-async fn replace(app: &App, slots: &[usize], spec: &Arc<WorkerSpec>) -> Result<Vec<Arc<Worker>>, String> {
+async fn replace(app: &App, slots: &[usize], spec: &Arc<WorkerSpec>) -> Result<Vec<Arc<Worker>>, NotReady> {
     if app.halted().is_cancelled() {
-        return Err("interrupted: the agent is stopping".into());
+        return Err(NotReady::Stopping);
     }
     let ctx = app.worker_ctx();
     let news: Vec<Arc<Worker>> = slots.iter().map(|&s| Worker::start(s as u32, spec.clone(), ctx.clone())).collect();
@@ -64,7 +64,7 @@ async fn replace(app: &App, slots: &[usize], spec: &Arc<WorkerSpec>) -> Result<V
     let ready = join_all(news.iter().map(|w| w.wait_ready(timeout)));
     let results = tokio::select! {
         r = ready => r,
-        _ = app.halted().cancelled() => vec![Err("interrupted: the agent is stopping".to_string())],
+        _ = app.halted().cancelled() => vec![Err(NotReady::Stopping)],
     };
     if let Some(Err(reason)) = results.into_iter().find(Result::is_err) {
         let kill = Retire {

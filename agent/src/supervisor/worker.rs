@@ -98,6 +98,37 @@ impl WorkerState {
     fn is_final(&self) -> bool {
         matches!(self, WorkerState::Stopped | WorkerState::Errored(_))
     }
+
+    /// The state as the API shows it (why a worker errored is in its log).
+    pub fn to_wire(&self) -> deployer_wire::WorkerState {
+        use deployer_wire::WorkerState as Wire;
+        match self {
+            WorkerState::Starting => Wire::Starting,
+            WorkerState::Online => Wire::Online,
+            WorkerState::Draining => Wire::Draining,
+            WorkerState::Stopping => Wire::Stopping,
+            WorkerState::Stopped => Wire::Stopped,
+            WorkerState::Restarting => Wire::Restarting,
+            WorkerState::Unhealthy => Wire::Unhealthy,
+            WorkerState::Errored(_) => Wire::Errored,
+        }
+    }
+}
+
+/// Why a worker did not become ready: what stops a start, a scale or a roll.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum NotReady {
+    #[error("worker {id} errored: {why}")]
+    Errored { id: u32, why: String },
+    #[error("worker {id} stopped before it was ready")]
+    Stopped { id: u32 },
+    #[error("worker {id} is gone")]
+    Gone { id: u32 },
+    #[error("worker {id} was not ready within {}", humantime::format_duration(*.within))]
+    TimedOut { id: u32, within: Duration },
+    /// The agent is stopping: no worker is started any more (a roll in progress is halted).
+    #[error("interrupted: the agent is stopping")]
+    Stopping,
 }
 
 #[derive(Debug, Clone)]
@@ -186,18 +217,19 @@ impl Worker {
     }
 
     /// Wait until the worker is online (ready and in rotation), or say why it is not.
-    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), NotReady> {
+        let id = self.id;
         let mut rx = self.status.subscribe();
         let wait =
             rx.wait_for(|s| matches!(s.state, WorkerState::Online | WorkerState::Errored(_) | WorkerState::Stopped));
         match tokio::time::timeout(timeout, wait).await {
             Ok(Ok(s)) => match &s.state {
                 WorkerState::Online => Ok(()),
-                WorkerState::Errored(why) => Err(format!("worker {} errored: {why}", self.id)),
-                _ => Err(format!("worker {} stopped before it was ready", self.id)),
+                WorkerState::Errored(why) => Err(NotReady::Errored { id, why: why.clone() }),
+                _ => Err(NotReady::Stopped { id }),
             },
-            Ok(Err(_)) => Err(format!("worker {} is gone", self.id)),
-            Err(_) => Err(format!("worker {} was not ready within {}", self.id, humantime::format_duration(timeout))),
+            Ok(Err(_)) => Err(NotReady::Gone { id }),
+            Err(_) => Err(NotReady::TimedOut { id, within: timeout }),
         }
     }
 
@@ -276,7 +308,7 @@ impl Worker {
             id: self.id,
             pid: s.pid.filter(|_| running),
             port: s.port,
-            state: s.state.as_str().to_string(),
+            state: s.state.to_wire(),
             restarts: s.restarts,
             uptime_ms: s.started.filter(|_| running).map_or(0, |t| t.elapsed().as_millis() as u64),
             cpu_percent: if running { (u.cpu_percent * 10.0).round() / 10.0 } else { 0.0 },

@@ -72,5 +72,6 @@ async fn run_fleet(ctx: &Context, fleet: &Fleet, limit: u32) -> anyhow::Result<E
             }
         }
     }
-    Ok(if histories.iter().any(|h| h.error.is_none()) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    // Every host's history, or a failure: a host missing from it is not fine.
+    Ok(if histories.iter().all(|h| h.error.is_none()) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

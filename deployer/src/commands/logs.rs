@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use anstyle::{AnsiColor, Style};
-use deployer_wire::{LogLine, LogLines};
+use deployer_wire::{LogLine, LogLines, LogStream};
 use futures_util::future::join_all;
 use serde::Serialize;
 
@@ -92,7 +92,8 @@ async fn run_fleet(ctx: &Context, fleet: &Fleet, args: &Args) -> anyhow::Result<
             anstream::println!("{}", host_line(host, width, &fleet.app, line));
         }
     }
-    Ok(if failed == hosts.len() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    // The lines of the hosts that answered are shown; a host that did not fails the command.
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// Follows the lines of every host (a `None` label: the single agent, no prefix) until Ctrl-C or
@@ -176,8 +177,8 @@ fn render(logs: &LogLines) -> Vec<String> {
         .map(|line| {
             let colour = WORKER_COLOURS[line.worker as usize % WORKER_COLOURS.len()];
             let style = Style::new().fg_color(Some(colour.into()));
-            let (tag, tag_style) = match line.stream.as_str() {
-                "err" => ("err", FAILURE),
+            let (tag, tag_style) = match line.stream {
+                LogStream::Err => ("err", FAILURE),
                 _ => ("", Style::new()),
             };
             format!(
@@ -194,7 +195,7 @@ mod tests {
     use super::*;
 
     fn line(worker: u32, stream: &str, text: &str) -> LogLine {
-        LogLine { ts_ms: 0, worker, stream: stream.into(), line: text.into() }
+        LogLine { ts_ms: 0, worker, stream: stream.parse().unwrap(), line: text.into() }
     }
 
     #[test]

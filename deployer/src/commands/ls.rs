@@ -2,6 +2,8 @@
 
 use std::process::ExitCode;
 
+use deployer_wire::WorkerState;
+
 use super::Context;
 use crate::output;
 
@@ -14,5 +16,7 @@ pub async fn run(ctx: &Context) -> anyhow::Result<ExitCode> {
     } else {
         output::print_apps(&apps);
     }
-    Ok(ExitCode::SUCCESS)
+    // A worker that kept crashing (`errored`) is listed, and is not fine: scripts gate on this.
+    let errored = apps.iter().flat_map(|a| &a.workers).any(|w| w.state == WorkerState::Errored);
+    Ok(if errored { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }

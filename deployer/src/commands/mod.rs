@@ -46,6 +46,8 @@ pub enum Command {
     Push(push::Args),
 
     /// Show every host of an environment: live commit, release, workers, last deploy
+    ///
+    /// Exits 1 when a host does not answer, answers with an error, or has an `errored` worker.
     Status(status::Args),
 
     /// Print a shell completion script (`deployer completions bash > /etc/bash_completion.d/deployer`)
@@ -53,7 +55,8 @@ pub enum Command {
 
     /// List every app's workers: pid, cpu, memory, uptime, status
     ///
-    /// One row per worker, like `pm2 ls`; an app without workers shows one `stopped` row.
+    /// One row per worker, like `pm2 ls`; an app without workers shows one `stopped` row. Exits 1
+    /// when a worker is `errored` (it kept crashing and was left alone).
     Ls,
 
     /// Replace an app's workers with new ones, without dropping a request

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::anyhow;
-use deployer_wire::ReloadRequest;
+use deployer_wire::{ErrorCode, ReloadRequest};
 
 use super::Context;
 use crate::client::ClientError;
@@ -68,7 +68,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn is_reload_failure(err: &ClientError) -> bool {
-    matches!(err, ClientError::Api { body, .. } if body.code == "reload_failed")
+    matches!(err, ClientError::Api { body, .. } if body.code == ErrorCode::ReloadFailed)
 }
 
 /// One host of `deployer reload <env> --json`.

@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 
+use deployer_wire::WorkerState;
 use futures_util::future::join_all;
 
 use super::Context;
@@ -33,9 +34,10 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
     } else {
         anstream::println!("{}", status_table(&hosts, now, output::stdout_colour()));
     }
-    // The exit code says whether what it shows is fine: any host that did not answer, or
-    // answered with an error, fails it (scripts and CI gate on it).
-    Ok(if hosts.iter().all(|h| h.reachable && h.error.is_none()) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    // The exit code says whether what it shows is fine: any host that did not answer, answered
+    // with an error, or has a worker that kept crashing fails it (scripts and CI gate on it).
+    let fine = hosts.iter().all(|h| h.reachable && h.error.is_none() && h.workers_errored == 0);
+    Ok(if fine { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 async fn host_status(client: &Client, app: &str, now: u64) -> HostStatus {
@@ -49,6 +51,7 @@ async fn host_status(client: &Client, app: &str, now: u64) -> HostStatus {
         release: None,
         workers_up: 0,
         workers_total: 0,
+        workers_errored: 0,
         last_deploy: None,
     };
     let (shown, releases, history) = tokio::join!(client.app(app), client.releases(app), client.deploys(app, 1));
@@ -57,7 +60,8 @@ async fn host_status(client: &Client, app: &str, now: u64) -> HostStatus {
             status.reachable = true;
             status.app_state = Some(a.state);
             status.workers_total = a.instances;
-            status.workers_up = a.workers.iter().filter(|w| w.state == "online").count() as u32;
+            status.workers_up = a.workers.iter().filter(|w| w.state == WorkerState::Online).count() as u32;
+            status.workers_errored = a.workers.iter().filter(|w| w.state == WorkerState::Errored).count() as u32;
         }
         Err(e @ crate::client::ClientError::Api { .. }) => {
             status.reachable = true;
@@ -75,7 +79,7 @@ async fn host_status(client: &Client, app: &str, now: u64) -> HostStatus {
     if let Some(d) = history.ok().and_then(|h| h.into_iter().next()) {
         status.last_deploy = Some(LastDeploy {
             id: d.id,
-            state: d.state.to_string(),
+            state: d.state,
             git_ref: d.git_ref,
             sha: d.sha,
             queued_at_ms: d.queued_at_ms,

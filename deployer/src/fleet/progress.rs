@@ -4,10 +4,11 @@
 use std::time::Duration;
 
 use anstyle::Style;
-use deployer_wire::DeployEvent;
+use deployer_wire::{DeployEvent, EventState};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::output::{self, DIM, deploys};
+use super::rollout::HostState;
+use crate::output::{self, DIM, deploys, fleet};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -86,8 +87,10 @@ impl HostLine {
 
     /// A step of the host's deploy.
     pub fn event(&self, event: &DeployEvent) {
-        let style = if event.state == "log" { Style::new() } else { deploys::state_style(&event.state) };
-        let state = if event.state == "log" { "" } else { event.state.as_str() };
+        let (state, style) = match event.state {
+            EventState::Log => ("", Style::new()),
+            EventState::Entered(s) => (s.as_str(), deploys::state_style(s)),
+        };
         let text = format!("{style}{state:<11}{style:#} {}", output::one_line(&event.message, 100));
         match &self.bar {
             Some(bar) => bar.set_message(text),
@@ -96,9 +99,9 @@ impl HostLine {
     }
 
     /// The host is done: the spinner stops on its last words.
-    pub fn finish(&self, state: &str, words: &str) {
-        let style = deploys::state_style(state);
-        let mark = if state == "live" { "✓" } else { "✗" };
+    pub fn finish(&self, state: HostState, words: &str) {
+        let style = fleet::host_style(state);
+        let mark = if state.is_live() { "✓" } else { "✗" };
         let text = format!("{style}{mark} {state}{style:#} {words}");
         match &self.bar {
             Some(bar) => bar.finish_with_message(text),

@@ -31,6 +31,50 @@ pub enum Action {
     Rollback { to: Option<String> },
 }
 
+/// How a host ended: its deploy's final state, or what kept it from having one. Sent in `--json`
+/// by its name, beside the deploy states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostState {
+    /// The host's deploy ended in this state (`failed` too when its stream broke for good).
+    Deploy(DeployState),
+    /// Not started, after a failure (`halt_on_failure`).
+    Skipped,
+    /// No connection to its agent.
+    Unreachable,
+    /// Its agent refused the request.
+    Error,
+    /// Went live, then was put back by `rollback_on_failure`.
+    Reverted,
+}
+
+impl HostState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostState::Deploy(s) => s.as_str(),
+            HostState::Skipped => "skipped",
+            HostState::Unreachable => "unreachable",
+            HostState::Error => "error",
+            HostState::Reverted => "reverted",
+        }
+    }
+
+    pub fn is_live(self) -> bool {
+        self == HostState::Deploy(DeployState::Live)
+    }
+}
+
+impl std::fmt::Display for HostState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for HostState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// How one host ended: one row of the summary, one element of `--json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct HostResult {
@@ -40,7 +84,7 @@ pub struct HostResult {
     /// The deploy's final state (`live`, `failed`, `rolled_back`...), or `unreachable`, `error`
     /// (the agent refused the request), `skipped` (not started after a failure), `reverted`
     /// (went live, then put back by `rollback_on_failure`).
-    pub state: String,
+    pub state: HostState,
     /// The commit the host runs or was asked to run.
     pub sha: Option<String>,
     pub release: Option<String>,
@@ -61,7 +105,7 @@ impl HostResult {
         HostResult {
             host: crate::client::agent_label(&host.0),
             app: app.to_owned(),
-            state: "skipped".into(),
+            state: HostState::Skipped,
             sha: None,
             release: None,
             deploy_id: None,
@@ -74,11 +118,11 @@ impl HostResult {
     }
 
     pub fn is_live(&self) -> bool {
-        self.state == "live"
+        self.state.is_live()
     }
 
-    fn failed(mut self, state: &str, message: String) -> HostResult {
-        self.state = state.into();
+    fn failed(mut self, state: HostState, message: String) -> HostResult {
+        self.state = state;
         self.message = Some(message);
         self
     }
@@ -152,8 +196,8 @@ impl Plan<'_> {
                     let (host, _) = &self.hosts[i];
                     let r = HostResult::new(host, self.app, i < canaries);
                     let why = halted.clone().unwrap_or_else(|| "not started".into());
-                    lines[i].finish("skipped", &format!("— not started: {why}"));
-                    r.failed("skipped", format!("not started: {why}"))
+                    lines[i].finish(HostState::Skipped, &format!("— not started: {why}"));
+                    r.failed(HostState::Skipped, format!("not started: {why}"))
                 })
             })
             .collect();
@@ -190,7 +234,7 @@ impl Plan<'_> {
             let Some((i, back)) = running.next().await else { break };
             let r = &mut results[i];
             if back.is_live() {
-                r.state = "reverted".into();
+                r.state = HostState::Reverted;
                 r.message = Some(format!(
                     "went live, then was put back on {} (rollback_on_failure)",
                     back.release.as_deref().unwrap_or("its previous release")
@@ -216,18 +260,16 @@ impl Plan<'_> {
         let result = match r {
             Ok(()) => result,
             Err(e) => {
-                let state = if matches!(e, ClientError::Unreachable { .. }) {
-                    "unreachable"
-                } else if matches!(e, ClientError::Api { .. }) {
-                    "error"
-                } else {
-                    "failed"
+                let state = match e {
+                    ClientError::Unreachable { .. } => HostState::Unreachable,
+                    ClientError::Api { .. } => HostState::Error,
+                    _ => HostState::Deploy(DeployState::Failed),
                 };
                 let message = reason(&e);
                 result.failed(state, message)
             }
         };
-        line.finish(&result.state, &result.words());
+        line.finish(result.state, &result.words());
         result
     }
 
@@ -248,7 +290,7 @@ impl Plan<'_> {
         };
         result.deploy_id = Some(accepted.id);
         let deploy = follow(client, accepted.id, line).await?;
-        result.state = deploy.state.to_string();
+        result.state = HostState::Deploy(deploy.state);
         result.release = deploy.release.clone();
         if deploy.sha.is_some() {
             result.sha = deploy.sha.clone();

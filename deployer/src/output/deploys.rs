@@ -6,8 +6,7 @@
 
 use anstyle::{AnsiColor, Style};
 use comfy_table::{Attribute, Cell, Color, Table};
-use deployer_wire::DeployState;
-use deployer_wire::{Deploy, DeployAccepted, DeployEvent, Release};
+use deployer_wire::{Deploy, DeployAccepted, DeployEvent, DeployState, EventState, Release};
 
 use super::{DIM, FAILURE, SUCCESS, human_age, human_duration, new_table, one_line, short_sha};
 
@@ -21,24 +20,20 @@ const MESSAGE_WIDTH: usize = 48;
 const WORKING: Style = AnsiColor::Cyan.on_default();
 const STOPPED: Style = AnsiColor::Yellow.on_default();
 
-/// Whether a state is one a deploy passes through on its way (not a final one).
-fn in_progress(state: &str) -> bool {
-    matches!(state, "queued" | "fetching" | "building" | "rolling")
-}
-
-/// The style of a state in lines: live green, failed red, in progress cyan, stopped yellow.
-pub fn state_style(state: &str) -> Style {
+/// The style of a state in lines: live green, failed red, in progress cyan, stopped yellow (a
+/// state this CLI does not know is yellow too: neither good nor under way).
+pub fn state_style(state: DeployState) -> Style {
     match state {
-        "live" => SUCCESS,
-        "failed" | "rolled_back" => FAILURE,
-        "superseded" | "interrupted" | "cancelled" => STOPPED,
-        _ => WORKING,
+        DeployState::Live => SUCCESS,
+        DeployState::Failed | DeployState::RolledBack => FAILURE,
+        s if s.in_progress() => WORKING,
+        _ => STOPPED,
     }
 }
 
 /// `deploy` or `rollback`: what a deploy is called in sentences.
 pub fn noun(deploy: &Deploy) -> &'static str {
-    if deploy.git_ref.starts_with("rollback:") { "rollback" } else { "deploy" }
+    if deploy.trigger.is_rollback() { "rollback" } else { "deploy" }
 }
 
 /// What the deploy put live, or tried to: `main`, or `11-1a2b3c4` for a rollback.
@@ -61,9 +56,9 @@ pub fn accepted_line(accepted: &DeployAccepted, kind: &str, git_ref: Option<&str
 /// `  fetching    fetched main at 1a2b3c4`: the state padded to one width, then the message.
 /// An event within a state (`log`) leaves the state column blank.
 pub fn event_line(event: &DeployEvent) -> String {
-    let (state, style) = match event.state.as_str() {
-        "log" => ("", Style::new()),
-        state => (state, state_style(state)),
+    let (state, style) = match event.state {
+        EventState::Log => ("", Style::new()),
+        EventState::Entered(state) => (state.as_str(), state_style(state)),
     };
     format!("  {style}{state:<STATE_WIDTH$}{style:#} {}", event.message).trim_end().to_owned()
 }
@@ -89,13 +84,13 @@ pub fn summary(deploy: &Deploy) -> Vec<String> {
         }
         return vec![line];
     }
-    let what = match deploy.state.as_str() {
-        "failed" => "failed",
-        "rolled_back" => "was rolled back",
-        "superseded" => "was superseded",
-        "interrupted" => "was interrupted",
-        "cancelled" => "was cancelled",
-        other => other,
+    let what = match deploy.state {
+        DeployState::Failed => "failed",
+        DeployState::RolledBack => "was rolled back",
+        DeployState::Superseded => "was superseded",
+        DeployState::Interrupted => "was interrupted",
+        DeployState::Cancelled => "was cancelled",
+        other => other.as_str(),
     };
     let mut line = format!("{FAILURE}✗{FAILURE:#} {} #{} {what}", noun(deploy), deploy.id);
     if let Some(message) = deploy.message.as_deref().filter(|m| !m.is_empty()) {
@@ -109,7 +104,7 @@ pub fn summary(deploy: &Deploy) -> Vec<String> {
 /// `deployer show`: a deploy's fields, its events (with their time since it was queued) and the
 /// tail of its install output.
 pub fn details(deploy: &Deploy, now_ms: u64) -> Vec<String> {
-    let style = state_style(deploy.state.as_str());
+    let style = state_style(deploy.state);
     let mut lines =
         vec![format!("{} #{} of {}: {style}{}{style:#}", noun(deploy), deploy.id, deploy.app, deploy.state)];
     let mut field = |name: &str, value: &str| lines.push(format!("  {DIM}{name:<9}{DIM:#}{value}"));
@@ -122,7 +117,7 @@ pub fn details(deploy: &Deploy, now_ms: u64) -> Vec<String> {
     }
     match asked_by(deploy) {
         Some(by) => field("trigger", &format!("{} by {by}", deploy.trigger)),
-        None => field("trigger", &deploy.trigger),
+        None => field("trigger", deploy.trigger.as_str()),
     }
     field("queued", &human_age(now_ms.saturating_sub(deploy.queued_at_ms)));
     match took(deploy) {
@@ -165,7 +160,7 @@ pub fn history_table(deploys: &[Deploy], now_ms: u64, colour: bool) -> Table {
     for deploy in deploys {
         let dash = || "-".to_owned();
         let duration = took(deploy).unwrap_or_else(|| {
-            if in_progress(deploy.state.as_str()) {
+            if deploy.state.in_progress() {
                 format!("{}…", human_duration(now_ms.saturating_sub(deploy.queued_at_ms)))
             } else {
                 dash()
@@ -173,11 +168,11 @@ pub fn history_table(deploys: &[Deploy], now_ms: u64, colour: bool) -> Table {
         });
         table.add_row(vec![
             Cell::new(deploy.id),
-            history_state_cell(deploy.state.as_str()),
+            history_state_cell(deploy.state),
             Cell::new(&deploy.git_ref),
             Cell::new(deploy.sha.as_deref().map_or_else(dash, |s| short_sha(s).to_owned())),
             Cell::new(deploy.release.clone().unwrap_or_else(dash)),
-            Cell::new(&deploy.trigger),
+            Cell::new(deploy.trigger),
             Cell::new(asked_by(deploy).unwrap_or_else(dash)),
             Cell::new(human_age(now_ms.saturating_sub(deploy.queued_at_ms))),
             Cell::new(duration),
@@ -188,12 +183,12 @@ pub fn history_table(deploys: &[Deploy], now_ms: u64, colour: bool) -> Table {
 }
 
 /// Live green, failed and rolled back red, in progress yellow, the other final states dim.
-fn history_state_cell(state: &str) -> Cell {
+fn history_state_cell(state: DeployState) -> Cell {
     let cell = Cell::new(state);
     match state {
-        "live" => cell.fg(Color::Green).add_attribute(Attribute::Bold),
-        "failed" | "rolled_back" => cell.fg(Color::Red).add_attribute(Attribute::Bold),
-        _ if in_progress(state) => cell.fg(Color::Yellow).add_attribute(Attribute::Bold),
+        DeployState::Live => cell.fg(Color::Green).add_attribute(Attribute::Bold),
+        DeployState::Failed | DeployState::RolledBack => cell.fg(Color::Red).add_attribute(Attribute::Bold),
+        _ if state.in_progress() => cell.fg(Color::Yellow).add_attribute(Attribute::Bold),
         _ => cell.add_attribute(Attribute::Dim),
     }
 }
@@ -228,7 +223,7 @@ mod tests {
     }
 
     fn event(seq: u64, state: &str, message: &str) -> DeployEvent {
-        DeployEvent { seq, at_ms: 1_000_000 + seq * 1_500, state: state.into(), message: message.into() }
+        DeployEvent { seq, at_ms: 1_000_000 + seq * 1_500, state: state.parse().unwrap(), message: message.into() }
     }
 
     fn deploy(id: u64, state: &str) -> Deploy {
@@ -237,7 +232,7 @@ mod tests {
             app: "web".into(),
             git_ref: "main".into(),
             sha: Some("1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d".into()),
-            trigger: "cli".into(),
+            trigger: deployer_wire::Trigger::Api,
             state: state.parse().expect("a deploy state"),
             who: Some("alice".into()),
             token: None,
@@ -302,6 +297,7 @@ mod tests {
 
         let mut d = deploy(13, "cancelled");
         d.git_ref = "rollback:11-1a2b3c4".into();
+        d.trigger = deployer_wire::Trigger::Rollback;
         assert_eq!(plain(&summary(&d)[0]), "✗ rollback #13 was cancelled");
     }
 
@@ -309,7 +305,7 @@ mod tests {
     fn details_show_fields_events_and_output() {
         let mut d = deploy(12, "failed");
         d.message = Some("install failed".into());
-        d.events = vec![event(1, "queued", "cli: deploy main"), event(2, "fetching", "fetched main at 1a2b3c4")];
+        d.events = vec![event(1, "queued", "api: deploy main"), event(2, "fetching", "fetched main at 1a2b3c4")];
         d.output_tail = vec!["boom".into()];
         let lines: Vec<String> = details(&d, 1_000_000 + 180_000).iter().map(|l| plain(l)).collect();
         assert_eq!(
@@ -319,12 +315,12 @@ mod tests {
                 "  ref      main",
                 "  sha      1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d",
                 "  release  12-1a2b3c4",
-                "  trigger  cli by alice",
+                "  trigger  api by alice",
                 "  queued   3m ago",
                 "  took     8.2s",
                 "  message  install failed",
                 "",
-                "    +1.5s  queued      cli: deploy main",
+                "    +1.5s  queued      api: deploy main",
                 "    +3.0s  fetching    fetched main at 1a2b3c4",
                 "",
                 "output (last 1 lines):",
@@ -351,10 +347,10 @@ mod tests {
             cells(lines[1]),
             ["id", "state", "ref", "sha", "release", "trigger", "who", "age", "duration", "message"]
         );
-        assert_eq!(cells(lines[3]), ["13", "building", "main", "-", "-", "cli", "alice", "3m ago", "3m00s…"]);
-        assert_eq!(cells(lines[4]), ["12", "live", "main", "1a2b3c4", "12-1a2b3c4", "cli", "alice", "3m ago", "8.2s"]);
+        assert_eq!(cells(lines[3]), ["13", "building", "main", "-", "-", "api", "alice", "3m ago", "3m00s…"]);
+        assert_eq!(cells(lines[4]), ["12", "live", "main", "1a2b3c4", "12-1a2b3c4", "api", "alice", "3m ago", "8.2s"]);
         let row = cells(lines[5]);
-        assert_eq!(row[..9], ["11", "failed", "main", "1a2b3c4", "11-1a2b3c4", "cli", "-", "3m ago", "8.2s"]);
+        assert_eq!(row[..9], ["11", "failed", "main", "1a2b3c4", "11-1a2b3c4", "api", "-", "3m ago", "8.2s"]);
         assert_eq!(row[9].chars().count(), MESSAGE_WIDTH, "{}", row[9]);
         assert!(row[9].ends_with('…'), "{}", row[9]);
         assert!(!rendered.contains('\u{1b}'), "no colour when asked for none: {rendered:?}");

@@ -1,17 +1,45 @@
 //! Tables of fleets: the summary of a rollout (one row per host) and `status` of an environment.
 
+use anstyle::{AnsiColor, Style};
 use comfy_table::{Attribute, Cell, Color, Table};
+use deployer_wire::{AppState, DeployState};
 use serde::Serialize;
 
-use super::{human_age, human_duration, new_table, one_line, short_sha};
-use crate::fleet::rollout::HostResult;
+use super::{FAILURE, SUCCESS, human_age, human_duration, new_table, one_line, short_sha};
+use crate::fleet::rollout::{HostResult, HostState};
 
-fn state_cell(state: &str) -> Cell {
-    let cell = Cell::new(state).add_attribute(Attribute::Bold);
+/// Whether a host's end is good (live), a stop that changed nothing bad (yellow), or a failure.
+enum Verdict {
+    Good,
+    Stopped,
+    Bad,
+}
+
+fn verdict(state: HostState) -> Verdict {
     match state {
-        "live" => cell.fg(Color::Green),
-        "skipped" | "reverted" | "superseded" | "cancelled" => cell.fg(Color::Yellow),
-        _ => cell.fg(Color::Red),
+        HostState::Deploy(DeployState::Live) => Verdict::Good,
+        HostState::Skipped
+        | HostState::Reverted
+        | HostState::Deploy(DeployState::Superseded | DeployState::Cancelled) => Verdict::Stopped,
+        _ => Verdict::Bad,
+    }
+}
+
+/// The style of a host's last words in the progress lines.
+pub fn host_style(state: HostState) -> Style {
+    match verdict(state) {
+        Verdict::Good => SUCCESS,
+        Verdict::Stopped => AnsiColor::Yellow.on_default().bold(),
+        Verdict::Bad => FAILURE,
+    }
+}
+
+fn state_cell(state: HostState) -> Cell {
+    let cell = Cell::new(state).add_attribute(Attribute::Bold);
+    match verdict(state) {
+        Verdict::Good => cell.fg(Color::Green),
+        Verdict::Stopped => cell.fg(Color::Yellow),
+        Verdict::Bad => cell.fg(Color::Red),
     }
 }
 
@@ -31,7 +59,7 @@ pub fn rollout_table(results: &[HostResult], colour: bool) -> Table {
         };
         table.add_row(vec![
             Cell::new(host),
-            state_cell(&r.state),
+            state_cell(r.state),
             Cell::new(r.sha.as_deref().map_or_else(dash, |s| short_sha(s).to_owned())),
             Cell::new(r.release.clone().unwrap_or_else(dash)),
             Cell::new(r.duration_ms.map_or_else(dash, human_duration)),
@@ -51,8 +79,7 @@ pub struct HostStatus {
     pub reachable: bool,
     /// Why not, or what it answered instead of the app.
     pub error: Option<String>,
-    /// `running`, `stopped`, `reloading`.
-    pub app_state: Option<String>,
+    pub app_state: Option<AppState>,
     /// The commit of the current release.
     pub sha: Option<String>,
     pub release: Option<String>,
@@ -60,6 +87,8 @@ pub struct HostStatus {
     pub workers_up: u32,
     /// Workers configured.
     pub workers_total: u32,
+    /// Workers that kept crashing and were left alone (`errored`).
+    pub workers_errored: u32,
     pub last_deploy: Option<LastDeploy>,
 }
 
@@ -67,7 +96,7 @@ pub struct HostStatus {
 #[derive(Debug, Clone, Serialize)]
 pub struct LastDeploy {
     pub id: u64,
-    pub state: String,
+    pub state: DeployState,
     #[serde(rename = "ref")]
     pub git_ref: String,
     pub sha: Option<String>,
@@ -85,7 +114,7 @@ pub fn status_table(hosts: &[HostStatus], now_ms: u64, colour: bool) -> Table {
             table.add_row(vec![
                 Cell::new(&h.host),
                 Cell::new(&h.app),
-                state_cell("unreachable"),
+                state_cell(HostState::Unreachable),
                 Cell::new("-"),
                 Cell::new("-"),
                 Cell::new("-"),
@@ -107,11 +136,16 @@ pub fn status_table(hosts: &[HostStatus], now_ms: u64, colour: bool) -> Table {
         } else {
             Cell::new(workers).fg(Color::Yellow)
         };
-        let state = h.app_state.clone().or_else(|| h.error.clone()).unwrap_or_else(dash);
+        let state = match (h.app_state, &h.error) {
+            (Some(AppState::Running), _) if h.workers_errored == 0 => Cell::new(AppState::Running).fg(Color::Green),
+            (Some(AppState::Reloading), _) => Cell::new(AppState::Reloading).fg(Color::Yellow),
+            (Some(state), _) => Cell::new(state).fg(Color::Red).add_attribute(Attribute::Bold),
+            (None, error) => Cell::new(error.as_deref().unwrap_or("-")).fg(Color::Red).add_attribute(Attribute::Bold),
+        };
         table.add_row(vec![
             Cell::new(&h.host),
             Cell::new(&h.app),
-            if state == "running" { Cell::new(state).fg(Color::Green) } else { state_cell(&state) },
+            state,
             Cell::new(h.sha.as_deref().map_or_else(dash, |s| short_sha(s).to_owned())),
             Cell::new(h.release.clone().unwrap_or_else(dash)),
             workers,
