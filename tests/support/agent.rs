@@ -67,6 +67,9 @@ impl Agent {
         let append = |name: &str| {
             OpenOptions::new().create(true).append(true).open(self.setup.dir().join(name)).expect("agent log file")
         };
+        // Counted before the spawn: an agent that is ready before this process reads its log
+        // (a few ms) must not be counted as an earlier one, or its readiness is never seen.
+        self.ready_before = self.log().matches(READY).count();
         let mut cmd = self.setup.agent_command();
         cmd.arg("--config")
             .arg(self.setup.config_path())
@@ -75,7 +78,6 @@ impl Agent {
             .stderr(append("agent.err"));
         self.child = Some(cmd.spawn().expect("start deployer-agent"));
         self.exit = None;
-        self.ready_before = self.log().matches(READY).count();
     }
 
     /// Start a new agent process on the same config (the previous one must have exited).

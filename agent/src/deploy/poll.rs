@@ -140,7 +140,8 @@ impl Deployer {
                     tracing::warn!(app, error = %e, "cannot look up the branch head; retrying every tick (logged once per outage)");
                     down = true;
                 }
-                Err(_) => {}
+                // Each later failed tick only at debug level: a long outage is one warning.
+                Err(e) => tracing::debug!(app, error = %e, "the git remote still does not answer"),
             }
         }
     }
