@@ -87,6 +87,22 @@ impl Agent {
         self.wait_started();
     }
 
+    /// Stop the agent gracefully (SIGTERM) and wait until it has exited.
+    #[track_caller]
+    pub fn stop(&mut self) {
+        self.signal(Signal::SIGTERM);
+        assert!(self.wait_exit(SHUTDOWN).is_some(), "the agent did not stop within {SHUTDOWN:?}");
+    }
+
+    /// Stop the agent gracefully and start a new process on the same config; waits for its API
+    /// only (what its workers do is the test's to check: a runtime scale or stop may hold).
+    #[track_caller]
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn_process();
+        assert!(self.wait_api(), "the agent did not answer /healthz within {STARTUP:?} (exit: {:?})", self.exit);
+    }
+
     /// Wait until this agent's API answers (`false` when the agent exited first, or the time is up).
     fn wait_api(&mut self) -> bool {
         let api = self.api_port();

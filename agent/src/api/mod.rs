@@ -272,7 +272,7 @@ async fn restart(State(st): State<Arc<ApiState>>, Path(app): Path<String>) -> Re
 
 async fn stop(State(st): State<Arc<ApiState>>, Path(app): Path<String>) -> Result<Json<AppStatus>, ApiErr> {
     let app = st.supervisor.app(&app)?;
-    app.stop().await;
+    app.stop().await.map_err(|e| ApiErr::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;
     Ok(Json(app.status()))
 }
 

@@ -281,6 +281,16 @@ impl Default for Instances {
     }
 }
 
+/// As written in the config: `4` or `max` (what a runtime scale records it overrides).
+impl std::fmt::Display for Instances {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Instances::Count(n) => write!(f, "{n}"),
+            Instances::Max => f.write_str("max"),
+        }
+    }
+}
+
 impl Instances {
     pub fn resolve(self) -> u32 {
         match self {

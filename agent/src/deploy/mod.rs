@@ -97,15 +97,16 @@ impl AppQueue {
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The running deploy `id` enters `to`. Going past the last cancellable state is refused
-    /// (`false`) when a cancel came first: a cancel that was answered "ok" is kept.
-    fn enter(&self, id: DeployId, to: DeployState) -> bool {
-        let mut slots = self.slots();
-        let Some(r) = slots.running.as_mut().filter(|r| r.id == id) else { return true };
-        if !to.can_cancel() && !to.is_final() && r.cancel.is_cancelled() {
+    /// Take the running deploy `id` past the last cancellable state: `enter` (which records
+    /// the new state) runs under the lock a cancel takes to read the state, unless a cancel came
+    /// first (`false`): a cancel that was answered "ok" is kept, and one that comes after is
+    /// refused because it reads the recorded state.
+    fn past_cancelling(&self, id: DeployId, enter: impl FnOnce()) -> bool {
+        let slots = self.slots();
+        if slots.running.as_ref().is_some_and(|r| r.id == id && r.cancel.is_cancelled()) {
             return false;
         }
-        r.state = to;
+        enter();
         true
     }
 }
@@ -117,9 +118,9 @@ struct Job {
     trigger: String,
 }
 
+/// The running deploy. Its state is in the store only ([`Store::deploy`]).
 struct Running {
     id: DeployId,
-    state: DeployState,
     cancel: CancellationToken,
 }
 
@@ -375,11 +376,13 @@ impl Deployer {
                 return self.store.deploy(id)?.ok_or(DeployError::NotFound(id));
             }
             if let Some(r) = slots.running.as_ref().filter(|r| r.id == id) {
-                if r.state.can_cancel() {
+                // Read again under the queue's lock, which the step into `rolling` is written under.
+                let state = self.store.deploy(id)?.map_or(deploy.state, |d| d.state);
+                if state.can_cancel() {
                     r.cancel.cancel();
                     return Ok(deploy);
                 }
-                return Err(DeployError::CannotCancel { id, state: r.state });
+                return Err(DeployError::CannotCancel { id, state });
             }
         }
         Err(DeployError::CannotCancel { id, state: deploy.state })
@@ -442,7 +445,7 @@ impl Deployer {
                 let mut slots = q.slots();
                 let job = slots.pending.take();
                 if let Some(j) = &job {
-                    slots.running = Some(Running { id: j.id, state: DeployState::Queued, cancel: cancel.clone() });
+                    slots.running = Some(Running { id: j.id, cancel: cancel.clone() });
                 }
                 job
             };
@@ -464,29 +467,28 @@ impl Deployer {
 mod tests {
     use super::*;
 
-    fn running(q: &AppQueue, id: DeployId, state: DeployState) -> CancellationToken {
+    fn running(q: &AppQueue, id: DeployId) -> CancellationToken {
         let cancel = CancellationToken::new();
-        q.slots().running = Some(Running { id, state, cancel: cancel.clone() });
+        q.slots().running = Some(Running { id, cancel: cancel.clone() });
         cancel
     }
 
     #[test]
     fn a_cancel_that_came_first_keeps_a_deploy_from_rolling() {
         let q = AppQueue::default();
-        let cancel = running(&q, 7, DeployState::Building);
-        assert!(q.enter(7, DeployState::Building));
+        let cancel = running(&q, 7);
         cancel.cancel();
-        assert!(!q.enter(7, DeployState::Rolling), "the roll must not start after an answered cancel");
-        assert!(q.enter(7, DeployState::Cancelled), "the deploy can still end");
+        let mut entered = false;
+        assert!(!q.past_cancelling(7, || entered = true), "the roll must not start after an answered cancel");
+        assert!(!entered, "and `rolling` is not recorded");
     }
 
     #[test]
-    fn once_rolling_a_deploy_is_past_cancelling() {
+    fn the_step_into_rolling_is_recorded_under_the_queue_lock() {
         let q = AppQueue::default();
-        let _cancel = running(&q, 7, DeployState::Building);
-        assert!(q.enter(7, DeployState::Rolling));
-        let state = q.slots().running.as_ref().map(|r| r.state);
-        assert_eq!(state, Some(DeployState::Rolling));
-        assert!(!state.is_some_and(DeployState::can_cancel), "a cancel now is refused, not lost");
+        let _cancel = running(&q, 7);
+        let mut locked = false;
+        assert!(q.past_cancelling(7, || locked = q.slots.try_lock().is_err()));
+        assert!(locked, "a cancel waits until the new state is recorded, then reads it");
     }
 }

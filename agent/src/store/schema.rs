@@ -64,6 +64,19 @@ const STEPS: &[&str] = &[
     CREATE INDEX report_outbox_unsent ON report_outbox (sent_at, id);",
     // 3: the name of the API token a deploy was asked with (`who` is what the request said).
     "ALTER TABLE deploys ADD COLUMN token TEXT;",
+    // 4: one row per app, owned by the supervisor: the live release (the `current` symlink mirrors
+    // it), a runtime scale with the config's `instances` it overrides, and a stop by request. It
+    // replaces `current_release`, which was written and never read: an app without a row adopts
+    // what its `current` symlink points at, once.
+    "CREATE TABLE app_state (
+        app TEXT PRIMARY KEY,
+        release TEXT,
+        instances INTEGER,
+        instances_over TEXT,
+        stopped INTEGER NOT NULL DEFAULT 0,
+        at INTEGER NOT NULL
+    );
+    DROP TABLE current_release;",
 ];
 
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {

@@ -6,6 +6,7 @@
 
 mod health;
 pub(crate) mod lines;
+mod live;
 mod logs;
 mod orphans;
 mod procstat;
@@ -18,7 +19,9 @@ use crate::config::{self, AgentConfig, AppConfig, ConfigError, Loaded, ProxyMode
 use crate::front::http::FrontStats;
 use crate::front::{self, Rotation};
 use crate::secrets::Secrets;
+use crate::store::{Scale, Store, StoreError};
 use deployer_wire::{AppStatus, LogLine, ReloadOutcome};
+pub use live::{ActiveRelease, current_release};
 use logs::LogSink;
 use nix::sys::signal::Signal;
 use orphans::PidRecord;
@@ -48,6 +51,8 @@ pub enum SupervisorError {
     StateDir { path: PathBuf, source: std::io::Error },
     #[error("another agent is using the state dir `{0}`")]
     StateDirBusy(PathBuf),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// A worker found unhealthy (passive or active health), as the reports tell it.
@@ -75,15 +80,18 @@ pub struct Supervisor {
     front_connections: usize,
     /// Every worker found unhealthy, for whoever reports it ([`Supervisor::unhealthy_workers`]).
     unhealthy: tokio::sync::broadcast::Sender<UnhealthyWorker>,
+    /// Where each app's own state survives a restart (its release, a scale, a stop).
+    store: Arc<Store>,
 }
 
 impl Supervisor {
     /// Prepare the state dir, stop what a previous agent left running, bind every app's port and
-    /// start its workers.
+    /// start its workers on its recorded release, scale and stop (`store`).
     pub async fn start(
         loaded: &Loaded,
         secrets: Secrets,
         front_connections: usize,
+        store: Arc<Store>,
     ) -> Result<Arc<Supervisor>, SupervisorError> {
         let state_dir = loaded.config.state_dir.clone();
         for dir in [state_dir.join("logs"), state_dir.join("run")] {
@@ -105,13 +113,14 @@ impl Supervisor {
             front_budget: Arc::new(tokio::sync::Semaphore::new(front_connections)),
             front_connections,
             unhealthy: tokio::sync::broadcast::channel(64).0,
+            store,
         });
         for (name, cfg) in &loaded.config.apps {
             let app = sup.create_app(name, cfg)?;
             sup.apps.write().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), app);
         }
         let apps: Vec<Arc<App>> = sup.list();
-        let results = futures_util::future::join_all(apps.iter().map(|a| a.start())).await;
+        let results = futures_util::future::join_all(apps.iter().map(|a| a.boot())).await;
         for (app, r) in apps.iter().zip(results) {
             if let Err(e) = r {
                 tracing::error!(app = %app.name, error = %e, "workers did not start; see `deployer logs {}`", app.name);
@@ -140,8 +149,13 @@ impl Supervisor {
     }
 
     fn create_app(&self, name: &str, cfg: &AppConfig) -> Result<Arc<App>, SupervisorError> {
-        // An app deployed from git runs its current release; before the first deploy it has none.
-        let release = cfg.path.as_deref().and_then(current_release);
+        // An app deployed from git runs its recorded release; before the first deploy it has none.
+        let app_dir = cfg.path.clone().filter(|_| cfg.repo.is_some());
+        let release = match &app_dir {
+            Some(dir) => live::settle(&self.store, name, dir)?,
+            None => None,
+        };
+        let instances = self.instances_at_start(name, cfg)?;
         let spec = resolve_spec(cfg, release.as_ref())?.map(Arc::new);
         let logs = Arc::new(LogSink::new(
             name,
@@ -223,9 +237,11 @@ impl Supervisor {
             rules,
             access_log,
             spec: Mutex::new(spec),
+            app_dir,
             release: Mutex::new(release),
+            store: self.store.clone(),
             workers: Mutex::new(Vec::new()),
-            instances: AtomicU32::new(cfg.instances.resolve()),
+            instances: AtomicU32::new(instances),
             running: AtomicBool::new(false),
             reloading: AtomicBool::new(false),
             op: tokio::sync::Mutex::new(()),
@@ -241,6 +257,24 @@ impl Supervisor {
         Ok(app)
     }
 
+    /// How many workers `name` starts with: a runtime `scale` while the config's `instances` is
+    /// still what it overrode, the config's `instances` otherwise (and the scale is dropped).
+    fn instances_at_start(&self, name: &str, cfg: &AppConfig) -> Result<u32, SupervisorError> {
+        let scale = self.store.app_record(name)?.and_then(|r| r.scale);
+        match scale {
+            Some(s) if s.over == cfg.instances.to_string() => {
+                tracing::info!(app = name, instances = s.instances, "scaled at runtime: starting as scaled");
+                Ok(s.instances)
+            }
+            Some(s) => {
+                tracing::info!(app = name, scaled = s.instances, config = %cfg.instances, "`instances` changed in the config since the runtime scale: the config's applies");
+                self.store.set_scale(name, None)?;
+                Ok(cfg.instances.resolve())
+            }
+            None => Ok(cfg.instances.resolve()),
+        }
+    }
+
     /// SIGHUP: apply a re-read config. Apps added start, removed ones stop, changed ones are
     /// reloaded onto the new settings (or recreated when their port or front changed). The
     /// caller has updated the [`Secrets`] first, so every worker started from here on gets the
@@ -251,6 +285,10 @@ impl Supervisor {
             if !loaded.config.apps.contains_key(name) {
                 tracing::info!(app = %name, "removed from the config; stopping");
                 app.shutdown().await;
+                // An app added again later starts as its config says.
+                if let Err(e) = self.store.set_scale(name, None).and_then(|()| self.store.set_stopped(name, false)) {
+                    tracing::warn!(app = %name, error = %e, "cannot forget the removed app's scale and stop");
+                }
                 self.apps.write().unwrap_or_else(|e| e.into_inner()).remove(name);
             }
         }
@@ -271,7 +309,7 @@ impl Supervisor {
                     }
                     let app = self.create_app(name, cfg)?;
                     self.apps.write().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), app.clone());
-                    if let Err(e) = app.start().await {
+                    if let Err(e) = app.boot().await {
                         tracing::error!(app = %name, error = %e, "workers did not start");
                     }
                 }
@@ -340,22 +378,6 @@ fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     socket.listen(1024)
 }
 
-/// A release directory the app's workers run from (`releases/<seq>-<shortsha>`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ActiveRelease {
-    pub name: String,
-    pub dir: PathBuf,
-}
-
-/// Where the `current` symlink of an app directory points, if it points at a directory.
-pub fn current_release(app_dir: &Path) -> Option<ActiveRelease> {
-    let link = app_dir.join("current");
-    let target = std::fs::read_link(&link).ok()?;
-    let dir = if target.is_absolute() { target } else { app_dir.join(target) };
-    let name = dir.file_name()?.to_str()?.to_string();
-    dir.is_dir().then_some(ActiveRelease { name, dir })
-}
-
 /// Read `env_file` and fix everything a worker of this config will run with: in `cwd`, or in
 /// the release's `root` for an app deployed from git (`None` when it has no release yet).
 pub fn resolve_spec(cfg: &AppConfig, release: Option<&ActiveRelease>) -> Result<Option<WorkerSpec>, ConfigError> {
@@ -404,8 +426,13 @@ pub struct App {
     access_log: tokio::sync::mpsc::Sender<String>,
     /// The spec the cluster was started (or last reloaded) with: a plain reload keeps it.
     spec: Mutex<Option<Arc<WorkerSpec>>>,
-    /// The release the workers run (apps deployed from git).
+    /// `repo.git`, `releases/`, `current`: the app's directory (apps deployed from git).
+    app_dir: Option<PathBuf>,
+    /// The release the workers run (apps deployed from git). The one owner of this fact: it is
+    /// changed only with the record in `store` and its mirror `current` ([`live`]).
     release: Mutex<Option<ActiveRelease>>,
+    /// Where the release, a runtime scale and a stop by request are recorded.
+    store: Arc<Store>,
     /// Slot `i` holds the worker with instance id `i`.
     workers: Mutex<Vec<Arc<Worker>>>,
     instances: AtomicU32,
@@ -489,28 +516,42 @@ impl App {
         }
     }
 
-    /// Roll the workers onto `release` with `cfg` (the deploy path). Before the first release the
-    /// workers are simply started.
-    pub async fn roll_to(&self, cfg: AppConfig, release: ActiveRelease) -> Result<u32, reload::RollFailed> {
+    /// Roll the workers onto `release` with `cfg` and `spec` (the deploy path: the caller
+    /// resolved the spec in the release, `env_file` read once). Before the first release the
+    /// workers are simply started. The release is live once this answers `Ok`: recorded, mirrored
+    /// by `current`, and served.
+    pub async fn roll_to(
+        &self,
+        cfg: AppConfig,
+        release: ActiveRelease,
+        spec: WorkerSpec,
+    ) -> Result<u32, reload::RollFailed> {
         let _op = self.op.lock().await;
-        self.roll_locked(Some(cfg), Some(release)).await.map_err(|e| match e {
+        self.roll_locked(Some(cfg), Some((release, spec))).await.map_err(|e| match e {
             Refused::NothingChanged(reason) => reload::RollFailed { reason, restored: true },
             Refused::Roll(e) => e,
         })
     }
 
     /// The one roll protocol, under the operation lock: reload, `--update-env`, SIGHUP, deploy
-    /// and rollback all come here. Moves the app onto `cfg` (a re-read config) and `release` (a
-    /// new release), either, both or neither (a plain reload keeps the spec it runs). The new
-    /// spec, config and release are kept only if the roll succeeds: a failed roll puts the
-    /// previous config back, as the workers were put back. A changed `instances` applies after
-    /// the roll.
-    async fn roll_locked(&self, cfg: Option<AppConfig>, release: Option<ActiveRelease>) -> Result<u32, Refused> {
-        let spec = if cfg.is_none() && release.is_none() {
-            Ok(self.current_spec().map(|s| WorkerSpec::clone(&s)))
-        } else {
-            let c = cfg.clone().unwrap_or_else(|| self.config());
-            resolve_spec(&c, release.clone().or_else(|| self.release()).as_ref()).map_err(|e| e.to_string())
+    /// and rollback all come here. Moves the app onto `cfg` (a re-read config) and `target` (a
+    /// new release with the spec resolved in it), either, both or neither (a plain reload keeps
+    /// the spec it runs). The new spec, config and release are kept only if the roll succeeds
+    /// and the release is recorded: otherwise the previous workers, config and record are put
+    /// back, and nothing that serves disagrees with what is recorded. A changed `instances`
+    /// applies after the roll (and ends a runtime scale).
+    async fn roll_locked(
+        &self,
+        cfg: Option<AppConfig>,
+        target: Option<(ActiveRelease, WorkerSpec)>,
+    ) -> Result<u32, Refused> {
+        let (release, spec) = match target {
+            Some((release, spec)) => (Some(release), Ok(Some(spec))),
+            None if cfg.is_none() => (None, Ok(self.current_spec().map(|s| WorkerSpec::clone(&s)))),
+            None => {
+                let c = cfg.clone().unwrap_or_else(|| self.config());
+                (None, resolve_spec(&c, self.release().as_ref()).map_err(|e| e.to_string()))
+            }
         };
         let spec = match spec {
             Ok(Some(s)) => Arc::new(s),
@@ -518,26 +559,14 @@ impl App {
             Err(e) => return Err(Refused::NothingChanged(e)),
         };
         let previous_cfg = self.config();
+        let previous_spec = self.current_spec();
+        // `Some(n)`: the config's `instances` changed, so it applies (and a runtime scale ends).
+        let resize = cfg.as_ref().filter(|c| c.instances != previous_cfg.instances).map(|c| c.instances.resolve());
         if let Some(c) = &cfg {
             self.set_config(c.clone());
         }
-        let keep = |spec: Arc<WorkerSpec>| {
-            *self.spec.lock().unwrap_or_else(|e| e.into_inner()) = Some(spec);
-            if let Some(r) = release.clone() {
-                *self.release.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
-            }
-        };
         if !self.running.load(SeqCst) || self.workers().is_empty() {
-            // Nothing to roll: start the workers (a stopped app, or the first release).
-            keep(spec);
-            if cfg.is_some() {
-                self.instances.store(self.config().instances.resolve(), SeqCst);
-            }
-            return self
-                .start_locked()
-                .await
-                .map(|_| 0)
-                .map_err(|reason| Refused::Roll(reload::RollFailed { reason, restored: false }));
+            return self.start_onto(spec, previous_cfg, previous_spec, release.as_ref(), resize).await.map(|()| 0);
         }
         self.reloading.store(true, SeqCst);
         let slots: Vec<usize> = (0..self.workers().len()).collect();
@@ -546,12 +575,29 @@ impl App {
             None => tracing::info_span!("reload", app = %self.name, env = %spec.env_hash),
         };
         let result = tracing::Instrument::instrument(reload::roll(self, &slots, &spec), span).await;
+        let result = match result {
+            Ok(n) => match self.record_release(release.as_ref()) {
+                Ok(()) => Ok(n),
+                Err(reason) => {
+                    // Served, but not recorded: back onto the previous spec, the same way.
+                    let restored = match &previous_spec {
+                        Some(p) => reload::roll(self, &slots, p).await.is_ok(),
+                        None => false,
+                    };
+                    Err(reload::RollFailed { reason, restored })
+                }
+            },
+            Err(e) => Err(e),
+        };
         self.reloading.store(false, SeqCst);
         match result {
             Ok(n) => {
-                keep(spec);
-                if cfg.is_some() {
-                    self.apply_instances().await;
+                *self.spec.lock().unwrap_or_else(|e| e.into_inner()) = Some(spec);
+                if let Some(want) = resize {
+                    self.end_scale();
+                    if let Err(e) = self.resize_locked(want).await {
+                        tracing::warn!(app = %self.name, error = %e, "scaling to the new `instances` failed");
+                    }
                 }
                 Ok(n)
             }
@@ -562,22 +608,79 @@ impl App {
         }
     }
 
-    /// After a roll onto a new config: grow or shrink to its `instances`.
-    async fn apply_instances(&self) {
-        let want = self.config().instances.resolve();
-        if want == self.instances.load(SeqCst) {
-            return;
+    /// The roll of an app with no workers (stopped, or before its first release): start them on
+    /// `spec`. A start that fails, or a release that cannot be recorded, ends the new workers and
+    /// puts the previous spec, config and count back.
+    async fn start_onto(
+        &self,
+        spec: Arc<WorkerSpec>,
+        previous_cfg: AppConfig,
+        previous_spec: Option<Arc<WorkerSpec>>,
+        release: Option<&ActiveRelease>,
+        resize: Option<u32>,
+    ) -> Result<(), Refused> {
+        let (was_running, previous_count) = (self.running.load(SeqCst), self.instances.load(SeqCst));
+        *self.spec.lock().unwrap_or_else(|e| e.into_inner()) = Some(spec);
+        if let Some(n) = resize {
+            self.instances.store(n, SeqCst);
         }
-        self.instances.store(want, SeqCst);
+        let started = self.start_locked().await.and_then(|()| self.record_release(release));
+        if let Err(reason) = started {
+            self.stop_locked().await;
+            self.running.store(was_running, SeqCst);
+            self.instances.store(previous_count, SeqCst);
+            *self.spec.lock().unwrap_or_else(|e| e.into_inner()) = previous_spec;
+            self.set_config(previous_cfg);
+            return Err(Refused::Roll(reload::RollFailed { reason, restored: false }));
+        }
+        if resize.is_some() {
+            self.end_scale();
+        }
+        if !was_running && let Err(e) = self.store.set_stopped(&self.name, false) {
+            tracing::warn!(app = %self.name, error = %e, "cannot record that the app runs again");
+        }
+        Ok(())
+    }
+
+    /// Make `release` the live one (nothing to do for `None`: a reload keeps its release): the
+    /// mirror `current` first, then the record, then memory. The record's write is the commit:
+    /// when it fails, `current` is put back. See [`live`] for which wins at start.
+    fn record_release(&self, release: Option<&ActiveRelease>) -> Result<(), String> {
+        let (Some(r), Some(dir)) = (release, &self.app_dir) else { return Ok(()) };
+        let previous = self.release();
+        live::mirror(dir, Some(&r.name)).map_err(|e| format!("cannot switch `current` to {}: {e}", r.name))?;
+        if let Err(e) = self.store.set_live_release(&self.name, Some(&r.name)) {
+            if let Err(e) = live::mirror(dir, previous.as_ref().map(|p| p.name.as_str())) {
+                tracing::error!(app = %self.name, error = %e, "cannot put `current` back; the next start rewrites it from the record");
+            }
+            return Err(format!("cannot record release {} as live: {e}", r.name));
+        }
+        *self.release.lock().unwrap_or_else(|e| e.into_inner()) = Some(r.clone());
+        Ok(())
+    }
+
+    /// The config's `instances` applies again: a runtime scale is over. A failure to record it
+    /// is harmless (a scale counts only while the config's `instances` is what it overrode).
+    fn end_scale(&self) {
+        if let Err(e) = self.store.set_scale(&self.name, None) {
+            tracing::warn!(app = %self.name, error = %e, "cannot record the end of the runtime scale");
+        }
+    }
+
+    /// Grow or shrink to `n` workers (when running): the highest instance ids retire gracefully,
+    /// missing ones start.
+    async fn resize_locked(&self, n: u32) -> Result<(), String> {
+        self.instances.store(n, SeqCst);
+        if !self.running.load(SeqCst) {
+            return Ok(());
+        }
         let extra: Vec<Arc<Worker>> = {
             let mut w = self.workers.lock().unwrap_or_else(|e| e.into_inner());
-            if w.len() > want as usize { w.split_off(want as usize) } else { Vec::new() }
+            if w.len() > n as usize { w.split_off(n as usize) } else { Vec::new() }
         };
         let how = self.retire_how();
         futures_util::future::join_all(extra.iter().map(|w| w.retire(how, self.ctx.rotation.as_deref()))).await;
-        if let Err(e) = self.start_locked().await {
-            tracing::warn!(app = %self.name, error = %e, "scaling up after the reload failed");
-        }
+        self.start_locked().await
     }
 
     pub fn status(&self) -> AppStatus {
@@ -612,9 +715,23 @@ impl App {
         self.ctx.logs.path()
     }
 
-    /// Start the configured number of workers (if stopped) and wait until they are ready.
+    /// Start the workers at the agent's start (or when SIGHUP added the app), unless the app was
+    /// stopped by request: that holds across restarts until `deployer start`.
+    pub(crate) async fn boot(&self) -> Result<(), String> {
+        let _op = self.op.lock().await;
+        let record = self.store.app_record(&self.name).map_err(|e| format!("cannot read the app's state: {e}"))?;
+        if record.is_some_and(|r| r.stopped) {
+            tracing::info!(app = %self.name, "stopped by `deployer stop`: not started; `deployer start {}` starts it", self.name);
+            return Ok(());
+        }
+        self.start_locked().await
+    }
+
+    /// Start the configured number of workers (if stopped) and wait until they are ready. The
+    /// app counts as running from now on, after a restart of the agent too.
     pub async fn start(&self) -> Result<(), String> {
         let _op = self.op.lock().await;
+        self.record_stopped(false)?;
         self.start_locked().await
     }
 
@@ -642,9 +759,12 @@ impl App {
     }
 
     /// Stop every worker gracefully: out of rotation, drain, SIGTERM, `kill_timeout`, SIGKILL.
-    pub async fn stop(&self) {
+    /// Recorded first: the app stays stopped after a restart of the agent, until `start`.
+    pub async fn stop(&self) -> Result<(), String> {
         let _op = self.op.lock().await;
+        self.record_stopped(true)?;
         self.stop_locked().await;
+        Ok(())
     }
 
     async fn stop_locked(&self) {
@@ -657,24 +777,28 @@ impl App {
     /// Stop then start (like `pm2 restart`: not zero-downtime; `reload` is).
     pub async fn restart(&self) -> Result<(), String> {
         let _op = self.op.lock().await;
+        self.record_stopped(false)?;
         self.stop_locked().await;
         self.start_locked().await
     }
 
+    /// Whether the app is stopped by request, recorded before it is done: a request whose record
+    /// cannot be written changes nothing.
+    fn record_stopped(&self, stopped: bool) -> Result<(), String> {
+        self.store.set_stopped(&self.name, stopped).map_err(|e| format!("nothing was changed: cannot record it: {e}"))
+    }
+
     /// Grow or shrink to `n` workers; shrinking retires the highest instance ids gracefully.
+    /// Recorded first, with the config's `instances` it overrides: the next agent starts `n`
+    /// workers too, until the config's `instances` changes.
     pub async fn scale(&self, n: u32) -> Result<(), String> {
         let _op = self.op.lock().await;
-        self.instances.store(n, SeqCst);
-        if !self.running.load(SeqCst) {
-            return Ok(());
-        }
-        let extra: Vec<Arc<Worker>> = {
-            let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
-            if workers.len() > n as usize { workers.split_off(n as usize) } else { Vec::new() }
-        };
-        let how = self.retire_how();
-        futures_util::future::join_all(extra.iter().map(|w| w.retire(how, self.ctx.rotation.as_deref()))).await;
-        self.start_locked().await
+        let configured = self.config().instances;
+        let scale = (n != configured.resolve()).then(|| Scale { instances: n, over: configured.to_string() });
+        self.store
+            .set_scale(&self.name, scale.as_ref())
+            .map_err(|e| format!("nothing was changed: cannot record the scale: {e}"))?;
+        self.resize_locked(n).await
     }
 
     /// Rolling reload. With `update_env`, the config file and `env_file` are read again first.
@@ -729,7 +853,9 @@ impl App {
         if tokio::time::timeout(drain, self.tracker.wait()).await.is_err() {
             tracing::warn!(app = %self.name, "connections still open after drain_timeout; closing them");
         }
-        self.stop().await;
+        // The agent's own stop, not a request: the next agent starts the app again.
+        let _op = self.op.lock().await;
+        self.stop_locked().await;
     }
 
     /// Passive and active health: a worker found unhealthy (answers timing out, connects
