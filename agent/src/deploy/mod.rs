@@ -9,6 +9,7 @@ mod follow;
 mod install;
 mod pipeline;
 pub mod poll;
+mod push;
 pub mod release;
 mod retry;
 
@@ -24,6 +25,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+pub use push::{PushDelivery, Pushed};
 
 /// What a deploy is asked to put live.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,20 +53,6 @@ pub enum DeployError {
     CannotCancel { id: DeployId, state: DeployState },
     #[error(transparent)]
     State(#[from] StoreError),
-}
-
-/// What a signed push led to ([`Deployer::push`]).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Pushed {
-    /// A deploy of the branch head was queued.
-    Queued(DeployAccepted),
-    /// A deploy queued or running for the same commit takes the push; `message` says which.
-    Joined(DeployAccepted),
-    /// The pushed commit is what the app runs: nothing to do.
-    AlreadyLive { release: String },
-    /// The same signed body came before under another delivery id, and its commit is neither
-    /// live nor being deployed: a replay, not a push.
-    Replayed,
 }
 
 /// Deploys of every app of this agent.
@@ -285,36 +274,6 @@ impl Deployer {
         }
         queue.wake.notify_one();
         Ok(DeployAccepted { id, app: app.to_string(), state: DeployState::Queued, message: None })
-    }
-
-    /// A signed push says the branch is now at `after`. A push whose commit is already live, or
-    /// is what a queued or running deploy of the app deploys, makes no new deploy (a delivery
-    /// replayed under a new id, since headers are not signed, costs a lookup and no deploy row
-    /// or report). `replayed`: this exact signed body was handled before, under another delivery
-    /// id; then it queues nothing either (an older push replayed after a newer one, or after a
-    /// rollback, must not redeploy the branch).
-    pub fn push(
-        self: &Arc<Self>,
-        app: &str,
-        after: &str,
-        replayed: bool,
-        by: &Requester,
-    ) -> Result<Pushed, DeployError> {
-        let a = self.git_app(app)?;
-        if let Some(release) = self.live_release_for(&a, &Target::Ref(after.to_string()))? {
-            return Ok(Pushed::AlreadyLive { release });
-        }
-        let branch = Target::Ref(a.config().branch);
-        if let Some(joined) = self.join_queued(app, &branch) {
-            return Ok(Pushed::Joined(joined));
-        }
-        if let Some(joined) = self.join_running(app, after)? {
-            return Ok(Pushed::Joined(joined));
-        }
-        if replayed {
-            return Ok(Pushed::Replayed);
-        }
-        self.request(app, branch, "webhook", by).map(Pushed::Queued)
     }
 
     /// The running deploy of `app`, when the commit it deploys is `sha`.
