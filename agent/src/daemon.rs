@@ -106,7 +106,7 @@ fn check(path: &Path) -> ExitCode {
 /// `env_file` fails `check` too instead of only the start.
 fn read_env_files(loaded: config::Loaded) -> Result<config::Loaded, config::ConfigError> {
     for app in loaded.config.apps.values() {
-        let release = app.path.as_deref().and_then(supervisor::current_release);
+        let release = app.source.app_dir().and_then(supervisor::current_release);
         supervisor::resolve_spec(app, release.as_ref())?;
     }
     Ok(loaded)

@@ -339,7 +339,8 @@ async fn create_deploy(
     let req: DeployRequest = body(&bytes)?.unwrap_or_default();
     let git_ref = match req.git_ref {
         Some(r) => r,
-        None => st.supervisor.app(&app)?.config().branch,
+        // An app without `repo` has no branch: `request` refuses it.
+        None => st.supervisor.app(&app)?.config().source.git().map(|g| g.branch.clone()).unwrap_or_default(),
     };
     // The token is who asked; what the request says about itself is kept beside it.
     let by = Requester::token(&caller.0, req.who);

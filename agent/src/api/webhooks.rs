@@ -75,14 +75,16 @@ pub async fn receive(
     };
     let Ok(a) = st.supervisor.app(&app) else { return Err(not_found()) };
     let cfg = a.config();
-    let Some(hook) = cfg.webhook.clone() else { return Err(not_found()) };
-    let provider =
-        hook.resolved_provider().map_err(|e| ApiErr::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;
+    // `webhook` is only accepted on an app deployed from git.
+    let (Some(hook), Some(git)) = (cfg.webhook.clone(), cfg.source.git()) else { return Err(not_found()) };
+    let provider = hook
+        .resolved_provider()
+        .map_err(|e| ApiErr::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     let secret = hook.secret().unwrap_or_default();
     let fields: Headers<'_> =
         headers.iter().fold(Headers::new(), |h, (name, value)| h.with(name.as_str(), value.as_bytes()));
 
-    let outcome = match hooks::receive(&provider, secret.as_bytes(), &fields, &body, &cfg.branch) {
+    let outcome = match hooks::receive(&provider, secret.as_bytes(), &fields, &body, &git.branch) {
         Ok(outcome) => outcome,
         Err(rejection) => {
             let (counter, status, code) = match rejection.kind() {

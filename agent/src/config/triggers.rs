@@ -64,6 +64,41 @@ impl FromStr for CronSchedule {
     }
 }
 
+/// Two schedules are the same when they are written the same.
+impl PartialEq for CronSchedule {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+/// When pull mode looks: `poll: 30s` or `cron: "*/5 * * * *"` (one of them: checked when the
+/// config is loaded, where the cron text is parsed too).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Schedule {
+    /// This often (the poller adds up to 10% jitter so a fleet does not hit the git server at once).
+    Every(std::time::Duration),
+    /// At each tick of the schedule (UTC).
+    Cron(Box<CronSchedule>),
+}
+
+impl Schedule {
+    /// The trigger name deploys it queues carry.
+    pub fn trigger(&self) -> &'static str {
+        match self {
+            Schedule::Every(_) => "poll",
+            Schedule::Cron(_) => "cron",
+        }
+    }
+
+    /// `poll: 30s` or `cron: "*/5 * * * *"`, to log and to tell a changed schedule.
+    pub fn describe(&self) -> String {
+        match self {
+            Schedule::Every(every) => format!("poll: {}", humantime::format_duration(*every)),
+            Schedule::Cron(c) => format!("cron: \"{}\"", c.text),
+        }
+    }
+}
+
 impl CronSchedule {
     /// How long from `now` until the next tick.
     pub fn until_next(&self, now: chrono::DateTime<chrono::Utc>) -> Option<std::time::Duration> {

@@ -13,6 +13,7 @@ mod push;
 pub mod release;
 mod retry;
 
+use crate::config::GitSource;
 use crate::secrets::Secrets;
 use crate::source::{self, BadRef};
 pub use crate::store::Requester;
@@ -135,9 +136,8 @@ impl Deployer {
             shutdown,
         });
         for app in d.supervisor.list() {
-            let cfg = app.config();
-            let Some(path) = cfg.path.clone().filter(|_| cfg.repo.is_some()) else { continue };
-            let dir = AppDir::new(path);
+            let Some(git) = app.config().source.git().cloned() else { continue };
+            let dir = AppDir::new(git.dir);
             d.remove_incomplete(&app.name, &dir, app.release().map(|r| r.name));
         }
         d.apply_config("startup")?;
@@ -149,16 +149,16 @@ impl Deployer {
     /// why), and each app's pull loop is started, restarted or stopped to match `poll`/`cron`.
     pub fn apply_config(self: &Arc<Self>, trigger: &str) -> Result<(), DeployError> {
         for app in self.supervisor.list() {
-            let cfg = app.config();
-            if cfg.repo.is_none() || app.release().is_some() || self.busy(&app.name) {
+            let Some(git) = app.config().source.git().cloned() else { continue };
+            if app.release().is_some() || self.busy(&app.name) {
                 continue;
             }
             if let Some(git_ref) = self.crash_looped(&app.name) {
                 tracing::error!(app = %app.name, git_ref = %git_ref, "the agent stopped twice in a row while deploying `{git_ref}`: not deploying it again by itself; deploy a fixed commit with `deployer push` (or the API) once the cause is found in the log");
                 continue;
             }
-            tracing::info!(app = %app.name, branch = %cfg.branch, "no release yet: deploying the branch head");
-            self.request(&app.name, Target::Ref(cfg.branch.clone()), trigger, &Requester::default())?;
+            tracing::info!(app = %app.name, branch = %git.branch, "no release yet: deploying the branch head");
+            self.request(&app.name, Target::Ref(git.branch), trigger, &Requester::default())?;
         }
         self.apply_schedules();
         Ok(())
@@ -177,8 +177,8 @@ impl Deployer {
         let mut pullers = self.pullers.lock().unwrap_or_else(|e| e.into_inner());
         let mut wanted = HashMap::new();
         for app in self.supervisor.list() {
-            let cfg = app.config();
-            if let Some(schedule) = poll::Schedule::of(&cfg).filter(|_| cfg.repo.is_some()) {
+            // Only git apps have one (checked when the config was loaded).
+            if let Some(schedule) = app.config().schedule {
                 wanted.insert(app.name.clone(), schedule);
             }
         }
@@ -227,12 +227,11 @@ impl Deployer {
         }
     }
 
-    fn git_app(&self, app: &str) -> Result<Arc<App>, DeployError> {
+    /// An app deployed from git, and its source as configured now.
+    fn git_app(&self, app: &str) -> Result<(Arc<App>, GitSource), DeployError> {
         let a = self.supervisor.app(app)?;
-        if a.config().repo.is_none() {
-            return Err(DeployError::NotFromGit(app.to_string()));
-        }
-        Ok(a)
+        let git = a.config().source.git().cloned().ok_or_else(|| DeployError::NotFromGit(app.to_string()))?;
+        Ok((a, git))
     }
 
     /// Queue a deploy, asked for `by` someone. A deploy still queued for the same app is
@@ -244,7 +243,7 @@ impl Deployer {
         trigger: &str,
         by: &Requester,
     ) -> Result<DeployAccepted, DeployError> {
-        let a = self.git_app(app)?;
+        let (a, _) = self.git_app(app)?;
         let label = match &target {
             Target::Ref(r) => {
                 source::validate_ref(r)?;
@@ -362,7 +361,7 @@ impl Deployer {
     }
 
     pub fn releases(&self, app: &str) -> Result<Vec<Release>, DeployError> {
-        let a = self.git_app(app)?;
+        let (a, _) = self.git_app(app)?;
         let current = a.release().map(|r| r.name);
         Ok(self
             .store

@@ -10,7 +10,7 @@ use super::DeployState;
 use super::install::{self, Output};
 use super::release::{self, AppDir, prune_plan, seq_of};
 use super::{AppQueue, DeployError, Deployer, Job, Target};
-use crate::config::AppConfig;
+use crate::config::{AppConfig, GitSource};
 use crate::source::{GitAuth, Source, redact_url};
 use crate::store::{DeployId, ReleaseRow, Store};
 use crate::supervisor::worker::WorkerSpec;
@@ -113,19 +113,18 @@ impl Run<'_> {
 
     async fn deploy(&mut self, git_ref: &str, trigger: &str) -> Result<String, Stop> {
         let cfg = self.app.config();
-        let (Some(url), Some(path)) = (cfg.repo.clone(), cfg.path.clone()) else {
-            return Err(Stop::failed("the app has no `repo`"));
-        };
-        let dir = AppDir::new(path);
+        let Some(git) = cfg.source.git().cloned() else { return Err(Stop::failed("the app has no `repo`")) };
+        let dir = AppDir::new(git.dir.clone());
         dir.create(cfg.run_as.as_ref())
             .map_err(|e| Stop::failed(format!("cannot create `{}`: {e}", dir.root().display())))?;
         self.out = Some(Output::create(dir.logs().join(format!("deploy-{}.log", self.id)), self.d.secrets.clone()));
 
         // 1. fetch
-        self.enter(DeployState::Fetching, &format!("fetching `{}` from {}", cfg.branch, redact_url(&url)));
+        self.enter(DeployState::Fetching, &format!("fetching `{}` from {}", git.branch, redact_url(&git.repo)));
         let t = Instant::now();
         let sha = {
-            let (branch, auth, cache, rev) = (cfg.branch.clone(), git_auth(&cfg), dir.repo(), git_ref.to_string());
+            let (url, branch, auth) = (git.repo.clone(), git.branch.clone(), git_auth(&git));
+            let (cache, rev) = (dir.repo(), git_ref.to_string());
             let limits = cfg.limits.to_source();
             let fetch = tokio::task::spawn_blocking(move || {
                 let src = Source::open(&url, &branch, auth, &cache)?.with_limits(limits);
@@ -170,12 +169,12 @@ impl Run<'_> {
         let t = Instant::now();
         {
             let (url, branch, auth, cache, sha, root, dest) = (
-                cfg.repo.clone().unwrap_or_default(),
-                cfg.branch.clone(),
-                git_auth(&cfg),
+                git.repo.clone(),
+                git.branch.clone(),
+                git_auth(&git),
                 dir.repo(),
                 sha.clone(),
-                cfg.root.display().to_string(),
+                git.root.display().to_string(),
                 release_dir.clone(),
             );
             let limits = cfg.limits.to_source();
@@ -302,7 +301,7 @@ impl Run<'_> {
     /// Back to a release on disk: no fetch, no install, the same rolling reload.
     async fn rollback(&mut self, want: Option<&str>) -> Result<String, Stop> {
         let cfg = self.app.config();
-        let dir = AppDir::new(cfg.path.clone().ok_or_else(|| Stop::failed("the app has no `repo`"))?);
+        let dir = AppDir::new(cfg.source.app_dir().ok_or_else(|| Stop::failed("the app has no `repo`"))?.to_path_buf());
         let name = pick_rollback(&self.d.store, &self.app, want).map_err(|e| Stop::failed(e.to_string()))?;
         let row = self
             .d
@@ -439,8 +438,8 @@ pub(super) fn pick_rollback(store: &Store, app: &App, want: Option<&str>) -> Res
     }
 }
 
-pub(super) fn git_auth(cfg: &AppConfig) -> Option<GitAuth> {
-    cfg.auth.as_ref().and_then(|a| a.git_auth())
+pub(super) fn git_auth(git: &GitSource) -> Option<GitAuth> {
+    git.auth.as_ref().and_then(|a| a.git_auth())
 }
 
 /// The bake window: a new release whose workers crash-loop or error out within `window` is

@@ -58,11 +58,11 @@ impl Deployer {
     /// handled before, under another delivery id; then it queues nothing either (an older push
     /// replayed after a newer one, or after a rollback, must not redeploy the branch).
     fn push(self: &Arc<Self>, app: &str, after: &str, replayed: bool, by: &Requester) -> Result<Pushed, DeployError> {
-        let a = self.git_app(app)?;
+        let (a, git) = self.git_app(app)?;
         if let Some(release) = self.live_release_for(&a, &Target::Ref(after.to_string()))? {
             return Ok(Pushed::AlreadyLive { release });
         }
-        let branch = Target::Ref(a.config().branch);
+        let branch = Target::Ref(git.branch);
         if let Some(joined) = self.join_queued(app, &branch) {
             return Ok(Pushed::Joined(joined));
         }

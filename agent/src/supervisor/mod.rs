@@ -15,7 +15,7 @@ pub mod reload;
 pub(crate) mod spawn;
 pub mod worker;
 
-use crate::config::{self, AgentConfig, AppConfig, ConfigError, Loaded, ProxyMode, ReloadConfig};
+use crate::config::{self, AgentConfig, AppConfig, AppSource, ConfigError, Loaded, ProxyMode, ReloadConfig};
 use crate::front::http::FrontStats;
 use crate::front::{self, Rotation};
 use crate::secrets::Secrets;
@@ -150,7 +150,7 @@ impl Supervisor {
 
     fn create_app(&self, name: &str, cfg: &AppConfig) -> Result<Arc<App>, SupervisorError> {
         // An app deployed from git runs its recorded release; before the first deploy it has none.
-        let app_dir = cfg.path.clone().filter(|_| cfg.repo.is_some());
+        let app_dir = cfg.source.app_dir().map(Path::to_path_buf);
         let release = match &app_dir {
             Some(dir) => live::settle(&self.store, name, dir)?,
             None => None,
@@ -381,11 +381,11 @@ fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 /// Read `env_file` and fix everything a worker of this config will run with: in `cwd`, or in
 /// the release's `root` for an app deployed from git (`None` when it has no release yet).
 pub fn resolve_spec(cfg: &AppConfig, release: Option<&ActiveRelease>) -> Result<Option<WorkerSpec>, ConfigError> {
-    let (workdir, release_name) = match (&cfg.cwd, release) {
-        (Some(cwd), _) => (cwd.clone(), cwd.display().to_string()),
+    let (workdir, release_name) = match (&cfg.source, release) {
+        (AppSource::Dir(cwd), _) => (cwd.clone(), cwd.display().to_string()),
         // A release holds only the repository's `root` subdirectory: it is the workers' cwd.
-        (None, Some(r)) => (r.dir.clone(), r.name.clone()),
-        (None, None) => return Ok(None),
+        (AppSource::Git(_), Some(r)) => (r.dir.clone(), r.name.clone()),
+        (AppSource::Git(_), None) => return Ok(None),
     };
     let mut env = BTreeMap::new();
     if let Some(r) = &cfg.run_as {
@@ -951,9 +951,9 @@ pub fn describe(config: &AgentConfig) -> Vec<String> {
         .iter()
         .map(|(name, a)| {
             let port = a.port.map_or("no port".to_string(), |p| format!("port {p}"));
-            let place = match (&a.cwd, &a.repo) {
-                (Some(cwd), _) => display(cwd),
-                (None, repo) => format!("the current release of {} ({})", repo.as_deref().unwrap_or("?"), a.branch),
+            let place = match &a.source {
+                AppSource::Dir(cwd) => display(cwd),
+                AppSource::Git(git) => format!("the current release of {} ({})", git.repo, git.branch),
             };
             format!(
                 "{name}: {} x `{}` in {place}, {} front on {port}",
