@@ -7,7 +7,7 @@
 //! Secrets never sit in the file: a token comes from the environment variable named here, a key
 //! from a file only root should read.
 
-use super::{At, ConfigError};
+use super::{At, ConfigError, ValueError};
 use crate::source::{GitAuth, Transport, is_loopback, transport};
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{self, Deserialize, Deserializer, EnumAccess, MapAccess, VariantAccess, Visitor};
@@ -99,19 +99,14 @@ impl<'de> Visitor<'de> for AuthVisitor {
 }
 
 impl TryFrom<AuthMap> for AuthConfig {
-    type Error = String;
-    fn try_from(raw: AuthMap) -> Result<Self, String> {
+    type Error = ValueError;
+    fn try_from(raw: AuthMap) -> Result<Self, ValueError> {
         match (raw.token_env, raw.ssh_key, raw.known_hosts) {
-            (Some(_), Some(_), _) => {
-                Err("`auth` takes one credential: `token_env` (an https token) or `ssh_key` (an ssh key), not both"
-                    .into())
-            }
-            (Some(_), None, Some(_)) => {
-                Err("`known_hosts` is for ssh servers: use it with `ssh_key`, not with an https `token_env`".into())
-            }
+            (Some(_), Some(_), _) => Err(ValueError::AuthBoth),
+            (Some(_), None, Some(_)) => Err(ValueError::AuthKnownHosts),
             (Some(var), None, None) => Ok(AuthConfig::TokenEnv(var)),
             (None, Some(key), known_hosts) => Ok(AuthConfig::SshKey { key, known_hosts }),
-            (None, None, _) => Err(format!("`auth` names no credential: write {EXPECTING}")),
+            (None, None, _) => Err(ValueError::AuthNone(EXPECTING)),
         }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod auth;
 mod checked;
+pub use checked::ValueError;
 pub mod env_file;
 pub mod front;
 pub mod health;
@@ -261,6 +262,11 @@ impl<'de> Deserialize<'de> for StartCommand {
     }
 }
 
+/// A command line split like a shell would, without running one.
+fn split(line: &str) -> Result<Vec<String>, ValueError> {
+    shell_words::split(line).map_err(|e| ValueError::CannotSplit { text: line.to_string(), reason: e.to_string() })
+}
+
 /// A string or a list of strings, as written (`start` and `install` take both).
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -270,16 +276,14 @@ enum OneOrList {
 }
 
 impl TryFrom<OneOrList> for StartCommand {
-    type Error = String;
-    fn try_from(raw: OneOrList) -> Result<Self, String> {
+    type Error = ValueError;
+    fn try_from(raw: OneOrList) -> Result<Self, ValueError> {
         let argv = match raw {
-            OneOrList::One(s) => {
-                shell_words::split(&s).map_err(|e| format!("cannot split `{s}` into arguments: {e}"))?
-            }
+            OneOrList::One(s) => split(&s)?,
             OneOrList::List(argv) => argv,
         };
         if argv.is_empty() || argv[0].is_empty() {
-            return Err("`start` is empty: write the command that runs one worker, like `node app.js`".into());
+            return Err(ValueError::EmptyStart);
         }
         Ok(StartCommand(argv))
     }
@@ -331,15 +335,13 @@ enum InstancesRaw {
 }
 
 impl TryFrom<InstancesRaw> for Instances {
-    type Error = String;
-    fn try_from(raw: InstancesRaw) -> Result<Self, String> {
+    type Error = ValueError;
+    fn try_from(raw: InstancesRaw) -> Result<Self, ValueError> {
         match raw {
             InstancesRaw::N(n) if (1..=1024).contains(&n) => Ok(Instances::Count(n as u32)),
-            InstancesRaw::N(n) => Err(format!("`instances: {n}` is out of range: write 1 to 1024, or `max`")),
+            InstancesRaw::N(n) => Err(ValueError::InstancesOutOfRange(n)),
             InstancesRaw::S(s) if s == "max" => Ok(Instances::Max),
-            InstancesRaw::S(s) => {
-                Err(format!("invalid `instances: {s}`: write a number like `2`, or `max` for one per CPU"))
-            }
+            InstancesRaw::S(s) => Err(ValueError::Instances(s)),
         }
     }
 }
@@ -355,17 +357,17 @@ impl<'de> Deserialize<'de> for Commands {
 }
 
 impl TryFrom<OneOrList> for Commands {
-    type Error = String;
-    fn try_from(raw: OneOrList) -> Result<Self, String> {
+    type Error = ValueError;
+    fn try_from(raw: OneOrList) -> Result<Self, ValueError> {
         let lines = match raw {
             OneOrList::One(line) => vec![line],
             OneOrList::List(lines) => lines,
         };
         let mut out = Vec::new();
         for line in lines {
-            let argv = shell_words::split(&line).map_err(|e| format!("cannot split `{line}` into arguments: {e}"))?;
+            let argv = split(&line)?;
             if argv.is_empty() {
-                return Err("empty command: write one like `npm ci --omit=dev`".into());
+                return Err(ValueError::EmptyCommand);
             }
             out.push(argv);
         }
@@ -455,15 +457,15 @@ struct ReadyRaw {
 }
 
 impl TryFrom<ReadyRaw> for ReadyConfig {
-    type Error = String;
-    fn try_from(r: ReadyRaw) -> Result<Self, String> {
+    type Error = ValueError;
+    fn try_from(r: ReadyRaw) -> Result<Self, ValueError> {
         let mut checks = Vec::new();
         if r.tcp == Some(true) {
             checks.push(ReadyCheck::Tcp);
         }
         if let Some(path) = r.http {
             if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err(format!("invalid `http: {path}`: write a path like `/healthz`"));
+                return Err(ValueError::ProbePath(path));
             }
             checks.push(ReadyCheck::Http(path));
         }
@@ -474,7 +476,7 @@ impl TryFrom<ReadyRaw> for ReadyConfig {
             checks.push(ReadyCheck::Alive(d.0));
         }
         if checks.len() > 1 {
-            return Err("`ready` takes one check: `tcp: true`, `http: /path`, `notify: true` or `alive: 1s`".into());
+            return Err(ValueError::ReadyChecks);
         }
         Ok(ReadyConfig {
             check: checks.pop().unwrap_or(ReadyCheck::Tcp),
@@ -519,13 +521,11 @@ impl<'de> Deserialize<'de> for SignalName {
 }
 
 impl TryFrom<String> for SignalName {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
+    type Error = ValueError;
+    fn try_from(s: String) -> Result<Self, ValueError> {
         let upper = s.to_ascii_uppercase();
         let full = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
-        Signal::from_str(&full)
-            .map(SignalName)
-            .map_err(|_| format!("unknown signal `{s}`: write a name like `SIGUSR2`, `SIGTERM` or `SIGINT`"))
+        Signal::from_str(&full).map(SignalName).map_err(|_| ValueError::Signal(s))
     }
 }
 
