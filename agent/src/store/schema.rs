@@ -86,3 +86,30 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_of_version_3_gains_app_state_and_loses_the_unread_current_release() {
+        let conn = Connection::open_in_memory().unwrap();
+        for (i, step) in STEPS.iter().enumerate().take(3) {
+            conn.execute_batch(&format!("BEGIN; {step}; PRAGMA user_version = {}; COMMIT;", i + 1)).unwrap();
+        }
+        conn.execute("INSERT INTO current_release (app, release, at) VALUES ('web', '1-abc', 0)", []).unwrap();
+        migrate(&conn).unwrap();
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(version, STEPS.len() as i64);
+        let tables: Vec<String> = {
+            let mut stmt = conn.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").unwrap();
+            stmt.query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
+        };
+        assert!(tables.contains(&"app_state".to_string()), "{tables:?}");
+        assert!(!tables.contains(&"current_release".to_string()), "{tables:?}");
+        // No row: the agent adopts what `current` points at (`supervisor/live.rs`).
+        let rows: i64 = conn.query_row("SELECT COUNT(*) FROM app_state", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 0);
+        migrate(&conn).unwrap();
+    }
+}
