@@ -125,3 +125,26 @@ fn a_current_that_cannot_be_switched_puts_the_previous_workers_back() {
     assert!(answer(&agent).starts_with("hello from worker"), "{}", answer(&agent));
     assert_eq!(agent.current_release("web").as_deref(), Some(first.as_str()), "`current` mirrors the record");
 }
+
+#[test]
+fn a_stopped_app_stays_stopped_through_a_deploy_a_sighup_and_a_restart() {
+    let repo = TestRepo::with_example_app();
+    let mut agent = TestEnv::new().web(|a| a.repo(&repo).instances(1)).start();
+    agent.cli(&["stop", "web"]).success();
+
+    let sha = repo.commit_greeting("v2");
+    let d = agent.wait_deploy(agent.deploy("web", "main"));
+    assert_eq!(d.state, "live", "{d:#?}");
+    assert!(agent.current_release("web").is_some_and(|r| r.ends_with(short(&sha))));
+    agent.reconfigure(|env| env.env("EXTRA", "1"));
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    let moved = || agent.log().matches("it starts on this with").count();
+    assert!(wait_until(Duration::from_secs(10), || moved() >= 2), "the deploy, then SIGHUP: {}", agent.log());
+    agent.restart();
+    let status = agent.app("web");
+    assert_eq!((status.state.as_str(), status.workers.len()), ("stopped", 0), "{status:#?}");
+
+    agent.cli(&["start", "web"]).success();
+    running(&agent, 1);
+    assert!(answer(&agent).starts_with("v2 from worker"), "the deployed release runs: {}", answer(&agent));
+}

@@ -565,7 +565,10 @@ impl App {
         if let Some(c) = &cfg {
             self.set_config(c.clone());
         }
-        if !self.running.load(SeqCst) || self.workers().is_empty() {
+        if !self.running.load(SeqCst) {
+            return self.move_stopped(spec, previous_cfg, release.as_ref(), resize).map(|()| 0);
+        }
+        if self.workers().is_empty() {
             return self.start_onto(spec, previous_cfg, previous_spec, release.as_ref(), resize).await.map(|()| 0);
         }
         self.reloading.store(true, SeqCst);
@@ -608,7 +611,29 @@ impl App {
         }
     }
 
-    /// The roll of an app with no workers (stopped, or before its first release): start them on
+    /// The roll of an app stopped by request: it stays stopped (a deploy, a reload or SIGHUP
+    /// change what it will run; `start` runs it). The release is recorded all the same.
+    fn move_stopped(
+        &self,
+        spec: Arc<WorkerSpec>,
+        previous_cfg: AppConfig,
+        release: Option<&ActiveRelease>,
+        resize: Option<u32>,
+    ) -> Result<(), Refused> {
+        if let Err(reason) = self.record_release(release) {
+            self.set_config(previous_cfg);
+            return Err(Refused::Roll(reload::RollFailed { reason, restored: true }));
+        }
+        tracing::info!(app = %self.name, "the app is stopped: it starts on this with `deployer start {}`", self.name);
+        *self.spec.lock().unwrap_or_else(|e| e.into_inner()) = Some(spec);
+        if let Some(n) = resize {
+            self.instances.store(n, SeqCst);
+            self.end_scale();
+        }
+        Ok(())
+    }
+
+    /// The roll of a running app with no workers (before its first release): start them on
     /// `spec`. A start that fails, or a release that cannot be recorded, ends the new workers and
     /// puts the previous spec, config and count back.
     async fn start_onto(
@@ -619,7 +644,7 @@ impl App {
         release: Option<&ActiveRelease>,
         resize: Option<u32>,
     ) -> Result<(), Refused> {
-        let (was_running, previous_count) = (self.running.load(SeqCst), self.instances.load(SeqCst));
+        let previous_count = self.instances.load(SeqCst);
         *self.spec.lock().unwrap_or_else(|e| e.into_inner()) = Some(spec);
         if let Some(n) = resize {
             self.instances.store(n, SeqCst);
@@ -627,7 +652,8 @@ impl App {
         let started = self.start_locked().await.and_then(|()| self.record_release(release));
         if let Err(reason) = started {
             self.stop_locked().await;
-            self.running.store(was_running, SeqCst);
+            // Running still: its first release is yet to come.
+            self.running.store(true, SeqCst);
             self.instances.store(previous_count, SeqCst);
             *self.spec.lock().unwrap_or_else(|e| e.into_inner()) = previous_spec;
             self.set_config(previous_cfg);
@@ -635,9 +661,6 @@ impl App {
         }
         if resize.is_some() {
             self.end_scale();
-        }
-        if !was_running && let Err(e) = self.store.set_stopped(&self.name, false) {
-            tracing::warn!(app = %self.name, error = %e, "cannot record that the app runs again");
         }
         Ok(())
     }
