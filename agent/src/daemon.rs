@@ -6,7 +6,6 @@ use crate::config;
 use crate::deploy::Deployer;
 use crate::report::Reporter;
 use crate::secrets::Secrets;
-use crate::store::Store;
 use crate::supervisor::{self, Supervisor};
 use anyhow::Context;
 use std::path::Path;
@@ -131,8 +130,8 @@ async fn serve(path: &Path, secrets: Secrets) -> anyhow::Result<ExitCode> {
         api_connections = budget.api_connections,
         "file descriptors shared"
     );
-    let store = Arc::new(Store::open(&loaded.config.state_dir.join("agent.db"), secrets.clone())?);
-    let supervisor = Supervisor::start(&loaded, secrets.clone(), budget.front_connections, store.clone()).await?;
+    let supervisor = Supervisor::start(&loaded, secrets.clone(), budget.front_connections).await?;
+    let store = supervisor.store();
     let stop_deploys = CancellationToken::new();
     // Reports first: the deploys that start now are reported too.
     let reporter = Reporter::start(store.clone(), &loaded.config, stop_deploys.clone());

@@ -85,13 +85,13 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// Prepare the state dir, stop what a previous agent left running, bind every app's port and
-    /// start its workers on its recorded release, scale and stop (`store`).
+    /// Prepare the state dir, stop what a previous agent left running, open the state database
+    /// (after the state dir's lock is held: a second agent never migrates it under the first),
+    /// bind every app's port and start its workers on its recorded release, scale and stop.
     pub async fn start(
         loaded: &Loaded,
         secrets: Secrets,
         front_connections: usize,
-        store: Arc<Store>,
     ) -> Result<Arc<Supervisor>, SupervisorError> {
         let state_dir = loaded.config.state_dir.clone();
         for dir in [state_dir.join("logs"), state_dir.join("run")] {
@@ -99,6 +99,7 @@ impl Supervisor {
         }
         let lock = lock_state_dir(&state_dir)?;
         let pids = Arc::new(PidRecord::new(state_dir.join("run").join("workers.pids")));
+        let store = Arc::new(Store::open(&state_dir.join("agent.db"), secrets.clone())?);
         let reaped = pids.reap_previous();
         if reaped > 0 {
             tracing::warn!(reaped, "stopped workers left running by a previous agent");
@@ -127,6 +128,11 @@ impl Supervisor {
             }
         }
         Ok(sup)
+    }
+
+    /// The state database, opened under the state dir's lock.
+    pub fn store(&self) -> Arc<Store> {
+        self.store.clone()
     }
 
     /// Workers found unhealthy from now on. A receiver that lags loses the oldest events (it is
