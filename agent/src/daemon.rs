@@ -14,7 +14,6 @@ use crate::config;
 use crate::deploy::Deployer;
 use crate::report::Reporter;
 use crate::secrets::Secrets;
-use crate::store::Store;
 use crate::supervisor::{self, Supervisor};
 use anyhow::Context;
 use std::path::{Path, PathBuf};
@@ -130,7 +129,7 @@ fn check(path: &Path) -> ExitCode {
 /// `env_file` fails `check` too instead of only the start.
 fn read_env_files(loaded: config::Loaded) -> Result<config::Loaded, config::ConfigError> {
     for app in loaded.config.apps.values() {
-        let release = app.path.as_deref().and_then(supervisor::current_release);
+        let release = app.source.app_dir().and_then(supervisor::current_release);
         supervisor::resolve_spec(app, release.as_ref())?;
     }
     Ok(loaded)
@@ -156,7 +155,7 @@ async fn serve(path: &Path, secrets: Secrets) -> anyhow::Result<ExitCode> {
         "file descriptors shared"
     );
     let supervisor = Supervisor::start(&loaded, secrets.clone(), budget.front_connections).await?;
-    let store = Arc::new(Store::open(&loaded.config.state_dir.join("agent.db"), secrets.clone())?);
+    let store = supervisor.store();
     // Reports first: the deploys that start now are reported too.
     let reporter = Reporter::start(store.clone(), &loaded.config);
     reporter.watch_workers(supervisor.clone(), store.clone());

@@ -22,7 +22,7 @@
 //! program that prints guesses which guesses start a secret. Masking catches a value an app
 //! echoes by accident; an app given a value (through `env`) can always print it some other way.
 
-use crate::config::{AgentConfig, AuthConfig};
+use crate::config::AgentConfig;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
@@ -172,8 +172,8 @@ pub fn names(config: &AgentConfig) -> BTreeSet<String> {
         if let Some(hook) = &app.webhook {
             names.insert(hook.secret_env.clone());
         }
-        if let Some(AuthConfig::TokenEnv(var)) = &app.auth {
-            names.insert(var.clone());
+        if let Some(var) = app.git_token_env() {
+            names.insert(var.to_string());
         }
     }
     names

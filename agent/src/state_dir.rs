@@ -74,9 +74,9 @@ pub fn secure(config: &AgentConfig) -> Result<(), StateDirError> {
         Err(e) => tracing::warn!(path = %db.display(), error = %e, "cannot create the database file"),
     }
     for (name, app) in &config.apps {
-        if let (Some(_), Some(path)) = (&app.repo, &app.path)
+        if let Some(path) = app.source.app_dir()
             && path.is_dir()
-            && let Err(e) = AppDir::new(path.clone()).secure(app.run_as.as_ref())
+            && let Err(e) = AppDir::new(path.to_path_buf()).secure(app.run_as.as_ref())
         {
             tracing::warn!(app = %name, path = %path.display(), error = %e, "cannot make the app's directory private");
         }

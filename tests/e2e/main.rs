@@ -15,6 +15,7 @@ mod edge;
 mod fleet;
 mod fronts;
 mod lifecycle;
+mod records;
 mod reload;
 mod reports;
 mod shutdown;

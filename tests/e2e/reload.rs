@@ -4,7 +4,7 @@ use deployer_tests::{Agent, Load, LoadReport, TestEnv, fixture, pid_alive};
 use deployer_wire::{ApiError, ReloadOutcome};
 use std::time::Duration;
 
-/// Clients hitting the app during a reload, as in `shared/bench/loadcheck.py --conns 50`.
+/// Clients hitting the app during a reload.
 const CONNS: usize = 50;
 /// At 50 clients and a 200 ms answer the app serves ~250 requests a second, so ~2 s of load.
 const MIN_OK: u64 = 350;

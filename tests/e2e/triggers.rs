@@ -215,13 +215,18 @@ fn cron_mode_checks_on_its_schedule() {
 #[test]
 fn a_git_server_that_is_down_is_logged_once_per_outage() {
     let repo = TestRepo::with_example_app();
-    let agent = TestEnv::new().web(|a: AppSpec| a.repo(&repo).instances(1).set("poll", "200ms")).start();
+    // Every failed tick after the first is logged at debug level: the test counts them.
+    let agent = TestEnv::new()
+        .agent_env("RUST_LOG", "info,agent::deploy::poll=debug")
+        .web(|a: AppSpec| a.repo(&repo).instances(1).set("poll", "200ms"))
+        .start();
     let moved = repo.path().with_extension("away");
     std::fs::rename(repo.path(), &moved).expect("take the repo away");
     let down = "cannot look up the branch head";
     assert!(wait_until(Duration::from_secs(10), || agent.log().contains(down)), "{}", agent.log());
     // Several ticks go by while it stays down.
-    std::thread::sleep(Duration::from_millis(1500));
+    let still_down = "the git remote still does not answer";
+    assert!(wait_until(Duration::from_secs(10), || agent.log().matches(still_down).count() >= 3), "{}", agent.log());
     std::fs::rename(&moved, repo.path()).expect("put the repo back");
     assert!(
         wait_until(Duration::from_secs(10), || agent.log().contains("the git remote answers again")),

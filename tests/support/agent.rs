@@ -67,6 +67,9 @@ impl Agent {
         let append = |name: &str| {
             OpenOptions::new().create(true).append(true).open(self.setup.dir().join(name)).expect("agent log file")
         };
+        // Counted before the spawn: an agent that is ready before this process reads its log
+        // (a few ms) must not be counted as an earlier one, or its readiness is never seen.
+        self.ready_before = self.log().matches(READY).count();
         let mut cmd = self.setup.agent_command();
         cmd.arg("--config")
             .arg(self.setup.config_path())
@@ -75,7 +78,6 @@ impl Agent {
             .stderr(append("agent.err"));
         self.child = Some(cmd.spawn().expect("start deployer-agent"));
         self.exit = None;
-        self.ready_before = self.log().matches(READY).count();
     }
 
     /// Start a new agent process on the same config (the previous one must have exited).
@@ -83,6 +85,22 @@ impl Agent {
         assert!(self.exited().is_some(), "the previous agent is still running");
         self.spawn_process();
         self.wait_started();
+    }
+
+    /// Stop the agent gracefully (SIGTERM) and wait until it has exited.
+    #[track_caller]
+    pub fn stop(&mut self) {
+        self.signal(Signal::SIGTERM);
+        assert!(self.wait_exit(SHUTDOWN).is_some(), "the agent did not stop within {SHUTDOWN:?}");
+    }
+
+    /// Stop the agent gracefully and start a new process on the same config; waits for its API
+    /// only (what its workers do is the test's to check: a runtime scale or stop may hold).
+    #[track_caller]
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn_process();
+        assert!(self.wait_api(), "the agent did not answer /healthz within {STARTUP:?} (exit: {:?})", self.exit);
     }
 
     /// Wait until this agent's API answers (`false` when the agent exited first, or the time is up).

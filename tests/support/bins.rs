@@ -1,9 +1,14 @@
 //! The binaries under test, built from this workspace before the first test uses them.
 //!
-//! `cargo nextest run -p deployer-tests` builds the test binary only, not the `agent` and
-//! `deployer` binaries it drives; so the first use in a process runs `cargo build` for them, with
-//! the test binary's profile and target dir. A no-op build takes a moment, so under nextest (one
-//! process per test) a marker keyed on `NEXTEST_RUN_ID` makes it once per run.
+//! `env!("CARGO_BIN_EXE_<name>")` names only the binaries of the test's own package, and the
+//! agent and the CLI are binaries of `agent` and `deployer` (artifact dependencies, which would
+//! lift that, are unstable). So `cargo nextest run -p deployer-tests` builds the test binary
+//! only, and [`bin`] builds the two binaries with one `cargo build`, guarded by a `OnceLock`:
+//! once per test process, whatever the number of threads asking, with the test binary's profile
+//! and target dir. Under nextest (one process per test) a marker keyed on `NEXTEST_RUN_ID` makes
+//! that once per run: the later processes find the marker and run no cargo at all. Processes that
+//! start together each run the build; cargo's lock on the target dir makes them wait for the
+//! first, and the others are no-op builds.
 //! `DEPLOYER_TESTS_NO_BUILD=1` skips the build and tests the binaries already there.
 
 use std::path::{Path, PathBuf};
@@ -66,8 +71,11 @@ fn build(profile_dir: &Path) -> Result<(), String> {
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    if let Some(id) = run_id {
-        let _ = std::fs::write(&marker, id);
+    // Without the marker the next test process only runs a no-op build: not worth failing for.
+    if let Some(id) = run_id
+        && let Err(e) = std::fs::write(&marker, id)
+    {
+        eprintln!("cannot write `{}`: {e}", marker.display());
     }
     Ok(())
 }

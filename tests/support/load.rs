@@ -1,5 +1,5 @@
-//! Closed-loop HTTP/1.1 load that counts every failed request: the Rust twin of
-//! `shared/bench/loadcheck.py`, with the same rules.
+//! Closed-loop HTTP/1.1 load that counts every failed request: the Rust twin of the repository's
+//! `bench/loadcheck.py`, with the same rules.
 //!
 //! Each of `conns` clients sends `GET /` back to back, over one keep-alive connection or a new
 //! connection per request (`Connection: close`). A request fails when the connection cannot be
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Per-request timeout, as loadcheck.py's default.
+/// Per-request timeout: an answer slower than this counts as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// A load nobody stops ends by itself.
 const MAX_DURATION: Duration = Duration::from_secs(90);

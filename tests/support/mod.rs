@@ -3,9 +3,8 @@
 //!
 //! A test states its setup with a [`TestEnv`] (in the spirit of casey/just's `Test`), which writes
 //! an `agent.yaml` into a temp dir and starts the agent; the running [`Agent`] answers API calls,
-//! runs the CLI against itself and prints its own log when a test fails. [`Load`] is the Rust twin
-//! of `shared/bench/loadcheck.py`: closed-loop clients that count every failed request by the
-//! same rules. Every wait is a poll with a deadline ([`wait_until`]), never a fixed sleep.
+//! runs the CLI against itself and prints its own log when a test fails. [`Load`] is closed-loop
+//! clients that count every failed request. Every wait is a poll with a deadline ([`wait_until`]), never a fixed sleep.
 //!
 //! The agent and CLI binaries are built by the first test that needs them ([`bin`]);
 //! `DEPLOYER_TESTS_NO_BUILD=1` tests the binaries already in the target dir instead.

@@ -115,12 +115,16 @@ impl Answer for NotReady {
     fn code(&self) -> ErrorCode {
         match self {
             NotReady::Stopping => ErrorCode::Stopping,
+            NotReady::NotRecorded(_) => ErrorCode::Internal,
             _ => ErrorCode::StartFailed,
         }
     }
     fn hint(&self) -> Option<String> {
         Some(match self {
             NotReady::Stopping => STOPPING_HINT.into(),
+            NotReady::NotRecorded(_) => {
+                "the agent's log says why its state database cannot be written (a full disk?)".into()
+            }
             _ => LOGS_HINT.into(),
         })
     }

@@ -250,7 +250,7 @@ async fn restart(State(st): State<Arc<ApiState>>, Path(app): Path<String>) -> Re
 
 async fn stop(State(st): State<Arc<ApiState>>, Path(app): Path<String>) -> Result<Json<AppStatus>, ApiErr> {
     let app = st.supervisor.app(&app)?;
-    app.stop().await;
+    app.stop().await?;
     Ok(Json(app.status()))
 }
 
@@ -286,7 +286,8 @@ async fn create_deploy(
     let req: DeployRequest = body(&bytes)?.unwrap_or_default();
     let git_ref = match req.git_ref {
         Some(r) => r,
-        None => st.supervisor.app(&app)?.config().branch,
+        // An app without `repo` has no branch: `request` refuses it.
+        None => st.supervisor.app(&app)?.config().source.git().map(|g| g.branch.clone()).unwrap_or_default(),
     };
     // The token is who asked; what the request says about itself is kept beside it.
     let by = Requester::token(&caller.0, req.who);

@@ -1,17 +1,13 @@
 //! `POST /hooks/{app}`: signed push webhooks from the git host. The signature is the
-//! authentication (no bearer token); [`hooks`] verifies and parses, this handler decides.
+//! authentication (no bearer token); [`hooks`] verifies and parses, [`Deployer::receive_push`]
+//! decides what a push deploys (duplicates, replays, joins: `deploy/push.rs`), and this handler
+//! answers. The payload's sha is logged, never deployed. The answer comes before any git work:
+//! the deploy runs after it, through the same queue as every other trigger.
 //!
-//! A push only says "this branch moved": the agent queues a branch-head deploy, fetches the
-//! branch itself and deploys the head it fetched. The payload's sha is logged, never deployed.
-//! The answer comes before any git work: the deploy runs after it, through the same queue as
-//! every other trigger.
-//!
-//! Delivery ids are not signed, so a captured delivery can be replayed under a new id. A push
-//! whose commit is already live, or already being deployed, queues nothing (it joins the deploy
-//! under way); a body seen before under another id queues nothing either.
+//! [`Deployer::receive_push`]: crate::deploy::Deployer::receive_push
 
 use super::{ApiErr, ApiState};
-use crate::deploy::{Pushed, Requester};
+use crate::deploy::{PushDelivery, Pushed, Requester};
 use axum::Extension;
 use axum::Json;
 use axum::extract::{ConnectInfo, Path, State};
@@ -19,7 +15,6 @@ use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
 use deployer_wire::{ErrorCode, HookAnswer};
 use hooks::{Headers, IgnoreReason, Outcome, RejectionKind};
-use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -80,13 +75,14 @@ pub async fn receive(
     };
     let Ok(a) = st.supervisor.app(&app) else { return Err(not_found()) };
     let cfg = a.config();
-    let Some(hook) = cfg.webhook.clone() else { return Err(not_found()) };
+    // `webhook` is only accepted on an app deployed from git.
+    let (Some(hook), Some(git)) = (cfg.webhook.clone(), cfg.source.git()) else { return Err(not_found()) };
     let provider = hook.resolved_provider().map_err(ApiErr::internal)?;
     let secret = hook.secret().unwrap_or_default();
     let fields: Headers<'_> =
         headers.iter().fold(Headers::new(), |h, (name, value)| h.with(name.as_str(), value.as_bytes()));
 
-    let outcome = match hooks::receive(&provider, secret.as_bytes(), &fields, &body, &cfg.branch) {
+    let outcome = match hooks::receive(&provider, secret.as_bytes(), &fields, &body, &git.branch) {
         Ok(outcome) => outcome,
         Err(rejection) => {
             let counter = match rejection.kind() {
@@ -122,31 +118,10 @@ pub async fn receive(
         Outcome::Ping { .. } => return ignored("ping: the hook works; pushes to the branch will deploy".into()),
         Outcome::Ignored { reason, .. } => return ignored(reason.to_string()),
     };
-    if !st.store.remember_delivery(&app, &delivery).map_err(ApiErr::internal)? {
-        return ignored(IgnoreReason::DuplicateDelivery { delivery: delivery.clone() }.to_string());
-    }
-    // The body is what is signed: the same body under a new delivery id is a replay.
-    let body_id = format!("body:sha256:{}", hex::encode(Sha256::digest(&body)));
-    let replayed = match st.store.remember_delivery(&app, &body_id) {
-        Ok(new) => !new,
-        Err(e) => {
-            let _ = st.store.forget_delivery(&app, &delivery);
-            return Err(ApiErr::internal(e));
-        }
-    };
     let who = push.pusher.clone().unwrap_or_else(|| "webhook".into());
     let after = push.after.as_str();
-    let pushed = match st.deployer.push(&app, after, replayed, &Requester::named(Some(&who))) {
-        Ok(pushed) => pushed,
-        Err(e) => {
-            // Not acted on: let the host's retry through.
-            let _ = st.store.forget_delivery(&app, &delivery);
-            if !replayed {
-                let _ = st.store.forget_delivery(&app, &body_id);
-            }
-            return Err(e.into());
-        }
-    };
+    let by = Requester::named(Some(&who));
+    let pushed = st.deployer.receive_push(&app, PushDelivery { id: &delivery, body: &body, after, by })?;
     let short = &after[..7.min(after.len())];
     let (accepted, message) = match pushed {
         Pushed::Queued(accepted) => (accepted, None),
@@ -156,6 +131,9 @@ pub async fn receive(
         }
         Pushed::AlreadyLive { release } => {
             return ignored(format!("{short} is already live (release {release}): nothing to deploy"));
+        }
+        Pushed::Duplicate => {
+            return ignored(IgnoreReason::DuplicateDelivery { delivery: delivery.clone() }.to_string());
         }
         Pushed::Replayed => {
             return ignored(format!(

@@ -7,7 +7,7 @@
 //! Secrets never sit in the file: a token comes from the environment variable named here, a key
 //! from a file only root should read.
 
-use super::{AppConfig, At, ConfigError};
+use super::{At, ConfigError, ValueError};
 use crate::source::{GitAuth, Transport, is_loopback, transport};
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{self, Deserialize, Deserializer, EnumAccess, MapAccess, VariantAccess, Visitor};
@@ -99,19 +99,14 @@ impl<'de> Visitor<'de> for AuthVisitor {
 }
 
 impl TryFrom<AuthMap> for AuthConfig {
-    type Error = String;
-    fn try_from(raw: AuthMap) -> Result<Self, String> {
+    type Error = ValueError;
+    fn try_from(raw: AuthMap) -> Result<Self, ValueError> {
         match (raw.token_env, raw.ssh_key, raw.known_hosts) {
-            (Some(_), Some(_), _) => {
-                Err("`auth` takes one credential: `token_env` (an https token) or `ssh_key` (an ssh key), not both"
-                    .into())
-            }
-            (Some(_), None, Some(_)) => {
-                Err("`known_hosts` is for ssh servers: use it with `ssh_key`, not with an https `token_env`".into())
-            }
+            (Some(_), Some(_), _) => Err(ValueError::AuthBoth),
+            (Some(_), None, Some(_)) => Err(ValueError::AuthKnownHosts),
             (Some(var), None, None) => Ok(AuthConfig::TokenEnv(var)),
             (None, Some(key), known_hosts) => Ok(AuthConfig::SshKey { key, known_hosts }),
-            (None, None, _) => Err(format!("`auth` names no credential: write {EXPECTING}")),
+            (None, None, _) => Err(ValueError::AuthNone(EXPECTING)),
         }
     }
 }
@@ -125,10 +120,14 @@ fn absolute(path: &mut PathBuf, base: &Path) {
 /// Checks of an app's `auth` against its `repo`, made when the config is loaded: the token's
 /// variable is set, a token never travels in clear text to another host, key files exist and are
 /// private. Relative paths become absolute (`base` is the config file's directory).
-pub(super) fn check(name: &str, app: &mut AppConfig, base: &Path, at: &At<'_>) -> Result<(), ConfigError> {
+pub(super) fn check(
+    name: &str,
+    repo: &str,
+    auth: &mut AuthConfig,
+    base: &Path,
+    at: &At<'_>,
+) -> Result<(), ConfigError> {
     let keys = ["apps", name, "auth"];
-    let repo = app.repo.clone().unwrap_or_default();
-    let Some(auth) = &mut app.auth else { return Ok(()) };
     match auth {
         AuthConfig::TokenEnv(var) => {
             if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
@@ -146,7 +145,7 @@ pub(super) fn check(name: &str, app: &mut AppConfig, base: &Path, at: &At<'_>) -
                     Some(format!("export {var}=<token> before starting the agent")),
                 ));
             }
-            match transport(&repo) {
+            match transport(repo) {
                 Transport::Ssh => {
                     return Err(at(
                         &keys,
@@ -165,7 +164,7 @@ pub(super) fn check(name: &str, app: &mut AppConfig, base: &Path, at: &At<'_>) -
             }
         }
         AuthConfig::SshKey { key, known_hosts } => {
-            if matches!(transport(&repo), Transport::Http { .. }) {
+            if matches!(transport(repo), Transport::Http { .. }) {
                 return Err(at(
                     &keys,
                     format!("app `{name}` has an `ssh_key` for an http(s) `repo`"),
@@ -283,7 +282,7 @@ mod tests {
         let text =
             format!("apps:\n  web:\n    repo: {repo}\n    auth: {auth}\n    start: node app.js\n    port: 3000\n");
         let loaded = super::super::parse(&dir.join("agent.yaml"), &text)?;
-        Ok(loaded.config.apps["web"].auth.clone().unwrap())
+        Ok(loaded.config.apps["web"].source.git().and_then(|g| g.auth.clone()).unwrap())
     }
 
     #[test]

@@ -10,12 +10,64 @@ use serde::de::{self, Deserialize, Deserializer, IntoDeserializer, MapAccess, Se
 use std::fmt;
 use std::marker::PhantomData;
 
+/// A value in the config that does not say something the agent can do. Each message names the
+/// value and what to write instead; the parser puts it at the value's line and column.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error("cannot split `{text}` into arguments: {reason}")]
+    CannotSplit { text: String, reason: String },
+    #[error("`start` is empty: write the command that runs one worker, like `node app.js`")]
+    EmptyStart,
+    #[error("empty command: write one like `npm ci --omit=dev`")]
+    EmptyCommand,
+    #[error("`instances: {0}` is out of range: write 1 to 1024, or `max`")]
+    InstancesOutOfRange(i64),
+    #[error("invalid `instances: {0}`: write a number like `2`, or `max` for one per CPU")]
+    Instances(String),
+    #[error("invalid `http: {0}`: write a path like `/healthz`")]
+    ProbePath(String),
+    #[error("`ready` takes one check: `tcp: true`, `http: /path`, `notify: true` or `alive: 1s`")]
+    ReadyChecks,
+    #[error("unknown signal `{0}`: write a name like `SIGUSR2`, `SIGTERM` or `SIGINT`")]
+    Signal(String),
+    #[error("invalid duration `{0}`: write a number with a unit, like `500ms`, `30s` or `5m`")]
+    Duration(String),
+    #[error("invalid address block `{0}`: write one like `10.0.0.0/8`, `fd00::/8` or `192.168.1.10`")]
+    Cidr(String),
+    #[error("`health` takes one check: `http: /healthz` or `tcp: true`")]
+    HealthChecks,
+    #[error("`health` needs a check: `http: /healthz` or `tcp: true`")]
+    HealthNoCheck,
+    #[error("`health` needs an `interval` and a `timeout` above 0, like `interval: 5s, timeout: 2s`")]
+    HealthZero,
+    #[error("`failures: 0` would find every worker unhealthy: write `failures: 1` or more")]
+    HealthFailures,
+    #[error("report `url: {0}` must start with `https://` (or `http://`)")]
+    ReportUrl(String),
+    #[error("`api_url: {0}` must start with `https://`")]
+    ApiUrl(String),
+    #[error("`secret_env` belongs to a `url` report; `github_status` takes `token_env`")]
+    ReportSecretEnv,
+    #[error(
+        "a report is either `{{ url, secret_env }}` or `{{ github_status: {{...}} }}`, not both: write two list items"
+    )]
+    ReportBoth,
+    #[error("a report needs `url: https://...` or `github_status: {{ token_env: ... }}`")]
+    ReportNone,
+    #[error("`auth` takes one credential: `token_env` (an https token) or `ssh_key` (an ssh key), not both")]
+    AuthBoth,
+    #[error("`known_hosts` is for ssh servers: use it with `ssh_key`, not with an https `token_env`")]
+    AuthKnownHosts,
+    #[error("`auth` names no credential: write {0}")]
+    AuthNone(&'static str),
+}
+
 /// Read a `Raw` of any shape (scalar, list or map), then turn it into a `T` or a located error.
 pub fn any<'de, D, Raw, T>(d: D, expecting: &'static str) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     Raw: Deserialize<'de>,
-    T: TryFrom<Raw, Error = String>,
+    T: TryFrom<Raw, Error = ValueError>,
 {
     d.deserialize_any(Checked::<Raw, T> { expecting, _types: PhantomData })
 }
@@ -24,7 +76,7 @@ where
 pub fn text<'de, D, T>(d: D, expecting: &'static str) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
-    T: TryFrom<String, Error = String>,
+    T: TryFrom<String, Error = ValueError>,
 {
     d.deserialize_str(Checked::<String, T> { expecting, _types: PhantomData })
 }
@@ -37,7 +89,7 @@ struct Checked<Raw, T> {
 impl<'de, Raw, T> Checked<Raw, T>
 where
     Raw: Deserialize<'de>,
-    T: TryFrom<Raw, Error = String>,
+    T: TryFrom<Raw, Error = ValueError>,
 {
     fn check<D: Deserializer<'de>>(d: D) -> Result<T, D::Error> {
         T::try_from(Raw::deserialize(d)?).map_err(de::Error::custom)
@@ -47,7 +99,7 @@ where
 impl<'de, Raw, T> Visitor<'de> for Checked<Raw, T>
 where
     Raw: Deserialize<'de>,
-    T: TryFrom<Raw, Error = String>,
+    T: TryFrom<Raw, Error = ValueError>,
 {
     type Value = T;
 

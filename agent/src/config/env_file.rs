@@ -9,7 +9,7 @@
 //! by the operator in the config, is opened as it is. Errors name the file and the line, never
 //! what the file holds (it may be somebody else's secret).
 
-use super::{AppConfig, ConfigError};
+use super::{AppConfig, AppSource, ConfigError, GitSource};
 use crate::beneath::{BeneathError, Dir};
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
@@ -26,18 +26,18 @@ pub fn read_for_app(cfg: &AppConfig, release: Option<&str>) -> Result<BTreeMap<S
     let Some(file) = &cfg.env_file else { return Ok(BTreeMap::new()) };
     if file.is_absolute() {
         // The operator's own path: trusted, links and all.
-        if cfg.repo.is_some() && !file.exists() {
+        if cfg.source.git().is_some() && !file.exists() {
             return Ok(BTreeMap::new());
         }
         return read_env_file(file);
     }
     // Where the app's user can write, a hard link to a file it could not read is not read either.
     let uid = cfg.run_as.as_ref().map(|r| r.uid);
-    match (&cfg.cwd, &cfg.path, release) {
-        (Some(cwd), _, _) => read_beneath(cwd, file, file, Place::Cwd, uid)?.ok_or_else(|| {
+    match (&cfg.source, release) {
+        (AppSource::Dir(cwd), _) => read_beneath(cwd, file, file, Place::Cwd, uid)?.ok_or_else(|| {
             ConfigError::at(&cwd.join(file), 0, 0, "cannot read: no such file".into(), Some(IF_MISSING.into()))
         }),
-        (None, Some(app_dir), Some(release)) => {
+        (AppSource::Git(GitSource { dir: app_dir, .. }), Some(release)) => {
             let rel = in_release(file).ok_or_else(|| {
                 ConfigError::at(
                     &app_dir.join("releases").join(release).join(file),
@@ -54,7 +54,7 @@ pub fn read_for_app(cfg: &AppConfig, release: Option<&str>) -> Result<BTreeMap<S
             let place = if shared { Place::Shared } else { Place::Release };
             Ok(read_beneath(app_dir, &beneath, file, place, uid)?.unwrap_or_default())
         }
-        _ => Ok(BTreeMap::new()),
+        (AppSource::Git(_), None) => Ok(BTreeMap::new()),
     }
 }
 
@@ -181,7 +181,16 @@ mod tests {
 
     fn app(yaml: &str, dir: &Path) -> AppConfig {
         let mut cfg: AppConfig = serde_yaml_ng::from_str(yaml).unwrap();
-        cfg.path = Some(dir.join("app"));
+        cfg.source = match &cfg.repo {
+            Some(repo) => AppSource::Git(GitSource {
+                repo: repo.clone(),
+                branch: cfg.branch.clone(),
+                root: cfg.root.clone(),
+                auth: None,
+                dir: dir.join("app"),
+            }),
+            None => AppSource::Dir(cfg.cwd.clone().unwrap_or_default()),
+        };
         cfg
     }
 
@@ -245,7 +254,7 @@ mod tests {
         std::fs::create_dir_all(&cwd).unwrap();
         symlink(t.path().join("secret.env"), cwd.join(".env")).unwrap();
         let mut cfg = app("{ cwd: x, start: x, env_file: .env }", t.path());
-        cfg.cwd = Some(cwd.clone());
+        cfg.source = AppSource::Dir(cwd.clone());
         let e = read_for_app(&cfg, None).unwrap_err().to_string();
         assert!(e.contains("symbolic link") && !e.contains(SECRET), "{e}");
         cfg.env_file = Some(cwd.join(".env"));

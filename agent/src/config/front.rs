@@ -118,9 +118,9 @@ impl<'de> Deserialize<'de> for Cidr {
 }
 
 impl TryFrom<String> for Cidr {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        let bad = || format!("invalid address block `{s}`: write one like `10.0.0.0/8`, `fd00::/8` or `192.168.1.10`");
+    type Error = super::ValueError;
+    fn try_from(s: String) -> Result<Self, super::ValueError> {
+        let bad = || super::ValueError::Cidr(s.clone());
         let (addr, prefix) = match s.trim().split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (s.trim(), None),

@@ -3,6 +3,7 @@
 //! database it cannot recover from) leaves the rotation even when no request happens to time
 //! out on it.
 
+use super::ValueError;
 use super::units::Dur;
 use serde::{Deserialize, Deserializer};
 use std::time::Duration;
@@ -47,29 +48,27 @@ struct HealthRaw {
 }
 
 impl TryFrom<HealthRaw> for HealthConfig {
-    type Error = String;
-    fn try_from(r: HealthRaw) -> Result<Self, String> {
+    type Error = ValueError;
+    fn try_from(r: HealthRaw) -> Result<Self, ValueError> {
         let check = match (r.http, r.tcp) {
-            (Some(_), Some(true)) => {
-                return Err("`health` takes one check: `http: /healthz` or `tcp: true`".into());
-            }
+            (Some(_), Some(true)) => return Err(ValueError::HealthChecks),
             (Some(path), _) => {
                 if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                    return Err(format!("invalid `http: {path}`: write a path like `/healthz`"));
+                    return Err(ValueError::ProbePath(path));
                 }
                 HealthCheck::Http(path)
             }
             (None, Some(true)) => HealthCheck::Tcp,
-            (None, _) => return Err("`health` needs a check: `http: /healthz` or `tcp: true`".into()),
+            (None, _) => return Err(ValueError::HealthNoCheck),
         };
         let interval = r.interval.map_or(Duration::from_secs(5), |d| d.0);
         let timeout = r.timeout.map_or(Duration::from_secs(2), |d| d.0);
         if interval.is_zero() || timeout.is_zero() {
-            return Err("`health` needs an `interval` and a `timeout` above 0, like `interval: 5s, timeout: 2s`".into());
+            return Err(ValueError::HealthZero);
         }
         let failures = r.failures.unwrap_or(3);
         if failures == 0 {
-            return Err("`failures: 0` would find every worker unhealthy: write `failures: 1` or more".into());
+            return Err(ValueError::HealthFailures);
         }
         Ok(HealthConfig { check, interval, timeout, failures })
     }

@@ -6,14 +6,18 @@
 
 pub mod auth;
 mod checked;
+pub use checked::ValueError;
 pub mod env_file;
 pub mod front;
 pub mod health;
 pub mod limits;
 pub mod report;
+mod resolve;
 pub mod run_as;
+mod source;
 pub mod triggers;
 pub mod units;
+mod validate;
 
 pub use auth::AuthConfig;
 pub use env_file::read_env_file;
@@ -22,7 +26,8 @@ pub use health::{HealthCheck, HealthConfig};
 pub use limits::LimitsConfig;
 pub use report::{GithubStatusConfig, ReportConfig, RetryConfig};
 pub use run_as::RunAs;
-pub use triggers::{CronSchedule, WebhookConfig};
+pub use source::{AppSource, GitSource};
+pub use triggers::{CronSchedule, Schedule, WebhookConfig};
 
 use deployer_diagnostic::locate;
 use nix::sys::signal::Signal;
@@ -120,26 +125,34 @@ pub enum Scope {
     Deploy,
 }
 
-/// One supervised app.
+/// One supervised app. The keys that say where its code comes from (`cwd`, `repo`, `branch`,
+/// `root`, `auth`, `path`) and when it is pulled (`poll`, `cron`) are read here only: the rest of
+/// the agent reads what they mean, [`AppConfig::source`] and [`AppConfig::schedule`].
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AppConfig {
+    /// Where the app's code comes from: `repo:` and its keys, or `cwd:`.
+    #[serde(skip)]
+    pub source: AppSource,
+    /// Pull mode: `poll` or `cron`, parsed (apps deployed from git only).
+    #[serde(skip)]
+    pub schedule: Option<Schedule>,
     /// Directory the workers run in, for an app deployed by other means. Relative to the config
     /// file. An app with `repo` runs in `current/<root>` instead.
     #[serde(default)]
-    pub cwd: Option<PathBuf>,
+    cwd: Option<PathBuf>,
     /// The git repository to deploy from: https or ssh URL, local path or `file://` URL.
     #[serde(default)]
-    pub repo: Option<String>,
+    repo: Option<String>,
     /// The branch to deploy.
     #[serde(default = "default_branch")]
-    pub branch: String,
+    branch: String,
     /// The repository's subdirectory that holds the app (monorepos).
     #[serde(default = "default_root")]
-    pub root: PathBuf,
+    root: PathBuf,
     /// Credentials for `repo`; secrets come from the environment or a key file, never this file.
     #[serde(default)]
-    pub auth: Option<AuthConfig>,
+    auth: Option<AuthConfig>,
     /// The install step, run in the new release (one command or a list). No shell is run.
     #[serde(default)]
     pub install: Commands,
@@ -157,13 +170,13 @@ pub struct AppConfig {
     pub keep_releases: u32,
     /// The app's directory (`repo.git`, `releases/`, `shared/`, `current`); `state_dir/apps/<name>` by default.
     #[serde(default)]
-    pub path: Option<PathBuf>,
+    path: Option<PathBuf>,
     /// Pull mode: look up the branch head this often (with up to 10% jitter) and deploy when it moved.
     #[serde(default)]
-    pub poll: Option<Dur>,
+    poll: Option<Dur>,
     /// Pull mode on a schedule instead: `cron: "*/5 * * * *"` (UTC; not together with `poll`).
     #[serde(default)]
-    pub cron: Option<String>,
+    cron: Option<String>,
     /// Signed push webhooks at `POST /hooks/<app>`: `{ provider: github, secret_env: NAME }`.
     #[serde(default)]
     pub webhook: Option<WebhookConfig>,
@@ -228,6 +241,17 @@ pub struct AppConfig {
     pub limits: LimitsConfig,
 }
 
+impl AppConfig {
+    /// The variable `auth: { token_env: NAME }` names, as written: a secret to withhold whether
+    /// or not this config was resolved (the agent's secrets are named from every config read).
+    pub fn git_token_env(&self) -> Option<&str> {
+        match &self.auth {
+            Some(AuthConfig::TokenEnv(var)) => Some(var),
+            _ => None,
+        }
+    }
+}
+
 /// `start: node app.js` or `start: [node, app.js]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StartCommand(pub Vec<String>);
@@ -236,6 +260,11 @@ impl<'de> Deserialize<'de> for StartCommand {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         checked::any::<_, OneOrList, _>(d, "a command like `node app.js` or `[node, app.js]`")
     }
+}
+
+/// A command line split like a shell would, without running one.
+fn split(line: &str) -> Result<Vec<String>, ValueError> {
+    shell_words::split(line).map_err(|e| ValueError::CannotSplit { text: line.to_string(), reason: e.to_string() })
 }
 
 /// A string or a list of strings, as written (`start` and `install` take both).
@@ -247,16 +276,14 @@ enum OneOrList {
 }
 
 impl TryFrom<OneOrList> for StartCommand {
-    type Error = String;
-    fn try_from(raw: OneOrList) -> Result<Self, String> {
+    type Error = ValueError;
+    fn try_from(raw: OneOrList) -> Result<Self, ValueError> {
         let argv = match raw {
-            OneOrList::One(s) => {
-                shell_words::split(&s).map_err(|e| format!("cannot split `{s}` into arguments: {e}"))?
-            }
+            OneOrList::One(s) => split(&s)?,
             OneOrList::List(argv) => argv,
         };
         if argv.is_empty() || argv[0].is_empty() {
-            return Err("`start` is empty: write the command that runs one worker, like `node app.js`".into());
+            return Err(ValueError::EmptyStart);
         }
         Ok(StartCommand(argv))
     }
@@ -281,6 +308,16 @@ impl Default for Instances {
     }
 }
 
+/// As written in the config: `4` or `max` (what a runtime scale records it overrides).
+impl std::fmt::Display for Instances {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Instances::Count(n) => write!(f, "{n}"),
+            Instances::Max => f.write_str("max"),
+        }
+    }
+}
+
 impl Instances {
     pub fn resolve(self) -> u32 {
         match self {
@@ -298,15 +335,13 @@ enum InstancesRaw {
 }
 
 impl TryFrom<InstancesRaw> for Instances {
-    type Error = String;
-    fn try_from(raw: InstancesRaw) -> Result<Self, String> {
+    type Error = ValueError;
+    fn try_from(raw: InstancesRaw) -> Result<Self, ValueError> {
         match raw {
             InstancesRaw::N(n) if (1..=1024).contains(&n) => Ok(Instances::Count(n as u32)),
-            InstancesRaw::N(n) => Err(format!("`instances: {n}` is out of range: write 1 to 1024, or `max`")),
+            InstancesRaw::N(n) => Err(ValueError::InstancesOutOfRange(n)),
             InstancesRaw::S(s) if s == "max" => Ok(Instances::Max),
-            InstancesRaw::S(s) => {
-                Err(format!("invalid `instances: {s}`: write a number like `2`, or `max` for one per CPU"))
-            }
+            InstancesRaw::S(s) => Err(ValueError::Instances(s)),
         }
     }
 }
@@ -322,17 +357,17 @@ impl<'de> Deserialize<'de> for Commands {
 }
 
 impl TryFrom<OneOrList> for Commands {
-    type Error = String;
-    fn try_from(raw: OneOrList) -> Result<Self, String> {
+    type Error = ValueError;
+    fn try_from(raw: OneOrList) -> Result<Self, ValueError> {
         let lines = match raw {
             OneOrList::One(line) => vec![line],
             OneOrList::List(lines) => lines,
         };
         let mut out = Vec::new();
         for line in lines {
-            let argv = shell_words::split(&line).map_err(|e| format!("cannot split `{line}` into arguments: {e}"))?;
+            let argv = split(&line)?;
             if argv.is_empty() {
-                return Err("empty command: write one like `npm ci --omit=dev`".into());
+                return Err(ValueError::EmptyCommand);
             }
             out.push(argv);
         }
@@ -422,15 +457,15 @@ struct ReadyRaw {
 }
 
 impl TryFrom<ReadyRaw> for ReadyConfig {
-    type Error = String;
-    fn try_from(r: ReadyRaw) -> Result<Self, String> {
+    type Error = ValueError;
+    fn try_from(r: ReadyRaw) -> Result<Self, ValueError> {
         let mut checks = Vec::new();
         if r.tcp == Some(true) {
             checks.push(ReadyCheck::Tcp);
         }
         if let Some(path) = r.http {
             if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err(format!("invalid `http: {path}`: write a path like `/healthz`"));
+                return Err(ValueError::ProbePath(path));
             }
             checks.push(ReadyCheck::Http(path));
         }
@@ -441,7 +476,7 @@ impl TryFrom<ReadyRaw> for ReadyConfig {
             checks.push(ReadyCheck::Alive(d.0));
         }
         if checks.len() > 1 {
-            return Err("`ready` takes one check: `tcp: true`, `http: /path`, `notify: true` or `alive: 1s`".into());
+            return Err(ValueError::ReadyChecks);
         }
         Ok(ReadyConfig {
             check: checks.pop().unwrap_or(ReadyCheck::Tcp),
@@ -486,13 +521,11 @@ impl<'de> Deserialize<'de> for SignalName {
 }
 
 impl TryFrom<String> for SignalName {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
+    type Error = ValueError;
+    fn try_from(s: String) -> Result<Self, ValueError> {
         let upper = s.to_ascii_uppercase();
         let full = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
-        Signal::from_str(&full)
-            .map(SignalName)
-            .map_err(|_| format!("unknown signal `{s}`: write a name like `SIGUSR2`, `SIGTERM` or `SIGINT`"))
+        Signal::from_str(&full).map(SignalName).map_err(|_| ValueError::Signal(s))
     }
 }
 
@@ -563,9 +596,37 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     parse(path, &text)
 }
 
-/// Parse and check config text; `path` names it in errors and anchors relative paths.
+/// Parse and check config text; `path` names it in errors and anchors relative paths. Three
+/// steps: [`read`] (what the text says, and what it means where that needs only the text),
+/// then per app in file order [`validate::app`] (the values fit together) and [`resolve::app`]
+/// (paths, the environment and the accounts of this host), then the agent's own keys.
 pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
-    let mut config: AgentConfig = if text.trim().is_empty() {
+    let mut config = read(path, text)?;
+    let base = base_dir(path);
+    // At the key, or at its closest parent written in the file (a default has no line of its own).
+    let at = |keys: &[&str], msg: String, hint: Option<String>| {
+        let (line, col) = (1..=keys.len()).rev().find_map(|n| locate::key(text, &keys[..n])).unwrap_or((1, 1));
+        ConfigError::at(path, line, col, msg, hint)
+    };
+    resolve::agent(&mut config, &base, &at)?;
+    let (listen, state_dir) = (config.listen.port(), config.state_dir.clone());
+    let mut ports = validate::Ports::new(listen);
+    for name in in_file_order(text, config.apps.keys()) {
+        let Some(app) = config.apps.get_mut(&name) else { continue };
+        validate::app(&name, app, &mut ports, &at)?;
+        resolve::app(&name, app, &base, &state_dir, &at)?;
+    }
+    for (i, r) in config.report.iter().enumerate() {
+        resolve::report(r, None, &["report"], i, &at)?;
+    }
+    let tokens = resolve::tokens(&config.tokens, &at)?;
+    Ok(Loaded { path: path.to_path_buf(), config, tokens })
+}
+
+/// The YAML as an [`AgentConfig`], with what the keys mean where the text alone says it: each
+/// app's pull schedule, and its readiness check where there is no port to probe.
+fn read(path: &Path, text: &str) -> Result<AgentConfig, ConfigError> {
+    if text.trim().is_empty() {
         return Err(ConfigError::at(
             path,
             1,
@@ -573,170 +634,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
             "the config is empty".into(),
             Some("start from `examples/agent.yaml`: it needs at least `apps:` with one app".into()),
         ));
-    } else {
-        serde_yaml_ng::from_str(text).map_err(|e| ConfigError::from_yaml(path, e))?
-    };
-    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
-    let base = std::fs::canonicalize(&base).unwrap_or(base);
-    // At the key, or at its closest parent written in the file (a default has no line of its own).
-    let at = |keys: &[&str], msg: String, hint: Option<String>| {
-        let (line, col) = (1..=keys.len()).rev().find_map(|n| locate::key(text, &keys[..n])).unwrap_or((1, 1));
-        ConfigError::at(path, line, col, msg, hint)
-    };
-
-    if config.state_dir.is_relative() {
-        config.state_dir = base.join(&config.state_dir);
     }
-    if let Some(tls) = &mut config.tls {
-        for (key, file) in [("cert", &mut tls.cert), ("key", &mut tls.key)] {
-            if file.is_relative() {
-                *file = base.join(&*file);
-            }
-            if !file.is_file() {
-                return Err(at(
-                    &["tls", key],
-                    format!("`tls.{key}`: no file `{}`", file.display()),
-                    Some("name a PEM file, relative to this config file".into()),
-                ));
-            }
-        }
-    }
-    let state_dir = config.state_dir.clone();
-    // Checked in file order, so that of two clashing apps the error names the one written second.
-    let mut names: Vec<String> = config.apps.keys().cloned().collect();
-    names.sort_by_key(|name| locate::key(text, &["apps", name]).unwrap_or((usize::MAX, 0)));
-    let mut ports: BTreeMap<u16, &str> = BTreeMap::new();
-    for name in &names {
-        let Some(app) = config.apps.get_mut(name) else { continue };
-        if !valid_app_name(name) {
-            return Err(at(
-                &["apps", name],
-                format!("invalid app name `{name}`"),
-                Some("use letters, digits, `-` and `_` (it names files and URL paths)".into()),
-            ));
-        }
-        match (&mut app.cwd, &app.repo) {
-            (Some(_), Some(_)) => {
-                return Err(at(
-                    &["apps", name, "cwd"],
-                    format!("app `{name}` has both `cwd` and `repo`"),
-                    Some(
-                        "an app with `repo` runs in its current release; use `root` for a subdirectory of the repo"
-                            .into(),
-                    ),
-                ));
-            }
-            (None, None) => {
-                return Err(at(
-                    &["apps", name],
-                    format!("app `{name}` has neither `cwd` nor `repo`"),
-                    Some(
-                        "add `repo: <git URL or path>` to deploy from git, or `cwd: <dir>` to run a directory as it is"
-                            .into(),
-                    ),
-                ));
-            }
-            (Some(cwd), None) => {
-                if cwd.is_relative() {
-                    *cwd = base.join(&*cwd);
-                }
-                if !cwd.is_dir() {
-                    return Err(at(
-                        &["apps", name, "cwd"],
-                        format!("`cwd` of app `{name}` is not a directory: `{}`", cwd.display()),
-                        Some("paths are relative to the config file's directory".into()),
-                    ));
-                }
-            }
-            (None, Some(repo)) => {
-                // A local path is relative to the config file, like every other path here.
-                if !repo.contains("://") && !repo.contains('@') && Path::new(repo.as_str()).is_relative() {
-                    app.repo = Some(base.join(repo.as_str()).display().to_string());
-                }
-                if let Err(e) = crate::source::validate_ref(&app.branch) {
-                    return Err(at(&["apps", name, "branch"], e.to_string(), None));
-                }
-                if app.root.is_absolute() || app.root.components().any(|c| matches!(c, std::path::Component::ParentDir))
-                {
-                    return Err(at(
-                        &["apps", name, "root"],
-                        format!("`root: {}` must stay inside the repository", app.root.display()),
-                        Some("write a relative path like `services/web`".into()),
-                    ));
-                }
-                for p in &app.shared {
-                    if p.is_absolute() || p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-                        return Err(at(
-                            &["apps", name, "shared"],
-                            format!("shared path `{}` must stay inside the release", p.display()),
-                            None,
-                        ));
-                    }
-                }
-                let dir = app.path.take().unwrap_or_else(|| PathBuf::from("apps").join(name.as_str()));
-                app.path = Some(if dir.is_relative() { state_dir.join(dir) } else { dir });
-                auth::check(name, app, &base, &at)?;
-            }
-        }
-        check_triggers(name, app, &at)?;
-        limits::check(name, &app.limits, &at)?;
-        if let Some(user) = &app.user {
-            let keys = ["apps", name.as_str(), "user"];
-            let run_as = RunAs::resolve(user).map_err(|e| {
-                at(&keys, e, Some("name an account of this host, e.g. `user: www-data`, or a uid".into()))
-            })?;
-            if !run_as.can_switch() {
-                return Err(at(
-                    &keys,
-                    format!("app `{name}` runs as `{}`, which needs the agent to run as root", run_as.user),
-                    Some("start the agent as root (it starts the workers as `user`), or remove `user:`".into()),
-                ));
-            }
-            app.run_as = Some(run_as);
-        }
-        if app.reload.max_surge == 0 {
-            return Err(at(
-                &["apps", name, "reload", "max_surge"],
-                "`max_surge: 0` would never replace a worker".into(),
-                Some("write `max_surge: 1` or more".into()),
-            ));
-        }
-        match (app.proxy, app.port) {
-            (ProxyMode::None, _) => {}
-            (mode, None) => {
-                return Err(at(
-                    &["apps", name, "proxy"],
-                    format!("app `{name}` has `proxy: {}` but no `port`", mode.as_str()),
-                    Some("add `port: 3000` (the public port), or `proxy: none` for processes without a front".into()),
-                ));
-            }
-            (_, Some(port)) => {
-                if let Some(other) = ports.insert(port, name) {
-                    return Err(at(
-                        &["apps", name, "port"],
-                        format!("port {port} is used by both `{other}` and `{name}`"),
-                        Some("give each app its own `port`".into()),
-                    ));
-                }
-                if port == config.listen.port() {
-                    return Err(at(
-                        &["apps", name, "port"],
-                        format!("port {port} of app `{name}` is the agent's own `listen` port"),
-                        Some(
-                            "give the app another `port`, or move the agent's API with `listen: 127.0.0.1:7070`".into(),
-                        ),
-                    ));
-                }
-            }
-        }
-        if app.health.is_some() && !matches!(app.proxy, ProxyMode::Http | ProxyMode::Tcp) {
-            return Err(at(
-                &["apps", name, "health"],
-                format!("`proxy: {}` workers have no private port the agent can probe one by one", app.proxy.as_str()),
-                Some("remove `health`, or use `proxy: http` or `proxy: tcp`".into()),
-            ));
-        }
+    let mut config: AgentConfig = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::from_yaml(path, e))?;
+    for (name, app) in &mut config.apps {
+        let at = |key: &str| locate::key(text, &["apps", name, key]).unwrap_or((1, 1));
+        app.schedule = schedule(name, app).map_err(|(key, msg, hint)| {
+            let (line, col) = at(key);
+            ConfigError::at(path, line, col, msg, Some(hint.into()))
+        })?;
         // Where there is no private port to probe, readiness defaults to "still alive after 1s".
         if matches!(app.proxy, ProxyMode::Fd | ProxyMode::None)
             && app.ready.check == ReadyCheck::Tcp
@@ -744,142 +649,46 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
         {
             app.ready.check = ReadyCheck::Alive(Duration::from_secs(1));
         }
-        let probe = match app.ready.check {
-            ReadyCheck::Tcp => Some("tcp"),
-            ReadyCheck::Http(_) => Some("http"),
-            ReadyCheck::Notify | ReadyCheck::Alive(_) => None,
-        };
-        match (app.proxy, app.port, probe) {
-            (ProxyMode::Fd, _, Some(probe)) => {
-                return Err(at(
-                    &["apps", name, "ready", probe],
-                    "`proxy: fd` workers share one socket, so they cannot be probed one by one".into(),
-                    Some("use `ready: { notify: true }` (sd_notify) or `ready: { alive: 1s }`".into()),
-                ));
-            }
-            (ProxyMode::None, None, Some(probe)) => {
-                return Err(at(&["apps", name, "ready", probe], format!("app `{name}` has `proxy: none` and no `port`, so `ready: {{ {probe}: ... }}` has nothing to probe"), Some(
-                    "add `port: 3000` (handed to the workers as `PORT`), or use `ready: { notify: true }` or `ready: { alive: 1s }`".into(),
-                )));
-            }
-            _ => {}
-        }
     }
+    Ok(config)
+}
 
-    for (i, r) in config.report.iter().enumerate() {
-        check_report(r, None, &["report"], i, &at)?;
+/// `poll` or `cron`, never both; a cron text that does not parse is an error at its key.
+fn schedule(name: &str, app: &AppConfig) -> Result<Option<Schedule>, (&'static str, String, &'static str)> {
+    match (&app.cron, app.poll) {
+        (Some(_), Some(_)) => Err((
+            "cron",
+            format!("app `{name}` has both `poll` and `cron`"),
+            "pull mode runs on one schedule: keep `poll: 30s` (an interval) or `cron: \"*/5 * * * *\"` (times of day)",
+        )),
+        (Some(text), None) => text.parse::<CronSchedule>().map(|c| Some(Schedule::Cron(Box::new(c)))).map_err(|e| {
+            (
+                "cron",
+                e.to_string(),
+                "write five fields, minute hour day month weekday, like `\"*/5 * * * *\"` (every 5 minutes, UTC)",
+            )
+        }),
+        (None, Some(every)) => Ok(Some(Schedule::Every(every.0))),
+        (None, None) => Ok(None),
     }
+}
 
-    let mut tokens = Vec::new();
-    for t in &config.tokens {
-        let Ok(value) = std::env::var(&t.token_env) else {
-            return Err(at(
-                &["tokens"],
-                format!("token `{}` reads environment variable `{}`, which is not set", t.name, t.token_env),
-                Some(format!("export {}=<a long random secret> before starting the agent", t.token_env)),
-            ));
-        };
-        if value.len() < 8 {
-            return Err(at(
-                &["tokens"],
-                format!("token `{}` (from `{}`) is shorter than 8 characters", t.name, t.token_env),
-                Some("use a long random value, e.g. `openssl rand -hex 24`".into()),
-            ));
-        }
-        tokens.push(ResolvedToken { name: t.name.clone(), value, scopes: t.scopes.clone() });
-    }
-    Ok(Loaded { path: path.to_path_buf(), config, tokens })
+/// The config file's directory, absolute: relative paths in the file start there.
+fn base_dir(path: &Path) -> PathBuf {
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+    std::fs::canonicalize(&base).unwrap_or(base)
+}
+
+/// App names in the order the file writes them: of two clashing apps, the error names the one
+/// written second.
+fn in_file_order<'a>(text: &str, names: impl Iterator<Item = &'a String>) -> Vec<String> {
+    let mut names: Vec<String> = names.cloned().collect();
+    names.sort_by_key(|name| locate::key(text, &["apps", name]).unwrap_or((usize::MAX, 0)));
+    names
 }
 
 type At<'a> = dyn Fn(&[&str], String, Option<String>) -> ConfigError + 'a;
-
-/// `poll`/`cron`, `webhook` and `report` of one app.
-fn check_triggers(name: &str, app: &mut AppConfig, at: &At<'_>) -> Result<(), ConfigError> {
-    if app.poll.is_some() && app.cron.is_some() {
-        return Err(at(&["apps", name, "cron"], format!("app `{name}` has both `poll` and `cron`"), Some(
-            "pull mode runs on one schedule: keep `poll: 30s` (an interval) or `cron: \"*/5 * * * *\"` (times of day)".into(),
-        )));
-    }
-    if let Some(text) = &app.cron {
-        text.parse::<CronSchedule>().map_err(|e| {
-            at(
-                &["apps", name, "cron"],
-                e,
-                Some(
-                    "write five fields, minute hour day month weekday, like `\"*/5 * * * *\"` (every 5 minutes, UTC)"
-                        .into(),
-                ),
-            )
-        })?;
-    }
-    let needs_repo = |key: &str| {
-        at(
-            &["apps", name, key],
-            format!("app `{name}` has `{key}` but no `repo`"),
-            Some("pull mode, webhooks and reports are about git deploys: add `repo:` to the app".into()),
-        )
-    };
-    if app.repo.is_none() {
-        for (key, set) in
-            [("poll", app.poll.is_some()), ("cron", app.cron.is_some()), ("webhook", app.webhook.is_some())]
-        {
-            if set {
-                return Err(needs_repo(key));
-            }
-        }
-    }
-    if let Some(hook) = &app.webhook {
-        let keys = ["apps", name, "webhook"];
-        hook.resolved_provider().map_err(|e| at(&keys, e, None))?;
-        if hook.secret().is_none() {
-            return Err(at(
-                &keys,
-                format!("app `{name}` reads its webhook secret from `{}`, which is not set", hook.secret_env),
-                Some(format!(
-                    "export {}=<the secret set on the hook at the git host> before starting the agent",
-                    hook.secret_env
-                )),
-            ));
-        }
-    }
-    let repo = app.repo.clone();
-    for (i, r) in app.report.iter_mut().enumerate() {
-        check_report(r, Some(repo.as_deref()), &["apps", name, "report"], i, at)?;
-        if let ReportConfig::GithubStatus(gh) = r {
-            gh.repo = gh.repo.take().or_else(|| repo.as_deref().and_then(report::github_repo_of));
-        }
-    }
-    Ok(())
-}
-
-/// A report's secret is set, and an app's GitHub status report knows its repository (`app_repo`
-/// is `None` for the agent-wide list, whose statuses find the repository of each app's `repo`).
-fn check_report(
-    r: &ReportConfig,
-    app_repo: Option<Option<&str>>,
-    keys: &[&str],
-    i: usize,
-    at: &At<'_>,
-) -> Result<(), ConfigError> {
-    if let Some(var) = r.secret_env().filter(|var| !std::env::var(var).is_ok_and(|v| !v.is_empty())) {
-        return Err(at(
-            keys,
-            format!("report {} reads its secret from `{var}`, which is not set", i + 1),
-            Some(format!("export {var}=<secret> before starting the agent")),
-        ));
-    }
-    if let (ReportConfig::GithubStatus(gh), Some(repo)) = (r, app_repo)
-        && gh.repo.is_none()
-        && repo.and_then(report::github_repo_of).is_none()
-    {
-        return Err(at(
-            keys,
-            "`github_status` needs `repo: owner/name`: the app's `repo` is not a github.com URL".into(),
-            Some("write `github_status: { token_env: GH_TOKEN, repo: acme/web }`".into()),
-        ));
-    }
-    Ok(())
-}
 
 /// App names end up in file names and URL paths.
 pub fn valid_app_name(name: &str) -> bool {

@@ -46,24 +46,25 @@ struct ReportRaw {
 }
 
 impl TryFrom<ReportRaw> for ReportConfig {
-    type Error = String;
-    fn try_from(r: ReportRaw) -> Result<Self, String> {
+    type Error = super::ValueError;
+    fn try_from(r: ReportRaw) -> Result<Self, super::ValueError> {
+        use super::ValueError;
         match (r.url, r.github_status) {
             (Some(url), None) => {
                 if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    return Err(format!("report `url: {url}` must start with `https://` (or `http://`)"));
+                    return Err(ValueError::ReportUrl(url));
                 }
                 Ok(ReportConfig::Webhook { url, secret_env: r.secret_env })
             }
             (None, Some(gh)) if r.secret_env.is_none() => {
                 if !(gh.api_url.starts_with("http://") || gh.api_url.starts_with("https://")) {
-                    return Err(format!("`api_url: {}` must start with `https://`", gh.api_url));
+                    return Err(ValueError::ApiUrl(gh.api_url));
                 }
                 Ok(ReportConfig::GithubStatus(gh))
             }
-            (None, Some(_)) => Err("`secret_env` belongs to a `url` report; `github_status` takes `token_env`".into()),
-            (Some(_), Some(_)) => Err("a report is either `{ url, secret_env }` or `{ github_status: {...} }`, not both: write two list items".into()),
-            (None, None) => Err("a report needs `url: https://...` or `github_status: { token_env: ... }`".into()),
+            (None, Some(_)) => Err(ValueError::ReportSecretEnv),
+            (Some(_), Some(_)) => Err(ValueError::ReportBoth),
+            (None, None) => Err(ValueError::ReportNone),
         }
     }
 }

@@ -5,6 +5,15 @@
 use nix::unistd::{Uid, User};
 use std::path::PathBuf;
 
+/// `user:` names no account this host can find.
+#[derive(Debug, thiserror::Error)]
+pub enum RunAsError {
+    #[error("there is no user `{0}` on this host")]
+    NoSuchUser(String),
+    #[error("cannot look up user `{spec}`: {source}")]
+    Lookup { spec: String, source: nix::Error },
+}
+
 /// A user account of this host, as a child process is started with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunAs {
@@ -16,15 +25,15 @@ pub struct RunAs {
 
 impl RunAs {
     /// Look up `spec`: a user name, or a numeric uid.
-    pub fn resolve(spec: &str) -> Result<RunAs, String> {
+    pub fn resolve(spec: &str) -> Result<RunAs, RunAsError> {
         let found = match spec.parse::<u32>() {
             Ok(uid) => User::from_uid(Uid::from_raw(uid)),
             Err(_) => User::from_name(spec),
         };
         match found {
             Ok(Some(u)) => Ok(RunAs { user: u.name, uid: u.uid.as_raw(), gid: u.gid.as_raw(), home: u.dir }),
-            Ok(None) => Err(format!("there is no user `{spec}` on this host")),
-            Err(e) => Err(format!("cannot look up user `{spec}`: {e}")),
+            Ok(None) => Err(RunAsError::NoSuchUser(spec.to_string())),
+            Err(source) => Err(RunAsError::Lookup { spec: spec.to_string(), source }),
         }
     }
 
@@ -54,6 +63,6 @@ mod tests {
         assert_eq!((root.uid, root.gid), (0, 0));
         assert_eq!(RunAs::resolve("0").expect("uid 0"), root);
         let err = RunAs::resolve("no-such-user-here").expect_err("unknown");
-        assert!(err.contains("no user `no-such-user-here`"), "{err}");
+        assert!(err.to_string().contains("no user `no-such-user-here`"), "{err}");
     }
 }

@@ -41,7 +41,8 @@ fn parses_the_documented_keys() {
     assert_eq!(web.ready.check, ReadyCheck::Http("/healthz".into()));
     assert_eq!(web.reload.kill_timeout.0, Duration::from_millis(500));
     assert_eq!(web.max_memory, Some(Size(512 << 20)));
-    assert!(web.cwd.as_ref().unwrap().is_absolute());
+    assert!(matches!(&web.source, AppSource::Dir(cwd) if cwd.is_absolute()), "{:?}", web.source);
+    assert_eq!(web.schedule, None);
 }
 
 #[test]

@@ -19,17 +19,28 @@ pub struct WebhookConfig {
     pub header: Option<String>,
 }
 
+/// A `webhook:` whose keys do not fit together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebhookError {
+    /// The `generic` provider refused the header (its own words, first line).
+    #[error("{0}")]
+    Header(String),
+    #[error("`header` is for `provider: generic`; `{provider}` always signs in `{signs_in}`")]
+    HeaderNotGeneric { provider: String, signs_in: String },
+}
+
 impl WebhookConfig {
     /// The provider with `header` applied; an error for a header on a provider that has its own.
-    pub fn resolved_provider(&self) -> Result<hooks::Provider, String> {
+    pub fn resolved_provider(&self) -> Result<hooks::Provider, WebhookError> {
         match (&self.provider, &self.header) {
             (p, None) => Ok(p.clone()),
             (hooks::Provider::Generic { .. }, Some(h)) => format!("generic:{h}")
                 .parse::<hooks::Provider>()
-                .map_err(|e| e.to_string().lines().next().unwrap_or_default().to_string()),
-            (p, Some(_)) => {
-                Err(format!("`header` is for `provider: generic`; `{p}` always signs in `{}`", p.signature_header()))
-            }
+                .map_err(|e| WebhookError::Header(e.to_string().lines().next().unwrap_or_default().to_string())),
+            (p, Some(_)) => Err(WebhookError::HeaderNotGeneric {
+                provider: p.to_string(),
+                signs_in: p.signature_header().to_string(),
+            }),
         }
     }
 
@@ -55,12 +66,57 @@ impl fmt::Debug for CronSchedule {
     }
 }
 
+/// A `cron:` text that is not a schedule: croner's reason, without its final period.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid `cron: {text}`: {reason}")]
+pub struct CronError {
+    pub text: String,
+    pub reason: String,
+}
+
 impl FromStr for CronSchedule {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
-        let cron = croner::Cron::from_str(text.trim())
-            .map_err(|e| format!("invalid `cron: {text}`: {}", e.to_string().trim_end_matches('.')))?;
+    type Err = CronError;
+    fn from_str(text: &str) -> Result<Self, CronError> {
+        let cron = croner::Cron::from_str(text.trim()).map_err(|e| CronError {
+            text: text.to_string(),
+            reason: e.to_string().trim_end_matches('.').to_string(),
+        })?;
         Ok(CronSchedule { text: text.to_string(), cron })
+    }
+}
+
+/// Two schedules are the same when they are written the same.
+impl PartialEq for CronSchedule {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+/// When pull mode looks: `poll: 30s` or `cron: "*/5 * * * *"` (one of them: checked when the
+/// config is loaded, where the cron text is parsed too).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Schedule {
+    /// This often (the poller adds up to 10% jitter so a fleet does not hit the git server at once).
+    Every(std::time::Duration),
+    /// At each tick of the schedule (UTC).
+    Cron(Box<CronSchedule>),
+}
+
+impl Schedule {
+    /// The trigger name deploys it queues carry.
+    pub fn trigger(&self) -> deployer_wire::Trigger {
+        match self {
+            Schedule::Every(_) => deployer_wire::Trigger::Poll,
+            Schedule::Cron(_) => deployer_wire::Trigger::Cron,
+        }
+    }
+
+    /// `poll: 30s` or `cron: "*/5 * * * *"`, to log and to tell a changed schedule.
+    pub fn describe(&self) -> String {
+        match self {
+            Schedule::Every(every) => format!("poll: {}", humantime::format_duration(*every)),
+            Schedule::Cron(c) => format!("cron: \"{}\"", c.text),
+        }
     }
 }
 
@@ -83,7 +139,7 @@ mod tests {
         assert_eq!(every5.until_next(now), Some(std::time::Duration::from_secs(90)));
         let every_second: CronSchedule = "* * * * * *".parse().unwrap();
         assert_eq!(every_second.until_next(now), Some(std::time::Duration::from_secs(1)));
-        assert!("every day".parse::<CronSchedule>().unwrap_err().contains("`cron: every day`"));
+        assert!("every day".parse::<CronSchedule>().unwrap_err().to_string().contains("`cron: every day`"));
     }
 
     fn parse(yaml: &str) -> Result<crate::config::Loaded, crate::config::ConfigError> {
@@ -153,7 +209,9 @@ mod tests {
             w("generic", Some("X-Sig")).resolved_provider().unwrap(),
             hooks::Provider::Generic { header: "X-Sig".into() }
         );
-        assert!(w("github", Some("X-Sig")).resolved_provider().unwrap_err().contains("X-Hub-Signature-256"));
+        assert!(
+            w("github", Some("X-Sig")).resolved_provider().unwrap_err().to_string().contains("X-Hub-Signature-256")
+        );
         assert!(w("generic", Some("bad header")).resolved_provider().is_err());
     }
 }

@@ -21,11 +21,9 @@ impl<'de> Deserialize<'de> for Dur {
 }
 
 impl TryFrom<String> for Dur {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        humantime::parse_duration(s.trim())
-            .map(Dur)
-            .map_err(|_| format!("invalid duration `{s}`: write a number with a unit, like `500ms`, `30s` or `5m`"))
+    type Error = super::ValueError;
+    fn try_from(s: String) -> Result<Self, super::ValueError> {
+        humantime::parse_duration(s.trim()).map(Dur).map_err(|_| super::ValueError::Duration(s))
     }
 }
 

@@ -14,9 +14,11 @@ mod follow;
 mod install;
 mod pipeline;
 pub mod poll;
+mod push;
 pub mod release;
 mod retry;
 
+use crate::config::GitSource;
 use crate::secrets::Secrets;
 use crate::source::{self, BadRef};
 pub use crate::store::Requester;
@@ -31,6 +33,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+pub use push::{PushDelivery, Pushed};
 
 /// What a deploy is asked to put live.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,20 +63,6 @@ pub enum DeployError {
     State(#[from] StoreError),
     #[error("the agent is stopping: no new deploy is started")]
     Stopping,
-}
-
-/// What a signed push led to ([`Deployer::push`]).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Pushed {
-    /// A deploy of the branch head was queued.
-    Queued(DeployAccepted),
-    /// A deploy queued or running for the same commit takes the push; `message` says which.
-    Joined(DeployAccepted),
-    /// The pushed commit is what the app runs: nothing to do.
-    AlreadyLive { release: String },
-    /// The same signed body came before under another delivery id, and its commit is neither
-    /// live nor being deployed: a replay, not a push.
-    Replayed,
 }
 
 /// Deploys of every app of this agent.
@@ -111,15 +101,16 @@ impl AppQueue {
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The running deploy `id` enters `to`. Going past the last cancellable state is refused
-    /// (`false`) when a cancel came first: a cancel that was answered "ok" is kept.
-    fn enter(&self, id: DeployId, to: DeployState) -> bool {
-        let mut slots = self.slots();
-        let Some(r) = slots.running.as_mut().filter(|r| r.id == id) else { return true };
-        if !to.can_cancel() && !to.is_final() && r.cancel.is_cancelled() {
+    /// Take the running deploy `id` past the last cancellable state: `enter` (which records
+    /// the new state) runs under the lock a cancel takes to read the state, unless a cancel came
+    /// first (`false`): a cancel that was answered "ok" is kept, and one that comes after is
+    /// refused because it reads the recorded state.
+    fn past_cancelling(&self, id: DeployId, enter: impl FnOnce()) -> bool {
+        let slots = self.slots();
+        if slots.running.as_ref().is_some_and(|r| r.id == id && r.cancel.is_cancelled()) {
             return false;
         }
-        r.state = to;
+        enter();
         true
     }
 }
@@ -131,9 +122,9 @@ struct Job {
     trigger: Trigger,
 }
 
+/// The running deploy. Its state is in the store only ([`Store::deploy`]).
 struct Running {
     id: DeployId,
-    state: DeployState,
     cancel: CancellationToken,
 }
 
@@ -160,9 +151,8 @@ impl Deployer {
             tasks: TaskTracker::new(),
         });
         for app in d.supervisor.list() {
-            let cfg = app.config();
-            let Some(path) = cfg.path.clone().filter(|_| cfg.repo.is_some()) else { continue };
-            let dir = AppDir::new(path);
+            let Some(git) = app.config().source.git().cloned() else { continue };
+            let dir = AppDir::new(git.dir);
             d.remove_incomplete(&app.name, &dir, app.release().map(|r| r.name));
         }
         d.apply_config(Trigger::Startup)?;
@@ -174,16 +164,16 @@ impl Deployer {
     /// why), and each app's pull loop is started, restarted or stopped to match `poll`/`cron`.
     pub fn apply_config(self: &Arc<Self>, trigger: Trigger) -> Result<(), DeployError> {
         for app in self.supervisor.list() {
-            let cfg = app.config();
-            if cfg.repo.is_none() || app.release().is_some() || self.busy(&app.name) {
+            let Some(git) = app.config().source.git().cloned() else { continue };
+            if app.release().is_some() || self.busy(&app.name) {
                 continue;
             }
             if let Some(git_ref) = self.crash_looped(&app.name) {
                 tracing::error!(app = %app.name, git_ref = %git_ref, "the agent stopped twice in a row while deploying `{git_ref}`: not deploying it again by itself; deploy a fixed commit with `deployer push` (or the API) once the cause is found in the log");
                 continue;
             }
-            tracing::info!(app = %app.name, branch = %cfg.branch, "no release yet: deploying the branch head");
-            self.request(&app.name, Target::Ref(cfg.branch.clone()), trigger, &Requester::default())?;
+            tracing::info!(app = %app.name, branch = %git.branch, "no release yet: deploying the branch head");
+            self.request(&app.name, Target::Ref(git.branch), trigger, &Requester::default())?;
         }
         self.apply_schedules();
         Ok(())
@@ -235,8 +225,8 @@ impl Deployer {
         let mut pullers = self.pullers.lock().unwrap_or_else(|e| e.into_inner());
         let mut wanted = HashMap::new();
         for app in self.supervisor.list() {
-            let cfg = app.config();
-            if let Some(schedule) = poll::Schedule::of(&cfg).filter(|_| cfg.repo.is_some()) {
+            // Only git apps have one (checked when the config was loaded).
+            if let Some(schedule) = app.config().schedule {
                 wanted.insert(app.name.clone(), schedule);
             }
         }
@@ -285,12 +275,11 @@ impl Deployer {
         }
     }
 
-    fn git_app(&self, app: &str) -> Result<Arc<App>, DeployError> {
+    /// An app deployed from git, and its source as configured now.
+    fn git_app(&self, app: &str) -> Result<(Arc<App>, GitSource), DeployError> {
         let a = self.supervisor.app(app)?;
-        if a.config().repo.is_none() {
-            return Err(DeployError::NotFromGit(app.to_string()));
-        }
-        Ok(a)
+        let git = a.config().source.git().cloned().ok_or_else(|| DeployError::NotFromGit(app.to_string()))?;
+        Ok((a, git))
     }
 
     /// Queue a deploy, asked for `by` someone. A deploy still queued for the same app is
@@ -305,7 +294,7 @@ impl Deployer {
         if self.stopping() {
             return Err(DeployError::Stopping);
         }
-        let a = self.git_app(app)?;
+        let (a, _) = self.git_app(app)?;
         let label = match &target {
             Target::Ref(r) => {
                 source::validate_ref(r)?;
@@ -345,36 +334,6 @@ impl Deployer {
         }
         queue.wake.notify_one();
         Ok(DeployAccepted { id, app: app.to_string(), state: DeployState::Queued, message: None })
-    }
-
-    /// A signed push says the branch is now at `after`. A push whose commit is already live, or
-    /// is what a queued or running deploy of the app deploys, makes no new deploy (a delivery
-    /// replayed under a new id, since headers are not signed, costs a lookup and no deploy row
-    /// or report). `replayed`: this exact signed body was handled before, under another delivery
-    /// id; then it queues nothing either (an older push replayed after a newer one, or after a
-    /// rollback, must not redeploy the branch).
-    pub fn push(
-        self: &Arc<Self>,
-        app: &str,
-        after: &str,
-        replayed: bool,
-        by: &Requester,
-    ) -> Result<Pushed, DeployError> {
-        let a = self.git_app(app)?;
-        if let Some(release) = self.live_release_for(&a, &Target::Ref(after.to_string()))? {
-            return Ok(Pushed::AlreadyLive { release });
-        }
-        let branch = Target::Ref(a.config().branch);
-        if let Some(joined) = self.join_queued(app, &branch) {
-            return Ok(Pushed::Joined(joined));
-        }
-        if let Some(joined) = self.join_running(app, after)? {
-            return Ok(Pushed::Joined(joined));
-        }
-        if replayed {
-            return Ok(Pushed::Replayed);
-        }
-        self.request(app, branch, Trigger::Webhook, by).map(Pushed::Queued)
     }
 
     /// The running deploy of `app`, when the commit it deploys is `sha`.
@@ -436,11 +395,13 @@ impl Deployer {
                 return self.store.deploy(id)?.ok_or(DeployError::NotFound(id));
             }
             if let Some(r) = slots.running.as_ref().filter(|r| r.id == id) {
-                if r.state.can_cancel() {
+                // Read again under the queue's lock, which the step into `rolling` is written under.
+                let state = self.store.deploy(id)?.map_or(deploy.state, |d| d.state);
+                if state.can_cancel() {
                     r.cancel.cancel();
                     return Ok(deploy);
                 }
-                return Err(DeployError::CannotCancel { id, state: r.state });
+                return Err(DeployError::CannotCancel { id, state });
             }
         }
         Err(DeployError::CannotCancel { id, state: deploy.state })
@@ -461,7 +422,7 @@ impl Deployer {
     }
 
     pub fn releases(&self, app: &str) -> Result<Vec<Release>, DeployError> {
-        let a = self.git_app(app)?;
+        let (a, _) = self.git_app(app)?;
         let current = a.release().map(|r| r.name);
         Ok(self
             .store
@@ -507,7 +468,7 @@ impl Deployer {
                 let mut slots = q.slots();
                 let job = slots.pending.take();
                 if let Some(j) = &job {
-                    slots.running = Some(Running { id: j.id, state: DeployState::Queued, cancel: cancel.clone() });
+                    slots.running = Some(Running { id: j.id, cancel: cancel.clone() });
                 }
                 job
             };
@@ -529,29 +490,28 @@ impl Deployer {
 mod tests {
     use super::*;
 
-    fn running(q: &AppQueue, id: DeployId, state: DeployState) -> CancellationToken {
+    fn running(q: &AppQueue, id: DeployId) -> CancellationToken {
         let cancel = CancellationToken::new();
-        q.slots().running = Some(Running { id, state, cancel: cancel.clone() });
+        q.slots().running = Some(Running { id, cancel: cancel.clone() });
         cancel
     }
 
     #[test]
     fn a_cancel_that_came_first_keeps_a_deploy_from_rolling() {
         let q = AppQueue::default();
-        let cancel = running(&q, 7, DeployState::Building);
-        assert!(q.enter(7, DeployState::Building));
+        let cancel = running(&q, 7);
         cancel.cancel();
-        assert!(!q.enter(7, DeployState::Rolling), "the roll must not start after an answered cancel");
-        assert!(q.enter(7, DeployState::Cancelled), "the deploy can still end");
+        let mut entered = false;
+        assert!(!q.past_cancelling(7, || entered = true), "the roll must not start after an answered cancel");
+        assert!(!entered, "and `rolling` is not recorded");
     }
 
     #[test]
-    fn once_rolling_a_deploy_is_past_cancelling() {
+    fn the_step_into_rolling_is_recorded_under_the_queue_lock() {
         let q = AppQueue::default();
-        let _cancel = running(&q, 7, DeployState::Building);
-        assert!(q.enter(7, DeployState::Rolling));
-        let state = q.slots().running.as_ref().map(|r| r.state);
-        assert_eq!(state, Some(DeployState::Rolling));
-        assert!(!state.is_some_and(DeployState::can_cancel), "a cancel now is refused, not lost");
+        let _cancel = running(&q, 7);
+        let mut locked = false;
+        assert!(q.past_cancelling(7, || locked = q.slots.try_lock().is_err()));
+        assert!(locked, "a cancel waits until the new state is recorded, then reads it");
     }
 }

@@ -1,6 +1,7 @@
 //! One deploy, from a ref to live workers:
 //! fetch -> materialise a release -> link shared paths -> install and hooks -> rolling reload onto
-//! the release (environment re-read) -> switch `current` -> prune -> live.
+//! the release (config and `env_file` read once, before the install) -> the supervisor records
+//! the release, with `current` as its mirror -> prune -> live.
 //!
 //! A failure before the roll leaves everything that serves untouched. A roll whose new workers do
 //! not get ready puts the previous release's workers back and ends `rolled_back`.
@@ -9,10 +10,11 @@ use super::DeployState;
 use super::install::{self, Output};
 use super::release::{self, AppDir, prune_plan, seq_of};
 use super::{AppQueue, DeployError, Deployer, Job, Target};
-use crate::config::AppConfig;
-use crate::source::{GitAuth, Source};
+use crate::config::{AppConfig, GitSource};
+use crate::source::{GitAuth, Source, redact_url};
 use crate::store::{DeployId, ReleaseRow, Store};
 use crate::supervisor::event::SupervisorEvent;
+use crate::supervisor::worker::WorkerSpec;
 use crate::supervisor::worker::WorkerState;
 use crate::supervisor::{ActiveRelease, App, resolve_spec};
 use deployer_wire::Trigger;
@@ -82,13 +84,11 @@ pub(super) async fn run(d: &Arc<Deployer>, q: &AppQueue, app_name: &str, job: Jo
 }
 
 impl Run<'_> {
-    /// Enter a state: stored as an event, visible to `cancel` and to the API.
+    /// Enter a state: stored as an event (the one record of it, read by `cancel` and the API).
     fn enter(&mut self, state: DeployState, message: &str) {
         if let Err(e) = self.d.store.transition(self.id, state, message) {
             tracing::error!(error = %e, "cannot record the deploy's state");
         }
-        // Only `rolling` can be refused (by a cancel), and it goes through `begin_roll` first.
-        self.q.enter(self.id, state);
         self.state = state;
         if !state.is_final() {
             tracing::info!(state = state.as_str(), "{message}");
@@ -104,13 +104,10 @@ impl Run<'_> {
     /// Enter `rolling`, unless a cancel came first: past this point a deploy cannot be cancelled,
     /// and the queue decides that in the same step as a cancel does.
     fn begin_roll(&mut self, message: &str) -> Result<(), Stop> {
-        if !self.q.enter(self.id, DeployState::Rolling) {
-            return Err(Stop {
-                state: DeployState::Cancelled,
-                message: format!("cancelled while {}", self.state.as_str()),
-            });
+        let (q, id, was) = (self.q, self.id, self.state);
+        if !q.past_cancelling(id, || self.enter(DeployState::Rolling, message)) {
+            return Err(Stop { state: DeployState::Cancelled, message: format!("cancelled while {}", was.as_str()) });
         }
-        self.enter(DeployState::Rolling, message);
         Ok(())
     }
 
@@ -126,10 +123,8 @@ impl Run<'_> {
 
     async fn deploy(&mut self, git_ref: &str, trigger: Trigger) -> Result<String, Stop> {
         let cfg = self.app.config();
-        let (Some(url), Some(path)) = (cfg.repo.clone(), cfg.path.clone()) else {
-            return Err(Stop::failed("the app has no `repo`"));
-        };
-        let dir = AppDir::new(path);
+        let Some(git) = cfg.source.git().cloned() else { return Err(Stop::failed("the app has no `repo`")) };
+        let dir = AppDir::new(git.dir.clone());
         dir.create(cfg.run_as.as_ref())
             .map_err(|e| Stop::failed(format!("cannot create `{}`: {e}", dir.root().display())))?;
         self.out = Some(
@@ -138,10 +133,11 @@ impl Run<'_> {
         );
 
         // 1. fetch
-        self.enter(DeployState::Fetching, &format!("fetching `{}` from {}", cfg.branch, redact(&url)));
+        self.enter(DeployState::Fetching, &format!("fetching `{}` from {}", git.branch, redact_url(&git.repo)));
         let t = Instant::now();
         let sha = {
-            let (branch, auth, cache, rev) = (cfg.branch.clone(), git_auth(&cfg), dir.repo(), git_ref.to_string());
+            let (url, branch, auth) = (git.repo.clone(), git.branch.clone(), git_auth(&git));
+            let (cache, rev) = (dir.repo(), git_ref.to_string());
             let limits = cfg.limits.to_source();
             // Awaited below; a cancel leaves it to finish on its own (libgit2 cannot be
             // interrupted), and the agent's exit does not wait for it (`daemon::BLOCKING_GRACE`).
@@ -188,12 +184,12 @@ impl Run<'_> {
         let t = Instant::now();
         {
             let (url, branch, auth, cache, sha, root, dest) = (
-                cfg.repo.clone().unwrap_or_default(),
-                cfg.branch.clone(),
-                git_auth(&cfg),
+                git.repo.clone(),
+                git.branch.clone(),
+                git_auth(&git),
                 dir.repo(),
                 sha.clone(),
-                cfg.root.display().to_string(),
+                git.root.display().to_string(),
                 release_dir.clone(),
             );
             let limits = cfg.limits.to_source();
@@ -227,9 +223,14 @@ impl Run<'_> {
         }
         self.log(&format!("release {name} materialised in {} ms", t.elapsed().as_millis()));
 
-        // 3. install and hooks, in the release with the deploy's environment
+        // 3. install and hooks, in the release with the deploy's environment. The config file is
+        // read again now and the release's `env_file` once: the install step, the hooks and the
+        // workers all run with what was read here.
         let release = ActiveRelease { name: name.clone(), dir: release_dir.clone() };
-        let env = self.deploy_env(&cfg, &release, &sha, git_ref, trigger, previous.as_ref())?;
+        let fresh = self.app.fresh_config().map_err(|e| Stop::failed(e.to_string()))?;
+        let spec = worker_spec(&fresh, &release)?;
+        let env = self.deploy_env(&spec, &release, &sha, git_ref, trigger, previous.as_ref());
+        let cfg = fresh;
         // The release holds only the repository's `root` subdirectory.
         let workdir = release_dir.clone();
         let steps = [
@@ -268,11 +269,10 @@ impl Run<'_> {
         }
         self.check_cancel()?;
 
-        // 4. roll, with the config and env re-read
-        let fresh = self.app.fresh_config().map_err(|e| Stop::failed(e.to_string()))?;
+        // 4. roll; once it answers ok the release is recorded live, `current` mirroring it
         let n = self.app.status().workers.len();
         self.begin_roll(&format!("rolling {n} worker(s) onto {name}"))?;
-        if let Err(e) = self.app.roll_to(fresh.clone(), release).await {
+        if let Err(e) = self.app.roll_to(cfg.clone(), release, spec).await {
             self.on_failure(&cfg, &workdir, &env).await;
             self.prune(&cfg, &dir);
             return Err(match (&previous, e.restored) {
@@ -284,16 +284,15 @@ impl Run<'_> {
             });
         }
 
-        // 5. current, records, prune, post_reload
-        self.go_live(&dir, &row)?;
-        self.prune(&fresh, &dir);
-        if !fresh.hooks.post_reload.0.is_empty()
+        // 5. prune, post_reload
+        self.prune(&cfg, &dir);
+        if !cfg.hooks.post_reload.0.is_empty()
             && let Err(e) = install::run(
-                &fresh.hooks.post_reload.0,
+                &cfg.hooks.post_reload.0,
                 &workdir,
                 &env,
-                fresh.run_as.as_ref(),
-                fresh.install_timeout.0,
+                cfg.run_as.as_ref(),
+                cfg.install_timeout.0,
                 // The deploy is past cancelling; only the agent's stop ends the hook early.
                 &self.d.shutdown,
                 self.output(),
@@ -302,7 +301,7 @@ impl Run<'_> {
         {
             self.log(&format!("post_reload: {e} (the deploy stays live)"));
         }
-        if let Some(window) = fresh.bake {
+        if let Some(window) = cfg.bake {
             let bake = Bake {
                 d: self.d.clone(),
                 app: self.app.clone(),
@@ -321,7 +320,7 @@ impl Run<'_> {
     /// Back to a release on disk: no fetch, no install, the same rolling reload.
     async fn rollback(&mut self, want: Option<&str>) -> Result<String, Stop> {
         let cfg = self.app.config();
-        let dir = AppDir::new(cfg.path.clone().ok_or_else(|| Stop::failed("the app has no `repo`"))?);
+        let dir = AppDir::new(cfg.source.app_dir().ok_or_else(|| Stop::failed("the app has no `repo`"))?.to_path_buf());
         let name = pick_rollback(&self.d.store, &self.app, want).map_err(|e| Stop::failed(e.to_string()))?;
         let row = self
             .d
@@ -334,13 +333,13 @@ impl Run<'_> {
         self.d.store.set_sha(self.id, &row.sha).map_err(recording)?;
         self.d.store.set_release(self.id, &name).map_err(recording)?;
         let fresh = self.app.fresh_config().map_err(|e| Stop::failed(e.to_string()))?;
-        self.begin_roll(&format!("rolling back onto {name}"))?;
         let release = ActiveRelease { name: name.clone(), dir: dir.release(&name) };
+        let spec = worker_spec(&fresh, &release)?;
+        self.begin_roll(&format!("rolling back onto {name}"))?;
         self.app
-            .roll_to(fresh, release)
+            .roll_to(fresh, release, spec)
             .await
             .map_err(|e| Stop::failed(format!("{}; the workers stay on the release they ran", e.reason)))?;
-        self.go_live(&dir, &row)?;
         Ok(format!(
             "rolled back: live on {} (release {name}) in {:.1}s",
             &row.sha[..7.min(row.sha.len())],
@@ -348,36 +347,21 @@ impl Run<'_> {
         ))
     }
 
-    fn go_live(&self, dir: &AppDir, row: &ReleaseRow) -> Result<(), Stop> {
-        dir.switch_current(&row.name).map_err(|e| Stop::failed(format!("cannot switch `current`: {e}")))?;
-        // The new workers serve already: a record that cannot be written is logged, loudly, and
-        // the deploy still says what happened (the agent's own availability is issue 11's).
-        if let Err(e) = self.d.store.record_release(&ReleaseRow { ok: true, ..row.clone() }) {
-            tracing::error!(error = %e, release = %row.name, "cannot record the release as good");
-        }
-        if let Err(e) = self.d.store.set_current(&self.app.name, &row.name, Some(self.id)) {
-            tracing::error!(error = %e, release = %row.name, "cannot record the current release");
-        }
-        Ok(())
-    }
-
     fn output(&self) -> &Output {
         self.out.as_ref().expect("output is created before any command runs")
     }
 
-    /// The environment of the install step and hooks: built like a worker's (without the
-    /// agent's secrets; `env_file` of the new release, then `env`), plus what describes this
-    /// deploy.
+    /// The environment of the install step and hooks: the workers' (`spec`: without the agent's
+    /// secrets; `env_file` of the new release, then `env`), plus what describes this deploy.
     fn deploy_env(
         &self,
-        cfg: &AppConfig,
+        spec: &WorkerSpec,
         release: &ActiveRelease,
         sha: &str,
         git_ref: &str,
         trigger: Trigger,
         previous: Option<&ActiveRelease>,
-    ) -> Result<BTreeMap<String, String>, Stop> {
-        let spec = resolve_spec(cfg, Some(release)).map_err(|e| Stop::failed(e.to_string()))?;
+    ) -> BTreeMap<String, String> {
         let run = [
             ("DEPLOY_SHA", sha.to_string()),
             ("DEPLOY_REF", git_ref.to_string()),
@@ -386,8 +370,7 @@ impl Run<'_> {
             ("RELEASE_DIR", release.dir.display().to_string()),
             ("PREVIOUS_RELEASE_DIR", previous.map(|p| p.dir.display().to_string()).unwrap_or_default()),
         ];
-        let app = spec.map(|s| s.env).unwrap_or_default();
-        Ok(self.d.secrets.child_env(&app, run.map(|(k, v)| (k.to_string(), v))))
+        self.d.secrets.child_env(&spec.env, run.map(|(k, v)| (k.to_string(), v)))
     }
 
     async fn on_failure(&self, cfg: &AppConfig, workdir: &Path, env: &BTreeMap<String, String>) {
@@ -424,6 +407,16 @@ impl Run<'_> {
                 self.log(&format!("pruned release {name}"));
             }
         }
+    }
+}
+
+/// What the workers of `cfg` run with in `release`: its `env_file` read here, once per deploy.
+fn worker_spec(cfg: &AppConfig, release: &ActiveRelease) -> Result<WorkerSpec, Stop> {
+    match resolve_spec(cfg, Some(release)) {
+        Ok(Some(spec)) => Ok(spec),
+        // `cwd` apps are not deployed, and a release is given: not reached.
+        Ok(None) => Err(Stop::failed("the app has no release to run")),
+        Err(e) => Err(Stop::failed(e.to_string())),
     }
 }
 
@@ -466,19 +459,8 @@ pub(super) fn pick_rollback(store: &Store, app: &App, want: Option<&str>) -> Res
     }
 }
 
-pub(super) fn git_auth(cfg: &AppConfig) -> Option<GitAuth> {
-    cfg.auth.as_ref().and_then(|a| a.git_auth())
-}
-
-/// A URL without its userinfo, for messages.
-fn redact(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        let authority_end = rest.find('/').unwrap_or(rest.len());
-        if let Some(at) = rest[..authority_end].rfind('@') {
-            return format!("{scheme}://{}", &rest[at + 1..]);
-        }
-    }
-    url.to_string()
+pub(super) fn git_auth(git: &GitSource) -> Option<GitAuth> {
+    git.auth.as_ref().and_then(|a| a.git_auth())
 }
 
 /// The bake window: a new release whose workers crash-loop or error out within `window` is
@@ -593,7 +575,7 @@ impl Bake {
 
 #[cfg(test)]
 mod tests {
-    use super::{Seen, redact};
+    use super::Seen;
     use crate::supervisor::event::{SupervisorEvent, WorkerRef};
 
     fn worker(release: &str) -> WorkerRef {
@@ -616,13 +598,5 @@ mod tests {
         let mut seen = Seen::default();
         seen.add(&SupervisorEvent::WorkerErrored { worker: worker("2-abc"), why: "x".into(), restarts: 3 }, "2-abc");
         assert!(seen.unhealthy(), "an errored worker fails the bake at once");
-    }
-
-    #[test]
-    fn urls_lose_their_secrets() {
-        assert_eq!(redact("https://x-access-token:s3cret@github.com/acme/web.git"), "https://github.com/acme/web.git");
-        assert_eq!(redact("https://github.com/acme/web.git"), "https://github.com/acme/web.git");
-        assert_eq!(redact("/srv/git/web"), "/srv/git/web");
-        assert_eq!(redact("ssh://git@host/x.git"), "ssh://host/x.git");
     }
 }

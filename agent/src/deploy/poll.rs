@@ -3,55 +3,18 @@
 //! retried at the next tick and logged once per outage; it never stops the agent.
 
 use super::{Deployer, Target};
-use crate::config::{AppConfig, CronSchedule};
+pub use crate::config::Schedule;
 use crate::source::Source;
 use deployer_wire::Trigger;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// When pull mode looks: `poll: 30s` or `cron: "*/5 * * * *"`.
-#[derive(Debug, Clone)]
-pub enum Schedule {
-    /// This often, plus up to 10% jitter so a fleet does not hit the git server at once.
-    Every(Duration),
-    /// At each tick of the schedule (UTC).
-    Cron(Box<CronSchedule>),
-}
-
-impl Schedule {
-    /// The app's pull schedule, if it has one (config checks make `poll` and `cron` exclusive).
-    pub fn of(cfg: &AppConfig) -> Option<Schedule> {
-        match (&cfg.cron, cfg.poll) {
-            // Checked when the config was loaded.
-            (Some(text), _) => text.parse().ok().map(|c| Schedule::Cron(Box::new(c))),
-            (None, Some(every)) => Some(Schedule::Every(every.0)),
-            (None, None) => None,
-        }
-    }
-
-    /// The trigger name deploys it queues carry.
-    pub fn trigger(&self) -> Trigger {
-        match self {
-            Schedule::Every(_) => Trigger::Poll,
-            Schedule::Cron(_) => Trigger::Cron,
-        }
-    }
-
-    /// `poll: 30s` or `cron: "*/5 * * * *"`, to log and to tell a changed schedule.
-    pub fn describe(&self) -> String {
-        match self {
-            Schedule::Every(every) => format!("poll: {}", humantime::format_duration(*every)),
-            Schedule::Cron(c) => format!("cron: \"{}\"", c.text),
-        }
-    }
-
-    /// How long until the next look.
-    fn wait(&self) -> Duration {
-        match self {
-            Schedule::Every(every) => *every + every.mul_f64(0.1 * pseudo_random()),
-            // A schedule with no next tick (`0 0 30 2 *`) looks once a day, to stay alive.
-            Schedule::Cron(c) => c.until_next(chrono::Utc::now()).unwrap_or(Duration::from_secs(86_400)),
-        }
+/// How long until the next look of `schedule`.
+fn wait(schedule: &Schedule) -> Duration {
+    match schedule {
+        Schedule::Every(every) => *every + every.mul_f64(0.1 * pseudo_random()),
+        // A schedule with no next tick (`0 0 30 2 *`) looks once a day, to stay alive.
+        Schedule::Cron(c) => c.until_next(chrono::Utc::now()).unwrap_or(Duration::from_secs(86_400)),
     }
 }
 
@@ -85,13 +48,9 @@ impl Deployer {
         by: &super::Requester,
         last: Option<&str>,
     ) -> Result<Checked, CheckError> {
-        let a = self.git_app(app)?;
-        let cfg = a.config();
-        let (Some(url), Some(path)) = (cfg.repo.clone(), cfg.path.clone()) else {
-            return Err(super::DeployError::NotFromGit(app.to_string()).into());
-        };
-        let (branch, auth, cache) =
-            (cfg.branch.clone(), super::pipeline::git_auth(&cfg), super::release::AppDir::new(path).repo());
+        let (a, git) = self.git_app(app)?;
+        let (url, branch, auth) = (git.repo.clone(), git.branch.clone(), super::pipeline::git_auth(&git));
+        let cache = super::release::AppDir::new(git.dir).repo();
         let sha =
             tokio::task::spawn_blocking(move || Source::open(&url, &branch, auth, &cache)?.remote_head()).await??;
         let live = a
@@ -118,7 +77,7 @@ impl Deployer {
         let mut down = false;
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(schedule.wait()) => {}
+                _ = tokio::time::sleep(wait(&schedule)) => {}
                 _ = stop.cancelled() => return,
             }
             let by = super::Requester::named(Some(schedule.trigger().as_str()));
@@ -141,7 +100,8 @@ impl Deployer {
                     tracing::warn!(app, error = %e, "cannot look up the branch head; retrying every tick (logged once per outage)");
                     down = true;
                 }
-                Err(_) => {}
+                // Each later failed tick only at debug level: a long outage is one warning.
+                Err(e) => tracing::debug!(app, error = %e, "the git remote still does not answer"),
             }
         }
     }

@@ -1,5 +1,5 @@
 //! An app's directory on disk: `repo.git` (the cached clone), `releases/<seq>-<shortsha>/`,
-//! `shared/`, `logs/` and the `current` symlink.
+//! `shared/`, `logs/` and the `current` symlink (written by the supervisor, `supervisor/live.rs`).
 //!
 //! Private by default: the directory is the agent's (root's), `0700`, or `0750` with the group of
 //! the app's `user` so that user reaches its releases and `shared/` and nothing else of the agent
@@ -110,16 +110,6 @@ impl AppDir {
     /// Install and hook output, one file per deploy.
     pub fn logs(&self) -> PathBuf {
         self.root.join("logs")
-    }
-
-    /// Point `current` at a release atomically: a new symlink renamed over the old one.
-    pub fn switch_current(&self, name: &str) -> io::Result<()> {
-        let tmp = self.root.join(format!(".current.{}", std::process::id()));
-        let _ = std::fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(Path::new("releases").join(name), &tmp)?;
-        std::fs::rename(&tmp, self.root.join("current"))?;
-        // Make the rename durable before the deploy is recorded as live.
-        std::fs::File::open(&self.root)?.sync_all()
     }
 
     /// Link each `shared` path into the release: the first release seeds `shared/` with the
@@ -432,9 +422,6 @@ mod tests {
         assert!(d.shared().join(".env").is_file());
         d.link_shared(&d.release("2-bbb"), &["uploads".into(), ".env".into()]).unwrap();
         assert!(d.release("2-bbb").join("uploads/a.png").exists());
-        d.switch_current("1-aaa").unwrap();
-        d.switch_current("2-bbb").unwrap();
-        assert_eq!(std::fs::read_link(t.path().join("current")).unwrap(), Path::new("releases/2-bbb"));
         let mut disk = d.on_disk();
         disk.sort();
         assert_eq!(disk, ["1-aaa", "2-bbb"]);

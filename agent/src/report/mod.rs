@@ -99,7 +99,11 @@ impl Reporter {
 
     /// Take a re-read config (SIGHUP). Rows already in the outbox keep their destination.
     pub fn apply(&self, config: &AgentConfig) {
-        let apps = config.apps.iter().map(|(name, a)| (name.clone(), (a.report.clone(), a.repo.clone()))).collect();
+        let apps = config
+            .apps
+            .iter()
+            .map(|(name, a)| (name.clone(), (a.report.clone(), a.source.repo().map(String::from))))
+            .collect();
         let host = config.host.clone().unwrap_or_else(hostname);
         *self.targets.write().unwrap_or_else(|e| e.into_inner()) =
             Targets { host, agent: config.report.clone(), apps, retry: config.report_retry.clone() };

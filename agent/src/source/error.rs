@@ -165,8 +165,11 @@ impl From<BadRef> for SourceError {
     }
 }
 
-/// `url` without its userinfo: `https://user:token@host/x` -> `https://host/x`, and the password of
-/// an scp-like `user:pw@host:path`. Everything that shows a URL goes through this.
+/// `url` without its secrets, for every message, log line and stored text that shows one (the
+/// agent's only redaction of URLs): the userinfo of `https://user:token@host/x` (-> `https://host/x`),
+/// and the password of an scp-like `user:pw@host:path` (-> `user@host:path`; the user of
+/// `git@host:path` is no secret and stays). A password may hold `@`: the userinfo ends at the
+/// last `@` before the path.
 pub fn redact_url(url: &str) -> String {
     if let Some((scheme, rest)) = url.split_once("://") {
         let authority_end = rest.find('/').unwrap_or(rest.len());
@@ -175,11 +178,15 @@ pub fn redact_url(url: &str) -> String {
             Some(at) => format!("{scheme}://{}{path}", &authority[at + 1..]),
             None => url.to_string(),
         }
-    } else if let Some(at) = url.find('@').filter(|&at| url[..at].contains(':')) {
-        let user = url[..at].split(':').next().unwrap_or("");
-        format!("{user}@{}", &url[at + 1..])
     } else {
-        url.to_string()
+        let before_path = &url[..url.find('/').unwrap_or(url.len())];
+        match before_path.rfind('@').filter(|&at| url[..at].contains(':')) {
+            Some(at) => {
+                let user = url[..at].split(':').next().unwrap_or("");
+                format!("{user}@{}", &url[at + 1..])
+            }
+            None => url.to_string(),
+        }
     }
 }
 
@@ -196,6 +203,10 @@ mod tests {
         assert_eq!(redact_url("ssh://git@host:22/o/r.git"), "ssh://host:22/o/r.git");
         assert_eq!(redact_url("git@github.com:o/r.git"), "git@github.com:o/r.git");
         assert_eq!(redact_url("me:pw@host:o/r.git"), "me@host:o/r.git");
+        assert_eq!(redact_url("me:p@ss@host:o/r.git"), "me@host:o/r.git", "a password holding `@`");
+        assert_eq!(redact_url("me:pw@host:repo.git"), "me@host:repo.git");
+        assert_eq!(redact_url("git@host:o/a@b.git"), "git@host:o/a@b.git", "an `@` in the path is no userinfo");
+        assert_eq!(redact_url("https://u:p@ss@host/o/r.git"), "https://host/o/r.git");
         assert_eq!(redact_url("/srv/git/app.git"), "/srv/git/app.git");
         assert_eq!(redact_url("file:///srv/git/app.git"), "file:///srv/git/app.git");
     }

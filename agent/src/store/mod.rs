@@ -1,5 +1,5 @@
 //! The agent's durable state, in SQLite under `state_dir/agent.db`: deploys and their events,
-//! releases, the current release per app.
+//! releases, and each app's own state (its live release, a runtime scale, a stop: [`AppRecord`]).
 //!
 //! Every call is a short transaction on one connection (WAL mode), so it is called directly from
 //! async code. A crash at any point leaves a database the next agent opens and repairs with
@@ -9,10 +9,12 @@
 //! bodies) has the agent's secret values masked before it is written, and again when it is read
 //! (a row written before a secret was configured shows it masked too).
 
+mod apps;
 mod deliveries;
 mod outbox;
 mod schema;
 
+pub use apps::{AppRecord, Scale};
 pub use outbox::{Change, DeployFacts, NewReport, OutboxRow, ReportRules};
 
 use crate::secrets::Secrets;
@@ -324,14 +326,6 @@ impl Store {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    pub fn set_current(&self, app: &str, release: &str, deploy: Option<DeployId>) -> Result<(), StoreError> {
-        self.conn().execute(
-            "INSERT OR REPLACE INTO current_release (app, release, deploy_id, at) VALUES (?1, ?2, ?3, ?4)",
-            params![app, release, deploy.map(|d| d as i64), now_ms() as i64],
-        )?;
-        Ok(())
     }
 }
 

@@ -64,6 +64,19 @@ const STEPS: &[&str] = &[
     CREATE INDEX report_outbox_unsent ON report_outbox (sent_at, id);",
     // 3: the name of the API token a deploy was asked with (`who` is what the request said).
     "ALTER TABLE deploys ADD COLUMN token TEXT;",
+    // 4: one row per app, owned by the supervisor: the live release (the `current` symlink mirrors
+    // it), a runtime scale with the config's `instances` it overrides, and a stop by request. It
+    // replaces `current_release`, which was written and never read: an app without a row adopts
+    // what its `current` symlink points at, once.
+    "CREATE TABLE app_state (
+        app TEXT PRIMARY KEY,
+        release TEXT,
+        instances INTEGER,
+        instances_over TEXT,
+        stopped INTEGER NOT NULL DEFAULT 0,
+        at INTEGER NOT NULL
+    );
+    DROP TABLE current_release;",
 ];
 
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
@@ -72,4 +85,31 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         conn.execute_batch(&format!("BEGIN; {step}; PRAGMA user_version = {}; COMMIT;", i + 1))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_of_version_3_gains_app_state_and_loses_the_unread_current_release() {
+        let conn = Connection::open_in_memory().unwrap();
+        for (i, step) in STEPS.iter().enumerate().take(3) {
+            conn.execute_batch(&format!("BEGIN; {step}; PRAGMA user_version = {}; COMMIT;", i + 1)).unwrap();
+        }
+        conn.execute("INSERT INTO current_release (app, release, at) VALUES ('web', '1-abc', 0)", []).unwrap();
+        migrate(&conn).unwrap();
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(version, STEPS.len() as i64);
+        let tables: Vec<String> = {
+            let mut stmt = conn.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").unwrap();
+            stmt.query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
+        };
+        assert!(tables.contains(&"app_state".to_string()), "{tables:?}");
+        assert!(!tables.contains(&"current_release".to_string()), "{tables:?}");
+        // No row: the agent adopts what `current` points at (`supervisor/live.rs`).
+        let rows: i64 = conn.query_row("SELECT COUNT(*) FROM app_state", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 0);
+        migrate(&conn).unwrap();
+    }
 }

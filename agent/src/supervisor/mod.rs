@@ -7,6 +7,7 @@
 pub mod event;
 mod health;
 pub(crate) mod lines;
+mod live;
 mod logs;
 mod orphans;
 mod procstat;
@@ -16,12 +17,14 @@ pub(crate) mod spawn;
 pub mod worker;
 
 use crate::cgroup::Cgroups;
-use crate::config::{self, AgentConfig, AppConfig, ConfigError, Loaded, ProxyMode, ReloadConfig};
+use crate::config::{self, AgentConfig, AppConfig, AppSource, ConfigError, Loaded, ProxyMode, ReloadConfig};
 use crate::front::http::FrontStats;
 use crate::front::{self, Rotation};
 use crate::secrets::Secrets;
+use crate::store::{Scale, Store, StoreError};
 use deployer_wire::{AppMode, AppState, AppStatus, LogLine, ReloadOutcome};
 use event::{Events, SupervisorEvent, WorkerRef};
+pub use live::{ActiveRelease, current_release};
 use logs::LogSink;
 use nix::sys::signal::Signal;
 use orphans::PidRecord;
@@ -52,6 +55,8 @@ pub enum SupervisorError {
     StateDir { path: PathBuf, source: std::io::Error },
     #[error("another agent is using the state dir `{0}`")]
     StateDirBusy(PathBuf),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Why the config file, read again for `--update-env` or a deploy, cannot be applied to an app.
@@ -120,11 +125,14 @@ pub struct Supervisor {
     /// Cancelled when the agent stops: a roll or start in progress ends at once (new workers not
     /// yet in rotation are ended, the serving ones stay for the stop). Each app holds a child.
     halt: CancellationToken,
+    /// Where each app's own state survives a restart (its release, a scale, a stop).
+    store: Arc<Store>,
 }
 
 impl Supervisor {
-    /// Prepare the state dir, stop what a previous agent left running, bind every app's port and
-    /// start its workers.
+    /// Prepare the state dir, stop what a previous agent left running, open the state database
+    /// (after the state dir's lock is held: a second agent never migrates it under the first),
+    /// bind every app's port and start its workers on its recorded release, scale and stop.
     pub async fn start(
         loaded: &Loaded,
         secrets: Secrets,
@@ -136,6 +144,7 @@ impl Supervisor {
         }
         let lock = lock_state_dir(&state_dir)?;
         let pids = Arc::new(PidRecord::new(state_dir.join("run").join("workers.pids")));
+        let store = Arc::new(Store::open(&state_dir.join("agent.db"), secrets.clone())?);
         let reaped = pids.reap_previous();
         if reaped > 0 {
             tracing::warn!(reaped, "stopped workers left running by a previous agent");
@@ -157,19 +166,25 @@ impl Supervisor {
             front_connections,
             events: Events::default(),
             halt: CancellationToken::new(),
+            store,
         });
         for (name, cfg) in &loaded.config.apps {
             let app = sup.create_app(name, cfg)?;
             sup.apps.write().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), app);
         }
         let apps: Vec<Arc<App>> = sup.list();
-        let results = futures_util::future::join_all(apps.iter().map(|a| a.start())).await;
+        let results = futures_util::future::join_all(apps.iter().map(|a| a.boot())).await;
         for (app, r) in apps.iter().zip(results) {
             if let Err(e) = r {
                 tracing::error!(app = %app.name, error = %e, "workers did not start; see `deployer logs {}`", app.name);
             }
         }
         Ok(sup)
+    }
+
+    /// The state database, opened under the state dir's lock.
+    pub fn store(&self) -> Arc<Store> {
+        self.store.clone()
     }
 
     /// Worker and app changes from now on. A receiver that lags loses the oldest events (it is
@@ -199,8 +214,13 @@ impl Supervisor {
     }
 
     fn create_app(&self, name: &str, cfg: &AppConfig) -> Result<Arc<App>, SupervisorError> {
-        // An app deployed from git runs its current release; before the first deploy it has none.
-        let release = cfg.path.as_deref().and_then(current_release);
+        // An app deployed from git runs its recorded release; before the first deploy it has none.
+        let app_dir = cfg.source.app_dir().map(Path::to_path_buf);
+        let release = match &app_dir {
+            Some(dir) => live::settle(&self.store, name, dir)?,
+            None => None,
+        };
+        let instances = self.instances_at_start(name, cfg)?;
         let spec = resolve_spec(cfg, release.as_ref())?.map(Arc::new);
         let logs = Arc::new(LogSink::new(
             name,
@@ -287,9 +307,11 @@ impl Supervisor {
             rules,
             access_log,
             spec: Mutex::new(spec),
+            app_dir,
             release: Mutex::new(release),
+            store: self.store.clone(),
             workers: Mutex::new(Vec::new()),
-            instances: AtomicU32::new(cfg.instances.resolve()),
+            instances: AtomicU32::new(instances),
             running: AtomicBool::new(false),
             reloading: AtomicBool::new(false),
             op: tokio::sync::Mutex::new(()),
@@ -306,6 +328,24 @@ impl Supervisor {
         Ok(app)
     }
 
+    /// How many workers `name` starts with: a runtime `scale` while the config's `instances` is
+    /// still what it overrode, the config's `instances` otherwise (and the scale is dropped).
+    fn instances_at_start(&self, name: &str, cfg: &AppConfig) -> Result<u32, SupervisorError> {
+        let scale = self.store.app_record(name)?.and_then(|r| r.scale);
+        match scale {
+            Some(s) if s.over == cfg.instances.to_string() => {
+                tracing::info!(app = name, instances = s.instances, "scaled at runtime: starting as scaled");
+                Ok(s.instances)
+            }
+            Some(s) => {
+                tracing::info!(app = name, scaled = s.instances, config = %cfg.instances, "`instances` changed in the config since the runtime scale: the config's applies");
+                self.store.set_scale(name, None)?;
+                Ok(cfg.instances.resolve())
+            }
+            None => Ok(cfg.instances.resolve()),
+        }
+    }
+
     /// SIGHUP: apply a re-read config. Apps added start, removed ones stop, changed ones are
     /// reloaded onto the new settings (or recreated when their port or front changed). The
     /// caller has updated the [`Secrets`] first, so every worker started from here on gets the
@@ -319,6 +359,10 @@ impl Supervisor {
             if !loaded.config.apps.contains_key(name) {
                 tracing::info!(app = %name, "removed from the config; stopping");
                 app.shutdown().await;
+                // An app added again later starts as its config says.
+                if let Err(e) = self.store.set_scale(name, None).and_then(|()| self.store.set_stopped(name, false)) {
+                    tracing::warn!(app = %name, error = %e, "cannot forget the removed app's scale and stop");
+                }
                 self.apps.write().unwrap_or_else(|e| e.into_inner()).remove(name);
             }
         }
@@ -343,7 +387,7 @@ impl Supervisor {
                     }
                     let app = self.create_app(name, cfg)?;
                     self.apps.write().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), app.clone());
-                    if let Err(e) = app.start().await {
+                    if let Err(e) = app.boot().await {
                         tracing::error!(app = %name, error = %e, "workers did not start");
                     }
                 }
@@ -426,30 +470,14 @@ fn client_rules(cfg: &AppConfig, access_log: &tokio::sync::mpsc::Sender<String>)
     })
 }
 
-/// A release directory the app's workers run from (`releases/<seq>-<shortsha>`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ActiveRelease {
-    pub name: String,
-    pub dir: PathBuf,
-}
-
-/// Where the `current` symlink of an app directory points, if it points at a directory.
-pub fn current_release(app_dir: &Path) -> Option<ActiveRelease> {
-    let link = app_dir.join("current");
-    let target = std::fs::read_link(&link).ok()?;
-    let dir = if target.is_absolute() { target } else { app_dir.join(target) };
-    let name = dir.file_name()?.to_str()?.to_string();
-    dir.is_dir().then_some(ActiveRelease { name, dir })
-}
-
 /// Read `env_file` and fix everything a worker of this config will run with: in `cwd`, or in
 /// the release's `root` for an app deployed from git (`None` when it has no release yet).
 pub fn resolve_spec(cfg: &AppConfig, release: Option<&ActiveRelease>) -> Result<Option<WorkerSpec>, ConfigError> {
-    let (workdir, release_name) = match (&cfg.cwd, release) {
-        (Some(cwd), _) => (cwd.clone(), cwd.display().to_string()),
+    let (workdir, release_name) = match (&cfg.source, release) {
+        (AppSource::Dir(cwd), _) => (cwd.clone(), cwd.display().to_string()),
         // A release holds only the repository's `root` subdirectory: it is the workers' cwd.
-        (None, Some(r)) => (r.dir.clone(), r.name.clone()),
-        (None, None) => return Ok(None),
+        (AppSource::Git(_), Some(r)) => (r.dir.clone(), r.name.clone()),
+        (AppSource::Git(_), None) => return Ok(None),
     };
     let mut env = BTreeMap::new();
     if let Some(r) = &cfg.run_as {
@@ -490,8 +518,13 @@ pub struct App {
     access_log: tokio::sync::mpsc::Sender<String>,
     /// The spec the cluster was started (or last reloaded) with: a plain reload keeps it.
     spec: Mutex<Option<Arc<WorkerSpec>>>,
-    /// The release the workers run (apps deployed from git).
+    /// `repo.git`, `releases/`, `current`: the app's directory (apps deployed from git).
+    app_dir: Option<PathBuf>,
+    /// The release the workers run (apps deployed from git). The one owner of this fact: it is
+    /// changed only with the record in `store` and its mirror `current` ([`live`]).
     release: Mutex<Option<ActiveRelease>>,
+    /// Where the release, a runtime scale and a stop by request are recorded.
+    store: Arc<Store>,
     /// Slot `i` holds the worker with instance id `i`.
     workers: Mutex<Vec<Arc<Worker>>>,
     instances: AtomicU32,
@@ -596,28 +629,42 @@ impl App {
         }
     }
 
-    /// Roll the workers onto `release` with `cfg` (the deploy path). Before the first release the
-    /// workers are simply started.
-    pub async fn roll_to(&self, cfg: AppConfig, release: ActiveRelease) -> Result<u32, reload::RollFailed> {
+    /// Roll the workers onto `release` with `cfg` and `spec` (the deploy path: the caller
+    /// resolved the spec in the release, `env_file` read once). Before the first release the
+    /// workers are simply started. The release is live once this answers `Ok`: recorded, mirrored
+    /// by `current`, and served.
+    pub async fn roll_to(
+        &self,
+        cfg: AppConfig,
+        release: ActiveRelease,
+        spec: WorkerSpec,
+    ) -> Result<u32, reload::RollFailed> {
         let _op = self.op.lock().await;
-        self.roll_locked(Some(cfg), Some(release)).await.map_err(|e| match e {
+        self.roll_locked(Some(cfg), Some((release, spec))).await.map_err(|e| match e {
             Refused::Roll(e) => e,
             nothing_changed => reload::RollFailed { reason: nothing_changed.to_string(), restored: true },
         })
     }
 
     /// The one roll protocol, under the operation lock: reload, `--update-env`, SIGHUP, deploy
-    /// and rollback all come here. Moves the app onto `cfg` (a re-read config) and `release` (a
-    /// new release), either, both or neither (a plain reload keeps the spec it runs). The new
-    /// spec, config and release are kept only if the roll succeeds: a failed roll puts the
-    /// previous config back, as the workers were put back. A changed `instances` applies after
-    /// the roll.
-    async fn roll_locked(&self, cfg: Option<AppConfig>, release: Option<ActiveRelease>) -> Result<u32, Refused> {
-        let spec = if cfg.is_none() && release.is_none() {
-            Ok(self.current_spec().map(|s| WorkerSpec::clone(&s)))
-        } else {
-            let c = cfg.clone().unwrap_or_else(|| self.config());
-            resolve_spec(&c, release.clone().or_else(|| self.release()).as_ref())
+    /// and rollback all come here. Moves the app onto `cfg` (a re-read config) and `target` (a
+    /// new release with the spec resolved in it), either, both or neither (a plain reload keeps
+    /// the spec it runs). The new spec, config and release are kept only if the roll succeeds
+    /// and the release is recorded: otherwise the previous workers, config and record are put
+    /// back, and nothing that serves disagrees with what is recorded. A changed `instances`
+    /// applies after the roll (and ends a runtime scale).
+    async fn roll_locked(
+        &self,
+        cfg: Option<AppConfig>,
+        target: Option<(ActiveRelease, WorkerSpec)>,
+    ) -> Result<u32, Refused> {
+        let (release, spec) = match target {
+            Some((release, spec)) => (Some(release), Ok(Some(spec))),
+            None if cfg.is_none() => (None, Ok(self.current_spec().map(|s| WorkerSpec::clone(&s)))),
+            None => {
+                let c = cfg.clone().unwrap_or_else(|| self.config());
+                (None, resolve_spec(&c, self.release().as_ref()))
+            }
         };
         let spec = match spec {
             Ok(Some(s)) => Arc::new(s),
@@ -625,26 +672,17 @@ impl App {
             Err(e) => return Err(Refused::Spec(e)),
         };
         let previous_cfg = self.config();
+        let previous_spec = self.current_spec();
+        // `Some(n)`: the config's `instances` changed, so it applies (and a runtime scale ends).
+        let resize = cfg.as_ref().filter(|c| c.instances != previous_cfg.instances).map(|c| c.instances.resolve());
         if let Some(c) = &cfg {
             self.set_config(c.clone());
         }
-        let keep = |spec: Arc<WorkerSpec>| {
-            *self.spec.lock().unwrap_or_else(|e| e.into_inner()) = Some(spec);
-            if let Some(r) = release.clone() {
-                *self.release.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
-            }
-        };
-        if !self.running.load(SeqCst) || self.workers().is_empty() {
-            // Nothing to roll: start the workers (a stopped app, or the first release).
-            keep(spec);
-            if cfg.is_some() {
-                self.instances.store(self.config().instances.resolve(), SeqCst);
-            }
-            return self
-                .start_locked()
-                .await
-                .map(|_| 0)
-                .map_err(|e| Refused::Roll(reload::RollFailed { reason: e.to_string(), restored: false }));
+        if !self.running.load(SeqCst) {
+            return self.move_stopped(spec, previous_cfg, release.as_ref(), resize).map(|()| 0);
+        }
+        if self.workers().is_empty() {
+            return self.start_onto(spec, previous_cfg, previous_spec, release.as_ref(), resize).await.map(|()| 0);
         }
         self.reloading.store(true, SeqCst);
         let slots: Vec<usize> = (0..self.workers().len()).collect();
@@ -653,12 +691,29 @@ impl App {
             None => tracing::info_span!("reload", app = %self.name, env = %spec.env_hash),
         };
         let result = tracing::Instrument::instrument(reload::roll(self, &slots, &spec), span).await;
+        let result = match result {
+            Ok(n) => match self.record_release(release.as_ref()) {
+                Ok(()) => Ok(n),
+                Err(reason) => {
+                    // Served, but not recorded: back onto the previous spec, the same way.
+                    let restored = match &previous_spec {
+                        Some(p) => reload::roll(self, &slots, p).await.is_ok(),
+                        None => false,
+                    };
+                    Err(reload::RollFailed { reason, restored })
+                }
+            },
+            Err(e) => Err(e),
+        };
         self.reloading.store(false, SeqCst);
         match result {
             Ok(n) => {
-                keep(spec);
-                if cfg.is_some() {
-                    self.apply_instances().await;
+                *self.spec.lock().unwrap_or_else(|e| e.into_inner()) = Some(spec);
+                if let Some(want) = resize {
+                    self.end_scale();
+                    if let Err(e) = self.resize_locked(want).await {
+                        tracing::warn!(app = %self.name, error = %e, "scaling to the new `instances` failed");
+                    }
                 }
                 let release = self.release().map(|r| r.name);
                 self.ctx.events.send(SupervisorEvent::AppReloaded { app: self.name.clone(), replaced: n, release });
@@ -671,22 +726,99 @@ impl App {
         }
     }
 
-    /// After a roll onto a new config: grow or shrink to its `instances`.
-    async fn apply_instances(&self) {
-        let want = self.config().instances.resolve();
-        if want == self.instances.load(SeqCst) {
-            return;
+    /// The roll of an app stopped by request: it stays stopped (a deploy, a reload or SIGHUP
+    /// change what it will run; `start` runs it). The release is recorded all the same.
+    fn move_stopped(
+        &self,
+        spec: Arc<WorkerSpec>,
+        previous_cfg: AppConfig,
+        release: Option<&ActiveRelease>,
+        resize: Option<u32>,
+    ) -> Result<(), Refused> {
+        if let Err(reason) = self.record_release(release) {
+            self.set_config(previous_cfg);
+            return Err(Refused::Roll(reload::RollFailed { reason, restored: true }));
         }
-        self.instances.store(want, SeqCst);
+        tracing::info!(app = %self.name, "the app is stopped: it starts on this with `deployer start {}`", self.name);
+        *self.spec.lock().unwrap_or_else(|e| e.into_inner()) = Some(spec);
+        if let Some(n) = resize {
+            self.instances.store(n, SeqCst);
+            self.end_scale();
+        }
+        Ok(())
+    }
+
+    /// The roll of a running app with no workers (before its first release): start them on
+    /// `spec`. A start that fails, or a release that cannot be recorded, ends the new workers and
+    /// puts the previous spec, config and count back.
+    async fn start_onto(
+        &self,
+        spec: Arc<WorkerSpec>,
+        previous_cfg: AppConfig,
+        previous_spec: Option<Arc<WorkerSpec>>,
+        release: Option<&ActiveRelease>,
+        resize: Option<u32>,
+    ) -> Result<(), Refused> {
+        let previous_count = self.instances.load(SeqCst);
+        *self.spec.lock().unwrap_or_else(|e| e.into_inner()) = Some(spec);
+        if let Some(n) = resize {
+            self.instances.store(n, SeqCst);
+        }
+        let started = self.start_locked().await.map_err(|e| e.to_string()).and_then(|()| self.record_release(release));
+        if let Err(reason) = started {
+            self.stop_locked().await;
+            // Running still: its first release is yet to come.
+            self.running.store(true, SeqCst);
+            self.instances.store(previous_count, SeqCst);
+            *self.spec.lock().unwrap_or_else(|e| e.into_inner()) = previous_spec;
+            self.set_config(previous_cfg);
+            return Err(Refused::Roll(reload::RollFailed { reason, restored: false }));
+        }
+        if resize.is_some() {
+            self.end_scale();
+        }
+        Ok(())
+    }
+
+    /// Make `release` the live one (nothing to do for `None`: a reload keeps its release): the
+    /// mirror `current` first, then the record, then memory. The record's write is the commit:
+    /// when it fails, `current` is put back. See [`live`] for which wins at start.
+    fn record_release(&self, release: Option<&ActiveRelease>) -> Result<(), String> {
+        let (Some(r), Some(dir)) = (release, &self.app_dir) else { return Ok(()) };
+        let previous = self.release();
+        live::mirror(dir, Some(&r.name)).map_err(|e| format!("cannot switch `current` to {}: {e}", r.name))?;
+        if let Err(e) = self.store.set_live_release(&self.name, Some(&r.name)) {
+            if let Err(e) = live::mirror(dir, previous.as_ref().map(|p| p.name.as_str())) {
+                tracing::error!(app = %self.name, error = %e, "cannot put `current` back; the next start rewrites it from the record");
+            }
+            return Err(format!("cannot record release {} as live: {e}", r.name));
+        }
+        *self.release.lock().unwrap_or_else(|e| e.into_inner()) = Some(r.clone());
+        Ok(())
+    }
+
+    /// The config's `instances` applies again: a runtime scale is over. A failure to record it
+    /// is harmless (a scale counts only while the config's `instances` is what it overrode).
+    fn end_scale(&self) {
+        if let Err(e) = self.store.set_scale(&self.name, None) {
+            tracing::warn!(app = %self.name, error = %e, "cannot record the end of the runtime scale");
+        }
+    }
+
+    /// Grow or shrink to `n` workers (when running): the highest instance ids retire gracefully,
+    /// missing ones start.
+    async fn resize_locked(&self, n: u32) -> Result<(), NotReady> {
+        self.instances.store(n, SeqCst);
+        if !self.running.load(SeqCst) {
+            return Ok(());
+        }
         let extra: Vec<Arc<Worker>> = {
             let mut w = self.workers.lock().unwrap_or_else(|e| e.into_inner());
-            if w.len() > want as usize { w.split_off(want as usize) } else { Vec::new() }
+            if w.len() > n as usize { w.split_off(n as usize) } else { Vec::new() }
         };
         let how = self.retire_how();
         futures_util::future::join_all(extra.iter().map(|w| w.retire(how, self.ctx.rotation.as_deref()))).await;
-        if let Err(e) = self.start_locked().await {
-            tracing::warn!(app = %self.name, error = %e, "scaling up after the reload failed");
-        }
+        self.start_locked().await
     }
 
     pub fn status(&self) -> AppStatus {
@@ -727,9 +859,26 @@ impl App {
         self.ctx.logs.path()
     }
 
-    /// Start the configured number of workers (if stopped) and wait until they are ready.
+    /// Start the workers at the agent's start (or when SIGHUP added the app), unless the app was
+    /// stopped by request: that holds across restarts until `deployer start`.
+    pub(crate) async fn boot(&self) -> Result<(), NotReady> {
+        let _op = self.op.lock().await;
+        let record = self
+            .store
+            .app_record(&self.name)
+            .map_err(|e| NotReady::NotRecorded(format!("cannot read the app's state: {e}")))?;
+        if record.is_some_and(|r| r.stopped) {
+            tracing::info!(app = %self.name, "stopped by `deployer stop`: not started; `deployer start {}` starts it", self.name);
+            return Ok(());
+        }
+        self.start_locked().await
+    }
+
+    /// Start the configured number of workers (if stopped) and wait until they are ready. The
+    /// app counts as running from now on, after a restart of the agent too.
     pub async fn start(&self) -> Result<(), NotReady> {
         let _op = self.op.lock().await;
+        self.record_stopped(false)?;
         self.start_locked().await
     }
 
@@ -772,9 +921,12 @@ impl App {
     }
 
     /// Stop every worker gracefully: out of rotation, drain, SIGTERM, `kill_timeout`, SIGKILL.
-    pub async fn stop(&self) {
+    /// Recorded first: the app stays stopped after a restart of the agent, until `start`.
+    pub async fn stop(&self) -> Result<(), NotReady> {
         let _op = self.op.lock().await;
+        self.record_stopped(true)?;
         self.stop_locked().await;
+        Ok(())
     }
 
     async fn stop_locked(&self) {
@@ -794,26 +946,32 @@ impl App {
     /// Stop then start (like `pm2 restart`: not zero-downtime; `reload` is).
     pub async fn restart(&self) -> Result<(), NotReady> {
         let _op = self.op.lock().await;
+        self.record_stopped(false)?;
         self.stop_locked().await;
         self.start_locked().await
     }
 
+    /// Whether the app is stopped by request, recorded before it is done: a request whose record
+    /// cannot be written changes nothing.
+    fn record_stopped(&self, stopped: bool) -> Result<(), NotReady> {
+        self.store
+            .set_stopped(&self.name, stopped)
+            .map_err(|e| NotReady::NotRecorded(format!("nothing was changed: cannot record it: {e}")))
+    }
+
     /// Grow or shrink to `n` workers; shrinking retires the highest instance ids gracefully.
+    /// Recorded first, with the config's `instances` it overrides: the next agent starts `n`
+    /// workers too, until the config's `instances` changes.
     pub async fn scale(&self, n: u32) -> Result<(), NotReady> {
         let _op = self.op.lock().await;
-        self.instances.store(n, SeqCst);
-        if !self.running.load(SeqCst) {
-            return Ok(());
-        }
-        let extra: Vec<Arc<Worker>> = {
-            let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
-            if workers.len() > n as usize { workers.split_off(n as usize) } else { Vec::new() }
-        };
-        let how = self.retire_how();
-        futures_util::future::join_all(extra.iter().map(|w| w.retire(how, self.ctx.rotation.as_deref()))).await;
-        let started = self.start_locked().await;
+        let configured = self.config().instances;
+        let scale = (n != configured.resolve()).then(|| Scale { instances: n, over: configured.to_string() });
+        self.store
+            .set_scale(&self.name, scale.as_ref())
+            .map_err(|e| NotReady::NotRecorded(format!("nothing was changed: cannot record the scale: {e}")))?;
+        let resized = self.resize_locked(n).await;
         self.ctx.events.send(SupervisorEvent::AppScaled { app: self.name.clone(), instances: n });
-        started
+        resized
     }
 
     /// Rolling reload. With `update_env`, the config file and `env_file` are read again first.
@@ -977,9 +1135,9 @@ pub fn describe(config: &AgentConfig) -> Vec<String> {
         .iter()
         .map(|(name, a)| {
             let port = a.port.map_or("no port".to_string(), |p| format!("port {p}"));
-            let place = match (&a.cwd, &a.repo) {
-                (Some(cwd), _) => display(cwd),
-                (None, repo) => format!("the current release of {} ({})", repo.as_deref().unwrap_or("?"), a.branch),
+            let place = match &a.source {
+                AppSource::Dir(cwd) => display(cwd),
+                AppSource::Git(git) => format!("the current release of {} ({})", git.repo, git.branch),
             };
             format!(
                 "{name}: {} x `{}` in {place}, {} front on {port}",

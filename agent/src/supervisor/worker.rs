@@ -129,6 +129,9 @@ pub enum NotReady {
     /// The agent is stopping: no worker is started any more (a roll in progress is halted).
     #[error("interrupted: the agent is stopping")]
     Stopping,
+    /// What was asked could not be recorded in the state database, so nothing was done.
+    #[error("{0}")]
+    NotRecorded(String),
 }
 
 #[derive(Debug, Clone)]
