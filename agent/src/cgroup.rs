@@ -101,7 +101,8 @@ impl Cgroups {
         let n = root.next.fetch_add(1, Ordering::Relaxed);
         let name: String =
             what.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
-        let path = root.path.join(format!("{name}.{n}"));
+        // The pid too: during an upgrade two agents make groups side by side.
+        let path = root.path.join(format!("{name}.{}.{n}", std::process::id()));
         if let Err(e) = std::fs::create_dir(&path) {
             tracing::warn!(path = %path.display(), error = %e, "cannot create a cgroup");
             return None;

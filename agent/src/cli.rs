@@ -31,6 +31,11 @@ pub enum Command {
     Run,
     /// Check the config file and exit: 0 when it is valid, 1 with `file:line:col` errors when not.
     Check,
+    /// Upgrade the running agent of this config to the binary now on disk without closing a
+    /// socket: the new agent takes over the listening sockets, starts its workers, and the old
+    /// one drains and exits. Fails (and the old agent keeps serving) if the new one does not
+    /// serve within 120 s.
+    Upgrade,
     /// Try the whole product: make a local git repo with the example app and run an agent that
     /// deploys it whenever you commit.
     Quickstart {

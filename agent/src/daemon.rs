@@ -36,6 +36,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(check(&cli.config))
         }
+        Command::Upgrade => {
+            // Only `state_dir` is needed: the running agent checks the rest, and the secrets
+            // its config names are the agent's, not this command's.
+            let state_dir = config::state_dir_of(&cli.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(if crate::upgrade::ask(&state_dir)? { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
         Command::Quickstart { dir, port, api_port } => {
             let qs = crate::quickstart::prepare(&dir, port, api_port)?;
             // SAFETY: still single-threaded: no runtime or other thread exists yet.
@@ -60,13 +66,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // Sockets systemd holds for us, while fd 3.. are still what it passed and before any
             // thread could read the environment.
             crate::listeners::claim_from_env();
+            // Started by `deployer-agent upgrade`: take the old agent's sockets and lock.
+            crate::handover::claim_from_env().context("cannot take over from the agent being upgraded")?;
+            // The binary as it was started: an upgrade starts whatever is at this path then.
+            let exe = std::env::current_exe().context("cannot find the agent's own binary")?;
             // Before the runtime starts the threads that use libgit2.
             crate::source::configure_libgit2();
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            let code = rt.block_on(serve(&cli.config, secrets));
+            let code = rt.block_on(serve(&cli.config, secrets, &exe));
             // Every task was awaited by its owner; what may still run is a blocking git call a
             // cancelled deploy left (libgit2 cannot be interrupted): not waited for.
             rt.shutdown_timeout(BLOCKING_GRACE);
@@ -135,13 +145,18 @@ fn read_env_files(loaded: config::Loaded) -> Result<config::Loaded, config::Conf
     Ok(loaded)
 }
 
-async fn serve(path: &Path, secrets: Secrets) -> anyhow::Result<ExitCode> {
+async fn serve(path: &Path, secrets: Secrets, exe: &Path) -> anyhow::Result<ExitCode> {
     let loaded = config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
     crate::state_dir::secure(&loaded.config)?;
     let listen = loaded.config.listen;
     let listener = crate::listeners::tcp("api", listen)
         .and_then(tokio::net::TcpListener::from_std)
         .with_context(|| format!("cannot bind the API on `{listen}` (is another agent running?)"))?;
+    let api_fd = std::os::fd::AsFd::as_fd(&listener).try_clone_to_owned()?;
+    let control = crate::upgrade::control_listener(&loaded.config.state_dir).with_context(|| {
+        format!("cannot listen on `{}`", crate::upgrade::control_path(&loaded.config.state_dir).display())
+    })?;
+    let control_fd = std::os::fd::AsFd::as_fd(&control).try_clone_to_owned()?;
     if loaded.tokens.is_empty() {
         tracing::warn!("no `tokens` configured: every /v1 request will get 401");
     }
@@ -185,6 +200,20 @@ async fn serve(path: &Path, secrets: Secrets) -> anyhow::Result<ExitCode> {
     };
     tracing::info!(%listen, tls = loaded.config.tls.is_some(), config = %path.display(), "agent ready");
     crate::listeners::warn_unused();
+    let (upgrades_tx, mut upgrades) = tokio::sync::mpsc::channel(1);
+    api.spawn(crate::upgrade::serve_control(
+        tokio::net::UnixListener::from_std(control)?,
+        upgrades_tx,
+        stop_api.clone(),
+        api.clone(),
+    ));
+    if crate::handover::is_new_side() {
+        let sup = supervisor.clone();
+        crate::handover::say_ready(move || {
+            sup.rewrite_pid_record();
+            tracing::info!("upgrade complete: the previous agent has exited");
+        });
+    }
     crate::sd_notify::notify("READY=1");
     if let Some(every) = crate::sd_notify::watchdog_interval() {
         // Pings until the API stops, last (a stop is bounded by the unit's TimeoutStopSec).
@@ -210,12 +239,48 @@ async fn serve(path: &Path, secrets: Secrets) -> anyhow::Result<ExitCode> {
         stop: CancellationToken::new(),
     };
     let applying = tokio::spawn(sighup.clone().run());
+    // Set when an upgrade handed over: its asker, the new pid, and the pair the new agent
+    // watches (closed when this process exits).
+    let mut upgraded = None;
     let signal = loop {
         tokio::select! {
             _ = term.recv() => break "SIGTERM",
             _ = int.recv() => break "SIGINT",
             // Several SIGHUPs during one apply make one more apply, of the file as it is then.
             _ = hup.recv() => sighup.wake.notify_one(),
+            Some(req) = upgrades.recv() => {
+                let sockets = match supervisor.handover_fds() {
+                    Ok(mut fds) => {
+                        fds.push(("api".into(), api_fd.try_clone()?));
+                        fds.push(("control".into(), control_fd.try_clone()?));
+                        crate::upgrade::Sockets { fds }
+                    }
+                    Err(e) => {
+                        req.say(format!("error: cannot copy the sockets to hand over: {e}"));
+                        continue;
+                    }
+                };
+                // No new deploy from here on (requests answer 503, pull loops pause): the new
+                // agent takes them once it serves; the running ones end first.
+                state.deployer.close();
+                let started = async {
+                    crate::upgrade::wait_for_deploys(|| state.deployer.busy_apps(), &req).await?;
+                    crate::upgrade::start_new(exe, path, sockets, &req).await
+                };
+                match started.await {
+                    Ok((pid, pair)) => {
+                        req.say(format!("the new agent (pid {pid}) serves; this one stops taking connections and drains"));
+                        crate::sd_notify::notify(&format!("MAINPID={pid}"));
+                        upgraded = Some((req, pid, pair));
+                        break "upgrade";
+                    }
+                    Err(e) => {
+                        supervisor.rewrite_pid_record();
+                        state.deployer.reopen();
+                        req.say(format!("error: {e}"));
+                    }
+                }
+            }
         }
     };
 
@@ -223,7 +288,10 @@ async fn serve(path: &Path, secrets: Secrets) -> anyhow::Result<ExitCode> {
     let stopping = Instant::now();
     let ms = |t: Instant| t.elapsed().as_millis() as u64;
     tracing::info!(signal, "stopping: triggers, then deploys, reports, connections, workers");
-    crate::sd_notify::notify("STOPPING=1");
+    if upgraded.is_none() {
+        // Not after an upgrade: the unit's main process is the new agent now, and it runs on.
+        crate::sd_notify::notify("STOPPING=1");
+    }
     // 1. Triggers: no deploy is queued from now on (API, webhooks, pull loops), no SIGHUP applied;
     //    a reload or roll in progress (a SIGHUP's too) is interrupted, its new workers ended.
     state.deployer.close();
@@ -242,6 +310,10 @@ async fn serve(path: &Path, secrets: Secrets) -> anyhow::Result<ExitCode> {
     //    within its drain_timeout + kill_timeout.
     supervisor.shutdown().await;
     tracing::info!(after_ms = ms(stopping), "connections drained, workers stopped");
+    if let Some((req, pid, _pair)) = &upgraded {
+        req.say(format!("ok: upgraded; the new agent (pid {pid}) serves, this one stopped"));
+    }
+    let pair = upgraded.map(|(_, _, pair)| pair); // the asker's channel closes here; the pair at exit
     // 6. The API answered until now (status, streams); its streams end here.
     stop_api.cancel();
     api.close();
@@ -249,6 +321,7 @@ async fn serve(path: &Path, secrets: Secrets) -> anyhow::Result<ExitCode> {
         tracing::warn!("API connections still open after 5s; closing them");
     }
     tracing::info!(after_ms = ms(stopping), "stopped");
+    drop(pair);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -26,6 +26,20 @@ pub struct Inherited {
 
 static INHERITED: OnceLock<Mutex<Inherited>> = OnceLock::new();
 
+/// Listening sockets handed over by an old agent (`crate::handover`), by name.
+pub fn adopt(fds: Vec<(String, std::os::fd::OwnedFd)>) {
+    let mut inherited = INHERITED.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    for (name, fd) in fds {
+        match listening_tcp(fd) {
+            Ok(l) => {
+                tracing::info!(name, addr = ?l.local_addr().ok(), "listening socket handed over by the previous agent");
+                inherited.sockets.push((name, l));
+            }
+            Err(why) => tracing::warn!(name, "ignoring a handed-over fd: {why}"),
+        }
+    }
+}
+
 /// Claim what systemd passed, once, at start (before any other fd is opened, so fd 3.. are still
 /// what it passed). Answers how many sockets were received.
 pub fn claim_from_env() -> usize {
@@ -34,7 +48,7 @@ pub fn claim_from_env() -> usize {
     for (name, l) in &found.sockets {
         tracing::info!(name, addr = ?l.local_addr().ok(), "listening socket received from systemd");
     }
-    let _ = INHERITED.set(Mutex::new(found)); // a second claim finds the first one's sockets
+    INHERITED.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner()).sockets.extend(found.sockets);
     n
 }
 

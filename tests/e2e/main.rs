@@ -23,3 +23,4 @@ mod streams;
 mod supervise;
 mod trees;
 mod triggers;
+mod upgrade;

@@ -179,6 +179,9 @@ pub struct TestEnv {
     /// The test holds the API's and the fronts' listening sockets and passes them to each agent
     /// process it starts, as systemd socket activation does.
     socket_activation: bool,
+    /// Run the agent from a copy of its binary in the test's dir (`bin/deployer-agent`), which
+    /// the test may replace (an upgrade starts whatever is there).
+    own_binary: bool,
 }
 
 impl Default for TestEnv {
@@ -198,6 +201,7 @@ impl TestEnv {
             agent_env: BTreeMap::new(),
             fd_limit: None,
             socket_activation: false,
+            own_binary: false,
         }
     }
 
@@ -290,6 +294,11 @@ impl TestEnv {
     /// Hold the API's and every front's listening socket in the test process and pass them to
     /// the agent (`LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`), as systemd's socket units do: the
     /// ports stay open while no agent runs.
+    pub fn own_binary(mut self) -> Self {
+        self.own_binary = true;
+        self
+    }
+
     pub fn socket_activation(mut self) -> Self {
         self.socket_activation = true;
         self
@@ -440,11 +449,8 @@ impl Setup {
 
     /// `deployer-agent` with the tokens in its environment, run in the temp dir.
     pub fn agent_command(&self) -> Command {
-        let mut cmd = if self.held.is_empty() {
-            Command::new(crate::bin("deployer-agent"))
-        } else {
-            self.socket_activated_command()
-        };
+        let mut cmd =
+            if self.held.is_empty() { Command::new(self.agent_binary()) } else { self.socket_activated_command() };
         cmd.current_dir(self.dir()).env_remove("DEPLOYER_CONFIG").env("RUST_LOG", "info").env("NO_COLOR", "1");
         for t in &self.tokens {
             cmd.env(&t.var, &t.value);
@@ -461,6 +467,19 @@ impl Setup {
             }
         }
         cmd
+    }
+
+    /// The agent binary this setup runs: the build's, or the test's own copy.
+    pub fn agent_binary(&self) -> PathBuf {
+        if !self.env.own_binary {
+            return crate::bin("deployer-agent");
+        }
+        let copy = self.dir().join("bin").join("deployer-agent");
+        if !copy.exists() {
+            std::fs::create_dir_all(copy.parent().expect("a parent")).expect("bin dir");
+            std::fs::copy(crate::bin("deployer-agent"), &copy).expect("copy the agent binary");
+        }
+        copy
     }
 
     /// `deployer-agent` with the held sockets as fd 3.. and the variables systemd sets; `sh` sets

@@ -673,6 +673,21 @@ fn schedule(name: &str, app: &AppConfig) -> Result<Option<Schedule>, (&'static s
     }
 }
 
+/// Only the `state_dir` of the config file at `path` (for `deployer-agent upgrade`, which must
+/// not need the agent's secrets): read leniently, resolved as [`load`] resolves it.
+pub fn state_dir_of(path: &Path) -> Result<PathBuf, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+    let doc: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&text).map_err(|e| format!("`{}` is not YAML: {e}", path.display()))?;
+    let dir = match doc.get("state_dir") {
+        None => default_state_dir(),
+        Some(v) => {
+            PathBuf::from(v.as_str().ok_or_else(|| format!("`state_dir` in `{}` is not a path", path.display()))?)
+        }
+    };
+    Ok(if dir.is_absolute() { dir } else { base_dir(path).join(dir) })
+}
+
 /// The config file's directory, absolute: relative paths in the file start there.
 fn base_dir(path: &Path) -> PathBuf {
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();

@@ -188,6 +188,12 @@ impl Deployer {
         }
     }
 
+    /// Take deploys again after [`Deployer::close`] (an upgrade that did not happen).
+    pub fn reopen(self: &Arc<Self>) {
+        self.closed.store(false, Ordering::SeqCst);
+        self.apply_schedules();
+    }
+
     /// Whether the agent is stopping ([`Deployer::close`]).
     fn stopping(&self) -> bool {
         self.closed.load(Ordering::SeqCst)
@@ -210,6 +216,12 @@ impl Deployer {
                 tracing::error!(id = job.id, error = %e, "cannot record a queued deploy as interrupted");
             }
         }
+    }
+
+    /// The apps with a deploy queued or running.
+    pub fn busy_apps(&self) -> Vec<String> {
+        let names: Vec<String> = self.queues.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+        names.into_iter().filter(|a| self.busy(a)).collect()
     }
 
     /// Whether a deploy of `app` is queued or running.

@@ -334,7 +334,14 @@ impl Conn {
             let deadline = head_deadline.unwrap_or_else(|| Instant::now() + self.rules.idle_timeout);
             let read = tokio::select! {
                 r = tokio::time::timeout_at(deadline.into(), self.client.read_buf(&mut self.cbuf)) => r,
-                _ = shutdown.cancelled(), if idle => return Ok(None),
+                _ = shutdown.cancelled(), if idle => {
+                    // A lingering close, as nginx does: the client may be sending its next
+                    // request right now; closing with it unread would reset the connection
+                    // (a failed request), half-closing makes it read an end and retry.
+                    let _ = self.client.shutdown().await; // the client may have gone already
+                    linger(&mut self.client).await;
+                    return Ok(None);
+                }
             };
             match read {
                 Err(_) if head_deadline.is_some() => return Err(408),

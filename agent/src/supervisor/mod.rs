@@ -142,17 +142,25 @@ impl Supervisor {
         for dir in [state_dir.join("logs"), state_dir.join("run")] {
             std::fs::create_dir_all(&dir).map_err(|source| SupervisorError::StateDir { path: dir.clone(), source })?;
         }
-        let lock = lock_state_dir(&state_dir)?;
+        let lock = match crate::handover::take_lock() {
+            // Handed over by the agent being upgraded: the same open file, so the same lock.
+            Some(fd) => nix::fcntl::Flock::lock(std::fs::File::from(fd), nix::fcntl::FlockArg::LockExclusiveNonblock)
+                .map_err(|_| SupervisorError::StateDirBusy(state_dir.to_path_buf()))?,
+            None => lock_state_dir(&state_dir)?,
+        };
         let pids = Arc::new(PidRecord::new(state_dir.join("run").join("workers.pids")));
         let store = Arc::new(Store::open(&state_dir.join("agent.db"), secrets.clone())?);
-        let reaped = pids.reap_previous();
-        if reaped > 0 {
-            tracing::warn!(reaped, "stopped workers left running by a previous agent");
-        }
         let cgroups = Cgroups::detect(&state_dir);
-        let reaped = cgroups.reap_previous();
-        if reaped > 0 {
-            tracing::warn!(reaped, "ended process trees (workers, install steps) left by a previous agent");
+        // An upgrade's new agent: what runs belongs to the old agent, still serving.
+        if !crate::handover::is_new_side() {
+            let reaped = pids.reap_previous();
+            if reaped > 0 {
+                tracing::warn!(reaped, "stopped workers left running by a previous agent");
+            }
+            let reaped = cgroups.reap_previous();
+            if reaped > 0 {
+                tracing::warn!(reaped, "ended process trees (workers, install steps) left by a previous agent");
+            }
         }
         let sup = Arc::new(Supervisor {
             config_path: loaded.path.clone(),
@@ -241,11 +249,16 @@ impl Supervisor {
             cancel.clone(),
         );
         let (rules, rules_rx) = tokio::sync::watch::channel(client_rules(cfg, &access_log));
+        // A copy of the public socket's fd, for an upgrade to hand over; closed with the app.
+        let mut handover_fd: Option<std::os::fd::OwnedFd> = None;
         let (rotation, listener) = match (cfg.proxy, cfg.port) {
             (ProxyMode::Http | ProxyMode::Tcp, Some(port)) => {
                 let addr = SocketAddr::new(cfg.bind, port);
                 let l = crate::listeners::tcp(name, addr)
-                    .and_then(tokio::net::TcpListener::from_std)
+                    .and_then(|l| {
+                        handover_fd = Some(l.try_clone()?.into());
+                        tokio::net::TcpListener::from_std(l)
+                    })
                     .map_err(|source| SupervisorError::Bind { app: name.into(), port, source })?;
                 let rotation = Arc::new(Rotation::default());
                 rotation.set_unhealthy_after(cfg.front.unhealthy_after as usize);
@@ -278,6 +291,10 @@ impl Supervisor {
                 let l = crate::listeners::tcp(name, addr)
                     // The workers accept on it, and may expect a blocking socket as `bind` gives.
                     .and_then(|l| l.set_nonblocking(false).map(|()| l))
+                    .and_then(|l| {
+                        handover_fd = Some(l.try_clone()?.into());
+                        Ok(l)
+                    })
                     .map_err(|source| SupervisorError::Bind { app: name.into(), port, source })?;
                 tracing::info!(app = name, %addr, "listening socket handed to workers (fd mode)");
                 (None, Some(Arc::new(l)))
@@ -314,6 +331,7 @@ impl Supervisor {
             instances: AtomicU32::new(instances),
             running: AtomicBool::new(false),
             reloading: AtomicBool::new(false),
+            handover_fd,
             op: tokio::sync::Mutex::new(()),
             cancel,
             halt,
@@ -403,6 +421,24 @@ impl Supervisor {
         let apps = self.list();
         futures_util::future::join_all(apps.iter().map(|a| a.shutdown())).await;
         self.cgroups.remove_root();
+    }
+
+    /// Copies of what an upgrade hands over: the state dir's lock and each app's public socket.
+    pub fn handover_fds(&self) -> std::io::Result<Vec<(String, std::os::fd::OwnedFd)>> {
+        use std::os::fd::AsFd;
+        let mut fds = vec![("lock".to_string(), self._lock.as_fd().try_clone_to_owned()?)];
+        for app in self.list() {
+            if let Some(fd) = &app.handover_fd {
+                fds.push((app.name.clone(), fd.try_clone()?));
+            }
+        }
+        Ok(fds)
+    }
+
+    /// Write the worker pid record again from this agent's own workers (after the agent it
+    /// replaced, which wrote the same file, has exited).
+    pub fn rewrite_pid_record(&self) {
+        self.pids.rewrite();
     }
 
     /// Where install steps and hooks put their process trees.
@@ -539,6 +575,8 @@ pub struct App {
     tracker: TaskTracker,
     /// The background tasks: monitor, unhealthy replacements, health probes.
     tasks: TaskTracker,
+    /// The public socket, for an upgrade to hand over (a copy of the fd the front serves).
+    handover_fd: Option<std::os::fd::OwnedFd>,
 }
 
 impl App {

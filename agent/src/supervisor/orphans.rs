@@ -43,6 +43,12 @@ impl PidRecord {
         self.write(&live);
     }
 
+    /// Write the file again from what this agent holds.
+    pub fn rewrite(&self) {
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        self.write(&live);
+    }
+
     pub fn remove(&self, pid: u32) {
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         live.remove(&pid);

@@ -1,0 +1,100 @@
+//! `deployer-agent upgrade`: the agent hands its sockets to a new agent started from the binary
+//! on disk, which starts its own workers; then the old one drains and exits. No request fails,
+//! and a new agent that cannot start leaves the old one serving.
+
+use deployer_tests::TestEnv;
+use deployer_tests::{Agent, Load, http, pid_alive, run_to_end, wait_until};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use std::time::Duration;
+
+/// Agents started by an upgrade are not children of the test: stopped here, whatever happens.
+struct Upgraded(Vec<u32>);
+
+impl Drop for Upgraded {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM); // ESRCH: it exited already
+        }
+        for &pid in &self.0 {
+            wait_until(Duration::from_secs(20), || !pid_alive(pid));
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Run `deployer-agent upgrade`; answers its exit code, its output and the new agent's pid.
+fn upgrade(agent: &Agent) -> (Option<i32>, String, Option<u32>) {
+    // The build's binary asks: the agent's own may be broken on purpose.
+    let mut cmd = std::process::Command::new(deployer_tests::bin("deployer-agent"));
+    cmd.arg("--config").arg(agent.config_path()).arg("upgrade");
+    let out = run_to_end(cmd, Duration::from_secs(180));
+    let text = format!("{}{}", out.stdout, out.stderr);
+    let pid = text.split("new agent (pid ").nth(1).and_then(|rest| rest.split(')').next()).and_then(|p| p.parse().ok());
+    (out.code(), text, pid)
+}
+
+#[test]
+fn upgrades_under_load_fail_no_request() {
+    let agent = TestEnv::new().env("DELAY_MS", "100").start();
+    let mut upgraded = Upgraded(Vec::new());
+    let port = agent.port("web");
+    let keepalive = Load::start(port, 20, true);
+    let fresh = Load::start(port, 20, false);
+    assert!(fresh.wait_for_more(50, Duration::from_secs(15)), "the load did not get going");
+    let mut previous = agent.pid();
+    for round in 0..3 {
+        let started = std::time::Instant::now();
+        let (code, text, pid) = upgrade(&agent);
+        eprintln!("upgrade {round} took {:?}:\n{text}", started.elapsed());
+        assert_eq!(code, Some(0), "round {round}: {text}");
+        let pid = pid.unwrap_or_else(|| panic!("round {round}: no new pid in {text}"));
+        upgraded.0.push(pid);
+        assert!(wait_until(Duration::from_secs(20), || !pid_alive(previous)), "round {round}: the old agent runs on");
+        previous = pid;
+        assert!(fresh.wait_for_more(50, Duration::from_secs(15)), "round {round}: nothing served after the upgrade");
+        let health = http::get(agent.api_port(), "/healthz");
+        assert!(health.is_ok_and(|r| r.status == 200), "round {round}: the API does not answer");
+    }
+    let (k, f) = (keepalive.stop(), fresh.stop());
+    eprintln!("3 upgrades under load: keep-alive {k}; new connection per request {f}");
+    assert_eq!(k.failed, 0, "keep-alive clients: {k}");
+    assert_eq!(f.failed, 0, "a connection per request: {f}");
+    let log = agent.log();
+    assert!(log.contains("listening socket handed over by the previous agent"), "{log}");
+    assert!(log.contains("upgrade complete: the previous agent has exited"), "{log}");
+}
+
+#[test]
+fn a_new_agent_that_cannot_start_leaves_the_old_one_serving() {
+    let agent = TestEnv::new().env("DELAY_MS", "20").own_binary().start();
+    let mut upgraded = Upgraded(Vec::new());
+    let binary = agent.agent_binary();
+    let good = std::fs::read(&binary).expect("the agent's binary");
+    let load = Load::start(agent.port("web"), 10, false);
+    assert!(load.wait_for_more(20, Duration::from_secs(15)), "the load did not get going");
+    // The binary on disk is broken: the new agent exits at once.
+    write_executable(&binary, b"#!/bin/sh\necho this build is broken >&2\nexit 3\n");
+    let (code, text, _) = upgrade(&agent);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("exited") && text.contains("keeps serving"), "{text}");
+    assert!(pid_alive(agent.pid()), "the old agent stopped");
+    assert!(load.wait_for_more(50, Duration::from_secs(15)), "the old agent does not serve after the failed upgrade");
+    // Fixed, the upgrade goes through.
+    write_executable(&binary, &good);
+    let (code, text, pid) = upgrade(&agent);
+    assert_eq!(code, Some(0), "{text}");
+    upgraded.0.extend(pid);
+    assert!(load.wait_for_more(50, Duration::from_secs(15)), "nothing served after the upgrade");
+    let report = load.stop();
+    assert_eq!(report.failed, 0, "{report}");
+}
+
+/// Replace `path` as a deploy of a new build does (a new file renamed over the old one).
+fn write_executable(path: &std::path::Path, bytes: &[u8]) {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, bytes).expect("write the binary");
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::rename(&tmp, path).expect("rename over the binary");
+}
