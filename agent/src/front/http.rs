@@ -493,13 +493,21 @@ impl Conn {
     async fn exchange(&mut self, req: &mut Request, up: &mut Upstream) -> Result<Response, Failure> {
         // Sent again only when that cannot do anything twice: an idempotent request without a body.
         let retry = req.idempotent && req.body == Body::None;
-        let mut out = req.head.clone();
         let n = req.body.take(&self.cbuf)?;
         // What is left of `max_body` (a `Content-Length` was checked with the head).
         let mut body_left = self.rules.max_body.checked_sub(n as u64).ok_or(Failure::TooLarge)?;
-        out.extend_from_slice(&self.cbuf[..n]);
+        // The head is kept as it is for a retry; it goes in one write with the body bytes
+        // already read (copied only when there are some).
+        let written = if n == 0 {
+            up.stream.write_all(&req.head).await
+        } else {
+            let mut out = Vec::with_capacity(req.head.len() + n);
+            out.extend_from_slice(&req.head);
+            out.extend_from_slice(&self.cbuf[..n]);
+            up.stream.write_all(&out).await
+        };
         self.cbuf.advance(n);
-        if up.stream.write_all(&out).await.is_err() {
+        if written.is_err() {
             return Err(Failure::Upstream { retry });
         }
         let Conn { client, cbuf, rules, rotation, .. } = self;
@@ -551,10 +559,8 @@ impl Conn {
             Err(_) => return (Flow::Close, 0),
         };
         let mut sent = (res.rewritten.as_ref().map_or(res.head_len, Vec::len) + n) as u64;
-        let written = match &res.rewritten {
-            Some(head) => {
-                let mut out = Vec::with_capacity(head.len() + n);
-                out.extend_from_slice(head);
+        let written = match res.rewritten {
+            Some(mut out) => {
                 out.extend_from_slice(&up.ubuf[res.head_len..res.head_len + n]);
                 write_within(self.rules.body_timeout, &mut self.client, &out).await
             }
@@ -1018,7 +1024,8 @@ fn parse_response(buf: &[u8], req: &Request) -> Result<Option<Response>, Failure
     let upstream_close = close || (version == 0 && !keep_alive) || body == Body::UntilClose;
     let rewritten = (req.client_close && !close && status != 101).then(|| {
         let status_line_end = buf.windows(2).position(|w| w == b"\r\n").unwrap_or(0) + 2;
-        let mut head = Vec::with_capacity(head_len + 24);
+        // Room for the body bytes read with the head, which go out in the same write.
+        let mut head = Vec::with_capacity(buf.len().min(head_len + 16 * 1024) + 24);
         head.extend_from_slice(&buf[..status_line_end]);
         for h in parsed.headers.iter() {
             if h.name.eq_ignore_ascii_case("connection") || h.name.eq_ignore_ascii_case("keep-alive") {
