@@ -28,6 +28,9 @@ use tokio::sync::Notify;
 pub const UPSTREAM_IDLE: Duration = Duration::from_secs(3);
 const MAX_IDLE_PER_BACKEND: usize = 512;
 
+/// Idle upstream connections of one backend on one front loop, with when each became idle.
+type IdlePool = Mutex<Vec<(TcpStream, Instant)>>;
+
 /// One worker as the front sees it: an address, a count of work in flight, a pool.
 #[derive(Debug)]
 pub struct Backend {
@@ -42,7 +45,7 @@ pub struct Backend {
     drained: Notify,
     /// Idle upstream connections, one pool per front loop ([`loops::current`]): a connection is
     /// registered with the loop that opened it and is reused there.
-    idle: Box<[Mutex<Vec<(TcpStream, Instant)>>]>,
+    idle: Box<[IdlePool]>,
     /// Timeouts and refused connects in a row (passive health); an answer resets it.
     failures: AtomicUsize,
     /// Failed active health probes in a row; a passing probe resets it.
@@ -102,7 +105,7 @@ impl Backend {
     }
 
     /// This loop's pool.
-    fn pool(&self) -> &Mutex<Vec<(TcpStream, Instant)>> {
+    fn pool(&self) -> &IdlePool {
         &self.idle[loops::current().min(self.idle.len() - 1)]
     }
 
