@@ -134,10 +134,14 @@ PM2_HOME=$WORK/pm2home DELAY_MS=0 PORT=$PM2_PORT "$PM2" start "$ROOT/examples/he
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PM2_PORT/" >/dev/null && break; sleep 0.1; done
 PORT[pm2]=$PM2_PORT
 # nginx and HAProxy: in front of the same app, 2 plain workers (DELAY_MS=0) on free loopback ports.
+# Each in its own session, as the agent (setsid) and PM2 (its daemon) run theirs: with the
+# kernel's autogroups a session is one scheduling group, and workers sharing wrk's group are
+# woken sooner (measured: HAProxy 30.6k keep-alive req/s with them in this script's session,
+# 22.6k in their own).
 W1=$(free_port) W2=$(free_port)
-(cd "$ROOT/examples/hello-node" && DELAY_MS=0 INSTANCE_ID=0 PORT=$W1 exec node app.js >/dev/null 2>&1) &
+(cd "$ROOT/examples/hello-node" && DELAY_MS=0 INSTANCE_ID=0 PORT=$W1 exec setsid node app.js >/dev/null 2>&1) &
 EXTRA_PIDS+=($!)
-(cd "$ROOT/examples/hello-node" && DELAY_MS=0 INSTANCE_ID=1 PORT=$W2 exec node app.js >/dev/null 2>&1) &
+(cd "$ROOT/examples/hello-node" && DELAY_MS=0 INSTANCE_ID=1 PORT=$W2 exec setsid node app.js >/dev/null 2>&1) &
 EXTRA_PIDS+=($!)
 WORKER_PIDS=("${EXTRA_PIDS[@]}")
 wait_http "$W1" && wait_http "$W2" || exit 1
