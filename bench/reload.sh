@@ -3,19 +3,22 @@
 #   1. failed requests over 20 reloads in a row under 50 concurrent clients (goal: 0), with a new
 #      connection per request and with keep-alive clients, on the unmodified example app;
 #   2. throughput of each front (http, tcp, fd) vs. PM2 7 cluster mode, nginx and HAProxy, same
-#      0 ms app, 2 workers, wrk -t1 -c64 with keep-alive and with `Connection: close`;
+#      0 ms app, 2 workers, wrk -t1 -c64 with keep-alive and with `Connection: close`. All of them
+#      are up at once (idle when not measured) and measured in turns, ROUNDS rounds, the median
+#      kept: on a shared host a burst of other work then hits every contender alike, instead of
+#      whichever one happened to run during it;
 #   3. the agent's RSS with one app of 2 workers.
 # nginx (2 worker processes, upstream keepalive 64) and HAProxy (nbthread 2, http-reuse always)
 # run from temp configs on free loopback ports, as `nobody` when the script runs as root, and are
 # started and killed here: no system service is used or touched.
-# Usage: bench/reload.sh [--quick]   (--quick: 5 reloads, 5 s wrk runs)
+# Usage: bench/reload.sh [--quick]   (--quick: 5 reloads, 2 rounds of 3 s wrk runs)
 # Needs: cargo, node, npm, python3, wrk, nginx (Debian nginx-light), haproxy (installed with apt-get
 # when missing and run as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-RELOADS=20 WRK_SECONDS=10
-[[ "${1:-}" == "--quick" ]] && RELOADS=5 WRK_SECONDS=5
+RELOADS=20 WRK_SECONDS=5 ROUNDS=3
+[[ "${1:-}" == "--quick" ]] && RELOADS=5 WRK_SECONDS=3 ROUNDS=2
 
 WORK=$(mktemp -d /tmp/deployer-bench.XXXXXX)
 AGENT_PID=""
@@ -53,29 +56,30 @@ export DEPLOYER_TOKEN=bench-token-$$
 API_PORT=7391 APP_PORT=3391 PM2_PORT=3392
 export DEPLOYER_AGENT=http://127.0.0.1:$API_PORT
 
-# start_agent MODE DELAY_MS: the example app, 2 workers, behind the MODE front.
+# start_agent MODE DELAY_MS [N]: the example app, 2 workers, behind the MODE front; agent N (0
+# unless given) listens on API_PORT+N and serves the app on APP_PORT+N.
 start_agent() {
-  local ready="{ tcp: true }"
+  local ready="{ tcp: true }" n=${3:-0}
   [[ $1 == fd ]] && ready="{ alive: 500ms }"
-  cat > "$WORK/agent.yaml" <<YAML
-listen: 127.0.0.1:$API_PORT
-state_dir: $WORK/state
+  cat > "$WORK/agent-$1.yaml" <<YAML
+listen: 127.0.0.1:$((API_PORT + n))
+state_dir: $WORK/state-$1
 tokens: [{ name: bench, token_env: DEPLOYER_TOKEN, scopes: [read, deploy] }]
 apps:
   web:
     cwd: $ROOT/examples/hello-node
     start: node app.js
     instances: 2
-    port: $APP_PORT
+    port: $((APP_PORT + n))
     proxy: $1
     env: { DELAY_MS: "$2" }
     ready: $ready
     reload: { drain_timeout: 30s, kill_timeout: 5s }
 YAML
-  "$AGENT" --config "$WORK/agent.yaml" >"$WORK/agent-$1.log" 2>&1 &
+  "$AGENT" --config "$WORK/agent-$1.yaml" >"$WORK/agent-$1.log" 2>&1 &
   AGENT_PID=$!
   for _ in $(seq 100); do
-    [[ $("$CLI" ls --json 2>/dev/null | python3 -c 'import json,sys; a=json.load(sys.stdin); print(sum(w["state"]=="online" for w in a[0]["workers"]))' 2>/dev/null) == 2 ]] && return 0
+    [[ $(DEPLOYER_AGENT=http://127.0.0.1:$((API_PORT + n)) "$CLI" ls --json 2>/dev/null | python3 -c 'import json,sys; a=json.load(sys.stdin); print(sum(w["state"]=="online" for w in a[0]["workers"]))' 2>/dev/null) == 2 ]] && return 0
     sleep 0.1
   done
   echo "the agent did not come up; its log:" >&2; cat "$WORK/agent-$1.log" >&2; exit 1
@@ -124,19 +128,20 @@ BUSY_RSS=$(rss_kb "$AGENT_PID")
 stop_agent
 
 echo
-echo "## 2. Throughput, 0 ms app, 2 workers, wrk -t1 -c64 -d${WRK_SECONDS}s (req/s)"
-declare -A KA CL
+echo "## 2. Throughput, 0 ms app, 2 workers, wrk -t1 -c64 -d${WRK_SECONDS}s, median of $ROUNDS rounds (req/s)"
+declare -A KA CL PORT
 PM2_HOME=$WORK/pm2home DELAY_MS=0 PORT=$PM2_PORT "$PM2" start "$ROOT/examples/hello-node/app.js" -i 2 --name hello >/dev/null 2>&1
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PM2_PORT/" >/dev/null && break; sleep 0.1; done
-KA[pm2]=$(rps "http://127.0.0.1:$PM2_PORT/")
-CL[pm2]=$(rps -H 'Connection: close' "http://127.0.0.1:$PM2_PORT/")
-PM2_RSS=$(ps -o rss= -p "$(pgrep -f 'PM2 v.*God Daemon' | head -1)" | tr -d ' ')
-PM2_HOME=$WORK/pm2home "$PM2" kill >/dev/null 2>&1
+PORT[pm2]=$PM2_PORT
 # nginx and HAProxy: in front of the same app, 2 plain workers (DELAY_MS=0) on free loopback ports.
+# Each in its own session, as the agent (setsid) and PM2 (its daemon) run theirs: with the
+# kernel's autogroups a session is one scheduling group, and workers sharing wrk's group are
+# woken sooner (measured: HAProxy 30.6k keep-alive req/s with them in this script's session,
+# 22.6k in their own).
 W1=$(free_port) W2=$(free_port)
-(cd "$ROOT/examples/hello-node" && DELAY_MS=0 INSTANCE_ID=0 PORT=$W1 exec node app.js >/dev/null 2>&1) &
+(cd "$ROOT/examples/hello-node" && DELAY_MS=0 INSTANCE_ID=0 PORT=$W1 exec setsid node app.js >/dev/null 2>&1) &
 EXTRA_PIDS+=($!)
-(cd "$ROOT/examples/hello-node" && DELAY_MS=0 INSTANCE_ID=1 PORT=$W2 exec node app.js >/dev/null 2>&1) &
+(cd "$ROOT/examples/hello-node" && DELAY_MS=0 INSTANCE_ID=1 PORT=$W2 exec setsid node app.js >/dev/null 2>&1) &
 EXTRA_PIDS+=($!)
 WORKER_PIDS=("${EXTRA_PIDS[@]}")
 wait_http "$W1" && wait_http "$W2" || exit 1
@@ -180,10 +185,7 @@ as_nobody "$NGINX" -e "$PX/nginx-error.log" -p "$PX" -c "$PX/nginx.conf" >"$PX/n
 NGINX_PID=$!
 EXTRA_PIDS+=($NGINX_PID)
 wait_http "$NGINX_PORT" || { cat "$PX/nginx.out" "$PX/nginx-error.log" >&2 || true; exit 1; }
-KA[nginx]=$(rps "http://127.0.0.1:$NGINX_PORT/")
-CL[nginx]=$(rps -H 'Connection: close' "http://127.0.0.1:$NGINX_PORT/")
-kill_extra "$NGINX_PID"
-EXTRA_PIDS=("${WORKER_PIDS[@]}")
+PORT[nginx]=$NGINX_PORT
 
 HAPROXY_PORT=$(free_port)
 cat > "$PX/haproxy.cfg" <<HAPROXY
@@ -209,18 +211,35 @@ as_nobody "$HAPROXY" -db -f "$PX/haproxy.cfg" >"$PX/haproxy.out" 2>&1 &
 HAPROXY_PID=$!
 EXTRA_PIDS+=($HAPROXY_PID)
 wait_http "$HAPROXY_PORT" || { cat "$PX/haproxy.out" >&2 || true; exit 1; }
-KA[haproxy]=$(rps "http://127.0.0.1:$HAPROXY_PORT/")
-CL[haproxy]=$(rps -H 'Connection: close' "http://127.0.0.1:$HAPROXY_PORT/")
-kill_extra "$HAPROXY_PID" "${WORKER_PIDS[@]}"
-EXTRA_PIDS=()
-
+PORT[haproxy]=$HAPROXY_PORT
+# One agent per front mode, each with one app of 2 workers.
+declare -A AGENT_OF
+n=10
 for mode in http tcp fd; do
-  start_agent "$mode" 0
-  KA[$mode]=$(rps "http://127.0.0.1:$APP_PORT/")
-  CL[$mode]=$(rps -H 'Connection: close' "http://127.0.0.1:$APP_PORT/")
-  [[ $mode == http ]] && LOADED_RSS=$(rss_kb "$AGENT_PID")
-  stop_agent
+  start_agent "$mode" 0 $((n += 1))
+  AGENT_OF[$mode]=$AGENT_PID
+  EXTRA_PIDS+=("$AGENT_PID")
+  AGENT_PID=""
+  PORT[$mode]=$((APP_PORT + n))
 done
+CONTENDERS=(pm2 nginx haproxy http tcp fd)
+for _ in $(seq "$ROUNDS"); do
+  for c in "${CONTENDERS[@]}"; do
+    KA[$c]+="$(rps "http://127.0.0.1:${PORT[$c]}/") "
+    CL[$c]+="$(rps -H 'Connection: close' "http://127.0.0.1:${PORT[$c]}/") "
+  done
+done
+LOADED_RSS=$(rss_kb "${AGENT_OF[http]}")
+PM2_RSS=$(ps -o rss= -p "$(pgrep -f 'PM2 v.*God Daemon' | head -1)" | tr -d ' ')
+PM2_HOME=$WORK/pm2home "$PM2" kill >/dev/null 2>&1
+kill_extra "${EXTRA_PIDS[@]}"
+EXTRA_PIDS=()
+for c in "${CONTENDERS[@]}"; do
+  echo "- $c: keep-alive ${KA[$c]}| conn/request ${CL[$c]}"
+done
+echo
+median() { python3 -c 'import statistics, sys; print(statistics.median(map(float, sys.argv[1:])))' $1; }
+for c in "${CONTENDERS[@]}"; do KA[$c]=$(median "${KA[$c]}"); CL[$c]=$(median "${CL[$c]}"); done
 python3 - "${KA[pm2]}" "${CL[pm2]}" "${KA[nginx]}" "${CL[nginx]}" "${KA[haproxy]}" "${CL[haproxy]}" \
   "${KA[http]}" "${CL[http]}" "${KA[tcp]}" "${CL[tcp]}" "${KA[fd]}" "${CL[fd]}" <<'PY'
 import sys

@@ -5,8 +5,13 @@
 //! wait in the kernel's accept queue, holding no fd of the agent's: the API, webhooks, worker
 //! pipes and git, which share the agent's fd table, keep theirs. If the table runs out anyway,
 //! the error is logged once a few seconds, not once per retry.
+//!
+//! [`spread`] runs a front's accept loop on every front loop ([`super::loops`]), each with its
+//! own copy of the listener.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
@@ -55,8 +60,8 @@ pub async fn next(listener: &TcpListener, budget: &Budget, shutdown: &Cancellati
             _ = shutdown.cancelled() => return None,
         };
         match accepted {
+            // `TCP_NODELAY` comes from the listener ([`spread`]): no syscall per connection.
             Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
                 return Some(Accepted { stream, peer, slot });
             }
             Err(e) => {
@@ -77,5 +82,71 @@ pub async fn next(listener: &TcpListener, budget: &Budget, shutdown: &Cancellati
                 }
             }
         }
+    }
+}
+
+/// Serve `listener` on every front loop: `serve` runs once per loop with that loop's copy of the
+/// listener (each loop takes the connections it has room for; the kernel wakes them all, the
+/// first to `accept` gets it). Returns when every loop's `serve` has.
+///
+/// Accepted connections get `TCP_NODELAY` from the listener (Linux copies it to each one), so a
+/// small answer leaves at once without a `setsockopt` per connection.
+pub async fn spread<F, Fut>(listener: TcpListener, serve: F)
+where
+    F: Fn(TcpListener) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    set_nodelay(&listener);
+    let loops = super::loops::handles();
+    let listener = match listener.into_std() {
+        Ok(l) if !loops.is_empty() => l,
+        Ok(l) => match TcpListener::from_std(l) {
+            // No loop could start: serve on the caller's runtime.
+            Ok(l) => return serve(l).await,
+            Err(e) => return tracing::error!(error = %e, "front listener lost"),
+        },
+        Err(e) => return tracing::error!(error = %e, "front listener lost"),
+    };
+    let serve = Arc::new(serve);
+    let mut running = Vec::with_capacity(loops.len());
+    for handle in loops {
+        let copy = match listener.try_clone() {
+            Ok(copy) => copy,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot copy a front listener; fewer loops serve it");
+                continue;
+            }
+        };
+        let serve = serve.clone();
+        // `from_std` registers the copy with the loop it runs on.
+        running.push(handle.spawn(async move {
+            match TcpListener::from_std(copy) {
+                Ok(l) => serve(l).await,
+                Err(e) => tracing::warn!(error = %e, "a front loop cannot take its listener"),
+            }
+        }));
+    }
+    drop(listener);
+    for r in running {
+        if let Err(e) = r.await {
+            tracing::error!(error = %e, "a front loop's accept loop ended abnormally");
+        }
+    }
+}
+
+fn set_nodelay(listener: &TcpListener) {
+    let on: libc::c_int = 1;
+    // SAFETY: a plain setsockopt on a socket this listener owns, with a local int.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "TCP_NODELAY on the listener");
     }
 }

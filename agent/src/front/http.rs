@@ -97,7 +97,8 @@ pub struct FrontStats {
     pub timeouts: AtomicU64,
 }
 
-/// Accept client connections until `shutdown`, within `budget`; each one is served on `tracker`.
+/// Accept client connections until `shutdown`, within `budget`; each one is served on `tracker`,
+/// on the front loop that accepted it.
 pub async fn serve(
     listener: TcpListener,
     rotation: Arc<Rotation>,
@@ -108,27 +109,36 @@ pub async fn serve(
     tracker: TaskTracker,
 ) {
     let ids = Arc::new(RequestIds::new());
-    while let Some(accept::Accepted { stream, peer, slot }) = accept::next(&listener, &budget, &shutdown).await {
-        let rules = rules.borrow().clone();
-        let conn = Conn {
-            client: stream,
-            cbuf: BytesMut::with_capacity(8 * 1024),
-            scanned: 0,
-            // A connection that sends nothing is held to the head deadline from its start.
-            head_started: Some(Instant::now()),
-            peer: peer.ip(),
-            rules,
-            ids: ids.clone(),
-            rotation: rotation.clone(),
-            stats: stats.clone(),
-            pinned: None,
-        };
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            conn.run(shutdown).await;
-            drop(slot);
-        });
-    }
+    accept::spread(listener, move |listener| {
+        let (rotation, stats, rules, budget) = (rotation.clone(), stats.clone(), rules.clone(), budget.clone());
+        let (shutdown, tracker, ids) = (shutdown.clone(), tracker.clone(), ids.clone());
+        async move {
+            while let Some(accept::Accepted { stream, peer, slot }) = accept::next(&listener, &budget, &shutdown).await
+            {
+                let rules = rules.borrow().clone();
+                let peer = Peer::new(peer.ip(), &*rules.trusted_proxy);
+                let conn = Conn {
+                    client: stream,
+                    cbuf: BytesMut::with_capacity(8 * 1024),
+                    scanned: 0,
+                    // A connection that sends nothing is held to the head deadline from its start.
+                    head_started: Some(Instant::now()),
+                    peer,
+                    rules,
+                    ids: ids.clone(),
+                    rotation: rotation.clone(),
+                    stats: stats.clone(),
+                    pinned: None,
+                };
+                let shutdown = shutdown.clone();
+                tracker.spawn(async move {
+                    conn.run(shutdown).await;
+                    drop(slot);
+                });
+            }
+        }
+    })
+    .await;
 }
 
 /// An upstream connection and the backend it belongs to.
@@ -252,7 +262,7 @@ struct Conn {
     /// When the head being read started: at accept for the first request, at its first byte
     /// for later ones (between requests a connection is idle, not slow).
     head_started: Option<Instant>,
-    peer: IpAddr,
+    peer: Peer,
     rules: Arc<ClientRules>,
     ids: Arc<RequestIds>,
     rotation: Arc<Rotation>,
@@ -309,8 +319,7 @@ impl Conn {
         loop {
             if let Some(end) = head_end(&self.cbuf, self.scanned) {
                 let keep_line = self.rules.access_log.is_some();
-                let parsed =
-                    parse_request(&self.cbuf[..end], self.peer, &*self.rules.trusted_proxy, &self.ids, keep_line);
+                let parsed = parse_head(&self.cbuf[..end], &self.peer, &self.ids, keep_line);
                 self.scanned = 0;
                 return match parsed {
                     Ok(Some((_, req))) if matches!(req.body, Body::Length(n) if n > self.rules.max_body) => Err(413),
@@ -361,7 +370,7 @@ impl Conn {
             let (method, path) = req.line.as_deref().map_or(("", ""), |(m, p)| (m.as_str(), p.as_str()));
             let line = serde_json::json!({
                 "ts": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-                "peer": self.peer.to_string(),
+                "peer": self.peer.text,
                 "method": method,
                 "path": path,
                 "status": status,
@@ -491,13 +500,21 @@ impl Conn {
     async fn exchange(&mut self, req: &mut Request, up: &mut Upstream) -> Result<Response, Failure> {
         // Sent again only when that cannot do anything twice: an idempotent request without a body.
         let retry = req.idempotent && req.body == Body::None;
-        let mut out = req.head.clone();
         let n = req.body.take(&self.cbuf)?;
         // What is left of `max_body` (a `Content-Length` was checked with the head).
         let mut body_left = self.rules.max_body.checked_sub(n as u64).ok_or(Failure::TooLarge)?;
-        out.extend_from_slice(&self.cbuf[..n]);
+        // The head is kept as it is for a retry; it goes in one write with the body bytes
+        // already read (copied only when there are some).
+        let written = if n == 0 {
+            up.stream.write_all(&req.head).await
+        } else {
+            let mut out = Vec::with_capacity(req.head.len() + n);
+            out.extend_from_slice(&req.head);
+            out.extend_from_slice(&self.cbuf[..n]);
+            up.stream.write_all(&out).await
+        };
         self.cbuf.advance(n);
-        if up.stream.write_all(&out).await.is_err() {
+        if written.is_err() {
             return Err(Failure::Upstream { retry });
         }
         let Conn { client, cbuf, rules, rotation, .. } = self;
@@ -549,10 +566,8 @@ impl Conn {
             Err(_) => return (Flow::Close, 0),
         };
         let mut sent = (res.rewritten.as_ref().map_or(res.head_len, Vec::len) + n) as u64;
-        let written = match &res.rewritten {
-            Some(head) => {
-                let mut out = Vec::with_capacity(head.len() + n);
-                out.extend_from_slice(head);
+        let written = match res.rewritten {
+            Some(mut out) => {
                 out.extend_from_slice(&up.ubuf[res.head_len..res.head_len + n]);
                 write_within(self.rules.body_timeout, &mut self.client, &out).await
             }
@@ -596,12 +611,8 @@ impl Conn {
         } else {
             up.release();
         }
-        if keep_client {
-            (Flow::Continue, sent)
-        } else {
-            let _ = self.client.shutdown().await;
-            (Flow::Close, sent)
-        }
+        // Closing the socket sends the FIN: a `shutdown` first would only cost a syscall.
+        (if keep_client { Flow::Continue } else { Flow::Close }, sent)
     }
 
     /// After `101 Switching Protocols`: bytes both ways until either side closes. The lease is held
@@ -803,6 +814,20 @@ fn underscored_forwarding(name: &str) -> bool {
         })
 }
 
+/// The client of a connection as its requests' heads name it, worked out once per connection
+/// rather than per request.
+pub(super) struct Peer {
+    text: String,
+    /// In `trusted_proxies`: its forwarding headers are believed.
+    trusted: bool,
+}
+
+impl Peer {
+    pub(super) fn new(ip: IpAddr, trusted_proxy: &(dyn Fn(IpAddr) -> bool + Send + Sync)) -> Peer {
+        Peer { text: ip.to_string(), trusted: trusted_proxy(ip) }
+    }
+}
+
 /// Parse a complete request head. `Ok(None)`: incomplete. `Err(status)`: answer that and close.
 pub(super) fn parse_request(
     buf: &[u8],
@@ -811,6 +836,11 @@ pub(super) fn parse_request(
     ids: &RequestIds,
     keep_line: bool,
 ) -> Result<Option<(usize, Request)>, u16> {
+    parse_head(buf, &Peer::new(peer, trusted_proxy), ids, keep_line)
+}
+
+/// [`parse_request`] for a connection's known [`Peer`].
+fn parse_head(buf: &[u8], peer: &Peer, ids: &RequestIds, keep_line: bool) -> Result<Option<(usize, Request)>, u16> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     let len = match parsed.parse(buf) {
@@ -821,7 +851,7 @@ pub(super) fn parse_request(
     };
     let method = parsed.method.unwrap_or("GET");
     let version = parsed.version.unwrap_or(1);
-    let trusted = trusted_proxy(peer);
+    let trusted = peer.trusted;
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let (mut close, mut keep_alive, mut upgrade_token) = (false, false, false);
@@ -890,7 +920,6 @@ pub(super) fn parse_request(
     }
     let upgrade = has_upgrade && upgrade_token;
     let client_close = if version == 0 { !keep_alive } else { close };
-    let peer = peer.to_string();
 
     // The head for the worker: hop-by-hop `Connection` removed (the front keeps its upstream
     // connections alive whatever the client does), the forwarding headers set by the front. The
@@ -931,7 +960,7 @@ pub(super) fn parse_request(
         head.extend_from_slice(prev);
         head.extend_from_slice(b", ");
     }
-    head.extend_from_slice(peer.as_bytes());
+    head.extend_from_slice(peer.text.as_bytes());
     head.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
     head.extend_from_slice(forwarded_proto.unwrap_or(b"http"));
     if let Some(h) = forwarded_host.or(host) {
@@ -1002,7 +1031,8 @@ fn parse_response(buf: &[u8], req: &Request) -> Result<Option<Response>, Failure
     let upstream_close = close || (version == 0 && !keep_alive) || body == Body::UntilClose;
     let rewritten = (req.client_close && !close && status != 101).then(|| {
         let status_line_end = buf.windows(2).position(|w| w == b"\r\n").unwrap_or(0) + 2;
-        let mut head = Vec::with_capacity(head_len + 24);
+        // Room for the body bytes read with the head, which go out in the same write.
+        let mut head = Vec::with_capacity(buf.len().min(head_len + 16 * 1024) + 24);
         head.extend_from_slice(&buf[..status_line_end]);
         for h in parsed.headers.iter() {
             if h.name.eq_ignore_ascii_case("connection") || h.name.eq_ignore_ascii_case("keep-alive") {
@@ -1022,7 +1052,8 @@ fn parse_response(buf: &[u8], req: &Request) -> Result<Option<Response>, Failure
 /// Read and drop what the client still sends (a body we refused) for a moment before closing:
 /// closing with unread bytes resets the connection, and the client might lose our answer.
 async fn linger(client: &mut TcpStream) {
-    let mut sink = [0u8; 16 * 1024];
+    // On the heap: an array here would sit in every connection's future, copied at each spawn.
+    let mut sink = vec![0u8; 16 * 1024];
     let mut budget = 1usize << 20;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
     while budget > 0 {

@@ -11,6 +11,7 @@ mod chunked;
 #[cfg(test)]
 mod differential;
 pub mod http;
+pub mod loops;
 pub mod tcp;
 pub mod tunnel;
 
@@ -27,6 +28,9 @@ use tokio::sync::Notify;
 pub const UPSTREAM_IDLE: Duration = Duration::from_secs(3);
 const MAX_IDLE_PER_BACKEND: usize = 512;
 
+/// Idle upstream connections of one backend on one front loop, with when each became idle.
+type IdlePool = Mutex<Vec<(TcpStream, Instant)>>;
+
 /// One worker as the front sees it: an address, a count of work in flight, a pool.
 #[derive(Debug)]
 pub struct Backend {
@@ -39,7 +43,9 @@ pub struct Backend {
     /// Client connections currently pinned to this backend (`http` keep-alive), for balancing.
     pinned: AtomicUsize,
     drained: Notify,
-    idle: Mutex<Vec<(TcpStream, Instant)>>,
+    /// Idle upstream connections, one pool per front loop ([`loops::current`]): a connection is
+    /// registered with the loop that opened it and is reused there.
+    idle: Box<[IdlePool]>,
     /// Timeouts and refused connects in a row (passive health); an answer resets it.
     failures: AtomicUsize,
     /// Failed active health probes in a row; a passing probe resets it.
@@ -57,7 +63,7 @@ impl Backend {
             inflight: AtomicUsize::new(0),
             pinned: AtomicUsize::new(0),
             drained: Notify::new(),
-            idle: Mutex::new(Vec::new()),
+            idle: (0..=loops::count()).map(|_| Mutex::new(Vec::new())).collect(),
             failures: AtomicUsize::new(0),
             probe_failures: AtomicUsize::new(0),
             unhealthy: AtomicBool::new(false),
@@ -98,9 +104,14 @@ impl Backend {
         }
     }
 
+    /// This loop's pool.
+    fn pool(&self) -> &IdlePool {
+        &self.idle[loops::current().min(self.idle.len() - 1)]
+    }
+
     /// A pooled idle connection young enough to reuse.
     fn take_idle(&self) -> Option<TcpStream> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.pool().lock().unwrap_or_else(|e| e.into_inner());
         while let Some((stream, since)) = idle.pop() {
             if since.elapsed() < UPSTREAM_IDLE {
                 return Some(stream);
@@ -113,7 +124,7 @@ impl Backend {
         if !self.in_rotation() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.pool().lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE_PER_BACKEND {
             idle.push((stream, Instant::now()));
         }
@@ -121,8 +132,9 @@ impl Backend {
 
     /// Close pooled connections that have been idle too long.
     pub fn sweep_idle(&self) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.retain(|(_, since)| since.elapsed() < UPSTREAM_IDLE);
+        for pool in &self.idle {
+            pool.lock().unwrap_or_else(|e| e.into_inner()).retain(|(_, since)| since.elapsed() < UPSTREAM_IDLE);
+        }
     }
 }
 
@@ -258,7 +270,9 @@ impl Rotation {
             *all = Arc::new(all.iter().filter(|x| !Arc::ptr_eq(x, b)).cloned().collect());
         }
         drop(all);
-        b.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        for pool in &b.idle {
+            pool.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
     }
 
     pub fn snapshot(&self) -> Arc<Vec<Arc<Backend>>> {

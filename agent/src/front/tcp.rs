@@ -18,7 +18,8 @@ use super::http::FrontStats;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Accept client connections until `shutdown`, within `budget`; each one is relayed on `tracker`.
+/// Accept client connections until `shutdown`, within `budget`; each one is relayed on `tracker`,
+/// on the front loop that accepted it.
 pub async fn serve(
     listener: TcpListener,
     rotation: Arc<Rotation>,
@@ -28,21 +29,30 @@ pub async fn serve(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    while let Some(accept::Accepted { stream: client, slot, .. }) = accept::next(&listener, &budget, &shutdown).await {
-        let rotation = rotation.clone();
-        let stats = stats.clone();
-        let idle = rules.borrow().tunnel_idle_timeout;
-        tracker.spawn(async move {
-            stats.requests.fetch_add(1, Relaxed);
-            let Some((lease, upstream)) = connect(&rotation).await else {
-                stats.errors.fetch_add(1, Relaxed);
-                return;
-            };
-            relay(client, upstream, idle).await;
-            drop(lease);
-            drop(slot);
-        });
-    }
+    accept::spread(listener, move |listener| {
+        let (rotation, stats, budget, rules) = (rotation.clone(), stats.clone(), budget.clone(), rules.clone());
+        let (shutdown, tracker) = (shutdown.clone(), tracker.clone());
+        async move {
+            while let Some(accept::Accepted { stream: client, slot, .. }) =
+                accept::next(&listener, &budget, &shutdown).await
+            {
+                let rotation = rotation.clone();
+                let stats = stats.clone();
+                let idle = rules.borrow().tunnel_idle_timeout;
+                tracker.spawn(async move {
+                    stats.requests.fetch_add(1, Relaxed);
+                    let Some((lease, upstream)) = connect(&rotation).await else {
+                        stats.errors.fetch_add(1, Relaxed);
+                        return;
+                    };
+                    relay(client, upstream, idle).await;
+                    drop(lease);
+                    drop(slot);
+                });
+            }
+        }
+    })
+    .await;
 }
 
 /// A connection to the least busy worker; a worker that refuses is skipped for the next one.
