@@ -10,6 +10,8 @@ keep-alive, and the agent is restarted --times times:
   sigterm-held graceful stop with the API's and the front's sockets held by this script and passed
                to each agent as systemd's socket units do (LISTEN_FDS): nothing is ever refused
   kill9-held   kill -9 with the sockets held: only what the killed agent carried is lost
+  upgrade      `deployer-agent upgrade`: the sockets are handed to a new agent, which starts its
+               workers; then the old one drains and exits (the gap column is the upgrade's time)
 
 Prints, per case: requests ok and failed (by kind: refused connections are `oserror_111`), and
 the time from the stop until the app answered again (a GET sent right after the stop).
@@ -83,7 +85,39 @@ apps:
         self.proc.send_signal(sig); self.proc.wait()
 
 
+def upgrade_case(args, keepalive):
+    with tempfile.TemporaryDirectory(prefix="deployer-restart-") as work:
+        agent = Agent(args, work, False)
+        agent.start()
+        seconds = args.times * 4 + 4
+        cmd = [sys.executable, args.loadcheck, "--port", str(agent.port), "--conns", str(args.conns),
+               "--seconds", str(seconds)] + (["--keepalive"] if keepalive else [])
+        load = subprocess.Popen(cmd, stdout=subprocess.PIPE)
+        time.sleep(2)
+        took, pid = [], None
+        for _ in range(args.times):
+            t0 = time.monotonic()
+            out = subprocess.run([args.agent, "--config", agent.cfg, "upgrade"], capture_output=True, text=True)
+            took.append(time.monotonic() - t0)
+            if out.returncode != 0:
+                sys.exit(f"upgrade failed:\n{out.stderr}")
+            pid = int(out.stderr.split("new agent (pid ")[1].split(")")[0])
+            time.sleep(1)
+        out, _ = load.communicate()
+        if pid:
+            os.kill(pid, signal.SIGTERM)
+            while os.path.exists(f"/proc/{pid}"):
+                time.sleep(0.05)
+        agent.proc.wait()
+        r = json.loads(out)
+        client = "keep-alive" if keepalive else "conn/request"
+        print(f"| {'upgrade':12} | {client:12} | {r['ok']:6} | {r['failed']:5} | {json.dumps(r['fail']) or '{}'} | {max(took):.2f}s |",
+              flush=True)
+
+
 def case(args, name, sig, held, keepalive):
+    if name == "upgrade":
+        return upgrade_case(args, keepalive)
     with tempfile.TemporaryDirectory(prefix="deployer-restart-") as work:
         agent = Agent(args, work, held)
         agent.start()
@@ -126,7 +160,7 @@ def main():
     ap.add_argument("--times", type=int, default=5)
     ap.add_argument("--conns", type=int, default=50)
     ap.add_argument("--delay-ms", type=int, default=500)
-    ap.add_argument("--cases", default="sigterm,kill9,sigterm-held,kill9-held")
+    ap.add_argument("--cases", default="sigterm,kill9,sigterm-held,kill9-held,upgrade")
     args = ap.parse_args()
     if not os.path.exists(args.loadcheck):
         args.loadcheck = os.path.join(ROOT, "bench/loadcheck.py")
@@ -134,7 +168,7 @@ def main():
     print("| restart      | clients      | ok     | failed | by kind | longest gap |")
     print("|---|---|---|---|---|---|")
     cases = {"sigterm": (signal.SIGTERM, False), "kill9": (signal.SIGKILL, False),
-             "sigterm-held": (signal.SIGTERM, True), "kill9-held": (signal.SIGKILL, True)}
+             "sigterm-held": (signal.SIGTERM, True), "upgrade": (None, False), "kill9-held": (signal.SIGKILL, True)}
     for name in args.cases.split(","):
         sig, held = cases[name]
         for keepalive in (False, True):
