@@ -199,7 +199,7 @@ async fn serve(path: &Path, secrets: Secrets, exe: &Path) -> anyhow::Result<Exit
         None => api.spawn(api::serve::serve(listener, router, budget.api_connections, stop_api.clone())),
     };
     tracing::info!(%listen, tls = loaded.config.tls.is_some(), config = %path.display(), "agent ready");
-    crate::listeners::warn_unused();
+    crate::listeners::close_unused();
     let (upgrades_tx, mut upgrades) = tokio::sync::mpsc::channel(1);
     api.spawn(crate::upgrade::serve_control(
         tokio::net::UnixListener::from_std(control)?,

@@ -7,7 +7,7 @@
 //!
 //! A socket is matched to its user by name first (`FileDescriptorName=` in the socket unit: `api`
 //! for the API, an app's name for its front), else by the address it is bound to. A socket that
-//! matches nothing stays open, unused, with a warning (closing it would refuse what waits in it).
+//! matches nothing is closed once the config has taken what it needs, with a warning.
 //! Nothing here is inherited by children: the fds are close-on-exec and the variables are left out
 //! of every child's environment (`Secrets::child_env`).
 
@@ -76,11 +76,13 @@ pub fn take(name: &str, addr: SocketAddr) -> Option<TcpListener> {
     Some(l)
 }
 
-/// Sockets received and never matched (logged once the config has taken what it needs).
-pub fn warn_unused() {
+/// Close the sockets received and never matched, once the config has taken what it needs: an
+/// app removed from the config while the agent was being upgraded or restarted must not keep
+/// its port (systemd keeps its own copy of a socket unit's sockets).
+pub fn close_unused() {
     let Some(inherited) = INHERITED.get() else { return };
-    for (name, l) in &inherited.lock().unwrap_or_else(|e| e.into_inner()).sockets {
-        tracing::warn!(name, addr = ?l.local_addr().ok(), "a socket from systemd matches no app and not the API; it stays open, unused");
+    for (name, l) in std::mem::take(&mut inherited.lock().unwrap_or_else(|e| e.into_inner()).sockets) {
+        tracing::warn!(name, addr = ?l.local_addr().ok(), "a received socket matches no app and not the API; closed");
     }
 }
 
