@@ -318,6 +318,7 @@ mod tests {
         }
         assert_eq!(tree.pids().len(), 3, "sh and its two sleeps: {:?}", tree.pids());
         assert!(tree.end(Duration::from_secs(5)).await, "the tree emptied");
+        // reaps `sh`, which `end` killed
         let _ = child.wait();
         let path = tree.path.clone();
         drop(tree);

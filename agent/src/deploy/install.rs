@@ -97,6 +97,7 @@ impl LogFile {
         let Some(f) = self.file.as_mut() else { return };
         let len = line.len() as u64 + 1;
         if self.written + len > MAX_LOG_BYTES {
+            // the marker is a courtesy: the log is closed either way, and a failed write of it fails nothing else
             let _ = writeln!(f, "[deployer] the log stops here: over {} MiB of output", MAX_LOG_BYTES >> 20);
             self.file = None;
             return;

@@ -56,6 +56,7 @@ pub async fn next(listener: &TcpListener, budget: &Budget, shutdown: &Cancellati
         };
         match accepted {
             Ok((stream, peer)) => {
+                // Nagle's algorithm only delays small writes: a socket that refuses the option still works
                 let _ = stream.set_nodelay(true);
                 return Some(Accepted { stream, peer, slot });
             }

@@ -191,10 +191,11 @@ async fn hyper_frames(raw: Vec<u8>) -> (Vec<Seen>, bool) {
         .half_close(true)
         .serve_connection(hyper_util::rt::TokioIo::new(server), svc);
     let talk = async move {
+        // the server may close first: what it answered is compared below, not whether the client finished
         let _ = client.write_all(&raw).await;
-        let _ = client.shutdown().await;
+        let _ = client.shutdown().await; // likewise: the server may be gone
         let mut sink = Vec::new();
-        let _ = client.read_to_end(&mut sink).await;
+        let _ = client.read_to_end(&mut sink).await; // likewise: a reset ends the read
     };
     let (served, ()) = tokio::join!(tokio::time::timeout(Duration::from_secs(5), conn), talk);
     let clean = matches!(served, Ok(Ok(())));

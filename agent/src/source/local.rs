@@ -93,6 +93,7 @@ impl Source {
             // name (a commit the source no longer has is no help and is left out).
             for reference in repo.references().map_err(|e| self.git_error(e))?.flatten() {
                 if let Some(oid) = reference.target().filter(|oid| copy.from.exists(*oid)) {
+                    // hiding is an optimisation: a commit the walk cannot hide is sent again, which is correct
                     let _ = walk.hide(oid);
                 }
             }

@@ -151,10 +151,12 @@ impl Source {
             })?;
         }
         if let Err(e) = self.write(&repo, &plan, &partial, dest) {
+            // best effort: the error below is what matters, and the next materialise removes a leftover `partial` first
             let _ = fs::remove_dir_all(&partial);
             return Err(e);
         }
         fs::rename(&partial, dest).map_err(|e| {
+            // best effort: the error below is what matters, and the next materialise removes a leftover `partial` first
             let _ = fs::remove_dir_all(&partial);
             SourceError::Io { action: "cannot rename the written release to", path: dest.to_path_buf(), source: e }
         })?;
