@@ -90,10 +90,6 @@ impl Cgroups {
         Ok(path)
     }
 
-    pub fn enabled(&self) -> bool {
-        self.inner.is_some()
-    }
-
     /// A new, empty group for one process tree; `None` without cgroups or when it cannot be made
     /// (then the caller relies on the process group, and says nothing more: start said it).
     pub fn create(&self, what: &str) -> Option<Tree> {
@@ -179,11 +175,6 @@ impl Tree {
     pub fn cpu_usec(&self) -> Option<u64> {
         let text = std::fs::read_to_string(self.path.join("cpu.stat")).ok()?;
         text.lines().find_map(|l| l.strip_prefix("usage_usec ")).and_then(|v| v.trim().parse().ok())
-    }
-
-    /// SIGKILL to every process in the tree, at once.
-    pub fn kill(&self) {
-        kill_all(&self.path);
     }
 
     /// Kill what is left and wait (bounded) until the tree is empty. Answers whether it is.

@@ -8,7 +8,7 @@
 //! drain) and 5. workers (signal, `kill_timeout`, SIGKILL), every app at once within one
 //! `drain_timeout + kill_timeout`; 6. the API, which answered until then.
 
-use crate::api::{self, ApiState, WebhookStats};
+use crate::api::{self, ApiState};
 use crate::cli::{Cli, Command};
 use crate::config;
 use crate::deploy::Deployer;
@@ -168,8 +168,6 @@ async fn serve(path: &Path, secrets: Secrets) -> anyhow::Result<ExitCode> {
         locks: Default::default(),
         metrics: Default::default(),
         shutdown: stop_api.clone(),
-        store,
-        webhooks: WebhookStats::default(),
         secrets: secrets.clone(),
     });
     let router = api::router(state.clone());

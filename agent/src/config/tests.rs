@@ -1,3 +1,4 @@
+use super::env_file::read_env_file;
 use super::*;
 
 fn write(dir: &Path, yaml: &str) -> PathBuf {

@@ -9,7 +9,7 @@
 
 mod fuzz;
 
-pub use fuzz::{Framed, fuzz_frame};
+pub use fuzz::fuzz_frame;
 
 use super::chunked::Chunked;
 use super::{Backend, Lease, Rotation, UPSTREAM_IDLE, accept};

@@ -270,7 +270,7 @@ mod tests {
 
     #[test]
     fn github_statuses_need_a_sha() {
-        let gh = crate::config::GithubStatusConfig {
+        let gh = crate::config::report::GithubStatusConfig {
             token_env: "T".into(),
             api_url: "http://gh/".into(),
             repo: None,

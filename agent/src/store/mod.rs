@@ -14,7 +14,7 @@ mod deliveries;
 mod outbox;
 mod schema;
 
-pub use apps::{AppRecord, Scale};
+pub use apps::Scale;
 pub use outbox::{Change, DeployFacts, NewReport, OutboxRow, ReportRules};
 
 use crate::secrets::Secrets;
@@ -266,6 +266,7 @@ impl Store {
     }
 
     /// Events of a deploy after `seq` (for streaming).
+    #[cfg(test)]
     pub fn events_after(&self, id: DeployId, seq: u64) -> Result<Vec<DeployEvent>, StoreError> {
         let mut events = events_after(&self.conn(), id, seq)?;
         for e in &mut events {

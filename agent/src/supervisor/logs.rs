@@ -117,10 +117,6 @@ impl LogSink {
         }
     }
 
-    pub fn path(&self) -> PathBuf {
-        self.file.lock().unwrap_or_else(|e| e.into_inner()).path.clone()
-    }
-
     /// Keep one line, its secrets masked.
     pub fn write(&self, worker: u32, stream: Stream, line: &str) {
         self.keep(worker, stream, &self.secrets.mask(line));

@@ -49,8 +49,6 @@ pub enum SupervisorError {
     Bind { app: String, port: u16, source: std::io::Error },
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("{0}")]
-    Refused(String),
     #[error("cannot prepare `{path}`: {source}")]
     StateDir { path: PathBuf, source: std::io::Error },
     #[error("another agent is using the state dir `{0}`")]
@@ -853,10 +851,6 @@ impl App {
     /// The last `lines` lines and a receiver of every later one (`logs --follow`).
     pub fn follow_logs(&self, lines: usize) -> (Vec<LogLine>, tokio::sync::broadcast::Receiver<LogLine>) {
         self.ctx.logs.follow(lines)
-    }
-
-    pub fn log_path(&self) -> PathBuf {
-        self.ctx.logs.path()
     }
 
     /// Start the workers at the agent's start (or when SIGHUP added the app), unless the app was

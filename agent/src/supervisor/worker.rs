@@ -82,6 +82,7 @@ pub enum WorkerState {
 }
 
 impl WorkerState {
+    #[cfg(test)]
     pub fn as_str(&self) -> &'static str {
         match self {
             WorkerState::Starting => "starting",
