@@ -125,11 +125,13 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-/// Resolve every app's worker spec as the agent does when it starts, so a missing or malformed
-/// `env_file` fails `check` too instead of only the start.
+/// Resolve every app's worker spec as the agent does when it starts (from the recorded live
+/// release, read-only), so a missing or malformed `env_file` fails `check` too instead of only
+/// the start.
 fn read_env_files(loaded: config::Loaded) -> Result<config::Loaded, config::ConfigError> {
-    for app in loaded.config.apps.values() {
-        let release = app.source.app_dir().and_then(supervisor::current_release);
+    for (name, app) in &loaded.config.apps {
+        let release =
+            app.source.app_dir().and_then(|dir| supervisor::recorded_release(&loaded.config.state_dir, name, dir));
         supervisor::resolve_spec(app, release.as_ref())?;
     }
     Ok(loaded)

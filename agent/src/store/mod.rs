@@ -12,6 +12,7 @@
 mod apps;
 mod deliveries;
 mod outbox;
+pub(crate) mod peek;
 mod schema;
 
 pub use apps::Scale;

@@ -24,7 +24,7 @@ use crate::secrets::Secrets;
 use crate::store::{Scale, Store, StoreError};
 use deployer_wire::{AppMode, AppState, AppStatus, LogLine, ReloadOutcome};
 use event::{Events, SupervisorEvent, WorkerRef};
-pub use live::{ActiveRelease, current_release};
+pub use live::{ActiveRelease, recorded_release};
 use logs::LogSink;
 use nix::sys::signal::Signal;
 use orphans::PidRecord;
