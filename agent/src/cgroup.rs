@@ -61,7 +61,8 @@ impl Cgroups {
             }
             Err(why) => {
                 tracing::info!(
-                    "no cgroup v2 to use ({why}): a worker's or install step's processes are ended by process group only"
+                    "no cgroup v2 to use ({why}): a worker's or install step's processes are ended by process \
+                     group only"
                 );
                 Cgroups::none()
             }

@@ -57,7 +57,12 @@ pub fn take(name: &str, addr: SocketAddr) -> Option<TcpListener> {
         .or_else(|| inherited.sockets.iter().position(|(_, l)| l.local_addr().is_ok_and(|a| same_addr(a, addr))))?;
     let (_, l) = inherited.sockets.remove(i);
     if !l.local_addr().is_ok_and(|a| same_addr(a, addr)) {
-        tracing::warn!(name, want = %addr, got = ?l.local_addr().ok(), "the socket named for this listener is bound elsewhere; using it as it is");
+        tracing::warn!(
+            name,
+            want = %addr,
+            got = ?l.local_addr().ok(),
+            "the socket named for this listener is bound elsewhere; using it as it is"
+        );
     }
     Some(l)
 }
@@ -66,7 +71,11 @@ pub fn take(name: &str, addr: SocketAddr) -> Option<TcpListener> {
 pub fn warn_unused() {
     let Some(inherited) = INHERITED.get() else { return };
     for (name, l) in &inherited.lock().unwrap_or_else(|e| e.into_inner()).sockets {
-        tracing::warn!(name, addr = ?l.local_addr().ok(), "a socket from systemd matches no app and not the API; it stays open, unused");
+        tracing::warn!(
+            name,
+            addr = ?l.local_addr().ok(),
+            "a socket from systemd matches no app and not the API; it stays open, unused"
+        );
     }
 }
 

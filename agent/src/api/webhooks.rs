@@ -96,7 +96,15 @@ pub async fn receive(
             ));
         }
     };
-    tracing::info!(delivery = %delivery, deploy = accepted.id, pusher = %who, payload_after = %after, commits = push.commits, joined = message.is_some(), "push webhook: deploying the branch head as fetched (the payload's sha is a hint only)");
+    tracing::info!(
+        delivery = %delivery,
+        deploy = accepted.id,
+        pusher = %who,
+        payload_after = %after,
+        commits = push.commits,
+        joined = message.is_some(),
+        "push webhook: deploying the branch head as fetched (the payload's sha is a hint only)"
+    );
     Ok((
         StatusCode::ACCEPTED,
         Json(HookAnswer { app, delivery: Some(delivery), deploy: Some(accepted.id), message, ignored: None }),

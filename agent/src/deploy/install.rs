@@ -165,7 +165,10 @@ pub async fn run(
             tokio::select! {
                 status = child.wait() => break Ok(status),
                 () = &mut capture, if !captured => captured = true,
-                () = &mut deadline => break Err(StepError::Timeout { cmd: cmd.clone(), after: humantime::format_duration(timeout).to_string() }),
+                () = &mut deadline => {
+                    let after = humantime::format_duration(timeout).to_string();
+                    break Err(StepError::Timeout { cmd: cmd.clone(), after });
+                }
                 () = cancel.cancelled() => break Err(StepError::Cancelled),
             }
         };

@@ -218,7 +218,8 @@ proptest! {
         prop_assert!(front_clean, "hyper could not read what the front passed on");
         prop_assert_eq!(from_front.len(), count);
         // Those requests are the ones hyper reads from the client's bytes, in order.
-        prop_assert!(from_client.len() >= count, "the front passed on {} requests, hyper read {}", count, from_client.len());
+        let read = from_client.len();
+        prop_assert!(read >= count, "the front passed on {} requests, hyper read {}", count, read);
         prop_assert_eq!(&from_front[..], &from_client[..count]);
         if !refused {
             // All accepted: hyper read exactly those, nothing more, and was content.

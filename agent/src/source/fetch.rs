@@ -94,7 +94,14 @@ impl Source {
                 head.map_or("nothing".to_string(), |h| h.to_string())
             ))));
         }
-        tracing::debug!(url = %self.display_url(), branch = %self.branch, sha = %oid, received_objects, received_bytes, "fetched");
+        tracing::debug!(
+            url = %self.display_url(),
+            branch = %self.branch,
+            sha = %oid,
+            received_objects,
+            received_bytes,
+            "fetched"
+        );
         Ok(Fetched {
             sha: oid.to_string(),
             previous: previous.map(|p| p.to_string()),

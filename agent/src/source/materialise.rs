@@ -296,7 +296,11 @@ impl Source {
                             over(Limit::Files, format!("commit {short} holds more directories than fit in a plan"))
                         })?;
                         if entry.mode == MODE_GITLINK {
-                            tracing::warn!(path = %shown(&plan.path(dir, &name)), commit = %entry.id, "submodule not included in the release: it is left as an empty directory");
+                            tracing::warn!(
+                                path = %shown(&plan.path(dir, &name)),
+                                commit = %entry.id,
+                                "submodule not included in the release: it is left as an empty directory"
+                            );
                         } else {
                             pending.push((entry.id, index));
                         }

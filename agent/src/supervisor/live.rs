@@ -102,7 +102,12 @@ pub(super) fn settle(store: &Store, app: &str, app_dir: &Path) -> Result<Option<
         Some(record) => match record.release {
             Some(name) if app_dir.join("releases").join(&name).is_dir() => Some(ActiveRelease::of(app_dir, &name)),
             Some(name) => {
-                tracing::error!(app, release = %name, current = ?linked.as_ref().map(|r| &r.name), "the recorded release's directory is gone; running what `current` points at");
+                tracing::error!(
+                    app,
+                    release = %name,
+                    current = ?linked.as_ref().map(|r| &r.name),
+                    "the recorded release's directory is gone; running what `current` points at"
+                );
                 store.set_live_release(app, linked.as_ref().map(|r| r.name.as_str()))?;
                 linked.clone()
             }
@@ -114,7 +119,8 @@ pub(super) fn settle(store: &Store, app: &str, app_dir: &Path) -> Result<Option<
             app,
             recorded = ?live.as_ref().map(|r| &r.name),
             current = ?linked.as_ref().map(|r| &r.name),
-            "`current` disagrees with the recorded release (the agent stopped between the two writes); the record wins and `current` is rewritten"
+            "`current` disagrees with the recorded release (the agent stopped between the two writes); \
+             the record wins and `current` is rewritten"
         );
         if let Err(e) = mirror(app_dir, live.as_ref().map(|r| r.name.as_str())) {
             tracing::error!(app, error = %e, "cannot rewrite `current`; the recorded release runs all the same");

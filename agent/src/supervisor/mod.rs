@@ -336,7 +336,12 @@ impl Supervisor {
                 Ok(s.instances)
             }
             Some(s) => {
-                tracing::info!(app = name, scaled = s.instances, config = %cfg.instances, "`instances` changed in the config since the runtime scale: the config's applies");
+                tracing::info!(
+                    app = name,
+                    scaled = s.instances,
+                    config = %cfg.instances,
+                    "`instances` changed in the config since the runtime scale: the config's applies"
+                );
                 self.store.set_scale(name, None)?;
                 Ok(cfg.instances.resolve())
             }
@@ -787,7 +792,11 @@ impl App {
         live::mirror(dir, Some(&r.name)).map_err(|e| format!("cannot switch `current` to {}: {e}", r.name))?;
         if let Err(e) = self.store.set_live_release(&self.name, Some(&r.name)) {
             if let Err(e) = live::mirror(dir, previous.as_ref().map(|p| p.name.as_str())) {
-                tracing::error!(app = %self.name, error = %e, "cannot put `current` back; the next start rewrites it from the record");
+                tracing::error!(
+                    app = %self.name,
+                    error = %e,
+                    "cannot put `current` back; the next start rewrites it from the record"
+                );
             }
             return Err(format!("cannot record release {} as live: {e}", r.name));
         }
@@ -862,7 +871,11 @@ impl App {
             .app_record(&self.name)
             .map_err(|e| NotReady::NotRecorded(format!("cannot read the app's state: {e}")))?;
         if record.is_some_and(|r| r.stopped) {
-            tracing::info!(app = %self.name, "stopped by `deployer stop`: not started; `deployer start {}` starts it", self.name);
+            tracing::info!(
+                app = %self.name,
+                "stopped by `deployer stop`: not started; `deployer start {}` starts it",
+                self.name
+            );
             return Ok(());
         }
         self.start_locked().await
@@ -1111,7 +1124,13 @@ impl App {
                         continue;
                     }
                     let Ok(_op) = self.op.try_lock() else { continue };
-                    tracing::warn!(app = %self.name, worker = w.id, rss, limit, "above max_memory; replacing the worker");
+                    tracing::warn!(
+                        app = %self.name,
+                        worker = w.id,
+                        rss,
+                        limit,
+                        "above max_memory; replacing the worker"
+                    );
                     let spec = w.spec.clone();
                     if let Err(e) = reload::roll(&self, &[slot], &spec).await {
                         tracing::error!(app = %self.name, worker = w.id, error = %e, "memory replacement failed");

@@ -15,7 +15,8 @@ pub struct NotifySocket {
 
 impl NotifySocket {
     pub fn bind(path: &Path) -> std::io::Result<NotifySocket> {
-        // a stale socket of an earlier worker: absent is normal, and any other failure makes the bind fail with the reason
+        // a stale socket of an earlier worker: absent is normal, and any other failure makes the
+        // bind below fail with the reason
         let _ = std::fs::remove_file(path);
         Ok(NotifySocket { socket: UnixDatagram::bind(path)?, path: path.to_path_buf() })
     }

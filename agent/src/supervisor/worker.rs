@@ -269,7 +269,8 @@ impl Worker {
         if tokio::time::timeout(how.kill_timeout, rx.wait_for(|s| s.state.is_final())).await.is_err() {
             tracing::info!(worker = self.id, "still running after kill_timeout; sending SIGKILL");
             self.kill.send_replace(Some(Signal::SIGKILL));
-            // still running after SIGKILL for 10 s (e.g. uninterruptible I/O): the watcher records the end when it comes
+            // still running 10 s after SIGKILL (e.g. uninterruptible I/O): the watcher records the end
+            // when it comes
             let _ = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|s| s.state.is_final())).await;
         }
     }
@@ -477,7 +478,8 @@ impl Worker {
             _ = readiness::wait(&self.spec.ready.check, port, notify.as_ref()) => {
                 drop(notify);
                 self.go_online(ctx, port, pid);
-                // an online worker's end is handled the same whatever its status: the exit is logged below, the policy restarts it
+                // an online worker's end is handled alike whatever its status: the exit is logged
+                // below, and the restart policy decides what follows
                 let _ = self.wait_exit(&mut child, pid, &mut kill).await;
             }
             _ = tokio::time::sleep(timeout) => {
