@@ -11,7 +11,7 @@
 //!
 //! A commit's content is the attacker's: the listing is a loop over an explicit stack (a
 //! 30,000-level tree once overflowed a recursive walk and aborted the agent), it stops at the
-//! app's [`Limits`] before anything is written (entry count, depth, each blob's size read from
+//! app's [`Limits`](super::Limits) before anything is written (entry count, depth, each blob's size read from
 //! its header, the total size), and a large blob is streamed to disk or read by one thread of
 //! the whole agent at a time (see [`LARGE_OBJECT`]).
 

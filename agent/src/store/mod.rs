@@ -1,5 +1,5 @@
 //! The agent's durable state, in SQLite under `state_dir/agent.db`: deploys and their events,
-//! releases, and each app's own state (its live release, a runtime scale, a stop: [`AppRecord`]).
+//! releases, and each app's own state (its live release, a runtime scale, a stop: [`AppRecord`](apps::AppRecord)).
 //!
 //! Every call is a short transaction on one connection (WAL mode), so it is called directly from
 //! async code. A crash at any point leaves a database the next agent opens and repairs with

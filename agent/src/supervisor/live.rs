@@ -1,7 +1,7 @@
 //! Which release an app deployed from git runs: one fact with one owner.
 //!
 //! The owner is the app's state in the supervisor ([`super::App`]); it is written to SQLite
-//! (`app_state.release`, [`crate::store::AppRecord`]) and mirrored on disk by the `current`
+//! (`app_state.release`, `store/apps.rs`) and mirrored on disk by the `current`
 //! symlink, for people and scripts. A move to a new release writes both in one step, the mirror
 //! first and the record last: the record's write is the moment the release goes live. If the
 //! record cannot be written, the mirror is put back and the workers go back too.
