@@ -12,7 +12,7 @@
 //! skips recently deleted inodes one by one): wait a few minutes between runs, since each run
 //! deletes its temp dir at the end.
 
-use agent::source::Source;
+use agent::Source;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -48,6 +48,7 @@ pub enum BeneathError {
 }
 
 impl BeneathError {
+    #[cfg(test)]
     pub fn is_missing(&self) -> bool {
         matches!(self, BeneathError::Missing(_))
     }

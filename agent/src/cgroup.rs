@@ -61,7 +61,8 @@ impl Cgroups {
             }
             Err(why) => {
                 tracing::info!(
-                    "no cgroup v2 to use ({why}): a worker's or install step's processes are ended by process group only"
+                    "no cgroup v2 to use ({why}): a worker's or install step's processes are ended by process \
+                     group only"
                 );
                 Cgroups::none()
             }
@@ -88,10 +89,6 @@ impl Cgroups {
             .open(path.join("cgroup.procs"))
             .map_err(|e| format!("cannot write {}: {e}", path.join("cgroup.procs").display()))?;
         Ok(path)
-    }
-
-    pub fn enabled(&self) -> bool {
-        self.inner.is_some()
     }
 
     /// A new, empty group for one process tree; `None` without cgroups or when it cannot be made
@@ -180,11 +177,6 @@ impl Tree {
     pub fn cpu_usec(&self) -> Option<u64> {
         let text = std::fs::read_to_string(self.path.join("cpu.stat")).ok()?;
         text.lines().find_map(|l| l.strip_prefix("usage_usec ")).and_then(|v| v.trim().parse().ok())
-    }
-
-    /// SIGKILL to every process in the tree, at once.
-    pub fn kill(&self) {
-        kill_all(&self.path);
     }
 
     /// Kill what is left and wait (bounded) until the tree is empty. Answers whether it is.
@@ -319,6 +311,7 @@ mod tests {
         }
         assert_eq!(tree.pids().len(), 3, "sh and its two sleeps: {:?}", tree.pids());
         assert!(tree.end(Duration::from_secs(5)).await, "the tree emptied");
+        // reaps `sh`, which `end` killed
         let _ = child.wait();
         let path = tree.path.clone();
         drop(tree);

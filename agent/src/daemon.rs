@@ -8,7 +8,7 @@
 //! drain) and 5. workers (signal, `kill_timeout`, SIGKILL), every app at once within one
 //! `drain_timeout + kill_timeout`; 6. the API, which answered until then.
 
-use crate::api::{self, ApiState, WebhookStats};
+use crate::api::{self, ApiState};
 use crate::cli::{Cli, Command};
 use crate::config;
 use crate::deploy::Deployer;
@@ -135,11 +135,13 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-/// Resolve every app's worker spec as the agent does when it starts, so a missing or malformed
-/// `env_file` fails `check` too instead of only the start.
+/// Resolve every app's worker spec as the agent does when it starts (from the recorded live
+/// release, read-only), so a missing or malformed `env_file` fails `check` too instead of only
+/// the start.
 fn read_env_files(loaded: config::Loaded) -> Result<config::Loaded, config::ConfigError> {
-    for app in loaded.config.apps.values() {
-        let release = app.source.app_dir().and_then(supervisor::current_release);
+    for (name, app) in &loaded.config.apps {
+        let release =
+            app.source.app_dir().and_then(|dir| supervisor::recorded_release(&loaded.config.state_dir, name, dir));
         supervisor::resolve_spec(app, release.as_ref())?;
     }
     Ok(loaded)
@@ -183,8 +185,6 @@ async fn serve(path: &Path, secrets: Secrets, exe: &Path) -> anyhow::Result<Exit
         locks: Default::default(),
         metrics: Default::default(),
         shutdown: stop_api.clone(),
-        store,
-        webhooks: WebhookStats::default(),
         secrets: secrets.clone(),
     });
     let router = api::router(state.clone());

@@ -71,7 +71,12 @@ pub fn take(name: &str, addr: SocketAddr) -> Option<TcpListener> {
         .or_else(|| inherited.sockets.iter().position(|(_, l)| l.local_addr().is_ok_and(|a| same_addr(a, addr))))?;
     let (_, l) = inherited.sockets.remove(i);
     if !l.local_addr().is_ok_and(|a| same_addr(a, addr)) {
-        tracing::warn!(name, want = %addr, got = ?l.local_addr().ok(), "the socket named for this listener is bound elsewhere; using it as it is");
+        tracing::warn!(
+            name,
+            want = %addr,
+            got = ?l.local_addr().ok(),
+            "the socket named for this listener is bound elsewhere; using it as it is"
+        );
     }
     Some(l)
 }

@@ -2,8 +2,8 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = agent::cli::Cli::parse();
-    match agent::daemon::run(cli) {
+    let cli = agent::Cli::parse();
+    match agent::run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

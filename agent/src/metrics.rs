@@ -21,6 +21,14 @@ struct Histogram {
     sum: f64,
 }
 
+/// `writeln!` into the page being rendered.
+macro_rules! put {
+    ($out:expr, $($arg:tt)*) => {{
+        // Writing to a `String` cannot fail: the `fmt::Result` is always `Ok`.
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+
 /// What is counted as it happens.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -56,14 +64,13 @@ impl Metrics {
     pub fn render(&self, supervisor: &Supervisor, store: &Store) -> String {
         let mut out = String::new();
         let head = |out: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            put!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         };
 
         head(&mut out, "deployer_deploys", "gauge", "Deploys recorded, by app and state.");
         let counts = store.deploy_counts().unwrap_or_default();
         for c in &counts {
-            let _ =
-                writeln!(out, "deployer_deploys{{app=\"{}\",state=\"{}\"}} {}", esc(&c.app), esc(&c.state), c.count);
+            put!(out, "deployer_deploys{{app=\"{}\",state=\"{}\"}} {}", esc(&c.app), esc(&c.state), c.count);
         }
         head(
             &mut out,
@@ -73,8 +80,8 @@ impl Metrics {
         );
         for c in counts.iter().filter(|c| c.finished > 0) {
             let labels = format!("app=\"{}\",state=\"{}\"", esc(&c.app), esc(&c.state));
-            let _ = writeln!(out, "deployer_deploy_duration_seconds_sum{{{labels}}} {}", c.duration_ms as f64 / 1000.0);
-            let _ = writeln!(out, "deployer_deploy_duration_seconds_count{{{labels}}} {}", c.finished);
+            put!(out, "deployer_deploy_duration_seconds_sum{{{labels}}} {}", c.duration_ms as f64 / 1000.0);
+            put!(out, "deployer_deploy_duration_seconds_count{{{labels}}} {}", c.finished);
         }
 
         head(
@@ -86,11 +93,11 @@ impl Metrics {
         for ((app, ok), h) in self.reloads.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             let labels = format!("app=\"{}\",ok=\"{ok}\"", esc(app));
             for (bound, n) in RELOAD_BUCKETS.iter().zip(h.buckets) {
-                let _ = writeln!(out, "deployer_reload_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {n}");
+                put!(out, "deployer_reload_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {n}");
             }
-            let _ = writeln!(out, "deployer_reload_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
-            let _ = writeln!(out, "deployer_reload_duration_seconds_sum{{{labels}}} {}", h.sum);
-            let _ = writeln!(out, "deployer_reload_duration_seconds_count{{{labels}}} {}", h.count);
+            put!(out, "deployer_reload_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
+            put!(out, "deployer_reload_duration_seconds_sum{{{labels}}} {}", h.sum);
+            put!(out, "deployer_reload_duration_seconds_count{{{labels}}} {}", h.count);
         }
 
         let apps = supervisor.list();
@@ -101,7 +108,7 @@ impl Metrics {
                 *by_state.entry(w.state.as_str()).or_default() += 1;
             }
             for (state, n) in by_state {
-                let _ = writeln!(out, "deployer_workers{{app=\"{}\",state=\"{}\"}} {n}", esc(&app.name), esc(state));
+                put!(out, "deployer_workers{{app=\"{}\",state=\"{}\"}} {n}", esc(&app.name), esc(state));
             }
         }
         head(
@@ -112,7 +119,7 @@ impl Metrics {
         );
         for app in &apps {
             let restarts: u64 = app.status().workers.iter().map(|w| u64::from(w.restarts)).sum();
-            let _ = writeln!(out, "deployer_worker_restarts{{app=\"{}\"}} {restarts}", esc(&app.name));
+            put!(out, "deployer_worker_restarts{{app=\"{}\"}} {restarts}", esc(&app.name));
         }
         type Counter = fn(&crate::front::http::FrontStats) -> u64;
         let fronts: [(&str, &str, Counter); 4] = [
@@ -134,7 +141,7 @@ impl Metrics {
         for (name, help, value) in fronts {
             head(&mut out, name, "counter", help);
             for app in &apps {
-                let _ = writeln!(out, "{name}{{app=\"{}\"}} {}", esc(&app.name), value(app.front_stats()));
+                put!(out, "{name}{{app=\"{}\"}} {}", esc(&app.name), value(app.front_stats()));
             }
         }
 
@@ -145,12 +152,7 @@ impl Metrics {
             "Webhook deliveries refused, by app and reason.",
         );
         for ((app, reason), n) in self.webhook_rejections.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let _ = writeln!(
-                out,
-                "deployer_webhook_rejections_total{{app=\"{}\",reason=\"{}\"}} {n}",
-                esc(app),
-                esc(reason)
-            );
+            put!(out, "deployer_webhook_rejections_total{{app=\"{}\",reason=\"{}\"}} {n}", esc(app), esc(reason));
         }
         out
     }

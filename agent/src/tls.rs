@@ -95,6 +95,7 @@ impl TlsListener {
                     drop(permit);
                     match handshake {
                         Ok(Ok(tls)) => {
+                            // the front stopped accepting (shutdown): the connection is dropped
                             let _ = tx.send((tls, peer)).await;
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),

@@ -88,11 +88,13 @@ pub async fn serve_control(
                 return;
             }
             if line.trim() != "upgrade" {
+                // The asker may have gone: nothing else to tell.
                 let _ = write.write_all(b"error: unknown command; the control socket knows `upgrade`\n").await;
                 return;
             }
             let (tx, mut rx) = mpsc::unbounded_channel();
             if requests.try_send(Request { progress: tx }).is_err() {
+                // The asker may have gone: nothing else to tell.
                 let _ = write.write_all(format!("error: {}\n", UpgradeError::AlreadyRunning).as_bytes()).await;
                 return;
             }
@@ -149,8 +151,9 @@ pub async fn start_new(
     let reader = ours.try_clone().map_err(handover::HandoverError::from)?;
     let ready = tokio::task::spawn_blocking(move || {
         let mut line = String::new();
+        // Without the timeout the read is only unbounded; any failure reads as not ready.
         let _ = reader.set_read_timeout(Some(READY_TIMEOUT));
-        let _ = BufReader::new(reader).read_line(&mut line);
+        let _ = BufReader::new(reader).read_line(&mut line); // an error or EOF: not ready
         line.trim() == "ready"
     });
     let ok = ready.await.unwrap_or(false);

@@ -1,6 +1,6 @@
 //! The config file: checked before anything starts, errors at `file:line:col` with a hint.
 
-use deployer_tests::TestEnv;
+use deployer_tests::{TestEnv, TestRepo};
 
 /// 1-based line and column of the first occurrence of `needle` in `text`.
 fn position(text: &str, needle: &str) -> (usize, usize) {
@@ -153,4 +153,31 @@ fn check_into_a_closed_pipe_ends_quietly() {
 
 fn libc_sigpipe() -> i32 {
     nix::sys::signal::Signal::SIGPIPE as i32
+}
+
+/// `check` resolves an app's `env_file` in the release the agent would start (the recorded live
+/// release), not in whatever `current` points at: a crash between switching `current` and
+/// recording the release leaves `current` on a release that never went live.
+#[test]
+fn check_reads_the_env_file_of_the_recorded_release_not_of_current() {
+    let repo = TestRepo::with_example_app();
+    let mut agent = TestEnv::new().web(|a| a.repo(&repo)).start();
+    let live = agent.current_release("web").expect("the first release is live");
+    agent.stop();
+
+    let app = agent.app_dir("web");
+    let never = app.join("releases").join("9-0000000");
+    std::fs::create_dir_all(&never).expect("a release dir");
+    std::fs::write(never.join(".env"), "GREETING hello\n").expect("a malformed .env");
+    let link = app.join("current.test");
+    std::os::unix::fs::symlink("releases/9-0000000", &link).expect("a link");
+    std::fs::rename(&link, app.join("current")).expect("`current` to the release that never went live");
+
+    let check = agent.run_agent(&["check", "--config", "agent.yaml"]);
+    assert_eq!(check.code(), Some(0), "`check` read a release the agent does not run\n{check}");
+    assert_eq!(agent.current_release("web").as_deref(), Some("9-0000000"), "`check` wrote nothing");
+
+    // The agent agrees: it starts the recorded release (and points `current` back at it).
+    agent.start_again();
+    assert_eq!(agent.current_release("web"), Some(live));
 }

@@ -264,7 +264,8 @@ fn a_second_push_waits_for_the_lock_or_fails_at_once_with_no_wait() {
 #[test]
 fn deployer_yaml_mistakes_name_the_place_and_the_fix() {
     let repo = TestRepo::with_example_app();
-    std::fs::write(repo.path().join("deployer.yaml"), "app: web\nenvironments:\n  prod:\n    hosts: [http://127.0.0.1:1]\n    rollout: { canary: 0, max_paralel: 2 }\n").expect("write");
+    let yaml = "app: web\nenvironments:\n  prod:\n    hosts: [http://127.0.0.1:1]\n    rollout: { canary: 0, max_paralel: 2 }\n";
+    std::fs::write(repo.path().join("deployer.yaml"), yaml).expect("write");
     let mut cmd = std::process::Command::new(deployer_tests::bin("deployer"));
     cmd.current_dir(repo.path()).env("NO_COLOR", "1").args(["push", "prod"]);
     let out = cmd.output().expect("run deployer");

@@ -112,9 +112,10 @@ fn deliveries_that_deploy_nothing_are_answered_with_a_reason() {
         ignored(GithubPush::raw("ping", Some(SECRET), "p1", r#"{"zen": "Keep it simple"}"#.into())).contains("ping")
     );
     assert!(ignored(GithubPush::new(Some(SECRET), "other", &sha, "o1", "ana")).contains("`other`"));
-    let tag = serde_json::json!({ "ref": "refs/tags/v1", "before": "0000000000000000000000000000000000000000", "after": sha }).to_string();
+    let zero = "0".repeat(40);
+    let tag = serde_json::json!({ "ref": "refs/tags/v1", "before": zero, "after": sha }).to_string();
     assert!(ignored(GithubPush::raw("push", Some(SECRET), "t1", tag)).contains("tag `v1`"));
-    let deleted = serde_json::json!({ "ref": "refs/heads/main", "before": sha, "after": "0000000000000000000000000000000000000000" }).to_string();
+    let deleted = serde_json::json!({ "ref": "refs/heads/main", "before": sha, "after": zero }).to_string();
     assert!(ignored(GithubPush::raw("push", Some(SECRET), "del1", deleted)).contains("deleted"));
     assert_eq!(agent.history("web").len(), before);
 

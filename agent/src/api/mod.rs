@@ -11,14 +11,11 @@ pub mod serve;
 mod stream;
 mod webhooks;
 
-pub use webhooks::{WebhookCounts, WebhookStats};
-
 pub use error::ApiErr;
 
 use crate::config::{ResolvedToken, Scope};
 use crate::deploy::{Deployer, Requester, Target};
 use crate::secrets::Secrets;
-use crate::store::Store;
 use crate::supervisor::Supervisor;
 use axum::Extension;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
@@ -48,9 +45,6 @@ pub struct ApiState {
     pub locks: crate::locks::Locks,
     /// Cancelled when the agent stops: streams end so the server can drain.
     pub shutdown: tokio_util::sync::CancellationToken,
-    /// Webhook delivery ids already handled live here.
-    pub store: Arc<Store>,
-    pub webhooks: WebhookStats,
     /// Masked in every JSON answer.
     pub secrets: Secrets,
 }

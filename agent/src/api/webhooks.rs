@@ -14,47 +14,9 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
 use deployer_wire::{ErrorCode, HookAnswer};
-use hooks::{Headers, IgnoreReason, Outcome, RejectionKind};
+use hooks::{Headers, IgnoreReason, Outcome};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-
-/// Counters of what the webhook endpoint did, for `/metrics`.
-#[derive(Debug, Default)]
-pub struct WebhookStats {
-    /// Deliveries that queued (or joined) a deploy.
-    pub deploys: AtomicU64,
-    /// Authentic deliveries with nothing to deploy (pings, tags, other branches, redeliveries).
-    pub ignored: AtomicU64,
-    /// Refused for a missing or wrong signature (401).
-    pub unauthorized: AtomicU64,
-    /// Refused as unreadable although signed (400).
-    pub malformed: AtomicU64,
-    /// Refused for a body over 1 MiB (413).
-    pub too_large: AtomicU64,
-}
-
-/// A plain copy of [`WebhookStats`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct WebhookCounts {
-    pub deploys: u64,
-    pub ignored: u64,
-    pub unauthorized: u64,
-    pub malformed: u64,
-    pub too_large: u64,
-}
-
-impl WebhookStats {
-    pub fn snapshot(&self) -> WebhookCounts {
-        WebhookCounts {
-            deploys: self.deploys.load(Relaxed),
-            ignored: self.ignored.load(Relaxed),
-            unauthorized: self.unauthorized.load(Relaxed),
-            malformed: self.malformed.load(Relaxed),
-            too_large: self.too_large.load(Relaxed),
-        }
-    }
-}
 
 type Answer = Result<(StatusCode, Json<HookAnswer>), ApiErr>;
 
@@ -85,12 +47,6 @@ pub async fn receive(
     let outcome = match hooks::receive(&provider, secret.as_bytes(), &fields, &body, &git.branch) {
         Ok(outcome) => outcome,
         Err(rejection) => {
-            let counter = match rejection.kind() {
-                RejectionKind::Unauthorized => &st.webhooks.unauthorized,
-                RejectionKind::TooLarge => &st.webhooks.too_large,
-                RejectionKind::Malformed => &st.webhooks.malformed,
-            };
-            counter.fetch_add(1, Relaxed);
             // The rejection's words quote no header value and no body: safe to log and to answer.
             tracing::warn!(provider = %provider, bytes = body.len(), reason = %rejection, "webhook delivery refused");
             let err = ApiErr::from(rejection);
@@ -100,7 +56,6 @@ pub async fn receive(
     };
     let delivery = outcome.delivery().to_string();
     let ignored = |reason: String| {
-        st.webhooks.ignored.fetch_add(1, Relaxed);
         tracing::info!(delivery = %delivery, %reason, "webhook delivery ignored");
         Ok((
             StatusCode::ACCEPTED,
@@ -141,8 +96,15 @@ pub async fn receive(
             ));
         }
     };
-    st.webhooks.deploys.fetch_add(1, Relaxed);
-    tracing::info!(delivery = %delivery, deploy = accepted.id, pusher = %who, payload_after = %after, commits = push.commits, joined = message.is_some(), "push webhook: deploying the branch head as fetched (the payload's sha is a hint only)");
+    tracing::info!(
+        delivery = %delivery,
+        deploy = accepted.id,
+        pusher = %who,
+        payload_after = %after,
+        commits = push.commits,
+        joined = message.is_some(),
+        "push webhook: deploying the branch head as fetched (the payload's sha is a hint only)"
+    );
     Ok((
         StatusCode::ACCEPTED,
         Json(HookAnswer { app, delivery: Some(delivery), deploy: Some(accepted.id), message, ignored: None }),

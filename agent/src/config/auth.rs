@@ -38,14 +38,6 @@ impl AuthConfig {
             }
         }
     }
-
-    /// The environment variable that holds the secret: it must not reach app code.
-    pub fn secret_env(&self) -> Option<&str> {
-        match self {
-            AuthConfig::TokenEnv(var) => Some(var),
-            AuthConfig::SshKey { .. } => None,
-        }
-    }
 }
 
 const EXPECTING: &str = "a map like `{ token_env: GIT_TOKEN }` (https) or `{ ssh_key: /path/to/key }` (ssh)";

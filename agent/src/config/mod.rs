@@ -20,11 +20,10 @@ pub mod units;
 mod validate;
 
 pub use auth::AuthConfig;
-pub use env_file::read_env_file;
-pub use front::{Cidr, FrontConfig};
+pub use front::FrontConfig;
 pub use health::{HealthCheck, HealthConfig};
 pub use limits::LimitsConfig;
-pub use report::{GithubStatusConfig, ReportConfig, RetryConfig};
+pub use report::{ReportConfig, RetryConfig};
 pub use run_as::RunAs;
 pub use source::{AppSource, GitSource};
 pub use triggers::{CronSchedule, Schedule, WebhookConfig};

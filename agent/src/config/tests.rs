@@ -1,3 +1,4 @@
+use super::env_file::read_env_file;
 use super::*;
 
 fn write(dir: &Path, yaml: &str) -> PathBuf {
@@ -9,6 +10,7 @@ fn write(dir: &Path, yaml: &str) -> PathBuf {
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("deployer-config-test-{}-{name}", std::process::id()));
+    // a leftover of an earlier run may not exist
     let _ = std::fs::remove_dir_all(&d);
     d
 }

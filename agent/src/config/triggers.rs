@@ -186,7 +186,8 @@ mod tests {
 
     #[test]
     fn reports_are_checked_and_github_repos_derived() {
-        let ok = parse(&format!("{APP}    report: [{{ github_status: {{ token_env: PATH }} }}, {{ url: https://hooks.example/d, secret_env: PATH }}]\n")).unwrap();
+        let reports = "[{ github_status: { token_env: PATH } }, { url: https://hooks.example/d, secret_env: PATH }]";
+        let ok = parse(&format!("{APP}    report: {reports}\n")).unwrap();
         let reports = &ok.config.apps["web"].report;
         let crate::config::ReportConfig::GithubStatus(gh) = &reports[0] else { panic!("{reports:?}") };
         assert_eq!((gh.repo.as_deref(), gh.api_url.as_str()), (Some("acme/web"), "https://api.github.com"));

@@ -97,6 +97,7 @@ impl LogFile {
         let Some(f) = self.file.as_mut() else { return };
         let len = line.len() as u64 + 1;
         if self.written + len > MAX_LOG_BYTES {
+            // the marker is a courtesy: the log is closed either way, and a failed write of it fails nothing else
             let _ = writeln!(f, "[deployer] the log stops here: over {} MiB of output", MAX_LOG_BYTES >> 20);
             self.file = None;
             return;
@@ -164,7 +165,10 @@ pub async fn run(
             tokio::select! {
                 status = child.wait() => break Ok(status),
                 () = &mut capture, if !captured => captured = true,
-                () = &mut deadline => break Err(StepError::Timeout { cmd: cmd.clone(), after: humantime::format_duration(timeout).to_string() }),
+                () = &mut deadline => {
+                    let after = humantime::format_duration(timeout).to_string();
+                    break Err(StepError::Timeout { cmd: cmd.clone(), after });
+                }
                 () = cancel.cancelled() => break Err(StepError::Cancelled),
             }
         };

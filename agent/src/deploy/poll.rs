@@ -97,7 +97,11 @@ impl Deployer {
                     last = Some(sha);
                 }
                 Err(e) if !down => {
-                    tracing::warn!(app, error = %e, "cannot look up the branch head; retrying every tick (logged once per outage)");
+                    tracing::warn!(
+                        app,
+                        error = %e,
+                        "cannot look up the branch head; retrying every tick (logged once per outage)"
+                    );
                     down = true;
                 }
                 // Each later failed tick only at debug level: a long outage is one warning.

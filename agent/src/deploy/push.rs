@@ -109,7 +109,12 @@ fn admit(
 
 fn forget(store: &Store, app: &str, delivery: &str) {
     if let Err(e) = store.forget_delivery(app, delivery) {
-        tracing::warn!(app, delivery, error = %e, "cannot forget a delivery that was not acted on: the host's retry of it will be ignored");
+        tracing::warn!(
+            app,
+            delivery,
+            error = %e,
+            "cannot forget a delivery that was not acted on: the host's retry of it will be ignored"
+        );
     }
 }
 

@@ -264,7 +264,10 @@ fn give(dir: &Dir, name: &OsStr, to: &RunAs) -> Result<(), BeneathError> {
     match dir.stat(name)? {
         None => Ok(()),
         Some(st) if st.st_nlink > 1 && (st.st_mode & libc::S_IFMT) == libc::S_IFREG => {
-            tracing::warn!(path = %dir.path().join(name).display(), "not given to the app's user: it has other hard links");
+            tracing::warn!(
+                path = %dir.path().join(name).display(),
+                "not given to the app's user: it has other hard links"
+            );
             Ok(())
         }
         Some(_) => dir.chown(name, to.uid, to.gid),

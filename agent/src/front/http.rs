@@ -9,7 +9,7 @@
 
 mod fuzz;
 
-pub use fuzz::{Framed, fuzz_frame};
+pub use fuzz::fuzz_frame;
 
 use super::chunked::Chunked;
 use super::{Backend, Lease, Rotation, UPSTREAM_IDLE, accept};
@@ -291,6 +291,7 @@ impl Conn {
                 Ok(Some(r)) => r,
                 Ok(None) => break,
                 Err(status) => {
+                    // the client may be gone; the connection closes either way
                     let _ = respond(&mut self.client, status).await;
                     linger(&mut self.client).await;
                     break;
@@ -379,6 +380,7 @@ impl Conn {
                 "worker": worker,
                 "id": req.id,
             });
+            // the access log is bounded: a full queue drops the line rather than slow the proxy (lossy by design)
             let _ = log.try_send(line.to_string());
         }
         flow
@@ -396,6 +398,7 @@ impl Conn {
             let Some((lease, mut up)) = self.checkout(&mut tried, fresh_only).await else {
                 self.stats.errors.fetch_add(1, Relaxed);
                 let status = if self.rotation.snapshot().is_empty() { 503 } else { 502 };
+                // the client may be gone; the connection closes either way
                 let _ = respond(&mut self.client, status).await;
                 return front(Flow::Close, status);
             };
@@ -417,6 +420,7 @@ impl Conn {
                 Err(Failure::Upstream { .. } | Failure::Malformed) => {
                     tracing::warn!(worker = up.backend().worker, "worker failed a request");
                     self.stats.errors.fetch_add(1, Relaxed);
+                    // the client may be gone; the connection closes either way
                     let _ = respond(&mut self.client, 502).await;
                     return Served { worker, ..front(Flow::Close, 502) };
                 }
@@ -431,12 +435,14 @@ impl Conn {
                     self.stats.timeouts.fetch_add(1, Relaxed);
                     self.stats.errors.fetch_add(1, Relaxed);
                     self.rotation.failed(up.backend());
+                    // the client may be gone; the connection closes either way
                     let _ = respond(&mut self.client, 504).await;
                     return Served { worker, ..front(Flow::Close, 504) };
                 }
                 Err(Failure::TooLarge) => {
                     // The worker got part of the body: its connection cannot carry another request.
                     drop(up);
+                    // the client may be gone; the connection closes either way
                     let _ = respond(&mut self.client, 413).await;
                     linger(&mut self.client).await;
                     return Served { worker, ..front(Flow::Close, 413) };
@@ -446,6 +452,7 @@ impl Conn {
             }
         }
         self.stats.errors.fetch_add(1, Relaxed);
+        // the client may be gone; the connection closes either way
         let _ = respond(&mut self.client, 502).await;
         front(Flow::Close, 502)
     }
@@ -476,6 +483,7 @@ impl Conn {
             }
             match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend.addr)).await {
                 Ok(Ok(stream)) => {
+                    // Nagle's algorithm only delays small writes: a socket that refuses the option still works
                     let _ = stream.set_nodelay(true);
                     let up = Upstream {
                         stream,

@@ -63,6 +63,7 @@ async fn connect(rotation: &Rotation) -> Option<(Lease, TcpStream)> {
         let addr = lease.backend().addr;
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => {
+                // Nagle's algorithm only delays small writes: a socket that refuses the option still works
                 let _ = s.set_nodelay(true);
                 return Some((lease, s));
             }

@@ -182,11 +182,16 @@ impl ReportRules for Reporter {
                     let Some(repo) =
                         gh.repo.clone().or_else(|| app_repo.and_then(crate::config::report::github_repo_of))
                     else {
-                        tracing::warn!(app = %d.app, "a `github_status` report has no `repo` and the app's repo is not on github.com: status not sent");
+                        tracing::warn!(
+                            app = %d.app,
+                            "a `github_status` report has no `repo` and the app's repo is not on github.com: \
+                             status not sent"
+                        );
                         continue;
                     };
                     let url = format!("{}/repos/{repo}/statuses/{sha}", gh.api_url.trim_end_matches('/'));
-                    let body = serde_json::json!({ "state": state, "description": description, "context": format!("{}/{}", gh.context, t.host) });
+                    let context = format!("{}/{}", gh.context, t.host);
+                    let body = serde_json::json!({ "state": state, "description": description, "context": context });
                     out.push(NewReport {
                         destination: destination_json(&Destination::GithubStatus {
                             url,
@@ -270,7 +275,7 @@ mod tests {
 
     #[test]
     fn github_statuses_need_a_sha() {
-        let gh = crate::config::GithubStatusConfig {
+        let gh = crate::config::report::GithubStatusConfig {
             token_env: "T".into(),
             api_url: "http://gh/".into(),
             repo: None,

@@ -135,7 +135,13 @@ async fn deliver_in_order(
                 let delay = backoff(retry, row.attempts);
                 let next = now_ms() + delay.as_millis() as u64;
                 if row.attempts == 0 || row.attempts % 10 == 0 {
-                    tracing::warn!(key = %row.idempotency_key, attempts = row.attempts + 1, retry_in_ms = delay.as_millis() as u64, error = %e, "report not delivered; retrying");
+                    tracing::warn!(
+                        key = %row.idempotency_key,
+                        attempts = row.attempts + 1,
+                        retry_in_ms = delay.as_millis() as u64,
+                        error = %e,
+                        "report not delivered; retrying"
+                    );
                 }
                 if let Err(e) = store.report_failed(row.id, next, &e.to_string()) {
                     tracing::error!(error = %e, "cannot record a failed report attempt");

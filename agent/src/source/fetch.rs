@@ -23,6 +23,7 @@ pub struct Fetched {
 
 impl Fetched {
     /// Did the branch move since the last fetch?
+    #[cfg(test)]
     pub fn changed(&self) -> bool {
         self.previous.as_deref() != Some(self.sha.as_str())
     }
@@ -93,30 +94,20 @@ impl Source {
                 head.map_or("nothing".to_string(), |h| h.to_string())
             ))));
         }
-        tracing::debug!(url = %self.display_url(), branch = %self.branch, sha = %oid, received_objects, received_bytes, "fetched");
+        tracing::debug!(
+            url = %self.display_url(),
+            branch = %self.branch,
+            sha = %oid,
+            received_objects,
+            received_bytes,
+            "fetched"
+        );
         Ok(Fetched {
             sha: oid.to_string(),
             previous: previous.map(|p| p.to_string()),
             received_objects,
             received_bytes,
         })
-    }
-
-    /// Make sure commit `sha` (full, or at least 7 hex digits) is in the cache, fetching the branch
-    /// if it is not yet; its full sha. A sha still missing afterwards is not on the branch:
-    /// [`SourceError::UnknownCommit`]. Whether it is on the branch *now* is [`Source::require_on_branch`].
-    pub fn fetch_commit(&self, sha: &str) -> Result<String, SourceError> {
-        validate_ref(sha)?;
-        if !is_sha_like(sha) {
-            return Err(SourceError::UnknownCommit { sha: sha.to_string(), branch: self.branch.clone() });
-        }
-        match self.resolve(sha) {
-            Err(SourceError::UnknownCommit { .. }) => {
-                self.fetch()?;
-                self.resolve(sha)
-            }
-            found => found,
-        }
     }
 
     /// The head of the branch on the remote, without fetching: what `git ls-remote` shows. Poll
@@ -315,19 +306,6 @@ mod tests {
         // The root tree's sha names an object, but not a commit.
         let tree = up.git(&["rev-parse", "main^{tree}"]);
         assert!(matches!(source.resolve(&tree), Err(SourceError::UnknownCommit { .. })));
-    }
-
-    #[test]
-    fn fetch_commit_fetches_only_when_the_sha_is_missing() {
-        let up = Upstream::new();
-        let (source, _cache) = open(&up.path_url());
-        let first = up.git(&["rev-parse", "HEAD"]);
-        assert_eq!(source.fetch_commit(&first[..8]).unwrap(), first);
-        let second = up.commit("second");
-        assert_eq!(source.fetch_commit(&second).unwrap(), second);
-        let err = source.fetch_commit(&"1".repeat(40)).unwrap_err();
-        assert!(matches!(err, SourceError::UnknownCommit { .. }), "{err}");
-        assert!(matches!(source.fetch_commit("main"), Err(SourceError::UnknownCommit { .. })));
     }
 
     #[test]

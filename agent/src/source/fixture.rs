@@ -203,6 +203,7 @@ impl Drop for GitDaemon {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         // Wake the accept loop so it sees `stop`.
+        // the listener may be gone already, which ends the loop too
         let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
     }
 }

@@ -12,11 +12,12 @@
 //! directories deeper than git's own 4096 levels once it gets there (for a repository on this host
 //! both hold for every commit the fetch brings, not only the one deployed, as a git server's
 //! refusal of deep trees does); objects are counted against `max_fetch_objects` as they are found
-//! and the pack's bytes against `max_fetch_size` as it is written. Objects under [`PACK_BELOW`] go into one pack built by
-//! libgit2's pack builder (one thread, each object inserted on its own: no walk of its own), so
-//! its delta window holds small objects only; larger blobs are copied one at a time as loose
-//! objects, streamed when the source has them loose. A fetch that stops half-way leaves only
-//! whole blobs behind, never a tree without its content: trees arrive with the pack, at the end.
+//! and the pack's bytes against `max_fetch_size` as it is written. Objects under [`PACK_BELOW`]
+//! go into one pack built by libgit2's pack builder (one thread, each object inserted on its own:
+//! no walk of its own), so its delta window holds small objects only; larger blobs are copied one
+//! at a time as loose objects, streamed when the source has them loose. A fetch that stops
+//! half-way leaves only whole blobs behind, never a tree without its content: trees arrive with
+//! the pack, at the end.
 
 use super::fetch::Fetched;
 use super::limits::{Bytes, LARGE_OBJECT, Limit};
@@ -93,6 +94,7 @@ impl Source {
             // name (a commit the source no longer has is no help and is left out).
             for reference in repo.references().map_err(|e| self.git_error(e))?.flatten() {
                 if let Some(oid) = reference.target().filter(|oid| copy.from.exists(*oid)) {
+                    // hiding is an optimisation: a commit the walk cannot hide is sent again, which is correct
                     let _ = walk.hide(oid);
                 }
             }
@@ -109,7 +111,14 @@ impl Source {
         }
         repo.reference(&self.tracking_ref(), head, true, "deployer: fetch from a repository on this host")
             .map_err(|e| self.git_error(e))?;
-        tracing::debug!(url = %self.display_url(), branch = %self.branch, sha = %head, received_objects = fetched.received_objects, received_bytes = fetched.received_bytes, "fetched by copy");
+        tracing::debug!(
+            url = %self.display_url(),
+            branch = %self.branch,
+            sha = %head,
+            received_objects = fetched.received_objects,
+            received_bytes = fetched.received_bytes,
+            "fetched by copy"
+        );
         Ok(fetched)
     }
 }

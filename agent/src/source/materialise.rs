@@ -11,7 +11,7 @@
 //!
 //! A commit's content is the attacker's: the listing is a loop over an explicit stack (a
 //! 30,000-level tree once overflowed a recursive walk and aborted the agent), it stops at the
-//! app's [`Limits`] before anything is written (entry count, depth, each blob's size read from
+//! app's [`Limits`](super::Limits) before anything is written (entry count, depth, each blob's size read from
 //! its header, the total size), and a large blob is streamed to disk or read by one thread of
 //! the whole agent at a time (see [`LARGE_OBJECT`]).
 
@@ -151,10 +151,12 @@ impl Source {
             })?;
         }
         if let Err(e) = self.write(&repo, &plan, &partial, dest) {
+            // best effort: the error below is what matters, and the next materialise removes a leftover `partial` first
             let _ = fs::remove_dir_all(&partial);
             return Err(e);
         }
         fs::rename(&partial, dest).map_err(|e| {
+            // best effort: the error below is what matters, and the next materialise removes a leftover `partial` first
             let _ = fs::remove_dir_all(&partial);
             SourceError::Io { action: "cannot rename the written release to", path: dest.to_path_buf(), source: e }
         })?;
@@ -294,7 +296,11 @@ impl Source {
                             over(Limit::Files, format!("commit {short} holds more directories than fit in a plan"))
                         })?;
                         if entry.mode == MODE_GITLINK {
-                            tracing::warn!(path = %shown(&plan.path(dir, &name)), commit = %entry.id, "submodule not included in the release: it is left as an empty directory");
+                            tracing::warn!(
+                                path = %shown(&plan.path(dir, &name)),
+                                commit = %entry.id,
+                                "submodule not included in the release: it is left as an empty directory"
+                            );
                         } else {
                             pending.push((entry.id, index));
                         }

@@ -27,8 +27,7 @@ mod fixture;
 
 pub use auth::{GitAuth, Transport, is_loopback, transport};
 pub use error::{SourceError, redact_url};
-pub use fetch::Fetched;
-pub use limits::{Limit, Limits};
+pub use limits::Limits;
 pub use refname::{BadRef, is_sha_like, validate_ref};
 
 use git2::{ErrorClass, ErrorCode, Repository};
@@ -99,11 +98,6 @@ impl Source {
     /// The repository URL without any userinfo, fit for logs and messages.
     pub fn display_url(&self) -> String {
         redact_url(&self.url)
-    }
-
-    /// The branch this source fetches and deploys.
-    pub fn branch(&self) -> &str {
-        &self.branch
     }
 
     /// The bare cached clone.

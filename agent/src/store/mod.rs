@@ -1,5 +1,5 @@
 //! The agent's durable state, in SQLite under `state_dir/agent.db`: deploys and their events,
-//! releases, and each app's own state (its live release, a runtime scale, a stop: [`AppRecord`]).
+//! releases, and each app's own state (its live release, a runtime scale, a stop: [`AppRecord`](apps::AppRecord)).
 //!
 //! Every call is a short transaction on one connection (WAL mode), so it is called directly from
 //! async code. A crash at any point leaves a database the next agent opens and repairs with
@@ -12,9 +12,10 @@
 mod apps;
 mod deliveries;
 mod outbox;
+pub(crate) mod peek;
 mod schema;
 
-pub use apps::{AppRecord, Scale};
+pub use apps::Scale;
 pub use outbox::{Change, DeployFacts, NewReport, OutboxRow, ReportRules};
 
 use crate::secrets::Secrets;
@@ -266,6 +267,7 @@ impl Store {
     }
 
     /// Events of a deploy after `seq` (for streaming).
+    #[cfg(test)]
     pub fn events_after(&self, id: DeployId, seq: u64) -> Result<Vec<DeployEvent>, StoreError> {
         let mut events = events_after(&self.conn(), id, seq)?;
         for e in &mut events {

@@ -68,8 +68,10 @@ mod tests {
             let mut held = Vec::new();
             while let Ok((mut s, _)) = l.accept().await {
                 let mut buf = [0u8; 1024];
+                // the probe's request is read and discarded; a client gone early is one of the cases probed
                 let _ = s.read(&mut buf).await;
                 if let Some(a) = answer {
+                    // the probe may have hung up already: that is its business
                     let _ = s.write_all(a.as_bytes()).await;
                 } else {
                     held.push(s);

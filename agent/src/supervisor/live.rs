@@ -1,7 +1,7 @@
 //! Which release an app deployed from git runs: one fact with one owner.
 //!
 //! The owner is the app's state in the supervisor ([`super::App`]); it is written to SQLite
-//! (`app_state.release`, [`crate::store::AppRecord`]) and mirrored on disk by the `current`
+//! (`app_state.release`, `store/apps.rs`) and mirrored on disk by the `current`
 //! symlink, for people and scripts. A move to a new release writes both in one step, the mirror
 //! first and the record last: the record's write is the moment the release goes live. If the
 //! record cannot be written, the mirror is put back and the workers go back too.
@@ -32,14 +32,29 @@ impl ActiveRelease {
 }
 
 /// Where the `current` symlink of an app directory points, if it points at a directory. Only
-/// for `deployer-agent check` and for adopting an app without a record: the agent reads the
-/// record.
+/// for adopting an app without a record (and a gone recorded release): the agent reads the record.
 pub fn current_release(app_dir: &Path) -> Option<ActiveRelease> {
     let link = app_dir.join("current");
     let target = std::fs::read_link(&link).ok()?;
     let dir = if target.is_absolute() { target } else { app_dir.join(target) };
     let name = dir.file_name()?.to_str()?.to_string();
     dir.is_dir().then_some(ActiveRelease { name, dir })
+}
+
+/// The release `app` would run if the agent started now, by the rule above ([`settle`]), found
+/// without writing anything: for `deployer-agent check`. The record is read from
+/// `state_dir/agent.db` opened read-only; where it cannot be read (no database yet, one an older
+/// agent wrote, a locked one) `current` counts, as it does at start for an app without a record.
+pub fn recorded_release(state_dir: &Path, app: &str, app_dir: &Path) -> Option<ActiveRelease> {
+    match crate::store::peek::recorded_release(&state_dir.join("agent.db"), app) {
+        Ok(Some(Some(name))) if app_dir.join("releases").join(&name).is_dir() => {
+            Some(ActiveRelease::of(app_dir, &name))
+        }
+        // Recorded as none: a first release that never went live is not run.
+        Ok(Some(None)) => None,
+        // No row, a recorded release whose directory is gone, or no readable record.
+        _ => current_release(app_dir),
+    }
 }
 
 /// Point `current` at `release` (or remove it for none), atomically: a new symlink renamed over
@@ -87,7 +102,12 @@ pub(super) fn settle(store: &Store, app: &str, app_dir: &Path) -> Result<Option<
         Some(record) => match record.release {
             Some(name) if app_dir.join("releases").join(&name).is_dir() => Some(ActiveRelease::of(app_dir, &name)),
             Some(name) => {
-                tracing::error!(app, release = %name, current = ?linked.as_ref().map(|r| &r.name), "the recorded release's directory is gone; running what `current` points at");
+                tracing::error!(
+                    app,
+                    release = %name,
+                    current = ?linked.as_ref().map(|r| &r.name),
+                    "the recorded release's directory is gone; running what `current` points at"
+                );
                 store.set_live_release(app, linked.as_ref().map(|r| r.name.as_str()))?;
                 linked.clone()
             }
@@ -99,7 +119,8 @@ pub(super) fn settle(store: &Store, app: &str, app_dir: &Path) -> Result<Option<
             app,
             recorded = ?live.as_ref().map(|r| &r.name),
             current = ?linked.as_ref().map(|r| &r.name),
-            "`current` disagrees with the recorded release (the agent stopped between the two writes); the record wins and `current` is rewritten"
+            "`current` disagrees with the recorded release (the agent stopped between the two writes); \
+             the record wins and `current` is rewritten"
         );
         if let Err(e) = mirror(app_dir, live.as_ref().map(|r| r.name.as_str())) {
             tracing::error!(app, error = %e, "cannot rewrite `current`; the recorded release runs all the same");
@@ -179,5 +200,28 @@ mod tests {
         mirror(t.path(), Some("1-aaa")).unwrap();
         assert_eq!(settle(&store, "web", t.path()).unwrap().map(|r| r.name).as_deref(), Some("1-aaa"));
         assert_eq!(store.app_record("web").unwrap().and_then(|r| r.release).as_deref(), Some("1-aaa"));
+    }
+
+    /// `deployer-agent check` resolves what the agent would run: the record, not `current`,
+    /// and it writes nothing (neither the mirror nor a database that does not exist).
+    #[test]
+    fn check_reads_the_record_read_only_and_falls_back_to_current_without_one() {
+        let state = tempfile::tempdir().unwrap();
+        let t = app_dir(&["1-aaa", "2-bbb"]);
+        mirror(t.path(), Some("2-bbb")).unwrap();
+        let found = |app| recorded_release(state.path(), app, t.path()).map(|r| r.name);
+
+        assert_eq!(found("web").as_deref(), Some("2-bbb"), "no database: `current` counts");
+        assert!(!state.path().join("agent.db").exists(), "the database is not created");
+
+        let store = Store::open(&state.path().join("agent.db"), Default::default()).unwrap();
+        store.set_live_release("web", Some("1-aaa")).unwrap();
+        store.set_live_release("new", None).unwrap();
+        assert_eq!(found("web").as_deref(), Some("1-aaa"), "the record wins over `current`");
+        assert_eq!(linked(t.path()).as_deref(), Some("2-bbb"), "`current` is left as it is");
+        assert_eq!(found("new"), None, "a release recorded as none is not run");
+        assert_eq!(found("other").as_deref(), Some("2-bbb"), "no row: `current` counts");
+        store.set_live_release("web", Some("3-ccc")).unwrap();
+        assert_eq!(found("web").as_deref(), Some("2-bbb"), "a recorded release that is gone: `current`");
     }
 }

@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::io::AsyncRead;
@@ -117,10 +117,6 @@ impl LogSink {
         }
     }
 
-    pub fn path(&self) -> PathBuf {
-        self.file.lock().unwrap_or_else(|e| e.into_inner()).path.clone()
-    }
-
     /// Keep one line, its secrets masked.
     pub fn write(&self, worker: u32, stream: Stream, line: &str) {
         self.keep(worker, stream, &self.secrets.mask(line));
@@ -194,19 +190,32 @@ impl LogFile {
     }
 
     /// `web.log` -> `web.log.1` -> ... -> `web.log.<keep>` (dropped beyond).
+    ///
+    /// A step that fails is logged and the rest goes on: the worker's output is never held up by
+    /// its log file, and the next rotation tries again.
     fn rotate(&mut self) {
         self.file = None;
         let name = |i: u32| PathBuf::from(format!("{}.{i}", self.path.display()));
         if self.keep == 0 {
-            let _ = std::fs::remove_file(&self.path);
+            rotation_step("remove", &self.path, std::fs::remove_file(&self.path));
         } else {
-            let _ = std::fs::remove_file(name(self.keep));
+            rotation_step("remove", &name(self.keep), std::fs::remove_file(name(self.keep)));
             for i in (1..self.keep).rev() {
-                let _ = std::fs::rename(name(i), name(i + 1));
+                rotation_step("rename", &name(i), std::fs::rename(name(i), name(i + 1)));
             }
-            let _ = std::fs::rename(&self.path, name(1));
+            rotation_step("rename", &self.path, std::fs::rename(&self.path, name(1)));
         }
         self.size = 0;
+    }
+}
+
+/// A missing file is normal in a rotation (fewer old logs than `keep` so far); any other failure
+/// is logged with the file it concerns.
+fn rotation_step(action: &str, path: &Path, result: std::io::Result<()>) {
+    if let Err(e) = result
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %path.display(), error = %e, "cannot {action} a log file while rotating");
     }
 }
 
@@ -238,6 +247,7 @@ mod tests {
     #[test]
     fn rotates_by_size_and_keeps_n_files() {
         let dir = std::env::temp_dir().join(format!("deployer-logs-test-{}", std::process::id()));
+        // a leftover of an earlier run may not exist
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let sink = LogSink::new("web", dir.clone(), 200, 2, Secrets::default());

@@ -24,7 +24,7 @@ use crate::secrets::Secrets;
 use crate::store::{Scale, Store, StoreError};
 use deployer_wire::{AppMode, AppState, AppStatus, LogLine, ReloadOutcome};
 use event::{Events, SupervisorEvent, WorkerRef};
-pub use live::{ActiveRelease, current_release};
+pub use live::{ActiveRelease, recorded_release};
 use logs::LogSink;
 use nix::sys::signal::Signal;
 use orphans::PidRecord;
@@ -49,8 +49,6 @@ pub enum SupervisorError {
     Bind { app: String, port: u16, source: std::io::Error },
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("{0}")]
-    Refused(String),
     #[error("cannot prepare `{path}`: {source}")]
     StateDir { path: PathBuf, source: std::io::Error },
     #[error("another agent is using the state dir `{0}`")]
@@ -356,7 +354,12 @@ impl Supervisor {
                 Ok(s.instances)
             }
             Some(s) => {
-                tracing::info!(app = name, scaled = s.instances, config = %cfg.instances, "`instances` changed in the config since the runtime scale: the config's applies");
+                tracing::info!(
+                    app = name,
+                    scaled = s.instances,
+                    config = %cfg.instances,
+                    "`instances` changed in the config since the runtime scale: the config's applies"
+                );
                 self.store.set_scale(name, None)?;
                 Ok(cfg.instances.resolve())
             }
@@ -827,7 +830,11 @@ impl App {
         live::mirror(dir, Some(&r.name)).map_err(|e| format!("cannot switch `current` to {}: {e}", r.name))?;
         if let Err(e) = self.store.set_live_release(&self.name, Some(&r.name)) {
             if let Err(e) = live::mirror(dir, previous.as_ref().map(|p| p.name.as_str())) {
-                tracing::error!(app = %self.name, error = %e, "cannot put `current` back; the next start rewrites it from the record");
+                tracing::error!(
+                    app = %self.name,
+                    error = %e,
+                    "cannot put `current` back; the next start rewrites it from the record"
+                );
             }
             return Err(format!("cannot record release {} as live: {e}", r.name));
         }
@@ -893,10 +900,6 @@ impl App {
         self.ctx.logs.follow(lines)
     }
 
-    pub fn log_path(&self) -> PathBuf {
-        self.ctx.logs.path()
-    }
-
     /// Start the workers at the agent's start (or when SIGHUP added the app), unless the app was
     /// stopped by request: that holds across restarts until `deployer start`.
     pub(crate) async fn boot(&self) -> Result<(), NotReady> {
@@ -906,7 +909,11 @@ impl App {
             .app_record(&self.name)
             .map_err(|e| NotReady::NotRecorded(format!("cannot read the app's state: {e}")))?;
         if record.is_some_and(|r| r.stopped) {
-            tracing::info!(app = %self.name, "stopped by `deployer stop`: not started; `deployer start {}` starts it", self.name);
+            tracing::info!(
+                app = %self.name,
+                "stopped by `deployer stop`: not started; `deployer start {}` starts it",
+                self.name
+            );
             return Ok(());
         }
         self.start_locked().await
@@ -1155,7 +1162,13 @@ impl App {
                         continue;
                     }
                     let Ok(_op) = self.op.try_lock() else { continue };
-                    tracing::warn!(app = %self.name, worker = w.id, rss, limit, "above max_memory; replacing the worker");
+                    tracing::warn!(
+                        app = %self.name,
+                        worker = w.id,
+                        rss,
+                        limit,
+                        "above max_memory; replacing the worker"
+                    );
                     let spec = w.spec.clone();
                     if let Err(e) = reload::roll(&self, &[slot], &spec).await {
                         tracing::error!(app = %self.name, worker = w.id, error = %e, "memory replacement failed");

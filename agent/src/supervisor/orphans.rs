@@ -177,8 +177,9 @@ mod tests {
         let rec = record(&t, &format!("{pid} {} {boot}\n", start_of(pid) + 1));
         assert_eq!(rec.reap_previous(), 0);
         assert!(alive(&mut other), "an unrelated process was killed");
+        // cleanup: the process may have exited already; its status is not what the test checks
         let _ = other.kill();
-        let _ = other.wait();
+        let _ = other.wait(); // reaps it, killed just above
     }
 
     #[test]
@@ -200,8 +201,9 @@ mod tests {
         let rec = record(&t, &format!("{pid} {} 00000000-0000-0000-0000-000000000000\n", start_of(pid)));
         assert_eq!(rec.reap_previous(), 0);
         assert!(alive(&mut other));
+        // cleanup: the process may have exited already; its status is not what the test checks
         let _ = other.kill();
-        let _ = other.wait();
+        let _ = other.wait(); // reaps it, killed just above
     }
 
     #[test]
@@ -258,6 +260,7 @@ mod tests {
                 assert!(gone(child), "the orphaned group was not killed");
             } else {
                 assert!(procstat::membership(child).is_some(), "an unrelated group was killed");
+                // cleanup: ESRCH if the group ended on its own
                 let _ = nix::sys::signal::kill(Pid::from_raw(child as i32), Signal::SIGKILL);
             }
         }

@@ -77,7 +77,10 @@ mod tests {
 
     #[test]
     fn reads_fields_after_a_tricky_name() {
-        let stat = "1234 (node (worker) x) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 11 0 98765 1000000 2560 18446744073709551615";
+        let stat = concat!(
+            "1234 (node (worker) x) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 11 0 98765 1000000 2560 ",
+            "18446744073709551615"
+        );
         let s = parse_stat(stat).unwrap();
         assert_eq!(s.cpu_ticks, 300);
         assert_eq!(s.start_ticks, 98765);

@@ -15,6 +15,8 @@ pub struct NotifySocket {
 
 impl NotifySocket {
     pub fn bind(path: &Path) -> std::io::Result<NotifySocket> {
+        // a stale socket of an earlier worker: absent is normal, and any other failure makes the
+        // bind below fail with the reason
         let _ = std::fs::remove_file(path);
         Ok(NotifySocket { socket: UnixDatagram::bind(path)?, path: path.to_path_buf() })
     }
@@ -37,6 +39,7 @@ impl NotifySocket {
 
 impl Drop for NotifySocket {
     fn drop(&mut self) {
+        // best effort: the next bind of this path removes a leftover
         let _ = std::fs::remove_file(&self.path);
     }
 }

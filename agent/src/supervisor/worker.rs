@@ -82,6 +82,7 @@ pub enum WorkerState {
 }
 
 impl WorkerState {
+    #[cfg(test)]
     pub fn as_str(&self) -> &'static str {
         match self {
             WorkerState::Starting => "starting",
@@ -268,6 +269,8 @@ impl Worker {
         if tokio::time::timeout(how.kill_timeout, rx.wait_for(|s| s.state.is_final())).await.is_err() {
             tracing::info!(worker = self.id, "still running after kill_timeout; sending SIGKILL");
             self.kill.send_replace(Some(Signal::SIGKILL));
+            // still running 10 s after SIGKILL (e.g. uninterruptible I/O): the watcher records the end
+            // when it comes
             let _ = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|s| s.state.is_final())).await;
         }
     }
@@ -475,10 +478,14 @@ impl Worker {
             _ = readiness::wait(&self.spec.ready.check, port, notify.as_ref()) => {
                 drop(notify);
                 self.go_online(ctx, port, pid);
+                // an online worker's end is handled alike whatever its status: the exit is logged
+                // below, and the restart policy decides what follows
                 let _ = self.wait_exit(&mut child, pid, &mut kill).await;
             }
             _ = tokio::time::sleep(timeout) => {
+                // ESRCH: the group is gone already
                 let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                // killed just above: this reaps it; an error means there is nothing left to reap
                 let _ = child.wait().await;
                 // A worker retired while starting is stopped, not errored.
                 if !self.stop.is_cancelled() {
@@ -494,6 +501,7 @@ impl Worker {
         self.status.send_modify(|s| s.pid = None);
         // The group may hold children of the worker: none of them outlives it, nor anything
         // that left the group with `setsid` (the cgroup holds those).
+        // ESRCH: no process of the group is left, the usual case
         let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
         self.tree.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(t) = tree
@@ -524,6 +532,7 @@ impl Worker {
                 Ok(()) = kill.changed() => {
                     // Not reaped while this branch runs: the group id is still this worker's.
                     if let Some(signal) = *kill.borrow_and_update() {
+                        // ESRCH: the group ended meanwhile; `child.wait()` above sees it
                         let _ = killpg(Pid::from_raw(pid as i32), signal);
                     }
                 }

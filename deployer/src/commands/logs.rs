@@ -149,7 +149,10 @@ async fn follow(json: bool, hosts: Vec<(Option<String>, Client)>, app: &str, lin
                         }
                     }
                 }
-                Some((label, Err(e))) => anstream::eprintln!("{FAILURE}{}{FAILURE:#}: {e}", label.unwrap_or_else(|| "agent".into())),
+                Some((label, Err(e))) => {
+                    let label = label.unwrap_or_else(|| "agent".into());
+                    anstream::eprintln!("{FAILURE}{label}{FAILURE:#}: {e}");
+                }
             },
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }

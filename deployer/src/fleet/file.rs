@@ -188,7 +188,10 @@ impl FleetFile {
                 .is_some_and(|v| v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
             {
                 let (line, col) = at("token_env");
-                return Err(FileError::at(path, line, col, format!("environment `{name}`: `token_env` is not an environment variable name"), Some("write the variable's name (letters, digits, `_`), like `token_env: DEPLOYER_PROD_TOKEN`, never the token".into())));
+                let problem = format!("environment `{name}`: `token_env` is not an environment variable name");
+                let hint = "write the variable's name (letters, digits, `_`), like `token_env: DEPLOYER_PROD_TOKEN`, \
+                            never the token";
+                return Err(FileError::at(path, line, col, problem, Some(hint.into())));
             }
             // The file comes with the repository, which a pull request changes: it must not pick
             // which of CI's secrets is sent, and to whom. The name is not echoed either.

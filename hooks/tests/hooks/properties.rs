@@ -202,7 +202,12 @@ proptest! {
     /// Signed but otherwise arbitrary deliveries reach the parsers: no panic, never a 401,
     /// and a push is always the watched branch.
     #[test]
-    fn signed_arbitrary_deliveries_never_panic(provider in provider(), fields in headers(), body in body(), with_event in any::<bool>()) {
+    fn signed_arbitrary_deliveries_never_panic(
+        provider in provider(),
+        fields in headers(),
+        body in body(),
+        with_event in any::<bool>(),
+    ) {
         let mut fields = sign(&provider, fields, &body);
         if let (true, Some((name, value))) = (with_event, provider.push_event_header()) {
             fields.retain(|(n, _)| !n.eq_ignore_ascii_case(name));

@@ -9,7 +9,8 @@
 //! itself would refuse to make.
 
 use super::super::fixture::RawRepo;
-use super::super::{Limit, Limits, Source, SourceError};
+use super::super::limits::Limit;
+use super::super::{Limits, Source, SourceError};
 use super::{NAME_MAX, PATH_MAX};
 use git2::Oid;
 use proptest::prelude::*;
