@@ -267,7 +267,20 @@ async fn serve(path: &Path, secrets: Secrets, exe: &Path) -> anyhow::Result<Exit
                     crate::upgrade::wait_for_deploys(|| state.deployer.busy_apps(), &req).await?;
                     crate::upgrade::start_new(exe, path, sockets, &req).await
                 };
-                match started.await {
+                // A stop asked meanwhile wins: the new agent (if started) is ended with the
+                // future that holds it, and this one stops as asked.
+                let outcome = tokio::select! {
+                    r = started => r,
+                    _ = term.recv() => {
+                        req.say("error: the agent was asked to stop (SIGTERM) during the upgrade; it stops");
+                        break "SIGTERM";
+                    }
+                    _ = int.recv() => {
+                        req.say("error: the agent was asked to stop (SIGINT) during the upgrade; it stops");
+                        break "SIGINT";
+                    }
+                };
+                match outcome {
                     Ok((pid, pair)) => {
                         req.say(format!("the new agent (pid {pid}) serves; this one stops taking connections and drains"));
                         crate::sd_notify::notify(&format!("MAINPID={pid}"));

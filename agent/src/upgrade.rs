@@ -135,8 +135,10 @@ pub async fn start_new(
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|source| UpgradeError::Spawn { path: exe.display().to_string(), source })?;
+    let child = cmd.spawn().map_err(|source| UpgradeError::Spawn { path: exe.display().to_string(), source })?;
     drop(theirs);
+    // Ended if this future is dropped before the new agent serves (the old agent was stopped).
+    let mut child = NewAgent(Some(child));
     let pid = child.id();
     req.say(format!("started the new agent `{}` (pid {pid})", exe.display()));
     let borrowed: Vec<(String, std::os::fd::BorrowedFd<'_>)> =
@@ -168,11 +170,41 @@ pub async fn start_new(
         end_child(&mut child).await;
         return Err(UpgradeError::NotReady);
     }
+    child.keep();
     Ok((pid, ours))
 }
 
+/// The new agent's process until it serves: dropped before that (an upgrade given up or
+/// interrupted), it is killed, so no second agent runs on unasked.
+struct NewAgent(Option<std::process::Child>);
+
+impl NewAgent {
+    fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, |c| c.id())
+    }
+    fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        match self.0.as_mut() {
+            Some(c) => c.try_wait(),
+            None => Ok(None),
+        }
+    }
+    /// It serves: it outlives this agent.
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for NewAgent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill(); // it may have exited already
+            let _ = c.wait(); // reaps it
+        }
+    }
+}
+
 /// Stop a new agent that did not make it: SIGTERM, then SIGKILL after 10 s.
-async fn end_child(child: &mut std::process::Child) {
+async fn end_child(child: &mut NewAgent) {
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM); // ESRCH: exited already
     for _ in 0..100 {
@@ -181,8 +213,8 @@ async fn end_child(child: &mut std::process::Child) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = child.kill(); // it may have exited just now
-    let _ = child.wait(); // reaps it
+    // Killed and reaped by its Drop.
+    drop(std::mem::replace(child, NewAgent(None)));
 }
 
 /// Wait (bounded) until no deploy is queued or running.

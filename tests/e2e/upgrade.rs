@@ -98,3 +98,29 @@ fn write_executable(path: &std::path::Path, bytes: &[u8]) {
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     std::fs::rename(&tmp, path).expect("rename over the binary");
 }
+
+#[test]
+fn a_stop_during_an_upgrade_ends_the_new_agent_and_then_the_old_one() {
+    let mut agent = TestEnv::new().own_binary().start();
+    let binary = agent.agent_binary();
+    // A "new agent" that never says it serves.
+    write_executable(&binary, b"#!/bin/sh\nexec sleep 300\n");
+    let config = agent.config_path();
+    let asker = std::thread::spawn(move || {
+        let mut cmd = std::process::Command::new(deployer_tests::bin("deployer-agent"));
+        cmd.arg("--config").arg(config).arg("upgrade");
+        run_to_end(cmd, Duration::from_secs(180))
+    });
+    let new_pid: Option<u32> = deployer_tests::poll(Duration::from_secs(20), || {
+        let log = agent.log();
+        let rest = log.split("upgrade: started the new agent").nth(1)?;
+        rest.split("(pid ").nth(1)?.split(')').next()?.parse().ok()
+    });
+    let new_pid = new_pid.expect("the upgrade did not start a new agent");
+    agent.signal(Signal::SIGTERM);
+    assert!(agent.wait_exit(Duration::from_secs(30)).is_some(), "the agent did not stop during its upgrade");
+    assert!(!pid_alive(new_pid), "the half-started new agent outlived the stop");
+    let out = asker.join().expect("the upgrade command");
+    assert_eq!(out.code(), Some(1), "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("asked to stop"), "{}", out.stderr);
+}
