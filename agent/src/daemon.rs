@@ -297,6 +297,9 @@ async fn serve(path: &Path, secrets: Secrets, exe: &Path) -> anyhow::Result<Exit
         }
     };
 
+    // Our copies of the API's and the control socket's fds: closed now, so no connection waits
+    // in a socket nobody will accept from (after an upgrade the new agent holds its own).
+    drop((api_fd, control_fd));
     // The stop, in order; each step waits for the one before.
     let stopping = Instant::now();
     let ms = |t: Instant| t.elapsed().as_millis() as u64;

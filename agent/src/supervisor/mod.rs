@@ -329,7 +329,7 @@ impl Supervisor {
             instances: AtomicU32::new(instances),
             running: AtomicBool::new(false),
             reloading: AtomicBool::new(false),
-            handover_fd,
+            handover_fd: Mutex::new(handover_fd),
             op: tokio::sync::Mutex::new(()),
             cancel,
             halt,
@@ -431,7 +431,7 @@ impl Supervisor {
         use std::os::fd::AsFd;
         let mut fds = vec![("lock".to_string(), self._lock.as_fd().try_clone_to_owned()?)];
         for app in self.list() {
-            if let Some(fd) = &app.handover_fd {
+            if let Some(fd) = app.handover_fd.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
                 fds.push((app.name.clone(), fd.try_clone()?));
             }
         }
@@ -579,7 +579,9 @@ pub struct App {
     /// The background tasks: monitor, unhealthy replacements, health probes.
     tasks: TaskTracker,
     /// The public socket, for an upgrade to hand over (a copy of the fd the front serves).
-    handover_fd: Option<std::os::fd::OwnedFd>,
+    /// Closed when the app stops: a copy left open would keep the port listening with nobody
+    /// accepting, so new connections would wait and then be reset instead of refused at once.
+    handover_fd: Mutex<Option<std::os::fd::OwnedFd>>,
 }
 
 impl App {
@@ -1069,6 +1071,7 @@ impl App {
     /// requests are the same requests, so the workers' drain gets what the front's left, and a
     /// hung worker costs `drain_timeout + kill_timeout`, not twice the drain.
     pub async fn shutdown(&self) {
+        self.handover_fd.lock().unwrap_or_else(|e| e.into_inner()).take();
         self.halt.cancel();
         self.cancel.cancel();
         self.tracker.close();
