@@ -13,9 +13,11 @@ mod apps;
 mod deliveries;
 mod outbox;
 mod schema;
+mod unsettled;
 
 pub use apps::{AppRecord, Scale};
 pub use outbox::{Change, DeployFacts, NewReport, OutboxRow, ReportRules};
+pub use unsettled::Settled;
 
 use crate::secrets::Secrets;
 use deployer_wire::{Deploy, DeployEvent, DeployState, EventState, Trigger};
@@ -53,7 +55,15 @@ pub struct Store {
     rules: RwLock<Option<Arc<dyn ReportRules>>>,
     outbox_wake: Arc<Notify>,
     secrets: Secrets,
+    /// Final states the database refused (a full disk), answered from here until written.
+    unsettled: Mutex<unsettled::Unsettled>,
+    /// A file of [`RESERVE_BYTES`] beside the database, given up when the disk is full so that a
+    /// deploy's final state can still be written ([`Store::finish`]). None in memory.
+    reserve: Option<std::path::PathBuf>,
 }
+
+/// Room kept for the final writes of deploys on a full disk: a few SQLite pages and WAL frames.
+const RESERVE_BYTES: usize = 1 << 20;
 
 /// Who asked for a deploy, as the audit trail keeps it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -100,7 +110,40 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         schema::migrate(&conn)?;
-        Ok(Store::with(conn, secrets))
+        let mut store = Store::with(conn, secrets);
+        let mut reserve = path.as_os_str().to_owned();
+        reserve.push(".reserve");
+        store.reserve = Some(reserve.into());
+        store.keep_reserve();
+        Ok(store)
+    }
+
+    /// Put the room for final writes back if it was given up (at start, and before each
+    /// deploy). A disk still full leaves it missing: said once in the log, tried again later.
+    pub fn keep_reserve(&self) {
+        let Some(path) = &self.reserve else { return };
+        if std::fs::metadata(path).is_ok_and(|m| m.len() as usize >= RESERVE_BYTES) {
+            return;
+        }
+        if let Err(e) = std::fs::write(path, vec![0u8; RESERVE_BYTES]) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot keep room for the deploys' final states");
+            // A partial file is no reserve, and takes what little room is left.
+            if let Err(e) = std::fs::remove_file(path) {
+                tracing::debug!(error = %e, "no partial reserve to remove");
+            }
+        }
+    }
+
+    /// Give up the reserved room (the disk is full): answers whether there was any.
+    fn release_reserve(&self) -> bool {
+        let Some(path) = &self.reserve else { return false };
+        match std::fs::remove_file(path) {
+            Ok(()) => {
+                tracing::warn!("the disk is full: giving up the room kept for the deploys' final states");
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     fn with(conn: Connection, secrets: Secrets) -> Store {
@@ -110,6 +153,8 @@ impl Store {
             rules: RwLock::new(None),
             outbox_wake: Arc::new(Notify::new()),
             secrets,
+            unsettled: Mutex::new(unsettled::Unsettled::default()),
+            reserve: None,
         }
     }
 
@@ -262,6 +307,7 @@ impl Store {
         let Some(mut d) = deploy_row(&c, id)? else { return Ok(None) };
         d.events = events_after(&c, id, 0)?;
         drop(c);
+        self.unsettled().overlay(&mut d);
         Ok(Some(self.masked_deploy(d)))
     }
 
@@ -280,7 +326,12 @@ impl Store {
         let mut stmt =
             c.prepare(&format!("SELECT {DEPLOY_COLUMNS} FROM deploys WHERE app = ?1 ORDER BY id DESC LIMIT ?2"))?;
         let rows = stmt.query_map(params![app, limit as i64], row_to_deploy)?;
-        let rows: Vec<Deploy> = rows.collect::<Result<_, _>>()?;
+        let mut rows: Vec<Deploy> = rows.collect::<Result<_, _>>()?;
+        drop(stmt);
+        drop(c);
+        let unsettled = self.unsettled();
+        rows.iter_mut().for_each(|d| unsettled.overlay(d));
+        drop(unsettled);
         Ok(rows.into_iter().map(|d| self.masked_deploy(d)).collect())
     }
 
@@ -295,6 +346,17 @@ impl Store {
         };
         for id in &ids {
             self.transition(*id, DeployState::Interrupted, "the agent stopped during this deploy")?;
+        }
+        // A release in its bake window was live when the agent stopped, and stays so: the window
+        // is not watched again, which the message says.
+        let baking: Vec<i64> = {
+            let c = self.conn();
+            let mut stmt = c.prepare("SELECT id FROM deploys WHERE state = 'baking'")?;
+            stmt.query_map([], |r| r.get::<_, i64>(0))?.collect::<Result<Vec<_>, _>>()?
+        };
+        for id in baking {
+            let message = "live: the agent stopped during the bake window, which was not finished";
+            self.transition(id as DeployId, DeployState::Live, message)?;
         }
         Ok(ids)
     }

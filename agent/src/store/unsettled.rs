@@ -1,0 +1,113 @@
+//! Final states the database could not take yet.
+//!
+//! A deploy's last write can fail for a reason that passes: the disk is full (SQLite needs a
+//! few pages even for a one-row update), the database is locked past its busy timeout. The
+//! deploy is over all the same, and whoever follows it (`deploy --wait`, the stream, the API)
+//! must hear how it ended now, not when the disk frees up. So the final state is kept here,
+//! answered by every read of the deploy as if it were written, and written by
+//! [`Store::settle`] until the database takes it.
+
+use super::{DeployId, Store, StoreError, now_ms};
+use deployer_wire::{Deploy, DeployEvent, DeployState, EventState};
+use std::collections::HashMap;
+
+/// A final state not written yet.
+#[derive(Debug, Clone)]
+pub(super) struct Pending {
+    state: DeployState,
+    message: String,
+    at_ms: u64,
+}
+
+/// The final states waiting for the database, by deploy.
+#[derive(Debug, Default)]
+pub(super) struct Unsettled(HashMap<DeployId, Pending>);
+
+impl Unsettled {
+    /// `d` as it is once its pending final state is written: the state, the message, the end
+    /// time and the event entering it. A row that is final already is left as it is.
+    pub(super) fn overlay(&self, d: &mut Deploy) {
+        let Some(p) = self.0.get(&d.id) else { return };
+        if d.state.is_final() {
+            return;
+        }
+        d.state = p.state;
+        d.message = Some(p.message.clone());
+        d.finished_at_ms = Some(p.at_ms);
+        if let Some(last) = d.events.last().map(|e| e.seq) {
+            d.events.push(DeployEvent {
+                seq: last + 1,
+                at_ms: p.at_ms,
+                state: EventState::Entered(p.state),
+                message: p.message.clone(),
+            });
+        }
+    }
+}
+
+/// How a final write went.
+#[derive(Debug)]
+pub enum Settled {
+    /// Written.
+    Now,
+    /// Not written (the error says why): it is answered from memory until [`Store::settle`]
+    /// writes it.
+    Later(StoreError),
+}
+
+impl Store {
+    /// Enter the final state `to`. When the database refuses the write, the room kept beside it
+    /// is given up and the write tried again. When it still refuses (full, locked), the state
+    /// is still what every read of the deploy answers from now on, and followers are told; the
+    /// caller retries with [`Store::settle`]. A transition the states forbid is an error as usual.
+    pub fn finish(&self, id: DeployId, to: DeployState, message: &str) -> Result<Settled, StoreError> {
+        debug_assert!(to.is_final(), "only a final state waits for the database");
+        let mut result = self.transition(id, to, message);
+        if matches!(result, Err(StoreError::Db(_))) && self.release_reserve() {
+            result = self.transition(id, to, message);
+        }
+        match result {
+            Ok(()) => Ok(Settled::Now),
+            Err(e @ StoreError::Illegal { .. }) => Err(e),
+            Err(e) => {
+                let pending = Pending { state: to, message: self.mask(message), at_ms: now_ms() };
+                self.unsettled().0.insert(id, pending);
+                self.changed(id, to.into(), true, 0);
+                Ok(Settled::Later(e))
+            }
+        }
+    }
+
+    /// Try once more to write every final state still waiting; answers how many still wait.
+    /// One the states now forbid (another agent wrote the deploy meanwhile) is dropped.
+    pub fn settle(&self) -> usize {
+        let pending: Vec<(DeployId, Pending)> = self.unsettled().0.iter().map(|(id, p)| (*id, p.clone())).collect();
+        for (id, p) in pending {
+            let mut result = self.transition(id, p.state, &p.message);
+            if matches!(result, Err(StoreError::Db(_))) && self.release_reserve() {
+                result = self.transition(id, p.state, &p.message);
+            }
+            match result {
+                Ok(()) => {
+                    tracing::info!(id, state = p.state.as_str(), "the deploy's final state is recorded at last");
+                    self.unsettled().0.remove(&id);
+                }
+                Err(e @ StoreError::Illegal { .. }) => {
+                    tracing::warn!(id, error = %e, "a final state waiting for the database no longer applies");
+                    self.unsettled().0.remove(&id);
+                }
+                Err(e) => tracing::debug!(id, error = %e, "the deploy's final state still cannot be recorded"),
+            }
+        }
+        self.unsettled().0.len()
+    }
+
+    /// The deploys whose final state waits for the database, and that state.
+    pub fn unsettled_states(&self) -> Vec<(DeployId, DeployState)> {
+        self.unsettled().0.iter().map(|(id, p)| (*id, p.state)).collect()
+    }
+
+    pub(super) fn unsettled(&self) -> std::sync::MutexGuard<'_, Unsettled> {
+        self.unsettled.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
