@@ -500,6 +500,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_deploy_in_its_bake_window_is_live_after_a_restart_not_interrupted() {
+        let s = Store::in_memory();
+        let id = s.insert_deploy("web", "main", deployer_wire::Trigger::Api, &Requester::default()).unwrap();
+        for (state, m) in [(DeployState::Fetching, "f"), (DeployState::Building, "b"), (DeployState::Rolling, "r")] {
+            s.transition(id, state, m).unwrap();
+        }
+        s.transition(id, DeployState::Baking, "baking for 30s").unwrap();
+        assert!(s.interrupt_unfinished().unwrap().is_empty(), "it was not interrupted");
+        let d = s.deploy(id).unwrap().unwrap();
+        assert_eq!(d.state, DeployState::Live);
+        assert!(d.message.unwrap_or_default().contains("bake window"), "and says the window was not finished");
+    }
+
+    #[test]
     fn a_deploy_records_its_steps() {
         let s = Store::in_memory();
         let id = s

@@ -111,3 +111,63 @@ impl Store {
         self.unsettled.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deployer_wire::Trigger;
+
+    /// Writes fail from now on (as on a full disk), reads still work.
+    fn refuse_writes(s: &Store, refuse: bool) {
+        s.conn().pragma_update(None, "query_only", refuse).unwrap();
+    }
+
+    #[test]
+    fn a_final_state_the_database_refuses_is_answered_at_once_and_written_later() {
+        let s = Store::in_memory();
+        let id = s.insert_deploy("web", "main", Trigger::Api, &Default::default()).unwrap();
+        s.transition(id, DeployState::Fetching, "fetching").unwrap();
+        let mut changes = s.subscribe();
+        refuse_writes(&s, true);
+
+        let settled = s.finish(id, DeployState::Failed, "install: disk full").unwrap();
+        assert!(matches!(settled, Settled::Later(_)), "{settled:?}");
+        let change = changes.try_recv().expect("followers are told");
+        assert!(change.is_final && change.id == id, "{change:?}");
+        let d = s.deploy(id).unwrap().unwrap();
+        assert_eq!((d.state, d.message.as_deref()), (DeployState::Failed, Some("install: disk full")));
+        assert!(d.is_final() && d.finished_at_ms.is_some());
+        assert_eq!(d.events.last().map(|e| e.state), Some(EventState::Entered(DeployState::Failed)));
+        assert_eq!(s.history("web", 5).unwrap()[0].state, DeployState::Failed, "lists say it too");
+        assert_eq!(s.settle(), 1, "still refused");
+
+        refuse_writes(&s, false);
+        assert_eq!(s.settle(), 0, "written once the database takes it");
+        assert!(s.unsettled_states().is_empty());
+        let d = s.deploy(id).unwrap().unwrap();
+        assert_eq!(d.state, DeployState::Failed);
+        let failed = d.events.iter().filter(|e| e.state == EventState::Entered(DeployState::Failed)).count();
+        assert_eq!(failed, 1, "one event, not the remembered one and the written one: {:?}", d.events);
+    }
+
+    #[test]
+    fn a_forbidden_final_state_is_an_error_not_a_pending_write() {
+        let s = Store::in_memory();
+        let id = s.insert_deploy("web", "main", Trigger::Api, &Default::default()).unwrap();
+        s.transition(id, DeployState::Cancelled, "cancelled").unwrap();
+        assert!(matches!(s.finish(id, DeployState::Live, "live"), Err(StoreError::Illegal { .. })));
+        assert!(s.unsettled_states().is_empty());
+    }
+
+    #[test]
+    fn the_room_beside_the_database_is_given_up_for_a_final_write_and_kept_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("agent.db"), Default::default()).unwrap();
+        let reserve = dir.path().join("agent.db.reserve");
+        assert!(reserve.is_file(), "kept at open");
+        assert!(s.release_reserve());
+        assert!(!reserve.exists() && !s.release_reserve(), "given up once");
+        s.keep_reserve();
+        assert!(reserve.is_file(), "kept again");
+    }
+}
