@@ -63,46 +63,76 @@ fn a_full_disk_during_the_install_fails_the_deploy_with_the_reason_and_the_old_r
     repo.commit_file("install.sh", "echo installed\n", "an install step");
     let setup = TestEnv::new().web(|a| a.repo(&repo).set("install", "sh install.sh").set("keep_releases", "2")).setup();
     let Some(_disk) = Tmpfs::mount(&setup.dir().join("state"), "40M") else { return };
-    let agent = setup.start();
+    let mut agent = setup.start();
     let before = agent.current_release("web").expect("a first release");
-    let load = Load::start(agent.port("web"), 4, false);
-    assert!(load.wait_for_more(20, Duration::from_secs(15)), "the load did not get going");
+    let releases = agent.dir().join("state/apps/web/releases");
+
+    // A failed release, kept for inspection while there is room.
+    repo.commit_file("install.sh", "exit 3\n", "a broken install");
+    let (out, _) = timed(&agent, &["deploy", "web", "--wait"]);
+    assert_eq!(out.code(), Some(1), "{}{}", out.stdout, out.stderr);
+    let broken = newest(&agent).release.expect("the broken deploy's release");
+    assert!(releases.join(&broken).is_dir(), "a failed release is kept while there is room");
 
     // The install step writes until the disk is full, and fails on it.
+    let load = Load::start(agent.port("web"), 4, false);
+    assert!(load.wait_for_more(20, Duration::from_secs(15)), "the load did not get going");
     repo.commit_file("install.sh", "echo filling; head -c 200000000 /dev/zero > big\n", "fill the disk");
     let (out, took) = timed(&agent, &["deploy", "web", "--wait", "--timeout", "3m"]);
     eprintln!("deploy --wait took {took:?}:\n{}{}", out.stdout, out.stderr);
     assert_eq!(out.code(), Some(1), "a failed deploy exits 1: {}{}", out.stdout, out.stderr);
     assert!(took < Duration::from_secs(60), "deploy --wait ended only after {took:?}");
-    let failed = agent.history("web").into_iter().next().expect("the deploy");
-    let failed = agent.deploy_status(failed.id);
+    let failed = newest(&agent);
     assert_eq!(failed.state, "failed", "{failed:#?}");
     let why = failed.message.clone().unwrap_or_default();
     assert!(why.contains("disk full"), "the reason names the full disk: {why}");
     assert!(out.stdout.contains("disk full"), "and --wait says it: {}", out.stdout);
+    assert!(why.contains(&broken) && !releases.join(&broken).exists(), "the older failed release is pruned: {why}");
     assert_eq!(agent.current_release("web").as_deref(), Some(before.as_str()), "current did not move");
+
+    // Again, with the disk nearly full from the start: the newest failure is kept, the one
+    // before it (and its big file) pruned, and the deploy still ends with the reason.
+    repo.commit_file("install.sh", "echo filling again; head -c 200000000 /dev/zero > big\n", "fill it again");
+    let (out, took) = timed(&agent, &["deploy", "web", "--wait", "--timeout", "3m"]);
+    eprintln!("deploy --wait on a full disk took {took:?}:\n{}{}", out.stdout, out.stderr);
+    assert_eq!(out.code(), Some(1), "{}{}", out.stdout, out.stderr);
+    assert!(took < Duration::from_secs(60), "deploy --wait ended only after {took:?}");
+    let again = newest(&agent);
+    assert_eq!(again.state, "failed", "{again:#?}");
+    let why = again.message.clone().unwrap_or_default();
+    let first_full = failed.release.clone().expect("the failed deploy's release");
+    assert!(why.contains("disk full") && why.contains(&first_full), "{why}");
+    assert!(!releases.join(&first_full).exists(), "the older failed release went");
 
     assert!(load.wait_for_more(50, Duration::from_secs(15)), "nothing served on the full disk");
     let report = load.stop();
     eprintln!("load: {report}");
     assert_eq!(report.failed, 0, "the old release kept serving: {report}");
-    assert!(http::get(agent.port("web"), "/").is_ok_and(|r| r.status == 200), "the app answers");
+    let log = agent.log();
+    for line in log.lines().filter(|l| l.contains("disk") || l.contains("final state") || l.contains("room")) {
+        eprintln!("agent: {line}");
+    }
 
-    // The operator frees the space; the next deploy goes live.
-    let failed_release = failed.release.clone().expect("the failed deploy's release");
-    let big = setup_state(&agent).join("apps/web/releases").join(&failed_release).join("big");
+    // The operator frees the space; a restart reads what happened (not `interrupted`), and the
+    // next deploy goes live.
+    let big = releases.join(again.release.as_deref().expect("the failed deploy's release")).join("big");
     std::fs::remove_file(&big).unwrap_or_else(|e| panic!("remove {}: {e}", big.display()));
+    agent.restart();
+    for id in [failed.id, again.id] {
+        assert_eq!(agent.deploy_status(id).state, "failed", "a restart reads what happened");
+    }
     let fixed = repo.commit_file("install.sh", "echo installed again\n", "a fixed install");
     let (out, took) = timed(&agent, &["deploy", "web", "--wait"]);
     assert_eq!(out.code(), Some(0), "after {took:?}: {}{}", out.stdout, out.stderr);
-    let live = agent.history("web").into_iter().next().expect("the deploy");
+    let live = newest(&agent);
     assert_eq!((live.state.as_str(), live.sha.as_deref()), ("live", Some(fixed.as_str())), "{live:#?}");
     agent.wait_online("web", 2);
 }
 
-/// The agent's `state_dir` (the tmpfs).
-fn setup_state(agent: &deployer_tests::Agent) -> PathBuf {
-    agent.dir().join("state")
+/// The app's newest deploy, with its events.
+fn newest(agent: &deployer_tests::Agent) -> deployer_wire::Deploy {
+    let id = agent.history("web").first().expect("a deploy").id;
+    agent.deploy_status(id)
 }
 
 #[test]

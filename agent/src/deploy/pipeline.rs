@@ -87,6 +87,10 @@ pub(super) async fn run(d: &Arc<Deployer>, q: &AppQueue, app_name: &str, job: Jo
             DeployState::Interrupted,
             format!("interrupted: the agent stopped while {} ({})", run.state.as_str(), stop.message),
         ),
+        // Whatever step failed (a fetch, the materialise, the install), a full disk is said.
+        Err(stop) if stop.state == DeployState::Failed => {
+            (stop.state, format!("{}{}", stop.message, run.on_full_disk()))
+        }
         Err(stop) => (stop.state, stop.message),
     };
     if let Some(out) = &run.out
@@ -265,16 +269,12 @@ impl Run<'_> {
                 release_dir.clone(),
             );
             let limits = cfg.limits.to_source();
-            let made = tokio::task::spawn_blocking(move || {
+            tokio::task::spawn_blocking(move || {
                 Source::open(&url, &branch, auth, &cache)?.with_limits(limits).materialise(&sha, &root, &dest)
             })
             .await
-            .map_err(|e| Stop::failed(format!("materialise crashed: {e}")))?;
-            if let Err(e) = made {
-                // A tree cut short by a full disk is removed by the materialise itself.
-                let full = self.on_full_disk(&cfg, &dir);
-                return Err(Stop::failed(format!("materialise: {e}{full}")));
-            }
+            .map_err(|e| Stop::failed(format!("materialise crashed: {e}")))?
+            .map_err(|e| Stop::failed(e.to_string()))?;
         }
         let row = ReleaseRow { app: self.app.name.clone(), name: name.clone(), seq, sha: sha.clone(), ok: false };
         record("the new release", || store.record_release(&row)).await?;
@@ -338,11 +338,8 @@ impl Run<'_> {
                     self.log(&format!("{label} failed; its whole output is in {}", out.path().display()));
                 }
                 self.on_failure(&cfg, &workdir, &env).await;
-                let full = self.on_full_disk(&cfg, &dir);
-                if full.is_empty() {
-                    self.prune(&cfg, &dir, false);
-                }
-                return Err(Stop::failed(format!("{label}: {e}{full}; the running release keeps serving")));
+                self.prune(&cfg, &dir, false);
+                return Err(Stop::failed(format!("{label}: {e}; the running release keeps serving")));
             }
             self.log(&format!("{label} ok in {:.1}s", t.elapsed().as_secs_f32()));
         }
@@ -508,17 +505,21 @@ impl Run<'_> {
     /// After a failed step: when the disk of the app's directory is full, prune the failed
     /// releases beyond the newest one, then answer what the deploy's message adds about it
     /// (empty when the disk is not full).
-    fn on_full_disk(&self, cfg: &AppConfig, dir: &AppDir) -> String {
-        if !disk_full(dir.root()) {
+    fn on_full_disk(&self) -> String {
+        let cfg = self.app.config();
+        let Some(root) = cfg.source.app_dir().map(Path::to_path_buf) else { return String::new() };
+        if !disk_full(&root) {
             return String::new();
         }
-        let pruned = self.prune(cfg, dir, true);
-        let free = disk_space(dir.root()).map_or(0, |(free, _)| free);
-        let mut note = format!(" (disk full: {} free on {})", human_bytes(free), dir.root().display());
+        let dir = AppDir::new(root);
+        let free = || disk_space(dir.root()).map_or(0, |(free, _)| free);
+        let mut note = format!("; disk full: {} free on {}", human_bytes(free()), dir.root().display());
+        let pruned = self.prune(&cfg, &dir, true);
         if !pruned.is_empty() {
-            note = format!("{note}; pruned failed release(s) {}", pruned.join(", "));
+            note =
+                format!("{note}; pruned the failed release(s) {}: {} free now", pruned.join(", "), human_bytes(free()));
         }
-        tracing::error!(app = %self.app.name, "the disk is full{note}");
+        tracing::error!(app = %self.app.name, "{}", note.trim_start_matches("; "));
         note
     }
 }
