@@ -108,6 +108,7 @@ fn a_full_disk_during_the_install_fails_the_deploy_with_the_reason_and_the_old_r
     let report = load.stop();
     eprintln!("load: {report}");
     assert_eq!(report.failed, 0, "the old release kept serving: {report}");
+    assert!(http::get(agent.port("web"), "/").is_ok_and(|r| r.status == 200), "the app answers");
     let log = agent.log();
     for line in log.lines().filter(|l| l.contains("disk") || l.contains("final state") || l.contains("room")) {
         eprintln!("agent: {line}");
