@@ -179,3 +179,39 @@ fn deploy_wait_on_a_healthy_release_exits_zero_only_after_its_bake_window() {
     assert!(live >= baking + window.as_millis() as u64, "live {live} came before the window from {baking} passed");
     assert!(deploy.message.unwrap_or_default().contains("bake window"), "the message says the window passed");
 }
+
+#[test]
+fn an_agent_restarted_on_a_full_disk_serves_its_release_and_refuses_deploys_with_the_reason() {
+    let repo = TestRepo::with_example_app();
+    let setup = TestEnv::new().web(|a| a.repo(&repo)).setup();
+    let Some(_disk) = Tmpfs::mount(&setup.dir().join("state"), "40M") else { return };
+    let mut agent = setup.start();
+    let before = agent.current_release("web").expect("a first release");
+    let filler = agent.dir().join("state/filler");
+    fill(&filler);
+
+    agent.restart();
+    agent.wait_online("web", 2);
+    assert_eq!(agent.current_release("web").as_deref(), Some(before.as_str()));
+    assert!(http::get(agent.port("web"), "/").is_ok_and(|r| r.status == 200), "the app answers");
+    repo.commit_greeting("on a full disk");
+    let (out, took) = timed(&agent, &["deploy", "web", "--wait"]);
+    eprintln!("deploy --wait on a full disk took {took:?}:\n{}{}", out.stdout, out.stderr);
+    assert_ne!(out.code(), Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(took < Duration::from_secs(60), "deploy --wait ended only after {took:?}");
+    assert!(out.stderr.contains("full") || out.stdout.contains("full"), "the reason: {}{}", out.stdout, out.stderr);
+
+    std::fs::remove_file(&filler).expect("free the disk");
+    let (out, _) = timed(&agent, &["deploy", "web", "--wait"]);
+    assert_eq!(out.code(), Some(0), "{}{}", out.stdout, out.stderr);
+}
+
+/// Write zeros to `file` until the disk is full.
+fn fill(file: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(file).expect("create the filler");
+    let chunk = vec![0u8; 1 << 16];
+    while f.write_all(&chunk).is_ok() {}
+    // The last bytes a whole chunk did not fit in.
+    while f.write_all(&[0u8; 512]).is_ok() {}
+}
