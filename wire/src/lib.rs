@@ -598,7 +598,7 @@ mod tests {
         let events: Vec<EventState> =
             DeployState::KNOWN.iter().map(|&s| EventState::Entered(s)).chain([EventState::Log]).collect();
         round_trips(&events);
-        assert_eq!(DeployState::KNOWN.len(), 10);
+        assert_eq!(DeployState::KNOWN.len(), 11);
     }
 
     /// A CLI older than its agent reads a name added later as `Unknown` instead of failing to
