@@ -215,3 +215,52 @@ fn fill(file: &Path) {
     // The last bytes a whole chunk did not fit in.
     while f.write_all(&[0u8; 512]).is_ok() {}
 }
+
+/// The deploy's state as its row in the agent's database says, read beside the agent.
+fn row_state(conn: &rusqlite::Connection, id: u64) -> String {
+    conn.query_row("SELECT state FROM deploys WHERE id = ?1", [id as i64], |r| r.get(0)).expect("the deploy's row")
+}
+
+#[test]
+fn a_final_state_the_database_refuses_still_ends_deploy_wait_and_is_written_once_it_can_be() {
+    let repo = TestRepo::with_example_app();
+    repo.commit_file("install.sh", "echo installed\n", "an install step");
+    let mut agent = TestEnv::new().web(|a| a.repo(&repo).set("install", "sh install.sh")).start();
+    let gate = agent.dir().join("gate");
+    let script = format!("while [ ! -e {} ]; do sleep 0.05; done; echo broken; exit 4\n", gate.display());
+    repo.commit_file("install.sh", &script, "a gated, broken install");
+    let db = agent.dir().join("state/agent.db");
+
+    let (out, took, id) = std::thread::scope(|s| {
+        let wait = s.spawn(|| {
+            let t = Instant::now();
+            (agent.cli(&["deploy", "web", "--wait", "--timeout", "2m"]), t.elapsed())
+        });
+        let id = deployer_tests::poll(Duration::from_secs(30), || {
+            agent.history("web").into_iter().find(|d| d.state == "building").map(|d| d.id)
+        })
+        .expect("the deploy reaches its install step");
+        // Another process holds the database's write lock while the install ends: every write
+        // of the agent is refused (busy) until it lets go; reads go on (WAL).
+        let conn = rusqlite::Connection::open(&db).expect("open the agent's database");
+        conn.execute_batch("BEGIN IMMEDIATE").expect("take the write lock");
+        std::fs::write(&gate, "").expect("open the gate");
+        let (out, took) = wait.join().expect("the CLI thread");
+        assert_eq!(row_state(&conn, id), "building", "the row was not written while locked");
+        conn.execute_batch("ROLLBACK").expect("let go of the lock");
+        (out, took, id)
+    });
+    eprintln!("deploy --wait took {took:?}:\n{}{}", out.stdout, out.stderr);
+    assert_eq!(out.code(), Some(1), "the failure is told from memory: {}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("exit status: 4"), "{}", out.stdout);
+
+    let conn = rusqlite::Connection::open(&db).expect("open the agent's database");
+    assert!(
+        deployer_tests::wait_until(Duration::from_secs(20), || row_state(&conn, id) == "failed"),
+        "the final state was written once the database let the agent write: {}",
+        row_state(&conn, id)
+    );
+    drop(conn);
+    agent.restart();
+    assert_eq!(agent.deploy_status(id).state, "failed", "a restart reads what happened, not `interrupted`");
+}

@@ -36,6 +36,13 @@ pub enum StoreError {
     Illegal { id: DeployId, from: String, to: DeployState },
 }
 
+impl StoreError {
+    /// Whether SQLite refused the write for want of room (`SQLITE_FULL`).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StoreError::Db(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DiskFull)
+    }
+}
+
 pub type DeployId = u64;
 
 /// A release directory as recorded: `<seq>-<shortsha>`.

@@ -56,14 +56,14 @@ pub enum Settled {
 }
 
 impl Store {
-    /// Enter the final state `to`. When the database refuses the write, the room kept beside it
-    /// is given up and the write tried again. When it still refuses (full, locked), the state
+    /// Enter the final state `to`. When the database refuses the write for want of room, the
+    /// room kept beside it is given up and the write tried again. When it still refuses (full, locked), the state
     /// is still what every read of the deploy answers from now on, and followers are told; the
     /// caller retries with [`Store::settle`]. A transition the states forbid is an error as usual.
     pub fn finish(&self, id: DeployId, to: DeployState, message: &str) -> Result<Settled, StoreError> {
         debug_assert!(to.is_final(), "only a final state waits for the database");
         let mut result = self.transition(id, to, message);
-        if matches!(result, Err(StoreError::Db(_))) && self.release_reserve() {
+        if result.as_ref().is_err_and(StoreError::is_disk_full) && self.release_reserve() {
             result = self.transition(id, to, message);
         }
         match result {
@@ -84,7 +84,7 @@ impl Store {
         let pending: Vec<(DeployId, Pending)> = self.unsettled().0.iter().map(|(id, p)| (*id, p.clone())).collect();
         for (id, p) in pending {
             let mut result = self.transition(id, p.state, &p.message);
-            if matches!(result, Err(StoreError::Db(_))) && self.release_reserve() {
+            if result.as_ref().is_err_and(StoreError::is_disk_full) && self.release_reserve() {
                 result = self.transition(id, p.state, &p.message);
             }
             match result {
