@@ -328,7 +328,7 @@ fn a_release_that_crash_loops_within_its_bake_window_is_rolled_back_by_the_agent
     let app_js = std::fs::read_to_string(repo.path().join("app.js")).expect("app.js");
     repo.commit_file("app.js", &format!("{app_js}\nsetTimeout(() => process.exit(1), 1000);\n"), "a slow crash");
     let id = agent.deploy("web", "main");
-    agent.wait_deploy_state(id, "live");
+    agent.wait_deploy_state(id, "baking");
 
     let rolled_back = deployer_tests::poll(Duration::from_secs(60), || {
         let d = agent.deploy_status(id);

@@ -11,6 +11,7 @@ mod api;
 mod cli;
 mod config;
 mod deploy;
+mod durable;
 mod edge;
 mod fleet;
 mod fronts;

@@ -185,7 +185,7 @@ fn a_worker_that_errors_during_the_bake_fails_the_bake_at_once() {
     let crash = "if (process.env.INSTANCE_ID === '1') setTimeout(() => process.exit(1), 700);";
     repo.commit_file("app.js", &format!("{app_js}\n{crash}\n"), "worker 1 crashes");
     let id = agent.deploy("web", "main");
-    agent.wait_deploy_state(id, "live");
+    agent.wait_deploy_state(id, "baking");
     let errored = || agent.app("web").workers.iter().any(|w| w.id == 1 && w.state == "errored");
     assert!(wait_until(Duration::from_secs(20), errored), "worker 1 did not error: {:#?}", agent.app("web"));
     let r = agent.api_post("/v1/apps/web/scale", serde_json::json!({ "instances": 1 }));

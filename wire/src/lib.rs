@@ -288,12 +288,16 @@ named! {
     /// checks every transition), the CLI and scripts.
     ///
     /// `queued -> fetching -> building -> rolling -> live`, or `failed | rolled_back | superseded |
-    /// interrupted | cancelled`. A live deploy can still become `rolled_back` (the bake window).
+    /// interrupted | cancelled`. An app with a `bake` window goes `rolling -> baking -> live` (or
+    /// `rolled_back`): `live` is final, so a script that waits for it is never told a deploy
+    /// succeeded that the bake window then reverts.
     pub enum DeployState ("deploy state") {
         Queued = "queued",
         Fetching = "fetching",
         Building = "building",
         Rolling = "rolling",
+        /// The new release serves, and its bake window decides whether it stays.
+        Baking = "baking",
         Live = "live",
         Failed = "failed",
         RolledBack = "rolled_back",
@@ -320,7 +324,14 @@ impl DeployState {
 
     /// Whether the deploy is still under way (queued or running).
     pub fn in_progress(self) -> bool {
-        matches!(self, DeployState::Queued | DeployState::Fetching | DeployState::Building | DeployState::Rolling)
+        matches!(
+            self,
+            DeployState::Queued
+                | DeployState::Fetching
+                | DeployState::Building
+                | DeployState::Rolling
+                | DeployState::Baking
+        )
     }
 
     /// Whether a deploy may go from `self` to `next`.
@@ -330,9 +341,11 @@ impl DeployState {
             (Queued, Fetching | Rolling | Superseded | Cancelled | Interrupted | Failed | Live) => true,
             (Fetching, Building | Live | Failed | Cancelled | Interrupted) => true,
             (Building, Rolling | Failed | Cancelled | Interrupted) => true,
-            (Rolling, Live | Failed | RolledBack | Interrupted) => true,
-            // The bake window: a live release that crash-loops is rolled back.
-            (Live, RolledBack) => true,
+            (Rolling, Baking | Live | Failed | RolledBack | Interrupted) => true,
+            // The bake window: a release that crash-loops in it is rolled back; one that does
+            // not is live. The agent's stop cuts the window short and leaves the release live.
+            // No previous release to go back to: `failed`, and it keeps running.
+            (Baking, Live | RolledBack | Failed) => true,
             _ => false,
         }
     }
@@ -544,7 +557,9 @@ mod tests {
         assert!(!Live.can_become(Failed));
         assert!(!Rolling.can_become(Cancelled), "the roll is not cancellable");
         assert!(!Failed.can_become(Live));
-        assert!(Live.can_become(RolledBack));
+        assert!(!Live.can_become(RolledBack), "live is final: the bake window decides before it");
+        assert!(Rolling.can_become(Baking) && Baking.can_become(Live) && Baking.can_become(RolledBack));
+        assert!(!Baking.is_final() && !Baking.can_cancel());
         assert!(Building.can_cancel() && !Rolling.can_cancel());
         assert!(Superseded.is_final() && !Rolling.is_final());
         assert!(!Unknown.is_final() && !Unknown.can_become(Live) && !Queued.can_become(Unknown));
@@ -583,7 +598,7 @@ mod tests {
         let events: Vec<EventState> =
             DeployState::KNOWN.iter().map(|&s| EventState::Entered(s)).chain([EventState::Log]).collect();
         round_trips(&events);
-        assert_eq!(DeployState::KNOWN.len(), 10);
+        assert_eq!(DeployState::KNOWN.len(), 11);
     }
 
     /// A CLI older than its agent reads a name added later as `Unknown` instead of failing to

@@ -80,8 +80,13 @@ impl ApiErr {
     }
 }
 
+/// Every answer goes through here: a 500 is the agent's own failure (a full disk, a broken
+/// database), so it is logged where the operator looks, not only told to the client.
 impl IntoResponse for ApiErr {
     fn into_response(self) -> Response {
+        if self.0 == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(status = self.0.as_u16(), code = %self.1.code, message = %self.1.message, "API answered a server error");
+        }
         (self.0, Json(self.1)).into_response()
     }
 }

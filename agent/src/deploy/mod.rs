@@ -17,6 +17,7 @@ pub mod poll;
 mod push;
 pub mod release;
 mod retry;
+mod settle;
 
 use crate::config::GitSource;
 use crate::secrets::Secrets;
@@ -78,8 +79,11 @@ pub struct Deployer {
     shutdown: CancellationToken,
     /// Set by [`Deployer::close`]: no new deploy is queued, no pull loop starts.
     closed: AtomicBool,
-    /// The queue runners, the pull loops and the bake windows.
+    /// The queue runners, the pull loops, the bake windows and the writer of final states the
+    /// database refused ([`Deployer::settle_later`]).
     tasks: TaskTracker,
+    /// Whether that writer runs.
+    settling: AtomicBool,
 }
 
 #[derive(Default)]
@@ -149,6 +153,7 @@ impl Deployer {
             shutdown: CancellationToken::new(),
             closed: AtomicBool::new(false),
             tasks: TaskTracker::new(),
+            settling: AtomicBool::new(false),
         });
         for app in d.supervisor.list() {
             let Some(git) = app.config().source.git().cloned() else { continue };
@@ -212,8 +217,11 @@ impl Deployer {
         for q in queues {
             let Some(job) = q.slots().pending.take() else { continue };
             let message = "interrupted: the agent stopped before this deploy started";
-            if let Err(e) = self.store.transition(job.id, DeployState::Interrupted, message) {
-                tracing::error!(id = job.id, error = %e, "cannot record a queued deploy as interrupted");
+            match self.store.finish(job.id, DeployState::Interrupted, message) {
+                Ok(crate::store::Settled::Now) => {}
+                Ok(crate::store::Settled::Later(e)) | Err(e) => {
+                    tracing::error!(id = job.id, error = %e, "cannot record a queued deploy as interrupted")
+                }
             }
         }
     }

@@ -4,15 +4,22 @@
 //! the release, with `current` as its mirror -> prune -> live.
 //!
 //! A failure before the roll leaves everything that serves untouched. A roll whose new workers do
-//! not get ready puts the previous release's workers back and ends `rolled_back`.
+//! not get ready puts the previous release's workers back and ends `rolled_back`. With a `bake`
+//! window the deploy is `baking` after the roll, and [`Bake`] decides: `live` or `rolled_back`.
+//!
+//! Every store write on the way is checked: a step that cannot be recorded is retried briefly
+//! ([`record`]), then stops the deploy before it changes what serves. The final state is written
+//! by [`finish`], which keeps it answered from memory and retries until the database takes it
+//! (a full disk). A step that fails on a full disk says so, and the failed releases beyond the
+//! newest are pruned to give room back.
 
 use super::DeployState;
 use super::install::{self, Output};
-use super::release::{self, AppDir, prune_plan, seq_of};
+use super::release::{self, AppDir, disk_full, disk_space, keep_failed, prune_plan, seq_of};
 use super::{AppQueue, DeployError, Deployer, Job, Target};
 use crate::config::{AppConfig, GitSource};
 use crate::source::{GitAuth, Source, redact_url};
-use crate::store::{DeployId, ReleaseRow, Store};
+use crate::store::{DeployId, ReleaseRow, Settled, Store, StoreError};
 use crate::supervisor::event::SupervisorEvent;
 use crate::supervisor::worker::WorkerSpec;
 use crate::supervisor::worker::WorkerState;
@@ -46,21 +53,33 @@ struct Run<'a> {
     cancel: CancellationToken,
     out: Option<Output>,
     started: Instant,
+    /// The bake window to watch once the deploy is recorded `baking`.
+    bake: Option<Bake>,
 }
 
 pub(super) async fn run(d: &Arc<Deployer>, q: &AppQueue, app_name: &str, job: Job, cancel: CancellationToken) {
     let Ok(app) = d.supervisor.app(app_name) else {
-        if let Err(e) = d.store.transition(job.id, DeployState::Failed, "the app is no longer configured") {
-            tracing::error!(error = %e, "cannot record the deploy's state");
-        }
+        finish(d, job.id, DeployState::Failed, "the app is no longer configured");
         return;
     };
-    let mut run = Run { d, q, app, id: job.id, state: DeployState::Queued, cancel, out: None, started: Instant::now() };
+    d.store.keep_reserve();
+    let mut run = Run {
+        d,
+        q,
+        app,
+        id: job.id,
+        state: DeployState::Queued,
+        cancel,
+        out: None,
+        started: Instant::now(),
+        bake: None,
+    };
     let result = match &job.target {
         Target::Ref(r) => run.deploy(r, job.trigger).await,
         Target::Rollback(r) => run.rollback(r.as_deref()).await,
     };
     let (state, message) = match result {
+        Ok(message) if run.bake.is_some() => (DeployState::Baking, message),
         Ok(message) => (DeployState::Live, message),
         // The agent's stop ended it (a cancelled step, a halted roll): `interrupted`, as a
         // restarted agent records a deploy a dead one left, and the pull loops retry it once.
@@ -68,6 +87,10 @@ pub(super) async fn run(d: &Arc<Deployer>, q: &AppQueue, app_name: &str, job: Jo
             DeployState::Interrupted,
             format!("interrupted: the agent stopped while {} ({})", run.state.as_str(), stop.message),
         ),
+        // Whatever step failed (a fetch, the materialise, the install), a full disk is said.
+        Err(stop) if stop.state == DeployState::Failed => {
+            (stop.state, format!("{}{}", stop.message, run.on_full_disk()))
+        }
         Err(stop) => (stop.state, stop.message),
     };
     if let Some(out) = &run.out
@@ -75,24 +98,81 @@ pub(super) async fn run(d: &Arc<Deployer>, q: &AppQueue, app_name: &str, job: Jo
     {
         tracing::error!(error = %e, "cannot record the install output's tail");
     }
+    if let Some(bake) = run.bake.take() {
+        let window = humantime::format_duration(bake.window);
+        let note = format!("{message}; baking for {window}: the window decides whether it stays");
+        if let Err(e) = run.enter(DeployState::Baking, &note) {
+            // It serves all the same: the bake still decides, from `rolling`.
+            tracing::error!(error = %e.message, "cannot record the bake window's start");
+        }
+        d.tasks.spawn(bake.watch());
+        return;
+    }
     if state != DeployState::Live {
         tracing::warn!(state = state.as_str(), %message, "deploy ended");
     } else {
         tracing::info!(%message, duration_ms = run.started.elapsed().as_millis() as u64, "deploy live");
     }
-    run.enter(state, &message);
+    run.state = state;
+    finish(d, run.id, state, &message);
+}
+
+/// Record the final state of deploy `id`. The database may refuse it (a full disk): then the
+/// state is answered from memory at once (so `deploy --wait` ends) and written as soon as the
+/// database takes it ([`Deployer::settle_later`]). Never swallowed: every failure is logged.
+pub(super) fn finish(d: &Arc<Deployer>, id: DeployId, state: DeployState, message: &str) {
+    match d.store.finish(id, state, message) {
+        Ok(Settled::Now) => {}
+        Ok(Settled::Later(e)) => {
+            tracing::error!(id, state = state.as_str(), error = %e, "cannot record the deploy's final state yet: answering it from memory and trying again");
+            d.settle_later();
+        }
+        Err(e) => tracing::error!(id, state = state.as_str(), error = %e, "cannot record the deploy's final state"),
+    }
+}
+
+/// A store write on the deploy path, tried again after a short pause when it fails (a database
+/// locked by a checkpoint, a disk that had a moment of fullness), each failure logged.
+async fn record<T>(what: &str, mut write: impl FnMut() -> Result<T, StoreError>) -> Result<T, Stop> {
+    const PAUSES_MS: [u64; 3] = [50, 200, 800];
+    let mut attempt = 0;
+    loop {
+        match write() {
+            Ok(v) => return Ok(v),
+            Err(e) if attempt < PAUSES_MS.len() => {
+                tracing::warn!(error = %e, attempt = attempt + 1, "cannot record {what}; trying again");
+                tokio::time::sleep(Duration::from_millis(PAUSES_MS[attempt])).await;
+                attempt += 1;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record {what}; giving up the deploy");
+                return Err(recording(e));
+            }
+        }
+    }
 }
 
 impl Run<'_> {
-    /// Enter a state: stored as an event (the one record of it, read by `cancel` and the API).
-    fn enter(&mut self, state: DeployState, message: &str) {
-        if let Err(e) = self.d.store.transition(self.id, state, message) {
-            tracing::error!(error = %e, "cannot record the deploy's state");
-        }
+    /// Enter a state that is not final: stored as an event (the one record of it, read by
+    /// `cancel` and the API). A deploy whose step cannot be recorded does not go on: a cancel
+    /// would read the old state, and the final one could not follow it.
+    fn enter(&mut self, state: DeployState, message: &str) -> Result<(), Stop> {
+        self.d.store.transition(self.id, state, message).map_err(|e| {
+            tracing::error!(error = %e, state = state.as_str(), "cannot record the deploy's state");
+            recording(e)
+        })?;
         self.state = state;
-        if !state.is_final() {
-            tracing::info!(state = state.as_str(), "{message}");
-        }
+        tracing::info!(state = state.as_str(), "{message}");
+        Ok(())
+    }
+
+    /// [`Run::enter`], tried again briefly when the database refuses ([`record`]).
+    async fn step(&mut self, state: DeployState, message: &str) -> Result<(), Stop> {
+        let (store, id) = (self.d.store.clone(), self.id);
+        record("the deploy's state", || store.transition(id, state, message)).await?;
+        self.state = state;
+        tracing::info!(state = state.as_str(), "{message}");
+        Ok(())
     }
 
     fn log(&self, message: &str) {
@@ -105,10 +185,11 @@ impl Run<'_> {
     /// and the queue decides that in the same step as a cancel does.
     fn begin_roll(&mut self, message: &str) -> Result<(), Stop> {
         let (q, id, was) = (self.q, self.id, self.state);
-        if !q.past_cancelling(id, || self.enter(DeployState::Rolling, message)) {
+        let mut entered = Ok(());
+        if !q.past_cancelling(id, || entered = self.enter(DeployState::Rolling, message)) {
             return Err(Stop { state: DeployState::Cancelled, message: format!("cancelled while {}", was.as_str()) });
         }
-        Ok(())
+        entered
     }
 
     fn check_cancel(&self) -> Result<(), Stop> {
@@ -133,7 +214,7 @@ impl Run<'_> {
         );
 
         // 1. fetch
-        self.enter(DeployState::Fetching, &format!("fetching `{}` from {}", git.branch, redact_url(&git.repo)));
+        self.step(DeployState::Fetching, &format!("fetching `{}` from {}", git.branch, redact_url(&git.repo))).await?;
         let t = Instant::now();
         let sha = {
             let (url, branch, auth) = (git.repo.clone(), git.branch.clone(), git_auth(&git));
@@ -157,30 +238,25 @@ impl Run<'_> {
             }
         };
         let short = &sha[..7.min(sha.len())];
-        self.d.store.set_sha(self.id, &sha).map_err(recording)?;
+        let (store, id) = (self.d.store.clone(), self.id);
+        record("the deploy's commit", || store.set_sha(id, &sha)).await?;
         self.log(&format!("`{git_ref}` is {short} (fetched in {} ms)", t.elapsed().as_millis()));
         let previous = self.app.release();
         if let Some(prev) = &previous {
-            let live_sha = self
-                .d
-                .store
-                .releases(&self.app.name)
-                .unwrap_or_default()
-                .into_iter()
-                .find(|r| r.name == prev.name)
-                .map(|r| r.sha);
+            let rows = record("the releases", || store.releases(&self.app.name)).await?;
+            let live_sha = rows.into_iter().find(|r| r.name == prev.name).map(|r| r.sha);
             if live_sha.as_deref() == Some(sha.as_str()) {
-                self.d.store.set_release(self.id, &prev.name).map_err(recording)?;
+                record("the deploy's release", || store.set_release(id, &prev.name)).await?;
                 return Ok(format!("{short} is already live (release {}): nothing to do", prev.name));
             }
         }
         self.check_cancel()?;
 
         // 2. materialise
-        let seq = next_seq(&self.d.store, &self.app.name, &dir);
+        let seq = next_seq(&self.d.store, &self.app.name, &dir).await?;
         let name = format!("{seq}-{short}");
         let release_dir = dir.release(&name);
-        self.enter(DeployState::Building, &format!("materialising {short} into releases/{name}"));
+        self.step(DeployState::Building, &format!("materialising {short} into releases/{name}")).await?;
         let t = Instant::now();
         {
             let (url, branch, auth, cache, sha, root, dest) = (
@@ -201,8 +277,8 @@ impl Run<'_> {
             .map_err(|e| Stop::failed(e.to_string()))?;
         }
         let row = ReleaseRow { app: self.app.name.clone(), name: name.clone(), seq, sha: sha.clone(), ok: false };
-        self.d.store.record_release(&row).map_err(recording)?;
-        self.d.store.set_release(self.id, &name).map_err(recording)?;
+        record("the new release", || store.record_release(&row)).await?;
+        record("the deploy's release", || store.set_release(id, &name)).await?;
         if let Some(r) = cfg.run_as.clone() {
             let tree = release_dir.clone();
             tokio::task::spawn_blocking(move || release::give_tree(&tree, &r))
@@ -262,7 +338,7 @@ impl Run<'_> {
                     self.log(&format!("{label} failed; its whole output is in {}", out.path().display()));
                 }
                 self.on_failure(&cfg, &workdir, &env).await;
-                self.prune(&cfg, &dir);
+                self.prune(&cfg, &dir, false);
                 return Err(Stop::failed(format!("{label}: {e}; the running release keeps serving")));
             }
             self.log(&format!("{label} ok in {:.1}s", t.elapsed().as_secs_f32()));
@@ -274,7 +350,7 @@ impl Run<'_> {
         self.begin_roll(&format!("rolling {n} worker(s) onto {name}"))?;
         if let Err(e) = self.app.roll_to(cfg.clone(), release, spec).await {
             self.on_failure(&cfg, &workdir, &env).await;
-            self.prune(&cfg, &dir);
+            self.prune(&cfg, &dir, disk_full(dir.root()));
             return Err(match (&previous, e.restored) {
                 (Some(p), true) => Stop {
                     state: DeployState::RolledBack,
@@ -285,7 +361,7 @@ impl Run<'_> {
         }
 
         // 5. prune, post_reload
-        self.prune(&cfg, &dir);
+        self.prune(&cfg, &dir, disk_full(dir.root()));
         if !cfg.hooks.post_reload.0.is_empty()
             && let Err(e) = install::run(
                 &cfg.hooks.post_reload.0,
@@ -301,8 +377,9 @@ impl Run<'_> {
         {
             self.log(&format!("post_reload: {e} (the deploy stays live)"));
         }
+        let live = format!("live on {short} (release {name})");
         if let Some(window) = cfg.bake {
-            let bake = Bake {
+            self.bake = Some(Bake {
                 d: self.d.clone(),
                 app: self.app.clone(),
                 id: self.id,
@@ -311,10 +388,10 @@ impl Run<'_> {
                 window: window.0,
                 // Subscribed now: a worker of the release that errors from here on is heard.
                 events: self.d.supervisor.events(),
-            };
-            self.d.tasks.spawn(bake.watch());
+                live: live.clone(),
+            });
         }
-        Ok(format!("live on {short} (release {name}) in {:.1}s", self.started.elapsed().as_secs_f32()))
+        Ok(format!("{live} in {:.1}s", self.started.elapsed().as_secs_f32()))
     }
 
     /// Back to a release on disk: no fetch, no install, the same rolling reload.
@@ -322,16 +399,14 @@ impl Run<'_> {
         let cfg = self.app.config();
         let dir = AppDir::new(cfg.source.app_dir().ok_or_else(|| Stop::failed("the app has no `repo`"))?.to_path_buf());
         let name = pick_rollback(&self.d.store, &self.app, want).map_err(|e| Stop::failed(e.to_string()))?;
-        let row = self
-            .d
-            .store
-            .releases(&self.app.name)
-            .unwrap_or_default()
+        let (store, id) = (self.d.store.clone(), self.id);
+        let row = record("the releases", || store.releases(&self.app.name))
+            .await?
             .into_iter()
             .find(|r| r.name == name)
             .ok_or_else(|| Stop::failed("the release is no longer recorded"))?;
-        self.d.store.set_sha(self.id, &row.sha).map_err(recording)?;
-        self.d.store.set_release(self.id, &name).map_err(recording)?;
+        record("the deploy's commit", || store.set_sha(id, &row.sha)).await?;
+        record("the deploy's release", || store.set_release(id, &name)).await?;
         let fresh = self.app.fresh_config().map_err(|e| Stop::failed(e.to_string()))?;
         let release = ActiveRelease { name: name.clone(), dir: dir.release(&name) };
         let spec = worker_spec(&fresh, &release)?;
@@ -394,19 +469,58 @@ impl Run<'_> {
         }
     }
 
-    fn prune(&self, cfg: &AppConfig, dir: &AppDir) {
-        let rows = self.d.store.releases(&self.app.name).unwrap_or_default();
+    /// Remove the releases beyond `keep_releases` (and the failed ones beyond the newest two, or
+    /// the newest one when the disk is `full`). Answers the names removed.
+    fn prune(&self, cfg: &AppConfig, dir: &AppDir, full: bool) -> Vec<String> {
+        let rows = match self.d.store.releases(&self.app.name) {
+            Ok(rows) => rows,
+            Err(e) => {
+                // Without the list every release would look unknown: remove nothing.
+                tracing::error!(error = %e, "cannot read the recorded releases; pruning nothing");
+                return Vec::new();
+            }
+        };
         let current = self.app.release().map(|r| r.name);
         let previous = rows.iter().filter(|r| r.ok && Some(&r.name) != current.as_ref()).map(|r| r.name.clone()).next();
         let list: Vec<(String, bool)> = rows.iter().map(|r| (r.name.clone(), r.ok)).collect();
-        for name in prune_plan(&list, cfg.keep_releases as usize, current.as_deref(), previous.as_deref()) {
-            if dir.remove_release(&name).is_ok() || !dir.release(&name).exists() {
-                if let Err(e) = self.d.store.forget_release(&self.app.name, &name) {
-                    tracing::error!(error = %e, release = %name, "cannot forget a pruned release");
-                }
-                self.log(&format!("pruned release {name}"));
+        let plan =
+            prune_plan(&list, cfg.keep_releases as usize, keep_failed(full), current.as_deref(), previous.as_deref());
+        let mut removed = Vec::new();
+        for name in plan {
+            if let Err(e) = dir.remove_release(&name) {
+                tracing::warn!(error = %e, release = %name, "cannot remove a release");
             }
+            if dir.release(&name).exists() {
+                continue;
+            }
+            if let Err(e) = self.d.store.forget_release(&self.app.name, &name) {
+                tracing::error!(error = %e, release = %name, "cannot forget a pruned release");
+            }
+            self.log(&format!("pruned release {name}"));
+            removed.push(name);
         }
+        removed
+    }
+
+    /// After a failed step: when the disk of the app's directory is full, prune the failed
+    /// releases beyond the newest one, then answer what the deploy's message adds about it
+    /// (empty when the disk is not full).
+    fn on_full_disk(&self) -> String {
+        let cfg = self.app.config();
+        let Some(root) = cfg.source.app_dir().map(Path::to_path_buf) else { return String::new() };
+        if !disk_full(&root) {
+            return String::new();
+        }
+        let dir = AppDir::new(root);
+        let free = || disk_space(dir.root()).map_or(0, |(free, _)| free);
+        let mut note = format!("; disk full: {} free on {}", human_bytes(free()), dir.root().display());
+        let pruned = self.prune(&cfg, &dir, true);
+        if !pruned.is_empty() {
+            note =
+                format!("{note}; pruned the failed release(s) {}: {} free now", pruned.join(", "), human_bytes(free()));
+        }
+        tracing::error!(app = %self.app.name, "{}", note.trim_start_matches("; "));
+        note
     }
 }
 
@@ -426,10 +540,18 @@ fn recording(e: crate::store::StoreError) -> Stop {
 }
 
 /// The next release number: one more than any recorded or on disk.
-fn next_seq(store: &Store, app: &str, dir: &AppDir) -> u64 {
-    let recorded = store.releases(app).unwrap_or_default().into_iter().map(|r| r.seq).max().unwrap_or(0);
+async fn next_seq(store: &Store, app: &str, dir: &AppDir) -> Result<u64, Stop> {
+    let recorded = record("the releases", || store.releases(app)).await?.into_iter().map(|r| r.seq).max().unwrap_or(0);
     let on_disk = dir.on_disk().iter().filter_map(|n| seq_of(n)).max().unwrap_or(0);
-    recorded.max(on_disk) + 1
+    Ok(recorded.max(on_disk) + 1)
+}
+
+/// `bytes` for people: `512 KiB`, `3.2 MiB`.
+fn human_bytes(bytes: u64) -> String {
+    match bytes {
+        b if b < 1 << 20 => format!("{} KiB", b >> 10),
+        b => format!("{:.1} MiB", b as f64 / f64::from(1 << 20)),
+    }
 }
 
 /// The release a rollback goes to: the newest good one before the current, or the one named by
@@ -465,7 +587,8 @@ pub(super) fn git_auth(git: &GitSource) -> Option<GitAuth> {
 
 /// The bake window: a new release whose workers crash-loop or error out within `window` is
 /// rolled back by the agent itself. It follows the supervisor's events: a worker of the release
-/// that errors, or exits by itself a second time, ends the bake at once.
+/// that errors, or exits by itself a second time, ends the bake at once. The deploy is `baking`
+/// meanwhile, and the bake writes its final state: `live` once the window passed, `rolled_back`.
 struct Bake {
     d: Arc<Deployer>,
     app: Arc<App>,
@@ -474,6 +597,8 @@ struct Bake {
     previous: Option<String>,
     window: Duration,
     events: broadcast::Receiver<SupervisorEvent>,
+    /// What the deploy's final message starts with: `live on <sha> (release <name>)`.
+    live: String,
 }
 
 /// What the bake has seen of the release's workers.
@@ -521,9 +646,11 @@ impl Bake {
         // Restarts before the window (during the roll) do not count; an errored worker does.
         let baseline = self.read();
         let mut seen = Seen { exits: 0, errored: baseline.errored };
+        let window = humantime::format_duration(self.window);
         loop {
             if self.app.release().map(|r| r.name) != Some(self.release.clone()) {
-                return; // another deploy moved on
+                let why = format!("{}: another deploy replaced it within its bake window of {window}", self.live);
+                return finish(&self.d, self.id, DeployState::Live, &why);
             }
             if seen.unhealthy() {
                 return self.roll_back(seen).await;
@@ -531,7 +658,10 @@ impl Bake {
             let event = tokio::select! {
                 e = self.events.recv() => e,
                 _ = tokio::time::sleep_until(deadline) => break,
-                _ = self.d.shutdown.cancelled() => return,
+                _ = self.d.shutdown.cancelled() => {
+                    let why = format!("{}: the agent stopped within its bake window of {window}, which was not finished", self.live);
+                    return finish(&self.d, self.id, DeployState::Live, &why);
+                }
             };
             match event {
                 Ok(e) if e.app() == self.app.name => seen.add(&e, &self.release),
@@ -543,29 +673,29 @@ impl Bake {
                     seen.exits = seen.exits.max(now.exits.saturating_sub(baseline.exits));
                     seen.errored = seen.errored.max(now.errored);
                 }
-                Err(RecvError::Closed) => return,
+                Err(RecvError::Closed) => break,
             }
         }
-        let message = format!("bake window of {} passed", humantime::format_duration(self.window));
-        if let Err(e) = self.d.store.log(self.id, &message) {
-            tracing::error!(error = %e, "cannot record the end of the bake window");
-        }
+        tracing::info!(app = %self.app.name, release = %self.release, "bake window of {window} passed: deploy live");
+        finish(&self.d, self.id, DeployState::Live, &format!("{}: its bake window of {window} passed", self.live));
     }
 
     async fn roll_back(self, seen: Seen) {
         let (app, release) = (&self.app.name, &self.release);
         let Some(previous) = self.previous else {
-            tracing::error!(%app, "release {release} is unhealthy in its bake window, and there is no previous release");
-            return;
+            let why = format!(
+                "within the bake window: {} worker restart(s), {} errored, and there is no previous release to roll back to: {release} keeps running",
+                seen.exits, seen.errored
+            );
+            tracing::error!(%app, "{why}");
+            return finish(&self.d, self.id, DeployState::Failed, &why);
         };
         let why = format!(
             "within the bake window: {} worker restart(s), {} errored; rolling back to {previous}",
             seen.exits, seen.errored
         );
         tracing::warn!(%app, "{why}");
-        if let Err(e) = self.d.store.transition(self.id, DeployState::RolledBack, &why) {
-            tracing::error!(%app, error = %e, "cannot record the bake rollback");
-        }
+        finish(&self.d, self.id, DeployState::RolledBack, &why);
         let by = super::Requester::named(Some(Trigger::Bake.as_str()));
         if let Err(e) = self.d.request(app, Target::Rollback(Some(previous)), Trigger::Bake, &by) {
             tracing::error!(%app, error = %e, "bake rollback could not be queued");

@@ -53,10 +53,17 @@ impl Deployer {
         let cache = super::release::AppDir::new(git.dir).repo();
         let sha =
             tokio::task::spawn_blocking(move || Source::open(&url, &branch, auth, &cache)?.remote_head()).await??;
-        let live = a
-            .release()
-            .and_then(|r| self.store.releases(app).ok()?.into_iter().find(|row| row.name == r.name))
-            .map(|row| row.sha);
+        // A failed read is an error of the check, not "nothing live": that would deploy again.
+        let live = match a.release() {
+            Some(r) => self
+                .store
+                .releases(app)
+                .map_err(super::DeployError::from)?
+                .into_iter()
+                .find(|row| row.name == r.name)
+                .map(|row| row.sha),
+            None => None,
+        };
         if live.as_deref() == Some(sha.as_str()) || last == Some(sha.as_str()) {
             return Ok(Checked::Unchanged { sha });
         }

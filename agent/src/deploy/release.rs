@@ -362,12 +362,36 @@ pub fn seq_of(name: &str) -> Option<u64> {
     name.split_once('-')?.0.parse().ok()
 }
 
+/// Below this many bytes free for the agent, a step that failed is taken to have failed for the
+/// full disk: a deploy's release, install output and final state need more than that.
+pub const DISK_FULL_BELOW: u64 = 1 << 20;
+
+/// How full the filesystem of `path` is: bytes available to unprivileged writers, and the size.
+/// None when it cannot be read (then nothing is decided on it).
+pub fn disk_space(path: &Path) -> Option<(u64, u64)> {
+    let s = nix::sys::statvfs::statvfs(path).ok()?;
+    let frsize = s.fragment_size() as u64;
+    Some((s.blocks_available() as u64 * frsize, s.blocks() as u64 * frsize))
+}
+
+/// Whether the filesystem of `path` is full (see [`DISK_FULL_BELOW`]).
+pub fn disk_full(path: &Path) -> bool {
+    disk_space(path).is_some_and(|(free, _)| free < DISK_FULL_BELOW)
+}
+
+/// How many failed releases are kept for inspection: the newest two, the newest one only when
+/// the disk is full (what it needs is room, and the newest failure is the one to look at).
+pub const fn keep_failed(disk_full: bool) -> usize {
+    if disk_full { 1 } else { 2 }
+}
+
 /// Which releases to delete: keep `keep` good ones (the newest; the current and the previous are
-/// never deleted and count among them), and
-/// the newest two failed ones (kept for inspection). `releases` is (name, ok), any order.
+/// never deleted and count among them), and the newest `keep_failed` failed ones (kept for
+/// inspection; [`keep_failed`]). `releases` is (name, ok), any order.
 pub fn prune_plan(
     releases: &[(String, bool)],
     keep: usize,
+    keep_failed: usize,
     current: Option<&str>,
     previous: Option<&str>,
 ) -> Vec<String> {
@@ -386,7 +410,7 @@ pub fn prune_plan(
             good <= keep
         } else {
             bad += 1;
-            bad <= 2
+            bad <= keep_failed
         };
         if !kept {
             remove.push(name.clone());
@@ -403,11 +427,21 @@ mod tests {
     fn prune_keeps_current_previous_and_two_failed() {
         let rel: Vec<(String, bool)> = (1..=10).map(|i| (format!("{i}-abc"), i % 3 != 0)).collect();
         // good: 1 2 4 5 7 8 10 ; failed: 3 6 9
-        let removed = prune_plan(&rel, 2, Some("10-abc"), Some("2-abc"));
+        let removed = prune_plan(&rel, 2, 2, Some("10-abc"), Some("2-abc"));
         let mut removed: Vec<u64> = removed.iter().filter_map(|n| seq_of(n)).collect();
         removed.sort();
         // Kept: 10 (current), 8 (good, the second of two), 9 and 6 (the newest two failed), 2 (previous).
         assert_eq!(removed, vec![1, 3, 4, 5, 7]);
+    }
+
+    #[test]
+    fn a_full_disk_keeps_only_the_newest_failed_release() {
+        let rel: Vec<(String, bool)> = (1..=10).map(|i| (format!("{i}-abc"), i % 3 != 0)).collect();
+        let removed = prune_plan(&rel, 2, keep_failed(true), Some("10-abc"), Some("2-abc"));
+        let mut removed: Vec<u64> = removed.iter().filter_map(|n| seq_of(n)).collect();
+        removed.sort();
+        // As above, and the failed 6 goes too: only 9, the newest failure, is kept.
+        assert_eq!(removed, vec![1, 3, 4, 5, 6, 7]);
     }
 
     #[test]

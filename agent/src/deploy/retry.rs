@@ -36,7 +36,14 @@ impl Deployer {
 
     /// The app's newest finished deploys of a branch or a commit (not rollbacks), newest first.
     fn branch_deploys(&self, app: &str) -> Vec<Deploy> {
-        let recent = self.store.history(app, 20).unwrap_or_default();
+        let recent = match self.store.history(app, 20) {
+            Ok(recent) => recent,
+            Err(e) => {
+                // Without the history nothing is known tried: a head is deployed as new.
+                tracing::error!(app, error = %e, "cannot read the app's recent deploys");
+                Vec::new()
+            }
+        };
         recent.into_iter().filter(|d| d.is_final() && !d.git_ref.starts_with("rollback:")).collect()
     }
 }

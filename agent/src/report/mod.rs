@@ -274,6 +274,17 @@ mod tests {
     }
 
     #[test]
+    fn a_deploy_in_its_bake_window_is_reported_once_the_window_decides() {
+        let r = reporter(vec![ReportConfig::Webhook { url: "http://r/x".into(), secret_env: None }]);
+        let baking = r.reports(&facts("baking", Some("abc")), Change::Entered { from: "rolling" });
+        assert!(baking.is_empty(), "baking is not live yet: {baking:?}");
+        for (state, event) in [("live", "deploy.live"), ("rolled_back", "deploy.rolled_back")] {
+            let reports = r.reports(&facts(state, Some("abc")), Change::Entered { from: "baking" });
+            assert!(reports[0].body.contains(&format!("\"event\":\"{event}\"")), "{reports:?}");
+        }
+    }
+
+    #[test]
     fn github_statuses_need_a_sha() {
         let gh = crate::config::report::GithubStatusConfig {
             token_env: "T".into(),

@@ -14,9 +14,11 @@ mod deliveries;
 mod outbox;
 pub(crate) mod peek;
 mod schema;
+mod unsettled;
 
 pub use apps::Scale;
 pub use outbox::{Change, DeployFacts, NewReport, OutboxRow, ReportRules};
+pub use unsettled::Settled;
 
 use crate::secrets::Secrets;
 use deployer_wire::{Deploy, DeployEvent, DeployState, EventState, Trigger};
@@ -33,6 +35,13 @@ pub enum StoreError {
     Db(#[from] rusqlite::Error),
     #[error("deploy #{id} cannot go from `{from}` to `{to}`")]
     Illegal { id: DeployId, from: String, to: DeployState },
+}
+
+impl StoreError {
+    /// Whether SQLite refused the write for want of room (`SQLITE_FULL`).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StoreError::Db(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DiskFull)
+    }
 }
 
 pub type DeployId = u64;
@@ -54,7 +63,15 @@ pub struct Store {
     rules: RwLock<Option<Arc<dyn ReportRules>>>,
     outbox_wake: Arc<Notify>,
     secrets: Secrets,
+    /// Final states the database refused (a full disk), answered from here until written.
+    unsettled: Mutex<unsettled::Unsettled>,
+    /// A file of [`RESERVE_BYTES`] beside the database, given up when the disk is full so that a
+    /// deploy's final state can still be written ([`Store::finish`]). None in memory.
+    reserve: Option<std::path::PathBuf>,
 }
+
+/// Room kept for the final writes of deploys on a full disk: a few SQLite pages and WAL frames.
+const RESERVE_BYTES: usize = 1 << 20;
 
 /// Who asked for a deploy, as the audit trail keeps it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -101,7 +118,40 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         schema::migrate(&conn)?;
-        Ok(Store::with(conn, secrets))
+        let mut store = Store::with(conn, secrets);
+        let mut reserve = path.as_os_str().to_owned();
+        reserve.push(".reserve");
+        store.reserve = Some(reserve.into());
+        store.keep_reserve();
+        Ok(store)
+    }
+
+    /// Put the room for final writes back if it was given up (at start, and before each
+    /// deploy). A disk still full leaves it missing: said once in the log, tried again later.
+    pub fn keep_reserve(&self) {
+        let Some(path) = &self.reserve else { return };
+        if std::fs::metadata(path).is_ok_and(|m| m.len() as usize >= RESERVE_BYTES) {
+            return;
+        }
+        if let Err(e) = std::fs::write(path, vec![0u8; RESERVE_BYTES]) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot keep room for the deploys' final states");
+            // A partial file is no reserve, and takes what little room is left.
+            if let Err(e) = std::fs::remove_file(path) {
+                tracing::debug!(error = %e, "no partial reserve to remove");
+            }
+        }
+    }
+
+    /// Give up the reserved room (the disk is full): answers whether there was any.
+    fn release_reserve(&self) -> bool {
+        let Some(path) = &self.reserve else { return false };
+        match std::fs::remove_file(path) {
+            Ok(()) => {
+                tracing::warn!("the disk is full: giving up the room kept for the deploys' final states");
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     fn with(conn: Connection, secrets: Secrets) -> Store {
@@ -111,6 +161,8 @@ impl Store {
             rules: RwLock::new(None),
             outbox_wake: Arc::new(Notify::new()),
             secrets,
+            unsettled: Mutex::new(unsettled::Unsettled::default()),
+            reserve: None,
         }
     }
 
@@ -263,6 +315,7 @@ impl Store {
         let Some(mut d) = deploy_row(&c, id)? else { return Ok(None) };
         d.events = events_after(&c, id, 0)?;
         drop(c);
+        self.unsettled().overlay(&mut d);
         Ok(Some(self.masked_deploy(d)))
     }
 
@@ -282,7 +335,12 @@ impl Store {
         let mut stmt =
             c.prepare(&format!("SELECT {DEPLOY_COLUMNS} FROM deploys WHERE app = ?1 ORDER BY id DESC LIMIT ?2"))?;
         let rows = stmt.query_map(params![app, limit as i64], row_to_deploy)?;
-        let rows: Vec<Deploy> = rows.collect::<Result<_, _>>()?;
+        let mut rows: Vec<Deploy> = rows.collect::<Result<_, _>>()?;
+        drop(stmt);
+        drop(c);
+        let unsettled = self.unsettled();
+        rows.iter_mut().for_each(|d| unsettled.overlay(d));
+        drop(unsettled);
         Ok(rows.into_iter().map(|d| self.masked_deploy(d)).collect())
     }
 
@@ -297,6 +355,17 @@ impl Store {
         };
         for id in &ids {
             self.transition(*id, DeployState::Interrupted, "the agent stopped during this deploy")?;
+        }
+        // A release in its bake window was live when the agent stopped, and stays so: the window
+        // is not watched again, which the message says.
+        let baking: Vec<i64> = {
+            let c = self.conn();
+            let mut stmt = c.prepare("SELECT id FROM deploys WHERE state = 'baking'")?;
+            stmt.query_map([], |r| r.get::<_, i64>(0))?.collect::<Result<Vec<_>, _>>()?
+        };
+        for id in baking {
+            let message = "live: the agent stopped during the bake window, which was not finished";
+            self.transition(id as DeployId, DeployState::Live, message)?;
         }
         Ok(ids)
     }
@@ -438,6 +507,20 @@ fn events_after(c: &Connection, id: DeployId, seq: u64) -> Result<Vec<DeployEven
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deploy_in_its_bake_window_is_live_after_a_restart_not_interrupted() {
+        let s = Store::in_memory();
+        let id = s.insert_deploy("web", "main", deployer_wire::Trigger::Api, &Requester::default()).unwrap();
+        for (state, m) in [(DeployState::Fetching, "f"), (DeployState::Building, "b"), (DeployState::Rolling, "r")] {
+            s.transition(id, state, m).unwrap();
+        }
+        s.transition(id, DeployState::Baking, "baking for 30s").unwrap();
+        assert!(s.interrupt_unfinished().unwrap().is_empty(), "it was not interrupted");
+        let d = s.deploy(id).unwrap().unwrap();
+        assert_eq!(d.state, DeployState::Live);
+        assert!(d.message.unwrap_or_default().contains("bake window"), "and says the window was not finished");
+    }
 
     #[test]
     fn a_deploy_records_its_steps() {

@@ -23,7 +23,8 @@ const UNREACHABLE_GRACE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, clap::Args)]
 pub struct WaitArgs {
-    /// Follow the deploy until it is over, printing its steps; exit 1 unless it went live
+    /// Follow the deploy until it is over, printing its steps; exit 1 unless it went live. With a
+    /// `bake` window it is over when the window decided: live, or rolled back
     #[arg(long)]
     pub wait: bool,
 
