@@ -201,6 +201,7 @@ async fn serve(path: &Path, secrets: Secrets, exe: &Path) -> anyhow::Result<Exit
     tracing::info!(%listen, tls = loaded.config.tls.is_some(), config = %path.display(), "agent ready");
     crate::listeners::close_unused();
     let (upgrades_tx, mut upgrades) = tokio::sync::mpsc::channel(1);
+    let by_signal = upgrades_tx.clone();
     api.spawn(crate::upgrade::serve_control(
         tokio::net::UnixListener::from_std(control)?,
         upgrades_tx,
@@ -229,6 +230,8 @@ async fn serve(path: &Path, secrets: Secrets, exe: &Path) -> anyhow::Result<Exit
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    // SIGUSR2 asks for an upgrade as `deployer-agent upgrade` does; its progress is in the log.
+    let mut usr2 = signal(SignalKind::user_defined2())?;
     // SIGHUPs are applied by a task of their own, so a SIGTERM is heard while one is applied.
     let sighup = Sighup {
         path: path.to_path_buf(),
@@ -248,6 +251,12 @@ async fn serve(path: &Path, secrets: Secrets, exe: &Path) -> anyhow::Result<Exit
             _ = int.recv() => break "SIGINT",
             // Several SIGHUPs during one apply make one more apply, of the file as it is then.
             _ = hup.recv() => sighup.wake.notify_one(),
+            _ = usr2.recv() => {
+                let (progress, _) = tokio::sync::mpsc::unbounded_channel();
+                if by_signal.try_send(crate::upgrade::Request { progress }).is_err() {
+                    tracing::warn!("SIGUSR2: an upgrade is already asked for");
+                }
+            }
             Some(req) = upgrades.recv() => {
                 let sockets = match supervisor.handover_fds() {
                     Ok(mut fds) => {
@@ -361,7 +370,9 @@ impl Sighup {
                 _ = self.wake.notified() => {}
                 _ = self.stop.cancelled() => return,
             }
+            crate::sd_notify::notify(&crate::sd_notify::reloading());
             self.apply().await;
+            crate::sd_notify::notify("READY=1");
         }
     }
 

@@ -38,6 +38,18 @@ fn send(path: &str, state: &str) -> std::io::Result<()> {
     Ok(())
 }
 
+/// `RELOADING=1` with the monotonic time systemd (253 and later) wants beside it.
+pub fn reloading() -> String {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec we own.
+    let now = if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) } == 0 {
+        t.tv_sec as u64 * 1_000_000 + t.tv_nsec as u64 / 1_000
+    } else {
+        0
+    };
+    format!("RELOADING=1\nMONOTONIC_USEC={now}")
+}
+
 /// How often systemd wants `WATCHDOG=1`, if it does (for this process).
 pub fn watchdog_interval() -> Option<Duration> {
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;

@@ -124,3 +124,46 @@ fn a_stop_during_an_upgrade_ends_the_new_agent_and_then_the_old_one() {
     assert_eq!(out.code(), Some(1), "{}{}", out.stdout, out.stderr);
     assert!(out.stderr.contains("asked to stop"), "{}", out.stderr);
 }
+
+#[test]
+fn sigusr2_upgrades_as_the_command_does() {
+    let agent = TestEnv::new().start();
+    let mut upgraded = Upgraded(Vec::new());
+    let old = agent.pid();
+    agent.signal(Signal::SIGUSR2);
+    let new_pid: Option<u32> = deployer_tests::poll(Duration::from_secs(60), || {
+        let log = agent.log();
+        if !log.contains("upgrade complete: the previous agent has exited") {
+            return None;
+        }
+        log.split("the new agent (pid ").nth(1)?.split(')').next()?.parse().ok()
+    });
+    let new_pid = new_pid.unwrap_or_else(|| panic!("no upgrade after SIGUSR2:\n{}", agent.log()));
+    upgraded.0.push(new_pid);
+    assert_ne!(new_pid, old);
+    assert!(wait_until(Duration::from_secs(20), || !pid_alive(old)), "the old agent runs on");
+    assert!(http::get(agent.port("web"), "/").is_ok_and(|r| r.status == 200), "the app does not answer");
+}
+
+/// Under systemd (`Type=notify`): `READY=1` once up, `RELOADING=1` then `READY=1` around a
+/// SIGHUP, `STOPPING=1` at the stop.
+#[test]
+fn the_agent_tells_systemd_when_it_is_ready_reloading_and_stopping() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let path = dir.path().join("notify");
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).expect("a notify socket");
+    socket.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let mut agent = TestEnv::new().agent_env("NOTIFY_SOCKET", path.to_str().expect("utf-8")).start();
+    let next = || {
+        let mut buf = [0u8; 256];
+        let n = socket.recv(&mut buf).expect("a notification within 30s");
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    assert_eq!(next(), "READY=1");
+    agent.signal(Signal::SIGHUP);
+    assert!(next().starts_with("RELOADING=1\nMONOTONIC_USEC="));
+    assert_eq!(next(), "READY=1");
+    agent.signal(Signal::SIGTERM);
+    assert_eq!(next(), "STOPPING=1");
+    assert!(agent.wait_exit(Duration::from_secs(30)).is_some());
+}
