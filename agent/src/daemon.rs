@@ -171,6 +171,10 @@ async fn serve(path: &Path, secrets: Secrets, exe: &Path) -> anyhow::Result<Exit
         api_connections = budget.api_connections,
         "file descriptors shared"
     );
+    if crate::handover::is_new_side() {
+        // The old agent takes every connection until this one's workers are ready.
+        crate::front::accept::hold();
+    }
     let supervisor = Supervisor::start(&loaded, secrets.clone(), budget.front_connections).await?;
     let store = supervisor.store();
     // Reports first: the deploys that start now are reported too.
@@ -209,6 +213,15 @@ async fn serve(path: &Path, secrets: Secrets, exe: &Path) -> anyhow::Result<Exit
         api.clone(),
     ));
     if crate::handover::is_new_side() {
+        // Serving less than the old agent is not an upgrade: say why and stop; the old one
+        // serves on.
+        let failed = supervisor.failed_at_start();
+        if !failed.is_empty() {
+            let why = format!("workers did not start: {}", failed.join("; "));
+            crate::handover::say_failed(&why);
+            anyhow::bail!("giving up the upgrade: {why}");
+        }
+        crate::front::accept::open();
         let sup = supervisor.clone();
         crate::handover::say_ready(move || {
             sup.rewrite_pid_record();

@@ -134,6 +134,16 @@ pub fn take_control() -> Option<OwnedFd> {
     NEW_SIDE.get()?.lock().unwrap_or_else(|e| e.into_inner()).control.take()
 }
 
+/// Tell the old agent this one will not serve, and why (one line).
+pub fn say_failed(why: &str) {
+    let Some(side) = NEW_SIDE.get() else { return };
+    let Some(mut pair) = side.lock().unwrap_or_else(|e| e.into_inner()).pair.take() else { return };
+    let line = format!("failed: {}\n", why.replace('\n', " "));
+    if let Err(e) = pair.write_all(line.as_bytes()) {
+        tracing::error!(error = %e, "cannot tell the previous agent why this one gives up");
+    }
+}
+
 /// Tell the old agent this one serves; then wait (in a thread) until it has exited, and call
 /// `gone`.
 pub fn say_ready(gone: impl FnOnce() + Send + 'static) {

@@ -29,6 +29,8 @@ pub enum UpgradeError {
     Exited(String),
     #[error("the new agent did not serve within {}s; it was stopped and this agent keeps serving", READY_TIMEOUT.as_secs())]
     NotReady,
+    #[error("the new agent gave up ({0}); this agent keeps serving")]
+    GaveUp(String),
     #[error("an upgrade is already running")]
     AlreadyRunning,
 }
@@ -144,6 +146,10 @@ pub async fn start_new(
     let borrowed: Vec<(String, std::os::fd::BorrowedFd<'_>)> =
         sockets.fds.iter().map(|(n, f)| (n.clone(), f.as_fd())).collect();
     if let Err(e) = handover::send(&ours, &borrowed) {
+        // Usually a new agent that exited at once (its end of the pair closed): say that.
+        if let Some(status) = exited(&mut child).await {
+            return Err(UpgradeError::Exited(status));
+        }
         end_child(&mut child).await;
         return Err(e.into());
     }
@@ -156,16 +162,16 @@ pub async fn start_new(
         // Without the timeout the read is only unbounded; any failure reads as not ready.
         let _ = reader.set_read_timeout(Some(READY_TIMEOUT));
         let _ = BufReader::new(reader).read_line(&mut line); // an error or EOF: not ready
-        line.trim() == "ready"
+        line.trim().to_string()
     });
-    let ok = ready.await.unwrap_or(false);
-    if !ok {
-        // A closed pair is usually an exit: give the exit a moment to be seen.
-        for _ in 0..20 {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(UpgradeError::Exited(status.to_string()));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    let said = ready.await.unwrap_or_default();
+    if let Some(why) = said.strip_prefix("failed: ") {
+        end_child(&mut child).await;
+        return Err(UpgradeError::GaveUp(why.to_string()));
+    }
+    if said != "ready" {
+        if let Some(status) = exited(&mut child).await {
+            return Err(UpgradeError::Exited(status));
         }
         end_child(&mut child).await;
         return Err(UpgradeError::NotReady);
@@ -201,6 +207,17 @@ impl Drop for NewAgent {
             let _ = c.wait(); // reaps it
         }
     }
+}
+
+/// How the new agent exited, if it does within a moment (a closed pair is usually an exit).
+async fn exited(child: &mut NewAgent) -> Option<String> {
+    for _ in 0..20 {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status.to_string());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
 }
 
 /// Stop a new agent that did not make it: SIGTERM, then SIGKILL after 10 s.

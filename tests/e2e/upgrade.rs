@@ -167,3 +167,23 @@ fn the_agent_tells_systemd_when_it_is_ready_reloading_and_stopping() {
     assert_eq!(next(), "STOPPING=1");
     assert!(agent.wait_exit(Duration::from_secs(30)).is_some());
 }
+
+/// A new agent whose workers do not get ready (here: the config on disk now starts a worker that
+/// never is) gives up, and the old agent serves on: an upgrade never trades a serving app for a
+/// broken one.
+#[test]
+fn a_new_agent_whose_workers_do_not_start_gives_up_and_the_old_one_serves_on() {
+    let mut agent = TestEnv::new().env("DELAY_MS", "20").start();
+    let load = Load::start(agent.port("web"), 10, false);
+    assert!(load.wait_for_more(20, Duration::from_secs(15)), "the load did not get going");
+    agent.reconfigure(|env| {
+        env.start_command(&["node", &deployer_tests::fixture("never-ready.js")]).ready_timeout("1s")
+    });
+    let (code, text, _) = upgrade(&agent);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("gave up") && text.contains("web"), "{text}");
+    assert!(pid_alive(agent.pid()), "the old agent stopped");
+    assert!(load.wait_for_more(50, Duration::from_secs(15)), "the old agent does not serve after the failed upgrade");
+    let report = load.stop();
+    assert_eq!(report.failed, 0, "{report}");
+}

@@ -41,7 +41,30 @@ pub struct Accepted {
 }
 
 /// The next client connection, `None` once `shutdown` is cancelled.
+/// Whether the fronts take connections. Closed only in an upgrade's new agent until its workers
+/// serve: until then the old agent takes every connection from the shared sockets, and if the
+/// new one gives up it has taken none.
+static OPEN: std::sync::LazyLock<tokio::sync::watch::Sender<bool>> =
+    std::sync::LazyLock::new(|| tokio::sync::watch::Sender::new(true));
+
+/// Take no connection until [`open`].
+pub fn hold() {
+    OPEN.send_replace(false);
+}
+
+/// Take connections (again).
+pub fn open() {
+    OPEN.send_replace(true);
+}
+
 pub async fn next(listener: &TcpListener, budget: &Budget, shutdown: &CancellationToken) -> Option<Accepted> {
+    if !*OPEN.borrow() {
+        let mut open = OPEN.subscribe();
+        tokio::select! {
+            _ = open.wait_for(|o| *o) => {}
+            _ = shutdown.cancelled() => return None,
+        }
+    }
     // Its own share first: a front at its cap waits without holding a slot others could use.
     let this_front = tokio::select! {
         s = budget.this_front.clone().acquire_owned() => s.ok()?,

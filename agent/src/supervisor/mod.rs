@@ -125,6 +125,8 @@ pub struct Supervisor {
     halt: CancellationToken,
     /// Where each app's own state survives a restart (its release, a scale, a stop).
     store: Arc<Store>,
+    /// The apps whose workers did not start when this agent started, and why.
+    failed_at_start: Mutex<Vec<String>>,
 }
 
 impl Supervisor {
@@ -173,6 +175,7 @@ impl Supervisor {
             events: Events::default(),
             halt: CancellationToken::new(),
             store,
+            failed_at_start: Mutex::new(Vec::new()),
         });
         for (name, cfg) in &loaded.config.apps {
             let app = sup.create_app(name, cfg)?;
@@ -183,6 +186,7 @@ impl Supervisor {
         for (app, r) in apps.iter().zip(results) {
             if let Err(e) = r {
                 tracing::error!(app = %app.name, error = %e, "workers did not start; see `deployer logs {}`", app.name);
+                sup.failed_at_start.lock().unwrap_or_else(|e| e.into_inner()).push(format!("{}: {e}", app.name));
             }
         }
         Ok(sup)
@@ -424,6 +428,12 @@ impl Supervisor {
         let apps = self.list();
         futures_util::future::join_all(apps.iter().map(|a| a.shutdown())).await;
         self.cgroups.remove_root();
+    }
+
+    /// The apps whose workers did not start when this agent started (an upgrade's new agent
+    /// with such an app gives up, and the old agent serves on).
+    pub fn failed_at_start(&self) -> Vec<String> {
+        self.failed_at_start.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Copies of what an upgrade hands over: the state dir's lock and each app's public socket.
