@@ -155,10 +155,6 @@ async fn serve(path: &Path, secrets: Secrets, exe: &Path) -> anyhow::Result<Exit
         .and_then(tokio::net::TcpListener::from_std)
         .with_context(|| format!("cannot bind the API on `{listen}` (is another agent running?)"))?;
     let api_fd = std::os::fd::AsFd::as_fd(&listener).try_clone_to_owned()?;
-    let control = crate::upgrade::control_listener(&loaded.config.state_dir).with_context(|| {
-        format!("cannot listen on `{}`", crate::upgrade::control_path(&loaded.config.state_dir).display())
-    })?;
-    let control_fd = std::os::fd::AsFd::as_fd(&control).try_clone_to_owned()?;
     if loaded.tokens.is_empty() {
         tracing::warn!("no `tokens` configured: every /v1 request will get 401");
     }
@@ -176,6 +172,12 @@ async fn serve(path: &Path, secrets: Secrets, exe: &Path) -> anyhow::Result<Exit
         crate::front::accept::hold();
     }
     let supervisor = Supervisor::start(&loaded, secrets.clone(), budget.front_connections).await?;
+    // Only now, under the state dir's lock: an agent refused for a running one must not take the
+    // running one's control socket away.
+    let control = crate::upgrade::control_listener(&loaded.config.state_dir).with_context(|| {
+        format!("cannot listen on `{}`", crate::upgrade::control_path(&loaded.config.state_dir).display())
+    })?;
+    let control_fd = std::os::fd::AsFd::as_fd(&control).try_clone_to_owned()?;
     let store = supervisor.store();
     // Reports first: the deploys that start now are reported too.
     let reporter = Reporter::start(store.clone(), &loaded.config);

@@ -187,3 +187,23 @@ fn a_new_agent_whose_workers_do_not_start_gives_up_and_the_old_one_serves_on() {
     let report = load.stop();
     assert_eq!(report.failed, 0, "{report}");
 }
+
+/// A second agent started by mistake on the same config is refused (the state dir's lock) and
+/// leaves the running agent's control socket alone: `upgrade` still reaches the running one.
+#[test]
+fn a_second_agent_refused_by_the_lock_leaves_the_control_socket_to_the_first() {
+    let agent = TestEnv::new().start();
+    let mut upgraded = Upgraded(Vec::new());
+    // Same state dir, another API port: it gets as far as the state dir's lock.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("a port").local_addr().expect("addr").port();
+    let text = agent.config_text();
+    let listen = text.lines().find(|l| l.starts_with("listen:")).expect("a listen line").to_string();
+    let other = agent.dir().join("second.yaml");
+    std::fs::write(&other, text.replace(&listen, &format!("listen: 127.0.0.1:{free}"))).expect("second config");
+    let second = agent.run_agent(&["--config", other.to_str().expect("utf-8")]);
+    assert!(second.stderr.contains("state") || second.stdout.contains("state"), "{}{}", second.stdout, second.stderr);
+    assert_ne!(second.code(), Some(0), "a second agent started: {}{}", second.stdout, second.stderr);
+    let (code, text, pid) = upgrade(&agent);
+    assert_eq!(code, Some(0), "{text}");
+    upgraded.0.extend(pid);
+}
