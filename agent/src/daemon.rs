@@ -286,7 +286,7 @@ async fn serve(path: &Path, secrets: Secrets, exe: &Path) -> anyhow::Result<Exit
                 };
                 // No new deploy from here on (requests answer 503, pull loops pause): the new
                 // agent takes them once it serves; the running ones end first.
-                state.deployer.close();
+                state.deployer.pause();
                 let started = async {
                     crate::upgrade::wait_for_deploys(|| state.deployer.busy_apps(), &req).await?;
                     crate::upgrade::start_new(exe, path, sockets, &req).await
@@ -313,7 +313,7 @@ async fn serve(path: &Path, secrets: Secrets, exe: &Path) -> anyhow::Result<Exit
                     }
                     Err(e) => {
                         supervisor.rewrite_pid_record();
-                        state.deployer.reopen();
+                        state.deployer.resume();
                         req.say(format!("error: {e}"));
                     }
                 }

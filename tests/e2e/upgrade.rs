@@ -207,3 +207,41 @@ fn a_second_agent_refused_by_the_lock_leaves_the_control_socket_to_the_first() {
     assert_eq!(code, Some(0), "{text}");
     upgraded.0.extend(pid);
 }
+
+/// A deploy running when the upgrade is asked for ends first, as it would have (`live`), and
+/// the upgrade says it waits for it.
+#[test]
+fn an_upgrade_waits_for_a_running_deploy_which_ends_live() {
+    let gate = tempfile::tempdir().expect("a temp dir");
+    let gate = gate.path().join("open");
+    let repo = deployer_tests::TestRepo::with_example_app();
+    repo.commit_file("install.sh", "echo fast\n", "an install step");
+    let agent = TestEnv::new().web(|app| app.repo(&repo).set("install", "sh install.sh")).start();
+    let mut upgraded = Upgraded(Vec::new());
+    let script = format!("while [ ! -e {} ]; do sleep 0.05; done\n", gate.display());
+    repo.commit_file("install.sh", &script, "a slow install");
+    repo.commit_greeting("v2");
+    let id = agent.deploy("web", "main");
+    agent.wait_deploy_state(id, "building");
+    let config = agent.config_path();
+    let asker = std::thread::spawn(move || {
+        let mut cmd = std::process::Command::new(deployer_tests::bin("deployer-agent"));
+        cmd.arg("--config").arg(config).arg("upgrade");
+        run_to_end(cmd, Duration::from_secs(180))
+    });
+    assert!(
+        wait_until(Duration::from_secs(20), || agent.log().contains("waiting for the deploys of web")),
+        "the upgrade did not say it waits: {}",
+        agent.log()
+    );
+    std::fs::write(&gate, "").expect("open the gate");
+    let out = asker.join().expect("the upgrade command");
+    assert_eq!(out.code(), Some(0), "{}{}", out.stdout, out.stderr);
+    let text = format!("{}{}", out.stdout, out.stderr);
+    upgraded.0.extend(
+        text.split("new agent (pid ").nth(1).and_then(|r| r.split(')').next()).and_then(|p| p.parse::<u32>().ok()),
+    );
+    let d = agent.deploy_status(id);
+    assert_eq!(d.state, "live", "{d:#?}");
+    assert!(http::get(agent.port("web"), "/").is_ok_and(|r| r.body.starts_with("v2 from worker")));
+}

@@ -79,6 +79,9 @@ pub struct Deployer {
     shutdown: CancellationToken,
     /// Set by [`Deployer::close`]: no new deploy is queued, no pull loop starts.
     closed: AtomicBool,
+    /// An upgrade is handing over: no deploy is taken (the new agent takes them), but the
+    /// running ones end as they would (not `interrupted`, `on_failure` runs).
+    paused: AtomicBool,
     /// The queue runners, the pull loops, the bake windows and the writer of final states the
     /// database refused ([`Deployer::settle_later`]).
     tasks: TaskTracker,
@@ -152,6 +155,7 @@ impl Deployer {
             pullers: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
             closed: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
             tasks: TaskTracker::new(),
             settling: AtomicBool::new(false),
         });
@@ -193,9 +197,18 @@ impl Deployer {
         }
     }
 
-    /// Take deploys again after [`Deployer::close`] (an upgrade that did not happen).
-    pub fn reopen(self: &Arc<Self>) {
-        self.closed.store(false, Ordering::SeqCst);
+    /// An upgrade hands over: take no deploy and stop the pull loops until [`Deployer::resume`]
+    /// (the upgrade failed) or the stop; running and queued deploys go on and end as usual.
+    pub fn pause(&self) {
+        self.paused.store(true, Ordering::SeqCst);
+        for (_, stop) in self.pullers.lock().unwrap_or_else(|e| e.into_inner()).drain().map(|(_, v)| v) {
+            stop.cancel();
+        }
+    }
+
+    /// Take deploys again after [`Deployer::pause`] (an upgrade that did not happen).
+    pub fn resume(self: &Arc<Self>) {
+        self.paused.store(false, Ordering::SeqCst);
         self.apply_schedules();
     }
 
@@ -258,7 +271,7 @@ impl Deployer {
             keep
         });
         for (app, schedule) in wanted {
-            if pullers.contains_key(&app) || self.stopping() {
+            if pullers.contains_key(&app) || self.stopping() || self.paused.load(Ordering::SeqCst) {
                 continue;
             }
             let stop = self.shutdown.child_token();
@@ -311,7 +324,7 @@ impl Deployer {
         trigger: Trigger,
         by: &Requester,
     ) -> Result<DeployAccepted, DeployError> {
-        if self.stopping() {
+        if self.stopping() || self.paused.load(Ordering::SeqCst) {
             return Err(DeployError::Stopping);
         }
         let (a, _) = self.git_app(app)?;
