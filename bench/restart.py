@@ -85,68 +85,62 @@ apps:
         self.proc.send_signal(sig); self.proc.wait()
 
 
-def upgrade_case(args, keepalive):
-    with tempfile.TemporaryDirectory(prefix="deployer-restart-") as work:
-        agent = Agent(args, work, False)
-        agent.start()
-        seconds = args.times * 4 + 4
-        cmd = [sys.executable, args.loadcheck, "--port", str(agent.port), "--conns", str(args.conns),
-               "--seconds", str(seconds)] + (["--keepalive"] if keepalive else [])
-        load = subprocess.Popen(cmd, stdout=subprocess.PIPE)
-        time.sleep(2)
-        took, pid = [], None
-        for _ in range(args.times):
-            t0 = time.monotonic()
-            out = subprocess.run([args.agent, "--config", agent.cfg, "upgrade"], capture_output=True, text=True)
-            took.append(time.monotonic() - t0)
-            if out.returncode != 0:
-                sys.exit(f"upgrade failed:\n{out.stderr}")
-            pid = int(out.stderr.split("new agent (pid ")[1].split(")")[0])
-            time.sleep(1)
-        out, _ = load.communicate()
-        if pid:
-            os.kill(pid, signal.SIGTERM)
-            while os.path.exists(f"/proc/{pid}"):
-                time.sleep(0.05)
-        agent.proc.wait()
-        r = json.loads(out)
-        client = "keep-alive" if keepalive else "conn/request"
-        print(f"| {'upgrade':12} | {client:12} | {r['ok']:6} | {r['failed']:5} | {json.dumps(r['fail']) or '{}'} | {max(took):.2f}s |",
-              flush=True)
+def restart_once(args, agent, sig):
+    """Stop the agent with `sig` and start a new one; answers the time until the app answered
+    again (a GET sent right after the stop: with held sockets it waits in the queue, without it
+    is refused until the new agent binds, so it is retried)."""
+    agent.stop(sig)
+    t0 = time.monotonic()
+    gaps, done = [], threading.Event()
+    def probe():
+        while not done.is_set():
+            try:
+                if get(agent.port, 30) == 200:
+                    gaps.append(time.monotonic() - t0); done.set(); return
+            except Exception:
+                time.sleep(0.005)
+    t = threading.Thread(target=probe); t.start()
+    agent.start()
+    t.join(30); done.set()
+    return gaps[0] if gaps else None
+
+
+def upgrade_once(args, agent):
+    """`deployer-agent upgrade`; answers how long it took. The new agent is not our child: its
+    pid is kept to stop it at the end."""
+    t0 = time.monotonic()
+    out = subprocess.run([args.agent, "--config", agent.cfg, "upgrade"], capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"upgrade failed:\n{out.stderr}")
+    agent.upgraded_pid = int(out.stderr.split("new agent (pid ")[1].split(")")[0])
+    return time.monotonic() - t0
 
 
 def case(args, name, sig, held, keepalive):
-    if name == "upgrade":
-        return upgrade_case(args, keepalive)
     with tempfile.TemporaryDirectory(prefix="deployer-restart-") as work:
         agent = Agent(args, work, held)
+        agent.upgraded_pid = None
         agent.start()
-        seconds = args.times * 6 + 4
+        pause = 1 if name == "upgrade" else 3
+        seconds = args.times * (pause + 3) + 4
         cmd = [sys.executable, args.loadcheck, "--port", str(agent.port), "--conns", str(args.conns),
                "--seconds", str(seconds)] + (["--keepalive"] if keepalive else [])
         load = subprocess.Popen(cmd, stdout=subprocess.PIPE)
         time.sleep(2)
         gaps = []
         for _ in range(args.times):
-            agent.stop(sig)
-            t0 = time.monotonic()
-            # In a thread: with held sockets it waits in the queue; without, it is refused until
-            # the new agent binds, so retry.
-            done = threading.Event()
-            def probe():
-                while not done.is_set():
-                    try:
-                        if get(agent.port, 30) == 200:
-                            gaps.append(time.monotonic() - t0); done.set(); return
-                    except Exception:
-                        time.sleep(0.005)
-            t = threading.Thread(target=probe); t.start()
-            agent.start()
-            t.join(30); done.set()
-            time.sleep(3)
+            gaps.append(upgrade_once(args, agent) if name == "upgrade" else restart_once(args, agent, sig))
+            time.sleep(pause)
         out, _ = load.communicate()
-        agent.stop(signal.SIGTERM)
+        if agent.upgraded_pid:
+            os.kill(agent.upgraded_pid, signal.SIGTERM)
+            while os.path.exists(f"/proc/{agent.upgraded_pid}"):
+                time.sleep(0.05)
+            agent.proc.wait()
+        else:
+            agent.stop(signal.SIGTERM)
         r = json.loads(out)
+        gaps = [g for g in gaps if g is not None]
         gap = f"{max(gaps):.2f}s" if gaps else "?"
         client = "keep-alive" if keepalive else "conn/request"
         print(f"| {name:12} | {client:12} | {r['ok']:6} | {r['failed']:5} | {json.dumps(r['fail']) or '{}'} | {gap} |",
