@@ -23,14 +23,24 @@ impl Drop for Upgraded {
     }
 }
 
-/// Run `deployer-agent upgrade`; answers its exit code, its output and the new agent's pid.
-fn upgrade(agent: &Agent) -> (Option<i32>, String, Option<u32>) {
+/// Run `deployer-agent upgrade` on `config` to its end.
+fn ask_upgrade(config: &std::path::Path) -> deployer_tests::CliOutput {
     // The build's binary asks: the agent's own may be broken on purpose.
     let mut cmd = std::process::Command::new(deployer_tests::bin("deployer-agent"));
-    cmd.arg("--config").arg(agent.config_path()).arg("upgrade");
-    let out = run_to_end(cmd, Duration::from_secs(180));
+    cmd.arg("--config").arg(config).arg("upgrade");
+    run_to_end(cmd, Duration::from_secs(180))
+}
+
+/// The new agent's pid in an upgrade's output or the agent's log.
+fn new_pid(text: &str) -> Option<u32> {
+    text.split("new agent (pid ").nth(1)?.split(')').next()?.parse().ok()
+}
+
+/// Run `deployer-agent upgrade`; answers its exit code, its output and the new agent's pid.
+fn upgrade(agent: &Agent) -> (Option<i32>, String, Option<u32>) {
+    let out = ask_upgrade(&agent.config_path());
     let text = format!("{}{}", out.stdout, out.stderr);
-    let pid = text.split("new agent (pid ").nth(1).and_then(|rest| rest.split(')').next()).and_then(|p| p.parse().ok());
+    let pid = new_pid(&text);
     (out.code(), text, pid)
 }
 
@@ -106,11 +116,7 @@ fn a_stop_during_an_upgrade_ends_the_new_agent_and_then_the_old_one() {
     // A "new agent" that never says it serves.
     write_executable(&binary, b"#!/bin/sh\nexec sleep 300\n");
     let config = agent.config_path();
-    let asker = std::thread::spawn(move || {
-        let mut cmd = std::process::Command::new(deployer_tests::bin("deployer-agent"));
-        cmd.arg("--config").arg(config).arg("upgrade");
-        run_to_end(cmd, Duration::from_secs(180))
-    });
+    let asker = std::thread::spawn(move || ask_upgrade(&config));
     let new_pid: Option<u32> = deployer_tests::poll(Duration::from_secs(20), || {
         let log = agent.log();
         let rest = log.split("upgrade: started the new agent").nth(1)?;
@@ -131,16 +137,16 @@ fn sigusr2_upgrades_as_the_command_does() {
     let mut upgraded = Upgraded(Vec::new());
     let old = agent.pid();
     agent.signal(Signal::SIGUSR2);
-    let new_pid: Option<u32> = deployer_tests::poll(Duration::from_secs(60), || {
+    let pid = deployer_tests::poll(Duration::from_secs(60), || {
         let log = agent.log();
         if !log.contains("upgrade complete: the previous agent has exited") {
             return None;
         }
-        log.split("the new agent (pid ").nth(1)?.split(')').next()?.parse().ok()
+        new_pid(&log)
     });
-    let new_pid = new_pid.unwrap_or_else(|| panic!("no upgrade after SIGUSR2:\n{}", agent.log()));
-    upgraded.0.push(new_pid);
-    assert_ne!(new_pid, old);
+    let pid = pid.unwrap_or_else(|| panic!("no upgrade after SIGUSR2:\n{}", agent.log()));
+    upgraded.0.push(pid);
+    assert_ne!(pid, old);
     assert!(wait_until(Duration::from_secs(20), || !pid_alive(old)), "the old agent runs on");
     assert!(http::get(agent.port("web"), "/").is_ok_and(|r| r.status == 200), "the app does not answer");
 }
@@ -224,11 +230,7 @@ fn an_upgrade_waits_for_a_running_deploy_which_ends_live() {
     let id = agent.deploy("web", "main");
     agent.wait_deploy_state(id, "building");
     let config = agent.config_path();
-    let asker = std::thread::spawn(move || {
-        let mut cmd = std::process::Command::new(deployer_tests::bin("deployer-agent"));
-        cmd.arg("--config").arg(config).arg("upgrade");
-        run_to_end(cmd, Duration::from_secs(180))
-    });
+    let asker = std::thread::spawn(move || ask_upgrade(&config));
     assert!(
         wait_until(Duration::from_secs(20), || agent.log().contains("waiting for the deploys of web")),
         "the upgrade did not say it waits: {}",
@@ -238,9 +240,7 @@ fn an_upgrade_waits_for_a_running_deploy_which_ends_live() {
     let out = asker.join().expect("the upgrade command");
     assert_eq!(out.code(), Some(0), "{}{}", out.stdout, out.stderr);
     let text = format!("{}{}", out.stdout, out.stderr);
-    upgraded.0.extend(
-        text.split("new agent (pid ").nth(1).and_then(|r| r.split(')').next()).and_then(|p| p.parse::<u32>().ok()),
-    );
+    upgraded.0.extend(new_pid(&text));
     let d = agent.deploy_status(id);
     assert_eq!(d.state, "live", "{d:#?}");
     assert!(http::get(agent.port("web"), "/").is_ok_and(|r| r.body.starts_with("v2 from worker")));
