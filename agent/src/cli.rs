@@ -12,8 +12,10 @@ use std::path::PathBuf;
     after_help = "Examples:\n  \
         deployer-agent quickstart                      # a git repo + an agent deploying it\n  \
         DEPLOYER_TOKEN=change-me-please deployer-agent --config examples/agent.yaml\n  \
-        deployer-agent check --config agent.yaml\n\n\
-        Signals: SIGTERM/SIGINT stop gracefully (drain, stop workers, exit 0); SIGHUP re-reads the config.\n\
+        deployer-agent check --config agent.yaml\n  \
+        deployer-agent --config agent.yaml upgrade     # to the binary now on disk, no request fails\n\n\
+        Signals: SIGTERM/SIGINT stop gracefully (drain, stop workers, exit 0); SIGHUP re-reads the config;\n\
+        SIGUSR2 upgrades as `upgrade` does.\n\
         Logs: RUST_LOG=debug for more detail."
 )]
 pub struct Cli {
