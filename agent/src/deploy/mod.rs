@@ -164,8 +164,47 @@ impl Deployer {
             let dir = AppDir::new(git.dir);
             d.remove_incomplete(&app.name, &dir, app.release().map(|r| r.name));
         }
+        d.resume_bakes();
         d.apply_config(Trigger::Startup)?;
         Ok(d)
+    }
+
+    /// Watch the rest of each bake window a previous agent left (it stopped, or handed over in
+    /// an upgrade, within it); a window that ended meanwhile, or whose release no longer serves,
+    /// ends its deploy `live`, saying so.
+    fn resume_bakes(self: &Arc<Self>) {
+        let bakes = match self.store.unfinished_bakes() {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the bake windows a previous agent left; they stay `baking`");
+                return;
+            }
+        };
+        for (id, row) in bakes {
+            let app = row.as_ref().and_then(|r| self.supervisor.app(&r.app).ok());
+            let serving =
+                app.as_ref().zip(row.as_ref()).is_some_and(|(a, r)| a.release().is_some_and(|l| l.name == r.release));
+            match (row, app) {
+                (Some(row), Some(app)) if serving && !crate::store::left_of(row.until_ms).is_zero() => {
+                    let left = crate::store::left_of(row.until_ms);
+                    tracing::info!(id, app = %app.name, release = %row.release, left_ms = left.as_millis() as u64, "watching the rest of a bake window a previous agent began");
+                    self.tasks.spawn(pipeline::Bake::resume(self, app, row).watch());
+                }
+                (Some(row), _) if serving => {
+                    let why = format!("{}: its bake window ended while no agent watched it", row.live);
+                    pipeline::finish(self, id, DeployState::Live, &why);
+                }
+                (Some(row), _) => {
+                    let why =
+                        format!("{}: another release serves since the agent stopped within its bake window", row.live);
+                    pipeline::finish(self, id, DeployState::Live, &why);
+                }
+                (None, _) => {
+                    let why = "live: the agent stopped during the bake window, which was not finished";
+                    pipeline::finish(self, id, DeployState::Live, why);
+                }
+            }
+        }
     }
 
     /// Make the deploys match the config (at start, and after SIGHUP applied a new one): a git app

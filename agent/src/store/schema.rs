@@ -81,6 +81,16 @@ const STEPS: &[&str] = &[
     // an upgrade two agents share the outbox for a moment, and only one sends each report.
     "ALTER TABLE report_outbox ADD COLUMN claimed_by INTEGER;
     ALTER TABLE report_outbox ADD COLUMN claimed_until INTEGER;",
+    // 6: bake windows in progress, so the next agent (an upgrade's, a restart's) watches the rest.
+    "CREATE TABLE bakes (
+        deploy_id INTEGER PRIMARY KEY REFERENCES deploys (id),
+        app TEXT NOT NULL,
+        release TEXT NOT NULL,
+        previous TEXT,
+        until_ms INTEGER NOT NULL,
+        window_ms INTEGER NOT NULL,
+        live TEXT NOT NULL
+    );",
 ];
 
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
