@@ -311,6 +311,8 @@ mod tests {
             instances: workers.len() as u32,
             state: deployer_wire::AppState::Running,
             workers,
+            release: None,
+            requests_total: None,
         }
     }
 

@@ -25,6 +25,15 @@ pub struct AppStatus {
     pub instances: u32,
     pub state: AppState,
     pub workers: Vec<WorkerStatus>,
+    /// The release the workers run (`<seq>-<shortsha>`), for an app deployed from git that has
+    /// one. Absent otherwise, and from agents older than this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    /// Requests (connections in `tcp` mode) through the app's front since the agent started: a
+    /// counter, from which `deployer monit` derives requests per second. Absent for apps without
+    /// a front (`fd`, `none`), and from agents older than this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_total: Option<u64>,
 }
 
 /// One worker process of an app.

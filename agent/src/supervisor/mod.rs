@@ -32,7 +32,7 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -900,6 +900,9 @@ impl App {
             instances: self.instances.load(SeqCst),
             state,
             workers: self.workers().iter().map(|w| w.to_wire()).collect(),
+            release: self.release().map(|r| r.name),
+            // The front counts in `http` and `tcp` modes; in `fd` and `none` nothing passes it.
+            requests_total: matches!(mode, AppMode::Http | AppMode::Tcp).then(|| self.stats.requests.load(Relaxed)),
         }
     }
 
