@@ -341,7 +341,7 @@ async fn follow_logs(key: AppKey, client: Client, retry: Duration, tx: Unbounded
         if tx.send(Update::LogsFailed(key.clone(), why)).is_err() {
             return;
         }
-        tokio::time::sleep(retry.max(MIN_ANSWER_TIME)).await;
+        tokio::time::sleep(retry.max(Duration::from_secs(1))).await;
     }
 }
 

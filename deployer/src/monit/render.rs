@@ -9,7 +9,7 @@ use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style, Stylize};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, List, ListItem, ListState, Paragraph};
+use ratatui::widgets::{Block, HighlightSpacing, List, ListItem, ListState, Paragraph};
 
 use super::state::{AppView, Dashboard, HostView, Reach, Status};
 use crate::output::{human_bytes, human_uptime};
@@ -34,6 +34,9 @@ const RIGHT: [bool; 10] = [false, false, true, true, true, true, true, true, tru
 /// Colours that tell workers apart in the log tail (as `deployer logs` does).
 const WORKER_COLOURS: [Color; 5] = [Color::Cyan, Color::Green, Color::Magenta, Color::Yellow, Color::Blue];
 
+/// The mark of the selected app's row.
+const SELECTED: &str = "▸ ";
+
 const DIM: Style = Style::new().fg(Color::DarkGray);
 const KEYS: &str = "↑/↓ select   r reload   R restart   + / - scale by one   q quit";
 
@@ -54,7 +57,7 @@ pub fn draw(frame: &mut Frame, d: &Dashboard) {
     ])
     .areas(area);
 
-    let every = crate::output::human_elapsed(d.interval.as_millis() as u64);
+    let every = humantime::format_duration(d.interval);
     frame.render_widget(
         Line::from(vec![
             Span::styled(" deployer monit", Style::new().bold()),
@@ -69,9 +72,17 @@ pub fn draw(frame: &mut Frame, d: &Dashboard) {
     frame.render_widget(block, apps);
     let [header, list] = Layout::vertical([Constraint::Length(1), Constraint::Min(0)]).areas(inner);
     let titles: Vec<String> = COLUMNS.iter().map(|(t, _)| t.to_string()).collect();
-    frame.render_widget(columns(&titles, Style::new().bold().fg(Color::Cyan)), header);
+    let mut titles = columns(&titles, Style::new().bold().fg(Color::Cyan));
+    // Above the rows, which leave room for the selection's mark.
+    titles.spans.insert(0, Span::raw(" ".repeat(SELECTED.chars().count())));
+    frame.render_widget(titles, header);
     let mut state = ListState::default().with_selected(selected);
-    let list_widget = List::new(items).highlight_style(Style::new().add_modifier(Modifier::REVERSED));
+    // Reversed, and marked for terminals without colour or attributes.
+    let list_widget =
+        List::new(items)
+            .highlight_style(Style::new().add_modifier(Modifier::REVERSED))
+            .highlight_symbol(SELECTED)
+            .highlight_spacing(HighlightSpacing::Always);
     frame.render_stateful_widget(list_widget, list, &mut state);
 
     draw_logs(frame, d, logs);
@@ -272,7 +283,7 @@ mod tests {
     fn row<'a>(screen: &'a str, starts: &str) -> &'a str {
         screen
             .lines()
-            .find(|l| l.trim_start_matches(['│', ' ']).starts_with(starts))
+            .find(|l| l.trim_start_matches(['│', '▸', ' ']).starts_with(starts))
             .unwrap_or_else(|| panic!("no row starts with `{starts}`:\n{screen}"))
     }
 
@@ -308,9 +319,12 @@ mod tests {
     fn both_apps_show_with_their_workers_rates_and_log_tail() {
         let d = two_apps();
         let s = screen(&d, 120, 24);
-        assert!(s.contains("deployer monit  http://127.0.0.1:7070  refreshed every 1.00s"), "{s}");
+        assert!(s.contains("deployer monit  http://127.0.0.1:7070  refreshed every 1s"), "{s}");
         assert!(row(&s, "● http://127.0.0.1:7070").contains("2 apps"), "{s}");
         let web = row(&s, "web ");
+        assert!(web.starts_with("│▸ web"), "the selected app is marked: {web}");
+        assert!(row(&s, "queue").starts_with("│  queue"), "{s}");
+        assert!(s.contains("│  APP / WORKER"), "the titles are above their columns: {s}");
         for cell in ["running", "3.0%", "80.0mb", "25.0", " 2 ", "1a2b3c4"] {
             assert!(web.contains(cell), "web's row lacks `{cell}`: {web}\n{s}");
         }
