@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use deployer_tests::{AppSpec, Load, TestEnv, Tmux};
+use std::path::Path;
+
+use deployer_tests::{AppSpec, Load, TestEnv, TestFleet, TestRepo, Tmux};
 
 /// How long the screen may take to show a change (a poll every 300 ms, a worker starting).
 const SHOWN: Duration = Duration::from_secs(30);
@@ -23,30 +25,41 @@ fn workers(screen: &str, app: &str) -> Option<String> {
     row(screen, &format!("{app} ")).and_then(|cells| cells.get(6).cloned())
 }
 
+/// `deployer <args>` run in `dir` in a 160×40 terminal; when it ends, the shell prints its exit
+/// code and the terminal's modes (`stty -a`), then waits.
+fn monit_in_tmux(dir: &Path, args: &str, env: &[(&str, &str)]) -> Tmux {
+    let command = format!(
+        "cd '{}' && '{}' {args}; echo \"monit exited $?\"; stty -a; exec cat",
+        dir.display(),
+        deployer_tests::bin("deployer").display()
+    );
+    Tmux::start(160, 40, env, &command)
+}
+
+/// Whether the row of worker `name` (`├ web-0`) shows `state` and `pid`.
+fn worker_is(screen: &str, name: &str, state: &str, pid: u32) -> bool {
+    // `├`, `web-0`, state, pid...
+    row(screen, name).is_some_and(|cells| cells.get(2..4).is_some_and(|c| c[0] == state && c[1] == pid.to_string()))
+}
+
 #[test]
 fn monit_shows_both_apps_follows_changes_and_gives_the_terminal_back() {
     let mut agent = TestEnv::new().app(AppSpec::new("api").instances(1)).start();
     let api_url = format!("http://127.0.0.1:{}", agent.api_port());
-    let command = format!(
-        "'{}' --agent {api_url} monit --interval 300ms; echo \"monit exited $?\"; stty -a; exec cat",
-        deployer_tests::bin("deployer").display()
-    );
-    let tmux = Tmux::start(160, 40, &[("DEPLOYER_TOKEN", &agent.token("admin"))], &command);
+    let args = format!("--agent {api_url} monit --interval 300ms");
+    let tmux = monit_in_tmux(agent.dir(), &args, &[("DEPLOYER_TOKEN", &agent.token("admin"))]);
     let load = Load::start(agent.port("web"), 2, true);
 
-    // Both apps, each worker under its app, the selected app's log tail.
-    let screen = tmux.wait_for(SHOWN, "both apps and their workers", |s| {
-        workers(s, "web").as_deref() == Some("2")
+    // Both apps, each worker under its app with its pid.
+    let pids = agent.pids("web");
+    tmux.wait_for(SHOWN, "both apps and their workers", |s| {
+        s.contains(&format!("● {api_url}  2 apps"))
+            && workers(s, "web").as_deref() == Some("2")
             && workers(s, "api").as_deref() == Some("1")
-            && row(s, "├ web-0").is_some()
-            && row(s, "└ web-1").is_some()
-            && row(s, "└ api-0").is_some()
+            && worker_is(s, "├ web-0", "online", pids[0])
+            && worker_is(s, "└ web-1", "online", pids[1])
+            && row(s, "└ api-0").is_some_and(|cells| cells.len() > 4)
     });
-    assert!(screen.contains(&format!("● {api_url}  2 apps")), "{screen}");
-    let web0 = row(&screen, "├ web-0").unwrap_or_default();
-    // `├`, `web-0`, state, pid...
-    assert_eq!(web0.get(2).map(String::as_str), Some("online"), "{screen}");
-    assert_eq!(web0.get(3), Some(&agent.pids("web")[0].to_string()), "web-0's pid: {screen}");
     // Requests per second through web's front, from the agent's counter.
     tmux.wait_for(SHOWN, "web's requests per second", |s| {
         row(s, "web ").and_then(|cells| cells.get(5)?.parse::<f64>().ok()).is_some_and(|rps| rps > 0.0)
@@ -82,11 +95,73 @@ fn monit_shows_both_apps_follows_changes_and_gives_the_terminal_back() {
 
     // `q` ends it: exit 0, the shell's screen back, the terminal in cooked mode with echo.
     tmux.keys(&["q"]);
-    let screen = tmux.wait_for(SHOWN, "monit's exit", |s| s.contains("monit exited"));
+    // `stty -a` ends with the local modes (`... -flusho -extproc`).
+    let screen = tmux.wait_for(SHOWN, "monit's exit and the terminal's modes", |s| {
+        s.contains("monit exited") && s.contains("flusho")
+    });
     assert!(screen.contains("monit exited 0"), "{screen}");
     assert!(!screen.contains("deployer monit"), "the alternate screen is gone: {screen}");
     let modes: Vec<&str> = screen.split_whitespace().collect();
     assert!(modes.contains(&"icanon") && modes.contains(&"echo"), "raw mode is off: {screen}");
     assert_eq!(tmux.pane("#{alternate_on}"), "0");
     assert_eq!(tmux.pane("#{cursor_flag}"), "1", "the cursor shows again");
+}
+
+#[test]
+fn monit_of_an_environment_shows_every_host_and_the_live_sha() {
+    let mut fleet = TestFleet::start(TestRepo::with_example_app(), 2, |_, app| app);
+    fleet.write_file("prod", &fleet.hosts(), "{}");
+    let sha = fleet.repo.head();
+    let token = fleet.token().to_owned();
+    let tmux = monit_in_tmux(
+        fleet.repo.path(),
+        "monit prod --interval 300ms",
+        &[("DEPLOYER_FLEET_TOKEN", &token), ("DEPLOYER_AGENT", "http://127.0.0.1:9")],
+    );
+    // Hosts are shown as deployer.yaml's labels: `127.0.0.1:7070`.
+    let labels: Vec<String> = fleet.agents.iter().map(|a| format!("127.0.0.1:{}", a.api_port())).collect();
+    let label = |i: usize| labels[i].clone();
+
+    let short = &sha[..7];
+    // Each condition waits for a whole screen: tmux may show one half drawn.
+    tmux.wait_for(SHOWN, "both hosts, each with web at the live sha", |s| {
+        s.contains("prod (2 hosts)")
+            && s.contains(&format!("● {}  1 app", label(0)))
+            && s.contains(&format!("● {}  1 app", label(1)))
+            && s.lines()
+                .filter(|l| row(l, "web ").is_some_and(|cells| cells.last().map(String::as_str) == Some(short)))
+                .count()
+                == 2
+            && s.contains(&format!("logs · web on {}", label(0)))
+    });
+
+    // One host down: it says so, the other goes on.
+    fleet.agents[1].stop();
+    tmux.wait_for(SHOWN, "the second host unreachable", |s| {
+        s.contains(&format!("✗ {}  unreachable: ", label(1))) && s.contains(&format!("● {}  1 app", label(0)))
+    });
+
+    tmux.keys(&["C-c"]);
+    let screen = tmux.wait_for(SHOWN, "monit's exit", |s| s.contains("monit exited"));
+    assert!(screen.contains("monit exited 0"), "Ctrl-C quits: {screen}");
+    assert_eq!(tmux.pane("#{alternate_on}"), "0");
+}
+
+#[test]
+fn monit_needs_a_terminal_and_says_what_scripts_use() {
+    let deployer = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(deployer_tests::bin("deployer"));
+        cmd.args(["--agent", "http://127.0.0.1:9"]).args(args).env("NO_COLOR", "1");
+        deployer_tests::run_to_end(cmd, SHOWN)
+    };
+    // run_to_end gives it no terminal: stdin is /dev/null, stdout a pipe.
+    let out = deployer(&["monit"]).failure(1);
+    assert!(out.stderr.contains("`monit` needs a terminal"), "{out}");
+    assert!(out.stderr.contains("hint: run it in a terminal; for scripts: `deployer ls --json`"), "{out}");
+    let out = deployer(&["monit", "--json"]).failure(1);
+    assert!(out.stderr.contains("it has no --json"), "{out}");
+    let help = deployer(&["monit", "--help"]).success();
+    for taught in ["r reloads it", "deployer monit prod", "--interval <DURATION>", "unreachable"] {
+        assert!(help.stdout.contains(taught), "--help lacks `{taught}`: {help}");
+    }
 }

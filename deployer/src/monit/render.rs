@@ -78,11 +78,10 @@ pub fn draw(frame: &mut Frame, d: &Dashboard) {
     frame.render_widget(titles, header);
     let mut state = ListState::default().with_selected(selected);
     // Reversed, and marked for terminals without colour or attributes.
-    let list_widget =
-        List::new(items)
-            .highlight_style(Style::new().add_modifier(Modifier::REVERSED))
-            .highlight_symbol(SELECTED)
-            .highlight_spacing(HighlightSpacing::Always);
+    let list_widget = List::new(items)
+        .highlight_style(Style::new().add_modifier(Modifier::REVERSED))
+        .highlight_symbol(SELECTED)
+        .highlight_spacing(HighlightSpacing::Always);
     frame.render_stateful_widget(list_widget, list, &mut state);
 
     draw_logs(frame, d, logs);

@@ -135,6 +135,9 @@ pub struct Dashboard {
     /// The app the keys act on and the log tail shows. Kept by name, so it survives apps that
     /// come, go and come back (an agent that restarts).
     pub selected: Option<AppKey>,
+    /// Whether a person moved the selection: until then it is the first app shown, whichever
+    /// host answers first.
+    chosen: bool,
     pub logs: LogTail,
     pub status: Status,
     /// Only this app, when `--app` names one.
@@ -148,6 +151,7 @@ impl Dashboard {
             interval,
             hosts: hosts.into_iter().map(|label| HostView { label, reach: Reach::Waiting, apps: Vec::new() }).collect(),
             selected: None,
+            chosen: false,
             logs: LogTail::default(),
             status: Status::Idle,
             only,
@@ -179,8 +183,9 @@ impl Dashboard {
                     .collect();
             }
         }
-        if self.selected.as_ref().is_none_or(|s| self.position(s).is_none()) && self.hosts[host].reach == Reach::Up {
-            // Nothing selected yet, or the selected app is gone: the first app there is.
+        let gone = self.selected.as_ref().is_none_or(|s| self.position(s).is_none());
+        if (!self.chosen || gone) && self.hosts[host].reach == Reach::Up {
+            // Nothing chosen yet, or the chosen app is gone: the first app there is.
             self.selected = self.keys().into_iter().next().or(self.selected.take());
         }
     }
@@ -210,6 +215,7 @@ impl Dashboard {
             None => 0,
         };
         self.selected = Some(keys[next].clone());
+        self.chosen = true;
     }
 
     /// The selected app as last seen.
@@ -313,9 +319,10 @@ pub mod tests {
     fn the_selection_follows_apps_by_name_and_stops_at_the_ends() {
         let mut d = Dashboard::new("t".into(), Duration::from_secs(1), vec!["a".into(), "b".into()], None);
         let now = Instant::now();
-        d.apply(0, Ok(vec![app("web", 1, vec![], None), app("api", 1, vec![], None)]), now);
-        assert_eq!(d.selected, Some(key(0, "web")), "the first app is selected");
         d.apply(1, Ok(vec![app("web", 1, vec![], None)]), now);
+        assert_eq!(d.selected, Some(key(1, "web")), "the first app shown is selected");
+        d.apply(0, Ok(vec![app("web", 1, vec![], None), app("api", 1, vec![], None)]), now);
+        assert_eq!(d.selected, Some(key(0, "web")), "until a key moves it, the first app shown is selected");
         d.select(1);
         d.select(1);
         assert_eq!(d.selected, Some(key(1, "web")));
