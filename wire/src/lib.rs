@@ -635,6 +635,18 @@ mod tests {
         assert!(serde_json::from_str::<Trigger>("3").is_err(), "not a name at all is still an error");
     }
 
+    /// `release` and `requests_total` came later: an older agent's answer reads without them,
+    /// and an app without them writes none (an older CLI ignores them anyway).
+    #[test]
+    fn app_statuses_of_older_agents_read() {
+        let old = serde_json::json!({
+            "name": "web", "mode": "http", "port": 3000, "instances": 2, "state": "running", "workers": []
+        });
+        let app: AppStatus = serde_json::from_value(old.clone()).unwrap();
+        assert_eq!((app.release.as_deref(), app.requests_total), (None, None));
+        assert_eq!(serde_json::to_value(&app).unwrap(), old);
+    }
+
     #[test]
     fn scripts_compare_values_with_the_names_they_see() {
         assert!(DeployState::RolledBack == "rolled_back" && EventState::Log == "log");
