@@ -16,7 +16,7 @@ use crate::output::{human_bytes, human_uptime};
 
 /// The columns: title and width. The first is the app's (or worker's) name.
 const COLUMNS: [(&str, usize); 10] = [
-    ("APP / WORKER", 24),
+    ("APP / WORKER", 20),
     ("STATE", 11),
     ("PID", 8),
     ("CPU", 7),
