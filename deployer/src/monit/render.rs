@@ -126,14 +126,24 @@ fn host_line(host: &HostView) -> Line<'static> {
             let n = host.apps.len();
             ("●", Color::Green, if n == 1 { "1 app".to_owned() } else { format!("{n} apps") })
         }
-        Reach::Unreachable(why) => ("✗", Color::Red, format!("unreachable: {why}")),
-        Reach::Refused(why) => ("✗", Color::Red, format!("answered: {why}")),
+        Reach::Unreachable(why) => ("✗", Color::Red, format!("unreachable: {why}{}", shown_since(host))),
+        Reach::Refused(why) => ("✗", Color::Red, format!("answered: {why}{}", shown_since(host))),
     };
     Line::from(vec![
         Span::styled(format!("{mark} "), Style::new().fg(colour).bold()),
         Span::styled(host.label.clone(), Style::new().bold()),
         Span::styled(format!("  {words}"), Style::new().fg(colour)),
     ])
+}
+
+/// `  (shown: its answer of 12s ago)`: how old the dimmed rows of a host that stopped answering are.
+fn shown_since(host: &HostView) -> String {
+    match host.silent_for() {
+        Some(age) if !host.apps.is_empty() => {
+            format!("  (shown: its answer of {} ago)", human_uptime(age.as_millis() as u64))
+        }
+        _ => String::new(),
+    }
 }
 
 fn app_line(app: &AppView, stale: bool) -> Line<'static> {
@@ -362,10 +372,15 @@ mod tests {
     #[test]
     fn an_unreachable_agent_says_so_and_keeps_what_it_last_said() {
         let mut d = two_apps();
-        d.apply(0, Err(Failure::unreachable("connection refused")), Instant::now());
+        let last = d.hosts[0].answered_at.unwrap();
+        d.apply(0, Err(Failure::unreachable("connection refused")), last + Duration::from_secs(12));
         d.status = Status::Failed("reload of web failed: the agent is stopping".into());
         let s = screen(&d, 120, 24);
-        assert!(row(&s, "✗ http://127.0.0.1:7070").contains("unreachable: connection refused"), "{s}");
+        assert!(
+            row(&s, "✗ http://127.0.0.1:7070")
+                .contains("unreachable: connection refused  (shown: its answer of 12s ago)"),
+            "{s}"
+        );
         assert!(row(&s, "web ").contains(" - "), "no rate without an answer: {s}");
         assert!(s.contains("✗ reload of web failed: the agent is stopping"), "{s}");
     }

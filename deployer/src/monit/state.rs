@@ -102,6 +102,17 @@ pub struct HostView {
     pub label: String,
     pub reach: Reach,
     pub apps: Vec<AppView>,
+    /// When it last answered with its apps, and when it was last asked (answered or not): how
+    /// old what is shown of an unreachable host is.
+    pub answered_at: Option<Instant>,
+    pub asked_at: Option<Instant>,
+}
+
+impl HostView {
+    /// How long before the last request the host last answered; `None` if it never did.
+    pub fn silent_for(&self) -> Option<Duration> {
+        Some(self.asked_at?.saturating_duration_since(self.answered_at?))
+    }
 }
 
 /// The selected app's last lines, as its log stream sends them.
@@ -149,7 +160,16 @@ impl Dashboard {
         Dashboard {
             title,
             interval,
-            hosts: hosts.into_iter().map(|label| HostView { label, reach: Reach::Waiting, apps: Vec::new() }).collect(),
+            hosts: hosts
+                .into_iter()
+                .map(|label| HostView {
+                    label,
+                    reach: Reach::Waiting,
+                    apps: Vec::new(),
+                    answered_at: None,
+                    asked_at: None,
+                })
+                .collect(),
             selected: None,
             chosen: false,
             logs: LogTail::default(),
@@ -161,6 +181,7 @@ impl Dashboard {
     /// A host's answer to `GET /v1/apps` (or why there was none), read at `at`.
     pub fn apply(&mut self, host: usize, answer: Result<Vec<AppStatus>, Failure>, at: Instant) {
         let Some(view) = self.hosts.get_mut(host) else { return };
+        view.asked_at = Some(at);
         match answer {
             Err(failure) => {
                 view.reach =
@@ -173,6 +194,7 @@ impl Dashboard {
             }
             Ok(apps) => {
                 view.reach = Reach::Up;
+                view.answered_at = Some(at);
                 let apps = apps.into_iter().filter(|a| self.only.as_ref().is_none_or(|only| *only == a.name));
                 view.apps = apps
                     .map(|status| {
@@ -311,6 +333,7 @@ pub mod tests {
         d.apply(0, Ok(vec![app("web", 1, vec![], Some(3))]), t0 + Duration::from_secs(3));
         assert_eq!(d.hosts[0].apps[0].rps, None, "a counter that went back (agent restarted) is no rate");
         d.apply(0, Err(Failure::unreachable("connection refused")), t0 + Duration::from_secs(4));
+        assert_eq!(d.hosts[0].silent_for(), Some(Duration::from_secs(1)), "how old what is shown is");
         d.apply(0, Ok(vec![app("web", 1, vec![], Some(10))]), t0 + Duration::from_secs(5));
         assert_eq!(d.hosts[0].apps[0].rps, None, "no rate across a gap");
     }
