@@ -147,6 +147,9 @@ pub enum Command {
     /// Keys: ↑/↓ (or k/j) select an app; r reloads it (without dropping a request), R restarts
     /// it (stop, then start: drops requests), + and - scale it by one instance; q, Esc or Ctrl-C
     /// quit. The line above the keys says what the last key did, and how it went.
+    ///
+    /// Watching needs a token with the `read` scope; the keys act with the `deploy` scope. It
+    /// needs a terminal: for scripts, `ls --json` and `status ENV --json` say the same once.
     #[command(after_help = examples_section("
   deployer monit                            Every app of the agent at --agent (or DEPLOYER_AGENT)
   deployer monit prod                       Every host of `prod` in deployer.yaml

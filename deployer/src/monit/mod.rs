@@ -20,7 +20,7 @@ use anyhow::Context as _;
 use deployer_wire::{AppStatus, LogLine, ReloadRequest};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Notify;
-use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::task::JoinHandle;
 
 use crate::client::{Client, ClientError};
@@ -51,7 +51,7 @@ pub struct Args {
     #[arg(long, value_name = "APP")]
     pub app: Option<String>,
 
-    /// How often to ask each agent for its apps and workers
+    /// How often to ask each agent for its apps and workers (200ms at the least)
     #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub interval: Duration,
 }
@@ -126,15 +126,15 @@ struct Monit {
 }
 
 impl Monit {
-    fn new(dash: Dashboard, clients: Vec<Client>) -> (Monit, tokio::sync::mpsc::UnboundedReceiver<Update>) {
+    fn new(dash: Dashboard, clients: Vec<Client>) -> (Monit, UnboundedReceiver<Update>) {
+        // Unbounded: the key thread sends without blocking, and the loop takes everything that
+        // is there before each draw, so nothing piles up while the screen keeps pace.
         let (tx, rx) = unbounded_channel();
         let pokes = clients.iter().map(|_| Arc::new(Notify::new())).collect();
         (Monit { dash, clients, pokes, tx, logs: None, pollers: Vec::new() }, rx)
     }
-}
 
-impl Monit {
-    async fn run(&mut self, rx: &mut tokio::sync::mpsc::UnboundedReceiver<Update>) -> anyhow::Result<()> {
+    async fn run(&mut self, rx: &mut UnboundedReceiver<Update>) -> anyhow::Result<()> {
         let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
         let mut hangup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
         let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
