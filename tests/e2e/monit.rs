@@ -86,6 +86,15 @@ fn monit_shows_both_apps_follows_changes_and_gives_the_terminal_back() {
         s.contains("✓ scaled api to 2 instances") && row(s, "└ api-1").is_some() && row(s, "├ api-1").is_none()
     });
     assert_eq!(agent.app("api").instances, 2);
+    tmux.keys(&["-"]);
+    tmux.wait_for(SHOWN, "api scaled to 1", |s| {
+        s.contains("✓ scaled api to 1 instance") && workers(s, "api").as_deref() == Some("1")
+    });
+    // The agent's refusal is the status line; the dashboard goes on.
+    tmux.keys(&["-"]);
+    tmux.wait_for(SHOWN, "the agent's refusal of 0 instances", |s| {
+        s.contains("✗ scale of api to 0 failed: instances must be 1 to 1024, not 0 (hint: use `stop` to run none)")
+    });
     let before = agent.pids("web");
     tmux.keys(&["Down"]);
     tmux.wait_for(SHOWN, "the log tail following the selection", |s| s.contains("logs · web"));
