@@ -42,6 +42,25 @@ pub fn print_warning(message: &str) {
 /// Prints the workers table of some apps on stdout.
 pub fn print_apps(apps: &[AppStatus]) {
     anstream::println!("{}", workers_table(apps, stdout_colour()));
+    for note in scale_notes(apps) {
+        anstream::println!("{DIM}{note}{DIM:#}");
+    }
+}
+
+/// A line per app whose runtime `scale` runs another count than its config says (`pm2 save`
+/// users expect to see what a restart keeps).
+pub fn scale_notes(apps: &[AppStatus]) -> Vec<String> {
+    apps.iter()
+        .filter_map(|app| {
+            let configured = app.configured?;
+            Some(format!(
+                "{name}: {running} instances by `deployer scale` (the config says {configured}); kept across \
+                 restarts until `instances` changes in the config; `deployer scale {name} {configured}` goes back",
+                name = untrusted::text(&app.name),
+                running = app.instances,
+            ))
+        })
+        .collect()
 }
 
 /// Whether stdout shows colour (a terminal, and `NO_COLOR` unset).
@@ -309,11 +328,22 @@ mod tests {
             mode: deployer_wire::AppMode::Http,
             port: Some(3000),
             instances: workers.len() as u32,
+            configured: None,
             state: deployer_wire::AppState::Running,
             workers,
             release: None,
             requests_total: None,
         }
+    }
+
+    #[test]
+    fn a_runtime_scale_is_noted_with_the_configs_count_and_the_way_back() {
+        let mut scaled = app("web", vec![worker(0, "online"), worker(1, "online"), worker(2, "online")]);
+        scaled.configured = Some(2);
+        let notes = scale_notes(&[scaled, app("api", vec![worker(0, "online")])]);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].starts_with("web: 3 instances by `deployer scale` (the config says 2)"), "{}", notes[0]);
+        assert!(notes[0].ends_with("`deployer scale web 2` goes back"), "{}", notes[0]);
     }
 
     #[test]

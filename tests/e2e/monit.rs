@@ -20,7 +20,8 @@ fn row(screen: &str, name: &str) -> Option<Vec<String>> {
     })
 }
 
-/// The WORKERS cell of an app's row: `2`, or `1/3` while fewer run than it is set to.
+/// The WORKERS cell of an app's row: `2`, or `1/3` while fewer run than it is set to (then, after
+/// a runtime scale, ` (cfg 1)`).
 fn workers(screen: &str, app: &str) -> Option<String> {
     row(screen, &format!("{app} ")).and_then(|cells| cells.get(6).cloned())
 }
@@ -77,7 +78,7 @@ fn monit_shows_both_apps_follows_changes_and_gives_the_terminal_back() {
     // A change made elsewhere shows at the next poll.
     agent.cli(&["scale", "api", "3"]).success();
     tmux.wait_for(SHOWN, "api scaled to 3 by the CLI", |s| {
-        workers(s, "api").as_deref() == Some("3") && row(s, "└ api-2").is_some()
+        workers(s, "api").as_deref() == Some("3") && s.contains(" 3 (cfg 1) ") && row(s, "└ api-2").is_some()
     });
 
     // Keys act on the selected app: `-` scales api down by one; down to web, `r` reloads it.

@@ -23,6 +23,10 @@ pub struct AppStatus {
     pub port: Option<u16>,
     /// Instances the app is configured (or scaled) to run.
     pub instances: u32,
+    /// The config's `instances`, when a runtime `deployer scale` runs another count (kept
+    /// across restarts and upgrades until the config's `instances` changes). Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub configured: Option<u32>,
     pub state: AppState,
     pub workers: Vec<WorkerStatus>,
     /// The release the workers run (`<seq>-<shortsha>`), for an app deployed from git that has
@@ -488,6 +492,8 @@ named! {
 named! {
     /// The state of an app's cluster as a whole.
     pub enum AppState ("app state") {
+        /// The agent has just started: the app's first workers are not ready yet.
+        Starting = "starting",
         Running = "running",
         Stopped = "stopped",
         /// A rolling reload (or a deploy's roll) is under way.

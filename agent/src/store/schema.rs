@@ -77,6 +77,10 @@ const STEPS: &[&str] = &[
         at INTEGER NOT NULL
     );
     DROP TABLE current_release;",
+    // 5: a report being sent is claimed by the agent sending it (its pid, until a deadline): during
+    // an upgrade two agents share the outbox for a moment, and only one sends each report.
+    "ALTER TABLE report_outbox ADD COLUMN claimed_by INTEGER;
+    ALTER TABLE report_outbox ADD COLUMN claimed_until INTEGER;",
 ];
 
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {

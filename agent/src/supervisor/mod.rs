@@ -22,7 +22,7 @@ use crate::front::http::FrontStats;
 use crate::front::{self, Rotation};
 use crate::secrets::Secrets;
 use crate::store::{Scale, Store, StoreError};
-use deployer_wire::{AppMode, AppState, AppStatus, LogLine, ReloadOutcome};
+use deployer_wire::{AppMode, AppState, AppStatus, LogLine, ReloadOutcome, WorkerState};
 use event::{Events, SupervisorEvent, WorkerRef};
 pub use live::{ActiveRelease, recorded_release};
 use logs::LogSink;
@@ -132,8 +132,9 @@ pub struct Supervisor {
 impl Supervisor {
     /// Prepare the state dir, stop what a previous agent left running, open the state database
     /// (after the state dir's lock is held: a second agent never migrates it under the first),
-    /// bind every app's port and start its workers on its recorded release, scale and stop.
-    pub async fn start(
+    /// and bind every app's port. [`Supervisor::boot`] then starts the workers on each app's
+    /// recorded release, scale and stop.
+    pub fn open(
         loaded: &Loaded,
         secrets: Secrets,
         front_connections: usize,
@@ -181,15 +182,21 @@ impl Supervisor {
             let app = sup.create_app(name, cfg)?;
             sup.apps.write().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), app);
         }
-        let apps: Vec<Arc<App>> = sup.list();
+        Ok(sup)
+    }
+
+    /// Start every app's workers and wait until they are ready (or failed: see
+    /// [`Supervisor::failed_at_start`]). The API answers meanwhile; each app's state says
+    /// `starting` until its own workers are up, and its front serves from its first ready worker.
+    pub async fn boot(&self) {
+        let apps: Vec<Arc<App>> = self.list();
         let results = futures_util::future::join_all(apps.iter().map(|a| a.boot())).await;
         for (app, r) in apps.iter().zip(results) {
             if let Err(e) = r {
                 tracing::error!(app = %app.name, error = %e, "workers did not start; see `deployer logs {}`", app.name);
-                sup.failed_at_start.lock().unwrap_or_else(|e| e.into_inner()).push(format!("{}: {e}", app.name));
+                self.failed_at_start.lock().unwrap_or_else(|e| e.into_inner()).push(format!("{}: {e}", app.name));
             }
         }
-        Ok(sup)
     }
 
     /// The state database, opened under the state dir's lock.
@@ -331,6 +338,7 @@ impl Supervisor {
             store: self.store.clone(),
             workers: Mutex::new(Vec::new()),
             instances: AtomicU32::new(instances),
+            starting: AtomicBool::new(true),
             running: AtomicBool::new(false),
             reloading: AtomicBool::new(false),
             handover_fd: Mutex::new(handover_fd),
@@ -491,6 +499,15 @@ enum Refused {
     Roll(reload::RollFailed),
 }
 
+/// Clears an app's `starting` flag when its boot ends, however it ends.
+struct Started<'a>(&'a AtomicBool);
+
+impl Drop for Started<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, SeqCst);
+    }
+}
+
 /// How long an app's stop waits for its workers' output readers once the workers are gone.
 const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 
@@ -579,6 +596,8 @@ pub struct App {
     instances: AtomicU32,
     running: AtomicBool,
     reloading: AtomicBool,
+    /// From creation until [`App::boot`] ends: the agent's start has not brought it up yet.
+    starting: AtomicBool,
     op: tokio::sync::Mutex<()>,
     /// Cancelled when the app stops: the front stops accepting, the background tasks end.
     cancel: CancellationToken,
@@ -880,7 +899,15 @@ impl App {
 
     pub fn status(&self) -> AppStatus {
         let cfg = self.config();
-        let state = if self.reloading.load(SeqCst) {
+        let instances = self.instances.load(SeqCst);
+        let configured = cfg.instances.resolve();
+        let workers: Vec<_> = self.workers().iter().map(|w| w.to_wire()).collect();
+        // Until its boot ends and no longer once all its workers are online (the boot ends a
+        // moment later).
+        let starting = self.starting.load(SeqCst) && !workers.iter().all(|w| w.state == WorkerState::Online);
+        let state = if starting {
+            AppState::Starting
+        } else if self.reloading.load(SeqCst) {
             AppState::Reloading
         } else if self.running.load(SeqCst) {
             AppState::Running
@@ -897,9 +924,10 @@ impl App {
             name: self.name.clone(),
             mode,
             port: cfg.port,
-            instances: self.instances.load(SeqCst),
+            instances,
+            configured: (configured != instances).then_some(configured),
             state,
-            workers: self.workers().iter().map(|w| w.to_wire()).collect(),
+            workers,
             release: self.release().map(|r| r.name),
             // The front counts in `http` and `tcp` modes; in `fd` and `none` nothing passes it.
             requests_total: matches!(mode, AppMode::Http | AppMode::Tcp).then(|| self.stats.requests.load(Relaxed)),
@@ -919,6 +947,7 @@ impl App {
     /// stopped by request: that holds across restarts until `deployer start`.
     pub(crate) async fn boot(&self) -> Result<(), NotReady> {
         let _op = self.op.lock().await;
+        let _started = Started(&self.starting);
         let record = self
             .store
             .app_record(&self.name)

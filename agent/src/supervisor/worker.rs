@@ -423,8 +423,9 @@ impl Worker {
         if let Some(n) = &notify {
             run.push(("NOTIFY_SOCKET".into(), n.path().display().to_string()));
         }
-        let env = ctx.secrets.child_env(&self.spec.env, run);
         let tree = ctx.cgroups.create(&format!("{}.w{}", ctx.app, self.id)).map(Arc::new);
+        run.extend(tree.as_ref().and_then(|t| t.env()));
+        let env = ctx.secrets.child_env(&self.spec.env, run);
         // A signal `retire` asked for before this run is sent as soon as the child exists.
         let mut kill = self.kill.subscribe();
         kill.mark_changed();
@@ -438,7 +439,7 @@ impl Worker {
             listen_fd: ctx.listener.as_ref().map(|l| l.as_raw_fd()),
             fd_name: &ctx.app,
             run_as: self.spec.run_as.as_ref(),
-            cgroup_procs: tree.as_ref().map(|t| t.procs_fd()),
+            cgroup_procs: tree.as_ref().and_then(|t| t.procs_fd()),
         };
         let mut child = match spawn::spawn(&launch) {
             Ok(c) => c,

@@ -141,8 +141,9 @@ pub enum Command {
     /// Per app: its state, the sha of the release it runs, the sum of its workers' cpu, memory
     /// (each worker's whole process tree) and restarts, the requests per second through its
     /// front (between two readings of the agent's counter; `-` without a front or from an older
-    /// agent) and its workers, `2/3` when fewer are online than it is set to run. Per worker:
-    /// its state, pid, cpu, memory, restarts and uptime.
+    /// agent) and its workers, `2/3` when fewer are online than it is set to run, `4 (cfg 2)`
+    /// when `deployer scale` set another count than the config's. Per worker: its state, pid,
+    /// cpu, memory, restarts and uptime.
     ///
     /// Keys: ↑/↓ (or k/j) select an app; r reloads it (without dropping a request), R restarts
     /// it (stop, then start: drops requests), + and - scale it by one instance; q, Esc or Ctrl-C

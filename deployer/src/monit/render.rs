@@ -24,7 +24,7 @@ const COLUMNS: [(&str, usize); 10] = [
     ("↺", 4),
     ("UPTIME", 7),
     ("REQ/S", 8),
-    ("WORKERS", 8),
+    ("WORKERS", 12),
     ("SHA", 8),
 ];
 
@@ -149,8 +149,12 @@ fn shown_since(host: &HostView) -> String {
 fn app_line(app: &AppView, stale: bool) -> Line<'static> {
     let status = &app.status;
     let running = app.running();
-    let workers =
+    let mut workers =
         if running == status.instances { running.to_string() } else { format!("{running}/{}", status.instances) };
+    // A runtime `deployer scale` away from the config's count (the agent says the config's).
+    if let Some(configured) = status.configured {
+        workers.push_str(&format!(" (cfg {configured})"));
+    }
     let rps = app.rps.map_or_else(|| "-".to_owned(), |r| format!("{r:.1}"));
     let cells = [
         status.name.clone(),
@@ -172,7 +176,7 @@ fn app_line(app: &AppView, stale: bool) -> Line<'static> {
             _ => Color::Yellow,
         };
         line.spans[1] = line.spans[1].clone().fg(colour);
-        if running != status.instances {
+        if running != status.instances || status.configured.is_some() {
             line.spans[8] = line.spans[8].clone().fg(Color::Yellow);
         }
     }
@@ -352,20 +356,18 @@ mod tests {
     }
 
     #[test]
-    fn a_worker_down_and_a_short_cluster_are_plain() {
+    fn a_worker_down_a_short_cluster_and_a_runtime_scale_are_plain() {
         let mut d = two_apps();
-        let apps = vec![app(
-            "web",
-            3,
-            vec![worker(0, WorkerState::Online, 4242), worker(1, WorkerState::Errored, 0)],
-            Some(200),
-        )];
-        d.apply(0, Ok(apps), Instant::now() + Duration::from_secs(5));
+        let mut jobs = app("jobs", 4, (0..4).map(|i| worker(i, WorkerState::Online, 100 + i)).collect(), None);
+        jobs.configured = Some(1);
+        let web = vec![worker(0, WorkerState::Online, 4242), worker(1, WorkerState::Errored, 0)];
+        d.apply(0, Ok(vec![app("web", 3, web, Some(200)), jobs]), Instant::now() + Duration::from_secs(5));
         let s = screen(&d, 120, 24);
-        assert!(row(&s, "web ").contains("1/3"), "1 of 3 online: {s}");
+        assert!(row(&s, "web ").contains(" 1/3 "), "1 of 3 online: {s}");
         let down = row(&s, "└ web-1");
         assert!(down.contains("errored"), "{down}");
         assert!(down.contains(" - "), "no pid, no uptime: {down}");
+        assert!(row(&s, "jobs ").contains(" 4 (cfg 1) "), "scaled to 4 at runtime, 1 in the config: {s}");
         assert!(!s.contains("queue"), "an app gone from the answer is gone: {s}");
     }
 

@@ -307,6 +307,7 @@ pub mod tests {
             mode: if requests.is_some() { AppMode::Http } else { AppMode::None },
             port: requests.map(|_| 8080),
             instances,
+            configured: None,
             state: AppState::Running,
             workers,
             release: requests.map(|_| "7-1a2b3c4".into()),
