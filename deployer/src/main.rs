@@ -12,6 +12,7 @@ mod cli;
 mod client;
 mod commands;
 mod fleet;
+mod monit;
 mod output;
 mod report;
 mod sse;

@@ -331,6 +331,8 @@ mod tests {
             configured: None,
             state: deployer_wire::AppState::Running,
             workers,
+            release: None,
+            requests_total: None,
         }
     }
 

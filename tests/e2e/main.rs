@@ -16,6 +16,7 @@ mod edge;
 mod fleet;
 mod fronts;
 mod lifecycle;
+mod monit;
 mod records;
 mod reload;
 mod reports;

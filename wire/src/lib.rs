@@ -29,6 +29,15 @@ pub struct AppStatus {
     pub configured: Option<u32>,
     pub state: AppState,
     pub workers: Vec<WorkerStatus>,
+    /// The release the workers run (`<seq>-<shortsha>`), for an app deployed from git that has
+    /// one. Absent otherwise, and from agents older than this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    /// Requests (connections in `tcp` mode) through the app's front since the agent started: a
+    /// counter, from which `deployer monit` derives requests per second. Absent for apps without
+    /// a front (`fd`, `none`), and from agents older than this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_total: Option<u64>,
 }
 
 /// One worker process of an app.
@@ -630,6 +639,18 @@ mod tests {
         assert!("unknown".parse::<DeployState>().is_err(), "`Unknown` is never a stored value");
         assert!("verifying".parse::<EventState>().is_err());
         assert!(serde_json::from_str::<Trigger>("3").is_err(), "not a name at all is still an error");
+    }
+
+    /// `release` and `requests_total` came later: an older agent's answer reads without them,
+    /// and an app without them writes none (an older CLI ignores them anyway).
+    #[test]
+    fn app_statuses_of_older_agents_read() {
+        let old = serde_json::json!({
+            "name": "web", "mode": "http", "port": 3000, "instances": 2, "state": "running", "workers": []
+        });
+        let app: AppStatus = serde_json::from_value(old.clone()).unwrap();
+        assert_eq!((app.release.as_deref(), app.requests_total), (None, None));
+        assert_eq!(serde_json::to_value(&app).unwrap(), old);
     }
 
     #[test]

@@ -32,7 +32,7 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -928,6 +928,9 @@ impl App {
             configured: (configured != instances).then_some(configured),
             state,
             workers,
+            release: self.release().map(|r| r.name),
+            // The front counts in `http` and `tcp` modes; in `fd` and `none` nothing passes it.
+            requests_total: matches!(mode, AppMode::Http | AppMode::Tcp).then(|| self.stats.requests.load(Relaxed)),
         }
     }
 

@@ -7,7 +7,10 @@ use clap::Subcommand;
 
 use crate::cli::examples_section;
 use crate::client::{Client, ClientError};
-use crate::fleet::{self, Fleet, file::FleetFile};
+use crate::fleet::{
+    self, Fleet,
+    file::{FleetFile, Host},
+};
 use crate::output;
 use crate::report::Hinted;
 use std::path::PathBuf;
@@ -127,6 +130,33 @@ pub enum Command {
     /// Show one deploy: its steps, and the last lines of its install output
     #[command(alias = "deploy-status")]
     Show(show::Args),
+
+    /// Watch every app and worker live: state, pid, cpu, memory, restarts, requests/s, logs
+    ///
+    /// A dashboard in the terminal, like `pm2 monit`, of the agent of --agent, or of every host
+    /// of an environment of deployer.yaml. Each agent is asked for its apps every --interval;
+    /// an agent that does not answer is marked `unreachable` (its last answer stays, dimmed)
+    /// until it answers again. The bottom pane follows the selected app's log lines.
+    ///
+    /// Per app: its state, the sha of the release it runs, the sum of its workers' cpu, memory
+    /// (each worker's whole process tree) and restarts, the requests per second through its
+    /// front (between two readings of the agent's counter; `-` without a front or from an older
+    /// agent) and its workers, `2/3` when fewer are online than it is set to run, `4 (cfg 2)`
+    /// when `deployer scale` set another count than the config's. Per worker: its state, pid,
+    /// cpu, memory, restarts and uptime.
+    ///
+    /// Keys: ↑/↓ (or k/j) select an app; r reloads it (without dropping a request), R restarts
+    /// it (stop, then start: drops requests), + and - scale it by one instance; q, Esc or Ctrl-C
+    /// quit. The line above the keys says what the last key did, and how it went.
+    ///
+    /// Watching needs a token with the `read` scope; the keys act with the `deploy` scope. It
+    /// needs a terminal: for scripts, `ls --json` and `status ENV --json` say the same once.
+    #[command(after_help = examples_section("
+  deployer monit                            Every app of the agent at --agent (or DEPLOYER_AGENT)
+  deployer monit prod                       Every host of `prod` in deployer.yaml
+  deployer monit prod --app web             Only `web`, on every host of `prod`
+  deployer monit --interval 5s              Ask every 5 seconds instead of every second"))]
+    Monit(crate::monit::Args),
 }
 
 /// What every command needs: the agent's client, how to print, where deployer.yaml is.
@@ -154,6 +184,16 @@ impl Context {
 
     /// The environment `name`, for commands that only act on fleets.
     pub fn fleet(&self, name: &str, app: Option<&str>) -> anyhow::Result<Fleet> {
+        Fleet::open(&self.fleet_file()?, name, app, &self.client, &self.token_env)
+    }
+
+    /// Every host of the environment `name`, whatever app they run (`monit` shows them all).
+    pub fn fleet_hosts(&self, name: &str) -> anyhow::Result<Vec<(Host, Client)>> {
+        fleet::hosts(&self.fleet_file()?, name, &self.client, &self.token_env)
+    }
+
+    /// deployer.yaml, for commands that need one.
+    fn fleet_file(&self) -> anyhow::Result<FleetFile> {
         let Some(path) = fleet::locate(self.file.as_deref()) else {
             return Err(Hinted::new(
                 format!("no `{}` here or at the git root", fleet::file::FILE_NAME),
@@ -161,8 +201,7 @@ impl Context {
             )
             .into());
         };
-        let file = FleetFile::load(&path)?;
-        Fleet::open(&file, name, app, &self.client, &self.token_env)
+        Ok(FleetFile::load(&path)?)
     }
 }
 
@@ -186,6 +225,7 @@ impl Command {
             Command::Releases(args) => releases::run(ctx, args).await,
             Command::Show(args) => show::run(ctx, args).await,
             Command::Pull(args) => pull::run(ctx, args).await,
+            Command::Monit(args) => crate::monit::run(ctx, args).await,
         };
         // A script asking for JSON gets the API's error body too (the words go to stderr).
         let failure = match &result {
