@@ -20,6 +20,13 @@ pub enum ValueError {
     EmptyStart,
     #[error("empty command: write one like `npm ci --omit=dev`")]
     EmptyCommand,
+    #[error("`start` runs one command: write its argv as one list like `[node, app.js]`, or a line like `node app.js`")]
+    StartNested,
+    #[error(
+        "`{written}` is a list of commands, and `{flag}` is not a command: to run one command with these arguments, \
+         write `{nested}` (a list of one argv) or `{line}` (one line, split like a shell would)"
+    )]
+    ArgvAsCommands { flag: String, written: String, nested: String, line: String },
     #[error("`instances: {0}` is out of range: write 1 to 1024, or `max`")]
     InstancesOutOfRange(i64),
     #[error("invalid `instances: {0}`: write a number like `2`, or `max` for one per CPU")]

@@ -6,7 +6,9 @@
 
 pub mod auth;
 mod checked;
+mod command;
 pub use checked::ValueError;
+pub use command::{Commands, StartCommand};
 pub mod env_file;
 pub mod front;
 pub mod health;
@@ -251,43 +253,6 @@ impl AppConfig {
     }
 }
 
-/// `start: node app.js` or `start: [node, app.js]`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StartCommand(pub Vec<String>);
-
-impl<'de> Deserialize<'de> for StartCommand {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        checked::any::<_, OneOrList, _>(d, "a command like `node app.js` or `[node, app.js]`")
-    }
-}
-
-/// A command line split like a shell would, without running one.
-fn split(line: &str) -> Result<Vec<String>, ValueError> {
-    shell_words::split(line).map_err(|e| ValueError::CannotSplit { text: line.to_string(), reason: e.to_string() })
-}
-
-/// A string or a list of strings, as written (`start` and `install` take both).
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum OneOrList {
-    One(String),
-    List(Vec<String>),
-}
-
-impl TryFrom<OneOrList> for StartCommand {
-    type Error = ValueError;
-    fn try_from(raw: OneOrList) -> Result<Self, ValueError> {
-        let argv = match raw {
-            OneOrList::One(s) => split(&s)?,
-            OneOrList::List(argv) => argv,
-        };
-        if argv.is_empty() || argv[0].is_empty() {
-            return Err(ValueError::EmptyStart);
-        }
-        Ok(StartCommand(argv))
-    }
-}
-
 /// `instances: 4` or `instances: max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Instances {
@@ -342,35 +307,6 @@ impl TryFrom<InstancesRaw> for Instances {
             InstancesRaw::S(s) if s == "max" => Ok(Instances::Max),
             InstancesRaw::S(s) => Err(ValueError::Instances(s)),
         }
-    }
-}
-
-/// One command, or a list run in order: `install: npm ci` or `install: [npm ci, npm run build]`.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Commands(pub Vec<Vec<String>>);
-
-impl<'de> Deserialize<'de> for Commands {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        checked::any::<_, OneOrList, _>(d, "a command like `npm ci`, or a list of them")
-    }
-}
-
-impl TryFrom<OneOrList> for Commands {
-    type Error = ValueError;
-    fn try_from(raw: OneOrList) -> Result<Self, ValueError> {
-        let lines = match raw {
-            OneOrList::One(line) => vec![line],
-            OneOrList::List(lines) => lines,
-        };
-        let mut out = Vec::new();
-        for line in lines {
-            let argv = split(&line)?;
-            if argv.is_empty() {
-                return Err(ValueError::EmptyCommand);
-            }
-            out.push(argv);
-        }
-        Ok(Commands(out))
     }
 }
 
