@@ -15,6 +15,7 @@ mod durable;
 mod edge;
 mod fleet;
 mod fronts;
+mod import;
 mod lifecycle;
 mod records;
 mod reload;

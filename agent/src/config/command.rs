@@ -89,18 +89,34 @@ fn one_argv_as_commands(items: &[Item]) -> Result<(), ValueError> {
     }
 }
 
-/// `[a, "b c"]`: the words as a YAML flow list, quoted where a plain scalar would not read back.
-fn flow_list(words: &[String]) -> String {
-    let plain = |w: &str| {
-        !w.is_empty()
-            && w.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=@+%".contains(c))
-            && !(w.starts_with('-') && w.len() == 1)
+/// `[a, "b c"]`: the words as a YAML flow list that reads back as the same strings.
+pub(crate) fn flow_list(words: &[String]) -> String {
+    let items: Vec<String> = words.iter().map(|w| yaml_scalar(w)).collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// `s` plain where it reads back as the same string in any context (a flow list too), else
+/// double-quoted (a JSON string is a YAML double-quoted scalar).
+pub(crate) fn yaml_scalar(s: &str) -> String {
+    let mut chars = s.chars();
+    let first_ok = match chars.next() {
+        Some(c) if c.is_ascii_alphabetic() || c == '_' || c == '/' => true,
+        // `-c`, `--port`, `./app`: an indicator followed by a word is plain; `-1` is a number.
+        Some('-' | '.') => chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '-' || c == '/'),
+        // `10s`, `300M`: digits and a unit are a string to YAML; `1e3` and `0x1F` are numbers.
+        Some(c) if c.is_ascii_digit() => {
+            let unit = s.trim_start_matches(|c: char| c.is_ascii_digit());
+            matches!(unit, "ms" | "s" | "m" | "h" | "d" | "K" | "M" | "G" | "KB" | "MB" | "GB")
+        }
+        _ => false,
     };
-    let quoted: Vec<String> = words
-        .iter()
-        .map(|w| if plain(w) { w.clone() } else { serde_json::to_string(w).unwrap_or_else(|_| w.clone()) })
-        .collect();
-    format!("[{}]", quoted.join(", "))
+    let plain = first_ok
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=@+%".contains(c))
+        && !matches!(
+            s.to_ascii_lowercase().as_str(),
+            "true" | "false" | "yes" | "no" | "on" | "off" | "null" | "y" | "n" | ".nan" | ".inf"
+        );
+    if plain { s.to_string() } else { serde_json::to_string(s).unwrap_or_else(|_| format!("{s:?}")) }
 }
 
 /// A command line split like a shell would, without running one.

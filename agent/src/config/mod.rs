@@ -9,6 +9,7 @@ mod checked;
 mod command;
 pub use checked::ValueError;
 pub use command::{Commands, StartCommand};
+pub(crate) use command::{flow_list, yaml_scalar};
 pub mod env_file;
 pub mod front;
 pub mod health;
