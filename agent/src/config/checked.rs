@@ -37,6 +37,8 @@ pub enum ValueError {
     ReadyChecks,
     #[error("unknown signal `{0}`: write a name like `SIGUSR2`, `SIGTERM` or `SIGINT`")]
     Signal(String),
+    #[error("invalid `date_format: {0}`: write a strftime format like `%Y-%m-%d %H:%M:%S` (`%z` for the offset)")]
+    DateFormat(String),
     #[error("invalid duration `{0}`: write a number with a unit, like `500ms`, `30s` or `5m`")]
     Duration(String),
     #[error("invalid address block `{0}`: write one like `10.0.0.0/8`, `fd00::/8` or `192.168.1.10`")]
