@@ -17,6 +17,7 @@ mod fleet;
 mod fronts;
 mod import;
 mod lifecycle;
+mod logfiles;
 mod records;
 mod reload;
 mod reports;

@@ -68,21 +68,10 @@ const NOT_MAPPED: &[(&str, &str)] = &[
     ),
     ("stop_exit_codes", "deployer restarts a worker whatever its exit code"),
     (
-        "out_file",
-        "deployer writes stdout and stderr to `state_dir/logs/<app>.log`, rotated by `logs: { max_size, keep }`",
-    ),
-    (
-        "error_file",
-        "deployer writes stdout and stderr to `state_dir/logs/<app>.log`, rotated by `logs: { max_size, keep }`",
-    ),
-    (
         "log_file",
-        "deployer writes stdout and stderr to `state_dir/logs/<app>.log`, rotated by `logs: { max_size, keep }`",
+        "next to `out_file` or `error_file`: deployer writes each line to one file only (`logs.out`, `logs.err`)",
     ),
-    ("log_date_format", "deployer's log lines carry no timestamp of their own"),
-    ("log_type", "deployer's log files are text"),
-    ("time", "deployer's log lines carry no timestamp of their own"),
-    ("disable_logs", "deployer always keeps the app's log"),
+    ("disable_logs", "deployer always keeps the app's log (rotated by `logs: { max_size, keep }`)"),
     ("namespace", "deployer has no namespaces: `deployer reload <app>` acts on one app"),
     ("vizion", "deployer records each release's commit itself (apps deployed with `repo:`)"),
     ("post_update", "use `install:` and `hooks:` (run on each deploy from `repo:`)"),
@@ -125,6 +114,14 @@ const READ: &[&str] = &[
     // Every worker of an app already logs into one file.
     "merge_logs",
     "combine_logs",
+    "out_file",
+    "pm_out_log_path",
+    "error_file",
+    "pm_err_log_path",
+    "log_date_format",
+    "log_type",
+    // deployer's log lines always start with the time.
+    "time",
 ];
 
 /// What a runtime list records of the process and PM2 itself, not options: skipped quietly.
@@ -267,6 +264,10 @@ pub fn app(index: usize, raw: &Map<String, Value>, cx: &Context<'_>) -> Result<M
             }
         }
     }
+    let logs = logs(raw, cx, &mut |k, why| note(&mut notes, k, why));
+    if !logs.is_empty() {
+        keys.push(("logs".into(), Node::Flow(logs)));
+    }
     if let Some(user) = text(raw, &["user"]).or_else(|| raw.get("uid").and_then(number_or_text)) {
         keys.push(("user".into(), Node::Text(user)));
     }
@@ -285,6 +286,89 @@ pub fn app(index: usize, raw: &Map<String, Value>, cx: &Context<'_>) -> Result<M
         }
     }
     Ok(Mapped { name, keys, unmapped: notes })
+}
+
+/// `out_file`, `error_file` (or `log_file` alone), `merge_logs: false`, `log_date_format` and
+/// `log_type: json` as `logs:`. Relative paths are made absolute from the PM2 file's directory
+/// (deployer's would start at `state_dir/logs`).
+fn logs(raw: &Map<String, Value>, cx: &Context<'_>, note: &mut dyn FnMut(&str, String)) -> Vec<(String, Node)> {
+    let mut logs = Vec::new();
+    let path = |p: String| Node::Text(cx.base.join(p).display().to_string());
+    let out = text(raw, &["out_file", "pm_out_log_path"]);
+    let err = text(raw, &["error_file", "pm_err_log_path"]);
+    match (out, err, text(raw, &["log_file"])) {
+        (None, None, Some(both)) => {
+            logs.push(("out".into(), path(both.clone())));
+            logs.push(("err".into(), path(both)));
+        }
+        (out, err, _) => {
+            logs.extend(out.map(|p| ("out".to_string(), path(p))));
+            logs.extend(err.map(|p| ("err".to_string(), path(p))));
+        }
+    }
+    if raw.get("merge_logs").or(raw.get("combine_logs")) == Some(&Value::Bool(false)) {
+        logs.push(("merge".into(), Node::Bool(false)));
+    }
+    if let Some(format) = text(raw, &["log_date_format"]) {
+        match strftime(&format) {
+            Some(f) => logs.push(("date_format".into(), Node::Text(f))),
+            None => note("log_date_format", format!("`{format}` has a token deployer cannot translate to strftime")),
+        }
+    }
+    match text(raw, &["log_type"]).as_deref() {
+        Some("json") => logs.push(("format".into(), Node::Text("json".into()))),
+        None | Some("raw" | "text") => {}
+        Some(other) => note("log_type", format!("`{other}`: deployer writes `text` or `json`")),
+    }
+    logs
+}
+
+/// A moment.js date format (PM2's `log_date_format`, e.g. `YYYY-MM-DD HH:mm:ss Z`) as strftime;
+/// `None` for a letter token it does not know. Text in `[...]` is literal, as in moment.
+fn strftime(moment: &str) -> Option<String> {
+    const TOKENS: &[(&str, &str)] = &[
+        ("YYYY", "%Y"),
+        ("YY", "%y"),
+        ("MMMM", "%B"),
+        ("MMM", "%b"),
+        ("MM", "%m"),
+        ("M", "%-m"),
+        ("DD", "%d"),
+        ("D", "%-d"),
+        ("dddd", "%A"),
+        ("ddd", "%a"),
+        ("HH", "%H"),
+        ("H", "%-H"),
+        ("hh", "%I"),
+        ("h", "%-I"),
+        ("mm", "%M"),
+        ("m", "%-M"),
+        ("ss", "%S"),
+        ("s", "%-S"),
+        ("SSS", "%3f"),
+        ("ZZ", "%z"),
+        ("Z", "%:z"),
+        ("A", "%p"),
+        ("a", "%P"),
+        ("X", "%s"),
+    ];
+    let mut out = String::new();
+    let mut rest = moment;
+    while let Some(c) = rest.chars().next() {
+        if c == '[' {
+            let end = rest.find(']')?;
+            out.push_str(&rest[1..end].replace('%', "%%"));
+            rest = &rest[end + 1..];
+        } else if c.is_ascii_alphabetic() {
+            let (token, f) = TOKENS.iter().find(|(t, _)| rest.starts_with(t))?;
+            out.push_str(f);
+            rest = &rest[token.len()..];
+        } else {
+            out.push_str(if c == '%' { "%%" } else { &rest[..c.len_utf8()] });
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    Some(out)
 }
 
 /// The app's name as a deployer app name (it names files and URL paths).
@@ -479,9 +563,9 @@ fn truthy(v: &Value) -> bool {
 fn asks_for_something(key: &str, v: &Value) -> bool {
     match key {
         "autorestart" | "treekill" | "vizion" => matches!(v, Value::Bool(false)),
-        "disable_logs" | "force" | "time" | "source_map_support" | "pmx" | "automation" | "append_env_to_name"
-        | "watch" => truthy(v),
-        "log_type" => v.as_str().is_some_and(|t| t != "raw" && t != "text"),
+        "disable_logs" | "force" | "source_map_support" | "pmx" | "automation" | "append_env_to_name" | "watch" => {
+            truthy(v)
+        }
         _ => truthy(v),
     }
 }
@@ -563,6 +647,27 @@ mod tests {
         assert_eq!(get(&m, "start"), Some(&Node::List(vec!["node".into(), "/srv/app.js".into()])));
         assert_eq!(get(&m, "env"), Some(&Node::Block(vec![("GREETING".into(), Node::Text("hi".into()))])));
         assert_eq!(unmapped(&m), ["web.env"], "{:?}", m.unmapped);
+    }
+
+    #[test]
+    fn log_files_formats_and_dates_map_to_logs() {
+        let m = map(
+            json!({ "script": "a.js", "out_file": "logs/a.out", "error_file": "/var/log/a.err", "log_type": "json",
+                    "log_date_format": "YYYY-MM-DD HH:mm:ss.SSS Z", "merge_logs": false, "time": true }),
+            None,
+            Origin::Ecosystem,
+        );
+        let logs = vec![
+            ("out".to_string(), Node::Text("/srv/logs/a.out".into())),
+            ("err".to_string(), Node::Text("/var/log/a.err".into())),
+            ("merge".to_string(), Node::Bool(false)),
+            ("date_format".to_string(), Node::Text("%Y-%m-%d %H:%M:%S.%3f %:z".into())),
+            ("format".to_string(), Node::Text("json".into())),
+        ];
+        assert_eq!(get(&m, "logs"), Some(&Node::Flow(logs)));
+        assert!(m.unmapped.is_empty(), "{:?}", m.unmapped);
+        assert_eq!(strftime("[at] HH:mm"), Some("at %H:%M".into()));
+        assert_eq!(strftime("Qo"), None);
     }
 
     #[test]

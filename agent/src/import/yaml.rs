@@ -11,6 +11,7 @@ pub enum Node {
     Text(String),
     /// A number, written as it is.
     Number(u64),
+    Bool(bool),
     /// `[a, b]`.
     List(Vec<String>),
     /// `{ a: 1, b: 2 }` on the key's line.
@@ -42,6 +43,7 @@ fn inline(node: &Node) -> String {
     match node {
         Node::Text(s) => scalar(s),
         Node::Number(n) => n.to_string(),
+        Node::Bool(b) => b.to_string(),
         Node::List(items) => crate::config::flow_list(items),
         Node::Flow(entries) | Node::Block(entries) => {
             let inner: Vec<String> = entries.iter().map(|(k, v)| format!("{}: {}", scalar(k), inline(v))).collect();
