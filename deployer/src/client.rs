@@ -152,10 +152,12 @@ impl Client {
         Ok(Self { http, base, token, raw_text: false })
     }
 
-    /// A client of an agent whose certificate is signed by `ca_pem` (a private CA, or the agent's
-    /// self-signed certificate), besides the usual roots.
-    pub fn with_ca(base: Url, token: Token, ca_pem: &[u8]) -> Result<Self, reqwest::Error> {
-        let http = builder()?.add_root_certificate(reqwest::Certificate::from_pem(ca_pem)?).build()?;
+    /// A client of an agent whose certificate is signed by `ca_pem` (a private CA), or is one of
+    /// its certificates (the agent's self-signed one, marked as a CA or not), besides the usual
+    /// roots: see [`crate::pinned`].
+    pub fn with_ca(base: Url, token: Token, ca_pem: &[u8]) -> Result<Self, crate::pinned::PinError> {
+        let tls = crate::pinned::client_config(ca_pem)?;
+        let http = builder()?.use_preconfigured_tls(tls).build()?;
         Ok(Self { http, base, token, raw_text: false })
     }
 

@@ -13,6 +13,7 @@ mod client;
 mod commands;
 mod fleet;
 mod output;
+mod pinned;
 mod report;
 mod sse;
 
