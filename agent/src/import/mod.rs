@@ -18,12 +18,12 @@ use yaml::Node;
 /// Why a PM2 file could not be imported.
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
-    #[error("cannot read `{}`: {source}", file.display())]
-    Read { file: PathBuf, source: std::io::Error },
+    #[error("cannot read `{}`: {error}", file.display())]
+    Read { file: PathBuf, error: std::io::Error },
     #[error(
-        "cannot run `node` to evaluate the config: {source}\n  hint: install Node.js, or export the apps as JSON with `pm2 jlist > apps.json` and import that"
+        "cannot run `node` to evaluate the config: {error}\n  hint: install Node.js, or export the apps as JSON with `pm2 jlist > apps.json` and import that"
     )]
-    Node { source: std::io::Error },
+    Node { error: std::io::Error },
     #[error("`node` could not evaluate `{}`:\n{stderr}", file.display())]
     Evaluate { file: PathBuf, stderr: String },
     #[error("`{}` is not valid: {reason}", file.display())]
@@ -36,8 +36,8 @@ pub enum ImportError {
     NoEnvSet(String),
     #[error("`{}` exists\n  hint: pass `--force` to overwrite it", .0.display())]
     Exists(PathBuf),
-    #[error("cannot write `{}`: {source}", file.display())]
-    Write { file: PathBuf, source: std::io::Error },
+    #[error("cannot write `{}`: {error}", file.display())]
+    Write { file: PathBuf, error: std::io::Error },
 }
 
 /// What `deployer-agent import` was asked.
@@ -112,7 +112,7 @@ pub fn run(req: &Request<'_>) -> Result<ExitCode, ImportError> {
             let mut out = std::io::stdout().lock();
             out.write_all(text.as_bytes())
                 .and_then(|()| out.flush())
-                .map_err(|source| ImportError::Write { file: "<stdout>".into(), source })?;
+                .map_err(|error| ImportError::Write { file: "<stdout>".into(), error })?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -155,9 +155,9 @@ fn write_new(path: &Path, text: &str, force: bool) -> Result<(), ImportError> {
     } else {
         open.create_new(true);
     }
-    let mut file = open.open(path).map_err(|source| match source.kind() {
+    let mut file = open.open(path).map_err(|error| match error.kind() {
         std::io::ErrorKind::AlreadyExists => ImportError::Exists(path.to_path_buf()),
-        _ => ImportError::Write { file: path.to_path_buf(), source },
+        _ => ImportError::Write { file: path.to_path_buf(), error },
     })?;
-    file.write_all(text.as_bytes()).map_err(|source| ImportError::Write { file: path.to_path_buf(), source })
+    file.write_all(text.as_bytes()).map_err(|error| ImportError::Write { file: path.to_path_buf(), error })
 }

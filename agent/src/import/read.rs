@@ -3,8 +3,10 @@
 
 use super::ImportError;
 use serde_json::{Map, Value};
+use std::io::Read;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// Where the apps were read from: a config a person wrote, or a list PM2 wrote at runtime (whose
 /// apps carry every key PM2 keeps, and the whole environment of the shell that started PM2).
@@ -33,8 +35,8 @@ fn document(file: &Path) -> Result<Value, ImportError> {
     match ext.as_str() {
         "js" | "cjs" | "mjs" => evaluate(file),
         _ => {
-            let text = std::fs::read_to_string(file)
-                .map_err(|source| ImportError::Read { file: file.to_path_buf(), source })?;
+            let text =
+                std::fs::read_to_string(file).map_err(|error| ImportError::Read { file: file.to_path_buf(), error })?;
             let parsed = match ext.as_str() {
                 "yaml" | "yml" => serde_yaml_ng::from_str(&text).map_err(|e| e.to_string()),
                 // `.json`, `dump.pm2` and `pm2 jlist > apps` (no extension) are JSON.
@@ -49,33 +51,66 @@ fn document(file: &Path) -> Result<Value, ImportError> {
 /// use what it exports. `node` prints it as JSON; functions and `undefined` are dropped.
 const EVALUATE: &str = r#"
 const file = process.argv[1];
-const out = (m) => { process.stdout.write(JSON.stringify(m === undefined ? null : m)); process.exit(0); };
+// An ES module (through `import()`, or `require()` where Node allows it) exports `default`.
+const pick = (m) => (m && typeof m === "object" && "default" in m && !("apps" in m) ? m.default : m);
+const out = (m) => { process.stdout.write(JSON.stringify(pick(m) === undefined ? null : pick(m))); process.exit(0); };
 const fail = (e) => { process.stderr.write(String(e && e.stack || e) + "\n"); process.exit(3); };
 try {
   out(require(file));
 } catch (e) {
   if (e && (e.code === "ERR_REQUIRE_ESM" || e.code === "ERR_REQUIRE_ASYNC_MODULE")) {
-    import(require("url").pathToFileURL(file).href).then((m) => out(m.default !== undefined ? m.default : m), fail);
+    import(require("url").pathToFileURL(file).href).then(out, fail);
   } else {
     fail(e);
   }
 }
 "#;
 
+/// How long `node` may take to load the file (one that starts a server never returns).
+const EVALUATE_TIMEOUT: Duration = Duration::from_secs(30);
+
 fn evaluate(file: &Path) -> Result<Value, ImportError> {
-    let abs = std::fs::canonicalize(file).map_err(|source| ImportError::Read { file: file.to_path_buf(), source })?;
-    let out = Command::new("node")
+    let abs = std::fs::canonicalize(file).map_err(|error| ImportError::Read { file: file.to_path_buf(), error })?;
+    let mut child = Command::new("node")
         .arg("-e")
         .arg(EVALUATE)
         .arg(&abs)
         .current_dir(abs.parent().unwrap_or(Path::new("/")))
-        .output()
-        .map_err(|source| ImportError::Node { source })?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|error| ImportError::Node { error })?;
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let (out_pipe, err_pipe) = (child.stdout.take(), child.stderr.take());
+    // Both pipes are read while the child runs (a full pipe would stall it); the readers end
+    // when it exits or is killed.
+    let status = std::thread::scope(|s| {
+        s.spawn(|| out_pipe.map(|mut p| p.read_to_end(&mut stdout)));
+        s.spawn(|| err_pipe.map(|mut p| p.read_to_end(&mut stderr)));
+        let deadline = Instant::now() + EVALUATE_TIMEOUT;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                // Out of time, or the child cannot be waited for: it is ended either way.
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return None;
+                }
+            }
+        }
+    });
+    let Some(status) = status else {
+        let stderr = format!("it did not finish within {}s (does it start something?)", EVALUATE_TIMEOUT.as_secs());
+        return Err(ImportError::Evaluate { file: file.to_path_buf(), stderr });
+    };
+    if !status.success() {
+        let stderr = String::from_utf8_lossy(&stderr);
         return Err(ImportError::Evaluate { file: file.to_path_buf(), stderr: stderr.trim().to_string() });
     }
-    serde_json::from_slice(&out.stdout)
+    serde_json::from_slice(&stdout)
         .map_err(|e| ImportError::Parse { file: file.to_path_buf(), reason: format!("`node` printed no JSON: {e}") })
 }
 
@@ -140,5 +175,20 @@ mod tests {
         assert_eq!(read.apps[0]["pm_exec_path"], "/srv/app.js");
         assert!(select(json!({ "module": 1 })).is_none());
         assert!(select(json!([])).is_none());
+    }
+
+    #[test]
+    fn javascript_is_evaluated_by_node_as_pm2_loads_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cjs = dir.path().join("ecosystem.config.cjs");
+        std::fs::write(&cjs, "module.exports = { apps: [{ name: 'a', script: 'a.js', instances: 1 + 1 }] };").unwrap();
+        assert_eq!(apps(&cjs).unwrap().apps[0]["instances"], 2);
+        let mjs = dir.path().join("ecosystem.config.mjs");
+        std::fs::write(&mjs, "export default { apps: [{ name: 'm', script: 'm.js' }] };").unwrap();
+        assert_eq!(apps(&mjs).unwrap().apps[0]["name"], "m");
+        let bad = dir.path().join("bad.config.js");
+        std::fs::write(&bad, "throw new Error('no config here')").unwrap();
+        let e = apps(&bad).err().expect("an error").to_string();
+        assert!(e.contains("could not evaluate") && e.contains("no config here"), "{e}");
     }
 }
