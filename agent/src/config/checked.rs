@@ -20,6 +20,8 @@ pub enum ValueError {
     EmptyStart,
     #[error("empty command: write one like `npm ci --omit=dev`")]
     EmptyCommand,
+    #[error("`{0}` is not a command: a command starts with the program to run, like `npm ci --verbose`")]
+    FlagAsCommand(String),
     #[error("`start` runs one command: write its argv as one list like `[node, app.js]`, or a line like `node app.js`")]
     StartNested,
     #[error(

@@ -66,6 +66,9 @@ impl TryFrom<Written> for Commands {
             if argv.is_empty() || argv[0].is_empty() {
                 return Err(ValueError::EmptyCommand);
             }
+            if argv[0].starts_with('-') {
+                return Err(ValueError::FlagAsCommand(argv[0].clone()));
+            }
             out.push(argv);
         }
         Ok(Commands(out))
@@ -219,6 +222,7 @@ mod tests {
         assert_eq!(commands("[]"), Ok(Commands(vec![])));
         assert!(commands("[npm ci, \"\"]").unwrap_err().contains("empty command"));
         assert!(commands("[[]]").unwrap_err().contains("empty command"));
+        assert!(commands("[\"--verbose x\"]").unwrap_err().contains("`--verbose` is not a command"));
     }
 
     #[test]
