@@ -42,6 +42,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let state_dir = config::state_dir_of(&cli.config).map_err(|e| anyhow::anyhow!("{e}"))?;
             Ok(if crate::upgrade::ask(&state_dir)? { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
+        Command::Import { file, env, output, force } => {
+            let req = crate::import::Request { file: &file, env: env.as_deref(), output: output.as_deref(), force };
+            Ok(crate::import::run(&req)?)
+        }
         Command::Quickstart { dir, port, api_port } => {
             let qs = crate::quickstart::prepare(&dir, port, api_port)?;
             // SAFETY: still single-threaded: no runtime or other thread exists yet.

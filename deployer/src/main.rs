@@ -14,6 +14,7 @@ mod commands;
 mod fleet;
 mod monit;
 mod output;
+mod pinned;
 mod report;
 mod sse;
 

@@ -102,6 +102,13 @@ pub struct LogLines {
     pub lines: Vec<LogLine>,
 }
 
+/// `POST /v1/apps/{app}/logs/flush`: the files emptied or removed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogsFlushed {
+    pub app: String,
+    pub files: Vec<String>,
+}
+
 /// One line a worker wrote.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LogLine {

@@ -59,6 +59,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/apps/{app}/start", post(start))
         .route("/apps/{app}/scale", post(scale))
         .route("/apps/{app}/logs", get(stream::logs))
+        .route("/apps/{app}/logs/flush", post(stream::flush_logs))
         .route("/apps/{app}/deploys", post(create_deploy).get(list_deploys))
         .route("/apps/{app}/rollback", post(rollback))
         .route("/apps/{app}/releases", get(releases))

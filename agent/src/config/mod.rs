@@ -6,7 +6,10 @@
 
 pub mod auth;
 mod checked;
+mod command;
 pub use checked::ValueError;
+pub use command::{Commands, StartCommand};
+pub(crate) use command::{flow_list, yaml_scalar};
 pub mod env_file;
 pub mod front;
 pub mod health;
@@ -251,43 +254,6 @@ impl AppConfig {
     }
 }
 
-/// `start: node app.js` or `start: [node, app.js]`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StartCommand(pub Vec<String>);
-
-impl<'de> Deserialize<'de> for StartCommand {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        checked::any::<_, OneOrList, _>(d, "a command like `node app.js` or `[node, app.js]`")
-    }
-}
-
-/// A command line split like a shell would, without running one.
-fn split(line: &str) -> Result<Vec<String>, ValueError> {
-    shell_words::split(line).map_err(|e| ValueError::CannotSplit { text: line.to_string(), reason: e.to_string() })
-}
-
-/// A string or a list of strings, as written (`start` and `install` take both).
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum OneOrList {
-    One(String),
-    List(Vec<String>),
-}
-
-impl TryFrom<OneOrList> for StartCommand {
-    type Error = ValueError;
-    fn try_from(raw: OneOrList) -> Result<Self, ValueError> {
-        let argv = match raw {
-            OneOrList::One(s) => split(&s)?,
-            OneOrList::List(argv) => argv,
-        };
-        if argv.is_empty() || argv[0].is_empty() {
-            return Err(ValueError::EmptyStart);
-        }
-        Ok(StartCommand(argv))
-    }
-}
-
 /// `instances: 4` or `instances: max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Instances {
@@ -342,35 +308,6 @@ impl TryFrom<InstancesRaw> for Instances {
             InstancesRaw::S(s) if s == "max" => Ok(Instances::Max),
             InstancesRaw::S(s) => Err(ValueError::Instances(s)),
         }
-    }
-}
-
-/// One command, or a list run in order: `install: npm ci` or `install: [npm ci, npm run build]`.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Commands(pub Vec<Vec<String>>);
-
-impl<'de> Deserialize<'de> for Commands {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        checked::any::<_, OneOrList, _>(d, "a command like `npm ci`, or a list of them")
-    }
-}
-
-impl TryFrom<OneOrList> for Commands {
-    type Error = ValueError;
-    fn try_from(raw: OneOrList) -> Result<Self, ValueError> {
-        let lines = match raw {
-            OneOrList::One(line) => vec![line],
-            OneOrList::List(lines) => lines,
-        };
-        let mut out = Vec::new();
-        for line in lines {
-            let argv = split(&line)?;
-            if argv.is_empty() {
-                return Err(ValueError::EmptyCommand);
-            }
-            out.push(argv);
-        }
-        Ok(Commands(out))
     }
 }
 
@@ -550,19 +487,72 @@ impl Default for RestartConfig {
     }
 }
 
-/// `logs: { max_size: 10M, keep: 5 }`.
+/// `logs: { max_size: 10M, keep: 5, out: web.out.log, err: web.err.log, merge: true,
+/// date_format: "%Y-%m-%d %H:%M:%S", format: text, compress: false }`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogsConfig {
-    /// Rotate the app's log file when it reaches this size.
+    /// Rotate a log file when it reaches this size.
     pub max_size: Size,
-    /// Rotated files kept (`web.log.1` ... `web.log.N`).
+    /// Rotated files kept per log file (`web.log.1` ... `web.log.N`).
     pub keep: u32,
+    /// The workers' stdout in a file of its own (PM2's `out_file`); relative to
+    /// `state_dir/logs`. Without it, stdout goes to `<app>.log` with stderr.
+    pub out: Option<PathBuf>,
+    /// The workers' stderr in a file of its own (PM2's `error_file`), likewise.
+    pub err: Option<PathBuf>,
+    /// Every worker into one file (the default); `false`: one file per worker, `web-0.log`,
+    /// `web-1.log`... (PM2's `merge_logs: false`).
+    pub merge: bool,
+    /// The time at the start of each line, as a strftime format in local time (PM2's
+    /// `log_date_format`); RFC 3339 in UTC with milliseconds by default.
+    pub date_format: Option<DateFormat>,
+    /// `text` (the default): `<time> <app>-<worker> <out|err>| <line>`; `json`: one object per
+    /// line with PM2's keys, `{"message", "timestamp", "type", "process_id", "app_name"}`.
+    pub format: LogFormat,
+    /// Gzip rotated files (`web.log.1.gz`).
+    pub compress: bool,
 }
 
 impl Default for LogsConfig {
     fn default() -> Self {
-        LogsConfig { max_size: Size(10 << 20), keep: 5 }
+        LogsConfig {
+            max_size: Size(10 << 20),
+            keep: 5,
+            out: None,
+            err: None,
+            merge: true,
+            date_format: None,
+            format: LogFormat::Text,
+            compress: false,
+        }
+    }
+}
+
+/// How each line is written to the log files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// A strftime format checked when the config is read (`%Q` is refused there, not at the first line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DateFormat(pub String);
+
+impl<'de> Deserialize<'de> for DateFormat {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked::text(d, "a strftime format like `%Y-%m-%d %H:%M:%S`")
+    }
+}
+
+impl TryFrom<String> for DateFormat {
+    type Error = ValueError;
+    fn try_from(s: String) -> Result<Self, ValueError> {
+        let bad = chrono::format::StrftimeItems::new(&s).any(|i| matches!(i, chrono::format::Item::Error));
+        if bad || s.is_empty() { Err(ValueError::DateFormat(s)) } else { Ok(DateFormat(s)) }
     }
 }
 

@@ -239,21 +239,14 @@ impl Supervisor {
         };
         let instances = self.instances_at_start(name, cfg)?;
         let spec = resolve_spec(cfg, release.as_ref())?.map(Arc::new);
-        let logs = Arc::new(LogSink::new(
-            name,
-            self.state_dir.join("logs"),
-            cfg.logs.max_size.0,
-            cfg.logs.keep,
-            self.secrets.clone(),
-        ));
+        let logs = Arc::new(LogSink::new(name, self.state_dir.join("logs"), &cfg.logs, self.secrets.clone()));
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         let halt = self.halt.child_token();
         let stats = Arc::new(FrontStats::default());
         let access_log = logs::access_log(
             self.state_dir.join("logs").join(format!("{name}.access.log")),
-            cfg.logs.max_size.0,
-            cfg.logs.keep,
+            &cfg.logs,
             &tracker,
             cancel.clone(),
         );
@@ -934,13 +927,22 @@ impl App {
         }
     }
 
-    pub fn logs(&self, lines: usize) -> Vec<LogLine> {
-        self.ctx.logs.tail(lines)
+    pub fn logs(&self, lines: usize, only: Option<deployer_wire::LogStream>) -> Vec<LogLine> {
+        self.ctx.logs.tail(lines, only)
+    }
+
+    /// `deployer flush`: empty the app's log files; answers the files emptied or removed.
+    pub fn flush_logs(&self) -> Vec<std::path::PathBuf> {
+        self.ctx.logs.flush()
     }
 
     /// The last `lines` lines and a receiver of every later one (`logs --follow`).
-    pub fn follow_logs(&self, lines: usize) -> (Vec<LogLine>, tokio::sync::broadcast::Receiver<LogLine>) {
-        self.ctx.logs.follow(lines)
+    pub fn follow_logs(
+        &self,
+        lines: usize,
+        only: Option<deployer_wire::LogStream>,
+    ) -> (Vec<LogLine>, tokio::sync::broadcast::Receiver<LogLine>) {
+        self.ctx.logs.follow(lines, only)
     }
 
     /// Start the workers at the agent's start (or when SIGHUP added the app), unless the app was

@@ -87,6 +87,9 @@ pub enum Command {
     /// Given an environment of deployer.yaml, the lines of every host, each prefixed with its host.
     Logs(logs::Args),
 
+    /// Empty an app's log files on the agent and remove their rotated copies (like `pm2 flush`)
+    Flush(logs::FlushArgs),
+
     /// Deploy a branch or a commit of an app's git repo, without downtime
     ///
     /// The agent fetches the commit, installs it into a new release directory, then reloads the
@@ -218,6 +221,7 @@ impl Command {
             Command::Start(args) => lifecycle::run(ctx, Action::Start, args).await,
             Command::Scale(args) => scale::run(ctx, args).await,
             Command::Logs(args) => logs::run(ctx, args).await,
+            Command::Flush(args) => logs::flush(ctx, args).await,
             Command::Deploy(args) => deploy::run(ctx, args).await,
             Command::History(args) => history::run(ctx, args).await,
             Command::Rollback(args) => rollback::run(ctx, args).await,

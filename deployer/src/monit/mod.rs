@@ -318,7 +318,7 @@ async fn poll_host(host: usize, client: Client, interval: Duration, poke: Arc<No
 /// breaks, until aborted.
 async fn follow_logs(key: AppKey, client: Client, retry: Duration, tx: UnboundedSender<Update>) {
     loop {
-        let why = match client.follow_logs(&key.app, LOG_REPLAY).await {
+        let why = match client.follow_logs(&key.app, LOG_REPLAY, None).await {
             Err(e) => why(&e),
             Ok(mut stream) => {
                 // The stream replays its last lines: they replace the ones shown.

@@ -16,7 +16,12 @@ fn setup() -> Setup {
         rotation: None,
         listener: None,
         app_port: None,
-        logs: Arc::new(LogSink::new("t", dir.path().to_path_buf(), 1 << 20, 1, Secrets::default())),
+        logs: Arc::new(LogSink::new(
+            "t",
+            dir.path().to_path_buf(),
+            &crate::config::LogsConfig::default(),
+            Secrets::default(),
+        )),
         pids: Arc::new(PidRecord::new(dir.path().join("workers.pids"))),
         run_dir: dir.path().to_path_buf(),
         secrets: Secrets::default(),
