@@ -16,6 +16,7 @@ mod edge;
 mod fleet;
 mod fronts;
 mod lifecycle;
+mod pm2;
 mod records;
 mod reload;
 mod reports;

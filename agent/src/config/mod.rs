@@ -222,6 +222,12 @@ pub struct AppConfig {
     /// When a new worker counts as ready.
     #[serde(default)]
     pub ready: ReadyConfig,
+    /// Give each worker Node's IPC channel (`NODE_CHANNEL_FD`, as PM2 does): `process.send`
+    /// works, other messages are logged, and the worker gets `'shutdown'` (PM2's
+    /// `shutdown_with_message`) before its stop or reload signal. `ready: { message: true }`
+    /// turns it on too.
+    #[serde(default)]
+    pub ipc: bool,
     /// How a rolling reload replaces workers.
     #[serde(default)]
     pub reload: ReloadConfig,
@@ -402,6 +408,13 @@ pub enum ProxyMode {
     None,
 }
 
+impl AppConfig {
+    /// Whether workers get Node's IPC channel: `ipc: true`, or readiness by message.
+    pub fn uses_ipc(&self) -> bool {
+        self.ipc || self.ready.check == ReadyCheck::Message
+    }
+}
+
 impl ProxyMode {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -413,7 +426,7 @@ impl ProxyMode {
     }
 }
 
-/// `ready: { tcp: true }`, `{ http: /healthz }` or `{ notify: true }`, plus `timeout`.
+/// `ready: { tcp: true }`, `{ http: /healthz }`, `{ notify: true }` or `{ message: true }`, plus `timeout`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReadyConfig {
     pub check: ReadyCheck,
@@ -429,6 +442,9 @@ pub enum ReadyCheck {
     Http(String),
     /// The worker sends `READY=1` on `NOTIFY_SOCKET` (sd_notify).
     Notify,
+    /// The worker sends `'ready'` on Node's IPC channel (`process.send('ready')`, PM2's
+    /// `wait_ready`).
+    Message,
     /// The process is still running after this long (the default where there is no port to probe).
     Alive(Duration),
 }
@@ -451,6 +467,7 @@ struct ReadyRaw {
     tcp: Option<bool>,
     http: Option<String>,
     notify: Option<bool>,
+    message: Option<bool>,
     alive: Option<Dur>,
     timeout: Option<Dur>,
 }
@@ -470,6 +487,9 @@ impl TryFrom<ReadyRaw> for ReadyConfig {
         }
         if r.notify == Some(true) {
             checks.push(ReadyCheck::Notify);
+        }
+        if r.message == Some(true) {
+            checks.push(ReadyCheck::Message);
         }
         if let Some(d) = r.alive {
             checks.push(ReadyCheck::Alive(d.0));

@@ -147,7 +147,7 @@ fn probes(name: &str, app: &AppConfig, at: &At<'_>) -> Result<(), ConfigError> {
     let probe = match app.ready.check {
         ReadyCheck::Tcp => "tcp",
         ReadyCheck::Http(_) => "http",
-        ReadyCheck::Notify | ReadyCheck::Alive(_) => return Ok(()),
+        ReadyCheck::Notify | ReadyCheck::Message | ReadyCheck::Alive(_) => return Ok(()),
     };
     match (app.proxy, app.port) {
         (ProxyMode::Fd, _) => Err(at(

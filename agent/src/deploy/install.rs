@@ -136,7 +136,7 @@ pub async fn run(
         out.line(&format!("$ {cmd}"));
         let tree = out.cgroups.create(&out.scope);
         let cgroup_procs = tree.as_ref().map(|t| t.procs_fd());
-        let launch = Launch { argv, cwd, env, listen_fd: None, fd_name: "", run_as, cgroup_procs };
+        let launch = Launch { argv, cwd, env, listen_fd: None, fd_name: "", run_as, cgroup_procs, ipc_fd: None };
         let mut child = spawn::spawn(&launch).map_err(|source| StepError::Spawn { cmd: cmd.clone(), source })?;
         let pid = child.id();
         if let (Some(t), Some(pid)) = (&tree, pid) {

@@ -6,6 +6,7 @@
 
 pub mod event;
 mod health;
+mod ipc;
 pub(crate) mod lines;
 mod live;
 mod logs;
@@ -551,6 +552,7 @@ pub fn resolve_spec(cfg: &AppConfig, release: Option<&ActiveRelease>) -> Result<
         ready: cfg.ready.clone(),
         restart: cfg.restart.clone(),
         run_as: cfg.run_as.clone(),
+        ipc: cfg.uses_ipc(),
     }))
 }
 

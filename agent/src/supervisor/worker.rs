@@ -2,6 +2,7 @@
 //! itself, and retires gracefully (out of rotation, drain, signal, kill) when asked.
 
 use super::event::{Events, SupervisorEvent, WorkerRef};
+use super::ipc;
 use super::logs::{LogSink, Stream};
 use super::orphans::PidRecord;
 use super::procstat;
@@ -66,6 +67,9 @@ pub struct WorkerSpec {
     pub restart: RestartConfig,
     /// The account the worker runs as (`user:`); `None`: the agent's own.
     pub run_as: Option<RunAs>,
+    /// Node's IPC channel for each run (`ipc: true` or `ready: { message: true }`): the worker
+    /// is told `'shutdown'` before its stop signal.
+    pub ipc: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -144,6 +148,15 @@ pub struct Status {
     pub restarts: u32,
 }
 
+/// What `retire` asks the keeper to send the running process.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Stop {
+    /// `'shutdown'` over the IPC channel (PM2's `shutdown_with_message`).
+    Message,
+    /// A signal to the process group.
+    Signal(Signal),
+}
+
 /// How to retire a worker.
 #[derive(Debug, Clone, Copy)]
 pub struct Retire {
@@ -166,10 +179,10 @@ pub struct Worker {
     backend: Mutex<Option<Arc<Backend>>>,
     /// Cancelled by `retire`: the keeper spawns no new process and puts none into rotation.
     stop: CancellationToken,
-    /// The signal `retire` asks for. The keeper sends it itself, to the process it is waiting
+    /// What `retire` asks for. The keeper sends it itself, to the process it is waiting
     /// on: that child is not reaped yet, so its group id cannot belong to another process, and a
     /// worker between two runs (restarting) has nothing to signal.
-    kill: watch::Sender<Option<Signal>>,
+    kill: watch::Sender<Option<Stop>>,
     usage: Mutex<Usage>,
     /// The current run's process tree, while it runs in a cgroup.
     tree: Mutex<Option<Arc<Tree>>>,
@@ -238,6 +251,8 @@ impl Worker {
     }
 
     /// Out of rotation, wait for in-flight work, send the signal, wait, then SIGKILL the group.
+    /// A worker with an IPC channel is sent `'shutdown'` first and given `kill_timeout` to exit
+    /// before the signal (unless the signal is SIGKILL: nothing graceful is asked then).
     ///
     /// Safe at any point of the keeper's loop: `stop` is cancelled first, so no process is
     /// spawned or put into rotation after this; the signals go through the keeper, which holds
@@ -265,10 +280,17 @@ impl Worker {
                 s.state = WorkerState::Stopping;
             }
         });
-        self.kill.send_replace(Some(how.signal));
+        if self.spec.ipc && how.signal != Signal::SIGKILL {
+            self.kill.send_replace(Some(Stop::Message));
+            if tokio::time::timeout(how.kill_timeout, rx.wait_for(|s| s.state.is_final())).await.is_ok() {
+                return;
+            }
+            tracing::info!(worker = self.id, signal = %how.signal, "still running kill_timeout after 'shutdown'; sending the signal");
+        }
+        self.kill.send_replace(Some(Stop::Signal(how.signal)));
         if tokio::time::timeout(how.kill_timeout, rx.wait_for(|s| s.state.is_final())).await.is_err() {
             tracing::info!(worker = self.id, "still running after kill_timeout; sending SIGKILL");
-            self.kill.send_replace(Some(Signal::SIGKILL));
+            self.kill.send_replace(Some(Stop::Signal(Signal::SIGKILL)));
             // still running 10 s after SIGKILL (e.g. uninterruptible I/O): the watcher records the end
             // when it comes
             let _ = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|s| s.state.is_final())).await;
@@ -423,6 +445,17 @@ impl Worker {
         if let Some(n) = &notify {
             run.push(("NOTIFY_SOCKET".into(), n.path().display().to_string()));
         }
+        let channel = if self.spec.ipc {
+            match ipc::pair(self.id, ctx.logs.clone(), &ctx.tasks) {
+                Ok((channel, end)) => {
+                    run.extend(end.env());
+                    Some((channel, end))
+                }
+                Err(e) => return self.spawn_failed(ctx, &format!("cannot open the IPC channel: {e}")),
+            }
+        } else {
+            None
+        };
         let env = ctx.secrets.child_env(&self.spec.env, run);
         let tree = ctx.cgroups.create(&format!("{}.w{}", ctx.app, self.id)).map(Arc::new);
         // A signal `retire` asked for before this run is sent as soon as the child exists.
@@ -439,8 +472,12 @@ impl Worker {
             fd_name: &ctx.app,
             run_as: self.spec.run_as.as_ref(),
             cgroup_procs: tree.as_ref().map(|t| t.procs_fd()),
+            ipc_fd: channel.as_ref().map(|(_, end)| end.raw()),
         };
-        let mut child = match spawn::spawn(&launch) {
+        let spawned = spawn::spawn(&launch);
+        // The worker's end is the worker's now: closed here, so the channel ends when it does.
+        let channel = channel.map(|(channel, _end)| channel);
+        let mut child = match spawned {
             Ok(c) => c,
             Err(e) => return self.spawn_failed(ctx, &format!("cannot start `{}`: {e}", self.spec.argv.join(" "))),
         };
@@ -475,12 +512,12 @@ impl Worker {
         let timeout = self.spec.ready.timeout;
         let mut end = RunEnd::Exited;
         tokio::select! {
-            _ = readiness::wait(&self.spec.ready.check, port, notify.as_ref()) => {
+            _ = readiness::wait(&self.spec.ready.check, port, notify.as_ref(), channel.as_ref()) => {
                 drop(notify);
                 self.go_online(ctx, port, pid);
                 // an online worker's end is handled alike whatever its status: the exit is logged
                 // below, and the restart policy decides what follows
-                let _ = self.wait_exit(&mut child, pid, &mut kill).await;
+                let _ = self.wait_exit(&mut child, pid, &mut kill, channel.as_ref()).await;
             }
             _ = tokio::time::sleep(timeout) => {
                 // ESRCH: the group is gone already
@@ -492,7 +529,7 @@ impl Worker {
                     end = RunEnd::NotReady(format!("not ready within {}", humantime::format_duration(timeout)));
                 }
             }
-            status = self.wait_exit(&mut child, pid, &mut kill) => {
+            status = self.wait_exit(&mut child, pid, &mut kill, channel.as_ref()) => {
                 let code = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
                 tracing::warn!(pid, "exited before it was ready ({code})");
             }
@@ -519,21 +556,31 @@ impl Worker {
         end
     }
 
-    /// Wait for the child to exit, sending it the signals `retire` asks for meanwhile.
+    /// Wait for the child to exit, sending it what `retire` asks for meanwhile.
     async fn wait_exit(
         &self,
         child: &mut Child,
         pid: u32,
-        kill: &mut watch::Receiver<Option<Signal>>,
+        kill: &mut watch::Receiver<Option<Stop>>,
+        channel: Option<&ipc::Channel>,
     ) -> std::io::Result<ExitStatus> {
         loop {
             tokio::select! {
                 status = child.wait() => return status,
                 Ok(()) = kill.changed() => {
-                    // Not reaped while this branch runs: the group id is still this worker's.
-                    if let Some(signal) = *kill.borrow_and_update() {
+                    let stop = *kill.borrow_and_update();
+                    match stop {
+                        // Not reaped while this branch runs: the group id is still this worker's.
                         // ESRCH: the group ended meanwhile; `child.wait()` above sees it
-                        let _ = killpg(Pid::from_raw(pid as i32), signal);
+                        Some(Stop::Signal(signal)) => { let _ = killpg(Pid::from_raw(pid as i32), signal); }
+                        Some(Stop::Message) => {
+                            if let Some(c) = channel
+                                && let Err(e) = c.send(&serde_json::json!("shutdown")).await
+                            {
+                                tracing::info!(pid, error = %e, "cannot send 'shutdown'; the signal follows after kill_timeout");
+                            }
+                        }
+                        None => {}
                     }
                 }
             }

@@ -43,6 +43,7 @@ impl Setup {
                 backoff_max: Dur(backoff_max),
             },
             run_as: None,
+            ipc: false,
         };
         Worker::start(0, Arc::new(spec), self.ctx.clone())
     }
@@ -179,4 +180,46 @@ async fn a_worker_announces_its_life_and_its_tasks_end_with_it() {
     alive.retire(how(Signal::SIGTERM, Duration::from_secs(5)), None).await;
     s.ctx.tasks.close();
     tokio::time::timeout(Duration::from_secs(5), s.ctx.tasks.wait()).await.expect("the keepers and readers ended");
+}
+
+/// The sockets among a process's open fds, by number.
+fn sockets(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+        if std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:")) {
+            out.push(e.file_name().to_string_lossy().parse().unwrap());
+        }
+    }
+    out
+}
+
+/// The IPC channel's end reaches its own worker as `NODE_CHANNEL_FD`, and no other child: a
+/// worker started meanwhile holds no socket at all.
+#[tokio::test]
+async fn the_ipc_channel_reaches_its_worker_only() {
+    let s = setup();
+    let script = "echo $$ >> pids; echo \"$NODE_CHANNEL_FD $NODE_CHANNEL_SERIALIZATION_MODE\" > chan.$INSTANCE_ID; \
+                  while :; do sleep 0.05; done";
+    let mut spec = WorkerSpec::clone(&s.worker("exit 0", Duration::from_secs(1)).spec);
+    spec.argv[2] = script.into();
+    spec.ipc = true;
+    let with_ipc = Worker::start(1, Arc::new(spec.clone()), s.ctx.clone());
+    spec.ipc = false;
+    let without = Worker::start(2, Arc::new(spec), s.ctx.clone());
+    wait_state(&with_ipc, "online").await;
+    wait_state(&without, "online").await;
+    let chan = std::fs::read_to_string(s.dir.path().join("chan.1")).unwrap();
+    let (fd, mode) = chan.trim().split_once(' ').unwrap();
+    assert_eq!(mode, "json");
+    let fd: i32 = fd.parse().unwrap();
+    assert_eq!(sockets(with_ipc.status().pid.unwrap() as i32), [fd], "its channel, and nothing else");
+    assert_eq!(std::fs::read_to_string(s.dir.path().join("chan.2")).unwrap(), " \n");
+    assert!(sockets(without.status().pid.unwrap() as i32).is_empty(), "another worker got a socket");
+    let stop = how(Signal::SIGTERM, Duration::from_millis(300));
+    // `sh` does not read the channel: `'shutdown'`, kill_timeout, then the signal.
+    let started = Instant::now();
+    with_ipc.retire(stop, None).await;
+    assert!(started.elapsed() >= Duration::from_millis(300), "no wait after 'shutdown'");
+    without.retire(stop, None).await;
+    assert!(s.pids("pids").iter().all(|&p| !alive(p)));
 }
