@@ -1,7 +1,8 @@
 //! Apps written for PM2 run unchanged: readiness and shutdown over Node's IPC channel
-//! (`ready: { message: true }`, `ipc: true`).
+//! (`ready: { message: true }`, `ipc: true`), and fork-mode apps (`proxy: none` with a `port`)
+//! reload.
 
-use deployer_tests::{Agent, Load, TestEnv, fixture, pid_alive};
+use deployer_tests::{Agent, Load, Proxy, TestEnv, fixture, http, pid_alive, poll};
 use deployer_wire::{ApiError, ReloadOutcome};
 use std::time::Duration;
 
@@ -77,4 +78,84 @@ fn a_worker_that_never_sends_ready_is_not_put_into_rotation() {
         "a worker that never said ready served: {report}"
     );
     assert_eq!(agent.pids("web"), before);
+}
+
+/// One fork-mode worker of the example app: it binds `PORT` itself, with no front.
+fn fork_mode() -> TestEnv {
+    TestEnv::new().proxy(Proxy::None).instances(1).ready_check("tcp: true")
+}
+
+/// The pid in the app's answer on its own port, once it answers.
+fn answering_pid(agent: &Agent) -> u32 {
+    let answer = poll(Duration::from_secs(15), || {
+        let r = http::get(agent.port("web"), "/").ok()?;
+        (r.status == 200).then_some(r.body)
+    })
+    .expect("the app answers on its port");
+    let pid = answer.trim().rsplit_once("pid ").expect("a pid in the answer").1;
+    pid.parse().expect("a pid")
+}
+
+#[test]
+fn a_fork_mode_reload_stops_then_starts_and_says_so() {
+    let agent = fork_mode().start();
+    let first = agent.pids("web");
+    assert_eq!(answering_pid(&agent), first[0]);
+
+    let r = agent.reload("web", false);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let outcome: ReloadOutcome = r.json();
+    assert!(outcome.ok && outcome.replaced == 1, "{outcome:?}");
+    assert!(outcome.gap_ms.is_some(), "the gap is not said: {outcome:?}");
+    let second = agent.pids("web");
+    assert_ne!(second, first);
+    assert!(!pid_alive(first[0]));
+    assert_eq!(answering_pid(&agent), second[0]);
+
+    let cli = agent.cli(&["reload", "web"]).success();
+    assert!(cli.stdout.contains("reloaded web: 1 worker replaced"), "{cli}");
+    assert!(cli.stderr.contains("stop-then-start: `web` did not serve for"), "{cli}");
+    assert!(cli.stderr.contains("reuse_port: true"), "{cli}");
+    assert_eq!(answering_pid(&agent), agent.pids("web")[0]);
+}
+
+/// A release that never gets ready: the old spec's worker is started again in its slot.
+#[test]
+fn a_failed_fork_mode_reload_starts_the_previous_worker_again() {
+    let mut agent = fork_mode().start();
+    let first = agent.pids("web");
+    agent.reconfigure(|env| env.start_command(&["node", &fixture("never-ready.js")]).ready_timeout("2s"));
+    let r = agent.reload("web", true);
+    assert_eq!(r.status, 409, "{}", r.body);
+    let err: ApiError = r.json();
+    assert!(err.message.contains("not ready within"), "{err:?}");
+    let workers = agent.wait_online("web", 1);
+    assert_ne!(workers[0].pid, Some(first[0]), "stopped first, so a new process of the old release");
+    assert_eq!(answering_pid(&agent), workers[0].pid.expect("a pid"));
+}
+
+/// `reload: { reuse_port: true }`: the new worker starts beside the old one, so nothing stops
+/// serving and the outcome has no gap.
+#[test]
+fn a_fork_mode_app_with_reuse_port_reloads_start_then_stop() {
+    let agent = TestEnv::new()
+        .proxy(Proxy::None)
+        .instances(1)
+        .start_command(&["/usr/bin/python3", &fixture("reuseport.py")])
+        // A tcp probe could reach the old worker on the shared port: wait for the new one to live.
+        .ready_check("alive: 1s")
+        .reload("reuse_port", "true")
+        .start();
+    let first = agent.pids("web");
+    for _ in 0..2 {
+        let before = agent.pids("web");
+        let r = agent.reload("web", false);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let outcome: ReloadOutcome = r.json();
+        assert!(outcome.ok && outcome.replaced == 1 && outcome.gap_ms.is_none(), "{outcome:?}");
+        assert!(!pid_alive(before[0]));
+    }
+    let now = agent.pids("web");
+    assert_ne!(now, first);
+    assert_eq!(answering_pid(&agent), now[0]);
 }

@@ -73,6 +73,10 @@ pub struct ReloadOutcome {
     /// What to do about it, when there is something to say (a config error's fix).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+    /// Set when the reload stopped old workers before starting new ones (`proxy: none` with a
+    /// `port` and no `reload.reuse_port`): how long, in all, a slot had no worker serving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gap_ms: Option<u64>,
 }
 
 /// `POST /v1/apps/{app}/scale`.

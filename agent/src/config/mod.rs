@@ -413,6 +413,12 @@ impl AppConfig {
     pub fn uses_ipc(&self) -> bool {
         self.ipc || self.ready.check == ReadyCheck::Message
     }
+
+    /// Whether a reload must stop an old worker before its replacement starts: it binds the
+    /// public port itself (`proxy: none` with a `port`), and not with `SO_REUSEPORT`.
+    pub fn reloads_stop_first(&self) -> bool {
+        self.proxy == ProxyMode::None && self.port.is_some() && !self.reload.reuse_port
+    }
 }
 
 impl ProxyMode {
@@ -504,7 +510,7 @@ impl TryFrom<ReadyRaw> for ReadyConfig {
     }
 }
 
-/// `reload: { signal: SIGUSR2, drain_timeout: 30s, kill_timeout: 5s, max_surge: 1 }`.
+/// `reload: { signal: SIGUSR2, drain_timeout: 30s, kill_timeout: 5s, max_surge: 1, reuse_port: false }`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReloadConfig {
@@ -516,6 +522,10 @@ pub struct ReloadConfig {
     pub kill_timeout: Dur,
     /// How many workers are replaced at once.
     pub max_surge: u32,
+    /// `proxy: none` with a `port`: the app binds its port with `SO_REUSEPORT`, so a new worker
+    /// can listen while the old one still does, and a reload starts it first (no gap). Without
+    /// it such an app is reloaded stop-then-start, and it does not serve in between.
+    pub reuse_port: bool,
 }
 
 impl Default for ReloadConfig {
@@ -525,6 +535,7 @@ impl Default for ReloadConfig {
             drain_timeout: Dur(Duration::from_secs(30)),
             kill_timeout: Dur(Duration::from_secs(5)),
             max_surge: 1,
+            reuse_port: false,
         }
     }
 }

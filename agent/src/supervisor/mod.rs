@@ -619,6 +619,11 @@ impl App {
         self.config().reload
     }
 
+    /// A reload stops old workers before starting new ones ([`AppConfig::reloads_stop_first`]).
+    pub(crate) fn stops_first(&self) -> bool {
+        self.config().reloads_stop_first()
+    }
+
     pub(crate) fn worker_ctx(&self) -> Arc<WorkerCtx> {
         self.ctx.clone()
     }
@@ -664,6 +669,12 @@ impl App {
         self.workers.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// The workers in `slots`, in that order.
+    pub(crate) fn workers_in(&self, slots: &[usize]) -> Vec<Arc<Worker>> {
+        let workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        slots.iter().filter_map(|&s| workers.get(s).cloned()).collect()
+    }
+
     fn current_spec(&self) -> Option<Arc<WorkerSpec>> {
         self.spec.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -695,7 +706,7 @@ impl App {
         spec: WorkerSpec,
     ) -> Result<u32, reload::RollFailed> {
         let _op = self.op.lock().await;
-        self.roll_locked(Some(cfg), Some((release, spec))).await.map_err(|e| match e {
+        self.roll_locked(Some(cfg), Some((release, spec))).await.map(|r| r.replaced).map_err(|e| match e {
             Refused::Roll(e) => e,
             nothing_changed => reload::RollFailed { reason: nothing_changed.to_string(), restored: true },
         })
@@ -712,7 +723,7 @@ impl App {
         &self,
         cfg: Option<AppConfig>,
         target: Option<(ActiveRelease, WorkerSpec)>,
-    ) -> Result<u32, Refused> {
+    ) -> Result<reload::Rolled, Refused> {
         let (release, spec) = match target {
             Some((release, spec)) => (Some(release), Ok(Some(spec))),
             None if cfg.is_none() => (None, Ok(self.current_spec().map(|s| WorkerSpec::clone(&s)))),
@@ -734,10 +745,13 @@ impl App {
             self.set_config(c.clone());
         }
         if !self.running.load(SeqCst) {
-            return self.move_stopped(spec, previous_cfg, release.as_ref(), resize).map(|()| 0);
+            return self.move_stopped(spec, previous_cfg, release.as_ref(), resize).map(|()| reload::Rolled::default());
         }
         if self.workers().is_empty() {
-            return self.start_onto(spec, previous_cfg, previous_spec, release.as_ref(), resize).await.map(|()| 0);
+            return self
+                .start_onto(spec, previous_cfg, previous_spec, release.as_ref(), resize)
+                .await
+                .map(|()| reload::Rolled::default());
         }
         self.reloading.store(true, SeqCst);
         let slots: Vec<usize> = (0..self.workers().len()).collect();
@@ -771,7 +785,19 @@ impl App {
                     }
                 }
                 let release = self.release().map(|r| r.name);
-                self.ctx.events.send(SupervisorEvent::AppReloaded { app: self.name.clone(), replaced: n, release });
+                if let Some(gap) = n.gap {
+                    tracing::warn!(
+                        app = %self.name,
+                        gap_ms = gap.as_millis() as u64,
+                        "reloaded stop-then-start (`proxy: none` with a `port`): the app did not serve in between; \
+                         `reload: {{ reuse_port: true }}` avoids it if the app binds with SO_REUSEPORT"
+                    );
+                }
+                self.ctx.events.send(SupervisorEvent::AppReloaded {
+                    app: self.name.clone(),
+                    replaced: n.replaced,
+                    release,
+                });
                 Ok(n)
             }
             Err(e) => {
@@ -1052,26 +1078,36 @@ impl App {
         self.outcome(started, result)
     }
 
-    fn outcome(&self, started: Instant, result: Result<u32, ReloadError>) -> ReloadOutcome {
+    fn outcome(&self, started: Instant, result: Result<reload::Rolled, ReloadError>) -> ReloadOutcome {
         let env_hash = self.current_spec().map(|s| s.env_hash.clone()).unwrap_or_default();
         let duration_ms = started.elapsed().as_millis() as u64;
         match result {
-            Ok(replaced) => {
-                tracing::info!(app = %self.name, replaced, duration_ms, "reload done");
+            Ok(rolled) => {
+                tracing::info!(app = %self.name, replaced = rolled.replaced, duration_ms, "reload done");
                 ReloadOutcome {
                     app: self.name.clone(),
                     ok: true,
-                    replaced,
+                    replaced: rolled.replaced,
                     duration_ms,
                     env_hash,
                     error: None,
                     hint: None,
+                    gap_ms: rolled.gap.map(|g| g.as_millis() as u64),
                 }
             }
             Err(e) => {
                 let error = Some(self.ctx.secrets.masked(&e.problem()));
                 let hint = e.hint().map(|h| self.ctx.secrets.masked(&h));
-                ReloadOutcome { app: self.name.clone(), ok: false, replaced: 0, duration_ms, env_hash, error, hint }
+                ReloadOutcome {
+                    app: self.name.clone(),
+                    ok: false,
+                    replaced: 0,
+                    duration_ms,
+                    env_hash,
+                    error,
+                    hint,
+                    gap_ms: None,
+                }
             }
         }
     }

@@ -63,6 +63,15 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
             output::human_elapsed(outcome.duration_ms),
             outcome.env_hash,
         ));
+        if let Some(gap) = outcome.gap_ms {
+            output::print_warning(&format!(
+                "stop-then-start: `{}` did not serve for {} in all (it binds its own `port` under `proxy: none`, \
+                 so each old worker stopped before its replacement started); with `reload: {{ reuse_port: true }}` \
+                 and an app that listens with SO_REUSEPORT, reloads have no gap",
+                outcome.app,
+                output::human_elapsed(gap),
+            ));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
