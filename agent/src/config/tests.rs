@@ -179,7 +179,7 @@ fn of_two_apps_on_one_port_the_one_written_second_is_named() {
     let p = write(&d, &format!("{}{api}{}", &GOOD[..apps], &GOOD[apps..]));
     let e = load(&p).unwrap_err();
     assert_eq!(e.message, "port 3000 is used by both `api` and `web`", "{e}");
-    assert_eq!(e.line, 12, "{e}");
+    assert_eq!((e.line, e.col), (11, 87), "at the key: {e}");
 }
 
 #[test]
@@ -273,4 +273,31 @@ fn health_checks_parse_and_are_refused_where_workers_cannot_be_probed() {
     assert_eq!(e.line, 15, "{e}");
     assert!(e.message.contains("`proxy: fd` workers have no private port"), "{e}");
     assert!(e.hint.as_deref().is_some_and(|h| h.contains("remove `health`")), "{e}");
+}
+
+#[test]
+fn pm2_readiness_ipc_and_fork_mode_reloads() {
+    let d = tmp("pm2");
+    let p =
+        write(&d, &GOOD.replace("ready: { http: /healthz, timeout: 10s }", "ready: { message: true, timeout: 10s }"));
+    let web = load(&p).unwrap().config.apps["web"].clone();
+    assert_eq!(web.ready.check, ReadyCheck::Message);
+    assert!(web.uses_ipc(), "readiness by message needs the channel");
+    assert!(!web.reloads_stop_first(), "behind a front, new workers start first");
+
+    let p = write(&d, &GOOD.replace("    port: 3000", "    port: 3000\n    proxy: none\n    ipc: true"));
+    let web = load(&p).unwrap().config.apps["web"].clone();
+    assert!(web.uses_ipc() && web.reloads_stop_first());
+
+    let p = write(&d, &GOOD.replace("max_surge: 1 }", "max_surge: 1, reuse_port: true }"));
+    let e = load(&p).unwrap_err();
+    assert_eq!((e.line, e.col), (11, 87), "at the key: {e}");
+    assert!(e.message.contains("`reuse_port` is for apps that bind their own `port`"), "{e}");
+    let p = write(
+        &d,
+        &GOOD
+            .replace("    port: 3000", "    port: 3000\n    proxy: none")
+            .replace("max_surge: 1 }", "max_surge: 1, reuse_port: true }"),
+    );
+    assert!(!load(&p).unwrap().config.apps["web"].reloads_stop_first());
 }
