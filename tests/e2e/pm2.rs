@@ -159,3 +159,71 @@ fn a_fork_mode_app_with_reuse_port_reloads_start_then_stop() {
     assert_ne!(now, first);
     assert_eq!(answering_pid(&agent), now[0]);
 }
+
+/// Two `sh` workers without a front that say which signal they got.
+fn trapping_workers() -> TestEnv {
+    let script = "trap 'echo \"pid $$ got USR1\"' USR1; while :; do sleep 0.05; done";
+    TestEnv::new().proxy(Proxy::None).start_command(&["sh", "-c", script]).ready_check("alive: 200ms")
+}
+
+#[test]
+fn signal_reaches_every_worker_by_name() {
+    let agent = trapping_workers().start();
+    let pids = agent.pids("web");
+    let out = agent.cli(&["signal", "web", "SIGUSR1", "--json"]).success();
+    let outcome: deployer_wire::SignalOutcome = serde_json::from_str(&out.stdout).expect("signal --json");
+    assert_eq!(outcome.signal, "SIGUSR1");
+    let mut sent: Vec<u32> = outcome.workers.iter().map(|w| w.pid).collect();
+    sent.sort();
+    let mut want = pids.clone();
+    want.sort();
+    assert_eq!(sent, want);
+    let out = agent.cli(&["signal", "web", "usr1"]).success();
+    assert!(out.stdout.contains("sent SIGUSR1 to 2 workers of web"), "{out}");
+    let both = poll(Duration::from_secs(10), || {
+        let logs = agent.cli(&["logs", "web", "-n", "100"]).success().stdout;
+        pids.iter().all(|p| logs.matches(&format!("pid {p} got USR1")).count() == 2).then_some(())
+    });
+    assert!(both.is_some(), "{}", agent.cli(&["logs", "web", "-n", "100"]));
+    assert_eq!(agent.pids("web"), pids, "a signal is not a restart");
+
+    let bad = agent.cli(&["signal", "web", "SIGFOO"]).failure(1);
+    assert!(bad.stderr.contains("unknown signal `SIGFOO`"), "{bad}");
+    let none = agent.cli(&["signal", "nope", "USR1"]).failure(1);
+    assert!(none.stderr.contains("no app named `nope`"), "{none}");
+}
+
+#[test]
+fn scale_by_more_or_fewer_than_now() {
+    let agent = TestEnv::new().start();
+    let out = agent.cli(&["scale", "web", "+2", "--json"]).success();
+    let web: deployer_wire::AppStatus = serde_json::from_str(&out.stdout).expect("scale --json");
+    assert_eq!(web.instances, 4);
+    agent.wait_online("web", 4);
+    let out = agent.cli(&["scale", "web", "-3"]).success();
+    assert!(out.stdout.contains("scaled web to 1 instance"), "{out}");
+    agent.wait_online("web", 1);
+    let refused = agent.cli(&["scale", "web", "-1"]).failure(1);
+    assert!(refused.stderr.contains("scaling by -1 from 1 would make 0 workers"), "{refused}");
+    assert!(refused.stderr.contains("`stop`"), "{refused}");
+    let bad = agent.cli(&["scale", "web", "two"]).failure(1);
+    assert!(bad.stderr.contains("invalid worker count `two`"), "{bad}");
+    assert_eq!(agent.app("web").instances, 1);
+}
+
+#[test]
+fn reload_all_reloads_every_app_one_after_the_other() {
+    let agent = TestEnv::new().instances(1).app(deployer_tests::AppSpec::new("api").instances(1)).start();
+    agent.wait_online("api", 1);
+    let before = [agent.pids("web"), agent.pids("api")];
+    let out = agent.cli(&["reload", "all", "--json"]).success();
+    let outcomes: Vec<ReloadOutcome> = serde_json::from_str(&out.stdout).expect("reload all --json");
+    let names: Vec<&str> = outcomes.iter().map(|o| o.app.as_str()).collect();
+    assert_eq!(names, ["api", "web"]);
+    assert!(outcomes.iter().all(|o| o.ok && o.replaced == 1), "{outcomes:?}");
+    assert_ne!(agent.pids("web"), before[0]);
+    assert_ne!(agent.pids("api"), before[1]);
+    let out = agent.cli(&["reload", "all"]).success();
+    assert!(out.stdout.contains("reloaded api: 1 worker replaced"), "{out}");
+    assert!(out.stdout.contains("reloaded web: 1 worker replaced"), "{out}");
+}

@@ -47,6 +47,11 @@ pub struct WorkerStatus {
     pub env_hash: String,
     /// The release the worker runs (the app's `cwd` until git deploys exist).
     pub release: String,
+    /// How its last process ended, when it ended by itself and was not restarted
+    /// (`restart: { autorestart: false }` or a code in `stop_exit_codes`): the exit code, or
+    /// 128 + the signal's number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
 }
 
 /// `POST /v1/apps/{app}/reload`.
@@ -80,10 +85,39 @@ pub struct ReloadOutcome {
 }
 
 /// `POST /v1/apps/{app}/scale`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Either `instances` (run that many) or `by` (that many more, or fewer when negative: `scale
+/// web +2`), not both.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScaleRequest {
-    pub instances: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<i64>,
+}
+
+/// `POST /v1/apps/{app}/signal`: send a signal to every running worker of the app.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalRequest {
+    /// A name like `SIGUSR1` or `USR1`.
+    pub signal: String,
+}
+
+/// The answer of `POST /v1/apps/{app}/signal`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SignalOutcome {
+    pub app: String,
+    /// The signal's full name (`SIGUSR1`).
+    pub signal: String,
+    /// The workers it was sent to (their process groups): those running when asked.
+    pub workers: Vec<SignalledWorker>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SignalledWorker {
+    pub id: u32,
+    pub pid: u32,
 }
 
 /// `GET /v1/apps/{app}/logs?lines=N`.

@@ -559,10 +559,19 @@ impl TryFrom<String> for SignalName {
     }
 }
 
-/// `restart: { max_restarts: 10, min_uptime: 1s, backoff_max: 15s }`.
+/// `restart: { max_restarts: 10, min_uptime: 1s, backoff_max: 15s, autorestart: true,
+/// delay: 2s, stop_exit_codes: [0] }`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RestartConfig {
+    /// Restart a worker that exits by itself (PM2's `autorestart`). `false`: one-shot workers,
+    /// left `stopped` with their exit code until the next start, restart or reload.
+    pub autorestart: bool,
+    /// A fixed wait before each restart instead of the growing backoff (PM2's `restart_delay`).
+    pub delay: Option<Dur>,
+    /// Exit codes that mean "done": a worker exiting with one is not restarted (PM2's
+    /// `stop_exit_codes`).
+    pub stop_exit_codes: Vec<i32>,
     /// Exits in a row, each within `min_uptime` of its start, before the worker is `errored`.
     pub max_restarts: u32,
     /// A worker that ran at least this long before exiting resets the count.
@@ -574,6 +583,9 @@ pub struct RestartConfig {
 impl Default for RestartConfig {
     fn default() -> Self {
         RestartConfig {
+            autorestart: true,
+            delay: None,
+            stop_exit_codes: Vec::new(),
             max_restarts: 10,
             min_uptime: Dur(Duration::from_secs(1)),
             backoff_max: Dur(Duration::from_secs(15)),

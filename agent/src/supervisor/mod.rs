@@ -1048,7 +1048,15 @@ impl App {
     /// Recorded first, with the config's `instances` it overrides: the next agent starts `n`
     /// workers too, until the config's `instances` changes.
     pub async fn scale(&self, n: u32) -> Result<(), NotReady> {
+        self.scale_from(|_| Some(n)).await.map(|_| ())
+    }
+
+    /// Scale to `target(current count)`, read and applied under the operation lock (`scale web
+    /// +2` never races another scale). `target` answering `None` changes nothing; answers the
+    /// count scaled to.
+    pub async fn scale_from(&self, target: impl FnOnce(u32) -> Option<u32>) -> Result<Option<u32>, NotReady> {
         let _op = self.op.lock().await;
+        let Some(n) = target(self.instances.load(SeqCst)) else { return Ok(None) };
         let configured = self.config().instances;
         let scale = (n != configured.resolve()).then(|| Scale { instances: n, over: configured.to_string() });
         self.store
@@ -1056,7 +1064,13 @@ impl App {
             .map_err(|e| NotReady::NotRecorded(format!("nothing was changed: cannot record the scale: {e}")))?;
         let resized = self.resize_locked(n).await;
         self.ctx.events.send(SupervisorEvent::AppScaled { app: self.name.clone(), instances: n });
-        resized
+        resized.map(|()| Some(n))
+    }
+
+    /// Send `signal` to the process group of every running worker (`deployer signal`); answers
+    /// (instance id, pid) of each. The keepers send it, to the children they hold unreaped.
+    pub fn signal(&self, signal: Signal) -> Vec<(u32, u32)> {
+        self.workers().iter().filter_map(|w| w.signal(signal).map(|pid| (w.id, pid))).collect()
     }
 
     /// Rolling reload. With `update_env`, the config file and `env_file` are read again first.

@@ -146,6 +146,8 @@ pub struct Status {
     pub port: Option<u16>,
     pub started: Option<Instant>,
     pub restarts: u32,
+    /// The exit of a process left stopped by the restart policy (code, or 128 + signal).
+    pub exit_code: Option<i32>,
 }
 
 /// What `retire` asks the keeper to send the running process.
@@ -183,6 +185,10 @@ pub struct Worker {
     /// on: that child is not reaped yet, so its group id cannot belong to another process, and a
     /// worker between two runs (restarting) has nothing to signal.
     kill: watch::Sender<Option<Stop>>,
+    /// Signals asked for by `deployer signal`, sent by the keeper like `kill`'s; the keeper
+    /// takes the receiver.
+    signals: tokio::sync::mpsc::Sender<Signal>,
+    signals_rx: Mutex<Option<tokio::sync::mpsc::Receiver<Signal>>>,
     usage: Mutex<Usage>,
     /// The current run's process tree, while it runs in a cgroup.
     tree: Mutex<Option<Arc<Tree>>>,
@@ -196,14 +202,21 @@ struct Usage {
     rss_bytes: u64,
 }
 
+/// Signals of `deployer signal` waiting for a keeper, per worker; more are refused.
+const SIGNALS_PENDING: usize = 16;
+
 /// The next [`Worker::serial`].
 static SERIAL: AtomicU64 = AtomicU64::new(1);
 
 impl Worker {
     /// Create the worker and start keeping it running; its keeper belongs to the app's tasks.
     pub fn start(id: u32, spec: Arc<WorkerSpec>, ctx: Arc<WorkerCtx>) -> Arc<Worker> {
-        let status = Status { state: WorkerState::Starting, pid: None, port: None, started: None, restarts: 0 };
+        let status =
+            Status { state: WorkerState::Starting, pid: None, port: None, started: None, restarts: 0, exit_code: None };
+        let (signals, signals_rx) = tokio::sync::mpsc::channel(SIGNALS_PENDING);
         let w = Arc::new(Worker {
+            signals,
+            signals_rx: Mutex::new(Some(signals_rx)),
             id,
             serial: SERIAL.fetch_add(1, Ordering::Relaxed),
             app: ctx.app.clone(),
@@ -297,6 +310,13 @@ impl Worker {
         }
     }
 
+    /// Ask the keeper to send `signal` to the running process's group; answers its pid, or
+    /// `None` when nothing runs (between two runs, stopped) or too many signals wait already.
+    pub fn signal(&self, signal: Signal) -> Option<u32> {
+        let pid = self.status.borrow().pid?;
+        self.signals.try_send(signal).ok().map(|()| pid)
+    }
+
     /// Refresh CPU and memory figures. Answers the RSS. In a cgroup they are the whole tree's
     /// (`node` under `npm start` counts); without one, the worker's own process's.
     pub fn sample_usage(&self) -> u64 {
@@ -349,6 +369,7 @@ impl Worker {
                 .map_or(0, |b| b.inflight() as u64),
             env_hash: self.spec.env_hash.clone(),
             release: self.spec.release.clone(),
+            exit_code: s.exit_code,
         }
     }
 
@@ -356,26 +377,43 @@ impl Worker {
     /// when it exits by itself, stop for good when retired or errored.
     async fn keep(self: Arc<Self>, ctx: Arc<WorkerCtx>) {
         let mut unstable = 0u32;
+        let Some(mut signals) = self.signals_rx.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
         loop {
             if self.stop.is_cancelled() {
                 self.set_state(WorkerState::Stopped);
                 return;
             }
             let started = Instant::now();
-            match self.run_once(&ctx).await {
-                RunEnd::Exited => {}
+            let exit = match self.run_once(&ctx, &mut signals).await {
+                RunEnd::Exited(exit) => exit,
                 RunEnd::NotReady(why) => {
                     ctx.logs.write(self.id, Stream::Err, &format!("[deployer] {why}; the worker is errored"));
                     tracing::warn!("{why}");
                     self.errored(&ctx, why);
                     return;
                 }
-            }
+            };
             if self.stop.is_cancelled() {
                 self.set_state(WorkerState::Stopped);
                 return;
             }
             let policy = &self.spec.restart;
+            if let Some(code) = exit.and_then(|e| done(policy, e)) {
+                let why = if policy.autorestart {
+                    format!("exited with {code}, one of `stop_exit_codes`")
+                } else {
+                    format!("exited with {code}; `autorestart: false`")
+                };
+                ctx.logs.write(self.id, Stream::Err, &format!("[deployer] {why}: not restarted"));
+                tracing::info!("{why}: not restarted");
+                self.status.send_modify(|s| {
+                    s.state = WorkerState::Stopped;
+                    s.exit_code = Some(code);
+                });
+                return;
+            }
             unstable = if started.elapsed() < policy.min_uptime.0 { unstable + 1 } else { 0 };
             self.status.send_modify(|s| s.restarts += 1);
             if unstable >= policy.max_restarts.max(1) {
@@ -388,7 +426,10 @@ impl Worker {
                 self.errored(&ctx, why);
                 return;
             }
-            let backoff = Duration::from_millis(100).saturating_mul(1 << unstable.min(16)).min(policy.backoff_max.0);
+            let backoff = match policy.delay {
+                Some(d) => d.0,
+                None => Duration::from_millis(100).saturating_mul(1 << unstable.min(16)).min(policy.backoff_max.0),
+            };
             tracing::warn!(backoff_ms = backoff.as_millis() as u64, "worker exited; restarting");
             self.set_state(WorkerState::Restarting);
             tokio::select! {
@@ -407,7 +448,7 @@ impl Worker {
     }
 
     /// One process, from spawn to exit.
-    async fn run_once(&self, ctx: &WorkerCtx) -> RunEnd {
+    async fn run_once(&self, ctx: &WorkerCtx, signals: &mut tokio::sync::mpsc::Receiver<Signal>) -> RunEnd {
         let port = match ctx.mode {
             ProxyMode::Http | ProxyMode::Tcp => match free_port() {
                 Ok(p) => Some(p),
@@ -461,8 +502,10 @@ impl Worker {
         // A signal `retire` asked for before this run is sent as soon as the child exists.
         let mut kill = self.kill.subscribe();
         kill.mark_changed();
+        // Asked for a process that ended: not for this one.
+        while signals.try_recv().is_ok() {}
         if self.stop.is_cancelled() {
-            return RunEnd::Exited;
+            return RunEnd::Exited(None);
         }
         let launch = Launch {
             argv: &self.spec.argv,
@@ -481,7 +524,7 @@ impl Worker {
             Ok(c) => c,
             Err(e) => return self.spawn_failed(ctx, &format!("cannot start `{}`: {e}", self.spec.argv.join(" "))),
         };
-        let Some(pid) = child.id() else { return RunEnd::Exited };
+        let Some(pid) = child.id() else { return RunEnd::Exited(None) };
         if let Some(t) = &tree {
             t.adopt(pid);
             *self.tree.lock().unwrap_or_else(|e| e.into_inner()) = Some(t.clone());
@@ -510,14 +553,14 @@ impl Worker {
         }
 
         let timeout = self.spec.ready.timeout;
-        let mut end = RunEnd::Exited;
+        let mut end = RunEnd::Exited(None);
         tokio::select! {
             _ = readiness::wait(&self.spec.ready.check, port, notify.as_ref(), channel.as_ref()) => {
                 drop(notify);
                 self.go_online(ctx, port, pid);
-                // an online worker's end is handled alike whatever its status: the exit is logged
-                // below, and the restart policy decides what follows
-                let _ = self.wait_exit(&mut child, pid, &mut kill, channel.as_ref()).await;
+                // the exit is logged below, and the restart policy decides what follows; a status
+                // that cannot be read counts as a crash
+                end = RunEnd::Exited(self.wait_exit(&mut child, pid, &mut kill, signals, channel.as_ref()).await.ok());
             }
             _ = tokio::time::sleep(timeout) => {
                 // ESRCH: the group is gone already
@@ -529,9 +572,10 @@ impl Worker {
                     end = RunEnd::NotReady(format!("not ready within {}", humantime::format_duration(timeout)));
                 }
             }
-            status = self.wait_exit(&mut child, pid, &mut kill, channel.as_ref()) => {
-                let code = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+            status = self.wait_exit(&mut child, pid, &mut kill, signals, channel.as_ref()) => {
+                let code = status.as_ref().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
                 tracing::warn!(pid, "exited before it was ready ({code})");
+                end = RunEnd::Exited(status.ok());
             }
         }
         // The pid is reaped: forget it before anything could recycle it.
@@ -562,11 +606,17 @@ impl Worker {
         child: &mut Child,
         pid: u32,
         kill: &mut watch::Receiver<Option<Stop>>,
+        signals: &mut tokio::sync::mpsc::Receiver<Signal>,
         channel: Option<&ipc::Channel>,
     ) -> std::io::Result<ExitStatus> {
         loop {
             tokio::select! {
                 status = child.wait() => return status,
+                Some(signal) = signals.recv() => {
+                    tracing::info!(pid, %signal, "sending the signal asked for");
+                    // Not reaped: the group is this worker's. ESRCH: it ended meanwhile
+                    let _ = killpg(Pid::from_raw(pid as i32), signal);
+                }
                 Ok(()) = kill.changed() => {
                     let stop = *kill.borrow_and_update();
                     match stop {
@@ -628,13 +678,22 @@ impl Worker {
         tracing::error!("{why}");
         let retired = self.stop.is_cancelled();
         ctx.events.send(SupervisorEvent::WorkerExited { worker: self.reference(), pid: None, retired });
-        RunEnd::Exited
+        RunEnd::Exited(None)
     }
 }
 
 enum RunEnd {
-    Exited,
+    /// The process ended (how, when known), or none could be started.
+    Exited(Option<ExitStatus>),
     NotReady(String),
+}
+
+/// The exit code (128 + the signal's number for a signal) of a run the restart policy does not
+/// restart: any with `autorestart: false`, else one whose code is in `stop_exit_codes`.
+fn done(policy: &RestartConfig, exit: ExitStatus) -> Option<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    let code = exit.code().or_else(|| exit.signal().map(|s| 128 + s))?;
+    (!policy.autorestart || (exit.code().is_some() && policy.stop_exit_codes.contains(&code))).then_some(code)
 }
 
 fn ticks_to_usec(ticks: u64) -> u64 {

@@ -38,6 +38,9 @@ impl Setup {
             release: String::new(),
             ready: ReadyConfig { check: ReadyCheck::Alive(Duration::from_millis(50)), timeout: Duration::from_secs(5) },
             restart: RestartConfig {
+                autorestart: true,
+                delay: None,
+                stop_exit_codes: Vec::new(),
                 max_restarts: u32::MAX,
                 min_uptime: Dur(Duration::from_secs(1)),
                 backoff_max: Dur(backoff_max),
@@ -222,4 +225,64 @@ async fn the_ipc_channel_reaches_its_worker_only() {
     assert!(started.elapsed() >= Duration::from_millis(300), "no wait after 'shutdown'");
     without.retire(stop, None).await;
     assert!(s.pids("pids").iter().all(|&p| !alive(p)));
+}
+
+/// A worker of `script` under `policy` (its other settings as [`Setup::worker`]'s).
+fn with_policy(s: &Setup, script: &str, policy: impl FnOnce(&mut RestartConfig)) -> Arc<Worker> {
+    let mut spec = WorkerSpec::clone(&s.worker("exit 0", Duration::from_secs(1)).spec);
+    spec.argv[2] = script.into();
+    policy(&mut spec.restart);
+    Worker::start(3, Arc::new(spec), s.ctx.clone())
+}
+
+#[tokio::test]
+async fn autorestart_false_leaves_an_exited_worker_stopped_with_its_code() {
+    let s = setup();
+    let w = with_policy(&s, "echo $$ >> pids; sleep 0.2; exit 3", |p| p.autorestart = false);
+    wait_state(&w, "stopped").await;
+    assert_eq!(w.status().exit_code, Some(3));
+    assert_eq!(w.to_wire().exit_code, Some(3));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(s.pids("pids").len(), 1, "restarted");
+    assert_eq!(w.status().restarts, 0);
+}
+
+#[tokio::test]
+async fn a_stop_exit_code_ends_the_worker_and_another_code_restarts_it() {
+    let s = setup();
+    // The first run exits 1 (restarted), the second 0 (done).
+    let script = "echo $$ >> pids; sleep 0.2; [ -e ran ] && exit 0; touch ran; exit 1";
+    let w = with_policy(&s, script, |p| {
+        p.stop_exit_codes = vec![0];
+        p.backoff_max = Dur(Duration::from_millis(10));
+    });
+    wait_state(&w, "stopped").await;
+    assert_eq!(w.status().exit_code, Some(0));
+    assert_eq!(s.pids("pids").len(), 2);
+    assert_eq!(w.status().restarts, 1);
+}
+
+#[tokio::test]
+async fn restart_delay_is_the_wait_before_each_restart() {
+    let s = setup();
+    let script = "date +%s%N >> times; sleep 0.1; exit 1";
+    let w = with_policy(&s, script, |p| {
+        p.delay = Some(Dur(Duration::from_millis(700)));
+        p.backoff_max = Dur(Duration::from_millis(10));
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let times = loop {
+        let text = std::fs::read_to_string(s.dir.path().join("times")).unwrap_or_default();
+        let t: Vec<u128> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        if t.len() >= 3 || Instant::now() > deadline {
+            break t;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    w.retire(how(Signal::SIGKILL, Duration::from_secs(1)), None).await;
+    assert!(times.len() >= 3, "{times:?}");
+    for pair in times.windows(2) {
+        let gap_ms = (pair[1] - pair[0]) / 1_000_000;
+        assert!(gap_ms >= 750, "restarted {gap_ms} ms after the last start (0.1 s run + 0.7 s delay)");
+    }
 }
