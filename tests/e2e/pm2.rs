@@ -227,3 +227,30 @@ fn reload_all_reloads_every_app_one_after_the_other() {
     assert!(out.stdout.contains("reloaded api: 1 worker replaced"), "{out}");
     assert!(out.stdout.contains("reloaded web: 1 worker replaced"), "{out}");
 }
+
+/// `cron_restart` every 3 seconds (six fields: seconds first): the workers are replaced on the
+/// schedule, through the rolling reload, and no request fails.
+#[test]
+fn cron_restart_reloads_on_schedule_without_failing_a_request() {
+    let agent = TestEnv::new().set("cron_restart", "\"*/3 * * * * *\"").start();
+    let first = agent.pids("web");
+    let load = Load::start(agent.port("web"), CONNS, false);
+    assert!(load.wait_for_more(50, Duration::from_secs(15)), "the load did not get going");
+    // Two scheduled reloads: every worker replaced, then replaced again.
+    let mut seen = vec![first.clone()];
+    let twice = poll(Duration::from_secs(40), || {
+        let now = agent.pids("web");
+        let last = seen.last().expect("one");
+        let replaced = now.len() == 2 && now.iter().all(|p| !last.contains(p));
+        let online = agent.app("web").workers.iter().all(|w| w.state == "online");
+        if replaced && online {
+            seen.push(now);
+        }
+        (seen.len() >= 3).then_some(())
+    });
+    let report = load.stop();
+    assert!(twice.is_some(), "not reloaded twice on schedule: {seen:?}");
+    assert_eq!(report.failed, 0, "{report}");
+    let log = agent.log();
+    assert!(log.contains("scheduled reload"), "{log}");
+}

@@ -237,6 +237,13 @@ pub struct AppConfig {
     /// Replace a worker (gracefully, like a reload) whose RSS goes above this.
     #[serde(default)]
     pub max_memory: Option<Size>,
+    /// Reload the app on a schedule (PM2's `cron_restart`): `"0 3 * * *"`, in UTC (five fields,
+    /// or six with seconds first). A rolling reload like `deployer reload`: no request fails.
+    #[serde(default)]
+    cron_restart: Option<String>,
+    /// `cron_restart`, parsed.
+    #[serde(skip)]
+    pub reload_schedule: Option<CronSchedule>,
     /// Rotation of the log files under `state_dir/logs`.
     #[serde(default)]
     pub logs: LogsConfig,
@@ -684,6 +691,20 @@ fn read(path: &Path, text: &str) -> Result<AgentConfig, ConfigError> {
             let (line, col) = at(key);
             ConfigError::at(path, line, col, msg, Some(hint.into()))
         })?;
+        if let Some(text) = &app.cron_restart {
+            app.reload_schedule = Some(text.parse::<CronSchedule>().map_err(|e| {
+                let (line, col) = at("cron_restart");
+                let hint =
+                    "write five fields, minute hour day month weekday, like `\"0 3 * * *\"` (03:00 UTC every day)";
+                ConfigError::at(
+                    path,
+                    line,
+                    col,
+                    format!("invalid `cron_restart: {text}`: {}", e.reason),
+                    Some(hint.into()),
+                )
+            })?);
+        }
         // Where there is no private port to probe, readiness defaults to "still alive after 1s".
         if matches!(app.proxy, ProxyMode::Fd | ProxyMode::None)
             && app.ready.check == ReadyCheck::Tcp

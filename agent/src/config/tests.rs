@@ -301,3 +301,16 @@ fn pm2_readiness_ipc_and_fork_mode_reloads() {
     );
     assert!(!load(&p).unwrap().config.apps["web"].reloads_stop_first());
 }
+
+#[test]
+fn cron_restart_is_a_schedule_checked_at_its_key() {
+    let d = tmp("cron-restart");
+    let p = write(&d, &GOOD.replace("    max_memory: 512M", "    max_memory: 512M\n    cron_restart: \"0 3 * * *\""));
+    let web = load(&p).unwrap().config.apps["web"].clone();
+    assert_eq!(web.reload_schedule.map(|c| c.text), Some("0 3 * * *".to_string()));
+    let p = write(&d, &GOOD.replace("    max_memory: 512M", "    max_memory: 512M\n    cron_restart: at night"));
+    let e = load(&p).unwrap_err();
+    assert_eq!((e.line, e.col), (14, 5), "{e}");
+    assert!(e.message.starts_with("invalid `cron_restart: at night`"), "{e}");
+    assert!(e.hint.as_deref().is_some_and(|h| h.contains("\"0 3 * * *\"")), "{e}");
+}

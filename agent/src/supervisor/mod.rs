@@ -342,6 +342,7 @@ impl Supervisor {
             tasks: TaskTracker::new(),
         });
         app.tasks.spawn(app.clone().monitor());
+        app.tasks.spawn(app.clone().scheduled_reloads());
         if let Some(rotation) = app.ctx.rotation.clone() {
             app.tasks.spawn(app.clone().replace_unhealthy());
             app.tasks.spawn(health::probe_workers(app.clone(), rotation));
@@ -1202,6 +1203,34 @@ impl App {
             let spec = w.spec.clone();
             if let Err(e) = reload::roll(&self, &[slot], &spec).await {
                 tracing::error!(app = %self.name, worker = w.id, error = %e, "replacing the unhealthy worker failed");
+            }
+        }
+    }
+
+    /// `cron_restart`: a rolling reload at each tick of the schedule, through [`App::reload_with`]
+    /// like `deployer reload`. The schedule is read again at least every minute (SIGHUP may
+    /// change it); a stopped app is left alone.
+    async fn scheduled_reloads(self: Arc<Self>) {
+        const RECHECK: Duration = Duration::from_secs(60);
+        loop {
+            let schedule = self.config().reload_schedule;
+            let next = schedule.as_ref().and_then(|c| c.until_next(chrono::Utc::now()));
+            let (wait, due) = match next {
+                Some(d) if d <= RECHECK => (d, true),
+                _ => (RECHECK, false),
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.cancel.cancelled() => return,
+            }
+            if !due || self.config().reload_schedule != schedule || !self.running.load(SeqCst) {
+                continue;
+            }
+            let text = schedule.map(|c| c.text).unwrap_or_default();
+            tracing::info!(app = %self.name, cron_restart = %text, "scheduled reload");
+            let out = self.reload_with(None).await;
+            if !out.ok {
+                tracing::error!(app = %self.name, error = ?out.error, "the scheduled reload (`cron_restart`) failed");
             }
         }
     }
