@@ -254,3 +254,30 @@ fn cron_restart_reloads_on_schedule_without_failing_a_request() {
     let log = agent.log();
     assert!(log.contains("scheduled reload"), "{log}");
 }
+
+/// `env_sets` and `reload --env`: the set goes on top of `env`, and stays chosen for later
+/// reloads that re-read the config.
+#[test]
+fn reload_with_a_named_env_set_puts_it_on_top_and_keeps_it() {
+    let agent = TestEnv::new()
+        .instances(1)
+        .env("GREETING", "hello")
+        .set("env_sets", "{ production: { GREETING: bonjour }, staging: { GREETING: hallo } }")
+        .start();
+    let greets = |word: &str| {
+        poll(Duration::from_secs(10), || http::get(agent.port("web"), "/").ok().filter(|r| r.body.starts_with(word)))
+            .is_some()
+    };
+    assert!(greets("hello"));
+    let out = agent.cli(&["reload", "web", "--env", "production"]).success();
+    assert!(out.stdout.contains("reloaded web"), "{out}");
+    assert!(greets("bonjour"), "the env set is not applied");
+    agent.cli(&["reload", "web", "--update-env"]).success();
+    assert!(greets("bonjour"), "the env set did not stay chosen");
+    agent.cli(&["reload", "web", "--env", "staging"]).success();
+    assert!(greets("hallo"));
+
+    let bad = agent.cli(&["reload", "web", "--env", "prod"]).failure(1);
+    assert!(bad.stderr.contains("no env set `prod` in the app's `env_sets` (it has: production, staging)"), "{bad}");
+    assert!(greets("hallo"), "a refused env set changed something");
+}

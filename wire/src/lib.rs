@@ -61,6 +61,9 @@ pub struct ReloadRequest {
     /// Re-read the config file, `env` and `env_file` before starting the new workers.
     #[serde(default)]
     pub update_env: bool,
+    /// Put this env set of the app's `env_sets` on top (implies `update_env`); it stays chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
 }
 
 /// The answer of a reload that ended, successful or not.

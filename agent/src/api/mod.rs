@@ -227,7 +227,7 @@ async fn reload(
 ) -> Result<Json<ReloadOutcome>, ApiErr> {
     let req: ReloadRequest = body(&bytes)?.unwrap_or_default();
     let app = st.supervisor.app(&app)?;
-    let out = app.reload(req.update_env).await;
+    let out = app.reload(req.update_env, req.env).await;
     st.metrics.reload_done(&app.name, out.error.is_none(), out.duration_ms as f64 / 1000.0);
     match &out.error {
         None => Ok(Json(out)),

@@ -219,6 +219,15 @@ pub struct AppConfig {
     /// A `KEY=VALUE` file read when workers start (and re-read by `reload --update-env`).
     #[serde(default)]
     pub env_file: Option<PathBuf>,
+    /// Named environments (PM2's `env_production`): `env_sets: { production: { NODE_ENV:
+    /// production } }`. `deployer reload web --env production` puts one on top of `env` and
+    /// `env_file`; it stays chosen for later reloads and deploys until another is chosen (or
+    /// the agent restarts).
+    #[serde(default)]
+    pub env_sets: BTreeMap<String, BTreeMap<String, String>>,
+    /// The env set chosen at runtime (`reload --env`), kept by the app across config re-reads.
+    #[serde(skip)]
+    pub env_set: Option<String>,
     /// When a new worker counts as ready.
     #[serde(default)]
     pub ready: ReadyConfig,

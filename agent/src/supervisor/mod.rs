@@ -77,6 +77,13 @@ enum ReloadError {
     Config(#[from] FreshConfigError),
     #[error(transparent)]
     Refused(#[from] Refused),
+    #[error("no env set `{name}` in the app's `env_sets`{}", known_sets(.known))]
+    UnknownEnvSet { name: String, known: Vec<String> },
+}
+
+/// ` (it has: production, staging)`, or nothing when the app has no env sets.
+fn known_sets(known: &[String]) -> String {
+    if known.is_empty() { String::new() } else { format!(" (it has: {})", known.join(", ")) }
 }
 
 impl ReloadError {
@@ -100,6 +107,9 @@ impl ReloadError {
     }
 
     fn hint(&self) -> Option<String> {
+        if let ReloadError::UnknownEnvSet { name, .. } = self {
+            return Some(format!("add `env_sets: {{ {name}: {{ KEY: value }} }}` to the app in the agent's config"));
+        }
         self.config_error().and_then(|e| e.hint.clone())
     }
 }
@@ -399,10 +409,10 @@ impl Supervisor {
                 return Ok(());
             }
             match current.get(name) {
-                Some(app) if app.config() == *cfg => {}
+                Some(app) if app.config() == app.with_env_set(cfg.clone()) => {}
                 Some(app) if app.same_front(cfg) => {
                     tracing::info!(app = %name, "changed in the config; reloading");
-                    let out = app.reload_with(Some(cfg.clone())).await;
+                    let out = app.reload_with(Some(app.with_env_set(cfg.clone()))).await;
                     if !out.ok {
                         tracing::error!(app = %name, error = ?out.error, "reload onto the new config failed");
                     }
@@ -536,6 +546,9 @@ pub fn resolve_spec(cfg: &AppConfig, release: Option<&ActiveRelease>) -> Result<
     }
     env.extend(config::env_file::read_for_app(cfg, release.map(|r| r.name.as_str()))?);
     env.extend(cfg.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    if let Some(set) = cfg.env_set.as_ref().and_then(|name| cfg.env_sets.get(name)) {
+        env.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
     let mut h = Sha256::new();
     for (k, v) in &env {
         h.update(k.as_bytes());
@@ -690,7 +703,7 @@ impl App {
         // A secret this file names is withheld from the workers started with it, SIGHUP or not.
         self.ctx.secrets.include(&fresh.config);
         match fresh.config.apps.get(&self.name) {
-            Some(cfg) if self.same_front(cfg) => Ok(cfg.clone()),
+            Some(cfg) if self.same_front(cfg) => Ok(self.with_env_set(cfg.clone())),
             Some(_) => Err(FreshConfigError::FrontChanged),
             None => Err(FreshConfigError::Removed(self.name.clone())),
         }
@@ -1074,15 +1087,35 @@ impl App {
         self.workers().iter().filter_map(|w| w.signal(signal).map(|pid| (w.id, pid))).collect()
     }
 
-    /// Rolling reload. With `update_env`, the config file and `env_file` are read again first.
-    pub async fn reload(&self, update_env: bool) -> ReloadOutcome {
-        if !update_env {
+    /// Rolling reload. With `update_env`, the config file and `env_file` are read again first;
+    /// with `env_set`, too, and that env set of `env_sets` is put on top (and stays chosen).
+    pub async fn reload(&self, update_env: bool, env_set: Option<String>) -> ReloadOutcome {
+        if !update_env && env_set.is_none() {
             return self.reload_with(None).await;
         }
-        match self.fresh_config() {
-            Ok(cfg) => self.reload_with(Some(cfg)).await,
-            Err(e) => self.outcome(Instant::now(), Err(e.into())),
+        let mut cfg = match self.fresh_config() {
+            Ok(cfg) => cfg,
+            Err(e) => return self.outcome(Instant::now(), Err(e.into())),
+        };
+        if let Some(name) = env_set {
+            if !cfg.env_sets.contains_key(&name) {
+                let known = cfg.env_sets.keys().cloned().collect();
+                return self.outcome(Instant::now(), Err(ReloadError::UnknownEnvSet { name, known }));
+            }
+            cfg.env_set = Some(name);
         }
+        self.reload_with(Some(cfg)).await
+    }
+
+    /// `cfg` with the env set this app runs with (a re-read config does not know it).
+    /// A set the new config no longer has is dropped (said in the agent's log).
+    pub(crate) fn with_env_set(&self, mut cfg: AppConfig) -> AppConfig {
+        let chosen = self.config().env_set;
+        cfg.env_set = chosen.clone().filter(|name| cfg.env_sets.contains_key(name));
+        if let (Some(name), None) = (chosen, &cfg.env_set) {
+            tracing::warn!(app = %self.name, env_set = %name, "the chosen env set is no longer in `env_sets`; not applied");
+        }
+        cfg
     }
 
     /// Reload onto `cfg` (a new config for this app) or onto the spec the cluster runs with.

@@ -23,17 +23,22 @@ pub struct Args {
     /// Re-read the agent's config file, `env` and `env_file` before starting the new workers
     #[arg(long)]
     pub update_env: bool,
+
+    /// Put this set of the app's `env_sets` on top of `env` (implies --update-env); it stays
+    /// chosen for later reloads and deploys, until another is chosen or the agent restarts
+    #[arg(long, value_name = "NAME")]
+    pub env: Option<String>,
 }
 
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
     if let Some(fleet) = ctx.fleet_if_env(&args.app, None)? {
-        return run_fleet(ctx, &fleet, args.update_env).await;
+        return run_fleet(ctx, &fleet, args.update_env, args.env).await;
     }
     if args.app == ALL {
-        return run_all(ctx, args.update_env).await;
+        return run_all(ctx, args.update_env, args.env).await;
     }
     let failed = || format!("reload of `{}` failed", args.app);
-    let request = ReloadRequest { update_env: args.update_env };
+    let request = ReloadRequest { update_env: args.update_env, env: args.env.clone() };
 
     // A reload can take minutes: say what we wait for, then erase the line.
     let progress = !ctx.json && output::stderr_is_terminal();
@@ -70,8 +75,8 @@ const ALL: &str = "all";
 
 /// `reload all`: every app of the agent, one after the other (one reload at a time leaves the
 /// host's capacity to the others). Every app is tried; exits 1 if one failed.
-async fn run_all(ctx: &Context, update_env: bool) -> anyhow::Result<ExitCode> {
-    let request = ReloadRequest { update_env };
+async fn run_all(ctx: &Context, update_env: bool, env: Option<String>) -> anyhow::Result<ExitCode> {
+    let request = ReloadRequest { update_env, env: env.clone() };
     let apps = ctx.client.apps().await?;
     let mut outcomes = Vec::new();
     for app in &apps {
@@ -145,8 +150,8 @@ pub struct HostReload {
 }
 
 /// Every host reloads, `max_parallel` at a time (so capacity never drops on more hosts at once).
-async fn run_fleet(ctx: &Context, fleet: &Fleet, update_env: bool) -> anyhow::Result<ExitCode> {
-    let request = ReloadRequest { update_env };
+async fn run_fleet(ctx: &Context, fleet: &Fleet, update_env: bool, env: Option<String>) -> anyhow::Result<ExitCode> {
+    let request = ReloadRequest { update_env, env: env.clone() };
     let parallel = fleet.env.rollout.max_parallel.get();
     let results: Vec<HostReload> = futures_util::stream::iter(fleet.hosts.iter().map(|(_, client)| {
         let request = request.clone();
