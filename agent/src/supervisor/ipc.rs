@@ -7,9 +7,11 @@
 //! agent sends `'shutdown'` before the stop signal (PM2's `shutdown_with_message`).
 //!
 //! What a worker sends is read in bounded memory ([`super::lines`]): `"ready"` is readiness;
-//! Node's internal messages (`{"cmd": "NODE_..."}`, e.g. `NODE_HANDLE` when a handle is sent: its
-//! fd is dropped by the kernel, as no control buffer is read) and PM2 metrics (`{"type": "axm:..."}`)
-//! are ignored; anything else is logged, at most [`LOGGED_PER_MINUTE`] messages a minute.
+//! Node's internal messages (`{"cmd": "NODE_..."}`) and PM2 metrics (`{"type": "axm:..."}`) are
+//! ignored; anything else is logged, at most [`LOGGED_PER_MINUTE`] messages a minute. A handle
+//! sent with `process.send(msg, handle)` (`NODE_HANDLE`) is acknowledged (`NODE_HANDLE_ACK`) and
+//! dropped: its fd never reaches the agent (no control buffer is read, so the kernel closes it),
+//! and without the acknowledgement Node would queue every later message, `'ready'` included.
 
 use super::lines;
 use super::logs::{LogSink, Stream};
@@ -47,7 +49,7 @@ impl ChildEnd {
 
 /// The agent's end of one worker run's channel.
 pub struct Channel {
-    writer: Mutex<OwnedWriteHalf>,
+    writer: Arc<Mutex<OwnedWriteHalf>>,
     ready: watch::Receiver<bool>,
     /// Ends the reader when the run ends (a grandchild may still hold the worker's end open).
     done: CancellationToken,
@@ -67,11 +69,15 @@ pub fn pair(id: u32, logs: Arc<LogSink>, tasks: &tokio_util::task::TaskTracker) 
     let ours = UnixStream::from_std(ours)?;
     let theirs = above_listener_fd(OwnedFd::from(theirs))?;
     let (read, write) = ours.into_split();
+    let writer = Arc::new(Mutex::new(write));
     let (ready_tx, ready) = watch::channel(false);
     let done = CancellationToken::new();
     let stop = done.clone();
+    let acks = writer.clone();
     tasks.spawn(async move {
         let mut seen = Seen::default();
+        // Handles to acknowledge; more than this many unacknowledged are the worker's problem.
+        let (handle_tx, mut handles) = tokio::sync::mpsc::channel::<()>(16);
         let read_all = lines::read(read, |line| {
             if line.is_cut() {
                 seen.log(&logs, id, "a message over 16 KiB (not read)");
@@ -81,16 +87,28 @@ pub fn pair(id: u32, logs: Arc<LogSink>, tasks: &tokio_util::task::TaskTracker) 
                 Message::Ready => {
                     ready_tx.send_replace(true);
                 }
+                Message::Handle => {
+                    // full: acknowledgements are pending already, the worker waits for those
+                    let _ = handle_tx.try_send(());
+                }
                 Message::Ignored => {}
                 Message::Other(text) => seen.log(&logs, id, &text),
             }
         });
-        tokio::select! {
-            _ = read_all => {}
-            _ = stop.cancelled() => {}
+        tokio::pin!(read_all);
+        loop {
+            tokio::select! {
+                _ = &mut read_all => return,
+                _ = stop.cancelled() => return,
+                Some(()) = handles.recv() => {
+                    if let Err(e) = write_frame(&acks, &serde_json::json!({ "cmd": "NODE_HANDLE_ACK" })).await {
+                        tracing::debug!(worker = id, error = %e, "cannot acknowledge a handle");
+                    }
+                }
+            }
         }
     });
-    Ok((Channel { writer: Mutex::new(write), ready, done }, ChildEnd(theirs)))
+    Ok((Channel { writer, ready, done }, ChildEnd(theirs)))
 }
 
 /// The worker's end on fd 4 or above: in `fd` mode the listener goes onto fd 3 between fork and
@@ -121,14 +139,19 @@ impl Channel {
     /// Send `message` as Node's JSON serialization frames it. A worker that closed its end (or
     /// died) cannot be told: the signals that follow still reach it.
     pub async fn send(&self, message: &serde_json::Value) -> io::Result<()> {
-        let mut frame = message.to_string().into_bytes();
-        frame.push(b'\n');
-        let mut w = self.writer.lock().await;
-        // A worker that stopped reading must not hold the stop up: the kill path follows anyway.
-        match tokio::time::timeout(Duration::from_secs(1), w.write_all(&frame)).await {
-            Ok(r) => r,
-            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "the worker does not read its IPC channel")),
-        }
+        write_frame(&self.writer, message).await
+    }
+}
+
+/// One message as Node's JSON serialization frames it: the JSON and a newline.
+async fn write_frame(writer: &Mutex<OwnedWriteHalf>, message: &serde_json::Value) -> io::Result<()> {
+    let mut frame = message.to_string().into_bytes();
+    frame.push(b'\n');
+    let mut w = writer.lock().await;
+    // A worker that stopped reading must not hold the stop up: the kill path follows anyway.
+    match tokio::time::timeout(Duration::from_secs(1), w.write_all(&frame)).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "the worker does not read its IPC channel")),
     }
 }
 
@@ -137,6 +160,8 @@ impl Channel {
 enum Message {
     /// `process.send('ready')`.
     Ready,
+    /// `process.send(msg, handle)`: acknowledged, the handle dropped.
+    Handle,
     /// Node's internal messages and PM2's metrics: nothing for the agent.
     Ignored,
     /// Anything else, as text for the log.
@@ -150,6 +175,7 @@ fn classify(line: &str) -> Message {
     let tag = |key: &str| value.get(key).and_then(serde_json::Value::as_str).map(str::to_owned);
     match &value {
         serde_json::Value::String(s) if s == "ready" => Message::Ready,
+        serde_json::Value::Object(_) if tag("cmd").as_deref() == Some("NODE_HANDLE") => Message::Handle,
         serde_json::Value::Object(_)
             if tag("cmd").is_some_and(|c| c.starts_with("NODE_"))
                 || tag("type").is_some_and(|t| t.starts_with("axm:")) =>
@@ -198,7 +224,7 @@ mod tests {
     #[test]
     fn messages_are_ready_ignored_or_logged() {
         assert_eq!(classify(r#""ready""#), Message::Ready);
-        assert_eq!(classify(r#"{"cmd":"NODE_HANDLE","type":"net.Socket","msg":{}}"#), Message::Ignored);
+        assert_eq!(classify(r#"{"cmd":"NODE_HANDLE","type":"net.Socket","msg":{}}"#), Message::Handle);
         assert_eq!(classify(r#"{"cmd":"NODE_HANDLE_ACK"}"#), Message::Ignored);
         assert_eq!(classify(r#"{"type":"axm:monitor","data":{}}"#), Message::Ignored);
         assert_eq!(
@@ -236,5 +262,40 @@ mod tests {
         drop(channel);
         tasks.close();
         tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await.expect("the reader ends with the channel");
+    }
+
+    /// A real Node child sends a handle, then `'ready'`: the handle is acknowledged (else Node
+    /// would hold `'ready'` back for ever) and its fd never reaches the agent.
+    #[tokio::test]
+    async fn a_node_worker_that_sends_a_handle_still_gets_ready() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = Arc::new(LogSink::new("t", dir.path().to_path_buf(), 1 << 20, 1, Default::default()));
+        let tasks = tokio_util::task::TaskTracker::new();
+        let (channel, end) = pair(0, logs, &tasks).unwrap();
+        let script = "const s = require('net').createServer(); \
+                      s.listen(0, '127.0.0.1', () => { process.send('here', s); process.send('ready'); }); \
+                      process.on('message', (m) => m === 'shutdown' && process.exit(0));";
+        let argv: Vec<String> = vec!["node".into(), "-e".into(), script.into()];
+        let mut env: std::collections::BTreeMap<String, String> =
+            std::env::vars().filter(|(k, _)| k == "PATH" || k == "HOME").collect();
+        env.extend(end.env());
+        let launch = super::super::spawn::Launch {
+            argv: &argv,
+            cwd: dir.path(),
+            env: &env,
+            listen_fd: None,
+            fd_name: "",
+            run_as: None,
+            cgroup_procs: None,
+            ipc_fd: Some(end.raw()),
+        };
+        let mut child = super::super::spawn::spawn(&launch).expect("node starts");
+        drop(end);
+        let fds_before = std::fs::read_dir("/proc/self/fd").unwrap().count();
+        tokio::time::timeout(Duration::from_secs(20), channel.wait_ready()).await.expect("ready after the handle");
+        assert!(std::fs::read_dir("/proc/self/fd").unwrap().count() <= fds_before, "a handle's fd reached the agent");
+        channel.send(&serde_json::json!("shutdown")).await.unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("exits").unwrap();
+        assert!(status.success(), "{status}");
     }
 }
