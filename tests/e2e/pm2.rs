@@ -54,6 +54,23 @@ fn a_pm2_app_reloads_under_load_on_its_ready_and_shutdown_messages_and_fails_not
     assert_eq!(agent.app("web").workers.len(), 2);
 }
 
+/// `ipc: true` alone: readiness stays the default tcp probe, and the worker still gets
+/// `'shutdown'` before its reload signal.
+#[test]
+fn ipc_alone_sends_the_shutdown_message_with_any_readiness() {
+    let agent = TestEnv::new()
+        .start_command(&["node", &fixture("pm2-app.js")])
+        .set("ipc", "true")
+        .reload("kill_timeout", "8s")
+        .start();
+    let (retired, report) = reloads_under_load(&agent, 1);
+    assert_eq!(report.failed, 0, "{report}");
+    let logs = agent.cli(&["logs", "web", "-n", "200"]).success();
+    for pid in &retired {
+        assert!(logs.stdout.contains(&format!("pid {pid}: shutdown message received")), "{logs}");
+    }
+}
+
 /// The example app listens but never says `ready`: its port accepts, yet it is never put into
 /// rotation, and the reload fails at the timeout with the old workers serving.
 #[test]
