@@ -298,3 +298,27 @@ fn reload_with_a_named_env_set_puts_it_on_top_and_keeps_it() {
     assert!(bad.stderr.contains("no env set `prod` in the app's `env_sets` (it has: production, staging)"), "{bad}");
     assert!(greets("hallo"), "a refused env set changed something");
 }
+
+/// `deploy --env NAME`: the release runs with the env set on top, even when the commit is live
+/// already, and later deploys keep it.
+#[test]
+fn deploy_with_a_named_env_set_runs_the_release_with_it() {
+    let repo = deployer_tests::TestRepo::with_example_app();
+    let agent = TestEnv::new().web(|a| a.repo(&repo).set("env_sets", "{ production: { GREETING: bonjour } }")).start();
+    let answer = || http::get(agent.port("web"), "/").map(|r| r.body).unwrap_or_default();
+    assert!(answer().starts_with("hello"), "{}", answer());
+    let first = agent.pids("web");
+
+    agent.cli(&["deploy", "web", "--env", "production", "--wait"]).success();
+    assert!(answer().starts_with("bonjour"), "{}", answer());
+    assert!(agent.pids("web").iter().all(|p| !first.contains(p)), "the live commit was not rolled onto the set");
+
+    let before = agent.current_release("web");
+    repo.commit_greeting("v2");
+    agent.cli(&["deploy", "web", "--wait"]).success();
+    assert_ne!(agent.current_release("web"), before);
+    assert!(answer().starts_with("bonjour"), "the set was not kept: {}", answer());
+
+    let bad = agent.cli(&["deploy", "web", "--env", "prod"]).failure(1);
+    assert!(bad.stderr.contains("no env set `prod` in the `env_sets` of app `web`"), "{bad}");
+}

@@ -161,6 +161,9 @@ pub struct DeployRequest {
     /// Who asked (shown in history). The token's name is recorded beside it in any case.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub who: Option<String>,
+    /// Run the release with this env set of the app's `env_sets` on top; it stays chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
 }
 
 /// `POST /v1/apps/{app}/rollback`.

@@ -326,7 +326,7 @@ async fn create_deploy(
     };
     // The token is who asked; what the request says about itself is kept beside it.
     let by = Requester::token(&caller.0, req.who);
-    let accepted = st.deployer.request(&app, Target::Ref(git_ref), Trigger::Api, &by)?;
+    let accepted = st.deployer.request_with_env(&app, Target::Ref(git_ref), Trigger::Api, &by, req.env)?;
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
