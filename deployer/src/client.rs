@@ -14,7 +14,7 @@ use std::time::Duration;
 use deployer_wire::{
     API_PREFIX, ApiError, AppStatus, CheckOutcome, Deploy, DeployAccepted, DeployRequest, DeployStreamItem,
     LOG_LINE_EVENT, LockRequest, LockStatus, LogLine, LogLines, LogStream, LogsFlushed, Release, ReloadOutcome,
-    ReloadRequest, RollbackRequest, ScaleRequest,
+    ReloadRequest, RollbackRequest, ScaleRequest, SignalOutcome, SignalRequest,
 };
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
 
@@ -211,10 +211,15 @@ impl Client {
         self.post_empty(app, "start").await
     }
 
-    /// `POST /v1/apps/{app}/scale`
-    pub async fn scale(&self, app: &str, instances: u32) -> Result<AppStatus, ClientError> {
-        let request = ScaleRequest { instances };
-        self.call(Method::POST, &["apps", app, "scale"], Some(REQUEST_TIMEOUT), Some(&request)).await
+    /// `POST /v1/apps/{app}/scale`: to `instances`, or `by` more (fewer when negative).
+    pub async fn scale(&self, app: &str, request: &ScaleRequest) -> Result<AppStatus, ClientError> {
+        self.call(Method::POST, &["apps", app, "scale"], Some(REQUEST_TIMEOUT), Some(request)).await
+    }
+
+    /// `POST /v1/apps/{app}/signal`
+    pub async fn signal(&self, app: &str, signal: &str) -> Result<SignalOutcome, ClientError> {
+        let request = SignalRequest { signal: signal.into() };
+        self.call(Method::POST, &["apps", app, "signal"], Some(QUICK_TIMEOUT), Some(&request)).await
     }
 
     /// `GET /v1/apps/{app}/logs?lines=N`

@@ -87,7 +87,7 @@ pub fn workers_table(apps: &[AppStatus], colour: bool) -> Table {
                 Cell::new("-"),
                 Cell::new("-"),
                 Cell::new("-"),
-                status_cell(WorkerState::Stopped),
+                status_cell(WorkerState::Stopped, None),
                 Cell::new("-"),
             ]);
         }
@@ -122,18 +122,23 @@ fn worker_row(app: &AppStatus, worker: &WorkerStatus) -> Vec<Cell> {
         Cell::new(format!("{:.1}%", worker.cpu_percent)),
         Cell::new(human_bytes(worker.rss_bytes)),
         Cell::new(human_uptime(worker.uptime_ms)),
-        status_cell(worker.state),
+        status_cell(worker.state, worker.exit_code),
         Cell::new(&worker.env_hash),
     ]
 }
 
-fn status_cell(state: WorkerState) -> Cell {
-    let colour = match state {
-        WorkerState::Online => Color::Green,
-        WorkerState::Stopped | WorkerState::Errored => Color::Red,
+/// The state; a worker that exited by itself and was left stopped shows its exit code.
+fn status_cell(state: WorkerState, exit_code: Option<i32>) -> Cell {
+    let colour = match (state, exit_code) {
+        (WorkerState::Online, _) | (WorkerState::Stopped, Some(0)) => Color::Green,
+        (WorkerState::Stopped | WorkerState::Errored, _) => Color::Red,
         _ => Color::Yellow,
     };
-    Cell::new(state).fg(colour).add_attribute(Attribute::Bold)
+    let text = match exit_code {
+        Some(code) => format!("{state} (exit {code})"),
+        None => state.to_string(),
+    };
+    Cell::new(text).fg(colour).add_attribute(Attribute::Bold)
 }
 
 /// A size the way `pm2` shows one: `512b`, `12.0kb`, `42.1mb`, `1.5gb` (powers of 1024).
@@ -319,6 +324,7 @@ mod tests {
             inflight: 0,
             env_hash: "3fa1c2".into(),
             release: "/srv/web".into(),
+            exit_code: None,
         }
     }
 

@@ -38,7 +38,14 @@ fn an_ecosystem_file_with_two_apps_is_imported_checked_started_and_served() {
         assert!(out.stderr.contains(unmapped), "`{unmapped}` not reported\n{out}");
     }
     let imported = std::fs::read_to_string(setup.dir().join("imported.yaml")).expect("imported.yaml");
-    for key in ["instances: max", "max_memory: 300M", "proxy: http", &format!("port: {web_port}"), "proxy: none"] {
+    for key in [
+        "instances: max",
+        "max_memory: 300M",
+        "proxy: http",
+        &format!("port: {web_port}"),
+        "proxy: none",
+        "cron_restart: ",
+    ] {
         assert!(imported.contains(key), "no `{key}` in\n{imported}");
     }
     let check = setup.run_agent(&["check", "--config", "imported.yaml"]).success();

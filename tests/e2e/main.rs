@@ -19,6 +19,7 @@ mod import;
 mod lifecycle;
 mod logfiles;
 mod monit;
+mod pm2;
 mod records;
 mod reload;
 mod reports;

@@ -60,6 +60,11 @@ pub struct WorkerStatus {
     pub env_hash: String,
     /// The release the worker runs (the app's `cwd` until git deploys exist).
     pub release: String,
+    /// How its last process ended, when it ended by itself and was not restarted
+    /// (`restart: { autorestart: false }` or a code in `stop_exit_codes`): the exit code, or
+    /// 128 + the signal's number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
 }
 
 /// `POST /v1/apps/{app}/reload`.
@@ -69,6 +74,9 @@ pub struct ReloadRequest {
     /// Re-read the config file, `env` and `env_file` before starting the new workers.
     #[serde(default)]
     pub update_env: bool,
+    /// Put this env set of the app's `env_sets` on top (implies `update_env`); it stays chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
 }
 
 /// The answer of a reload that ended, successful or not.
@@ -86,13 +94,46 @@ pub struct ReloadOutcome {
     /// What to do about it, when there is something to say (a config error's fix).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+    /// Set when the reload stopped old workers before starting new ones (`proxy: none` with a
+    /// `port` and no `reload.reuse_port`): how long, in all, a slot had no worker serving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gap_ms: Option<u64>,
 }
 
 /// `POST /v1/apps/{app}/scale`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Either `instances` (run that many) or `by` (that many more, or fewer when negative: `scale
+/// web +2`), not both.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScaleRequest {
-    pub instances: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<i64>,
+}
+
+/// `POST /v1/apps/{app}/signal`: send a signal to every running worker of the app.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalRequest {
+    /// A name like `SIGUSR1` or `USR1`.
+    pub signal: String,
+}
+
+/// The answer of `POST /v1/apps/{app}/signal`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SignalOutcome {
+    pub app: String,
+    /// The signal's full name (`SIGUSR1`).
+    pub signal: String,
+    /// The workers it was sent to (their process groups): those running when asked.
+    pub workers: Vec<SignalledWorker>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SignalledWorker {
+    pub id: u32,
+    pub pid: u32,
 }
 
 /// `GET /v1/apps/{app}/logs?lines=N`.
@@ -140,6 +181,9 @@ pub struct DeployRequest {
     /// Who asked (shown in history). The token's name is recorded beside it in any case.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub who: Option<String>,
+    /// Run the release with this env set of the app's `env_sets` on top; it stays chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
 }
 
 /// `POST /v1/apps/{app}/rollback`.

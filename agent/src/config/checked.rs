@@ -35,7 +35,7 @@ pub enum ValueError {
     Instances(String),
     #[error("invalid `http: {0}`: write a path like `/healthz`")]
     ProbePath(String),
-    #[error("`ready` takes one check: `tcp: true`, `http: /path`, `notify: true` or `alive: 1s`")]
+    #[error("`ready` takes one check: `tcp: true`, `http: /path`, `notify: true`, `message: true` or `alive: 1s`")]
     ReadyChecks,
     #[error("unknown signal `{0}`: write a name like `SIGUSR2`, `SIGTERM` or `SIGINT`")]
     Signal(String),

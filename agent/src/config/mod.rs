@@ -222,9 +222,24 @@ pub struct AppConfig {
     /// A `KEY=VALUE` file read when workers start (and re-read by `reload --update-env`).
     #[serde(default)]
     pub env_file: Option<PathBuf>,
+    /// Named environments (PM2's `env_production`): `env_sets: { production: { NODE_ENV:
+    /// production } }`. `deployer reload web --env production` puts one on top of `env` and
+    /// `env_file`; it stays chosen for later reloads and deploys until another is chosen (or
+    /// the agent restarts).
+    #[serde(default)]
+    pub env_sets: BTreeMap<String, BTreeMap<String, String>>,
+    /// The env set chosen at runtime (`reload --env`), kept by the app across config re-reads.
+    #[serde(skip)]
+    pub env_set: Option<String>,
     /// When a new worker counts as ready.
     #[serde(default)]
     pub ready: ReadyConfig,
+    /// Give each worker Node's IPC channel (`NODE_CHANNEL_FD`, as PM2 does): `process.send`
+    /// works, other messages are logged, and the worker gets `'shutdown'` (PM2's
+    /// `shutdown_with_message`) before its stop or reload signal. `ready: { message: true }`
+    /// turns it on too.
+    #[serde(default)]
+    pub ipc: bool,
     /// How a rolling reload replaces workers.
     #[serde(default)]
     pub reload: ReloadConfig,
@@ -234,6 +249,13 @@ pub struct AppConfig {
     /// Replace a worker (gracefully, like a reload) whose RSS goes above this.
     #[serde(default)]
     pub max_memory: Option<Size>,
+    /// Reload the app on a schedule (PM2's `cron_restart`): `"0 3 * * *"`, in UTC (five fields,
+    /// or six with seconds first). A rolling reload like `deployer reload`: no request fails.
+    #[serde(default)]
+    cron_restart: Option<String>,
+    /// `cron_restart`, parsed.
+    #[serde(skip)]
+    pub reload_schedule: Option<CronSchedule>,
     /// Rotation of the log files under `state_dir/logs`.
     #[serde(default)]
     pub logs: LogsConfig,
@@ -339,6 +361,19 @@ pub enum ProxyMode {
     None,
 }
 
+impl AppConfig {
+    /// Whether workers get Node's IPC channel: `ipc: true`, or readiness by message.
+    pub fn uses_ipc(&self) -> bool {
+        self.ipc || self.ready.check == ReadyCheck::Message
+    }
+
+    /// Whether a reload must stop an old worker before its replacement starts: it binds the
+    /// public port itself (`proxy: none` with a `port`), and not with `SO_REUSEPORT`.
+    pub fn reloads_stop_first(&self) -> bool {
+        self.proxy == ProxyMode::None && self.port.is_some() && !self.reload.reuse_port
+    }
+}
+
 impl ProxyMode {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -350,7 +385,7 @@ impl ProxyMode {
     }
 }
 
-/// `ready: { tcp: true }`, `{ http: /healthz }` or `{ notify: true }`, plus `timeout`.
+/// `ready: { tcp: true }`, `{ http: /healthz }`, `{ notify: true }` or `{ message: true }`, plus `timeout`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReadyConfig {
     pub check: ReadyCheck,
@@ -366,6 +401,9 @@ pub enum ReadyCheck {
     Http(String),
     /// The worker sends `READY=1` on `NOTIFY_SOCKET` (sd_notify).
     Notify,
+    /// The worker sends `'ready'` on Node's IPC channel (`process.send('ready')`, PM2's
+    /// `wait_ready`).
+    Message,
     /// The process is still running after this long (the default where there is no port to probe).
     Alive(Duration),
 }
@@ -388,6 +426,7 @@ struct ReadyRaw {
     tcp: Option<bool>,
     http: Option<String>,
     notify: Option<bool>,
+    message: Option<bool>,
     alive: Option<Dur>,
     timeout: Option<Dur>,
 }
@@ -408,6 +447,9 @@ impl TryFrom<ReadyRaw> for ReadyConfig {
         if r.notify == Some(true) {
             checks.push(ReadyCheck::Notify);
         }
+        if r.message == Some(true) {
+            checks.push(ReadyCheck::Message);
+        }
         if let Some(d) = r.alive {
             checks.push(ReadyCheck::Alive(d.0));
         }
@@ -421,7 +463,7 @@ impl TryFrom<ReadyRaw> for ReadyConfig {
     }
 }
 
-/// `reload: { signal: SIGUSR2, drain_timeout: 30s, kill_timeout: 5s, max_surge: 1 }`.
+/// `reload: { signal: SIGUSR2, drain_timeout: 30s, kill_timeout: 5s, max_surge: 1, reuse_port: false }`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReloadConfig {
@@ -433,6 +475,10 @@ pub struct ReloadConfig {
     pub kill_timeout: Dur,
     /// How many workers are replaced at once.
     pub max_surge: u32,
+    /// `proxy: none` with a `port`: the app binds its port with `SO_REUSEPORT`, so a new worker
+    /// can listen while the old one still does, and a reload starts it first (no gap). Without
+    /// it such an app is reloaded stop-then-start, and it does not serve in between.
+    pub reuse_port: bool,
 }
 
 impl Default for ReloadConfig {
@@ -442,6 +488,7 @@ impl Default for ReloadConfig {
             drain_timeout: Dur(Duration::from_secs(30)),
             kill_timeout: Dur(Duration::from_secs(5)),
             max_surge: 1,
+            reuse_port: false,
         }
     }
 }
@@ -465,10 +512,19 @@ impl TryFrom<String> for SignalName {
     }
 }
 
-/// `restart: { max_restarts: 10, min_uptime: 1s, backoff_max: 15s }`.
+/// `restart: { max_restarts: 10, min_uptime: 1s, backoff_max: 15s, autorestart: true,
+/// delay: 2s, stop_exit_codes: [0] }`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RestartConfig {
+    /// Restart a worker that exits by itself (PM2's `autorestart`). `false`: one-shot workers,
+    /// left `stopped` with their exit code until the next start, restart or reload.
+    pub autorestart: bool,
+    /// A fixed wait before each restart instead of the growing backoff (PM2's `restart_delay`).
+    pub delay: Option<Dur>,
+    /// Exit codes that mean "done": a worker exiting with one is not restarted (PM2's
+    /// `stop_exit_codes`).
+    pub stop_exit_codes: Vec<i32>,
     /// Exits in a row, each within `min_uptime` of its start, before the worker is `errored`.
     pub max_restarts: u32,
     /// A worker that ran at least this long before exiting resets the count.
@@ -480,6 +536,9 @@ pub struct RestartConfig {
 impl Default for RestartConfig {
     fn default() -> Self {
         RestartConfig {
+            autorestart: true,
+            delay: None,
+            stop_exit_codes: Vec::new(),
             max_restarts: 10,
             min_uptime: Dur(Duration::from_secs(1)),
             backoff_max: Dur(Duration::from_secs(15)),
@@ -631,6 +690,20 @@ fn read(path: &Path, text: &str) -> Result<AgentConfig, ConfigError> {
             let (line, col) = at(key);
             ConfigError::at(path, line, col, msg, Some(hint.into()))
         })?;
+        if let Some(text) = &app.cron_restart {
+            app.reload_schedule = Some(text.parse::<CronSchedule>().map_err(|e| {
+                let (line, col) = at("cron_restart");
+                let hint =
+                    "write five fields, minute hour day month weekday, like `\"0 3 * * *\"` (03:00 UTC every day)";
+                ConfigError::at(
+                    path,
+                    line,
+                    col,
+                    format!("invalid `cron_restart: {text}`: {}", e.reason),
+                    Some(hint.into()),
+                )
+            })?);
+        }
         // Where there is no private port to probe, readiness defaults to "still alive after 1s".
         if matches!(app.proxy, ProxyMode::Fd | ProxyMode::None)
             && app.ready.check == ReadyCheck::Tcp

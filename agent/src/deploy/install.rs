@@ -144,7 +144,7 @@ pub async fn run(
             }
             None => env,
         };
-        let launch = Launch { argv, cwd, env, listen_fd: None, fd_name: "", run_as, cgroup_procs };
+        let launch = Launch { argv, cwd, env, listen_fd: None, fd_name: "", run_as, cgroup_procs, ipc_fd: None };
         let mut child = spawn::spawn(&launch).map_err(|source| StepError::Spawn { cmd: cmd.clone(), source })?;
         let pid = child.id();
         if let (Some(t), Some(pid)) = (&tree, pid) {

@@ -55,6 +55,8 @@ struct Run<'a> {
     started: Instant,
     /// The bake window to watch once the deploy is recorded `baking`.
     bake: Option<Bake>,
+    /// `deploy --env NAME`: put on the re-read config (which otherwise keeps the app's own).
+    env_set: Option<String>,
 }
 
 pub(super) async fn run(d: &Arc<Deployer>, q: &AppQueue, app_name: &str, job: Job, cancel: CancellationToken) {
@@ -73,6 +75,7 @@ pub(super) async fn run(d: &Arc<Deployer>, q: &AppQueue, app_name: &str, job: Jo
         out: None,
         started: Instant::now(),
         bake: None,
+        env_set: job.env_set.clone(),
     };
     let result = match &job.target {
         Target::Ref(r) => run.deploy(r, job.trigger).await,
@@ -248,7 +251,8 @@ impl Run<'_> {
         if let Some(prev) = &previous {
             let rows = record("the releases", || store.releases(&self.app.name)).await?;
             let live_sha = rows.into_iter().find(|r| r.name == prev.name).map(|r| r.sha);
-            if live_sha.as_deref() == Some(sha.as_str()) {
+            // A new env set changes what runs: the same commit is installed and rolled again.
+            if live_sha.as_deref() == Some(sha.as_str()) && self.env_set.is_none() {
                 record("the deploy's release", || store.set_release(id, &prev.name)).await?;
                 return Ok(format!("{short} is already live (release {}): nothing to do", prev.name));
             }
@@ -306,7 +310,13 @@ impl Run<'_> {
         // read again now and the release's `env_file` once: the install step, the hooks and the
         // workers all run with what was read here.
         let release = ActiveRelease { name: name.clone(), dir: release_dir.clone() };
-        let fresh = self.app.fresh_config().map_err(|e| Stop::failed(e.to_string()))?;
+        let mut fresh = self.app.fresh_config().map_err(|e| Stop::failed(e.to_string()))?;
+        if let Some(name) = &self.env_set {
+            if !fresh.env_sets.contains_key(name) {
+                return Err(Stop::failed(format!("env set `{name}` is no longer in the app's `env_sets`")));
+            }
+            fresh.env_set = Some(name.clone());
+        }
         let spec = worker_spec(&fresh, &release)?;
         let env = self.deploy_env(&spec, &release, &sha, git_ref, trigger, previous.as_ref());
         let cfg = fresh;

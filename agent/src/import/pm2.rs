@@ -47,27 +47,6 @@ const NOT_MAPPED: &[(&str, &str)] = &[
     ("watch_delay", "goes with `watch`, which deployer does not do"),
     ("watch_options", "goes with `watch`, which deployer does not do"),
     (
-        "wait_ready",
-        "deployer does not read `process.send('ready')`: use `ready: { http: /healthz }` (the front waits for a 2xx) or `ready: { notify: true }` (sd_notify); the `http` front already waits until the worker accepts on its port",
-    ),
-    (
-        "shutdown_with_message",
-        "deployer does not send the `shutdown` message: the worker gets `reload.signal` (SIGUSR2 by default) once its requests are done",
-    ),
-    (
-        "cron_restart",
-        "deployer has no scheduled restarts yet: run `deployer reload <app>` from cron (a rolling reload, no failed request)",
-    ),
-    (
-        "autorestart",
-        "deployer always restarts a worker that exits (up to `restart.max_restarts` in a row within `min_uptime`)",
-    ),
-    (
-        "restart_delay",
-        "deployer waits 100ms before the first restart and doubles the wait up to `restart.backoff_max`; there is no fixed delay",
-    ),
-    ("stop_exit_codes", "deployer restarts a worker whatever its exit code"),
-    (
         "log_file",
         "next to `out_file` or `error_file`: deployer writes each line to one file only (`logs.out`, `logs.err`)",
     ),
@@ -109,6 +88,12 @@ const READ: &[&str] = &[
     "max_restarts",
     "min_uptime",
     "exp_backoff_restart_delay",
+    "wait_ready",
+    "shutdown_with_message",
+    "cron_restart",
+    "autorestart",
+    "restart_delay",
+    "stop_exit_codes",
     "user",
     "uid",
     // Every worker of an app already logs into one file.
@@ -179,7 +164,7 @@ pub fn app(index: usize, raw: &Map<String, Value>, cx: &Context<'_>) -> Result<M
     if let Some(n) = &instances {
         keys.push(("instances".into(), n.clone()));
     }
-    let mut env = env(raw, cx, &mut |k, why| note(&mut notes, k, why));
+    let (mut env, env_sets) = env(raw, cx, &mut |k, why| note(&mut notes, k, why));
     let port = env.remove("PORT").and_then(|p| p.parse::<u16>().ok().filter(|p| *p > 0));
     // PM2 runs an app with `instances` in cluster mode unless told otherwise.
     let cluster = match text(raw, &["exec_mode"]).as_deref() {
@@ -221,8 +206,36 @@ pub fn app(index: usize, raw: &Map<String, Value>, cx: &Context<'_>) -> Result<M
     if !env.is_empty() {
         keys.push(("env".into(), Node::Block(env.into_iter().map(|(k, v)| (k, Node::Text(v))).collect())));
     }
+    if !env_sets.is_empty() {
+        let sets = env_sets
+            .into_iter()
+            .map(|(name, vars)| (name, Node::Block(vars.into_iter().map(|(k, v)| (k, Node::Text(v))).collect())))
+            .collect();
+        keys.push(("env_sets".into(), Node::Block(sets)));
+    }
+    let mut ready = Vec::new();
+    let wait_ready = raw.get("wait_ready").is_some_and(truthy);
+    if wait_ready {
+        // `process.send('ready')` through Node's IPC channel, as PM2 reads it.
+        ready.push(("message".into(), Node::Bool(true)));
+    }
     if let Some(t) = millis(raw, "listen_timeout", &mut |k, why| note(&mut notes, k, why)) {
-        keys.push(("ready".into(), Node::Flow(vec![("timeout".into(), Node::Text(t))])));
+        ready.push(("timeout".into(), Node::Text(t)));
+    }
+    if !ready.is_empty() {
+        keys.push(("ready".into(), Node::Flow(ready)));
+    }
+    if raw.get("shutdown_with_message").is_some_and(truthy) && !wait_ready {
+        // The channel for the `shutdown` message (`ready.message` opens it too).
+        keys.push(("ipc".into(), Node::Bool(true)));
+    }
+    if let Some(cron) = text(raw, &["cron_restart"]) {
+        note(
+            &mut notes,
+            "cron_restart",
+            format!("mapped to `cron_restart: {cron}`, which deployer reads in UTC (PM2: the host's local time)"),
+        );
+        keys.push(("cron_restart".into(), Node::Text(cron)));
     }
     if let Some(t) = millis(raw, "kill_timeout", &mut |k, why| note(&mut notes, k, why)) {
         keys.push(("reload".into(), Node::Flow(vec![("kill_timeout".into(), Node::Text(t))])));
@@ -237,6 +250,25 @@ pub fn app(index: usize, raw: &Map<String, Value>, cx: &Context<'_>) -> Result<M
     }
     if let Some(t) = millis(raw, "min_uptime", &mut |k, why| note(&mut notes, k, why)) {
         restart.push(("min_uptime".into(), Node::Text(t)));
+    }
+    if raw.get("autorestart") == Some(&Value::Bool(false)) {
+        restart.push(("autorestart".into(), Node::Bool(false)));
+    }
+    if let Some(t) = millis(raw, "restart_delay", &mut |k, why| note(&mut notes, k, why)) {
+        restart.push(("delay".into(), Node::Text(t)));
+    }
+    match raw.get("stop_exit_codes") {
+        None | Some(Value::Null) => {}
+        Some(v) => {
+            let codes: Option<Vec<i64>> = match v {
+                Value::Array(items) => items.iter().map(Value::as_i64).collect(),
+                other => other.as_i64().map(|c| vec![c]),
+            };
+            match codes {
+                Some(codes) => restart.push(("stop_exit_codes".into(), Node::Numbers(codes))),
+                None => note(&mut notes, "stop_exit_codes", format!("`{v}` is not an exit code or a list of them")),
+            }
+        }
     }
     if raw.get("exp_backoff_restart_delay").is_some_and(|v| !v.is_null()) {
         note(
@@ -470,9 +502,12 @@ fn instances(raw: &Map<String, Value>, note: &mut dyn FnMut(&str, String)) -> Op
     }
 }
 
-/// `env`, with `env_<name>` merged over it for `--env name`; other `env_*` sets are reported.
-fn env(raw: &Map<String, Value>, cx: &Context<'_>, note: &mut dyn FnMut(&str, String)) -> BTreeMap<String, String> {
+/// `env`, with `env_<name>` merged over it for `--env name`; every other `env_<name>` becomes
+/// the named set `name` (`env_sets`, chosen with `deployer reload|deploy --env name`).
+type Vars = BTreeMap<String, String>;
+fn env(raw: &Map<String, Value>, cx: &Context<'_>, note: &mut dyn FnMut(&str, String)) -> (Vars, Vec<(String, Vars)>) {
     let mut env = BTreeMap::new();
+    let mut sets = Vec::new();
     let mut dropped = Vec::new();
     let mut merge =
         |set: &str, value: &Value, env: &mut BTreeMap<String, String>, note: &mut dyn FnMut(&str, String)| {
@@ -502,13 +537,9 @@ fn env(raw: &Map<String, Value>, cx: &Context<'_>, note: &mut dyn FnMut(&str, St
         if cx.env == Some(set) {
             merge(key, value, &mut env, note);
         } else {
-            note(
-                key,
-                format!(
-                    "a named environment: `deployer-agent import --env {set}` merges it into `env` (as `pm2 start \
-                     --env {set}` does); deployer has no named sets"
-                ),
-            );
+            let mut vars = BTreeMap::new();
+            merge(key, value, &mut vars, note);
+            sets.push((set.to_string(), vars));
         }
     }
     if !dropped.is_empty() {
@@ -516,7 +547,7 @@ fn env(raw: &Map<String, Value>, cx: &Context<'_>, note: &mut dyn FnMut(&str, St
         dropped.dedup();
         note("env", format!("left out what PM2 recorded of its own shell's environment: {}", dropped.join(", ")));
     }
-    env
+    (env, sets)
 }
 
 /// A PM2 duration (milliseconds, as a number or digits, or text like `1s`, `1m`) as `1600ms`.
@@ -629,10 +660,39 @@ mod tests {
         assert_eq!(get(&m, "proxy"), Some(&Node::Text("none".into())));
         assert_eq!(get(&m, "instances"), Some(&Node::Text("max".into())));
         let keys = unmapped(&m);
-        for key in ["instances", "watch", "cron_restart", "env_staging", "wait_ready", "colour"] {
+        for key in ["instances", "watch", "colour"] {
             assert!(keys.contains(&format!("worker.{key}").as_str()), "{key} not reported: {keys:?}");
         }
+        // PM2's process control maps to deployer's own keys.
+        assert_eq!(get(&m, "cron_restart"), Some(&Node::Text("0 3 * * *".into())));
+        assert!(keys.contains(&"worker.cron_restart"), "the time zone is said: {keys:?}");
+        assert_eq!(get(&m, "ready"), Some(&Node::Flow(vec![("message".into(), Node::Bool(true))])));
+        let staging = Node::Block(vec![("staging".into(), Node::Block(vec![("A".into(), Node::Text("1".into()))]))]);
+        assert_eq!(get(&m, "env_sets"), Some(&staging));
+        assert!(!keys.contains(&"worker.env_staging") && !keys.contains(&"worker.wait_ready"), "{keys:?}");
         assert!(m.unmapped.iter().all(|u| !u.why.is_empty()));
+    }
+
+    #[test]
+    fn pm2_process_control_maps_to_restart_ipc_and_env_sets() {
+        let m = map(
+            json!({ "name": "job", "script": "job.js", "autorestart": false, "restart_delay": 2000,
+                    "stop_exit_codes": [0, 3], "shutdown_with_message": true }),
+            None,
+            Origin::Ecosystem,
+        );
+        let restart = vec![
+            ("autorestart".into(), Node::Bool(false)),
+            ("delay".into(), Node::Text("2s".into())),
+            ("stop_exit_codes".into(), Node::Numbers(vec![0, 3])),
+        ];
+        assert_eq!(get(&m, "restart"), Some(&Node::Flow(restart)));
+        assert_eq!(get(&m, "ipc"), Some(&Node::Bool(true)));
+        assert!(m.unmapped.is_empty(), "{:?}", m.unmapped);
+        let mut out = String::new();
+        super::super::yaml::block(&mut out, 0, &m.keys);
+        let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(&out).expect("yaml");
+        assert_eq!(v["restart"]["stop_exit_codes"][1], 3, "exit codes are numbers: {out}");
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub enum Node {
     Bool(bool),
     /// `[a, b]`.
     List(Vec<String>),
+    /// `[0, 2]`: numbers (exit codes).
+    Numbers(Vec<i64>),
     /// `{ a: 1, b: 2 }` on the key's line.
     Flow(Vec<(String, Node)>),
     /// A map below the key, one line per entry.
@@ -45,6 +47,7 @@ fn inline(node: &Node) -> String {
         Node::Number(n) => n.to_string(),
         Node::Bool(b) => b.to_string(),
         Node::List(items) => crate::config::flow_list(items),
+        Node::Numbers(items) => format!("[{}]", items.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")),
         Node::Flow(entries) | Node::Block(entries) => {
             let inner: Vec<String> = entries.iter().map(|(k, v)| format!("{}: {}", scalar(k), inline(v))).collect();
             format!("{{ {} }}", inner.join(", "))

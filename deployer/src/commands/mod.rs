@@ -31,6 +31,7 @@ pub mod reload;
 pub mod rollback;
 pub mod scale;
 pub mod show;
+pub mod signal;
 pub mod status;
 
 use lifecycle::Action;
@@ -65,9 +66,17 @@ pub enum Command {
     /// Replace an app's workers with new ones, without dropping a request
     ///
     /// Given an environment of deployer.yaml, every host reloads, `max_parallel` at a time.
+    /// Given `all`, every app of the agent reloads, one after the other.
     ///
     /// The agent starts new workers and drains the old ones once the new ones are ready. This
     /// command waits until the reload ended (it can take minutes), and exits with 1 if it failed.
+    /// An app that binds its own port (`proxy: none` with `port:`) is reloaded stop-then-start
+    /// unless `reload: { reuse_port: true }`; the output says how long it did not serve.
+    #[command(after_help = examples_section("
+  deployer reload web                 Replace web's workers one by one
+  deployer reload web --update-env    Re-read env and env_file first
+  deployer reload all                 Every app of the agent, one after the other
+  deployer reload prod                Every host of the `prod` environment"))]
     Reload(reload::Args),
 
     /// Stop every worker of an app, then start new ones (drops requests; prefer `reload`)
@@ -79,8 +88,25 @@ pub enum Command {
     /// Start the workers of a stopped app
     Start(lifecycle::Args),
 
-    /// Run a given number of workers for an app
+    /// Run a given number of workers for an app, or more or fewer than now
+    ///
+    /// The count holds across restarts of the agent until the config's `instances` changes.
+    /// Shrinking retires the highest instance ids gracefully (out of rotation, drained).
+    #[command(after_help = examples_section("
+  deployer scale web 4     Run 4 workers
+  deployer scale web +2    Run 2 more than now
+  deployer scale web -1    Run 1 fewer (at least 1 stays; `stop` runs none)"))]
     Scale(scale::Args),
+
+    /// Send a signal to every running worker of an app (like `pm2 sendSignal`)
+    ///
+    /// The signal goes to each worker's process group (the worker and what it started). It is
+    /// not a stop: a worker that exits on it is restarted like any crash. Prints the workers it
+    /// was sent to; none when the app is stopped.
+    #[command(after_help = examples_section("
+  deployer signal web SIGUSR1    Ask web's workers to reopen their logs, dump state...
+  deployer signal web HUP        The `SIG` prefix is optional"))]
+    Signal(signal::Args),
 
     /// Show the last lines an app's workers wrote to stdout and stderr (-f: and follow)
     ///
@@ -220,6 +246,7 @@ impl Command {
             Command::Stop(args) => lifecycle::run(ctx, Action::Stop, args).await,
             Command::Start(args) => lifecycle::run(ctx, Action::Start, args).await,
             Command::Scale(args) => scale::run(ctx, args).await,
+            Command::Signal(args) => signal::run(ctx, args).await,
             Command::Logs(args) => logs::run(ctx, args).await,
             Command::Flush(args) => logs::flush(ctx, args).await,
             Command::Deploy(args) => deploy::run(ctx, args).await,

@@ -253,7 +253,7 @@ impl Monit {
                     return;
                 };
                 self.spawn_action(host, format!("scaling {name}{on} to {to}"), async move {
-                    match client.scale(&name, to).await {
+                    match client.scale(&name, &deployer_wire::ScaleRequest { instances: Some(to), by: None }).await {
                         Ok(s) => Ok(format!("scaled {name}{on} to {}", count(s.instances, "instance"))),
                         Err(e) => Err(format!("scale of {name}{on} to {to} failed: {}", why(&e))),
                     }

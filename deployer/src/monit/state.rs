@@ -298,6 +298,7 @@ pub mod tests {
             inflight: 0,
             env_hash: "3fa1c2".into(),
             release: "7-1a2b3c4".into(),
+            exit_code: None,
         }
     }
 
