@@ -74,8 +74,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::handover::claim_from_env().context("cannot take over from the agent being upgraded")?;
             // The binary as it was started: an upgrade starts whatever is at this path then.
             let exe = std::env::current_exe().context("cannot find the agent's own binary")?;
-            // Before the runtime starts the threads that use libgit2.
-            crate::source::configure_libgit2();
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

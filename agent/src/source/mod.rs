@@ -69,6 +69,7 @@ impl Source {
     /// A changed `url` or `branch` in the config is written into the clone, which keeps its objects,
     /// so the next fetch is still incremental. Nothing is fetched here.
     pub fn open(url: &str, branch: &str, auth: Option<GitAuth>, cache_dir: &Path) -> Result<Source, SourceError> {
+        configure_libgit2();
         check_url(url)?;
         validate_ref(branch)?;
         let source = Source {
@@ -239,8 +240,10 @@ impl Source {
     }
 }
 
-/// Bound what libgit2 keeps in memory for the whole process; call once at start, before any
-/// other thread uses libgit2 (its options are plain globals).
+/// Bound what libgit2 keeps in memory for the whole process. Called by [`Source::open`], the one
+/// way into libgit2, so it runs (once) before any libgit2 object of the agent exists, and never
+/// in an agent without git apps: initialising libgit2 initialises OpenSSL, which touches about
+/// 2.5 MB of libcrypto (a third of the agent's own memory at start).
 ///
 /// libgit2's defaults suit a desktop git client, not a small daemon: a 256 MiB object cache, and
 /// pack windows of 1 GiB mapped up to 8 GiB, whose touched pages all count in the agent's RSS.
@@ -252,8 +255,9 @@ impl Source {
 pub fn configure_libgit2() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        // SAFETY: libgit2's options are process globals without locking; this runs once, and the
-        // agent calls it before it starts any thread that uses libgit2.
+        // SAFETY: libgit2's options are process globals without locking; this runs once, before
+        // the first `Source` exists (every other caller of `Source::open` waits in `call_once`),
+        // so no thread uses libgit2's caches or pack windows while they are set.
         let set = unsafe {
             git2::opts::set_cache_max_size(16 << 20)
                 .and_then(|()| git2::opts::set_cache_object_limit(git2::ObjectType::Tree, 0))
