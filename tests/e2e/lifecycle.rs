@@ -2,7 +2,7 @@
 
 use deployer_tests::{AppSpec, Load, TestEnv, http, pid_alive, port_is_free, wait_until};
 use nix::sys::signal::Signal;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[test]
 fn sigterm_lets_in_flight_requests_finish_then_stops_every_worker_and_exits_0() {
@@ -78,12 +78,10 @@ fn a_new_agent_kills_the_worker_children_a_killed_agent_left_behind() {
 
 #[test]
 fn the_api_answers_while_an_app_is_still_starting_and_the_other_apps_serve() {
-    let asked = Instant::now();
-    // `stuck` never listens: its workers stay `starting` until `ready.timeout`.
-    let never_ready = AppSpec::new("stuck").start(&["node", "-e", "setInterval(() => {}, 1000)"]).ready_timeout("40s");
+    // `stuck` never listens: its workers stay `starting` until `ready.timeout`. An agent that
+    // answered only once its apps were up would show it past that, not `starting`.
+    let never_ready = AppSpec::new("stuck").start(&["node", "-e", "setInterval(() => {}, 1000)"]).ready_timeout("60s");
     let agent = TestEnv::new().instances(1).app(never_ready).dont_wait_for_workers().start();
-    let answered = asked.elapsed();
-    assert!(answered < Duration::from_secs(20), "the API answered only after {answered:?}");
     assert_eq!(agent.app("stuck").state.as_str(), "starting");
     assert!(
         wait_until(Duration::from_secs(15), || http::get(agent.port("web"), "/").is_ok_and(|r| r.status == 200)),
