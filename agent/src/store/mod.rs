@@ -11,6 +11,7 @@
 
 mod apps;
 mod deliveries;
+mod install_keys;
 mod outbox;
 pub(crate) mod peek;
 mod schema;

@@ -77,6 +77,8 @@ const STEPS: &[&str] = &[
         at INTEGER NOT NULL
     );
     DROP TABLE current_release;",
+    // 5: each release's install key (`deploy/install_cache.rs`): the inputs of its install step.
+    "ALTER TABLE releases ADD COLUMN install_key TEXT;",
 ];
 
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
