@@ -41,8 +41,10 @@ impl Fixture {
         Fixture { repo, counts }
     }
 
+    /// The agent, with the cache declared for the install step (the built-in default caches
+    /// only the installers it knows, and `sh install.sh` is none of them).
     fn start(&self) -> Agent {
-        self.start_with(|a| a)
+        self.start_with(|a| a.set("install_cache", "{ key: [package-lock.json], paths: [node_modules] }"))
     }
 
     fn start_with(&self, more: impl FnOnce(deployer_tests::AppSpec) -> deployer_tests::AppSpec) -> Agent {
@@ -197,6 +199,19 @@ fn install_cache_false_runs_every_install() {
     let d = deploy(&agent);
     assert_eq!(d.state, "live", "{d:#?}");
     assert_eq!(cache_event(&d), "install cache: off (`install_cache: false`)");
+    assert_eq!(f.installs(), 2);
+}
+
+#[test]
+fn the_default_runs_an_install_step_it_does_not_know_every_time() {
+    let f = Fixture::new();
+    let agent = f.start_with(|a| a);
+    f.repo.commit_greeting("v2");
+    let d = deploy(&agent);
+    assert_eq!(d.state, "live", "{d:#?}");
+    let event = cache_event(&d);
+    assert!(event.starts_with("install cache: not used: `sh install.sh` is not a dependency install"), "{event}");
+    assert!(event.contains("post_install"), "says where builds go: {event}");
     assert_eq!(f.installs(), 2);
 }
 

@@ -171,6 +171,24 @@ mod tests {
     }
 
     #[test]
+    fn mistakes_are_located_at_their_key() {
+        let yaml = |cache: &str, install: &str| {
+            format!("apps:\n  web:\n    repo: /srv/web.git\n    start: node app.js\n{install}    install_cache: {cache}\n")
+        };
+        let e = super::super::parse(Path::new("/x/agent.yaml"), &yaml("{ paths: [node_modules] }", "")).unwrap_err();
+        assert_eq!((e.line, e.col), (5, 5), "{e}");
+        assert!(e.message.contains("no `install` step"), "{e}");
+        let text = yaml("\n      key: [package-lock.json]", "    install: npm ci\n");
+        let e = super::super::parse(Path::new("/x/agent.yaml"), &text).unwrap_err();
+        assert_eq!(e.line, 7, "{e}");
+        assert!(e.message.contains("has no `paths`"), "{e}");
+        let text = yaml("\n      paths: [../up]", "    install: npm ci\n");
+        let e = super::super::parse(Path::new("/x/agent.yaml"), &text).unwrap_err();
+        assert_eq!(e.line, 7, "{e}");
+        assert!(e.message.contains("`../up`"), "{e}");
+    }
+
+    #[test]
     fn paths_and_names_that_leave_the_release_are_refused() {
         for (yaml, says) in [
             ("{ key: [../secret], paths: [a] }", "`../secret`"),

@@ -44,6 +44,8 @@ const MAX_SCRIPT: i64 = 1 << 20;
 pub enum CacheError {
     #[error("no lockfile the built-in default knows is in the release ({}): declare `install_cache: {{ key: [...], paths: [...] }}`", KNOWN_LOCKFILES)]
     NoDefault,
+    #[error("`{0}` is not a dependency install the built-in default knows: put builds in `post_install` (it always runs), or declare `install_cache: {{ key: [...], paths: [...] }}` to cache the whole step")]
+    NotAnInstall(String),
     #[error("{0}")]
     Beneath(#[from] BeneathError),
     #[error("`{}` is in the commit: the install step makes it", .0.display())]
@@ -99,7 +101,13 @@ pub fn plan(cfg: &AppConfig, release: &Dir, env: &BTreeMap<String, String>) -> R
     }
     let default = match (&c.key, &c.paths) {
         (Some(_), Some(_)) => None,
-        _ => Some(find_default(release)?.ok_or(CacheError::NoDefault)?),
+        _ => {
+            // A skipped step must not skip a build: the default caches dependency installs only.
+            if let Some(argv) = cfg.install.0.iter().find(|argv| !installs_dependencies(argv)) {
+                return Err(CacheError::NotAnInstall(shell_words::join(argv)));
+            }
+            Some(find_default(release)?.ok_or(CacheError::NoDefault)?)
+        }
     };
     let key_files: Vec<String> = match (&c.key, default) {
         (Some(k), _) => k.clone(),
@@ -144,6 +152,25 @@ fn find_default(release: &Dir) -> Result<Option<&'static Default>, CacheError> {
         }
     }
     Ok(None)
+}
+
+/// Whether `argv` only installs dependencies (`npm ci`, `pip install -r requirements.txt`,
+/// `bundle install`...), so that skipping it skips nothing but what the outputs hold.
+fn installs_dependencies(argv: &[String]) -> bool {
+    let name = argv.first().and_then(|a| Path::new(a).file_name()).and_then(OsStr::to_str).unwrap_or("");
+    let args: Vec<&str> = argv.iter().skip(1).map(String::as_str).filter(|a| !a.starts_with('-')).collect();
+    match (name, args.as_slice()) {
+        ("npm", [sub, ..]) => matches!(*sub, "ci" | "install" | "i" | "clean-install"),
+        ("pnpm", [sub, ..]) => matches!(*sub, "install" | "i"),
+        ("yarn", []) | ("yarn", ["install", ..]) => true,
+        ("pip" | "pip3", ["install", ..]) => true,
+        ("python" | "python3", ["pip", "install", ..]) => argv.iter().any(|a| a == "-m"),
+        ("python" | "python3", ["venv", ..]) => argv.iter().any(|a| a == "-m"),
+        ("uv", [sub, ..]) => matches!(*sub, "sync" | "venv") || args.starts_with(&["pip", "install"]),
+        ("poetry", ["install", ..]) => true,
+        ("bundle" | "bundler", [sub, ..]) => matches!(*sub, "install" | "config"),
+        _ => false,
+    }
 }
 
 /// Whether the app's install step or workers are Node's tools.
@@ -540,6 +567,20 @@ mod tests {
         assert!(glob_match(b"requirements*.txt", b"requirements-dev.txt"));
         assert!(!glob_match(b"requirements*.txt", b"requirements.txt.bak"));
         assert!(glob_match(b"*", b"anything"));
+    }
+
+    #[test]
+    fn the_default_caches_dependency_installs_only() {
+        let argv = |line: &str| shell_words::split(line).unwrap();
+        for yes in ["npm ci --omit=dev", "npm install", "yarn", "yarn install --frozen-lockfile", "pnpm i",
+            "pip install -r requirements.txt", "python3 -m pip install -r requirements.txt", "uv sync --frozen",
+            "poetry install --no-root", "bundle install", "bundle config set deployment true", "/usr/bin/npm ci"]
+        {
+            assert!(installs_dependencies(&argv(yes)), "{yes}");
+        }
+        for no in ["npm run build", "make", "sh install.sh", "yarn build", "python3 manage.py migrate", "npx prisma generate"] {
+            assert!(!installs_dependencies(&argv(no)), "{no}");
+        }
     }
 
     #[test]
