@@ -48,7 +48,9 @@ impl Fixture {
     }
 
     fn start_with(&self, more: impl FnOnce(deployer_tests::AppSpec) -> deployer_tests::AppSpec) -> Agent {
-        TestEnv::new().web(|a| more(a.repo(&self.repo).set("install", "sh install.sh").set("keep_releases", "5"))).start()
+        TestEnv::new()
+            .web(|a| more(a.repo(&self.repo).set("install", "sh install.sh").set("keep_releases", "5")))
+            .start()
     }
 
     /// How many times the install step ran.
@@ -74,7 +76,12 @@ fn deploy(agent: &Agent) -> Deploy {
 
 /// What the deploy's event about the install cache says.
 fn cache_event(d: &Deploy) -> String {
-    d.events.iter().map(|e| e.message.as_str()).find(|m| m.starts_with("install cache:")).unwrap_or_default().to_string()
+    d.events
+        .iter()
+        .map(|e| e.message.as_str())
+        .find(|m| m.starts_with("install cache:"))
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn release_dir(agent: &Agent, d: &Deploy) -> PathBuf {

@@ -126,12 +126,7 @@ fn env_name(v: &str) -> bool {
 
 /// What fits together with the app's other keys: a declared cache needs an install step to
 /// skip, and a key of its own needs the outputs it stands for.
-pub(super) fn check(
-    name: &str,
-    cache: &InstallCacheConfig,
-    has_install: bool,
-    at: &At<'_>,
-) -> Result<(), ConfigError> {
+pub(super) fn check(name: &str, cache: &InstallCacheConfig, has_install: bool, at: &At<'_>) -> Result<(), ConfigError> {
     let declared = cache.key.is_some() || cache.paths.is_some() || !cache.env.is_empty() || cache.warm;
     if declared && !has_install {
         return Err(at(
@@ -162,8 +157,10 @@ mod tests {
     fn the_shapes_it_takes() {
         assert!(read("false").unwrap().off);
         assert_eq!(read("true").unwrap(), InstallCacheConfig::default());
-        let c = read("{ key: [package-lock.json, 'requirements*.txt'], env: [NODE_ENV], paths: [node_modules], warm: true }")
-            .unwrap();
+        let c = read(
+            "{ key: [package-lock.json, 'requirements*.txt'], env: [NODE_ENV], paths: [node_modules], warm: true }",
+        )
+        .unwrap();
         assert_eq!(c.key.unwrap(), ["package-lock.json", "requirements*.txt"]);
         assert_eq!(c.paths.unwrap(), [PathBuf::from("node_modules")]);
         assert_eq!(c.env, ["NODE_ENV"]);
@@ -173,7 +170,9 @@ mod tests {
     #[test]
     fn mistakes_are_located_at_their_key() {
         let yaml = |cache: &str, install: &str| {
-            format!("apps:\n  web:\n    repo: /srv/web.git\n    start: node app.js\n{install}    install_cache: {cache}\n")
+            format!(
+                "apps:\n  web:\n    repo: /srv/web.git\n    start: node app.js\n{install}    install_cache: {cache}\n"
+            )
         };
         let e = super::super::parse(Path::new("/x/agent.yaml"), &yaml("{ paths: [node_modules] }", "")).unwrap_err();
         assert_eq!((e.line, e.col), (5, 5), "{e}");

@@ -42,9 +42,14 @@ const MAX_SCRIPT: i64 = 1 << 20;
 /// Why the cache was not used (the install step runs as without it), or could not be.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
-    #[error("no lockfile the built-in default knows is in the release ({}): declare `install_cache: {{ key: [...], paths: [...] }}`", KNOWN_LOCKFILES)]
+    #[error(
+        "no lockfile the built-in default knows is in the release ({}): declare `install_cache: {{ key: [...], paths: [...] }}`",
+        KNOWN_LOCKFILES
+    )]
     NoDefault,
-    #[error("`{0}` is not a dependency install the built-in default knows: put builds in `post_install` (it always runs), or declare `install_cache: {{ key: [...], paths: [...] }}` to cache the whole step")]
+    #[error(
+        "`{0}` is not a dependency install the built-in default knows: put builds in `post_install` (it always runs), or declare `install_cache: {{ key: [...], paths: [...] }}` to cache the whole step"
+    )]
     NotAnInstall(String),
     #[error("{0}")]
     Beneath(#[from] BeneathError),
@@ -74,7 +79,12 @@ const DEFAULTS: &[Default] = &[
     Default { lockfile: "package-lock.json", more: &[".npmrc"], paths: &["node_modules"], node: true },
     Default { lockfile: "npm-shrinkwrap.json", more: &[".npmrc"], paths: &["node_modules"], node: true },
     Default { lockfile: "pnpm-lock.yaml", more: &[".npmrc"], paths: &["node_modules"], node: true },
-    Default { lockfile: "yarn.lock", more: &[".npmrc", ".yarnrc", ".yarnrc.yml"], paths: &["node_modules"], node: true },
+    Default {
+        lockfile: "yarn.lock",
+        more: &[".npmrc", ".yarnrc", ".yarnrc.yml"],
+        paths: &["node_modules"],
+        node: true,
+    },
     Default { lockfile: "Gemfile.lock", more: &[".bundle/config"], paths: &["vendor/bundle"], node: false },
     Default { lockfile: "uv.lock", more: &["pyproject.toml", ".python-version"], paths: &[".venv"], node: false },
     Default { lockfile: "poetry.lock", more: &["pyproject.toml"], paths: &[".venv"], node: false },
@@ -130,7 +140,8 @@ pub fn plan(cfg: &AppConfig, release: &Dir, env: &BTreeMap<String, String>) -> R
             lines.push(format!("file:{pattern}=absent"));
         }
         for rel in found {
-            let bytes = release.read(Path::new(&rel), MAX_KEY_FILE, None)?;
+            // The release is the app user's already: a file linked in from elsewhere is refused.
+            let bytes = release.read(Path::new(&rel), MAX_KEY_FILE, cfg.run_as.as_ref().map(|r| r.uid))?;
             lines.push(format!("file:{rel}={}", digest(&bytes)));
         }
     }
@@ -448,8 +459,7 @@ fn make_dir(src: &Dir, name: &OsStr, dst: &Dir, to_name: &OsStr, owner: Option<(
     if let Some((uid, gid)) = owner {
         made.chown_self(uid, gid)?;
     }
-    nix::sys::stat::fchmod(made.as_fd(), Mode::from_bits_truncate(mode & 0o777))
-        .map_err(|e| io_at(made.path(), e))?;
+    nix::sys::stat::fchmod(made.as_fd(), Mode::from_bits_truncate(mode & 0o777)).map_err(|e| io_at(made.path(), e))?;
     Ok(())
 }
 
@@ -502,12 +512,19 @@ fn copy_one(
                 .map_err(|e| io_at(&dst.path().join(to_name), e))?;
             let shown_to = dst.path().join(to_name);
             match rewrite.filter(|_| st.st_size <= MAX_SCRIPT) {
-                Some(rw) => write_rewritten(from, &to, rw).map_err(|source| CacheError::Io { path: shown(), source })?,
+                Some(rw) => {
+                    write_rewritten(from, &to, rw).map_err(|source| CacheError::Io { path: shown(), source })?
+                }
                 None => {
                     if reflink(&from, &to) {
                         copied.reflinked += 1;
                     } else {
-                        let (mut r, mut w) = (std::fs::File::from(from), std::fs::File::from(to.try_clone().map_err(|source| CacheError::Io { path: shown_to.clone(), source })?));
+                        let (mut r, mut w) = (
+                            std::fs::File::from(from),
+                            std::fs::File::from(
+                                to.try_clone().map_err(|source| CacheError::Io { path: shown_to.clone(), source })?,
+                            ),
+                        );
                         std::io::copy(&mut r, &mut w).map_err(|source| CacheError::Io { path: shown(), source })?;
                     }
                 }
@@ -572,13 +589,25 @@ mod tests {
     #[test]
     fn the_default_caches_dependency_installs_only() {
         let argv = |line: &str| shell_words::split(line).unwrap();
-        for yes in ["npm ci --omit=dev", "npm install", "yarn", "yarn install --frozen-lockfile", "pnpm i",
-            "pip install -r requirements.txt", "python3 -m pip install -r requirements.txt", "uv sync --frozen",
-            "poetry install --no-root", "bundle install", "bundle config set deployment true", "/usr/bin/npm ci"]
-        {
+        for yes in [
+            "npm ci --omit=dev",
+            "npm install",
+            "yarn",
+            "yarn install --frozen-lockfile",
+            "pnpm i",
+            "pip install -r requirements.txt",
+            "python3 -m pip install -r requirements.txt",
+            "uv sync --frozen",
+            "poetry install --no-root",
+            "bundle install",
+            "bundle config set deployment true",
+            "/usr/bin/npm ci",
+        ] {
             assert!(installs_dependencies(&argv(yes)), "{yes}");
         }
-        for no in ["npm run build", "make", "sh install.sh", "yarn build", "python3 manage.py migrate", "npx prisma generate"] {
+        for no in
+            ["npm run build", "make", "sh install.sh", "yarn build", "python3 manage.py migrate", "npx prisma generate"]
+        {
             assert!(!installs_dependencies(&argv(no)), "{no}");
         }
     }
@@ -612,10 +641,16 @@ mod tests {
         std::fs::write(b.join("node_modules/x/index.js"), "changed").unwrap();
         assert_eq!(std::fs::read_to_string(a.join("node_modules/x/index.js")).unwrap(), "module.exports = 1\n");
         assert_eq!(std::fs::read_link(b.join("node_modules/out")).unwrap(), t.path().join("secret"));
-        assert_eq!(std::fs::read_to_string(b.join(".venv/bin/tool")).unwrap(), format!("#!{}/.venv/bin/python\n", b.display()));
+        assert_eq!(
+            std::fs::read_to_string(b.join(".venv/bin/tool")).unwrap(),
+            format!("#!{}/.venv/bin/python\n", b.display())
+        );
         // Again: the outputs are there now, so it is the commit's (refused, nothing changed).
         assert!(matches!(copy_outputs(&dir, "1-aaa", "2-bbb", &paths, None), Err(CacheError::InCommit(_))));
-        assert!(matches!(has_outputs(&dir, "2-bbb", &[PathBuf::from("vendor/bundle")]), Err(CacheError::Missing { .. })));
+        assert!(matches!(
+            has_outputs(&dir, "2-bbb", &[PathBuf::from("vendor/bundle")]),
+            Err(CacheError::Missing { .. })
+        ));
     }
 
     #[test]
@@ -631,7 +666,10 @@ mod tests {
         std::os::unix::fs::symlink(t.path().join("outside"), a.join("vendor")).unwrap();
         let paths = [PathBuf::from("vendor/bundle")];
         assert!(matches!(has_outputs(&dir, "1-aaa", &paths), Err(CacheError::Beneath(BeneathError::Link(_)))));
-        assert!(matches!(copy_outputs(&dir, "1-aaa", "2-bbb", &paths, None), Err(CacheError::Beneath(BeneathError::Link(_)))));
+        assert!(matches!(
+            copy_outputs(&dir, "1-aaa", "2-bbb", &paths, None),
+            Err(CacheError::Beneath(BeneathError::Link(_)))
+        ));
         // In the new release: a committed `vendor` link is not written through.
         std::fs::remove_file(a.join("vendor")).unwrap();
         std::fs::create_dir_all(a.join("vendor/bundle")).unwrap();
