@@ -10,7 +10,7 @@
 # in a row under 30 keep-alive clients (bench/loadcheck.py): seconds from the commit being on the
 # origin to 5 answers in a row carrying the new version, and the failed requests.
 # Goals: unchanged <= 0.5x the seed's time, changed <= 1.2x, 0 failed.
-# Usage: bench/deploy.sh [DEPLOYS]   (default 3)
+# Usage: bench/deploy.sh [DEPLOYS]   (default 3; BIN_DIR=target/debug to use binaries built already)
 # Needs: cargo, git, node, npm (and the npm registry), python3, curl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,10 +30,10 @@ LOADCHECK=$ROOT/../shared/bench/loadcheck.py
 [[ -f $LOADCHECK ]] || LOADCHECK=$ROOT/bench/loadcheck.py
 NPM_FLAGS=(--no-audit --no-fund --loglevel=error)
 
-echo "building (release)..." >&2
-cargo build --release -q -p agent -p deployer
-AGENT=$TARGET/release/deployer-agent
-CLI=$TARGET/release/deployer
+BIN=${BIN_DIR:-$TARGET/release}
+if [[ -z "${BIN_DIR:-}" ]]; then echo "building (release)..." >&2; cargo build --release -q -p agent -p deployer; fi
+AGENT=$BIN/deployer-agent
+CLI=$BIN/deployer
 echo "installing pm2@7 into $WORK/pm2..." >&2
 (mkdir -p "$WORK/pm2" && cd "$WORK/pm2" && npm init -y >/dev/null && npm install --silent "${NPM_FLAGS[@]}" pm2@7 >/dev/null 2>&1)
 PM2=$WORK/pm2/node_modules/.bin/pm2
@@ -114,14 +114,16 @@ PY
 serving "$SEED_PORT" v0 "$(date +%s.%N)" >/dev/null
 serving "$AGENT_PORT" v0 "$(date +%s.%N)" >/dev/null || { cat "$WORK/agent.log" >&2; exit 1; }
 
-N=0
-# commit CASE: the next version; for `changed` also another version of is-number in the lockfile.
+N=0 CHANGES=0
+# commit CASE: the next version; for `changed` also another version of is-number in the lockfile
+# (7.0.0 at first, then 6.0.0, 7.0.0, ...: each differs from the one before).
 commit() {
   N=$((N + 1))
   cd "$SRC"
   echo "v$N" > version.txt
   if [[ $1 == changed ]]; then
-    npm install --package-lock-only "${NPM_FLAGS[@]}" "is-number@$((N % 2 ? 6 : 7)).0.0" >/dev/null
+    CHANGES=$((CHANGES + 1))
+    npm install --package-lock-only "${NPM_FLAGS[@]}" "is-number@$((CHANGES % 2 ? 6 : 7)).0.0" >/dev/null
   fi
   git add -A && git commit -qm "v$N" && git push -q origin main
   cd "$ROOT"
@@ -139,7 +141,8 @@ declare -A TIMES FAILED
 for case in unchanged changed; do
   for flow in seed agent; do
     port=$SEED_PORT; [[ $flow == agent ]] && port=$AGENT_PORT
-    window=$(( 4 + DEPLOYS * (case == changed ? 12 : 6) ))
+    per=6; [[ $case == changed ]] && per=12
+    window=$(( 4 + DEPLOYS * per ))
     python3 "$LOADCHECK" --port "$port" --conns 30 --seconds "$window" --keepalive > "$WORK/load.json" &
     LOAD=$!
     sleep 1
@@ -154,7 +157,7 @@ for case in unchanged changed; do
     (( $(date +%s) - start + 1 > window )) && echo "warning: the deploys outlasted the load window" >&2
     wait $LOAD
     TIMES[$flow-$case]="${times[*]}"
-    FAILED[$flow-$case]=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(f"{r[\"failed\"]} of {r[\"ok\"] + r[\"failed\"]}")' "$WORK/load.json")
+    FAILED[$flow-$case]=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("%d of %d" % (r["failed"], r["ok"] + r["failed"]))' "$WORK/load.json")
   done
 done
 
