@@ -11,7 +11,9 @@ keep-alive, and the agent is restarted --times times:
                to each agent as systemd's socket units do (LISTEN_FDS): nothing is ever refused
   kill9-held   kill -9 with the sockets held: only what the killed agent carried is lost
   upgrade      `deployer-agent upgrade`: the sockets are handed to a new agent, which starts its
-               workers; then the old one drains and exits (the gap column is the upgrade's time)
+               workers; then the old one drains and exits (the gap column is the upgrade's time).
+               The binary on disk is replaced (a new file renamed over it) before each upgrade,
+               as a package upgrade does.
 
 Prints, per case: requests ok and failed (by kind: refused connections are `oserror_111`), and
 the time from the stop until the app answered again (a GET sent right after the stop).
@@ -35,6 +37,9 @@ def get(port, timeout=30.0):
 class Agent:
     def __init__(self, args, work, held):
         self.args, self.work, self.held = args, work, held
+        # The agent runs from a copy of its own, which upgrades replace.
+        self.binary = os.path.join(work, "deployer-agent")
+        replace_binary(args.agent, self.binary)
         self.api, self.port = free_port(), free_port()
         self.sockets = []
         if held:
@@ -58,7 +63,7 @@ apps:
         self.cfg, self.proc, self.log = cfg, None, open(os.path.join(work, "agent.log"), "ab")
 
     def start(self):
-        argv = [self.args.agent, "--config", self.cfg]
+        argv = [self.binary, "--config", self.cfg]
         if self.held:
             fds = [s.fileno() for s in self.sockets]
             # sh puts its own pid in LISTEN_PID and execs the agent, which keeps it; the held
@@ -105,11 +110,22 @@ def restart_once(args, agent, sig):
     return gaps[0] if gaps else None
 
 
+def replace_binary(source, target):
+    """Put a new file at `target` with `source`'s bytes, renamed over the old one (whose inode the
+    running agent keeps), as a package manager does."""
+    tmp = target + ".new"
+    with open(source, "rb") as src, open(tmp, "wb") as dst:
+        dst.write(src.read())
+    os.chmod(tmp, 0o755)
+    os.rename(tmp, target)
+
+
 def upgrade_once(args, agent):
-    """`deployer-agent upgrade`; answers how long it took. The new agent is not our child: its
-    pid is kept to stop it at the end."""
+    """Replace the binary on disk, then `deployer-agent upgrade`; answers how long the upgrade
+    took. The new agent is not our child: its pid is kept to stop it at the end."""
+    replace_binary(args.agent, agent.binary)
     t0 = time.monotonic()
-    out = subprocess.run([args.agent, "--config", agent.cfg, "upgrade"], capture_output=True, text=True)
+    out = subprocess.run([agent.binary, "--config", agent.cfg, "upgrade"], capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit(f"upgrade failed:\n{out.stderr}")
     agent.upgraded_pid = int(out.stderr.split("new agent (pid ")[1].split(")")[0])

@@ -14,8 +14,14 @@
 //! Where: under the agent's own cgroup (`/proc/self/cgroup`), in `deployer-<hash of the state
 //! dir>`, so two agents on one host never touch each other's trees. No controller is enabled, so
 //! the agent may stay in its own cgroup beside them; under systemd the unit needs `Delegate=yes`.
-//! Without a writable cgroup2 mount (a container, an old kernel, not root) everything works as
-//! before with process groups only, which the agent says once at start.
+//! Without a writable cgroup2 mount (a container, an old kernel, not root), or with
+//! `DEPLOYER_CGROUPS=off` in the agent's environment, each tree is tracked by a tag instead: every
+//! process the agent starts gets `DEPLOYER_TREE=deployer-<hash>/<name>` in its environment, which
+//! its descendants inherit whether they call `setsid` or are re-parented to init, and the tree is
+//! the set of processes whose environment holds that entry (read from `/proc/<pid>/environ`). It
+//! is ended and measured the same way, and the next agent ends the tagged processes a killed one
+//! left. What escapes a tag: a process that replaces its whole environment (`env -i`, `sudo`
+//! without `-E`). The agent says at start which way it tracks trees.
 //!
 //! A process joins its cgroup between fork and exec, before it can start anything, by writing `0`
 //! to `cgroup.procs` through a descriptor opened by the agent (the kernel checks the opener's
@@ -32,7 +38,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// The agent's part of the cgroup tree, or nothing when the host has none to give.
+/// The environment variable that tags a process tree where there are no cgroups.
+pub const TAG_VAR: &str = "DEPLOYER_TREE";
+
+/// The agent's part of the cgroup tree, its tag prefix where the host has no cgroups to give, or
+/// nothing (process groups only: unit tests).
 #[derive(Debug, Clone, Default)]
 pub struct Cgroups {
     inner: Option<Arc<Root>>,
@@ -40,7 +50,10 @@ pub struct Cgroups {
 
 #[derive(Debug)]
 struct Root {
-    path: PathBuf,
+    /// `deployer-<hash of the state dir>`: the cgroup's name, or the tags' prefix.
+    name: String,
+    /// The cgroup; `None`: trees are tagged.
+    path: Option<PathBuf>,
     /// Makes every group name unique within one agent's life.
     next: AtomicU64,
 }
@@ -51,32 +64,35 @@ impl Cgroups {
         Cgroups::default()
     }
 
-    /// The agent's cgroup root for `state_dir`, created if needed; `none()` (and why, logged)
-    /// when there is no writable cgroup v2 hierarchy.
+    /// The agent's cgroup root for `state_dir`, created if needed; tagged trees (and why, logged)
+    /// when there is no writable cgroup v2 hierarchy or `DEPLOYER_CGROUPS=off`.
     pub fn detect(state_dir: &Path) -> Cgroups {
-        match Self::root_for(state_dir) {
+        let state_dir = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+        let hash = Sha256::digest(state_dir.as_os_str().as_encoded_bytes());
+        let name = format!("deployer-{}", hex::encode(&hash[..6]));
+        let off = std::env::var_os("DEPLOYER_CGROUPS").is_some_and(|v| v == "off");
+        let path = if off { Err("DEPLOYER_CGROUPS=off".to_string()) } else { Self::root_for(&name) };
+        let path = match path {
             Ok(path) => {
                 tracing::debug!(path = %path.display(), "process trees in cgroups");
-                Cgroups { inner: Some(Arc::new(Root { path, next: AtomicU64::new(0) })) }
+                Some(path)
             }
             Err(why) => {
                 tracing::info!(
-                    "no cgroup v2 to use ({why}): a worker's or install step's processes are ended by process \
-                     group only"
+                    "no cgroup v2 to use ({why}): a worker's or install step's processes are tracked by the \
+                     `{TAG_VAR}` entry of their environment"
                 );
-                Cgroups::none()
+                None
             }
-        }
+        };
+        Cgroups { inner: Some(Arc::new(Root { name, path, next: AtomicU64::new(0) })) }
     }
 
-    fn root_for(state_dir: &Path) -> Result<PathBuf, String> {
+    fn root_for(name: &str) -> Result<PathBuf, String> {
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
         let mount = cgroup2_mount(&mountinfo).ok_or("no cgroup2 mount")?;
         let own = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
         let own = own_cgroup(&own).ok_or("not in a cgroup v2 hierarchy")?;
-        let state_dir = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
-        let hash = Sha256::digest(state_dir.as_os_str().as_encoded_bytes());
-        let name = format!("deployer-{}", hex::encode(&hash[..6]));
         let path = mount.join(own.trim_start_matches('/')).join(name);
         match std::fs::create_dir(&path) {
             Ok(()) => {}
@@ -91,21 +107,26 @@ impl Cgroups {
         Ok(path)
     }
 
-    /// A new, empty group for one process tree; `None` without cgroups or when it cannot be made
-    /// (then the caller relies on the process group, and says nothing more: start said it).
+    /// A new, empty group for one process tree; `None` without any tracking or when its cgroup
+    /// cannot be made (then the caller relies on the process group, and says nothing more: start
+    /// said it).
     pub fn create(&self, what: &str) -> Option<Tree> {
         let root = self.inner.as_ref()?;
         let n = root.next.fetch_add(1, Ordering::Relaxed);
         let name: String =
             what.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
         // The pid too: during an upgrade two agents make groups side by side.
-        let path = root.path.join(format!("{name}.{}.{n}", std::process::id()));
+        let name = format!("{name}.{}.{n}", std::process::id());
+        let Some(root_path) = &root.path else {
+            return Some(Tree::Tagged { tag: format!("{}/{name}", root.name) });
+        };
+        let path = root_path.join(name);
         if let Err(e) = std::fs::create_dir(&path) {
             tracing::warn!(path = %path.display(), error = %e, "cannot create a cgroup");
             return None;
         }
         match std::fs::OpenOptions::new().write(true).custom_flags(libc::O_CLOEXEC).open(path.join("cgroup.procs")) {
-            Ok(procs) => Some(Tree { path, procs }),
+            Ok(procs) => Some(Tree::Cgroup { path, procs }),
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "cannot open a cgroup");
                 let _ = std::fs::remove_dir(&path); // empty: nothing to lose
@@ -115,10 +136,18 @@ impl Cgroups {
     }
 
     /// End every tree a previous agent on this state dir left (it was killed before it could),
-    /// and remove their groups. Answers how many groups held processes.
+    /// and remove their groups. Answers how many trees held processes.
     pub fn reap_previous(&self) -> usize {
         let Some(root) = &self.inner else { return 0 };
-        let Ok(entries) = std::fs::read_dir(&root.path) else { return 0 };
+        let Some(root_path) = &root.path else {
+            let prefix = format!("{}/", root.name);
+            let left = tagged(|tag| tag.starts_with(&prefix));
+            let trees: std::collections::BTreeSet<&str> = left.iter().map(|(_, tag)| tag.as_str()).collect();
+            let pids: Vec<u32> = left.iter().map(|(pid, _)| *pid).collect();
+            end_tagged(&pids, |tag| tag.starts_with(&prefix), Duration::from_secs(5));
+            return trees.len();
+        };
+        let Ok(entries) = std::fs::read_dir(root_path) else { return 0 };
         let mut reaped = 0;
         for e in entries.flatten() {
             if !e.file_type().is_ok_and(|t| t.is_dir()) {
@@ -135,47 +164,62 @@ impl Cgroups {
 
     /// At the agent's end: its root, if nothing is left in it.
     pub fn remove_root(&self) {
-        if let Some(root) = &self.inner {
-            let _ = std::fs::remove_dir(&root.path); // fails while a tree is left: it stays for the next agent
+        if let Some(path) = self.inner.as_ref().and_then(|r| r.path.as_ref()) {
+            let _ = std::fs::remove_dir(path); // fails while a tree is left: it stays for the next agent
         }
     }
 }
 
-/// One process tree's cgroup. Dropping it ends whatever is left in it and removes the group.
+/// One process tree: its cgroup, or its tag. Dropping it ends whatever is left in it (and
+/// removes the group).
 #[derive(Debug)]
-pub struct Tree {
-    path: PathBuf,
-    procs: File,
+pub enum Tree {
+    Cgroup { path: PathBuf, procs: File },
+    Tagged { tag: String },
 }
 
 impl Tree {
-    /// For the child, between fork and exec: write `0` here to join.
-    pub fn procs_fd(&self) -> RawFd {
-        self.procs.as_raw_fd()
+    /// For the child, between fork and exec: write `0` here to join (cgroups only).
+    pub fn procs_fd(&self) -> Option<RawFd> {
+        match self {
+            Tree::Cgroup { procs, .. } => Some(procs.as_raw_fd()),
+            Tree::Tagged { .. } => None,
+        }
     }
 
-    /// Make sure `pid` is in the group: the child joined by itself, or is moved now.
+    /// The entry to add to the child's environment (tagged trees only).
+    pub fn env(&self) -> Option<(String, String)> {
+        match self {
+            Tree::Cgroup { .. } => None,
+            Tree::Tagged { tag } => Some((TAG_VAR.to_string(), tag.clone())),
+        }
+    }
+
+    /// Make sure `pid` is in the group: the child joined by itself, or is moved now. (A tagged
+    /// child has its tag from the spawn.)
     pub fn adopt(&self, pid: u32) {
-        if self.contains(pid) {
+        let Tree::Cgroup { path, procs } = self else { return };
+        if pids_in(path).contains(&pid) {
             return;
         }
-        if let Err(e) = (&self.procs).write_all(pid.to_string().as_bytes()) {
-            tracing::warn!(pid, path = %self.path.display(), error = %e, "cannot move a process into its cgroup");
+        if let Err(e) = { procs }.write_all(pid.to_string().as_bytes()) {
+            tracing::warn!(pid, path = %path.display(), error = %e, "cannot move a process into its cgroup");
         }
-    }
-
-    fn contains(&self, pid: u32) -> bool {
-        pids_in(&self.path).contains(&pid)
     }
 
     /// Every process in the tree now.
     pub fn pids(&self) -> Vec<u32> {
-        pids_in(&self.path)
+        match self {
+            Tree::Cgroup { path, .. } => pids_in(path),
+            Tree::Tagged { tag } => tagged(|t| t == tag).into_iter().map(|(pid, _)| pid).collect(),
+        }
     }
 
-    /// CPU time of the tree, including processes that already exited, in microseconds.
+    /// CPU time of the tree, including processes that already exited, in microseconds (cgroups
+    /// only).
     pub fn cpu_usec(&self) -> Option<u64> {
-        let text = std::fs::read_to_string(self.path.join("cpu.stat")).ok()?;
+        let Tree::Cgroup { path, .. } = self else { return None };
+        let text = std::fs::read_to_string(path.join("cpu.stat")).ok()?;
         text.lines().find_map(|l| l.strip_prefix("usage_usec ")).and_then(|v| v.trim().parse().ok())
     }
 
@@ -183,10 +227,14 @@ impl Tree {
     pub async fn end(&self, within: Duration) -> bool {
         let deadline = Instant::now() + within;
         loop {
-            if pids_in(&self.path).is_empty() {
+            let left = self.pids();
+            if left.is_empty() {
                 return true;
             }
-            kill_all(&self.path);
+            match self {
+                Tree::Cgroup { path, .. } => kill_all(path),
+                Tree::Tagged { .. } => kill_pids(&left),
+            }
             if Instant::now() >= deadline {
                 return false;
             }
@@ -199,7 +247,68 @@ impl Drop for Tree {
     fn drop(&mut self) {
         // A tree is dropped after its process was reaped: what is left is stray children, ended
         // here. Zombies leave a cgroup as soon as their parent (init, by now) reaps them.
-        end_and_remove(&self.path, Duration::from_millis(500));
+        match self {
+            Tree::Cgroup { path, .. } => end_and_remove(path, Duration::from_millis(500)),
+            Tree::Tagged { tag } => {
+                let left: Vec<u32> = tagged(|t| t == tag).into_iter().map(|(pid, _)| pid).collect();
+                if !left.is_empty() {
+                    end_tagged(&left, |t| t == tag, Duration::from_millis(500));
+                }
+            }
+        }
+    }
+}
+
+/// The processes (not this one) whose environment has a `DEPLOYER_TREE` entry `matches` takes,
+/// with the entry's value.
+fn tagged(matches: impl Fn(&str) -> bool) -> Vec<(u32, String)> {
+    let own = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let key = format!("{TAG_VAR}=");
+    let mut found = Vec::new();
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        if pid == own {
+            continue;
+        }
+        // Gone meanwhile, a zombie (empty) or not ours to read: not in any tree of ours.
+        let Ok(environ) = std::fs::read(e.path().join("environ")) else { continue };
+        let tag = environ
+            .split(|b| *b == 0)
+            .find_map(|entry| entry.strip_prefix(key.as_bytes()))
+            .and_then(|v| std::str::from_utf8(v).ok());
+        if let Some(tag) = tag.filter(|t| matches(t)) {
+            found.push((pid, tag.to_string()));
+        }
+    }
+    found
+}
+
+/// SIGKILL `pids`, then whatever else `matches` finds, until none is left or `within` passed.
+fn end_tagged(pids: &[u32], matches: impl Fn(&str) -> bool, within: Duration) {
+    let deadline = Instant::now() + within;
+    kill_pids(pids);
+    loop {
+        let left: Vec<u32> = tagged(&matches).into_iter().map(|(pid, _)| pid).collect();
+        if left.is_empty() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(left = left.len(), "tagged processes did not end; the next agent ends them");
+            return;
+        }
+        kill_pids(&left);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn kill_pids(pids: &[u32]) {
+    for pid in pids {
+        // SAFETY: kill(2) has no memory-safety preconditions; the pid was found in one of our
+        // trees a moment ago.
+        unsafe {
+            libc::kill(*pid as libc::pid_t, libc::SIGKILL);
+        }
     }
 }
 
@@ -227,12 +336,7 @@ fn kill_all(path: &Path) {
     if std::fs::write(path.join("cgroup.kill"), b"1").is_ok() {
         return;
     }
-    for pid in pids_in(path) {
-        // SAFETY: kill(2) has no memory-safety preconditions; a pid in this group is ours to end.
-        unsafe {
-            libc::kill(pid as libc::pid_t, libc::SIGKILL);
-        }
-    }
+    kill_pids(&pids_in(path));
 }
 
 fn pids_in(path: &Path) -> Vec<u32> {
@@ -287,12 +391,12 @@ mod tests {
     async fn a_tree_ends_a_child_that_left_the_process_group() {
         let state = tempfile::tempdir().expect("tempdir");
         let cgroups = Cgroups::detect(state.path());
-        let Some(tree) = cgroups.create("test.tree") else {
+        let Some(tree) = cgroups.create("test.tree").filter(|t| t.procs_fd().is_some()) else {
             eprintln!("no writable cgroup v2 here; nothing to check");
             return;
         };
         use std::os::unix::process::CommandExt;
-        let fd = tree.procs_fd();
+        let fd = tree.procs_fd().expect("a cgroup");
         let mut cmd = std::process::Command::new("/bin/sh");
         cmd.args(["-c", "setsid sleep 300 & sleep 300"]);
         // SAFETY: one write(2) between fork and exec, as `supervisor::spawn` does.
@@ -313,7 +417,10 @@ mod tests {
         assert!(tree.end(Duration::from_secs(5)).await, "the tree emptied");
         // reaps `sh`, which `end` killed
         let _ = child.wait();
-        let path = tree.path.clone();
+        let path = match &tree {
+            Tree::Cgroup { path, .. } => path.clone(),
+            Tree::Tagged { .. } => unreachable!("filtered above"),
+        };
         drop(tree);
         assert!(!path.exists(), "the group is removed");
         cgroups.remove_root();

@@ -13,6 +13,7 @@ use std::path::PathBuf;
         deployer-agent quickstart                      # a git repo + an agent deploying it\n  \
         DEPLOYER_TOKEN=change-me-please deployer-agent --config examples/agent.yaml\n  \
         deployer-agent check --config agent.yaml\n  \
+        deployer-agent import ecosystem.config.js --env production -o agent.yaml   # from PM2\n  \
         deployer-agent --config agent.yaml upgrade     # to the binary now on disk, no request fails\n\n\
         Signals: SIGTERM/SIGINT stop gracefully (drain, stop workers, exit 0); SIGHUP re-reads the config;\n\
         SIGUSR2 upgrades as `upgrade` does.\n\
@@ -38,6 +39,28 @@ pub enum Command {
     /// one drains and exits. Fails (and the old agent keeps serving) if the new one does not
     /// serve within 120 s.
     Upgrade,
+    /// Write an agent config from a PM2 config: `ecosystem.config.js` (also `.cjs`, `.mjs`,
+    /// `.json`, `.yaml`) or the output of `pm2 jlist` / `pm2 save` (`~/.pm2/dump.pm2`). A
+    /// JavaScript file is evaluated with `node`, as PM2 does. What cannot be mapped is printed on
+    /// stderr with the reason, and written at the top of the result.
+    #[command(after_help = "Examples:\n  \
+        deployer-agent import ecosystem.config.js                       # the config on stdout\n  \
+        deployer-agent import ecosystem.config.js --env production -o agent.yaml\n  \
+        pm2 jlist > apps.json && deployer-agent import apps.json -o agent.yaml\n  \
+        deployer-agent import ~/.pm2/dump.pm2 -o agent.yaml")]
+    Import {
+        /// The PM2 file.
+        file: PathBuf,
+        /// Merge each app's `env_NAME` over its `env`, as `pm2 start --env NAME` does.
+        #[arg(long, value_name = "NAME")]
+        env: Option<String>,
+        /// Write the config to this file instead of stdout.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Overwrite the `--output` file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
     /// Try the whole product: make a local git repo with the example app and run an agent that
     /// deploys it whenever you commit.
     Quickstart {

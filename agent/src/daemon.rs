@@ -42,6 +42,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let state_dir = config::state_dir_of(&cli.config).map_err(|e| anyhow::anyhow!("{e}"))?;
             Ok(if crate::upgrade::ask(&state_dir)? { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
+        Command::Import { file, env, output, force } => {
+            let req = crate::import::Request { file: &file, env: env.as_deref(), output: output.as_deref(), force };
+            Ok(crate::import::run(&req)?)
+        }
         Command::Quickstart { dir, port, api_port } => {
             let qs = crate::quickstart::prepare(&dir, port, api_port)?;
             // SAFETY: still single-threaded: no runtime or other thread exists yet.
@@ -171,7 +175,11 @@ async fn serve(path: &Path, secrets: Secrets, exe: &Path) -> anyhow::Result<Exit
         // The old agent takes every connection until this one's workers are ready.
         crate::front::accept::hold();
     }
-    let supervisor = Supervisor::start(&loaded, secrets.clone(), budget.front_connections).await?;
+    let supervisor = Supervisor::open(&loaded, secrets.clone(), budget.front_connections)?;
+    if crate::handover::is_new_side() {
+        // The old agent serves (the API too) until this one's workers are ready.
+        boot(&supervisor).await;
+    }
     // Only now, under the state dir's lock: an agent refused for a running one must not take the
     // running one's control socket away.
     let control = crate::upgrade::control_listener(&loaded.config.state_dir).with_context(|| {
@@ -230,7 +238,17 @@ async fn serve(path: &Path, secrets: Secrets, exe: &Path) -> anyhow::Result<Exit
             tracing::info!("upgrade complete: the previous agent has exited");
         });
     }
-    crate::sd_notify::notify("READY=1");
+    if crate::handover::is_new_side() {
+        crate::sd_notify::notify("READY=1");
+    } else {
+        // The API answers from now on; the apps come up meanwhile, each `starting` until its
+        // workers are ready. The unit is ready (`systemctl start` returns) once they are.
+        let sup = supervisor.clone();
+        api.spawn(async move {
+            boot(&sup).await;
+            crate::sd_notify::notify("READY=1");
+        });
+    }
     if let Some(every) = crate::sd_notify::watchdog_interval() {
         // Pings until the API stops, last (a stop is bounded by the unit's TimeoutStopSec).
         let (supervisor, stop) = (supervisor.clone(), stop_api.clone());
@@ -363,6 +381,25 @@ async fn serve(path: &Path, secrets: Secrets, exe: &Path) -> anyhow::Result<Exit
     tracing::info!(after_ms = ms(stopping), "stopped");
     drop(pair);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Start every app's workers (see [`Supervisor::boot`]) and say when they are up.
+async fn boot(supervisor: &Supervisor) {
+    let started = Instant::now();
+    supervisor.boot().await;
+    let failed = supervisor.failed_at_start();
+    let apps = supervisor.list().len();
+    let after_ms = started.elapsed().as_millis() as u64;
+    if failed.is_empty() {
+        tracing::info!(apps, after_ms, "apps started");
+    } else {
+        tracing::warn!(
+            apps,
+            failed = failed.len(),
+            after_ms,
+            "apps started, some of them failed: `deployer ls` shows which"
+        );
+    }
 }
 
 /// Applies the config file on SIGHUP, one apply at a time, until the agent stops.

@@ -13,6 +13,7 @@ pub(crate) mod daemon;
 pub(crate) mod deploy;
 pub(crate) mod front;
 pub(crate) mod handover;
+pub(crate) mod import;
 pub(crate) mod limits;
 pub(crate) mod listeners;
 pub(crate) mod locks;

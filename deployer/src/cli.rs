@@ -11,7 +11,8 @@ Drive deployer agents from the command line.
 
 Every host runs `deployer-agent`, which supervises the apps' workers and serves an HTTP API. \
 This CLI asks one agent (--agent, default http://127.0.0.1:7070) to list its apps, reload them \
-without dropping a request, restart, stop, start or scale them, and show their logs.
+without dropping a request, restart, stop, start or scale them, show their logs, and watch \
+them live (`monit`).
 
 An app with a git `repo` is deployed by the agent: `deploy` queues a branch or a commit, which \
 the agent fetches, installs into a new release and rolls out worker by worker; `history`, `show` \
@@ -77,6 +78,7 @@ fn examples() -> String {
   deployer push prod                  Deploy HEAD to every host of `prod` (deployer.yaml)
   deployer status prod --json         Live sha, release and workers of every host
   deployer ls                         List every app's workers
+  deployer monit                      Watch every app and worker live (q quits)
   deployer deploy web --wait          Deploy web's branch and follow it until it is live
   deployer deploy web --ref 1a2b3c4   Queue a deploy of one commit of web
   deployer history web -n 5           Show web's last 5 deploys

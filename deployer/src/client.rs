@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use deployer_wire::{
     API_PREFIX, ApiError, AppStatus, CheckOutcome, Deploy, DeployAccepted, DeployRequest, DeployStreamItem,
-    LOG_LINE_EVENT, LockRequest, LockStatus, LogLine, LogLines, Release, ReloadOutcome, ReloadRequest, RollbackRequest,
-    ScaleRequest,
+    LOG_LINE_EVENT, LockRequest, LockStatus, LogLine, LogLines, LogStream, LogsFlushed, Release, ReloadOutcome,
+    ReloadRequest, RollbackRequest, ScaleRequest, SignalOutcome, SignalRequest,
 };
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
 
@@ -152,10 +152,12 @@ impl Client {
         Ok(Self { http, base, token, raw_text: false })
     }
 
-    /// A client of an agent whose certificate is signed by `ca_pem` (a private CA, or the agent's
-    /// self-signed certificate), besides the usual roots.
-    pub fn with_ca(base: Url, token: Token, ca_pem: &[u8]) -> Result<Self, reqwest::Error> {
-        let http = builder()?.add_root_certificate(reqwest::Certificate::from_pem(ca_pem)?).build()?;
+    /// A client of an agent whose certificate is signed by `ca_pem` (a private CA), or is one of
+    /// its certificates (the agent's self-signed one, marked as a CA or not), besides the usual
+    /// roots: see [`crate::pinned`].
+    pub fn with_ca(base: Url, token: Token, ca_pem: &[u8]) -> Result<Self, crate::pinned::PinError> {
+        let tls = crate::pinned::client_config(ca_pem)?;
+        let http = builder()?.use_preconfigured_tls(tls).build()?;
         Ok(Self { http, base, token, raw_text: false })
     }
 
@@ -209,18 +211,31 @@ impl Client {
         self.post_empty(app, "start").await
     }
 
-    /// `POST /v1/apps/{app}/scale`
-    pub async fn scale(&self, app: &str, instances: u32) -> Result<AppStatus, ClientError> {
-        let request = ScaleRequest { instances };
-        self.call(Method::POST, &["apps", app, "scale"], Some(REQUEST_TIMEOUT), Some(&request)).await
+    /// `POST /v1/apps/{app}/scale`: to `instances`, or `by` more (fewer when negative).
+    pub async fn scale(&self, app: &str, request: &ScaleRequest) -> Result<AppStatus, ClientError> {
+        self.call(Method::POST, &["apps", app, "scale"], Some(REQUEST_TIMEOUT), Some(request)).await
+    }
+
+    /// `POST /v1/apps/{app}/signal`
+    pub async fn signal(&self, app: &str, signal: &str) -> Result<SignalOutcome, ClientError> {
+        let request = SignalRequest { signal: signal.into() };
+        self.call(Method::POST, &["apps", app, "signal"], Some(QUICK_TIMEOUT), Some(&request)).await
     }
 
     /// `GET /v1/apps/{app}/logs?lines=N`
-    pub async fn logs(&self, app: &str, lines: u32) -> Result<LogLines, ClientError> {
+    pub async fn logs(&self, app: &str, lines: u32, only: Option<LogStream>) -> Result<LogLines, ClientError> {
         let mut url = self.url(&["apps", app, "logs"]);
         url.query_pairs_mut().append_pair("lines", &lines.to_string());
+        if let Some(s) = only {
+            url.query_pairs_mut().append_pair("stream", s.as_str());
+        }
         let request = self.http.get(url);
         self.send(request, Some(QUICK_TIMEOUT)).await
+    }
+
+    /// `POST /v1/apps/{app}/logs/flush`: empty the app's log files.
+    pub async fn flush_logs(&self, app: &str) -> Result<LogsFlushed, ClientError> {
+        self.call(Method::POST, &["apps", app, "logs", "flush"], Some(QUICK_TIMEOUT), None::<&()>).await
     }
 
     /// `POST /v1/apps/{app}/deploys`: queues a deploy and answers at once (202).
@@ -271,9 +286,17 @@ impl Client {
     }
 
     /// `GET /v1/apps/{app}/logs?lines=N&follow=true`: the last lines, then every new one.
-    pub async fn follow_logs(&self, app: &str, lines: u32) -> Result<EventStream<LogLine>, ClientError> {
+    pub async fn follow_logs(
+        &self,
+        app: &str,
+        lines: u32,
+        only: Option<LogStream>,
+    ) -> Result<EventStream<LogLine>, ClientError> {
         let mut url = self.url(&["apps", app, "logs"]);
         url.query_pairs_mut().append_pair("lines", &lines.to_string()).append_pair("follow", "true");
+        if let Some(s) = only {
+            url.query_pairs_mut().append_pair("stream", s.as_str());
+        }
         self.stream(url, Some(LOG_LINE_EVENT)).await
     }
 

@@ -12,7 +12,9 @@ mod cli;
 mod client;
 mod commands;
 mod fleet;
+mod monit;
 mod output;
+mod pinned;
 mod report;
 mod sse;
 

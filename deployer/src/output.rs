@@ -42,6 +42,25 @@ pub fn print_warning(message: &str) {
 /// Prints the workers table of some apps on stdout.
 pub fn print_apps(apps: &[AppStatus]) {
     anstream::println!("{}", workers_table(apps, stdout_colour()));
+    for note in scale_notes(apps) {
+        anstream::println!("{DIM}{note}{DIM:#}");
+    }
+}
+
+/// A line per app whose runtime `scale` runs another count than its config says (`pm2 save`
+/// users expect to see what a restart keeps).
+pub fn scale_notes(apps: &[AppStatus]) -> Vec<String> {
+    apps.iter()
+        .filter_map(|app| {
+            let configured = app.configured?;
+            Some(format!(
+                "{name}: {running} instances by `deployer scale` (the config says {configured}); kept across \
+                 restarts until `instances` changes in the config; `deployer scale {name} {configured}` goes back",
+                name = untrusted::text(&app.name),
+                running = app.instances,
+            ))
+        })
+        .collect()
 }
 
 /// Whether stdout shows colour (a terminal, and `NO_COLOR` unset).
@@ -68,7 +87,7 @@ pub fn workers_table(apps: &[AppStatus], colour: bool) -> Table {
                 Cell::new("-"),
                 Cell::new("-"),
                 Cell::new("-"),
-                status_cell(WorkerState::Stopped),
+                status_cell(WorkerState::Stopped, None),
                 Cell::new("-"),
             ]);
         }
@@ -103,18 +122,23 @@ fn worker_row(app: &AppStatus, worker: &WorkerStatus) -> Vec<Cell> {
         Cell::new(format!("{:.1}%", worker.cpu_percent)),
         Cell::new(human_bytes(worker.rss_bytes)),
         Cell::new(human_uptime(worker.uptime_ms)),
-        status_cell(worker.state),
+        status_cell(worker.state, worker.exit_code),
         Cell::new(&worker.env_hash),
     ]
 }
 
-fn status_cell(state: WorkerState) -> Cell {
-    let colour = match state {
-        WorkerState::Online => Color::Green,
-        WorkerState::Stopped | WorkerState::Errored => Color::Red,
+/// The state; a worker that exited by itself and was left stopped shows its exit code.
+fn status_cell(state: WorkerState, exit_code: Option<i32>) -> Cell {
+    let colour = match (state, exit_code) {
+        (WorkerState::Online, _) | (WorkerState::Stopped, Some(0)) => Color::Green,
+        (WorkerState::Stopped | WorkerState::Errored, _) => Color::Red,
         _ => Color::Yellow,
     };
-    Cell::new(state).fg(colour).add_attribute(Attribute::Bold)
+    let text = match exit_code {
+        Some(code) => format!("{state} (exit {code})"),
+        None => state.to_string(),
+    };
+    Cell::new(text).fg(colour).add_attribute(Attribute::Bold)
 }
 
 /// A size the way `pm2` shows one: `512b`, `12.0kb`, `42.1mb`, `1.5gb` (powers of 1024).
@@ -300,6 +324,7 @@ mod tests {
             inflight: 0,
             env_hash: "3fa1c2".into(),
             release: "/srv/web".into(),
+            exit_code: None,
         }
     }
 
@@ -309,9 +334,22 @@ mod tests {
             mode: deployer_wire::AppMode::Http,
             port: Some(3000),
             instances: workers.len() as u32,
+            configured: None,
             state: deployer_wire::AppState::Running,
             workers,
+            release: None,
+            requests_total: None,
         }
+    }
+
+    #[test]
+    fn a_runtime_scale_is_noted_with_the_configs_count_and_the_way_back() {
+        let mut scaled = app("web", vec![worker(0, "online"), worker(1, "online"), worker(2, "online")]);
+        scaled.configured = Some(2);
+        let notes = scale_notes(&[scaled, app("api", vec![worker(0, "online")])]);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].starts_with("web: 3 instances by `deployer scale` (the config says 2)"), "{}", notes[0]);
+        assert!(notes[0].ends_with("`deployer scale web 2` goes back"), "{}", notes[0]);
     }
 
     #[test]

@@ -91,3 +91,19 @@ fn logs_shows_the_last_lines_the_workers_wrote() {
         "lines are prefixed by worker\n{out}"
     );
 }
+
+#[test]
+fn status_acts_on_the_agent_when_no_environment_is_named() {
+    let agent = TestEnv::new().start();
+    // The agent's temp dir holds no deployer.yaml: `web` is an app of `--agent`.
+    let out = agent.cli(&["status", "web", "--json"]).success();
+    let rows: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e})\n{out}"));
+    assert_eq!(rows.as_array().map(Vec::len), Some(1), "{out}");
+    assert_eq!((rows[0]["app"].as_str(), rows[0]["reachable"].as_bool()), (Some("web"), Some(true)), "{out}");
+    assert_eq!(rows[0]["workers_up"], 2, "{out}");
+    let text = agent.cli(&["status", "web"]).success();
+    assert!(text.stdout.contains("127.0.0.1"), "{text}");
+    // `--app` goes with an environment: without one, the error says so.
+    let wrong = agent.cli(&["status", "prod", "--app", "web"]).failure(1);
+    assert!(wrong.stderr.contains("deployer.yaml"), "{wrong}");
+}

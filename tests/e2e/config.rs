@@ -181,3 +181,29 @@ fn check_reads_the_env_file_of_the_recorded_release_not_of_current() {
     agent.start_again();
     assert_eq!(agent.current_release("web"), Some(live));
 }
+
+// A key that takes several commands takes a list of them, each a line or an argv list; one
+// command's argv written there is refused at its line with both ways to write it.
+
+#[test]
+fn one_argv_written_where_a_list_of_commands_goes_is_refused_with_the_fix() {
+    let setup = TestEnv::new().web(|w| w.set("install", "[sh, -c, \"sleep 1.5\"]")).setup();
+    let (line, _) = position(&setup.config_text(), "install: [sh, -c");
+
+    let check = setup.run_agent(&["check", "--config", "agent.yaml"]).failure(1);
+    assert!(check.stderr.contains(&format!("agent.yaml:{line}:")), "expected line {line}\n{check}");
+    assert!(check.stderr.contains("apps.web.install: "), "{check}");
+    assert!(check.stderr.contains("`-c` is not a command"), "{check}");
+    assert!(check.stderr.contains("`[[sh, -c, \"sleep 1.5\"]]`"), "{check}");
+    assert!(check.stderr.contains("`sh -c 'sleep 1.5'`"), "{check}");
+
+    // Either fix is accepted, as is an argv list among lines.
+    for fixed in ["[[sh, -c, \"sleep 1.5\"]]", "sh -c 'sleep 1.5'", "[[sh, -c, \"exit 0\"], true]"] {
+        setup.edit_config(|c| {
+            let start = c.find("install: ").expect("install is written");
+            let end = start + c[start..].find('\n').expect("a line");
+            format!("{}install: {fixed}{}", &c[..start], &c[end..])
+        });
+        setup.run_agent(&["check", "--config", "agent.yaml"]).success();
+    }
+}

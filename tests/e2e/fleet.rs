@@ -407,3 +407,52 @@ fn push_over_tls_to_an_agent_with_its_own_certificate() {
     assert_eq!(status[0]["reachable"], false);
     assert!(str_of(&status[0], "error").to_lowercase().contains("certificate"), "{status:#}");
 }
+
+/// A self-signed certificate as `openssl req -x509` makes it: marked as a CA (webpki alone says
+/// `CaUsedAsEndEntity`). Pinned as `ca_cert`, it is trusted for its own name only.
+#[test]
+fn a_self_signed_certificate_marked_as_a_ca_is_trusted_when_pinned() {
+    let certs = tempfile::tempdir().expect("a temp dir");
+    let made = std::process::Command::new("openssl")
+        .current_dir(certs.path())
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+        .args(["-keyout", "key.pem", "-out", "cert.pem", "-days", "2", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .output()
+        .expect("run openssl");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    let text = std::process::Command::new("openssl").args(["x509", "-noout", "-text", "-in"]).arg(&cert).output();
+    let text = String::from_utf8_lossy(&text.expect("openssl x509").stdout).into_owned();
+    assert!(text.contains("CA:TRUE"), "openssl no longer marks it as a CA:\n{text}");
+
+    let repo = TestRepo::with_example_app();
+    let token = "tls-ca-fleet-secret";
+    let setup = deployer_tests::TestEnv::new().admin_token(token).web(|a| a.repo(&repo)).setup();
+    setup.edit_config(|text| format!("tls: {{ cert: {}, key: {} }}\n{text}", cert.display(), key.display()));
+    let port = setup.api_port();
+    let fleet = TestFleet::with_agents(repo, vec![setup.spawn()], token);
+    let write = |host: &str| {
+        let yaml = format!(
+            "app: web\nenvironments:\n  prod:\n    hosts: [{host}]\n    token_env: DEPLOYER_FLEET_TOKEN\n    ca_cert: {}\n",
+            cert.display()
+        );
+        std::fs::write(fleet.repo.path().join("deployer.yaml"), yaml).expect("write deployer.yaml");
+    };
+    write(&format!("https://127.0.0.1:{port}"));
+    let serving = || {
+        let status = json(&fleet.cli(&["status", "prod", "--json"]));
+        status[0]["reachable"] == true && status[0]["workers_up"] == 2
+    };
+    assert!(
+        deployer_tests::wait_until(Duration::from_secs(60), serving),
+        "the pinned CA-marked certificate was refused: {}",
+        fleet.cli(&["status", "prod", "--json"])
+    );
+
+    // The same certificate for another name (`localhost` is not in it) is refused.
+    write(&format!("https://localhost:{port}"));
+    let status = json(&fleet.cli(&["status", "prod", "--json"]).failure(1));
+    assert_eq!(status[0]["reachable"], false, "{status:#}");
+    assert!(str_of(&status[0], "error").to_lowercase().contains("certificate"), "{status:#}");
+}

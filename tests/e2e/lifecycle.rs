@@ -2,7 +2,7 @@
 
 use deployer_tests::{AppSpec, Load, TestEnv, http, pid_alive, port_is_free, wait_until};
 use nix::sys::signal::Signal;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[test]
 fn sigterm_lets_in_flight_requests_finish_then_stops_every_worker_and_exits_0() {
@@ -74,6 +74,26 @@ fn a_new_agent_kills_the_worker_children_a_killed_agent_left_behind() {
         assert!(agent.log().contains("left by a previous agent"), "{}", agent.log());
     }
     assert_eq!(http::get(agent.port("web"), "/").expect("GET /").status, 200);
+}
+
+#[test]
+fn the_api_answers_while_an_app_is_still_starting_and_the_other_apps_serve() {
+    let asked = Instant::now();
+    // `stuck` never listens: its workers stay `starting` until `ready.timeout`.
+    let never_ready = AppSpec::new("stuck").start(&["node", "-e", "setInterval(() => {}, 1000)"]).ready_timeout("40s");
+    let agent = TestEnv::new().instances(1).app(never_ready).dont_wait_for_workers().start();
+    let answered = asked.elapsed();
+    assert!(answered < Duration::from_secs(20), "the API answered only after {answered:?}");
+    assert_eq!(agent.app("stuck").state.as_str(), "starting");
+    assert!(
+        wait_until(Duration::from_secs(15), || http::get(agent.port("web"), "/").is_ok_and(|r| r.status == 200)),
+        "`web` did not serve while `stuck` was starting"
+    );
+    let ls = agent.cli(&["ls", "--json"]).success();
+    let apps: Vec<deployer_wire::AppStatus> = serde_json::from_str(&ls.stdout).expect("ls --json");
+    let state = |name: &str| apps.iter().find(|a| a.name == name).map(|a| a.state.as_str().to_owned());
+    assert_eq!((state("web").as_deref(), state("stuck").as_deref()), (Some("running"), Some("starting")), "{apps:#?}");
+    assert!(!agent.log().contains("apps started"), "the boot ended early: {}", agent.log());
 }
 
 #[test]

@@ -30,7 +30,11 @@ fn a_runtime_scale_and_stop_survive_a_restart_of_the_agent() {
     agent.cli(&["scale", "web", "3"]).success();
     running(&agent, 3);
     agent.restart();
-    running(&agent, 3);
+    let status = running(&agent, 3);
+    // `deployer ls` says the count is a runtime scale, the config's count, and the way back.
+    assert_eq!(status.configured, Some(1), "{status:#?}");
+    let ls = agent.cli(&["ls"]).success();
+    assert!(ls.stdout.contains("web: 3 instances by `deployer scale` (the config says 1)"), "{}", ls.stdout);
 
     agent.cli(&["stop", "web"]).success();
     agent.restart();
@@ -56,7 +60,7 @@ fn a_changed_instances_in_the_config_ends_a_runtime_scale() {
 
     agent.reconfigure(|env| env.instances(2));
     agent.signal(nix::sys::signal::Signal::SIGHUP);
-    running(&agent, 2);
+    assert_eq!(running(&agent, 2).configured, None, "the config's count applies again");
     agent.restart();
     running(&agent, 2);
 

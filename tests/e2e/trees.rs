@@ -1,13 +1,62 @@
 //! Every process the agent starts ends with what started it: a worker's children, an install
 //! step's daemons (even one that left the process group with `setsid`), and whatever a killed
-//! agent left behind; a worker's CPU and memory are its whole tree's. These hold where the host
-//! gives the agent a writable cgroup v2 hierarchy (this machine, as root, and systemd hosts with
-//! `Delegate=yes`); elsewhere the tests say so and check nothing.
+//! agent left behind; a worker's CPU and memory are its whole tree's. Each holds both ways the
+//! agent tracks trees: in cgroups where the host gives it a writable cgroup v2 hierarchy (this
+//! machine, as root, and systemd hosts with `Delegate=yes`; elsewhere that case says so and checks
+//! nothing), and by the `DEPLOYER_TREE` tag in the environment where it has none
+//! (`DEPLOYER_CGROUPS=off` makes this machine such a host).
 
 use deployer_tests::abuse::is_root;
 use deployer_tests::{Agent, TestEnv, TestRepo, wait_until};
 use nix::sys::signal::Signal;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How the agent tracks process trees in a test.
+#[derive(Clone, Copy)]
+enum Tracking {
+    Cgroups,
+    Tagged,
+}
+
+impl Tracking {
+    /// The test's environment, or `None` when this machine cannot track trees that way.
+    fn env(self) -> Option<TestEnv> {
+        match self {
+            Tracking::Cgroups => cgroups_here().then(TestEnv::new),
+            Tracking::Tagged => Some(TestEnv::new().agent_env("DEPLOYER_CGROUPS", "off")),
+        }
+    }
+
+    /// The agent tracks trees the way the test means.
+    #[track_caller]
+    fn check(self, agent: &Agent) {
+        let tagged = agent.log().contains("tracked by the `DEPLOYER_TREE` entry");
+        assert_eq!(tagged, matches!(self, Tracking::Tagged), "{}", agent.log());
+    }
+}
+
+/// A test of each way of tracking trees: `<name>::in_cgroups` and `<name>::by_tag`.
+macro_rules! both_ways {
+    ($($name:ident),+ $(,)?) => {
+        $(mod $name {
+            #[test]
+            fn in_cgroups() {
+                super::$name(super::Tracking::Cgroups)
+            }
+            #[test]
+            fn by_tag() {
+                super::$name(super::Tracking::Tagged)
+            }
+        })+
+    };
+}
+
+both_ways!(
+    an_install_step_leaves_no_process_behind_and_is_over_when_its_command_is,
+    what_an_install_step_started_ends_when_the_agent_is_killed_during_it,
+    a_workers_memory_is_its_whole_tree_and_max_memory_sees_it,
+    a_workers_setsid_child_does_not_outlive_it,
+);
 
 fn cgroups_here() -> bool {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -48,15 +97,13 @@ fn answer(agent: &Agent) -> String {
     deployer_tests::http::get(agent.port("web"), "/").map(|r| r.body).unwrap_or_else(|e| format!("(no answer: {e})"))
 }
 
-#[test]
-fn an_install_step_leaves_no_process_behind_and_is_over_when_its_command_is() {
-    if !cgroups_here() {
-        return;
-    }
+fn an_install_step_leaves_no_process_behind_and_is_over_when_its_command_is(tracking: Tracking) {
+    let Some(env) = tracking.env() else { return };
     let (daemon, holder) = (marker("setsid-daemon"), marker("stdout-holder"));
     let repo = TestRepo::with_example_app();
     repo.commit_file("install.sh", "echo first\n", "an install step");
-    let agent = TestEnv::new().web(deploys_install(&repo)).start();
+    let agent = env.web(deploys_install(&repo)).start();
+    tracking.check(&agent);
 
     // A daemon that leaves the process group, and a background child that keeps stdout open.
     let script = format!("setsid {} >/dev/null 2>&1 &\n{} &\necho installed\n", forever(&daemon), forever(&holder));
@@ -79,17 +126,15 @@ fn an_install_step_leaves_no_process_behind_and_is_over_when_its_command_is() {
     );
 }
 
-#[test]
-fn what_an_install_step_started_ends_when_the_agent_is_killed_during_it() {
-    if !cgroups_here() {
-        return;
-    }
+fn what_an_install_step_started_ends_when_the_agent_is_killed_during_it(tracking: Tracking) {
+    let Some(env) = tracking.env() else { return };
     let daemon = marker("install-of-a-killed-agent");
     let gate = tempfile::tempdir().expect("a temp dir");
     let gate = gate.path().join("open");
     let repo = TestRepo::with_example_app();
     repo.commit_file("install.sh", "echo first\n", "an install step");
-    let mut agent = TestEnv::new().web(deploys_install(&repo)).start();
+    let mut agent = env.web(deploys_install(&repo)).start();
+    tracking.check(&agent);
 
     let script = format!(
         "setsid {} >/dev/null 2>&1 &\nwhile [ ! -e {} ]; do sleep 0.05; done\n",
@@ -114,15 +159,14 @@ fn what_an_install_step_started_ends_when_the_agent_is_killed_during_it() {
     assert!(answer(&agent).starts_with("hello from worker"), "{}", answer(&agent));
 }
 
-#[test]
-fn a_workers_memory_is_its_whole_tree_and_max_memory_sees_it() {
-    if !cgroups_here() {
-        return;
-    }
+fn a_workers_memory_is_its_whole_tree_and_max_memory_sees_it(tracking: Tracking) {
+    let Some(env) = tracking.env() else { return };
     // `sh` stays the worker's process (a second command follows node), node is its child: the
     // worker's own process is ~1 MB, node tens of MB.
     let start = ["sh", "-c", "node app.js; exit 0"];
-    let agent = TestEnv::new().start_command(&start).start();
+    let again = tracking.env().expect("the same machine");
+    let agent = env.start_command(&start).start();
+    tracking.check(&agent);
     let seen = deployer_tests::poll(Duration::from_secs(15), || {
         let ws = agent.app("web").workers;
         let min = ws.iter().map(|w| w.rss_bytes).min()?;
@@ -132,7 +176,8 @@ fn a_workers_memory_is_its_whole_tree_and_max_memory_sees_it() {
     drop(agent);
 
     // With a limit below node's size, the workers are replaced: the limit sees node under sh.
-    let agent = TestEnv::new().start_command(&start).set("max_memory", "15M").start();
+    let agent = again.start_command(&start).set("max_memory", "15M").start();
+    tracking.check(&agent);
     let first = agent.pids("web");
     assert!(
         wait_until(Duration::from_secs(20), || agent.pids("web").iter().all(|p| !first.contains(p))),
@@ -141,14 +186,12 @@ fn a_workers_memory_is_its_whole_tree_and_max_memory_sees_it() {
     assert!(agent.log().contains("above max_memory"), "{}", agent.log());
 }
 
-#[test]
-fn a_workers_setsid_child_does_not_outlive_it() {
-    if !cgroups_here() {
-        return;
-    }
+fn a_workers_setsid_child_does_not_outlive_it(tracking: Tracking) {
+    let Some(env) = tracking.env() else { return };
     let daemon = marker("worker-daemon");
     let script = format!("setsid {} >/dev/null 2>&1 & exec node app.js", forever(&daemon));
-    let mut agent = TestEnv::new().start_command(&["sh", "-c", &script]).instances(1).start();
+    let mut agent = env.start_command(&["sh", "-c", &script]).instances(1).start();
+    tracking.check(&agent);
     assert!(wait_until(Duration::from_secs(10), || !running(&daemon).is_empty()), "the daemon never started");
     let out = agent.cli(&["restart", "web"]);
     assert_eq!(out.code(), Some(0), "{}{}", out.stdout, out.stderr);

@@ -245,3 +245,28 @@ fn an_upgrade_waits_for_a_running_deploy_which_ends_live() {
     assert_eq!(d.state, "live", "{d:#?}");
     assert!(http::get(agent.port("web"), "/").is_ok_and(|r| r.body.starts_with("v2 from worker")));
 }
+
+#[test]
+fn a_bake_window_begun_before_an_upgrade_is_watched_to_its_end_by_the_new_agent() {
+    let repo = deployer_tests::TestRepo::with_example_app();
+    let agent = TestEnv::new().web(|a| a.repo(&repo).set("bake", "30s")).start();
+    let mut upgraded = Upgraded(Vec::new());
+    let before = agent.current_release("web").expect("a first release");
+    // Gets ready, serves, then dies 3 s later, every time: the bake rolls it back, whichever
+    // agent watches.
+    let app_js = std::fs::read_to_string(repo.path().join("app.js")).expect("app.js");
+    repo.commit_file("app.js", &format!("{app_js}\nsetTimeout(() => process.exit(1), 3000);\n"), "a slow crash");
+    let id = agent.deploy("web", "main");
+    agent.wait_deploy_state(id, "baking");
+
+    let (code, text, pid) = upgrade(&agent);
+    upgraded.0.extend(pid);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(agent.log().contains("watching the rest of a bake window"), "{}", agent.log());
+    let state = || agent.deploy_status(id).state;
+    assert!(wait_until(Duration::from_secs(60), || state() == "rolled_back"), "the deploy ended {:?}", state());
+    assert!(
+        wait_until(Duration::from_secs(60), || agent.current_release("web").as_deref() == Some(before.as_str())),
+        "the bake's rollback did not put {before} back"
+    );
+}

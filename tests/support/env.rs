@@ -48,6 +48,8 @@ pub struct AppSpec {
     env: BTreeMap<String, String>,
     env_file: Option<String>,
     ready_timeout: String,
+    /// The check in `ready:` as YAML (`message: true`); the default check when `None`.
+    ready_check: Option<String>,
     reload: BTreeMap<&'static str, String>,
     restart: BTreeMap<&'static str, String>,
     /// Other keys of the app, written as given (`max_memory: 1M`).
@@ -71,6 +73,7 @@ impl AppSpec {
             env: BTreeMap::from([("DELAY_MS".to_string(), "200".to_string())]),
             env_file: None,
             ready_timeout: "10s".into(),
+            ready_check: None,
             reload: reload.into_iter().map(|(k, v)| (k, v.to_string())).collect(),
             restart: restart.into_iter().map(|(k, v)| (k, v.to_string())).collect(),
             other: BTreeMap::new(),
@@ -123,6 +126,12 @@ impl AppSpec {
     /// `ready: { timeout }`, e.g. `"1s"`.
     pub fn ready_timeout(mut self, t: &str) -> Self {
         self.ready_timeout = t.into();
+        self
+    }
+
+    /// The check of `ready:`, as YAML: `ready_check("message: true")`.
+    pub fn ready_check(mut self, yaml: &str) -> Self {
+        self.ready_check = Some(yaml.into());
         self
     }
 
@@ -252,6 +261,9 @@ impl TestEnv {
     }
     pub fn reload(self, key: &'static str, value: &str) -> Self {
         self.web(|a| a.reload(key, value))
+    }
+    pub fn ready_check(self, yaml: &str) -> Self {
+        self.web(|a| a.ready_check(yaml))
     }
     pub fn restart(self, max_restarts: u32, min_uptime: &str, backoff_max: &str) -> Self {
         self.web(|a| a.restart(max_restarts, min_uptime, backoff_max))
@@ -607,7 +619,11 @@ fn render(api_port: u16, tokens: &[Token], apps: &[AppSpec]) -> String {
         let _ = writeln!(y, "    proxy: {}", a.proxy.as_str());
         let _ = writeln!(y, "    env: {{ {env} }}");
         let _ = writeln!(y, "    env_file: .env");
-        let _ = writeln!(y, "    ready: {{ timeout: {} }}", a.ready_timeout);
+        match &a.ready_check {
+            Some(check) => writeln!(y, "    ready: {{ {check}, timeout: {} }}", a.ready_timeout),
+            None => writeln!(y, "    ready: {{ timeout: {} }}", a.ready_timeout),
+        }
+        .expect("writing to a String");
         let _ = writeln!(y, "    reload: {{ {} }}", map(&a.reload));
         let _ = writeln!(y, "    restart: {{ {} }}", map(&a.restart));
         for (k, v) in &a.other {

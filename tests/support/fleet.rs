@@ -40,6 +40,11 @@ impl TestFleet {
         TestFleet { repo, agents, token: token.to_string() }
     }
 
+    /// The admin token every agent of the fleet accepts.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     /// The API URL of agent `i`.
     pub fn host(&self, i: usize) -> String {
         format!("http://127.0.0.1:{}", self.agents[i].api_port())

@@ -20,6 +20,7 @@ mod load;
 mod process;
 pub mod receiver;
 mod repo;
+mod tmux;
 mod wait;
 pub mod webhook;
 
@@ -33,5 +34,6 @@ pub use load::{Load, LoadReport};
 pub use process::{CliOutput, environ, pid_alive, port_is_free, run_to_end};
 pub use receiver::{Mode, Receiver};
 pub use repo::TestRepo;
+pub use tmux::Tmux;
 pub use wait::{poll, wait_until};
 pub use webhook::GithubPush;

@@ -23,8 +23,21 @@ pub struct AppStatus {
     pub port: Option<u16>,
     /// Instances the app is configured (or scaled) to run.
     pub instances: u32,
+    /// The config's `instances`, when a runtime `deployer scale` runs another count (kept
+    /// across restarts and upgrades until the config's `instances` changes). Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub configured: Option<u32>,
     pub state: AppState,
     pub workers: Vec<WorkerStatus>,
+    /// The release the workers run (`<seq>-<shortsha>`), for an app deployed from git that has
+    /// one. Absent otherwise, and from agents older than this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    /// Requests (connections in `tcp` mode) through the app's front since the agent started: a
+    /// counter, from which `deployer monit` derives requests per second. Absent for apps without
+    /// a front (`fd`, `none`), and from agents older than this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_total: Option<u64>,
 }
 
 /// One worker process of an app.
@@ -47,6 +60,11 @@ pub struct WorkerStatus {
     pub env_hash: String,
     /// The release the worker runs (the app's `cwd` until git deploys exist).
     pub release: String,
+    /// How its last process ended, when it ended by itself and was not restarted
+    /// (`restart: { autorestart: false }` or a code in `stop_exit_codes`): the exit code, or
+    /// 128 + the signal's number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
 }
 
 /// `POST /v1/apps/{app}/reload`.
@@ -56,6 +74,9 @@ pub struct ReloadRequest {
     /// Re-read the config file, `env` and `env_file` before starting the new workers.
     #[serde(default)]
     pub update_env: bool,
+    /// Put this env set of the app's `env_sets` on top (implies `update_env`); it stays chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
 }
 
 /// The answer of a reload that ended, successful or not.
@@ -73,13 +94,46 @@ pub struct ReloadOutcome {
     /// What to do about it, when there is something to say (a config error's fix).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+    /// Set when the reload stopped old workers before starting new ones (`proxy: none` with a
+    /// `port` and no `reload.reuse_port`): how long, in all, a slot had no worker serving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gap_ms: Option<u64>,
 }
 
 /// `POST /v1/apps/{app}/scale`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Either `instances` (run that many) or `by` (that many more, or fewer when negative: `scale
+/// web +2`), not both.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScaleRequest {
-    pub instances: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<i64>,
+}
+
+/// `POST /v1/apps/{app}/signal`: send a signal to every running worker of the app.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalRequest {
+    /// A name like `SIGUSR1` or `USR1`.
+    pub signal: String,
+}
+
+/// The answer of `POST /v1/apps/{app}/signal`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SignalOutcome {
+    pub app: String,
+    /// The signal's full name (`SIGUSR1`).
+    pub signal: String,
+    /// The workers it was sent to (their process groups): those running when asked.
+    pub workers: Vec<SignalledWorker>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SignalledWorker {
+    pub id: u32,
+    pub pid: u32,
 }
 
 /// `GET /v1/apps/{app}/logs?lines=N`.
@@ -87,6 +141,13 @@ pub struct ScaleRequest {
 pub struct LogLines {
     pub app: String,
     pub lines: Vec<LogLine>,
+}
+
+/// `POST /v1/apps/{app}/logs/flush`: the files emptied or removed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogsFlushed {
+    pub app: String,
+    pub files: Vec<String>,
 }
 
 /// One line a worker wrote.
@@ -120,6 +181,9 @@ pub struct DeployRequest {
     /// Who asked (shown in history). The token's name is recorded beside it in any case.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub who: Option<String>,
+    /// Run the release with this env set of the app's `env_sets` on top; it stays chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
 }
 
 /// `POST /v1/apps/{app}/rollback`.
@@ -479,6 +543,8 @@ named! {
 named! {
     /// The state of an app's cluster as a whole.
     pub enum AppState ("app state") {
+        /// The agent has just started: the app's first workers are not ready yet.
+        Starting = "starting",
         Running = "running",
         Stopped = "stopped",
         /// A rolling reload (or a deploy's roll) is under way.
@@ -624,6 +690,18 @@ mod tests {
         assert!("unknown".parse::<DeployState>().is_err(), "`Unknown` is never a stored value");
         assert!("verifying".parse::<EventState>().is_err());
         assert!(serde_json::from_str::<Trigger>("3").is_err(), "not a name at all is still an error");
+    }
+
+    /// `release` and `requests_total` came later: an older agent's answer reads without them,
+    /// and an app without them writes none (an older CLI ignores them anyway).
+    #[test]
+    fn app_statuses_of_older_agents_read() {
+        let old = serde_json::json!({
+            "name": "web", "mode": "http", "port": 3000, "instances": 2, "state": "running", "workers": []
+        });
+        let app: AppStatus = serde_json::from_value(old.clone()).unwrap();
+        assert_eq!((app.release.as_deref(), app.requests_total), (None, None));
+        assert_eq!(serde_json::to_value(&app).unwrap(), old);
     }
 
     #[test]

@@ -163,6 +163,7 @@ impl Answer for DeployError {
             DeployError::CannotCancel { .. } => ErrorCode::Conflict,
             DeployError::State(e) => e.code(),
             DeployError::Stopping => ErrorCode::Stopping,
+            DeployError::UnknownEnvSet { .. } => ErrorCode::BadRequest,
         }
     }
     fn message(&self) -> String {
@@ -183,6 +184,9 @@ impl Answer for DeployError {
             DeployError::NoSuchRelease(_) => Some("`deployer releases <app>` lists the releases on disk".into()),
             DeployError::NotFound(_) => Some("`deployer history <app>` lists an app's deploys".into()),
             DeployError::Stopping => Some(STOPPING_HINT.into()),
+            DeployError::UnknownEnvSet { name, .. } => {
+                Some(format!("add `env_sets: {{ {name}: {{ KEY: value }} }}` to the app in the agent's config"))
+            }
             DeployError::CannotCancel { .. } | DeployError::State(_) => None,
         }
     }

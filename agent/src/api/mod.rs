@@ -27,7 +27,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use deployer_wire::{
     AppStatus, CheckOutcome, Deploy, DeployAccepted, DeployRequest, ErrorCode, Release, ReloadOutcome, ReloadRequest,
-    RollbackRequest, ScaleRequest, Trigger,
+    RollbackRequest, ScaleRequest, SignalOutcome, SignalRequest, SignalledWorker, Trigger,
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -58,7 +58,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/apps/{app}/stop", post(stop))
         .route("/apps/{app}/start", post(start))
         .route("/apps/{app}/scale", post(scale))
+        .route("/apps/{app}/signal", post(signal))
         .route("/apps/{app}/logs", get(stream::logs))
+        .route("/apps/{app}/logs/flush", post(stream::flush_logs))
         .route("/apps/{app}/deploys", post(create_deploy).get(list_deploys))
         .route("/apps/{app}/rollback", post(rollback))
         .route("/apps/{app}/releases", get(releases))
@@ -226,7 +228,7 @@ async fn reload(
 ) -> Result<Json<ReloadOutcome>, ApiErr> {
     let req: ReloadRequest = body(&bytes)?.unwrap_or_default();
     let app = st.supervisor.app(&app)?;
-    let out = app.reload(req.update_env).await;
+    let out = app.reload(req.update_env, req.env).await;
     st.metrics.reload_done(&app.name, out.error.is_none(), out.duration_ms as f64 / 1000.0);
     match &out.error {
         None => Ok(Json(out)),
@@ -259,16 +261,56 @@ async fn scale(
     Path(app): Path<String>,
     bytes: Bytes,
 ) -> Result<Json<AppStatus>, ApiErr> {
-    let Some(req) = body::<ScaleRequest>(&bytes)? else {
-        return Err(ApiErr::new(ErrorCode::BadRequest, "missing body").hint("send {\"instances\": N}"));
-    };
-    if !(1..=1024).contains(&req.instances) {
-        return Err(ApiErr::new(ErrorCode::BadRequest, format!("instances must be 1 to 1024, not {}", req.instances))
-            .hint("use `stop` to run none"));
-    }
+    let req = body::<ScaleRequest>(&bytes)?.unwrap_or_default();
     let app = st.supervisor.app(&app)?;
-    app.scale(req.instances).await?;
+    let range = 1..=1024i64;
+    match (req.instances, req.by) {
+        (Some(n), None) => {
+            if !range.contains(&i64::from(n)) {
+                return Err(ApiErr::new(ErrorCode::BadRequest, format!("instances must be 1 to 1024, not {n}"))
+                    .hint("use `stop` to run none"));
+            }
+            app.scale(n).await?;
+        }
+        (None, Some(by)) => {
+            let mut refused = None;
+            let scaled = app
+                .scale_from(|now| {
+                    let want = i64::from(now).saturating_add(by);
+                    if range.contains(&want) {
+                        return Some(want as u32);
+                    }
+                    refused =
+                        Some(format!("scaling by {by:+} from {now} would make {want} workers; 1 to 1024 can run"));
+                    None
+                })
+                .await?;
+            if let (None, Some(why)) = (scaled, refused) {
+                return Err(ApiErr::new(ErrorCode::BadRequest, why).hint("use `stop` to run none"));
+            }
+        }
+        _ => {
+            return Err(ApiErr::new(ErrorCode::BadRequest, "send either `instances` or `by`")
+                .hint("{\"instances\": 4} runs 4 workers, {\"by\": -1} one fewer than now"));
+        }
+    }
     Ok(Json(app.status()))
+}
+
+async fn signal(
+    State(st): State<Arc<ApiState>>,
+    Path(app): Path<String>,
+    bytes: Bytes,
+) -> Result<Json<SignalOutcome>, ApiErr> {
+    let Some(req) = body::<SignalRequest>(&bytes)? else {
+        return Err(ApiErr::new(ErrorCode::BadRequest, "missing body").hint("send {\"signal\": \"SIGUSR1\"}"));
+    };
+    let signal = crate::config::SignalName::try_from(req.signal).map_err(|e| {
+        ApiErr::new(ErrorCode::BadRequest, e.to_string()).hint("`kill -l` lists the names this host knows")
+    })?;
+    let app = st.supervisor.app(&app)?;
+    let workers = app.signal(signal.0).into_iter().map(|(id, pid)| SignalledWorker { id, pid }).collect();
+    Ok(Json(SignalOutcome { app: app.name.clone(), signal: signal.0.as_str().into(), workers }))
 }
 
 async fn create_deploy(
@@ -285,7 +327,7 @@ async fn create_deploy(
     };
     // The token is who asked; what the request says about itself is kept beside it.
     let by = Requester::token(&caller.0, req.who);
-    let accepted = st.deployer.request(&app, Target::Ref(git_ref), Trigger::Api, &by)?;
+    let accepted = st.deployer.request_with_env(&app, Target::Ref(git_ref), Trigger::Api, &by, req.env)?;
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 

@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use deployer_wire::{DeployStreamItem, LOG_LINE_EVENT, LogLine, LogLines};
+use deployer_wire::{DeployStreamItem, LOG_LINE_EVENT, LogLine, LogLines, LogStream, LogsFlushed};
 use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 use std::convert::Infallible;
@@ -39,10 +39,12 @@ pub struct LogsQuery {
     lines: Option<usize>,
     #[serde(default)]
     follow: bool,
+    /// `out` or `err`: that stream's lines only (`deployer logs --out`, `--err`).
+    stream: Option<LogStream>,
 }
 
-/// `GET /v1/apps/{app}/logs?lines=N[&follow=true]`: JSON, or with `follow` an SSE stream of
-/// `line` events.
+/// `GET /v1/apps/{app}/logs?lines=N[&follow=true][&stream=out|err]`: JSON, or with `follow` an
+/// SSE stream of `line` events.
 pub async fn logs(
     State(st): State<Arc<ApiState>>,
     Path(app): Path<String>,
@@ -51,10 +53,13 @@ pub async fn logs(
     let app = st.supervisor.app(&app)?;
     let lines = q.lines.unwrap_or(100).min(10_000);
     if !q.follow {
-        return Ok(Json(LogLines { app: app.name.clone(), lines: app.logs(lines) }).into_response());
+        return Ok(Json(LogLines { app: app.name.clone(), lines: app.logs(lines, q.stream) }).into_response());
     }
-    let (tail, live) = app.follow_logs(lines);
-    let lines = futures_util::stream::iter(tail).chain(follow_lines(live, st.shutdown.clone()));
+    let (tail, live) = app.follow_logs(lines, q.stream);
+    let only = q.stream;
+    let later =
+        follow_lines(live, st.shutdown.clone()).filter(move |l| std::future::ready(only.is_none_or(|s| l.stream == s)));
+    let lines = futures_util::stream::iter(tail).chain(later);
     // Lines are masked when they are written; a secret named by a later SIGHUP is masked here too.
     let secrets = st.secrets.clone();
     let events = lines.map(move |mut line: LogLine| {
@@ -89,4 +94,13 @@ fn follow_lines(
             }
         }
     })
+}
+
+/// `POST /v1/apps/{app}/logs/flush`: empty the app's log files and remove their rotated copies
+/// (`deployer flush`), as `pm2 flush` does.
+pub async fn flush_logs(State(st): State<Arc<ApiState>>, Path(app): Path<String>) -> Result<Json<LogsFlushed>, ApiErr> {
+    let app = st.supervisor.app(&app)?;
+    let files = app.flush_logs().iter().map(|p| p.display().to_string()).collect();
+    tracing::info!(app = %app.name, "log files flushed");
+    Ok(Json(LogsFlushed { app: app.name.clone(), files }))
 }

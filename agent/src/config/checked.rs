@@ -20,16 +20,27 @@ pub enum ValueError {
     EmptyStart,
     #[error("empty command: write one like `npm ci --omit=dev`")]
     EmptyCommand,
+    #[error("`{0}` is not a command: a command starts with the program to run, like `npm ci --verbose`")]
+    FlagAsCommand(String),
+    #[error("`start` runs one command: write its argv as one list like `[node, app.js]`, or a line like `node app.js`")]
+    StartNested,
+    #[error(
+        "`{written}` is a list of commands, and `{flag}` is not a command: to run one command with these arguments, \
+         write `{nested}` (a list of one argv) or `{line}` (one line, split like a shell would)"
+    )]
+    ArgvAsCommands { flag: String, written: String, nested: String, line: String },
     #[error("`instances: {0}` is out of range: write 1 to 1024, or `max`")]
     InstancesOutOfRange(i64),
     #[error("invalid `instances: {0}`: write a number like `2`, or `max` for one per CPU")]
     Instances(String),
     #[error("invalid `http: {0}`: write a path like `/healthz`")]
     ProbePath(String),
-    #[error("`ready` takes one check: `tcp: true`, `http: /path`, `notify: true` or `alive: 1s`")]
+    #[error("`ready` takes one check: `tcp: true`, `http: /path`, `notify: true`, `message: true` or `alive: 1s`")]
     ReadyChecks,
     #[error("unknown signal `{0}`: write a name like `SIGUSR2`, `SIGTERM` or `SIGINT`")]
     Signal(String),
+    #[error("invalid `date_format: {0}`: write a strftime format like `%Y-%m-%d %H:%M:%S` (`%z` for the offset)")]
+    DateFormat(String),
     #[error("invalid duration `{0}`: write a number with a unit, like `500ms`, `30s` or `5m`")]
     Duration(String),
     #[error("invalid address block `{0}`: write one like `10.0.0.0/8`, `fd00::/8` or `192.168.1.10`")]

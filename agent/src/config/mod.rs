@@ -6,7 +6,10 @@
 
 pub mod auth;
 mod checked;
+mod command;
 pub use checked::ValueError;
+pub use command::{Commands, StartCommand};
+pub(crate) use command::{flow_list, yaml_scalar};
 pub mod env_file;
 pub mod front;
 pub mod health;
@@ -226,9 +229,24 @@ pub struct AppConfig {
     /// A `KEY=VALUE` file read when workers start (and re-read by `reload --update-env`).
     #[serde(default)]
     pub env_file: Option<PathBuf>,
+    /// Named environments (PM2's `env_production`): `env_sets: { production: { NODE_ENV:
+    /// production } }`. `deployer reload web --env production` puts one on top of `env` and
+    /// `env_file`; it stays chosen for later reloads and deploys until another is chosen (or
+    /// the agent restarts).
+    #[serde(default)]
+    pub env_sets: BTreeMap<String, BTreeMap<String, String>>,
+    /// The env set chosen at runtime (`reload --env`), kept by the app across config re-reads.
+    #[serde(skip)]
+    pub env_set: Option<String>,
     /// When a new worker counts as ready.
     #[serde(default)]
     pub ready: ReadyConfig,
+    /// Give each worker Node's IPC channel (`NODE_CHANNEL_FD`, as PM2 does): `process.send`
+    /// works, other messages are logged, and the worker gets `'shutdown'` (PM2's
+    /// `shutdown_with_message`) before its stop or reload signal. `ready: { message: true }`
+    /// turns it on too.
+    #[serde(default)]
+    pub ipc: bool,
     /// How a rolling reload replaces workers.
     #[serde(default)]
     pub reload: ReloadConfig,
@@ -238,6 +256,13 @@ pub struct AppConfig {
     /// Replace a worker (gracefully, like a reload) whose RSS goes above this.
     #[serde(default)]
     pub max_memory: Option<Size>,
+    /// Reload the app on a schedule (PM2's `cron_restart`): `"0 3 * * *"`, in UTC (five fields,
+    /// or six with seconds first). A rolling reload like `deployer reload`: no request fails.
+    #[serde(default)]
+    cron_restart: Option<String>,
+    /// `cron_restart`, parsed.
+    #[serde(skip)]
+    pub reload_schedule: Option<CronSchedule>,
     /// Rotation of the log files under `state_dir/logs`.
     #[serde(default)]
     pub logs: LogsConfig,
@@ -255,43 +280,6 @@ impl AppConfig {
             Some(AuthConfig::TokenEnv(var)) => Some(var),
             _ => None,
         }
-    }
-}
-
-/// `start: node app.js` or `start: [node, app.js]`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StartCommand(pub Vec<String>);
-
-impl<'de> Deserialize<'de> for StartCommand {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        checked::any::<_, OneOrList, _>(d, "a command like `node app.js` or `[node, app.js]`")
-    }
-}
-
-/// A command line split like a shell would, without running one.
-fn split(line: &str) -> Result<Vec<String>, ValueError> {
-    shell_words::split(line).map_err(|e| ValueError::CannotSplit { text: line.to_string(), reason: e.to_string() })
-}
-
-/// A string or a list of strings, as written (`start` and `install` take both).
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum OneOrList {
-    One(String),
-    List(Vec<String>),
-}
-
-impl TryFrom<OneOrList> for StartCommand {
-    type Error = ValueError;
-    fn try_from(raw: OneOrList) -> Result<Self, ValueError> {
-        let argv = match raw {
-            OneOrList::One(s) => split(&s)?,
-            OneOrList::List(argv) => argv,
-        };
-        if argv.is_empty() || argv[0].is_empty() {
-            return Err(ValueError::EmptyStart);
-        }
-        Ok(StartCommand(argv))
     }
 }
 
@@ -352,35 +340,6 @@ impl TryFrom<InstancesRaw> for Instances {
     }
 }
 
-/// One command, or a list run in order: `install: npm ci` or `install: [npm ci, npm run build]`.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Commands(pub Vec<Vec<String>>);
-
-impl<'de> Deserialize<'de> for Commands {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        checked::any::<_, OneOrList, _>(d, "a command like `npm ci`, or a list of them")
-    }
-}
-
-impl TryFrom<OneOrList> for Commands {
-    type Error = ValueError;
-    fn try_from(raw: OneOrList) -> Result<Self, ValueError> {
-        let lines = match raw {
-            OneOrList::One(line) => vec![line],
-            OneOrList::List(lines) => lines,
-        };
-        let mut out = Vec::new();
-        for line in lines {
-            let argv = split(&line)?;
-            if argv.is_empty() {
-                return Err(ValueError::EmptyCommand);
-            }
-            out.push(argv);
-        }
-        Ok(Commands(out))
-    }
-}
-
 /// `hooks:` — each optional, run in the release directory with the deploy's environment.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -409,6 +368,19 @@ pub enum ProxyMode {
     None,
 }
 
+impl AppConfig {
+    /// Whether workers get Node's IPC channel: `ipc: true`, or readiness by message.
+    pub fn uses_ipc(&self) -> bool {
+        self.ipc || self.ready.check == ReadyCheck::Message
+    }
+
+    /// Whether a reload must stop an old worker before its replacement starts: it binds the
+    /// public port itself (`proxy: none` with a `port`), and not with `SO_REUSEPORT`.
+    pub fn reloads_stop_first(&self) -> bool {
+        self.proxy == ProxyMode::None && self.port.is_some() && !self.reload.reuse_port
+    }
+}
+
 impl ProxyMode {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -420,7 +392,7 @@ impl ProxyMode {
     }
 }
 
-/// `ready: { tcp: true }`, `{ http: /healthz }` or `{ notify: true }`, plus `timeout`.
+/// `ready: { tcp: true }`, `{ http: /healthz }`, `{ notify: true }` or `{ message: true }`, plus `timeout`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReadyConfig {
     pub check: ReadyCheck,
@@ -436,6 +408,9 @@ pub enum ReadyCheck {
     Http(String),
     /// The worker sends `READY=1` on `NOTIFY_SOCKET` (sd_notify).
     Notify,
+    /// The worker sends `'ready'` on Node's IPC channel (`process.send('ready')`, PM2's
+    /// `wait_ready`).
+    Message,
     /// The process is still running after this long (the default where there is no port to probe).
     Alive(Duration),
 }
@@ -458,6 +433,7 @@ struct ReadyRaw {
     tcp: Option<bool>,
     http: Option<String>,
     notify: Option<bool>,
+    message: Option<bool>,
     alive: Option<Dur>,
     timeout: Option<Dur>,
 }
@@ -478,6 +454,9 @@ impl TryFrom<ReadyRaw> for ReadyConfig {
         if r.notify == Some(true) {
             checks.push(ReadyCheck::Notify);
         }
+        if r.message == Some(true) {
+            checks.push(ReadyCheck::Message);
+        }
         if let Some(d) = r.alive {
             checks.push(ReadyCheck::Alive(d.0));
         }
@@ -491,7 +470,7 @@ impl TryFrom<ReadyRaw> for ReadyConfig {
     }
 }
 
-/// `reload: { signal: SIGUSR2, drain_timeout: 30s, kill_timeout: 5s, max_surge: 1 }`.
+/// `reload: { signal: SIGUSR2, drain_timeout: 30s, kill_timeout: 5s, max_surge: 1, reuse_port: false }`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReloadConfig {
@@ -503,6 +482,10 @@ pub struct ReloadConfig {
     pub kill_timeout: Dur,
     /// How many workers are replaced at once.
     pub max_surge: u32,
+    /// `proxy: none` with a `port`: the app binds its port with `SO_REUSEPORT`, so a new worker
+    /// can listen while the old one still does, and a reload starts it first (no gap). Without
+    /// it such an app is reloaded stop-then-start, and it does not serve in between.
+    pub reuse_port: bool,
 }
 
 impl Default for ReloadConfig {
@@ -512,6 +495,7 @@ impl Default for ReloadConfig {
             drain_timeout: Dur(Duration::from_secs(30)),
             kill_timeout: Dur(Duration::from_secs(5)),
             max_surge: 1,
+            reuse_port: false,
         }
     }
 }
@@ -535,10 +519,19 @@ impl TryFrom<String> for SignalName {
     }
 }
 
-/// `restart: { max_restarts: 10, min_uptime: 1s, backoff_max: 15s }`.
+/// `restart: { max_restarts: 10, min_uptime: 1s, backoff_max: 15s, autorestart: true,
+/// delay: 2s, stop_exit_codes: [0] }`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RestartConfig {
+    /// Restart a worker that exits by itself (PM2's `autorestart`). `false`: one-shot workers,
+    /// left `stopped` with their exit code until the next start, restart or reload.
+    pub autorestart: bool,
+    /// A fixed wait before each restart instead of the growing backoff (PM2's `restart_delay`).
+    pub delay: Option<Dur>,
+    /// Exit codes that mean "done": a worker exiting with one is not restarted (PM2's
+    /// `stop_exit_codes`).
+    pub stop_exit_codes: Vec<i32>,
     /// Exits in a row, each within `min_uptime` of its start, before the worker is `errored`.
     pub max_restarts: u32,
     /// A worker that ran at least this long before exiting resets the count.
@@ -550,6 +543,9 @@ pub struct RestartConfig {
 impl Default for RestartConfig {
     fn default() -> Self {
         RestartConfig {
+            autorestart: true,
+            delay: None,
+            stop_exit_codes: Vec::new(),
             max_restarts: 10,
             min_uptime: Dur(Duration::from_secs(1)),
             backoff_max: Dur(Duration::from_secs(15)),
@@ -557,19 +553,72 @@ impl Default for RestartConfig {
     }
 }
 
-/// `logs: { max_size: 10M, keep: 5 }`.
+/// `logs: { max_size: 10M, keep: 5, out: web.out.log, err: web.err.log, merge: true,
+/// date_format: "%Y-%m-%d %H:%M:%S", format: text, compress: false }`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogsConfig {
-    /// Rotate the app's log file when it reaches this size.
+    /// Rotate a log file when it reaches this size.
     pub max_size: Size,
-    /// Rotated files kept (`web.log.1` ... `web.log.N`).
+    /// Rotated files kept per log file (`web.log.1` ... `web.log.N`).
     pub keep: u32,
+    /// The workers' stdout in a file of its own (PM2's `out_file`); relative to
+    /// `state_dir/logs`. Without it, stdout goes to `<app>.log` with stderr.
+    pub out: Option<PathBuf>,
+    /// The workers' stderr in a file of its own (PM2's `error_file`), likewise.
+    pub err: Option<PathBuf>,
+    /// Every worker into one file (the default); `false`: one file per worker, `web-0.log`,
+    /// `web-1.log`... (PM2's `merge_logs: false`).
+    pub merge: bool,
+    /// The time at the start of each line, as a strftime format in local time (PM2's
+    /// `log_date_format`); RFC 3339 in UTC with milliseconds by default.
+    pub date_format: Option<DateFormat>,
+    /// `text` (the default): `<time> <app>-<worker> <out|err>| <line>`; `json`: one object per
+    /// line with PM2's keys, `{"message", "timestamp", "type", "process_id", "app_name"}`.
+    pub format: LogFormat,
+    /// Gzip rotated files (`web.log.1.gz`).
+    pub compress: bool,
 }
 
 impl Default for LogsConfig {
     fn default() -> Self {
-        LogsConfig { max_size: Size(10 << 20), keep: 5 }
+        LogsConfig {
+            max_size: Size(10 << 20),
+            keep: 5,
+            out: None,
+            err: None,
+            merge: true,
+            date_format: None,
+            format: LogFormat::Text,
+            compress: false,
+        }
+    }
+}
+
+/// How each line is written to the log files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// A strftime format checked when the config is read (`%Q` is refused there, not at the first line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DateFormat(pub String);
+
+impl<'de> Deserialize<'de> for DateFormat {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked::text(d, "a strftime format like `%Y-%m-%d %H:%M:%S`")
+    }
+}
+
+impl TryFrom<String> for DateFormat {
+    type Error = ValueError;
+    fn try_from(s: String) -> Result<Self, ValueError> {
+        let bad = chrono::format::StrftimeItems::new(&s).any(|i| matches!(i, chrono::format::Item::Error));
+        if bad || s.is_empty() { Err(ValueError::DateFormat(s)) } else { Ok(DateFormat(s)) }
     }
 }
 
@@ -648,6 +697,20 @@ fn read(path: &Path, text: &str) -> Result<AgentConfig, ConfigError> {
             let (line, col) = at(key);
             ConfigError::at(path, line, col, msg, Some(hint.into()))
         })?;
+        if let Some(text) = &app.cron_restart {
+            app.reload_schedule = Some(text.parse::<CronSchedule>().map_err(|e| {
+                let (line, col) = at("cron_restart");
+                let hint =
+                    "write five fields, minute hour day month weekday, like `\"0 3 * * *\"` (03:00 UTC every day)";
+                ConfigError::at(
+                    path,
+                    line,
+                    col,
+                    format!("invalid `cron_restart: {text}`: {}", e.reason),
+                    Some(hint.into()),
+                )
+            })?);
+        }
         // Where there is no private port to probe, readiness defaults to "still alive after 1s".
         if matches!(app.proxy, ProxyMode::Fd | ProxyMode::None)
             && app.ready.check == ReadyCheck::Tcp

@@ -274,3 +274,43 @@ fn health_checks_parse_and_are_refused_where_workers_cannot_be_probed() {
     assert!(e.message.contains("`proxy: fd` workers have no private port"), "{e}");
     assert!(e.hint.as_deref().is_some_and(|h| h.contains("remove `health`")), "{e}");
 }
+
+#[test]
+fn pm2_readiness_ipc_and_fork_mode_reloads() {
+    let d = tmp("pm2");
+    let p =
+        write(&d, &GOOD.replace("ready: { http: /healthz, timeout: 10s }", "ready: { message: true, timeout: 10s }"));
+    let web = load(&p).unwrap().config.apps["web"].clone();
+    assert_eq!(web.ready.check, ReadyCheck::Message);
+    assert!(web.uses_ipc(), "readiness by message needs the channel");
+    assert!(!web.reloads_stop_first(), "behind a front, new workers start first");
+
+    let p = write(&d, &GOOD.replace("    port: 3000", "    port: 3000\n    proxy: none\n    ipc: true"));
+    let web = load(&p).unwrap().config.apps["web"].clone();
+    assert!(web.uses_ipc() && web.reloads_stop_first());
+
+    let p = write(&d, &GOOD.replace("max_surge: 1 }", "max_surge: 1, reuse_port: true }"));
+    let e = load(&p).unwrap_err();
+    assert_eq!((e.line, e.col), (11, 87), "at the key: {e}");
+    assert!(e.message.contains("`reuse_port` is for apps that bind their own `port`"), "{e}");
+    let p = write(
+        &d,
+        &GOOD
+            .replace("    port: 3000", "    port: 3000\n    proxy: none")
+            .replace("max_surge: 1 }", "max_surge: 1, reuse_port: true }"),
+    );
+    assert!(!load(&p).unwrap().config.apps["web"].reloads_stop_first());
+}
+
+#[test]
+fn cron_restart_is_a_schedule_checked_at_its_key() {
+    let d = tmp("cron-restart");
+    let p = write(&d, &GOOD.replace("    max_memory: 512M", "    max_memory: 512M\n    cron_restart: \"0 3 * * *\""));
+    let web = load(&p).unwrap().config.apps["web"].clone();
+    assert_eq!(web.reload_schedule.map(|c| c.text), Some("0 3 * * *".to_string()));
+    let p = write(&d, &GOOD.replace("    max_memory: 512M", "    max_memory: 512M\n    cron_restart: at night"));
+    let e = load(&p).unwrap_err();
+    assert_eq!((e.line, e.col), (14, 5), "{e}");
+    assert!(e.message.starts_with("invalid `cron_restart: at night`"), "{e}");
+    assert!(e.hint.as_deref().is_some_and(|h| h.contains("\"0 3 * * *\"")), "{e}");
+}

@@ -39,6 +39,16 @@ pub(super) fn app(name: &str, app: &AppConfig, ports: &mut Ports, at: &At<'_>) -
         ));
     }
     front(name, app, ports, at)?;
+    if app.reload.reuse_port && !(app.proxy == ProxyMode::None && app.port.is_some()) {
+        return Err(at(
+            &["apps", name, "reload", "reuse_port"],
+            "`reuse_port` is for apps that bind their own `port` (`proxy: none`)".into(),
+            Some(format!(
+                "remove it: `proxy: {}` reloads start each new worker before the old one stops already",
+                app.proxy.as_str()
+            )),
+        ));
+    }
     probes(name, app, at)
 }
 
@@ -148,7 +158,7 @@ fn probes(name: &str, app: &AppConfig, at: &At<'_>) -> Result<(), ConfigError> {
     let probe = match app.ready.check {
         ReadyCheck::Tcp => "tcp",
         ReadyCheck::Http(_) => "http",
-        ReadyCheck::Notify | ReadyCheck::Alive(_) => return Ok(()),
+        ReadyCheck::Notify | ReadyCheck::Message | ReadyCheck::Alive(_) => return Ok(()),
     };
     match (app.proxy, app.port) {
         (ProxyMode::Fd, _) => Err(at(

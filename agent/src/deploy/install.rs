@@ -135,8 +135,16 @@ pub async fn run(
         let cmd = shell_words::join(argv);
         out.line(&format!("$ {cmd}"));
         let tree = out.cgroups.create(&out.scope);
-        let cgroup_procs = tree.as_ref().map(|t| t.procs_fd());
-        let launch = Launch { argv, cwd, env, listen_fd: None, fd_name: "", run_as, cgroup_procs };
+        let cgroup_procs = tree.as_ref().and_then(|t| t.procs_fd());
+        let tagged: BTreeMap<String, String>;
+        let env = match tree.as_ref().and_then(|t| t.env()) {
+            Some((k, v)) => {
+                tagged = env.iter().map(|(k, v)| (k.clone(), v.clone())).chain([(k, v)]).collect();
+                &tagged
+            }
+            None => env,
+        };
+        let launch = Launch { argv, cwd, env, listen_fd: None, fd_name: "", run_as, cgroup_procs, ipc_fd: None };
         let mut child = spawn::spawn(&launch).map_err(|source| StepError::Spawn { cmd: cmd.clone(), source })?;
         let pid = child.id();
         if let (Some(t), Some(pid)) = (&tree, pid) {

@@ -59,6 +59,8 @@ pub enum DeployError {
     NoSuchRelease(String),
     #[error("no deploy #{0}")]
     NotFound(DeployId),
+    #[error("no env set `{name}` in the `env_sets` of app `{app}`")]
+    UnknownEnvSet { app: String, name: String },
     #[error("deploy #{id} is {state}: only a queued, fetching or building deploy can be cancelled")]
     CannotCancel { id: DeployId, state: DeployState },
     #[error(transparent)]
@@ -128,6 +130,8 @@ struct Job {
     id: DeployId,
     target: Target,
     trigger: Trigger,
+    /// `deploy --env NAME`: the env set the new release runs with (and keeps).
+    env_set: Option<String>,
 }
 
 /// The running deploy. Its state is in the store only ([`Store::deploy`]).
@@ -165,8 +169,47 @@ impl Deployer {
             let dir = AppDir::new(git.dir);
             d.remove_incomplete(&app.name, &dir, app.release().map(|r| r.name));
         }
+        d.resume_bakes();
         d.apply_config(Trigger::Startup)?;
         Ok(d)
+    }
+
+    /// Watch the rest of each bake window a previous agent left (it stopped, or handed over in
+    /// an upgrade, within it); a window that ended meanwhile, or whose release no longer serves,
+    /// ends its deploy `live`, saying so.
+    fn resume_bakes(self: &Arc<Self>) {
+        let bakes = match self.store.unfinished_bakes() {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the bake windows a previous agent left; they stay `baking`");
+                return;
+            }
+        };
+        for (id, row) in bakes {
+            let app = row.as_ref().and_then(|r| self.supervisor.app(&r.app).ok());
+            let serving =
+                app.as_ref().zip(row.as_ref()).is_some_and(|(a, r)| a.release().is_some_and(|l| l.name == r.release));
+            match (row, app) {
+                (Some(row), Some(app)) if serving && !crate::store::left_of(row.until_ms).is_zero() => {
+                    let left = crate::store::left_of(row.until_ms);
+                    tracing::info!(id, app = %app.name, release = %row.release, left_ms = left.as_millis() as u64, "watching the rest of a bake window a previous agent began");
+                    self.tasks.spawn(pipeline::Bake::resume(self, app, row).watch());
+                }
+                (Some(row), _) if serving => {
+                    let why = format!("{}: its bake window ended while no agent watched it", row.live);
+                    pipeline::finish(self, id, DeployState::Live, &why);
+                }
+                (Some(row), _) => {
+                    let why =
+                        format!("{}: another release serves since the agent stopped within its bake window", row.live);
+                    pipeline::finish(self, id, DeployState::Live, &why);
+                }
+                (None, _) => {
+                    let why = "live: the agent stopped during the bake window, which was not finished";
+                    pipeline::finish(self, id, DeployState::Live, why);
+                }
+            }
+        }
     }
 
     /// Make the deploys match the config (at start, and after SIGHUP applied a new one): a git app
@@ -325,10 +368,30 @@ impl Deployer {
         trigger: Trigger,
         by: &Requester,
     ) -> Result<DeployAccepted, DeployError> {
+        self.request_with_env(app, target, trigger, by, None)
+    }
+
+    /// [`Deployer::request`], the new release run with `env_set` of the app's `env_sets` on top
+    /// (`deploy --env NAME`; `None`: the set the app runs with, if any).
+    pub fn request_with_env(
+        self: &Arc<Self>,
+        app: &str,
+        target: Target,
+        trigger: Trigger,
+        by: &Requester,
+        env_set: Option<String>,
+    ) -> Result<DeployAccepted, DeployError> {
         if self.stopping() || self.paused.load(Ordering::SeqCst) {
             return Err(DeployError::Stopping);
         }
         let (a, _) = self.git_app(app)?;
+        // A set the app does not run with yet: the deploy changes what runs even on a live sha.
+        let env_set = env_set.filter(|name| a.config().env_set.as_ref() != Some(name));
+        if let Some(name) = &env_set
+            && !a.config().env_sets.contains_key(name)
+        {
+            return Err(DeployError::UnknownEnvSet { app: app.to_string(), name: name.clone() });
+        }
         let label = match &target {
             Target::Ref(r) => {
                 source::validate_ref(r)?;
@@ -339,11 +402,11 @@ impl Deployer {
                 format!("rollback:{name}")
             }
         };
-        if let Some(joined) = self.join_queued(app, &target) {
+        if let Some(joined) = self.join_queued(app, &target, &env_set) {
             return Ok(joined);
         }
         let id = self.store.insert_deploy(app, &label, trigger, by)?;
-        if let Some(live) = self.live_release_for(&a, &target)? {
+        if let Some(live) = self.live_release_for(&a, &target)?.filter(|_| env_set.is_none()) {
             let message = format!("{label} is already live (release {live}): nothing to do");
             self.store.set_release(id, &live)?;
             self.store.transition(id, DeployState::Live, &message)?;
@@ -360,7 +423,7 @@ impl Deployer {
                 self.store.transition(id, DeployState::Interrupted, "interrupted: the agent is stopping")?;
                 return Err(DeployError::Stopping);
             }
-            slots.pending.replace(Job { id, target, trigger })
+            slots.pending.replace(Job { id, target, trigger, env_set })
         };
         if let Some(old) = previous {
             self.store.transition(old.id, DeployState::Superseded, &format!("superseded by #{id}"))?;
@@ -390,10 +453,10 @@ impl Deployer {
 
     /// A request for exactly what is already queued joins that deploy instead of superseding it:
     /// a burst of webhooks for one branch makes one deploy, not one per delivery.
-    fn join_queued(&self, app: &str, target: &Target) -> Option<DeployAccepted> {
+    fn join_queued(&self, app: &str, target: &Target, env_set: &Option<String>) -> Option<DeployAccepted> {
         let queue = self.queue_if_any(app)?;
         let slots = queue.slots();
-        let job = slots.pending.as_ref().filter(|j| j.target == *target)?;
+        let job = slots.pending.as_ref().filter(|j| j.target == *target && j.env_set == *env_set)?;
         Some(DeployAccepted {
             id: job.id,
             app: app.to_string(),

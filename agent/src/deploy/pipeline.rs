@@ -20,7 +20,7 @@ use super::release::{self, AppDir, disk_full, disk_space, keep_failed, prune_pla
 use super::{AppQueue, DeployError, Deployer, Job, Target};
 use crate::config::{AppConfig, GitSource};
 use crate::source::{GitAuth, Source, redact_url};
-use crate::store::{DeployId, ReleaseRow, Settled, Store, StoreError};
+use crate::store::{BakeRow, DeployId, ReleaseRow, Settled, Store, StoreError, left_of, now_ms};
 use crate::supervisor::event::SupervisorEvent;
 use crate::supervisor::worker::WorkerSpec;
 use crate::supervisor::worker::WorkerState;
@@ -56,6 +56,8 @@ struct Run<'a> {
     started: Instant,
     /// The bake window to watch once the deploy is recorded `baking`.
     bake: Option<Bake>,
+    /// `deploy --env NAME`: put on the re-read config (which otherwise keeps the app's own).
+    env_set: Option<String>,
 }
 
 pub(super) async fn run(d: &Arc<Deployer>, q: &AppQueue, app_name: &str, job: Job, cancel: CancellationToken) {
@@ -74,6 +76,7 @@ pub(super) async fn run(d: &Arc<Deployer>, q: &AppQueue, app_name: &str, job: Jo
         out: None,
         started: Instant::now(),
         bake: None,
+        env_set: job.env_set.clone(),
     };
     let result = match &job.target {
         Target::Ref(r) => run.deploy(r, job.trigger).await,
@@ -105,6 +108,9 @@ pub(super) async fn run(d: &Arc<Deployer>, q: &AppQueue, app_name: &str, job: Jo
         if let Err(e) = run.enter(DeployState::Baking, &note) {
             // It serves all the same: the bake still decides, from `rolling`.
             tracing::error!(error = %e.message, "cannot record the bake window's start");
+        } else if let Err(e) = d.store.record_bake(&bake.row()) {
+            // Only a next agent needs it: this one watches the window all the same.
+            tracing::error!(error = %e, "cannot record the bake window for a next agent");
         }
         d.tasks.spawn(bake.watch());
         return;
@@ -246,7 +252,8 @@ impl Run<'_> {
         if let Some(prev) = &previous {
             let rows = record("the releases", || store.releases(&self.app.name)).await?;
             let live_sha = rows.into_iter().find(|r| r.name == prev.name).map(|r| r.sha);
-            if live_sha.as_deref() == Some(sha.as_str()) {
+            // A new env set changes what runs: the same commit is installed and rolled again.
+            if live_sha.as_deref() == Some(sha.as_str()) && self.env_set.is_none() {
                 record("the deploy's release", || store.set_release(id, &prev.name)).await?;
                 return Ok(format!("{short} is already live (release {}): nothing to do", prev.name));
             }
@@ -304,7 +311,13 @@ impl Run<'_> {
         // read again now and the release's `env_file` once: the install step, the hooks and the
         // workers all run with what was read here.
         let release = ActiveRelease { name: name.clone(), dir: release_dir.clone() };
-        let fresh = self.app.fresh_config().map_err(|e| Stop::failed(e.to_string()))?;
+        let mut fresh = self.app.fresh_config().map_err(|e| Stop::failed(e.to_string()))?;
+        if let Some(name) = &self.env_set {
+            if !fresh.env_sets.contains_key(name) {
+                return Err(Stop::failed(format!("env set `{name}` is no longer in the app's `env_sets`")));
+            }
+            fresh.env_set = Some(name.clone());
+        }
         let spec = worker_spec(&fresh, &release)?;
         let env = self.deploy_env(&spec, &release, &sha, git_ref, trigger, previous.as_ref());
         let cfg = fresh;
@@ -394,6 +407,7 @@ impl Run<'_> {
                 release: name.clone(),
                 previous: previous.map(|p| p.name),
                 window: window.0,
+                left: window.0,
                 // Subscribed now: a worker of the release that errors from here on is heard.
                 events: self.d.supervisor.events(),
                 live: live.clone(),
@@ -699,13 +713,15 @@ pub(super) fn git_auth(git: &GitSource) -> Option<GitAuth> {
 /// rolled back by the agent itself. It follows the supervisor's events: a worker of the release
 /// that errors, or exits by itself a second time, ends the bake at once. The deploy is `baking`
 /// meanwhile, and the bake writes its final state: `live` once the window passed, `rolled_back`.
-struct Bake {
+pub(super) struct Bake {
     d: Arc<Deployer>,
     app: Arc<App>,
     id: DeployId,
     release: String,
     previous: Option<String>,
     window: Duration,
+    /// What is left of the window: all of it, unless a previous agent watched its beginning.
+    left: Duration,
     events: broadcast::Receiver<SupervisorEvent>,
     /// What the deploy's final message starts with: `live on <sha> (release <name>)`.
     live: String,
@@ -751,8 +767,36 @@ impl Bake {
         seen
     }
 
-    async fn watch(mut self) {
-        let deadline = tokio::time::Instant::now() + self.window;
+    /// The window as the next agent needs it.
+    fn row(&self) -> BakeRow {
+        BakeRow {
+            deploy: self.id,
+            app: self.app.name.clone(),
+            release: self.release.clone(),
+            previous: self.previous.clone(),
+            until_ms: now_ms() + self.left.as_millis() as u64,
+            window_ms: self.window.as_millis() as u64,
+            live: self.live.clone(),
+        }
+    }
+
+    /// The rest of a window a previous agent began ([`Deployer::resume_bakes`]).
+    pub(super) fn resume(d: &Arc<Deployer>, app: Arc<App>, row: BakeRow) -> Bake {
+        Bake {
+            d: d.clone(),
+            app,
+            id: row.deploy,
+            release: row.release,
+            previous: row.previous,
+            window: Duration::from_millis(row.window_ms),
+            left: left_of(row.until_ms),
+            events: d.supervisor.events(),
+            live: row.live,
+        }
+    }
+
+    pub(super) async fn watch(mut self) {
+        let deadline = tokio::time::Instant::now() + self.left;
         // Restarts before the window (during the roll) do not count; an errored worker does.
         let baseline = self.read();
         let mut seen = Seen { exits: 0, errored: baseline.errored };
@@ -769,8 +813,10 @@ impl Bake {
                 e = self.events.recv() => e,
                 _ = tokio::time::sleep_until(deadline) => break,
                 _ = self.d.shutdown.cancelled() => {
-                    let why = format!("{}: the agent stopped within its bake window of {window}, which was not finished", self.live);
-                    return finish(&self.d, self.id, DeployState::Live, &why);
+                    // Left `baking`, with its window recorded: the next agent (an upgrade's, a
+                    // restart's) watches the rest of it.
+                    tracing::info!(app = %self.app.name, release = %self.release, "the agent stops within a bake window: the next agent watches the rest");
+                    return;
                 }
             };
             match event {

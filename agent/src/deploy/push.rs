@@ -63,7 +63,7 @@ impl Deployer {
             return Ok(Pushed::AlreadyLive { release });
         }
         let branch = Target::Ref(git.branch);
-        if let Some(joined) = self.join_queued(app, &branch) {
+        if let Some(joined) = self.join_queued(app, &branch, &None) {
             return Ok(Pushed::Joined(joined));
         }
         if let Some(joined) = self.join_running(app, after)? {

@@ -69,6 +69,13 @@ impl Reporter {
         });
         reporter.apply(config);
         store.set_report_rules(reporter.clone());
+        // Under the state dir's lock no other agent sends: claims left by a killed one go. (An
+        // upgrade's new agent keeps them: the old one may be sending those reports right now.)
+        if !crate::handover::is_new_side()
+            && let Err(e) = store.release_report_claims()
+        {
+            tracing::warn!(error = %e, "cannot release the report claims of a previous agent; they lapse within 30s");
+        }
         let sender = send::run(store, reporter.clone(), reporter.flush.clone(), reporter.stop.clone());
         reporter.tasks.spawn(sender);
         reporter

@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 const BATCH: usize = 200;
 /// One attempt may take this long.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a report being sent is this agent's alone: longer than an attempt can take.
+const CLAIM: Duration = Duration::from_secs(30);
 /// Look at the outbox at least this often, even when nothing woke the sender.
 const IDLE: Duration = Duration::from_secs(5);
 
@@ -119,6 +121,17 @@ async fn deliver_in_order(
         }
         if row.next_at_ms > now_ms() {
             return Some(row.next_at_ms);
+        }
+        // During an upgrade the other agent may be sending this destination's reports: it keeps
+        // them, in order, and this one looks again soon.
+        let claim_until = now_ms() + CLAIM.as_millis() as u64;
+        match store.claim_report(row.id, std::process::id(), claim_until) {
+            Ok(true) => {}
+            Ok(false) => return Some(now_ms() + 1_000),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot claim a report to send; trying again later");
+                return Some(now_ms() + 1_000);
+            }
         }
         let sent = tokio::select! {
             r = attempt(client, &row) => r,

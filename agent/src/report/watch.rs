@@ -134,6 +134,6 @@ impl Watcher {
 
 /// The last lines worker `id` of `app` wrote.
 fn tail_of(app: &App, id: u32) -> Vec<String> {
-    let tail: Vec<String> = app.logs(500).into_iter().filter(|l| l.worker == id).map(|l| l.line).collect();
+    let tail: Vec<String> = app.logs(500, None).into_iter().filter(|l| l.worker == id).map(|l| l.line).collect();
     tail[tail.len().saturating_sub(TAIL)..].to_vec()
 }

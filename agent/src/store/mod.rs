@@ -10,6 +10,7 @@
 //! (a row written before a secret was configured shows it masked too).
 
 mod apps;
+mod bakes;
 mod deliveries;
 mod install_keys;
 mod outbox;
@@ -18,6 +19,7 @@ mod schema;
 mod unsettled;
 
 pub use apps::Scale;
+pub use bakes::{BakeRow, left_of};
 pub use outbox::{Change, DeployFacts, NewReport, OutboxRow, ReportRules};
 pub use unsettled::Settled;
 
@@ -357,17 +359,8 @@ impl Store {
         for id in &ids {
             self.transition(*id, DeployState::Interrupted, "the agent stopped during this deploy")?;
         }
-        // A release in its bake window was live when the agent stopped, and stays so: the window
-        // is not watched again, which the message says.
-        let baking: Vec<i64> = {
-            let c = self.conn();
-            let mut stmt = c.prepare("SELECT id FROM deploys WHERE state = 'baking'")?;
-            stmt.query_map([], |r| r.get::<_, i64>(0))?.collect::<Result<Vec<_>, _>>()?
-        };
-        for id in baking {
-            let message = "live: the agent stopped during the bake window, which was not finished";
-            self.transition(id as DeployId, DeployState::Live, message)?;
-        }
+        // A release in its bake window stays `baking`: the deployer watches the rest of the window
+        // ([`Store::unfinished_bakes`]).
         Ok(ids)
     }
 
@@ -510,17 +503,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_deploy_in_its_bake_window_is_live_after_a_restart_not_interrupted() {
+    fn a_deploy_in_its_bake_window_stays_baking_with_its_window_after_a_restart() {
         let s = Store::in_memory();
         let id = s.insert_deploy("web", "main", deployer_wire::Trigger::Api, &Requester::default()).unwrap();
         for (state, m) in [(DeployState::Fetching, "f"), (DeployState::Building, "b"), (DeployState::Rolling, "r")] {
             s.transition(id, state, m).unwrap();
         }
         s.transition(id, DeployState::Baking, "baking for 30s").unwrap();
+        let bake = BakeRow {
+            deploy: id,
+            app: "web".into(),
+            release: "2-abc".into(),
+            previous: Some("1-def".into()),
+            until_ms: now_ms() + 30_000,
+            window_ms: 30_000,
+            live: "live on abc (release 2-abc)".into(),
+        };
+        s.record_bake(&bake).unwrap();
         assert!(s.interrupt_unfinished().unwrap().is_empty(), "it was not interrupted");
-        let d = s.deploy(id).unwrap().unwrap();
-        assert_eq!(d.state, DeployState::Live);
-        assert!(d.message.unwrap_or_default().contains("bake window"), "and says the window was not finished");
+        assert_eq!(s.deploy(id).unwrap().unwrap().state, DeployState::Baking, "the next agent watches the rest");
+        assert_eq!(s.unfinished_bakes().unwrap(), vec![(id, Some(bake))]);
     }
 
     #[test]

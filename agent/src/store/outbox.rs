@@ -101,6 +101,27 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Take `id` for `claimant` (an agent's pid) until `until_ms`, unless it is sent or another
+    /// agent's claim on it still holds. Answers whether `claimant` may send it now.
+    pub fn claim_report(&self, id: i64, claimant: u32, until_ms: u64) -> Result<bool, StoreError> {
+        let now = now_ms() as i64;
+        let n = self.conn().execute(
+            "UPDATE report_outbox SET claimed_by = ?2, claimed_until = ?3
+             WHERE id = ?1 AND sent_at IS NULL
+               AND (claimed_until IS NULL OR claimed_until < ?4 OR claimed_by = ?2)",
+            params![id, claimant, until_ms as i64, now],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Claims by agents that are gone: at a start under the state dir's lock, no other agent
+    /// sends (an upgrade's new agent does not call this: the old one may still be sending).
+    pub fn release_report_claims(&self) -> Result<(), StoreError> {
+        self.conn()
+            .execute("UPDATE report_outbox SET claimed_by = NULL, claimed_until = NULL WHERE sent_at IS NULL", [])?;
+        Ok(())
+    }
+
     /// The receiver took it; delivered rows older than a day are pruned.
     pub fn report_sent(&self, id: i64) -> Result<(), StoreError> {
         let c = self.conn();
@@ -145,6 +166,33 @@ mod tests {
 
     fn report(destination: &str, n: usize) -> NewReport {
         NewReport { destination: destination.into(), idempotency_key: format!("{destination}-{n}"), body: "{}".into() }
+    }
+
+    #[test]
+    fn two_agents_sharing_the_outbox_never_both_send_a_report() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("agent.db");
+        let (old, new) = (
+            Store::open(&db, crate::secrets::Secrets::for_test(&[])).expect("open"),
+            Store::open(&db, crate::secrets::Secrets::for_test(&[])).expect("open again"),
+        );
+        old.enqueue_reports(&[report("hook", 0)]).expect("enqueue");
+        let id = new.unsent_reports(10).expect("unsent")[0].id;
+        let later = now_ms() + 60_000;
+        assert!(old.claim_report(id, 100, later).expect("claim"), "the first claim takes it");
+        assert!(!new.claim_report(id, 200, later).expect("claim"), "a held claim keeps the other agent off");
+        assert!(old.claim_report(id, 100, later).expect("claim"), "the holder may try again");
+        // A lapsed claim (its agent died while sending) is taken over.
+        assert!(old.claim_report(id, 100, now_ms() - 1).expect("claim"));
+        assert!(new.claim_report(id, 200, later).expect("claim"), "a lapsed claim is taken over");
+        new.report_sent(id).expect("sent");
+        assert!(!old.claim_report(id, 100, later).expect("claim"), "a sent report is never claimed again");
+        // A start under the lock releases every claim.
+        new.enqueue_reports(&[report("hook", 1)]).expect("enqueue");
+        let id = new.unsent_reports(10).expect("unsent")[0].id;
+        assert!(new.claim_report(id, 200, later).expect("claim"));
+        old.release_report_claims().expect("release");
+        assert!(old.claim_report(id, 100, later).expect("claim"));
     }
 
     #[test]

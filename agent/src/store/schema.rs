@@ -77,7 +77,21 @@ const STEPS: &[&str] = &[
         at INTEGER NOT NULL
     );
     DROP TABLE current_release;",
-    // 5: each release's install key (`deploy/install_cache.rs`): the inputs of its install step.
+    // 5: a report being sent is claimed by the agent sending it (its pid, until a deadline): during
+    // an upgrade two agents share the outbox for a moment, and only one sends each report.
+    "ALTER TABLE report_outbox ADD COLUMN claimed_by INTEGER;
+    ALTER TABLE report_outbox ADD COLUMN claimed_until INTEGER;",
+    // 6: bake windows in progress, so the next agent (an upgrade's, a restart's) watches the rest.
+    "CREATE TABLE bakes (
+        deploy_id INTEGER PRIMARY KEY REFERENCES deploys (id),
+        app TEXT NOT NULL,
+        release TEXT NOT NULL,
+        previous TEXT,
+        until_ms INTEGER NOT NULL,
+        window_ms INTEGER NOT NULL,
+        live TEXT NOT NULL
+    );",
+    // 7: each release's install key (`deploy/install_cache.rs`): the inputs of its install step.
     "ALTER TABLE releases ADD COLUMN install_key TEXT;",
 ];
 

@@ -23,6 +23,16 @@ pub(crate) struct Line<'a> {
 }
 
 impl Line<'_> {
+    /// The line as read (secrets not masked), or what was kept of a cut one.
+    pub(crate) fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The line went on past [`MAX_LINE`] bytes.
+    pub(crate) fn is_cut(&self) -> bool {
+        self.cut
+    }
+
     /// The line as it is stored and shown: secrets masked, and a cut line marked as cut.
     pub(crate) fn finish(&self, secrets: &Secrets) -> String {
         if self.cut {

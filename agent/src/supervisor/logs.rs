@@ -1,5 +1,7 @@
-//! Worker output: every line goes to the app's log file (rotated by size) and to a ring buffer
-//! that `GET /v1/apps/{app}/logs` reads without touching the disk.
+//! Worker output: every line goes to the app's log files (rotated by size, gzipped when
+//! `logs.compress`) and to a ring buffer that `GET /v1/apps/{app}/logs` reads without touching
+//! the disk. Which file a line goes to (`<app>.log`, or `logs.out` / `logs.err`, per worker
+//! unless `logs.merge`) and how it is written (`text` or PM2's `json` lines) is [`LogsConfig`]'s.
 //!
 //! Lines are read in bounded memory (see [`super::lines`]: longer than 16 KiB, cut and marked)
 //! and every secret value the agent knows is masked before a line is kept anywhere. The ring and
@@ -7,9 +9,10 @@
 //! lines fast costs the agent a few MiB per app at most.
 
 use super::lines;
+use crate::config::{LogFormat, LogsConfig};
 use crate::secrets::Secrets;
-use deployer_wire::LogLine;
-use std::collections::VecDeque;
+use deployer_wire::{LogLine, LogStream};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -45,12 +48,20 @@ impl Stream {
 #[derive(Debug)]
 pub struct LogSink {
     app: String,
-    file: Mutex<LogFile>,
+    files: Mutex<Files>,
     ring: Mutex<Ring>,
     /// Every new line, for `logs --follow`; a follower that lags skips lines rather than slow
     /// the workers down.
     live: broadcast::Sender<LogLine>,
     secrets: Secrets,
+}
+
+/// The app's log files, opened as lines come.
+#[derive(Debug)]
+struct Files {
+    dir: PathBuf,
+    settings: LogsConfig,
+    open: BTreeMap<PathBuf, LogFile>,
 }
 
 /// The last lines, bounded in count and in bytes.
@@ -65,14 +76,13 @@ struct Ring {
 /// bounded: the front drops a line rather than wait for the disk.
 pub fn access_log(
     path: PathBuf,
-    max_size: u64,
-    keep: u32,
+    settings: &LogsConfig,
     tracker: &tokio_util::task::TaskTracker,
     stop: tokio_util::sync::CancellationToken,
 ) -> tokio::sync::mpsc::Sender<String> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(4096);
+    let mut file = LogFile::new(path, settings);
     tracker.spawn(async move {
-        let mut file = LogFile::new(path, max_size, keep);
         loop {
             let line = tokio::select! {
                 l = rx.recv() => l,
@@ -102,15 +112,14 @@ pub(super) struct LogFile {
     size: u64,
     max_size: u64,
     keep: u32,
+    compress: bool,
 }
 
 impl LogSink {
-    pub fn new(app: &str, dir: PathBuf, max_size: u64, keep: u32, secrets: Secrets) -> LogSink {
-        let path = dir.join(format!("{app}.log"));
-        let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+    pub fn new(app: &str, dir: PathBuf, settings: &LogsConfig, secrets: Secrets) -> LogSink {
         LogSink {
             app: app.to_string(),
-            file: Mutex::new(LogFile { path, file: None, size, max_size, keep }),
+            files: Mutex::new(Files { dir, settings: settings.clone(), open: BTreeMap::new() }),
             ring: Mutex::new(Ring::default()),
             live: broadcast::channel(LIVE_LINES).0,
             secrets,
@@ -124,10 +133,12 @@ impl LogSink {
 
     /// Keep one line as it is (masked and cut already).
     fn keep(&self, worker: u32, stream: Stream, line: &str) {
-        let ts_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        let stamp = humantime::format_rfc3339_millis(SystemTime::now());
-        let text = format!("{stamp} {}-{worker} {}| {line}\n", self.app, stream.to_wire());
-        self.file.lock().unwrap_or_else(|e| e.into_inner()).append(text.as_bytes());
+        let now = SystemTime::now();
+        let ts_ms = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        let text = files.render(&self.app, now, worker, stream, line);
+        files.append(&self.app, worker, stream, text.as_bytes());
+        drop(files);
         let entry = LogLine { ts_ms, worker, stream: stream.to_wire(), line: line.to_string() };
         let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
         ring.push(entry.clone());
@@ -135,15 +146,25 @@ impl LogSink {
         let _ = self.live.send(entry);
     }
 
-    /// The last `n` lines, and every line written after them.
-    pub fn follow(&self, n: usize) -> (Vec<LogLine>, broadcast::Receiver<LogLine>) {
+    /// The last `n` lines (of stream `only`, or of both), and every line written after them.
+    pub fn follow(&self, n: usize, only: Option<LogStream>) -> (Vec<LogLine>, broadcast::Receiver<LogLine>) {
         let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-        (ring.tail(n), self.live.subscribe())
+        (ring.tail(n, only), self.live.subscribe())
     }
 
-    /// The last `n` lines, oldest first.
-    pub fn tail(&self, n: usize) -> Vec<LogLine> {
-        self.ring.lock().unwrap_or_else(|e| e.into_inner()).tail(n)
+    /// The last `n` lines (of stream `only`, or of both), oldest first.
+    pub fn tail(&self, n: usize, only: Option<LogStream>) -> Vec<LogLine> {
+        self.ring.lock().unwrap_or_else(|e| e.into_inner()).tail(n, only)
+    }
+
+    /// `deployer flush`: empty the app's log files, remove their rotated copies and forget the
+    /// lines kept in memory. Answers the files emptied or removed.
+    pub fn flush(&self) -> Vec<PathBuf> {
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        let flushed = files.flush(&self.app);
+        let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        *ring = Ring::default();
+        flushed
     }
 
     /// Copy a worker's stdout or stderr into the sink, line by line, until it closes.
@@ -163,16 +184,128 @@ impl Ring {
         }
     }
 
-    /// The last `n` lines, oldest first.
-    fn tail(&self, n: usize) -> Vec<LogLine> {
-        self.lines.iter().skip(self.lines.len().saturating_sub(n)).cloned().collect()
+    /// The last `n` lines of stream `only` (of both when `None`), oldest first.
+    fn tail(&self, n: usize, only: Option<LogStream>) -> Vec<LogLine> {
+        let mut tail: Vec<LogLine> =
+            self.lines.iter().rev().filter(|l| only.is_none_or(|s| l.stream == s)).take(n).cloned().collect();
+        tail.reverse();
+        tail
     }
 }
 
+impl Files {
+    /// One line as the file holds it, with its line ending.
+    fn render(&self, app: &str, now: SystemTime, worker: u32, stream: Stream, line: &str) -> String {
+        let stamp = match &self.settings.date_format {
+            // Checked when the config was read: formatting cannot fail.
+            Some(f) => chrono::DateTime::<chrono::Local>::from(now).format(&f.0).to_string(),
+            None => humantime::format_rfc3339_millis(now).to_string(),
+        };
+        match self.settings.format {
+            LogFormat::Text => format!("{stamp} {app}-{worker} {}| {line}\n", stream.to_wire()),
+            // PM2's keys, for the log shippers PM2 users already point at these files.
+            LogFormat::Json => {
+                let obj = serde_json::json!({
+                    "message": line,
+                    "timestamp": stamp,
+                    "type": stream.to_wire().as_str(),
+                    "process_id": worker,
+                    "app_name": app,
+                });
+                format!("{obj}\n")
+            }
+        }
+    }
+
+    /// The file a line of `worker` on `stream` goes to.
+    fn path(&self, app: &str, worker: u32, stream: Stream) -> PathBuf {
+        let base = self.base(app, stream);
+        if self.settings.merge { base } else { per_worker(&base, worker) }
+    }
+
+    /// The file of `stream` for every worker (`logs.merge`), or the name each worker's is made from.
+    fn base(&self, app: &str, stream: Stream) -> PathBuf {
+        let own = match stream {
+            Stream::Out => &self.settings.out,
+            Stream::Err => &self.settings.err,
+        };
+        match own {
+            Some(p) => self.dir.join(p),
+            None => self.dir.join(format!("{app}.log")),
+        }
+    }
+
+    fn append(&mut self, app: &str, worker: u32, stream: Stream, bytes: &[u8]) {
+        let path = self.path(app, worker, stream);
+        let settings = &self.settings;
+        self.open.entry(path.clone()).or_insert_with(|| LogFile::new(path, settings)).append(bytes);
+    }
+
+    /// Empty every file of the app (the ones written since the agent started, and the merged
+    /// ones) and remove their rotated copies.
+    fn flush(&mut self, app: &str) -> Vec<PathBuf> {
+        let mut paths: BTreeSet<PathBuf> = self.open.keys().cloned().collect();
+        paths.extend([self.base(app, Stream::Out), self.base(app, Stream::Err)]);
+        let mut flushed = Vec::new();
+        for path in paths {
+            match OpenOptions::new().write(true).truncate(true).open(&path) {
+                Ok(_) => flushed.push(path.clone()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot empty a log file"),
+            }
+            if let Some(f) = self.open.get_mut(&path) {
+                f.size = 0;
+            }
+            for i in 1..=self.settings.keep.max(1) {
+                for rotated in [rotated_name(&path, i, false), rotated_name(&path, i, true)] {
+                    match std::fs::remove_file(&rotated) {
+                        Ok(()) => flushed.push(rotated),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => tracing::warn!(path = %rotated.display(), error = %e, "cannot remove a rotated log"),
+                    }
+                }
+            }
+        }
+        flushed
+    }
+}
+
+/// `web.log` -> `web-0.log`: one worker's file when the app's are not merged.
+fn per_worker(base: &Path, worker: u32) -> PathBuf {
+    let stem = base.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = match base.extension() {
+        Some(ext) => format!("{stem}-{worker}.{}", ext.to_string_lossy()),
+        None => format!("{stem}-{worker}"),
+    };
+    base.with_file_name(name)
+}
+
+/// `web.log.3`, or `web.log.3.gz` when rotated files are compressed.
+fn rotated_name(path: &Path, i: u32, gz: bool) -> PathBuf {
+    PathBuf::from(format!("{}.{i}{}", path.display(), if gz { ".gz" } else { "" }))
+}
+
+/// Gzip `from` into `to` (the rotated copy); `from` is left for the caller to remove.
+fn gzip(from: &Path, to: &Path) -> std::io::Result<()> {
+    let mut input = File::open(from)?;
+    let out = OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(to)?;
+    // Fast: a rotation holds up this app's output while it runs (10 MiB in about 50 ms).
+    let mut gz = flate2::write::GzEncoder::new(std::io::BufWriter::new(out), flate2::Compression::fast());
+    std::io::copy(&mut input, &mut gz)?;
+    gz.finish()?.flush()
+}
+
 impl LogFile {
-    pub(super) fn new(path: PathBuf, max_size: u64, keep: u32) -> LogFile {
+    pub(super) fn new(path: PathBuf, settings: &LogsConfig) -> LogFile {
         let size = std::fs::metadata(&path).map_or(0, |m| m.len());
-        LogFile { path, file: None, size, max_size, keep }
+        LogFile {
+            path,
+            file: None,
+            size,
+            max_size: settings.max_size.0,
+            keep: settings.keep,
+            compress: settings.compress,
+        }
     }
 
     pub(super) fn append(&mut self, bytes: &[u8]) {
@@ -189,13 +322,15 @@ impl LogFile {
         }
     }
 
-    /// `web.log` -> `web.log.1` -> ... -> `web.log.<keep>` (dropped beyond).
+    /// `web.log` -> `web.log.1` -> ... -> `web.log.<keep>` (dropped beyond); with `compress`,
+    /// `web.log.1.gz` ... instead.
     ///
     /// A step that fails is logged and the rest goes on: the worker's output is never held up by
-    /// its log file, and the next rotation tries again.
+    /// its log file, and the next rotation tries again. A copy that cannot be compressed is kept
+    /// as `web.log.1`.
     fn rotate(&mut self) {
         self.file = None;
-        let name = |i: u32| PathBuf::from(format!("{}.{i}", self.path.display()));
+        let name = |i: u32| rotated_name(&self.path, i, self.compress);
         if self.keep == 0 {
             rotation_step("remove", &self.path, std::fs::remove_file(&self.path));
         } else {
@@ -203,7 +338,19 @@ impl LogFile {
             for i in (1..self.keep).rev() {
                 rotation_step("rename", &name(i), std::fs::rename(name(i), name(i + 1)));
             }
-            rotation_step("rename", &self.path, std::fs::rename(&self.path, name(1)));
+            if self.compress {
+                match gzip(&self.path, &name(1)) {
+                    Ok(()) => rotation_step("remove", &self.path, std::fs::remove_file(&self.path)),
+                    Err(e) => {
+                        tracing::warn!(path = %self.path.display(), error = %e, "cannot compress a rotated log; kept as it is");
+                        rotation_step("remove", &name(1), std::fs::remove_file(name(1)));
+                        let plain = rotated_name(&self.path, 1, false);
+                        rotation_step("rename", &self.path, std::fs::rename(&self.path, plain));
+                    }
+                }
+            } else {
+                rotation_step("rename", &self.path, std::fs::rename(&self.path, name(1)));
+            }
         }
         self.size = 0;
     }
@@ -227,10 +374,11 @@ mod tests {
     fn lines_are_masked_and_the_ring_is_bounded_in_bytes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let secrets = Secrets::for_test(&[("HOOK", "hook-secret-value")]);
-        let sink = LogSink::new("web", dir.path().to_path_buf(), 1 << 30, 1, secrets);
-        let (_, mut follower) = sink.follow(0);
+        let settings = LogsConfig { max_size: crate::config::units::Size(1 << 30), keep: 1, ..LogsConfig::default() };
+        let sink = LogSink::new("web", dir.path().to_path_buf(), &settings, secrets);
+        let (_, mut follower) = sink.follow(0, None);
         sink.write(0, Stream::Out, "the secret is hook-secret-value");
-        assert_eq!(sink.tail(1)[0].line, "the secret is ***");
+        assert_eq!(sink.tail(1, None)[0].line, "the secret is ***");
         assert_eq!(follower.try_recv().expect("a line").line, "the secret is ***");
         let file = std::fs::read_to_string(dir.path().join("web.log")).expect("web.log");
         assert!(file.contains("the secret is ***") && !file.contains("hook-secret-value"), "{file}");
@@ -250,7 +398,8 @@ mod tests {
         // a leftover of an earlier run may not exist
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let sink = LogSink::new("web", dir.clone(), 200, 2, Secrets::default());
+        let settings = LogsConfig { max_size: crate::config::units::Size(200), keep: 2, ..LogsConfig::default() };
+        let sink = LogSink::new("web", dir.clone(), &settings, Secrets::default());
         for i in 0..20 {
             sink.write(0, Stream::Out, &format!("line number {i}"));
         }
@@ -259,10 +408,89 @@ mod tests {
         assert!(dir.join("web.log.2").exists());
         assert!(!dir.join("web.log.3").exists());
         assert!(std::fs::metadata(dir.join("web.log")).unwrap().len() <= 200);
-        let tail = sink.tail(3);
+        let tail = sink.tail(3, None);
         assert_eq!(
             tail.iter().map(|l| l.line.as_str()).collect::<Vec<_>>(),
             ["line number 17", "line number 18", "line number 19"]
         );
+    }
+
+    fn settings(yaml: &str) -> LogsConfig {
+        serde_yaml_ng::from_str(yaml).expect("logs settings")
+    }
+
+    #[test]
+    fn out_and_err_files_json_lines_and_a_date_format() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = settings("{ out: web.out.log, err: errors/web.err.log, format: json, date_format: '%Y/%m/%d' }");
+        std::fs::create_dir_all(dir.path().join("errors")).unwrap();
+        let sink = LogSink::new("web", dir.path().to_path_buf(), &s, Secrets::default());
+        sink.write(0, Stream::Out, "to stdout");
+        sink.write(1, Stream::Err, "to \"stderr\"");
+        let out = std::fs::read_to_string(dir.path().join("web.out.log")).unwrap();
+        let err = std::fs::read_to_string(dir.path().join("errors/web.err.log")).unwrap();
+        assert!(!dir.path().join("web.log").exists());
+        let out: serde_json::Value = serde_json::from_str(out.trim_end()).unwrap();
+        assert_eq!(out["message"], "to stdout");
+        assert_eq!(
+            (out["type"].as_str(), out["process_id"].as_u64(), out["app_name"].as_str()),
+            (Some("out"), Some(0), Some("web"))
+        );
+        let today = chrono::Local::now().format("%Y/%m/%d").to_string();
+        assert_eq!(out["timestamp"].as_str(), Some(today.as_str()));
+        let err: serde_json::Value = serde_json::from_str(err.trim_end()).unwrap();
+        assert_eq!((err["message"].as_str(), err["type"].as_str()), (Some("to \"stderr\""), Some("err")));
+        // `--out` and `--err` read one stream from the ring.
+        assert_eq!(sink.tail(10, Some(LogStream::Err)).len(), 1);
+        assert_eq!(sink.tail(10, Some(LogStream::Err))[0].worker, 1);
+    }
+
+    #[test]
+    fn unmerged_workers_write_files_of_their_own() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sink = LogSink::new("web", dir.path().to_path_buf(), &settings("{ merge: false }"), Secrets::default());
+        sink.write(0, Stream::Out, "zero");
+        sink.write(1, Stream::Err, "one");
+        let zero = std::fs::read_to_string(dir.path().join("web-0.log")).unwrap();
+        let one = std::fs::read_to_string(dir.path().join("web-1.log")).unwrap();
+        assert!(zero.ends_with(" web-0 out| zero\n") && one.ends_with(" web-1 err| one\n"), "{zero}{one}");
+    }
+
+    #[test]
+    fn rotated_files_are_gzipped_and_flush_empties_everything() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sink = LogSink::new(
+            "web",
+            dir.path().to_path_buf(),
+            &settings("{ max_size: 300, keep: 2, compress: true }"),
+            Secrets::default(),
+        );
+        for i in 0..30 {
+            sink.write(0, Stream::Out, &format!("line number {i}"));
+        }
+        let log = dir.path().join("web.log");
+        assert!(!dir.path().join("web.log.1").exists(), "the rotated copy is compressed");
+        assert!(!dir.path().join("web.log.3.gz").exists(), "`keep: 2`");
+        let mut text = String::new();
+        let gz = std::fs::File::open(dir.path().join("web.log.1.gz")).expect("web.log.1.gz");
+        flate2::read::GzDecoder::new(gz).read_to_string(&mut text).expect("gzip");
+        assert!(text.contains("web-0 out| line number") && text.lines().count() > 1, "{text}");
+        assert!(dir.path().join("web.log.2.gz").exists());
+
+        let flushed = sink.flush();
+        assert_eq!(flushed.len(), 3, "{flushed:?}");
+        assert_eq!(std::fs::metadata(&log).unwrap().len(), 0);
+        assert!(!dir.path().join("web.log.1.gz").exists() && !dir.path().join("web.log.2.gz").exists());
+        assert!(sink.tail(10, None).is_empty());
+        sink.write(0, Stream::Out, "after the flush");
+        let after = std::fs::read_to_string(&log).unwrap();
+        assert!(after.ends_with("web-0 out| after the flush\n") && after.lines().count() == 1, "{after}");
+    }
+
+    #[test]
+    fn a_bad_date_format_is_refused_when_read() {
+        let e = serde_yaml_ng::from_str::<LogsConfig>("{ date_format: '%Q' }").unwrap_err();
+        assert!(e.to_string().contains("invalid `date_format: %Q`"), "{e}");
     }
 }

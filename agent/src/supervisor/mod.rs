@@ -6,6 +6,7 @@
 
 pub mod event;
 mod health;
+mod ipc;
 pub(crate) mod lines;
 mod live;
 mod logs;
@@ -22,7 +23,7 @@ use crate::front::http::FrontStats;
 use crate::front::{self, Rotation};
 use crate::secrets::Secrets;
 use crate::store::{Scale, Store, StoreError};
-use deployer_wire::{AppMode, AppState, AppStatus, LogLine, ReloadOutcome};
+use deployer_wire::{AppMode, AppState, AppStatus, LogLine, ReloadOutcome, WorkerState};
 use event::{Events, SupervisorEvent, WorkerRef};
 pub use live::{ActiveRelease, recorded_release};
 use logs::LogSink;
@@ -32,7 +33,7 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -76,6 +77,13 @@ enum ReloadError {
     Config(#[from] FreshConfigError),
     #[error(transparent)]
     Refused(#[from] Refused),
+    #[error("no env set `{name}` in the app's `env_sets`{}", known_sets(.known))]
+    UnknownEnvSet { name: String, known: Vec<String> },
+}
+
+/// ` (it has: production, staging)`, or nothing when the app has no env sets.
+fn known_sets(known: &[String]) -> String {
+    if known.is_empty() { String::new() } else { format!(" (it has: {})", known.join(", ")) }
 }
 
 impl ReloadError {
@@ -99,6 +107,9 @@ impl ReloadError {
     }
 
     fn hint(&self) -> Option<String> {
+        if let ReloadError::UnknownEnvSet { name, .. } = self {
+            return Some(format!("add `env_sets: {{ {name}: {{ KEY: value }} }}` to the app in the agent's config"));
+        }
         self.config_error().and_then(|e| e.hint.clone())
     }
 }
@@ -132,8 +143,9 @@ pub struct Supervisor {
 impl Supervisor {
     /// Prepare the state dir, stop what a previous agent left running, open the state database
     /// (after the state dir's lock is held: a second agent never migrates it under the first),
-    /// bind every app's port and start its workers on its recorded release, scale and stop.
-    pub async fn start(
+    /// and bind every app's port. [`Supervisor::boot`] then starts the workers on each app's
+    /// recorded release, scale and stop.
+    pub fn open(
         loaded: &Loaded,
         secrets: Secrets,
         front_connections: usize,
@@ -181,15 +193,21 @@ impl Supervisor {
             let app = sup.create_app(name, cfg)?;
             sup.apps.write().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), app);
         }
-        let apps: Vec<Arc<App>> = sup.list();
+        Ok(sup)
+    }
+
+    /// Start every app's workers and wait until they are ready (or failed: see
+    /// [`Supervisor::failed_at_start`]). The API answers meanwhile; each app's state says
+    /// `starting` until its own workers are up, and its front serves from its first ready worker.
+    pub async fn boot(&self) {
+        let apps: Vec<Arc<App>> = self.list();
         let results = futures_util::future::join_all(apps.iter().map(|a| a.boot())).await;
         for (app, r) in apps.iter().zip(results) {
             if let Err(e) = r {
                 tracing::error!(app = %app.name, error = %e, "workers did not start; see `deployer logs {}`", app.name);
-                sup.failed_at_start.lock().unwrap_or_else(|e| e.into_inner()).push(format!("{}: {e}", app.name));
+                self.failed_at_start.lock().unwrap_or_else(|e| e.into_inner()).push(format!("{}: {e}", app.name));
             }
         }
-        Ok(sup)
     }
 
     /// The state database, opened under the state dir's lock.
@@ -232,21 +250,14 @@ impl Supervisor {
         };
         let instances = self.instances_at_start(name, cfg)?;
         let spec = resolve_spec(cfg, release.as_ref())?.map(Arc::new);
-        let logs = Arc::new(LogSink::new(
-            name,
-            self.state_dir.join("logs"),
-            cfg.logs.max_size.0,
-            cfg.logs.keep,
-            self.secrets.clone(),
-        ));
+        let logs = Arc::new(LogSink::new(name, self.state_dir.join("logs"), &cfg.logs, self.secrets.clone()));
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         let halt = self.halt.child_token();
         let stats = Arc::new(FrontStats::default());
         let access_log = logs::access_log(
             self.state_dir.join("logs").join(format!("{name}.access.log")),
-            cfg.logs.max_size.0,
-            cfg.logs.keep,
+            &cfg.logs,
             &tracker,
             cancel.clone(),
         );
@@ -331,6 +342,7 @@ impl Supervisor {
             store: self.store.clone(),
             workers: Mutex::new(Vec::new()),
             instances: AtomicU32::new(instances),
+            starting: AtomicBool::new(true),
             running: AtomicBool::new(false),
             reloading: AtomicBool::new(false),
             handover_fd: Mutex::new(handover_fd),
@@ -341,6 +353,7 @@ impl Supervisor {
             tasks: TaskTracker::new(),
         });
         app.tasks.spawn(app.clone().monitor());
+        app.tasks.spawn(app.clone().scheduled_reloads());
         if let Some(rotation) = app.ctx.rotation.clone() {
             app.tasks.spawn(app.clone().replace_unhealthy());
             app.tasks.spawn(health::probe_workers(app.clone(), rotation));
@@ -397,10 +410,10 @@ impl Supervisor {
                 return Ok(());
             }
             match current.get(name) {
-                Some(app) if app.config() == *cfg => {}
+                Some(app) if app.config() == app.with_env_set(cfg.clone()) => {}
                 Some(app) if app.same_front(cfg) => {
                     tracing::info!(app = %name, "changed in the config; reloading");
-                    let out = app.reload_with(Some(cfg.clone())).await;
+                    let out = app.reload_with(Some(app.with_env_set(cfg.clone()))).await;
                     if !out.ok {
                         tracing::error!(app = %name, error = ?out.error, "reload onto the new config failed");
                     }
@@ -491,6 +504,15 @@ enum Refused {
     Roll(reload::RollFailed),
 }
 
+/// Clears an app's `starting` flag when its boot ends, however it ends.
+struct Started<'a>(&'a AtomicBool);
+
+impl Drop for Started<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, SeqCst);
+    }
+}
+
 /// How long an app's stop waits for its workers' output readers once the workers are gone.
 const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 
@@ -534,6 +556,9 @@ pub fn resolve_spec(cfg: &AppConfig, release: Option<&ActiveRelease>) -> Result<
     }
     env.extend(config::env_file::read_for_app(cfg, release.map(|r| r.name.as_str()))?);
     env.extend(cfg.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    if let Some(set) = cfg.env_set.as_ref().and_then(|name| cfg.env_sets.get(name)) {
+        env.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
     let mut h = Sha256::new();
     for (k, v) in &env {
         h.update(k.as_bytes());
@@ -551,6 +576,7 @@ pub fn resolve_spec(cfg: &AppConfig, release: Option<&ActiveRelease>) -> Result<
         ready: cfg.ready.clone(),
         restart: cfg.restart.clone(),
         run_as: cfg.run_as.clone(),
+        ipc: cfg.uses_ipc(),
     }))
 }
 
@@ -579,6 +605,8 @@ pub struct App {
     instances: AtomicU32,
     running: AtomicBool,
     reloading: AtomicBool,
+    /// From creation until [`App::boot`] ends: the agent's start has not brought it up yet.
+    starting: AtomicBool,
     op: tokio::sync::Mutex<()>,
     /// Cancelled when the app stops: the front stops accepting, the background tasks end.
     cancel: CancellationToken,
@@ -615,6 +643,11 @@ impl App {
 
     pub(crate) fn reload_config(&self) -> ReloadConfig {
         self.config().reload
+    }
+
+    /// A reload stops old workers before starting new ones ([`AppConfig::reloads_stop_first`]).
+    pub(crate) fn stops_first(&self) -> bool {
+        self.config().reloads_stop_first()
     }
 
     pub(crate) fn worker_ctx(&self) -> Arc<WorkerCtx> {
@@ -662,6 +695,12 @@ impl App {
         self.workers.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// The workers in `slots`, in that order.
+    pub(crate) fn workers_in(&self, slots: &[usize]) -> Vec<Arc<Worker>> {
+        let workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        slots.iter().filter_map(|&s| workers.get(s).cloned()).collect()
+    }
+
     fn current_spec(&self) -> Option<Arc<WorkerSpec>> {
         self.spec.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -676,7 +715,7 @@ impl App {
         // A secret this file names is withheld from the workers started with it, SIGHUP or not.
         self.ctx.secrets.include(&fresh.config);
         match fresh.config.apps.get(&self.name) {
-            Some(cfg) if self.same_front(cfg) => Ok(cfg.clone()),
+            Some(cfg) if self.same_front(cfg) => Ok(self.with_env_set(cfg.clone())),
             Some(_) => Err(FreshConfigError::FrontChanged),
             None => Err(FreshConfigError::Removed(self.name.clone())),
         }
@@ -693,7 +732,7 @@ impl App {
         spec: WorkerSpec,
     ) -> Result<u32, reload::RollFailed> {
         let _op = self.op.lock().await;
-        self.roll_locked(Some(cfg), Some((release, spec))).await.map_err(|e| match e {
+        self.roll_locked(Some(cfg), Some((release, spec))).await.map(|r| r.replaced).map_err(|e| match e {
             Refused::Roll(e) => e,
             nothing_changed => reload::RollFailed { reason: nothing_changed.to_string(), restored: true },
         })
@@ -710,7 +749,7 @@ impl App {
         &self,
         cfg: Option<AppConfig>,
         target: Option<(ActiveRelease, WorkerSpec)>,
-    ) -> Result<u32, Refused> {
+    ) -> Result<reload::Rolled, Refused> {
         let (release, spec) = match target {
             Some((release, spec)) => (Some(release), Ok(Some(spec))),
             None if cfg.is_none() => (None, Ok(self.current_spec().map(|s| WorkerSpec::clone(&s)))),
@@ -732,10 +771,13 @@ impl App {
             self.set_config(c.clone());
         }
         if !self.running.load(SeqCst) {
-            return self.move_stopped(spec, previous_cfg, release.as_ref(), resize).map(|()| 0);
+            return self.move_stopped(spec, previous_cfg, release.as_ref(), resize).map(|()| reload::Rolled::default());
         }
         if self.workers().is_empty() {
-            return self.start_onto(spec, previous_cfg, previous_spec, release.as_ref(), resize).await.map(|()| 0);
+            return self
+                .start_onto(spec, previous_cfg, previous_spec, release.as_ref(), resize)
+                .await
+                .map(|()| reload::Rolled::default());
         }
         self.reloading.store(true, SeqCst);
         let slots: Vec<usize> = (0..self.workers().len()).collect();
@@ -769,7 +811,19 @@ impl App {
                     }
                 }
                 let release = self.release().map(|r| r.name);
-                self.ctx.events.send(SupervisorEvent::AppReloaded { app: self.name.clone(), replaced: n, release });
+                if let Some(gap) = n.gap {
+                    tracing::warn!(
+                        app = %self.name,
+                        gap_ms = gap.as_millis() as u64,
+                        "reloaded stop-then-start (`proxy: none` with a `port`): the app did not serve in between; \
+                         `reload: {{ reuse_port: true }}` avoids it if the app binds with SO_REUSEPORT"
+                    );
+                }
+                self.ctx.events.send(SupervisorEvent::AppReloaded {
+                    app: self.name.clone(),
+                    replaced: n.replaced,
+                    release,
+                });
                 Ok(n)
             }
             Err(e) => {
@@ -880,7 +934,15 @@ impl App {
 
     pub fn status(&self) -> AppStatus {
         let cfg = self.config();
-        let state = if self.reloading.load(SeqCst) {
+        let instances = self.instances.load(SeqCst);
+        let configured = cfg.instances.resolve();
+        let workers: Vec<_> = self.workers().iter().map(|w| w.to_wire()).collect();
+        // Until its boot ends and no longer once all its workers are online (the boot ends a
+        // moment later).
+        let starting = self.starting.load(SeqCst) && !workers.iter().all(|w| w.state == WorkerState::Online);
+        let state = if starting {
+            AppState::Starting
+        } else if self.reloading.load(SeqCst) {
             AppState::Reloading
         } else if self.running.load(SeqCst) {
             AppState::Running
@@ -897,25 +959,39 @@ impl App {
             name: self.name.clone(),
             mode,
             port: cfg.port,
-            instances: self.instances.load(SeqCst),
+            instances,
+            configured: (configured != instances).then_some(configured),
             state,
-            workers: self.workers().iter().map(|w| w.to_wire()).collect(),
+            workers,
+            release: self.release().map(|r| r.name),
+            // The front counts in `http` and `tcp` modes; in `fd` and `none` nothing passes it.
+            requests_total: matches!(mode, AppMode::Http | AppMode::Tcp).then(|| self.stats.requests.load(Relaxed)),
         }
     }
 
-    pub fn logs(&self, lines: usize) -> Vec<LogLine> {
-        self.ctx.logs.tail(lines)
+    pub fn logs(&self, lines: usize, only: Option<deployer_wire::LogStream>) -> Vec<LogLine> {
+        self.ctx.logs.tail(lines, only)
+    }
+
+    /// `deployer flush`: empty the app's log files; answers the files emptied or removed.
+    pub fn flush_logs(&self) -> Vec<std::path::PathBuf> {
+        self.ctx.logs.flush()
     }
 
     /// The last `lines` lines and a receiver of every later one (`logs --follow`).
-    pub fn follow_logs(&self, lines: usize) -> (Vec<LogLine>, tokio::sync::broadcast::Receiver<LogLine>) {
-        self.ctx.logs.follow(lines)
+    pub fn follow_logs(
+        &self,
+        lines: usize,
+        only: Option<deployer_wire::LogStream>,
+    ) -> (Vec<LogLine>, tokio::sync::broadcast::Receiver<LogLine>) {
+        self.ctx.logs.follow(lines, only)
     }
 
     /// Start the workers at the agent's start (or when SIGHUP added the app), unless the app was
     /// stopped by request: that holds across restarts until `deployer start`.
     pub(crate) async fn boot(&self) -> Result<(), NotReady> {
         let _op = self.op.lock().await;
+        let _started = Started(&self.starting);
         let record = self
             .store
             .app_record(&self.name)
@@ -1020,7 +1096,15 @@ impl App {
     /// Recorded first, with the config's `instances` it overrides: the next agent starts `n`
     /// workers too, until the config's `instances` changes.
     pub async fn scale(&self, n: u32) -> Result<(), NotReady> {
+        self.scale_from(|_| Some(n)).await.map(|_| ())
+    }
+
+    /// Scale to `target(current count)`, read and applied under the operation lock (`scale web
+    /// +2` never races another scale). `target` answering `None` changes nothing; answers the
+    /// count scaled to.
+    pub async fn scale_from(&self, target: impl FnOnce(u32) -> Option<u32>) -> Result<Option<u32>, NotReady> {
         let _op = self.op.lock().await;
+        let Some(n) = target(self.instances.load(SeqCst)) else { return Ok(None) };
         let configured = self.config().instances;
         let scale = (n != configured.resolve()).then(|| Scale { instances: n, over: configured.to_string() });
         self.store
@@ -1028,18 +1112,44 @@ impl App {
             .map_err(|e| NotReady::NotRecorded(format!("nothing was changed: cannot record the scale: {e}")))?;
         let resized = self.resize_locked(n).await;
         self.ctx.events.send(SupervisorEvent::AppScaled { app: self.name.clone(), instances: n });
-        resized
+        resized.map(|()| Some(n))
     }
 
-    /// Rolling reload. With `update_env`, the config file and `env_file` are read again first.
-    pub async fn reload(&self, update_env: bool) -> ReloadOutcome {
-        if !update_env {
+    /// Send `signal` to the process group of every running worker (`deployer signal`); answers
+    /// (instance id, pid) of each. The keepers send it, to the children they hold unreaped.
+    pub fn signal(&self, signal: Signal) -> Vec<(u32, u32)> {
+        self.workers().iter().filter_map(|w| w.signal(signal).map(|pid| (w.id, pid))).collect()
+    }
+
+    /// Rolling reload. With `update_env`, the config file and `env_file` are read again first;
+    /// with `env_set`, too, and that env set of `env_sets` is put on top (and stays chosen).
+    pub async fn reload(&self, update_env: bool, env_set: Option<String>) -> ReloadOutcome {
+        if !update_env && env_set.is_none() {
             return self.reload_with(None).await;
         }
-        match self.fresh_config() {
-            Ok(cfg) => self.reload_with(Some(cfg)).await,
-            Err(e) => self.outcome(Instant::now(), Err(e.into())),
+        let mut cfg = match self.fresh_config() {
+            Ok(cfg) => cfg,
+            Err(e) => return self.outcome(Instant::now(), Err(e.into())),
+        };
+        if let Some(name) = env_set {
+            if !cfg.env_sets.contains_key(&name) {
+                let known = cfg.env_sets.keys().cloned().collect();
+                return self.outcome(Instant::now(), Err(ReloadError::UnknownEnvSet { name, known }));
+            }
+            cfg.env_set = Some(name);
         }
+        self.reload_with(Some(cfg)).await
+    }
+
+    /// `cfg` with the env set this app runs with (a re-read config does not know it).
+    /// A set the new config no longer has is dropped (said in the agent's log).
+    pub(crate) fn with_env_set(&self, mut cfg: AppConfig) -> AppConfig {
+        let chosen = self.config().env_set;
+        cfg.env_set = chosen.clone().filter(|name| cfg.env_sets.contains_key(name));
+        if let (Some(name), None) = (chosen, &cfg.env_set) {
+            tracing::warn!(app = %self.name, env_set = %name, "the chosen env set is no longer in `env_sets`; not applied");
+        }
+        cfg
     }
 
     /// Reload onto `cfg` (a new config for this app) or onto the spec the cluster runs with.
@@ -1050,26 +1160,36 @@ impl App {
         self.outcome(started, result)
     }
 
-    fn outcome(&self, started: Instant, result: Result<u32, ReloadError>) -> ReloadOutcome {
+    fn outcome(&self, started: Instant, result: Result<reload::Rolled, ReloadError>) -> ReloadOutcome {
         let env_hash = self.current_spec().map(|s| s.env_hash.clone()).unwrap_or_default();
         let duration_ms = started.elapsed().as_millis() as u64;
         match result {
-            Ok(replaced) => {
-                tracing::info!(app = %self.name, replaced, duration_ms, "reload done");
+            Ok(rolled) => {
+                tracing::info!(app = %self.name, replaced = rolled.replaced, duration_ms, "reload done");
                 ReloadOutcome {
                     app: self.name.clone(),
                     ok: true,
-                    replaced,
+                    replaced: rolled.replaced,
                     duration_ms,
                     env_hash,
                     error: None,
                     hint: None,
+                    gap_ms: rolled.gap.map(|g| g.as_millis() as u64),
                 }
             }
             Err(e) => {
                 let error = Some(self.ctx.secrets.masked(&e.problem()));
                 let hint = e.hint().map(|h| self.ctx.secrets.masked(&h));
-                ReloadOutcome { app: self.name.clone(), ok: false, replaced: 0, duration_ms, env_hash, error, hint }
+                ReloadOutcome {
+                    app: self.name.clone(),
+                    ok: false,
+                    replaced: 0,
+                    duration_ms,
+                    env_hash,
+                    error,
+                    hint,
+                    gap_ms: None,
+                }
             }
         }
     }
@@ -1150,6 +1270,34 @@ impl App {
             let spec = w.spec.clone();
             if let Err(e) = reload::roll(&self, &[slot], &spec).await {
                 tracing::error!(app = %self.name, worker = w.id, error = %e, "replacing the unhealthy worker failed");
+            }
+        }
+    }
+
+    /// `cron_restart`: a rolling reload at each tick of the schedule, through [`App::reload_with`]
+    /// like `deployer reload`. The schedule is read again at least every minute (SIGHUP may
+    /// change it); a stopped app is left alone.
+    async fn scheduled_reloads(self: Arc<Self>) {
+        const RECHECK: Duration = Duration::from_secs(60);
+        loop {
+            let schedule = self.config().reload_schedule;
+            let next = schedule.as_ref().and_then(|c| c.until_next(chrono::Utc::now()));
+            let (wait, due) = match next {
+                Some(d) if d <= RECHECK => (d, true),
+                _ => (RECHECK, false),
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.cancel.cancelled() => return,
+            }
+            if !due || self.config().reload_schedule != schedule || !self.running.load(SeqCst) {
+                continue;
+            }
+            let text = schedule.map(|c| c.text).unwrap_or_default();
+            tracing::info!(app = %self.name, cron_restart = %text, "scheduled reload");
+            let out = self.reload_with(None).await;
+            if !out.ok {
+                tracing::error!(app = %self.name, error = ?out.error, "the scheduled reload (`cron_restart`) failed");
             }
         }
     }

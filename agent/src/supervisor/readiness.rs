@@ -1,6 +1,8 @@
 //! When a new worker may take traffic: its port accepts, an HTTP probe answers 2xx, it says
-//! `READY=1` over sd_notify, or it is still alive after a while.
+//! `READY=1` over sd_notify or `'ready'` over Node's IPC channel, or it is still alive after a
+//! while.
 
+use super::ipc::Channel;
 use crate::config::ReadyCheck;
 use std::path::Path;
 use std::time::Duration;
@@ -46,12 +48,16 @@ impl Drop for NotifySocket {
 
 /// Resolve when the worker is ready. The caller races this with the process exiting and with
 /// its timeout.
-pub async fn wait(check: &ReadyCheck, port: Option<u16>, notify: Option<&NotifySocket>) {
+pub async fn wait(check: &ReadyCheck, port: Option<u16>, notify: Option<&NotifySocket>, ipc: Option<&Channel>) {
     match check {
         ReadyCheck::Tcp => poll(|| async { TcpStream::connect(("127.0.0.1", port?)).await.ok().map(|_| ()) }).await,
         ReadyCheck::Http(path) => poll(|| probe_http(port, path, Duration::from_secs(2))).await,
         ReadyCheck::Notify => match notify {
             Some(n) => n.wait_ready().await,
+            None => std::future::pending().await,
+        },
+        ReadyCheck::Message => match ipc {
+            Some(c) => c.wait_ready().await,
             None => std::future::pending().await,
         },
         ReadyCheck::Alive(d) => tokio::time::sleep(*d).await,

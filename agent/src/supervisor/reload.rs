@@ -8,13 +8,20 @@
 //! back onto the previous spec the same way. When the agent stops meanwhile ([`App::halted`]),
 //! the roll ends at once: the new workers of that step are killed, nothing is put back (the stop
 //! ends every worker), and every slot still holds a worker.
+//!
+//! An app that binds its public port itself (`proxy: none` with a `port`, fork mode) cannot run
+//! an old and a new worker on it at once, unless it binds with `SO_REUSEPORT`
+//! (`reload: { reuse_port: true }`). Without it, each step stops the old workers first, then
+//! starts their replacements (PM2's fork-mode reload): the port has a gap, which the outcome
+//! says ([`Rolled::gap`]). A replacement that does not get ready is killed and a worker of the
+//! old spec is started in its slot again.
 
 use super::App;
 use super::worker::{NotReady, Retire, Worker, WorkerSpec};
 use futures_util::future::join_all;
 use nix::sys::signal::Signal;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A roll that stopped, after putting back what it had replaced.
 #[derive(Debug, thiserror::Error)]
@@ -25,13 +32,29 @@ pub struct RollFailed {
     pub restored: bool,
 }
 
-/// Replace the workers in `slots` by workers of `spec`. Answers how many were replaced.
-pub async fn roll(app: &App, slots: &[usize], spec: &Arc<WorkerSpec>) -> Result<u32, RollFailed> {
+/// A roll that succeeded.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Rolled {
+    /// Workers replaced.
+    pub replaced: u32,
+    /// Stop-then-start steps only: the time, summed over the steps, from stopping the old
+    /// workers until their replacements were ready. `None` when nothing ever stopped serving.
+    pub gap: Option<Duration>,
+}
+
+/// Replace the workers in `slots` by workers of `spec`.
+pub async fn roll(app: &App, slots: &[usize], spec: &Arc<WorkerSpec>) -> Result<Rolled, RollFailed> {
     let surge = app.reload_config().max_surge.max(1) as usize;
     let mut replaced: Vec<(usize, Arc<Worker>)> = Vec::new();
+    let mut gap: Option<Duration> = None;
     for step in slots.chunks(surge) {
         match replace(app, step, spec).await {
-            Ok(olds) => replaced.extend(step.iter().copied().zip(olds)),
+            Ok((olds, step_gap)) => {
+                replaced.extend(step.iter().copied().zip(olds));
+                if let Some(g) = step_gap {
+                    gap = Some(gap.unwrap_or_default() + g);
+                }
+            }
             Err(reason) if app.halted().is_cancelled() => {
                 tracing::warn!(%reason, replaced = replaced.len(), "reload interrupted: the agent is stopping");
                 return Err(RollFailed { reason: reason.to_string(), restored: false });
@@ -49,15 +72,74 @@ pub async fn roll(app: &App, slots: &[usize], spec: &Arc<WorkerSpec>) -> Result<
             }
         }
     }
-    Ok(replaced.len() as u32)
+    Ok(Rolled { replaced: replaced.len() as u32, gap })
 }
 
-/// One step: start replacements for `slots`, wait until all are ready, then retire the old ones.
-/// Answers the retired workers (their specs are what a rollback puts back).
-async fn replace(app: &App, slots: &[usize], spec: &Arc<WorkerSpec>) -> Result<Vec<Arc<Worker>>, NotReady> {
+/// One step: start replacements for `slots`, wait until all are ready, then retire the old ones
+/// (or the other way round, [`App::stops_first`]). Answers the retired workers (their specs are
+/// what a rollback puts back), and the gap of a stop-then-start step.
+async fn replace(
+    app: &App,
+    slots: &[usize],
+    spec: &Arc<WorkerSpec>,
+) -> Result<(Vec<Arc<Worker>>, Option<Duration>), NotReady> {
     if app.halted().is_cancelled() {
         return Err(NotReady::Stopping);
     }
+    if app.stops_first() {
+        return stop_then_start(app, slots, spec).await;
+    }
+    let ctx = app.worker_ctx();
+    let news = start_ready(app, slots, spec).await?;
+    let olds = app.swap_workers(slots, &news);
+    let how = app.retire_how();
+    join_all(olds.iter().map(|w| w.retire(how, ctx.rotation.as_deref()))).await;
+    Ok((olds, None))
+}
+
+/// Fork mode: retire the old workers of `slots`, then start and wait for their replacements. If
+/// one is not ready, the new ones are killed and workers of each old one's spec take the slots
+/// again (unless the agent is stopping).
+async fn stop_then_start(
+    app: &App,
+    slots: &[usize],
+    spec: &Arc<WorkerSpec>,
+) -> Result<(Vec<Arc<Worker>>, Option<Duration>), NotReady> {
+    let ctx = app.worker_ctx();
+    let olds = app.workers_in(slots);
+    let stopped = Instant::now();
+    let how = app.retire_how();
+    join_all(olds.iter().map(|w| w.retire(how, ctx.rotation.as_deref()))).await;
+    match start_ready(app, slots, spec).await {
+        Ok(news) => {
+            let gap = stopped.elapsed();
+            app.swap_workers(slots, &news);
+            Ok((olds, Some(gap)))
+        }
+        Err(reason) => {
+            if !app.halted().is_cancelled() {
+                let again: Vec<Arc<Worker>> = slots
+                    .iter()
+                    .zip(&olds)
+                    .map(|(&s, old)| Worker::start(s as u32, old.spec.clone(), ctx.clone()))
+                    .collect();
+                app.swap_workers(slots, &again);
+                let timeout =
+                    again.iter().map(|w| w.spec.ready.timeout).max().unwrap_or_default() + Duration::from_secs(1);
+                for (w, r) in again.iter().zip(join_all(again.iter().map(|w| w.wait_ready(timeout))).await) {
+                    if let Err(e) = r {
+                        tracing::error!(worker = w.id, error = %e, "the previous worker did not start again");
+                    }
+                }
+            }
+            Err(reason)
+        }
+    }
+}
+
+/// Start workers of `spec` in `slots` (not in the slots yet) and wait until all are ready; if
+/// one is not, all of them are killed.
+async fn start_ready(app: &App, slots: &[usize], spec: &Arc<WorkerSpec>) -> Result<Vec<Arc<Worker>>, NotReady> {
     let ctx = app.worker_ctx();
     let news: Vec<Arc<Worker>> = slots.iter().map(|&s| Worker::start(s as u32, spec.clone(), ctx.clone())).collect();
     let timeout = spec.ready.timeout + Duration::from_secs(1);
@@ -75,8 +157,5 @@ async fn replace(app: &App, slots: &[usize], spec: &Arc<WorkerSpec>) -> Result<V
         join_all(news.iter().map(|w| w.retire(kill, ctx.rotation.as_deref()))).await;
         return Err(reason);
     }
-    let olds = app.swap_workers(slots, &news);
-    let how = app.retire_how();
-    join_all(olds.iter().map(|w| w.retire(how, ctx.rotation.as_deref()))).await;
-    Ok(olds)
+    Ok(news)
 }

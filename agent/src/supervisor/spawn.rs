@@ -25,6 +25,9 @@ pub struct Launch<'a> {
     pub run_as: Option<&'a RunAs>,
     /// `cgroup.procs` of the process tree's cgroup (`crate::cgroup`), joined before exec.
     pub cgroup_procs: Option<RawFd>,
+    /// The worker's end of its IPC channel (`super::ipc`): close-on-exec in the agent, inherited
+    /// by this child only (its number is in `env` already).
+    pub ipc_fd: Option<RawFd>,
 }
 
 /// Start the process; stdout and stderr are piped for the log sink.
@@ -46,6 +49,13 @@ pub fn spawn(l: &Launch) -> io::Result<Child> {
     }
     let parent = std::process::id() as libc::pid_t;
     let cgroup = l.cgroup_procs;
+    if let Some(fd) = l.ipc_fd {
+        // SAFETY: fcntl only, between fork and exec, on an fd the agent keeps open until the
+        // spawn returns.
+        unsafe {
+            cmd.pre_exec(move || inherit(fd));
+        }
+    }
     match l.listen_fd {
         None => {
             // SAFETY: only async-signal-safe calls (setsid, prctl, getppid, write) between fork
@@ -87,6 +97,18 @@ fn detach_with_parent_death(parent: libc::pid_t, cgroup: Option<RawFd>) -> io::R
         // The agent died between fork and prctl: the death signal will never come.
         if libc::getppid() != parent {
             libc::_exit(1);
+        }
+    }
+    Ok(())
+}
+
+/// Let `fd` through the exec (it is close-on-exec in the agent, so no other child gets it).
+fn inherit(fd: RawFd) -> io::Result<()> {
+    // SAFETY: plain syscalls.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+            return Err(io::Error::last_os_error());
         }
     }
     Ok(())

@@ -2,6 +2,7 @@
 //! itself, and retires gracefully (out of rotation, drain, signal, kill) when asked.
 
 use super::event::{Events, SupervisorEvent, WorkerRef};
+use super::ipc;
 use super::logs::{LogSink, Stream};
 use super::orphans::PidRecord;
 use super::procstat;
@@ -66,6 +67,9 @@ pub struct WorkerSpec {
     pub restart: RestartConfig,
     /// The account the worker runs as (`user:`); `None`: the agent's own.
     pub run_as: Option<RunAs>,
+    /// Node's IPC channel for each run (`ipc: true` or `ready: { message: true }`): the worker
+    /// is told `'shutdown'` before its stop signal.
+    pub ipc: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -142,6 +146,17 @@ pub struct Status {
     pub port: Option<u16>,
     pub started: Option<Instant>,
     pub restarts: u32,
+    /// The exit of a process left stopped by the restart policy (code, or 128 + signal).
+    pub exit_code: Option<i32>,
+}
+
+/// What `retire` asks the keeper to send the running process.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Stop {
+    /// `'shutdown'` over the IPC channel (PM2's `shutdown_with_message`).
+    Message,
+    /// A signal to the process group.
+    Signal(Signal),
 }
 
 /// How to retire a worker.
@@ -166,10 +181,14 @@ pub struct Worker {
     backend: Mutex<Option<Arc<Backend>>>,
     /// Cancelled by `retire`: the keeper spawns no new process and puts none into rotation.
     stop: CancellationToken,
-    /// The signal `retire` asks for. The keeper sends it itself, to the process it is waiting
+    /// What `retire` asks for. The keeper sends it itself, to the process it is waiting
     /// on: that child is not reaped yet, so its group id cannot belong to another process, and a
     /// worker between two runs (restarting) has nothing to signal.
-    kill: watch::Sender<Option<Signal>>,
+    kill: watch::Sender<Option<Stop>>,
+    /// Signals asked for by `deployer signal`, sent by the keeper like `kill`'s; the keeper
+    /// takes the receiver.
+    signals: tokio::sync::mpsc::Sender<Signal>,
+    signals_rx: Mutex<Option<tokio::sync::mpsc::Receiver<Signal>>>,
     usage: Mutex<Usage>,
     /// The current run's process tree, while it runs in a cgroup.
     tree: Mutex<Option<Arc<Tree>>>,
@@ -183,14 +202,21 @@ struct Usage {
     rss_bytes: u64,
 }
 
+/// Signals of `deployer signal` waiting for a keeper, per worker; more are refused.
+const SIGNALS_PENDING: usize = 16;
+
 /// The next [`Worker::serial`].
 static SERIAL: AtomicU64 = AtomicU64::new(1);
 
 impl Worker {
     /// Create the worker and start keeping it running; its keeper belongs to the app's tasks.
     pub fn start(id: u32, spec: Arc<WorkerSpec>, ctx: Arc<WorkerCtx>) -> Arc<Worker> {
-        let status = Status { state: WorkerState::Starting, pid: None, port: None, started: None, restarts: 0 };
+        let status =
+            Status { state: WorkerState::Starting, pid: None, port: None, started: None, restarts: 0, exit_code: None };
+        let (signals, signals_rx) = tokio::sync::mpsc::channel(SIGNALS_PENDING);
         let w = Arc::new(Worker {
+            signals,
+            signals_rx: Mutex::new(Some(signals_rx)),
             id,
             serial: SERIAL.fetch_add(1, Ordering::Relaxed),
             app: ctx.app.clone(),
@@ -238,6 +264,8 @@ impl Worker {
     }
 
     /// Out of rotation, wait for in-flight work, send the signal, wait, then SIGKILL the group.
+    /// A worker with an IPC channel is sent `'shutdown'` first and given `kill_timeout` to exit
+    /// before the signal (unless the signal is SIGKILL: nothing graceful is asked then).
     ///
     /// Safe at any point of the keeper's loop: `stop` is cancelled first, so no process is
     /// spawned or put into rotation after this; the signals go through the keeper, which holds
@@ -265,14 +293,28 @@ impl Worker {
                 s.state = WorkerState::Stopping;
             }
         });
-        self.kill.send_replace(Some(how.signal));
+        if self.spec.ipc && how.signal != Signal::SIGKILL {
+            self.kill.send_replace(Some(Stop::Message));
+            if tokio::time::timeout(how.kill_timeout, rx.wait_for(|s| s.state.is_final())).await.is_ok() {
+                return;
+            }
+            tracing::info!(worker = self.id, signal = %how.signal, "still running kill_timeout after 'shutdown'; sending the signal");
+        }
+        self.kill.send_replace(Some(Stop::Signal(how.signal)));
         if tokio::time::timeout(how.kill_timeout, rx.wait_for(|s| s.state.is_final())).await.is_err() {
             tracing::info!(worker = self.id, "still running after kill_timeout; sending SIGKILL");
-            self.kill.send_replace(Some(Signal::SIGKILL));
+            self.kill.send_replace(Some(Stop::Signal(Signal::SIGKILL)));
             // still running 10 s after SIGKILL (e.g. uninterruptible I/O): the watcher records the end
             // when it comes
             let _ = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|s| s.state.is_final())).await;
         }
+    }
+
+    /// Ask the keeper to send `signal` to the running process's group; answers its pid, or
+    /// `None` when nothing runs (between two runs, stopped) or too many signals wait already.
+    pub fn signal(&self, signal: Signal) -> Option<u32> {
+        let pid = self.status.borrow().pid?;
+        self.signals.try_send(signal).ok().map(|()| pid)
     }
 
     /// Refresh CPU and memory figures. Answers the RSS. In a cgroup they are the whole tree's
@@ -327,6 +369,7 @@ impl Worker {
                 .map_or(0, |b| b.inflight() as u64),
             env_hash: self.spec.env_hash.clone(),
             release: self.spec.release.clone(),
+            exit_code: s.exit_code,
         }
     }
 
@@ -334,26 +377,43 @@ impl Worker {
     /// when it exits by itself, stop for good when retired or errored.
     async fn keep(self: Arc<Self>, ctx: Arc<WorkerCtx>) {
         let mut unstable = 0u32;
+        let Some(mut signals) = self.signals_rx.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
         loop {
             if self.stop.is_cancelled() {
                 self.set_state(WorkerState::Stopped);
                 return;
             }
             let started = Instant::now();
-            match self.run_once(&ctx).await {
-                RunEnd::Exited => {}
+            let exit = match self.run_once(&ctx, &mut signals).await {
+                RunEnd::Exited(exit) => exit,
                 RunEnd::NotReady(why) => {
                     ctx.logs.write(self.id, Stream::Err, &format!("[deployer] {why}; the worker is errored"));
                     tracing::warn!("{why}");
                     self.errored(&ctx, why);
                     return;
                 }
-            }
+            };
             if self.stop.is_cancelled() {
                 self.set_state(WorkerState::Stopped);
                 return;
             }
             let policy = &self.spec.restart;
+            if let Some(code) = exit.and_then(|e| done(policy, e)) {
+                let why = if policy.autorestart {
+                    format!("exited with {code}, one of `stop_exit_codes`")
+                } else {
+                    format!("exited with {code}; `autorestart: false`")
+                };
+                ctx.logs.write(self.id, Stream::Err, &format!("[deployer] {why}: not restarted"));
+                tracing::info!("{why}: not restarted");
+                self.status.send_modify(|s| {
+                    s.state = WorkerState::Stopped;
+                    s.exit_code = Some(code);
+                });
+                return;
+            }
             unstable = if started.elapsed() < policy.min_uptime.0 { unstable + 1 } else { 0 };
             self.status.send_modify(|s| s.restarts += 1);
             if unstable >= policy.max_restarts.max(1) {
@@ -366,7 +426,10 @@ impl Worker {
                 self.errored(&ctx, why);
                 return;
             }
-            let backoff = Duration::from_millis(100).saturating_mul(1 << unstable.min(16)).min(policy.backoff_max.0);
+            let backoff = match policy.delay {
+                Some(d) => d.0,
+                None => Duration::from_millis(100).saturating_mul(1 << unstable.min(16)).min(policy.backoff_max.0),
+            };
             tracing::warn!(backoff_ms = backoff.as_millis() as u64, "worker exited; restarting");
             self.set_state(WorkerState::Restarting);
             tokio::select! {
@@ -385,7 +448,7 @@ impl Worker {
     }
 
     /// One process, from spawn to exit.
-    async fn run_once(&self, ctx: &WorkerCtx) -> RunEnd {
+    async fn run_once(&self, ctx: &WorkerCtx, signals: &mut tokio::sync::mpsc::Receiver<Signal>) -> RunEnd {
         let port = match ctx.mode {
             ProxyMode::Http | ProxyMode::Tcp => match free_port() {
                 Ok(p) => Some(p),
@@ -423,13 +486,27 @@ impl Worker {
         if let Some(n) = &notify {
             run.push(("NOTIFY_SOCKET".into(), n.path().display().to_string()));
         }
-        let env = ctx.secrets.child_env(&self.spec.env, run);
+        let channel = if self.spec.ipc {
+            match ipc::pair(self.id, ctx.logs.clone(), &ctx.tasks) {
+                Ok((channel, end)) => {
+                    run.extend(end.env());
+                    Some((channel, end))
+                }
+                Err(e) => return self.spawn_failed(ctx, &format!("cannot open the IPC channel: {e}")),
+            }
+        } else {
+            None
+        };
         let tree = ctx.cgroups.create(&format!("{}.w{}", ctx.app, self.id)).map(Arc::new);
+        run.extend(tree.as_ref().and_then(|t| t.env()));
+        let env = ctx.secrets.child_env(&self.spec.env, run);
         // A signal `retire` asked for before this run is sent as soon as the child exists.
         let mut kill = self.kill.subscribe();
         kill.mark_changed();
+        // Asked for a process that ended: not for this one.
+        while signals.try_recv().is_ok() {}
         if self.stop.is_cancelled() {
-            return RunEnd::Exited;
+            return RunEnd::Exited(None);
         }
         let launch = Launch {
             argv: &self.spec.argv,
@@ -438,13 +515,17 @@ impl Worker {
             listen_fd: ctx.listener.as_ref().map(|l| l.as_raw_fd()),
             fd_name: &ctx.app,
             run_as: self.spec.run_as.as_ref(),
-            cgroup_procs: tree.as_ref().map(|t| t.procs_fd()),
+            cgroup_procs: tree.as_ref().and_then(|t| t.procs_fd()),
+            ipc_fd: channel.as_ref().map(|(_, end)| end.raw()),
         };
-        let mut child = match spawn::spawn(&launch) {
+        let spawned = spawn::spawn(&launch);
+        // The worker's end is the worker's now: closed here, so the channel ends when it does.
+        let channel = channel.map(|(channel, _end)| channel);
+        let mut child = match spawned {
             Ok(c) => c,
             Err(e) => return self.spawn_failed(ctx, &format!("cannot start `{}`: {e}", self.spec.argv.join(" "))),
         };
-        let Some(pid) = child.id() else { return RunEnd::Exited };
+        let Some(pid) = child.id() else { return RunEnd::Exited(None) };
         if let Some(t) = &tree {
             t.adopt(pid);
             *self.tree.lock().unwrap_or_else(|e| e.into_inner()) = Some(t.clone());
@@ -473,14 +554,14 @@ impl Worker {
         }
 
         let timeout = self.spec.ready.timeout;
-        let mut end = RunEnd::Exited;
+        let mut end = RunEnd::Exited(None);
         tokio::select! {
-            _ = readiness::wait(&self.spec.ready.check, port, notify.as_ref()) => {
+            _ = readiness::wait(&self.spec.ready.check, port, notify.as_ref(), channel.as_ref()) => {
                 drop(notify);
                 self.go_online(ctx, port, pid);
-                // an online worker's end is handled alike whatever its status: the exit is logged
-                // below, and the restart policy decides what follows
-                let _ = self.wait_exit(&mut child, pid, &mut kill).await;
+                // the exit is logged below, and the restart policy decides what follows; a status
+                // that cannot be read counts as a crash
+                end = RunEnd::Exited(self.wait_exit(&mut child, pid, &mut kill, signals, channel.as_ref()).await.ok());
             }
             _ = tokio::time::sleep(timeout) => {
                 // ESRCH: the group is gone already
@@ -492,9 +573,10 @@ impl Worker {
                     end = RunEnd::NotReady(format!("not ready within {}", humantime::format_duration(timeout)));
                 }
             }
-            status = self.wait_exit(&mut child, pid, &mut kill) => {
-                let code = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+            status = self.wait_exit(&mut child, pid, &mut kill, signals, channel.as_ref()) => {
+                let code = status.as_ref().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
                 tracing::warn!(pid, "exited before it was ready ({code})");
+                end = RunEnd::Exited(status.ok());
             }
         }
         // The pid is reaped: forget it before anything could recycle it.
@@ -519,21 +601,37 @@ impl Worker {
         end
     }
 
-    /// Wait for the child to exit, sending it the signals `retire` asks for meanwhile.
+    /// Wait for the child to exit, sending it what `retire` asks for meanwhile.
     async fn wait_exit(
         &self,
         child: &mut Child,
         pid: u32,
-        kill: &mut watch::Receiver<Option<Signal>>,
+        kill: &mut watch::Receiver<Option<Stop>>,
+        signals: &mut tokio::sync::mpsc::Receiver<Signal>,
+        channel: Option<&ipc::Channel>,
     ) -> std::io::Result<ExitStatus> {
         loop {
             tokio::select! {
                 status = child.wait() => return status,
+                Some(signal) = signals.recv() => {
+                    tracing::info!(pid, %signal, "sending the signal asked for");
+                    // Not reaped: the group is this worker's. ESRCH: it ended meanwhile
+                    let _ = killpg(Pid::from_raw(pid as i32), signal);
+                }
                 Ok(()) = kill.changed() => {
-                    // Not reaped while this branch runs: the group id is still this worker's.
-                    if let Some(signal) = *kill.borrow_and_update() {
+                    let stop = *kill.borrow_and_update();
+                    match stop {
+                        // Not reaped while this branch runs: the group id is still this worker's.
                         // ESRCH: the group ended meanwhile; `child.wait()` above sees it
-                        let _ = killpg(Pid::from_raw(pid as i32), signal);
+                        Some(Stop::Signal(signal)) => { let _ = killpg(Pid::from_raw(pid as i32), signal); }
+                        Some(Stop::Message) => {
+                            if let Some(c) = channel
+                                && let Err(e) = c.send(&serde_json::json!("shutdown")).await
+                            {
+                                tracing::info!(pid, error = %e, "cannot send 'shutdown'; the signal follows after kill_timeout");
+                            }
+                        }
+                        None => {}
                     }
                 }
             }
@@ -581,13 +679,22 @@ impl Worker {
         tracing::error!("{why}");
         let retired = self.stop.is_cancelled();
         ctx.events.send(SupervisorEvent::WorkerExited { worker: self.reference(), pid: None, retired });
-        RunEnd::Exited
+        RunEnd::Exited(None)
     }
 }
 
 enum RunEnd {
-    Exited,
+    /// The process ended (how, when known), or none could be started.
+    Exited(Option<ExitStatus>),
     NotReady(String),
+}
+
+/// The exit code (128 + the signal's number for a signal) of a run the restart policy does not
+/// restart: any with `autorestart: false`, else one whose code is in `stop_exit_codes`.
+fn done(policy: &RestartConfig, exit: ExitStatus) -> Option<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    let code = exit.code().or_else(|| exit.signal().map(|s| 128 + s))?;
+    (!policy.autorestart || (exit.code().is_some() && policy.stop_exit_codes.contains(&code))).then_some(code)
 }
 
 fn ticks_to_usec(ticks: u64) -> u64 {

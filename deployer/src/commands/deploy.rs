@@ -20,12 +20,17 @@ pub struct Args {
     #[arg(long, value_name = "NAME")]
     pub who: Option<String>,
 
+    /// Run the new release with this set of the app's `env_sets` on top of `env`; it stays
+    /// chosen for later reloads and deploys
+    #[arg(long, value_name = "NAME")]
+    pub env: Option<String>,
+
     #[command(flatten)]
     pub wait: follow::WaitArgs,
 }
 
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
-    let request = DeployRequest { git_ref: args.git_ref, who: args.who };
+    let request = DeployRequest { git_ref: args.git_ref, who: args.who, env: args.env };
     let accepted = ctx.client.deploy(&args.app, &request).await?;
     follow::accepted(ctx, accepted, "deploy", &args.wait).await
 }

@@ -28,6 +28,48 @@ pub struct Args {
     /// with --json)
     #[arg(short = 'f', long)]
     pub follow: bool,
+
+    /// Only what the workers wrote to stdout
+    #[arg(long, conflicts_with = "err")]
+    pub out: bool,
+
+    /// Only what the workers wrote to stderr
+    #[arg(long)]
+    pub err: bool,
+}
+
+impl Args {
+    /// `--out` or `--err`: one stream's lines only.
+    fn only(&self) -> Option<LogStream> {
+        match (self.out, self.err) {
+            (true, _) => Some(LogStream::Out),
+            (_, true) => Some(LogStream::Err),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct FlushArgs {
+    /// The app, as named in the agent's config
+    pub app: String,
+}
+
+/// `deployer flush <app>`: empty the app's log files on the agent and remove their rotated
+/// copies, as `pm2 flush` does.
+pub async fn flush(ctx: &Context, args: FlushArgs) -> anyhow::Result<ExitCode> {
+    let flushed = ctx.client.flush_logs(&args.app).await?;
+    if ctx.json {
+        output::print_json(&flushed)?;
+    } else if flushed.files.is_empty() {
+        anstream::println!("{}: no log files to flush", flushed.app);
+    } else {
+        anstream::println!("{}: flushed {} log file(s)", flushed.app, flushed.files.len());
+        for f in &flushed.files {
+            anstream::println!("  {DIM}{f}{DIM:#}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A line of one host, as `--json` prints it for an environment.
@@ -44,10 +86,10 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
     }
     if args.follow {
         let client = ctx.client.clone();
-        follow(ctx.json, vec![(None, client)], &args.app, args.lines).await?;
+        follow(ctx.json, vec![(None, client)], &args.app, args.lines, args.only()).await?;
         return Ok(ExitCode::SUCCESS);
     }
-    let logs = ctx.client.logs(&args.app, args.lines).await?;
+    let logs = ctx.client.logs(&args.app, args.lines, args.only()).await?;
     if ctx.json {
         output::print_json(&logs)?;
     } else if logs.lines.is_empty() {
@@ -63,11 +105,11 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
 async fn run_fleet(ctx: &Context, fleet: &Fleet, args: &Args) -> anyhow::Result<ExitCode> {
     let hosts: Vec<(Option<String>, Client)> = fleet.hosts.iter().map(|(h, c)| (Some(h.label()), c.clone())).collect();
     if args.follow {
-        follow(ctx.json, hosts, &fleet.app, args.lines).await?;
+        follow(ctx.json, hosts, &fleet.app, args.lines, args.only()).await?;
         return Ok(ExitCode::SUCCESS);
     }
     let tails = join_all(hosts.iter().map(|(label, client)| async move {
-        (label.clone().unwrap_or_default(), client.logs(&fleet.app, args.lines).await)
+        (label.clone().unwrap_or_default(), client.logs(&fleet.app, args.lines, args.only()).await)
     }))
     .await;
     let mut merged: Vec<(String, LogLine)> = Vec::new();
@@ -98,14 +140,20 @@ async fn run_fleet(ctx: &Context, fleet: &Fleet, args: &Args) -> anyhow::Result<
 
 /// Follows the lines of every host (a `None` label: the single agent, no prefix) until Ctrl-C or
 /// until every stream ended.
-async fn follow(json: bool, hosts: Vec<(Option<String>, Client)>, app: &str, lines: u32) -> anyhow::Result<()> {
+async fn follow(
+    json: bool,
+    hosts: Vec<(Option<String>, Client)>,
+    app: &str,
+    lines: u32,
+    only: Option<LogStream>,
+) -> anyhow::Result<()> {
     let width = hosts.iter().filter_map(|(l, _)| l.as_ref().map(String::len)).max().unwrap_or(0);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(Option<String>, Result<LogLine, String>)>(1024);
     for (label, client) in hosts {
         let tx = tx.clone();
         let app = app.to_owned();
         tokio::spawn(async move {
-            let mut stream = match client.follow_logs(&app, lines).await {
+            let mut stream = match client.follow_logs(&app, lines, only).await {
                 Ok(s) => s,
                 Err(e) => {
                     let _ = tx.send((label, Err(reason(&e)))).await;

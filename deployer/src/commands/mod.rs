@@ -7,7 +7,10 @@ use clap::Subcommand;
 
 use crate::cli::examples_section;
 use crate::client::{Client, ClientError};
-use crate::fleet::{self, Fleet, file::FleetFile};
+use crate::fleet::{
+    self, Fleet,
+    file::{FleetFile, Host},
+};
 use crate::output;
 use crate::report::Hinted;
 use std::path::PathBuf;
@@ -28,6 +31,7 @@ pub mod reload;
 pub mod rollback;
 pub mod scale;
 pub mod show;
+pub mod signal;
 pub mod status;
 
 use lifecycle::Action;
@@ -62,9 +66,17 @@ pub enum Command {
     /// Replace an app's workers with new ones, without dropping a request
     ///
     /// Given an environment of deployer.yaml, every host reloads, `max_parallel` at a time.
+    /// Given `all`, every app of the agent reloads, one after the other.
     ///
     /// The agent starts new workers and drains the old ones once the new ones are ready. This
     /// command waits until the reload ended (it can take minutes), and exits with 1 if it failed.
+    /// An app that binds its own port (`proxy: none` with `port:`) is reloaded stop-then-start
+    /// unless `reload: { reuse_port: true }`; the output says how long it did not serve.
+    #[command(after_help = examples_section("
+  deployer reload web                 Replace web's workers one by one
+  deployer reload web --update-env    Re-read env and env_file first
+  deployer reload all                 Every app of the agent, one after the other
+  deployer reload prod                Every host of the `prod` environment"))]
     Reload(reload::Args),
 
     /// Stop every worker of an app, then start new ones (drops requests; prefer `reload`)
@@ -76,13 +88,33 @@ pub enum Command {
     /// Start the workers of a stopped app
     Start(lifecycle::Args),
 
-    /// Run a given number of workers for an app
+    /// Run a given number of workers for an app, or more or fewer than now
+    ///
+    /// The count holds across restarts of the agent until the config's `instances` changes.
+    /// Shrinking retires the highest instance ids gracefully (out of rotation, drained).
+    #[command(after_help = examples_section("
+  deployer scale web 4     Run 4 workers
+  deployer scale web +2    Run 2 more than now
+  deployer scale web -1    Run 1 fewer (at least 1 stays; `stop` runs none)"))]
     Scale(scale::Args),
+
+    /// Send a signal to every running worker of an app (like `pm2 sendSignal`)
+    ///
+    /// The signal goes to each worker's process group (the worker and what it started). It is
+    /// not a stop: a worker that exits on it is restarted like any crash. Prints the workers it
+    /// was sent to; none when the app is stopped.
+    #[command(after_help = examples_section("
+  deployer signal web SIGUSR1    Ask web's workers to reopen their logs, dump state...
+  deployer signal web HUP        The `SIG` prefix is optional"))]
+    Signal(signal::Args),
 
     /// Show the last lines an app's workers wrote to stdout and stderr (-f: and follow)
     ///
     /// Given an environment of deployer.yaml, the lines of every host, each prefixed with its host.
     Logs(logs::Args),
+
+    /// Empty an app's log files on the agent and remove their rotated copies (like `pm2 flush`)
+    Flush(logs::FlushArgs),
 
     /// Deploy a branch or a commit of an app's git repo, without downtime
     ///
@@ -127,6 +159,33 @@ pub enum Command {
     /// Show one deploy: its steps, and the last lines of its install output
     #[command(alias = "deploy-status")]
     Show(show::Args),
+
+    /// Watch every app and worker live: state, pid, cpu, memory, restarts, requests/s, logs
+    ///
+    /// A dashboard in the terminal, like `pm2 monit`, of the agent of --agent, or of every host
+    /// of an environment of deployer.yaml. Each agent is asked for its apps every --interval;
+    /// an agent that does not answer is marked `unreachable` (its last answer stays, dimmed)
+    /// until it answers again. The bottom pane follows the selected app's log lines.
+    ///
+    /// Per app: its state, the sha of the release it runs, the sum of its workers' cpu, memory
+    /// (each worker's whole process tree) and restarts, the requests per second through its
+    /// front (between two readings of the agent's counter; `-` without a front or from an older
+    /// agent) and its workers, `2/3` when fewer are online than it is set to run, `4 (cfg 2)`
+    /// when `deployer scale` set another count than the config's. Per worker: its state, pid,
+    /// cpu, memory, restarts and uptime.
+    ///
+    /// Keys: ↑/↓ (or k/j) select an app; r reloads it (without dropping a request), R restarts
+    /// it (stop, then start: drops requests), + and - scale it by one instance; q, Esc or Ctrl-C
+    /// quit. The line above the keys says what the last key did, and how it went.
+    ///
+    /// Watching needs a token with the `read` scope; the keys act with the `deploy` scope. It
+    /// needs a terminal: for scripts, `ls --json` and `status ENV --json` say the same once.
+    #[command(after_help = examples_section("
+  deployer monit                            Every app of the agent at --agent (or DEPLOYER_AGENT)
+  deployer monit prod                       Every host of `prod` in deployer.yaml
+  deployer monit prod --app web             Only `web`, on every host of `prod`
+  deployer monit --interval 5s              Ask every 5 seconds instead of every second"))]
+    Monit(crate::monit::Args),
 }
 
 /// What every command needs: the agent's client, how to print, where deployer.yaml is.
@@ -154,6 +213,16 @@ impl Context {
 
     /// The environment `name`, for commands that only act on fleets.
     pub fn fleet(&self, name: &str, app: Option<&str>) -> anyhow::Result<Fleet> {
+        Fleet::open(&self.fleet_file()?, name, app, &self.client, &self.token_env)
+    }
+
+    /// Every host of the environment `name`, whatever app they run (`monit` shows them all).
+    pub fn fleet_hosts(&self, name: &str) -> anyhow::Result<Vec<(Host, Client)>> {
+        fleet::hosts(&self.fleet_file()?, name, &self.client, &self.token_env)
+    }
+
+    /// deployer.yaml, for commands that need one.
+    fn fleet_file(&self) -> anyhow::Result<FleetFile> {
         let Some(path) = fleet::locate(self.file.as_deref()) else {
             return Err(Hinted::new(
                 format!("no `{}` here or at the git root", fleet::file::FILE_NAME),
@@ -161,8 +230,7 @@ impl Context {
             )
             .into());
         };
-        let file = FleetFile::load(&path)?;
-        Fleet::open(&file, name, app, &self.client, &self.token_env)
+        Ok(FleetFile::load(&path)?)
     }
 }
 
@@ -178,7 +246,9 @@ impl Command {
             Command::Stop(args) => lifecycle::run(ctx, Action::Stop, args).await,
             Command::Start(args) => lifecycle::run(ctx, Action::Start, args).await,
             Command::Scale(args) => scale::run(ctx, args).await,
+            Command::Signal(args) => signal::run(ctx, args).await,
             Command::Logs(args) => logs::run(ctx, args).await,
+            Command::Flush(args) => logs::flush(ctx, args).await,
             Command::Deploy(args) => deploy::run(ctx, args).await,
             Command::History(args) => history::run(ctx, args).await,
             Command::Rollback(args) => rollback::run(ctx, args).await,
@@ -186,6 +256,7 @@ impl Command {
             Command::Releases(args) => releases::run(ctx, args).await,
             Command::Show(args) => show::run(ctx, args).await,
             Command::Pull(args) => pull::run(ctx, args).await,
+            Command::Monit(args) => crate::monit::run(ctx, args).await,
         };
         // A script asking for JSON gets the API's error body too (the words go to stderr).
         let failure = match &result {

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::anyhow;
-use deployer_wire::{ErrorCode, ReloadRequest};
+use deployer_wire::{ErrorCode, ReloadOutcome, ReloadRequest};
 
 use super::Context;
 use crate::client::ClientError;
@@ -15,21 +15,30 @@ use serde::Serialize;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The app, as named in the agent's config; or an environment of deployer.yaml
-    #[arg(value_name = "APP|ENV")]
+    /// The app, as named in the agent's config; `all` for every app of the agent; or an
+    /// environment of deployer.yaml
+    #[arg(value_name = "APP|all|ENV")]
     pub app: String,
 
     /// Re-read the agent's config file, `env` and `env_file` before starting the new workers
     #[arg(long)]
     pub update_env: bool,
+
+    /// Put this set of the app's `env_sets` on top of `env` (implies --update-env); it stays
+    /// chosen for later reloads and deploys, until another is chosen or the agent restarts
+    #[arg(long, value_name = "NAME")]
+    pub env: Option<String>,
 }
 
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
     if let Some(fleet) = ctx.fleet_if_env(&args.app, None)? {
-        return run_fleet(ctx, &fleet, args.update_env).await;
+        return run_fleet(ctx, &fleet, args.update_env, args.env).await;
+    }
+    if args.app == ALL {
+        return run_all(ctx, args.update_env, args.env).await;
     }
     let failed = || format!("reload of `{}` failed", args.app);
-    let request = ReloadRequest { update_env: args.update_env };
+    let request = ReloadRequest { update_env: args.update_env, env: args.env.clone() };
 
     // A reload can take minutes: say what we wait for, then erase the line.
     let progress = !ctx.json && output::stderr_is_terminal();
@@ -56,15 +65,72 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
         return Err(anyhow!("{reason}").context(failed()));
     }
     if !ctx.json {
-        output::print_success(&format!(
-            "reloaded {}: {} replaced in {} (env {})",
-            outcome.app,
-            output::count(outcome.replaced, "worker"),
-            output::human_elapsed(outcome.duration_ms),
-            outcome.env_hash,
-        ));
+        print_reloaded(&outcome);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `reload all` names: every app of the agent.
+const ALL: &str = "all";
+
+/// `reload all`: every app of the agent, one after the other (one reload at a time leaves the
+/// host's capacity to the others). Every app is tried; exits 1 if one failed.
+async fn run_all(ctx: &Context, update_env: bool, env: Option<String>) -> anyhow::Result<ExitCode> {
+    let request = ReloadRequest { update_env, env: env.clone() };
+    let apps = ctx.client.apps().await?;
+    let mut outcomes = Vec::new();
+    for app in &apps {
+        let outcome = match ctx.client.reload(&app.name, &request).await {
+            Ok(o) => o,
+            Err(e @ ClientError::Api { .. }) if is_reload_failure(&e) => ReloadOutcome {
+                app: app.name.clone(),
+                ok: false,
+                replaced: 0,
+                duration_ms: 0,
+                env_hash: String::new(),
+                error: Some(reason(&e)),
+                hint: None,
+                gap_ms: None,
+            },
+            Err(e) => return Err(e.into()),
+        };
+        if !ctx.json {
+            if outcome.ok {
+                print_reloaded(&outcome);
+            } else {
+                let style = output::FAILURE;
+                let why = outcome.error.as_deref().unwrap_or("failed");
+                anstream::println!("{style}✗{style:#} reload of `{}` failed: {}", outcome.app, why);
+            }
+        }
+        outcomes.push(outcome);
+    }
+    if ctx.json {
+        output::print_json(&outcomes)?;
+    } else if apps.is_empty() {
+        output::print_warning("the agent has no apps: nothing was reloaded");
+    }
+    Ok(if outcomes.iter().all(|o| o.ok) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// `✓ reloaded web: ...`, and the gap of a stop-then-start reload.
+fn print_reloaded(outcome: &ReloadOutcome) {
+    output::print_success(&format!(
+        "reloaded {}: {} replaced in {} (env {})",
+        outcome.app,
+        output::count(outcome.replaced, "worker"),
+        output::human_elapsed(outcome.duration_ms),
+        outcome.env_hash,
+    ));
+    if let Some(gap) = outcome.gap_ms {
+        output::print_warning(&format!(
+            "stop-then-start: `{}` did not serve for {} in all (it binds its own `port` under `proxy: none`, \
+                 so each old worker stopped before its replacement started); with `reload: {{ reuse_port: true }}` \
+                 and an app that listens with SO_REUSEPORT, reloads have no gap",
+            outcome.app,
+            output::human_elapsed(gap),
+        ));
+    }
 }
 
 fn is_reload_failure(err: &ClientError) -> bool {
@@ -84,8 +150,8 @@ pub struct HostReload {
 }
 
 /// Every host reloads, `max_parallel` at a time (so capacity never drops on more hosts at once).
-async fn run_fleet(ctx: &Context, fleet: &Fleet, update_env: bool) -> anyhow::Result<ExitCode> {
-    let request = ReloadRequest { update_env };
+async fn run_fleet(ctx: &Context, fleet: &Fleet, update_env: bool, env: Option<String>) -> anyhow::Result<ExitCode> {
+    let request = ReloadRequest { update_env, env: env.clone() };
     let parallel = fleet.env.rollout.max_parallel.get();
     let results: Vec<HostReload> = futures_util::stream::iter(fleet.hosts.iter().map(|(_, client)| {
         let request = request.clone();

@@ -1,5 +1,7 @@
-//! `deployer status <env>`: every host of an environment at once: the commit and release it
+//! `deployer status <env|app>`: every host of an environment at once: the commit and release it
 //! serves, its workers, its last deploy. A host that does not answer is a row that says so.
+//! Given an app instead (no deployer.yaml, or no environment by that name), the one row of the
+//! `--agent`.
 
 use std::process::ExitCode;
 
@@ -16,8 +18,8 @@ use crate::output::{
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The environment, as named in deployer.yaml
-    #[arg(value_name = "ENV")]
+    /// An environment of deployer.yaml; or an app of the `--agent` when there is no such environment
+    #[arg(value_name = "ENV|APP")]
     pub env: String,
 
     /// The app [default: deployer.yaml's `app`]
@@ -26,9 +28,18 @@ pub struct Args {
 }
 
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
-    let fleet = ctx.fleet(&args.env, args.app.as_deref())?;
+    let fleet = match ctx.fleet_if_env(&args.env, args.app.as_deref())? {
+        Some(fleet) => Some(fleet),
+        // `--app` goes with an environment: say why there is none.
+        None if args.app.is_some() => Some(ctx.fleet(&args.env, args.app.as_deref())?),
+        None => None,
+    };
+    let (app, clients): (String, Vec<Client>) = match fleet {
+        Some(fleet) => (fleet.app.clone(), fleet.hosts.iter().map(|(_, c)| c.clone()).collect()),
+        None => (args.env.clone(), vec![ctx.client.clone()]),
+    };
     let now = output::now_ms();
-    let hosts = join_all(fleet.hosts.iter().map(|(_, client)| host_status(client, &fleet.app, now))).await;
+    let hosts = join_all(clients.iter().map(|client| host_status(client, &app, now))).await;
     if ctx.json {
         output::print_json(&hosts)?;
     } else {

@@ -1,5 +1,5 @@
 //! Fleets: the environments of `deployer.yaml` and the commands that act on every host of one
-//! (push, status, history, rollback, reload, logs).
+//! (push, status, history, rollback, reload, logs, monit).
 //!
 //! `file` reads the YAML, `git` asks the local repository which commit to push, `rollout` moves
 //! hosts from one release to another (canaries, parallelism, halting, rolling back), `lock` keeps
@@ -45,48 +45,74 @@ impl Fleet {
                 "add `app: <name>` at the top of deployer.yaml, or pass --app NAME",
             )
         })?;
-        let token = Token::from_env(env.token_env.as_deref().unwrap_or(default_token_env));
-        if token.is_set()
-            && let Some(host) = env.hosts.iter().find(|h| !carries_tokens(&h.0))
-        {
-            return Err(Hinted::new(
-                format!(
-                    "environment `{name}` lists `{}`, a plain http host that is not this machine: the token in `{}` \
-                     would cross the network in clear text, so nothing was sent",
-                    agent_label(&host.0),
-                    token.var
-                ),
-                "serve the agent's API over TLS (`tls:` in its agent.yaml) and write its `https://` URL in \
-                 deployer.yaml, or reach it through an ssh tunnel to loopback (`ssh -N -L 7070:127.0.0.1:7070 <host>`, \
-                 host `http://127.0.0.1:7070`)",
-            )
-            .into());
-        }
-        let dir = file.path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-        let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
-        let client = match &env.ca_cert {
-            None => base.clone(),
-            Some(ca) => {
-                let path = dir.join(ca);
-                let pem = std::fs::read(&path).map_err(|e| {
-                    Hinted::new(
-                        format!("cannot read `ca_cert` `{}` of environment `{name}`: {e}", path.display()),
-                        "name a PEM file, relative to deployer.yaml",
-                    )
-                })?;
-                let first = env.hosts[0].0.clone();
-                Client::with_ca(first, token.clone(), &pem).map(|c| c.keep_raw_text(base.raw_text())).map_err(|e| {
-                    Hinted::new(
-                        format!("`{}` is not a PEM certificate: {e}", path.display()),
-                        "write the CA's (or the agent's self-signed) certificate in PEM form",
-                    )
-                })?
-            }
-        };
-        let hosts = env.hosts.iter().map(|h| (h.clone(), client.for_agent(h.0.clone(), token.clone()))).collect();
-        let repo_dir = std::env::current_dir().unwrap_or(dir);
+        let hosts = clients(file, name, &env, base, default_token_env)?;
+        let repo_dir = std::env::current_dir().unwrap_or_else(|_| file_dir(file));
         Ok(Fleet { name: name.to_owned(), env, app, hosts, repo_dir })
     }
+}
+
+/// A client for every host of the environment `name`, whatever app they run (`monit` shows them
+/// all), with the environment's token (`token_env`, else `default_token_env`) and `ca_cert`.
+pub fn hosts(
+    file: &FleetFile,
+    name: &str,
+    base: &Client,
+    default_token_env: &str,
+) -> anyhow::Result<Vec<(Host, Client)>> {
+    let env = file.environment(name).ok_or_else(|| unknown_environment(file, name))?;
+    clients(file, name, env, base, default_token_env)
+}
+
+fn clients(
+    file: &FleetFile,
+    name: &str,
+    env: &Environment,
+    base: &Client,
+    default_token_env: &str,
+) -> anyhow::Result<Vec<(Host, Client)>> {
+    let token = Token::from_env(env.token_env.as_deref().unwrap_or(default_token_env));
+    if token.is_set()
+        && let Some(host) = env.hosts.iter().find(|h| !carries_tokens(&h.0))
+    {
+        return Err(Hinted::new(
+            format!(
+                "environment `{name}` lists `{}`, a plain http host that is not this machine: the token in `{}` \
+                 would cross the network in clear text, so nothing was sent",
+                agent_label(&host.0),
+                token.var
+            ),
+            "serve the agent's API over TLS (`tls:` in its agent.yaml) and write its `https://` URL in \
+             deployer.yaml, or reach it through an ssh tunnel to loopback (`ssh -N -L 7070:127.0.0.1:7070 <host>`, \
+             host `http://127.0.0.1:7070`)",
+        )
+        .into());
+    }
+    let client = match &env.ca_cert {
+        None => base.clone(),
+        Some(ca) => {
+            let path = file_dir(file).join(ca);
+            let pem = std::fs::read(&path).map_err(|e| {
+                Hinted::new(
+                    format!("cannot read `ca_cert` `{}` of environment `{name}`: {e}", path.display()),
+                    "name a PEM file, relative to deployer.yaml",
+                )
+            })?;
+            let first = env.hosts[0].0.clone();
+            Client::with_ca(first, token.clone(), &pem).map(|c| c.keep_raw_text(base.raw_text())).map_err(|e| {
+                Hinted::new(
+                    format!("`{}` is not a PEM certificate: {e}", path.display()),
+                    "write the CA's (or the agent's self-signed) certificate in PEM form",
+                )
+            })?
+        }
+    };
+    Ok(env.hosts.iter().map(|h| (h.clone(), client.for_agent(h.0.clone(), token.clone()))).collect())
+}
+
+/// The directory of deployer.yaml (`.` when it was named without one).
+fn file_dir(file: &FleetFile) -> PathBuf {
+    let dir = file.path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir }
 }
 
 fn unknown_environment(file: &FleetFile, name: &str) -> anyhow::Error {

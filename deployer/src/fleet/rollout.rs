@@ -281,7 +281,9 @@ impl Plan<'_> {
                 let releases = client.releases(self.app).await?;
                 result.previous_release = releases.iter().find(|r| r.current).map(|r| r.name.clone());
                 line.start(&format!("deploying {}", short_sha(sha)));
-                client.deploy(self.app, &DeployRequest { git_ref: Some(sha.clone()), who: who.clone() }).await?
+                client
+                    .deploy(self.app, &DeployRequest { git_ref: Some(sha.clone()), who: who.clone(), env: None })
+                    .await?
             }
             Action::Rollback { to } => {
                 line.start("rolling back");

@@ -138,7 +138,7 @@ pub fn status_table(hosts: &[HostStatus], now_ms: u64, colour: bool) -> Table {
         };
         let state = match (h.app_state, &h.error) {
             (Some(AppState::Running), _) if h.workers_errored == 0 => Cell::new(AppState::Running).fg(Color::Green),
-            (Some(AppState::Reloading), _) => Cell::new(AppState::Reloading).fg(Color::Yellow),
+            (Some(state @ (AppState::Reloading | AppState::Starting)), _) => Cell::new(state).fg(Color::Yellow),
             (Some(state), _) => Cell::new(state).fg(Color::Red).add_attribute(Attribute::Bold),
             (None, error) => Cell::new(error.as_deref().unwrap_or("-")).fg(Color::Red).add_attribute(Attribute::Bold),
         };

@@ -16,7 +16,12 @@ fn setup() -> Setup {
         rotation: None,
         listener: None,
         app_port: None,
-        logs: Arc::new(LogSink::new("t", dir.path().to_path_buf(), 1 << 20, 1, Secrets::default())),
+        logs: Arc::new(LogSink::new(
+            "t",
+            dir.path().to_path_buf(),
+            &crate::config::LogsConfig::default(),
+            Secrets::default(),
+        )),
         pids: Arc::new(PidRecord::new(dir.path().join("workers.pids"))),
         run_dir: dir.path().to_path_buf(),
         secrets: Secrets::default(),
@@ -38,11 +43,15 @@ impl Setup {
             release: String::new(),
             ready: ReadyConfig { check: ReadyCheck::Alive(Duration::from_millis(50)), timeout: Duration::from_secs(5) },
             restart: RestartConfig {
+                autorestart: true,
+                delay: None,
+                stop_exit_codes: Vec::new(),
                 max_restarts: u32::MAX,
                 min_uptime: Dur(Duration::from_secs(1)),
                 backoff_max: Dur(backoff_max),
             },
             run_as: None,
+            ipc: false,
         };
         Worker::start(0, Arc::new(spec), self.ctx.clone())
     }
@@ -179,4 +188,106 @@ async fn a_worker_announces_its_life_and_its_tasks_end_with_it() {
     alive.retire(how(Signal::SIGTERM, Duration::from_secs(5)), None).await;
     s.ctx.tasks.close();
     tokio::time::timeout(Duration::from_secs(5), s.ctx.tasks.wait()).await.expect("the keepers and readers ended");
+}
+
+/// The sockets among a process's open fds, by number.
+fn sockets(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+        if std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:")) {
+            out.push(e.file_name().to_string_lossy().parse().unwrap());
+        }
+    }
+    out
+}
+
+/// The IPC channel's end reaches its own worker as `NODE_CHANNEL_FD`, and no other child: a
+/// worker started meanwhile holds no socket at all.
+#[tokio::test]
+async fn the_ipc_channel_reaches_its_worker_only() {
+    let s = setup();
+    let script = "echo $$ >> pids; echo \"$NODE_CHANNEL_FD $NODE_CHANNEL_SERIALIZATION_MODE\" > chan.$INSTANCE_ID; \
+                  while :; do sleep 0.05; done";
+    let mut spec = WorkerSpec::clone(&s.worker("exit 0", Duration::from_secs(1)).spec);
+    spec.argv[2] = script.into();
+    spec.ipc = true;
+    let with_ipc = Worker::start(1, Arc::new(spec.clone()), s.ctx.clone());
+    spec.ipc = false;
+    let without = Worker::start(2, Arc::new(spec), s.ctx.clone());
+    wait_state(&with_ipc, "online").await;
+    wait_state(&without, "online").await;
+    let chan = std::fs::read_to_string(s.dir.path().join("chan.1")).unwrap();
+    let (fd, mode) = chan.trim().split_once(' ').unwrap();
+    assert_eq!(mode, "json");
+    let fd: i32 = fd.parse().unwrap();
+    assert_eq!(sockets(with_ipc.status().pid.unwrap() as i32), [fd], "its channel, and nothing else");
+    assert_eq!(std::fs::read_to_string(s.dir.path().join("chan.2")).unwrap(), " \n");
+    assert!(sockets(without.status().pid.unwrap() as i32).is_empty(), "another worker got a socket");
+    let stop = how(Signal::SIGTERM, Duration::from_millis(300));
+    // `sh` does not read the channel: `'shutdown'`, kill_timeout, then the signal.
+    let started = Instant::now();
+    with_ipc.retire(stop, None).await;
+    assert!(started.elapsed() >= Duration::from_millis(300), "no wait after 'shutdown'");
+    without.retire(stop, None).await;
+    assert!(s.pids("pids").iter().all(|&p| !alive(p)));
+}
+
+/// A worker of `script` under `policy` (its other settings as [`Setup::worker`]'s).
+fn with_policy(s: &Setup, script: &str, policy: impl FnOnce(&mut RestartConfig)) -> Arc<Worker> {
+    let mut spec = WorkerSpec::clone(&s.worker("exit 0", Duration::from_secs(1)).spec);
+    spec.argv[2] = script.into();
+    policy(&mut spec.restart);
+    Worker::start(3, Arc::new(spec), s.ctx.clone())
+}
+
+#[tokio::test]
+async fn autorestart_false_leaves_an_exited_worker_stopped_with_its_code() {
+    let s = setup();
+    let w = with_policy(&s, "echo $$ >> pids; sleep 0.2; exit 3", |p| p.autorestart = false);
+    wait_state(&w, "stopped").await;
+    assert_eq!(w.status().exit_code, Some(3));
+    assert_eq!(w.to_wire().exit_code, Some(3));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(s.pids("pids").len(), 1, "restarted");
+    assert_eq!(w.status().restarts, 0);
+}
+
+#[tokio::test]
+async fn a_stop_exit_code_ends_the_worker_and_another_code_restarts_it() {
+    let s = setup();
+    // The first run exits 1 (restarted), the second 0 (done).
+    let script = "echo $$ >> pids; sleep 0.2; [ -e ran ] && exit 0; touch ran; exit 1";
+    let w = with_policy(&s, script, |p| {
+        p.stop_exit_codes = vec![0];
+        p.backoff_max = Dur(Duration::from_millis(10));
+    });
+    wait_state(&w, "stopped").await;
+    assert_eq!(w.status().exit_code, Some(0));
+    assert_eq!(s.pids("pids").len(), 2);
+    assert_eq!(w.status().restarts, 1);
+}
+
+#[tokio::test]
+async fn restart_delay_is_the_wait_before_each_restart() {
+    let s = setup();
+    let script = "date +%s%N >> times; sleep 0.1; exit 1";
+    let w = with_policy(&s, script, |p| {
+        p.delay = Some(Dur(Duration::from_millis(700)));
+        p.backoff_max = Dur(Duration::from_millis(10));
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let times = loop {
+        let text = std::fs::read_to_string(s.dir.path().join("times")).unwrap_or_default();
+        let t: Vec<u128> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        if t.len() >= 3 || Instant::now() > deadline {
+            break t;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    w.retire(how(Signal::SIGKILL, Duration::from_secs(1)), None).await;
+    assert!(times.len() >= 3, "{times:?}");
+    for pair in times.windows(2) {
+        let gap_ms = (pair[1] - pair[0]) / 1_000_000;
+        assert!(gap_ms >= 750, "restarted {gap_ms} ms after the last start (0.1 s run + 0.7 s delay)");
+    }
 }
