@@ -8,6 +8,7 @@
 mod abuse;
 mod answers;
 mod api;
+mod cache;
 mod cli;
 mod config;
 mod deploy;

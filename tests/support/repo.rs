@@ -52,6 +52,23 @@ impl TestRepo {
         self.commit_file(".env", &format!("GREETING={greeting}\n"), &format!("say {greeting}"))
     }
 
+    /// Replace `path` in the work tree by a symlink to `target` and commit it. Answers the sha.
+    pub fn commit_link(&self, path: &str, target: &Path) -> String {
+        let p = self.path().join(path);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).expect("create dirs in the repo");
+        }
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&p).expect("remove a dir in the repo"),
+            Ok(_) => std::fs::remove_file(&p).expect("remove a file in the repo"),
+            Err(_) => {}
+        }
+        std::os::unix::fs::symlink(target, &p).expect("make a link in the repo");
+        self.git(&["add", "--all"]);
+        self.git(&["commit", "--quiet", "--message", &format!("{path} -> {}", target.display())]);
+        self.head()
+    }
+
     /// The sha of `HEAD`.
     pub fn head(&self) -> String {
         self.git(&["rev-parse", "HEAD"]).stdout.trim().to_string()

@@ -71,6 +71,14 @@ pub enum ValueError {
     AuthKnownHosts,
     #[error("`auth` names no credential: write {0}")]
     AuthNone(&'static str),
+    #[error("install cache key file `{0}` must be a relative path inside the release (`*` only in its last name)")]
+    CacheKeyFile(String),
+    #[error("install cache path `{0}` must be a relative path inside the release, like `node_modules`")]
+    CachePath(String),
+    #[error("install cache `paths` is empty: list what the install step writes, like `[node_modules]`")]
+    CacheNoPaths,
+    #[error("`{0}` is not an environment variable name: write one like `NODE_ENV`")]
+    CacheEnv(String),
 }
 
 /// Read a `Raw` of any shape (scalar, list or map), then turn it into a `T` or a located error.

@@ -13,6 +13,7 @@ pub(crate) use command::{flow_list, yaml_scalar};
 pub mod env_file;
 pub mod front;
 pub mod health;
+pub mod install_cache;
 pub mod limits;
 pub mod report;
 mod resolve;
@@ -25,6 +26,7 @@ mod validate;
 pub use auth::AuthConfig;
 pub use front::FrontConfig;
 pub use health::{HealthCheck, HealthConfig};
+pub use install_cache::InstallCacheConfig;
 pub use limits::LimitsConfig;
 pub use report::{ReportConfig, RetryConfig};
 pub use run_as::RunAs;
@@ -158,6 +160,11 @@ pub struct AppConfig {
     /// The install step, run in the new release (one command or a list). No shell is run.
     #[serde(default)]
     pub install: Commands,
+    /// Skip the install step when its inputs (lockfile, command, listed variables) are those of
+    /// the previous release, copying that release's outputs instead: absent is the built-in
+    /// default for the lockfile the release holds, `false` is off, a map declares its own.
+    #[serde(default)]
+    pub install_cache: InstallCacheConfig,
     /// How long the install step (each command, and each hook) may take.
     #[serde(default = "default_install_timeout")]
     pub install_timeout: Dur,

@@ -2,7 +2,7 @@
 //! or webhook only with a repo, a port per front, probes its front can make). Nothing is looked
 //! up on this host here; that is [`super::resolve`].
 
-use super::{AppConfig, At, ConfigError, ProxyMode, ReadyCheck, limits, valid_app_name};
+use super::{AppConfig, At, ConfigError, ProxyMode, ReadyCheck, install_cache, limits, valid_app_name};
 use std::collections::BTreeMap;
 use std::path::{Component, Path};
 
@@ -30,6 +30,7 @@ pub(super) fn app(name: &str, app: &AppConfig, ports: &mut Ports, at: &At<'_>) -
     source(name, app, at)?;
     triggers(name, app, at)?;
     limits::check(name, &app.limits, at)?;
+    install_cache::check(name, &app.install_cache, !app.install.0.is_empty(), at)?;
     if app.reload.max_surge == 0 {
         return Err(at(
             &["apps", name, "reload", "max_surge"],

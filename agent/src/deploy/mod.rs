@@ -12,6 +12,7 @@
 
 mod follow;
 mod install;
+mod install_cache;
 mod pipeline;
 pub mod poll;
 mod push;

@@ -15,6 +15,7 @@
 
 use super::DeployState;
 use super::install::{self, Output};
+use super::install_cache;
 use super::release::{self, AppDir, disk_full, disk_space, keep_failed, prune_plan, seq_of};
 use super::{AppQueue, DeployError, Deployer, Job, Target};
 use crate::config::{AppConfig, GitSource};
@@ -327,8 +328,9 @@ impl Run<'_> {
             ("post_install", &cfg.hooks.post_install),
             ("pre_reload", &cfg.hooks.pre_reload),
         ];
+        let (cache, skip_install) = self.install_cache(&cfg, &dir, &name, &env, previous.as_ref()).await;
         for (label, cmds) in steps {
-            if cmds.0.is_empty() {
+            if cmds.0.is_empty() || (label == "install" && skip_install) {
                 continue;
             }
             self.check_cancel()?;
@@ -355,6 +357,12 @@ impl Run<'_> {
                 return Err(Stop::failed(format!("{label}: {e}; the running release keeps serving")));
             }
             self.log(&format!("{label} ok in {:.1}s", t.elapsed().as_secs_f32()));
+        }
+        if let Some(plan) = &cache
+            && let Err(e) = store.set_install_key(&self.app.name, &name, &plan.key)
+        {
+            // The next deploy then finds no key and runs its install step: slower, not wrong.
+            tracing::warn!(error = %e, "cannot record the release's install key");
         }
         self.check_cancel()?;
 
@@ -434,6 +442,108 @@ impl Run<'_> {
             &row.sha[..7.min(row.sha.len())],
             self.started.elapsed().as_secs_f32()
         ))
+    }
+
+    /// The install cache's part of a deploy (`install_cache.rs`): answers the plan whose key is
+    /// recorded once the install step is done (None: the cache is off or cannot read its inputs),
+    /// and whether the install step is skipped because the outputs were copied from the previous
+    /// release. Every outcome is a deploy event; none fails the deploy (the install step runs).
+    async fn install_cache(
+        &self,
+        cfg: &AppConfig,
+        dir: &AppDir,
+        name: &str,
+        env: &BTreeMap<String, String>,
+        previous: Option<&ActiveRelease>,
+    ) -> (Option<install_cache::Plan>, bool) {
+        if cfg.install.0.is_empty() {
+            return (None, false);
+        }
+        let release = dir.release(name);
+        let (c, e) = (cfg.clone(), env.clone());
+        let planned = tokio::task::spawn_blocking(move || {
+            install_cache::plan(&c, &crate::beneath::Dir::open_trusted(&release)?, &e)
+        })
+        .await;
+        let plan = match planned {
+            Ok(Ok(Some(plan))) => plan,
+            Ok(Ok(None)) => {
+                self.log("install cache: off (`install_cache: false`)");
+                return (None, false);
+            }
+            Ok(Err(e)) => {
+                self.log(&format!("install cache: not used: {e}"));
+                return (None, false);
+            }
+            Err(e) => {
+                self.log(&format!("install cache: not used: reading its inputs crashed: {e}"));
+                return (None, false);
+            }
+        };
+        let rows = match self.d.store.releases(&self.app.name) {
+            Ok(rows) => rows,
+            Err(e) => {
+                self.log(&format!("install cache: not used: cannot read the releases: {e}"));
+                return (Some(plan), false);
+            }
+        };
+        // The live release, else the newest good one.
+        let source = match previous {
+            Some(p) => rows.iter().find(|r| r.name == p.name),
+            None => rows.iter().find(|r| r.ok && r.name != name),
+        };
+        let Some(source) = source else {
+            self.log("install cache: not used: no previous release");
+            return (Some(plan), false);
+        };
+        let from = format!("{} (release {})", &source.sha[..7.min(source.sha.len())], source.name);
+        let key = match self.d.store.install_key(&self.app.name, &source.name) {
+            Ok(Some(key)) => key,
+            Ok(None) => {
+                self.log(&format!("install cache: not used: {from} has no recorded install key"));
+                return (Some(plan), false);
+            }
+            Err(e) => {
+                self.log(&format!("install cache: not used: cannot read the install key of {from}: {e}"));
+                return (Some(plan), false);
+            }
+        };
+        let same = key == plan.key;
+        if !same {
+            let what = install_cache::changed(&key, &plan.key).join(", ");
+            let warm = if plan.warm { "; warm start: copying its outputs first" } else { "" };
+            self.log(&format!("install cache: not used: key changed since {from}: {what}{warm}"));
+            if !plan.warm {
+                return (Some(plan), false);
+            }
+        }
+        let t = Instant::now();
+        let (d, src, dst, paths) = (dir.clone(), source.name.clone(), name.to_string(), plan.paths.clone());
+        let owner = cfg.run_as.as_ref().map(|r| (r.uid, r.gid));
+        let copied = tokio::task::spawn_blocking(move || {
+            install_cache::has_outputs(&d, &src, &paths)?;
+            install_cache::copy_outputs(&d, &src, &dst, &paths, owner)
+        })
+        .await;
+        let ms = t.elapsed().as_millis();
+        match copied {
+            Ok(Ok(c)) if same => {
+                self.log(&format!("install cache: used (from {from}): {c} in {ms} ms; the install step is skipped"));
+                (Some(plan), true)
+            }
+            Ok(Ok(c)) => {
+                self.log(&format!("install cache: warm start from {from}: {c} in {ms} ms; running the install step"));
+                (Some(plan), false)
+            }
+            Ok(Err(e)) => {
+                self.log(&format!("install cache: not used: {e}"));
+                (Some(plan), false)
+            }
+            Err(e) => {
+                self.log(&format!("install cache: not used: copying crashed: {e}"));
+                (Some(plan), false)
+            }
+        }
     }
 
     fn output(&self) -> &Output {

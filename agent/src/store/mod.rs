@@ -12,6 +12,7 @@
 mod apps;
 mod bakes;
 mod deliveries;
+mod install_keys;
 mod outbox;
 pub(crate) mod peek;
 mod schema;

@@ -91,6 +91,8 @@ const STEPS: &[&str] = &[
         window_ms INTEGER NOT NULL,
         live TEXT NOT NULL
     );",
+    // 7: each release's install key (`deploy/install_cache.rs`): the inputs of its install step.
+    "ALTER TABLE releases ADD COLUMN install_key TEXT;",
 ];
 
 pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {

@@ -64,6 +64,12 @@ pub async fn wait(check: &ReadyCheck, port: Option<u16>, notify: Option<&NotifyS
     }
 }
 
+/// The longest pause between two readiness probes. A probe is one loopback connect (or one
+/// small request), so probing often costs nothing, while every pause is time a deploy, reload or
+/// restart waits on a worker that is ready already: with 200 ms, a worker ready at 320 ms was
+/// seen at ~510 ms, on each step of a roll.
+const MAX_PAUSE: Duration = Duration::from_millis(25);
+
 /// Retry `attempt` with a short, growing pause until it succeeds.
 async fn poll<F, Fut>(mut attempt: F)
 where
@@ -76,7 +82,7 @@ where
             return;
         }
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(200));
+        pause = (pause * 2).min(MAX_PAUSE);
     }
 }
 

@@ -25,23 +25,6 @@ fn agent_for(repo: &TestRepo, app: impl FnOnce(AppSpec) -> AppSpec, wait_for_wor
     agent
 }
 
-/// Replace `path` in the repo's work tree by a symlink to `target` and commit it.
-fn commit_link(repo: &TestRepo, path: &str, target: &Path) -> String {
-    let p = repo.path().join(path);
-    if let Some(parent) = p.parent() {
-        std::fs::create_dir_all(parent).expect("create dirs in the repo");
-    }
-    match std::fs::symlink_metadata(&p) {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(&p).expect("remove a dir in the repo"),
-        Ok(_) => std::fs::remove_file(&p).expect("remove a file in the repo"),
-        Err(_) => {}
-    }
-    std::os::unix::fs::symlink(target, &p).expect("make a link in the repo");
-    repo.git(&["add", "--all"]);
-    repo.git(&["commit", "--quiet", "--message", &format!("{path} -> {}", target.display())]);
-    repo.head()
-}
-
 /// Deploy the branch head and wait for the end.
 fn deploy(agent: &Agent) -> Deploy {
     let id = agent.deploy("web", "main");
@@ -90,7 +73,7 @@ fn a_committed_env_file_link_to_a_root_only_file_is_not_followed() {
     let bystander = Bystander::start(&agent);
     let first = agent.current_release("web").expect("the first release is live");
 
-    commit_link(&repo, ".env", &decoy.secret_file());
+    repo.commit_link(".env", &decoy.secret_file());
     let d = deploy(&agent);
 
     assert_eq!(d.state, "failed", "{d:#?}");
@@ -141,7 +124,7 @@ fn a_shared_path_below_a_committed_link_fails_the_deploy_before_anything_moves()
     let decoy = Decoy::new();
     let repo = TestRepo::with_example_app();
     // The very first deploy would seed `shared/cfg/data` from `<decoy>/data`.
-    commit_link(&repo, "cfg", decoy.path());
+    repo.commit_link("cfg", decoy.path());
     let agent = agent_for(&repo, |a| a.set("shared", "[cfg/data]"), false);
     let bystander = Bystander::start(&agent);
     let startup = poll(Duration::from_secs(60), || agent.history("web").into_iter().find(Deploy::is_final))
@@ -159,7 +142,7 @@ fn a_shared_path_below_a_committed_link_fails_the_deploy_before_anything_moves()
     assert!(agent.app_dir("web").join("shared/cfg/data").is_dir());
 
     // ... and a later link would make root delete `<decoy>/data` and plant a link there.
-    commit_link(&repo, "cfg", decoy.path());
+    repo.commit_link("cfg", decoy.path());
     let d = deploy(&agent);
     assert_eq!(d.state, "failed", "{d:#?}");
     let message = d.message.clone().unwrap_or_default();
