@@ -203,7 +203,7 @@ mod tests {
         let mut mapped = Vec::new();
         let mut unmapped = Vec::new();
         for (i, app) in raw.iter().enumerate() {
-            let mut m = pm2::app(i, app, &cx).ok().expect("mapped");
+            let Ok(mut m) = pm2::app(i, app, &cx) else { panic!("app {i} not mapped") };
             unmapped.append(&mut m.unmapped);
             mapped.push(m);
         }
