@@ -227,3 +227,22 @@ fn stop_of_an_app_starting_at_boot_does_not_wait_for_its_ready_timeout() {
         "the stopped worker still runs"
     );
 }
+
+/// A SIGHUP while another app is still `starting` at boot applies to the apps that are up.
+#[test]
+fn sighup_during_the_boot_reloads_the_apps_that_are_up() {
+    let never_ready = AppSpec::new("stuck").start(&["node", "-e", "setInterval(() => {}, 1000)"]).ready_timeout("60s");
+    let mut agent = TestEnv::new().instances(1).app(never_ready).dont_wait_for_workers().start();
+    assert!(
+        wait_until(Duration::from_secs(15), || http::get(agent.port("web"), "/").is_ok_and(|r| r.status == 200)),
+        "`web` did not serve while `stuck` was starting"
+    );
+    assert_eq!(agent.app("stuck").state.as_str(), "starting");
+    agent.reconfigure(|env| env.env("GREETING", "hola"));
+    agent.signal(Signal::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(20), || http::get(agent.port("web"), "/").is_ok_and(|r| r.body.starts_with("hola"))),
+        "the SIGHUP waited for the boot of another app: {}",
+        agent.log()
+    );
+}
