@@ -241,7 +241,8 @@ fn sighup_during_the_boot_reloads_the_apps_that_are_up() {
     agent.reconfigure(|env| env.env("GREETING", "hola"));
     agent.signal(Signal::SIGHUP);
     assert!(
-        wait_until(Duration::from_secs(20), || http::get(agent.port("web"), "/").is_ok_and(|r| r.body.starts_with("hola"))),
+        wait_until(Duration::from_secs(20), || http::get(agent.port("web"), "/")
+            .is_ok_and(|r| r.body.starts_with("hola"))),
         "the SIGHUP waited for the boot of another app: {}",
         agent.log()
     );

@@ -82,18 +82,20 @@ fn evaluate(file: &Path) -> Result<Value, ImportError> {
     // `node`'s exit, and reading it to its end would wait for that child.
     let scratch = |error| ImportError::Node { error };
     let (mut out_file, mut err_file) = (scratch_file("out").map_err(scratch)?, scratch_file("err").map_err(scratch)?);
-    let mut child = Command::new("node")
-        .arg("-e")
+    let mut node = Command::new("node");
+    node.arg("-e")
         .arg(EVALUATE)
         .arg(&abs)
         .current_dir(abs.parent().unwrap_or(Path::new("/")))
         .stdin(Stdio::null())
         .stdout(out_file.try_clone().map_err(scratch)?)
-        .stderr(err_file.try_clone().map_err(scratch)?)
-        // Its own group, so what it leaves running is ended with it.
-        .process_group(0)
-        .spawn()
-        .map_err(|error| ImportError::Node { error })?;
+        .stderr(err_file.try_clone().map_err(scratch)?);
+    // A session (and group) of its own, so what it leaves running is ended with it; and ended if
+    // this process dies first (Ctrl-C no longer reaches a group that is not the terminal's).
+    // SAFETY: the hook makes only async-signal-safe syscalls.
+    let parent = nix::unistd::getpid().as_raw();
+    unsafe { node.pre_exec(move || crate::supervisor::spawn::detach_with_parent_death(parent, None)) };
+    let mut child = node.spawn().map_err(|error| ImportError::Node { error })?;
     let group = nix::unistd::Pid::from_raw(child.id() as i32);
     let printed = |f: &std::fs::File| f.metadata().map(|m| m.len()).unwrap_or(0);
     let deadline = Instant::now() + EVALUATE_TIMEOUT;
