@@ -187,3 +187,63 @@ fn an_agent_killed_under_load_refuses_no_connection_when_its_sockets_are_held() 
     // What fails is what the killed agent held: at most one request per client.
     assert!(report.failed <= 20, "more than the in-flight requests failed: {report}");
 }
+
+/// A SIGTERM while an app is still `starting` (its boot waits for `ready.timeout`): the agent stops
+/// at once, and the starting worker does not outlive it.
+#[test]
+fn sigterm_during_the_boot_stops_promptly_and_ends_the_starting_workers() {
+    let never_ready = AppSpec::new("stuck").start(&["node", "-e", "setInterval(() => {}, 1000)"]).ready_timeout("60s");
+    let mut agent = TestEnv::new().instances(1).app(never_ready).dont_wait_for_workers().start();
+    assert!(wait_until(Duration::from_secs(15), || !agent.pids("stuck").is_empty()), "`stuck` never spawned");
+    let stuck = agent.pids("stuck");
+    assert_eq!(agent.app("stuck").state.as_str(), "starting");
+    let asked = std::time::Instant::now();
+    agent.signal(Signal::SIGTERM);
+    let status = agent.wait_exit(Duration::from_secs(40)).expect("the agent did not exit after SIGTERM");
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(15), "the stop waited for the boot: {took:?}\n{}", agent.log());
+    assert_eq!(status.code(), Some(0), "{status}\n{}", agent.log());
+    assert!(
+        wait_until(Duration::from_secs(5), || stuck.iter().all(|p| !pid_alive(*p))),
+        "a starting worker outlived the agent"
+    );
+}
+
+/// `deployer stop` of an app still `starting` at boot answers without waiting out its `ready.timeout`.
+#[test]
+#[ignore = "open finding: the stop waits for the boot's App::op lock, held until ready.timeout (60 s here)"]
+fn stop_of_an_app_starting_at_boot_does_not_wait_for_its_ready_timeout() {
+    let never_ready = AppSpec::new("stuck").start(&["node", "-e", "setInterval(() => {}, 1000)"]).ready_timeout("60s");
+    let agent = TestEnv::new().instances(1).app(never_ready).dont_wait_for_workers().start();
+    assert!(wait_until(Duration::from_secs(15), || !agent.pids("stuck").is_empty()), "`stuck` never spawned");
+    let stuck = agent.pids("stuck");
+    let asked = std::time::Instant::now();
+    let out = agent.cli(&["stop", "stuck"]);
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(20), "`deployer stop` waited for the boot: {took:?}\n{out}");
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert!(
+        wait_until(Duration::from_secs(5), || stuck.iter().all(|p| !pid_alive(*p))),
+        "the stopped worker still runs"
+    );
+}
+
+/// A SIGHUP while another app is still `starting` at boot applies to the apps that are up.
+#[test]
+fn sighup_during_the_boot_reloads_the_apps_that_are_up() {
+    let never_ready = AppSpec::new("stuck").start(&["node", "-e", "setInterval(() => {}, 1000)"]).ready_timeout("60s");
+    let mut agent = TestEnv::new().instances(1).app(never_ready).dont_wait_for_workers().start();
+    assert!(
+        wait_until(Duration::from_secs(15), || http::get(agent.port("web"), "/").is_ok_and(|r| r.status == 200)),
+        "`web` did not serve while `stuck` was starting"
+    );
+    assert_eq!(agent.app("stuck").state.as_str(), "starting");
+    agent.reconfigure(|env| env.env("GREETING", "hola"));
+    agent.signal(Signal::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(20), || http::get(agent.port("web"), "/")
+            .is_ok_and(|r| r.body.starts_with("hola"))),
+        "the SIGHUP waited for the boot of another app: {}",
+        agent.log()
+    );
+}

@@ -2,8 +2,8 @@
 //! on disk, which starts its own workers; then the old one drains and exits. No request fails,
 //! and a new agent that cannot start leaves the old one serving.
 
-use deployer_tests::TestEnv;
 use deployer_tests::{Agent, Load, http, pid_alive, run_to_end, wait_until};
+use deployer_tests::{AppSpec, TestEnv};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::time::Duration;
@@ -268,5 +268,40 @@ fn a_bake_window_begun_before_an_upgrade_is_watched_to_its_end_by_the_new_agent(
     assert!(
         wait_until(Duration::from_secs(60), || agent.current_release("web").as_deref() == Some(before.as_str())),
         "the bake's rollback did not put {before} back"
+    );
+}
+
+/// The baked release crash-loops while an upgrade is under way (deploys are paused: the new agent
+/// is still starting a slow app). The bake's rollback must still happen, or the deploy must not
+/// say `rolled_back` while the release it condemned serves on.
+#[test]
+fn a_bake_that_fails_while_an_upgrade_is_under_way_still_rolls_back() {
+    let repo = deployer_tests::TestRepo::with_example_app();
+    // Listens 10 s after it starts: the new agent's boot, and so the pause, lasts that long.
+    let slow = AppSpec::new("slow").instances(1).ready_timeout("60s").start(&[
+        "node",
+        "-e",
+        "setTimeout(() => require('http').createServer((q, s) => s.end('ok')).listen(Number(process.env.PORT)), 10000)",
+    ]);
+    let agent = TestEnv::new().web(|a| a.repo(&repo).set("bake", "60s")).app(slow).start();
+    let mut upgraded = Upgraded(Vec::new());
+    let before = agent.current_release("web").expect("a first release");
+    let app_js = std::fs::read_to_string(repo.path().join("app.js")).expect("app.js");
+    repo.commit_file("app.js", &format!("{app_js}\nsetTimeout(() => process.exit(1), 1000);\n"), "a fast crash");
+    let id = agent.deploy("web", "main");
+    agent.wait_deploy_state(id, "baking");
+
+    let (code, text, pid) = upgrade(&agent);
+    upgraded.0.extend(pid);
+    assert_eq!(code, Some(0), "{text}");
+    let state = || agent.deploy_status(id).state;
+    assert!(wait_until(Duration::from_secs(60), || state() != "baking"), "the deploy stayed baking");
+    let rolled_back =
+        wait_until(Duration::from_secs(60), || agent.current_release("web").as_deref() == Some(before.as_str()));
+    assert!(
+        rolled_back || state() != "rolled_back",
+        "deploy #{id} says rolled_back, but {before} was not put back: {:#?}\n{}",
+        agent.deploy_status(id),
+        agent.log()
     );
 }

@@ -119,7 +119,24 @@ pub(crate) fn yaml_scalar(s: &str) -> String {
             s.to_ascii_lowercase().as_str(),
             "true" | "false" | "yes" | "no" | "on" | "off" | "null" | "y" | "n" | ".nan" | ".inf"
         );
-    if plain { s.to_string() } else { serde_json::to_string(s).unwrap_or_else(|_| format!("{s:?}")) }
+    if plain { s.to_string() } else { double_quoted(s) }
+}
+
+/// `s` as a YAML double-quoted scalar. A JSON string is one, except that JSON leaves raw what
+/// YAML refuses (DEL, C1 controls, U+FFFE/U+FFFF) or reads as a line break and folds (NEL, LS, PS):
+/// those are escaped too.
+fn double_quoted(s: &str) -> String {
+    let json = serde_json::to_string(s).unwrap_or_else(|_| format!("{s:?}"));
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        match c {
+            '\u{7f}'..='\u{9f}' | '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}' => {
+                out.push_str(&format!("\\u{:04x}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// A command line split like a shell would, without running one.

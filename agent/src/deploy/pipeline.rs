@@ -851,10 +851,28 @@ impl Bake {
             seen.exits, seen.errored
         );
         tracing::warn!(%app, "{why}");
-        finish(&self.d, self.id, DeployState::RolledBack, &why);
         let by = super::Requester::named(Some(Trigger::Bake.as_str()));
-        if let Err(e) = self.d.request(app, Target::Rollback(Some(previous)), Trigger::Bake, &by) {
-            tracing::error!(%app, error = %e, "bake rollback could not be queued");
+        // The rollback is queued before the deploy says `rolled_back`. While an upgrade hands over
+        // (deploys paused) it is asked again until it is taken (the upgrade failed) or this agent
+        // stops: then the deploy stays `baking`, and the next agent watches the release again.
+        loop {
+            match self.d.request(app, Target::Rollback(Some(previous.clone())), Trigger::Bake, &by) {
+                Ok(_) => return finish(&self.d, self.id, DeployState::RolledBack, &why),
+                Err(super::DeployError::Stopping) => {
+                    tokio::select! {
+                        () = self.d.shutdown.cancelled() => {
+                            tracing::warn!(%app, "the agent stops before the bake's rollback could be queued: the next agent watches {release} again");
+                            return;
+                        }
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(%app, error = %e, "bake rollback could not be queued");
+                    let why = format!("{why}, but the rollback could not be queued ({e}): {release} keeps running");
+                    return finish(&self.d, self.id, DeployState::Failed, &why);
+                }
+            }
         }
     }
 }

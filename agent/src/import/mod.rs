@@ -128,12 +128,12 @@ fn render(from: &Path, apps: &[Mapped], unmapped: &[Unmapped]) -> String {
          #   tokens:\n\
          #     - {{ name: admin, token_env: DEPLOYER_TOKEN, scopes: [read, deploy] }}\n\
          # and start the agent with DEPLOYER_TOKEN set.\n",
-        from.display()
+        comment(&from.display().to_string())
     );
     if !unmapped.is_empty() {
         out.push_str("#\n# Not mapped:\n");
         for u in unmapped {
-            out.push_str(&format!("#   {}: {}\n", u.key, u.why.replace('\n', " ")));
+            out.push_str(&format!("#   {}: {}\n", comment(&u.key), comment(&u.why)));
         }
     }
     let top = vec![
@@ -144,6 +144,21 @@ fn render(from: &Path, apps: &[Mapped], unmapped: &[Unmapped]) -> String {
     let apps: Vec<(String, Node)> = apps.iter().map(|a| (a.name.clone(), Node::Block(a.keys.clone()))).collect();
     yaml::block(&mut out, 0, &[("apps".to_string(), Node::Block(apps))]);
     out
+}
+
+/// `text` (a key or value from the PM2 file) on one comment line: a line break (YAML also breaks
+/// lines at `\r`, NEL, LS and PS) would end the comment and let the file write keys of its own;
+/// other controls are refused by YAML. A newline reads as a space, the rest as escapes.
+fn comment(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '\n' => " ".to_string(),
+            c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}') => {
+                c.escape_unicode().to_string()
+            }
+            c => c.to_string(),
+        })
+        .collect()
 }
 
 /// Write `path`, refusing to replace a file unless `force`.
@@ -160,4 +175,48 @@ fn write_new(path: &Path, text: &str, force: bool) -> Result<(), ImportError> {
         _ => ImportError::Write { file: path.to_path_buf(), error },
     })?;
     file.write_all(text.as_bytes()).map_err(|error| ImportError::Write { file: path.to_path_buf(), error })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hostile or unlucky PM2 file: keys and names with line breaks (which YAML also reads in
+    /// `\r`, NEL, LS and PS) and characters YAML refuses (DEL, C1 controls).
+    #[test]
+    fn what_a_pm2_file_names_cannot_add_keys_to_the_written_config() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("ecosystem.json");
+        let evil = "x\ntokens:\n  - { name: evil, token: hunter2hunter2hunter2, scopes: [deploy] }\n#";
+        let app = serde_json::json!({
+            "apps": [{
+                "name": "web\rtokens: [1]",
+                "script": "app.js",
+                evil: 1,
+                "y\u{85}listen: 0.0.0.0:1": 1,
+                "env": { "A": "del\u{7f}c1\u{9f}", "B": "ls\u{2028}ps\u{2029}" },
+            }]
+        });
+        std::fs::write(&file, app.to_string()).unwrap();
+        let read::Apps { origin, apps: raw, other } = read::apps(&file).unwrap();
+        let cx = pm2::Context { base: dir.path(), env: None, origin };
+        let mut mapped = Vec::new();
+        let mut unmapped = Vec::new();
+        for (i, app) in raw.iter().enumerate() {
+            let Ok(mut m) = pm2::app(i, app, &cx) else { panic!("app {i} not mapped") };
+            unmapped.append(&mut m.unmapped);
+            mapped.push(m);
+        }
+        for key in other {
+            unmapped.push(pm2::Unmapped { key, why: String::new() });
+        }
+        let text = render(&dir.path().join("a\nlisten: x"), &mapped, &unmapped);
+        let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let top: Vec<&str> = v.as_mapping().unwrap().keys().filter_map(|k| k.as_str()).collect();
+        assert_eq!(top, ["listen", "state_dir", "apps"], "{text}");
+        assert_eq!(v["listen"], "127.0.0.1:7070", "{text}");
+        let env = &v["apps"][mapped[0].name.as_str()]["env"];
+        assert_eq!(env["A"], "del\u{7f}c1\u{9f}", "{text}");
+        assert_eq!(env["B"], "ls\u{2028}ps\u{2029}", "{text}");
+    }
 }

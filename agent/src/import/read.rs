@@ -3,7 +3,8 @@
 
 use super::ImportError;
 use serde_json::{Map, Value};
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -51,9 +52,12 @@ fn document(file: &Path) -> Result<Value, ImportError> {
 /// use what it exports. `node` prints it as JSON; functions and `undefined` are dropped.
 const EVALUATE: &str = r#"
 const file = process.argv[1];
+// What the config prints (`console.log` while it loads) goes to stderr: stdout is the JSON alone.
+const print = process.stdout.write.bind(process.stdout);
+process.stdout.write = process.stderr.write.bind(process.stderr);
 // An ES module (through `import()`, or `require()` where Node allows it) exports `default`.
 const pick = (m) => (m && typeof m === "object" && "default" in m && !("apps" in m) ? m.default : m);
-const out = (m) => { process.stdout.write(JSON.stringify(pick(m) === undefined ? null : pick(m))); process.exit(0); };
+const out = (m) => { print(JSON.stringify(pick(m) === undefined ? null : pick(m))); process.exit(0); };
 const fail = (e) => { process.stderr.write(String(e && e.stack || e) + "\n"); process.exit(3); };
 try {
   out(require(file));
@@ -69,49 +73,79 @@ try {
 /// How long `node` may take to load the file (one that starts a server never returns).
 const EVALUATE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The most a config may print (its apps as JSON, and whatever it logs) before it is ended.
+const EVALUATE_MAX_OUTPUT: u64 = 64 << 20;
+
 fn evaluate(file: &Path) -> Result<Value, ImportError> {
     let abs = std::fs::canonicalize(file).map_err(|error| ImportError::Read { file: file.to_path_buf(), error })?;
-    let mut child = Command::new("node")
-        .arg("-e")
+    // stdout and stderr go to files, not pipes: a child the config starts keeps a pipe open past
+    // `node`'s exit, and reading it to its end would wait for that child.
+    let scratch = |error| ImportError::Node { error };
+    let (mut out_file, mut err_file) = (scratch_file("out").map_err(scratch)?, scratch_file("err").map_err(scratch)?);
+    let mut node = Command::new("node");
+    node.arg("-e")
         .arg(EVALUATE)
         .arg(&abs)
         .current_dir(abs.parent().unwrap_or(Path::new("/")))
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|error| ImportError::Node { error })?;
-    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-    let (out_pipe, err_pipe) = (child.stdout.take(), child.stderr.take());
-    // Both pipes are read while the child runs (a full pipe would stall it); the readers end
-    // when it exits or is killed.
-    let status = std::thread::scope(|s| {
-        s.spawn(|| out_pipe.map(|mut p| p.read_to_end(&mut stdout)));
-        s.spawn(|| err_pipe.map(|mut p| p.read_to_end(&mut stderr)));
-        let deadline = Instant::now() + EVALUATE_TIMEOUT;
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) => return Some(status),
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-                // Out of time, or the child cannot be waited for: it is ended either way.
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return None;
-                }
+        .stdout(out_file.try_clone().map_err(scratch)?)
+        .stderr(err_file.try_clone().map_err(scratch)?);
+    // A session (and group) of its own, so what it leaves running is ended with it; and ended if
+    // this process dies first (Ctrl-C no longer reaches a group that is not the terminal's).
+    // SAFETY: the hook makes only async-signal-safe syscalls.
+    let parent = nix::unistd::getpid().as_raw();
+    unsafe { node.pre_exec(move || crate::supervisor::spawn::detach_with_parent_death(parent, None)) };
+    let mut child = node.spawn().map_err(|error| ImportError::Node { error })?;
+    let group = nix::unistd::Pid::from_raw(child.id() as i32);
+    let printed = |f: &std::fs::File| f.metadata().map(|m| m.len()).unwrap_or(0);
+    let deadline = Instant::now() + EVALUATE_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() < deadline && printed(&out_file) + printed(&err_file) <= EVALUATE_MAX_OUTPUT => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            // Out of time or output, or the child cannot be waited for: it is ended either way.
+            _ => {
+                let _ = child.kill(); // it may have exited since: nothing to end then
+                let _ = child.wait(); // reaped so no zombie is left; its status is not needed
+                break None;
             }
         }
-    });
+    };
+    // ESRCH: nothing of the group is left running.
+    let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
     let Some(status) = status else {
-        let stderr = format!("it did not finish within {}s (does it start something?)", EVALUATE_TIMEOUT.as_secs());
+        let stderr = format!(
+            "it did not finish within {}s, or printed more than {} MiB (does it start something?)",
+            EVALUATE_TIMEOUT.as_secs(),
+            EVALUATE_MAX_OUTPUT >> 20
+        );
         return Err(ImportError::Evaluate { file: file.to_path_buf(), stderr });
     };
+    let read_back = |f: &mut std::fs::File| -> Vec<u8> {
+        let mut bytes = Vec::new();
+        // A scratch file that cannot be read back reads as empty: the error below says no JSON.
+        let _ = f.seek(SeekFrom::Start(0)).and_then(|_| f.take(EVALUATE_MAX_OUTPUT).read_to_end(&mut bytes));
+        bytes
+    };
+    let (stdout, stderr) = (read_back(&mut out_file), read_back(&mut err_file));
     if !status.success() {
         let stderr = String::from_utf8_lossy(&stderr);
         return Err(ImportError::Evaluate { file: file.to_path_buf(), stderr: stderr.trim().to_string() });
     }
     serde_json::from_slice(&stdout)
         .map_err(|e| ImportError::Parse { file: file.to_path_buf(), reason: format!("`node` printed no JSON: {e}") })
+}
+
+/// A file only this process holds: created private in the temp dir, and unlinked at once.
+fn scratch_file(what: &str) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let path = std::env::temp_dir().join(format!("deployer-import-{}-{nanos}.{what}", std::process::id()));
+    let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path)?;
+    std::fs::remove_file(&path)?;
+    Ok(file)
 }
 
 /// The apps in whichever shape the file has: `{ apps: [...] }`, `{ apps: {...} }`, one app
@@ -190,5 +224,45 @@ mod tests {
         std::fs::write(&bad, "throw new Error('no config here')").unwrap();
         let e = apps(&bad).err().expect("an error").to_string();
         assert!(e.contains("could not evaluate") && e.contains("no config here"), "{e}");
+    }
+
+    /// A config that starts something holding `node`'s stdout and stderr, and prints to stdout
+    /// itself: it is read as soon as `node` exits, and what `node` left running in its group ends.
+    #[test]
+    fn a_config_that_leaves_a_child_running_and_prints_is_read_when_node_exits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pidfile = dir.path().join("child.pid");
+        let js = dir.path().join("ecosystem.config.js");
+        std::fs::write(
+            &js,
+            format!(
+                "const c = require('child_process').spawn('sleep', ['300'], {{ stdio: ['ignore', 'inherit', 'inherit'] }});\n\
+                 require('fs').writeFileSync({:?}, String(c.pid)); c.unref();\n\
+                 console.log('loading config');\n\
+                 module.exports = {{ apps: [{{ name: 'a', script: 'a.js' }}] }};",
+                pidfile.display().to_string()
+            ),
+        )
+        .unwrap();
+        let started = Instant::now();
+        let read = apps(&js).map_err(|e| e.to_string());
+        let took = started.elapsed();
+        let pid = nix::unistd::Pid::from_raw(std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap());
+        let running = || {
+            // A zombie (ended, not yet reaped by init) counts as ended.
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            !stat.is_empty() && !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z')
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while running() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let left = running();
+        if left {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL); // the test's own leftover
+        }
+        assert!(took < Duration::from_secs(10), "took {took:?}");
+        assert_eq!(read.unwrap().apps[0]["name"], "a");
+        assert!(!left, "sleep {pid} still runs");
     }
 }

@@ -248,8 +248,9 @@ impl Files {
         paths.extend([self.base(app, Stream::Out), self.base(app, Stream::Err)]);
         let mut flushed = Vec::new();
         for path in paths {
-            match OpenOptions::new().write(true).truncate(true).open(&path) {
-                Ok(_) => flushed.push(path.clone()),
+            match empty(&path) {
+                Ok(true) => flushed.push(path.clone()),
+                Ok(false) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot empty a log file"),
             }
@@ -270,6 +271,28 @@ impl Files {
     }
 }
 
+/// Open a log file (or its rotated copy) to write, never through a symlink: the log's directory
+/// may be writable by the app's user, who could point the name at a file only root may write.
+fn open_log(path: &Path, options: &mut OpenOptions) -> std::io::Result<File> {
+    options.mode(0o600).custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY).open(path)
+}
+
+/// Whether `path` is a file of its own (not a device such as `/dev/null`, a pipe or a symlink):
+/// only those are rotated, emptied and compressed.
+fn is_regular(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file())
+}
+
+/// Empty the regular file `path` (`deployer flush`); `false` for anything else, left alone.
+fn empty(path: &Path) -> std::io::Result<bool> {
+    let file = open_log(path, OpenOptions::new().write(true))?;
+    if !file.metadata()?.file_type().is_file() {
+        return Ok(false);
+    }
+    file.set_len(0)?;
+    Ok(true)
+}
+
 /// `web.log` -> `web-0.log`: one worker's file when the app's are not merged.
 fn per_worker(base: &Path, worker: u32) -> PathBuf {
     let stem = base.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
@@ -287,8 +310,8 @@ fn rotated_name(path: &Path, i: u32, gz: bool) -> PathBuf {
 
 /// Gzip `from` into `to` (the rotated copy); `from` is left for the caller to remove.
 fn gzip(from: &Path, to: &Path) -> std::io::Result<()> {
-    let mut input = File::open(from)?;
-    let out = OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(to)?;
+    let mut input = open_log(from, OpenOptions::new().read(true))?;
+    let out = open_log(to, OpenOptions::new().create(true).write(true).truncate(true))?;
     // Fast: a rotation holds up this app's output while it runs (10 MiB in about 50 ms).
     let mut gz = flate2::write::GzEncoder::new(std::io::BufWriter::new(out), flate2::Compression::fast());
     std::io::copy(&mut input, &mut gz)?;
@@ -297,7 +320,7 @@ fn gzip(from: &Path, to: &Path) -> std::io::Result<()> {
 
 impl LogFile {
     pub(super) fn new(path: PathBuf, settings: &LogsConfig) -> LogFile {
-        let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+        let size = std::fs::symlink_metadata(&path).map_or(0, |m| m.len());
         LogFile {
             path,
             file: None,
@@ -310,10 +333,16 @@ impl LogFile {
 
     pub(super) fn append(&mut self, bytes: &[u8]) {
         if self.size + bytes.len() as u64 > self.max_size && self.size > 0 {
-            self.rotate();
+            // A device (`out: /dev/null`) is never renamed away: it is written without end.
+            if is_regular(&self.path) {
+                self.rotate();
+            } else {
+                self.size = 0;
+            }
         }
         if self.file.is_none() {
-            self.file = OpenOptions::new().create(true).append(true).mode(0o600).open(&self.path).ok();
+            // Not opened (a symlink in its place): the line is dropped, the next one tries again.
+            self.file = open_log(&self.path, OpenOptions::new().create(true).append(true)).ok();
         }
         if let Some(f) = &mut self.file
             && f.write_all(bytes).is_ok()
@@ -486,6 +515,63 @@ mod tests {
         sink.write(0, Stream::Out, "after the flush");
         let after = std::fs::read_to_string(&log).unwrap();
         assert!(after.ends_with("web-0 out| after the flush\n") && after.lines().count() == 1, "{after}");
+    }
+
+    /// PM2 configs write `out_file: /dev/null` (and `deployer-agent import` keeps it): the agent
+    /// (root) must write to the device, never rename or remove it when the size is reached.
+    #[test]
+    fn a_device_as_log_file_is_written_but_never_rotated_away() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let null = dir.path().join("null");
+        let dev = nix::sys::stat::makedev(1, 3);
+        if nix::sys::stat::mknod(
+            &null,
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+            dev,
+        )
+        .is_err()
+        {
+            eprintln!("skipped: cannot make a device node here (not root)");
+            return;
+        }
+        let s = settings(&format!("{{ out: {}, max_size: 100, keep: 2, compress: true }}", null.display()));
+        let sink = LogSink::new("web", dir.path().to_path_buf(), &s, Secrets::default());
+        for i in 0..20 {
+            sink.write(0, Stream::Out, &format!("line number {i}"));
+        }
+        let kind =
+            std::fs::symlink_metadata(&null).map(|m| std::os::unix::fs::FileTypeExt::is_char_device(&m.file_type()));
+        assert!(matches!(kind, Ok(true)), "the device was replaced: {kind:?}");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["null"], "rotated copies of a device: {names:?}");
+        sink.flush();
+        assert!(matches!(kind, Ok(true)));
+    }
+
+    /// A log file's name replaced by a symlink (by a worker running as `user:` that can write the
+    /// log's directory): the agent neither writes, empties nor compresses through it.
+    #[test]
+    fn a_symlink_planted_as_log_file_is_not_followed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let precious = dir.path().join("precious");
+        std::fs::write(&precious, "keep me\n").unwrap();
+        std::os::unix::fs::symlink(&precious, dir.path().join("web.log")).unwrap();
+        std::os::unix::fs::symlink(&precious, dir.path().join("web.log.1.gz")).unwrap();
+        let sink = LogSink::new(
+            "web",
+            dir.path().to_path_buf(),
+            &settings("{ max_size: 100, keep: 2, compress: true }"),
+            Secrets::default(),
+        );
+        for i in 0..20 {
+            sink.write(0, Stream::Out, &format!("line number {i}"));
+        }
+        assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me\n");
+        std::os::unix::fs::symlink(&precious, dir.path().join("web.log.x")).unwrap();
+        std::fs::rename(dir.path().join("web.log.x"), dir.path().join("web.log")).unwrap();
+        sink.flush();
+        assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me\n");
     }
 
     #[test]

@@ -82,7 +82,7 @@ pub fn spawn(l: &Launch) -> io::Result<Child> {
 /// New session (so signals reach the whole group, never the agent), SIGKILL when the agent dies,
 /// and into the tree's cgroup before anything can be forked. A failed cgroup write is not fatal:
 /// the agent moves the process after the spawn (`cgroup::Tree::adopt`).
-fn detach_with_parent_death(parent: libc::pid_t, cgroup: Option<RawFd>) -> io::Result<()> {
+pub(crate) fn detach_with_parent_death(parent: libc::pid_t, cgroup: Option<RawFd>) -> io::Result<()> {
     // SAFETY: plain syscalls.
     unsafe {
         if let Some(fd) = cgroup {
