@@ -211,7 +211,6 @@ fn sigterm_during_the_boot_stops_promptly_and_ends_the_starting_workers() {
 
 /// `deployer stop` of an app still `starting` at boot answers without waiting out its `ready.timeout`.
 #[test]
-#[ignore = "open finding: the stop waits for the boot's App::op lock, held until ready.timeout (60 s here)"]
 fn stop_of_an_app_starting_at_boot_does_not_wait_for_its_ready_timeout() {
     let never_ready = AppSpec::new("stuck").start(&["node", "-e", "setInterval(() => {}, 1000)"]).ready_timeout("60s");
     let agent = TestEnv::new().instances(1).app(never_ready).dont_wait_for_workers().start();

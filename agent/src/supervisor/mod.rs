@@ -347,6 +347,7 @@ impl Supervisor {
             reloading: AtomicBool::new(false),
             handover_fd: Mutex::new(handover_fd),
             op: tokio::sync::Mutex::new(()),
+            boot_superseded: CancellationToken::new(),
             cancel,
             halt,
             tracker,
@@ -608,6 +609,10 @@ pub struct App {
     /// From creation until [`App::boot`] ends: the agent's start has not brought it up yet.
     starting: AtomicBool,
     op: tokio::sync::Mutex<()>,
+    /// Cancelled by the first operation that wants `op` while the agent's start still waits for
+    /// the app's workers: the boot lets go of the lock (the workers keep starting in their slots)
+    /// instead of holding a `stop` or a `scale` for up to `ready.timeout`.
+    boot_superseded: CancellationToken,
     /// Cancelled when the app stops: the front stops accepting, the background tasks end.
     cancel: CancellationToken,
     /// Cancelled when the agent (or this app) stops: a roll or start in progress ends at once.
@@ -731,7 +736,7 @@ impl App {
         release: ActiveRelease,
         spec: WorkerSpec,
     ) -> Result<u32, reload::RollFailed> {
-        let _op = self.op.lock().await;
+        let _op = self.take_op().await;
         self.roll_locked(Some(cfg), Some((release, spec))).await.map(|r| r.replaced).map_err(|e| match e {
             Refused::Roll(e) => e,
             nothing_changed => reload::RollFailed { reason: nothing_changed.to_string(), restored: true },
@@ -1004,13 +1009,28 @@ impl App {
             );
             return Ok(());
         }
-        self.start_locked().await
+        tokio::select! {
+            r = self.start_locked() => r,
+            () = self.boot_superseded.cancelled() => {
+                tracing::info!(app = %self.name, "another operation came before the workers were ready; it takes over");
+                Ok(())
+            }
+        }
+    }
+
+    /// The app's operation lock; an operation asked for while the agent's start still waits for
+    /// the workers takes over from it ([`App::boot`]).
+    async fn take_op(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        if self.starting.load(SeqCst) {
+            self.boot_superseded.cancel();
+        }
+        self.op.lock().await
     }
 
     /// Start the configured number of workers (if stopped) and wait until they are ready. The
     /// app counts as running from now on, after a restart of the agent too.
     pub async fn start(&self) -> Result<(), NotReady> {
-        let _op = self.op.lock().await;
+        let _op = self.take_op().await;
         self.record_stopped(false)?;
         self.start_locked().await
     }
@@ -1056,7 +1076,7 @@ impl App {
     /// Stop every worker gracefully: out of rotation, drain, SIGTERM, `kill_timeout`, SIGKILL.
     /// Recorded first: the app stays stopped after a restart of the agent, until `start`.
     pub async fn stop(&self) -> Result<(), NotReady> {
-        let _op = self.op.lock().await;
+        let _op = self.take_op().await;
         self.record_stopped(true)?;
         self.stop_locked().await;
         Ok(())
@@ -1078,7 +1098,7 @@ impl App {
 
     /// Stop then start (like `pm2 restart`: not zero-downtime; `reload` is).
     pub async fn restart(&self) -> Result<(), NotReady> {
-        let _op = self.op.lock().await;
+        let _op = self.take_op().await;
         self.record_stopped(false)?;
         self.stop_locked().await;
         self.start_locked().await
@@ -1103,7 +1123,7 @@ impl App {
     /// +2` never races another scale). `target` answering `None` changes nothing; answers the
     /// count scaled to.
     pub async fn scale_from(&self, target: impl FnOnce(u32) -> Option<u32>) -> Result<Option<u32>, NotReady> {
-        let _op = self.op.lock().await;
+        let _op = self.take_op().await;
         let Some(n) = target(self.instances.load(SeqCst)) else { return Ok(None) };
         let configured = self.config().instances;
         let scale = (n != configured.resolve()).then(|| Scale { instances: n, over: configured.to_string() });
@@ -1154,7 +1174,7 @@ impl App {
 
     /// Reload onto `cfg` (a new config for this app) or onto the spec the cluster runs with.
     pub(crate) async fn reload_with(&self, cfg: Option<AppConfig>) -> ReloadOutcome {
-        let _op = self.op.lock().await;
+        let _op = self.take_op().await;
         let started = Instant::now();
         let result = self.roll_locked(cfg, None).await.map_err(ReloadError::from);
         self.outcome(started, result)
@@ -1212,7 +1232,7 @@ impl App {
         }
         {
             // A roll in progress was halted: it ends its new workers and lets go of the lock.
-            let _op = self.op.lock().await;
+            let _op = self.take_op().await;
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             self.stop_workers(Retire { drain_timeout: left, ..how }).await;
         }
