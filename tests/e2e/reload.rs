@@ -131,6 +131,32 @@ fn a_reload_that_fails_halfway_puts_the_previous_release_back_on_the_slots_it_re
     assert!(!node_runs(&fixture("never-ready.js"), &agent.app_dir("web")), "a worker of the failed release still runs");
 }
 
+/// How long a reload of the 2 workers takes when each new worker is ready only after `alive`.
+fn reload_time(agent: &Agent) -> Duration {
+    let asked = std::time::Instant::now();
+    let r = agent.reload("web", false);
+    assert_eq!(r.status, 200, "{}", r.body);
+    asked.elapsed()
+}
+
+#[test]
+fn without_max_surge_a_small_app_replaces_every_worker_at_once_and_fails_nothing() {
+    // Each new worker is ready 3 s after its start: one at a time, a reload of 2 takes 6 s or
+    // more; together, one wait.
+    let agent = TestEnv::new().ready_check("alive: 3s").ready_timeout("20s").reload_default("max_surge").start();
+    let load = Load::start(agent.port("web"), CONNS, true);
+    assert!(load.wait_for_more(100, Duration::from_secs(15)), "the load did not get going");
+    let together = reload_time(&agent);
+    let report = load.stop();
+    assert_eq!(report.failed, 0, "{report}");
+    assert!(together < Duration::from_secs(6), "the workers were replaced one after the other: {together:?}");
+    drop(agent);
+
+    let agent = TestEnv::new().ready_check("alive: 3s").ready_timeout("20s").reload("max_surge", "1").start();
+    let one_by_one = reload_time(&agent);
+    assert!(one_by_one >= Duration::from_secs(6), "`max_surge: 1` replaced them together: {one_by_one:?}");
+}
+
 #[test]
 fn plain_reload_keeps_the_env_and_reload_update_env_reads_the_new_env_file() {
     let agent = TestEnv::new().env_file("GREETING=hello\n").start();

@@ -141,6 +141,12 @@ impl AppSpec {
         self
     }
 
+    /// Leave a key of `reload:` out, so the agent's default applies (the tests set `max_surge: 1`).
+    pub fn reload_default(mut self, key: &'static str) -> Self {
+        self.reload.remove(key);
+        self
+    }
+
     /// `restart: { max_restarts, min_uptime, backoff_max }`.
     pub fn restart(mut self, max_restarts: u32, min_uptime: &str, backoff_max: &str) -> Self {
         self.restart.insert("max_restarts", max_restarts.to_string());
@@ -261,6 +267,9 @@ impl TestEnv {
     }
     pub fn reload(self, key: &'static str, value: &str) -> Self {
         self.web(|a| a.reload(key, value))
+    }
+    pub fn reload_default(self, key: &'static str) -> Self {
+        self.web(|a| a.reload_default(key))
     }
     pub fn ready_check(self, yaml: &str) -> Self {
         self.web(|a| a.ready_check(yaml))

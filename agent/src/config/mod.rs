@@ -470,7 +470,8 @@ impl TryFrom<ReadyRaw> for ReadyConfig {
     }
 }
 
-/// `reload: { signal: SIGUSR2, drain_timeout: 30s, kill_timeout: 5s, max_surge: 1, reuse_port: false }`.
+/// `reload: { signal: SIGUSR2, drain_timeout: 30s, kill_timeout: 5s, max_surge: 1, reuse_port: false }`
+/// (`max_surge` unset: chosen per roll, see `supervisor::reload`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReloadConfig {
@@ -480,8 +481,9 @@ pub struct ReloadConfig {
     pub drain_timeout: Dur,
     /// How long an old worker may take to exit after the signal before `SIGKILL`.
     pub kill_timeout: Dur,
-    /// How many workers are replaced at once.
-    pub max_surge: u32,
+    /// How many workers are replaced at once. Unset: all of them when the host's available
+    /// memory holds a second set of the app's workers with room to spare, else one at a time.
+    pub max_surge: Option<u32>,
     /// `proxy: none` with a `port`: the app binds its port with `SO_REUSEPORT`, so a new worker
     /// can listen while the old one still does, and a reload starts it first (no gap). Without
     /// it such an app is reloaded stop-then-start, and it does not serve in between.
@@ -494,7 +496,7 @@ impl Default for ReloadConfig {
             signal: SignalName(Signal::SIGUSR2),
             drain_timeout: Dur(Duration::from_secs(30)),
             kill_timeout: Dur(Duration::from_secs(5)),
-            max_surge: 1,
+            max_surge: None,
             reuse_port: false,
         }
     }

@@ -31,7 +31,7 @@ pub(super) fn app(name: &str, app: &AppConfig, ports: &mut Ports, at: &At<'_>) -
     triggers(name, app, at)?;
     limits::check(name, &app.limits, at)?;
     install_cache::check(name, &app.install_cache, !app.install.0.is_empty(), at)?;
-    if app.reload.max_surge == 0 {
+    if app.reload.max_surge == Some(0) {
         return Err(at(
             &["apps", name, "reload", "max_surge"],
             "`max_surge: 0` would never replace a worker".into(),

@@ -1,5 +1,6 @@
-//! The rolling reload: replace workers `max_surge` at a time, never stopping an old worker
-//! before its replacement is ready and in rotation.
+//! The rolling reload: replace workers `max_surge` at a time (unset: all at once where memory
+//! allows, [`auto_surge`]), never stopping an old worker before its replacement is ready and in
+//! rotation.
 //!
 //! Per slot: start the new worker -> wait until ready (it enters the rotation) -> take the old one
 //! out of rotation -> drain its in-flight requests -> reload signal -> `kill_timeout` -> SIGKILL.
@@ -44,7 +45,10 @@ pub struct Rolled {
 
 /// Replace the workers in `slots` by workers of `spec`.
 pub async fn roll(app: &App, slots: &[usize], spec: &Arc<WorkerSpec>) -> Result<Rolled, RollFailed> {
-    let surge = app.reload_config().max_surge.max(1) as usize;
+    let surge = match app.reload_config().max_surge {
+        Some(n) => n.max(1) as usize,
+        None => auto_surge(app, slots),
+    };
     let mut replaced: Vec<(usize, Arc<Worker>)> = Vec::new();
     let mut gap: Option<Duration> = None;
     for step in slots.chunks(surge) {
@@ -73,6 +77,28 @@ pub async fn roll(app: &App, slots: &[usize], spec: &Arc<WorkerSpec>) -> Result<
         }
     }
     Ok(Rolled { replaced: replaced.len() as u32, gap })
+}
+
+/// How many workers a roll replaces at once when `max_surge` is not set: all of `slots` when the
+/// host's available memory holds a second set of them (twice their RSS now, plus 256 MiB for
+/// everything else), so a small app's roll costs one worker start instead of one per worker;
+/// one at a time otherwise, and always for a stop-then-start roll (each step is a gap).
+fn auto_surge(app: &App, slots: &[usize]) -> usize {
+    if app.stops_first() {
+        return 1;
+    }
+    let rss: u64 = app.workers_in(slots).iter().map(|w| w.to_wire().rss_bytes).sum();
+    let room = mem_available().is_some_and(|free| free > 2 * rss + (256 << 20));
+    let surge = if room { slots.len().max(1) } else { 1 };
+    tracing::debug!(surge, rss, "max_surge unset: replacing {surge} worker(s) at a time");
+    surge
+}
+
+/// `MemAvailable` of `/proc/meminfo`, in bytes.
+fn mem_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb = text.lines().find_map(|l| l.strip_prefix("MemAvailable:"))?.trim().trim_end_matches("kB").trim();
+    kb.parse::<u64>().ok().map(|kb| kb * 1024)
 }
 
 /// One step: start replacements for `slots`, wait until all are ready, then retire the old ones
