@@ -325,8 +325,7 @@ fn a_release_that_crash_loops_within_its_bake_window_is_rolled_back_by_the_agent
     let before = agent.current_release("web").expect("current");
 
     // Gets ready, serves, then dies a second later, every time.
-    let app_js = std::fs::read_to_string(repo.path().join("app.js")).expect("app.js");
-    repo.commit_file("app.js", &format!("{app_js}\nsetTimeout(() => process.exit(1), 1000);\n"), "a slow crash");
+    repo.commit_crash_after(1000);
     let id = agent.deploy("web", "main");
     agent.wait_deploy_state(id, "baking");
 

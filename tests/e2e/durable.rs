@@ -143,8 +143,7 @@ fn deploy_wait_follows_a_crashing_release_through_its_bake_window_and_exits_non_
     let before = agent.current_release("web").expect("a first release");
 
     // Gets ready, serves, then dies a second later, every time.
-    let app_js = std::fs::read_to_string(repo.path().join("app.js")).expect("app.js");
-    repo.commit_file("app.js", &format!("{app_js}\nsetTimeout(() => process.exit(1), 1000);\n"), "a slow crash");
+    repo.commit_crash_after(1000);
     let (out, took) = timed(&agent, &["deploy", "web", "--wait"]);
     eprintln!("deploy --wait took {took:?}:\n{}{}", out.stdout, out.stderr);
     assert_eq!(out.code(), Some(1), "a deploy the bake rolled back exits 1: {}{}", out.stdout, out.stderr);

@@ -254,8 +254,7 @@ fn a_bake_window_begun_before_an_upgrade_is_watched_to_its_end_by_the_new_agent(
     let before = agent.current_release("web").expect("a first release");
     // Gets ready, serves, then dies 3 s later, every time: the bake rolls it back, whichever
     // agent watches.
-    let app_js = std::fs::read_to_string(repo.path().join("app.js")).expect("app.js");
-    repo.commit_file("app.js", &format!("{app_js}\nsetTimeout(() => process.exit(1), 3000);\n"), "a slow crash");
+    repo.commit_crash_after(3000);
     let id = agent.deploy("web", "main");
     agent.wait_deploy_state(id, "baking");
 
@@ -286,8 +285,7 @@ fn a_bake_that_fails_while_an_upgrade_is_under_way_still_rolls_back() {
     let agent = TestEnv::new().web(|a| a.repo(&repo).set("bake", "60s")).app(slow).start();
     let mut upgraded = Upgraded(Vec::new());
     let before = agent.current_release("web").expect("a first release");
-    let app_js = std::fs::read_to_string(repo.path().join("app.js")).expect("app.js");
-    repo.commit_file("app.js", &format!("{app_js}\nsetTimeout(() => process.exit(1), 1000);\n"), "a fast crash");
+    repo.commit_crash_after(1000);
     let id = agent.deploy("web", "main");
     agent.wait_deploy_state(id, "baking");
 

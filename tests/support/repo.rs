@@ -52,6 +52,14 @@ impl TestRepo {
         self.commit_file(".env", &format!("GREETING={greeting}\n"), &format!("say {greeting}"))
     }
 
+    /// Commit an `app.js` (the example app's) that serves, then exits with 1 `ms` after its start,
+    /// every time: a release that crash-loops after getting ready. Answers the sha.
+    pub fn commit_crash_after(&self, ms: u64) -> String {
+        let app_js = std::fs::read_to_string(self.path().join("app.js")).expect("app.js");
+        let crashing = format!("{app_js}\nsetTimeout(() => process.exit(1), {ms});\n");
+        self.commit_file("app.js", &crashing, &format!("crash {ms} ms after the start"))
+    }
+
     /// Replace `path` in the work tree by a symlink to `target` and commit it. Answers the sha.
     pub fn commit_link(&self, path: &str, target: &Path) -> String {
         let p = self.path().join(path);

@@ -87,7 +87,7 @@ fn auto_surge(app: &App, slots: &[usize]) -> usize {
     if app.stops_first() {
         return 1;
     }
-    let rss: u64 = app.workers_in(slots).iter().map(|w| w.to_wire().rss_bytes).sum();
+    let rss: u64 = app.workers_in(slots).iter().map(|w| w.rss_bytes()).sum();
     let room = mem_available().is_some_and(|free| free > 2 * rss + (256 << 20));
     let surge = if room { slots.len().max(1) } else { 1 };
     tracing::debug!(surge, rss, "max_surge unset: replacing {surge} worker(s) at a time");

@@ -317,6 +317,11 @@ impl Worker {
         self.signals.try_send(signal).ok().map(|()| pid)
     }
 
+    /// The RSS of the last [`Worker::sample_usage`] (the monitor samples every second).
+    pub fn rss_bytes(&self) -> u64 {
+        self.usage.lock().unwrap_or_else(|e| e.into_inner()).rss_bytes
+    }
+
     /// Refresh CPU and memory figures. Answers the RSS. In a cgroup they are the whole tree's
     /// (`node` under `npm start` counts); without one, the worker's own process's.
     pub fn sample_usage(&self) -> u64 {
