@@ -75,6 +75,31 @@ fn upgrades_under_load_fail_no_request() {
     assert!(log.contains("upgrade complete: the previous agent has exited"), "{log}");
 }
 
+/// A client that connected just before the old agent stopped accepting has not sent its request
+/// yet: the old agent still answers it (closing it would fail a request no client retries).
+#[test]
+fn a_connection_accepted_before_the_handover_is_answered_by_the_old_agent() {
+    use std::io::{Read, Write};
+    let agent = TestEnv::new().start();
+    let mut upgraded = Upgraded(Vec::new());
+    let mut early = std::net::TcpStream::connect(("127.0.0.1", agent.port("web"))).expect("connect");
+    early.set_read_timeout(Some(Duration::from_secs(20))).expect("a read timeout");
+    let config = agent.config_path();
+    let asker = std::thread::spawn(move || ask_upgrade(&config));
+    assert!(
+        wait_until(Duration::from_secs(60), || agent.log().contains("front stopped accepting")),
+        "the old agent did not stop accepting: {}",
+        agent.log()
+    );
+    early.write_all(b"GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n").expect("send the request");
+    let mut answer = String::new();
+    let read = early.read_to_string(&mut answer);
+    let out = asker.join().expect("the upgrade's thread");
+    upgraded.0.extend(new_pid(&format!("{}{}", out.stdout, out.stderr)));
+    assert!(read.is_ok() && answer.starts_with("HTTP/1.1 200"), "{read:?}: {answer:?}\n{}", agent.log());
+    assert_eq!(out.code(), Some(0), "{}{}", out.stdout, out.stderr);
+}
+
 #[test]
 fn a_new_agent_that_cannot_start_leaves_the_old_one_serving() {
     let agent = TestEnv::new().env("DELAY_MS", "20").own_binary().start();

@@ -32,6 +32,10 @@ const NO_WORKER_PATIENCE: Duration = Duration::from_secs(10);
 const MAX_ATTEMPTS: usize = 4;
 /// How long the front's own short answers (400, 502, 504...) may take to be taken by the client.
 const RESPOND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stopping front still waits for the first request of a connection it accepted:
+/// that client has not been answered yet and has no reason to retry, so closing on it would
+/// fail a request (a keep-alive connection between requests is closed at once instead).
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(3);
 
 /// How the front treats clients (the app's `front:` config); changed by SIGHUP through a
 /// `watch` channel, read once per client connection.
@@ -123,6 +127,7 @@ pub async fn serve(
                     scanned: 0,
                     // A connection that sends nothing is held to the head deadline from its start.
                     head_started: Some(Instant::now()),
+                    answered: false,
                     peer,
                     rules,
                     ids: ids.clone(),
@@ -262,6 +267,8 @@ struct Conn {
     /// When the head being read started: at accept for the first request, at its first byte
     /// for later ones (between requests a connection is idle, not slow).
     head_started: Option<Instant>,
+    /// Whether a request has been read from this connection (a stop closes it between requests).
+    answered: bool,
     peer: Peer,
     rules: Arc<ClientRules>,
     ids: Arc<RequestIds>,
@@ -317,6 +324,8 @@ impl Conn {
             self.head_started.get_or_insert_with(Instant::now);
         }
         let mut head_deadline = self.head_started.take().map(|t| t + self.rules.header_timeout);
+        // Set once a stop is seen while the first request has not come yet: read on until then.
+        let mut stopping = false;
         loop {
             if let Some(end) = head_end(&self.cbuf, self.scanned) {
                 let keep_line = self.rules.access_log.is_some();
@@ -326,6 +335,7 @@ impl Conn {
                     Ok(Some((_, req))) if matches!(req.body, Body::Length(n) if n > self.rules.max_body) => Err(413),
                     Ok(Some((len, req))) => {
                         self.cbuf.advance(len);
+                        self.answered = true;
                         Ok(Some(req))
                     }
                     // The terminator was found, so httparse has the whole head.
@@ -344,7 +354,14 @@ impl Conn {
             let deadline = head_deadline.unwrap_or_else(|| Instant::now() + self.rules.idle_timeout);
             let read = tokio::select! {
                 r = tokio::time::timeout_at(deadline.into(), self.client.read_buf(&mut self.cbuf)) => r,
-                _ = shutdown.cancelled(), if idle => {
+                _ = shutdown.cancelled(), if idle && !stopping => {
+                    if !self.answered {
+                        // Accepted just before the stop: its first request is on its way.
+                        stopping = true;
+                        let grace = Instant::now() + FIRST_REQUEST_GRACE;
+                        head_deadline = Some(head_deadline.map_or(grace, |d| d.min(grace)));
+                        continue;
+                    }
                     // A lingering close, as nginx does: the client may be sending its next
                     // request right now; closing with it unread would reset the connection
                     // (a failed request), half-closing makes it read an end and retry.
@@ -354,6 +371,8 @@ impl Conn {
                 }
             };
             match read {
+                // A stop's grace ran out on a connection that sent nothing: close it quietly.
+                Err(_) if stopping && self.cbuf.is_empty() => return Ok(None),
                 Err(_) if head_deadline.is_some() => return Err(408),
                 Ok(Ok(0)) | Err(_) | Ok(Err(_)) => return Ok(None),
                 Ok(Ok(_)) => {}

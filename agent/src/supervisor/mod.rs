@@ -1225,6 +1225,7 @@ impl App {
         self.halt.cancel();
         self.cancel.cancel();
         self.tracker.close();
+        tracing::info!(app = %self.name, connections = self.tracker.len(), "front stopped accepting; draining its connections");
         let how = self.stop_how();
         let deadline = tokio::time::Instant::now() + how.drain_timeout;
         if tokio::time::timeout_at(deadline, self.tracker.wait()).await.is_err() {
