@@ -196,6 +196,8 @@ fn pull_mode_picks_up_a_commit_pushed_without_any_webhook() {
         agent.history("web")
     );
     let d = agent.history("web").into_iter().find(|d| d.sha.as_deref() == Some(sha.as_str())).expect("its deploy");
+    // `current` is switched before the old worker has drained, which ends the deploy.
+    let d = agent.wait_deploy(d.id);
     assert_eq!((d.trigger.as_str(), d.state.as_str()), ("poll", "live"));
 }
 
