@@ -261,6 +261,30 @@ fn a_second_push_waits_for_the_lock_or_fails_at_once_with_no_wait() {
     assert!(!free.stderr.contains("waiting"), "{free}");
 }
 
+/// The lock lives on the first host: with that host down a push is refused, and nothing moves,
+/// unless `--no-lock` says to go on unguarded.
+#[test]
+fn a_push_whose_lock_cannot_be_taken_is_refused_unless_no_lock_is_given() {
+    let fleet = TestFleet::start(TestRepo::with_example_app(), 1, |_, app| app);
+    let v2 = fleet.repo.commit_greeting("v2");
+    let down = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+        let port = l.local_addr().expect("addr").port();
+        drop(l);
+        format!("http://127.0.0.1:{port}")
+    };
+    let mut hosts = vec![down];
+    hosts.extend(fleet.hosts());
+    fleet.write_file("prod", &hosts, "{ max_parallel: 2, halt_on_failure: false }");
+    let refused = fleet.cli(&["push", "prod"]).failure(1);
+    assert!(refused.stderr.contains("cannot take the push lock of `prod`"), "{refused}");
+    assert!(refused.stderr.contains("nothing was pushed") && refused.stderr.contains("--no-lock"), "{refused}");
+    assert_eq!(fleet.agents[0].history("web").len(), 1, "nothing deployed");
+    let unguarded = fleet.cli(&["push", "prod", "--no-lock"]).failure(1);
+    assert!(unguarded.stderr.contains("pushing without it (--no-lock)"), "{unguarded}");
+    assert_eq!(fleet.live_sha(0).as_deref(), Some(v2.as_str()), "{unguarded}");
+}
+
 #[test]
 fn deployer_yaml_mistakes_name_the_place_and_the_fix() {
     let repo = TestRepo::with_example_app();

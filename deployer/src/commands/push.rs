@@ -29,6 +29,11 @@ pub struct Args {
     #[arg(long)]
     pub no_wait: bool,
 
+    /// Push even when the push lock cannot be taken (its host is down or unreachable): two
+    /// pushes may then run at once, and the later one wins on every host it reaches
+    #[arg(long)]
+    pub no_lock: bool,
+
     /// Who pushes, as the hosts' history shows it [default: $USER]
     #[arg(long, value_name = "NAME")]
     pub who: Option<String>,
@@ -50,7 +55,8 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
         ));
     }
 
-    // The lock lives on the first host; without it (host down) the push goes on, unguarded.
+    // The lock lives on the first host; without it (host down) the push is refused, unless
+    // `--no-lock` says to go on unguarded.
     let (_, lock_client) = &fleet.hosts[0];
     let holder = lock::holder(&format!("push {} {}", fleet.name, short_sha(&sha)));
     let json = ctx.json;
@@ -75,13 +81,25 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
             )
             .into());
         }
-        Err(e) => {
+        Err(e) if args.no_lock => {
             output::print_warning(&format!(
-                "cannot take the push lock on {}: {}; pushing without it",
+                "cannot take the push lock on {}: {}; pushing without it (--no-lock)",
                 fleet.hosts[0].0.label(),
                 crate::fleet::rollout::reason(&e)
             ));
             None
+        }
+        Err(e) => {
+            return Err(Hinted::new(
+                format!(
+                    "cannot take the push lock of `{}` on its first host {}: {}; nothing was pushed",
+                    fleet.name,
+                    fleet.hosts[0].0.label(),
+                    crate::fleet::rollout::reason(&e)
+                ),
+                "bring that host back, or push anyway with --no-lock if no other push can be running",
+            )
+            .into());
         }
     };
 
