@@ -83,6 +83,15 @@ pub enum ClientError {
         #[source]
         cause: Cause,
     },
+    /// Not sent: this machine ran out of file descriptors (the host was never tried).
+    #[error(
+        "cannot open a connection to `{agent}`: this machine is out of file descriptors (`ulimit -n` is too low for this many hosts)"
+    )]
+    OutOfFds {
+        agent: String,
+        #[source]
+        cause: Cause,
+    },
     /// Connected, but the agent did not answer in time.
     #[error("the agent at `{agent}` did not answer within {}s", .after.as_secs())]
     TimedOut { agent: String, after: Duration },
@@ -440,7 +449,9 @@ impl Client {
 
     fn transport_error(&self, err: reqwest::Error, timeout: Option<Duration>) -> ClientError {
         let agent = self.agent();
-        if err.is_connect() {
+        if out_of_fds(&err) {
+            ClientError::OutOfFds { agent, cause: Cause::root_of(&err) }
+        } else if err.is_connect() {
             ClientError::Unreachable { agent, cause: Cause::root_of(&err) }
         } else if err.is_timeout() {
             ClientError::TimedOut { agent, after: timeout.unwrap_or(CONNECT_TIMEOUT) }
@@ -530,6 +541,20 @@ pub fn agent_label(url: &Url) -> String {
 }
 
 /// The start of a body, on one line.
+/// Whether `err` comes from this process's own fd table being full (`EMFILE`, `ENFILE`).
+fn out_of_fds(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(io.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 fn excerpt(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
     let text = untrusted::text(&text).split_whitespace().collect::<Vec<_>>().join(" ");

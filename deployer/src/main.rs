@@ -24,6 +24,7 @@ use commands::Context;
 
 fn main() -> ExitCode {
     restore_sigpipe();
+    raise_nofile();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -52,5 +53,19 @@ fn restore_sigpipe() {
     // SAFETY: called first thing in `main`, before any other thread exists.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// Raise the soft `RLIMIT_NOFILE` to the hard limit: a fleet command holds a connection per host,
+/// and a default soft limit of 1024 would fail hosts for this machine's own limit.
+fn raise_nofile() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain syscalls on a local struct. A failure leaves the limit as it was, and the
+    // commands say so when they hit it (`ClientError::OutOfFds`).
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
     }
 }

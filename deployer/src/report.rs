@@ -62,6 +62,9 @@ fn client_hint(err: &ClientError) -> Option<String> {
              or pass --agent URL"
                 .to_owned(),
         ),
+        ClientError::OutOfFds { .. } => {
+            Some("raise the limit for this shell (`ulimit -n 65536`) or push to fewer hosts at once".to_owned())
+        }
         ClientError::TimedOut { .. } => {
             Some("the agent accepted the connection but did not answer; check its log".to_owned())
         }

@@ -285,6 +285,70 @@ fn a_push_whose_lock_cannot_be_taken_is_refused_unless_no_lock_is_given() {
     assert_eq!(fleet.live_sha(0).as_deref(), Some(v2.as_str()), "{unguarded}");
 }
 
+/// A fleet command holds a connection per host: it raises its own fd limit to the hard limit,
+/// and a limit it cannot raise fails hosts as this machine's error, not as unreachable hosts.
+#[test]
+fn a_low_fd_limit_is_raised_and_one_that_cannot_be_is_not_blamed_on_the_hosts() {
+    let fleet = TestFleet::start(TestRepo::with_example_app(), 1, |_, app| app);
+    // Hosts that accept, hold the connection a second and close it: every request is in flight
+    // at once.
+    let mut hosts = fleet.hosts();
+    let mut listeners = Vec::new();
+    for _ in 0..40 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+        hosts.push(format!("http://127.0.0.1:{}", l.local_addr().expect("addr").port()));
+        listeners.push(l);
+    }
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let holding = std::thread::spawn({
+        let done = done.clone();
+        move || {
+            let mut held = Vec::new();
+            for l in &listeners {
+                l.set_nonblocking(true).expect("nonblocking");
+            }
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                for l in &listeners {
+                    if let Ok((c, _)) = l.accept() {
+                        held.push((Instant::now(), c));
+                    }
+                }
+                held.retain(|(at, _)| at.elapsed() < Duration::from_secs(1));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    });
+    fleet.write_file("prod", &hosts, "{ max_parallel: 1 }");
+    let status = |limit: &str| {
+        let mut cmd = std::process::Command::new("prlimit");
+        cmd.arg(format!("--nofile={limit}")).arg(deployer_tests::bin("deployer"));
+        let cli = fleet.cli_command(&["status", "prod", "--json"]);
+        cmd.args(cli.get_args()).current_dir(fleet.repo.path()).env("NO_COLOR", "1");
+        for (k, v) in cli.get_envs() {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        let out = deployer_tests::run_to_end(cmd, Duration::from_secs(60));
+        (json(&out), out)
+    };
+    // Soft limit 20, hard 4096: raised, so only the hosts themselves fail.
+    let (raised, out) = status("20:4096");
+    let hosts = raised.as_array().expect("a host list");
+    assert_eq!(hosts.len(), 41, "{out}");
+    assert_eq!(hosts[0]["reachable"], true, "{out}");
+    assert!(hosts.iter().all(|h| !h["error"].as_str().unwrap_or("").contains("file descriptors")), "{out}");
+    // Hard limit 20: the hosts it could not ask are this machine's error.
+    let (capped, out) = status("20:20");
+    let local: Vec<&Value> =
+        capped.as_array().expect("a host list").iter().filter(|h| h["reachable"].is_null()).collect();
+    assert!(!local.is_empty(), "no host failed for the fd limit: {out}");
+    assert!(local.iter().all(|h| str_of(h, "error").contains("out of file descriptors")), "{out}");
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    holding.join().expect("the holding thread");
+}
+
 #[test]
 fn deployer_yaml_mistakes_name_the_place_and_the_fix() {
     let repo = TestRepo::with_example_app();

@@ -47,7 +47,7 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
     }
     // The exit code says whether what it shows is fine: any host that did not answer, answered
     // with an error, or has a worker that kept crashing fails it (scripts and CI gate on it).
-    let fine = hosts.iter().all(|h| h.reachable && h.error.is_none() && h.workers_errored == 0);
+    let fine = hosts.iter().all(|h| h.reachable == Some(true) && h.error.is_none() && h.workers_errored == 0);
     Ok(if fine { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
@@ -55,7 +55,7 @@ async fn host_status(client: &Client, app: &str, now: u64) -> HostStatus {
     let mut status = HostStatus {
         host: client.agent(),
         app: app.to_owned(),
-        reachable: false,
+        reachable: Some(false),
         error: None,
         app_state: None,
         sha: None,
@@ -68,17 +68,20 @@ async fn host_status(client: &Client, app: &str, now: u64) -> HostStatus {
     let (shown, releases, history) = tokio::join!(client.app(app), client.releases(app), client.deploys(app, 1));
     match shown {
         Ok(a) => {
-            status.reachable = true;
+            status.reachable = Some(true);
             status.app_state = Some(a.state);
             status.workers_total = a.instances;
             status.workers_up = a.workers.iter().filter(|w| w.state == WorkerState::Online).count() as u32;
             status.workers_errored = a.workers.iter().filter(|w| w.state == WorkerState::Errored).count() as u32;
         }
         Err(e @ crate::client::ClientError::Api { .. }) => {
-            status.reachable = true;
+            status.reachable = Some(true);
             status.error = Some(reason(&e));
         }
         Err(e) => {
+            if matches!(e, crate::client::ClientError::OutOfFds { .. }) {
+                status.reachable = None;
+            }
             status.error = Some(reason(&e));
             return status;
         }

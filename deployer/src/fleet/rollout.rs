@@ -262,7 +262,7 @@ impl Plan<'_> {
             Err(e) => {
                 let state = match e {
                     ClientError::Unreachable { .. } => HostState::Unreachable,
-                    ClientError::Api { .. } => HostState::Error,
+                    ClientError::Api { .. } | ClientError::OutOfFds { .. } => HostState::Error,
                     _ => HostState::Deploy(DeployState::Failed),
                 };
                 let message = reason(&e);

@@ -75,8 +75,9 @@ pub struct HostStatus {
     /// The agent's URL.
     pub host: String,
     pub app: String,
-    /// Whether the agent answered.
-    pub reachable: bool,
+    /// Whether the agent answered; `null` when it was not asked (this machine's own limits, such
+    /// as its file descriptors, stopped the request).
+    pub reachable: Option<bool>,
     /// Why not, or what it answered instead of the app.
     pub error: Option<String>,
     pub app_state: Option<AppState>,
@@ -110,11 +111,12 @@ pub struct LastDeploy {
 pub fn status_table(hosts: &[HostStatus], now_ms: u64, colour: bool) -> Table {
     let mut table = new_table(["host", "app", "state", "sha", "release", "workers", "last deploy"], colour);
     for h in hosts {
-        if !h.reachable {
+        if h.reachable != Some(true) {
+            let state = if h.reachable.is_none() { HostState::Error } else { HostState::Unreachable };
             table.add_row(vec![
                 Cell::new(&h.host),
                 Cell::new(&h.app),
-                state_cell(HostState::Unreachable),
+                state_cell(state),
                 Cell::new("-"),
                 Cell::new("-"),
                 Cell::new("-"),
