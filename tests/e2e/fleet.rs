@@ -14,6 +14,14 @@ fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
 }
 
 /// An agent whose worker never gets ready once the repository holds a file `broken`.
+/// The URL of a loopback port nothing listens on (connections are refused).
+fn nobody_listens() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let port = l.local_addr().expect("addr").port();
+    drop(l);
+    format!("http://127.0.0.1:{port}")
+}
+
 fn breaks_on_marker(app: deployer_tests::AppSpec) -> deployer_tests::AppSpec {
     let script = format!("if [ -e broken ]; then exec node {}; else exec node app.js; fi", fixture("never-ready.js"));
     app.start(&["sh", "-c", &script]).ready_timeout("2s")
@@ -165,12 +173,7 @@ fn rollback_on_failure_puts_the_moved_hosts_back() {
 fn a_host_that_refuses_connections_fails_quickly_with_the_reason() {
     let fleet = TestFleet::start(TestRepo::with_example_app(), 2, |_, app| app);
     let v2 = fleet.repo.commit_greeting("v2");
-    let refused = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
-        let port = l.local_addr().expect("addr").port();
-        drop(l);
-        format!("http://127.0.0.1:{port}")
-    };
+    let refused = nobody_listens();
     let mut hosts = fleet.hosts();
     hosts.push(refused.clone());
     fleet.write_file("prod", &hosts, "{ max_parallel: 3, halt_on_failure: false }");
@@ -267,12 +270,7 @@ fn a_second_push_waits_for_the_lock_or_fails_at_once_with_no_wait() {
 fn a_push_whose_lock_cannot_be_taken_is_refused_unless_no_lock_is_given() {
     let fleet = TestFleet::start(TestRepo::with_example_app(), 1, |_, app| app);
     let v2 = fleet.repo.commit_greeting("v2");
-    let down = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
-        let port = l.local_addr().expect("addr").port();
-        drop(l);
-        format!("http://127.0.0.1:{port}")
-    };
+    let down = nobody_listens();
     let mut hosts = vec![down];
     hosts.extend(fleet.hosts());
     fleet.write_file("prod", &hosts, "{ max_parallel: 2, halt_on_failure: false }");
