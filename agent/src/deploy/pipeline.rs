@@ -266,7 +266,7 @@ impl Run<'_> {
         let release_dir = dir.release(&name);
         self.step(DeployState::Building, &format!("materialising {short} into releases/{name}")).await?;
         let t = Instant::now();
-        {
+        let linked = {
             let (url, branch, auth, cache, sha, root, dest) = (
                 git.repo.clone(),
                 git.branch.clone(),
@@ -277,13 +277,17 @@ impl Run<'_> {
                 release_dir.clone(),
             );
             let limits = cfg.limits.to_source();
+            let objects = dir.object_store(cfg.run_as.as_ref());
             tokio::task::spawn_blocking(move || {
-                Source::open(&url, &branch, auth, &cache)?.with_limits(limits).materialise(&sha, &root, &dest)
+                Source::open(&url, &branch, auth, &cache)?
+                    .with_limits(limits)
+                    .with_objects(objects)
+                    .materialise(&sha, &root, &dest)
             })
             .await
             .map_err(|e| Stop::failed(format!("materialise crashed: {e}")))?
-            .map_err(|e| Stop::failed(e.to_string()))?;
-        }
+            .map_err(|e| Stop::failed(e.to_string()))?
+        };
         let row = ReleaseRow { app: self.app.name.clone(), name: name.clone(), seq, sha: sha.clone(), ok: false };
         record("the new release", || store.record_release(&row)).await?;
         record("the deploy's release", || store.set_release(id, &name)).await?;
@@ -305,7 +309,8 @@ impl Run<'_> {
             dir.give_shared(&cfg.shared, r)
                 .map_err(|e| Stop::failed(format!("cannot give the shared paths to `{}`: {e}", r.user)))?;
         }
-        self.log(&format!("release {name} materialised in {} ms", t.elapsed().as_millis()));
+        let large = if linked.files() > 0 { format!(" ({linked})") } else { String::new() };
+        self.log(&format!("release {name} materialised in {} ms{large}", t.elapsed().as_millis()));
 
         // 3. install and hooks, in the release with the deploy's environment. The config file is
         // read again now and the release's `env_file` once: the install step, the hooks and the
@@ -623,7 +628,30 @@ impl Run<'_> {
             self.log(&format!("pruned release {name}"));
             removed.push(name);
         }
+        self.collect_objects(cfg, dir, rows.iter().filter(|r| !removed.contains(&r.name)).map(|r| r.sha.as_str()));
         removed
+    }
+
+    /// Remove the objects no release kept needs any more (`source/objects.rs`).
+    fn collect_objects<'s>(&self, cfg: &AppConfig, dir: &AppDir, kept: impl Iterator<Item = &'s str>) {
+        let Some(git) = cfg.source.git() else { return };
+        let referenced = || {
+            let source = Source::open(&git.repo, &git.branch, git_auth(git), &dir.repo())?.with_limits(cfg.limits.to_source());
+            let mut keys = std::collections::HashSet::new();
+            for sha in kept {
+                keys.extend(source.large_files(sha, &git.root)?);
+            }
+            Ok(keys)
+        };
+        match dir.object_store(cfg.run_as.as_ref()).collect(referenced) {
+            Ok(c) if c.objects > 0 => self.log(&format!(
+                "removed {} large file(s) ({}) no release links from the object store",
+                c.objects,
+                human_bytes(c.bytes)
+            )),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot collect the object store"),
+        }
     }
 
     /// After a failed step: when the disk of the app's directory is full, prune the failed

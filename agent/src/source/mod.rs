@@ -19,6 +19,7 @@ mod known_hosts;
 mod limits;
 mod local;
 mod materialise;
+mod objects;
 mod refname;
 mod tree;
 
@@ -28,6 +29,8 @@ mod fixture;
 pub use auth::{GitAuth, Transport, is_loopback, transport};
 pub use error::{SourceError, redact_url};
 pub use limits::Limits;
+pub use objects::{Objects, Sharing};
+pub(crate) use objects::reflink;
 pub use refname::{BadRef, is_sha_like, validate_ref};
 
 use git2::{ErrorClass, ErrorCode, Repository};
@@ -46,6 +49,8 @@ pub struct Source {
     cache_dir: PathBuf,
     /// How much a commit or a fetch may make this source do.
     limits: Limits,
+    /// Where large files are written once and linked from; None: every file is written.
+    objects: Option<Objects>,
     /// Two fetches into one clone would fight over ref locks; a deploy and a poll may overlap.
     fetch_lock: Mutex<()>,
 }
@@ -78,6 +83,7 @@ impl Source {
             auth,
             cache_dir: cache_dir.to_path_buf(),
             limits: Limits::default(),
+            objects: None,
             fetch_lock: Mutex::new(()),
         };
         // A deploy and a `check` (or a poll) may open one cache at once: one makes it and sets
@@ -93,6 +99,12 @@ impl Source {
     /// Hold fetches and materialised trees to `limits` instead of the defaults.
     pub fn with_limits(mut self, limits: Limits) -> Source {
         self.limits = limits;
+        self
+    }
+
+    /// Take the large files of materialised trees from `objects` (see [`Objects`]).
+    pub fn with_objects(mut self, objects: Objects) -> Source {
+        self.objects = Some(objects);
         self
     }
 
