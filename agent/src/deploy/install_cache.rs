@@ -554,7 +554,6 @@ fn file_mode(st: &FileStat) -> u32 {
     st.st_mode & 0o777
 }
 
-
 /// A script of an output's `bin/`, with the old release's directory replaced by the new one's.
 fn write_rewritten(from: OwnedFd, to: &OwnedFd, rw: &Rewrite) -> std::io::Result<()> {
     let mut bytes = Vec::new();

@@ -636,7 +636,8 @@ impl Run<'_> {
     fn collect_objects<'s>(&self, cfg: &AppConfig, dir: &AppDir, kept: impl Iterator<Item = &'s str>) {
         let Some(git) = cfg.source.git() else { return };
         let referenced = || {
-            let source = Source::open(&git.repo, &git.branch, git_auth(git), &dir.repo())?.with_limits(cfg.limits.to_source());
+            let source =
+                Source::open(&git.repo, &git.branch, git_auth(git), &dir.repo())?.with_limits(cfg.limits.to_source());
             let mut keys = std::collections::HashSet::new();
             for sha in kept {
                 keys.extend(source.large_files(sha, &git.root)?);

@@ -29,8 +29,8 @@ mod fixture;
 pub use auth::{GitAuth, Transport, is_loopback, transport};
 pub use error::{SourceError, redact_url};
 pub use limits::Limits;
-pub use objects::{Objects, Sharing};
 pub(crate) use objects::reflink;
+pub use objects::{Objects, Sharing};
 pub use refname::{BadRef, is_sha_like, validate_ref};
 
 use git2::{ErrorClass, ErrorCode, Repository};
