@@ -16,7 +16,7 @@
 //! the whole agent at a time (see [`LARGE_OBJECT`]).
 
 use super::limits::{Bytes, LARGE, LARGE_OBJECT, Limit};
-use super::objects::{self, Caps, LINK_FROM, Linked, Objects, Tally};
+use super::objects::{self, Blob, Caps, LINK_FROM, Linked, Objects, Tally};
 use super::tree::{self, MAX_ENTRY, MODE_EXEC, MODE_GITLINK, MODE_LINK, MODE_TREE};
 use super::{Source, SourceError};
 use git2::{ObjectType, Odb, Oid, Repository, Tree};
@@ -477,8 +477,8 @@ impl Source {
                 if let Some((objects, caps)) = out.store
                     && file.size >= LINK_FROM
                 {
-                    let key = objects::key(file.entry.blob, file.executable);
-                    objects.place(caps, &key, file.size, file.executable, &into.join(&path), out.tally, |f| {
+                    let blob = Blob { id: file.entry.blob, size: file.size, executable: file.executable };
+                    objects.place(caps, blob, &into.join(&path), out.tally, |f| {
                         self.write_blob(odb, file, f, &path, dest)
                     })?;
                     continue;

@@ -161,6 +161,14 @@ pub struct Collected {
     pub temps: u64,
 }
 
+/// A large file of a release: which blob, how large, whether executable.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Blob {
+    pub id: Oid,
+    pub size: u64,
+    pub executable: bool,
+}
+
 /// The store's key for a blob: its id, plus `.x` when it is executable.
 pub(super) fn key(blob: Oid, executable: bool) -> String {
     if executable { format!("{blob}.x") } else { blob.to_string() }
@@ -233,14 +241,13 @@ impl Objects {
     pub(super) fn place(
         &self,
         caps: Caps,
-        key: &str,
-        size: u64,
-        executable: bool,
+        blob: Blob,
         dest: &Path,
         tally: &Tally,
         write: impl FnOnce(&mut fs::File) -> Result<(), SourceError>,
     ) -> Result<Placed, SourceError> {
-        let object = self.dir.join(key);
+        let (size, executable) = (blob.size, blob.executable);
+        let object = self.dir.join(key(blob.id, executable));
         let mode = if executable { 0o555 } else { 0o444 };
         if !self.intact(&object, size, mode)? {
             self.store(&object, mode, write)?;
@@ -309,10 +316,8 @@ impl Objects {
         let temp = self.dir.join(temp_name(&name));
         let result = (|| {
             let mut f = new_file(&temp, 0o600).map_err(io_err("cannot create", &temp))?;
-            write(&mut f).map_err(|e| SourceError::Materialise {
-                path: object.to_path_buf(),
-                message: format!("cannot write the object store's copy: {e}"),
-            })?;
+            // Its error names the release's file and the cause (a full disk).
+            write(&mut f)?;
             f.sync_all().map_err(io_err("cannot sync", &temp))?;
             f.set_permissions(fs::Permissions::from_mode(mode)).map_err(io_err("cannot chmod", &temp))?;
             fs::rename(&temp, object).map_err(io_err("cannot rename into place", object))
@@ -411,4 +416,151 @@ fn new_file(path: &Path, mode: u32) -> io::Result<fs::File> {
 fn temp_name(what: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     format!("{TEMP}{what}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Source;
+    use super::super::fixture::Upstream;
+    use super::*;
+
+    /// A release of 2 MiB `big.txt`, the same bytes as an executable `tool`, a link to it and a
+    /// small file, materialised through a store that may hard-link.
+    struct Fixture {
+        up: Upstream,
+        dir: tempfile::TempDir,
+        source: Source,
+    }
+
+    fn big() -> String {
+        "0123456789abcdef".repeat(128 << 10)
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let up = Upstream::new();
+            up.write("big.txt", &big());
+            let tool = up.write("tool", &big());
+            fs::set_permissions(&tool, fs::Permissions::from_mode(0o755)).unwrap();
+            std::os::unix::fs::symlink("big.txt", up.path().join("link")).unwrap();
+            up.commit("large files");
+            let dir = tempfile::tempdir().unwrap();
+            let source = Source::open(&up.path_url(), "main", None, &dir.path().join("repo.git"))
+                .unwrap()
+                .with_objects(Objects::new(dir.path().join("objects"), Sharing::Link));
+            source.fetch().unwrap();
+            Fixture { up, dir, source }
+        }
+
+        fn store(&self) -> Objects {
+            Objects::new(self.dir.path().join("objects"), Sharing::Link)
+        }
+
+        fn release(&self, name: &str) -> (PathBuf, Linked) {
+            let dest = self.dir.path().join("releases").join(name);
+            let sha = self.source.fetch().unwrap().sha;
+            let linked = self.source.materialise(&sha, ".", &dest).unwrap();
+            (dest, linked)
+        }
+
+        /// The store's entries, sorted.
+        fn objects(&self) -> Vec<String> {
+            let mut names: Vec<String> = fs::read_dir(self.dir.path().join("objects"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        }
+    }
+
+    fn ino(p: &Path) -> u64 {
+        fs::symlink_metadata(p).unwrap().ino()
+    }
+
+    #[test]
+    fn one_blob_with_two_modes_is_two_objects_and_links_stay_links() {
+        let f = Fixture::new();
+        let (r1, linked) = f.release("1");
+        assert_eq!((linked.hard_linked, linked.stored), (2, 2), "{linked}");
+        let blob = f.up.git(&["rev-parse", "HEAD:big.txt"]).trim().to_string();
+        assert_eq!(f.objects(), [blob.clone(), format!("{blob}.x")]);
+        let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
+        assert_eq!(mode(&r1.join("big.txt")), 0o444);
+        assert_eq!(mode(&r1.join("tool")), 0o555);
+        assert!(fs::symlink_metadata(r1.join("link")).unwrap().file_type().is_symlink());
+
+        let (r2, linked) = f.release("2");
+        assert_eq!((linked.hard_linked, linked.stored), (2, 0), "{linked}");
+        assert_eq!(ino(&r1.join("big.txt")), ino(&r2.join("big.txt")));
+        assert_eq!(fs::read_to_string(r2.join("big.txt")).unwrap(), big());
+    }
+
+    #[test]
+    fn an_object_not_as_written_is_written_again() {
+        let f = Fixture::new();
+        let (r1, _) = f.release("1");
+        let blob = f.up.git(&["rev-parse", "HEAD:big.txt"]).trim().to_string();
+        let object = f.dir.path().join("objects").join(&blob);
+        // A crash before its data reached the disk leaves it short; a chmod makes it writable.
+        fs::set_permissions(&object, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&object, "short").unwrap();
+        fs::set_permissions(f.dir.path().join("objects").join(format!("{blob}.x")), fs::Permissions::from_mode(0o755))
+            .unwrap();
+        let (r2, linked) = f.release("2");
+        assert_eq!((linked.hard_linked, linked.stored), (2, 2), "{linked}");
+        assert_eq!(fs::read_to_string(r2.join("big.txt")).unwrap(), big());
+        assert_ne!(ino(&r1.join("big.txt")), ino(&r2.join("big.txt")));
+        assert_eq!(fs::metadata(&object).unwrap().mode() & 0o7777, 0o444);
+    }
+
+    #[test]
+    fn a_failed_write_leaves_no_object_and_no_temporary_file() {
+        let f = Fixture::new();
+        let store = f.store();
+        let caps = store.probe(f.dir.path()).unwrap();
+        let dest = f.dir.path().join("placed");
+        let full = || SourceError::Materialise { path: dest.clone(), message: "No space left on device".into() };
+        let e = store
+            .place(caps, Blob { id: Oid::ZERO_SHA1, size: 10, executable: false }, &dest, &Tally::default(), |out| {
+                io::Write::write_all(out, b"half").unwrap();
+                Err(full())
+            })
+            .unwrap_err();
+        assert!(e.to_string().contains("No space left on device"), "{e}");
+        assert!(f.objects().is_empty(), "{:?}", f.objects());
+        assert!(!dest.exists());
+    }
+
+    #[test]
+    fn collect_keeps_what_a_kept_release_holds_and_removes_the_rest() {
+        let f = Fixture::new();
+        let (r1, _) = f.release("1");
+        let blob = f.up.git(&["rev-parse", "HEAD:big.txt"]).trim().to_string();
+        // A crash while an object was written.
+        fs::write(f.dir.path().join("objects").join(format!("{TEMP}x-1-1")), "half").unwrap();
+        let sha = f.source.fetch().unwrap().sha;
+        let nothing = || -> Result<HashSet<String>, SourceError> { panic!("asked with every object linked") };
+        assert_eq!(f.store().collect(nothing).unwrap(), Collected { temps: 1, ..Collected::default() });
+
+        // Release 1 pruned: what a release of the commit would hold (a reflink, a copy) is kept
+        // while that commit's release is, then removed.
+        fs::remove_dir_all(&r1).unwrap();
+        let keys = f.source.large_files(&sha, ".").unwrap();
+        assert_eq!(keys, HashSet::from([blob.clone(), format!("{blob}.x")]));
+        assert_eq!(f.store().collect(|| Ok(keys.clone())).unwrap(), Collected::default());
+        assert_eq!(f.objects().len(), 2);
+        let gone = f.store().collect(|| Ok(HashSet::new())).unwrap();
+        assert_eq!((gone.objects, gone.bytes), (2, 2 * big().len() as u64));
+        assert!(f.objects().is_empty());
+    }
+
+    #[test]
+    fn an_app_that_could_write_through_a_hard_link_gets_none() {
+        assert_eq!(Sharing::for_uid(None), Sharing::CloneOnly);
+        assert_eq!(Sharing::for_uid(Some(0)), Sharing::CloneOnly);
+        assert_eq!(Sharing::for_uid(Some(nix::unistd::geteuid().as_raw())), Sharing::CloneOnly);
+        let caps = Caps { reflink: false, hard_link: true };
+        assert!(!caps.useful(Sharing::CloneOnly) && caps.useful(Sharing::Link));
+    }
 }
