@@ -277,7 +277,7 @@ impl Run<'_> {
                 release_dir.clone(),
             );
             let limits = cfg.limits.to_source();
-            let objects = dir.object_store(cfg.run_as.as_ref());
+            let objects = dir.object_store(cfg.run_as.as_ref()).except(&cfg.shared);
             tokio::task::spawn_blocking(move || {
                 Source::open(&url, &branch, auth, &cache)?
                     .with_limits(limits)

@@ -476,6 +476,7 @@ impl Source {
                 let failed = |e: io::Error| SourceError::Materialise { path: dest.join(&path), message: e.to_string() };
                 if let Some((objects, caps)) = out.store
                     && file.size >= LINK_FROM
+                    && objects.takes(&path)
                 {
                     let blob = Blob { id: file.entry.blob, size: file.size, executable: file.executable };
                     objects.place(caps, blob, &into.join(&path), out.tally, |f| {

@@ -65,6 +65,10 @@ impl Sharing {
 pub struct Objects {
     dir: PathBuf,
     sharing: Sharing,
+    /// Paths of the release (relative to its root) whose files are written, never taken from
+    /// the store: the app's `shared:` paths, which the first release seeds `shared/` with, and
+    /// which are the app's to write.
+    written: Vec<PathBuf>,
 }
 
 /// How one large file got into a release.
@@ -192,7 +196,21 @@ pub(crate) fn reflink(from: &impl AsFd, to: &impl AsFd) -> io::Result<()> {
 impl Objects {
     /// The store in `dir` (created on first use, `0700`), shared with releases as `sharing` allows.
     pub fn new(dir: PathBuf, sharing: Sharing) -> Objects {
-        Objects { dir, sharing }
+        Objects { dir, sharing, written: Vec::new() }
+    }
+
+    /// Files at or below any of `paths` (relative to the release) are written, not linked.
+    pub fn except(mut self, paths: &[PathBuf]) -> Objects {
+        self.written = paths
+            .iter()
+            .map(|p| p.components().filter(|c| matches!(c, std::path::Component::Normal(_))).collect())
+            .collect();
+        self
+    }
+
+    /// Whether the file at `path` (relative to the release) may come from the store.
+    pub(super) fn takes(&self, path: &Path) -> bool {
+        !self.written.iter().any(|w| path.starts_with(w))
     }
 
     pub fn sharing(&self) -> Sharing {
@@ -494,6 +512,20 @@ mod tests {
         assert_eq!((linked.hard_linked, linked.stored), (2, 0), "{linked}");
         assert_eq!(ino(&r1.join("big.txt")), ino(&r2.join("big.txt")));
         assert_eq!(fs::read_to_string(r2.join("big.txt")).unwrap(), big());
+    }
+
+    #[test]
+    fn files_under_a_shared_path_are_written_not_linked() {
+        let f = Fixture::new();
+        let dest = f.dir.path().join("releases/1");
+        let sha = f.source.fetch().unwrap().sha;
+        let store = f.store().except(&["./big.txt".into()]);
+        let source =
+            Source::open(&f.up.path_url(), "main", None, &f.dir.path().join("repo.git")).unwrap().with_objects(store);
+        let linked = source.materialise(&sha, ".", &dest).unwrap();
+        assert_eq!((linked.hard_linked, linked.stored), (1, 1), "{linked}");
+        let big = fs::metadata(dest.join("big.txt")).unwrap();
+        assert_eq!((big.nlink(), big.mode() & 0o777), (1, 0o644));
     }
 
     #[test]
