@@ -500,17 +500,19 @@ mod tests {
     fn one_blob_with_two_modes_is_two_objects_and_links_stay_links() {
         let f = Fixture::new();
         let (r1, linked) = f.release("1");
-        assert_eq!((linked.hard_linked, linked.stored), (2, 2), "{linked}");
+        assert_eq!((linked.files(), linked.copied, linked.stored), (2, 0, 2), "{linked}");
         let blob = f.up.git(&["rev-parse", "HEAD:big.txt"]).trim().to_string();
         assert_eq!(f.objects(), [blob.clone(), format!("{blob}.x")]);
+        // A hard link is the store's read-only file; a reflink is a file of the release's own.
         let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
-        assert_eq!(mode(&r1.join("big.txt")), 0o444);
-        assert_eq!(mode(&r1.join("tool")), 0o555);
+        let ro = if linked.hard_linked > 0 { 0o444 } else { 0o644 };
+        assert_eq!((mode(&r1.join("big.txt")), mode(&r1.join("tool"))), (ro, ro | 0o111));
         assert!(fs::symlink_metadata(r1.join("link")).unwrap().file_type().is_symlink());
 
         let (r2, linked) = f.release("2");
-        assert_eq!((linked.hard_linked, linked.stored), (2, 0), "{linked}");
-        assert_eq!(ino(&r1.join("big.txt")), ino(&r2.join("big.txt")));
+        assert_eq!((linked.files(), linked.copied, linked.stored), (2, 0, 0), "{linked}");
+        let shared = ino(&r1.join("big.txt")) == ino(&r2.join("big.txt"));
+        assert_eq!(shared, linked.hard_linked > 0, "{linked}");
         assert_eq!(fs::read_to_string(r2.join("big.txt")).unwrap(), big());
     }
 
@@ -523,7 +525,7 @@ mod tests {
         let source =
             Source::open(&f.up.path_url(), "main", None, &f.dir.path().join("repo.git")).unwrap().with_objects(store);
         let linked = source.materialise(&sha, ".", &dest).unwrap();
-        assert_eq!((linked.hard_linked, linked.stored), (1, 1), "{linked}");
+        assert_eq!((linked.files(), linked.stored), (1, 1), "{linked}");
         let big = fs::metadata(dest.join("big.txt")).unwrap();
         assert_eq!((big.nlink(), big.mode() & 0o777), (1, 0o644));
     }
@@ -540,7 +542,7 @@ mod tests {
         fs::set_permissions(f.dir.path().join("objects").join(format!("{blob}.x")), fs::Permissions::from_mode(0o755))
             .unwrap();
         let (r2, linked) = f.release("2");
-        assert_eq!((linked.hard_linked, linked.stored), (2, 2), "{linked}");
+        assert_eq!((linked.files(), linked.stored), (2, 2), "{linked}");
         assert_eq!(fs::read_to_string(r2.join("big.txt")).unwrap(), big());
         assert_ne!(ino(&r1.join("big.txt")), ino(&r2.join("big.txt")));
         assert_eq!(fs::metadata(&object).unwrap().mode() & 0o7777, 0o444);
@@ -567,19 +569,24 @@ mod tests {
     #[test]
     fn collect_keeps_what_a_kept_release_holds_and_removes_the_rest() {
         let f = Fixture::new();
-        let (r1, _) = f.release("1");
+        let (r1, linked) = f.release("1");
         let blob = f.up.git(&["rev-parse", "HEAD:big.txt"]).trim().to_string();
         // A crash while an object was written.
         fs::write(f.dir.path().join("objects").join(format!("{TEMP}x-1-1")), "half").unwrap();
         let sha = f.source.fetch().unwrap().sha;
-        let nothing = || -> Result<HashSet<String>, SourceError> { panic!("asked with every object linked") };
-        assert_eq!(f.store().collect(nothing).unwrap(), Collected { temps: 1, ..Collected::default() });
+        let keys = f.source.large_files(&sha, ".").unwrap();
+        assert_eq!(keys, HashSet::from([blob.clone(), format!("{blob}.x")]));
+        // Every object hard-linked: no tree is read. Reflinked: the release's commit keeps them.
+        let hard_linked = linked.hard_linked == 2;
+        let referenced = || -> Result<HashSet<String>, SourceError> {
+            assert!(!hard_linked, "trees read with every object linked");
+            Ok(keys.clone())
+        };
+        assert_eq!(f.store().collect(referenced).unwrap(), Collected { temps: 1, ..Collected::default() });
 
         // Release 1 pruned: what a release of the commit would hold (a reflink, a copy) is kept
         // while that commit's release is, then removed.
         fs::remove_dir_all(&r1).unwrap();
-        let keys = f.source.large_files(&sha, ".").unwrap();
-        assert_eq!(keys, HashSet::from([blob.clone(), format!("{blob}.x")]));
         assert_eq!(f.store().collect(|| Ok(keys.clone())).unwrap(), Collected::default());
         assert_eq!(f.objects().len(), 2);
         let gone = f.store().collect(|| Ok(HashSet::new())).unwrap();
