@@ -14,6 +14,9 @@
 //! app's [`Limits`](super::Limits) before anything is written (entry count, depth, each blob's size read from
 //! its header, the total size), and a large blob is streamed to disk or read by one thread of
 //! the whole agent at a time (see [`LARGE_OBJECT`]).
+//!
+//! With an object store ([`Source::with_objects`], `objects.rs`), files of [`LINK_FROM`] bytes or
+//! more are written once into it and reflinked or hard-linked into each release that holds them.
 
 use super::limits::{Bytes, LARGE, LARGE_OBJECT, Limit};
 use super::objects::{self, Blob, Caps, LINK_FROM, Linked, Objects, Tally};
