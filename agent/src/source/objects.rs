@@ -566,6 +566,51 @@ mod tests {
         assert!(!dest.exists());
     }
 
+    /// A full disk, for real: a 5 MiB tmpfs holds the release and the store (root only).
+    #[test]
+    fn a_full_disk_fails_the_release_and_leaves_only_whole_objects() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: only root mounts a tmpfs");
+            return;
+        }
+        let up = Upstream::new();
+        for i in 0..4 {
+            up.write(&format!("big{i}.txt"), &format!("{i}").repeat(2 << 20));
+        }
+        up.commit("8 MiB of large files");
+        let dir = tempfile::tempdir().unwrap();
+        let mnt = dir.path().join("mnt");
+        fs::create_dir(&mnt).unwrap();
+        let mount = |args: &[&str]| std::process::Command::new(args[0]).args(&args[1..]).status().unwrap().success();
+        if !mount(&["mount", "-t", "tmpfs", "-o", "size=5m", "tmpfs", mnt.to_str().unwrap()]) {
+            eprintln!("skipped: cannot mount a tmpfs here");
+            return;
+        }
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                // best effort: a test's temp dir; a leftover mount is visible in `mount`
+                let _ = std::process::Command::new("umount").arg(self.0).status();
+            }
+        }
+        let _unmount = Unmount(&mnt);
+        let source = Source::open(&up.path_url(), "main", None, &dir.path().join("repo.git"))
+            .unwrap()
+            .with_objects(Objects::new(mnt.join("objects"), Sharing::Link));
+        let sha = source.fetch().unwrap().sha;
+        let dest = mnt.join("releases/1");
+        let e = source.materialise(&sha, ".", &dest).unwrap_err().to_string();
+        eprintln!("{e}");
+        assert!(e.contains("No space left on device") && e.contains("releases/1/big"), "{e}");
+        assert!(!dest.exists() && !mnt.join("releases/.1.partial").exists());
+        for entry in fs::read_dir(mnt.join("objects")).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            assert!(!name.starts_with(TEMP), "a temporary file is left: {name}");
+            assert_eq!(entry.metadata().unwrap().len(), 2 << 20, "a partial object: {name}");
+        }
+    }
+
     #[test]
     fn collect_keeps_what_a_kept_release_holds_and_removes_the_rest() {
         let f = Fixture::new();
