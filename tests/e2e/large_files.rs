@@ -255,3 +255,17 @@ fn an_app_without_a_user_gets_no_hard_links() {
 fn wait_for_answer(agent: &Agent, prefix: &str) -> bool {
     deployer_tests::wait_until(Duration::from_secs(10), || answer(agent).starts_with(prefix))
 }
+
+/// A repository of small files (the example app) never touches the store: nothing in `objects/`,
+/// no word of large files in the deploy's events.
+#[test]
+fn a_repo_of_small_files_never_touches_the_store() {
+    let repo = TestRepo::with_example_app();
+    let agent = TestEnv::new().web(|a| a.repo(&repo)).start();
+    repo.commit_greeting("v2");
+    let d = deploy(&agent);
+    let objects = agent.app_dir("web").join("objects");
+    assert_eq!(std::fs::read_dir(&objects).expect("objects/").count(), 0);
+    assert_eq!(std::fs::metadata(&objects).unwrap().mode() & 0o777, 0o700);
+    assert!(!d.events.iter().any(|e| e.message.contains("large file")), "{d:#?}");
+}
