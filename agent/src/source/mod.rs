@@ -10,7 +10,8 @@
 //! cache is never re-cloned per deploy; refs from the outside pass [`validate_ref`] first and
 //! nothing reaches a shell; credentials never appear in errors or logs; each credential is offered
 //! once per conversation with the remote; an ssh server is sent nothing until its host key matched
-//! the operator's known_hosts files (`auth.rs`, `known_hosts.rs`).
+//! the operator's known_hosts files (`auth.rs`, `known_hosts.rs`); a release's large files come
+//! from the app's read-only object store (`objects.rs`), never from another release.
 
 mod auth;
 mod error;
