@@ -426,3 +426,50 @@ fn a_roll_that_fails_puts_the_previous_config_back() {
     let r = http::request(agent.port("web"), "POST", "/", &[], Some(&body), Duration::from_secs(10)).expect("answer");
     assert_eq!(r.status, 200, "the failed deploy's `max_body: 10` must not stay in force: {}", r.body);
 }
+
+/// An app whose `/slow` answers after 6 s (and first touches the file `$MARK`), `/` at once;
+/// both say the greeting and the worker's pid.
+const SLOW_APP: &str = "\
+const http = require('http');
+const fs = require('fs');
+const say = () => `${process.env.GREETING || 'hello'} ${process.pid}\\n`;
+http.createServer((req, res) => {
+  if (req.url !== '/slow') return res.end(say());
+  fs.writeFileSync(process.env.MARK, 'started');
+  setTimeout(() => res.end(`slow ${say()}`), 6000);
+}).listen(Number(process.env.PORT));
+";
+
+/// A deploy is live once the new workers serve alone: it does not wait for the old workers to
+/// finish a slow request, which they still finish (with the old release), and then they exit.
+#[test]
+fn a_deploy_is_live_while_the_old_workers_finish_their_requests() {
+    let repo = TestRepo::with_example_app();
+    repo.commit_file("app.js", SLOW_APP, "an app with a slow request");
+    let marks = tempfile::tempdir().unwrap();
+    let mark = marks.path().join("slow-started");
+    let agent = TestEnv::new().web(|a| a.repo(&repo).env("MARK", &mark.display().to_string()).instances(1)).start();
+    let port = agent.port("web");
+    let slow = std::thread::spawn(move || {
+        let r = http::request(port, "GET", "/slow", &[], None, Duration::from_secs(30));
+        (r, std::time::Instant::now())
+    });
+    assert!(wait_until(Duration::from_secs(10), || mark.exists()), "the slow request did not start");
+
+    repo.commit_greeting("v2");
+    let d = agent.wait_deploy(agent.deploy("web", "main"));
+    let live_at = std::time::Instant::now();
+    assert_eq!(d.state, "live", "{d:#?}");
+    assert!(answer(&agent).starts_with("v2 "), "a request after `live` reached an old worker: {}", answer(&agent));
+
+    let (slow, slow_at) = slow.join().unwrap();
+    let slow = slow.expect("the slow request was cut");
+    assert_eq!(slow.status, 200, "{slow:?}");
+    assert!(slow.body.starts_with("slow hello "), "{}", slow.body);
+    assert!(live_at < slow_at, "`live` waited for the old worker's request to end");
+    let old: i32 = slow.body.trim().rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(15), || !deployer_tests::pid_alive(old as u32)),
+        "the old worker {old} still runs after its request"
+    );
+}

@@ -374,16 +374,27 @@ impl Run<'_> {
         // 4. roll; once it answers ok the release is recorded live, `current` mirroring it
         let n = self.app.status().workers.len();
         self.begin_roll(&format!("rolling {n} worker(s) onto {name}"))?;
-        if let Err(e) = self.app.roll_to(cfg.clone(), release, spec).await {
-            self.on_failure(&cfg, &workdir, &env).await;
-            self.prune(&cfg, &dir, disk_full(dir.root()));
-            return Err(match (&previous, e.restored) {
-                (Some(p), true) => Stop {
-                    state: DeployState::RolledBack,
-                    message: format!("{}; release {} is serving again", e.reason, p.name),
-                },
-                _ => Stop::failed(e.reason),
-            });
+        let t = Instant::now();
+        match self.app.roll_to(cfg.clone(), release, spec).await {
+            // The roll answers once the new workers serve alone; the old ones drain and exit
+            // after (`reload::Tail::Detach`), before the app's next roll or stop.
+            Ok(rolled) if rolled.replaced > 0 => self.log(&format!(
+                "rolled {} worker(s) in {} ms; the old ones are out of rotation, finishing their requests",
+                rolled.replaced,
+                t.elapsed().as_millis()
+            )),
+            Ok(_) => {}
+            Err(e) => {
+                self.on_failure(&cfg, &workdir, &env).await;
+                self.prune(&cfg, &dir, disk_full(dir.root()));
+                return Err(match (&previous, e.restored) {
+                    (Some(p), true) => Stop {
+                        state: DeployState::RolledBack,
+                        message: format!("{}; release {} is serving again", e.reason, p.name),
+                    },
+                    _ => Stop::failed(e.reason),
+                });
+            }
         }
 
         // 5. prune, post_reload
