@@ -358,7 +358,7 @@ impl Run<'_> {
                     self.log(&format!("{label} failed; its whole output is in {}", out.path().display()));
                 }
                 self.on_failure(&cfg, &workdir, &env).await;
-                self.prune(&cfg, &dir, false);
+                self.prune(&cfg, &dir, false, None);
                 return Err(Stop::failed(format!("{label}: {e}; the running release keeps serving")));
             }
             self.log(&format!("{label} ok in {:.1}s", t.elapsed().as_secs_f32()));
@@ -386,7 +386,7 @@ impl Run<'_> {
             Ok(_) => {}
             Err(e) => {
                 self.on_failure(&cfg, &workdir, &env).await;
-                self.prune(&cfg, &dir, disk_full(dir.root()));
+                self.prune(&cfg, &dir, disk_full(dir.root()), None);
                 return Err(match (&previous, e.restored) {
                     (Some(p), true) => Stop {
                         state: DeployState::RolledBack,
@@ -398,7 +398,9 @@ impl Run<'_> {
         }
 
         // 5. prune, post_reload
-        self.prune(&cfg, &dir, disk_full(dir.root()));
+        // The release that served until now: its workers may still be finishing their requests.
+        let draining = previous.as_ref().map(|p| p.name.as_str());
+        self.prune(&cfg, &dir, disk_full(dir.root()), draining);
         if !cfg.hooks.post_reload.0.is_empty()
             && let Err(e) = install::run(
                 &cfg.hooks.post_reload.0,
@@ -610,8 +612,10 @@ impl Run<'_> {
     }
 
     /// Remove the releases beyond `keep_releases` (and the failed ones beyond the newest two, or
-    /// the newest one when the disk is `full`). Answers the names removed.
-    fn prune(&self, cfg: &AppConfig, dir: &AppDir, full: bool) -> Vec<String> {
+    /// the newest one when the disk is `full`), but not the release `draining` (old workers of it
+    /// may still finish their requests after a roll answered: it goes with the next prune).
+    /// Answers the names removed.
+    fn prune(&self, cfg: &AppConfig, dir: &AppDir, full: bool, draining: Option<&str>) -> Vec<String> {
         let rows = match self.d.store.releases(&self.app.name) {
             Ok(rows) => rows,
             Err(e) => {
@@ -626,7 +630,7 @@ impl Run<'_> {
         let plan =
             prune_plan(&list, cfg.keep_releases as usize, keep_failed(full), current.as_deref(), previous.as_deref());
         let mut removed = Vec::new();
-        for name in plan {
+        for name in plan.into_iter().filter(|n| Some(n.as_str()) != draining) {
             if let Err(e) = dir.remove_release(&name) {
                 tracing::warn!(error = %e, release = %name, "cannot remove a release");
             }
@@ -678,7 +682,7 @@ impl Run<'_> {
         let dir = AppDir::new(root);
         let free = || disk_space(dir.root()).map_or(0, |(free, _)| free);
         let mut note = format!("; disk full: {} free on {}", human_bytes(free()), dir.root().display());
-        let pruned = self.prune(&cfg, &dir, true);
+        let pruned = self.prune(&cfg, &dir, true, None);
         if !pruned.is_empty() {
             note =
                 format!("{note}; pruned the failed release(s) {}: {} free now", pruned.join(", "), human_bytes(free()));
