@@ -479,9 +479,9 @@ fn a_deploy_is_live_while_the_old_workers_finish_their_requests() {
     assert_eq!(slow.status, 200, "{slow:?}");
     assert!(slow.body.starts_with("slow true hello "), "{}", slow.body);
     assert!(live_at < slow_at, "`live` waited for the old worker's request to end");
-    let old: i32 = slow.body.trim().rsplit(' ').next().unwrap().parse().unwrap();
+    let old: u32 = slow.body.trim().rsplit(' ').next().unwrap().parse().unwrap();
     assert!(
-        wait_until(Duration::from_secs(15), || !deployer_tests::pid_alive(old as u32)),
+        wait_until(Duration::from_secs(15), || !deployer_tests::pid_alive(old)),
         "the old worker {old} still runs after its request"
     );
 }
@@ -516,4 +516,27 @@ fn a_release_whose_old_workers_finish_requests_is_not_pruned_under_them() {
     repo.commit_greeting("v4");
     assert_eq!(agent.wait_deploy(agent.deploy("web", "main")).state, "live");
     assert!(!agent.app_dir("web").join("releases").join(&first).exists(), "release {first} is never pruned");
+}
+
+/// The agent's stop waits for the old workers a deploy left finishing their requests: their
+/// request is answered and none of them outlives the agent.
+#[test]
+fn a_stop_right_after_a_deploy_waits_for_the_old_workers() {
+    let repo = TestRepo::with_example_app();
+    repo.commit_file("app.js", SLOW_APP, "an app with a slow request");
+    let marks = tempfile::tempdir().unwrap();
+    let mark = marks.path().join("slow-started");
+    let mut agent = TestEnv::new().web(|a| a.repo(&repo).env("MARK", &mark.display().to_string()).instances(1)).start();
+    let slow = slow_request(&agent, &mark);
+    repo.commit_greeting("v2");
+    assert_eq!(agent.wait_deploy(agent.deploy("web", "main")).state, "live");
+
+    agent.signal(Signal::SIGTERM);
+    let status = agent.wait_exit(Duration::from_secs(30)).expect("the agent did not exit after SIGTERM");
+    assert_eq!(status.code(), Some(0), "{status}");
+    let (slow, _) = slow.join().unwrap();
+    let slow = slow.expect("the slow request was cut");
+    assert!(slow.body.starts_with("slow true hello "), "{}", slow.body);
+    let old: u32 = slow.body.trim().rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(!deployer_tests::pid_alive(old), "the old worker {old} outlived the agent");
 }
