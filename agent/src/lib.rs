@@ -37,4 +37,4 @@ pub use daemon::run;
 #[doc(hidden)]
 pub use front::http::fuzz_frame;
 /// Fetch and materialise on their own, for `examples/bench_source.rs`.
-pub use source::Source;
+pub use source::{Objects, Sharing, Source};

@@ -426,3 +426,117 @@ fn a_roll_that_fails_puts_the_previous_config_back() {
     let r = http::request(agent.port("web"), "POST", "/", &[], Some(&body), Duration::from_secs(10)).expect("answer");
     assert_eq!(r.status, 200, "the failed deploy's `max_body: 10` must not stay in force: {}", r.body);
 }
+
+/// An app whose `/slow` answers after 6 s (and first touches the file `$MARK`), `/` at once;
+/// both say the greeting and the worker's pid, `/slow` first whether its release still has its
+/// `app.js` then.
+const SLOW_APP: &str = "\
+const http = require('http');
+const fs = require('fs');
+const say = () => `${process.env.GREETING || 'hello'} ${process.pid}\\n`;
+http.createServer((req, res) => {
+  if (req.url !== '/slow') return res.end(say());
+  fs.writeFileSync(process.env.MARK, 'started');
+  setTimeout(() => res.end(`slow ${fs.existsSync(__filename)} ${say()}`), 6000);
+}).listen(Number(process.env.PORT));
+";
+
+/// Start `GET /slow` on `agent`'s app and wait until a worker has it; answers the thread that
+/// ends with the answer and when it came.
+fn slow_request(
+    agent: &Agent,
+    mark: &Path,
+) -> std::thread::JoinHandle<(std::io::Result<http::Response>, std::time::Instant)> {
+    let _ = std::fs::remove_file(mark);
+    let port = agent.port("web");
+    let slow = std::thread::spawn(move || {
+        let r = http::request(port, "GET", "/slow", &[], None, Duration::from_secs(30));
+        (r, std::time::Instant::now())
+    });
+    assert!(wait_until(Duration::from_secs(10), || mark.exists()), "the slow request did not start");
+    slow
+}
+
+/// A deploy is live once the new workers serve alone: it does not wait for the old workers to
+/// finish a slow request, which they still finish (with the old release), and then they exit.
+#[test]
+fn a_deploy_is_live_while_the_old_workers_finish_their_requests() {
+    let repo = TestRepo::with_example_app();
+    repo.commit_file("app.js", SLOW_APP, "an app with a slow request");
+    let marks = tempfile::tempdir().unwrap();
+    let mark = marks.path().join("slow-started");
+    let agent = TestEnv::new().web(|a| a.repo(&repo).env("MARK", &mark.display().to_string()).instances(1)).start();
+    let slow = slow_request(&agent, &mark);
+
+    repo.commit_greeting("v2");
+    let d = agent.wait_deploy(agent.deploy("web", "main"));
+    let live_at = std::time::Instant::now();
+    assert_eq!(d.state, "live", "{d:#?}");
+    assert!(answer(&agent).starts_with("v2 "), "a request after `live` reached an old worker: {}", answer(&agent));
+
+    let (slow, slow_at) = slow.join().unwrap();
+    let slow = slow.expect("the slow request was cut");
+    assert_eq!(slow.status, 200, "{slow:?}");
+    assert!(slow.body.starts_with("slow true hello "), "{}", slow.body);
+    assert!(live_at < slow_at, "`live` waited for the old worker's request to end");
+    let old: u32 = slow.body.trim().rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(15), || !deployer_tests::pid_alive(old)),
+        "the old worker {old} still runs after its request"
+    );
+}
+
+/// The release whose old workers still finish their requests after a deploy went live is not
+/// pruned under them, even when it is neither the new release nor the one before it (after a
+/// rollback onto an older release).
+#[test]
+fn a_release_whose_old_workers_finish_requests_is_not_pruned_under_them() {
+    let repo = TestRepo::with_example_app();
+    repo.commit_file("app.js", SLOW_APP, "an app with a slow request");
+    let marks = tempfile::tempdir().unwrap();
+    let mark = marks.path().join("slow-started");
+    let agent = TestEnv::new()
+        .web(|a| a.repo(&repo).env("MARK", &mark.display().to_string()).instances(1).set("keep_releases", "1"))
+        .start();
+    let first = agent.history("web").pop().expect("the startup deploy");
+    let first = agent.deploy_status(first.id).release.expect("a release");
+    repo.commit_greeting("v2");
+    assert_eq!(agent.wait_deploy(agent.deploy("web", "main")).state, "live");
+    let out = agent.cli(&["rollback", "web", "--to", &first, "--wait"]);
+    assert_eq!(out.code(), Some(0), "{}{}", out.stdout, out.stderr);
+
+    let slow = slow_request(&agent, &mark);
+    repo.commit_greeting("v3");
+    let d = agent.wait_deploy(agent.deploy("web", "main"));
+    assert_eq!(d.state, "live", "{d:#?}");
+    let (slow, _) = slow.join().unwrap();
+    let slow = slow.expect("the slow request was cut");
+    assert!(slow.body.starts_with("slow true hello "), "the release was removed under its worker: {}", slow.body);
+    // The next deploy prunes it.
+    repo.commit_greeting("v4");
+    assert_eq!(agent.wait_deploy(agent.deploy("web", "main")).state, "live");
+    assert!(!agent.app_dir("web").join("releases").join(&first).exists(), "release {first} is never pruned");
+}
+
+/// The agent's stop waits for the old workers a deploy left finishing their requests: their
+/// request is answered and none of them outlives the agent.
+#[test]
+fn a_stop_right_after_a_deploy_waits_for_the_old_workers() {
+    let repo = TestRepo::with_example_app();
+    repo.commit_file("app.js", SLOW_APP, "an app with a slow request");
+    let marks = tempfile::tempdir().unwrap();
+    let mark = marks.path().join("slow-started");
+    let mut agent = TestEnv::new().web(|a| a.repo(&repo).env("MARK", &mark.display().to_string()).instances(1)).start();
+    let slow = slow_request(&agent, &mark);
+    repo.commit_greeting("v2");
+    assert_eq!(agent.wait_deploy(agent.deploy("web", "main")).state, "live");
+
+    agent.signal(Signal::SIGTERM);
+    let status = agent.wait_exit(Duration::from_secs(30)).expect("the agent did not exit after SIGTERM");
+    assert_eq!(status.code(), Some(0), "{status}");
+    let (slow, _) = slow.join().unwrap();
+    let slow = slow.expect("the slow request was cut");
+    assert!(slow.body.starts_with("slow true hello "), "{}", slow.body);
+    let old: u32 = slow.body.trim().rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(!deployer_tests::pid_alive(old), "the old worker {old} outlived the agent");
+}

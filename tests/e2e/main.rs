@@ -17,6 +17,7 @@ mod edge;
 mod fleet;
 mod fronts;
 mod import;
+mod large_files;
 mod lifecycle;
 mod logfiles;
 mod monit;

@@ -21,6 +21,7 @@
 use super::release::AppDir;
 use crate::beneath::{BeneathError, Dir, Kind};
 use crate::config::{AppConfig, InstallCacheConfig};
+use crate::source::reflink;
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::{FileStat, Mode};
@@ -28,7 +29,7 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -516,7 +517,7 @@ fn copy_one(
                     write_rewritten(from, &to, rw).map_err(|source| CacheError::Io { path: shown(), source })?
                 }
                 None => {
-                    if reflink(&from, &to) {
+                    if reflink(&from, &to).is_ok() {
                         copied.reflinked += 1;
                     } else {
                         let (mut r, mut w) = (
@@ -551,12 +552,6 @@ fn copy_one(
 /// The permission bits a copy keeps: no set-id bits (the copy belongs to another owner).
 fn file_mode(st: &FileStat) -> u32 {
     st.st_mode & 0o777
-}
-
-/// Share `from`'s blocks with `to` (`FICLONE`); false where the filesystem cannot.
-fn reflink(from: &OwnedFd, to: &OwnedFd) -> bool {
-    // SAFETY: both are open file descriptors owned by the caller for the whole call.
-    unsafe { libc::ioctl(to.as_raw_fd(), libc::FICLONE, from.as_raw_fd()) == 0 }
 }
 
 /// A script of an output's `bin/`, with the old release's directory replaced by the new one's.

@@ -344,6 +344,11 @@ impl Deployer {
                 }
             }
         }
+        // A crash while an object was written (`source/objects.rs`); the objects themselves are
+        // collected when releases are pruned.
+        if let Err(e) = dir.object_store(None).remove_temps() {
+            tracing::warn!(app, error = %e, "cannot remove the object store's temporary files");
+        }
         for partial in dir.partials() {
             tracing::warn!(app, path = %partial.display(), "removing a half-written release tree");
             if let Err(e) = std::fs::remove_dir_all(&partial) {

@@ -266,7 +266,7 @@ impl Run<'_> {
         let release_dir = dir.release(&name);
         self.step(DeployState::Building, &format!("materialising {short} into releases/{name}")).await?;
         let t = Instant::now();
-        {
+        let linked = {
             let (url, branch, auth, cache, sha, root, dest) = (
                 git.repo.clone(),
                 git.branch.clone(),
@@ -277,13 +277,17 @@ impl Run<'_> {
                 release_dir.clone(),
             );
             let limits = cfg.limits.to_source();
+            let objects = dir.object_store(cfg.run_as.as_ref()).except(&cfg.shared);
             tokio::task::spawn_blocking(move || {
-                Source::open(&url, &branch, auth, &cache)?.with_limits(limits).materialise(&sha, &root, &dest)
+                Source::open(&url, &branch, auth, &cache)?
+                    .with_limits(limits)
+                    .with_objects(objects)
+                    .materialise(&sha, &root, &dest)
             })
             .await
             .map_err(|e| Stop::failed(format!("materialise crashed: {e}")))?
-            .map_err(|e| Stop::failed(e.to_string()))?;
-        }
+            .map_err(|e| Stop::failed(e.to_string()))?
+        };
         let row = ReleaseRow { app: self.app.name.clone(), name: name.clone(), seq, sha: sha.clone(), ok: false };
         record("the new release", || store.record_release(&row)).await?;
         record("the deploy's release", || store.set_release(id, &name)).await?;
@@ -305,7 +309,8 @@ impl Run<'_> {
             dir.give_shared(&cfg.shared, r)
                 .map_err(|e| Stop::failed(format!("cannot give the shared paths to `{}`: {e}", r.user)))?;
         }
-        self.log(&format!("release {name} materialised in {} ms", t.elapsed().as_millis()));
+        let large = if linked.files() > 0 { format!(" ({linked})") } else { String::new() };
+        self.log(&format!("release {name} materialised in {} ms{large}", t.elapsed().as_millis()));
 
         // 3. install and hooks, in the release with the deploy's environment. The config file is
         // read again now and the release's `env_file` once: the install step, the hooks and the
@@ -353,7 +358,7 @@ impl Run<'_> {
                     self.log(&format!("{label} failed; its whole output is in {}", out.path().display()));
                 }
                 self.on_failure(&cfg, &workdir, &env).await;
-                self.prune(&cfg, &dir, false);
+                self.prune(&cfg, &dir, false, None);
                 return Err(Stop::failed(format!("{label}: {e}; the running release keeps serving")));
             }
             self.log(&format!("{label} ok in {:.1}s", t.elapsed().as_secs_f32()));
@@ -369,20 +374,33 @@ impl Run<'_> {
         // 4. roll; once it answers ok the release is recorded live, `current` mirroring it
         let n = self.app.status().workers.len();
         self.begin_roll(&format!("rolling {n} worker(s) onto {name}"))?;
-        if let Err(e) = self.app.roll_to(cfg.clone(), release, spec).await {
-            self.on_failure(&cfg, &workdir, &env).await;
-            self.prune(&cfg, &dir, disk_full(dir.root()));
-            return Err(match (&previous, e.restored) {
-                (Some(p), true) => Stop {
-                    state: DeployState::RolledBack,
-                    message: format!("{}; release {} is serving again", e.reason, p.name),
-                },
-                _ => Stop::failed(e.reason),
-            });
+        let t = Instant::now();
+        match self.app.roll_to(cfg.clone(), release, spec).await {
+            // The roll answers once the new workers serve alone; the old ones drain and exit
+            // after (`reload::Tail::Detach`), before the app's next roll or stop.
+            Ok(rolled) if rolled.replaced > 0 => self.log(&format!(
+                "rolled {} worker(s) in {} ms; the old ones are out of rotation, finishing their requests",
+                rolled.replaced,
+                t.elapsed().as_millis()
+            )),
+            Ok(_) => {}
+            Err(e) => {
+                self.on_failure(&cfg, &workdir, &env).await;
+                self.prune(&cfg, &dir, disk_full(dir.root()), None);
+                return Err(match (&previous, e.restored) {
+                    (Some(p), true) => Stop {
+                        state: DeployState::RolledBack,
+                        message: format!("{}; release {} is serving again", e.reason, p.name),
+                    },
+                    _ => Stop::failed(e.reason),
+                });
+            }
         }
 
         // 5. prune, post_reload
-        self.prune(&cfg, &dir, disk_full(dir.root()));
+        // The release that served until now: its workers may still be finishing their requests.
+        let draining = previous.as_ref().map(|p| p.name.as_str());
+        self.prune(&cfg, &dir, disk_full(dir.root()), draining);
         if !cfg.hooks.post_reload.0.is_empty()
             && let Err(e) = install::run(
                 &cfg.hooks.post_reload.0,
@@ -594,8 +612,10 @@ impl Run<'_> {
     }
 
     /// Remove the releases beyond `keep_releases` (and the failed ones beyond the newest two, or
-    /// the newest one when the disk is `full`). Answers the names removed.
-    fn prune(&self, cfg: &AppConfig, dir: &AppDir, full: bool) -> Vec<String> {
+    /// the newest one when the disk is `full`), but not the release `draining` (old workers of it
+    /// may still finish their requests after a roll answered: it goes with the next prune).
+    /// Answers the names removed.
+    fn prune(&self, cfg: &AppConfig, dir: &AppDir, full: bool, draining: Option<&str>) -> Vec<String> {
         let rows = match self.d.store.releases(&self.app.name) {
             Ok(rows) => rows,
             Err(e) => {
@@ -610,7 +630,7 @@ impl Run<'_> {
         let plan =
             prune_plan(&list, cfg.keep_releases as usize, keep_failed(full), current.as_deref(), previous.as_deref());
         let mut removed = Vec::new();
-        for name in plan {
+        for name in plan.into_iter().filter(|n| Some(n.as_str()) != draining) {
             if let Err(e) = dir.remove_release(&name) {
                 tracing::warn!(error = %e, release = %name, "cannot remove a release");
             }
@@ -623,7 +643,31 @@ impl Run<'_> {
             self.log(&format!("pruned release {name}"));
             removed.push(name);
         }
+        self.collect_objects(cfg, dir, rows.iter().filter(|r| !removed.contains(&r.name)).map(|r| r.sha.as_str()));
         removed
+    }
+
+    /// Remove the objects no release kept needs any more (`source/objects.rs`).
+    fn collect_objects<'s>(&self, cfg: &AppConfig, dir: &AppDir, kept: impl Iterator<Item = &'s str>) {
+        let Some(git) = cfg.source.git() else { return };
+        let referenced = || {
+            let source =
+                Source::open(&git.repo, &git.branch, git_auth(git), &dir.repo())?.with_limits(cfg.limits.to_source());
+            let mut keys = std::collections::HashSet::new();
+            for sha in kept {
+                keys.extend(source.large_files(sha, &git.root)?);
+            }
+            Ok(keys)
+        };
+        match dir.object_store(cfg.run_as.as_ref()).collect(referenced) {
+            Ok(c) if c.objects > 0 => self.log(&format!(
+                "removed {} large file(s) ({}) no release links from the object store",
+                c.objects,
+                human_bytes(c.bytes)
+            )),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot collect the object store"),
+        }
     }
 
     /// After a failed step: when the disk of the app's directory is full, prune the failed
@@ -638,7 +682,7 @@ impl Run<'_> {
         let dir = AppDir::new(root);
         let free = || disk_space(dir.root()).map_or(0, |(free, _)| free);
         let mut note = format!("; disk full: {} free on {}", human_bytes(free()), dir.root().display());
-        let pruned = self.prune(&cfg, &dir, true);
+        let pruned = self.prune(&cfg, &dir, true, None);
         if !pruned.is_empty() {
             note =
                 format!("{note}; pruned the failed release(s) {}: {} free now", pruned.join(", "), human_bytes(free()));

@@ -1,9 +1,10 @@
 //! An app's directory on disk: `repo.git` (the cached clone), `releases/<seq>-<shortsha>/`,
-//! `shared/`, `logs/` and the `current` symlink (written by the supervisor, `supervisor/live.rs`).
+//! `shared/`, `logs/`, `objects/` (the large files releases link, `source/objects.rs`) and the
+//! `current` symlink (written by the supervisor, `supervisor/live.rs`).
 //!
 //! Private by default: the directory is the agent's (root's), `0700`, or `0750` with the group of
 //! the app's `user` so that user reaches its releases and `shared/` and nothing else of the agent
-//! (`repo.git` and `logs/` stay `0700`, deploy logs `0600`).
+//! (`repo.git`, `logs/` and `objects/` stay `0700`, deploy logs `0600`).
 //!
 //! A release holds whatever a commit holds, and belongs to the app's user once given to it;
 //! `shared/` belongs to that user too. So linking and giving them is done through
@@ -13,6 +14,7 @@
 
 use crate::beneath::{BeneathError, Dir, Kind};
 use crate::config::RunAs;
+use crate::source::{Objects, Sharing};
 use std::ffi::OsStr;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
@@ -60,6 +62,7 @@ impl AppDir {
             (self.shared(), 0o750),
             (self.logs(), 0o700),
             (self.repo(), 0o700),
+            (self.objects(), 0o700),
         ] {
             match std::fs::DirBuilder::new().mode(mode).create(&dir) {
                 Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
@@ -81,7 +84,7 @@ impl AppDir {
             }
             set_mode(dir, mode)?;
         }
-        for dir in [self.repo(), self.logs()] {
+        for dir in [self.repo(), self.logs(), self.objects()] {
             if dir.is_dir() {
                 set_mode(&dir, 0o700)?;
             }
@@ -106,6 +109,15 @@ impl AppDir {
     }
     pub fn shared(&self) -> PathBuf {
         self.root.join("shared")
+    }
+    /// The object store: one read-only copy of each large file of the releases.
+    pub fn objects(&self) -> PathBuf {
+        self.root.join("objects")
+    }
+    /// The object store as releases of an app running as `run_as` may share it: hard links only
+    /// when that user cannot write the agent's read-only files (not root, not the agent's user).
+    pub fn object_store(&self, run_as: Option<&RunAs>) -> Objects {
+        Objects::new(self.objects(), Sharing::for_uid(run_as.map(|r| r.uid)))
     }
     /// Install and hook output, one file per deploy.
     pub fn logs(&self) -> PathBuf {
@@ -259,11 +271,15 @@ pub fn give_tree(root: &Path, to: &RunAs) -> Result<(), BeneathError> {
 }
 
 /// Give the entry `name` (never what a link points at) to `to`. A regular file with other hard
-/// links is left alone: it may be somebody else's file linked in (where the kernel allows it).
+/// links is left alone: it is the object store's read-only copy (`source/objects.rs`), or
+/// somebody else's file linked in (where the kernel allows it).
 fn give(dir: &Dir, name: &OsStr, to: &RunAs) -> Result<(), BeneathError> {
     match dir.stat(name)? {
         None => Ok(()),
         Some(st) if st.st_nlink > 1 && (st.st_mode & libc::S_IFMT) == libc::S_IFREG => {
+            if st.st_uid == nix::unistd::geteuid().as_raw() && st.st_mode & 0o222 == 0 {
+                return Ok(());
+            }
             tracing::warn!(
                 path = %dir.path().join(name).display(),
                 "not given to the app's user: it has other hard links"

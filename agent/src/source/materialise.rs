@@ -14,11 +14,16 @@
 //! app's [`Limits`](super::Limits) before anything is written (entry count, depth, each blob's size read from
 //! its header, the total size), and a large blob is streamed to disk or read by one thread of
 //! the whole agent at a time (see [`LARGE_OBJECT`]).
+//!
+//! With an object store ([`Source::with_objects`], `objects.rs`), files of [`LINK_FROM`] bytes or
+//! more are written once into it and reflinked or hard-linked into each release that holds them.
 
 use super::limits::{Bytes, LARGE, LARGE_OBJECT, Limit};
+use super::objects::{self, Blob, Caps, LINK_FROM, Linked, Objects, Tally};
 use super::tree::{self, MAX_ENTRY, MODE_EXEC, MODE_GITLINK, MODE_LINK, MODE_TREE};
 use super::{Source, SourceError};
 use git2::{ObjectType, Odb, Oid, Repository, Tree};
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Read, Write};
@@ -91,6 +96,14 @@ impl Plan {
     }
 }
 
+/// Where [`Source::write`]'s threads write, and the object store they take large files from.
+struct Out<'a> {
+    into: &'a Path,
+    dest: &'a Path,
+    store: Option<(&'a Objects, Caps)>,
+    tally: &'a Tally,
+}
+
 /// A path for a message: whole when short, its two ends when a crafted tree made it huge.
 pub(super) fn shown(path: &Path) -> String {
     let text = path.display().to_string();
@@ -113,7 +126,10 @@ impl Source {
     /// to `dest` holds the tree while it is written; one left by a crash is removed by the next call.
     /// A tree over the source's [`Limits`](super::Limits) is [`SourceError::LimitExceeded`], found
     /// before anything is written.
-    pub fn materialise(&self, sha: &str, root: impl AsRef<Path>, dest: &Path) -> Result<(), SourceError> {
+    ///
+    /// With an object store ([`Source::with_objects`]), files of at least [`LINK_FROM`] bytes come
+    /// from it (see `objects.rs`); what it did is the answer.
+    pub fn materialise(&self, sha: &str, root: impl AsRef<Path>, dest: &Path) -> Result<Linked, SourceError> {
         let root = root.as_ref();
         match fs::symlink_metadata(dest) {
             Ok(_) => {
@@ -150,18 +166,37 @@ impl Source {
                 source: e,
             })?;
         }
-        if let Err(e) = self.write(&repo, &plan, &partial, dest) {
-            // best effort: the error below is what matters, and the next materialise removes a leftover `partial` first
-            let _ = fs::remove_dir_all(&partial);
-            return Err(e);
-        }
+        let linked = match self.write(&repo, &plan, &partial, dest) {
+            Ok(linked) => linked,
+            Err(e) => {
+                // best effort: the error below is what matters, and the next materialise removes a leftover `partial` first
+                let _ = fs::remove_dir_all(&partial);
+                return Err(e);
+            }
+        };
         fs::rename(&partial, dest).map_err(|e| {
             // best effort: the error below is what matters, and the next materialise removes a leftover `partial` first
             let _ = fs::remove_dir_all(&partial);
             SourceError::Io { action: "cannot rename the written release to", path: dest.to_path_buf(), source: e }
         })?;
-        tracing::debug!(sha, root = %root.display(), dest = %dest.display(), files = plan.files.len(), "materialised");
-        Ok(())
+        tracing::debug!(sha, root = %root.display(), dest = %dest.display(), files = plan.files.len(), %linked, "materialised");
+        Ok(linked)
+    }
+
+    /// The object store keys ([`objects`]) of the large files of commit `sha` (its `root`
+    /// subdirectory), for [`Objects::collect`]: the blobs a release of it may hold a reflink or
+    /// copy of. Reads trees and blob headers only.
+    pub fn large_files(&self, sha: &str, root: impl AsRef<Path>) -> Result<HashSet<String>, SourceError> {
+        let repo = self.repo()?;
+        let commit = self.find_commit(&repo, sha)?;
+        let top = self.root_tree(&repo, commit, root.as_ref())?;
+        let plan = self.plan(&repo, commit, top.id(), Path::new(""), 0)?;
+        Ok(plan
+            .files
+            .iter()
+            .filter(|f| f.size >= LINK_FROM)
+            .map(|f| objects::key(f.entry.blob, f.executable))
+            .collect())
     }
 
     /// The tree of `commit`, or of its subdirectory `root`. (`get_path` walks `root`'s components,
@@ -358,7 +393,7 @@ impl Source {
     }
 
     /// Create the planned tree under `into` (named as under `dest` in errors).
-    fn write(&self, repo: &Repository, plan: &Plan, into: &Path, dest: &Path) -> Result<(), SourceError> {
+    fn write(&self, repo: &Repository, plan: &Plan, into: &Path, dest: &Path) -> Result<Linked, SourceError> {
         let failed =
             |rel: &Path, e: io::Error| SourceError::Materialise { path: dest.join(rel), message: e.to_string() };
         let mut dirs = fs::DirBuilder::new();
@@ -368,6 +403,15 @@ impl Source {
             let dir = plan.dir_path(index as u32);
             dirs.create(into.join(&dir)).map_err(|e| failed(&dir, e))?;
         }
+        let store = match &self.objects {
+            Some(objects) if plan.files.iter().any(|f| f.size >= LINK_FROM) => {
+                let caps = objects.probe(into)?;
+                caps.useful(objects.sharing()).then_some((objects, caps))
+            }
+            _ => None,
+        };
+        let tally = Tally::default();
+        let out = Out { into, dest, store, tally: &tally };
 
         let threads = if plan.files.len() < PARALLEL_FROM {
             1
@@ -377,7 +421,7 @@ impl Source {
         if threads == 1 {
             let odb = repo.odb().map_err(|e| self.git_error(e))?;
             let next = AtomicUsize::new(0);
-            self.write_files(&odb, plan, &next, &AtomicBool::new(false), into, dest)?;
+            self.write_files(&odb, plan, &next, &AtomicBool::new(false), &out)?;
         } else {
             let next = AtomicUsize::new(0);
             let stop = AtomicBool::new(false);
@@ -388,7 +432,7 @@ impl Source {
                         // libgit2 handles are not shared across threads: each writer opens its own.
                         let result = self.repo().and_then(|repo| {
                             let odb = repo.odb().map_err(|e| self.git_error(e))?;
-                            self.write_files(&odb, plan, &next, &stop, into, dest)
+                            self.write_files(&odb, plan, &next, &stop, &out)
                         });
                         if let Err(e) = result {
                             stop.store(true, Ordering::Relaxed);
@@ -409,7 +453,7 @@ impl Source {
             std::os::unix::fs::symlink(OsStr::from_bytes(target.data()), into.join(&path))
                 .map_err(|e| failed(&path, e))?;
         }
-        Ok(())
+        Ok(tally.total())
     }
 
     /// Write the planned files, claiming batches through `next` until none are left or `stop`.
@@ -419,9 +463,9 @@ impl Source {
         plan: &Plan,
         next: &AtomicUsize,
         stop: &AtomicBool,
-        into: &Path,
-        dest: &Path,
+        out: &Out<'_>,
     ) -> Result<(), SourceError> {
+        let (into, dest) = (out.into, out.dest);
         loop {
             let claimed = next.fetch_add(1, Ordering::Relaxed);
             let Some(batch) = plan.batches.get(claimed) else { return Ok(()) };
@@ -433,6 +477,16 @@ impl Source {
             for file in &plan.files[batch.clone()] {
                 let path = dir.join(OsStr::from_bytes(&file.entry.name));
                 let failed = |e: io::Error| SourceError::Materialise { path: dest.join(&path), message: e.to_string() };
+                if let Some((objects, caps)) = out.store
+                    && file.size >= LINK_FROM
+                    && objects.takes(&path)
+                {
+                    let blob = Blob { id: file.entry.blob, size: file.size, executable: file.executable };
+                    objects.place(caps, blob, &into.join(&path), out.tally, |f| {
+                        self.write_blob(odb, file, f, &path, dest)
+                    })?;
+                    continue;
+                }
                 // `create_new`: never follow or overwrite anything already there.
                 let mut out = fs::OpenOptions::new()
                     .write(true)

@@ -10,7 +10,8 @@
 //! cache is never re-cloned per deploy; refs from the outside pass [`validate_ref`] first and
 //! nothing reaches a shell; credentials never appear in errors or logs; each credential is offered
 //! once per conversation with the remote; an ssh server is sent nothing until its host key matched
-//! the operator's known_hosts files (`auth.rs`, `known_hosts.rs`).
+//! the operator's known_hosts files (`auth.rs`, `known_hosts.rs`); a release's large files come
+//! from the app's read-only object store (`objects.rs`), never from another release.
 
 mod auth;
 mod error;
@@ -19,6 +20,7 @@ mod known_hosts;
 mod limits;
 mod local;
 mod materialise;
+mod objects;
 mod refname;
 mod tree;
 
@@ -28,6 +30,8 @@ mod fixture;
 pub use auth::{GitAuth, Transport, is_loopback, transport};
 pub use error::{SourceError, redact_url};
 pub use limits::Limits;
+pub(crate) use objects::reflink;
+pub use objects::{Objects, Sharing};
 pub use refname::{BadRef, is_sha_like, validate_ref};
 
 use git2::{ErrorClass, ErrorCode, Repository};
@@ -46,6 +50,8 @@ pub struct Source {
     cache_dir: PathBuf,
     /// How much a commit or a fetch may make this source do.
     limits: Limits,
+    /// Where large files are written once and linked from; None: every file is written.
+    objects: Option<Objects>,
     /// Two fetches into one clone would fight over ref locks; a deploy and a poll may overlap.
     fetch_lock: Mutex<()>,
 }
@@ -78,6 +84,7 @@ impl Source {
             auth,
             cache_dir: cache_dir.to_path_buf(),
             limits: Limits::default(),
+            objects: None,
             fetch_lock: Mutex::new(()),
         };
         // A deploy and a `check` (or a poll) may open one cache at once: one makes it and sets
@@ -93,6 +100,12 @@ impl Source {
     /// Hold fetches and materialised trees to `limits` instead of the defaults.
     pub fn with_limits(mut self, limits: Limits) -> Source {
         self.limits = limits;
+        self
+    }
+
+    /// Take the large files of materialised trees from `objects` (see [`Objects`]).
+    pub fn with_objects(mut self, objects: Objects) -> Source {
+        self.objects = Some(objects);
         self
     }
 

@@ -352,6 +352,7 @@ impl Supervisor {
             halt,
             tracker,
             tasks: TaskTracker::new(),
+            retiring: Arc::new(tokio::sync::Mutex::new(())),
         });
         app.tasks.spawn(app.clone().monitor());
         app.tasks.spawn(app.clone().scheduled_reloads());
@@ -619,8 +620,12 @@ pub struct App {
     halt: CancellationToken,
     /// The front's accept loop and its connections.
     tracker: TaskTracker,
-    /// The background tasks: monitor, unhealthy replacements, health probes.
+    /// The background tasks: monitor, unhealthy replacements, health probes, the old workers of
+    /// a deploy's roll that answered once they left the rotation.
     tasks: TaskTracker,
+    /// Held while such old workers drain and exit ([`reload::Tail::Detach`]): a roll and a stop
+    /// wait for it first, so an app never runs more than one set of retiring workers.
+    retiring: Arc<tokio::sync::Mutex<()>>,
     /// The public socket, for an upgrade to hand over (a copy of the fd the front serves).
     /// Closed when the app stops: a copy left open would keep the port listening with nobody
     /// accepting, so new connections would wait and then be reset instead of refused at once.
@@ -735,9 +740,9 @@ impl App {
         cfg: AppConfig,
         release: ActiveRelease,
         spec: WorkerSpec,
-    ) -> Result<u32, reload::RollFailed> {
+    ) -> Result<reload::Rolled, reload::RollFailed> {
         let _op = self.take_op().await;
-        self.roll_locked(Some(cfg), Some((release, spec))).await.map(|r| r.replaced).map_err(|e| match e {
+        self.roll_locked(Some(cfg), Some((release, spec)), reload::Tail::Detach).await.map_err(|e| match e {
             Refused::Roll(e) => e,
             nothing_changed => reload::RollFailed { reason: nothing_changed.to_string(), restored: true },
         })
@@ -754,7 +759,10 @@ impl App {
         &self,
         cfg: Option<AppConfig>,
         target: Option<(ActiveRelease, WorkerSpec)>,
+        tail: reload::Tail,
     ) -> Result<reload::Rolled, Refused> {
+        // The old workers of the roll before, if it answered before they exited.
+        drop(self.retiring.lock().await);
         let (release, spec) = match target {
             Some((release, spec)) => (Some(release), Ok(Some(spec))),
             None if cfg.is_none() => (None, Ok(self.current_spec().map(|s| WorkerSpec::clone(&s)))),
@@ -790,14 +798,14 @@ impl App {
             Some(r) => tracing::info_span!("reload", app = %self.name, release = %r.name),
             None => tracing::info_span!("reload", app = %self.name, env = %spec.env_hash),
         };
-        let result = tracing::Instrument::instrument(reload::roll(self, &slots, &spec), span).await;
+        let result = tracing::Instrument::instrument(reload::roll(self, &slots, &spec, tail), span).await;
         let result = match result {
             Ok(n) => match self.record_release(release.as_ref()) {
                 Ok(()) => Ok(n),
                 Err(reason) => {
                     // Served, but not recorded: back onto the previous spec, the same way.
                     let restored = match &previous_spec {
-                        Some(p) => reload::roll(self, &slots, p).await.is_ok(),
+                        Some(p) => reload::roll(self, &slots, p, reload::Tail::Await).await.is_ok(),
                         None => false,
                     };
                     Err(reload::RollFailed { reason, restored })
@@ -1091,6 +1099,8 @@ impl App {
         self.running.store(false, SeqCst);
         let olds: Vec<Arc<Worker>> = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
         futures_util::future::join_all(olds.iter().map(|w| w.retire(how, self.ctx.rotation.as_deref()))).await;
+        // And those of a roll that answered before they exited: stopped means none runs.
+        drop(self.retiring.lock().await);
         if !olds.is_empty() {
             self.ctx.events.send(SupervisorEvent::AppStopped { app: self.name.clone() });
         }
@@ -1176,7 +1186,7 @@ impl App {
     pub(crate) async fn reload_with(&self, cfg: Option<AppConfig>) -> ReloadOutcome {
         let _op = self.take_op().await;
         let started = Instant::now();
-        let result = self.roll_locked(cfg, None).await.map_err(ReloadError::from);
+        let result = self.roll_locked(cfg, None, reload::Tail::Await).await.map_err(ReloadError::from);
         self.outcome(started, result)
     }
 
@@ -1289,7 +1299,7 @@ impl App {
             w.mark_unhealthy();
             self.ctx.events.send(SupervisorEvent::WorkerUnhealthy { worker: w.reference(), why });
             let spec = w.spec.clone();
-            if let Err(e) = reload::roll(&self, &[slot], &spec).await {
+            if let Err(e) = reload::roll(&self, &[slot], &spec, reload::Tail::Await).await {
                 tracing::error!(app = %self.name, worker = w.id, error = %e, "replacing the unhealthy worker failed");
             }
         }
@@ -1352,7 +1362,7 @@ impl App {
                         "above max_memory; replacing the worker"
                     );
                     let spec = w.spec.clone();
-                    if let Err(e) = reload::roll(&self, &[slot], &spec).await {
+                    if let Err(e) = reload::roll(&self, &[slot], &spec, reload::Tail::Await).await {
                         tracing::error!(app = %self.name, worker = w.id, error = %e, "memory replacement failed");
                     }
                 }

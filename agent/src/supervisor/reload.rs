@@ -10,6 +10,12 @@
 //! the roll ends at once: the new workers of that step are killed, nothing is put back (the stop
 //! ends every worker), and every slot still holds a worker.
 //!
+//! A deploy's roll ([`Tail::Detach`]) answers once the last step's old workers left the rotation:
+//! the new ones serve alone, the release is recorded and `current` switched; the old ones finish
+//! their in-flight requests and exit in the app's background tasks, which the app's next roll,
+//! its stop and the agent's shutdown wait for. A reload ([`Tail::Await`]) answers after they
+//! exited.
+//!
 //! An app that binds its public port itself (`proxy: none` with a `port`, fork mode) cannot run
 //! an old and a new worker on it at once, unless it binds with `SO_REUSEPORT`
 //! (`reload: { reuse_port: true }`). Without it, each step stops the old workers first, then
@@ -23,6 +29,16 @@ use futures_util::future::join_all;
 use nix::sys::signal::Signal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// When a roll answers: after the last step's old workers exited, or as soon as they left the
+/// rotation (the new workers serve alone) while they drain and exit on their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tail {
+    Await,
+    /// Their retirement then runs in the app's background tasks; the next roll, a stop and the
+    /// agent's shutdown wait for it ([`App::retiring`]).
+    Detach,
+}
 
 /// A roll that stopped, after putting back what it had replaced.
 #[derive(Debug, thiserror::Error)]
@@ -43,19 +59,30 @@ pub struct Rolled {
     pub gap: Option<Duration>,
 }
 
+/// One step done: the retired workers (their specs are what a rollback puts back), and the gap
+/// of a stop-then-start step.
+struct Replaced {
+    olds: Vec<Arc<Worker>>,
+    gap: Option<Duration>,
+}
+
 /// Replace the workers in `slots` by workers of `spec`.
-pub async fn roll(app: &App, slots: &[usize], spec: &Arc<WorkerSpec>) -> Result<Rolled, RollFailed> {
+pub async fn roll(app: &App, slots: &[usize], spec: &Arc<WorkerSpec>, tail: Tail) -> Result<Rolled, RollFailed> {
     let surge = match app.reload_config().max_surge {
         Some(n) => n.max(1) as usize,
         None => auto_surge(app, slots),
     };
     let mut replaced: Vec<(usize, Arc<Worker>)> = Vec::new();
     let mut gap: Option<Duration> = None;
-    for step in slots.chunks(surge) {
-        match replace(app, step, spec).await {
-            Ok((olds, step_gap)) => {
-                replaced.extend(step.iter().copied().zip(olds));
-                if let Some(g) = step_gap {
+    let steps = slots.chunks(surge).count();
+    for (i, step) in slots.chunks(surge).enumerate() {
+        // Only the last step may answer early: an earlier one's old workers must be gone before
+        // the next step starts more (the memory `max_surge` bounds).
+        let this_tail = if i + 1 == steps { tail } else { Tail::Await };
+        match replace(app, step, spec, this_tail).await {
+            Ok(done) => {
+                replaced.extend(step.iter().copied().zip(done.olds));
+                if let Some(g) = done.gap {
                     gap = Some(gap.unwrap_or_default() + g);
                 }
             }
@@ -67,7 +94,7 @@ pub async fn roll(app: &App, slots: &[usize], spec: &Arc<WorkerSpec>) -> Result<
                 tracing::error!(%reason, "reload stopped");
                 let mut restored = true;
                 for (slot, old) in replaced.iter().rev() {
-                    if let Err(e) = replace(app, &[*slot], &old.spec).await {
+                    if let Err(e) = replace(app, &[*slot], &old.spec, Tail::Await).await {
                         tracing::error!(slot, error = %e, "could not put the previous worker back");
                         restored = false;
                     }
@@ -102,13 +129,8 @@ fn mem_available() -> Option<u64> {
 }
 
 /// One step: start replacements for `slots`, wait until all are ready, then retire the old ones
-/// (or the other way round, [`App::stops_first`]). Answers the retired workers (their specs are
-/// what a rollback puts back), and the gap of a stop-then-start step.
-async fn replace(
-    app: &App,
-    slots: &[usize],
-    spec: &Arc<WorkerSpec>,
-) -> Result<(Vec<Arc<Worker>>, Option<Duration>), NotReady> {
+/// (or the other way round, [`App::stops_first`]).
+async fn replace(app: &App, slots: &[usize], spec: &Arc<WorkerSpec>, tail: Tail) -> Result<Replaced, NotReady> {
     if app.halted().is_cancelled() {
         return Err(NotReady::Stopping);
     }
@@ -119,18 +141,27 @@ async fn replace(
     let news = start_ready(app, slots, spec).await?;
     let olds = app.swap_workers(slots, &news);
     let how = app.retire_how();
-    join_all(olds.iter().map(|w| w.retire(how, ctx.rotation.as_deref()))).await;
-    Ok((olds, None))
+    match tail {
+        Tail::Await => {
+            join_all(olds.iter().map(|w| w.retire(how, ctx.rotation.as_deref()))).await;
+        }
+        Tail::Detach => {
+            let leaving: Vec<_> = olds.iter().map(|w| w.leave_rotation(ctx.rotation.as_deref())).collect();
+            let done = app.retiring.clone().lock_owned().await;
+            let olds = olds.clone();
+            app.tasks.spawn(async move {
+                join_all(olds.iter().zip(leaving).map(|(w, l)| w.finish_retire(l, how))).await;
+                drop(done);
+            });
+        }
+    }
+    Ok(Replaced { olds, gap: None })
 }
 
 /// Fork mode: retire the old workers of `slots`, then start and wait for their replacements. If
 /// one is not ready, the new ones are killed and workers of each old one's spec take the slots
 /// again (unless the agent is stopping).
-async fn stop_then_start(
-    app: &App,
-    slots: &[usize],
-    spec: &Arc<WorkerSpec>,
-) -> Result<(Vec<Arc<Worker>>, Option<Duration>), NotReady> {
+async fn stop_then_start(app: &App, slots: &[usize], spec: &Arc<WorkerSpec>) -> Result<Replaced, NotReady> {
     let ctx = app.worker_ctx();
     let olds = app.workers_in(slots);
     let stopped = Instant::now();
@@ -140,7 +171,7 @@ async fn stop_then_start(
         Ok(news) => {
             let gap = stopped.elapsed();
             app.swap_workers(slots, &news);
-            Ok((olds, Some(gap)))
+            Ok(Replaced { olds, gap: Some(gap) })
         }
         Err(reason) => {
             if !app.halted().is_cancelled() {

@@ -167,6 +167,10 @@ pub struct Retire {
     pub kill_timeout: Duration,
 }
 
+/// A worker taken out of rotation by [`Worker::leave_rotation`]: what is left to drain.
+#[derive(Debug)]
+pub struct Leaving(Option<Arc<Backend>>);
+
 #[derive(Debug)]
 pub struct Worker {
     /// The instance id (`INSTANCE_ID`, `NODE_APP_INSTANCE`), also its slot in the app.
@@ -271,18 +275,36 @@ impl Worker {
     /// spawned or put into rotation after this; the signals go through the keeper, which holds
     /// the current child (if any) unreaped.
     pub async fn retire(&self, how: Retire, rotation: Option<&Rotation>) {
+        let leaving = self.leave_rotation(rotation);
+        self.finish_retire(leaving, how).await;
+    }
+
+    /// The first part of [`Worker::retire`], at once: no process is spawned or put into rotation
+    /// after this, and no new request reaches this worker (it is `draining`).
+    pub fn leave_rotation(&self, rotation: Option<&Rotation>) -> Leaving {
         self.stop.cancel();
         let backend = self.backend.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let (Some(b), Some(rot)) = (backend, rotation) {
-            self.set_state(WorkerState::Draining);
-            rot.remove(&b);
-            if !b.drain(how.drain_timeout).await {
-                tracing::warn!(
-                    worker = self.id,
-                    inflight = b.inflight(),
-                    "drain_timeout reached; cutting the requests still running"
-                );
+        match (backend, rotation) {
+            (Some(b), Some(rot)) => {
+                self.set_state(WorkerState::Draining);
+                rot.remove(&b);
+                Leaving(Some(b))
             }
+            _ => Leaving(None),
+        }
+    }
+
+    /// The rest of [`Worker::retire`] once [`Worker::leave_rotation`] was done: drain, signal,
+    /// wait, SIGKILL.
+    pub async fn finish_retire(&self, leaving: Leaving, how: Retire) {
+        if let Leaving(Some(b)) = leaving
+            && !b.drain(how.drain_timeout).await
+        {
+            tracing::warn!(
+                worker = self.id,
+                inflight = b.inflight(),
+                "drain_timeout reached; cutting the requests still running"
+            );
         }
         let mut rx = self.status.subscribe();
         if rx.borrow_and_update().state.is_final() {
