@@ -427,9 +427,9 @@ fn a_roll_that_fails_puts_the_previous_config_back() {
     assert_eq!(r.status, 200, "the failed deploy's `max_body: 10` must not stay in force: {}", r.body);
 }
 
-/// An app whose `/slow` answers after 6 s (and first touches the file `$MARK`), `/` at once;
-/// both say the greeting and the worker's pid, `/slow` first whether its release still has its
-/// `app.js` then.
+/// An app whose `/slow` answers once the file `$MARK.open` exists (and first touches the file
+/// `$MARK`), `/` at once; both say the greeting and the worker's pid, `/slow` first whether its
+/// release still has its `app.js` then. The test decides when a slow request ends.
 const SLOW_APP: &str = "\
 const http = require('http');
 const fs = require('fs');
@@ -437,7 +437,9 @@ const say = () => `${process.env.GREETING || 'hello'} ${process.pid}\\n`;
 http.createServer((req, res) => {
   if (req.url !== '/slow') return res.end(say());
   fs.writeFileSync(process.env.MARK, 'started');
-  setTimeout(() => res.end(`slow ${fs.existsSync(__filename)} ${say()}`), 6000);
+  const wait = () => fs.existsSync(process.env.MARK + '.open')
+    ? res.end(`slow ${fs.existsSync(__filename)} ${say()}`) : setTimeout(wait, 20);
+  wait();
 }).listen(Number(process.env.PORT));
 ";
 
@@ -447,7 +449,8 @@ fn slow_request(
     agent: &Agent,
     mark: &Path,
 ) -> std::thread::JoinHandle<(std::io::Result<http::Response>, std::time::Instant)> {
-    let _ = std::fs::remove_file(mark);
+    let _ = std::fs::remove_file(mark); // absent already the first time
+    let _ = std::fs::remove_file(open_mark(mark)); // the same
     let port = agent.port("web");
     let slow = std::thread::spawn(move || {
         let r = http::request(port, "GET", "/slow", &[], None, Duration::from_secs(30));
@@ -455,6 +458,13 @@ fn slow_request(
     });
     assert!(wait_until(Duration::from_secs(10), || mark.exists()), "the slow request did not start");
     slow
+}
+
+/// The file that ends the slow requests of [`SLOW_APP`] started with `mark`.
+fn open_mark(mark: &Path) -> std::path::PathBuf {
+    let mut open = mark.as_os_str().to_owned();
+    open.push(".open");
+    open.into()
 }
 
 /// A deploy is live once the new workers serve alone: it does not wait for the old workers to
@@ -474,6 +484,7 @@ fn a_deploy_is_live_while_the_old_workers_finish_their_requests() {
     assert_eq!(d.state, "live", "{d:#?}");
     assert!(answer(&agent).starts_with("v2 "), "a request after `live` reached an old worker: {}", answer(&agent));
 
+    std::fs::write(open_mark(&mark), "").expect("end the slow request");
     let (slow, slow_at) = slow.join().unwrap();
     let slow = slow.expect("the slow request was cut");
     assert_eq!(slow.status, 200, "{slow:?}");
@@ -509,6 +520,7 @@ fn a_release_whose_old_workers_finish_requests_is_not_pruned_under_them() {
     repo.commit_greeting("v3");
     let d = agent.wait_deploy(agent.deploy("web", "main"));
     assert_eq!(d.state, "live", "{d:#?}");
+    std::fs::write(open_mark(&mark), "").expect("end the slow request");
     let (slow, _) = slow.join().unwrap();
     let slow = slow.expect("the slow request was cut");
     assert!(slow.body.starts_with("slow true hello "), "the release was removed under its worker: {}", slow.body);
@@ -532,6 +544,9 @@ fn a_stop_right_after_a_deploy_waits_for_the_old_workers() {
     assert_eq!(agent.wait_deploy(agent.deploy("web", "main")).state, "live");
 
     agent.signal(Signal::SIGTERM);
+    assert!(wait_until(Duration::from_secs(10), || agent.log().contains("front stopped accepting")), "{}", agent.log());
+    assert!(deployer_tests::pid_alive(agent.pid()), "the agent did not wait for the old worker's request");
+    std::fs::write(open_mark(&mark), "").expect("end the slow request");
     let status = agent.wait_exit(Duration::from_secs(30)).expect("the agent did not exit after SIGTERM");
     assert_eq!(status.code(), Some(0), "{status}");
     let (slow, _) = slow.join().unwrap();
