@@ -1,0 +1,323 @@
+//! One app's part in its environment's rollouts, carried out by the agents themselves through
+//! the engine, so a rollout goes on (and halts, and reverts) without the CLI that asked for it.
+//!
+//! Each wake (a write to the app's desired state or rollout keys, or a tick) this host reads
+//! where the push stands and does its next step:
+//! - already on the desired sha: records `done` (nothing moves);
+//! - phase `canary` (implicit until the state key exists): takes one of `canary` canary slots
+//!   (`create` with a TTL) or waits; after a live (and baked) canary, the state becomes `waves`
+//!   by compare-and-set once `canary` canaries are live (or every present host is done);
+//! - phase `waves`: takes one of `max_parallel` slots, deploys, gives the slot back;
+//! - a failed deploy with `halt_on_failure` (or `rollback_on_failure`) sets `halted` (or
+//!   `reverting`) by compare-and-set; nobody starts after that, and with `reverting` every host
+//!   this push moved goes back to the commit it ran before, by itself.
+//!
+//! A host's `done` key is written once per push: a restarted agent or engine never deploys the
+//! same push twice on a host. A slot is renewed while its deploy runs; a killed agent's slot
+//! expires after [`SLOT_TTL`] and another host takes it.
+
+use super::Member;
+use crate::deploy::{Deployer, Requester, Target};
+use deployer_fleet::proto::{
+    self, Desired, FleetEvent, Outcome, Phase, RolloutState, SLOT_TTL, Slot, now_ms,
+};
+use deployer_fleet::{EngineError, Written};
+use deployer_wire::{DeployState, DeployStreamItem, Trigger};
+use futures_util::StreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The longest a host waits between two looks without a wake (an expired slot makes none).
+const TICK: Duration = Duration::from_secs(1);
+
+/// What this host already said about the push it works on (so each is said once).
+#[derive(Default)]
+struct Seen {
+    push: String,
+    waiting: bool,
+    /// Nothing is left to do for this push here (halted, reverted).
+    finished: bool,
+}
+
+pub(super) async fn run(member: Arc<Member>, app: String) {
+    let engine = &member.engine;
+    // Wakes: plain subscriptions to the KV subjects (no JetStream consumer per host).
+    let subjects = [format!("{}{app}", engine.desired.prefix), format!("{}{app}.>", engine.rollout.prefix)];
+    let mut wakes = Vec::new();
+    for subject in subjects {
+        match engine.client.subscribe(subject.clone()).await {
+            Ok(sub) => wakes.push(sub),
+            Err(e) => tracing::warn!(error = %e, subject, "fleet: cannot subscribe; looking every {TICK:?} instead"),
+        }
+    }
+    let mut wakes = futures_util::stream::select_all(wakes);
+    let mut seen = Seen::default();
+    let mut failing = false;
+    loop {
+        match step(&member, &app, &mut seen).await {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!(app, "fleet: rollout steps work again");
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(app, error = %e, "fleet: cannot read the rollout (engine down?); retrying");
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            _ = wakes.next() => {}
+            () = tokio::time::sleep(TICK) => {}
+            () = member.stop.cancelled() => return,
+        }
+    }
+}
+
+/// The commit `app` runs now on this host.
+pub(super) fn live_sha(deployer: &Deployer, app: &str) -> Option<String> {
+    deployer.releases(app).ok()?.into_iter().find(|r| r.current).map(|r| r.sha)
+}
+
+async fn step(m: &Member, app: &str, seen: &mut Seen) -> Result<(), EngineError> {
+    let engine = &m.engine;
+    let Some((desired, _)) = engine.read::<Desired>(&engine.desired, app).await? else { return Ok(()) };
+    let push = desired.push_id.clone();
+    if seen.push != push {
+        *seen = Seen { push: push.clone(), ..Seen::default() };
+    }
+    if seen.finished {
+        return Ok(());
+    }
+    let phase = engine
+        .read::<RolloutState>(&engine.rollout, &proto::state_key(app, &push))
+        .await?
+        .map(|(s, _)| s.phase)
+        .unwrap_or(if desired.rollout.canary > 0 { Phase::Canary } else { Phase::Waves });
+    let done_key = proto::done_key(app, &push, &m.host);
+    let mine = engine.read::<Outcome>(&engine.rollout, &done_key).await?;
+    match phase {
+        Phase::Halted | Phase::Reverting => {
+            match mine {
+                None => m.publish(event(m, app, &desired, "halted", "not moved: the rollout halted", None)).await,
+                Some((outcome, rev)) if phase == Phase::Reverting => revert(m, app, &desired, outcome, rev).await?,
+                Some(_) => {}
+            }
+            seen.finished = true;
+            return Ok(());
+        }
+        Phase::Canary | Phase::Waves => {}
+    }
+    if let Some((outcome, _)) = mine {
+        if outcome.ok && phase == Phase::Canary {
+            advance(m, app, &desired).await?;
+        }
+        return Ok(());
+    }
+    let live = live_sha(&m.deployer, app);
+    if live.as_deref() == Some(desired.sha.as_str()) {
+        let outcome = Outcome {
+            host: m.host.clone(),
+            ok: true,
+            from_sha: live,
+            canary: false,
+            message: "already live".into(),
+            at_ms: now_ms(),
+        };
+        if let Written::Ok(_) = engine.create(&engine.rollout, &done_key, &outcome, None).await? {
+            m.publish(event(m, app, &desired, "live", "already live", None)).await;
+        }
+        if phase == Phase::Canary {
+            advance(m, app, &desired).await?;
+        }
+        return Ok(());
+    }
+    let canary = phase == Phase::Canary;
+    let places = if canary { desired.rollout.canary } else { desired.rollout.max_parallel.max(1) };
+    let mut held = None;
+    for i in 0..places {
+        let key = if canary { proto::canary_key(app, &push, i) } else { proto::slot_key(app, &push, i) };
+        let slot = Slot { host: m.host.clone(), at_ms: now_ms() };
+        if let Written::Ok(rev) = engine.create(&engine.rollout, &key, &slot, Some(SLOT_TTL)).await? {
+            held = Some((key, rev));
+            break;
+        }
+    }
+    let Some((slot_key, slot_rev)) = held else {
+        if !seen.waiting {
+            seen.waiting = true;
+            let why = if canary { "waiting for the canary" } else { "waiting for a slot" };
+            m.publish(event(m, app, &desired, "waiting", why, None)).await;
+        }
+        return Ok(());
+    };
+    let (ok, message, slot_rev) = deploy_in_slot(m, app, &desired, &slot_key, slot_rev).await;
+    let outcome = Outcome { host: m.host.clone(), ok, from_sha: live, canary, message: message.clone(), at_ms: now_ms() };
+    engine.create(&engine.rollout, &done_key, &outcome, None).await?;
+    let halts = !ok && (desired.rollout.halt_on_failure || desired.rollout.rollback_on_failure);
+    if canary && (ok || halts) {
+        // The canary place stays taken (without a TTL now): another host must not become a
+        // second canary of this push.
+        let slot = Slot { host: m.host.clone(), at_ms: now_ms() };
+        engine.write(&engine.rollout, &slot_key, &slot, Some(slot_rev), None).await?;
+    } else {
+        engine.release(&engine.rollout, &slot_key, slot_rev).await?;
+    }
+    m.publish(event(m, app, &desired, if ok { "live" } else { "failed" }, &message, None)).await;
+    if halts {
+        let phase = if desired.rollout.rollback_on_failure { Phase::Reverting } else { Phase::Halted };
+        set_phase(m, app, &push, phase, &format!("{} failed: {message}", m.host)).await?;
+    } else if ok && canary {
+        advance(m, app, &desired).await?;
+    }
+    Ok(())
+}
+
+/// Deploy the desired commit through the agent's pipeline while holding `slot_key` (renewed),
+/// then bake; answers whether it is live, why, and the slot's last revision.
+async fn deploy_in_slot(m: &Member, app: &str, desired: &Desired, slot_key: &str, rev: u64) -> (bool, String, u64) {
+    let deploy = async {
+        let (ok, message) = deploy(m, app, desired, Target::Ref(desired.sha.clone())).await;
+        if !ok || desired.rollout.bake_ms == 0 {
+            return (ok, message);
+        }
+        m.publish(event(m, app, desired, "baking", "live; baking", None)).await;
+        tokio::time::sleep(Duration::from_millis(desired.rollout.bake_ms)).await;
+        if live_sha(&m.deployer, app).as_deref() == Some(desired.sha.as_str()) {
+            (true, message)
+        } else {
+            (false, "rolled back during the bake".into())
+        }
+    };
+    tokio::pin!(deploy);
+    let mut rev = rev;
+    loop {
+        tokio::select! {
+            result = &mut deploy => return (result.0, result.1, rev),
+            () = tokio::time::sleep(SLOT_TTL / 3) => {
+                let slot = Slot { host: m.host.clone(), at_ms: now_ms() };
+                match m.engine.write(&m.engine.rollout, slot_key, &slot, Some(rev), Some(SLOT_TTL)).await {
+                    Ok(Written::Ok(r)) => rev = r,
+                    Ok(Written::Conflict) => tracing::warn!(app, slot_key, "fleet: the slot expired under a running deploy"),
+                    Err(e) => tracing::warn!(app, error = %e, "fleet: cannot renew the slot"),
+                }
+            }
+        }
+    }
+}
+
+/// One deploy through [`Deployer::request`] (the API's entry point), its events published as it
+/// goes; answers whether it ended live, and its last message.
+async fn deploy(m: &Member, app: &str, desired: &Desired, target: Target) -> (bool, String) {
+    let by = Requester::named(Some(&desired.who));
+    let accepted = match m.deployer.request(app, target, Trigger::Fleet, &by) {
+        Ok(a) => a,
+        Err(e) => return (false, e.to_string()),
+    };
+    if accepted.state == DeployState::Live {
+        return (true, accepted.message.unwrap_or_else(|| "live".into()));
+    }
+    let id = accepted.id;
+    let follow = match m.deployer.follow(id, m.stop.clone()) {
+        Ok(f) => f,
+        Err(e) => return (false, e.to_string()),
+    };
+    tokio::pin!(follow);
+    while let Some(item) = follow.next().await {
+        match item {
+            DeployStreamItem::Event(e) => {
+                m.publish(event(m, app, desired, e.state.as_str(), &e.message, Some(id))).await;
+            }
+            DeployStreamItem::End(d) => {
+                let message = d.message.clone().unwrap_or_else(|| d.state.to_string());
+                return (d.state == DeployState::Live, message);
+            }
+        }
+    }
+    (false, "interrupted: the agent is stopping".into())
+}
+
+/// A failed host asked for `reverting`: this host goes back to what it ran before the push,
+/// once (its `done` key then says there is nothing left to revert).
+async fn revert(m: &Member, app: &str, desired: &Desired, outcome: Outcome, rev: u64) -> Result<(), EngineError> {
+    let Some(from) = outcome.from_sha.clone().filter(|from| outcome.ok && *from != desired.sha) else {
+        return Ok(());
+    };
+    m.publish(event(m, app, desired, "reverting", &format!("back to {}", short(&from)), None)).await;
+    let (ok, message) = deploy(m, app, desired, Target::Rollback(Some(from.clone()))).await;
+    let reverted = Outcome { from_sha: None, message: format!("reverted to {}: {message}", short(&from)), ..outcome };
+    m.engine.write(&m.engine.rollout, &proto::done_key(app, &desired.push_id, &m.host), &reverted, Some(rev), None).await?;
+    let state = if ok { "reverted" } else { "failed" };
+    m.publish(event(m, app, desired, state, &reverted.message, None)).await;
+    Ok(())
+}
+
+/// `canary` -> `waves` once enough canaries are live: `canary` of them, or every present host
+/// is done (fewer hosts than canaries, or hosts already on the commit).
+async fn advance(m: &Member, app: &str, desired: &Desired) -> Result<(), EngineError> {
+    let engine = &m.engine;
+    let push = &desired.push_id;
+    let mut hosts = Vec::new();
+    let mut keys = engine.hosts.keys().await.map_err(|e| EngineError::Read {
+        bucket: engine.hosts.name.clone(),
+        key: "*".into(),
+        reason: e.to_string(),
+    })?;
+    while let Some(key) = keys.next().await {
+        if let Ok(key) = key {
+            hosts.push(key);
+        }
+    }
+    let (mut done, mut canaries) = (0, 0);
+    for host in &hosts {
+        if let Some((o, _)) = engine.read::<Outcome>(&engine.rollout, &proto::done_key(app, push, host)).await?
+            && o.ok
+        {
+            done += 1;
+            canaries += usize::from(o.canary);
+        }
+    }
+    let needed = (desired.rollout.canary as usize).min(hosts.len()).max(1);
+    if canaries >= needed || done >= hosts.len() {
+        set_phase(m, app, push, Phase::Waves, &format!("{canaries} canary host(s) live")).await?;
+    }
+    Ok(())
+}
+
+/// Move the push's phase by compare-and-set. Only forward: `canary` -> `waves`, and either of
+/// them -> `halted` / `reverting`; a push already halted or reverting stays so.
+async fn set_phase(m: &Member, app: &str, push: &str, phase: Phase, reason: &str) -> Result<(), EngineError> {
+    let engine = &m.engine;
+    let key = proto::state_key(app, push);
+    for _ in 0..8 {
+        let current = engine.read::<RolloutState>(&engine.rollout, &key).await?;
+        let expect = match &current {
+            Some((s, _)) if matches!(s.phase, Phase::Halted | Phase::Reverting) || s.phase == phase => return Ok(()),
+            Some((_, rev)) => *rev,
+            None => 0,
+        };
+        let state = RolloutState { phase, by: m.host.clone(), reason: reason.to_string(), at_ms: now_ms() };
+        if let Written::Ok(_) = engine.write(&engine.rollout, &key, &state, Some(expect), None).await? {
+            tracing::info!(app, push, ?phase, reason, "fleet: rollout phase moved");
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+fn event(m: &Member, app: &str, desired: &Desired, state: &str, message: &str, deploy_id: Option<u64>) -> FleetEvent {
+    FleetEvent {
+        host: m.host.clone(),
+        app: app.to_string(),
+        push_id: desired.push_id.clone(),
+        sha: desired.sha.clone(),
+        state: state.to_string(),
+        message: message.to_string(),
+        deploy_id,
+        at_ms: now_ms(),
+    }
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..7.min(sha.len())]
+}
