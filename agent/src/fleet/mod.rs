@@ -82,7 +82,15 @@ pub(crate) fn start(
         };
         tracing::info!(env, host, "fleet: joined the environment");
         let member =
-            Arc::new(Member { engine, host, labels, deployer, supervisor, last: Mutex::new(None), stop: stop.clone() });
+            Arc::new(Member {
+            engine,
+            host,
+            labels,
+            deployer,
+            supervisor,
+            last: Mutex::new(None),
+            stop: stop.clone(),
+        });
         let loops = TaskTracker::new();
         loops.spawn(presence::run(member.clone()));
         for app in member.supervisor.list() {
@@ -115,6 +123,15 @@ fn options(config: &FleetConfig, host: &str) -> Result<EngineOptions, String> {
 impl Member {
     /// Publish one step of a push to the environment's stream (and remember it for presence).
     pub(crate) async fn publish(&self, event: FleetEvent) {
+        let is_final = event.is_final();
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(event.clone());
+        if is_final {
+            // Presence first: whoever sees the push end (`deployer push` exits) then reads a
+            // `status` that already shows it.
+            if let Err(e) = presence::renew(self).await {
+                tracing::warn!(error = %e, "fleet: cannot renew presence");
+            }
+        }
         let subject = deployer_fleet::proto::events_subject(&self.engine.env, &self.host);
         match serde_json::to_vec(&event) {
             Ok(body) => match self.engine.js.publish(subject, body.into()).await {
@@ -127,6 +144,5 @@ impl Member {
             },
             Err(e) => tracing::warn!(error = %e, "fleet: cannot encode an event"),
         }
-        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(event);
     }
 }

@@ -3,6 +3,7 @@
 //! renewing (killed, cut off) disappears from `deployer status` when the TTL runs out.
 
 use super::Member;
+use deployer_fleet::EngineError;
 use deployer_fleet::proto::{AppPresence, PRESENCE_TTL, Presence, now_ms};
 use std::sync::Arc;
 
@@ -10,10 +11,7 @@ use std::sync::Arc;
 pub(super) async fn run(member: Arc<Member>) {
     let mut down = false;
     loop {
-        let presence = current(&member);
-        let written =
-            member.engine.write(&member.engine.hosts, &member.host, &presence, None, Some(PRESENCE_TTL)).await;
-        match (written, down) {
+        match (renew(&member).await, down) {
             (Ok(_), true) => {
                 tracing::info!(host = member.host, "fleet: the engine answers again");
                 down = false;
@@ -29,6 +27,12 @@ pub(super) async fn run(member: Arc<Member>) {
             () = member.stop.cancelled() => return,
         }
     }
+}
+
+/// Write this host's presence now, with a fresh TTL.
+pub(super) async fn renew(member: &Member) -> Result<(), EngineError> {
+    let presence = current(member);
+    member.engine.write(&member.engine.hosts, &member.host, &presence, None, Some(PRESENCE_TTL)).await.map(|_| ())
 }
 
 /// A stopping agent leaves at once instead of after the TTL.
