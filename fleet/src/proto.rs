@@ -28,9 +28,7 @@ pub const LOCK_KEY: &str = "lock";
 
 /// Whether `name` can be an environment, app or host name in bucket names, keys and subjects.
 pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// A machine's hostname as a name the engine takes: dots and other characters become `-`.

@@ -105,11 +105,9 @@ fn the_rollout_finishes_with_the_cli_killed() {
     let v2 = fleet.repo.commit_greeting("v2");
     // One host at a time, each baking 1 s: the CLI is killed long before the end.
     fleet.write_nats_file("prod", &urls, "{ canary: 1, max_parallel: 1, bake: 1s }");
-    let mut cli = fleet.cli_command(&["push", "prod"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("push");
-    assert!(
-        wait_until(ROLLOUT, || (0..4).any(|i| fleet_deploys(&fleet, i, &v2) > 0)),
-        "no host started deploying"
-    );
+    let mut cli =
+        fleet.cli_command(&["push", "prod"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("push");
+    assert!(wait_until(ROLLOUT, || (0..4).any(|i| fleet_deploys(&fleet, i, &v2) > 0)), "no host started deploying");
     cli.kill().expect("kill -9 the CLI");
     cli.wait().expect("reap the CLI");
     assert!((0..4).any(|i| fleet.live_sha(i).as_deref() != Some(v2.as_str())), "the push ended before the kill");
@@ -121,10 +119,18 @@ fn the_rollout_finishes_with_the_cli_killed() {
     // Reattach: the whole push replayed, every host live.
     let watched = fleet.cli(&["watch", "prod"]).success();
     assert!(watched.stdout.contains("all 4 hosts of prod"), "{watched}");
-    // --detach returns once the desired state is written; watch follows it to the end.
+    // The killed CLI's lock is held until its TTL lapses: a new push is refused meanwhile, then
+    // goes. --detach returns once the desired state is written; watch follows it to the end.
     let v3 = fleet.repo.commit_greeting("v3");
     fleet.write_nats_file("prod", &urls, "{ canary: 1, max_parallel: 4 }");
-    let detached = fleet.cli(&["push", "prod", "--detach"]).success();
+    let mut refused = false;
+    let detached = deployer_tests::poll(Duration::from_secs(25), || {
+        let out = fleet.cli(&["push", "prod", "--detach"]);
+        refused |= out.stderr.contains("lapses in");
+        out.status.success().then_some(out)
+    })
+    .expect("the killed CLI's lock lapsed");
+    assert!(refused, "the killed CLI's lock must hold until its TTL lapses");
     assert!(detached.stdout.contains("detached"), "{detached}");
     fleet.cli(&["watch", "prod"]).success();
     assert!(all_live(&fleet, &v3, Duration::from_secs(5)));
@@ -180,10 +186,7 @@ fn a_second_push_meanwhile_gets_a_clear_conflict() {
     fleet.write_nats_file("prod", &urls, "{ canary: 1, max_parallel: 1, bake: 2s }");
     let first = fleet.cli_command(&["push", "prod", "--who", "first"]);
     let first = std::thread::spawn(move || run_to_end(first, ROLLOUT));
-    assert!(
-        wait_until(ROLLOUT, || (0..2).any(|i| fleet_deploys(&fleet, i, &v2) > 0)),
-        "the first push did not start"
-    );
+    assert!(wait_until(ROLLOUT, || (0..2).any(|i| fleet_deploys(&fleet, i, &v2) > 0)), "the first push did not start");
     let second = fleet.cli(&["push", "prod", "--who", "second"]).failure(1);
     assert!(second.stderr.contains("another push of `prod` is running: held by first"), "{second}");
     first.join().expect("the first push").success();

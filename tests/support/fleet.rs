@@ -72,7 +72,8 @@ impl TestFleet {
 
     /// Writes `deployer.yaml` for a fleet-mode environment `env` on the engine at `nats`.
     pub fn write_nats_file(&self, env: &str, nats: &[String], rollout: &str) {
-        let text = format!("app: web\nenvironments:\n  {env}:\n    nats: [{}]\n    rollout: {rollout}\n", nats.join(", "));
+        let text =
+            format!("app: web\nenvironments:\n  {env}:\n    nats: [{}]\n    rollout: {rollout}\n", nats.join(", "));
         std::fs::write(self.repo.path().join("deployer.yaml"), text).expect("write deployer.yaml");
     }
 

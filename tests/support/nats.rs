@@ -131,8 +131,7 @@ impl NatsServer {
     pub fn wait_healthy(&mut self) {
         let monitor = self.monitor;
         let healthy = wait_until(STARTUP, || {
-            self.exited()
-                || http::get(monitor, "/healthz").is_ok_and(|r| r.status == 200 && r.body.contains("\"ok\""))
+            self.exited() || http::get(monitor, "/healthz").is_ok_and(|r| r.status == 200 && r.body.contains("\"ok\""))
         });
         assert!(healthy && !self.exited(), "nats-server did not become healthy within {STARTUP:?}\n{}", self.log());
     }
@@ -210,4 +209,3 @@ impl NatsCluster {
         self.nodes.iter().map(NatsServer::url).collect()
     }
 }
-

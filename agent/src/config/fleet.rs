@@ -30,7 +30,7 @@ pub struct FleetConfig {
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "lowercase")]
+#[serde(try_from = "CredentialsRaw")]
 pub enum FleetCredentials {
     /// The variable holding a `.creds` document or a token.
     Env(String),
@@ -122,4 +122,26 @@ pub(super) fn resolve(fleet: &mut FleetConfig, base: &Path, at: &At<'_>) -> Resu
         }
     }
     Ok(())
+}
+
+/// `{ env: VAR }` or `{ file: path }` as written (YAML maps, not tags).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CredentialsRaw {
+    env: Option<String>,
+    file: Option<PathBuf>,
+}
+
+impl TryFrom<CredentialsRaw> for FleetCredentials {
+    type Error = String;
+    fn try_from(raw: CredentialsRaw) -> Result<Self, String> {
+        match (raw.env, raw.file) {
+            (Some(var), None) => Ok(FleetCredentials::Env(var)),
+            (None, Some(path)) => Ok(FleetCredentials::File(path)),
+            _ => Err(
+                "write `credentials: { env: VARIABLE }` or `credentials: { file: path/to/user.creds }` (one of them)"
+                    .into(),
+            ),
+        }
+    }
 }

@@ -18,9 +18,7 @@
 
 use super::Member;
 use crate::deploy::{Deployer, Requester, Target};
-use deployer_fleet::proto::{
-    self, Desired, FleetEvent, Outcome, Phase, RolloutState, SLOT_TTL, Slot, now_ms,
-};
+use deployer_fleet::proto::{self, Desired, FleetEvent, Outcome, Phase, RolloutState, SLOT_TTL, Slot, now_ms};
 use deployer_fleet::{EngineError, Written};
 use deployer_wire::{DeployState, DeployStreamItem, Trigger};
 use futures_util::StreamExt;
@@ -152,7 +150,8 @@ async fn step(m: &Member, app: &str, seen: &mut Seen) -> Result<(), EngineError>
         return Ok(());
     };
     let (ok, message, slot_rev) = deploy_in_slot(m, app, &desired, &slot_key, slot_rev).await;
-    let outcome = Outcome { host: m.host.clone(), ok, from_sha: live, canary, message: message.clone(), at_ms: now_ms() };
+    let outcome =
+        Outcome { host: m.host.clone(), ok, from_sha: live, canary, message: message.clone(), at_ms: now_ms() };
     engine.create(&engine.rollout, &done_key, &outcome, None).await?;
     let halts = !ok && (desired.rollout.halt_on_failure || desired.rollout.rollback_on_failure);
     if canary && (ok || halts) {
@@ -246,7 +245,9 @@ async fn revert(m: &Member, app: &str, desired: &Desired, outcome: Outcome, rev:
     m.publish(event(m, app, desired, "reverting", &format!("back to {}", short(&from)), None)).await;
     let (ok, message) = deploy(m, app, desired, Target::Rollback(Some(from.clone()))).await;
     let reverted = Outcome { from_sha: None, message: format!("reverted to {}: {message}", short(&from)), ..outcome };
-    m.engine.write(&m.engine.rollout, &proto::done_key(app, &desired.push_id, &m.host), &reverted, Some(rev), None).await?;
+    m.engine
+        .write(&m.engine.rollout, &proto::done_key(app, &desired.push_id, &m.host), &reverted, Some(rev), None)
+        .await?;
     let state = if ok { "reverted" } else { "failed" };
     m.publish(event(m, app, desired, state, &reverted.message, None)).await;
     Ok(())

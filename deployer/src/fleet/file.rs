@@ -101,7 +101,7 @@ impl Default for Rollout {
 
 /// `credentials:` of a fleet-mode environment: never the secret itself.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "lowercase")]
+#[serde(try_from = "CredentialsRaw")]
 pub enum NatsCredentials {
     /// A variable holding a `.creds` document or a token; it must start with `DEPLOYER_`.
     Env(String),
@@ -213,8 +213,12 @@ impl FleetFile {
                         path,
                         line,
                         col,
-                        format!("environment `{name}`: `credentials.env` names a variable that does not start with `{TOKEN_ENV_PREFIX}`"),
-                        Some(format!("rename the variable, like `{TOKEN_ENV_PREFIX}NATS_CREDS`: deployer.yaml comes with the repository, so it may only name the variables meant for deployer")),
+                        format!(
+                            "environment `{name}`: `credentials.env` names a variable that does not start with `{TOKEN_ENV_PREFIX}`"
+                        ),
+                        Some(format!(
+                            "rename the variable, like `{TOKEN_ENV_PREFIX}NATS_CREDS`: deployer.yaml comes with the repository, so it may only name the variables meant for deployer"
+                        )),
                     ));
                 }
                 if let Some(bake) = &env.rollout.bake
@@ -367,6 +371,33 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_fleet_mode_example_reads() {
+        let f = parse(include_str!("../../../examples/deployer-fleet.yaml")).unwrap();
+        let prod = f.environment("prod").unwrap();
+        assert_eq!((prod.nats.len(), prod.hosts.len(), prod.rollout.max_parallel.get()), (3, 0, 25));
+        assert_eq!(prod.rollout.bake.as_deref(), Some("30s"));
+        assert!(matches!(&prod.credentials, Some(NatsCredentials::Env(v)) if v == "DEPLOYER_NATS_CREDS"));
+    }
+
+    #[test]
+    fn a_fleet_mode_environment_is_refused_with_hosts_or_a_foreign_variable() {
+        let both =
+            parse("environments:\n  prod:\n    hosts: [http://127.0.0.1:7070]\n    nats: [nats://127.0.0.1:4222]\n")
+                .unwrap_err()
+                .to_string();
+        assert!(both.contains("has both `hosts` and `nats`"), "{both}");
+        let foreign =
+            parse("environments:\n  prod:\n    nats: [nats://127.0.0.1:4222]\n    credentials: { env: AWS_SECRET }\n")
+                .unwrap_err()
+                .to_string();
+        assert!(foreign.contains("does not start with `DEPLOYER_`"), "{foreign}");
+        let bake = parse("environments:\n  prod:\n    nats: [nats://127.0.0.1:4222]\n    rollout: { bake: soon }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(bake.contains("`bake: soon` is not a duration"), "{bake}");
+    }
+
+    #[test]
     fn the_shipped_example_reads() {
         let f = parse(include_str!("../../../examples/deployer.yaml")).unwrap();
         let prod = f.environment("prod").unwrap();
@@ -452,5 +483,27 @@ mod tests {
         assert!(!e.to_string().contains('\u{1b}'), "{e}");
         let e = parse("environments:\n  prod: { hosts: [http://a:1], app: \"a b\" }\n").unwrap_err();
         assert!(e.message.contains("invalid app name `a b`"), "{e}");
+    }
+}
+
+/// `{ env: VAR }` or `{ file: path }` as written (YAML maps, not tags).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CredentialsRaw {
+    env: Option<String>,
+    file: Option<PathBuf>,
+}
+
+impl TryFrom<CredentialsRaw> for NatsCredentials {
+    type Error = String;
+    fn try_from(raw: CredentialsRaw) -> Result<Self, String> {
+        match (raw.env, raw.file) {
+            (Some(var), None) => Ok(NatsCredentials::Env(var)),
+            (None, Some(path)) => Ok(NatsCredentials::File(path)),
+            _ => Err(
+                "write `credentials: { env: VARIABLE }` or `credentials: { file: path/to/user.creds }` (one of them)"
+                    .into(),
+            ),
+        }
     }
 }

@@ -63,7 +63,10 @@ fn options(env: &Environment, base: &Path) -> anyhow::Result<EngineOptions> {
     let credentials = match &env.credentials {
         None => None,
         Some(NatsCredentials::Env(var)) => Some(Credentials::Text(std::env::var(var).map_err(|_| {
-            Hinted::new(format!("`credentials.env` names `{var}`, which is not set"), format!("export {var}=<.creds or token>"))
+            Hinted::new(
+                format!("`credentials.env` names `{var}`, which is not set"),
+                format!("export {var}=<.creds or token>"),
+            )
         })?)),
         Some(NatsCredentials::File(path)) => Some(Credentials::File(base.join(path))),
     };
@@ -263,7 +266,8 @@ async fn follow(
     let mut looked = tokio::time::Instant::now();
     loop {
         // Every host there (or seen in this push and still there) is done: the push is over.
-        let waiting: Vec<&String> = present.iter().filter(|h| !last.get(*h).is_some_and(FleetEvent::is_final)).collect();
+        let waiting: Vec<&String> =
+            present.iter().filter(|h| !last.get(*h).is_some_and(FleetEvent::is_final)).collect();
         if !present.is_empty() && waiting.is_empty() {
             break;
         }
@@ -273,7 +277,8 @@ async fn follow(
             looked = tokio::time::Instant::now();
         }
         let Ok(Some(message)) = next else { continue };
-        let message = message.map_err(|e| Hinted::new(format!("lost the events of `{}`: {e}", env.name), "check the engine"))?;
+        let message =
+            message.map_err(|e| Hinted::new(format!("lost the events of `{}`: {e}", env.name), "check the engine"))?;
         let Ok(event) = serde_json::from_slice::<FleetEvent>(&message.payload) else { continue };
         if event.push_id != desired.push_id || event.app != env.app {
             continue;
@@ -335,7 +340,11 @@ pub async fn status(env: &NatsEnv, json: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if hosts.is_empty() {
-        anstream::println!("no host of `{}` is present (agents with `fleet: {{ env: {} }}` join it)", env.name, env.name);
+        anstream::println!(
+            "no host of `{}` is present (agents with `fleet: {{ env: {} }}` join it)",
+            env.name,
+            env.name
+        );
         return Ok(ExitCode::FAILURE);
     }
     let now = now_ms();
