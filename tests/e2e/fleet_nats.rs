@@ -233,3 +233,24 @@ fn an_agent_keeps_serving_while_the_engine_is_down_and_joins_when_it_is_back() {
     fleet.cli(&["push", "prod"]).success();
     assert_eq!(fleet.live_sha(0).as_deref(), Some(v2.as_str()));
 }
+
+#[test]
+fn a_restart_of_the_engine_mid_rollout_misses_nothing_and_deploys_no_host_twice() {
+    let mut nats = NatsServer::start();
+    let urls = [nats.url()];
+    let fleet = TestFleet::start_on_nats(TestRepo::with_example_app(), 3, &urls, "prod", plain);
+    let v2 = fleet.repo.commit_greeting("v2");
+    fleet.write_nats_file("prod", &urls, "{ canary: 1, max_parallel: 1, bake: 1s }");
+    fleet.cli(&["push", "prod", "--detach"]).success();
+    assert!(
+        wait_until(ROLLOUT, || (0..3).any(|i| fleet.live_sha(i).as_deref() == Some(v2.as_str()))),
+        "no host moved"
+    );
+    nats.stop();
+    nats.start_again();
+    assert!(all_live(&fleet, &v2, ROLLOUT), "the rollout did not resume after the engine's restart");
+    for i in 0..3 {
+        assert_eq!(fleet_deploys(&fleet, i, &v2), 1, "host {i} deployed the push twice");
+    }
+    fleet.cli(&["watch", "prod"]).success();
+}
