@@ -242,10 +242,7 @@ fn a_restart_of_the_engine_mid_rollout_misses_nothing_and_deploys_no_host_twice(
     let v2 = fleet.repo.commit_greeting("v2");
     fleet.write_nats_file("prod", &urls, "{ canary: 1, max_parallel: 1, bake: 1s }");
     fleet.cli(&["push", "prod", "--detach"]).success();
-    assert!(
-        wait_until(ROLLOUT, || (0..3).any(|i| fleet.live_sha(i).as_deref() == Some(v2.as_str()))),
-        "no host moved"
-    );
+    assert!(wait_until(ROLLOUT, || (0..3).any(|i| fleet.live_sha(i).as_deref() == Some(v2.as_str()))), "no host moved");
     nats.stop();
     nats.start_again();
     assert!(all_live(&fleet, &v2, ROLLOUT), "the rollout did not resume after the engine's restart");
