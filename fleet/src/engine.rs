@@ -123,11 +123,14 @@ impl Engine {
         if !version_at_least(&info.version, MIN_SERVER) {
             return Err(EngineError::TooOld { url: urls, version: info.version });
         }
+        // In a cluster, three copies of everything: a bucket survives one node down.
+        let replicas = if info.cluster.is_some() { 3 } else { 1 };
         let js = jetstream::new(client.clone());
         js.query_account().await.map_err(|e| EngineError::NoJetStream { url: url.clone(), reason: e.to_string() })?;
         let ttl_bucket = |bucket: String, history: i64| kv::Config {
             bucket,
             history,
+            num_replicas: replicas,
             // Per-key TTL, and a marker when a key expires (so watchers hear of it).
             limit_markers: Some(Duration::from_secs(1)),
             ..Default::default()
@@ -135,7 +138,12 @@ impl Engine {
         let hosts = open_bucket(&js, ttl_bucket(proto::hosts_bucket(env), 1)).await?;
         let desired = open_bucket(
             &js,
-            kv::Config { bucket: proto::desired_bucket(env), history: DESIRED_HISTORY, ..Default::default() },
+            kv::Config {
+                bucket: proto::desired_bucket(env),
+                history: DESIRED_HISTORY,
+                num_replicas: replicas,
+                ..Default::default()
+            },
         )
         .await?;
         let rollout = open_bucket(&js, ttl_bucket(proto::rollout_bucket(env), 1)).await?;
@@ -145,6 +153,7 @@ impl Engine {
                 name: name.clone(),
                 subjects: vec![proto::events_subject(env, ">")],
                 max_age: EVENTS_MAX_AGE,
+                num_replicas: replicas,
                 ..Default::default()
             })
             .await
@@ -283,10 +292,16 @@ async fn open_bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::
         return Ok(store);
     }
     // Two agents starting together both create: the second's identical create succeeds too.
-    match js.create_key_value(config).await {
-        Ok(store) => Ok(store),
-        Err(e) => js.get_key_value(&name).await.map_err(|_| EngineError::Open { name, reason: e.to_string() }),
+    let single = kv::Config { num_replicas: 1, ..config.clone() };
+    let error = match js.create_key_value(config).await {
+        Ok(store) => return Ok(store),
+        Err(e) => e,
+    };
+    if let Ok(store) = js.get_key_value(&name).await {
+        return Ok(store);
     }
+    // A cluster of fewer than three JetStream nodes: one copy.
+    js.create_key_value(single).await.map_err(|_| EngineError::Open { name, reason: error.to_string() })
 }
 
 /// `2.15.1`, `2.11.0-RC.1` against `(major, minor)`.

@@ -1,7 +1,7 @@
 //! Fleet mode (issue 14): agents that join their environment on a real `nats-server -js`, the CLI
 //! that talks to the engine only, and rollouts the agents carry out among themselves.
 
-use deployer_tests::{AppSpec, Load, NatsServer, TestFleet, TestRepo, fixture, run_to_end, wait_until};
+use deployer_tests::{AppSpec, Load, NatsCluster, NatsServer, TestFleet, TestRepo, fixture, run_to_end, wait_until};
 use serde_json::Value;
 use std::process::Stdio;
 use std::time::Duration;
@@ -250,4 +250,24 @@ fn a_restart_of_the_engine_mid_rollout_misses_nothing_and_deploys_no_host_twice(
         assert_eq!(fleet_deploys(&fleet, i, &v2), 1, "host {i} deployed the push twice");
     }
     fleet.cli(&["watch", "prod"]).success();
+}
+
+#[test]
+fn a_node_of_a_three_node_engine_restarting_mid_rollout_misses_nothing() {
+    let mut cluster = NatsCluster::start();
+    let urls = cluster.urls();
+    let fleet = TestFleet::start_on_nats(TestRepo::with_example_app(), 3, &urls, "prod", plain);
+    let v2 = fleet.repo.commit_greeting("v2");
+    fleet.write_nats_file("prod", &urls, "{ canary: 1, max_parallel: 1, bake: 1s }");
+    fleet.cli(&["push", "prod", "--detach"]).success();
+    assert!(wait_until(ROLLOUT, || (0..3).any(|i| fleet.live_sha(i).as_deref() == Some(v2.as_str()))), "no host moved");
+    cluster.nodes[0].stop();
+    assert!(all_live(&fleet, &v2, ROLLOUT), "the rollout did not go on with a node down");
+    cluster.nodes[0].start_again();
+    for i in 0..3 {
+        assert_eq!(fleet_deploys(&fleet, i, &v2), 1, "host {i} deployed the push twice");
+    }
+    fleet.cli(&["watch", "prod"]).success();
+    let status = json(&fleet.cli(&["status", "prod", "--json"]).success());
+    assert_eq!(status.as_array().map(Vec::len), Some(3), "{status:#}");
 }
