@@ -1,7 +1,9 @@
 //! Fleet mode (issue 14): agents that join their environment on a real `nats-server -js`, the CLI
 //! that talks to the engine only, and rollouts the agents carry out among themselves.
 
-use deployer_tests::{AppSpec, Load, NatsCluster, NatsServer, TestFleet, TestRepo, fixture, run_to_end, wait_until};
+use deployer_tests::{
+    AppSpec, Load, NatsCluster, NatsServer, TestFleet, TestRepo, fake_nats_server, fixture, run_to_end, wait_until,
+};
 use serde_json::Value;
 use std::process::Stdio;
 use std::time::Duration;
@@ -270,4 +272,23 @@ fn a_node_of_a_three_node_engine_restarting_mid_rollout_misses_nothing() {
     fleet.cli(&["watch", "prod"]).success();
     let status = json(&fleet.cli(&["status", "prod", "--json"]).success());
     assert_eq!(status.as_array().map(Vec::len), Some(3), "{status:#}");
+}
+
+#[test]
+fn an_engine_too_old_for_per_key_ttl_is_refused_by_the_cli_and_the_agent() {
+    let port = fake_nats_server("2.9.10");
+    let urls = [format!("nats://127.0.0.1:{port}")];
+    let fleet = TestFleet::start_on_nats(TestRepo::with_example_app(), 1, &urls, "prod", plain);
+    fleet.write_nats_file("prod", &urls, "{ canary: 1 }");
+    let out = fleet.cli(&["push", "prod"]).failure(1);
+    assert!(out.stderr.contains("is nats-server 2.9.10; fleet mode needs 2.11 or later (per-key TTL)"), "{out}");
+    assert!(out.stderr.contains("hint: install nats-server 2.11 or later"), "{out}");
+    assert!(
+        wait_until(Duration::from_secs(10), || fleet.agents[0]
+            .log()
+            .contains("fleet: engine refused, the apps keep serving")),
+        "{}",
+        fleet.agents[0].log()
+    );
+    assert!(fleet.live_sha(0).is_some(), "the agent serves its app all the same");
 }

@@ -32,7 +32,7 @@ pub use env::{AppSpec, Proxy, Setup, TestEnv, fixture};
 pub use fleet::TestFleet;
 pub use gitserver::{GitHttpServer, GitSshServer};
 pub use load::{Load, LoadReport};
-pub use nats::{NatsCluster, NatsServer};
+pub use nats::{NatsCluster, NatsServer, fake_nats_server};
 pub use process::{CliOutput, environ, pid_alive, port_is_free, run_to_end};
 pub use receiver::{Mode, Receiver};
 pub use repo::TestRepo;

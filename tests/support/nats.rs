@@ -209,3 +209,35 @@ impl NatsCluster {
         self.nodes.iter().map(NatsServer::url).collect()
     }
 }
+
+/// A server that speaks just enough of the NATS protocol to be connected to, announcing
+/// `version` (for the version check: Debian's nats-server is 2.9). Answers its port; serves
+/// until the test process ends.
+pub fn fake_nats_server(version: &str) -> u16 {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a fake nats-server");
+    let port = listener.local_addr().expect("its address").port();
+    let info = format!(
+        "INFO {{\"server_id\":\"FAKE\",\"server_name\":\"fake\",\"version\":\"{version}\",\"proto\":1,\
+         \"host\":\"127.0.0.1\",\"port\":{port},\"headers\":true,\"max_payload\":1048576}}\r\n"
+    );
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let info = info.clone();
+            std::thread::spawn(move || {
+                if conn.write_all(info.as_bytes()).is_err() {
+                    return;
+                }
+                let Ok(read) = conn.try_clone() else { return };
+                for line in BufReader::new(read).lines() {
+                    let Ok(line) = line else { return };
+                    if line.starts_with("PING") && conn.write_all(b"PONG\r\n").is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
