@@ -292,3 +292,36 @@ fn an_engine_too_old_for_per_key_ttl_is_refused_by_the_cli_and_the_agent() {
     );
     assert!(fleet.live_sha(0).is_some(), "the agent serves its app all the same");
 }
+
+#[test]
+fn an_agent_killed_mid_wave_frees_its_slot_after_the_ttl_and_the_rollout_goes_on() {
+    let nats = NatsServer::start();
+    let urls = [nats.url()];
+    let marks = tempfile::tempdir().expect("a temp dir");
+    // The first host to install this push hangs there (mkdir is atomic: exactly one does).
+    let mark = marks.path().join("first");
+    let install = format!("\"sh -c 'mkdir {} 2>/dev/null && sleep 120 || true'\"", mark.display());
+    std::fs::create_dir(&mark).expect("the mark, so the startup deploys go through");
+    let fleet =
+        TestFleet::start_on_nats(TestRepo::with_example_app(), 3, &urls, "prod", |_, app| app.set("install", &install));
+    std::fs::remove_dir(&mark).expect("remove the mark");
+    let v2 = fleet.repo.commit_greeting("v2");
+    fleet.write_nats_file("prod", &urls, "{ canary: 0, max_parallel: 1 }");
+    fleet.cli(&["push", "prod", "--detach"]).success();
+    let stuck = deployer_tests::poll(ROLLOUT, || {
+        (0..3).find(|&i| {
+            let d = &fleet.agents[i].history("web")[0];
+            d.trigger == "fleet" && !d.is_final()
+        })
+    })
+    .expect("a host took the slot");
+    assert!(wait_until(Duration::from_secs(10), || mark.is_dir()), "the slot's holder is installing");
+    let mut fleet = fleet;
+    fleet.agents[stuck].signal(nix::sys::signal::Signal::SIGKILL);
+    assert!(fleet.agents[stuck].wait_exit(Duration::from_secs(10)).is_some());
+    let others: Vec<usize> = (0..3).filter(|&i| i != stuck).collect();
+    assert!(
+        wait_until(ROLLOUT, || others.iter().all(|&i| fleet.live_sha(i).as_deref() == Some(v2.as_str()))),
+        "the other hosts did not get the slot once the killed host's lapsed"
+    );
+}
