@@ -300,7 +300,7 @@ fn an_agent_killed_mid_wave_frees_its_slot_after_the_ttl_and_the_rollout_goes_on
     let marks = tempfile::tempdir().expect("a temp dir");
     // The first host to install this push hangs there (mkdir is atomic: exactly one does).
     let mark = marks.path().join("first");
-    let install = format!("\"sh -c 'mkdir {} 2>/dev/null && sleep 120 || true'\"", mark.display());
+    let install = format!("\"sh -c 'mkdir {} 2>/dev/null && sleep 30 || true'\"", mark.display());
     std::fs::create_dir(&mark).expect("the mark, so the startup deploys go through");
     let fleet =
         TestFleet::start_on_nats(TestRepo::with_example_app(), 3, &urls, "prod", |_, app| app.set("install", &install));

@@ -9,7 +9,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
-use deployer_fleet::proto::{self, Desired, FleetEvent, LOCK_KEY, LOCK_TTL, Presence, PushLock, Rollout, now_ms};
+use deployer_fleet::proto::{
+    self, Desired, FleetEvent, LOCK_KEY, LOCK_TTL, Outcome, Presence, PushLock, Rollout, now_ms,
+};
 use deployer_fleet::{Credentials, Engine, EngineError, EngineOptions, Written};
 use futures_util::StreamExt;
 use serde::Serialize;
@@ -275,6 +277,26 @@ async fn follow(
         if looked.elapsed() >= PRESENCE_EVERY {
             present = present_hosts(engine).await;
             looked = tokio::time::Instant::now();
+            // An event lost while the engine was away: the host's `done` key says how it ended.
+            let unfinished: Vec<String> =
+                present.iter().filter(|h| !last.get(*h).is_some_and(FleetEvent::is_final)).cloned().collect();
+            for host in &unfinished {
+                let key = proto::done_key(&env.app, &desired.push_id, host);
+                if let Ok(Some((outcome, _))) = engine.read::<Outcome>(&engine.rollout, &key).await {
+                    let state = if outcome.ok { "live" } else { "failed" };
+                    let event = FleetEvent {
+                        host: host.clone(),
+                        app: env.app.clone(),
+                        push_id: desired.push_id.clone(),
+                        sha: desired.sha.clone(),
+                        state: state.into(),
+                        message: outcome.message,
+                        deploy_id: None,
+                        at_ms: outcome.at_ms,
+                    };
+                    last.insert(host.clone(), event);
+                }
+            }
         }
         let Ok(Some(message)) = next else { continue };
         let message =
