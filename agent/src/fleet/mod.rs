@@ -21,6 +21,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// How often the fleet task looks for apps a SIGHUP added.
+const APPS_EVERY: Duration = Duration::from_secs(5);
 /// The longest wait between two connection attempts while the engine is down.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -93,9 +95,23 @@ pub(crate) fn start(
         });
         let loops = TaskTracker::new();
         loops.spawn(presence::run(member.clone()));
-        for app in member.supervisor.list() {
-            if app.config().source.git().is_some() {
-                loops.spawn(rollout::run(member.clone(), app.name.clone()));
+        // One rollout loop per app deployed from git, also for apps a SIGHUP adds; the loop of an
+        // app that went away ends by itself.
+        let mut running = std::collections::HashSet::new();
+        loop {
+            for app in member.supervisor.list() {
+                if app.config().source.git().is_some() && running.insert(app.name.clone()) {
+                    let (member, name) = (member.clone(), app.name.clone());
+                    loops.spawn(async move {
+                        rollout::run(member, name.clone()).await;
+                        name
+                    });
+                }
+            }
+            running.retain(|name| member.supervisor.app(name).is_ok());
+            tokio::select! {
+                () = tokio::time::sleep(APPS_EVERY) => {}
+                () = member.stop.cancelled() => break,
             }
         }
         loops.close();

@@ -52,6 +52,10 @@ pub(super) async fn run(member: Arc<Member>, app: String) {
     let mut seen = Seen::default();
     let mut failing = false;
     loop {
+        if member.supervisor.app(&app).is_err() {
+            tracing::info!(app, "fleet: the app is gone from the config; it leaves the rollouts");
+            return;
+        }
         match step(&member, &app, &mut seen).await {
             Ok(()) if failing => {
                 failing = false;
@@ -133,7 +137,10 @@ async fn step(m: &Member, app: &str, seen: &mut Seen) -> Result<(), EngineError>
     let canary = phase == Phase::Canary;
     let places = if canary { desired.rollout.canary } else { desired.rollout.max_parallel.max(1) };
     let mut held = None;
-    for i in 0..places {
+    // Each host starts its search at a place of its own: N hosts racing for N places mostly
+    // take one each at the first try instead of all colliding on place 0.
+    let first = m.host.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+    for i in (0..places).map(|k| (first.wrapping_add(k)) % places) {
         let key = if canary { proto::canary_key(app, &push, i) } else { proto::slot_key(app, &push, i) };
         let slot = Slot { host: m.host.clone(), at_ms: now_ms() };
         if let Written::Ok(rev) = engine.create(&engine.rollout, &key, &slot, Some(SLOT_TTL)).await? {
