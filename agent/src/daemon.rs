@@ -188,7 +188,9 @@ async fn serve(path: &Path, secrets: Secrets, exe: &Path) -> anyhow::Result<Exit
     // Reports first: the deploys that start now are reported too.
     let reporter = Reporter::start(store.clone(), &loaded.config);
     reporter.watch_workers(supervisor.clone(), store.clone());
-    let deployer = Deployer::start(store.clone(), supervisor.clone(), secrets.clone())?;
+    // Fleet mode: one agent of the environment pulls git for all (`fleet/poller.rs`), not each.
+    let fleet_pulls = loaded.config.fleet.is_some();
+    let deployer = Deployer::start(store.clone(), supervisor.clone(), secrets.clone(), fleet_pulls)?;
     // Fleet mode (`fleet:`): one task, owned here, stopped with the triggers.
     let (fleet, stop_fleet) = (TaskTracker::new(), CancellationToken::new());
     crate::fleet::start(

@@ -8,7 +8,8 @@
 //! - KV `deployer_<env>_rollout` (per-key TTL): `lock` -> [`PushLock`]; per app and push
 //!   `<app>.<push_id>.state` -> [`RolloutState`] (CAS), `<app>.<push_id>.canary.<i>` and
 //!   `<app>.<push_id>.slot.<i>` -> [`Slot`] (created with a TTL, renewed while deploying),
-//!   `<app>.<push_id>.done.<host>` -> [`Outcome`].
+//!   `<app>.<push_id>.done.<host>` -> [`Outcome`]; `<app>.poller` -> [`Slot`] (the lease of the
+//!   host that pulls git for the environment, created with a TTL and renewed).
 //! - Stream `deployer_<env>_events`, subjects `deployer.<env>.events.<host>` -> [`FleetEvent`].
 
 use serde::{Deserialize, Serialize};
@@ -66,6 +67,10 @@ pub fn slot_key(app: &str, push_id: &str, i: u32) -> String {
 }
 pub fn done_key(app: &str, push_id: &str, host: &str) -> String {
     format!("{app}.{push_id}.done.{host}")
+}
+/// The lease of the host that pulls git for the whole environment.
+pub fn poller_key(app: &str) -> String {
+    format!("{app}.poller")
 }
 /// Every key of one push (for a watch).
 pub fn push_keys(app: &str, push_id: &str) -> String {

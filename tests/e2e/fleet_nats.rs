@@ -325,3 +325,30 @@ fn an_agent_killed_mid_wave_frees_its_slot_after_the_ttl_and_the_rollout_goes_on
         "the other hosts did not get the slot once the killed host's lapsed"
     );
 }
+
+#[test]
+fn one_host_polls_git_for_the_environment_and_every_host_deploys_the_new_head() {
+    let nats = NatsServer::start();
+    let urls = [nats.url()];
+    let fleet = TestFleet::start_on_nats(TestRepo::with_example_app(), 3, &urls, "prod", |i, app| {
+        plain(i, app).set("poll", "300ms")
+    });
+    fleet.write_nats_file("prod", &urls, "{ canary: 1, max_parallel: 2 }");
+    let leader = |fleet: &TestFleet| {
+        (0..3)
+            .filter(|&i| fleet.agents[i].log().contains("this host pulls git for the environment"))
+            .collect::<Vec<_>>()
+    };
+    assert!(wait_until(Duration::from_secs(20), || leader(&fleet).len() == 1), "no single poller");
+    let v2 = fleet.repo.commit_greeting("v2");
+    assert!(all_live(&fleet, &v2, ROLLOUT), "the new head did not reach every host");
+    let polled_by = format!("poll:h{}", leader(&fleet)[0]);
+    let history = json(&fleet.cli(&["history", "prod", "--json"]).success());
+    assert_eq!(history[0]["sha"].as_str(), Some(v2.as_str()), "{history:#}");
+    assert_eq!(history[0]["who"].as_str(), Some(polled_by.as_str()), "{history:#}");
+    for i in 0..3 {
+        assert!(!fleet.agents[i].log().contains("pull mode on"), "host {i} polls on its own");
+        assert_eq!(fleet_deploys(&fleet, i, &v2), 1, "host {i}");
+    }
+    assert_eq!(leader(&fleet).len(), 1, "one poller for the environment");
+}

@@ -7,6 +7,7 @@
 //! it connects (retrying while the engine is down: the apps keep serving meanwhile), then runs
 //! presence and one rollout loop per app until the agent stops.
 
+mod poller;
 mod presence;
 mod rollout;
 
@@ -95,17 +96,16 @@ pub(crate) fn start(
         });
         let loops = TaskTracker::new();
         loops.spawn(presence::run(member.clone()));
-        // One rollout loop per app deployed from git, also for apps a SIGHUP adds; the loop of an
-        // app that went away ends by itself.
+        // One rollout loop (and with `poll`/`cron`, one poller) per app deployed from git, also
+        // for apps a SIGHUP adds; the rollout loop of an app that went away ends by itself.
         let mut running = std::collections::HashSet::new();
         loop {
             for app in member.supervisor.list() {
                 if app.config().source.git().is_some() && running.insert(app.name.clone()) {
-                    let (member, name) = (member.clone(), app.name.clone());
-                    loops.spawn(async move {
-                        rollout::run(member, name.clone()).await;
-                        name
-                    });
+                    loops.spawn(rollout::run(member.clone(), app.name.clone()));
+                    if let Some(schedule) = app.config().schedule {
+                        loops.spawn(poller::run(member.clone(), app.name.clone(), schedule));
+                    }
                 }
             }
             running.retain(|name| member.supervisor.app(name).is_ok());
