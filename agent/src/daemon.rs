@@ -46,6 +46,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let req = crate::import::Request { file: &file, env: env.as_deref(), output: output.as_deref(), force };
             Ok(crate::import::run(&req)?)
         }
+        Command::SimulateFleet { nats, env, hosts, app, sha, deploy_time } => {
+            crate::fleet::simulate(crate::fleet::Simulation { nats, env, hosts, app, sha, deploy_time })
+        }
         Command::Quickstart { dir, port, api_port } => {
             let qs = crate::quickstart::prepare(&dir, port, api_port)?;
             // SAFETY: still single-threaded: no runtime or other thread exists yet.

@@ -7,9 +7,13 @@
 //! it connects (retrying while the engine is down: the apps keep serving meanwhile), then runs
 //! presence and one rollout loop per app until the agent stops.
 
+mod node;
 mod poller;
 mod presence;
 mod rollout;
+mod simulate;
+
+pub use simulate::{Simulation, simulate};
 
 use crate::config::FleetConfig;
 use crate::config::fleet::FleetCredentials;
@@ -17,6 +21,7 @@ use crate::deploy::Deployer;
 use crate::supervisor::Supervisor;
 use deployer_fleet::proto::FleetEvent;
 use deployer_fleet::{Credentials, Engine, EngineError, EngineOptions};
+use node::{AgentNode, Node};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -32,8 +37,8 @@ pub(crate) struct Member {
     pub engine: Engine,
     pub host: String,
     pub labels: std::collections::BTreeMap<String, String>,
-    pub deployer: Arc<Deployer>,
-    pub supervisor: Arc<Supervisor>,
+    /// The host's apps and deploys.
+    pub node: Arc<dyn Node>,
     /// The last fleet event of this host (presence shows it).
     pub last: Mutex<Option<FleetEvent>>,
     pub stop: CancellationToken,
@@ -58,66 +63,68 @@ pub(crate) fn start(
         }
     };
     let (env, labels) = (config.env.clone(), config.labels.clone());
-    tasks.spawn(async move {
-        let mut backoff = Duration::from_millis(250);
-        let engine = loop {
-            let attempt = tokio::select! {
-                r = Engine::connect(&options, &env) => r,
-                () = stop.cancelled() => return,
-            };
-            match attempt {
-                Ok(engine) => break engine,
-                Err(e) => {
-                    let hint = e.hint().map(|h| format!("; hint: {h}")).unwrap_or_default();
-                    let level_is_error = matches!(e, EngineError::TooOld { .. } | EngineError::NoJetStream { .. });
-                    if level_is_error {
-                        tracing::error!(env, error = %e, "fleet: engine refused, the apps keep serving{hint}");
-                    } else {
-                        tracing::warn!(env, error = %e, retry_in = ?backoff, "fleet: engine down, the apps keep serving");
-                    }
-                }
-            }
-            tokio::select! {
-                () = tokio::time::sleep(backoff) => {}
-                () = stop.cancelled() => return,
-            }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+    let node: Arc<dyn Node> = Arc::new(AgentNode { deployer, supervisor });
+    tasks.spawn(join(options, env, host, labels, node, stop));
+}
+
+/// Connect (retrying while the engine is down), then take part in the environment until `stop`:
+/// presence, and per app a rollout loop (and with `poll`/`cron`, a poller).
+async fn join(
+    options: EngineOptions,
+    env: String,
+    host: String,
+    labels: std::collections::BTreeMap<String, String>,
+    node: Arc<dyn Node>,
+    stop: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(250);
+    let engine = loop {
+        let attempt = tokio::select! {
+            r = Engine::connect(&options, &env) => r,
+            () = stop.cancelled() => return,
         };
-        tracing::info!(env, host, "fleet: joined the environment");
-        let member =
-            Arc::new(Member {
-            engine,
-            host,
-            labels,
-            deployer,
-            supervisor,
-            last: Mutex::new(None),
-            stop: stop.clone(),
-        });
-        let loops = TaskTracker::new();
-        loops.spawn(presence::run(member.clone()));
-        // One rollout loop (and with `poll`/`cron`, one poller) per app deployed from git, also
-        // for apps a SIGHUP adds; the rollout loop of an app that went away ends by itself.
-        let mut running = std::collections::HashSet::new();
-        loop {
-            for app in member.supervisor.list() {
-                if app.config().source.git().is_some() && running.insert(app.name.clone()) {
-                    loops.spawn(rollout::run(member.clone(), app.name.clone()));
-                    if let Some(schedule) = app.config().schedule {
-                        loops.spawn(poller::run(member.clone(), app.name.clone(), schedule));
-                    }
+        match attempt {
+            Ok(engine) => break engine,
+            Err(e) => {
+                let hint = e.hint().map(|h| format!("; hint: {h}")).unwrap_or_default();
+                let level_is_error = matches!(e, EngineError::TooOld { .. } | EngineError::NoJetStream { .. });
+                if level_is_error {
+                    tracing::error!(env, error = %e, "fleet: engine refused, the apps keep serving{hint}");
+                } else {
+                    tracing::warn!(env, error = %e, retry_in = ?backoff, "fleet: engine down, the apps keep serving");
                 }
-            }
-            running.retain(|name| member.supervisor.app(name).is_ok());
-            tokio::select! {
-                () = tokio::time::sleep(APPS_EVERY) => {}
-                () = member.stop.cancelled() => break,
             }
         }
-        loops.close();
-        loops.wait().await;
-        presence::leave(&member).await;
-    });
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = stop.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    };
+    tracing::info!(env, host, "fleet: joined the environment");
+    let member = Arc::new(Member { engine, host, labels, node, last: Mutex::new(None), stop: stop.clone() });
+    let loops = TaskTracker::new();
+    loops.spawn(presence::run(member.clone()));
+    // Apps a SIGHUP adds join too; the rollout loop of an app that went away ends by itself.
+    let mut running = std::collections::HashSet::new();
+    loop {
+        for (app, schedule) in member.node.git_apps() {
+            if running.insert(app.clone()) {
+                loops.spawn(rollout::run(member.clone(), app.clone()));
+                if let Some(schedule) = schedule {
+                    loops.spawn(poller::run(member.clone(), app, schedule));
+                }
+            }
+        }
+        running.retain(|name| member.node.has_app(name));
+        tokio::select! {
+            () = tokio::time::sleep(APPS_EVERY) => {}
+            () = member.stop.cancelled() => break,
+        }
+    }
+    loops.close();
+    loops.wait().await;
+    presence::leave(&member).await;
 }
 
 fn options(config: &FleetConfig, host: &str) -> Result<EngineOptions, String> {

@@ -39,7 +39,7 @@ pub(super) async fn run(member: Arc<Member>, app: String, schedule: Schedule) {
                 return;
             }
         }
-        if member.supervisor.app(&app).is_err() {
+        if !member.node.has_app(&app) {
             if let Err(e) = engine.release(&engine.rollout, &key, rev).await {
                 tracing::debug!(app, error = %e, "fleet: the poller lease expires by itself");
             }
@@ -69,17 +69,12 @@ pub(super) async fn run(member: Arc<Member>, app: String, schedule: Schedule) {
 /// Look up the head; publish it when it is not the desired commit yet.
 async fn look(member: &Member, app: &str) -> Result<(), String> {
     let engine = &member.engine;
-    let head = member.deployer.remote_head(app).await.map_err(|e| e.to_string())?;
+    let head = member.node.remote_head(app).await?;
     let current = engine.read::<Desired>(&engine.desired, app).await.map_err(|e| e.to_string())?;
     if current.as_ref().is_some_and(|(d, _)| d.sha == head) {
         return Ok(());
     }
-    let branch = member
-        .supervisor
-        .app(app)
-        .ok()
-        .and_then(|a| a.config().source.git().map(|g| g.branch.clone()))
-        .unwrap_or_default();
+    let branch = member.node.branch(app).unwrap_or_default();
     let desired = Desired {
         sha: head.clone(),
         git_ref: branch,

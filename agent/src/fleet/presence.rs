@@ -4,7 +4,7 @@
 
 use super::Member;
 use deployer_fleet::EngineError;
-use deployer_fleet::proto::{AppPresence, PRESENCE_TTL, Presence, now_ms};
+use deployer_fleet::proto::{PRESENCE_TTL, Presence, now_ms};
 use std::sync::Arc;
 
 /// Renew every third of the TTL: two renewals may be lost before the host counts as gone.
@@ -43,24 +43,10 @@ pub(super) async fn leave(member: &Member) {
 }
 
 fn current(member: &Member) -> Presence {
-    let apps = member
-        .supervisor
-        .list()
-        .iter()
-        .map(|app| {
-            let status = app.status();
-            AppPresence {
-                app: app.name.clone(),
-                sha: super::rollout::live_sha(&member.deployer, &app.name),
-                release: status.release,
-                state: status.state.to_string(),
-            }
-        })
-        .collect();
     Presence {
         host: member.host.clone(),
         labels: member.labels.clone(),
-        apps,
+        apps: member.node.presence(),
         last_deploy: member.last.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         agent: env!("CARGO_PKG_VERSION").to_string(),
         at_ms: now_ms(),

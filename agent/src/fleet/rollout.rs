@@ -17,10 +17,10 @@
 //! expires after [`SLOT_TTL`] and another host takes it.
 
 use super::Member;
-use crate::deploy::{Deployer, Requester, Target};
+use super::node::Progress;
+use crate::deploy::Target;
 use deployer_fleet::proto::{self, Desired, FleetEvent, Outcome, Phase, RolloutState, SLOT_TTL, Slot, now_ms};
 use deployer_fleet::{EngineError, Written};
-use deployer_wire::{DeployState, DeployStreamItem, Trigger};
 use futures_util::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,7 +52,7 @@ pub(super) async fn run(member: Arc<Member>, app: String) {
     let mut seen = Seen::default();
     let mut failing = false;
     loop {
-        if member.supervisor.app(&app).is_err() {
+        if !member.node.has_app(&app) {
             tracing::info!(app, "fleet: the app is gone from the config; it leaves the rollouts");
             return;
         }
@@ -74,11 +74,6 @@ pub(super) async fn run(member: Arc<Member>, app: String) {
             () = member.stop.cancelled() => return,
         }
     }
-}
-
-/// The commit `app` runs now on this host.
-pub(super) fn live_sha(deployer: &Deployer, app: &str) -> Option<String> {
-    deployer.releases(app).ok()?.into_iter().find(|r| r.current).map(|r| r.sha)
 }
 
 async fn step(m: &Member, app: &str, seen: &mut Seen) -> Result<(), EngineError> {
@@ -116,7 +111,7 @@ async fn step(m: &Member, app: &str, seen: &mut Seen) -> Result<(), EngineError>
         }
         return Ok(());
     }
-    let live = live_sha(&m.deployer, app);
+    let live = m.node.live_sha(app);
     if live.as_deref() == Some(desired.sha.as_str()) {
         let outcome = Outcome {
             host: m.host.clone(),
@@ -189,7 +184,7 @@ async fn deploy_in_slot(m: &Member, app: &str, desired: &Desired, slot_key: &str
         }
         m.publish(event(m, app, desired, "baking", "live; baking", None)).await;
         tokio::time::sleep(Duration::from_millis(desired.rollout.bake_ms)).await;
-        if live_sha(&m.deployer, app).as_deref() == Some(desired.sha.as_str()) {
+        if m.node.live_sha(app).as_deref() == Some(desired.sha.as_str()) {
             (true, message)
         } else {
             (false, "rolled back during the bake".into())
@@ -212,32 +207,17 @@ async fn deploy_in_slot(m: &Member, app: &str, desired: &Desired, slot_key: &str
     }
 }
 
-/// One deploy through [`Deployer::request`] (the API's entry point), its events published as it
-/// goes; answers whether it ended live, and its last message.
+/// One deploy through the host's [`super::node::Node`] (on an agent: [`crate::deploy::Deployer::request`],
+/// the API's entry point), its steps published as they come; answers whether it ended live, and
+/// its last message.
 async fn deploy(m: &Member, app: &str, desired: &Desired, target: Target) -> (bool, String) {
-    let by = Requester::named(Some(&desired.who));
-    let accepted = match m.deployer.request(app, target, Trigger::Fleet, &by) {
-        Ok(a) => a,
-        Err(e) => return (false, e.to_string()),
-    };
-    if accepted.state == DeployState::Live {
-        return (true, accepted.message.unwrap_or_else(|| "live".into()));
-    }
-    let id = accepted.id;
-    let follow = match m.deployer.follow(id, m.stop.clone()) {
-        Ok(f) => f,
-        Err(e) => return (false, e.to_string()),
-    };
-    tokio::pin!(follow);
-    while let Some(item) = follow.next().await {
-        match item {
-            DeployStreamItem::Event(e) => {
-                m.publish(event(m, app, desired, e.state.as_str(), &e.message, Some(id))).await;
+    let mut steps = m.node.deploy(app, target, &desired.who, m.stop.clone());
+    while let Some(step) = steps.next().await {
+        match step {
+            Progress::Step { state, message, deploy_id } => {
+                m.publish(event(m, app, desired, &state, &message, deploy_id)).await;
             }
-            DeployStreamItem::End(d) => {
-                let message = d.message.clone().unwrap_or_else(|| d.state.to_string());
-                return (d.state == DeployState::Live, message);
-            }
+            Progress::End { ok, message } => return (ok, message),
         }
     }
     (false, "interrupted: the agent is stopping".into())
