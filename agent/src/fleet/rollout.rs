@@ -380,9 +380,20 @@ async fn advance(m: &Member, app: &str, desired: &Desired) -> Result<(), EngineE
             hosts.push(key);
         }
     }
+    // The outcomes, 32 reads in flight (a thousand hosts are not read one by one). Owned
+    // futures: the loop runs in a spawned task, which must be `Send` for any lifetime.
+    let reads: Vec<_> = hosts
+        .iter()
+        .map(|host| {
+            let (engine, key) = (engine.clone(), proto::done_key(app, push, host));
+            async move { engine.read::<Outcome>(&engine.rollout, &key).await }
+        })
+        .collect();
+    let outcomes: Vec<Result<Option<(Outcome, u64)>, EngineError>> =
+        futures_util::stream::iter(reads).buffer_unordered(32).collect().await;
     let (mut done, mut canaries) = (0, 0);
-    for host in &hosts {
-        if let Some((o, _)) = engine.read::<Outcome>(&engine.rollout, &proto::done_key(app, push, host)).await?
+    for outcome in outcomes {
+        if let Some((o, _)) = outcome?
             && o.ok
         {
             done += 1;
