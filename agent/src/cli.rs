@@ -61,6 +61,26 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Benchmark only: N simulated hosts (no workers, a deploy that waits) joining a fleet-mode
+    /// environment, each with its own connection to the engine, until SIGINT or SIGTERM.
+    #[command(hide = true)]
+    SimulateFleet {
+        /// The engine's URLs.
+        #[arg(long, required = true)]
+        nats: Vec<String>,
+        #[arg(long)]
+        env: String,
+        #[arg(long, default_value_t = 1000)]
+        hosts: usize,
+        #[arg(long, default_value = "web")]
+        app: String,
+        /// The commit every host runs at start.
+        #[arg(long)]
+        sha: String,
+        /// How long each simulated deploy takes.
+        #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+        deploy_time: std::time::Duration,
+    },
     /// Try the whole product: make a local git repo with the example app and run an agent that
     /// deploys it whenever you commit.
     Quickstart {

@@ -46,6 +46,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let req = crate::import::Request { file: &file, env: env.as_deref(), output: output.as_deref(), force };
             Ok(crate::import::run(&req)?)
         }
+        Command::SimulateFleet { nats, env, hosts, app, sha, deploy_time } => {
+            crate::fleet::simulate(crate::fleet::Simulation { nats, env, hosts, app, sha, deploy_time })
+        }
         Command::Quickstart { dir, port, api_port } => {
             let qs = crate::quickstart::prepare(&dir, port, api_port)?;
             // SAFETY: still single-threaded: no runtime or other thread exists yet.
@@ -188,7 +191,20 @@ async fn serve(path: &Path, secrets: Secrets, exe: &Path) -> anyhow::Result<Exit
     // Reports first: the deploys that start now are reported too.
     let reporter = Reporter::start(store.clone(), &loaded.config);
     reporter.watch_workers(supervisor.clone(), store.clone());
-    let deployer = Deployer::start(store.clone(), supervisor.clone(), secrets.clone())?;
+    // Fleet mode: one agent of the environment pulls git for all (`fleet/poller.rs`), not each.
+    let fleet_pulls = loaded.config.fleet.is_some();
+    let deployer = Deployer::start(store.clone(), supervisor.clone(), secrets.clone(), fleet_pulls)?;
+    // Fleet mode (`fleet:`): one task, owned here, stopped with the triggers.
+    let (fleet, stop_fleet) = (TaskTracker::new(), CancellationToken::new());
+    crate::fleet::start(
+        loaded.config.fleet.as_ref(),
+        loaded.config.host.as_deref(),
+        deployer.clone(),
+        supervisor.clone(),
+        &fleet,
+        stop_fleet.clone(),
+    );
+    fleet.close();
     let stop_api = CancellationToken::new();
     let state = Arc::new(ApiState {
         supervisor: supervisor.clone(),
@@ -351,13 +367,18 @@ async fn serve(path: &Path, secrets: Secrets, exe: &Path) -> anyhow::Result<Exit
     // 1. Triggers: no deploy is queued from now on (API, webhooks, pull loops), no SIGHUP applied;
     //    a reload or roll in progress (a SIGHUP's too) is interrupted, its new workers ended.
     state.deployer.close();
+    stop_fleet.cancel();
     sighup.stop.cancel();
     supervisor.halt();
     if let Err(e) = applying.await {
         tracing::error!(error = %e, "the SIGHUP task ended abnormally");
     }
-    // 2. Running deploys end, each with its final state in the database.
+    // 2. Running deploys end, each with its final state in the database; the fleet task (which
+    //    follows them) then leaves the environment.
     state.deployer.shutdown().await;
+    if tokio::time::timeout(Duration::from_secs(5), fleet.wait()).await.is_err() {
+        tracing::warn!("fleet: still leaving the environment after 5s; its presence expires by itself");
+    }
     tracing::info!(after_ms = ms(stopping), "deploys ended and recorded");
     // 3. Reports: what is due now goes out, within a grace.
     reporter.shutdown(REPORT_GRACE).await;

@@ -11,6 +11,7 @@ pub(crate) mod cli;
 pub(crate) mod config;
 pub(crate) mod daemon;
 pub(crate) mod deploy;
+pub(crate) mod fleet;
 pub(crate) mod front;
 pub(crate) mod handover;
 pub(crate) mod import;

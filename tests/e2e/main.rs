@@ -15,6 +15,7 @@ mod deploy;
 mod durable;
 mod edge;
 mod fleet;
+mod fleet_nats;
 mod fronts;
 mod import;
 mod large_files;

@@ -35,6 +35,48 @@ impl TestFleet {
         TestFleet { repo, agents, token }
     }
 
+    /// `n` agents as [`TestFleet::start`], each also joining environment `env` on the engine at
+    /// `nats` (fleet mode) as host `h<i>`.
+    pub fn start_on_nats(
+        repo: TestRepo,
+        n: usize,
+        nats: &[String],
+        env: &str,
+        tune: impl Fn(usize, AppSpec) -> AppSpec + Sync,
+    ) -> TestFleet {
+        let token = format!("fleet-secret-{}", std::process::id());
+        let agents = std::thread::scope(|s| {
+            let started: Vec<_> = (0..n)
+                .map(|i| {
+                    let env = Self::nats_env(&repo, &token, nats, env, i, &tune);
+                    s.spawn(move || env.start())
+                })
+                .collect();
+            started.into_iter().map(|h| h.join().expect("an agent started")).collect()
+        });
+        TestFleet { repo, agents, token }
+    }
+
+    /// The test env of host `h<i>` of a fleet-mode environment (to start one more host later).
+    pub fn nats_env(
+        repo: &TestRepo,
+        token: &str,
+        nats: &[String],
+        env: &str,
+        i: usize,
+        tune: impl Fn(usize, AppSpec) -> AppSpec,
+    ) -> TestEnv {
+        let fleet = format!("{{ nats: [{}], env: {env}, host: h{i}, labels: {{ index: \"{i}\" }} }}", nats.join(", "));
+        TestEnv::new().admin_token(token).agent_set("fleet", &fleet).web(|a| tune(i, a.repo(repo)))
+    }
+
+    /// Writes `deployer.yaml` for a fleet-mode environment `env` on the engine at `nats`.
+    pub fn write_nats_file(&self, env: &str, nats: &[String], rollout: &str) {
+        let text =
+            format!("app: web\nenvironments:\n  {env}:\n    nats: [{}]\n    rollout: {rollout}\n", nats.join(", "));
+        std::fs::write(self.repo.path().join("deployer.yaml"), text).expect("write deployer.yaml");
+    }
+
     /// A fleet of agents started otherwise (over TLS, say), all accepting `token` as `admin`.
     pub fn with_agents(repo: TestRepo, agents: Vec<Agent>, token: &str) -> TestFleet {
         TestFleet { repo, agents, token: token.to_string() }

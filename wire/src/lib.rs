@@ -509,6 +509,8 @@ named! {
         Config = "config",
         /// The bake window rolled a crash-looping release back.
         Bake = "bake",
+        /// Fleet mode: the environment's desired state (`deployer push <env>` on the engine).
+        Fleet = "fleet",
     }
 }
 

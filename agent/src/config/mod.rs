@@ -11,6 +11,7 @@ pub use checked::ValueError;
 pub use command::{Commands, StartCommand};
 pub(crate) use command::{flow_list, yaml_scalar};
 pub mod env_file;
+pub mod fleet;
 pub mod front;
 pub mod health;
 pub mod install_cache;
@@ -24,6 +25,7 @@ pub mod units;
 mod validate;
 
 pub use auth::AuthConfig;
+pub use fleet::FleetConfig;
 pub use front::FrontConfig;
 pub use health::{HealthCheck, HealthConfig};
 pub use install_cache::InstallCacheConfig;
@@ -76,6 +78,10 @@ pub struct AgentConfig {
     /// This host's name in reports; the machine's hostname by default.
     #[serde(default)]
     pub host: Option<String>,
+    /// Join an environment on the fleet engine (NATS JetStream): presence, desired state,
+    /// self-coordinated rollouts. Absent: no connection, no task.
+    #[serde(default)]
+    pub fleet: Option<FleetConfig>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -666,6 +672,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
         ConfigError::at(path, line, col, msg, hint)
     };
     resolve::agent(&mut config, &base, &at)?;
+    if let Some(f) = &mut config.fleet {
+        fleet::resolve(f, &base, &at)?;
+    }
     let (listen, state_dir) = (config.listen.port(), config.state_dir.clone());
     let mut ports = validate::Ports::new(listen);
     for name in in_file_order(text, config.apps.keys()) {

@@ -314,3 +314,50 @@ fn cron_restart_is_a_schedule_checked_at_its_key() {
     assert!(e.message.starts_with("invalid `cron_restart: at night`"), "{e}");
     assert!(e.hint.as_deref().is_some_and(|h| h.contains("\"0 3 * * *\"")), "{e}");
 }
+
+#[test]
+fn fleet_reads_its_keys_and_defaults() {
+    let d = tmp("fleet-ok");
+    let text = format!(
+        "{GOOD}fleet:\n  nats: [nats://10.0.0.5:4222, tls://10.0.0.6:4222]\n  env: prod\n  labels: {{ region: eu }}\n  credentials: {{ file: user.creds }}\n"
+    );
+    let p = write(&d, &text);
+    std::fs::write(d.join("user.creds"), "-----BEGIN NATS USER JWT-----\n").unwrap();
+    let l = load(&p).unwrap();
+    let fleet = l.config.fleet.as_ref().unwrap();
+    assert_eq!(fleet.nats.len(), 2);
+    assert_eq!(fleet.env, "prod");
+    assert_eq!(fleet.labels["region"], "eu");
+    assert_eq!(fleet.credentials, Some(fleet::FleetCredentials::File(d.join("user.creds"))));
+    // The host name: `fleet.host`, else the agent's `host` (made a valid key), else the hostname.
+    assert_eq!(fleet.host_name(Some("web1.example.com")), "web1-example-com");
+    assert!(!fleet.host_name(None).is_empty());
+    assert!(load(&write(&d, GOOD)).unwrap().config.fleet.is_none(), "no `fleet:`, no fleet");
+}
+
+#[test]
+fn fleet_mistakes_are_located_with_a_hint() {
+    let d = tmp("fleet-bad");
+    let cases = [
+        (
+            "fleet:\n  nats: [nats://127.0.0.1:4222]\n  env: prod.eu\n",
+            3,
+            "`fleet.env: prod.eu` cannot name an environment",
+        ),
+        ("fleet:\n  nats: []\n  env: prod\n", 2, "`fleet.nats` names no server"),
+        (
+            "fleet:\n  nats: [nats://127.0.0.1:4222]\n  env: prod\n  credentials: { env: DEPLOYER_TEST_UNSET_CREDS }\n",
+            4,
+            "which is not set",
+        ),
+        ("fleet:\n  nats: [nats://127.0.0.1:4222]\n  env: prod\n  credentials: { file: none.creds }\n", 4, "no file"),
+        ("fleet:\n  nats: [nats://127.0.0.1:4222]\n  env: prod\n  token: abc\n", 4, "unknown field `token`"),
+    ];
+    let base = GOOD.lines().count();
+    for (fleet, line, message) in cases {
+        let err = load(&write(&d, &format!("{GOOD}{fleet}"))).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains(message), "{text}");
+        assert!(text.contains(&format!("agent.yaml:{}:", base + line)), "{text}");
+    }
+}

@@ -90,6 +90,9 @@ pub struct Deployer {
     tasks: TaskTracker,
     /// Whether that writer runs.
     settling: AtomicBool,
+    /// Fleet mode: one agent of the environment pulls for all (`fleet/poller.rs`); this one's
+    /// own pull loops do not run.
+    pulls_elsewhere: AtomicBool,
 }
 
 #[derive(Default)]
@@ -143,10 +146,12 @@ struct Running {
 impl Deployer {
     /// Repair what a crash left (unfinished deploys become `interrupted`, half-made release
     /// directories are removed), then deploy the branch of every git app that has no release yet.
+    /// `pulls_elsewhere` (fleet mode): no pull loop of its own, the environment's poller pulls.
     pub fn start(
         store: Arc<Store>,
         supervisor: Arc<Supervisor>,
         secrets: Secrets,
+        pulls_elsewhere: bool,
     ) -> Result<Arc<Deployer>, DeployError> {
         let interrupted = store.interrupt_unfinished()?;
         if !interrupted.is_empty() {
@@ -163,6 +168,7 @@ impl Deployer {
             paused: AtomicBool::new(false),
             tasks: TaskTracker::new(),
             settling: AtomicBool::new(false),
+            pulls_elsewhere: AtomicBool::new(pulls_elsewhere),
         });
         for app in d.supervisor.list() {
             let Some(git) = app.config().source.git().cloned() else { continue };
@@ -301,7 +307,7 @@ impl Deployer {
     fn apply_schedules(self: &Arc<Self>) {
         let mut pullers = self.pullers.lock().unwrap_or_else(|e| e.into_inner());
         let mut wanted = HashMap::new();
-        for app in self.supervisor.list() {
+        for app in self.supervisor.list().into_iter().filter(|_| !self.pulls_elsewhere.load(Ordering::SeqCst)) {
             // Only git apps have one (checked when the config was loaded).
             if let Some(schedule) = app.config().schedule {
                 wanted.insert(app.name.clone(), schedule);

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// How long until the next look of `schedule`.
-fn wait(schedule: &Schedule) -> Duration {
+pub(crate) fn wait(schedule: &Schedule) -> Duration {
     match schedule {
         Schedule::Every(every) => *every + every.mul_f64(0.1 * pseudo_random()),
         // A schedule with no next tick (`0 0 30 2 *`) looks once a day, to stay alive.
@@ -48,11 +48,8 @@ impl Deployer {
         by: &super::Requester,
         last: Option<&str>,
     ) -> Result<Checked, CheckError> {
-        let (a, git) = self.git_app(app)?;
-        let (url, branch, auth) = (git.repo.clone(), git.branch.clone(), super::pipeline::git_auth(&git));
-        let cache = super::release::AppDir::new(git.dir).repo();
-        let sha =
-            tokio::task::spawn_blocking(move || Source::open(&url, &branch, auth, &cache)?.remote_head()).await??;
+        let a = self.supervisor.app(app).map_err(super::DeployError::from)?;
+        let sha = self.remote_head(app).await?;
         // A failed read is an error of the check, not "nothing live": that would deploy again.
         let live = match a.release() {
             Some(r) => self
@@ -69,6 +66,14 @@ impl Deployer {
         }
         let accepted = self.request(app, Target::Ref(sha.clone()), trigger, by)?;
         Ok(Checked::Queued { sha, id: accepted.id })
+    }
+
+    /// The head of `app`'s branch on its remote, looked up now (`ls-remote`, no fetch).
+    pub async fn remote_head(&self, app: &str) -> Result<String, CheckError> {
+        let (_, git) = self.git_app(app)?;
+        let (url, branch, auth) = (git.repo.clone(), git.branch.clone(), super::pipeline::git_auth(&git));
+        let cache = super::release::AppDir::new(git.dir).repo();
+        Ok(tokio::task::spawn_blocking(move || Source::open(&url, &branch, auth, &cache)?.remote_head()).await??)
     }
 
     /// The pull loop of one app, until `stop` (the agent stops, or the schedule changed).

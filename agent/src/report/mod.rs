@@ -219,7 +219,7 @@ fn destination_json(d: &Destination) -> String {
 }
 
 /// The machine's name, for reports from an agent without `host:`.
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
         .map(|h| h.trim().to_string())

@@ -23,6 +23,9 @@ pub struct Args {
 }
 
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(env) = ctx.nats_env(&args.app, None)? {
+        return crate::fleet::nats::history(&env, args.limit, ctx.json).await;
+    }
     if let Some(fleet) = ctx.fleet_if_env(&args.app, None)? {
         return run_fleet(ctx, &fleet, args.limit).await;
     }

@@ -33,6 +33,7 @@ pub mod scale;
 pub mod show;
 pub mod signal;
 pub mod status;
+pub mod watch;
 
 use lifecycle::Action;
 
@@ -48,6 +49,14 @@ pub enum Command {
   deployer push staging --ref v1.4.2  Deploy a tag
   deployer push prod --no-wait        Fail at once if another push of `prod` runs"))]
     Push(push::Args),
+
+    /// Follow the current push of a fleet-mode environment (`nats:`), from its first step
+    ///
+    /// Replays what each host did since the push began, then follows until every host present
+    /// is done with it. Exits 1 unless every one of them is live on the pushed commit.
+    #[command(after_help = examples_section("
+  deployer push prod --detach && deployer watch prod    Push, then follow from anywhere"))]
+    Watch(watch::Args),
 
     /// Show every host of an environment: live commit, release, workers, last deploy
     ///
@@ -216,6 +225,12 @@ impl Context {
         Fleet::open(&self.fleet_file()?, name, app, &self.client, &self.token_env)
     }
 
+    /// The environment `name` when deployer.yaml makes it a fleet-mode one (`nats:`).
+    pub fn nats_env(&self, name: &str, app: Option<&str>) -> anyhow::Result<Option<fleet::nats::NatsEnv>> {
+        let Some(path) = fleet::locate(self.file.as_deref()) else { return Ok(None) };
+        fleet::nats::NatsEnv::of(&FleetFile::load(&path)?, name, app)
+    }
+
     /// Every host of the environment `name`, whatever app they run (`monit` shows them all).
     pub fn fleet_hosts(&self, name: &str) -> anyhow::Result<Vec<(Host, Client)>> {
         fleet::hosts(&self.fleet_file()?, name, &self.client, &self.token_env)
@@ -239,6 +254,7 @@ impl Command {
         let result = match self {
             Command::Push(args) => push::run(ctx, args).await,
             Command::Status(args) => status::run(ctx, args).await,
+            Command::Watch(args) => watch::run(ctx, args).await,
             Command::Completions(args) => completions::run(args),
             Command::Ls => ls::run(ctx).await,
             Command::Reload(args) => reload::run(ctx, args).await,

@@ -37,23 +37,29 @@ pub struct Args {
     /// Who pushes, as the hosts' history shows it [default: $USER]
     #[arg(long, value_name = "NAME")]
     pub who: Option<String>,
+
+    /// Fleet mode (`nats:`): return once the desired state is written; the hosts roll it out by
+    /// themselves (`deployer watch ENV` follows it)
+    #[arg(long)]
+    pub detach: bool,
 }
 
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(env) = ctx.nats_env(&args.env, args.app.as_deref())? {
+        let git_ref = args.git_ref.clone().unwrap_or_else(|| "HEAD".into());
+        let sha = resolve(&std::env::current_dir()?, &git_ref)?;
+        return crate::fleet::nats::push(&env, &sha, &git_ref, args.who, args.detach, ctx.json).await;
+    }
+    if args.detach {
+        return Err(Hinted::new(
+            format!("`--detach` needs a fleet-mode environment; `{}` lists its hosts", args.env),
+            "the hosts of a direct-mode environment are driven by this CLI: it must stay to finish the push",
+        )
+        .into());
+    }
     let fleet = ctx.fleet(&args.env, args.app.as_deref())?;
     let git_ref = args.git_ref.clone().unwrap_or_else(|| "HEAD".into());
-    let sha = git::resolve(&fleet.repo_dir, &git_ref).map_err(|e| {
-        anyhow::Error::new(e).context(Hinted::new(
-            format!("cannot push `{git_ref}`"),
-            "name a branch, a tag or a commit of this repository with --ref",
-        ))
-    })?;
-    if git::remote_branches_containing(&fleet.repo_dir, &sha).is_empty() {
-        output::print_warning(&format!(
-            "commit {} is on no remote branch: the agents fetch from the remote, so they may not find it (`git push` first)",
-            short_sha(&sha)
-        ));
-    }
+    let sha = resolve(&fleet.repo_dir, &git_ref)?;
 
     // The lock lives on the first host; without it (host down) the push is refused, unless
     // `--no-lock` says to go on unguarded.
@@ -163,4 +169,22 @@ pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(if all_live { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// The commit `git_ref` names in the repository at `dir`, with a warning when no remote branch
+/// holds it (the agents fetch from the remote).
+fn resolve(dir: &std::path::Path, git_ref: &str) -> anyhow::Result<String> {
+    let sha = git::resolve(dir, git_ref).map_err(|e| {
+        anyhow::Error::new(e).context(Hinted::new(
+            format!("cannot push `{git_ref}`"),
+            "name a branch, a tag or a commit of this repository with --ref",
+        ))
+    })?;
+    if git::remote_branches_containing(dir, &sha).is_empty() {
+        output::print_warning(&format!(
+            "commit {} is on no remote branch: the agents fetch from the remote, so they may not find it (`git push` first)",
+            short_sha(&sha)
+        ));
+    }
+    Ok(sha)
 }

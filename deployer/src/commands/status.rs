@@ -28,6 +28,9 @@ pub struct Args {
 }
 
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(env) = ctx.nats_env(&args.env, args.app.as_deref())? {
+        return crate::fleet::nats::status(&env, ctx.json).await;
+    }
     let fleet = match ctx.fleet_if_env(&args.env, args.app.as_deref())? {
         Some(fleet) => Some(fleet),
         // `--app` goes with an environment: say why there is none.

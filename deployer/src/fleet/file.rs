@@ -44,14 +44,24 @@ pub struct FleetFile {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Environment {
-    /// The agents of the environment, by API URL; the first one also keeps the push lock.
+    /// The agents of the environment, by API URL; the first one also keeps the push lock
+    /// (direct mode). Not with `nats`.
+    #[serde(default)]
     pub hosts: Vec<Host>,
+    /// Fleet mode: the engine's URLs (`nats://10.0.0.5:4222`) instead of `hosts`; the hosts
+    /// join by themselves and carry the rollout out among themselves.
+    #[serde(default)]
+    pub nats: Vec<String>,
+    /// Fleet mode: how the CLI authenticates to the engine, `{ env: DEPLOYER_NATS_CREDS }` (a
+    /// `.creds` document or a token in that variable) or `{ file: path }` (a `.creds` file).
+    #[serde(default)]
+    pub credentials: Option<NatsCredentials>,
     /// The environment variable holding this environment's API token; it must start with
     /// `DEPLOYER_` [default: `--token-env`, itself `DEPLOYER_TOKEN` by default].
     #[serde(default)]
     pub token_env: Option<String>,
     /// A PEM certificate to trust for `https://` hosts (a private CA, or a self-signed agent
-    /// certificate), relative to deployer.yaml.
+    /// certificate), or for the engine's TLS in fleet mode; relative to deployer.yaml.
     #[serde(default)]
     pub ca_cert: Option<PathBuf>,
     /// An app other than the file's `app`, for this environment.
@@ -73,12 +83,30 @@ pub struct Rollout {
     pub halt_on_failure: bool,
     /// After a host fails, put the hosts already moved back on their previous release.
     pub rollback_on_failure: bool,
+    /// Fleet mode: how long a host stays live before the next ones start (`30s`).
+    pub bake: Option<String>,
 }
 
 impl Default for Rollout {
     fn default() -> Self {
-        Rollout { canary: 0, max_parallel: NonZeroUsize::MIN, halt_on_failure: true, rollback_on_failure: false }
+        Rollout {
+            canary: 0,
+            max_parallel: NonZeroUsize::MIN,
+            halt_on_failure: true,
+            rollback_on_failure: false,
+            bake: None,
+        }
     }
+}
+
+/// `credentials:` of a fleet-mode environment: never the secret itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "CredentialsRaw")]
+pub enum NatsCredentials {
+    /// A variable holding a `.creds` document or a token; it must start with `DEPLOYER_`.
+    Env(String),
+    /// A `.creds` file, relative to deployer.yaml.
+    File(PathBuf),
 }
 
 /// An agent's API URL, checked when the file is read.
@@ -156,6 +184,58 @@ impl FleetFile {
                     .or_else(|| locate::key(text, &["environments", name]))
                     .unwrap_or((0, 0))
             };
+            if !env.nats.is_empty() && !env.hosts.is_empty() {
+                let (line, col) = at("nats");
+                return Err(FileError::at(
+                    path,
+                    line,
+                    col,
+                    format!("environment `{name}` has both `hosts` and `nats`"),
+                    Some("keep `hosts:` (direct mode: the CLI drives each agent) or `nats:` (fleet mode: the agents join the engine), not both".into()),
+                ));
+            }
+            if !env.nats.is_empty() {
+                if !deployer_fleet::proto::valid_name(name) {
+                    let (line, col) = at("nats");
+                    return Err(FileError::at(
+                        path,
+                        line,
+                        col,
+                        format!("environment `{name}` cannot be a fleet-mode environment's name"),
+                        Some("name it with letters, digits, `-` and `_` only: it names buckets and subjects in the engine".into()),
+                    ));
+                }
+                if let Some(NatsCredentials::Env(var)) = &env.credentials
+                    && !var.starts_with(TOKEN_ENV_PREFIX)
+                {
+                    let (line, col) = at("credentials");
+                    return Err(FileError::at(
+                        path,
+                        line,
+                        col,
+                        format!(
+                            "environment `{name}`: `credentials.env` names a variable that does not start with `{TOKEN_ENV_PREFIX}`"
+                        ),
+                        Some(format!(
+                            "rename the variable, like `{TOKEN_ENV_PREFIX}NATS_CREDS`: deployer.yaml comes with the repository, so it may only name the variables meant for deployer"
+                        )),
+                    ));
+                }
+                if let Some(bake) = &env.rollout.bake
+                    && humantime::parse_duration(bake).is_err()
+                {
+                    let (line, col) =
+                        locate::key(text, &["environments", name, "rollout", "bake"]).unwrap_or_else(|| at("rollout"));
+                    return Err(FileError::at(
+                        path,
+                        line,
+                        col,
+                        format!("`bake: {bake}` is not a duration"),
+                        Some("write it like `30s` or `2m`".into()),
+                    ));
+                }
+                continue;
+            }
             if env.hosts.is_empty() {
                 let (line, col) = at("hosts");
                 return Err(FileError::at(
@@ -163,7 +243,7 @@ impl FleetFile {
                     line,
                     col,
                     format!("environment `{name}` has no hosts"),
-                    Some("write `hosts: [http://127.0.0.1:7070]`, one agent URL per host".into()),
+                    Some("write `hosts: [http://127.0.0.1:7070]`, one agent URL per host, or `nats: [nats://127.0.0.1:4222]` for fleet mode".into()),
                 ));
             }
             if env.rollout.canary >= env.hosts.len() && env.rollout.canary > 0 {
@@ -291,6 +371,33 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_fleet_mode_example_reads() {
+        let f = parse(include_str!("../../../examples/deployer-fleet.yaml")).unwrap();
+        let prod = f.environment("prod").unwrap();
+        assert_eq!((prod.nats.len(), prod.hosts.len(), prod.rollout.max_parallel.get()), (3, 0, 25));
+        assert_eq!(prod.rollout.bake.as_deref(), Some("30s"));
+        assert!(matches!(&prod.credentials, Some(NatsCredentials::Env(v)) if v == "DEPLOYER_NATS_CREDS"));
+    }
+
+    #[test]
+    fn a_fleet_mode_environment_is_refused_with_hosts_or_a_foreign_variable() {
+        let both =
+            parse("environments:\n  prod:\n    hosts: [http://127.0.0.1:7070]\n    nats: [nats://127.0.0.1:4222]\n")
+                .unwrap_err()
+                .to_string();
+        assert!(both.contains("has both `hosts` and `nats`"), "{both}");
+        let foreign =
+            parse("environments:\n  prod:\n    nats: [nats://127.0.0.1:4222]\n    credentials: { env: AWS_SECRET }\n")
+                .unwrap_err()
+                .to_string();
+        assert!(foreign.contains("does not start with `DEPLOYER_`"), "{foreign}");
+        let bake = parse("environments:\n  prod:\n    nats: [nats://127.0.0.1:4222]\n    rollout: { bake: soon }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(bake.contains("`bake: soon` is not a duration"), "{bake}");
+    }
+
+    #[test]
     fn the_shipped_example_reads() {
         let f = parse(include_str!("../../../examples/deployer.yaml")).unwrap();
         let prod = f.environment("prod").unwrap();
@@ -376,5 +483,27 @@ mod tests {
         assert!(!e.to_string().contains('\u{1b}'), "{e}");
         let e = parse("environments:\n  prod: { hosts: [http://a:1], app: \"a b\" }\n").unwrap_err();
         assert!(e.message.contains("invalid app name `a b`"), "{e}");
+    }
+}
+
+/// `{ env: VAR }` or `{ file: path }` as written (YAML maps, not tags).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CredentialsRaw {
+    env: Option<String>,
+    file: Option<PathBuf>,
+}
+
+impl TryFrom<CredentialsRaw> for NatsCredentials {
+    type Error = String;
+    fn try_from(raw: CredentialsRaw) -> Result<Self, String> {
+        match (raw.env, raw.file) {
+            (Some(var), None) => Ok(NatsCredentials::Env(var)),
+            (None, Some(path)) => Ok(NatsCredentials::File(path)),
+            _ => Err(
+                "write `credentials: { env: VARIABLE }` or `credentials: { file: path/to/user.creds }` (one of them)"
+                    .into(),
+            ),
+        }
     }
 }

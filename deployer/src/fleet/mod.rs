@@ -8,6 +8,7 @@
 pub mod file;
 pub mod git;
 pub mod lock;
+pub mod nats;
 pub mod progress;
 pub mod rollout;
 

@@ -1,0 +1,445 @@
+//! Fleet mode: an environment of deployer.yaml with `nats:` instead of `hosts:`. The CLI talks
+//! to the engine only: it takes the push lock (a key created with a TTL, renewed), writes the
+//! desired state by compare-and-set, and follows the environment's event stream over one
+//! connection. The agents carry the rollout out themselves, so a killed CLI stops nothing.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use deployer_fleet::proto::{
+    self, Desired, FleetEvent, LOCK_KEY, LOCK_TTL, Outcome, Presence, PushLock, Rollout, now_ms,
+};
+use deployer_fleet::{Credentials, Engine, EngineError, EngineOptions, Written};
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use super::file::{Environment, FleetFile, NatsCredentials};
+use crate::output::{self, short_sha};
+use crate::report::Hinted;
+
+/// How often the CLI looks at presence while following (hosts that left are not waited for).
+const PRESENCE_EVERY: Duration = Duration::from_secs(2);
+
+/// A fleet-mode environment, ready to connect.
+pub struct NatsEnv {
+    pub name: String,
+    pub app: String,
+    pub options: EngineOptions,
+    pub rollout: Rollout,
+}
+
+impl NatsEnv {
+    /// The environment `name` of `file` when it is a fleet-mode one (`nats:`).
+    pub fn of(file: &FleetFile, name: &str, app: Option<&str>) -> anyhow::Result<Option<NatsEnv>> {
+        let Some(env) = file.environment(name).filter(|e| !e.nats.is_empty()) else { return Ok(None) };
+        let app = app.map(str::to_owned).or_else(|| env.app.clone()).or_else(|| file.app.clone()).ok_or_else(|| {
+            Hinted::new(
+                format!("`{}` names no app for environment `{name}`", file.path.display()),
+                "add `app: <name>` at the top of deployer.yaml, or pass --app NAME",
+            )
+        })?;
+        let base = file.path.parent().unwrap_or(Path::new("."));
+        let options = options(env, base)?;
+        let r = &env.rollout;
+        let bake = r.bake.as_deref().and_then(|b| humantime::parse_duration(b).ok()).unwrap_or_default();
+        let rollout = Rollout {
+            canary: r.canary as u32,
+            max_parallel: r.max_parallel.get() as u32,
+            bake_ms: bake.as_millis() as u64,
+            halt_on_failure: r.halt_on_failure,
+            rollback_on_failure: r.rollback_on_failure,
+        };
+        Ok(Some(NatsEnv { name: name.to_owned(), app, options, rollout }))
+    }
+
+    /// Connect; an engine that is down or unfit is a clear error, never a push without it.
+    pub async fn connect(&self) -> anyhow::Result<Engine> {
+        Engine::connect(&self.options, &self.name).await.map_err(|e| engine_error(&self.name, e))
+    }
+}
+
+fn options(env: &Environment, base: &Path) -> anyhow::Result<EngineOptions> {
+    let credentials = match &env.credentials {
+        None => None,
+        Some(NatsCredentials::Env(var)) => Some(Credentials::Text(std::env::var(var).map_err(|_| {
+            Hinted::new(
+                format!("`credentials.env` names `{var}`, which is not set"),
+                format!("export {var}=<.creds or token>"),
+            )
+        })?)),
+        Some(NatsCredentials::File(path)) => Some(Credentials::File(base.join(path))),
+    };
+    let user = std::env::var("USER").unwrap_or_else(|_| "someone".into());
+    Ok(EngineOptions {
+        urls: env.nats.clone(),
+        credentials,
+        ca_cert: env.ca_cert.as_ref().map(|c| base.join(c)),
+        name: format!("deployer@{user}"),
+    })
+}
+
+fn engine_error(env: &str, e: EngineError) -> anyhow::Error {
+    let hint = e.hint().unwrap_or_else(|| "check the engine's log".into());
+    Hinted::new(format!("fleet `{env}`: {e}"), hint).into()
+}
+
+/// `deployer push <env>` in fleet mode.
+pub async fn push(
+    env: &NatsEnv,
+    sha: &str,
+    git_ref: &str,
+    who: Option<String>,
+    detach: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let engine = env.connect().await?;
+    let who = who.or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "someone".into());
+    let push_id = proto::new_push_id();
+    let machine = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    let lock = PushLock { who: who.clone(), push_id: push_id.clone(), machine, at_ms: now_ms() };
+    let lock_rev = match engine.create(&engine.rollout, LOCK_KEY, &lock, Some(LOCK_TTL)).await {
+        Ok(Written::Ok(rev)) => rev,
+        Ok(Written::Conflict) => {
+            let holder = engine.read::<PushLock>(&engine.rollout, LOCK_KEY).await.ok().flatten();
+            let by = holder.map_or_else(
+                || "someone (it was just released; try again)".to_owned(),
+                |(h, _)| {
+                    format!(
+                        "{} on {} (push {}) since {}",
+                        h.who,
+                        h.machine,
+                        h.push_id,
+                        output::human_age(now_ms().saturating_sub(h.at_ms))
+                    )
+                },
+            );
+            return Err(Hinted::new(
+                format!("another push of `{}` is running: held by {by}", env.name),
+                format!(
+                    "wait for it (`deployer watch {}` follows it); a lock whose CLI died lapses in {}s",
+                    env.name,
+                    LOCK_TTL.as_secs()
+                ),
+            )
+            .into());
+        }
+        Err(e) => return Err(engine_error(&env.name, e)),
+    };
+    let (stop_renewing, renewed) = tokio::sync::oneshot::channel::<()>();
+    let renewer = tokio::spawn(renew_lock(engine.clone(), lock, lock_rev, renewed));
+    let result = async {
+        // Where the stream is now: the push's events all come after it.
+        let start = engine.events.get_info().await.map(|i| i.state.last_sequence + 1).unwrap_or(1);
+        let current = engine.read::<Desired>(&engine.desired, &env.app).await.map_err(|e| engine_error(&env.name, e))?;
+        let desired = Desired {
+            sha: sha.to_owned(),
+            git_ref: git_ref.to_owned(),
+            push_id: push_id.clone(),
+            who,
+            rollout: env.rollout.clone(),
+            at_ms: now_ms(),
+        };
+        let expect = current.map_or(0, |(_, rev)| rev);
+        match engine.write(&engine.desired, &env.app, &desired, Some(expect), None).await {
+            Ok(Written::Ok(_)) => {}
+            Ok(Written::Conflict) => {
+                return Err(Hinted::new(
+                    format!("the desired state of `{}` in `{}` changed while this push wrote it", env.app, env.name),
+                    "someone pushed without the lock (an older CLI?); `deployer history` shows who",
+                )
+                .into());
+            }
+            Err(e) => return Err(engine_error(&env.name, e)),
+        }
+        if !json {
+            anstream::println!(
+                "pushing {} {} ({git_ref}) to {} (push {push_id}): canary {}, {} at a time",
+                env.app,
+                short_sha(sha),
+                env.name,
+                env.rollout.canary,
+                env.rollout.max_parallel
+            );
+        }
+        if detach {
+            if json {
+                output::print_json(&desired)?;
+            } else {
+                anstream::println!("detached: the hosts roll it out by themselves; `deployer watch {}` follows it", env.name);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::select! {
+            code = follow(&engine, env, &desired, DeliverPolicy::ByStartSequence { start_sequence: start }, json) => code,
+            Ok(()) = tokio::signal::ctrl_c() => Err(Hinted::new(
+                format!("stopped following the push to `{}`; the hosts roll it out by themselves", env.name),
+                format!("`deployer watch {}` follows it again", env.name),
+            ).into()),
+        }
+    }
+    .await;
+    // Released whatever happened (Ctrl-C too): the desired state is written or not, by now.
+    let _ = stop_renewing.send(());
+    if let Ok(Some(rev)) = renewer.await
+        && let Err(e) = engine.release(&engine.rollout, LOCK_KEY, rev).await
+    {
+        output::print_warning(&format!("cannot release the push lock ({e}); it lapses in {}s", LOCK_TTL.as_secs()));
+    }
+    result
+}
+
+/// Renew the lock until told to stop; answers its last revision (`None`: lost it).
+async fn renew_lock(
+    engine: Engine,
+    lock: PushLock,
+    mut rev: u64,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> Option<u64> {
+    loop {
+        tokio::select! {
+            _ = &mut stop => return Some(rev),
+            () = tokio::time::sleep(LOCK_TTL / 3) => {}
+        }
+        match engine.write(&engine.rollout, LOCK_KEY, &lock, Some(rev), Some(LOCK_TTL)).await {
+            Ok(Written::Ok(r)) => rev = r,
+            Ok(Written::Conflict) => {
+                output::print_warning("the push lock lapsed (the engine was unreachable too long)");
+                return None;
+            }
+            // The engine is briefly away: the next renewal may still be in time.
+            Err(e) => output::print_warning(&format!("cannot renew the push lock: {e}")),
+        }
+    }
+}
+
+/// `deployer watch <env>`: the current push of the app, from its first event.
+pub async fn watch(env: &NatsEnv, json: bool) -> anyhow::Result<ExitCode> {
+    let engine = env.connect().await?;
+    let Some((desired, _)) =
+        engine.read::<Desired>(&engine.desired, &env.app).await.map_err(|e| engine_error(&env.name, e))?
+    else {
+        return Err(Hinted::new(
+            format!("nothing was pushed to `{}` of `{}` yet", env.app, env.name),
+            format!("`deployer push {}` pushes", env.name),
+        )
+        .into());
+    };
+    if !json {
+        anstream::println!(
+            "push {} of {} {} ({}) by {}, {} ago",
+            desired.push_id,
+            env.app,
+            short_sha(&desired.sha),
+            desired.git_ref,
+            desired.who,
+            output::human_age(now_ms().saturating_sub(desired.at_ms))
+        );
+    }
+    follow(&engine, env, &desired, DeliverPolicy::All, json).await
+}
+
+/// Print each host's steps of the push as they come; ends when every present host is done with
+/// it. Exit 0 only when every one of them is live on the sha.
+async fn follow(
+    engine: &Engine,
+    env: &NatsEnv,
+    desired: &Desired,
+    from: DeliverPolicy,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let consumer = engine
+        .events
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: proto::events_subject(&env.name, "*"),
+            deliver_policy: from,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| Hinted::new(format!("cannot follow the events of `{}`: {e}", env.name), "check the engine"))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| Hinted::new(format!("cannot follow the events of `{}`: {e}", env.name), "check the engine"))?;
+    let mut last: BTreeMap<String, FleetEvent> = BTreeMap::new();
+    let mut present = present_hosts(engine).await;
+    let mut looked = tokio::time::Instant::now();
+    let (mut quiet_since, mut checked) = (tokio::time::Instant::now(), tokio::time::Instant::now());
+    loop {
+        // Every host there (or seen in this push and still there) is done: the push is over.
+        let waiting: Vec<&String> =
+            present.iter().filter(|h| !last.get(*h).is_some_and(FleetEvent::is_final)).collect();
+        if !present.is_empty() && waiting.is_empty() {
+            break;
+        }
+        let next = tokio::time::timeout(PRESENCE_EVERY, messages.next()).await;
+        if looked.elapsed() >= PRESENCE_EVERY {
+            present = present_hosts(engine).await;
+            looked = tokio::time::Instant::now();
+        }
+        // An event lost while the engine was away: once the stream is quiet, the `done` key of
+        // each host still unfinished says how it ended.
+        if quiet_since.elapsed() >= PRESENCE_EVERY && checked.elapsed() >= PRESENCE_EVERY {
+            checked = tokio::time::Instant::now();
+            let unfinished: Vec<String> =
+                present.iter().filter(|h| !last.get(*h).is_some_and(FleetEvent::is_final)).cloned().collect();
+            for host in &unfinished {
+                let key = proto::done_key(&env.app, &desired.push_id, host);
+                if let Ok(Some((outcome, _))) = engine.read::<Outcome>(&engine.rollout, &key).await {
+                    let state = if outcome.ok { "live" } else { "failed" };
+                    let event = FleetEvent {
+                        host: host.clone(),
+                        app: env.app.clone(),
+                        push_id: desired.push_id.clone(),
+                        sha: desired.sha.clone(),
+                        state: state.into(),
+                        message: outcome.message,
+                        deploy_id: None,
+                        at_ms: outcome.at_ms,
+                    };
+                    last.insert(host.clone(), event);
+                }
+            }
+        }
+        let Ok(Some(message)) = next else { continue };
+        quiet_since = tokio::time::Instant::now();
+        let message =
+            message.map_err(|e| Hinted::new(format!("lost the events of `{}`: {e}", env.name), "check the engine"))?;
+        let Ok(event) = serde_json::from_slice::<FleetEvent>(&message.payload) else { continue };
+        if event.push_id != desired.push_id || event.app != env.app {
+            continue;
+        }
+        if !json && event.state != "log" {
+            anstream::println!("{:<20} {:<11} {}", event.host, event.state, event.message);
+        }
+        if !present.contains(&event.host) {
+            present.push(event.host.clone());
+        }
+        last.insert(event.host.clone(), event);
+    }
+    let results: Vec<&FleetEvent> = present.iter().filter_map(|h| last.get(h)).collect();
+    let live = results.iter().filter(|e| e.state == "live").count();
+    if json {
+        output::print_json(&results)?;
+    } else if live == results.len() {
+        output::print_success(&format!(
+            "{} is live on {} on all {} hosts of {}",
+            env.app,
+            short_sha(&desired.sha),
+            live,
+            env.name
+        ));
+    } else {
+        let style = output::FAILURE;
+        anstream::println!(
+            "{style}✗{style:#} {live} of {} hosts of {} are live on {}",
+            results.len(),
+            env.name,
+            short_sha(&desired.sha)
+        );
+    }
+    Ok(if live == results.len() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+async fn present_hosts(engine: &Engine) -> Vec<String> {
+    let mut hosts = Vec::new();
+    if let Ok(mut keys) = engine.hosts.keys().await {
+        while let Some(Ok(key)) = keys.next().await {
+            hosts.push(key);
+        }
+    }
+    hosts.sort();
+    hosts
+}
+
+/// `deployer status <env>` in fleet mode: the hosts present, from their own keys.
+pub async fn status(env: &NatsEnv, json: bool) -> anyhow::Result<ExitCode> {
+    let engine = env.connect().await?;
+    let mut hosts: Vec<Presence> = Vec::new();
+    for host in present_hosts(&engine).await {
+        if let Ok(Some((p, _))) = engine.read::<Presence>(&engine.hosts, &host).await {
+            hosts.push(p);
+        }
+    }
+    if json {
+        output::print_json(&hosts)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if hosts.is_empty() {
+        anstream::println!(
+            "no host of `{}` is present (agents with `fleet: {{ env: {} }}` join it)",
+            env.name,
+            env.name
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    let now = now_ms();
+    anstream::println!("{:<20} {:<10} {:<9} {:<12} {:<22} LABELS", "HOST", "APP", "SHA", "STATE", "LAST DEPLOY");
+    for p in &hosts {
+        let labels: Vec<String> = p.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let last = p.last_deploy.as_ref().map_or("-".to_owned(), |e| {
+            format!("{} {} {} ago", e.state, short_sha(&e.sha), output::human_age(now.saturating_sub(e.at_ms)))
+        });
+        for a in p.apps.iter().filter(|a| a.app == env.app) {
+            anstream::println!(
+                "{:<20} {:<10} {:<9} {:<12} {:<22} {}",
+                p.host,
+                a.app,
+                a.sha.as_deref().map_or("-", short_sha),
+                a.state,
+                last,
+                labels.join(",")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One push of `deployer history <env> --json` in fleet mode.
+#[derive(Debug, Serialize)]
+struct Pushed {
+    revision: u64,
+    #[serde(flatten)]
+    desired: Desired,
+}
+
+/// `deployer history <env>` in fleet mode: the desired state's revisions, newest first.
+pub async fn history(env: &NatsEnv, limit: u32, json: bool) -> anyhow::Result<ExitCode> {
+    let engine = env.connect().await?;
+    let mut pushes = Vec::new();
+    let mut entries = engine
+        .desired
+        .history(&env.app)
+        .await
+        .map_err(|e| Hinted::new(format!("cannot read the push log of `{}`: {e}", env.name), "check the engine"))?;
+    while let Some(entry) = entries.next().await {
+        let Ok(entry) = entry else { break };
+        if let Ok(desired) = deployer_fleet::decode::<Desired>(&entry) {
+            pushes.push(Pushed { revision: entry.revision, desired });
+        }
+    }
+    pushes.reverse();
+    pushes.truncate(limit as usize);
+    if json {
+        output::print_json(&pushes)?;
+    } else if pushes.is_empty() {
+        anstream::println!("nothing was pushed to `{}` of `{}` yet", env.app, env.name);
+    } else {
+        let now = now_ms();
+        anstream::println!("{:<22} {:<9} {:<16} {:<12} WHEN", "PUSH", "SHA", "REF", "WHO");
+        for p in &pushes {
+            let d = &p.desired;
+            anstream::println!(
+                "{:<22} {:<9} {:<16} {:<12} {} ago",
+                d.push_id,
+                short_sha(&d.sha),
+                d.git_ref,
+                d.who,
+                output::human_age(now.saturating_sub(d.at_ms))
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
