@@ -18,37 +18,44 @@ pub fn port_is_free(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
-/// A port for an agent to bind, free a moment ago.
+/// A port for an agent to bind, free a moment ago, and never handed out before in this process.
 ///
 /// Picked below the kernel's ephemeral range: workers get their private ports by binding port 0
 /// and clients' sockets get ephemeral ports, so neither can take this port between the pick and
 /// the agent's bind (another test's pick still could: [`crate::Agent`] retries that at startup).
+/// The ports already given are remembered: two random picks of one test (its API and an app's
+/// port) would otherwise meet about once in 4,000 tests, and the agent refuses a port used twice.
 pub(crate) fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
     static STATE: AtomicU64 = AtomicU64::new(0);
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(32768);
     let span = u64::from(low.saturating_sub(1024).min(12_000));
-    if STATE.load(Relaxed) == 0 {
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
-        STATE.store(nanos ^ (u64::from(std::process::id()) << 32) | 1, Relaxed);
-    }
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+    let _ = STATE.compare_exchange(0, nanos ^ (u64::from(std::process::id()) << 32) | 1, Relaxed, Relaxed); // set once
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     for _ in 0..200 {
-        // xorshift64: no crate needed for a few random numbers.
-        let mut x = STATE.load(Relaxed);
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        STATE.store(x, Relaxed);
-        let port = low - 1 - (x % span.max(1)) as u16;
-        if span > 0 && port_is_free(port) {
+        // xorshift64 (no crate needed for a few random numbers), one step per pick even when
+        // threads of `cargo test` pick at once.
+        let step = |mut x: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let Ok(previous) = STATE.fetch_update(Relaxed, Relaxed, |x| Some(step(x))) else { continue };
+        let port = low - 1 - (step(previous) % span.max(1)) as u16;
+        if span > 0 && !given.contains(&port) && port_is_free(port) {
+            given.push(port);
             return port;
         }
     }
-    TcpListener::bind(("127.0.0.1", 0)).and_then(|l| l.local_addr()).expect("a free port").port()
+    let port = TcpListener::bind(("127.0.0.1", 0)).and_then(|l| l.local_addr()).expect("a free port").port();
+    given.push(port);
+    port
 }
 
 /// The environment a process started with (`/proc/<pid>/environ`).

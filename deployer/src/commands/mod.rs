@@ -44,6 +44,10 @@ pub enum Command {
     /// The ref (HEAD by default) is resolved to a commit with the local `git`; every host is asked
     /// to deploy that exact commit: the `canary` hosts first, then the others `max_parallel` at a
     /// time. Each host's progress shows on its own line. Exits 1 unless every host went live.
+    ///
+    /// In direct mode (`hosts:`) this CLI drives each host. In fleet mode (`nats:`) it writes the
+    /// desired state into the engine and follows; the agents carry the rollout out themselves,
+    /// so it finishes even if this CLI is stopped (`--detach`, then `deployer watch ENV`).
     #[command(after_help = examples_section("
   deployer push prod                  Deploy HEAD of the current branch to `prod`
   deployer push staging --ref v1.4.2  Deploy a tag

@@ -29,8 +29,9 @@ pub struct Args {
     #[arg(long)]
     pub no_wait: bool,
 
-    /// Push even when the push lock cannot be taken (its host is down or unreachable): two
-    /// pushes may then run at once, and the later one wins on every host it reaches
+    /// Direct mode: push even when the push lock cannot be taken (its host is down or
+    /// unreachable): two pushes may then run at once, and the later one wins on every host it
+    /// reaches. A fleet-mode push never runs without its lock
     #[arg(long)]
     pub no_lock: bool,
 
@@ -46,6 +47,13 @@ pub struct Args {
 
 pub async fn run(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
     if let Some(env) = ctx.nats_env(&args.env, args.app.as_deref())? {
+        if args.no_lock {
+            return Err(Hinted::new(
+                format!("`--no-lock` is for direct mode; `{}` is a fleet-mode environment", args.env),
+                "a fleet-mode push always takes its lock in the engine; if a killed push holds it, it lapses within 15 s",
+            )
+            .into());
+        }
         let git_ref = args.git_ref.clone().unwrap_or_else(|| "HEAD".into());
         let sha = resolve(&std::env::current_dir()?, &git_ref)?;
         return crate::fleet::nats::push(&env, &sha, &git_ref, args.who, args.detach, ctx.json).await;
