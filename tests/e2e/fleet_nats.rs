@@ -47,15 +47,16 @@ fn the_test_engine_restarts_on_its_port_and_store() {
 
 #[test]
 fn a_push_on_the_engine_moves_every_host_without_failing_a_request() {
+    const HOSTS: usize = 10;
     let nats = NatsServer::start();
     let urls = [nats.url()];
-    let fleet = TestFleet::start_on_nats(TestRepo::with_example_app(), 5, &urls, "prod", plain);
+    let fleet = TestFleet::start_on_nats(TestRepo::with_example_app(), HOSTS, &urls, "prod", plain);
     let v2 = fleet.repo.commit_greeting("v2");
-    fleet.write_nats_file("prod", &urls, "{ canary: 1, max_parallel: 2 }");
+    fleet.write_nats_file("prod", &urls, "{ canary: 1, max_parallel: 4 }");
     // Every host is present before the push (presence is written once connected).
     assert!(
         wait_until(Duration::from_secs(20), || {
-            json(&fleet.cli(&["status", "prod", "--json"]).success()).as_array().is_some_and(|a| a.len() == 5)
+            json(&fleet.cli(&["status", "prod", "--json"]).success()).as_array().is_some_and(|a| a.len() == HOSTS)
         }),
         "the hosts did not join"
     );
@@ -66,7 +67,7 @@ fn a_push_on_the_engine_moves_every_host_without_failing_a_request() {
     }
     let out = fleet.cli(&["push", "prod", "--who", "fleet-test"]).success();
     let reports: Vec<_> = loads.into_iter().map(Load::stop).collect();
-    assert!(out.stdout.contains("live on") && out.stdout.contains("all 5 hosts of prod"), "{out}");
+    assert!(out.stdout.contains("live on") && out.stdout.contains(&format!("all {HOSTS} hosts of prod")), "{out}");
     for (i, report) in reports.iter().enumerate() {
         assert_eq!(report.failed, 0, "host {i} failed requests during the push: {report:?}");
         assert!(report.saw("v2 from worker"), "host {i} never served v2: {report:?}");
@@ -80,7 +81,10 @@ fn a_push_on_the_engine_moves_every_host_without_failing_a_request() {
     let status = json(&fleet.cli(&["status", "prod", "--json"]).success());
     let mut hosts: Vec<&str> = status.as_array().expect("an array").iter().filter_map(|h| h["host"].as_str()).collect();
     hosts.sort_unstable();
-    assert_eq!(hosts, ["h0", "h1", "h2", "h3", "h4"]);
+    let expected: Vec<String> = (0..HOSTS).map(|i| format!("h{i}")).collect();
+    let mut expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+    expected.sort_unstable();
+    assert_eq!(hosts, expected);
     for h in status.as_array().expect("an array") {
         assert_eq!(h["apps"][0]["sha"].as_str(), Some(v2.as_str()), "{h:#}");
         assert_eq!(h["last_deploy"]["state"], "live", "{h:#}");
@@ -89,12 +93,12 @@ fn a_push_on_the_engine_moves_every_host_without_failing_a_request() {
     let history = json(&fleet.cli(&["history", "prod", "--json"]).success());
     assert_eq!(history[0]["sha"].as_str(), Some(v2.as_str()), "{history:#}");
     assert_eq!(history[0]["who"], "fleet-test");
-    assert_eq!(history[0]["rollout"]["max_parallel"], 2);
+    assert_eq!(history[0]["rollout"]["max_parallel"], 4);
 
     // The same commit again: every host says it is already live, nothing deploys.
     let again = json(&fleet.cli(&["push", "prod", "--json"]).success());
-    assert_eq!(again.as_array().map(Vec::len), Some(5), "{again:#}");
-    for i in 0..5 {
+    assert_eq!(again.as_array().map(Vec::len), Some(HOSTS), "{again:#}");
+    for i in 0..HOSTS {
         assert_eq!(fleet_deploys(&fleet, i, &v2), 1, "host {i} deployed the same commit again");
     }
 }
