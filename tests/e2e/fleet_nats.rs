@@ -352,3 +352,32 @@ fn one_host_polls_git_for_the_environment_and_every_host_deploys_the_new_head() 
     }
     assert_eq!(leader(&fleet).len(), 1, "one poller for the environment");
 }
+
+/// A desired state as anyone with the engine's account can write it by hand.
+fn desired_json(sha: &str, git_ref: &str, push_id: &str, who: &str) -> String {
+    serde_json::json!({
+        "sha": sha, "ref": git_ref, "push_id": push_id, "who": who,
+        "rollout": { "canary": 0, "max_parallel": 2, "bake_ms": 0, "halt_on_failure": true, "rollback_on_failure": false },
+        "at_ms": 1_700_000_000_000u64,
+    })
+    .to_string()
+}
+
+#[test]
+fn what_the_engine_holds_reaches_the_terminal_without_its_escape_sequences() {
+    let nats = NatsServer::start();
+    let urls = [nats.url()];
+    let fleet = TestFleet::start(TestRepo::with_example_app(), 0, |_, app| app);
+    fleet.write_nats_file("prod", &urls, "{ canary: 0 }");
+    fleet.cli(&["push", "prod", "--detach"]).success();
+    let hostile = desired_json(&fleet.repo.head(), "\u{1b}]0;pwned\u{7}main", "p1", "\u{1b}[2Jmallory");
+    let ack = nats.publish("$KV.deployer_prod_desired.web", hostile.as_bytes());
+    assert!(ack.contains("\"seq\""), "{ack}");
+    // Colours on, as on a terminal: the CLI's own styling passes, the engine's escapes do not.
+    let mut history = fleet.cli_command(&["history", "prod"]);
+    history.env_remove("NO_COLOR").env("CLICOLOR_FORCE", "1");
+    let out = run_to_end(history, Duration::from_secs(30)).success();
+    assert!(out.stdout.contains("mallory") && out.stdout.contains("pwned"), "{out}");
+    assert!(!out.stdout.contains('\u{1b}') && !out.stdout.contains('\u{7}'), "escapes reached the terminal: {out:?}");
+    assert!(out.stdout.contains(" ago") && !out.stdout.contains("ago ago"), "{out}");
+}

@@ -227,9 +227,10 @@ pub async fn watch(env: &NatsEnv, json: bool) -> anyhow::Result<ExitCode> {
         )
         .into());
     };
+    let desired = untrusted(desired);
     if !json {
         anstream::println!(
-            "push {} of {} {} ({}) by {}, {} ago",
+            "push {} of {} {} ({}) by {}, {}",
             desired.push_id,
             env.app,
             short_sha(&desired.sha),
@@ -290,7 +291,7 @@ async fn follow(
                         push_id: desired.push_id.clone(),
                         sha: desired.sha.clone(),
                         state: state.into(),
-                        message: outcome.message,
+                        message: output::untrusted::text(&outcome.message).into_owned(),
                         deploy_id: None,
                         at_ms: outcome.at_ms,
                     };
@@ -301,7 +302,7 @@ async fn follow(
         let Ok(Some(message)) = next else { continue };
         let message =
             message.map_err(|e| Hinted::new(format!("lost the events of `{}`: {e}", env.name), "check the engine"))?;
-        let Ok(event) = serde_json::from_slice::<FleetEvent>(&message.payload) else { continue };
+        let Ok(event) = serde_json::from_slice::<FleetEvent>(&message.payload).map(untrusted) else { continue };
         if event.push_id != desired.push_id || event.app != env.app {
             continue;
         }
@@ -337,6 +338,15 @@ async fn follow(
     Ok(if live == results.len() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
+/// A value read from the engine, whose every string is made safe to print: whoever can write to
+/// the engine (any agent, anyone with the account) must not steer the terminal of the person
+/// following a push, as in direct mode ([`output::untrusted`]).
+fn untrusted<T: Serialize + serde::de::DeserializeOwned>(value: T) -> T {
+    let Ok(mut json) = serde_json::to_value(&value) else { return value };
+    output::untrusted::json(&mut json);
+    serde_json::from_value(json).unwrap_or(value)
+}
+
 async fn present_hosts(engine: &Engine) -> Vec<String> {
     let mut hosts = Vec::new();
     if let Ok(mut keys) = engine.hosts.keys().await {
@@ -354,7 +364,7 @@ pub async fn status(env: &NatsEnv, json: bool) -> anyhow::Result<ExitCode> {
     let mut hosts: Vec<Presence> = Vec::new();
     for host in present_hosts(&engine).await {
         if let Ok(Some((p, _))) = engine.read::<Presence>(&engine.hosts, &host).await {
-            hosts.push(p);
+            hosts.push(untrusted(p));
         }
     }
     if json {
@@ -374,7 +384,7 @@ pub async fn status(env: &NatsEnv, json: bool) -> anyhow::Result<ExitCode> {
     for p in &hosts {
         let labels: Vec<String> = p.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let last = p.last_deploy.as_ref().map_or("-".to_owned(), |e| {
-            format!("{} {} {} ago", e.state, short_sha(&e.sha), output::human_age(now.saturating_sub(e.at_ms)))
+            format!("{} {} {}", e.state, short_sha(&e.sha), output::human_age(now.saturating_sub(e.at_ms)))
         });
         for a in p.apps.iter().filter(|a| a.app == env.app) {
             anstream::println!(
@@ -411,7 +421,7 @@ pub async fn history(env: &NatsEnv, limit: u32, json: bool) -> anyhow::Result<Ex
     while let Some(entry) = entries.next().await {
         let Ok(entry) = entry else { break };
         if let Ok(desired) = deployer_fleet::decode::<Desired>(&entry) {
-            pushes.push(Pushed { revision: entry.revision, desired });
+            pushes.push(Pushed { revision: entry.revision, desired: untrusted(desired) });
         }
     }
     pushes.reverse();
@@ -426,7 +436,7 @@ pub async fn history(env: &NatsEnv, limit: u32, json: bool) -> anyhow::Result<Ex
         for p in &pushes {
             let d = &p.desired;
             anstream::println!(
-                "{:<22} {:<9} {:<16} {:<12} {} ago",
+                "{:<22} {:<9} {:<16} {:<12} {}",
                 d.push_id,
                 short_sha(&d.sha),
                 d.git_ref,
