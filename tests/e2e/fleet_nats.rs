@@ -381,3 +381,18 @@ fn what_the_engine_holds_reaches_the_terminal_without_its_escape_sequences() {
     assert!(!out.stdout.contains('\u{1b}') && !out.stdout.contains('\u{7}'), "escapes reached the terminal: {out:?}");
     assert!(out.stdout.contains(" ago") && !out.stdout.contains("ago ago"), "{out}");
 }
+
+#[test]
+fn a_desired_state_this_cli_cannot_read_does_not_block_the_next_push() {
+    let nats = NatsServer::start();
+    let urls = [nats.url()];
+    let fleet = TestFleet::start(TestRepo::with_example_app(), 0, |_, app| app);
+    fleet.write_nats_file("prod", &urls, "{ canary: 0 }");
+    fleet.cli(&["push", "prod", "--detach"]).success();
+    // A newer CLI's value (a rollout field this one does not know), or garbage.
+    for value in [r#"{"sha":"x","rollout":{"canary":0,"surge":3}}"#, "not JSON"] {
+        assert!(nats.publish("$KV.deployer_prod_desired.web", value.as_bytes()).contains("\"seq\""));
+        let out = fleet.cli(&["push", "prod", "--detach", "--json"]).success();
+        assert_eq!(json(&out)["sha"].as_str(), Some(fleet.repo.head().as_str()), "{out}");
+    }
+}

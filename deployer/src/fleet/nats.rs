@@ -133,7 +133,9 @@ pub async fn push(
     let result = async {
         // Where the stream is now: the push's events all come after it.
         let start = engine.events.get_info().await.map(|i| i.state.last_sequence + 1).unwrap_or(1);
-        let current = engine.read::<Desired>(&engine.desired, &env.app).await.map_err(|e| engine_error(&env.name, e))?;
+        // Only the revision matters for the compare-and-set: a value this CLI cannot read (a
+        // newer CLI's, or garbage) is replaced like any other, not a push refused forever.
+        let current = engine.entry(&engine.desired, &env.app).await.map_err(|e| engine_error(&env.name, e))?;
         let desired = Desired {
             sha: sha.to_owned(),
             git_ref: git_ref.to_owned(),
@@ -142,7 +144,7 @@ pub async fn push(
             rollout: env.rollout.clone(),
             at_ms: now_ms(),
         };
-        let expect = current.map_or(0, |(_, rev)| rev);
+        let expect = current.map_or(0, |entry| entry.revision);
         match engine.write(&engine.desired, &env.app, &desired, Some(expect), None).await {
             Ok(Written::Ok(_)) => {}
             Ok(Written::Conflict) => {
