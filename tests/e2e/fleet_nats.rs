@@ -396,3 +396,32 @@ fn a_desired_state_this_cli_cannot_read_does_not_block_the_next_push() {
         assert_eq!(json(&out)["sha"].as_str(), Some(fleet.repo.head().as_str()), "{out}");
     }
 }
+
+#[test]
+fn a_desired_state_naming_no_commit_or_no_key_is_refused_and_nothing_deploys() {
+    let nats = NatsServer::start();
+    let urls = [nats.url()];
+    let fleet = TestFleet::start_on_nats(TestRepo::with_example_app(), 1, &urls, "prod", plain);
+    let v1 = fleet.repo.head();
+    let v2 = fleet.repo.commit_greeting("v2");
+    fleet.write_nats_file("prod", &urls, "{ canary: 0 }");
+    assert!(
+        wait_until(Duration::from_secs(20), || fleet.cli(&["status", "prod", "--json"]).stdout.contains("\"h0\"")),
+        "the host did not join"
+    );
+    // A branch instead of a commit (each host would deploy what it names when it fetches), and a
+    // push id with the engine's wildcards.
+    for (sha, push_id, why) in [("main", "p1", "not a full commit sha"), (v2.as_str(), "a.>", "push id `a.>`")] {
+        let ack =
+            nats.publish("$KV.deployer_prod_desired.web", desired_json(sha, "main", push_id, "mallory").as_bytes());
+        assert!(ack.contains("\"seq\""), "{ack}");
+        let out = fleet.cli(&["watch", "prod", "--json"]).failure(1);
+        let results = json(&out);
+        assert_eq!(results[0]["state"], "failed", "{results:#}");
+        let message = results[0]["message"].as_str().unwrap_or_default();
+        assert!(message.starts_with("refused: ") && message.contains(why), "{message}");
+        assert_eq!(fleet.live_sha(0).as_deref(), Some(v1.as_str()));
+        assert!(fleet.agents[0].history("web").iter().all(|d| d.trigger != "fleet"), "the fleet deployed something");
+        assert!(fleet.agents[0].log().contains("fleet: desired state refused"), "{}", fleet.agents[0].log());
+    }
+}
