@@ -425,3 +425,19 @@ fn a_desired_state_naming_no_commit_or_no_key_is_refused_and_nothing_deploys() {
         assert!(fleet.agents[0].log().contains("fleet: desired state refused"), "{}", fleet.agents[0].log());
     }
 }
+
+#[test]
+fn a_push_to_an_environment_without_hosts_ends_with_a_clear_error_and_frees_the_lock() {
+    let nats = NatsServer::start();
+    let urls = [nats.url()];
+    let fleet = TestFleet::start(TestRepo::with_example_app(), 0, |_, app| app);
+    fleet.write_nats_file("prod", &urls, "{ canary: 0 }");
+    let out = fleet.cli(&["push", "prod"]).failure(1);
+    assert!(out.stderr.contains("no host of `prod` is present"), "{out}");
+    assert!(out.stderr.contains("deploy it when they join"), "{out}");
+    // The lock went with the CLI: the next push does not wait for its TTL.
+    let again = fleet.cli(&["push", "prod", "--detach"]).success();
+    assert!(again.stdout.contains("detached"), "{again}");
+    let watched = fleet.cli(&["watch", "prod"]).failure(1);
+    assert!(watched.stderr.contains("no host of `prod` is present"), "{watched}");
+}

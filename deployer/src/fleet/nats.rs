@@ -22,6 +22,8 @@ use crate::report::Hinted;
 
 /// How often the CLI looks at presence while following (hosts that left are not waited for).
 const PRESENCE_EVERY: Duration = Duration::from_secs(2);
+/// How long following waits for a first host of an environment where none is present.
+const NO_HOST_GRACE: Duration = Duration::from_secs(5);
 
 /// A fleet-mode environment, ready to connect.
 pub struct NatsEnv {
@@ -268,6 +270,24 @@ async fn follow(
         .map_err(|e| Hinted::new(format!("cannot follow the events of `{}`: {e}", env.name), "check the engine"))?;
     let mut last: BTreeMap<String, FleetEvent> = BTreeMap::new();
     let mut present = present_hosts(engine).await;
+    // Agents starting now join within a second; with none at all nobody would ever report, and
+    // following would hang (holding the push lock, for a push).
+    let grace = tokio::time::Instant::now() + NO_HOST_GRACE;
+    while present.is_empty() && tokio::time::Instant::now() < grace {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        present = present_hosts(engine).await;
+    }
+    if present.is_empty() {
+        return Err(Hinted::new(
+            format!("no host of `{}` is present: nobody deploys push {} now", env.name, desired.push_id),
+            format!(
+                "the desired state stays written: agents with `fleet: {{ env: {} }}` deploy it when they join \
+                 (`deployer status {}` lists the hosts)",
+                env.name, env.name
+            ),
+        )
+        .into());
+    }
     let mut looked = tokio::time::Instant::now();
     loop {
         // Every host there (or seen in this push and still there) is done: the push is over.
