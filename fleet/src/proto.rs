@@ -96,6 +96,10 @@ pub struct Presence {
     /// The agent's version.
     #[serde(default)]
     pub agent: String,
+    /// This run of the agent (fresh at each start): two agents given one host name tell each
+    /// other apart by it.
+    #[serde(default)]
+    pub instance: String,
     pub at_ms: u64,
 }
 

@@ -441,3 +441,29 @@ fn a_push_to_an_environment_without_hosts_ends_with_a_clear_error_and_frees_the_
     let watched = fleet.cli(&["watch", "prod"]).failure(1);
     assert!(watched.stderr.contains("no host of `prod` is present"), "{watched}");
 }
+
+#[test]
+fn a_second_agent_with_a_host_name_in_use_stays_out_of_the_fleet_and_says_why() {
+    let nats = NatsServer::start();
+    let urls = [nats.url()];
+    let mut fleet = TestFleet::start_on_nats(TestRepo::with_example_app(), 1, &urls, "prod", plain);
+    fleet.write_nats_file("prod", &urls, "{ canary: 0 }");
+    assert!(
+        wait_until(Duration::from_secs(20), || fleet.cli(&["status", "prod", "--json"]).stdout.contains("\"h0\"")),
+        "the host did not join"
+    );
+    // Another agent, also `host: h0` (a copied config).
+    let twin = TestFleet::nats_env(&fleet.repo, fleet.token(), &urls, "prod", 0, plain).start();
+    assert!(
+        wait_until(Duration::from_secs(20), || twin.log().contains("another agent is host `h0` of `prod`")),
+        "{}",
+        twin.log()
+    );
+    assert!(!twin.log().contains("fleet: joined the environment"), "{}", twin.log());
+    fleet.agents.push(twin);
+    let v2 = fleet.repo.commit_greeting("v2");
+    fleet.cli(&["push", "prod"]).success();
+    assert_eq!(fleet.live_sha(0).as_deref(), Some(v2.as_str()));
+    // The twin's app keeps serving what it ran; the fleet's rollout is not its.
+    assert!(fleet.agents[1].history("web").iter().all(|d| d.trigger != "fleet"));
+}
