@@ -467,3 +467,33 @@ fn a_second_agent_with_a_host_name_in_use_stays_out_of_the_fleet_and_says_why() 
     // The twin's app keeps serving what it ran; the fleet's rollout is not its.
     assert!(fleet.agents[1].history("web").iter().all(|d| d.trigger != "fleet"));
 }
+
+#[test]
+fn an_event_published_on_another_hosts_subject_is_not_believed() {
+    let nats = NatsServer::start();
+    let urls = [nats.url()];
+    let fleet = TestFleet::start_on_nats(TestRepo::with_example_app(), 1, &urls, "prod", plain);
+    fleet.write_nats_file("prod", &urls, "{ canary: 0 }");
+    assert!(
+        wait_until(Duration::from_secs(20), || fleet.cli(&["status", "prod", "--json"]).stdout.contains("\"h0\"")),
+        "the host did not join"
+    );
+    // A host that is there but will fail; h0 (or anyone with the account) claims it went live.
+    let ghost = serde_json::json!({ "host": "ghost", "at_ms": 1 }).to_string();
+    assert!(nats.publish("$KV.deployer_prod_hosts.ghost", ghost.as_bytes()).contains("\"seq\""));
+    let v2 = fleet.repo.commit_greeting("v2");
+    let pushed = json(&fleet.cli(&["push", "prod", "--detach", "--json"]).success());
+    let push_id = pushed["push_id"].as_str().expect("a push id");
+    assert!(all_live(&fleet, &v2, ROLLOUT), "h0 did not deploy");
+    let event = |host: &str, state: &str| {
+        serde_json::json!({ "host": host, "app": "web", "push_id": push_id, "sha": v2, "state": state,
+                            "message": state, "at_ms": 1 })
+        .to_string()
+    };
+    assert!(nats.publish("deployer.prod.events.h0", event("ghost", "live").as_bytes()).contains("\"seq\""));
+    assert!(nats.publish("deployer.prod.events.ghost", event("ghost", "failed").as_bytes()).contains("\"seq\""));
+    let out = fleet.cli(&["watch", "prod", "--json"]).failure(1);
+    let results = json(&out);
+    let ghost = results.as_array().expect("an array").iter().find(|r| r["host"] == "ghost").expect("ghost's result");
+    assert_eq!(ghost["state"], "failed", "{results:#}");
+}

@@ -325,7 +325,9 @@ async fn follow(
         let message =
             message.map_err(|e| Hinted::new(format!("lost the events of `{}`: {e}", env.name), "check the engine"))?;
         let Ok(event) = serde_json::from_slice::<FleetEvent>(&message.payload).map(untrusted) else { continue };
-        if event.push_id != desired.push_id || event.app != env.app {
+        // A host publishes on its own subject: an event naming another host is not believed.
+        let publisher = message.subject.as_str().rsplit('.').next().unwrap_or_default();
+        if event.push_id != desired.push_id || event.app != env.app || event.host != publisher {
             continue;
         }
         if !json && event.state != "log" {
