@@ -25,8 +25,11 @@ use futures_util::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The longest a host waits between two looks without a wake (an expired slot makes none).
-const TICK: Duration = Duration::from_secs(1);
+/// How long a waiting host waits between two looks of its own (plus up to 1 s, per host): a
+/// place given back wakes the hosts it is the own place of at once; this finds the others.
+const WAIT_TICK: Duration = Duration::from_secs(2);
+/// The longest an idle host waits between two looks (a wake lost while disconnected).
+const IDLE_TICK: Duration = Duration::from_secs(10);
 
 /// What this host already said about the push it works on (so each is said once).
 #[derive(Default)]
@@ -35,56 +38,171 @@ struct Seen {
     waiting: bool,
     /// Nothing is left to do for this push here (halted, reverted).
     finished: bool,
+    /// While waiting: for canary places or wave slots, and how many there are.
+    wait_for: Option<(bool, u32)>,
+}
+
+/// Which places a host tries to take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scan {
+    /// Every place, from its own (a new push, a new phase).
+    All,
+    /// Its own place and the next two (the periodic look of a waiting host).
+    Near,
+    /// One place, just given back.
+    Place(u32),
+}
+
+/// This host's own place among `places`: hosts spread over the places, so a place given back
+/// wakes about `hosts / places` of them into a race, not every waiting host.
+fn home(host: &str, places: u32) -> u32 {
+    host.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b))) % places.max(1)
 }
 
 pub(super) async fn run(member: Arc<Member>, app: String) {
     let engine = &member.engine;
-    // Wakes: plain subscriptions to the KV subjects (no JetStream consumer per host).
-    let subjects = [format!("{}{app}", engine.desired.prefix), format!("{}{app}.>", engine.rollout.prefix)];
+    // Wakes: plain subscriptions to KV subjects (no JetStream consumer per host): the desired
+    // state and the phases; while waiting, also its own place (`own` below). Slots taken and
+    // outcomes written reach nobody else: a rollout's writes do not fan out to every host.
+    let subjects = [format!("{}{app}", engine.desired.prefix), format!("{}{app}.*.state", engine.rollout.prefix)];
     let mut wakes = Vec::new();
     for subject in subjects {
         match engine.client.subscribe(subject.clone()).await {
             Ok(sub) => wakes.push(sub),
-            Err(e) => tracing::warn!(error = %e, subject, "fleet: cannot subscribe; looking every {TICK:?} instead"),
+            Err(e) => tracing::warn!(error = %e, subject, "fleet: cannot subscribe; looking on a timer instead"),
         }
     }
     let mut wakes = futures_util::stream::select_all(wakes);
+    let desired_prefix = engine.desired.prefix.clone();
     let mut seen = Seen::default();
     let mut failing = false;
+    let mut scan = Scan::All;
+    // Waiting hosts look on their own at different moments.
+    let wait_tick = WAIT_TICK + Duration::from_millis(u64::from(home(&member.host, 1000)));
+    // The subscription to this host's own place while it waits: (subject, subscription).
+    let mut own: Option<(String, async_nats::Subscriber)> = None;
     loop {
         if !member.node.has_app(&app) {
             tracing::info!(app, "fleet: the app is gone from the config; it leaves the rollouts");
             return;
         }
-        match step(&member, &app, &mut seen).await {
-            Ok(()) if failing => {
-                failing = false;
-                tracing::info!(app, "fleet: rollout steps work again");
+        let pace = match step(&member, &app, &mut seen, scan).await {
+            Ok(pace) => {
+                if failing {
+                    failing = false;
+                    tracing::info!(app, "fleet: rollout steps work again");
+                }
+                pace
             }
-            Ok(()) => {}
-            Err(e) if !failing => {
-                failing = true;
-                tracing::warn!(app, error = %e, "fleet: cannot read the rollout (engine down?); retrying");
+            Err(e) => {
+                if !failing {
+                    failing = true;
+                    tracing::warn!(app, error = %e, "fleet: cannot read the rollout (engine down?); retrying");
+                }
+                Pace::Waiting
             }
-            Err(_) => {}
+        };
+        let waiting = pace == Pace::Waiting;
+        let place = seen.wait_for.filter(|_| waiting).map(|(canary, places)| {
+            let at = home(&member.host, places);
+            let key =
+                if canary { proto::canary_key(&app, &seen.push, at) } else { proto::slot_key(&app, &seen.push, at) };
+            (format!("{}{key}", engine.rollout.prefix), canary, at)
+        });
+        match &place {
+            Some((subject, _, _)) if own.as_ref().map(|(s, _)| s) != Some(subject) => {
+                own = engine.client.subscribe(subject.clone()).await.ok().map(|sub| (subject.clone(), sub));
+            }
+            Some(_) => {}
+            None => own = None,
         }
-        tokio::select! {
-            _ = wakes.next() => {}
-            () = tokio::time::sleep(TICK) => {}
-            () = member.stop.cancelled() => return,
+        let tick = tokio::time::sleep(if waiting { wait_tick } else { IDLE_TICK });
+        tokio::pin!(tick);
+        scan = loop {
+            tokio::select! {
+                message = wakes.next() => match message.map(|m| classify(&m, &desired_prefix)) {
+                    Some(Wake::Look) => break Scan::All,
+                    Some(_) => continue,
+                    // No subscription: the tick alone.
+                    None => {
+                        tick.as_mut().await;
+                        break if waiting { Scan::Near } else { Scan::All };
+                    }
+                },
+                Some(message) = next_of(&mut own) => {
+                    if let (Wake::Freed { .. }, Some((_, _, at))) = (classify(&message, &desired_prefix), &place) {
+                        break Scan::Place(*at);
+                    }
+                }
+                () = tick.as_mut() => break if waiting { Scan::Near } else { Scan::All },
+                () = member.stop.cancelled() => return,
+            }
+        };
+        // A burst of writes is one look, not one per write.
+        while let Some(Some(m)) = futures_util::FutureExt::now_or_never(wakes.next()) {
+            if classify(&m, &desired_prefix) == Wake::Look {
+                scan = Scan::All;
+            }
         }
     }
 }
 
-async fn step(m: &Member, app: &str, seen: &mut Seen) -> Result<(), EngineError> {
+/// The next message of the own-place subscription, if there is one (else never).
+async fn next_of(own: &mut Option<(String, async_nats::Subscriber)>) -> Option<async_nats::Message> {
+    match own {
+        Some((_, sub)) => sub.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What a write to the app's keys means to this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    /// The desired state or the phase changed: look again.
+    Look,
+    /// A place was given back (deleted, purged, expired).
+    Freed { canary: bool, place: u32 },
+    /// A place taken or renewed, an outcome written: nothing for the others to do.
+    Nothing,
+}
+
+fn classify(message: &async_nats::Message, desired_prefix: &str) -> Wake {
+    let subject = message.subject.as_str();
+    if subject.starts_with(desired_prefix) || subject.ends_with(".state") {
+        return Wake::Look;
+    }
+    let headers = message.headers.as_ref();
+    let operation = headers.and_then(|h| h.get("KV-Operation")).map(|v| v.as_str().to_string());
+    let expired = headers.is_some_and(|h| h.get("Nats-Marker-Reason").is_some());
+    if !(expired || matches!(operation.as_deref(), Some("DEL" | "PURGE"))) {
+        return Wake::Nothing;
+    }
+    let mut tokens = subject.rsplit('.');
+    match (tokens.next().and_then(|p| p.parse().ok()), tokens.next()) {
+        (Some(place), Some("slot")) => Wake::Freed { canary: false, place },
+        (Some(place), Some("canary")) => Wake::Freed { canary: true, place },
+        _ => Wake::Nothing,
+    }
+}
+
+/// How soon a host looks again without a wake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pace {
+    /// It waits for a place: every [`WAIT_TICK`], and when its own place is given back.
+    Waiting,
+    /// Nothing to do until the desired state or the phase changes: every [`IDLE_TICK`].
+    Idle,
+}
+
+async fn step(m: &Member, app: &str, seen: &mut Seen, scan: Scan) -> Result<Pace, EngineError> {
     let engine = &m.engine;
-    let Some((desired, _)) = engine.read::<Desired>(&engine.desired, app).await? else { return Ok(()) };
+    let Some((desired, _)) = engine.read::<Desired>(&engine.desired, app).await? else { return Ok(Pace::Idle) };
     let push = desired.push_id.clone();
     if seen.push != push {
         *seen = Seen { push: push.clone(), ..Seen::default() };
     }
     if seen.finished {
-        return Ok(());
+        return Ok(Pace::Idle);
     }
     if let Err(why) = desired.check() {
         // Once per push: nothing of it is deployed, and whoever follows it hears why.
@@ -109,7 +227,7 @@ async fn step(m: &Member, app: &str, seen: &mut Seen) -> Result<(), EngineError>
                 Some(_) => {}
             }
             seen.finished = true;
-            return Ok(());
+            return Ok(Pace::Idle);
         }
         Phase::Canary | Phase::Waves => {}
     }
@@ -117,7 +235,7 @@ async fn step(m: &Member, app: &str, seen: &mut Seen) -> Result<(), EngineError>
         if outcome.ok && phase == Phase::Canary {
             advance(m, app, &desired).await?;
         }
-        return Ok(());
+        return Ok(Pace::Idle);
     }
     let live = m.node.live_sha(app);
     if live.as_deref() == Some(desired.sha.as_str()) {
@@ -135,15 +253,21 @@ async fn step(m: &Member, app: &str, seen: &mut Seen) -> Result<(), EngineError>
         if phase == Phase::Canary {
             advance(m, app, &desired).await?;
         }
-        return Ok(());
+        return Ok(Pace::Idle);
     }
     let canary = phase == Phase::Canary;
     let places = if canary { desired.rollout.canary } else { desired.rollout.max_parallel.max(1) };
     let mut held = None;
-    // Each host starts its search at a place of its own: N hosts racing for N places mostly
-    // take one each at the first try instead of all colliding on place 0.
-    let first = m.host.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
-    for i in (0..places).map(|k| (first.wrapping_add(k)) % places) {
+    // From its own place: N hosts racing for N places mostly take one each at the first try.
+    let own = home(&m.host, places);
+    let tries: Vec<u32> = match scan {
+        Scan::All => (0..places).map(|k| (own + k) % places).collect(),
+        Scan::Near => (0..places.min(3)).map(|k| (own + k) % places).collect(),
+        Scan::Place(p) if p < places && seen.wait_for.is_some_and(|(c, _)| c == canary) => vec![p],
+        Scan::Place(_) => Vec::new(),
+    };
+    seen.wait_for = Some((canary, places));
+    for i in tries {
         let key = if canary { proto::canary_key(app, &push, i) } else { proto::slot_key(app, &push, i) };
         let slot = Slot { host: m.host.clone(), at_ms: now_ms() };
         if let Written::Ok(rev) = engine.create(&engine.rollout, &key, &slot, Some(SLOT_TTL)).await? {
@@ -157,7 +281,7 @@ async fn step(m: &Member, app: &str, seen: &mut Seen) -> Result<(), EngineError>
             let why = if canary { "waiting for the canary" } else { "waiting for a slot" };
             m.publish(event(m, app, &desired, "waiting", why, None)).await;
         }
-        return Ok(());
+        return Ok(Pace::Waiting);
     };
     let (ok, message, slot_rev) = deploy_in_slot(m, app, &desired, &slot_key, slot_rev).await;
     let outcome =
@@ -179,7 +303,7 @@ async fn step(m: &Member, app: &str, seen: &mut Seen) -> Result<(), EngineError>
     } else if ok && canary {
         advance(m, app, &desired).await?;
     }
-    Ok(())
+    Ok(Pace::Idle)
 }
 
 /// Deploy the desired commit through the agent's pipeline while holding `slot_key` (renewed),
@@ -264,9 +388,20 @@ async fn advance(m: &Member, app: &str, desired: &Desired) -> Result<(), EngineE
             hosts.push(key);
         }
     }
+    // The outcomes, 32 reads in flight (a thousand hosts are not read one by one). Owned
+    // futures: the loop runs in a spawned task, which must be `Send` for any lifetime.
+    let reads: Vec<_> = hosts
+        .iter()
+        .map(|host| {
+            let (engine, key) = (engine.clone(), proto::done_key(app, push, host));
+            async move { engine.read::<Outcome>(&engine.rollout, &key).await }
+        })
+        .collect();
+    let outcomes: Vec<Result<Option<(Outcome, u64)>, EngineError>> =
+        futures_util::stream::iter(reads).buffer_unordered(32).collect().await;
     let (mut done, mut canaries) = (0, 0);
-    for host in &hosts {
-        if let Some((o, _)) = engine.read::<Outcome>(&engine.rollout, &proto::done_key(app, push, host)).await?
+    for outcome in outcomes {
+        if let Some((o, _)) = outcome?
             && o.ok
         {
             done += 1;

@@ -289,6 +289,7 @@ async fn follow(
         .into());
     }
     let mut looked = tokio::time::Instant::now();
+    let (mut quiet_since, mut checked) = (tokio::time::Instant::now(), tokio::time::Instant::now());
     loop {
         // Every host there (or seen in this push and still there) is done: the push is over.
         let waiting: Vec<&String> =
@@ -300,7 +301,11 @@ async fn follow(
         if looked.elapsed() >= PRESENCE_EVERY {
             present = present_hosts(engine).await;
             looked = tokio::time::Instant::now();
-            // An event lost while the engine was away: the host's `done` key says how it ended.
+        }
+        // An event lost while the engine was away: once the stream is quiet, the `done` key of
+        // each host still unfinished says how it ended.
+        if quiet_since.elapsed() >= PRESENCE_EVERY && checked.elapsed() >= PRESENCE_EVERY {
+            checked = tokio::time::Instant::now();
             let unfinished: Vec<String> =
                 present.iter().filter(|h| !last.get(*h).is_some_and(FleetEvent::is_final)).cloned().collect();
             for host in &unfinished {
@@ -322,6 +327,7 @@ async fn follow(
             }
         }
         let Ok(Some(message)) = next else { continue };
+        quiet_since = tokio::time::Instant::now();
         let message =
             message.map_err(|e| Hinted::new(format!("lost the events of `{}`: {e}", env.name), "check the engine"))?;
         let Ok(event) = serde_json::from_slice::<FleetEvent>(&message.payload).map(untrusted) else { continue };
