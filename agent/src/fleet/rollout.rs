@@ -210,7 +210,7 @@ async fn step(m: &Member, app: &str, seen: &mut Seen, scan: Scan) -> Result<Pace
         tracing::error!(app, push, who = desired.who, "fleet: desired state refused: {why}; nothing deployed");
         let message = format!("refused: {why}; nothing deployed");
         m.publish(event(m, app, &desired, "failed", &message, None)).await;
-        return Ok(());
+        return Ok(Pace::Idle);
     }
     let phase = engine
         .read::<RolloutState>(&engine.rollout, &proto::state_key(app, &push))
