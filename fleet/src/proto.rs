@@ -96,6 +96,10 @@ pub struct Presence {
     /// The agent's version.
     #[serde(default)]
     pub agent: String,
+    /// This run of the agent (fresh at each start): two agents given one host name tell each
+    /// other apart by it.
+    #[serde(default)]
+    pub instance: String,
     pub at_ms: u64,
 }
 
@@ -124,6 +128,26 @@ pub struct Desired {
     pub who: String,
     pub rollout: Rollout,
     pub at_ms: u64,
+}
+
+impl Desired {
+    /// Why an agent must not act on this value: whoever can write to the engine could put a
+    /// branch name there (each host would deploy whatever it names when it fetches: hosts on
+    /// different commits, none ever "already live") or a push id that is no key (`*`, `a.>`).
+    /// `deployer push` and the poller write a full sha and a [`new_push_id`].
+    pub fn check(&self) -> Result<(), String> {
+        let full_sha = matches!(self.sha.len(), 40 | 64) && self.sha.chars().all(|c| c.is_ascii_hexdigit());
+        if !full_sha {
+            return Err(format!("`{}` is not a full commit sha (40 hex digits)", self.sha.escape_debug()));
+        }
+        if !valid_name(&self.push_id) {
+            return Err(format!(
+                "push id `{}` is not letters, digits, `-` and `_` (it names keys in the engine)",
+                self.push_id.escape_debug()
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// How the agents roll a push out among themselves.
@@ -236,4 +260,33 @@ pub fn new_push_id() -> String {
     }
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!("{}-{hex}", now_ms() / 1000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desired(sha: &str, push_id: &str) -> Desired {
+        Desired {
+            sha: sha.into(),
+            git_ref: "main".into(),
+            push_id: push_id.into(),
+            who: "ana".into(),
+            rollout: Rollout::default(),
+            at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn only_a_full_sha_and_a_push_id_that_names_keys_are_acted_on() {
+        let sha = "08da8007e14d546862ae1053d0326851750ecd1a";
+        assert_eq!(desired(sha, &new_push_id()).check(), Ok(()));
+        assert_eq!(desired(&"a".repeat(64), "p-1_x").check(), Ok(()));
+        for bad_sha in ["main", "08da800", "--upload-pack=touch x", "", &format!("{sha}0"), &"g".repeat(40)] {
+            assert!(desired(bad_sha, "p1").check().is_err(), "{bad_sha}");
+        }
+        for bad_push in ["", "*", "a.>", "a.b", "ünï", "a b", &"p".repeat(65)] {
+            assert!(desired(sha, bad_push).check().is_err(), "{bad_push}");
+        }
+    }
 }

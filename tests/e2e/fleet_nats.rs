@@ -356,3 +356,148 @@ fn one_host_polls_git_for_the_environment_and_every_host_deploys_the_new_head() 
     }
     assert_eq!(leader(&fleet).len(), 1, "one poller for the environment");
 }
+
+/// A desired state as anyone with the engine's account can write it by hand.
+fn desired_json(sha: &str, git_ref: &str, push_id: &str, who: &str) -> String {
+    serde_json::json!({
+        "sha": sha, "ref": git_ref, "push_id": push_id, "who": who,
+        "rollout": { "canary": 0, "max_parallel": 2, "bake_ms": 0, "halt_on_failure": true, "rollback_on_failure": false },
+        "at_ms": 1_700_000_000_000u64,
+    })
+    .to_string()
+}
+
+#[test]
+fn what_the_engine_holds_reaches_the_terminal_without_its_escape_sequences() {
+    let nats = NatsServer::start();
+    let urls = [nats.url()];
+    let fleet = TestFleet::start(TestRepo::with_example_app(), 0, |_, app| app);
+    fleet.write_nats_file("prod", &urls, "{ canary: 0 }");
+    fleet.cli(&["push", "prod", "--detach"]).success();
+    let hostile = desired_json(&fleet.repo.head(), "\u{1b}]0;pwned\u{7}main", "p1", "\u{1b}[2Jmallory");
+    let ack = nats.publish("$KV.deployer_prod_desired.web", hostile.as_bytes());
+    assert!(ack.contains("\"seq\""), "{ack}");
+    // Colours on, as on a terminal: the CLI's own styling passes, the engine's escapes do not.
+    let mut history = fleet.cli_command(&["history", "prod"]);
+    history.env_remove("NO_COLOR").env("CLICOLOR_FORCE", "1");
+    let out = run_to_end(history, Duration::from_secs(30)).success();
+    assert!(out.stdout.contains("mallory") && out.stdout.contains("pwned"), "{out}");
+    assert!(!out.stdout.contains('\u{1b}') && !out.stdout.contains('\u{7}'), "escapes reached the terminal: {out:?}");
+    assert!(out.stdout.contains(" ago") && !out.stdout.contains("ago ago"), "{out}");
+}
+
+#[test]
+fn a_desired_state_this_cli_cannot_read_does_not_block_the_next_push() {
+    let nats = NatsServer::start();
+    let urls = [nats.url()];
+    let fleet = TestFleet::start(TestRepo::with_example_app(), 0, |_, app| app);
+    fleet.write_nats_file("prod", &urls, "{ canary: 0 }");
+    fleet.cli(&["push", "prod", "--detach"]).success();
+    // A newer CLI's value (a rollout field this one does not know), or garbage.
+    for value in [r#"{"sha":"x","rollout":{"canary":0,"surge":3}}"#, "not JSON"] {
+        assert!(nats.publish("$KV.deployer_prod_desired.web", value.as_bytes()).contains("\"seq\""));
+        let out = fleet.cli(&["push", "prod", "--detach", "--json"]).success();
+        assert_eq!(json(&out)["sha"].as_str(), Some(fleet.repo.head().as_str()), "{out}");
+    }
+}
+
+#[test]
+fn a_desired_state_naming_no_commit_or_no_key_is_refused_and_nothing_deploys() {
+    let nats = NatsServer::start();
+    let urls = [nats.url()];
+    let fleet = TestFleet::start_on_nats(TestRepo::with_example_app(), 1, &urls, "prod", plain);
+    let v1 = fleet.repo.head();
+    let v2 = fleet.repo.commit_greeting("v2");
+    fleet.write_nats_file("prod", &urls, "{ canary: 0 }");
+    assert!(
+        wait_until(Duration::from_secs(20), || fleet.cli(&["status", "prod", "--json"]).stdout.contains("\"h0\"")),
+        "the host did not join"
+    );
+    // A branch instead of a commit (each host would deploy what it names when it fetches), and a
+    // push id with the engine's wildcards.
+    for (sha, push_id, why) in [("main", "p1", "not a full commit sha"), (v2.as_str(), "a.>", "push id `a.>`")] {
+        let ack =
+            nats.publish("$KV.deployer_prod_desired.web", desired_json(sha, "main", push_id, "mallory").as_bytes());
+        assert!(ack.contains("\"seq\""), "{ack}");
+        let out = fleet.cli(&["watch", "prod", "--json"]).failure(1);
+        let results = json(&out);
+        assert_eq!(results[0]["state"], "failed", "{results:#}");
+        let message = results[0]["message"].as_str().unwrap_or_default();
+        assert!(message.starts_with("refused: ") && message.contains(why), "{message}");
+        assert_eq!(fleet.live_sha(0).as_deref(), Some(v1.as_str()));
+        assert!(fleet.agents[0].history("web").iter().all(|d| d.trigger != "fleet"), "the fleet deployed something");
+        assert!(fleet.agents[0].log().contains("fleet: desired state refused"), "{}", fleet.agents[0].log());
+    }
+}
+
+#[test]
+fn a_push_to_an_environment_without_hosts_ends_with_a_clear_error_and_frees_the_lock() {
+    let nats = NatsServer::start();
+    let urls = [nats.url()];
+    let fleet = TestFleet::start(TestRepo::with_example_app(), 0, |_, app| app);
+    fleet.write_nats_file("prod", &urls, "{ canary: 0 }");
+    let out = fleet.cli(&["push", "prod"]).failure(1);
+    assert!(out.stderr.contains("no host of `prod` is present"), "{out}");
+    assert!(out.stderr.contains("deploy it when they join"), "{out}");
+    // The lock went with the CLI: the next push does not wait for its TTL.
+    let again = fleet.cli(&["push", "prod", "--detach"]).success();
+    assert!(again.stdout.contains("detached"), "{again}");
+    let watched = fleet.cli(&["watch", "prod"]).failure(1);
+    assert!(watched.stderr.contains("no host of `prod` is present"), "{watched}");
+}
+
+#[test]
+fn a_second_agent_with_a_host_name_in_use_stays_out_of_the_fleet_and_says_why() {
+    let nats = NatsServer::start();
+    let urls = [nats.url()];
+    let mut fleet = TestFleet::start_on_nats(TestRepo::with_example_app(), 1, &urls, "prod", plain);
+    fleet.write_nats_file("prod", &urls, "{ canary: 0 }");
+    assert!(
+        wait_until(Duration::from_secs(20), || fleet.cli(&["status", "prod", "--json"]).stdout.contains("\"h0\"")),
+        "the host did not join"
+    );
+    // Another agent, also `host: h0` (a copied config).
+    let twin = TestFleet::nats_env(&fleet.repo, fleet.token(), &urls, "prod", 0, plain).start();
+    assert!(
+        wait_until(Duration::from_secs(20), || twin.log().contains("another agent is host `h0` of `prod`")),
+        "{}",
+        twin.log()
+    );
+    assert!(!twin.log().contains("fleet: joined the environment"), "{}", twin.log());
+    fleet.agents.push(twin);
+    let v2 = fleet.repo.commit_greeting("v2");
+    fleet.cli(&["push", "prod"]).success();
+    assert_eq!(fleet.live_sha(0).as_deref(), Some(v2.as_str()));
+    // The twin's app keeps serving what it ran; the fleet's rollout is not its.
+    assert!(fleet.agents[1].history("web").iter().all(|d| d.trigger != "fleet"));
+}
+
+#[test]
+fn an_event_published_on_another_hosts_subject_is_not_believed() {
+    let nats = NatsServer::start();
+    let urls = [nats.url()];
+    let fleet = TestFleet::start_on_nats(TestRepo::with_example_app(), 1, &urls, "prod", plain);
+    fleet.write_nats_file("prod", &urls, "{ canary: 0 }");
+    assert!(
+        wait_until(Duration::from_secs(20), || fleet.cli(&["status", "prod", "--json"]).stdout.contains("\"h0\"")),
+        "the host did not join"
+    );
+    // A host that is there but will fail; h0 (or anyone with the account) claims it went live.
+    let ghost = serde_json::json!({ "host": "ghost", "at_ms": 1 }).to_string();
+    assert!(nats.publish("$KV.deployer_prod_hosts.ghost", ghost.as_bytes()).contains("\"seq\""));
+    let v2 = fleet.repo.commit_greeting("v2");
+    let pushed = json(&fleet.cli(&["push", "prod", "--detach", "--json"]).success());
+    let push_id = pushed["push_id"].as_str().expect("a push id");
+    assert!(all_live(&fleet, &v2, ROLLOUT), "h0 did not deploy");
+    let event = |host: &str, state: &str| {
+        serde_json::json!({ "host": host, "app": "web", "push_id": push_id, "sha": v2, "state": state,
+                            "message": state, "at_ms": 1 })
+        .to_string()
+    };
+    assert!(nats.publish("deployer.prod.events.h0", event("ghost", "live").as_bytes()).contains("\"seq\""));
+    assert!(nats.publish("deployer.prod.events.ghost", event("ghost", "failed").as_bytes()).contains("\"seq\""));
+    let out = fleet.cli(&["watch", "prod", "--json"]).failure(1);
+    let results = json(&out);
+    let ghost = results.as_array().expect("an array").iter().find(|r| r["host"] == "ghost").expect("ghost's result");
+    assert_eq!(ghost["state"], "failed", "{results:#}");
+}

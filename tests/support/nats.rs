@@ -152,6 +152,35 @@ impl NatsServer {
         }
     }
 
+    /// Publish `payload` to `subject` as anyone with the account can (a hand-written KV value:
+    /// `$KV.<bucket>.<key>`), over the plain protocol; answers JetStream's ack (or the error).
+    pub fn publish(&self, subject: &str, payload: &[u8]) -> String {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect to nats-server");
+        conn.set_read_timeout(Some(Duration::from_secs(5))).expect("a read timeout");
+        let mut read = BufReader::new(conn.try_clone().expect("the connection"));
+        let mut line = String::new();
+        read.read_line(&mut line).expect("INFO");
+        let mut out =
+            b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true}\r\nSUB _INBOX.test 1\r\n".to_vec();
+        out.extend_from_slice(format!("PUB {subject} _INBOX.test {}\r\n", payload.len()).as_bytes());
+        out.extend_from_slice(payload);
+        out.extend_from_slice(b"\r\n");
+        conn.write_all(&out).expect("publish");
+        loop {
+            line.clear();
+            read.read_line(&mut line).expect("the ack");
+            if line.starts_with("-ERR") {
+                return line.trim().to_string();
+            }
+            if let Some(size) = line.strip_prefix("MSG ").and_then(|l| l.split_whitespace().last()) {
+                let mut body = vec![0; size.parse::<usize>().expect("a size") + 2];
+                read.read_exact(&mut body).expect("the ack's body");
+                return String::from_utf8_lossy(&body).trim().to_string();
+            }
+        }
+    }
+
     /// `SIGKILL` the server: what a crash looks like.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -41,6 +41,8 @@ pub(crate) struct Member {
     pub node: Arc<dyn Node>,
     /// The last fleet event of this host (presence shows it).
     pub last: Mutex<Option<FleetEvent>>,
+    /// This run of the agent, in its presence.
+    pub instance: String,
     pub stop: CancellationToken,
 }
 
@@ -101,8 +103,35 @@ async fn join(
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     };
-    tracing::info!(env, host, "fleet: joined the environment");
-    let member = Arc::new(Member { engine, host, labels, node, last: Mutex::new(None), stop: stop.clone() });
+    let instance = deployer_fleet::proto::new_push_id();
+    let member = Arc::new(Member { engine, host, labels, node, last: Mutex::new(None), instance, stop: stop.clone() });
+    // Two agents under one name would share its `done` keys: the second would never deploy, and
+    // `deployer push` would count one host. The later one stays out until the name is free.
+    let mut refused = false;
+    loop {
+        match presence::other_holder(&member).await {
+            Ok(None) => break,
+            Ok(Some(other)) if !refused => {
+                refused = true;
+                tracing::error!(
+                    env = %member.engine.env,
+                    host = %member.host,
+                    other = %other.instance,
+                    "fleet: another agent is host `{}` of `{}`; this one stays out of the fleet until that \
+                     one leaves (give each agent its own `fleet.host`); the apps keep serving",
+                    member.host,
+                    member.engine.env
+                );
+            }
+            Ok(Some(_)) => {}
+            Err(e) => tracing::warn!(error = %e, "fleet: cannot read this host's presence; retrying"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(deployer_fleet::proto::PRESENCE_TTL / 3) => {}
+            () = stop.cancelled() => return,
+        }
+    }
+    tracing::info!(env = %member.engine.env, host = %member.host, "fleet: joined the environment");
     let loops = TaskTracker::new();
     loops.spawn(presence::run(member.clone()));
     // Apps a SIGHUP adds join too; the rollout loop of an app that went away ends by itself.

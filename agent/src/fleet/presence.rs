@@ -35,6 +35,17 @@ pub(super) async fn renew(member: &Member) -> Result<(), EngineError> {
     member.engine.write(&member.engine.hosts, &member.host, &presence, None, Some(PRESENCE_TTL)).await.map(|_| ())
 }
 
+/// Another agent's presence under this host's name, if one is there (a run of this agent that
+/// was killed shows as another too, until its TTL lapses).
+pub(super) async fn other_holder(member: &Member) -> Result<Option<Presence>, EngineError> {
+    let engine = &member.engine;
+    Ok(engine
+        .read::<Presence>(&engine.hosts, &member.host)
+        .await?
+        .map(|(p, _)| p)
+        .filter(|p| p.instance != member.instance))
+}
+
 /// A stopping agent leaves at once instead of after the TTL.
 pub(super) async fn leave(member: &Member) {
     if let Err(e) = member.engine.hosts.delete(&member.host).await {
@@ -49,6 +60,7 @@ fn current(member: &Member) -> Presence {
         apps: member.node.presence(),
         last_deploy: member.last.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         agent: env!("CARGO_PKG_VERSION").to_string(),
+        instance: member.instance.clone(),
         at_ms: now_ms(),
     }
 }

@@ -204,6 +204,14 @@ async fn step(m: &Member, app: &str, seen: &mut Seen, scan: Scan) -> Result<Pace
     if seen.finished {
         return Ok(Pace::Idle);
     }
+    if let Err(why) = desired.check() {
+        // Once per push: nothing of it is deployed, and whoever follows it hears why.
+        seen.finished = true;
+        tracing::error!(app, push, who = desired.who, "fleet: desired state refused: {why}; nothing deployed");
+        let message = format!("refused: {why}; nothing deployed");
+        m.publish(event(m, app, &desired, "failed", &message, None)).await;
+        return Ok(Pace::Idle);
+    }
     let phase = engine
         .read::<RolloutState>(&engine.rollout, &proto::state_key(app, &push))
         .await?

@@ -22,6 +22,8 @@ use crate::report::Hinted;
 
 /// How often the CLI looks at presence while following (hosts that left are not waited for).
 const PRESENCE_EVERY: Duration = Duration::from_secs(2);
+/// How long following waits for a first host of an environment where none is present.
+const NO_HOST_GRACE: Duration = Duration::from_secs(5);
 
 /// A fleet-mode environment, ready to connect.
 pub struct NatsEnv {
@@ -133,7 +135,9 @@ pub async fn push(
     let result = async {
         // Where the stream is now: the push's events all come after it.
         let start = engine.events.get_info().await.map(|i| i.state.last_sequence + 1).unwrap_or(1);
-        let current = engine.read::<Desired>(&engine.desired, &env.app).await.map_err(|e| engine_error(&env.name, e))?;
+        // Only the revision matters for the compare-and-set: a value this CLI cannot read (a
+        // newer CLI's, or garbage) is replaced like any other, not a push refused forever.
+        let current = engine.entry(&engine.desired, &env.app).await.map_err(|e| engine_error(&env.name, e))?;
         let desired = Desired {
             sha: sha.to_owned(),
             git_ref: git_ref.to_owned(),
@@ -142,7 +146,7 @@ pub async fn push(
             rollout: env.rollout.clone(),
             at_ms: now_ms(),
         };
-        let expect = current.map_or(0, |(_, rev)| rev);
+        let expect = current.map_or(0, |entry| entry.revision);
         match engine.write(&engine.desired, &env.app, &desired, Some(expect), None).await {
             Ok(Written::Ok(_)) => {}
             Ok(Written::Conflict) => {
@@ -227,9 +231,10 @@ pub async fn watch(env: &NatsEnv, json: bool) -> anyhow::Result<ExitCode> {
         )
         .into());
     };
+    let desired = untrusted(desired);
     if !json {
         anstream::println!(
-            "push {} of {} {} ({}) by {}, {} ago",
+            "push {} of {} {} ({}) by {}, {}",
             desired.push_id,
             env.app,
             short_sha(&desired.sha),
@@ -265,6 +270,24 @@ async fn follow(
         .map_err(|e| Hinted::new(format!("cannot follow the events of `{}`: {e}", env.name), "check the engine"))?;
     let mut last: BTreeMap<String, FleetEvent> = BTreeMap::new();
     let mut present = present_hosts(engine).await;
+    // Agents starting now join within a second; with none at all nobody would ever report, and
+    // following would hang (holding the push lock, for a push).
+    let grace = tokio::time::Instant::now() + NO_HOST_GRACE;
+    while present.is_empty() && tokio::time::Instant::now() < grace {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        present = present_hosts(engine).await;
+    }
+    if present.is_empty() {
+        return Err(Hinted::new(
+            format!("no host of `{}` is present: nobody deploys push {} now", env.name, desired.push_id),
+            format!(
+                "the desired state stays written: agents with `fleet: {{ env: {} }}` deploy it when they join \
+                 (`deployer status {}` lists the hosts)",
+                env.name, env.name
+            ),
+        )
+        .into());
+    }
     let mut looked = tokio::time::Instant::now();
     let (mut quiet_since, mut checked) = (tokio::time::Instant::now(), tokio::time::Instant::now());
     loop {
@@ -295,7 +318,7 @@ async fn follow(
                         push_id: desired.push_id.clone(),
                         sha: desired.sha.clone(),
                         state: state.into(),
-                        message: outcome.message,
+                        message: output::untrusted::text(&outcome.message).into_owned(),
                         deploy_id: None,
                         at_ms: outcome.at_ms,
                     };
@@ -307,8 +330,10 @@ async fn follow(
         quiet_since = tokio::time::Instant::now();
         let message =
             message.map_err(|e| Hinted::new(format!("lost the events of `{}`: {e}", env.name), "check the engine"))?;
-        let Ok(event) = serde_json::from_slice::<FleetEvent>(&message.payload) else { continue };
-        if event.push_id != desired.push_id || event.app != env.app {
+        let Ok(event) = serde_json::from_slice::<FleetEvent>(&message.payload).map(untrusted) else { continue };
+        // A host publishes on its own subject: an event naming another host is not believed.
+        let publisher = message.subject.as_str().rsplit('.').next().unwrap_or_default();
+        if event.push_id != desired.push_id || event.app != env.app || event.host != publisher {
             continue;
         }
         if !json && event.state != "log" {
@@ -343,6 +368,15 @@ async fn follow(
     Ok(if live == results.len() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
+/// A value read from the engine, whose every string is made safe to print: whoever can write to
+/// the engine (any agent, anyone with the account) must not steer the terminal of the person
+/// following a push, as in direct mode ([`output::untrusted`]).
+fn untrusted<T: Serialize + serde::de::DeserializeOwned>(value: T) -> T {
+    let Ok(mut json) = serde_json::to_value(&value) else { return value };
+    output::untrusted::json(&mut json);
+    serde_json::from_value(json).unwrap_or(value)
+}
+
 async fn present_hosts(engine: &Engine) -> Vec<String> {
     let mut hosts = Vec::new();
     if let Ok(mut keys) = engine.hosts.keys().await {
@@ -360,7 +394,7 @@ pub async fn status(env: &NatsEnv, json: bool) -> anyhow::Result<ExitCode> {
     let mut hosts: Vec<Presence> = Vec::new();
     for host in present_hosts(&engine).await {
         if let Ok(Some((p, _))) = engine.read::<Presence>(&engine.hosts, &host).await {
-            hosts.push(p);
+            hosts.push(untrusted(p));
         }
     }
     if json {
@@ -380,7 +414,7 @@ pub async fn status(env: &NatsEnv, json: bool) -> anyhow::Result<ExitCode> {
     for p in &hosts {
         let labels: Vec<String> = p.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let last = p.last_deploy.as_ref().map_or("-".to_owned(), |e| {
-            format!("{} {} {} ago", e.state, short_sha(&e.sha), output::human_age(now.saturating_sub(e.at_ms)))
+            format!("{} {} {}", e.state, short_sha(&e.sha), output::human_age(now.saturating_sub(e.at_ms)))
         });
         for a in p.apps.iter().filter(|a| a.app == env.app) {
             anstream::println!(
@@ -417,7 +451,7 @@ pub async fn history(env: &NatsEnv, limit: u32, json: bool) -> anyhow::Result<Ex
     while let Some(entry) = entries.next().await {
         let Ok(entry) = entry else { break };
         if let Ok(desired) = deployer_fleet::decode::<Desired>(&entry) {
-            pushes.push(Pushed { revision: entry.revision, desired });
+            pushes.push(Pushed { revision: entry.revision, desired: untrusted(desired) });
         }
     }
     pushes.reverse();
@@ -432,7 +466,7 @@ pub async fn history(env: &NatsEnv, limit: u32, json: bool) -> anyhow::Result<Ex
         for p in &pushes {
             let d = &p.desired;
             anstream::println!(
-                "{:<22} {:<9} {:<16} {:<12} {} ago",
+                "{:<22} {:<9} {:<16} {:<12} {}",
                 d.push_id,
                 short_sha(&d.sha),
                 d.git_ref,
