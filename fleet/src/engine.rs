@@ -235,6 +235,34 @@ impl Engine {
         decode(&entry).map(|v| Some((v, entry.revision)))
     }
 
+    /// The hosts present that take part in `app`'s pushes ([`proto::Presence::rolls`]), sorted.
+    /// `known` remembers each host's answer, so a host is read once per caller however often
+    /// the list is asked for; hosts read for the first time are read 32 at a time.
+    pub async fn hosts_rolling(&self, app: &str, known: &mut std::collections::BTreeMap<String, bool>) -> Vec<String> {
+        use futures_util::StreamExt;
+        let mut present = Vec::new();
+        if let Ok(mut keys) = self.hosts.keys().await {
+            while let Some(Ok(key)) = keys.next().await {
+                present.push(key);
+            }
+        }
+        let new: Vec<String> = present.iter().filter(|h| !known.contains_key(*h)).cloned().collect();
+        let reads = new.into_iter().map(|host| async move {
+            let read = self.read::<proto::Presence>(&self.hosts, &host).await;
+            (host, read)
+        });
+        let read: Vec<_> = futures_util::stream::iter(reads).buffer_unordered(32).collect().await;
+        for (host, presence) in read {
+            // A host whose key expired meanwhile (or cannot be read now) is asked again later.
+            if let Ok(Some((p, _))) = presence {
+                known.insert(host, p.rolls(app));
+            }
+        }
+        present.retain(|h| known.get(h).copied().unwrap_or(false));
+        present.sort();
+        present
+    }
+
     /// Delete `key` if it is still at `revision` (a lock or slot someone else took is kept).
     pub async fn release(&self, store: &kv::Store, key: &str, revision: u64) -> Result<(), EngineError> {
         store.delete_expect_revision(key, Some(revision)).await.map_err(|e| EngineError::Write {

@@ -113,6 +113,17 @@ pub struct AppPresence {
     pub release: Option<String>,
     /// `running`, `starting`, `stopped`...
     pub state: String,
+    /// Whether this host takes part in the app's pushes (the app is deployed from git there):
+    /// a push waits only for the hosts that do.
+    #[serde(default)]
+    pub rolls: bool,
+}
+
+impl Presence {
+    /// Whether this host takes part in `app`'s pushes.
+    pub fn rolls(&self, app: &str) -> bool {
+        self.apps.iter().any(|a| a.app == app && a.rolls)
+    }
 }
 
 /// What an app of an environment should run: written by `deployer push`, by compare-and-set.

@@ -2,7 +2,8 @@
 //! that talks to the engine only, and rollouts the agents carry out among themselves.
 
 use deployer_tests::{
-    AppSpec, Load, NatsCluster, NatsServer, TestFleet, TestRepo, fake_nats_server, fixture, run_to_end, wait_until,
+    AppSpec, Load, NatsCluster, NatsServer, TestEnv, TestFleet, TestRepo, fake_nats_server, fixture, run_to_end,
+    wait_until,
 };
 use serde_json::Value;
 use std::process::Stdio;
@@ -210,6 +211,35 @@ fn a_host_that_joins_later_gets_the_desired_sha() {
     let late = TestFleet::nats_env(&fleet.repo, fleet.token(), &urls, "prod", 2, plain).start();
     fleet.agents.push(late);
     assert!(all_live(&fleet, &v2, ROLLOUT), "the late host did not deploy the desired commit");
+}
+
+/// A host of the environment whose `web` is not deployed from git takes no part in its pushes:
+/// the push does not wait for it, and it does not count as a canary that never comes.
+#[test]
+fn a_host_whose_app_is_not_from_git_is_not_waited_for() {
+    let nats = NatsServer::start();
+    let urls = [nats.url()];
+    let fleet = TestFleet::start_on_nats(TestRepo::with_example_app(), 2, &urls, "prod", plain);
+    let fleet_key = format!("{{ nats: [{}], env: prod, host: in-place }}", urls.join(", "));
+    let in_place = TestEnv::new().admin_token(fleet.token()).agent_set("fleet", &fleet_key).start();
+    // Three canaries asked for, two hosts able to be one.
+    fleet.write_nats_file("prod", &urls, "{ canary: 3, max_parallel: 2 }");
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            json(&fleet.cli(&["status", "prod", "--json"]).success()).as_array().is_some_and(|a| a.len() == 3)
+        }),
+        "the hosts did not join"
+    );
+    let v2 = fleet.repo.commit_greeting("v2");
+    let out = run_to_end(fleet.cli_command(&["push", "prod", "--json"]), Duration::from_secs(60));
+    assert_eq!(out.code(), Some(0), "{out}");
+    let results = json(&out);
+    let hosts: Vec<&str> = results.as_array().expect("a list").iter().filter_map(|r| r["host"].as_str()).collect();
+    assert_eq!(hosts, ["h0", "h1"], "{results:#}");
+    for i in 0..2 {
+        assert_eq!(fleet.live_sha(i).as_deref(), Some(v2.as_str()), "host {i}");
+    }
+    assert_eq!(in_place.history("web").len(), 0, "the in-place app was asked to deploy");
 }
 
 #[test]
@@ -437,13 +467,13 @@ fn a_push_to_an_environment_without_hosts_ends_with_a_clear_error_and_frees_the_
     let fleet = TestFleet::start(TestRepo::with_example_app(), 0, |_, app| app);
     fleet.write_nats_file("prod", &urls, "{ canary: 0 }");
     let out = fleet.cli(&["push", "prod"]).failure(1);
-    assert!(out.stderr.contains("no host of `prod` is present"), "{out}");
+    assert!(out.stderr.contains("no host of `prod` with `web` deployed from git is present"), "{out}");
     assert!(out.stderr.contains("deploy it when they join"), "{out}");
     // The lock went with the CLI: the next push does not wait for its TTL.
     let again = fleet.cli(&["push", "prod", "--detach"]).success();
     assert!(again.stdout.contains("detached"), "{again}");
     let watched = fleet.cli(&["watch", "prod"]).failure(1);
-    assert!(watched.stderr.contains("no host of `prod` is present"), "{watched}");
+    assert!(watched.stderr.contains("no host of `prod` with `web` deployed from git is present"), "{watched}");
 }
 
 #[test]
@@ -483,7 +513,9 @@ fn an_event_published_on_another_hosts_subject_is_not_believed() {
         "the host did not join"
     );
     // A host that is there but will fail; h0 (or anyone with the account) claims it went live.
-    let ghost = serde_json::json!({ "host": "ghost", "at_ms": 1 }).to_string();
+    let ghost = serde_json::json!({ "host": "ghost", "at_ms": 1,
+        "apps": [{ "app": "web", "sha": null, "release": null, "state": "running", "rolls": true }] })
+    .to_string();
     assert!(nats.publish("$KV.deployer_prod_hosts.ghost", ghost.as_bytes()).contains("\"seq\""));
     let v2 = fleet.repo.commit_greeting("v2");
     let pushed = json(&fleet.cli(&["push", "prod", "--detach", "--json"]).success());

@@ -73,6 +73,8 @@ impl Node for AgentNode {
                     sha: self.live_sha(&app.name),
                     release: status.release,
                     state: status.state.to_string(),
+                    // Only an app deployed from git has a rollout loop here.
+                    rolls: app.config().source.git().is_some(),
                 }
             })
             .collect()
@@ -139,6 +141,7 @@ impl Node for SimNode {
             sha: self.live_sha(&self.app),
             release: None,
             state: "running".into(),
+            rolls: true,
         }]
     }
 

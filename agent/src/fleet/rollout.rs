@@ -377,17 +377,8 @@ async fn revert(m: &Member, app: &str, desired: &Desired, outcome: Outcome, rev:
 async fn advance(m: &Member, app: &str, desired: &Desired) -> Result<(), EngineError> {
     let engine = &m.engine;
     let push = &desired.push_id;
-    let mut hosts = Vec::new();
-    let mut keys = engine.hosts.keys().await.map_err(|e| EngineError::Read {
-        bucket: engine.hosts.name.clone(),
-        key: "*".into(),
-        reason: e.to_string(),
-    })?;
-    while let Some(key) = keys.next().await {
-        if let Ok(key) = key {
-            hosts.push(key);
-        }
-    }
+    // Only the hosts that take part: one that has no git app of this name never deploys.
+    let hosts = engine.hosts_rolling(app, &mut std::collections::BTreeMap::new()).await;
     // The outcomes, 32 reads in flight (a thousand hosts are not read one by one). Owned
     // futures: the loop runs in a spawned task, which must be `Send` for any lifetime.
     let reads: Vec<_> = hosts

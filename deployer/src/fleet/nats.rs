@@ -269,17 +269,23 @@ async fn follow(
         .await
         .map_err(|e| Hinted::new(format!("cannot follow the events of `{}`: {e}", env.name), "check the engine"))?;
     let mut last: BTreeMap<String, FleetEvent> = BTreeMap::new();
-    let mut present = present_hosts(engine).await;
+    // The hosts that take part in this app's pushes: one without the app (or with it but not
+    // deployed from git) never reports, and waiting for it would hang the push.
+    let mut known = BTreeMap::new();
+    let mut present = engine.hosts_rolling(&env.app, &mut known).await;
     // Agents starting now join within a second; with none at all nobody would ever report, and
     // following would hang (holding the push lock, for a push).
     let grace = tokio::time::Instant::now() + NO_HOST_GRACE;
     while present.is_empty() && tokio::time::Instant::now() < grace {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        present = present_hosts(engine).await;
+        present = engine.hosts_rolling(&env.app, &mut known).await;
     }
     if present.is_empty() {
         return Err(Hinted::new(
-            format!("no host of `{}` is present: nobody deploys push {} now", env.name, desired.push_id),
+            format!(
+                "no host of `{}` with `{}` deployed from git is present: nobody deploys push {} now",
+                env.name, env.app, desired.push_id
+            ),
             format!(
                 "the desired state stays written: agents with `fleet: {{ env: {} }}` deploy it when they join \
                  (`deployer status {}` lists the hosts)",
@@ -299,7 +305,7 @@ async fn follow(
         }
         let next = tokio::time::timeout(PRESENCE_EVERY, messages.next()).await;
         if looked.elapsed() >= PRESENCE_EVERY {
-            present = present_hosts(engine).await;
+            present = engine.hosts_rolling(&env.app, &mut known).await;
             looked = tokio::time::Instant::now();
         }
         // An event lost while the engine was away: once the stream is quiet, the `done` key of
