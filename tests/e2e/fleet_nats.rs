@@ -143,6 +143,29 @@ fn the_rollout_finishes_with_the_cli_killed() {
     assert!(all_live(&fleet, &v3, Duration::from_secs(5)));
 }
 
+/// A push stopped with SIGTERM (a cancelled CI job, `timeout`) gives its lock back at once: the
+/// next push goes without waiting for the lock's TTL, and the hosts finish the first one.
+#[test]
+fn a_push_stopped_with_sigterm_gives_its_lock_back() {
+    use nix::sys::signal::{Signal, kill};
+    let nats = NatsServer::start();
+    let urls = [nats.url()];
+    let fleet = TestFleet::start_on_nats(TestRepo::with_example_app(), 2, &urls, "prod", plain);
+    let v2 = fleet.repo.commit_greeting("v2");
+    fleet.write_nats_file("prod", &urls, "{ canary: 1, max_parallel: 1, bake: 1s }");
+    let cli = fleet.cli_command(&["push", "prod"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("push");
+    assert!(wait_until(ROLLOUT, || (0..2).any(|i| fleet_deploys(&fleet, i, &v2) > 0)), "no host started deploying");
+    kill(nix::unistd::Pid::from_raw(cli.id() as i32), Signal::SIGTERM).expect("SIGTERM the CLI");
+    let out = cli.wait_with_output().expect("the CLI's end");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("stopped (SIGTERM) following the push"), "{stderr}");
+    // The lock is free at once (its TTL is 15 s).
+    let again = fleet.cli(&["push", "prod", "--detach"]);
+    assert!(again.status.success(), "the lock was not given back: {again}");
+    assert!(all_live(&fleet, &v2, ROLLOUT), "the hosts did not finish the rollout");
+}
+
 #[test]
 fn a_failed_canary_halts_and_nothing_else_moves() {
     let nats = NatsServer::start();

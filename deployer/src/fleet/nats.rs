@@ -172,19 +172,25 @@ pub async fn push(
             if json {
                 output::print_json(&desired)?;
             } else {
-                anstream::println!("detached: the hosts roll it out by themselves; `deployer watch {}` follows it", env.name);
+                anstream::println!(
+                    "detached: the hosts roll it out by themselves; `deployer watch {}` follows it",
+                    env.name
+                );
             }
             return Ok(ExitCode::SUCCESS);
         }
-        tokio::select! {
-            code = follow(&engine, env, &desired, DeliverPolicy::ByStartSequence { start_sequence: start }, json) => code,
-            Ok(()) = tokio::signal::ctrl_c() => Err(Hinted::new(
-                format!("stopped following the push to `{}`; the hosts roll it out by themselves", env.name),
-                format!("`deployer watch {}` follows it again", env.name),
-            ).into()),
-        }
-    }
-    .await;
+        follow(&engine, env, &desired, DeliverPolicy::ByStartSequence { start_sequence: start }, json).await
+    };
+    // Ctrl-C or SIGTERM (a cancelled CI job, `timeout`) stop following, and the lock is given back
+    // below instead of lapsing after its TTL. Stopped before the desired state was written,
+    // nothing moves; after, the hosts roll it out by themselves.
+    let result = tokio::select! {
+        code = result => code,
+        signal = stop_signal() => Err(Hinted::new(
+            format!("stopped ({signal}) following the push to `{}`; if its desired state was written, the hosts roll it out by themselves", env.name),
+            format!("`deployer watch {}` follows it again; `deployer history {}` shows whether it was written", env.name, env.name),
+        ).into()),
+    };
     // Released whatever happened (Ctrl-C too): the desired state is written or not, by now.
     let _ = stop_renewing.send(());
     if let Ok(Some(rev)) = renewer.await
@@ -193,6 +199,25 @@ pub async fn push(
         output::print_warning(&format!("cannot release the push lock ({e}); it lapses in {}s", LOCK_TTL.as_secs()));
     }
     result
+}
+
+/// The first of SIGINT (Ctrl-C) and SIGTERM, by name. One that cannot be listened for (no
+/// signal handling here) never comes.
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let terminated = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        Ok(()) = tokio::signal::ctrl_c() => "Ctrl-C",
+        () = terminated => "SIGTERM",
+    }
 }
 
 /// Renew the lock until told to stop; answers its last revision (`None`: lost it).
