@@ -273,6 +273,9 @@ fn a_push_without_the_engine_is_refused() {
     let out = fleet.cli(&["push", "prod"]).failure(1);
     assert!(out.stderr.contains("cannot reach the fleet engine"), "{out}");
     assert!(out.stderr.contains("hint:") && out.stderr.contains("never runs without it"), "{out}");
+    // An app name the engine's keys cannot hold is refused before anything is asked of it.
+    let out = fleet.cli(&["push", "prod", "--app", "web.*"]).failure(1);
+    assert!(out.stderr.contains("`web.*` cannot be an app of a fleet-mode environment"), "{out}");
 }
 
 #[test]

@@ -43,13 +43,29 @@ impl NatsEnv {
                 "add `app: <name>` at the top of deployer.yaml, or pass --app NAME",
             )
         })?;
+        if !proto::valid_name(&app) {
+            return Err(Hinted::new(
+                format!("`{app}` cannot be an app of a fleet-mode environment"),
+                "an app's name in the engine is letters, digits, `-` and `_` (at most 64), as in agent.yaml",
+            )
+            .into());
+        }
         let base = file.path.parent().unwrap_or(Path::new("."));
         let options = options(env, base)?;
         let r = &env.rollout;
+        // `bake` was checked when the file was read.
         let bake = r.bake.as_deref().and_then(|b| humantime::parse_duration(b).ok()).unwrap_or_default();
+        let count = |key: &str, n: usize| {
+            u32::try_from(n).map_err(|_| {
+                Hinted::new(
+                    format!("`rollout.{key}: {n}` of environment `{name}` is too large"),
+                    format!("write a number of hosts, at most {}", u32::MAX),
+                )
+            })
+        };
         let rollout = Rollout {
-            canary: r.canary as u32,
-            max_parallel: r.max_parallel.get() as u32,
+            canary: count("canary", r.canary)?,
+            max_parallel: count("max_parallel", r.max_parallel.get())?,
             bake_ms: bake.as_millis() as u64,
             halt_on_failure: r.halt_on_failure,
             rollback_on_failure: r.rollback_on_failure,
