@@ -51,6 +51,28 @@ fn objects(app: &Path) -> Objects {
     Objects::new(app.join("objects"), Sharing::for_uid(Some(65534)))
 }
 
+/// The app's source with the object store, its first fetch, and release 0 written; prints how
+/// long each took.
+fn first_release(upstream: &Path, app: &Path) -> Source {
+    let source = Source::open(&upstream.display().to_string(), "main", None, &app.join("repo.git"))
+        .unwrap()
+        .with_objects(objects(app));
+    let started = Instant::now();
+    let fetched = source.fetch().unwrap();
+    let fetch = started.elapsed();
+    let started = Instant::now();
+    let linked = source.materialise(&fetched.sha, ".", &app.join("releases/0")).unwrap();
+    let materialise = started.elapsed();
+    println!(
+        "initial fetch + materialise: {} (fetch {}, {} objects; materialise {}; {linked})",
+        ms(fetch + materialise),
+        ms(fetch),
+        fetched.received_objects,
+        ms(materialise)
+    );
+    source
+}
+
 fn small_files(dirs: usize, files_per_dir: usize, runs: usize) {
     let work = tempfile::tempdir().expect("temp dir");
     let upstream = work.path().join("upstream");
@@ -75,22 +97,7 @@ fn small_files(dirs: usize, files_per_dir: usize, runs: usize) {
     );
 
     let app = work.path().join("app");
-    let source = Source::open(&upstream.display().to_string(), "main", None, &app.join("repo.git"))
-        .unwrap()
-        .with_objects(objects(&app));
-    let started = Instant::now();
-    let fetched = source.fetch().unwrap();
-    let fetch = started.elapsed();
-    let started = Instant::now();
-    source.materialise(&fetched.sha, ".", &app.join("releases/0")).unwrap();
-    let materialise = started.elapsed();
-    println!(
-        "initial fetch + materialise: {} (fetch {}, {} objects; materialise {})",
-        ms(fetch + materialise),
-        ms(fetch),
-        fetched.received_objects,
-        ms(materialise)
-    );
+    let source = first_release(&upstream, &app);
 
     // libgit2's checkout, timed on the same commits right after ours so that both see the same
     // machine; it is what `materialise` would be without its own tree walk.
@@ -164,20 +171,7 @@ fn large_files(count: usize, mb: usize, runs: usize) {
     println!("generated upstream: {count} files of {mb} MiB in {}", ms(started.elapsed()));
 
     let app = work.path().join("app");
-    let source = Source::open(&upstream.display().to_string(), "main", None, &app.join("repo.git"))
-        .unwrap()
-        .with_objects(objects(&app));
-    let started = Instant::now();
-    let fetched = source.fetch().unwrap();
-    let fetch = started.elapsed();
-    let started = Instant::now();
-    let linked = source.materialise(&fetched.sha, ".", &app.join("releases/0")).unwrap();
-    println!(
-        "initial fetch + materialise: {} (fetch {}, materialise {}; {linked})",
-        ms(fetch + started.elapsed()),
-        ms(fetch),
-        ms(started.elapsed())
-    );
+    let source = first_release(&upstream, &app);
     let plain = Source::open(&upstream.display().to_string(), "main", None, &app.join("repo.git")).unwrap();
     let (mut totals, mut without) = (Vec::new(), Vec::new());
     let mut last = String::new();
