@@ -127,7 +127,7 @@ pub async fn serve(
                     scanned: 0,
                     // A connection that sends nothing is held to the head deadline from its start.
                     head_started: Some(Instant::now()),
-                    answered: false,
+                    had_request: false,
                     peer,
                     rules,
                     ids: ids.clone(),
@@ -268,7 +268,7 @@ struct Conn {
     /// for later ones (between requests a connection is idle, not slow).
     head_started: Option<Instant>,
     /// Whether a request has been read from this connection (a stop closes it between requests).
-    answered: bool,
+    had_request: bool,
     peer: Peer,
     rules: Arc<ClientRules>,
     ids: Arc<RequestIds>,
@@ -335,7 +335,7 @@ impl Conn {
                     Ok(Some((_, req))) if matches!(req.body, Body::Length(n) if n > self.rules.max_body) => Err(413),
                     Ok(Some((len, req))) => {
                         self.cbuf.advance(len);
-                        self.answered = true;
+                        self.had_request = true;
                         Ok(Some(req))
                     }
                     // The terminator was found, so httparse has the whole head.
@@ -355,7 +355,7 @@ impl Conn {
             let read = tokio::select! {
                 r = tokio::time::timeout_at(deadline.into(), self.client.read_buf(&mut self.cbuf)) => r,
                 _ = shutdown.cancelled(), if idle && !stopping => {
-                    if !self.answered {
+                    if !self.had_request {
                         // Accepted just before the stop: its first request is on its way.
                         stopping = true;
                         let grace = Instant::now() + FIRST_REQUEST_GRACE;
