@@ -263,6 +263,7 @@ async fn serve(path: &Path, secrets: Secrets, exe: &Path) -> anyhow::Result<Exit
             crate::sd_notify::notify("READY=1");
         });
     }
+    api.spawn(crate::memory::return_freed(stop_api.clone()));
     if let Some(every) = crate::sd_notify::watchdog_interval() {
         // Pings until the API stops, last (a stop is bounded by the unit's TimeoutStopSec).
         let (supervisor, stop) = (supervisor.clone(), stop_api.clone());

@@ -18,6 +18,7 @@ pub(crate) mod import;
 pub(crate) mod limits;
 pub(crate) mod listeners;
 pub(crate) mod locks;
+pub(crate) mod memory;
 pub(crate) mod metrics;
 pub(crate) mod quickstart;
 pub(crate) mod report;
