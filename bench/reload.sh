@@ -4,10 +4,11 @@
 #      connection per request and with keep-alive clients, on the unmodified example app;
 #   2. throughput of each front (http, tcp, fd) vs. PM2 7 cluster mode, nginx and HAProxy, same
 #      0 ms app, 2 workers, wrk -t1 -c64 with keep-alive and with `Connection: close`. All of them
-#      are up at once (idle when not measured) and measured in turns, ROUNDS rounds, the median
-#      kept: on a shared host a burst of other work then hits every contender alike, instead of
-#      whichever one happened to run during it;
-#   3. the agent's RSS with one app of 2 workers.
+#      are up at once (idle when not measured) and measured in turns, ROUNDS (5) rounds: on a
+#      shared host a burst of other work then hits every contender alike, instead of whichever
+#      one happened to run during it. A ratio is the median of the rounds' ratios, and each
+#      round's ratio is printed too;
+#   3. the agent's RSS with one app of 2 workers, at once and once settled (11 s later).
 # nginx (2 worker processes, upstream keepalive 64) and HAProxy (nbthread 2, http-reuse always)
 # run from temp configs on free loopback ports, as `nobody` when the script runs as root, and are
 # started and killed here: no system service is used or touched.
@@ -17,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-RELOADS=20 WRK_SECONDS=5 ROUNDS=3
+RELOADS=20 WRK_SECONDS=5 ROUNDS=5
 [[ "${1:-}" == "--quick" ]] && RELOADS=5 WRK_SECONDS=3 ROUNDS=2
 
 WORK=$(mktemp -d /tmp/deployer-bench.XXXXXX)
@@ -125,6 +126,9 @@ if took + 1 > int(sys.argv[7]): print("  warning: the reloads outlasted the load
 PY
 done
 BUSY_RSS=$(rss_kb "$AGENT_PID")
+# The agent hands freed heap pages back every 10 s (agent/src/memory.rs): the RSS once settled.
+sleep 11
+BUSY_SETTLED_RSS=$(rss_kb "$AGENT_PID")
 stop_agent
 
 echo
@@ -230,6 +234,8 @@ for _ in $(seq "$ROUNDS"); do
   done
 done
 LOADED_RSS=$(rss_kb "${AGENT_OF[http]}")
+sleep 11
+LOADED_SETTLED_RSS=$(rss_kb "${AGENT_OF[http]}")
 PM2_RSS=$(ps -o rss= -p "$(pgrep -f 'PM2 v.*God Daemon' | head -1)" | tr -d ' ')
 PM2_HOME=$WORK/pm2home "$PM2" kill >/dev/null 2>&1
 kill_extra "${EXTRA_PIDS[@]}"
@@ -238,31 +244,38 @@ for c in "${CONTENDERS[@]}"; do
   echo "- $c: keep-alive ${KA[$c]}| conn/request ${CL[$c]}"
 done
 echo
-median() { python3 -c 'import statistics, sys; print(statistics.median(map(float, sys.argv[1:])))' $1; }
-for c in "${CONTENDERS[@]}"; do KA[$c]=$(median "${KA[$c]}"); CL[$c]=$(median "${CL[$c]}"); done
-python3 - "${KA[pm2]}" "${CL[pm2]}" "${KA[nginx]}" "${CL[nginx]}" "${KA[haproxy]}" "${CL[haproxy]}" \
-  "${KA[http]}" "${CL[http]}" "${KA[tcp]}" "${CL[tcp]}" "${KA[fd]}" "${CL[fd]}" <<'PY'
-import sys
-names = ["pm2 7 cluster", "nginx", "haproxy", "http", "tcp", "fd"]
-v = list(map(float, sys.argv[1:]))
-ka = dict(zip(names, v[0::2]))
-cl = dict(zip(names, v[1::2]))
-print("| front | keep-alive | x nginx | x PM2 | conn/request | x nginx | x PM2 |")
-print("|---|---|---|---|---|---|---|")
-for m in names:
-    print(f"| {m} | {ka[m]:.0f} | {ka[m] / ka['nginx']:.2f} | {ka[m] / ka['pm2 7 cluster']:.2f} "
-          f"| {cl[m]:.0f} | {cl[m] / cl['nginx']:.2f} | {cl[m] / cl['pm2 7 cluster']:.2f} |")
-best_ka = max(ka["nginx"], ka["haproxy"])
-best_cl = max(cl["nginx"], cl["haproxy"])
+# Each round measures every contender in turn, so a round's ratios compare runs made seconds
+# apart: their median says more than the ratio of two medians on a host whose speed drifts.
+python3 - "${CONTENDERS[@]}" <<PY
+import statistics
+names = {"pm2": "pm2 7 cluster", "nginx": "nginx", "haproxy": "haproxy", "http": "http", "tcp": "tcp", "fd": "fd"}
+ka = {$(for c in "${CONTENDERS[@]}"; do printf '"%s": [%s], ' "$c" "$(tr ' ' ',' <<<"${KA[$c]}")"; done)}
+cl = {$(for c in "${CONTENDERS[@]}"; do printf '"%s": [%s], ' "$c" "$(tr ' ' ',' <<<"${CL[$c]}")"; done)}
+med = statistics.median
+def ratio(runs, a, b):
+    return med([x / y for x, y in zip(runs[a], runs[b])])
+print("| front | keep-alive | x nginx | x HAProxy | x PM2 | conn/request | x nginx | x HAProxy |")
+print("|---|---|---|---|---|---|---|---|")
+for c, name in names.items():
+    print(f"| {name} | {med(ka[c]):.0f} | {ratio(ka, c, 'nginx'):.2f} | {ratio(ka, c, 'haproxy'):.2f} "
+          f"| {ratio(ka, c, 'pm2'):.2f} | {med(cl[c]):.0f} | {ratio(cl, c, 'nginx'):.2f} | {ratio(cl, c, 'haproxy'):.2f} |")
 print()
-print(f"- goal for `http`: >= 1.0x the better of nginx/HAProxy with both client kinds, >= 0.97x PM2 keep-alive: "
-      f"keep-alive {ka['http'] / best_ka:.2f}x, conn/request {cl['http'] / best_cl:.2f}x, "
-      f"keep-alive {ka['http'] / ka['pm2 7 cluster']:.2f}x PM2")
+print("(req/s: median of the rounds; ratios: median of the rounds' ratios)")
+def spread(runs, a, b):
+    return " ".join(f"{x / y:.3f}" for x, y in zip(runs[a], runs[b]))
+print()
+print(f"- http / HAProxy by round: keep-alive {spread(ka, 'http', 'haproxy')}; conn/request {spread(cl, 'http', 'haproxy')}")
+print(f"- http / nginx by round: keep-alive {spread(ka, 'http', 'nginx')}; conn/request {spread(cl, 'http', 'nginx')}")
+print(f"- http / PM2 by round, keep-alive: {spread(ka, 'http', 'pm2')}")
+best = lambda runs: min(ratio(runs, "http", "nginx"), ratio(runs, "http", "haproxy"))
+print(f"- goal for http: >= 1.0x nginx and HAProxy with both client kinds, >= 0.97x PM2 keep-alive: "
+      f"keep-alive {best(ka):.2f}x, conn/request {best(cl):.2f}x, keep-alive {ratio(ka, 'http', 'pm2'):.2f}x PM2")
 PY
 
 echo
 echo "## 3. Memory (RSS of the agent, one app of 2 workers)"
-echo "- agent idle after start: $((IDLE_RSS / 1024)).$(( (IDLE_RSS % 1024) * 10 / 1024 )) MB (goal <= 15 MB)"
-echo "- agent after ${RELOADS}x2 reloads under load: $((BUSY_RSS / 1024)).$(( (BUSY_RSS % 1024) * 10 / 1024 )) MB"
-echo "- agent after wrk -c64 (keep-alive, then conn/request) through the http front: $((LOADED_RSS / 1024)).$(( (LOADED_RSS % 1024) * 10 / 1024 )) MB"
+mb() { echo "$(($1 / 1024)).$(( ($1 % 1024) * 10 / 1024 )) MB"; }
+echo "- agent idle after start: $(mb "$IDLE_RSS") (goal <= 15 MB)"
+echo "- agent after ${RELOADS}x2 reloads under load: $(mb "$BUSY_RSS") at once, $(mb "$BUSY_SETTLED_RSS") 11 s later"
+echo "- agent after wrk -c64 (keep-alive, then conn/request) through the http front: $(mb "$LOADED_RSS") at once, $(mb "$LOADED_SETTLED_RSS") 11 s later"
 echo "- PM2 daemon: $((PM2_RSS / 1024)) MB"
