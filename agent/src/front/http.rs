@@ -16,12 +16,15 @@ use super::{Backend, Lease, Rotation, UPSTREAM_IDLE, accept};
 use bytes::{Buf, BytesMut};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
+use tokio::time::Sleep;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 
 const MAX_HEAD: usize = 64 * 1024;
@@ -121,12 +124,15 @@ pub async fn serve(
             {
                 let rules = rules.borrow().clone();
                 let peer = Peer::new(peer.ip(), &*rules.trusted_proxy);
+                let started = Instant::now();
+                let client_timer = Box::pin(tokio::time::sleep_until((started + rules.header_timeout).into()));
+                let upstream_timer = Box::pin(tokio::time::sleep_until((started + rules.response_timeout).into()));
                 let conn = Conn {
                     client: stream,
                     cbuf: BytesMut::with_capacity(8 * 1024),
                     scanned: 0,
                     // A connection that sends nothing is held to the head deadline from its start.
-                    head_started: Some(Instant::now()),
+                    head_started: Some(started),
                     had_request: false,
                     peer,
                     rules,
@@ -134,10 +140,12 @@ pub async fn serve(
                     rotation: rotation.clone(),
                     stats: stats.clone(),
                     pinned: None,
+                    client_timer,
+                    upstream_timer,
+                    stop: Box::pin(shutdown.clone().cancelled_owned()),
                 };
-                let shutdown = shutdown.clone();
                 tracker.spawn(async move {
-                    conn.run(shutdown).await;
+                    conn.run().await;
                     drop(slot);
                 });
             }
@@ -275,6 +283,13 @@ struct Conn {
     rotation: Arc<Rotation>,
     stats: Arc<FrontStats>,
     pinned: Option<Upstream>,
+    /// The client side's deadline (head, idle keep-alive) and the worker's (`response_timeout`):
+    /// one timer each for the connection's life, moved on per request. A moved-on timer stays
+    /// in the timer wheel; a new one per request would take the wheel's lock twice.
+    client_timer: Pin<Box<Sleep>>,
+    upstream_timer: Pin<Box<Sleep>>,
+    /// The agent's stop, listened for once per connection rather than once per request.
+    stop: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 enum Flow {
@@ -292,9 +307,9 @@ struct Served {
 }
 
 impl Conn {
-    async fn run(mut self, shutdown: CancellationToken) {
+    async fn run(mut self) {
         loop {
-            let req = match self.read_request(&shutdown).await {
+            let req = match self.read_request().await {
                 Ok(Some(r)) => r,
                 Ok(None) => break,
                 Err(status) => {
@@ -317,7 +332,7 @@ impl Conn {
 
     /// The next request head, `None` when the client closed (or the agent stops, or it stayed
     /// idle past `idle_timeout`) between requests. `Err(status)`: answer that and close.
-    async fn read_request(&mut self, shutdown: &CancellationToken) -> Result<Option<Request>, u16> {
+    async fn read_request(&mut self) -> Result<Option<Request>, u16> {
         // The head's deadline runs from its first byte (or the connection's start); before that
         // a keep-alive connection is idle.
         if !self.cbuf.is_empty() {
@@ -352,9 +367,12 @@ impl Conn {
             self.cbuf.reserve(8 * 1024);
             let idle = self.cbuf.is_empty();
             let deadline = head_deadline.unwrap_or_else(|| Instant::now() + self.rules.idle_timeout);
+            self.client_timer.as_mut().reset(deadline.into());
             let read = tokio::select! {
-                r = tokio::time::timeout_at(deadline.into(), self.client.read_buf(&mut self.cbuf)) => r,
-                _ = shutdown.cancelled(), if idle && !stopping => {
+                biased;
+                r = self.client.read_buf(&mut self.cbuf) => Ok(r),
+                () = self.client_timer.as_mut() => Err(()),
+                () = self.stop.as_mut(), if idle && !stopping => {
                     if !self.had_request {
                         // Accepted just before the stop: its first request is on its way.
                         stopping = true;
@@ -384,9 +402,9 @@ impl Conn {
     /// Send one request to a worker and its answer back, retrying on another connection or worker
     /// while nothing of the answer has reached the client.
     async fn forward(&mut self, mut req: Request) -> Flow {
-        let started = Instant::now();
+        let started = self.rules.access_log.as_ref().map(|_| Instant::now());
         let Served { flow, status, bytes, worker } = self.serve_one(&mut req).await;
-        if let Some(log) = &self.rules.access_log {
+        if let (Some(log), Some(started)) = (&self.rules.access_log, started) {
             let (method, path) = req.line.as_deref().map_or(("", ""), |(m, p)| (m.as_str(), p.as_str()));
             let line = serde_json::json!({
                 "ts": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
@@ -544,10 +562,15 @@ impl Conn {
         if written.is_err() {
             return Err(Failure::Upstream { retry });
         }
-        let Conn { client, cbuf, rules, rotation, .. } = self;
+        let Conn { client, cbuf, rules, rotation, upstream_timer, .. } = self;
         let answer = if req.body.is_done() {
+            upstream_timer.as_mut().reset((Instant::now() + rules.response_timeout).into());
             let read = read_response(&mut up.stream, &mut up.ubuf, client, rules.body_timeout, req, retry);
-            within(rules.response_timeout, read).await
+            tokio::select! {
+                biased;
+                r = read => r,
+                () = upstream_timer.as_mut() => Err(Failure::Timeout),
+            }
         } else {
             let (mut cr, mut cw) = client.split();
             let (mut ur, mut uw) = up.stream.split();
@@ -698,7 +721,12 @@ where
 
 /// Write all of `buf` to `dst` within `limit`: a peer that stops reading is a peer gone.
 async fn write_within<W: AsyncWrite + Unpin>(limit: Duration, dst: &mut W, buf: &[u8]) -> io::Result<()> {
-    match tokio::time::timeout(limit, dst.write_all(buf)).await {
+    let mut write = std::pin::pin!(dst.write_all(buf));
+    // Most writes complete at once: only one that has to wait gets a timer.
+    if let Poll::Ready(written) = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+        return written;
+    }
+    match tokio::time::timeout(limit, write).await {
         Ok(written) => written,
         Err(_) => Err(io::ErrorKind::TimedOut.into()),
     }
