@@ -18,8 +18,8 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -229,15 +229,21 @@ impl Body {
 /// A parsed request head, with the bytes to send upstream already built.
 pub(super) struct Request {
     pub(super) head: Vec<u8>,
-    /// `X-Request-Id`: the client's, or one the front made.
-    id: String,
-    /// Method and target, kept only for the access log.
-    line: Option<Box<(String, String)>>,
+    /// Kept only for the access log.
+    log: Option<Box<LogLine>>,
     pub(super) body: Body,
     idempotent: bool,
     is_head: bool,
     client_close: bool,
     upgrade: bool,
+}
+
+/// What the access log says of a request beside its outcome.
+struct LogLine {
+    method: String,
+    path: String,
+    /// `X-Request-Id`: the client's, or the one the front made.
+    id: String,
 }
 
 struct Response {
@@ -405,7 +411,7 @@ impl Conn {
         let started = self.rules.access_log.as_ref().map(|_| Instant::now());
         let Served { flow, status, bytes, worker } = self.serve_one(&mut req).await;
         if let (Some(log), Some(started)) = (&self.rules.access_log, started) {
-            let (method, path) = req.line.as_deref().map_or(("", ""), |(m, p)| (m.as_str(), p.as_str()));
+            let (method, path, id) = req.log.as_deref().map_or(("", "", ""), |l| (&*l.method, &*l.path, &*l.id));
             let line = serde_json::json!({
                 "ts": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
                 "peer": self.peer.text,
@@ -415,7 +421,7 @@ impl Conn {
                 "bytes": bytes,
                 "ms": started.elapsed().as_millis() as u64,
                 "worker": worker,
-                "id": req.id,
+                "id": id,
             });
             // the access log is bounded: a full queue drops the line rather than slow the proxy (lossy by design)
             let _ = log.try_send(line.to_string());
@@ -811,8 +817,11 @@ impl RequestIds {
         RequestIds { prefix: 0, next: std::sync::atomic::AtomicU32::new(0) }
     }
 
-    fn next(&self) -> String {
-        format!("{:08x}{:08x}", self.prefix, self.next.fetch_add(1, Relaxed))
+    /// Append the next id, 16 hex digits, to `out`.
+    fn write_next(&self, out: &mut Vec<u8>) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let id = (u64::from(self.prefix) << 32) | u64::from(self.next.fetch_add(1, Relaxed));
+        out.extend((0..16).rev().map(|digit| HEX[((id >> (digit * 4)) & 0xf) as usize]));
     }
 }
 
@@ -896,9 +905,11 @@ pub(super) fn parse_request(
 
 /// [`parse_request`] for a connection's known [`Peer`].
 fn parse_head(buf: &[u8], peer: &Peer, ids: &RequestIds, keep_line: bool) -> Result<Option<(usize, Request)>, u16> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut headers);
-    let len = match parsed.parse(buf) {
+    // Left uninitialised: httparse writes the ones it finds (no 3 KB cleared per request).
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut parsed, buf, &mut headers)
+    {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(431),
@@ -980,8 +991,9 @@ fn parse_head(buf: &[u8], peer: &Peer, ids: &RequestIds, keep_line: bool) -> Res
     // connections alive whatever the client does), the forwarding headers set by the front. The
     // client's bytes are passed as they are only when nothing needs to change and every line
     // ends in CRLF; otherwise the head is rebuilt, always with CRLF.
-    let crlf_only = buf[..len].iter().enumerate().all(|(i, &b)| b != b'\n' || (i > 0 && buf[i - 1] == b'\r'));
-    let mut head = Vec::with_capacity(len + 96);
+    let crlf_only = memchr::memchr_iter(b'\n', &buf[..len]).all(|i| i > 0 && buf[i - 1] == b'\r');
+    // Room for the forwarding headers and the request id the front adds.
+    let mut head = Vec::with_capacity(len + 128 + peer.text.len() + host.map_or(0, <[u8]>::len));
     if !has_connection && !has_forwarding && crlf_only && version == 1 {
         head.extend_from_slice(&buf[..len - 2]);
     } else {
@@ -1024,17 +1036,18 @@ fn parse_head(buf: &[u8], peer: &Peer, ids: &RequestIds, keep_line: bool) -> Res
     }
     // The client's request id travels on (httparse checked it holds no control bytes); a
     // request without one gets one, so the app's logs and the access log can be joined.
-    let id = match request_id.filter(|_| !bad_request_id) {
-        Some(v) => String::from_utf8_lossy(v).into_owned(),
-        None => {
-            let id = ids.next();
-            head.extend_from_slice(b"\r\nX-Request-Id: ");
-            head.extend_from_slice(id.as_bytes());
-            id
-        }
-    };
+    let given_id = request_id.filter(|_| !bad_request_id);
+    if given_id.is_none() {
+        head.extend_from_slice(b"\r\nX-Request-Id: ");
+        ids.write_next(&mut head);
+    }
+    let log = keep_line.then(|| {
+        // The id just written is the head's last 16 bytes.
+        let id = given_id.unwrap_or(&head[head.len().saturating_sub(16)..]);
+        let id = String::from_utf8_lossy(id).into_owned();
+        Box::new(LogLine { method: method.to_string(), path: parsed.path.unwrap_or("/").to_string(), id })
+    });
     head.extend_from_slice(b"\r\n\r\n");
-    let line = keep_line.then(|| Box::new((method.to_string(), parsed.path.unwrap_or("/").to_string())));
 
     let body = match (chunked, length) {
         (true, _) => Body::Chunked(Chunked::default()),
@@ -1042,17 +1055,18 @@ fn parse_head(buf: &[u8], peer: &Peer, ids: &RequestIds, keep_line: bool) -> Res
         (false, None) => Body::None,
     };
     let idempotent = matches!(method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE");
-    Ok(Some((len, Request { head, id, line, body, idempotent, is_head: method == "HEAD", client_close, upgrade })))
+    Ok(Some((len, Request { head, log, body, idempotent, is_head: method == "HEAD", client_close, upgrade })))
 }
 
 fn parse_response(buf: &[u8], req: &Request) -> Result<Option<Response>, Failure> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut headers);
-    let head_len = match parsed.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err(Failure::Malformed),
-    };
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let head_len =
+        match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut headers) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(_) => return Err(Failure::Malformed),
+        };
     let status = parsed.code.unwrap_or(502);
     let version = parsed.version.unwrap_or(1);
     let mut length = None;
@@ -1210,20 +1224,21 @@ mod tests {
     fn a_request_id_is_added_when_absent_and_kept_when_present() {
         let ids = RequestIds::counting();
         let parse = |raw: &str| {
-            parse_request(raw.as_bytes(), "10.0.0.9".parse().unwrap(), &untrusted, &ids, false).unwrap().unwrap().1
+            parse_request(raw.as_bytes(), "10.0.0.9".parse().unwrap(), &untrusted, &ids, true).unwrap().unwrap().1
         };
+        let id = |r: &Request| r.log.as_ref().map(|l| l.id.clone()).unwrap_or_default();
         let first = parse("GET / HTTP/1.1\r\n\r\n");
         let second = parse("GET / HTTP/1.1\r\n\r\n");
-        assert_eq!((first.id.as_str(), second.id.as_str()), ("0000000000000000", "0000000000000001"));
+        assert_eq!((id(&first).as_str(), id(&second).as_str()), ("0000000000000000", "0000000000000001"));
         assert!(String::from_utf8(second.head).unwrap().contains("X-Request-Id: 0000000000000001\r\n"));
         for bad in ["X-Request-Id: \r\n".to_string(), format!("X-Request-Id: {}\r\n", "x".repeat(300))] {
             let r = parse(&format!("GET / HTTP/1.1\r\n{bad}\r\n"));
-            let head = String::from_utf8(r.head).unwrap();
+            let head = String::from_utf8(r.head.clone()).unwrap();
             assert_eq!(head.matches("X-Request-Id").count(), 1, "one id reaches the worker: {head}");
-            assert!(head.contains(&format!("X-Request-Id: {}\r\n", r.id)), "{head}");
+            assert!(head.contains(&format!("X-Request-Id: {}\r\n", id(&r))), "{head}");
         }
         let given = parse("GET / HTTP/1.1\r\nX-Request-Id: abc-123\r\n\r\n");
-        assert_eq!(given.id, "abc-123");
+        assert_eq!(id(&given), "abc-123");
         let head = String::from_utf8(given.head).unwrap();
         assert_eq!(head.matches("X-Request-Id").count(), 1, "{head}");
     }
