@@ -291,9 +291,20 @@ mod tests {
         };
         let mut child = super::super::spawn::spawn(&launch).expect("node starts");
         drop(end);
-        let fds_before = std::fs::read_dir("/proc/self/fd").unwrap().count();
         tokio::time::timeout(Duration::from_secs(20), channel.wait_ready()).await.expect("ready after the handle");
-        assert!(std::fs::read_dir("/proc/self/fd").unwrap().count() <= fds_before, "a handle's fd reached the agent");
+        // The handle is the child's listening socket: had its fd been passed, this process would
+        // hold the same socket. (Counting this process's fds would race the tests beside it.)
+        let sockets = |pid: String| -> std::collections::HashSet<String> {
+            std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .unwrap()
+                .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .map(|target| target.to_string_lossy().into_owned())
+                .filter(|target| target.starts_with("socket:"))
+                .collect()
+        };
+        let theirs = sockets(child.id().expect("running").to_string());
+        assert!(!theirs.is_empty(), "the child's sockets are visible");
+        assert!(sockets("self".into()).is_disjoint(&theirs), "a handle's fd reached the agent");
         channel.send(&serde_json::json!("shutdown")).await.unwrap();
         let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("exits").unwrap();
         assert!(status.success(), "{status}");
