@@ -12,7 +12,7 @@ mod fuzz;
 pub use fuzz::fuzz_frame;
 
 use super::chunked::Chunked;
-use super::{Backend, Lease, Rotation, UPSTREAM_IDLE, accept};
+use super::{Backend, Lease, Rotation, UPSTREAM_IDLE, accept, is_quiet};
 use bytes::{Buf, BytesMut};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -239,6 +239,10 @@ struct Response {
     upstream_close: bool,
     /// A replacement head when the client must be told `Connection: close`.
     rewritten: Option<Vec<u8>>,
+    /// The answer came before the client's whole body: what the client still sends is read and
+    /// dropped for a moment before its connection closes (closing on unread bytes resets the
+    /// connection, and the client could lose the answer).
+    unread_body: bool,
 }
 
 #[derive(Debug)]
@@ -483,6 +487,7 @@ impl Conn {
         if let Some(up) = self.pinned.take()
             && !fresh_only
             && up.used_at.elapsed() < UPSTREAM_IDLE
+            && is_quiet(&up.stream)
             && let Some(lease) = up.backend().try_acquire()
         {
             return Some((lease, Upstream { reused: true, ..up }));
@@ -547,7 +552,7 @@ impl Conn {
         let Conn { client, cbuf, rules, rotation, .. } = self;
         let answer = if req.body.is_done() {
             let read = read_response(&mut up.stream, &mut up.ubuf, client, rules.body_timeout, req, retry);
-            within(rules.response_timeout, read).await
+            (within(rules.response_timeout, read).await, true)
         } else {
             let (mut cr, mut cw) = client.split();
             let (mut ur, mut uw) = up.stream.split();
@@ -575,9 +580,34 @@ impl Conn {
                     () = sent_all.notified() => within(rules.response_timeout, read).await,
                 }
             };
-            let (sent, res) = tokio::join!(send, answer);
-            sent?;
-            res
+            tokio::pin!(send, answer);
+            // A final answer may come before the whole body (`Expect: 100-continue` refused, an
+            // upload turned away): it is the client's at once, not after a body it may never send.
+            let (mut sending, mut body_sent) = (true, false);
+            let answer = loop {
+                tokio::select! {
+                    sent = &mut send, if sending => match sent {
+                        Ok(_) => (sending, body_sent) = (false, true),
+                        // The worker stopped taking the body: it may have answered and closed.
+                        Err(Failure::Upstream { .. }) => sending = false,
+                        Err(e) => return Err(e),
+                    },
+                    answer = &mut answer => break answer,
+                }
+            };
+            (answer, body_sent)
+        };
+        let answer = match answer {
+            (Ok(_), false) => {
+                // The client may still send the rest of its body: it is told to close, and the
+                // worker's connection, which got part of the body, carries nothing more.
+                req.client_close = true;
+                let mut res = parse_response(&up.ubuf, req)?.ok_or(Failure::Malformed)?;
+                res.upstream_close = true;
+                res.unread_body = true;
+                Ok(res)
+            }
+            (answer, _) => answer,
         };
         if answer.is_ok() {
             rotation.answered(up.backend());
@@ -630,13 +660,20 @@ impl Conn {
         }
         drop(lease);
         let keep_client = !req.client_close && !res.upstream_close;
-        if res.upstream_close {
+        // Bytes after the answer were not asked for: whatever read them next would take them for
+        // its answer.
+        if res.upstream_close || !up.ubuf.is_empty() {
             drop(up);
         } else if keep_client {
             up.used_at = Instant::now();
             self.pinned = Some(up);
         } else {
             up.release();
+        }
+        if res.unread_body {
+            // the client may have gone already; its connection closes either way
+            let _ = self.client.shutdown().await;
+            linger(&mut self.client).await;
         }
         // Closing the socket sends the FIN: a `shutdown` first would only cost a syscall.
         (if keep_client { Flow::Continue } else { Flow::Close }, sent)
@@ -1028,12 +1065,17 @@ fn parse_response(buf: &[u8], req: &Request) -> Result<Option<Response>, Failure
     let status = parsed.code.unwrap_or(502);
     let version = parsed.version.unwrap_or(1);
     let mut length = None;
-    let mut chunked = false;
+    let (mut chunked, mut has_te) = (false, false);
     let (mut close, mut keep_alive) = (false, false);
     for h in parsed.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
-            length = Some(content_length(h.value).ok_or(Failure::Malformed)?);
+            let n = content_length(h.value).ok_or(Failure::Malformed)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(Failure::Malformed);
+            }
+            length = Some(n);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            has_te = true;
             chunked = h
                 .value
                 .split(|&b| b == b',')
@@ -1046,6 +1088,11 @@ fn parse_response(buf: &[u8], req: &Request) -> Result<Option<Response>, Failure
             }
         }
     }
+    if has_te && length.is_some() {
+        // Two framings: whoever reads the answer after the front (a cache, the client) may pick
+        // the other one. RFC 9112 forbids passing it on as it is; nginx answers 502 too.
+        return Err(Failure::Malformed);
+    }
     let body = if req.is_head || (100..200).contains(&status) || status == 204 || status == 304 {
         Body::None
     } else if chunked {
@@ -1057,10 +1104,14 @@ fn parse_response(buf: &[u8], req: &Request) -> Result<Option<Response>, Failure
     };
     let upstream_close = close || (version == 0 && !keep_alive) || body == Body::UntilClose;
     let rewritten = (req.client_close && !close && status != 101).then(|| {
-        let status_line_end = buf.windows(2).position(|w| w == b"\r\n").unwrap_or(0) + 2;
+        // The status line as the worker sent it, ended in CRLF like every line after it (httparse
+        // accepts a bare LF, and found one since the head is complete).
+        let line_end = buf.iter().position(|&b| b == b'\n').unwrap_or(0);
+        let status_line = &buf[..line_end];
         // Room for the body bytes read with the head, which go out in the same write.
         let mut head = Vec::with_capacity(buf.len().min(head_len + 16 * 1024) + 24);
-        head.extend_from_slice(&buf[..status_line_end]);
+        head.extend_from_slice(status_line.strip_suffix(b"\r").unwrap_or(status_line));
+        head.extend_from_slice(b"\r\n");
         for h in parsed.headers.iter() {
             if h.name.eq_ignore_ascii_case("connection") || h.name.eq_ignore_ascii_case("keep-alive") {
                 continue;
@@ -1073,7 +1124,7 @@ fn parse_response(buf: &[u8], req: &Request) -> Result<Option<Response>, Failure
         head.extend_from_slice(b"Connection: close\r\n\r\n");
         head
     });
-    Ok(Some(Response { head_len, status, body, upstream_close, rewritten }))
+    Ok(Some(Response { head_len, status, body, upstream_close, rewritten, unread_body: false }))
 }
 
 /// Read and drop what the client still sends (a body we refused) for a moment before closing:
@@ -1281,6 +1332,28 @@ mod tests {
         let head = String::from_utf8(res.rewritten.unwrap()).unwrap();
         assert_eq!(head, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n");
         assert!(!res.upstream_close, "the upstream connection stays reusable");
+    }
+
+    #[test]
+    fn an_answer_framed_two_ways_is_malformed() {
+        let get = req("GET / HTTP/1.1\r\n\r\n");
+        for raw in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 3\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+        ] {
+            assert!(matches!(parse_response(raw, &get), Err(Failure::Malformed)), "{}", String::from_utf8_lossy(raw));
+        }
+        let same = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n";
+        assert_eq!(parse_response(same, &get).unwrap().unwrap().body, Body::Length(3));
+    }
+
+    #[test]
+    fn a_bare_lf_answer_is_rewritten_in_crlf_for_a_closing_client() {
+        let r = req("GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
+        let res = parse_response(b"HTTP/1.1 404 Not Found\nContent-Length: 2\n\nno", &r).unwrap().unwrap();
+        let head = String::from_utf8(res.rewritten.unwrap()).unwrap();
+        assert_eq!(head, "HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\nConnection: close\r\n\r\n");
     }
 
     #[test]

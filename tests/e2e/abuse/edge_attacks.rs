@@ -197,3 +197,190 @@ fn idle_tcp_relays_do_not_lock_the_front_out() {
     assert!(served, "a client was not served within {:?} of 45 idle tcp connections", started.elapsed());
     drop(idle);
 }
+
+/// A worker that speaks HTTP by hand over `net`, so it can misbehave in ways Node's `http` never
+/// does. It answers each request head with its path, and on some paths breaks the protocol:
+/// `/late` sends a second, unasked-for answer a moment after the real one, `/glued` sends it in
+/// the same write, `/both` frames its answer with `Content-Length` and `Transfer-Encoding` at
+/// once, `/lf` ends its head's lines in bare LF.
+const BROKEN_WORKER: &str = r#"
+const net = require('net');
+const answer = (path) => 'HTTP/1.1 200 OK\r\nContent-Length: ' + path.length + '\r\n\r\n' + path;
+const stale = 'HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nSTALE!';
+net.createServer((sock) => {
+  let buf = '';
+  sock.on('error', () => {});
+  sock.on('data', (d) => {
+    buf += d;
+    let i;
+    while ((i = buf.indexOf('\r\n\r\n')) >= 0) {
+      const path = buf.slice(0, i).split(' ')[1];
+      buf = buf.slice(i + 4);
+      if (path === '/glued') sock.write(answer(path) + stale);
+      else if (path === '/both') sock.write('HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n');
+      else if (path === '/lf') sock.write('HTTP/1.1 200 OK\nContent-Length: 3\nX-A: 1\n\n/lf');
+      else sock.write(answer(path));
+      if (path === '/late') setTimeout(() => sock.write(stale), 50);
+    }
+  });
+}).listen(Number(process.env.PORT));
+"#;
+
+/// One answer read from a keep-alive connection: its head (as text) and its body, framed by its
+/// `Content-Length`.
+fn read_answer(s: &mut TcpStream) -> (String, String) {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => buf.push(byte[0]),
+            other => panic!("the answer's head ended early ({other:?}): {:?}", String::from_utf8_lossy(&buf)),
+        }
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no content-length: {head}"));
+    let mut body = vec![0u8; length];
+    s.read_exact(&mut body).expect("the answer's body");
+    (head, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A worker that writes an answer nobody asked for on a keep-alive connection (after its real
+/// answer, or glued to it): those bytes must never reach a request sent later on that upstream
+/// connection, whether the same client's next request (a CDN in front carries many users on one
+/// connection) or another client's, handed the connection from the pool. nginx closes a pooled
+/// upstream connection that becomes readable while idle.
+#[test]
+fn unasked_for_bytes_from_a_worker_never_answer_a_later_request() {
+    let agent = TestEnv::new().instances(1).web(|a| a.start(&["node", "-e", BROKEN_WORKER])).start();
+    let port = agent.port("web");
+    for first in ["/late", "/glued"] {
+        // The same client's next request on its keep-alive connection.
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        for path in [first, "/next", "/after"] {
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes()).expect("send");
+            let (head, body) = read_answer(&mut s);
+            assert_eq!(body, path, "after {first}, the answer to {path} was another's: {head}{body}");
+            // The unasked-for answer leaves the worker after the real one.
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // Other clients, after one that hung up (its upstream connection went to the pool).
+        let r = http::raw(
+            port,
+            format!("GET {first} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
+            Duration::from_secs(10),
+        )
+        .expect("an answer");
+        assert_eq!(r.body, first);
+        // The unasked-for answer leaves the worker after the real one.
+        std::thread::sleep(Duration::from_millis(200));
+        for i in 0..3 {
+            let path = format!("/other{i}");
+            let r = http::raw(
+                port,
+                format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
+                Duration::from_secs(10),
+            )
+            .expect("an answer");
+            assert_eq!(r.body, path, "after {first}, another client got a stale answer");
+        }
+    }
+}
+
+/// A worker's answer framed both by `Content-Length` and `Transfer-Encoding` means two readers may
+/// disagree on where it ends (a cache between the client and the front, the client itself): RFC
+/// 9112 calls it an error a proxy must not pass on as it is; nginx answers 502.
+#[test]
+fn an_answer_framed_two_ways_is_not_passed_on() {
+    let agent = TestEnv::new().instances(1).web(|a| a.start(&["node", "-e", BROKEN_WORKER])).start();
+    let r = http::raw(
+        agent.port("web"),
+        b"GET /both HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(10),
+    )
+    .expect("an answer");
+    assert_eq!(r.status, 502, "{:?} {}", r.headers, r.body);
+}
+
+/// A worker whose head lines end in bare LF, to a client that asked to close: the front rewrites
+/// the head to say `Connection: close`, and the status line must survive that.
+#[test]
+fn a_bare_lf_answer_to_a_closing_client_keeps_its_status_line() {
+    let agent = TestEnv::new().instances(1).web(|a| a.start(&["node", "-e", BROKEN_WORKER])).start();
+    let mut s = TcpStream::connect(("127.0.0.1", agent.port("web"))).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.write_all(b"GET /lf HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").expect("send");
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer:?}");
+    assert!(answer.contains("\r\nConnection: close\r\n") && answer.ends_with("\r\n\r\n/lf"), "{answer:?}");
+}
+
+/// A worker that answers before the request body has come (`Expect: 100-continue` refused with
+/// 417, an upload turned away with 401): the client, which waits for that answer before it
+/// sends its body (or sends no more), must get it, not wait for a body that never comes.
+#[test]
+fn an_answer_before_the_request_body_reaches_the_client_at_once() {
+    const REFUSES: &str = r#"
+const http = require('http');
+const s = http.createServer((req, res) => {
+  if (req.url === '/deny') { res.writeHead(401, { 'content-length': 6, connection: 'close' }); res.end('denied'); return; }
+  let n = 0;
+  req.on('data', (d) => (n += d.length));
+  req.on('end', () => res.end('got ' + n));
+});
+s.on('checkContinue', (req, res) => {
+  if (req.url === '/refuse') { res.writeHead(417, { 'content-length': 7 }); res.end('refused'); return; }
+  res.writeContinue();
+  s.emit('request', req, res);
+});
+s.listen(Number(process.env.PORT));
+"#;
+    let agent = TestEnv::new()
+        .instances(1)
+        .web(|a| a.start(&["node", "-e", REFUSES]).set("front", "{ body_timeout: 30s }"))
+        .start();
+    let port = agent.port("web");
+
+    // Accepted: 100 Continue, then the body, then the answer.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    s.write_all(b"POST /ok HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n").expect("send");
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).expect("100 Continue");
+    assert!(buf[..n].starts_with(b"HTTP/1.1 100"), "{:?}", String::from_utf8_lossy(&buf[..n]));
+    s.write_all(b"hello").expect("the body");
+    let (_, body) = read_answer(&mut s);
+    assert_eq!(body, "got 5");
+
+    // Refused: the 417 comes without the body.
+    let started = Instant::now();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    s.write_all(b"POST /refuse HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+        .expect("send");
+    let n = s.read(&mut buf).unwrap_or_else(|e| panic!("no answer after {:?}: {e}", started.elapsed()));
+    assert!(buf[..n].starts_with(b"HTTP/1.1 417"), "{:?}", String::from_utf8_lossy(&buf[..n]));
+
+    // Turned away in the middle of a large upload, by a worker that then closes: its 401, not a 502.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    s.set_write_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let size = 8 << 20;
+    s.write_all(format!("POST /deny HTTP/1.1\r\nHost: a\r\nContent-Length: {size}\r\n\r\n").as_bytes()).expect("send");
+    let chunk = vec![b'x'; 64 * 1024];
+    for _ in 0..(size / chunk.len()) {
+        if s.write_all(&chunk).is_err() {
+            break;
+        }
+    }
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer:?}");
+}
