@@ -384,3 +384,33 @@ s.listen(Number(process.env.PORT));
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer:?}");
 }
+
+/// Clients that pipeline many requests to the API and never read the answers: each connection's
+/// answers fill the socket buffers, then hyper waits for ever to write the next one (it has no
+/// write timeout). With the API's connection cap taken by such clients, `/healthz`, the webhooks
+/// and every CLI command wait for ever. No token is needed: `/healthz` answers anyone.
+#[test]
+fn api_clients_that_never_read_their_answers_do_not_lock_out_healthz() {
+    // At fd limit 160 the API serves 20 connections at once (`limits.rs`).
+    let agent = TestEnv::new().fd_limit(160).start();
+    let api = agent.api_port();
+    // About 5 MB of answers (401 and a hint) per connection: more than loopback's socket buffers hold.
+    let pipeline = b"GET /v1/apps HTTP/1.1\r\nHost: a\r\n\r\n".repeat(16_000);
+    let held: Vec<TcpStream> = (0..25)
+        .filter_map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", api)).ok()?;
+            s.set_write_timeout(Some(Duration::from_millis(500))).ok()?;
+            // Whatever the API takes before it stops reading (it may not take it all).
+            let _ = s.write_all(&pipeline);
+            Some(s)
+        })
+        .collect();
+    assert_eq!(held.len(), 25);
+    let started = Instant::now();
+    let healthy = wait_until(Duration::from_secs(40), || {
+        http::raw(api, b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", Duration::from_secs(2))
+            .is_ok_and(|r| r.status == 200)
+    });
+    assert!(healthy, "/healthz did not answer within {:?} of 25 clients not reading", started.elapsed());
+    drop(held);
+}
