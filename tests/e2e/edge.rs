@@ -340,3 +340,14 @@ fn a_flood_on_one_apps_port_leaves_another_app_served() {
     assert!(served, "the other app was not served while web was flooded");
     drop(flood);
 }
+
+/// Two `Host` lines: Node keeps the first as `Host`, the front named the last in
+/// `X-Forwarded-Host`, so an app behind `trust proxy` checked one name and built its links from the
+/// other (a host-header attack past an allow-list). RFC 9112 says 400; nginx answers 400.
+#[test]
+fn a_request_with_two_hosts_is_refused() {
+    let agent = echo_app(TestEnv::new()).start();
+    let raw = "GET / HTTP/1.1\r\nHost: app.example\r\nHost: evil.example\r\nConnection: close\r\n\r\n";
+    let r = http::raw(agent.port("web"), raw.as_bytes(), Duration::from_secs(10)).expect("an answer");
+    assert_eq!(r.status, 400, "{}", r.body);
+}

@@ -956,7 +956,10 @@ fn parse_head(buf: &[u8], peer: &Peer, ids: &RequestIds, keep_line: bool) -> Res
         } else if name.eq_ignore_ascii_case("upgrade") {
             has_upgrade = true;
         } else if name.eq_ignore_ascii_case("host") {
-            host = Some(h.value);
+            // Two: a worker keeps one, `X-Forwarded-Host` would name the other (RFC 9112: 400).
+            if host.replace(h.value).is_some() {
+                return Err(400);
+            }
         } else if name.eq_ignore_ascii_case("x-request-id") {
             // An empty or overlong id is replaced by one of the front's, never sent beside it.
             if !h.value.is_empty() && h.value.len() <= 200 && request_id.is_none() {
@@ -1306,6 +1309,16 @@ mod tests {
         assert!(r.client_close);
         assert!(!r.idempotent);
         assert_eq!(r.body, Body::Length(5));
+    }
+
+    #[test]
+    fn refuses_two_hosts() {
+        let raw = "GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n";
+        assert_eq!(
+            parse_request(raw.as_bytes(), "127.0.0.1".parse().unwrap(), &untrusted, &RequestIds::counting(), false)
+                .err(),
+            Some(400)
+        );
     }
 
     #[test]
