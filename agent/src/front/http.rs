@@ -1066,6 +1066,10 @@ fn parse_response(buf: &[u8], req: &Request) -> Result<Option<Response>, Failure
         Err(_) => return Err(Failure::Malformed),
     };
     let status = parsed.code.unwrap_or(502);
+    if status == 101 && !req.upgrade {
+        // A switch nobody asked for: the connection would carry something that is not HTTP.
+        return Err(Failure::Malformed);
+    }
     let version = parsed.version.unwrap_or(1);
     let mut length = None;
     let (mut chunked, mut has_te) = (false, false);
@@ -1359,6 +1363,15 @@ mod tests {
         }
         let same = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n";
         assert_eq!(parse_response(same, &get).unwrap().unwrap().body, Body::Length(3));
+    }
+
+    #[test]
+    fn a_switch_to_another_protocol_is_taken_only_when_the_client_asked_for_one() {
+        let switch = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+        let get = req("GET / HTTP/1.1\r\n\r\n");
+        assert!(matches!(parse_response(switch, &get), Err(Failure::Malformed)));
+        let upgrade = req("GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+        assert_eq!(parse_response(switch, &upgrade).unwrap().unwrap().status, 101);
     }
 
     #[test]
