@@ -205,15 +205,25 @@ impl Body {
 
     /// How many of `buf`'s leading bytes belong to this body; advances the framing.
     pub(super) fn take(&mut self, buf: &[u8]) -> Result<usize, Failure> {
+        self.take_counting(buf).map(|(n, _)| n)
+    }
+
+    /// [`Body::take`], and how many of those bytes are the body's content (not chunked framing):
+    /// what `max_body` counts.
+    fn take_counting(&mut self, buf: &[u8]) -> Result<(usize, u64), Failure> {
         Ok(match self {
-            Body::None => 0,
+            Body::None => (0, 0),
             Body::Length(left) => {
                 let n = (*left).min(buf.len() as u64);
                 *left -= n;
-                n as usize
+                (n as usize, n)
             }
-            Body::Chunked(c) => c.advance(buf).map_err(|_| Failure::Malformed)?,
-            Body::UntilClose => buf.len(),
+            Body::Chunked(c) => {
+                let before = c.data();
+                let n = c.advance(buf).map_err(|_| Failure::Malformed)?;
+                (n, c.data() - before)
+            }
+            Body::UntilClose => (buf.len(), buf.len() as u64),
         })
     }
 }
@@ -532,9 +542,9 @@ impl Conn {
     async fn exchange(&mut self, req: &mut Request, up: &mut Upstream) -> Result<Response, Failure> {
         // Sent again only when that cannot do anything twice: an idempotent request without a body.
         let retry = req.idempotent && req.body == Body::None;
-        let n = req.body.take(&self.cbuf)?;
+        let (n, content) = req.body.take_counting(&self.cbuf)?;
         // What is left of `max_body` (a `Content-Length` was checked with the head).
-        let mut body_left = self.rules.max_body.checked_sub(n as u64).ok_or(Failure::TooLarge)?;
+        let mut body_left = self.rules.max_body.checked_sub(content).ok_or(Failure::TooLarge)?;
         // The head is kept as it is for a retry; it goes in one write with the body bytes
         // already read (copied only when there are some).
         let written = if n == 0 {
@@ -775,9 +785,9 @@ where
     let mut copied = 0u64;
     loop {
         if !buf.is_empty() {
-            let n = body.take(buf).map_err(|_| Relay::Malformed)?;
+            let (n, content) = body.take_counting(buf).map_err(|_| Relay::Malformed)?;
             if let Some(left) = limit.as_deref_mut() {
-                *left = left.checked_sub(n as u64).ok_or(Relay::TooLarge)?;
+                *left = left.checked_sub(content).ok_or(Relay::TooLarge)?;
             }
             if n > 0 {
                 write_within(write_idle, dst, &buf[..n]).await.map_err(|_| Relay::Dst)?;
