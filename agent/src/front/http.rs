@@ -929,7 +929,7 @@ fn parse_head(buf: &[u8], peer: &Peer, ids: &RequestIds, keep_line: bool) -> Res
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let (mut close, mut keep_alive, mut upgrade_token) = (false, false, false);
-    let mut has_upgrade = false;
+    let mut websocket = false;
     let mut has_connection = false;
     let mut has_forwarding = false;
     let mut forwarded_for: Option<&[u8]> = None;
@@ -964,7 +964,9 @@ fn parse_head(buf: &[u8], peer: &Peer, ids: &RequestIds, keep_line: bool) -> Res
                 upgrade_token |= t.eq_ignore_ascii_case(b"upgrade");
             }
         } else if name.eq_ignore_ascii_case("upgrade") {
-            has_upgrade = true;
+            // Only websockets: after `101` the front relays bytes, so a worker that speaks h2c
+            // would take HTTP/2 requests past the front's forwarding headers and limits.
+            websocket = h.value.trim_ascii().eq_ignore_ascii_case(b"websocket");
         } else if name.eq_ignore_ascii_case("host") {
             // Two: a worker keeps one, `X-Forwarded-Host` would name the other (RFC 9112: 400).
             if host.replace(h.value).is_some() {
@@ -995,7 +997,7 @@ fn parse_head(buf: &[u8], peer: &Peer, ids: &RequestIds, keep_line: bool) -> Res
         // Both framings at once is how requests are smuggled: refuse.
         return Err(400);
     }
-    let upgrade = has_upgrade && upgrade_token;
+    let upgrade = websocket && upgrade_token;
     let client_close = if version == 0 { !keep_alive } else { close };
 
     // The head for the worker: hop-by-hop `Connection` removed (the front keeps its upstream
@@ -1323,6 +1325,16 @@ mod tests {
         assert!(r.client_close);
         assert!(!r.idempotent);
         assert_eq!(r.body, Body::Length(5));
+    }
+
+    #[test]
+    fn only_a_websocket_upgrade_is_an_upgrade() {
+        let ws = req("GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: WebSocket\r\n\r\n");
+        assert!(ws.upgrade);
+        assert!(String::from_utf8(ws.head).unwrap().contains("Connection: Upgrade\r\n"));
+        let h2c = req("GET / HTTP/1.1\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\r\n");
+        assert!(!h2c.upgrade);
+        assert!(!String::from_utf8(h2c.head).unwrap().contains("Connection"), "the worker is not asked to switch");
     }
 
     #[test]

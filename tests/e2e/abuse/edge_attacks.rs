@@ -414,3 +414,59 @@ fn api_clients_that_never_read_their_answers_do_not_lock_out_healthz() {
     assert!(healthy, "/healthz did not answer within {:?} of 25 clients not reading", started.elapsed());
     drop(held);
 }
+
+/// h2c smuggling: a client asks to upgrade to `h2c` (cleartext HTTP/2), a worker that speaks it
+/// agrees with `101`, and from then on the front only relays bytes: the client's next requests
+/// reach the worker with no forwarding header set by the front (`X-Forwarded-For`, `-Proto`
+/// spoofed at will) and past `max_body` and the access log. Only websocket upgrades are passed on.
+#[test]
+fn an_h2c_upgrade_does_not_smuggle_requests_past_the_front() {
+    // Agrees to any upgrade it is asked for (as h2c servers do), then answers each request it
+    // reads with the `X-Forwarded-For` it got.
+    const H2C: &str = r#"
+const net = require('net');
+net.createServer((sock) => {
+  let buf = '';
+  let switched = false;
+  sock.on('error', () => {});
+  sock.on('data', (d) => {
+    buf += d;
+    let i;
+    while ((i = buf.indexOf('\r\n\r\n')) >= 0) {
+      const head = buf.slice(0, i);
+      buf = buf.slice(i + 4);
+      if (!switched && /\r\nconnection:[^\r]*upgrade/i.test(head) && /\r\nupgrade: *h2c/i.test(head)) {
+        switched = true;
+        sock.write('HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n');
+        continue;
+      }
+      const xff = (head.match(/\r\nx-forwarded-for: *([^\r]*)/i) || [])[1] || '';
+      sock.write('HTTP/1.1 200 OK\r\nContent-Length: ' + xff.length + '\r\n\r\n' + xff);
+    }
+  });
+}).listen(Number(process.env.PORT));
+"#;
+    let agent = TestEnv::new().instances(1).web(|a| a.start(&["node", "-e", H2C])).start();
+    let mut s = TcpStream::connect(("127.0.0.1", agent.port("web"))).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.write_all(
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\
+          HTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+    )
+    .expect("send");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).is_ok_and(|n| n == 1) {
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    if let Some(length) = head.to_ascii_lowercase().split("content-length: ").nth(1) {
+        let length: usize = length.split("\r\n").next().and_then(|l| l.parse().ok()).expect("a length");
+        let mut body = vec![0u8; length];
+        s.read_exact(&mut body).expect("the body");
+    }
+    // The next request, with a forged client address.
+    s.write_all(b"GET /admin HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n").expect("send");
+    let (_, body) = read_answer(&mut s);
+    assert_eq!(body, "127.0.0.1", "the worker got a forged address after {head:?}");
+}
