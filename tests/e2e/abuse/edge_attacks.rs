@@ -470,3 +470,39 @@ net.createServer((sock) => {
     let (_, body) = read_answer(&mut s);
     assert_eq!(body, "127.0.0.1", "the worker got a forged address after {head:?}");
 }
+
+/// A websocket still goes through: the worker's `101`, then bytes both ways, including those the
+/// client sent right behind its upgrade request, before the `101` came.
+#[test]
+fn a_websocket_upgrade_relays_bytes_sent_before_and_after_the_101() {
+    const ECHO_WS: &str = r#"
+const http = require('http');
+const s = http.createServer((req, res) => res.end('plain'));
+s.on('upgrade', (req, sock, head) => {
+  sock.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n');
+  if (head.length) sock.write(head);
+  sock.on('data', (d) => sock.write(d));
+  sock.on('end', () => sock.end());
+  sock.on('error', () => {});
+});
+s.listen(Number(process.env.PORT));
+"#;
+    let agent = TestEnv::new().instances(1).web(|a| a.start(&["node", "-e", ECHO_WS])).start();
+    let mut s = TcpStream::connect(("127.0.0.1", agent.port("web"))).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nearly")
+        .expect("send");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    let expected = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nearly";
+    while got.len() < expected.len() {
+        let n = s.read(&mut buf).expect("the 101 and the echo");
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(expected));
+    s.write_all(b"later").expect("send");
+    let mut echo = [0u8; 5];
+    s.read_exact(&mut echo).expect("the echo");
+    assert_eq!(&echo, b"later");
+}
