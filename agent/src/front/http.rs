@@ -1197,6 +1197,11 @@ mod tests {
             .1
     }
 
+    /// The status `raw` is refused with, if it is.
+    fn refused(raw: &str) -> Option<u16> {
+        parse_request(raw.as_bytes(), "127.0.0.1".parse().unwrap(), &untrusted, &RequestIds::counting(), false).err()
+    }
+
     fn head_of(raw: &str, trusted: bool) -> String {
         let trust = move |_: IpAddr| trusted;
         let r = parse_request(raw.as_bytes(), "10.0.0.9".parse().unwrap(), &trust, &RequestIds::counting(), false)
@@ -1274,12 +1279,7 @@ mod tests {
     fn content_length_is_digits_only() {
         for bad in ["+5", "-1", "5, 5", "0x5", "", " ", "1e3", "99999999999999999999"] {
             let raw = format!("POST / HTTP/1.1\r\nContent-Length: {bad}\r\n\r\n");
-            assert_eq!(
-                parse_request(raw.as_bytes(), "127.0.0.1".parse().unwrap(), &untrusted, &RequestIds::counting(), false)
-                    .err(),
-                Some(400),
-                "{bad}"
-            );
+            assert_eq!(refused(&raw), Some(400), "{bad}");
         }
         assert_eq!(req("POST / HTTP/1.1\r\nContent-Length:  7 \r\n\r\n").body, Body::Length(7));
         let get = req("GET / HTTP/1.1\r\n\r\n");
@@ -1340,27 +1340,15 @@ mod tests {
     #[test]
     fn refuses_two_hosts() {
         let raw = "GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n";
-        assert_eq!(
-            parse_request(raw.as_bytes(), "127.0.0.1".parse().unwrap(), &untrusted, &RequestIds::counting(), false)
-                .err(),
-            Some(400)
-        );
+        assert_eq!(refused(raw), Some(400));
     }
 
     #[test]
     fn refuses_smuggling_shapes() {
         let raw = "POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert_eq!(
-            parse_request(raw.as_bytes(), "127.0.0.1".parse().unwrap(), &untrusted, &RequestIds::counting(), false)
-                .err(),
-            Some(400)
-        );
+        assert_eq!(refused(raw), Some(400));
         let raw = "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n";
-        assert_eq!(
-            parse_request(raw.as_bytes(), "127.0.0.1".parse().unwrap(), &untrusted, &RequestIds::counting(), false)
-                .err(),
-            Some(400)
-        );
+        assert_eq!(refused(raw), Some(400));
     }
 
     #[test]

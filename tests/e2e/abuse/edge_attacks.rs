@@ -16,6 +16,17 @@ http.createServer((req, res) => {
 }).listen(Number(process.env.PORT));
 "#;
 
+/// Whether `GET path` on `port` is answered 200 (polled, each try on a new connection) within
+/// `limit`, and after how long it was (or the wait gave up).
+fn answers_ok(port: u16, path: &str, limit: Duration) -> (bool, Duration) {
+    let started = Instant::now();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    let ok = wait_until(limit, || {
+        http::raw(port, request.as_bytes(), Duration::from_secs(2)).is_ok_and(|r| r.status == 200)
+    });
+    (ok, started.elapsed())
+}
+
 /// Clients that ask for a large answer and then never read it hold their connection (and a
 /// lease on the worker) for ever: nothing bounds how long the front waits to write to a client.
 /// With the fronts' budget filled by such clients, nobody else is served.
@@ -41,12 +52,8 @@ fn clients_that_never_read_their_answers_are_cut_and_do_not_lock_the_front_out()
     // Let the front write what the socket buffers take and block.
     std::thread::sleep(Duration::from_secs(1));
 
-    let started = Instant::now();
-    let served = wait_until(Duration::from_secs(20), || {
-        http::raw(port, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", Duration::from_secs(2))
-            .is_ok_and(|r| r.status == 200)
-    });
-    assert!(served, "a normal client was not served within {:?} of 45 clients not reading", started.elapsed());
+    let (served, after) = answers_ok(port, "/", Duration::from_secs(20));
+    assert!(served, "a normal client was not served within {:?} of 45 clients not reading", after);
     drop(stuck);
 }
 
@@ -66,12 +73,8 @@ fn unfinished_webhook_bodies_do_not_lock_out_healthz() {
         })
         .collect();
     assert_eq!(held.len(), 25);
-    let started = Instant::now();
-    let healthy = wait_until(Duration::from_secs(30), || {
-        http::raw(api, b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", Duration::from_secs(2))
-            .is_ok_and(|r| r.status == 200)
-    });
-    assert!(healthy, "/healthz did not answer within {:?} of 25 unfinished webhook bodies", started.elapsed());
+    let (healthy, after) = answers_ok(api, "/healthz", Duration::from_secs(30));
+    assert!(healthy, "/healthz did not answer within {:?} of 25 unfinished webhook bodies", after);
     drop(held);
 }
 
@@ -90,12 +93,8 @@ fn idle_keep_alive_connections_do_not_lock_out_healthz() {
             Some(s)
         })
         .collect();
-    let started = Instant::now();
-    let healthy = wait_until(Duration::from_secs(30), || {
-        http::raw(api, b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", Duration::from_secs(2))
-            .is_ok_and(|r| r.status == 200)
-    });
-    assert!(healthy, "/healthz did not answer within {:?} of {} idle connections", started.elapsed(), held.len());
+    let (healthy, after) = answers_ok(api, "/healthz", Duration::from_secs(30));
+    assert!(healthy, "/healthz did not answer within {:?} of {} idle connections", after, held.len());
     drop(held);
 }
 
@@ -189,12 +188,8 @@ fn idle_tcp_relays_do_not_lock_the_front_out() {
     let port = agent.port("web");
     let idle: Vec<TcpStream> = (0..45).filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok()).collect();
     assert_eq!(idle.len(), 45);
-    let started = Instant::now();
-    let served = wait_until(Duration::from_secs(30), || {
-        http::raw(port, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", Duration::from_secs(2))
-            .is_ok_and(|r| r.status == 200)
-    });
-    assert!(served, "a client was not served within {:?} of 45 idle tcp connections", started.elapsed());
+    let (served, after) = answers_ok(port, "/", Duration::from_secs(30));
+    assert!(served, "a client was not served within {:?} of 45 idle tcp connections", after);
     drop(idle);
 }
 
@@ -406,12 +401,8 @@ fn api_clients_that_never_read_their_answers_do_not_lock_out_healthz() {
         })
         .collect();
     assert_eq!(held.len(), 25);
-    let started = Instant::now();
-    let healthy = wait_until(Duration::from_secs(40), || {
-        http::raw(api, b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", Duration::from_secs(2))
-            .is_ok_and(|r| r.status == 200)
-    });
-    assert!(healthy, "/healthz did not answer within {:?} of 25 clients not reading", started.elapsed());
+    let (healthy, after) = answers_ok(api, "/healthz", Duration::from_secs(40));
+    assert!(healthy, "/healthz did not answer within {:?} of 25 clients not reading", after);
     drop(held);
 }
 
