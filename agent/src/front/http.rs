@@ -249,6 +249,8 @@ struct Response {
     upstream_close: bool,
     /// A replacement head when the client must be told `Connection: close`.
     rewritten: Option<Vec<u8>>,
+    /// How many bytes after the head, read with it, belong to the body (`body` is past them).
+    first: usize,
     /// The answer came before the client's whole body: what the client still sends is read and
     /// dropped for a moment before its connection closes (closing on unread bytes resets the
     /// connection, and the client could lose the answer).
@@ -619,6 +621,12 @@ impl Conn {
             }
             (answer, _) => answer,
         };
+        // The body bytes that came with the head: malformed there, nothing has reached the
+        // client yet and it can still be told 502.
+        let answer = answer.and_then(|mut res| {
+            res.first = res.body.take(&up.ubuf[res.head_len..]).map_err(|_| Failure::Malformed)?;
+            Ok(res)
+        });
         if answer.is_ok() {
             rotation.answered(up.backend());
         }
@@ -627,11 +635,7 @@ impl Conn {
 
     /// Pass the answer on, then keep, pool or drop the upstream connection.
     async fn finish(&mut self, req: &Request, res: Response, lease: Lease, mut up: Upstream) -> (Flow, u64) {
-        let mut body = res.body;
-        let n = match body.take(&up.ubuf[res.head_len..]) {
-            Ok(n) => n,
-            Err(_) => return (Flow::Close, 0),
-        };
+        let (mut body, n) = (res.body, res.first);
         let mut sent = (res.rewritten.as_ref().map_or(res.head_len, Vec::len) + n) as u64;
         let written = match res.rewritten {
             Some(mut out) => {
@@ -1143,7 +1147,7 @@ fn parse_response(buf: &[u8], req: &Request) -> Result<Option<Response>, Failure
         head.extend_from_slice(b"Connection: close\r\n\r\n");
         head
     });
-    Ok(Some(Response { head_len, status, body, upstream_close, rewritten, unread_body: false }))
+    Ok(Some(Response { head_len, status, body, upstream_close, rewritten, first: 0, unread_body: false }))
 }
 
 /// Read and drop what the client still sends (a body we refused) for a moment before closing:

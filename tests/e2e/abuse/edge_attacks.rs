@@ -197,7 +197,7 @@ fn idle_tcp_relays_do_not_lock_the_front_out() {
 /// does. It answers each request head with its path, and on some paths breaks the protocol:
 /// `/late` sends a second, unasked-for answer a moment after the real one, `/glued` sends it in
 /// the same write, `/both` frames its answer with `Content-Length` and `Transfer-Encoding` at
-/// once, `/lf` ends its head's lines in bare LF.
+/// once, `/lf` ends its head's lines in bare LF, `/badchunk` sends a chunked body that is not.
 const BROKEN_WORKER: &str = r#"
 const net = require('net');
 const answer = (path) => 'HTTP/1.1 200 OK\r\nContent-Length: ' + path.length + '\r\n\r\n' + path;
@@ -214,6 +214,7 @@ net.createServer((sock) => {
       if (path === '/glued') sock.write(answer(path) + stale);
       else if (path === '/both') sock.write('HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n');
       else if (path === '/lf') sock.write('HTTP/1.1 200 OK\nContent-Length: 3\nX-A: 1\n\n/lf');
+      else if (path === '/badchunk') sock.write('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n');
       else sock.write(answer(path));
       if (path === '/late') setTimeout(() => sock.write(stale), 50);
     }
@@ -295,6 +296,20 @@ fn an_answer_framed_two_ways_is_not_passed_on() {
     let r = http::raw(
         agent.port("web"),
         b"GET /both HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(10),
+    )
+    .expect("an answer");
+    assert_eq!(r.status, 502, "{:?} {}", r.headers, r.body);
+}
+
+/// A worker whose answer's body is malformed from its first byte: nothing of it has reached the
+/// client yet, so the client gets a 502 (and the access log says so), not an empty reply.
+#[test]
+fn an_answer_malformed_from_its_first_body_byte_is_a_502() {
+    let agent = TestEnv::new().instances(1).web(|a| a.start(&["node", "-e", BROKEN_WORKER])).start();
+    let r = http::raw(
+        agent.port("web"),
+        b"GET /badchunk HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
         Duration::from_secs(10),
     )
     .expect("an answer");
