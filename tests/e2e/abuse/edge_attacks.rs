@@ -287,18 +287,19 @@ fn unasked_for_bytes_from_a_worker_never_answer_a_later_request() {
     }
 }
 
+/// The answer the front passes on when a [`BROKEN_WORKER`] answers `GET path`.
+fn broken_answer(path: &str) -> http::Response {
+    let agent = TestEnv::new().instances(1).web(|a| a.start(&["node", "-e", BROKEN_WORKER])).start();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    http::raw(agent.port("web"), request.as_bytes(), Duration::from_secs(10)).expect("an answer")
+}
+
 /// A worker's answer framed both by `Content-Length` and `Transfer-Encoding` means two readers may
 /// disagree on where it ends (a cache between the client and the front, the client itself): RFC
 /// 9112 calls it an error a proxy must not pass on as it is; nginx answers 502.
 #[test]
 fn an_answer_framed_two_ways_is_not_passed_on() {
-    let agent = TestEnv::new().instances(1).web(|a| a.start(&["node", "-e", BROKEN_WORKER])).start();
-    let r = http::raw(
-        agent.port("web"),
-        b"GET /both HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-        Duration::from_secs(10),
-    )
-    .expect("an answer");
+    let r = broken_answer("/both");
     assert_eq!(r.status, 502, "{:?} {}", r.headers, r.body);
 }
 
@@ -306,13 +307,7 @@ fn an_answer_framed_two_ways_is_not_passed_on() {
 /// client yet, so the client gets a 502 (and the access log says so), not an empty reply.
 #[test]
 fn an_answer_malformed_from_its_first_body_byte_is_a_502() {
-    let agent = TestEnv::new().instances(1).web(|a| a.start(&["node", "-e", BROKEN_WORKER])).start();
-    let r = http::raw(
-        agent.port("web"),
-        b"GET /badchunk HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-        Duration::from_secs(10),
-    )
-    .expect("an answer");
+    let r = broken_answer("/badchunk");
     assert_eq!(r.status, 502, "{:?} {}", r.headers, r.body);
 }
 
