@@ -340,3 +340,35 @@ fn a_flood_on_one_apps_port_leaves_another_app_served() {
     assert!(served, "the other app was not served while web was flooded");
     drop(flood);
 }
+
+/// Two `Host` lines: Node keeps the first as `Host`, the front named the last in
+/// `X-Forwarded-Host`, so an app behind `trust proxy` checked one name and built its links from the
+/// other (a host-header attack past an allow-list). RFC 9112 says 400; nginx answers 400.
+#[test]
+fn a_request_with_two_hosts_is_refused() {
+    let agent = echo_app(TestEnv::new()).start();
+    let raw = "GET / HTTP/1.1\r\nHost: app.example\r\nHost: evil.example\r\nConnection: close\r\n\r\n";
+    let r = http::raw(agent.port("web"), raw.as_bytes(), Duration::from_secs(10)).expect("an answer");
+    assert_eq!(r.status, 400, "{}", r.body);
+}
+
+/// `max_body` limits the body, not its chunked framing: 1000 bytes in 10-byte chunks (1.5 KB on
+/// the wire) are under a 1 KB limit, 1100 bytes in 100-byte chunks are over it.
+#[test]
+fn max_body_counts_a_chunked_bodys_data_not_its_framing() {
+    let agent = echo_app(TestEnv::new()).web(|a| a.set("front", "{ max_body: 1K }")).start();
+    let port = agent.port("web");
+    let chunked = |size: usize, chunk: usize| {
+        let mut raw =
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_string();
+        for _ in 0..size / chunk {
+            raw.push_str(&format!("{chunk:x}\r\n{}\r\n", "x".repeat(chunk)));
+        }
+        raw.push_str("0\r\n\r\n");
+        http::raw(port, raw.as_bytes(), Duration::from_secs(10)).expect("an answer")
+    };
+    let r = chunked(1000, 10);
+    assert_eq!(r.status, 200, "1000 bytes under a 1 KB limit: {}", r.body);
+    let r = chunked(1100, 100);
+    assert_eq!(r.status, 413, "1100 bytes over a 1 KB limit: {}", r.body);
+}

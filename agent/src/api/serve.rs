@@ -17,6 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
@@ -27,6 +28,10 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// head, and `POST /hooks/{app}` reads its body before anything is checked, so without this a
 /// client that never finishes one would hold an API connection for ever.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a client may leave its answer untaken (no byte of it accepted by the socket) before
+/// its connection is closed, nginx's `send_timeout`: hyper has no write timeout, so a client that
+/// pipelines requests and never reads their answers would hold an API connection for ever.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long connections may take to finish when the agent stops.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -64,7 +69,7 @@ where
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_TIMEOUT)
-            .serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
+            .serve_connection(TokioIo::new(SendDeadline::new(io, SEND_TIMEOUT)), TowerToHyperService::new(service));
         let conn = graceful.watch(conn);
         connections.spawn(async move {
             if let Err(e) = conn.await {
@@ -129,5 +134,107 @@ where
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// A connection whose writes fail once one has waited `limit` without the socket taking a byte.
+struct SendDeadline<IO> {
+    io: IO,
+    limit: Duration,
+    /// Running while a write waits for room in the socket.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<IO> SendDeadline<IO> {
+    fn new(io: IO, limit: Duration) -> Self {
+        SendDeadline { io, limit, stalled: None }
+    }
+
+    /// After the socket refused a write: the error once the stall has lasted `limit`.
+    fn stall(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Error> {
+        let limit = self.limit;
+        let sleep = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the client took no byte of its answer for {}s", limit.as_secs()),
+            )),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn progress<T>(&mut self, done: Poll<std::io::Result<T>>, cx: &mut Context<'_>) -> Poll<std::io::Result<T>> {
+        match done {
+            Poll::Pending => self.stall(cx).map(Err),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for SendDeadline<IO> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for SendDeadline<IO> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let done = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.progress(done, cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let done = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.progress(done, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let done = Pin::new(&mut self.io).poll_flush(cx);
+        self.progress(done, cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_fails_once_the_peer_takes_nothing_for_the_limit_but_a_slow_reader_is_served() {
+        let (ours, mut peer) = tokio::io::duplex(16);
+        let mut conn = SendDeadline::new(ours, Duration::from_secs(5));
+        let started = tokio::time::Instant::now();
+        let writing = tokio::spawn(async move {
+            let slow = conn.write_all(&[1; 64]).await;
+            let never = conn.write_all(&[2; 64]).await;
+            (slow, never, started.elapsed())
+        });
+        // 16 bytes every 4 s: slower than the limit in total, never silent for as long as it.
+        let mut got = [0u8; 16];
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            peer.read_exact(&mut got).await.unwrap();
+        }
+        let (slow, never, after) = writing.await.unwrap();
+        assert!(slow.is_ok(), "{slow:?}");
+        assert_eq!(never.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
+        // The last byte was taken at 16 s.
+        let after = after - Duration::from_secs(16);
+        assert!(after >= Duration::from_secs(5) && after < Duration::from_secs(6), "{after:?}");
     }
 }

@@ -7,6 +7,8 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Chunked {
     state: State,
+    /// Chunk data seen so far, framing not counted (what `max_body` limits).
+    data: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,13 +32,18 @@ pub struct ChunkError;
 
 impl Default for Chunked {
     fn default() -> Self {
-        Chunked { state: State::Size { n: 0, digits: 0 } }
+        Chunked { state: State::Size { n: 0, digits: 0 }, data: 0 }
     }
 }
 
 impl Chunked {
     pub fn is_done(&self) -> bool {
         self.state == State::Done
+    }
+
+    /// Bytes of chunk data seen so far, without the sizes, extensions, line ends and trailers.
+    pub fn data(&self) -> u64 {
+        self.data
     }
 
     /// Consume bytes of the body; answers how many belong to it (all of `buf`, or fewer when the
@@ -71,6 +78,7 @@ impl Chunked {
                 State::Data(left) => {
                     let take = left.min((buf.len() - i) as u64);
                     i += take as usize;
+                    self.data += take;
                     self.state = if take == left { State::DataCr } else { State::Data(left - take) };
                     continue;
                 }
@@ -107,6 +115,7 @@ mod tests {
         let n = c.advance(body).unwrap();
         assert!(c.is_done());
         assert_eq!(&body[n..], b"GET /next");
+        assert_eq!(c.data(), 11, "hello world");
     }
 
     #[test]

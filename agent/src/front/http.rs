@@ -12,7 +12,7 @@ mod fuzz;
 pub use fuzz::fuzz_frame;
 
 use super::chunked::Chunked;
-use super::{Backend, Lease, Rotation, UPSTREAM_IDLE, accept};
+use super::{Backend, Lease, Rotation, UPSTREAM_IDLE, accept, is_quiet};
 use bytes::{Buf, BytesMut};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -213,15 +213,25 @@ impl Body {
 
     /// How many of `buf`'s leading bytes belong to this body; advances the framing.
     pub(super) fn take(&mut self, buf: &[u8]) -> Result<usize, Failure> {
+        self.take_counting(buf).map(|(n, _)| n)
+    }
+
+    /// [`Body::take`], and how many of those bytes are the body's content (not chunked framing):
+    /// what `max_body` counts.
+    fn take_counting(&mut self, buf: &[u8]) -> Result<(usize, u64), Failure> {
         Ok(match self {
-            Body::None => 0,
+            Body::None => (0, 0),
             Body::Length(left) => {
                 let n = (*left).min(buf.len() as u64);
                 *left -= n;
-                n as usize
+                (n as usize, n)
             }
-            Body::Chunked(c) => c.advance(buf).map_err(|_| Failure::Malformed)?,
-            Body::UntilClose => buf.len(),
+            Body::Chunked(c) => {
+                let before = c.data();
+                let n = c.advance(buf).map_err(|_| Failure::Malformed)?;
+                (n, c.data() - before)
+            }
+            Body::UntilClose => (buf.len(), buf.len() as u64),
         })
     }
 }
@@ -253,6 +263,12 @@ struct Response {
     upstream_close: bool,
     /// A replacement head when the client must be told `Connection: close`.
     rewritten: Option<Vec<u8>>,
+    /// How many bytes after the head, read with it, belong to the body (`body` is past them).
+    first: usize,
+    /// The answer came before the client's whole body: what the client still sends is read and
+    /// dropped for a moment before its connection closes (closing on unread bytes resets the
+    /// connection, and the client could lose the answer).
+    unread_body: bool,
 }
 
 #[derive(Debug)]
@@ -507,6 +523,7 @@ impl Conn {
         if let Some(up) = self.pinned.take()
             && !fresh_only
             && up.used_at.elapsed() < UPSTREAM_IDLE
+            && is_quiet(&up.stream)
             && let Some(lease) = up.backend().try_acquire()
         {
             return Some((lease, Upstream { reused: true, ..up }));
@@ -551,9 +568,9 @@ impl Conn {
     async fn exchange(&mut self, req: &mut Request, up: &mut Upstream) -> Result<Response, Failure> {
         // Sent again only when that cannot do anything twice: an idempotent request without a body.
         let retry = req.idempotent && req.body == Body::None;
-        let n = req.body.take(&self.cbuf)?;
+        let (n, content) = req.body.take_counting(&self.cbuf)?;
         // What is left of `max_body` (a `Content-Length` was checked with the head).
-        let mut body_left = self.rules.max_body.checked_sub(n as u64).ok_or(Failure::TooLarge)?;
+        let mut body_left = self.rules.max_body.checked_sub(content).ok_or(Failure::TooLarge)?;
         // The head is kept as it is for a retry; it goes in one write with the body bytes
         // already read (copied only when there are some).
         let written = if n == 0 {
@@ -572,11 +589,12 @@ impl Conn {
         let answer = if req.body.is_done() {
             upstream_timer.as_mut().reset((Instant::now() + rules.response_timeout).into());
             let read = read_response(&mut up.stream, &mut up.ubuf, client, rules.body_timeout, req, retry);
-            tokio::select! {
+            let answer = tokio::select! {
                 biased;
                 r = read => r,
                 () = upstream_timer.as_mut() => Err(Failure::Timeout),
-            }
+            };
+            (answer, true)
         } else {
             let (mut cr, mut cw) = client.split();
             let (mut ur, mut uw) = up.stream.split();
@@ -604,10 +622,41 @@ impl Conn {
                     () = sent_all.notified() => within(rules.response_timeout, read).await,
                 }
             };
-            let (sent, res) = tokio::join!(send, answer);
-            sent?;
-            res
+            tokio::pin!(send, answer);
+            // A final answer may come before the whole body (`Expect: 100-continue` refused, an
+            // upload turned away): it is the client's at once, not after a body it may never send.
+            let (mut sending, mut body_sent) = (true, false);
+            let answer = loop {
+                tokio::select! {
+                    sent = &mut send, if sending => match sent {
+                        Ok(_) => (sending, body_sent) = (false, true),
+                        // The worker stopped taking the body: it may have answered and closed.
+                        Err(Failure::Upstream { .. }) => sending = false,
+                        Err(e) => return Err(e),
+                    },
+                    answer = &mut answer => break answer,
+                }
+            };
+            (answer, body_sent)
         };
+        let answer = match answer {
+            (Ok(_), false) => {
+                // The client may still send the rest of its body: it is told to close, and the
+                // worker's connection, which got part of the body, carries nothing more.
+                req.client_close = true;
+                let mut res = parse_response(&up.ubuf, req)?.ok_or(Failure::Malformed)?;
+                res.upstream_close = true;
+                res.unread_body = true;
+                Ok(res)
+            }
+            (answer, _) => answer,
+        };
+        // The body bytes that came with the head: malformed there, nothing has reached the
+        // client yet and it can still be told 502.
+        let answer = answer.and_then(|mut res| {
+            res.first = res.body.take(&up.ubuf[res.head_len..]).map_err(|_| Failure::Malformed)?;
+            Ok(res)
+        });
         if answer.is_ok() {
             rotation.answered(up.backend());
         }
@@ -616,11 +665,7 @@ impl Conn {
 
     /// Pass the answer on, then keep, pool or drop the upstream connection.
     async fn finish(&mut self, req: &Request, res: Response, lease: Lease, mut up: Upstream) -> (Flow, u64) {
-        let mut body = res.body;
-        let n = match body.take(&up.ubuf[res.head_len..]) {
-            Ok(n) => n,
-            Err(_) => return (Flow::Close, 0),
-        };
+        let (mut body, n) = (res.body, res.first);
         let mut sent = (res.rewritten.as_ref().map_or(res.head_len, Vec::len) + n) as u64;
         let written = match res.rewritten {
             Some(mut out) => {
@@ -659,13 +704,20 @@ impl Conn {
         }
         drop(lease);
         let keep_client = !req.client_close && !res.upstream_close;
-        if res.upstream_close {
+        // Bytes after the answer were not asked for: whatever read them next would take them for
+        // its answer.
+        if res.upstream_close || !up.ubuf.is_empty() {
             drop(up);
         } else if keep_client {
             up.used_at = Instant::now();
             self.pinned = Some(up);
         } else {
             up.release();
+        }
+        if res.unread_body {
+            // the client may have gone already; its connection closes either way
+            let _ = self.client.shutdown().await;
+            linger(&mut self.client).await;
         }
         // Closing the socket sends the FIN: a `shutdown` first would only cost a syscall.
         (if keep_client { Flow::Continue } else { Flow::Close }, sent)
@@ -772,9 +824,9 @@ where
     let mut copied = 0u64;
     loop {
         if !buf.is_empty() {
-            let n = body.take(buf).map_err(|_| Relay::Malformed)?;
+            let (n, content) = body.take_counting(buf).map_err(|_| Relay::Malformed)?;
             if let Some(left) = limit.as_deref_mut() {
-                *left = left.checked_sub(n as u64).ok_or(Relay::TooLarge)?;
+                *left = left.checked_sub(content).ok_or(Relay::TooLarge)?;
             }
             if n > 0 {
                 write_within(write_idle, dst, &buf[..n]).await.map_err(|_| Relay::Dst)?;
@@ -921,7 +973,7 @@ fn parse_head(buf: &[u8], peer: &Peer, ids: &RequestIds, keep_line: bool) -> Res
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let (mut close, mut keep_alive, mut upgrade_token) = (false, false, false);
-    let mut has_upgrade = false;
+    let mut websocket = false;
     let mut has_connection = false;
     let mut has_forwarding = false;
     let mut forwarded_for: Option<&[u8]> = None;
@@ -956,9 +1008,14 @@ fn parse_head(buf: &[u8], peer: &Peer, ids: &RequestIds, keep_line: bool) -> Res
                 upgrade_token |= t.eq_ignore_ascii_case(b"upgrade");
             }
         } else if name.eq_ignore_ascii_case("upgrade") {
-            has_upgrade = true;
+            // Only websockets: after `101` the front relays bytes, so a worker that speaks h2c
+            // would take HTTP/2 requests past the front's forwarding headers and limits.
+            websocket = h.value.trim_ascii().eq_ignore_ascii_case(b"websocket");
         } else if name.eq_ignore_ascii_case("host") {
-            host = Some(h.value);
+            // Two: a worker keeps one, `X-Forwarded-Host` would name the other (RFC 9112: 400).
+            if host.replace(h.value).is_some() {
+                return Err(400);
+            }
         } else if name.eq_ignore_ascii_case("x-request-id") {
             // An empty or overlong id is replaced by one of the front's, never sent beside it.
             if !h.value.is_empty() && h.value.len() <= 200 && request_id.is_none() {
@@ -984,7 +1041,7 @@ fn parse_head(buf: &[u8], peer: &Peer, ids: &RequestIds, keep_line: bool) -> Res
         // Both framings at once is how requests are smuggled: refuse.
         return Err(400);
     }
-    let upgrade = has_upgrade && upgrade_token;
+    let upgrade = websocket && upgrade_token;
     let client_close = if version == 0 { !keep_alive } else { close };
 
     // The head for the worker: hop-by-hop `Connection` removed (the front keeps its upstream
@@ -1068,14 +1125,23 @@ fn parse_response(buf: &[u8], req: &Request) -> Result<Option<Response>, Failure
             Err(_) => return Err(Failure::Malformed),
         };
     let status = parsed.code.unwrap_or(502);
+    if status == 101 && !req.upgrade {
+        // A switch nobody asked for: the connection would carry something that is not HTTP.
+        return Err(Failure::Malformed);
+    }
     let version = parsed.version.unwrap_or(1);
     let mut length = None;
-    let mut chunked = false;
+    let (mut chunked, mut has_te) = (false, false);
     let (mut close, mut keep_alive) = (false, false);
     for h in parsed.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
-            length = Some(content_length(h.value).ok_or(Failure::Malformed)?);
+            let n = content_length(h.value).ok_or(Failure::Malformed)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(Failure::Malformed);
+            }
+            length = Some(n);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            has_te = true;
             chunked = h
                 .value
                 .split(|&b| b == b',')
@@ -1088,6 +1154,11 @@ fn parse_response(buf: &[u8], req: &Request) -> Result<Option<Response>, Failure
             }
         }
     }
+    if has_te && length.is_some() {
+        // Two framings: whoever reads the answer after the front (a cache, the client) may pick
+        // the other one. RFC 9112 forbids passing it on as it is; nginx answers 502 too.
+        return Err(Failure::Malformed);
+    }
     let body = if req.is_head || (100..200).contains(&status) || status == 204 || status == 304 {
         Body::None
     } else if chunked {
@@ -1099,10 +1170,14 @@ fn parse_response(buf: &[u8], req: &Request) -> Result<Option<Response>, Failure
     };
     let upstream_close = close || (version == 0 && !keep_alive) || body == Body::UntilClose;
     let rewritten = (req.client_close && !close && status != 101).then(|| {
-        let status_line_end = buf.windows(2).position(|w| w == b"\r\n").unwrap_or(0) + 2;
+        // The status line as the worker sent it, ended in CRLF like every line after it (httparse
+        // accepts a bare LF, and found one since the head is complete).
+        let line_end = buf.iter().position(|&b| b == b'\n').unwrap_or(0);
+        let status_line = &buf[..line_end];
         // Room for the body bytes read with the head, which go out in the same write.
         let mut head = Vec::with_capacity(buf.len().min(head_len + 16 * 1024) + 24);
-        head.extend_from_slice(&buf[..status_line_end]);
+        head.extend_from_slice(status_line.strip_suffix(b"\r").unwrap_or(status_line));
+        head.extend_from_slice(b"\r\n");
         for h in parsed.headers.iter() {
             if h.name.eq_ignore_ascii_case("connection") || h.name.eq_ignore_ascii_case("keep-alive") {
                 continue;
@@ -1115,7 +1190,7 @@ fn parse_response(buf: &[u8], req: &Request) -> Result<Option<Response>, Failure
         head.extend_from_slice(b"Connection: close\r\n\r\n");
         head
     });
-    Ok(Some(Response { head_len, status, body, upstream_close, rewritten }))
+    Ok(Some(Response { head_len, status, body, upstream_close, rewritten, first: 0, unread_body: false }))
 }
 
 /// Read and drop what the client still sends (a body we refused) for a moment before closing:
@@ -1167,6 +1242,11 @@ mod tests {
             .unwrap()
             .unwrap()
             .1
+    }
+
+    /// The status `raw` is refused with, if it is.
+    fn refused(raw: &str) -> Option<u16> {
+        parse_request(raw.as_bytes(), "127.0.0.1".parse().unwrap(), &untrusted, &RequestIds::counting(), false).err()
     }
 
     fn head_of(raw: &str, trusted: bool) -> String {
@@ -1247,12 +1327,7 @@ mod tests {
     fn content_length_is_digits_only() {
         for bad in ["+5", "-1", "5, 5", "0x5", "", " ", "1e3", "99999999999999999999"] {
             let raw = format!("POST / HTTP/1.1\r\nContent-Length: {bad}\r\n\r\n");
-            assert_eq!(
-                parse_request(raw.as_bytes(), "127.0.0.1".parse().unwrap(), &untrusted, &RequestIds::counting(), false)
-                    .err(),
-                Some(400),
-                "{bad}"
-            );
+            assert_eq!(refused(&raw), Some(400), "{bad}");
         }
         assert_eq!(req("POST / HTTP/1.1\r\nContent-Length:  7 \r\n\r\n").body, Body::Length(7));
         let get = req("GET / HTTP/1.1\r\n\r\n");
@@ -1301,19 +1376,27 @@ mod tests {
     }
 
     #[test]
+    fn only_a_websocket_upgrade_is_an_upgrade() {
+        let ws = req("GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: WebSocket\r\n\r\n");
+        assert!(ws.upgrade);
+        assert!(String::from_utf8(ws.head).unwrap().contains("Connection: Upgrade\r\n"));
+        let h2c = req("GET / HTTP/1.1\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\r\n");
+        assert!(!h2c.upgrade);
+        assert!(!String::from_utf8(h2c.head).unwrap().contains("Connection"), "the worker is not asked to switch");
+    }
+
+    #[test]
+    fn refuses_two_hosts() {
+        let raw = "GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n";
+        assert_eq!(refused(raw), Some(400));
+    }
+
+    #[test]
     fn refuses_smuggling_shapes() {
         let raw = "POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert_eq!(
-            parse_request(raw.as_bytes(), "127.0.0.1".parse().unwrap(), &untrusted, &RequestIds::counting(), false)
-                .err(),
-            Some(400)
-        );
+        assert_eq!(refused(raw), Some(400));
         let raw = "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n";
-        assert_eq!(
-            parse_request(raw.as_bytes(), "127.0.0.1".parse().unwrap(), &untrusted, &RequestIds::counting(), false)
-                .err(),
-            Some(400)
-        );
+        assert_eq!(refused(raw), Some(400));
     }
 
     #[test]
@@ -1324,6 +1407,37 @@ mod tests {
         let head = String::from_utf8(res.rewritten.unwrap()).unwrap();
         assert_eq!(head, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n");
         assert!(!res.upstream_close, "the upstream connection stays reusable");
+    }
+
+    #[test]
+    fn an_answer_framed_two_ways_is_malformed() {
+        let get = req("GET / HTTP/1.1\r\n\r\n");
+        for raw in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 3\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+        ] {
+            assert!(matches!(parse_response(raw, &get), Err(Failure::Malformed)), "{}", String::from_utf8_lossy(raw));
+        }
+        let same = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n";
+        assert_eq!(parse_response(same, &get).unwrap().unwrap().body, Body::Length(3));
+    }
+
+    #[test]
+    fn a_switch_to_another_protocol_is_taken_only_when_the_client_asked_for_one() {
+        let switch = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+        let get = req("GET / HTTP/1.1\r\n\r\n");
+        assert!(matches!(parse_response(switch, &get), Err(Failure::Malformed)));
+        let upgrade = req("GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+        assert_eq!(parse_response(switch, &upgrade).unwrap().unwrap().status, 101);
+    }
+
+    #[test]
+    fn a_bare_lf_answer_is_rewritten_in_crlf_for_a_closing_client() {
+        let r = req("GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
+        let res = parse_response(b"HTTP/1.1 404 Not Found\nContent-Length: 2\n\nno", &r).unwrap().unwrap();
+        let head = String::from_utf8(res.rewritten.unwrap()).unwrap();
+        assert_eq!(head, "HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\nConnection: close\r\n\r\n");
     }
 
     #[test]

@@ -109,11 +109,11 @@ impl Backend {
         &self.idle[loops::current().min(self.idle.len() - 1)]
     }
 
-    /// A pooled idle connection young enough to reuse.
+    /// A pooled idle connection young enough to reuse, that has sent nothing since its last answer.
     fn take_idle(&self) -> Option<TcpStream> {
         let mut idle = self.pool().lock().unwrap_or_else(|e| e.into_inner());
         while let Some((stream, since)) = idle.pop() {
-            if since.elapsed() < UPSTREAM_IDLE {
+            if since.elapsed() < UPSTREAM_IDLE && is_quiet(&stream) {
                 return Some(stream);
             }
         }
@@ -136,6 +136,15 @@ impl Backend {
             pool.lock().unwrap_or_else(|e| e.into_inner()).retain(|(_, since)| since.elapsed() < UPSTREAM_IDLE);
         }
     }
+}
+
+/// Whether an idle upstream connection may carry a request: its worker has sent nothing since its
+/// last answer. Bytes a worker sends unasked (a second answer, a body after `HEAD` or `204`) would
+/// be read as the answer to the next request sent on it, maybe another client's; an end of file
+/// means the worker closed it. Like nginx, such a connection is dropped. No syscall unless the
+/// loop saw the socket become readable (a read that drained it cleared that).
+fn is_quiet(stream: &TcpStream) -> bool {
+    matches!(stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 /// One unit of work in flight on a backend; dropping it counts the work out.

@@ -16,6 +16,17 @@ http.createServer((req, res) => {
 }).listen(Number(process.env.PORT));
 "#;
 
+/// Whether `GET path` on `port` is answered 200 (polled, each try on a new connection) within
+/// `limit`, and after how long it was (or the wait gave up).
+fn answers_ok(port: u16, path: &str, limit: Duration) -> (bool, Duration) {
+    let started = Instant::now();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    let ok = wait_until(limit, || {
+        http::raw(port, request.as_bytes(), Duration::from_secs(2)).is_ok_and(|r| r.status == 200)
+    });
+    (ok, started.elapsed())
+}
+
 /// Clients that ask for a large answer and then never read it hold their connection (and a
 /// lease on the worker) for ever: nothing bounds how long the front waits to write to a client.
 /// With the fronts' budget filled by such clients, nobody else is served.
@@ -41,12 +52,8 @@ fn clients_that_never_read_their_answers_are_cut_and_do_not_lock_the_front_out()
     // Let the front write what the socket buffers take and block.
     std::thread::sleep(Duration::from_secs(1));
 
-    let started = Instant::now();
-    let served = wait_until(Duration::from_secs(20), || {
-        http::raw(port, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", Duration::from_secs(2))
-            .is_ok_and(|r| r.status == 200)
-    });
-    assert!(served, "a normal client was not served within {:?} of 45 clients not reading", started.elapsed());
+    let (served, after) = answers_ok(port, "/", Duration::from_secs(20));
+    assert!(served, "a normal client was not served within {:?} of 45 clients not reading", after);
     drop(stuck);
 }
 
@@ -66,12 +73,8 @@ fn unfinished_webhook_bodies_do_not_lock_out_healthz() {
         })
         .collect();
     assert_eq!(held.len(), 25);
-    let started = Instant::now();
-    let healthy = wait_until(Duration::from_secs(30), || {
-        http::raw(api, b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", Duration::from_secs(2))
-            .is_ok_and(|r| r.status == 200)
-    });
-    assert!(healthy, "/healthz did not answer within {:?} of 25 unfinished webhook bodies", started.elapsed());
+    let (healthy, after) = answers_ok(api, "/healthz", Duration::from_secs(30));
+    assert!(healthy, "/healthz did not answer within {:?} of 25 unfinished webhook bodies", after);
     drop(held);
 }
 
@@ -90,12 +93,8 @@ fn idle_keep_alive_connections_do_not_lock_out_healthz() {
             Some(s)
         })
         .collect();
-    let started = Instant::now();
-    let healthy = wait_until(Duration::from_secs(30), || {
-        http::raw(api, b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", Duration::from_secs(2))
-            .is_ok_and(|r| r.status == 200)
-    });
-    assert!(healthy, "/healthz did not answer within {:?} of {} idle connections", started.elapsed(), held.len());
+    let (healthy, after) = answers_ok(api, "/healthz", Duration::from_secs(30));
+    assert!(healthy, "/healthz did not answer within {:?} of {} idle connections", after, held.len());
     drop(held);
 }
 
@@ -189,11 +188,322 @@ fn idle_tcp_relays_do_not_lock_the_front_out() {
     let port = agent.port("web");
     let idle: Vec<TcpStream> = (0..45).filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok()).collect();
     assert_eq!(idle.len(), 45);
-    let started = Instant::now();
-    let served = wait_until(Duration::from_secs(30), || {
-        http::raw(port, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", Duration::from_secs(2))
-            .is_ok_and(|r| r.status == 200)
-    });
-    assert!(served, "a client was not served within {:?} of 45 idle tcp connections", started.elapsed());
+    let (served, after) = answers_ok(port, "/", Duration::from_secs(30));
+    assert!(served, "a client was not served within {:?} of 45 idle tcp connections", after);
     drop(idle);
+}
+
+/// A worker that speaks HTTP by hand over `net`, so it can misbehave in ways Node's `http` never
+/// does. It answers each request head with its path, and on some paths breaks the protocol:
+/// `/late` sends a second, unasked-for answer a moment after the real one, `/glued` sends it in
+/// the same write, `/both` frames its answer with `Content-Length` and `Transfer-Encoding` at
+/// once, `/lf` ends its head's lines in bare LF, `/badchunk` sends a chunked body that is not.
+const BROKEN_WORKER: &str = r#"
+const net = require('net');
+const answer = (path) => 'HTTP/1.1 200 OK\r\nContent-Length: ' + path.length + '\r\n\r\n' + path;
+const stale = 'HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nSTALE!';
+net.createServer((sock) => {
+  let buf = '';
+  sock.on('error', () => {});
+  sock.on('data', (d) => {
+    buf += d;
+    let i;
+    while ((i = buf.indexOf('\r\n\r\n')) >= 0) {
+      const path = buf.slice(0, i).split(' ')[1];
+      buf = buf.slice(i + 4);
+      if (path === '/glued') sock.write(answer(path) + stale);
+      else if (path === '/both') sock.write('HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n');
+      else if (path === '/lf') sock.write('HTTP/1.1 200 OK\nContent-Length: 3\nX-A: 1\n\n/lf');
+      else if (path === '/badchunk') sock.write('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n');
+      else sock.write(answer(path));
+      if (path === '/late') setTimeout(() => sock.write(stale), 50);
+    }
+  });
+}).listen(Number(process.env.PORT));
+"#;
+
+/// One answer read from a keep-alive connection: its head (as text) and its body, framed by its
+/// `Content-Length`.
+fn read_answer(s: &mut TcpStream) -> (String, String) {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => buf.push(byte[0]),
+            other => panic!("the answer's head ended early ({other:?}): {:?}", String::from_utf8_lossy(&buf)),
+        }
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no content-length: {head}"));
+    let mut body = vec![0u8; length];
+    s.read_exact(&mut body).expect("the answer's body");
+    (head, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A worker that writes an answer nobody asked for on a keep-alive connection (after its real
+/// answer, or glued to it): those bytes must never reach a request sent later on that upstream
+/// connection, whether the same client's next request (a CDN in front carries many users on one
+/// connection) or another client's, handed the connection from the pool. nginx closes a pooled
+/// upstream connection that becomes readable while idle.
+#[test]
+fn unasked_for_bytes_from_a_worker_never_answer_a_later_request() {
+    let agent = TestEnv::new().instances(1).web(|a| a.start(&["node", "-e", BROKEN_WORKER])).start();
+    let port = agent.port("web");
+    for first in ["/late", "/glued"] {
+        // The same client's next request on its keep-alive connection.
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        for path in [first, "/next", "/after"] {
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes()).expect("send");
+            let (head, body) = read_answer(&mut s);
+            assert_eq!(body, path, "after {first}, the answer to {path} was another's: {head}{body}");
+            // The unasked-for answer leaves the worker after the real one.
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // Other clients, after one that hung up (its upstream connection went to the pool).
+        let r = http::raw(
+            port,
+            format!("GET {first} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
+            Duration::from_secs(10),
+        )
+        .expect("an answer");
+        assert_eq!(r.body, first);
+        // The unasked-for answer leaves the worker after the real one.
+        std::thread::sleep(Duration::from_millis(200));
+        for i in 0..3 {
+            let path = format!("/other{i}");
+            let r = http::raw(
+                port,
+                format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
+                Duration::from_secs(10),
+            )
+            .expect("an answer");
+            assert_eq!(r.body, path, "after {first}, another client got a stale answer");
+        }
+    }
+}
+
+/// The answer the front passes on when a [`BROKEN_WORKER`] answers `GET path`.
+fn broken_answer(path: &str) -> http::Response {
+    let agent = TestEnv::new().instances(1).web(|a| a.start(&["node", "-e", BROKEN_WORKER])).start();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    http::raw(agent.port("web"), request.as_bytes(), Duration::from_secs(10)).expect("an answer")
+}
+
+/// A worker's answer framed both by `Content-Length` and `Transfer-Encoding` means two readers may
+/// disagree on where it ends (a cache between the client and the front, the client itself): RFC
+/// 9112 calls it an error a proxy must not pass on as it is; nginx answers 502.
+#[test]
+fn an_answer_framed_two_ways_is_not_passed_on() {
+    let r = broken_answer("/both");
+    assert_eq!(r.status, 502, "{:?} {}", r.headers, r.body);
+}
+
+/// A worker whose answer's body is malformed from its first byte: nothing of it has reached the
+/// client yet, so the client gets a 502 (and the access log says so), not an empty reply.
+#[test]
+fn an_answer_malformed_from_its_first_body_byte_is_a_502() {
+    let r = broken_answer("/badchunk");
+    assert_eq!(r.status, 502, "{:?} {}", r.headers, r.body);
+}
+
+/// A worker whose head lines end in bare LF, to a client that asked to close: the front rewrites
+/// the head to say `Connection: close`, and the status line must survive that.
+#[test]
+fn a_bare_lf_answer_to_a_closing_client_keeps_its_status_line() {
+    let agent = TestEnv::new().instances(1).web(|a| a.start(&["node", "-e", BROKEN_WORKER])).start();
+    let mut s = TcpStream::connect(("127.0.0.1", agent.port("web"))).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.write_all(b"GET /lf HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").expect("send");
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer:?}");
+    assert!(answer.contains("\r\nConnection: close\r\n") && answer.ends_with("\r\n\r\n/lf"), "{answer:?}");
+}
+
+/// A worker that answers before the request body has come (`Expect: 100-continue` refused with
+/// 417, an upload turned away with 401): the client, which waits for that answer before it
+/// sends its body (or sends no more), must get it, not wait for a body that never comes.
+#[test]
+fn an_answer_before_the_request_body_reaches_the_client_at_once() {
+    const REFUSES: &str = r#"
+const http = require('http');
+const s = http.createServer((req, res) => {
+  if (req.url === '/deny') { res.writeHead(401, { 'content-length': 6, connection: 'close' }); res.end('denied'); return; }
+  let n = 0;
+  req.on('data', (d) => (n += d.length));
+  req.on('end', () => res.end('got ' + n));
+});
+s.on('checkContinue', (req, res) => {
+  if (req.url === '/refuse') { res.writeHead(417, { 'content-length': 7 }); res.end('refused'); return; }
+  res.writeContinue();
+  s.emit('request', req, res);
+});
+s.listen(Number(process.env.PORT));
+"#;
+    let agent = TestEnv::new()
+        .instances(1)
+        .web(|a| a.start(&["node", "-e", REFUSES]).set("front", "{ body_timeout: 30s }"))
+        .start();
+    let port = agent.port("web");
+
+    // Accepted: 100 Continue, then the body, then the answer.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    s.write_all(b"POST /ok HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n").expect("send");
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).expect("100 Continue");
+    assert!(buf[..n].starts_with(b"HTTP/1.1 100"), "{:?}", String::from_utf8_lossy(&buf[..n]));
+    s.write_all(b"hello").expect("the body");
+    let (_, body) = read_answer(&mut s);
+    assert_eq!(body, "got 5");
+
+    // Refused: the 417 comes without the body.
+    let started = Instant::now();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    s.write_all(b"POST /refuse HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+        .expect("send");
+    let n = s.read(&mut buf).unwrap_or_else(|e| panic!("no answer after {:?}: {e}", started.elapsed()));
+    assert!(buf[..n].starts_with(b"HTTP/1.1 417"), "{:?}", String::from_utf8_lossy(&buf[..n]));
+
+    // Turned away in the middle of a large upload, by a worker that then closes: its 401, not a 502.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    s.set_write_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let size = 8 << 20;
+    s.write_all(format!("POST /deny HTTP/1.1\r\nHost: a\r\nContent-Length: {size}\r\n\r\n").as_bytes()).expect("send");
+    let chunk = vec![b'x'; 64 * 1024];
+    for _ in 0..(size / chunk.len()) {
+        if s.write_all(&chunk).is_err() {
+            break;
+        }
+    }
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer:?}");
+}
+
+/// Clients that pipeline many requests to the API and never read the answers: each connection's
+/// answers fill the socket buffers, then hyper waits for ever to write the next one (it has no
+/// write timeout). With the API's connection cap taken by such clients, `/healthz`, the webhooks
+/// and every CLI command wait for ever. No token is needed: `/healthz` answers anyone.
+#[test]
+fn api_clients_that_never_read_their_answers_do_not_lock_out_healthz() {
+    // At fd limit 160 the API serves 20 connections at once (`limits.rs`).
+    let agent = TestEnv::new().fd_limit(160).start();
+    let api = agent.api_port();
+    // About 5 MB of answers (401 and a hint) per connection: more than loopback's socket buffers hold.
+    let pipeline = b"GET /v1/apps HTTP/1.1\r\nHost: a\r\n\r\n".repeat(16_000);
+    let held: Vec<TcpStream> = (0..25)
+        .filter_map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", api)).ok()?;
+            s.set_write_timeout(Some(Duration::from_millis(500))).ok()?;
+            // Whatever the API takes before it stops reading (it may not take it all).
+            let _ = s.write_all(&pipeline);
+            Some(s)
+        })
+        .collect();
+    assert_eq!(held.len(), 25);
+    let (healthy, after) = answers_ok(api, "/healthz", Duration::from_secs(40));
+    assert!(healthy, "/healthz did not answer within {:?} of 25 clients not reading", after);
+    drop(held);
+}
+
+/// h2c smuggling: a client asks to upgrade to `h2c` (cleartext HTTP/2), a worker that speaks it
+/// agrees with `101`, and from then on the front only relays bytes: the client's next requests
+/// reach the worker with no forwarding header set by the front (`X-Forwarded-For`, `-Proto`
+/// spoofed at will) and past `max_body` and the access log. Only websocket upgrades are passed on.
+#[test]
+fn an_h2c_upgrade_does_not_smuggle_requests_past_the_front() {
+    // Agrees to any upgrade it is asked for (as h2c servers do), then answers each request it
+    // reads with the `X-Forwarded-For` it got.
+    const H2C: &str = r#"
+const net = require('net');
+net.createServer((sock) => {
+  let buf = '';
+  let switched = false;
+  sock.on('error', () => {});
+  sock.on('data', (d) => {
+    buf += d;
+    let i;
+    while ((i = buf.indexOf('\r\n\r\n')) >= 0) {
+      const head = buf.slice(0, i);
+      buf = buf.slice(i + 4);
+      if (!switched && /\r\nconnection:[^\r]*upgrade/i.test(head) && /\r\nupgrade: *h2c/i.test(head)) {
+        switched = true;
+        sock.write('HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n');
+        continue;
+      }
+      const xff = (head.match(/\r\nx-forwarded-for: *([^\r]*)/i) || [])[1] || '';
+      sock.write('HTTP/1.1 200 OK\r\nContent-Length: ' + xff.length + '\r\n\r\n' + xff);
+    }
+  });
+}).listen(Number(process.env.PORT));
+"#;
+    let agent = TestEnv::new().instances(1).web(|a| a.start(&["node", "-e", H2C])).start();
+    let mut s = TcpStream::connect(("127.0.0.1", agent.port("web"))).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.write_all(
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\
+          HTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+    )
+    .expect("send");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).is_ok_and(|n| n == 1) {
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    if let Some(length) = head.to_ascii_lowercase().split("content-length: ").nth(1) {
+        let length: usize = length.split("\r\n").next().and_then(|l| l.parse().ok()).expect("a length");
+        let mut body = vec![0u8; length];
+        s.read_exact(&mut body).expect("the body");
+    }
+    // The next request, with a forged client address.
+    s.write_all(b"GET /admin HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n").expect("send");
+    let (_, body) = read_answer(&mut s);
+    assert_eq!(body, "127.0.0.1", "the worker got a forged address after {head:?}");
+}
+
+/// A websocket still goes through: the worker's `101`, then bytes both ways, including those the
+/// client sent right behind its upgrade request, before the `101` came.
+#[test]
+fn a_websocket_upgrade_relays_bytes_sent_before_and_after_the_101() {
+    const ECHO_WS: &str = r#"
+const http = require('http');
+const s = http.createServer((req, res) => res.end('plain'));
+s.on('upgrade', (req, sock, head) => {
+  sock.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n');
+  if (head.length) sock.write(head);
+  sock.on('data', (d) => sock.write(d));
+  sock.on('end', () => sock.end());
+  sock.on('error', () => {});
+});
+s.listen(Number(process.env.PORT));
+"#;
+    let agent = TestEnv::new().instances(1).web(|a| a.start(&["node", "-e", ECHO_WS])).start();
+    let mut s = TcpStream::connect(("127.0.0.1", agent.port("web"))).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nearly")
+        .expect("send");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    let expected = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nearly";
+    while got.len() < expected.len() {
+        let n = s.read(&mut buf).expect("the 101 and the echo");
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(expected));
+    s.write_all(b"later").expect("send");
+    let mut echo = [0u8; 5];
+    s.read_exact(&mut echo).expect("the echo");
+    assert_eq!(&echo, b"later");
 }
