@@ -892,6 +892,18 @@ pub(super) fn head_end(buf: &[u8], from: usize) -> Option<usize> {
     None
 }
 
+/// `value` as an RFC 7230 quoted-string (a `Host` may hold `:`, which a bare token may not).
+fn quoted(out: &mut Vec<u8>, value: &[u8]) {
+    out.push(b'"');
+    for &b in value {
+        if b == b'"' || b == b'\\' {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out.push(b'"');
+}
+
 /// A `Content-Length` value: digits only (no sign, no list), at most 18 of them.
 fn content_length(value: &[u8]) -> Option<u64> {
     let v = value.trim_ascii();
@@ -934,13 +946,16 @@ fn underscored_forwarding(name: &str) -> bool {
 /// rather than per request.
 pub(super) struct Peer {
     text: String,
+    /// The address as `Forwarded: for=` takes it: an IPv6 one bracketed and quoted.
+    forwarded_for: String,
     /// In `trusted_proxies`: its forwarding headers are believed.
     trusted: bool,
 }
 
 impl Peer {
     pub(super) fn new(ip: IpAddr, trusted_proxy: &(dyn Fn(IpAddr) -> bool + Send + Sync)) -> Peer {
-        Peer { text: ip.to_string(), trusted: trusted_proxy(ip) }
+        let forwarded_for = if ip.is_ipv6() { format!("\"[{ip}]\"") } else { ip.to_string() };
+        Peer { text: ip.to_string(), forwarded_for, trusted: trusted_proxy(ip) }
     }
 }
 
@@ -979,6 +994,8 @@ fn parse_head(buf: &[u8], peer: &Peer, ids: &RequestIds, keep_line: bool) -> Res
     let mut forwarded_for: Option<&[u8]> = None;
     let mut forwarded_proto: Option<&[u8]> = None;
     let mut forwarded_host: Option<&[u8]> = None;
+    // A trusted proxy's `Forwarded` lines (RFC 7239), this hop's element appended after them.
+    let mut forwarded: Vec<&[u8]> = Vec::new();
     let mut host: Option<&[u8]> = None;
     let mut request_id: Option<&[u8]> = None;
     let mut bad_request_id = false;
@@ -1034,6 +1051,8 @@ fn parse_head(buf: &[u8], peer: &Peer, ids: &RequestIds, keep_line: bool) -> Res
                 forwarded_proto = Some(h.value);
             } else if trusted && name.eq_ignore_ascii_case("x-forwarded-host") {
                 forwarded_host = Some(h.value);
+            } else if trusted && name.eq_ignore_ascii_case("forwarded") {
+                forwarded.push(h.value);
             }
         }
     }
@@ -1050,7 +1069,7 @@ fn parse_head(buf: &[u8], peer: &Peer, ids: &RequestIds, keep_line: bool) -> Res
     // ends in CRLF; otherwise the head is rebuilt, always with CRLF.
     let crlf_only = memchr::memchr_iter(b'\n', &buf[..len]).all(|i| i > 0 && buf[i - 1] == b'\r');
     // Room for the forwarding headers and the request id the front adds.
-    let mut head = Vec::with_capacity(len + 128 + peer.text.len() + host.map_or(0, <[u8]>::len));
+    let mut head = Vec::with_capacity(len + 192 + 2 * (peer.text.len() + host.map_or(0, <[u8]>::len)));
     if !has_connection && !has_forwarding && crlf_only && version == 1 {
         head.extend_from_slice(&buf[..len - 2]);
     } else {
@@ -1059,7 +1078,7 @@ fn parse_head(buf: &[u8], peer: &Peer, ids: &RequestIds, keep_line: bool) -> Res
         head.extend_from_slice(parsed.path.unwrap_or("/").as_bytes());
         head.extend_from_slice(if version == 0 { b" HTTP/1.0\r\n" } else { b" HTTP/1.1\r\n" });
         for h in parsed.headers.iter() {
-            let set_by_front = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"]
+            let set_by_front = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded"]
                 .iter()
                 .any(|f| h.name.eq_ignore_ascii_case(f));
             let dropped = (!trusted && FORWARDING.iter().any(|f| h.name.eq_ignore_ascii_case(f)))
@@ -1090,6 +1109,18 @@ fn parse_head(buf: &[u8], peer: &Peer, ids: &RequestIds, keep_line: bool) -> Res
     if let Some(h) = forwarded_host.or(host) {
         head.extend_from_slice(b"\r\nX-Forwarded-Host: ");
         head.extend_from_slice(h);
+    }
+    head.extend_from_slice(b"\r\nForwarded: ");
+    for element in &forwarded {
+        head.extend_from_slice(element);
+        head.extend_from_slice(b", ");
+    }
+    head.extend_from_slice(b"for=");
+    head.extend_from_slice(peer.forwarded_for.as_bytes());
+    head.extend_from_slice(b";proto=http");
+    if let Some(h) = host {
+        head.extend_from_slice(b";host=");
+        quoted(&mut head, h);
     }
     // The client's request id travels on (httparse checked it holds no control bytes); a
     // request without one gets one, so the app's logs and the access log can be joined.
@@ -1265,7 +1296,7 @@ mod tests {
         assert_eq!(
             head_of(raw, false),
             "GET /x HTTP/1.1\r\nHost: app\r\nAccept: */*\r\nX-Forwarded-For: 10.0.0.9\r\nX-Forwarded-Proto: http\r\n\
-             X-Forwarded-Host: app\r\nX-Request-Id: 0000000000000000\r\n\r\n"
+             X-Forwarded-Host: app\r\nForwarded: for=10.0.0.9;proto=http;host=\"app\"\r\nX-Request-Id: 0000000000000000\r\n\r\n"
         );
     }
 
@@ -1278,15 +1309,29 @@ mod tests {
         assert_eq!(
             head,
             "GET / HTTP/1.1\r\nHost: app\r\nX-Forwarded-For: 10.0.0.9\r\nX-Forwarded-Proto: http\r\n\
-             X-Forwarded-Host: app\r\nX-Request-Id: 0000000000000000\r\n\r\n"
+             X-Forwarded-Host: app\r\nForwarded: for=10.0.0.9;proto=http;host=\"app\"\r\nX-Request-Id: 0000000000000000\r\n\r\n"
         );
         let head = head_of(raw, true);
         assert!(head.contains("X-Forwarded-For: 1.1.1.1, 10.0.0.9\r\n"), "{head}");
         assert!(head.contains("X-Forwarded-Proto: https\r\n"), "{head}");
         assert!(head.contains("X-Forwarded-Host: evil\r\n"), "{head}");
-        assert!(head.contains("Forwarded: for=1.1.1.1;proto=https\r\n"), "{head}");
+        assert!(
+            head.contains("\r\nForwarded: for=1.1.1.1;proto=https, for=10.0.0.9;proto=http;host=\"app\"\r\n"),
+            "{head}"
+        );
+        assert_eq!(head.matches("Forwarded:").count(), 1, "{head}");
         assert!(head.contains("X-Real-IP: 1.1.1.1\r\n"), "{head}");
         assert_eq!(head.matches("X-Forwarded-Proto").count(), 1, "{head}");
+    }
+
+    #[test]
+    fn forwarded_names_an_ipv6_client_in_brackets_and_quotes_the_host() {
+        let raw = "GET / HTTP/1.1\r\nHost: a\"b:80\r\n\r\n";
+        let r = parse_request(raw.as_bytes(), "::1".parse().unwrap(), &untrusted, &RequestIds::counting(), false);
+        let head = String::from_utf8(r.unwrap().unwrap().1.head).unwrap();
+        assert!(head.contains("\r\nForwarded: for=\"[::1]\";proto=http;host=\"a\\\"b:80\"\r\n"), "{head}");
+        let head = head_of("GET / HTTP/1.0\r\n\r\n", false);
+        assert!(head.contains("\r\nForwarded: for=10.0.0.9;proto=http\r\n"), "no Host, no host=: {head}");
     }
 
     #[test]
@@ -1356,7 +1401,7 @@ mod tests {
         assert_eq!(
             String::from_utf8(r.head).unwrap(),
             "GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.0.0.9\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: x\r\n\
-             X-Request-Id: 0000000000000000\r\n\r\n"
+             Forwarded: for=10.0.0.9;proto=http;host=\"x\"\r\nX-Request-Id: 0000000000000000\r\n\r\n"
         );
         assert!(!r.client_close);
         assert_eq!(r.body, Body::None);
