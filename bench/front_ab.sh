@@ -15,6 +15,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+# shellcheck source=bench/haproxy.sh
+source bench/haproxy.sh
 ROUNDS=${1:-6} SECS=${2:-4}
 [[ "${AGENTS:-}" == *BIN=* ]] || cargo build --release -q -p agent
 AGENT=$ROOT/target/release/deployer-agent
@@ -51,25 +53,7 @@ W1=$(free_port) W2=$(free_port)
 (cd "$ROOT/examples/hello-node" && DELAY_MS=0 PORT=$W1 exec setsid node app.js >/dev/null 2>&1) & PIDS+=($!)
 (cd "$ROOT/examples/hello-node" && DELAY_MS=0 PORT=$W2 exec setsid node app.js >/dev/null 2>&1) & PIDS+=($!)
 HP=$(free_port)
-cat > "$WORK/haproxy.cfg" <<CFG
-global
-  nbthread 2
-  maxconn 4096
-defaults
-  mode http
-  option http-keep-alive
-  http-reuse always
-  timeout connect 5s
-  timeout client 30s
-  timeout server 30s
-frontend bench
-  bind 127.0.0.1:$HP
-  default_backend app
-backend app
-  balance roundrobin
-  server w1 127.0.0.1:$W1
-  server w2 127.0.0.1:$W2
-CFG
+haproxy_config "$HP" "$W1" "$W2" > "$WORK/haproxy.cfg"
 (exec setpriv --reuid=nobody --regid=nogroup --clear-groups --inh-caps=-all -- "$HAPROXY" -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.out" 2>&1) &
 PIDS+=($!); PORT[haproxy]=$HP; names+=(haproxy)
 for n in "${names[@]}"; do wait_http "${PORT[$n]}"; done

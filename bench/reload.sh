@@ -18,6 +18,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+# shellcheck source=bench/haproxy.sh
+source bench/haproxy.sh
 RELOADS=20 WRK_SECONDS=5 ROUNDS=5
 [[ "${1:-}" == "--quick" ]] && RELOADS=5 WRK_SECONDS=3 ROUNDS=2
 
@@ -192,25 +194,7 @@ wait_http "$NGINX_PORT" || { cat "$PX/nginx.out" "$PX/nginx-error.log" >&2 || tr
 PORT[nginx]=$NGINX_PORT
 
 HAPROXY_PORT=$(free_port)
-cat > "$PX/haproxy.cfg" <<HAPROXY
-global
-  nbthread 2
-  maxconn 4096
-defaults
-  mode http
-  option http-keep-alive
-  http-reuse always
-  timeout connect 5s
-  timeout client 30s
-  timeout server 30s
-frontend bench
-  bind 127.0.0.1:$HAPROXY_PORT
-  default_backend app
-backend app
-  balance roundrobin
-  server w1 127.0.0.1:$W1
-  server w2 127.0.0.1:$W2
-HAPROXY
+haproxy_config "$HAPROXY_PORT" "$W1" "$W2" > "$PX/haproxy.cfg"
 as_nobody "$HAPROXY" -db -f "$PX/haproxy.cfg" >"$PX/haproxy.out" 2>&1 &
 HAPROXY_PID=$!
 EXTRA_PIDS+=($HAPROXY_PID)
