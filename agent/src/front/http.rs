@@ -244,6 +244,8 @@ pub(super) struct Request {
     pub(super) body: Body,
     idempotent: bool,
     is_head: bool,
+    /// An HTTP/1.0 client, which must never get an interim `1xx` answer (RFC 9110 §15.2).
+    http10: bool,
     client_close: bool,
     upgrade: bool,
 }
@@ -758,7 +760,10 @@ where
         if !ubuf.is_empty() {
             match parse_response(ubuf, req)? {
                 Some(res) if (100..200).contains(&res.status) && res.status != 101 => {
-                    write_within(client_write, client, &ubuf[..res.head_len]).await.map_err(|_| Failure::Client)?;
+                    // Passed on, except to an HTTP/1.0 client (which would take it as the answer).
+                    if !req.http10 {
+                        write_within(client_write, client, &ubuf[..res.head_len]).await.map_err(|_| Failure::Client)?;
+                    }
                     ubuf.advance(res.head_len);
                     got_any = true;
                     continue;
@@ -1143,7 +1148,8 @@ fn parse_head(buf: &[u8], peer: &Peer, ids: &RequestIds, keep_line: bool) -> Res
         (false, None) => Body::None,
     };
     let idempotent = matches!(method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE");
-    Ok(Some((len, Request { head, log, body, idempotent, is_head: method == "HEAD", client_close, upgrade })))
+    let is_head = method == "HEAD";
+    Ok(Some((len, Request { head, log, body, idempotent, is_head, http10: version == 0, client_close, upgrade })))
 }
 
 fn parse_response(buf: &[u8], req: &Request) -> Result<Option<Response>, Failure> {

@@ -390,6 +390,30 @@ s.listen(Number(process.env.PORT));
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer:?}");
 }
 
+/// Interim answers (`103 Early Hints` here) reach an HTTP/1.1 client, never an HTTP/1.0 one,
+/// which has no such thing and would take the 103 for the answer (RFC 9110 §15.2).
+#[test]
+fn an_interim_answer_reaches_an_http11_client_only() {
+    const HINTS: &str = r#"
+require('http').createServer((req, res) => {
+  res.writeEarlyHints({ link: '</a.css>; rel=preload' });
+  res.end('final');
+}).listen(Number(process.env.PORT));
+"#;
+    let agent = TestEnv::new().instances(1).web(|a| a.start(&["node", "-e", HINTS])).start();
+    let port = agent.port("web");
+    for (version, hints) in [("1.1", true), ("1.0", false)] {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        s.write_all(format!("GET / HTTP/{version}\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes()).expect("send");
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert_eq!(answer.starts_with("HTTP/1.1 103"), hints, "HTTP/{version}: {answer:?}");
+        assert!(answer.contains(" 200 OK\r\n") && answer.ends_with("final"), "HTTP/{version}: {answer:?}");
+    }
+}
+
 /// Clients that pipeline many requests to the API and never read the answers: each connection's
 /// answers fill the socket buffers, then hyper waits for ever to write the next one (it has no
 /// write timeout). With the API's connection cap taken by such clients, `/healthz`, the webhooks
