@@ -644,7 +644,8 @@ impl Conn {
         let answer = match answer {
             (Ok(_), false) => {
                 // The client may still send the rest of its body: it is told to close, and the
-                // worker's connection, which got part of the body, carries nothing more.
+                // worker's connection, which got part of the body, carries nothing more. Parsed
+                // again because the head sent to the client depends on `client_close` (rare path).
                 req.client_close = true;
                 let mut res = parse_response(&up.ubuf, req)?.ok_or(Failure::Malformed)?;
                 res.upstream_close = true;

@@ -311,17 +311,24 @@ fn an_answer_malformed_from_its_first_body_byte_is_a_502() {
     assert_eq!(r.status, 502, "{:?} {}", r.headers, r.body);
 }
 
+/// Every byte the front sends back for `request` (which asks to close), as text: interim heads
+/// and framing included, which `http::raw` would parse away.
+fn all_bytes_of_the_answer(port: u16, request: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.write_all(request.as_bytes()).expect("send");
+    let mut answer = Vec::new();
+    // a timeout ends the read too: whatever came is what the assertions look at
+    let _ = s.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 /// A worker whose head lines end in bare LF, to a client that asked to close: the front rewrites
 /// the head to say `Connection: close`, and the status line must survive that.
 #[test]
 fn a_bare_lf_answer_to_a_closing_client_keeps_its_status_line() {
     let agent = TestEnv::new().instances(1).web(|a| a.start(&["node", "-e", BROKEN_WORKER])).start();
-    let mut s = TcpStream::connect(("127.0.0.1", agent.port("web"))).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    s.write_all(b"GET /lf HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").expect("send");
-    let mut answer = Vec::new();
-    let _ = s.read_to_end(&mut answer);
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = all_bytes_of_the_answer(agent.port("web"), "GET /lf HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer:?}");
     assert!(answer.contains("\r\nConnection: close\r\n") && answer.ends_with("\r\n\r\n/lf"), "{answer:?}");
 }
@@ -403,12 +410,8 @@ require('http').createServer((req, res) => {
     let agent = TestEnv::new().instances(1).web(|a| a.start(&["node", "-e", HINTS])).start();
     let port = agent.port("web");
     for (version, hints) in [("1.1", true), ("1.0", false)] {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-        s.write_all(format!("GET / HTTP/{version}\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes()).expect("send");
-        let mut answer = Vec::new();
-        let _ = s.read_to_end(&mut answer);
-        let answer = String::from_utf8_lossy(&answer);
+        let answer =
+            all_bytes_of_the_answer(port, &format!("GET / HTTP/{version}\r\nHost: a\r\nConnection: close\r\n\r\n"));
         assert_eq!(answer.starts_with("HTTP/1.1 103"), hints, "HTTP/{version}: {answer:?}");
         assert!(answer.contains(" 200 OK\r\n") && answer.ends_with("final"), "HTTP/{version}: {answer:?}");
     }
