@@ -899,6 +899,12 @@ pub(super) fn head_end(buf: &[u8], from: usize) -> Option<usize> {
 }
 
 /// `value` as an RFC 7230 quoted-string (a `Host` may hold `:`, which a bare token may not).
+/// A client's `X-Request-Id` is kept when it is 1 to 200 bytes of visible ASCII, as Heroku's
+/// router does (which allows fewer characters still): logs and the access log show it exactly.
+fn valid_request_id(id: &[u8]) -> bool {
+    (1..=200).contains(&id.len()) && id.iter().all(u8::is_ascii_graphic)
+}
+
 fn quoted(out: &mut Vec<u8>, value: &[u8]) {
     out.push(b'"');
     for &b in value {
@@ -988,6 +994,10 @@ fn parse_head(buf: &[u8], peer: &Peer, ids: &RequestIds, keep_line: bool) -> Res
         Err(httparse::Error::TooManyHeaders) => return Err(431),
         Err(_) => return Err(400),
     };
+    // Exact, however the head arrived: a read may bring it past the limit in one go.
+    if len > MAX_HEAD {
+        return Err(431);
+    }
     let method = parsed.method.unwrap_or("GET");
     let version = parsed.version.unwrap_or(1);
     let trusted = peer.trusted;
@@ -1040,8 +1050,9 @@ fn parse_head(buf: &[u8], peer: &Peer, ids: &RequestIds, keep_line: bool) -> Res
                 return Err(400);
             }
         } else if name.eq_ignore_ascii_case("x-request-id") {
-            // An empty or overlong id is replaced by one of the front's, never sent beside it.
-            if !h.value.is_empty() && h.value.len() <= 200 && request_id.is_none() {
+            // An id that is empty, overlong or more than visible ASCII (which no log could show
+            // as the worker got it) is replaced by one of the front's, never sent beside it.
+            if valid_request_id(h.value) && request_id.is_none() {
                 request_id = Some(h.value);
             } else {
                 has_forwarding = true;
@@ -1153,15 +1164,49 @@ fn parse_head(buf: &[u8], peer: &Peer, ids: &RequestIds, keep_line: bool) -> Res
     Ok(Some((len, Request { head, log, body, idempotent, is_head, http10: version == 0, client_close, upgrade })))
 }
 
+/// The headers an answer may have: apps that set many cookies pass 100 easily, and the head's
+/// size bounds them anyway.
+const MAX_RESPONSE_HEADERS: usize = 1000;
+
 fn parse_response(buf: &[u8], req: &Request) -> Result<Option<Response>, Failure> {
     let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    match parse_response_into(buf, req, &mut headers) {
+        Ok(parsed) => parsed,
+        // Rare: parsed again with room for all (on the heap, not in every call's frame).
+        Err(TooManyHeaders) => {
+            let mut headers = Vec::with_capacity(MAX_RESPONSE_HEADERS);
+            headers.resize_with(MAX_RESPONSE_HEADERS, std::mem::MaybeUninit::uninit);
+            parse_response_into(buf, req, &mut headers).unwrap_or(Err(Failure::Malformed))
+        }
+    }
+}
+
+/// More headers than the array given to [`parse_response_into`] holds.
+struct TooManyHeaders;
+
+fn parse_response_into<'b>(
+    buf: &'b [u8],
+    req: &Request,
+    headers: &mut [std::mem::MaybeUninit<httparse::Header<'b>>],
+) -> Result<Result<Option<Response>, Failure>, TooManyHeaders> {
     let mut parsed = httparse::Response::new(&mut []);
-    let head_len =
-        match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut headers) {
-            Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(_) => return Err(Failure::Malformed),
-        };
+    let head_len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, headers)
+    {
+        Ok(httparse::Status::Complete(n)) if n <= MAX_HEAD => n,
+        Ok(httparse::Status::Partial) => return Ok(Ok(None)),
+        Err(httparse::Error::TooManyHeaders) => return Err(TooManyHeaders),
+        // Over the head limit however it arrived, or not HTTP.
+        Ok(httparse::Status::Complete(_)) | Err(_) => return Ok(Err(Failure::Malformed)),
+    };
+    Ok(response(buf, req, &parsed, head_len))
+}
+
+fn response(
+    buf: &[u8],
+    req: &Request,
+    parsed: &httparse::Response<'_, '_>,
+    head_len: usize,
+) -> Result<Option<Response>, Failure> {
     let status = parsed.code.unwrap_or(502);
     if status == 101 && !req.upgrade {
         // A switch nobody asked for: the connection would carry something that is not HTTP.
@@ -1373,6 +1418,18 @@ mod tests {
         assert_eq!(id(&given), "abc-123");
         let head = String::from_utf8(given.head).unwrap();
         assert_eq!(head.matches("X-Request-Id").count(), 1, "{head}");
+        // Bytes a log could not show as the worker got them: replaced, so the access log's id
+        // and the app's are the same string.
+        for bad in [&b"a\xffb"[..], b"caf\xc3\xa9", b"two words", b"tab\there"] {
+            let mut raw = b"GET / HTTP/1.1\r\nX-Request-Id: ".to_vec();
+            raw.extend_from_slice(bad);
+            raw.extend_from_slice(b"\r\n\r\n");
+            let r = parse_request(&raw, "10.0.0.9".parse().unwrap(), &untrusted, &ids, true).unwrap().unwrap().1;
+            let head = String::from_utf8(r.head.clone()).expect("the worker gets an ASCII head");
+            assert_eq!(head.matches("X-Request-Id").count(), 1, "{head}");
+            assert!(head.contains(&format!("X-Request-Id: {}\r\n", id(&r))), "{head}");
+            assert_eq!(id(&r).len(), 16, "one of the front's ids");
+        }
     }
 
     #[test]
@@ -1490,6 +1547,34 @@ mod tests {
         let res = parse_response(b"HTTP/1.1 404 Not Found\nContent-Length: 2\n\nno", &r).unwrap().unwrap();
         let head = String::from_utf8(res.rewritten.unwrap()).unwrap();
         assert_eq!(head, "HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\nConnection: close\r\n\r\n");
+    }
+
+    #[test]
+    fn the_head_limit_is_exact_however_the_head_arrives() {
+        // One read can bring a whole head past the limit: it is refused all the same.
+        let pad = |n: usize| format!("X-Pad: {}\r\n", "p".repeat(n));
+        let fits = format!("GET / HTTP/1.1\r\n{}\r\n", pad(MAX_HEAD - 64));
+        assert!(fits.len() <= MAX_HEAD && req(&fits).head.len() > MAX_HEAD - 64);
+        let over = format!("GET / HTTP/1.1\r\n{}\r\n", pad(MAX_HEAD));
+        assert_eq!(refused(&over), Some(431));
+        let get = req("GET / HTTP/1.1\r\n\r\n");
+        let answer = format!("HTTP/1.1 200 OK\r\n{}Content-Length: 0\r\n\r\n", pad(MAX_HEAD));
+        assert!(matches!(parse_response(answer.as_bytes(), &get), Err(Failure::Malformed)));
+    }
+
+    #[test]
+    fn an_answer_may_carry_many_more_headers_than_a_request() {
+        let get = req("GET / HTTP/1.1\r\n\r\n");
+        let cookies: String = (0..300).map(|i| format!("Set-Cookie: c{i}=v\r\n")).collect();
+        let answer = format!("HTTP/1.1 200 OK\r\n{cookies}Content-Length: 2\r\n\r\nok");
+        let res = parse_response(answer.as_bytes(), &get).ok().flatten().expect("parsed");
+        assert_eq!((res.status, res.body), (200, Body::Length(2)));
+        assert_eq!(res.head_len, answer.len() - 2);
+        let too_many: String = (0..MAX_RESPONSE_HEADERS + 1).map(|i| format!("H{i}: v\r\n")).collect();
+        let answer = format!("HTTP/1.1 200 OK\r\n{too_many}\r\n");
+        assert!(matches!(parse_response(answer.as_bytes(), &get), Err(Failure::Malformed)));
+        let requested: String = (0..MAX_HEADERS + 1).map(|i| format!("H{i}: v\r\n")).collect();
+        assert_eq!(refused(&format!("GET / HTTP/1.1\r\n{requested}\r\n")), Some(431));
     }
 
     #[test]
