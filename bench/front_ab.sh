@@ -9,6 +9,10 @@
 #   e.g. AGENTS="old:BIN=/tmp/agent-old new:BIN=target/release/deployer-agent"
 #   or   AGENTS="one:DEPLOYER_FRONT_LOOPS=1 two:DEPLOYER_FRONT_LOOPS=2"
 #   WRK_ARGS="-H 'Connection: close'" for a new connection per request.
+#   SESSIONS=shared runs the agents and HAProxy in this script's session, with wrk (default: own).
+# Each agent and HAProxy runs in its own session, as a service does: with the kernel's autogroups
+# a session is one scheduling group, so a proxy in wrk's session would share the CPU share of the
+# load generator (and how much that helps depends on how many threads the proxy has).
 # Every agent serves examples/hello-node (DELAY_MS=0, 2 workers); HAProxy (nbthread 2,
 # http-reuse always) serves 2 workers of its own, as `nobody`. Needs wrk, haproxy (run as root
 # for setpriv), node; builds the release agent when BIN is not given.
@@ -18,6 +22,8 @@ ROOT=$PWD
 # shellcheck source=bench/haproxy.sh
 source bench/haproxy.sh
 ROUNDS=${1:-6} SECS=${2:-4}
+SESSION=(setsid)
+[[ ${SESSIONS:-own} == shared ]] && SESSION=()
 [[ "${AGENTS:-}" == *BIN=* ]] || cargo build --release -q -p agent
 AGENT=$ROOT/target/release/deployer-agent
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
@@ -46,7 +52,7 @@ apps:
     ready: { tcp: true }
 YAML
   # shellcheck disable=SC2086 # the entry's variables, split on commas
-  ( export ${envs//,/ }; exec "${BIN:-$AGENT}" --config "$WORK/$name.yaml" >"$WORK/$name.log" 2>&1 ) &
+  ( export ${envs//,/ }; exec "${SESSION[@]}" "${BIN:-$AGENT}" --config "$WORK/$name.yaml" >"$WORK/$name.log" 2>&1 ) &
   PIDS+=($!); APID[$name]=$!; PORT[$name]=$port; names+=("$name")
 done
 W1=$(free_port) W2=$(free_port)
@@ -54,7 +60,7 @@ W1=$(free_port) W2=$(free_port)
 (cd "$ROOT/examples/hello-node" && DELAY_MS=0 PORT=$W2 exec setsid node app.js >/dev/null 2>&1) & PIDS+=($!)
 HP=$(free_port)
 haproxy_config "$HP" "$W1" "$W2" > "$WORK/haproxy.cfg"
-(exec setpriv --reuid=nobody --regid=nogroup --clear-groups --inh-caps=-all -- "$HAPROXY" -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.out" 2>&1) &
+(exec "${SESSION[@]}" setpriv --reuid=nobody --regid=nogroup --clear-groups --inh-caps=-all -- "$HAPROXY" -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.out" 2>&1) &
 PIDS+=($!); PORT[haproxy]=$HP; names+=(haproxy)
 for n in "${names[@]}"; do wait_http "${PORT[$n]}"; done
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

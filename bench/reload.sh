@@ -79,7 +79,8 @@ apps:
     ready: $ready
     reload: { drain_timeout: 30s, kill_timeout: 5s }
 YAML
-  "$AGENT" --config "$WORK/agent-$1.yaml" >"$WORK/agent-$1.log" 2>&1 &
+  # In its own session, as a service runs (see "own session" below).
+  setsid "$AGENT" --config "$WORK/agent-$1.yaml" >"$WORK/agent-$1.log" 2>&1 &
   AGENT_PID=$!
   for _ in $(seq 100); do
     [[ $(DEPLOYER_AGENT=http://127.0.0.1:$((API_PORT + n)) "$CLI" ls --json 2>/dev/null | python3 -c 'import json,sys; a=json.load(sys.stdin); print(sum(w["state"]=="online" for w in a[0]["workers"]))' 2>/dev/null) == 2 ]] && return 0
@@ -91,11 +92,12 @@ stop_agent() { kill "$AGENT_PID"; wait "$AGENT_PID" 2>/dev/null || true; AGENT_P
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 wait_http() { for _ in $(seq 100); do curl -sf "http://127.0.0.1:$1/" >/dev/null && return 0; sleep 0.1; done; echo "nothing answers on :$1" >&2; return 1; }
-# as_nobody CMD... &: run a proxy unprivileged (setpriv to nobody when we are root). It execs, so
-# call it only in a background subshell: then $! is the proxy itself and killing it stops the proxy.
+# as_nobody CMD... &: run a proxy unprivileged (setpriv to nobody when we are root), in its own
+# session like the agent. It execs, so call it only in a background subshell: then $! is the proxy
+# itself and killing it stops the proxy.
 as_nobody() {
-  if [[ $(id -u) == 0 ]]; then exec setpriv --reuid=nobody --regid=nogroup --clear-groups --inh-caps=-all -- "$@"; fi
-  exec "$@"
+  if [[ $(id -u) == 0 ]]; then exec setsid setpriv --reuid=nobody --regid=nogroup --clear-groups --inh-caps=-all -- "$@"; fi
+  exec setsid "$@"
 }
 # kill_extra PID...: stop processes this script started (and only those).
 kill_extra() { for pid in "$@"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done; }
@@ -140,10 +142,11 @@ PM2_HOME=$WORK/pm2home DELAY_MS=0 PORT=$PM2_PORT "$PM2" start "$ROOT/examples/he
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PM2_PORT/" >/dev/null && break; sleep 0.1; done
 PORT[pm2]=$PM2_PORT
 # nginx and HAProxy: in front of the same app, 2 plain workers (DELAY_MS=0) on free loopback ports.
-# Each in its own session, as the agent (setsid) and PM2 (its daemon) run theirs: with the
-# kernel's autogroups a session is one scheduling group, and workers sharing wrk's group are
-# woken sooner (measured: HAProxy 30.6k keep-alive req/s with them in this script's session,
-# 22.6k in their own).
+# Own session: every worker, proxy and agent runs in its own session, as services and the agent's
+# workers (setsid) and PM2 (its daemon) do: with the kernel's autogroups a session is one
+# scheduling group, and a process sharing wrk's group shares the load generator's CPU share
+# (measured: HAProxy 30.6k keep-alive req/s with its workers in this script's session, 22.6k in
+# their own; a proxy in wrk's session gains or loses by how many threads it has).
 W1=$(free_port) W2=$(free_port)
 (cd "$ROOT/examples/hello-node" && DELAY_MS=0 INSTANCE_ID=0 PORT=$W1 exec setsid node app.js >/dev/null 2>&1) &
 EXTRA_PIDS+=($!)
