@@ -8,7 +8,7 @@
 #      shared host a burst of other work then hits every contender alike, instead of whichever
 #      one happened to run during it. A ratio is the median of the rounds' ratios, and each
 #      round's ratio is printed too;
-#   3. the agent's RSS with one app of 2 workers, at once and once settled (11 s later).
+#   3. the agent's RSS with one app of 2 workers, at once and once settled (3 s later).
 # nginx (2 worker processes, upstream keepalive 64) and HAProxy (nbthread 2, http-reuse always)
 # run from temp configs on free loopback ports, as `nobody` when the script runs as root, and are
 # started and killed here: no system service is used or touched.
@@ -130,8 +130,8 @@ if took + 1 > int(sys.argv[7]): print("  warning: the reloads outlasted the load
 PY
 done
 BUSY_RSS=$(rss_kb "$AGENT_PID")
-# The agent hands freed heap pages back every 10 s (agent/src/memory.rs): the RSS once settled.
-sleep 11
+# The agent hands freed heap pages back every 2 s (agent/src/memory.rs): the RSS once settled.
+sleep 3
 BUSY_SETTLED_RSS=$(rss_kb "$AGENT_PID")
 stop_agent
 
@@ -221,7 +221,7 @@ for _ in $(seq "$ROUNDS"); do
   done
 done
 LOADED_RSS=$(rss_kb "${AGENT_OF[http]}")
-sleep 11
+sleep 3
 LOADED_SETTLED_RSS=$(rss_kb "${AGENT_OF[http]}")
 PM2_RSS=$(ps -o rss= -p "$(pgrep -f 'PM2 v.*God Daemon' | head -1)" | tr -d ' ')
 PM2_HOME=$WORK/pm2home "$PM2" kill >/dev/null 2>&1
@@ -263,6 +263,6 @@ echo
 echo "## 3. Memory (RSS of the agent, one app of 2 workers)"
 mb() { echo "$(($1 / 1024)).$(( ($1 % 1024) * 10 / 1024 )) MB"; }
 echo "- agent idle after start: $(mb "$IDLE_RSS") (goal <= 15 MB)"
-echo "- agent after ${RELOADS}x2 reloads under load: $(mb "$BUSY_RSS") at once, $(mb "$BUSY_SETTLED_RSS") 11 s later"
-echo "- agent after wrk -c64 (keep-alive, then conn/request) through the http front: $(mb "$LOADED_RSS") at once, $(mb "$LOADED_SETTLED_RSS") 11 s later"
+echo "- agent after ${RELOADS}x2 reloads under load: $(mb "$BUSY_RSS") at once, $(mb "$BUSY_SETTLED_RSS") 3 s later"
+echo "- agent after wrk -c64 (keep-alive, then conn/request) through the http front: $(mb "$LOADED_RSS") at once, $(mb "$LOADED_SETTLED_RSS") 3 s later"
 echo "- PM2 daemon: $((PM2_RSS / 1024)) MB"

@@ -4,13 +4,14 @@
 //! keeps the freed pages in its arenas (a front loop's arena grows by ~1.5 MB under 64 busy
 //! clients and stays there), so the agent's RSS would carry its busiest moment for ever.
 //! `malloc_trim` hands free pages back with `madvise`; once every [`PERIOD`] it costs tens of
-//! microseconds, and nothing at all when there is nothing to return.
+//! microseconds, and nothing at all when there is nothing to return; every 2 s, the RSS a reload
+//! or a burst leaves behind is gone before anyone looks.
 
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// How often freed memory is given back.
-pub const PERIOD: Duration = Duration::from_secs(10);
+pub const PERIOD: Duration = Duration::from_secs(2);
 
 /// Give freed heap memory back every [`PERIOD`] until `stop`.
 pub async fn return_freed(stop: CancellationToken) {
