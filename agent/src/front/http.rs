@@ -648,11 +648,13 @@ impl Conn {
         let Conn { client, cbuf, rules, rotation, upstream_timer, .. } = self;
         let answer = if req.body.is_done() {
             upstream_timer.as_mut().reset((Instant::now() + rules.response_timeout).into());
-            let read = read_response(&mut up.stream, &mut up.ubuf, client, rules.body_timeout, req, retry);
+            let (mut cr, mut cw) = client.split();
+            let read = read_response(&mut up.stream, &mut up.ubuf, &mut cw, rules.body_timeout, req, retry);
             let answer = tokio::select! {
                 biased;
                 r = read => r,
                 () = upstream_timer.as_mut() => Err(Failure::Timeout),
+                () = gone(&mut cr) => Err(Failure::Client),
             };
             (answer, true)
         } else {
@@ -841,6 +843,19 @@ where
             Ok(0) | Err(_) => return Err(Failure::UpstreamMidResponse),
             Ok(_) => {}
         }
+    }
+}
+
+/// Resolves once the client has closed or reset its connection, never while it is there or has
+/// sent more (a pipelined request, a websocket's first frame). While a worker prepares an answer
+/// for a client that is gone, the front drops the worker's connection (Node's `req.on('close')`
+/// can stop the work) and logs 499, as nginx does; the check costs no syscall while the socket
+/// has nothing new (tokio's cached readiness).
+async fn gone(client: &mut tokio::net::tcp::ReadHalf<'_>) {
+    let mut probe = [0u8; 1];
+    match client.peek(&mut probe).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
     }
 }
 

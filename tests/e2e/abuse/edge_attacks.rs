@@ -638,3 +638,41 @@ fn a_config_change_reaches_keep_alive_connections_already_open() {
     let (head, _) = read_answer(&mut open);
     assert!(head.starts_with("HTTP/1.1 413"), "the new max_body: {head}");
 }
+
+/// A client that goes away while its worker prepares the answer (a page reloaded, a script
+/// killed) left the front holding the worker's connection until the answer was ready: the worker
+/// did all the work for nobody, and a client could queue any amount of it at the cost of a
+/// connect and a close. nginx drops the upstream connection when the client closes and logs 499.
+#[test]
+fn a_client_that_goes_away_cancels_its_request_at_the_worker() {
+    const COUNTS_ABORTS: &str = r#"
+const http = require('http');
+let aborted = 0;
+http.createServer((req, res) => {
+  if (req.url === '/aborted') { res.end(String(aborted)); return; }
+  const later = setTimeout(() => res.end('late'), 10000);
+  res.on('close', () => { if (!res.writableEnded) { aborted++; clearTimeout(later); } });
+}).listen(Number(process.env.PORT));
+"#;
+    let agent = TestEnv::new()
+        .web(|a| a.start(&["node", "-e", COUNTS_ABORTS]).set("front", "{ access_log: true }"))
+        .instances(1)
+        .start();
+    let port = agent.port("web");
+    for _ in 0..10 {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n").expect("send");
+        // Dropped: the client closes.
+    }
+    let aborted = deployer_tests::poll(Duration::from_secs(5), || {
+        let r = http::get(port, "/aborted").ok()?;
+        (r.body == "10").then_some(())
+    });
+    assert!(aborted.is_some(), "the worker still works for clients that left: {:?}", http::get(port, "/aborted"));
+    let path = agent.dir().join("state/logs/web.access.log");
+    let logged = deployer_tests::poll(Duration::from_secs(5), || {
+        let text = std::fs::read_to_string(&path).ok()?;
+        (text.matches("\"status\":499").count() == 10).then_some(())
+    });
+    assert!(logged.is_some(), "{}", std::fs::read_to_string(&path).unwrap_or_default());
+}
