@@ -374,3 +374,39 @@ fn max_body_counts_a_chunked_bodys_data_not_its_framing() {
     let r = chunked(1100, 100);
     assert_eq!(r.status, 413, "1100 bytes over a 1 KB limit: {}", r.body);
 }
+
+/// The heads the front refuses itself (400, 413 on a `Content-Length`, 431, 408, 501) are
+/// requests too: each gets its line in the access log with its status, which is where an
+/// operator looks for them. They had none. A connection closed without sending a byte has none.
+#[test]
+fn the_access_log_has_a_line_for_each_request_the_front_refused() {
+    let agent = echo_app(TestEnv::new())
+        .web(|a| a.set("front", "{ access_log: true, max_body: 10, header_timeout: 1s }"))
+        .start();
+    let port = agent.port("web");
+    let refused = |raw: &str| http::raw(port, raw.as_bytes(), Duration::from_secs(10)).expect("an answer").status;
+    assert_eq!(refused("POST /cl HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\nhello"), 400);
+    assert_eq!(refused("POST /large HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nhello world"), 413);
+    let many: String = (0..101).map(|i| format!("X-{i}: y\r\n")).collect();
+    assert_eq!(refused(&format!("GET /many HTTP/1.1\r\nHost: a\r\n{many}\r\n")), 431);
+    assert_eq!(refused("POST /te HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n"), 501);
+    assert_eq!(refused("GET /slow HTTP/1.1\r\nHost: a\r\n"), 408);
+    // A connection that never sends a byte is cut at the head deadline without a line.
+    let mut silent = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    silent.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let _ = silent.read_to_end(&mut Vec::new());
+    assert_eq!(refused("GET /last HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"), 200);
+
+    let path = agent.dir().join("state/logs/web.access.log");
+    let lines = deployer_tests::poll(Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&path).ok()?;
+        let lines: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        lines.iter().any(|l| l["path"] == "/last").then_some(lines)
+    })
+    .unwrap_or_else(|| panic!("no line for /last in {}", path.display()));
+    let statuses: Vec<u64> = lines.iter().filter_map(|l| l["status"].as_u64()).collect();
+    assert_eq!(statuses, [400, 413, 431, 501, 408, 200], "{lines:#?}");
+    let large = &lines[1];
+    assert_eq!((large["method"].as_str(), large["path"].as_str()), (Some("POST"), Some("/large")), "{large}");
+    assert!(large["id"].as_str().is_some_and(|id| !id.is_empty()), "{large}");
+}

@@ -41,7 +41,9 @@ const RESPOND_TIMEOUT: Duration = Duration::from_secs(10);
 const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(3);
 
 /// How the front treats clients (the app's `front:` config); changed by SIGHUP through a
-/// `watch` channel, read once per client connection.
+/// `watch` channel, which a client connection looks at once per request head: a change applies
+/// to keep-alive connections already open (a load balancer's may never close) from their next
+/// request on.
 pub struct ClientRules {
     /// The whole head of a request must arrive within this long of its first byte.
     pub header_timeout: Duration,
@@ -122,8 +124,10 @@ pub async fn serve(
         async move {
             while let Some(accept::Accepted { stream, peer, slot }) = accept::next(&listener, &budget, &shutdown).await
             {
-                let rules = rules.borrow().clone();
-                let peer = Peer::new(peer.ip(), &*rules.trusted_proxy);
+                let mut watch = rules.clone();
+                let rules = watch.borrow_and_update().clone();
+                let peer_ip = peer.ip();
+                let peer = Peer::new(peer_ip, &*rules.trusted_proxy);
                 let started = Instant::now();
                 let client_timer = Box::pin(tokio::time::sleep_until((started + rules.header_timeout).into()));
                 let upstream_timer = Box::pin(tokio::time::sleep_until((started + rules.response_timeout).into()));
@@ -134,8 +138,10 @@ pub async fn serve(
                     // A connection that sends nothing is held to the head deadline from its start.
                     head_started: Some(started),
                     had_request: false,
+                    peer_ip,
                     peer,
                     rules,
+                    watch,
                     ids: ids.clone(),
                     rotation: rotation.clone(),
                     stats: stats.clone(),
@@ -301,8 +307,11 @@ struct Conn {
     head_started: Option<Instant>,
     /// Whether a request has been read from this connection (a stop closes it between requests).
     had_request: bool,
+    peer_ip: IpAddr,
     peer: Peer,
     rules: Arc<ClientRules>,
+    /// Where `rules` come from: looked at for a change once per request head.
+    watch: tokio::sync::watch::Receiver<Arc<ClientRules>>,
     ids: Arc<RequestIds>,
     rotation: Arc<Rotation>,
     stats: Arc<FrontStats>,
@@ -318,7 +327,12 @@ struct Conn {
 
 enum Flow {
     Continue,
+    /// Close; what the client sent beyond what was answered (a pipelined request) is read and
+    /// dropped for a moment first, if there is any ([`Conn::part`]).
     Close,
+    /// Close after reading and dropping what the client still sends for a moment, whether or not
+    /// anything has come yet: the rest of a body that was not taken.
+    Linger,
 }
 
 /// How one request went, for the access log.
@@ -339,6 +353,11 @@ impl Conn {
                 Err(status) => {
                     // the client may be gone; the connection closes either way
                     let _ = respond(&mut self.client, status).await;
+                    // A head refused by the front is a request in the access log too, unless
+                    // nothing of it came (a connection opened and never used).
+                    if !self.cbuf.is_empty() {
+                        self.log(Instant::now(), None, status, 0, None);
+                    }
                     linger(&mut self.client).await;
                     break;
                 }
@@ -346,7 +365,14 @@ impl Conn {
             self.stats.requests.fetch_add(1, Relaxed);
             match self.forward(req).await {
                 Flow::Continue => {}
-                Flow::Close => break,
+                Flow::Close => {
+                    self.part(false).await;
+                    break;
+                }
+                Flow::Linger => {
+                    self.part(true).await;
+                    break;
+                }
             }
         }
         if let Some(up) = self.pinned.take() {
@@ -367,11 +393,11 @@ impl Conn {
         let mut stopping = false;
         loop {
             if let Some(end) = head_end(&self.cbuf, self.scanned) {
+                self.follow_rules();
                 let keep_line = self.rules.access_log.is_some();
                 let parsed = parse_head(&self.cbuf[..end], &self.peer, &self.ids, keep_line);
                 self.scanned = 0;
                 return match parsed {
-                    Ok(Some((_, req))) if matches!(req.body, Body::Length(n) if n > self.rules.max_body) => Err(413),
                     Ok(Some((len, req))) => {
                         self.cbuf.advance(len);
                         self.had_request = true;
@@ -428,8 +454,16 @@ impl Conn {
     async fn forward(&mut self, mut req: Request) -> Flow {
         let started = self.rules.access_log.as_ref().map(|_| Instant::now());
         let Served { flow, status, bytes, worker } = self.serve_one(&mut req).await;
-        if let (Some(log), Some(started)) = (&self.rules.access_log, started) {
-            let (method, path, id) = req.log.as_deref().map_or(("", "", ""), |l| (&*l.method, &*l.path, &*l.id));
+        if let Some(started) = started {
+            self.log(started, req.log.as_deref(), status, bytes, worker);
+        }
+        flow
+    }
+
+    /// The access log's line for a request (`line`: what its head said), if the log is on.
+    fn log(&self, started: Instant, line: Option<&LogLine>, status: u16, bytes: u64, worker: Option<u32>) {
+        if let Some(log) = &self.rules.access_log {
+            let (method, path, id) = line.map_or(("", "", ""), |l| (&*l.method, &*l.path, &*l.id));
             let line = serde_json::json!({
                 "ts": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
                 "peer": self.peer.text,
@@ -444,12 +478,37 @@ impl Conn {
             // the access log is bounded: a full queue drops the line rather than slow the proxy (lossy by design)
             let _ = log.try_send(line.to_string());
         }
-        flow
+    }
+
+    /// Take up the app's `front:` config if it changed since this connection last looked.
+    fn follow_rules(&mut self) {
+        if self.watch.has_changed().unwrap_or(false) {
+            self.rules = self.watch.borrow_and_update().clone();
+            self.peer = Peer::new(self.peer_ip, &*self.rules.trusted_proxy);
+        }
+    }
+
+    /// Before the connection closes after an answer: a client that sent more than was answered
+    /// (a pipelined request, the rest of a body) would get a reset for it, and a reset destroys
+    /// whatever of the answer is still on its way. The front's side is shut, and what the client
+    /// sends is read and dropped for a moment (nginx's lingering close). `sure`: even when
+    /// nothing more has come yet.
+    async fn part(&mut self, sure: bool) {
+        if sure || !self.cbuf.is_empty() || !is_quiet(&self.client) {
+            // the client may have gone already; its connection closes either way
+            let _ = self.client.shutdown().await;
+            linger(&mut self.client).await;
+        }
     }
 
     /// [`Conn::forward`] without the access log.
     async fn serve_one(&mut self, req: &mut Request) -> Served {
         let front = |flow, status| Served { flow, status, bytes: 0, worker: None };
+        if matches!(req.body, Body::Length(n) if n > self.rules.max_body) {
+            // the client may be gone; the connection closes either way
+            let _ = respond(&mut self.client, 413).await;
+            return front(Flow::Linger, 413);
+        }
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut fresh_only = false;
         for attempt in 0..MAX_ATTEMPTS {
@@ -505,8 +564,7 @@ impl Conn {
                     drop(up);
                     // the client may be gone; the connection closes either way
                     let _ = respond(&mut self.client, 413).await;
-                    linger(&mut self.client).await;
-                    return Served { worker, ..front(Flow::Close, 413) };
+                    return Served { worker, ..front(Flow::Linger, 413) };
                 }
                 // The client went away: nginx's 499.
                 Err(Failure::Client) => return Served { worker, ..front(Flow::Close, 499) },
@@ -590,11 +648,13 @@ impl Conn {
         let Conn { client, cbuf, rules, rotation, upstream_timer, .. } = self;
         let answer = if req.body.is_done() {
             upstream_timer.as_mut().reset((Instant::now() + rules.response_timeout).into());
-            let read = read_response(&mut up.stream, &mut up.ubuf, client, rules.body_timeout, req, retry);
+            let (mut cr, mut cw) = client.split();
+            let read = read_response(&mut up.stream, &mut up.ubuf, &mut cw, rules.body_timeout, req, retry);
             let answer = tokio::select! {
                 biased;
                 r = read => r,
                 () = upstream_timer.as_mut() => Err(Failure::Timeout),
+                () = gone(&mut cr) => Err(Failure::Client),
             };
             (answer, true)
         } else {
@@ -708,8 +768,10 @@ impl Conn {
         drop(lease);
         let keep_client = !req.client_close && !res.upstream_close;
         // Bytes after the answer were not asked for: whatever read them next would take them for
-        // its answer.
-        if res.upstream_close || !up.ubuf.is_empty() {
+        // its answer. A worker that declined an upgrade is not asked anything more on that
+        // connection: Node then leaves a head it refuses (one over its 16 KB limit) unanswered,
+        // where it would have answered 431 and closed.
+        if res.upstream_close || !up.ubuf.is_empty() || req.upgrade {
             drop(up);
         } else if keep_client {
             up.used_at = Instant::now();
@@ -717,13 +779,14 @@ impl Conn {
         } else {
             up.release();
         }
-        if res.unread_body {
-            // the client may have gone already; its connection closes either way
-            let _ = self.client.shutdown().await;
-            linger(&mut self.client).await;
-        }
-        // Closing the socket sends the FIN: a `shutdown` first would only cost a syscall.
-        (if keep_client { Flow::Continue } else { Flow::Close }, sent)
+        let flow = if res.unread_body {
+            Flow::Linger
+        } else if keep_client {
+            Flow::Continue
+        } else {
+            Flow::Close
+        };
+        (flow, sent)
     }
 
     /// After `101 Switching Protocols`: bytes both ways until either side closes. The lease is held
@@ -780,6 +843,19 @@ where
             Ok(0) | Err(_) => return Err(Failure::UpstreamMidResponse),
             Ok(_) => {}
         }
+    }
+}
+
+/// Resolves once the client has closed or reset its connection, never while it is there or has
+/// sent more (a pipelined request, a websocket's first frame). While a worker prepares an answer
+/// for a client that is gone, the front drops the worker's connection (Node's `req.on('close')`
+/// can stop the work) and logs 499, as nginx does; the check costs no syscall while the socket
+/// has nothing new (tokio's cached readiness).
+async fn gone(client: &mut tokio::net::tcp::ReadHalf<'_>) {
+    let mut probe = [0u8; 1];
+    match client.peek(&mut probe).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
     }
 }
 

@@ -15,10 +15,10 @@ use deployer_wire::{LogLine, LogStream};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::AsyncRead;
 use tokio::sync::broadcast;
 
@@ -28,6 +28,10 @@ const RING_LINES: usize = 2000;
 const RING_BYTES: usize = 4 << 20;
 /// Lines a follower may lag behind before it skips some (each up to 16 KiB).
 const LIVE_LINES: usize = 256;
+/// How often an open log file is checked to still be the one at its path. One moved away or
+/// removed (logrotate without `copytruncate`, an operator's `rm`) would otherwise take every line
+/// until the next rotation by size, where no one looks; within this long a new one takes over.
+const REOPEN_AFTER: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy)]
 pub enum Stream {
@@ -109,6 +113,8 @@ pub fn access_log(
 pub(super) struct LogFile {
     path: PathBuf,
     file: Option<File>,
+    /// When `file` was last found at `path` (or opened).
+    checked: Instant,
     size: u64,
     max_size: u64,
     keep: u32,
@@ -277,6 +283,16 @@ fn open_log(path: &Path, options: &mut OpenOptions) -> std::io::Result<File> {
     options.mode(0o600).custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY).open(path)
 }
 
+/// Whether the open `file` is still the one at `path`: not moved away, removed or replaced.
+fn still_at(path: &Path, file: &File) -> bool {
+    match (std::fs::symlink_metadata(path), file.metadata()) {
+        (Ok(at), Ok(open)) => at.dev() == open.dev() && at.ino() == open.ino(),
+        (Err(_), _) => false,
+        // Nothing known of the open file: it is kept, as it was before this check.
+        (Ok(_), Err(_)) => true,
+    }
+}
+
 /// Whether `path` is a file of its own (not a device such as `/dev/null`, a pipe or a symlink):
 /// only those are rotated, emptied and compressed.
 fn is_regular(path: &Path) -> bool {
@@ -324,6 +340,7 @@ impl LogFile {
         LogFile {
             path,
             file: None,
+            checked: Instant::now(),
             size,
             max_size: settings.max_size.0,
             keep: settings.keep,
@@ -332,6 +349,15 @@ impl LogFile {
     }
 
     pub(super) fn append(&mut self, bytes: &[u8]) {
+        if let Some(file) = &self.file
+            && self.checked.elapsed() >= REOPEN_AFTER
+        {
+            self.checked = Instant::now();
+            if !still_at(&self.path, file) {
+                self.file = None;
+                self.size = std::fs::symlink_metadata(&self.path).map_or(0, |m| m.len());
+            }
+        }
         if self.size + bytes.len() as u64 > self.max_size && self.size > 0 {
             // A device (`out: /dev/null`) is never renamed away: it is written without end.
             if is_regular(&self.path) {
@@ -343,6 +369,7 @@ impl LogFile {
         if self.file.is_none() {
             // Not opened (a symlink in its place): the line is dropped, the next one tries again.
             self.file = open_log(&self.path, OpenOptions::new().create(true).append(true)).ok();
+            self.checked = Instant::now();
         }
         if let Some(f) = &mut self.file
             && f.write_all(bytes).is_ok()
@@ -515,6 +542,32 @@ mod tests {
         sink.write(0, Stream::Out, "after the flush");
         let after = std::fs::read_to_string(&log).unwrap();
         assert!(after.ends_with("web-0 out| after the flush\n") && after.lines().count() == 1, "{after}");
+    }
+
+    /// logrotate without `copytruncate` moves the file away (and may leave nothing at its path);
+    /// an operator may just `rm` it. Lines went on into the moved or removed file until the next
+    /// rotation by size: an access log or worker log that seemed to stop for good.
+    #[test]
+    fn a_log_file_moved_away_or_removed_is_written_again_at_its_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("web.access.log");
+        let mut log = LogFile::new(path.clone(), &LogsConfig::default());
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        let a_check_is_due =
+            |log: &mut LogFile| log.checked = Instant::now().checked_sub(REOPEN_AFTER).expect("uptime");
+        log.append(b"one\n");
+        std::fs::rename(&path, dir.path().join("moved")).expect("move the log away");
+        log.append(b"two\n");
+        a_check_is_due(&mut log);
+        log.append(b"three\n");
+        assert_eq!((read(&dir.path().join("moved")), read(&path)), ("one\ntwo\n".into(), "three\n".into()));
+        std::fs::remove_file(&path).expect("rm the log");
+        a_check_is_due(&mut log);
+        log.append(b"four\n");
+        assert_eq!(read(&path), "four\n");
+        a_check_is_due(&mut log);
+        log.append(b"five\n");
+        assert_eq!(read(&path), "four\nfive\n", "a file still in place is kept");
     }
 
     /// PM2 configs write `out_file: /dev/null` (and `deployer-agent import` keeps it): the agent

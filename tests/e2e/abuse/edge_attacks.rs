@@ -534,3 +534,145 @@ s.listen(Number(process.env.PORT));
     s.read_exact(&mut echo).expect("the echo");
     assert_eq!(&echo, b"later");
 }
+
+/// A pipelining client's next request arrives while the front passes on an 8 MB answer that
+/// closes the connection (`Connection: close`, as a worker that stops keeping connections alive
+/// sends). The front closed with that request unread, and Linux resets a connection closed on
+/// unread bytes: the reset threw away the 3-4 MB of the answer still on its way.
+/// nginx reads and drops what the client still sends before it closes (lingering close).
+#[test]
+fn a_pipelined_request_does_not_cut_short_an_answer_that_closes_the_connection() {
+    const CLOSING: &str = r#"
+const http = require('http');
+const big = Buffer.alloc(8 << 20, 120);
+http.createServer((req, res) => {
+  res.writeHead(200, { 'content-length': big.length, connection: 'close' }); res.end(big);
+}).listen(Number(process.env.PORT));
+"#;
+    let agent = TestEnv::new().web(|a| a.start(&["node", "-e", CLOSING])).start();
+    let mut s = TcpStream::connect(("127.0.0.1", agent.port("web"))).expect("connect");
+    // A small receive buffer, as a client on a slow link has: most of the answer waits in the
+    // front's socket when it closes.
+    nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::RcvBuf, &(64 * 1024)).expect("SO_RCVBUF");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n").expect("send");
+    let mut first = [0u8; 1024];
+    let n = s.read(&mut first).expect("the answer starts");
+    s.write_all(b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n").expect("pipeline the next request");
+    // The front writes what the sockets take and closes meanwhile.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut answer = first[..n].to_vec();
+    let end = s.read_to_end(&mut answer);
+    let head_end = answer.windows(4).position(|w| w == b"\r\n\r\n").expect("a head") + 4;
+    let head = String::from_utf8_lossy(&answer[..head_end]);
+    assert!(head.starts_with("HTTP/1.1 200") && head.to_ascii_lowercase().contains("connection: close"), "{head}");
+    assert_eq!(answer.len() - head_end, 8 << 20, "the answer was cut short ({end:?})");
+    assert!(end.is_ok(), "the connection ended in {end:?}, not a close");
+}
+
+/// Node, after it answered a request that asked for an upgrade it does not do (no `upgrade`
+/// listener) like any other, no longer answers a head it refuses on that connection (one over
+/// its 16 KB header limit): it keeps the connection silent instead of answering 431. The front
+/// kept that upstream connection, so the next such request waited `response_timeout`, got a
+/// 504, and counted against the worker's health: a client could get healthy workers replaced.
+#[test]
+fn a_declined_upgrade_does_not_leave_the_next_request_unanswered() {
+    let agent = TestEnv::new()
+        .web(|a| {
+            a.start(&["node", &deployer_tests::fixture("echo-head.js")])
+                .set("front", "{ response_timeout: 3s, unhealthy_after: 1 }")
+        })
+        .instances(1)
+        .start();
+    let workers_before = agent.pids("web");
+    let mut s = TcpStream::connect(("127.0.0.1", agent.port("web"))).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.write_all(b"GET /up HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").expect("send");
+    let (head, _) = read_answer(&mut s);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let started = Instant::now();
+    let big = format!("GET /big HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n", "y".repeat(20_000));
+    s.write_all(big.as_bytes()).expect("send");
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "after {:?}: {answer}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(2), "answered only after {:?}", started.elapsed());
+    assert_eq!(agent.pids("web"), workers_before, "a healthy worker was replaced as unhealthy");
+}
+
+/// A SIGHUP that takes a peer out of `trusted_proxies` (or changes `max_body`, the timeouts, the
+/// access log) must reach the keep-alive connections already open: a load balancer's may never
+/// close. The front read its rules once per connection, so a proxy no longer trusted kept
+/// setting `X-Forwarded-For` on the connections it had.
+#[test]
+fn a_config_change_reaches_keep_alive_connections_already_open() {
+    let mut agent = TestEnv::new()
+        .web(|a| {
+            a.start(&["node", &deployer_tests::fixture("echo-head.js")])
+                .set("front", "{ trusted_proxies: [127.0.0.0/8], idle_timeout: 60s }")
+        })
+        .start();
+    let port = agent.port("web");
+    let request = b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n";
+    let forwarded_for = |s: &mut TcpStream| {
+        s.write_all(request).expect("send");
+        let (_, body) = read_answer(s);
+        let seen: serde_json::Value = serde_json::from_str(&body).expect("json");
+        seen["headers"]["x-forwarded-for"].as_str().unwrap_or_default().to_string()
+    };
+    let mut open = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    open.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    assert_eq!(forwarded_for(&mut open), "6.6.6.6, 127.0.0.1", "trusted at first");
+
+    agent.reconfigure(|env| env.web(|a| a.set("front", "{ idle_timeout: 60s, max_body: 10 }")));
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    let applied = wait_until(Duration::from_secs(20), || {
+        let mut new = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        new.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        forwarded_for(&mut new) == "127.0.0.1"
+    });
+    assert!(applied, "the new config never applied to new connections");
+    assert_eq!(forwarded_for(&mut open), "127.0.0.1", "the connection opened before the change still trusts");
+    open.write_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nhello world").expect("send");
+    let (head, _) = read_answer(&mut open);
+    assert!(head.starts_with("HTTP/1.1 413"), "the new max_body: {head}");
+}
+
+/// A client that goes away while its worker prepares the answer (a page reloaded, a script
+/// killed) left the front holding the worker's connection until the answer was ready: the worker
+/// did all the work for nobody, and a client could queue any amount of it at the cost of a
+/// connect and a close. nginx drops the upstream connection when the client closes and logs 499.
+#[test]
+fn a_client_that_goes_away_cancels_its_request_at_the_worker() {
+    const COUNTS_ABORTS: &str = r#"
+const http = require('http');
+let aborted = 0;
+http.createServer((req, res) => {
+  if (req.url === '/aborted') { res.end(String(aborted)); return; }
+  const later = setTimeout(() => res.end('late'), 10000);
+  res.on('close', () => { if (!res.writableEnded) { aborted++; clearTimeout(later); } });
+}).listen(Number(process.env.PORT));
+"#;
+    let agent = TestEnv::new()
+        .web(|a| a.start(&["node", "-e", COUNTS_ABORTS]).set("front", "{ access_log: true }"))
+        .instances(1)
+        .start();
+    let port = agent.port("web");
+    for _ in 0..10 {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n").expect("send");
+        // Dropped: the client closes.
+    }
+    let aborted = deployer_tests::poll(Duration::from_secs(5), || {
+        let r = http::get(port, "/aborted").ok()?;
+        (r.body == "10").then_some(())
+    });
+    assert!(aborted.is_some(), "the worker still works for clients that left: {:?}", http::get(port, "/aborted"));
+    let path = agent.dir().join("state/logs/web.access.log");
+    let logged = deployer_tests::poll(Duration::from_secs(5), || {
+        let text = std::fs::read_to_string(&path).ok()?;
+        (text.matches("\"status\":499").count() == 10).then_some(())
+    });
+    assert!(logged.is_some(), "{}", std::fs::read_to_string(&path).unwrap_or_default());
+}
