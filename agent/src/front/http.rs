@@ -364,7 +364,7 @@ impl Conn {
             };
             self.stats.requests.fetch_add(1, Relaxed);
             match self.forward(req).await {
-                Flow::Continue => {}
+                Flow::Continue => shrink(&mut self.cbuf),
                 Flow::Close => {
                     self.part(false).await;
                     break;
@@ -775,6 +775,7 @@ impl Conn {
             drop(up);
         } else if keep_client {
             up.used_at = Instant::now();
+            shrink(&mut up.ubuf);
             self.pinned = Some(up);
         } else {
             up.release();
@@ -856,6 +857,14 @@ async fn gone(client: &mut tokio::net::tcp::ReadHalf<'_>) {
     match client.peek(&mut probe).await {
         Ok(0) | Err(_) => {}
         Ok(_) => std::future::pending().await,
+    }
+}
+
+/// Between requests, an empty buffer that a large head or body grew is given back: a keep-alive
+/// connection would otherwise hold its largest moment (up to twice `MAX_HEAD`) while idle.
+fn shrink(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > 32 * 1024 {
+        *buf = BytesMut::new();
     }
 }
 
@@ -1623,6 +1632,21 @@ mod tests {
         let res = parse_response(b"HTTP/1.1 404 Not Found\nContent-Length: 2\n\nno", &r).unwrap().unwrap();
         let head = String::from_utf8(res.rewritten.unwrap()).unwrap();
         assert_eq!(head, "HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\nConnection: close\r\n\r\n");
+    }
+
+    #[test]
+    fn an_idle_connection_gives_back_what_a_large_head_grew() {
+        let mut buf = BytesMut::with_capacity(8 * 1024);
+        buf.extend_from_slice(&[b'x'; 60 * 1024]);
+        shrink(&mut buf);
+        assert_eq!(buf.len(), 60 * 1024, "a buffer in use is left alone");
+        buf.advance(buf.len());
+        shrink(&mut buf);
+        assert!(buf.capacity() <= 32 * 1024, "{}", buf.capacity());
+        let mut small = BytesMut::with_capacity(8 * 1024);
+        let before = small.as_ptr();
+        shrink(&mut small);
+        assert_eq!(small.as_ptr(), before, "the usual 8 KiB buffer is kept");
     }
 
     #[test]
