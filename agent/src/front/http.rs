@@ -1028,12 +1028,13 @@ const FORWARDING: [&str; 10] = [
     "x-forwarded-port",
 ];
 
-/// A forwarding header spelled with `_` for `-` (`X_Forwarded_Proto`): CGI, WSGI and Rack servers
-/// read it as the dashed one (both become `HTTP_X_FORWARDED_PROTO`, joined), so a client could claim
-/// https or another address through it. No proxy sends such names: always dropped.
+/// A forwarding header or `X-Request-Id` spelled with `_` for `-` (`X_Forwarded_Proto`): CGI, WSGI
+/// and Rack servers read it as the dashed one (both become `HTTP_X_FORWARDED_PROTO`, joined), so a
+/// client could claim https or another address through it, or give the app another request id
+/// than the access log shows. No proxy sends such names: always dropped.
 fn underscored_forwarding(name: &str) -> bool {
     name.contains('_')
-        && FORWARDING.iter().any(|f| {
+        && FORWARDING.iter().chain(&["x-request-id"]).any(|f| {
             f.len() == name.len()
                 && f.bytes().zip(name.bytes()).all(|(f, n)| f == n.to_ascii_lowercase() || (f == b'-' && n == b'_'))
         })
@@ -1515,6 +1516,25 @@ mod tests {
             assert!(head.contains(&format!("X-Request-Id: {}\r\n", id(&r))), "{head}");
             assert_eq!(id(&r).len(), 16, "one of the front's ids");
         }
+    }
+
+    /// CGI, WSGI and Rack servers read `X_Request_Id` as `X-Request-Id` (both become
+    /// `HTTP_X_REQUEST_ID`): the app would get another id than the access log shows, or two.
+    #[test]
+    fn a_request_id_spelled_with_underscores_is_dropped() {
+        let ids = RequestIds::counting();
+        let parse = |raw: &str| {
+            parse_request(raw.as_bytes(), "10.0.0.9".parse().unwrap(), &untrusted, &ids, true).unwrap().unwrap().1
+        };
+        let id = |r: &Request| r.log.as_ref().map(|l| l.id.clone()).unwrap_or_default();
+        let alone = parse("GET / HTTP/1.1\r\nX_Request_Id: evil\r\n\r\n");
+        let head = String::from_utf8(alone.head.clone()).unwrap();
+        assert!(!head.contains("evil"), "{head}");
+        assert!(head.contains(&format!("X-Request-Id: {}\r\n", id(&alone))), "{head}");
+        let beside = parse("GET / HTTP/1.1\r\nX-Request-Id: abc\r\nx_request-id: evil\r\n\r\n");
+        let head = String::from_utf8(beside.head.clone()).unwrap();
+        assert!(!head.contains("evil") && head.contains("X-Request-Id: abc\r\n"), "{head}");
+        assert_eq!(id(&beside), "abc");
     }
 
     #[test]
