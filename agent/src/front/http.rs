@@ -821,8 +821,14 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut got_any = false;
+    // `scanned`: where a head's end may start in what has come of it. A head is parsed when its first bytes
+    // come (one that is not HTTP is refused at once) and then only once its end is there: parsed
+    // at every read, a head a worker sends a byte at a time cost the front time quadratic in its
+    // size (a second per 64 KiB).
+    let (mut fresh, mut scanned) = (true, 0);
     loop {
-        if !ubuf.is_empty() {
+        if !ubuf.is_empty() && (fresh || head_end(ubuf, scanned).is_some()) {
+            fresh = false;
             match parse_response(ubuf, req)? {
                 Some(res) if (100..200).contains(&res.status) && res.status != 101 => {
                     // Passed on, except to an HTTP/1.0 client (which would take it as the answer).
@@ -831,13 +837,18 @@ where
                     }
                     ubuf.advance(res.head_len);
                     got_any = true;
+                    fresh = true;
                     continue;
                 }
                 Some(res) => return Ok(res),
-                None if ubuf.len() > MAX_HEAD => return Err(Failure::Malformed),
                 None => {}
             }
         }
+        if ubuf.len() > MAX_HEAD {
+            return Err(Failure::Malformed);
+        }
+        // A terminator is at most 4 bytes: its start may already be here.
+        scanned = ubuf.len().saturating_sub(3);
         ubuf.reserve(8 * 1024);
         match up.read_buf(ubuf).await {
             Ok(0) | Err(_) if ubuf.is_empty() && !got_any => return Err(Failure::Upstream { retry }),
@@ -1680,6 +1691,48 @@ mod tests {
         let get = req("GET / HTTP/1.1\r\n\r\n");
         let answer = format!("HTTP/1.1 200 OK\r\n{}Content-Length: 0\r\n\r\n", pad(MAX_HEAD));
         assert!(matches!(parse_response(answer.as_bytes(), &get), Err(Failure::Malformed)));
+    }
+
+    /// A worker that sends its answer's head a byte at a time (by design or by a slow pipe) costs
+    /// the front time in proportion to the head, not to its square: the head was parsed again
+    /// at every read, and twice (the second with room for 1,000 headers) once it had more than 100.
+    #[tokio::test]
+    async fn a_head_dribbled_a_byte_at_a_time_costs_time_in_proportion_to_its_size() {
+        /// Gives one byte per read.
+        struct Dribble(Vec<u8>, usize);
+        impl AsyncRead for Dribble {
+            fn poll_read(
+                mut self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+                buf: &mut tokio::io::ReadBuf<'_>,
+            ) -> std::task::Poll<io::Result<()>> {
+                if let Some(&b) = self.0.get(self.1) {
+                    buf.put_slice(&[b]);
+                    self.1 += 1;
+                }
+                std::task::Poll::Ready(Ok(()))
+            }
+        }
+        let get = req("GET / HTTP/1.1\r\n\r\n");
+        let cookies: String =
+            (0..600).map(|i| format!("Set-Cookie: c{i}=vvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvv\r\n")).collect();
+        let head = format!(
+            "HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\n{cookies}Content-Length: 2\r\n\r\nok"
+        );
+        let mut up = Dribble(head.clone().into_bytes(), 0);
+        let mut ubuf = BytesMut::new();
+        let started = std::time::Instant::now();
+        let res = read_response(&mut up, &mut ubuf, &mut tokio::io::sink(), Duration::from_secs(1), &get, false)
+            .await
+            .ok()
+            .expect("the answer");
+        assert_eq!((res.status, res.head_len), (200, head.len() - 2 - head.find("\r\n\r\n").unwrap() - 4));
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?} for a {} byte head", started.elapsed(), head.len());
+        // A worker that does not speak HTTP is still told at its first bytes.
+        let mut up = Dribble(b"SSH-2.0-OpenSSH\r\n".to_vec(), 0);
+        let mut ubuf = BytesMut::new();
+        let read = read_response(&mut up, &mut ubuf, &mut tokio::io::sink(), Duration::from_secs(1), &get, false).await;
+        assert!(matches!(read, Err(Failure::Malformed)));
     }
 
     #[test]
