@@ -392,8 +392,10 @@ impl Conn {
         // Set once a stop is seen while the first request has not come yet: read on until then.
         let mut stopping = false;
         loop {
+            // Before each wait and each look at a head: a connection opened before a change
+            // waits, times out and logs by the new rules as soon as anything comes on it.
+            self.follow_rules();
             if let Some(end) = head_end(&self.cbuf, self.scanned) {
-                self.follow_rules();
                 let keep_line = self.rules.access_log.is_some();
                 let parsed = parse_head(&self.cbuf[..end], &self.peer, &self.ids, keep_line);
                 self.scanned = 0;
