@@ -410,3 +410,45 @@ fn the_access_log_has_a_line_for_each_request_the_front_refused() {
     assert_eq!((large["method"].as_str(), large["path"].as_str()), (Some("POST"), Some("/large")), "{large}");
     assert!(large["id"].as_str().is_some_and(|id| !id.is_empty()), "{large}");
 }
+
+/// A SIGHUP that turns the access log on reaches connections already open for the heads the
+/// front refuses too: the rules were looked at only once a whole head had come, so a head that
+/// timed out (408) or overflowed (431) on a connection opened before the change had no line.
+#[test]
+fn a_refused_head_on_a_connection_opened_before_the_access_log_was_turned_on_has_its_line() {
+    let mut agent =
+        echo_app(TestEnv::new()).web(|a| a.set("front", "{ header_timeout: 2s, idle_timeout: 60s }")).start();
+    let port = agent.port("web");
+    let mut open = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    open.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    open.write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n").expect("send");
+    let mut first = [0u8; 12];
+    open.read_exact(&mut first).expect("the first answer");
+    assert_eq!(&first, b"HTTP/1.1 200");
+
+    agent.reconfigure(|env| env.web(|a| a.set("front", "{ header_timeout: 2s, idle_timeout: 60s, access_log: true }")));
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    let path = agent.dir().join("state/logs/web.access.log");
+    let logged = |wanted: &str| {
+        deployer_tests::poll(Duration::from_secs(10), || {
+            let text = std::fs::read_to_string(&path).ok()?;
+            text.lines().any(|l| l.contains(wanted)).then_some(())
+        })
+        .is_some()
+    };
+    let applied = wait_until(Duration::from_secs(20), || {
+        http::get(port, "/new").is_ok_and(|r| r.status == 200) && logged("\"path\":\"/new\"")
+    });
+    assert!(applied, "the access log was never turned on");
+    // The rest of the first answer, then a head that never ends on the old connection.
+    let mut rest = Vec::new();
+    let _ = open.set_read_timeout(Some(Duration::from_millis(300)));
+    let _ = open.read_to_end(&mut rest);
+    open.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    open.write_all(b"GET /never-ends HTTP/1.1\r\nHost: a\r\n").expect("send");
+    let mut answer = Vec::new();
+    let _ = open.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(logged("\"status\":408"), "{}", std::fs::read_to_string(&path).unwrap_or_default());
+}

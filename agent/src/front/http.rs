@@ -392,8 +392,10 @@ impl Conn {
         // Set once a stop is seen while the first request has not come yet: read on until then.
         let mut stopping = false;
         loop {
+            // Before each wait and each look at a head: a connection opened before a change
+            // waits, times out and logs by the new rules as soon as anything comes on it.
+            self.follow_rules();
             if let Some(end) = head_end(&self.cbuf, self.scanned) {
-                self.follow_rules();
                 let keep_line = self.rules.access_log.is_some();
                 let parsed = parse_head(&self.cbuf[..end], &self.peer, &self.ids, keep_line);
                 self.scanned = 0;
@@ -821,8 +823,14 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut got_any = false;
+    // `scanned`: where a head's end may start in what has come of it. A head is parsed when its first bytes
+    // come (one that is not HTTP is refused at once) and then only once its end is there: parsed
+    // at every read, a head a worker sends a byte at a time cost the front time quadratic in its
+    // size (a second per 64 KiB).
+    let (mut fresh, mut scanned) = (true, 0);
     loop {
-        if !ubuf.is_empty() {
+        if !ubuf.is_empty() && (fresh || head_end(ubuf, scanned).is_some()) {
+            fresh = false;
             match parse_response(ubuf, req)? {
                 Some(res) if (100..200).contains(&res.status) && res.status != 101 => {
                     // Passed on, except to an HTTP/1.0 client (which would take it as the answer).
@@ -831,13 +839,18 @@ where
                     }
                     ubuf.advance(res.head_len);
                     got_any = true;
+                    fresh = true;
                     continue;
                 }
                 Some(res) => return Ok(res),
-                None if ubuf.len() > MAX_HEAD => return Err(Failure::Malformed),
                 None => {}
             }
         }
+        if ubuf.len() > MAX_HEAD {
+            return Err(Failure::Malformed);
+        }
+        // A terminator is at most 4 bytes: its start may already be here.
+        scanned = ubuf.len().saturating_sub(3);
         ubuf.reserve(8 * 1024);
         match up.read_buf(ubuf).await {
             Ok(0) | Err(_) if ubuf.is_empty() && !got_any => return Err(Failure::Upstream { retry }),
@@ -1028,12 +1041,13 @@ const FORWARDING: [&str; 10] = [
     "x-forwarded-port",
 ];
 
-/// A forwarding header spelled with `_` for `-` (`X_Forwarded_Proto`): CGI, WSGI and Rack servers
-/// read it as the dashed one (both become `HTTP_X_FORWARDED_PROTO`, joined), so a client could claim
-/// https or another address through it. No proxy sends such names: always dropped.
+/// A forwarding header or `X-Request-Id` spelled with `_` for `-` (`X_Forwarded_Proto`): CGI, WSGI
+/// and Rack servers read it as the dashed one (both become `HTTP_X_FORWARDED_PROTO`, joined), so a
+/// client could claim https or another address through it, or give the app another request id
+/// than the access log shows. No proxy sends such names: always dropped.
 fn underscored_forwarding(name: &str) -> bool {
     name.contains('_')
-        && FORWARDING.iter().any(|f| {
+        && FORWARDING.iter().chain(&["x-request-id"]).any(|f| {
             f.len() == name.len()
                 && f.bytes().zip(name.bytes()).all(|(f, n)| f == n.to_ascii_lowercase() || (f == b'-' && n == b'_'))
         })
@@ -1517,6 +1531,25 @@ mod tests {
         }
     }
 
+    /// CGI, WSGI and Rack servers read `X_Request_Id` as `X-Request-Id` (both become
+    /// `HTTP_X_REQUEST_ID`): the app would get another id than the access log shows, or two.
+    #[test]
+    fn a_request_id_spelled_with_underscores_is_dropped() {
+        let ids = RequestIds::counting();
+        let parse = |raw: &str| {
+            parse_request(raw.as_bytes(), "10.0.0.9".parse().unwrap(), &untrusted, &ids, true).unwrap().unwrap().1
+        };
+        let id = |r: &Request| r.log.as_ref().map(|l| l.id.clone()).unwrap_or_default();
+        let alone = parse("GET / HTTP/1.1\r\nX_Request_Id: evil\r\n\r\n");
+        let head = String::from_utf8(alone.head.clone()).unwrap();
+        assert!(!head.contains("evil"), "{head}");
+        assert!(head.contains(&format!("X-Request-Id: {}\r\n", id(&alone))), "{head}");
+        let beside = parse("GET / HTTP/1.1\r\nX-Request-Id: abc\r\nx_request-id: evil\r\n\r\n");
+        let head = String::from_utf8(beside.head.clone()).unwrap();
+        assert!(!head.contains("evil") && head.contains("X-Request-Id: abc\r\n"), "{head}");
+        assert_eq!(id(&beside), "abc");
+    }
+
     #[test]
     fn content_length_is_digits_only() {
         for bad in ["+5", "-1", "5, 5", "0x5", "", " ", "1e3", "99999999999999999999"] {
@@ -1660,6 +1693,46 @@ mod tests {
         let get = req("GET / HTTP/1.1\r\n\r\n");
         let answer = format!("HTTP/1.1 200 OK\r\n{}Content-Length: 0\r\n\r\n", pad(MAX_HEAD));
         assert!(matches!(parse_response(answer.as_bytes(), &get), Err(Failure::Malformed)));
+    }
+
+    /// A worker that sends its answer's head a byte at a time (by design or by a slow pipe) costs
+    /// the front time in proportion to the head, not to its square: the head was parsed again
+    /// at every read, and twice (the second with room for 1,000 headers) once it had more than 100.
+    #[tokio::test]
+    async fn a_head_dribbled_a_byte_at_a_time_costs_time_in_proportion_to_its_size() {
+        /// Gives one byte per read.
+        struct Dribble(Vec<u8>, usize);
+        impl AsyncRead for Dribble {
+            fn poll_read(
+                mut self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+                buf: &mut tokio::io::ReadBuf<'_>,
+            ) -> std::task::Poll<io::Result<()>> {
+                if let Some(&b) = self.0.get(self.1) {
+                    buf.put_slice(&[b]);
+                    self.1 += 1;
+                }
+                std::task::Poll::Ready(Ok(()))
+            }
+        }
+        let get = req("GET / HTTP/1.1\r\n\r\n");
+        let cookies: String =
+            (0..600).map(|i| format!("Set-Cookie: c{i}=vvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvv\r\n")).collect();
+        let head = format!(
+            "HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\n{cookies}Content-Length: 2\r\n\r\nok"
+        );
+        let mut up = Dribble(head.clone().into_bytes(), 0);
+        let mut ubuf = BytesMut::new();
+        let started = std::time::Instant::now();
+        let read = read_response(&mut up, &mut ubuf, &mut tokio::io::sink(), Duration::from_secs(1), &get, false).await;
+        let Ok(res) = read else { panic!("no answer") };
+        assert_eq!((res.status, res.head_len), (200, head.len() - 2 - head.find("\r\n\r\n").unwrap() - 4));
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?} for a {} byte head", started.elapsed(), head.len());
+        // A worker that does not speak HTTP is still told at its first bytes.
+        let mut up = Dribble(b"SSH-2.0-OpenSSH\r\n".to_vec(), 0);
+        let mut ubuf = BytesMut::new();
+        let read = read_response(&mut up, &mut ubuf, &mut tokio::io::sink(), Duration::from_secs(1), &get, false).await;
+        assert!(matches!(read, Err(Failure::Malformed)));
     }
 
     #[test]

@@ -59,11 +59,18 @@ where
 /// What both directions of one relay tell its watchdog.
 struct Watch {
     start: Instant,
-    /// When either side last sent a byte, in ms since `start`.
+    /// When either side last sent a byte (or its end), in ms since `start`.
     last: AtomicU64,
     /// Whether a side has closed its half.
     ended: AtomicBool,
     end: Notify,
+}
+
+impl Watch {
+    /// Something came from a side (a byte or its end): silence counts from now.
+    fn heard(&self) {
+        self.last.store(self.start.elapsed().as_millis() as u64, Relaxed);
+    }
 }
 
 /// A stream that notes when it last read anything, and when it ended.
@@ -77,9 +84,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<'_, S> {
         let before = buf.filled().len();
         let r = Pin::new(&mut *self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.watch.last.store(self.watch.start.elapsed().as_millis() as u64, Relaxed);
+            self.watch.heard();
         } else if matches!(r, Poll::Ready(Ok(()))) && buf.remaining() > 0 && !self.watch.ended.swap(true, Relaxed) {
-            // A read with room that brings nothing: this side's end.
+            // A read with room that brings nothing: this side's end. It is news like a byte: the
+            // other side's half-closed limit runs from it, not from an earlier silence.
+            self.watch.heard();
             self.watch.end.notify_one();
         }
         r
@@ -117,6 +126,28 @@ mod tests {
         assert!(!relaying.is_finished(), "30 s of traffic every 6 s is not idle");
         tokio::time::sleep(Duration::from_secs(11)).await;
         assert!(relaying.await.unwrap(), "ended idle");
+    }
+
+    /// A close is news too: a side that ends after a long silence (a `nc` user typing Ctrl-D
+    /// after a pause, a websocket client that leaves after minutes of quiet) gives the other side
+    /// the half-closed limit from then on, to answer the end; the relay is not cut at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_side_that_closes_after_a_long_silence_leaves_the_other_time_to_answer() {
+        let (mut a, mut a_peer) = tokio::io::duplex(1024);
+        let (mut b, mut b_peer) = tokio::io::duplex(1024);
+        let relaying = tokio::spawn(async move { relay(&mut a, &mut b, Duration::from_secs(600)).await });
+        tokio::time::sleep(HALF_CLOSED_IDLE + Duration::from_secs(30)).await;
+        a_peer.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        b_peer.read_to_end(&mut got).await.unwrap();
+        assert!(got.is_empty(), "the end is passed on");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!relaying.is_finished(), "cut at the end, after silence within the idle limit");
+        b_peer.write_all(b"the answer to the end").await.unwrap();
+        let mut got = [0u8; 21];
+        a_peer.read_exact(&mut got).await.expect("the answer reaches the side that closed");
+        tokio::time::sleep(HALF_CLOSED_IDLE + Duration::from_secs(1)).await;
+        assert!(relaying.is_finished() && relaying.await.unwrap(), "then silence ends it");
     }
 
     #[tokio::test(start_paused = true)]

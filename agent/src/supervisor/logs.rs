@@ -279,8 +279,10 @@ impl Files {
 
 /// Open a log file (or its rotated copy) to write, never through a symlink: the log's directory
 /// may be writable by the app's user, who could point the name at a file only root may write.
+/// Never waiting either: a FIFO put in its place would hold `open` (and every line of the app)
+/// until someone reads it, and a full one each write; a file or a device is not concerned.
 fn open_log(path: &Path, options: &mut OpenOptions) -> std::io::Result<File> {
-    options.mode(0o600).custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY).open(path)
+    options.mode(0o600).custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_NONBLOCK).open(path)
 }
 
 /// Whether the open `file` is still the one at `path`: not moved away, removed or replaced.
@@ -301,6 +303,10 @@ fn is_regular(path: &Path) -> bool {
 
 /// Empty the regular file `path` (`deployer flush`); `false` for anything else, left alone.
 fn empty(path: &Path) -> std::io::Result<bool> {
+    if !is_regular(path) {
+        // Not opened at all: a FIFO nobody reads refuses a writer.
+        return Ok(false);
+    }
     let file = open_log(path, OpenOptions::new().write(true))?;
     if !file.metadata()?.file_type().is_file() {
         return Ok(false);
@@ -568,6 +574,33 @@ mod tests {
         a_check_is_due(&mut log);
         log.append(b"five\n");
         assert_eq!(read(&path), "four\nfive\n", "a file still in place is kept");
+    }
+
+    /// The log's directory may be writable by the app's user, who can put a FIFO where the log
+    /// was (`rm web.log; mkfifo web.log`): the agent, reopening the file it found gone, blocked
+    /// in `open` until someone read the FIFO, holding every line of the app (and its workers,
+    /// once their pipes filled) for ever.
+    #[test]
+    fn a_fifo_put_in_place_of_a_log_does_not_block_the_writer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("web.log");
+        let mut log = LogFile::new(path.clone(), &LogsConfig::default());
+        log.append(b"one\n");
+        std::fs::remove_file(&path).expect("rm the log");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+        log.checked = Instant::now().checked_sub(REOPEN_AFTER).expect("uptime");
+        let (done, appended) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            log.append(b"two\n");
+            let _ = done.send(());
+        });
+        let returned = appended.recv_timeout(Duration::from_secs(5)).is_ok();
+        if !returned {
+            // Let the blocked writer go before failing.
+            let _ = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&path);
+        }
+        assert!(returned, "the writer is stuck opening a FIFO nobody reads");
+        assert!(!empty(&path).expect("a FIFO is left alone"), "only regular files are emptied");
     }
 
     /// PM2 configs write `out_file: /dev/null` (and `deployer-agent import` keeps it): the agent

@@ -676,3 +676,32 @@ http.createServer((req, res) => {
     });
     assert!(logged.is_some(), "{}", std::fs::read_to_string(&path).unwrap_or_default());
 }
+
+/// A `tcp`-front client that sends its input, thinks, then closes its half (`nc -N`, a batch
+/// protocol whose end of input asks for the result) waits for the answer. The relay counted the
+/// half-closed limit from the last byte, so a client that had been quiet a while was cut the
+/// moment it closed its half, and the worker's answer to the end was lost.
+#[test]
+fn a_tcp_client_that_closes_its_half_after_a_pause_gets_the_answer_to_its_end() {
+    const ANSWERS_THE_END: &str = r#"
+require('net').createServer({ allowHalfOpen: true }, (sock) => {
+  let got = '';
+  sock.on('data', (d) => { got += d; });
+  sock.on('end', () => setTimeout(() => sock.end('answer to ' + got), 2000));
+}).listen(Number(process.env.PORT));
+"#;
+    let agent = TestEnv::new()
+        .proxy(deployer_tests::Proxy::Tcp)
+        .web(|a| a.start(&["node", "-e", ANSWERS_THE_END]).set("front", "{ tunnel_idle_timeout: 4s }"))
+        .instances(1)
+        .start();
+    let mut s = TcpStream::connect(("127.0.0.1", agent.port("web"))).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    s.write_all(b"query").expect("send");
+    // Quiet, within the idle limit, before the end of input.
+    std::thread::sleep(Duration::from_secs(3));
+    s.shutdown(std::net::Shutdown::Write).expect("half-close");
+    let mut answer = String::new();
+    let end = s.read_to_string(&mut answer);
+    assert_eq!(answer, "answer to query", "{end:?}");
+}
