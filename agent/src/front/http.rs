@@ -126,8 +126,7 @@ pub async fn serve(
             {
                 let mut watch = rules.clone();
                 let rules = watch.borrow_and_update().clone();
-                let peer_ip = peer.ip();
-                let peer = Peer::new(peer_ip, &*rules.trusted_proxy);
+                let peer = Peer::new(peer.ip(), &*rules.trusted_proxy);
                 let started = Instant::now();
                 let client_timer = Box::pin(tokio::time::sleep_until((started + rules.header_timeout).into()));
                 let upstream_timer = Box::pin(tokio::time::sleep_until((started + rules.response_timeout).into()));
@@ -138,7 +137,6 @@ pub async fn serve(
                     // A connection that sends nothing is held to the head deadline from its start.
                     head_started: Some(started),
                     had_request: false,
-                    peer_ip,
                     peer,
                     rules,
                     watch,
@@ -307,7 +305,6 @@ struct Conn {
     head_started: Option<Instant>,
     /// Whether a request has been read from this connection (a stop closes it between requests).
     had_request: bool,
-    peer_ip: IpAddr,
     peer: Peer,
     rules: Arc<ClientRules>,
     /// Where `rules` come from: looked at for a change once per request head.
@@ -486,7 +483,7 @@ impl Conn {
     fn follow_rules(&mut self) {
         if self.watch.has_changed().unwrap_or(false) {
             self.rules = self.watch.borrow_and_update().clone();
-            self.peer = Peer::new(self.peer_ip, &*self.rules.trusted_proxy);
+            self.peer.trusted = (self.rules.trusted_proxy)(self.peer.ip);
         }
     }
 
@@ -1056,6 +1053,7 @@ fn underscored_forwarding(name: &str) -> bool {
 /// The client of a connection as its requests' heads name it, worked out once per connection
 /// rather than per request.
 pub(super) struct Peer {
+    ip: IpAddr,
     text: String,
     /// The address as `Forwarded: for=` takes it: an IPv6 one bracketed and quoted.
     forwarded_for: String,
@@ -1066,7 +1064,7 @@ pub(super) struct Peer {
 impl Peer {
     pub(super) fn new(ip: IpAddr, trusted_proxy: &(dyn Fn(IpAddr) -> bool + Send + Sync)) -> Peer {
         let forwarded_for = if ip.is_ipv6() { format!("\"[{ip}]\"") } else { ip.to_string() };
-        Peer { text: ip.to_string(), forwarded_for, trusted: trusted_proxy(ip) }
+        Peer { ip, text: ip.to_string(), forwarded_for, trusted: trusted_proxy(ip) }
     }
 }
 
@@ -1496,13 +1494,20 @@ mod tests {
         }
     }
 
+    /// A request parsed with its access-log line kept.
+    fn logged(raw: &[u8], ids: &RequestIds) -> Request {
+        parse_request(raw, "10.0.0.9".parse().unwrap(), &untrusted, ids, true).unwrap().unwrap().1
+    }
+
+    /// The request id its access-log line shows.
+    fn id(r: &Request) -> String {
+        r.log.as_ref().map(|l| l.id.clone()).unwrap_or_default()
+    }
+
     #[test]
     fn a_request_id_is_added_when_absent_and_kept_when_present() {
         let ids = RequestIds::counting();
-        let parse = |raw: &str| {
-            parse_request(raw.as_bytes(), "10.0.0.9".parse().unwrap(), &untrusted, &ids, true).unwrap().unwrap().1
-        };
-        let id = |r: &Request| r.log.as_ref().map(|l| l.id.clone()).unwrap_or_default();
+        let parse = |raw: &str| logged(raw.as_bytes(), &ids);
         let first = parse("GET / HTTP/1.1\r\n\r\n");
         let second = parse("GET / HTTP/1.1\r\n\r\n");
         assert_eq!((id(&first).as_str(), id(&second).as_str()), ("0000000000000000", "0000000000000001"));
@@ -1523,7 +1528,7 @@ mod tests {
             let mut raw = b"GET / HTTP/1.1\r\nX-Request-Id: ".to_vec();
             raw.extend_from_slice(bad);
             raw.extend_from_slice(b"\r\n\r\n");
-            let r = parse_request(&raw, "10.0.0.9".parse().unwrap(), &untrusted, &ids, true).unwrap().unwrap().1;
+            let r = logged(&raw, &ids);
             let head = String::from_utf8(r.head.clone()).expect("the worker gets an ASCII head");
             assert_eq!(head.matches("X-Request-Id").count(), 1, "{head}");
             assert!(head.contains(&format!("X-Request-Id: {}\r\n", id(&r))), "{head}");
@@ -1536,10 +1541,7 @@ mod tests {
     #[test]
     fn a_request_id_spelled_with_underscores_is_dropped() {
         let ids = RequestIds::counting();
-        let parse = |raw: &str| {
-            parse_request(raw.as_bytes(), "10.0.0.9".parse().unwrap(), &untrusted, &ids, true).unwrap().unwrap().1
-        };
-        let id = |r: &Request| r.log.as_ref().map(|l| l.id.clone()).unwrap_or_default();
+        let parse = |raw: &str| logged(raw.as_bytes(), &ids);
         let alone = parse("GET / HTTP/1.1\r\nX_Request_Id: evil\r\n\r\n");
         let head = String::from_utf8(alone.head.clone()).unwrap();
         assert!(!head.contains("evil"), "{head}");
