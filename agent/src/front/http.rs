@@ -66,6 +66,10 @@ pub struct ClientRules {
     /// Where one JSON line per request goes (`access_log: true`); a full channel drops lines
     /// rather than slow a request down.
     pub access_log: Option<tokio::sync::mpsc::Sender<String>>,
+    /// Cancelled when these rules are replaced (a SIGHUP changed `front:`): a connection idle
+    /// between requests, or waiting for the rest of a head, takes up the new timeouts at once
+    /// instead of waiting out the old ones. Listened for once per rules, not once per request.
+    pub superseded: CancellationToken,
 }
 
 impl Default for ClientRules {
@@ -79,6 +83,7 @@ impl Default for ClientRules {
             tunnel_idle_timeout: Duration::from_secs(600),
             trusted_proxy: Box::new(|_| false),
             access_log: None,
+            superseded: CancellationToken::new(),
         }
     }
 }
@@ -130,6 +135,7 @@ pub async fn serve(
                 let started = Instant::now();
                 let client_timer = Box::pin(tokio::time::sleep_until((started + rules.header_timeout).into()));
                 let upstream_timer = Box::pin(tokio::time::sleep_until((started + rules.response_timeout).into()));
+                let rules_changed = Box::pin(rules.superseded.clone().cancelled_owned());
                 let conn = Conn {
                     client: stream,
                     cbuf: BytesMut::with_capacity(8 * 1024),
@@ -140,6 +146,7 @@ pub async fn serve(
                     peer,
                     rules,
                     watch,
+                    rules_changed,
                     ids: ids.clone(),
                     rotation: rotation.clone(),
                     stats: stats.clone(),
@@ -309,6 +316,8 @@ struct Conn {
     rules: Arc<ClientRules>,
     /// Where `rules` come from: looked at for a change once per request head.
     watch: tokio::sync::watch::Receiver<Arc<ClientRules>>,
+    /// `rules` were replaced: a wait for a head starts again by the new ones.
+    rules_changed: Pin<Box<WaitForCancellationFutureOwned>>,
     ids: Arc<RequestIds>,
     rotation: Arc<Rotation>,
     stats: Arc<FrontStats>,
@@ -381,13 +390,16 @@ impl Conn {
     /// idle past `idle_timeout`) between requests. `Err(status)`: answer that and close.
     async fn read_request(&mut self) -> Result<Option<Request>, u16> {
         // The head's deadline runs from its first byte (or the connection's start); before that
-        // a keep-alive connection is idle.
+        // a keep-alive connection is idle, since now. Both are counted by the rules of the
+        // moment: a change that lowers a timeout applies to a wait already under way.
         if !self.cbuf.is_empty() {
             self.head_started.get_or_insert_with(Instant::now);
         }
-        let mut head_deadline = self.head_started.take().map(|t| t + self.rules.header_timeout);
-        // Set once a stop is seen while the first request has not come yet: read on until then.
-        let mut stopping = false;
+        let idle_since = Instant::now();
+        let mut head_from = self.head_started.take();
+        // Set once a stop is seen while the first request has not come yet: read on until then,
+        // or until this grace ends.
+        let mut grace: Option<Instant> = None;
         loop {
             // Before each wait and each look at a head: a connection opened before a change
             // waits, times out and logs by the new rules as soon as anything comes on it.
@@ -415,18 +427,22 @@ impl Conn {
             }
             self.cbuf.reserve(8 * 1024);
             let idle = self.cbuf.is_empty();
-            let deadline = head_deadline.unwrap_or_else(|| Instant::now() + self.rules.idle_timeout);
+            let deadline = match head_from {
+                Some(t) => t + self.rules.header_timeout,
+                None => idle_since + self.rules.idle_timeout,
+            };
+            let deadline = grace.map_or(deadline, |g| g.min(deadline));
             self.client_timer.as_mut().reset(deadline.into());
             let read = tokio::select! {
                 biased;
                 r = self.client.read_buf(&mut self.cbuf) => Ok(r),
                 () = self.client_timer.as_mut() => Err(()),
-                () = self.stop.as_mut(), if idle && !stopping => {
+                // New rules: wait again, by them.
+                () = self.rules_changed.as_mut() => continue,
+                () = self.stop.as_mut(), if idle && grace.is_none() => {
                     if !self.had_request {
                         // Accepted just before the stop: its first request is on its way.
-                        stopping = true;
-                        let grace = Instant::now() + FIRST_REQUEST_GRACE;
-                        head_deadline = Some(head_deadline.map_or(grace, |d| d.min(grace)));
+                        grace = Some(Instant::now() + FIRST_REQUEST_GRACE);
                         continue;
                     }
                     // A lingering close, as nginx does: the client may be sending its next
@@ -439,12 +455,12 @@ impl Conn {
             };
             match read {
                 // A stop's grace ran out on a connection that sent nothing: close it quietly.
-                Err(_) if stopping && self.cbuf.is_empty() => return Ok(None),
-                Err(_) if head_deadline.is_some() => return Err(408),
+                Err(_) if grace.is_some() && self.cbuf.is_empty() => return Ok(None),
+                Err(_) if head_from.is_some() => return Err(408),
                 Ok(Ok(0)) | Err(_) | Ok(Err(_)) => return Ok(None),
                 Ok(Ok(_)) => {}
             }
-            head_deadline.get_or_insert_with(|| Instant::now() + self.rules.header_timeout);
+            head_from.get_or_insert_with(Instant::now);
         }
     }
 
@@ -481,9 +497,12 @@ impl Conn {
 
     /// Take up the app's `front:` config if it changed since this connection last looked.
     fn follow_rules(&mut self) {
+        // Rules are cancelled only once their successor is in the watch, so new rules are here
+        // whenever `rules_changed` has fired.
         if self.watch.has_changed().unwrap_or(false) {
             self.rules = self.watch.borrow_and_update().clone();
             self.peer.trusted = (self.rules.trusted_proxy)(self.peer.ip);
+            self.rules_changed = Box::pin(self.rules.superseded.clone().cancelled_owned());
         }
     }
 
@@ -662,17 +681,22 @@ impl Conn {
             let mut body = req.body;
             // The worker's time to answer runs from the end of the body.
             let sent_all = tokio::sync::Notify::new();
+            let body_sent = std::sync::atomic::AtomicBool::new(false);
+            // Ends only in an error: once the whole body is sent, when the client goes away
+            // while the worker prepares the answer, as without a body.
             let send = async {
                 let (read_idle, write_idle) = (rules.body_timeout, rules.response_timeout);
-                let sent = relay(&mut cr, cbuf, &mut uw, &mut body, read_idle, write_idle, Some(&mut body_left))
-                    .await
-                    .map_err(|e| match e {
+                relay(&mut cr, cbuf, &mut uw, &mut body, read_idle, write_idle, Some(&mut body_left)).await.map_err(
+                    |e| match e {
                         Relay::Src | Relay::Idle | Relay::Malformed => Failure::Client,
                         Relay::TooLarge => Failure::TooLarge,
                         Relay::Dst => Failure::Upstream { retry: false },
-                    });
+                    },
+                )?;
+                body_sent.store(true, Relaxed);
                 sent_all.notify_one();
-                sent
+                gone(&mut cr).await;
+                Err::<(), _>(Failure::Client)
             };
             let ubuf = &mut up.ubuf;
             let answer = async {
@@ -686,19 +710,19 @@ impl Conn {
             tokio::pin!(send, answer);
             // A final answer may come before the whole body (`Expect: 100-continue` refused, an
             // upload turned away): it is the client's at once, not after a body it may never send.
-            let (mut sending, mut body_sent) = (true, false);
+            let mut sending = true;
             let answer = loop {
                 tokio::select! {
                     sent = &mut send, if sending => match sent {
-                        Ok(_) => (sending, body_sent) = (false, true),
                         // The worker stopped taking the body: it may have answered and closed.
                         Err(Failure::Upstream { .. }) => sending = false,
                         Err(e) => return Err(e),
+                        Ok(()) => sending = false,
                     },
                     answer = &mut answer => break answer,
                 }
             };
-            (answer, body_sent)
+            (answer, body_sent.load(Relaxed))
         };
         let answer = match answer {
             (Ok(_), false) => {

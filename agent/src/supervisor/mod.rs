@@ -540,6 +540,7 @@ fn client_rules(cfg: &AppConfig, access_log: &tokio::sync::mpsc::Sender<String>)
         max_body: f.max_body.0,
         tunnel_idle_timeout: f.tunnel_idle_timeout.0,
         trusted_proxy: Box::new(move |ip| f.trusts(ip)),
+        superseded: tokio_util::sync::CancellationToken::new(),
     })
 }
 
@@ -639,7 +640,8 @@ impl App {
 
     /// The config the app runs with, and the front's view of it.
     fn set_config(&self, cfg: AppConfig) {
-        self.rules.send_replace(client_rules(&cfg, &self.access_log));
+        // Connections waiting by the old rules wake and wait again by the new ones.
+        self.rules.send_replace(client_rules(&cfg, &self.access_log)).superseded.cancel();
         if let Some(rot) = &self.ctx.rotation {
             rot.set_unhealthy_after(cfg.front.unhealthy_after as usize);
         }

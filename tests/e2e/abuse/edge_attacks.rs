@@ -639,6 +639,41 @@ fn a_config_change_reaches_keep_alive_connections_already_open() {
     assert!(head.starts_with("HTTP/1.1 413"), "the new max_body: {head}");
 }
 
+/// A SIGHUP that lowers `idle_timeout` or `header_timeout` must reach the connections already
+/// waiting under the old values: an operator lowers them because idle or slow connections are
+/// piling up, and those are exactly the ones waiting. A connection waiting between requests, or
+/// for the rest of a head, waited out its old deadline (here 60 s) before taking up the new one.
+#[test]
+fn a_lowered_timeout_reaches_connections_already_waiting() {
+    let mut agent = TestEnv::new()
+        .web(|a| {
+            a.start(&["node", &deployer_tests::fixture("echo-head.js")])
+                .set("front", "{ idle_timeout: 60s, header_timeout: 60s }")
+        })
+        .start();
+    let port = agent.port("web");
+    let mut idle = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").expect("send");
+    let (head, _) = read_answer(&mut idle);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n").expect("send the start of a head");
+
+    agent.reconfigure(|env| env.web(|a| a.set("front", "{ idle_timeout: 1s, header_timeout: 1s }")));
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    // Well under the old 60 s, whatever the machine's speed.
+    for s in [&mut idle, &mut slow] {
+        s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    }
+    let mut rest = Vec::new();
+    let ended = idle.read_to_end(&mut rest);
+    assert!(matches!(ended, Ok(0)), "the idle connection was not closed by the new idle_timeout: {ended:?}");
+    let mut answer = Vec::new();
+    let ended = slow.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(ended.is_ok() && answer.starts_with("HTTP/1.1 408"), "the slow head: {ended:?} {answer}");
+}
+
 /// A client that goes away while its worker prepares the answer (a page reloaded, a script
 /// killed) left the front holding the worker's connection until the answer was ready: the worker
 /// did all the work for nobody, and a client could queue any amount of it at the cost of a
@@ -673,6 +708,49 @@ http.createServer((req, res) => {
     let logged = deployer_tests::poll(Duration::from_secs(5), || {
         let text = std::fs::read_to_string(&path).ok()?;
         (text.matches("\"status\":499").count() == 10).then_some(())
+    });
+    assert!(logged.is_some(), "{}", std::fs::read_to_string(&path).unwrap_or_default());
+}
+
+/// The same with a body too large to come with the head (an upload, a big form): the front
+/// relayed it, then waited for the answer without looking at the client, so the worker did the
+/// work for a client that had left, as long as the work took.
+#[test]
+fn a_client_that_goes_away_after_sending_a_body_cancels_its_request_too() {
+    const COUNTS_ABORTS: &str = r#"
+const http = require('http');
+let aborted = 0, bodies = 0;
+http.createServer((req, res) => {
+  if (req.url === '/aborted') { res.end(`${aborted} of ${bodies}`); return; }
+  let later;
+  req.on('data', () => {});
+  req.on('end', () => { bodies++; later = setTimeout(() => res.end('late'), 10000); });
+  res.on('close', () => { if (!res.writableEnded) { aborted++; clearTimeout(later); } });
+}).listen(Number(process.env.PORT));
+"#;
+    let agent = TestEnv::new()
+        .web(|a| a.start(&["node", "-e", COUNTS_ABORTS]).set("front", "{ access_log: true }"))
+        .instances(1)
+        .start();
+    let port = agent.port("web");
+    // Far more than the front reads with a head: most of it is relayed.
+    let body = vec![b'x'; 1 << 20];
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.write_all(format!("POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes())
+            .expect("send the head");
+        s.write_all(&body).expect("send the body");
+        // Dropped: the client closes once its whole request is sent.
+    }
+    let aborted = deployer_tests::poll(Duration::from_secs(5), || {
+        let r = http::get(port, "/aborted").ok()?;
+        (r.body == "5 of 5").then_some(())
+    });
+    assert!(aborted.is_some(), "the worker still works for clients that left: {:?}", http::get(port, "/aborted"));
+    let path = agent.dir().join("state/logs/web.access.log");
+    let logged = deployer_tests::poll(Duration::from_secs(5), || {
+        let text = std::fs::read_to_string(&path).ok()?;
+        (text.matches("\"status\":499").count() == 5).then_some(())
     });
     assert!(logged.is_some(), "{}", std::fs::read_to_string(&path).unwrap_or_default());
 }
