@@ -17,8 +17,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Semaphore;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
@@ -34,6 +34,10 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(15);
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long connections may take to finish when the agent stops.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long a closed connection is still read from (nginx's `lingering_time`, see [`Parting`]).
+const LINGER: Duration = Duration::from_secs(1);
+/// How much a closed connection is still read before it is given up (a client that streams).
+const LINGER_BYTES: usize = 1 << 20;
 
 /// Serve `router` on `listener`, at most `max_connections` at once (their fds are part of the
 /// agent's reserve, `crate::limits`, which the fronts never take), until `shutdown`; then let
@@ -69,13 +73,15 @@ where
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_TIMEOUT)
-            .serve_connection(TokioIo::new(SendDeadline::new(io, SEND_TIMEOUT)), TowerToHyperService::new(service));
+            .serve_connection(
+                TokioIo::new(SendDeadline::new(Parting::new(io, permit), SEND_TIMEOUT)),
+                TowerToHyperService::new(service),
+            );
         let conn = graceful.watch(conn);
         connections.spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "API connection ended");
             }
-            drop(permit);
         });
     }
     drop(listener);
@@ -134,6 +140,83 @@ where
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// A connection that is closed the way nginx closes one (lingering close): its side is shut, and
+/// what the client still sends is read and dropped for a moment. hyper closes a connection on a
+/// request it cannot parse while the client may have sent more behind it (pipelined requests, a
+/// body); a socket closed with unread bytes is reset, and a reset destroys the answers to the
+/// earlier requests still on their way. The connection's slot is held until it is really closed.
+struct Parting<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> {
+    /// `None` only once dropped.
+    io: Option<IO>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Parting<IO> {
+    fn new(io: IO, permit: OwnedSemaphorePermit) -> Self {
+        Parting { io: Some(io), permit: Some(permit) }
+    }
+
+    fn io(&mut self) -> Pin<&mut IO> {
+        Pin::new(self.io.as_mut().expect("a connection is not used once dropped"))
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for Parting<IO> {
+    fn drop(&mut self) {
+        let (Some(mut io), permit) = (self.io.take(), self.permit.take()) else { return };
+        // Outside a runtime (the agent is going away) the socket just closes.
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        rt.spawn(async move {
+            let _ = tokio::time::timeout(LINGER, async {
+                // the client may be gone already; the connection closes either way
+                let _ = io.shutdown().await;
+                let mut sink = vec![0u8; 4096];
+                let mut left = LINGER_BYTES;
+                while left > 0 {
+                    match io.read(&mut sink).await {
+                        Ok(n) if n > 0 => left = left.saturating_sub(n),
+                        _ => return,
+                    }
+                }
+            })
+            .await;
+            drop(permit);
+        });
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncRead for Parting<IO> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        self.io().poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for Parting<IO> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.io().poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.io().poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.as_ref().is_some_and(|io| io.is_write_vectored())
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.io().poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.io().poll_shutdown(cx)
     }
 }
 
