@@ -309,6 +309,66 @@ fn the_access_log_has_a_line_per_request_with_the_id_the_worker_saw() {
     assert!(lines.iter().any(|l| l["path"] == "/two" && l["id"] == "mine-42"), "{lines:#?}");
 }
 
+/// An answer cut short after its head went out keeps the worker's status in the access log (the
+/// client got that status line), so the line says why it was cut: the worker broke off, or the
+/// client stopped taking it. Before, such a line could not be told from a complete answer.
+#[test]
+fn the_access_log_says_when_and_by_whom_an_answer_was_cut_short() {
+    const CUTS: &str = r#"
+const http = require('http');
+http.createServer((req, res) => {
+  if (req.url === '/broken') {
+    res.writeHead(200, { 'content-length': '100000' });
+    res.write('only the start');
+    setTimeout(() => req.socket.destroy(), 50);
+  } else if (req.url === '/huge') {
+    res.writeHead(200, { 'content-length': String(64 << 20) });
+    const chunk = Buffer.alloc(1 << 20, 120);
+    let left = 64;
+    const more = () => { while (left > 0) { left--; if (!res.write(chunk)) { res.once('drain', more); return; } } res.end(); };
+    more();
+  } else {
+    res.end('whole');
+  }
+}).listen(Number(process.env.PORT));
+"#;
+    let agent = TestEnv::new()
+        .web(|a| a.start(&["node", "-e", CUTS]).set("front", "{ access_log: true }"))
+        .instances(1)
+        .start();
+    let port = agent.port("web");
+    let whole = http::get(port, "/whole").expect("an answer");
+    assert_eq!(whole.body, "whole");
+    let mut broken = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    broken.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    broken.write_all(b"GET /broken HTTP/1.1\r\nHost: a\r\n\r\n").expect("send");
+    let mut got = Vec::new();
+    let _ = broken.read_to_end(&mut got);
+    let mut huge = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    huge.write_all(b"GET /huge HTTP/1.1\r\nHost: a\r\n\r\n").expect("send");
+    let mut start = [0u8; 4096];
+    let n = huge.read(&mut start).expect("the answer starts");
+    assert!(String::from_utf8_lossy(&start[..n]).starts_with("HTTP/1.1 200"));
+    // Leaves with 64 MB still to come.
+    drop(huge);
+
+    let path = agent.dir().join("state/logs/web.access.log");
+    let lines = deployer_tests::poll(Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&path).ok()?;
+        let lines: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        (lines.len() >= 3).then_some(lines)
+    })
+    .unwrap_or_else(|| panic!("not 3 access log lines: {:?}", std::fs::read_to_string(&path)));
+    let cut_of = |p: &str| {
+        let line = lines.iter().find(|l| l["path"] == p).unwrap_or_else(|| panic!("no line for {p}: {lines:#?}"));
+        assert_eq!(line["status"], 200, "{line}");
+        line["cut"].clone()
+    };
+    assert_eq!(cut_of("/whole"), Value::Null);
+    assert_eq!(cut_of("/broken"), "worker");
+    assert_eq!(cut_of("/huge"), "client");
+}
+
 /// The app with `health:` probes every 200 ms, whose worker 1 answers `/healthz` with 500 once
 /// `marker` exists; answers the agent and the sick worker's pid.
 pub(crate) fn sickening_app(env: TestEnv, dir: &std::path::Path) -> (deployer_tests::Agent, u32) {

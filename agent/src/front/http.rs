@@ -348,6 +348,37 @@ struct Served {
     /// Bytes of the answer sent to the client.
     bytes: u64,
     worker: Option<u32>,
+    /// Why an answer that had started reached the client only in part.
+    cut: Option<Cut>,
+}
+
+/// Why an answer was cut short after its head went out, when its status can no longer say so
+/// (the access log's `cut`; nginx logs the worker's status alone, HAProxy a termination state).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Cut {
+    /// The client stopped taking it, or left.
+    Client,
+    /// The worker closed, or sent what is not HTTP, in the middle of the body.
+    Worker,
+    /// The worker fell silent in the middle of the body for `response_timeout`.
+    WorkerTimeout,
+}
+
+impl Cut {
+    fn as_str(self) -> &'static str {
+        match self {
+            Cut::Client => "client",
+            Cut::Worker => "worker",
+            Cut::WorkerTimeout => "worker_timeout",
+        }
+    }
+}
+
+impl Served {
+    /// The front's own answer (or none), no worker's.
+    fn front(flow: Flow, status: u16) -> Served {
+        Served { flow, status, bytes: 0, worker: None, cut: None }
+    }
 }
 
 impl Conn {
@@ -362,7 +393,7 @@ impl Conn {
                     // A head refused by the front is a request in the access log too, unless
                     // nothing of it came (a connection opened and never used).
                     if !self.cbuf.is_empty() {
-                        self.log(Instant::now(), None, status, 0, None);
+                        self.log(Instant::now(), None, &Served::front(Flow::Close, status));
                     }
                     linger(&mut self.client).await;
                     break;
@@ -468,15 +499,15 @@ impl Conn {
     /// while nothing of the answer has reached the client.
     async fn forward(&mut self, mut req: Request) -> Flow {
         let started = self.rules.access_log.as_ref().map(|_| Instant::now());
-        let Served { flow, status, bytes, worker } = self.serve_one(&mut req).await;
+        let served = self.serve_one(&mut req).await;
         if let Some(started) = started {
-            self.log(started, req.log.as_deref(), status, bytes, worker);
+            self.log(started, req.log.as_deref(), &served);
         }
-        flow
+        served.flow
     }
 
     /// The access log's line for a request (`line`: what its head said), if the log is on.
-    fn log(&self, started: Instant, line: Option<&LogLine>, status: u16, bytes: u64, worker: Option<u32>) {
+    fn log(&self, started: Instant, line: Option<&LogLine>, served: &Served) {
         if let Some(log) = &self.rules.access_log {
             let (method, path, id) = line.map_or(("", "", ""), |l| (&*l.method, &*l.path, &*l.id));
             let line = serde_json::json!({
@@ -484,11 +515,12 @@ impl Conn {
                 "peer": self.peer.text,
                 "method": method,
                 "path": path,
-                "status": status,
-                "bytes": bytes,
+                "status": served.status,
+                "bytes": served.bytes,
                 "ms": started.elapsed().as_millis() as u64,
-                "worker": worker,
+                "worker": served.worker,
                 "id": id,
+                "cut": served.cut.map(Cut::as_str),
             });
             // the access log is bounded: a full queue drops the line rather than slow the proxy (lossy by design)
             let _ = log.try_send(line.to_string());
@@ -521,7 +553,7 @@ impl Conn {
 
     /// [`Conn::forward`] without the access log.
     async fn serve_one(&mut self, req: &mut Request) -> Served {
-        let front = |flow, status| Served { flow, status, bytes: 0, worker: None };
+        let front = Served::front;
         if matches!(req.body, Body::Length(n) if n > self.rules.max_body) {
             // the client may be gone; the connection closes either way
             let _ = respond(&mut self.client, 413).await;
@@ -544,8 +576,8 @@ impl Conn {
             match self.exchange(req, &mut up).await {
                 Ok(res) => {
                     let status = res.status;
-                    let (flow, bytes) = self.finish(req, res, lease, up).await;
-                    return Served { flow, status, bytes, worker };
+                    let (flow, bytes, cut) = self.finish(req, res, lease, up).await;
+                    return Served { flow, status, bytes, worker, cut };
                 }
                 Err(Failure::Upstream { retry: true }) => {
                     tracing::debug!(worker = up.backend().worker, "upstream failed before answering; retrying");
@@ -750,7 +782,13 @@ impl Conn {
     }
 
     /// Pass the answer on, then keep, pool or drop the upstream connection.
-    async fn finish(&mut self, req: &Request, res: Response, lease: Lease, mut up: Upstream) -> (Flow, u64) {
+    async fn finish(
+        &mut self,
+        req: &Request,
+        res: Response,
+        lease: Lease,
+        mut up: Upstream,
+    ) -> (Flow, u64, Option<Cut>) {
         let (mut body, n) = (res.body, res.first);
         let mut sent = (res.rewritten.as_ref().map_or(res.head_len, Vec::len) + n) as u64;
         let written = match res.rewritten {
@@ -762,31 +800,31 @@ impl Conn {
         };
         up.ubuf.advance(res.head_len + n);
         if written.is_err() {
-            return (Flow::Close, 0);
+            return (Flow::Close, 0, Some(Cut::Client));
         }
         if !body.is_done() {
             let (read_idle, write_idle) = (self.rules.response_timeout, self.rules.body_timeout);
             match relay(&mut up.stream, &mut up.ubuf, &mut self.client, &mut body, read_idle, write_idle, None).await {
                 Ok(relayed) => sent += relayed,
-                Err(Relay::Dst) => return (Flow::Close, sent),
+                Err(Relay::Dst) => return (Flow::Close, sent, Some(Cut::Client)),
                 Err(Relay::Idle) => {
                     tracing::warn!(worker = up.backend().worker, "worker fell silent in the middle of a response body");
                     self.stats.timeouts.fetch_add(1, Relaxed);
                     self.stats.errors.fetch_add(1, Relaxed);
                     self.rotation.failed(up.backend());
-                    return (Flow::Close, sent);
+                    return (Flow::Close, sent, Some(Cut::WorkerTimeout));
                 }
                 Err(Relay::Src | Relay::Malformed | Relay::TooLarge) => {
                     tracing::warn!(worker = up.backend().worker, "worker closed in the middle of a response body");
                     self.stats.errors.fetch_add(1, Relaxed);
-                    return (Flow::Close, sent);
+                    return (Flow::Close, sent, Some(Cut::Worker));
                 }
             }
         }
         if res.status == 101 && req.upgrade {
             self.tunnel(up).await;
             drop(lease);
-            return (Flow::Close, sent);
+            return (Flow::Close, sent, None);
         }
         drop(lease);
         let keep_client = !req.client_close && !res.upstream_close;
@@ -810,7 +848,7 @@ impl Conn {
         } else {
             Flow::Close
         };
-        (flow, sent)
+        (flow, sent, None)
     }
 
     /// After `101 Switching Protocols`: bytes both ways until either side closes. The lease is held
