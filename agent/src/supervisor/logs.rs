@@ -115,6 +115,9 @@ pub(super) struct LogFile {
     file: Option<File>,
     /// When `file` was last found at `path` (or opened).
     checked: Instant,
+    /// Lines dropped since the file last took one (it cannot be opened or written: a directory
+    /// or a symlink at its path, a full disk). The first is logged, and the count once it works.
+    dropped: u64,
     size: u64,
     max_size: u64,
     keep: u32,
@@ -347,6 +350,7 @@ impl LogFile {
             path,
             file: None,
             checked: Instant::now(),
+            dropped: 0,
             size,
             max_size: settings.max_size.0,
             keep: settings.keep,
@@ -372,16 +376,33 @@ impl LogFile {
                 self.size = 0;
             }
         }
+        let mut failure = None;
         if self.file.is_none() {
             // Not opened (a symlink in its place): the line is dropped, the next one tries again.
-            self.file = open_log(&self.path, OpenOptions::new().create(true).append(true)).ok();
+            match open_log(&self.path, OpenOptions::new().create(true).append(true)) {
+                Ok(f) => self.file = Some(f),
+                Err(e) => failure = Some(e),
+            }
             self.checked = Instant::now();
         }
-        if let Some(f) = &mut self.file
-            && f.write_all(bytes).is_ok()
-        {
-            self.size += bytes.len() as u64;
+        if let Some(f) = &mut self.file {
+            match f.write_all(bytes) {
+                Ok(()) => {
+                    self.size += bytes.len() as u64;
+                    if self.dropped > 0 {
+                        tracing::warn!(path = %self.path.display(), dropped = self.dropped, "log file written again; lines were lost meanwhile");
+                        self.dropped = 0;
+                    }
+                    return;
+                }
+                Err(e) => failure = Some(e),
+            }
         }
+        if self.dropped == 0 {
+            let error = failure.map_or_else(|| "not open".to_string(), |e| e.to_string());
+            tracing::warn!(path = %self.path.display(), %error, "cannot write a log file; its lines are lost until it can be");
+        }
+        self.dropped += 1;
     }
 
     /// `web.log` -> `web.log.1` -> ... -> `web.log.<keep>` (dropped beyond); with `compress`,
@@ -580,6 +601,21 @@ mod tests {
     /// was (`rm web.log; mkfifo web.log`): the agent, reopening the file it found gone, blocked
     /// in `open` until someone read the FIFO, holding every line of the app (and its workers,
     /// once their pipes filled) for ever.
+    #[test]
+    fn a_log_path_that_cannot_be_written_counts_its_lost_lines_and_is_written_once_it_can() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("web.log");
+        std::fs::create_dir(&path).unwrap();
+        let mut file = LogFile::new(path.clone(), &LogsConfig::default());
+        file.append(b"lost 1\n");
+        file.append(b"lost 2\n");
+        assert_eq!(file.dropped, 2);
+        std::fs::remove_dir(&path).unwrap();
+        file.append(b"kept\n");
+        assert_eq!(file.dropped, 0, "counted afresh once a line is written");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "kept\n");
+    }
+
     #[test]
     fn a_fifo_put_in_place_of_a_log_does_not_block_the_writer() {
         let dir = tempfile::tempdir().expect("tempdir");
