@@ -714,21 +714,23 @@ impl Conn {
             // The worker's time to answer runs from the end of the body.
             let sent_all = tokio::sync::Notify::new();
             let body_sent = std::sync::atomic::AtomicBool::new(false);
-            // Ends only in an error: once the whole body is sent, when the client goes away
+            // Ends only in a failure: once the whole body is sent, when the client goes away
             // while the worker prepares the answer, as without a body.
             let send = async {
                 let (read_idle, write_idle) = (rules.body_timeout, rules.response_timeout);
-                relay(&mut cr, cbuf, &mut uw, &mut body, read_idle, write_idle, Some(&mut body_left)).await.map_err(
-                    |e| match e {
+                if let Err(e) =
+                    relay(&mut cr, cbuf, &mut uw, &mut body, read_idle, write_idle, Some(&mut body_left)).await
+                {
+                    return match e {
                         Relay::Src | Relay::Idle | Relay::Malformed => Failure::Client,
                         Relay::TooLarge => Failure::TooLarge,
                         Relay::Dst => Failure::Upstream { retry: false },
-                    },
-                )?;
+                    };
+                }
                 body_sent.store(true, Relaxed);
                 sent_all.notify_one();
                 gone(&mut cr).await;
-                Err::<(), _>(Failure::Client)
+                Failure::Client
             };
             let ubuf = &mut up.ubuf;
             let answer = async {
@@ -745,11 +747,10 @@ impl Conn {
             let mut sending = true;
             let answer = loop {
                 tokio::select! {
-                    sent = &mut send, if sending => match sent {
+                    failed = &mut send, if sending => match failed {
                         // The worker stopped taking the body: it may have answered and closed.
-                        Err(Failure::Upstream { .. }) => sending = false,
-                        Err(e) => return Err(e),
-                        Ok(()) => sending = false,
+                        Failure::Upstream { .. } => sending = false,
+                        failure => return Err(failure),
                     },
                     answer = &mut answer => break answer,
                 }
