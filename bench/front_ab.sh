@@ -64,8 +64,11 @@ haproxy_config "$HP" "$W1" "$W2" > "$WORK/haproxy.cfg"
 PIDS+=($!); PORT[haproxy]=$HP; names+=(haproxy)
 for n in "${names[@]}"; do wait_http "${PORT[$n]}"; done
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-for _ in $(seq "$ROUNDS"); do
-  for n in "${names[@]}"; do
+# Each round starts one contender further along (A B, then B A, ...): none always runs right after
+# the same other one, or first, so an effect of the position in a round falls on all alike.
+for round in $(seq 0 $((ROUNDS - 1))); do
+  k=$((round % ${#names[@]}))
+  for n in "${names[@]:k}" "${names[@]:0:k}"; do
     [[ -n "${APID[$n]:-}" ]] && c0=$(cpu_ticks "${APID[$n]}")
     # shellcheck disable=SC2086 # WRK_ARGS holds several arguments
     out=$(eval wrk -t1 -c64 -d"${SECS}s" ${WRK_ARGS:-} "http://127.0.0.1:${PORT[$n]}/")

@@ -6,8 +6,8 @@
 #      0 ms app, 2 workers, wrk -t1 -c64 with keep-alive and with `Connection: close`. All of them
 #      are up at once (idle when not measured) and measured in turns, ROUNDS (5) rounds: on a
 #      shared host a burst of other work then hits every contender alike, instead of whichever
-#      one happened to run during it. A ratio is the median of the rounds' ratios, and each
-#      round's ratio is printed too;
+#      one happened to run during it. The order of the turns rotates from round to round. A
+#      ratio is the median of the rounds' ratios, and each round's ratio is printed too;
 #   3. the agent's RSS with one app of 2 workers, at once and once settled (3 s later).
 # nginx (2 worker processes, upstream keepalive 64) and HAProxy (nbthread 2, http-reuse always)
 # run from temp configs on free loopback ports, as `nobody` when the script runs as root, and are
@@ -214,11 +214,15 @@ for mode in http tcp fd; do
   PORT[$mode]=$((APP_PORT + n))
 done
 CONTENDERS=(pm2 nginx haproxy http tcp fd)
-for _ in $(seq "$ROUNDS"); do
-  for c in "${CONTENDERS[@]}"; do
-    KA[$c]+="$(rps "http://127.0.0.1:${PORT[$c]}/") "
-    CL[$c]+="$(rps -H 'Connection: close' "http://127.0.0.1:${PORT[$c]}/") "
-  done
+# Each round measures every contender with keep-alive clients, then every one with a connection
+# per request, each pass starting one contender further along than the round before: none
+# always runs right after the same other one (or first), so an effect of the position in a round
+# falls on all alike.
+for round in $(seq 0 $((ROUNDS - 1))); do
+  k=$((round % ${#CONTENDERS[@]}))
+  ORDER=("${CONTENDERS[@]:k}" "${CONTENDERS[@]:0:k}")
+  for c in "${ORDER[@]}"; do KA[$c]+="$(rps "http://127.0.0.1:${PORT[$c]}/") "; done
+  for c in "${ORDER[@]}"; do CL[$c]+="$(rps -H 'Connection: close' "http://127.0.0.1:${PORT[$c]}/") "; done
 done
 LOADED_RSS=$(rss_kb "${AGENT_OF[http]}")
 sleep 3
