@@ -288,12 +288,11 @@ struct Response {
 pub(super) enum Failure {
     /// The client went away or broke the protocol: close without an answer.
     Client,
-    /// A worker failed before answering anything; `retry` when the request may be sent again.
+    /// A worker failed before a final answer reached the client (an interim one may have);
+    /// `retry` when the request may be sent again.
     Upstream {
         retry: bool,
     },
-    /// A worker failed after part of its answer was passed on: nothing to do but close.
-    UpstreamMidResponse,
     /// A worker did not start its answer within `response_timeout`.
     Timeout,
     /// The client's body is larger than `max_body`.
@@ -530,8 +529,11 @@ impl Conn {
     /// Take up the app's `front:` config if it changed since this connection last looked.
     fn follow_rules(&mut self) {
         // Rules are cancelled only once their successor is in the watch, so new rules are here
-        // whenever `rules_changed` has fired.
-        if self.watch.has_changed().unwrap_or(false) {
+        // whenever `rules_changed` has fired. The watch may be closed (the app is gone) with
+        // them still unseen: they are taken all the same, or `rules_changed`, fired for good,
+        // would end every wait at once, without end, and hold the front loop.
+        let changed = self.watch.has_changed().unwrap_or_else(|_| self.watch.borrow().has_changed());
+        if changed {
             self.rules = self.watch.borrow_and_update().clone();
             self.peer.trusted = (self.rules.trusted_proxy)(self.peer.ip);
             self.rules_changed = Box::pin(self.rules.superseded.clone().cancelled_owned());
@@ -592,11 +594,6 @@ impl Conn {
                     self.stats.errors.fetch_add(1, Relaxed);
                     // the client may be gone; the connection closes either way
                     let _ = respond(&mut self.client, 502).await;
-                    return Served { worker, ..front(Flow::Close, 502) };
-                }
-                Err(Failure::UpstreamMidResponse) => {
-                    tracing::warn!(worker = up.backend().worker, "worker closed in the middle of a response");
-                    self.stats.errors.fetch_add(1, Relaxed);
                     return Served { worker, ..front(Flow::Close, 502) };
                 }
                 Err(Failure::Timeout) => {
@@ -913,7 +910,9 @@ where
         ubuf.reserve(8 * 1024);
         match up.read_buf(ubuf).await {
             Ok(0) | Err(_) if ubuf.is_empty() && !got_any => return Err(Failure::Upstream { retry }),
-            Ok(0) | Err(_) => return Err(Failure::UpstreamMidResponse),
+            // In the middle of a head, or after an interim answer: the worker had the request, and
+            // nothing final has reached the client, which can still be told 502.
+            Ok(0) | Err(_) => return Err(Failure::Upstream { retry: false }),
             Ok(_) => {}
         }
     }
@@ -1797,6 +1796,45 @@ mod tests {
         let mut ubuf = BytesMut::new();
         let read = read_response(&mut up, &mut ubuf, &mut tokio::io::sink(), Duration::from_secs(1), &get, false).await;
         assert!(matches!(read, Err(Failure::Malformed)));
+    }
+
+    /// Rules replaced while a connection is busy elsewhere (a long request), then the app gone
+    /// (its rules' sender dropped) before the connection waits for its next head: the watch,
+    /// closed, said "no change", so the connection kept the old rules and their fired
+    /// `superseded`, and its wait for a head ended at once, again and again, never yielding:
+    /// its front loop (every connection on it, and its timers) hung at 100% CPU.
+    #[tokio::test]
+    async fn rules_replaced_then_closed_are_taken_up_without_spinning() {
+        let slow = Arc::new(ClientRules { header_timeout: Duration::from_secs(60), ..ClientRules::default() });
+        let (tx, rx) = tokio::sync::watch::channel(slow);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (shutdown, tracker) = (CancellationToken::new(), TaskTracker::new());
+        let budget = accept::Budget {
+            all_fronts: Arc::new(tokio::sync::Semaphore::new(8)),
+            this_front: Arc::new(tokio::sync::Semaphore::new(8)),
+        };
+        let stats = Arc::new(FrontStats::default());
+        tokio::spawn(serve(listener, Arc::default(), stats, rx, budget, shutdown.clone(), tracker.clone()));
+        let mut client = TcpStream::connect(addr).await.expect("connect");
+        let accepted = tokio::time::timeout(Duration::from_secs(10), async {
+            while tracker.is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        accepted.await.expect("the connection is accepted");
+        // The connection holds the first rules; new ones come, then the sender goes, and only
+        // then is the old token cancelled (as when the connection was busy meanwhile).
+        let quick = ClientRules { header_timeout: Duration::from_secs(1), ..ClientRules::default() };
+        let old = tx.send_replace(Arc::new(quick));
+        drop(tx);
+        old.superseded.cancel();
+        // The new header_timeout (1 s from the connection's start) ends the silent connection.
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut answer)).await;
+        shutdown.cancel();
+        assert!(read.is_ok(), "the connection was never ended: its front loop is stuck");
+        assert!(answer.starts_with(b"HTTP/1.1 408"), "{:?}", String::from_utf8_lossy(&answer));
     }
 
     #[test]

@@ -215,6 +215,8 @@ net.createServer((sock) => {
       else if (path === '/both') sock.write('HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n');
       else if (path === '/lf') sock.write('HTTP/1.1 200 OK\nContent-Length: 3\nX-A: 1\n\n/lf');
       else if (path === '/badchunk') sock.write('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n');
+      else if (path === '/halfhead') sock.end('HTTP/1.1 200 OK\r\nContent-Len');
+      else if (path === '/interim') sock.end('HTTP/1.1 100 Continue\r\n\r\n');
       else sock.write(answer(path));
       if (path === '/late') setTimeout(() => sock.write(stale), 50);
     }
@@ -309,6 +311,23 @@ fn an_answer_framed_two_ways_is_not_passed_on() {
 fn an_answer_malformed_from_its_first_body_byte_is_a_502() {
     let r = broken_answer("/badchunk");
     assert_eq!(r.status, 502, "{:?} {}", r.headers, r.body);
+}
+
+/// A worker that closes in the middle of its answer's head (it crashed, it was killed) has passed
+/// nothing of a final answer on, an interim `100 Continue` at most: the client can still be told
+/// 502, as nginx does, and the access log said 502. The front closed without a word instead, so
+/// the client saw an empty reply and the log a status nobody got.
+#[test]
+fn a_worker_that_closes_in_the_middle_of_its_answers_head_is_a_502() {
+    let agent = TestEnv::new().instances(1).web(|a| a.start(&["node", "-e", BROKEN_WORKER])).start();
+    let port = agent.port("web");
+    let ask = |path: &str| {
+        all_bytes_of_the_answer(port, &format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"))
+    };
+    let answer = ask("/halfhead");
+    assert!(answer.starts_with("HTTP/1.1 502 "), "{answer:?}");
+    let answer = ask("/interim");
+    assert!(answer.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 502 "), "{answer:?}");
 }
 
 /// Every byte the front sends back for `request` (which asks to close), as text: interim heads
