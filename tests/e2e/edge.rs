@@ -260,6 +260,30 @@ fn pipelined_api_requests_are_all_answered_before_a_malformed_one_closes_the_con
     assert!(ended.is_ok(), "the connection ended in {ended:?}, not a close");
 }
 
+/// A client that sends its whole body before it reads (Python's `http.client`, most scripts, a
+/// forge's webhook sender) and is refused before the API reads the body (here a webhook over its
+/// 1 MiB limit: 413) must get the refusal. The API's lingering close gave up after 1 MiB of the
+/// body and closed with the rest unread: the kernel reset the connection, and the sender's write
+/// failed with a broken pipe, so it never read the 413 (GitHub's webhooks go up to 25 MB).
+#[test]
+fn a_sender_refused_before_its_large_body_was_read_still_gets_the_refusal() {
+    let agent = TestEnv::new().start();
+    let mut s = TcpStream::connect(("127.0.0.1", agent.api_port())).expect("connect to the API");
+    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    s.set_write_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    let body = vec![b'a'; 24 << 20];
+    let head = format!(
+        "POST /hooks/web HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let sent = s.write_all(head.as_bytes()).and_then(|()| s.write_all(&body));
+    let mut answer = Vec::new();
+    let ended = s.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    // A client that stops at a failed write (Python's) never reads the answer at all.
+    assert!(sent.is_ok() && answer.starts_with("HTTP/1.1 413"), "sent: {sent:?}, read: {ended:?} {answer:?}");
+}
+
 #[test]
 fn a_body_over_max_body_is_refused_with_413() {
     let agent = echo_app(TestEnv::new()).web(|a| a.set("front", "{ max_body: 1K }")).start();

@@ -36,8 +36,11 @@ pub const SEND_TIMEOUT: Duration = Duration::from_secs(15);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How long a closed connection is still read from (nginx's `lingering_time`, see [`Parting`]).
 const LINGER: Duration = Duration::from_secs(1);
-/// How much a closed connection is still read before it is given up (a client that streams).
-const LINGER_BYTES: usize = 1 << 20;
+/// How much a closed connection is still read before it is given up (a client that streams):
+/// more than any body a sender may be refused before it is read (the API's are at most 1 MiB;
+/// GitHub sends webhooks of up to 25 MB), so that such a sender can finish writing and read why.
+/// nginx bounds its lingering close by time alone.
+const LINGER_BYTES: usize = 32 << 20;
 
 /// Serve `router` on `listener`, at most `max_connections` at once (their fds are part of the
 /// agent's reserve, `crate::limits`, which the fronts never take), until `shutdown`; then let
@@ -173,7 +176,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for Parting<IO> {
             let _ = tokio::time::timeout(LINGER, async {
                 // the client may be gone already; the connection closes either way
                 let _ = io.shutdown().await;
-                let mut sink = vec![0u8; 4096];
+                let mut sink = vec![0u8; 64 * 1024];
                 let mut left = LINGER_BYTES;
                 while left > 0 {
                     match io.read(&mut sink).await {
