@@ -708,7 +708,8 @@ impl Conn {
             let (mut cr, mut cw) = client.split();
             let (mut ur, mut uw) = up.stream.split();
             let mut body = req.body;
-            // The worker's time to answer runs from the end of the body.
+            // The worker's time to answer runs from the end of the body (or from when it stopped
+            // taking it).
             let sent_all = tokio::sync::Notify::new();
             let body_sent = std::sync::atomic::AtomicBool::new(false);
             // Ends only in an error: once the whole body is sent, when the client goes away
@@ -743,8 +744,12 @@ impl Conn {
             let answer = loop {
                 tokio::select! {
                     sent = &mut send, if sending => match sent {
-                        // The worker stopped taking the body: it may have answered and closed.
-                        Err(Failure::Upstream { .. }) => sending = false,
+                        // The worker stopped taking the body: it may have answered and closed,
+                        // or hung; its time to answer runs from now.
+                        Err(Failure::Upstream { .. }) => {
+                            sending = false;
+                            sent_all.notify_one();
+                        }
                         Err(e) => return Err(e),
                         Ok(()) => sending = false,
                     },

@@ -774,6 +774,44 @@ http.createServer((req, res) => {
     assert!(logged.is_some(), "{}", std::fs::read_to_string(&path).unwrap_or_default());
 }
 
+/// A worker that stops reading a request body and never answers (its event loop blocked, a
+/// handler that paused the request and forgot it) is a worker that does not answer: the client
+/// gets 504 after `response_timeout`, as for a request without a body. Once the front's write of
+/// the body to the worker timed out, it waited for an answer with no deadline at all, holding the
+/// client (and a lease on the worker) until the worker closed, which a hung one never does.
+#[test]
+fn a_worker_that_stops_taking_a_body_and_never_answers_gets_504() {
+    const STUCK: &str = r#"
+require('http').createServer((req, res) => {
+  if (req.url === '/stuck') { req.pause(); return; }
+  res.end('ok');
+}).listen(Number(process.env.PORT));
+"#;
+    let agent = TestEnv::new()
+        .web(|a| a.start(&["node", "-e", STUCK]).set("front", "{ response_timeout: 1s }"))
+        .instances(1)
+        .start();
+    let mut s = TcpStream::connect(("127.0.0.1", agent.port("web"))).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    // Far more than the sockets between the client and the worker hold.
+    let body = vec![b'x'; 64 << 20];
+    let head = format!("POST /stuck HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n", body.len());
+    let mut writer = s.try_clone().expect("clone");
+    std::thread::spawn(move || {
+        // the front stops reading at some point: the write fails or blocks until the socket closes
+        let _ = writer.write_all(head.as_bytes()).and_then(|()| writer.write_all(&body));
+    });
+    let started = Instant::now();
+    let mut answer = [0u8; 12];
+    let read = s.read_exact(&mut answer);
+    assert!(
+        read.is_ok() && answer.starts_with(b"HTTP/1.1 504"),
+        "after {:?}: {read:?} {:?}",
+        started.elapsed(),
+        String::from_utf8_lossy(&answer)
+    );
+}
+
 /// A `tcp`-front client that sends its input, thinks, then closes its half (`nc -N`, a batch
 /// protocol whose end of input asks for the result) waits for the answer. The relay counted the
 /// half-closed limit from the last byte, so a client that had been quiet a while was cut the
