@@ -394,7 +394,7 @@ impl Conn {
                     if !self.cbuf.is_empty() {
                         self.log(Instant::now(), None, &Served::front(Flow::Close, status));
                     }
-                    linger(&mut self.client).await;
+                    crate::linger::drain(&mut self.client).await;
                     break;
                 }
             };
@@ -479,7 +479,7 @@ impl Conn {
                     // request right now; closing with it unread would reset the connection
                     // (a failed request), half-closing makes it read an end and retry.
                     let _ = self.client.shutdown().await; // the client may have gone already
-                    linger(&mut self.client).await;
+                    crate::linger::drain(&mut self.client).await;
                     return Ok(None);
                 }
             };
@@ -549,7 +549,7 @@ impl Conn {
         if sure || !self.cbuf.is_empty() || !is_quiet(&self.client) {
             // the client may have gone already; its connection closes either way
             let _ = self.client.shutdown().await;
-            linger(&mut self.client).await;
+            crate::linger::drain(&mut self.client).await;
         }
     }
 
@@ -1437,21 +1437,6 @@ fn response(
         head
     });
     Ok(Some(Response { head_len, status, body, upstream_close, rewritten, first: 0, unread_body: false }))
-}
-
-/// Read and drop what the client still sends (a body we refused) for a moment before closing:
-/// closing with unread bytes resets the connection, and the client might lose our answer.
-async fn linger(client: &mut TcpStream) {
-    // On the heap: an array here would sit in every connection's future, copied at each spawn.
-    let mut sink = vec![0u8; 16 * 1024];
-    let mut budget = 1usize << 20;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-    while budget > 0 {
-        match tokio::time::timeout_at(deadline, client.read(&mut sink)).await {
-            Ok(Ok(n)) if n > 0 => budget = budget.saturating_sub(n),
-            _ => return,
-        }
-    }
 }
 
 /// The front's own answer, when no worker could give one.
