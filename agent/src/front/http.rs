@@ -286,8 +286,12 @@ struct Response {
 
 #[derive(Debug)]
 pub(super) enum Failure {
-    /// The client went away or broke the protocol: close without an answer.
+    /// The client went away: close without an answer.
     Client,
+    /// The client fell silent in the middle of its body for `body_timeout`: 408.
+    ClientSilent,
+    /// The client's body broke its framing (a chunk size that is not one): 400.
+    BadBody,
     /// A worker failed before a final answer reached the client (an interim one may have);
     /// `retry` when the request may be sent again.
     Upstream {
@@ -615,6 +619,15 @@ impl Conn {
                 }
                 // The client went away: nginx's 499.
                 Err(Failure::Client) => return Served { worker, ..front(Flow::Close, 499) },
+                // The client's fault, as nginx tells it (`client_body_timeout`, a bad chunk): the
+                // worker got part of the body, so its connection goes.
+                Err(failure @ (Failure::ClientSilent | Failure::BadBody)) => {
+                    drop(up);
+                    let status = if matches!(failure, Failure::ClientSilent) { 408 } else { 400 };
+                    // the client may be gone; the connection closes either way
+                    let _ = respond(&mut self.client, status).await;
+                    return Served { worker, ..front(Flow::Linger, status) };
+                }
             }
         }
         self.stats.errors.fetch_add(1, Relaxed);
@@ -675,7 +688,7 @@ impl Conn {
     async fn exchange(&mut self, req: &mut Request, up: &mut Upstream) -> Result<Response, Failure> {
         // Sent again only when that cannot do anything twice: an idempotent request without a body.
         let retry = req.idempotent && req.body == Body::None;
-        let (n, content) = req.body.take_counting(&self.cbuf)?;
+        let (n, content) = req.body.take_counting(&self.cbuf).map_err(|_| Failure::BadBody)?;
         // What is left of `max_body` (a `Content-Length` was checked with the head).
         let mut body_left = self.rules.max_body.checked_sub(content).ok_or(Failure::TooLarge)?;
         // The head is kept as it is for a retry; it goes in one write with the body bytes
@@ -718,7 +731,9 @@ impl Conn {
                 let (read_idle, write_idle) = (rules.body_timeout, rules.response_timeout);
                 relay(&mut cr, cbuf, &mut uw, &mut body, read_idle, write_idle, Some(&mut body_left)).await.map_err(
                     |e| match e {
-                        Relay::Src | Relay::Idle | Relay::Malformed => Failure::Client,
+                        Relay::Src => Failure::Client,
+                        Relay::Idle => Failure::ClientSilent,
+                        Relay::Malformed => Failure::BadBody,
                         Relay::TooLarge => Failure::TooLarge,
                         Relay::Dst => Failure::Upstream { retry: false },
                     },
@@ -1443,7 +1458,7 @@ fn response(
 async fn respond(client: &mut TcpStream, status: u16) -> io::Result<()> {
     let (reason, text) = match status {
         400 => ("Bad Request", "bad request\n"),
-        408 => ("Request Timeout", "the request head did not arrive in time\n"),
+        408 => ("Request Timeout", "the request did not arrive in time\n"),
         413 => ("Content Too Large", "the request body is larger than the app's `front.max_body`\n"),
         431 => ("Request Header Fields Too Large", "request head too large\n"),
         501 => ("Not Implemented", "transfer-encoding not supported\n"),

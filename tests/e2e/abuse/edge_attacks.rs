@@ -812,6 +812,68 @@ require('http').createServer((req, res) => {
     );
 }
 
+/// A client that falls silent in the middle of its body is cut at `body_timeout` and told 408,
+/// as nginx's `client_body_timeout` does. The front closed without a word and logged 499 ("the
+/// client closed"), which it had not: an operator looking for slow uploaders found clients that
+/// left instead.
+#[test]
+fn a_client_silent_in_the_middle_of_its_body_is_told_408() {
+    const WHOLE_BODY_FIRST: &str = r#"
+require('http').createServer((req, res) => {
+  req.on('data', () => {});
+  req.on('end', () => res.end('whole'));
+}).listen(Number(process.env.PORT));
+"#;
+    let agent = TestEnv::new()
+        .web(|a| a.start(&["node", "-e", WHOLE_BODY_FIRST]).set("front", "{ body_timeout: 1s, access_log: true }"))
+        .instances(1)
+        .start();
+    let mut s = TcpStream::connect(("127.0.0.1", agent.port("web"))).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n").expect("send the head");
+    // More than comes with the head, then nothing.
+    s.write_all(&[b'x'; 200_000]).expect("send part of the body");
+    let mut answer = String::new();
+    let ended = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{ended:?} {answer:?}");
+    let path = agent.dir().join("state/logs/web.access.log");
+    let logged = deployer_tests::poll(Duration::from_secs(5), || {
+        let text = std::fs::read_to_string(&path).ok()?;
+        text.contains("\"status\":408").then_some(())
+    });
+    assert!(logged.is_some(), "{}", std::fs::read_to_string(&path).unwrap_or_default());
+}
+
+/// A chunked body whose framing breaks (a chunk size that is not one) is the client's error: 400,
+/// as nginx answers. It was a 502 with "worker failed a request" in the agent's log and the
+/// front's error count when the break came with the head, so any client could make a healthy
+/// app look failing; and a silent close, logged 499, when it came later.
+#[test]
+fn a_malformed_chunked_body_is_the_clients_400_not_a_worker_failure() {
+    let agent = TestEnv::new()
+        .web(|a| a.start(&["node", "-e", "require('http').createServer((q, s) => { q.resume(); q.on('end', () => s.end('whole')); }).listen(Number(process.env.PORT))"]))
+        .instances(1)
+        .start();
+    let port = agent.port("web");
+    let good_chunks: Vec<u8> =
+        (0..100).flat_map(|_| [b"400\r\n".as_slice(), &[b'x'; 1024], b"\r\n"].concat()).collect();
+    for early in [true, false] {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        let mut sent = b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        if !early {
+            // More than comes with the head: the break comes while the body is relayed.
+            sent.extend_from_slice(&good_chunks);
+        }
+        sent.extend_from_slice(b"zz\r\nnot a chunk\r\n");
+        // the front may stop reading at the break
+        let _ = s.write_all(&sent);
+        let mut answer = String::new();
+        let ended = s.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 400"), "early: {early}: {ended:?} {answer:?}");
+    }
+}
+
 /// A `tcp`-front client that sends its input, thinks, then closes its half (`nc -N`, a batch
 /// protocol whose end of input asks for the result) waits for the answer. The relay counted the
 /// half-closed limit from the last byte, so a client that had been quiet a while was cut the
