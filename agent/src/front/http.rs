@@ -119,15 +119,16 @@ pub async fn serve(
     stats: Arc<FrontStats>,
     rules: tokio::sync::watch::Receiver<Arc<ClientRules>>,
     budget: accept::Budget,
-    shutdown: CancellationToken,
+    stop: super::Stop,
     tracker: TaskTracker,
 ) {
     let ids = Arc::new(RequestIds::new());
     accept::spread(listener, move |listener| {
         let (rotation, stats, rules, budget) = (rotation.clone(), stats.clone(), rules.clone(), budget.clone());
-        let (shutdown, tracker, ids) = (shutdown.clone(), tracker.clone(), ids.clone());
+        let (stop, tracker, ids) = (stop.clone(), tracker.clone(), ids.clone());
         async move {
-            while let Some(accept::Accepted { stream, peer, slot }) = accept::next(&listener, &budget, &shutdown).await
+            while let Some(accept::Accepted { stream, peer, slot }) =
+                accept::next(&listener, &budget, &stop.accepting).await
             {
                 let mut watch = rules.clone();
                 let rules = watch.borrow_and_update().clone();
@@ -153,10 +154,11 @@ pub async fn serve(
                     pinned: None,
                     client_timer,
                     upstream_timer,
-                    stop: Box::pin(shutdown.clone().cancelled_owned()),
+                    stop: Box::pin(stop.accepting.clone().cancelled_owned()),
                 };
+                let stop = stop.clone();
                 tracker.spawn(async move {
-                    conn.run().await;
+                    stop.unless_closed(conn.run()).await;
                     drop(slot);
                 });
             }
@@ -1814,13 +1816,13 @@ mod tests {
         let (tx, rx) = tokio::sync::watch::channel(slow);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let (shutdown, tracker) = (CancellationToken::new(), TaskTracker::new());
+        let (stop, tracker) = (crate::front::Stop::default(), TaskTracker::new());
         let budget = accept::Budget {
             all_fronts: Arc::new(tokio::sync::Semaphore::new(8)),
             this_front: Arc::new(tokio::sync::Semaphore::new(8)),
         };
         let stats = Arc::new(FrontStats::default());
-        tokio::spawn(serve(listener, Arc::default(), stats, rx, budget, shutdown.clone(), tracker.clone()));
+        tokio::spawn(serve(listener, Arc::default(), stats, rx, budget, stop.clone(), tracker.clone()));
         let mut client = TcpStream::connect(addr).await.expect("connect");
         let accepted = tokio::time::timeout(Duration::from_secs(10), async {
             while tracker.is_empty() {
@@ -1837,7 +1839,7 @@ mod tests {
         // The new header_timeout (1 s from the connection's start) ends the silent connection.
         let mut answer = Vec::new();
         let read = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut answer)).await;
-        shutdown.cancel();
+        stop.accepting.cancel();
         assert!(read.is_ok(), "the connection was never ended: its front loop is stuck");
         assert!(answer.starts_with(b"HTTP/1.1 408"), "{:?}", String::from_utf8_lossy(&answer));
     }

@@ -874,6 +874,33 @@ fn a_malformed_chunked_body_is_the_clients_400_not_a_worker_failure() {
     }
 }
 
+/// An app removed from the config (or restarted on another port) waits `drain_timeout` for its
+/// connections and then says it closes those still open. It did not: a head trickling in kept its
+/// connection, and a slot of the fronts' budget, until `header_timeout`, on an app that was gone.
+#[test]
+fn connections_still_open_when_an_apps_drain_timeout_ends_are_closed() {
+    let mut agent = TestEnv::new()
+        .web(|a| {
+            a.start(&["node", &deployer_tests::fixture("echo-head.js")])
+                .reload("drain_timeout", "1s")
+                .set("front", "{ header_timeout: 60s }")
+        })
+        .start();
+    let mut s = TcpStream::connect(("127.0.0.1", agent.port("web"))).expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n").expect("send the start of a head");
+    agent.reconfigure(|env| env.without_app("web"));
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let ended = s.read_to_end(&mut rest);
+    assert!(
+        ended.is_ok() && started.elapsed() < Duration::from_secs(15),
+        "still open {:?} after the app was removed: {ended:?}",
+        started.elapsed()
+    );
+}
+
 /// A `tcp`-front client that sends its input, thinks, then closes its half (`nc -N`, a batch
 /// protocol whose end of input asks for the result) waits for the answer. The relay counted the
 /// half-closed limit from the last byte, so a client that had been quiet a while was cut the
