@@ -16,6 +16,7 @@ pub(crate) mod front;
 pub(crate) mod handover;
 pub(crate) mod import;
 pub(crate) mod limits;
+pub(crate) mod linger;
 pub(crate) mod listeners;
 pub(crate) mod locks;
 pub(crate) mod memory;

@@ -260,6 +260,47 @@ fn pipelined_api_requests_are_all_answered_before_a_malformed_one_closes_the_con
     assert!(ended.is_ok(), "the connection ended in {ended:?}, not a close");
 }
 
+/// Send `POST path` with a 24 MiB body to `port` whole, as a client that reads only once it has
+/// written everything (Python's `http.client`, most scripts, a forge's webhook sender) does, then
+/// read the answer: whether the whole body could be written, and the answer's first line.
+fn send_whole_body_then_read(port: u16, path: &str) -> (std::io::Result<()>, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    s.set_write_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    let body = vec![b'a'; 24 << 20];
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let sent = s.write_all(head.as_bytes()).and_then(|()| s.write_all(&body));
+    let mut answer = Vec::new();
+    // what came before an error is what the caller looks at
+    let _ = s.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    (sent, answer.lines().next().unwrap_or_default().to_string())
+}
+
+/// A sender refused before the API reads its body (here a webhook over its 1 MiB limit: 413)
+/// must be able to finish writing it and read the refusal. The API's lingering close gave up
+/// after 1 MiB of the body and closed with the rest unread: the kernel reset the connection, and
+/// the sender's write failed with a broken pipe, so a client that stops there (Python's) never
+/// read the 413 (GitHub's webhooks go up to 25 MB).
+#[test]
+fn a_sender_refused_before_its_large_body_was_read_still_gets_the_refusal() {
+    let agent = TestEnv::new().start();
+    let (sent, answer) = send_whole_body_then_read(agent.api_port(), "/hooks/web");
+    assert!(sent.is_ok() && answer.starts_with("HTTP/1.1 413"), "sent: {sent:?}, answer: {answer:?}");
+}
+
+/// The same at the front: a body over `max_body` is refused with 413 before the worker sees it,
+/// and the front's lingering close gave up after 1 MiB of it too.
+#[test]
+fn a_body_refused_by_the_front_can_be_sent_whole_and_its_413_read() {
+    let agent = echo_app(TestEnv::new()).web(|a| a.set("front", "{ max_body: 1M }")).start();
+    let (sent, answer) = send_whole_body_then_read(agent.port("web"), "/upload");
+    assert!(sent.is_ok() && answer.starts_with("HTTP/1.1 413"), "sent: {sent:?}, answer: {answer:?}");
+}
+
 #[test]
 fn a_body_over_max_body_is_refused_with_413() {
     let agent = echo_app(TestEnv::new()).web(|a| a.set("front", "{ max_body: 1K }")).start();

@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
@@ -34,11 +34,6 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(15);
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long connections may take to finish when the agent stops.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// How long a closed connection is still read from (nginx's `lingering_time`, see [`Parting`]).
-const LINGER: Duration = Duration::from_secs(1);
-/// How much a closed connection is still read before it is given up (a client that streams).
-const LINGER_BYTES: usize = 1 << 20;
-
 /// Serve `router` on `listener`, at most `max_connections` at once (their fds are part of the
 /// agent's reserve, `crate::limits`, which the fronts never take), until `shutdown`; then let
 /// open connections finish (briefly). Handlers see the peer as `ConnectInfo<SocketAddr>`, over
@@ -143,7 +138,7 @@ where
     }
 }
 
-/// A connection that is closed the way nginx closes one (lingering close): its side is shut, and
+/// A connection that is closed the way nginx closes one ([`crate::linger`]): its side is shut, and
 /// what the client still sends is read and dropped for a moment. hyper closes a connection on a
 /// request it cannot parse while the client may have sent more behind it (pipelined requests, a
 /// body); a socket closed with unread bytes is reset, and a reset destroys the answers to the
@@ -170,19 +165,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for Parting<IO> {
         // Outside a runtime (the agent is going away) the socket just closes.
         let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
         rt.spawn(async move {
-            let _ = tokio::time::timeout(LINGER, async {
-                // the client may be gone already; the connection closes either way
-                let _ = io.shutdown().await;
-                let mut sink = vec![0u8; 4096];
-                let mut left = LINGER_BYTES;
-                while left > 0 {
-                    match io.read(&mut sink).await {
-                        Ok(n) if n > 0 => left = left.saturating_sub(n),
-                        _ => return,
-                    }
-                }
-            })
-            .await;
+            // the client may be gone already, or not take the end (TLS): it closes either way
+            let _ = tokio::time::timeout(crate::linger::TIME, io.shutdown()).await;
+            crate::linger::drain(&mut io).await;
             drop(permit);
         });
     }

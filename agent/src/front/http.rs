@@ -66,9 +66,10 @@ pub struct ClientRules {
     /// Where one JSON line per request goes (`access_log: true`); a full channel drops lines
     /// rather than slow a request down.
     pub access_log: Option<tokio::sync::mpsc::Sender<String>>,
-    /// Cancelled when these rules are replaced (a SIGHUP changed `front:`): a connection idle
-    /// between requests, or waiting for the rest of a head, takes up the new timeouts at once
-    /// instead of waiting out the old ones. Listened for once per rules, not once per request.
+    /// Cancelled when these rules are replaced (any change of the app's config, a SIGHUP's
+    /// included): a connection idle between requests, or waiting for the rest of a head, takes up
+    /// the new timeouts at once instead of waiting out the old ones. Listened for once per rules,
+    /// not once per request.
     pub superseded: CancellationToken,
 }
 
@@ -119,15 +120,16 @@ pub async fn serve(
     stats: Arc<FrontStats>,
     rules: tokio::sync::watch::Receiver<Arc<ClientRules>>,
     budget: accept::Budget,
-    shutdown: CancellationToken,
+    stop: super::Stop,
     tracker: TaskTracker,
 ) {
     let ids = Arc::new(RequestIds::new());
     accept::spread(listener, move |listener| {
         let (rotation, stats, rules, budget) = (rotation.clone(), stats.clone(), rules.clone(), budget.clone());
-        let (shutdown, tracker, ids) = (shutdown.clone(), tracker.clone(), ids.clone());
+        let (stop, tracker, ids) = (stop.clone(), tracker.clone(), ids.clone());
         async move {
-            while let Some(accept::Accepted { stream, peer, slot }) = accept::next(&listener, &budget, &shutdown).await
+            while let Some(accept::Accepted { stream, peer, slot }) =
+                accept::next(&listener, &budget, &stop.accepting).await
             {
                 let mut watch = rules.clone();
                 let rules = watch.borrow_and_update().clone();
@@ -153,10 +155,11 @@ pub async fn serve(
                     pinned: None,
                     client_timer,
                     upstream_timer,
-                    stop: Box::pin(shutdown.clone().cancelled_owned()),
+                    stop: Box::pin(stop.accepting.clone().cancelled_owned()),
                 };
+                let stop = stop.clone();
                 tracker.spawn(async move {
-                    conn.run().await;
+                    stop.unless_closed(conn.run()).await;
                     drop(slot);
                 });
             }
@@ -286,14 +289,17 @@ struct Response {
 
 #[derive(Debug)]
 pub(super) enum Failure {
-    /// The client went away or broke the protocol: close without an answer.
+    /// The client went away: close without an answer.
     Client,
-    /// A worker failed before answering anything; `retry` when the request may be sent again.
+    /// The client fell silent in the middle of its body for `body_timeout`: 408.
+    ClientSilent,
+    /// The client's body broke its framing (a chunk size that is not one): 400.
+    BadBody,
+    /// A worker failed before a final answer reached the client (an interim one may have);
+    /// `retry` when the request may be sent again.
     Upstream {
         retry: bool,
     },
-    /// A worker failed after part of its answer was passed on: nothing to do but close.
-    UpstreamMidResponse,
     /// A worker did not start its answer within `response_timeout`.
     Timeout,
     /// The client's body is larger than `max_body`.
@@ -395,7 +401,7 @@ impl Conn {
                     if !self.cbuf.is_empty() {
                         self.log(Instant::now(), None, &Served::front(Flow::Close, status));
                     }
-                    linger(&mut self.client).await;
+                    crate::linger::drain(&mut self.client).await;
                     break;
                 }
             };
@@ -468,8 +474,10 @@ impl Conn {
                 biased;
                 r = self.client.read_buf(&mut self.cbuf) => Ok(r),
                 () = self.client_timer.as_mut() => Err(()),
-                // New rules: wait again, by them.
-                () = self.rules_changed.as_mut() => continue,
+                // New rules: wait again, by them. Rules replaced by ones that could not be taken
+                // up are not waited on: that wait would end at once, for ever, and hold the front
+                // loop (`follow_rules` makes this a second line of defence).
+                () = self.rules_changed.as_mut(), if !self.rules.superseded.is_cancelled() => continue,
                 () = self.stop.as_mut(), if idle && grace.is_none() => {
                     if !self.had_request {
                         // Accepted just before the stop: its first request is on its way.
@@ -480,7 +488,7 @@ impl Conn {
                     // request right now; closing with it unread would reset the connection
                     // (a failed request), half-closing makes it read an end and retry.
                     let _ = self.client.shutdown().await; // the client may have gone already
-                    linger(&mut self.client).await;
+                    crate::linger::drain(&mut self.client).await;
                     return Ok(None);
                 }
             };
@@ -530,8 +538,11 @@ impl Conn {
     /// Take up the app's `front:` config if it changed since this connection last looked.
     fn follow_rules(&mut self) {
         // Rules are cancelled only once their successor is in the watch, so new rules are here
-        // whenever `rules_changed` has fired.
-        if self.watch.has_changed().unwrap_or(false) {
+        // whenever `rules_changed` has fired. The watch may be closed (the app is gone) with
+        // them still unseen: they are taken all the same, or `rules_changed`, fired for good,
+        // would end every wait at once, without end, and hold the front loop.
+        let changed = self.watch.has_changed().unwrap_or_else(|_| self.watch.borrow().has_changed());
+        if changed {
             self.rules = self.watch.borrow_and_update().clone();
             self.peer.trusted = (self.rules.trusted_proxy)(self.peer.ip);
             self.rules_changed = Box::pin(self.rules.superseded.clone().cancelled_owned());
@@ -547,7 +558,7 @@ impl Conn {
         if sure || !self.cbuf.is_empty() || !is_quiet(&self.client) {
             // the client may have gone already; its connection closes either way
             let _ = self.client.shutdown().await;
-            linger(&mut self.client).await;
+            crate::linger::drain(&mut self.client).await;
         }
     }
 
@@ -594,11 +605,6 @@ impl Conn {
                     let _ = respond(&mut self.client, 502).await;
                     return Served { worker, ..front(Flow::Close, 502) };
                 }
-                Err(Failure::UpstreamMidResponse) => {
-                    tracing::warn!(worker = up.backend().worker, "worker closed in the middle of a response");
-                    self.stats.errors.fetch_add(1, Relaxed);
-                    return Served { worker, ..front(Flow::Close, 502) };
-                }
                 Err(Failure::Timeout) => {
                     let after = self.rules.response_timeout;
                     tracing::warn!(worker = up.backend().worker, ?after, "worker did not answer in time; 504");
@@ -618,6 +624,15 @@ impl Conn {
                 }
                 // The client went away: nginx's 499.
                 Err(Failure::Client) => return Served { worker, ..front(Flow::Close, 499) },
+                // The client's fault, as nginx tells it (`client_body_timeout`, a bad chunk): the
+                // worker got part of the body, so its connection goes.
+                Err(failure @ (Failure::ClientSilent | Failure::BadBody)) => {
+                    drop(up);
+                    let status = if matches!(failure, Failure::ClientSilent) { 408 } else { 400 };
+                    // the client may be gone; the connection closes either way
+                    let _ = respond(&mut self.client, status).await;
+                    return Served { worker, ..front(Flow::Linger, status) };
+                }
             }
         }
         self.stats.errors.fetch_add(1, Relaxed);
@@ -678,7 +693,7 @@ impl Conn {
     async fn exchange(&mut self, req: &mut Request, up: &mut Upstream) -> Result<Response, Failure> {
         // Sent again only when that cannot do anything twice: an idempotent request without a body.
         let retry = req.idempotent && req.body == Body::None;
-        let (n, content) = req.body.take_counting(&self.cbuf)?;
+        let (n, content) = req.body.take_counting(&self.cbuf).map_err(|_| Failure::BadBody)?;
         // What is left of `max_body` (a `Content-Length` was checked with the head).
         let mut body_left = self.rules.max_body.checked_sub(content).ok_or(Failure::TooLarge)?;
         // The head is kept as it is for a retry; it goes in one write with the body bytes
@@ -711,7 +726,8 @@ impl Conn {
             let (mut cr, mut cw) = client.split();
             let (mut ur, mut uw) = up.stream.split();
             let mut body = req.body;
-            // The worker's time to answer runs from the end of the body.
+            // The worker's time to answer runs from the end of the body (or from when it stopped
+            // taking it).
             let sent_all = tokio::sync::Notify::new();
             let body_sent = std::sync::atomic::AtomicBool::new(false);
             // Ends only in a failure: once the whole body is sent, when the client goes away
@@ -722,7 +738,9 @@ impl Conn {
                     relay(&mut cr, cbuf, &mut uw, &mut body, read_idle, write_idle, Some(&mut body_left)).await
                 {
                     return match e {
-                        Relay::Src | Relay::Idle | Relay::Malformed => Failure::Client,
+                        Relay::Src => Failure::Client,
+                        Relay::Idle => Failure::ClientSilent,
+                        Relay::Malformed => Failure::BadBody,
                         Relay::TooLarge => Failure::TooLarge,
                         Relay::Dst => Failure::Upstream { retry: false },
                     };
@@ -748,8 +766,12 @@ impl Conn {
             let answer = loop {
                 tokio::select! {
                     failed = &mut send, if sending => match failed {
-                        // The worker stopped taking the body: it may have answered and closed.
-                        Failure::Upstream { .. } => sending = false,
+                        // The worker stopped taking the body: it may have answered and closed,
+                        // or hung; its time to answer runs from now.
+                        Failure::Upstream { .. } => {
+                            sending = false;
+                            sent_all.notify_one();
+                        }
                         failure => return Err(failure),
                     },
                     answer = &mut answer => break answer,
@@ -914,7 +936,9 @@ where
         ubuf.reserve(8 * 1024);
         match up.read_buf(ubuf).await {
             Ok(0) | Err(_) if ubuf.is_empty() && !got_any => return Err(Failure::Upstream { retry }),
-            Ok(0) | Err(_) => return Err(Failure::UpstreamMidResponse),
+            // In the middle of a head, or after an interim answer: the worker had the request, and
+            // nothing final has reached the client, which can still be told 502.
+            Ok(0) | Err(_) => return Err(Failure::Upstream { retry: false }),
             Ok(_) => {}
         }
     }
@@ -1436,26 +1460,11 @@ fn response(
     Ok(Some(Response { head_len, status, body, upstream_close, rewritten, first: 0, unread_body: false }))
 }
 
-/// Read and drop what the client still sends (a body we refused) for a moment before closing:
-/// closing with unread bytes resets the connection, and the client might lose our answer.
-async fn linger(client: &mut TcpStream) {
-    // On the heap: an array here would sit in every connection's future, copied at each spawn.
-    let mut sink = vec![0u8; 16 * 1024];
-    let mut budget = 1usize << 20;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-    while budget > 0 {
-        match tokio::time::timeout_at(deadline, client.read(&mut sink)).await {
-            Ok(Ok(n)) if n > 0 => budget = budget.saturating_sub(n),
-            _ => return,
-        }
-    }
-}
-
 /// The front's own answer, when no worker could give one.
 async fn respond(client: &mut TcpStream, status: u16) -> io::Result<()> {
     let (reason, text) = match status {
         400 => ("Bad Request", "bad request\n"),
-        408 => ("Request Timeout", "the request head did not arrive in time\n"),
+        408 => ("Request Timeout", "the request did not arrive in time\n"),
         413 => ("Content Too Large", "the request body is larger than the app's `front.max_body`\n"),
         431 => ("Request Header Fields Too Large", "request head too large\n"),
         501 => ("Not Implemented", "transfer-encoding not supported\n"),
@@ -1798,6 +1807,45 @@ mod tests {
         let mut ubuf = BytesMut::new();
         let read = read_response(&mut up, &mut ubuf, &mut tokio::io::sink(), Duration::from_secs(1), &get, false).await;
         assert!(matches!(read, Err(Failure::Malformed)));
+    }
+
+    /// Rules replaced while a connection is busy elsewhere (a long request), then the app gone
+    /// (its rules' sender dropped) before the connection waits for its next head: the watch,
+    /// closed, said "no change", so the connection kept the old rules and their fired
+    /// `superseded`, and its wait for a head ended at once, again and again, never yielding:
+    /// its front loop (every connection on it, and its timers) hung at 100% CPU.
+    #[tokio::test]
+    async fn rules_replaced_then_closed_are_taken_up_without_spinning() {
+        let slow = Arc::new(ClientRules { header_timeout: Duration::from_secs(60), ..ClientRules::default() });
+        let (tx, rx) = tokio::sync::watch::channel(slow);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, tracker) = (crate::front::Stop::default(), TaskTracker::new());
+        let budget = accept::Budget {
+            all_fronts: Arc::new(tokio::sync::Semaphore::new(8)),
+            this_front: Arc::new(tokio::sync::Semaphore::new(8)),
+        };
+        let stats = Arc::new(FrontStats::default());
+        tokio::spawn(serve(listener, Arc::default(), stats, rx, budget, stop.clone(), tracker.clone()));
+        let mut client = TcpStream::connect(addr).await.expect("connect");
+        let accepted = tokio::time::timeout(Duration::from_secs(10), async {
+            while tracker.is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        accepted.await.expect("the connection is accepted");
+        // The connection holds the first rules; new ones come, then the sender goes, and only
+        // then is the old token cancelled (as when the connection was busy meanwhile).
+        let quick = ClientRules { header_timeout: Duration::from_secs(1), ..ClientRules::default() };
+        let old = tx.send_replace(Arc::new(quick));
+        drop(tx);
+        old.superseded.cancel();
+        // The new header_timeout (1 s from the connection's start) ends the silent connection.
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut answer)).await;
+        stop.accepting.cancel();
+        assert!(read.is_ok(), "the connection was never ended: its front loop is stuck");
+        assert!(answer.starts_with(b"HTTP/1.1 408"), "{:?}", String::from_utf8_lossy(&answer));
     }
 
     #[test]

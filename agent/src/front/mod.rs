@@ -21,6 +21,26 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// How a front stops: it stops accepting (`accepting`; requests in flight finish, idle
+/// keep-alive connections close), then, once the app's `drain_timeout` is over, the connections
+/// still open are closed (`open`).
+#[derive(Clone, Default)]
+pub struct Stop {
+    pub accepting: CancellationToken,
+    pub open: CancellationToken,
+}
+
+impl Stop {
+    /// Serve one connection (`serve`) until it ends, or until the open ones are closed.
+    pub async fn unless_closed(&self, serve: impl std::future::Future<Output = ()>) {
+        tokio::select! {
+            () = serve => {}
+            () = self.open.cancelled() => {}
+        }
+    }
+}
 
 /// Idle upstream connections older than this are not reused. Node closes idle keep-alive
 /// connections after 5 s; staying well under it means the front never writes a request onto a

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::http::FrontStats;
@@ -26,27 +25,31 @@ pub async fn serve(
     stats: Arc<FrontStats>,
     budget: accept::Budget,
     rules: tokio::sync::watch::Receiver<Arc<super::http::ClientRules>>,
-    shutdown: CancellationToken,
+    stop: super::Stop,
     tracker: TaskTracker,
 ) {
     accept::spread(listener, move |listener| {
         let (rotation, stats, budget, rules) = (rotation.clone(), stats.clone(), budget.clone(), rules.clone());
-        let (shutdown, tracker) = (shutdown.clone(), tracker.clone());
+        let (stop, tracker) = (stop.clone(), tracker.clone());
         async move {
             while let Some(accept::Accepted { stream: client, slot, .. }) =
-                accept::next(&listener, &budget, &shutdown).await
+                accept::next(&listener, &budget, &stop.accepting).await
             {
                 let rotation = rotation.clone();
                 let stats = stats.clone();
                 let idle = rules.borrow().tunnel_idle_timeout;
+                let stop = stop.clone();
                 tracker.spawn(async move {
                     stats.requests.fetch_add(1, Relaxed);
-                    let Some((lease, upstream)) = connect(&rotation).await else {
-                        stats.errors.fetch_add(1, Relaxed);
-                        return;
+                    let relayed = async {
+                        let Some((lease, upstream)) = connect(&rotation).await else {
+                            stats.errors.fetch_add(1, Relaxed);
+                            return;
+                        };
+                        relay(client, upstream, idle).await;
+                        drop(lease);
                     };
-                    relay(client, upstream, idle).await;
-                    drop(lease);
+                    stop.unless_closed(relayed).await;
                     drop(slot);
                 });
             }

@@ -118,6 +118,9 @@ pub(super) struct LogFile {
     /// Lines dropped since the file last took one (it cannot be opened or written: a directory
     /// or a symlink at its path, a full disk). The first is logged, and the count once it works.
     dropped: u64,
+    /// The last write stopped in the middle of a line (a full disk, a full pipe): the next line
+    /// ends it first, so that it starts on a line of its own instead of glued to the torn one.
+    torn: bool,
     size: u64,
     max_size: u64,
     keep: u32,
@@ -288,6 +291,21 @@ fn open_log(path: &Path, options: &mut OpenOptions) -> std::io::Result<File> {
     options.mode(0o600).custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_NONBLOCK).open(path)
 }
 
+/// Write all of `bytes` to `file` as `write_all` does, and say how many went in when it fails
+/// part way (a disk that fills, a pipe that does).
+fn write_counting(file: &mut File, bytes: &[u8]) -> (usize, std::io::Result<()>) {
+    let mut written = 0;
+    while written < bytes.len() {
+        match file.write(&bytes[written..]) {
+            Ok(0) => return (written, Err(std::io::ErrorKind::WriteZero.into())),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return (written, Err(e)),
+        }
+    }
+    (written, Ok(()))
+}
+
 /// Whether the open `file` is still the one at `path`: not moved away, removed or replaced.
 fn still_at(path: &Path, file: &File) -> bool {
     match (std::fs::symlink_metadata(path), file.metadata()) {
@@ -351,6 +369,7 @@ impl LogFile {
             file: None,
             checked: Instant::now(),
             dropped: 0,
+            torn: false,
             size,
             max_size: settings.max_size.0,
             keep: settings.keep,
@@ -380,15 +399,29 @@ impl LogFile {
         if self.file.is_none() {
             // Not opened (a symlink in its place): the line is dropped, the next one tries again.
             match open_log(&self.path, OpenOptions::new().create(true).append(true)) {
-                Ok(f) => self.file = Some(f),
+                Ok(f) => {
+                    self.file = Some(f);
+                    self.torn = false;
+                }
                 Err(e) => failure = Some(e),
             }
             self.checked = Instant::now();
         }
         if let Some(f) = &mut self.file {
-            match f.write_all(bytes) {
+            let ended;
+            let out = if self.torn {
+                ended = [b"\n", bytes].concat();
+                &ended[..]
+            } else {
+                bytes
+            };
+            let (written, result) = write_counting(f, out);
+            self.size += written as u64;
+            if written > 0 {
+                self.torn = out[written - 1] != b'\n';
+            }
+            match result {
                 Ok(()) => {
-                    self.size += bytes.len() as u64;
                     if self.dropped > 0 {
                         tracing::warn!(path = %self.path.display(), dropped = self.dropped, "log file written again; lines were lost meanwhile");
                         self.dropped = 0;
@@ -597,10 +630,6 @@ mod tests {
         assert_eq!(read(&path), "four\nfive\n", "a file still in place is kept");
     }
 
-    /// The log's directory may be writable by the app's user, who can put a FIFO where the log
-    /// was (`rm web.log; mkfifo web.log`): the agent, reopening the file it found gone, blocked
-    /// in `open` until someone read the FIFO, holding every line of the app (and its workers,
-    /// once their pipes filled) for ever.
     #[test]
     fn a_log_path_that_cannot_be_written_counts_its_lost_lines_and_is_written_once_it_can() {
         let dir = tempfile::tempdir().unwrap();
@@ -616,6 +645,36 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "kept\n");
     }
 
+    /// A write that fails part way (a disk that fills, a pipe to a log shipper that does) tore its
+    /// line; the next line written was glued to the torn one, so a JSON-lines reader lost that
+    /// one too and a text one saw two lines as one.
+    #[test]
+    fn a_line_torn_by_a_failed_write_does_not_swallow_the_next_one() {
+        use std::io::Read as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("web.log");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+        let mut reader =
+            OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&path).expect("open the reader");
+        let mut log = LogFile::new(path.clone(), &LogsConfig::default());
+        // More than a pipe holds: written in part, then the pipe is full.
+        let long = [vec![b'x'; 1 << 20], b"\n".to_vec()].concat();
+        log.append(&long);
+        assert_eq!(log.dropped, 1, "the long line could not be written whole");
+        let mut got = Vec::new();
+        let _ = reader.read_to_end(&mut got); // WouldBlock once the pipe is drained
+        assert!(!got.is_empty() && got.len() < long.len(), "torn: {} bytes", got.len());
+        log.append(b"next\n");
+        let mut rest = Vec::new();
+        let _ = reader.read_to_end(&mut rest); // WouldBlock once the pipe is drained
+        assert_eq!(String::from_utf8_lossy(&rest), "\nnext\n", "the next line starts on a line of its own");
+        assert_eq!(log.dropped, 0);
+    }
+
+    /// The log's directory may be writable by the app's user, who can put a FIFO where the log
+    /// was (`rm web.log; mkfifo web.log`): the agent, reopening the file it found gone, blocked
+    /// in `open` until someone read the FIFO, holding every line of the app (and its workers,
+    /// once their pipes filled) for ever.
     #[test]
     fn a_fifo_put_in_place_of_a_log_does_not_block_the_writer() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -253,6 +253,7 @@ impl Supervisor {
         let logs = Arc::new(LogSink::new(name, self.state_dir.join("logs"), &cfg.logs, self.secrets.clone()));
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let cut = CancellationToken::new();
         let halt = self.halt.child_token();
         let stats = Arc::new(FrontStats::default());
         let access_log = logs::access_log(
@@ -276,8 +277,8 @@ impl Supervisor {
                 let rotation = Arc::new(Rotation::default());
                 rotation.set_unhealthy_after(cfg.front.unhealthy_after as usize);
                 let serve = {
-                    let (rotation, stats, cancel, tracker2) =
-                        (rotation.clone(), stats.clone(), cancel.clone(), tracker.clone());
+                    let (rotation, stats, tracker2) = (rotation.clone(), stats.clone(), tracker.clone());
+                    let stop = front::Stop { accepting: cancel.clone(), open: cut.clone() };
                     let mode = cfg.proxy;
                     // By default one front may take three quarters of the budget: a flood on one
                     // app's port leaves the others a quarter.
@@ -289,9 +290,9 @@ impl Supervisor {
                     async move {
                         match mode {
                             ProxyMode::Tcp => {
-                                front::tcp::serve(l, rotation, stats, budget, rules_rx, cancel, tracker2).await
+                                front::tcp::serve(l, rotation, stats, budget, rules_rx, stop, tracker2).await
                             }
-                            _ => front::http::serve(l, rotation, stats, rules_rx, budget, cancel, tracker2).await,
+                            _ => front::http::serve(l, rotation, stats, rules_rx, budget, stop, tracker2).await,
                         }
                     }
                 };
@@ -351,6 +352,7 @@ impl Supervisor {
             cancel,
             halt,
             tracker,
+            cut,
             tasks: TaskTracker::new(),
             retiring: Arc::new(tokio::sync::Mutex::new(())),
         });
@@ -621,6 +623,9 @@ pub struct App {
     halt: CancellationToken,
     /// The front's accept loop and its connections.
     tracker: TaskTracker,
+    /// Cancelled when the app's stop has waited `drain_timeout` for its connections: those
+    /// still open are closed (a head still trickling in, a tunnel whose worker ignores the end).
+    cut: CancellationToken,
     /// The background tasks: monitor, unhealthy replacements, health probes, the old workers of
     /// a deploy's roll that answered once they left the rotation.
     tasks: TaskTracker,
@@ -1242,6 +1247,7 @@ impl App {
         let deadline = tokio::time::Instant::now() + how.drain_timeout;
         if tokio::time::timeout_at(deadline, self.tracker.wait()).await.is_err() {
             tracing::warn!(app = %self.name, "connections still open after drain_timeout; closing them");
+            self.cut.cancel();
         }
         {
             // A roll in progress was halted: it ends its new workers and lets go of the lock.

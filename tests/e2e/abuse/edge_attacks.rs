@@ -215,6 +215,8 @@ net.createServer((sock) => {
       else if (path === '/both') sock.write('HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n');
       else if (path === '/lf') sock.write('HTTP/1.1 200 OK\nContent-Length: 3\nX-A: 1\n\n/lf');
       else if (path === '/badchunk') sock.write('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n');
+      else if (path === '/halfhead') sock.end('HTTP/1.1 200 OK\r\nContent-Len');
+      else if (path === '/interim') sock.end('HTTP/1.1 100 Continue\r\n\r\n');
       else sock.write(answer(path));
       if (path === '/late') setTimeout(() => sock.write(stale), 50);
     }
@@ -309,6 +311,23 @@ fn an_answer_framed_two_ways_is_not_passed_on() {
 fn an_answer_malformed_from_its_first_body_byte_is_a_502() {
     let r = broken_answer("/badchunk");
     assert_eq!(r.status, 502, "{:?} {}", r.headers, r.body);
+}
+
+/// A worker that closes in the middle of its answer's head (it crashed, it was killed) has passed
+/// nothing of a final answer on, an interim `100 Continue` at most: the client can still be told
+/// 502, as nginx does, and the access log said 502. The front closed without a word instead, so
+/// the client saw an empty reply and the log a status nobody got.
+#[test]
+fn a_worker_that_closes_in_the_middle_of_its_answers_head_is_a_502() {
+    let agent = TestEnv::new().instances(1).web(|a| a.start(&["node", "-e", BROKEN_WORKER])).start();
+    let port = agent.port("web");
+    let ask = |path: &str| {
+        all_bytes_of_the_answer(port, &format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"))
+    };
+    let answer = ask("/halfhead");
+    assert!(answer.starts_with("HTTP/1.1 502 "), "{answer:?}");
+    let answer = ask("/interim");
+    assert!(answer.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 502 "), "{answer:?}");
 }
 
 /// Every byte the front sends back for `request` (which asks to close), as text: interim heads
@@ -753,6 +772,133 @@ http.createServer((req, res) => {
         (text.matches("\"status\":499").count() == 5).then_some(())
     });
     assert!(logged.is_some(), "{}", std::fs::read_to_string(&path).unwrap_or_default());
+}
+
+/// A worker that stops reading a request body and never answers (its event loop blocked, a
+/// handler that paused the request and forgot it) is a worker that does not answer: the client
+/// gets 504 after `response_timeout`, as for a request without a body. Once the front's write of
+/// the body to the worker timed out, it waited for an answer with no deadline at all, holding the
+/// client (and a lease on the worker) until the worker closed, which a hung one never does.
+#[test]
+fn a_worker_that_stops_taking_a_body_and_never_answers_gets_504() {
+    const STUCK: &str = r#"
+require('http').createServer((req, res) => {
+  if (req.url === '/stuck') { req.pause(); return; }
+  res.end('ok');
+}).listen(Number(process.env.PORT));
+"#;
+    let agent = TestEnv::new()
+        .web(|a| a.start(&["node", "-e", STUCK]).set("front", "{ response_timeout: 1s }"))
+        .instances(1)
+        .start();
+    let mut s = TcpStream::connect(("127.0.0.1", agent.port("web"))).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    // Far more than the sockets between the client and the worker hold.
+    let body = vec![b'x'; 64 << 20];
+    let head = format!("POST /stuck HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n", body.len());
+    let mut writer = s.try_clone().expect("clone");
+    std::thread::spawn(move || {
+        // the front stops reading at some point: the write fails or blocks until the socket closes
+        let _ = writer.write_all(head.as_bytes()).and_then(|()| writer.write_all(&body));
+    });
+    let started = Instant::now();
+    let mut answer = [0u8; 12];
+    let read = s.read_exact(&mut answer);
+    assert!(
+        read.is_ok() && answer.starts_with(b"HTTP/1.1 504"),
+        "after {:?}: {read:?} {:?}",
+        started.elapsed(),
+        String::from_utf8_lossy(&answer)
+    );
+}
+
+/// A client that falls silent in the middle of its body is cut at `body_timeout` and told 408,
+/// as nginx's `client_body_timeout` does. The front closed without a word and logged 499 ("the
+/// client closed"), which it had not: an operator looking for slow uploaders found clients that
+/// left instead.
+#[test]
+fn a_client_silent_in_the_middle_of_its_body_is_told_408() {
+    const WHOLE_BODY_FIRST: &str = r#"
+require('http').createServer((req, res) => {
+  req.on('data', () => {});
+  req.on('end', () => res.end('whole'));
+}).listen(Number(process.env.PORT));
+"#;
+    let agent = TestEnv::new()
+        .web(|a| a.start(&["node", "-e", WHOLE_BODY_FIRST]).set("front", "{ body_timeout: 1s, access_log: true }"))
+        .instances(1)
+        .start();
+    let mut s = TcpStream::connect(("127.0.0.1", agent.port("web"))).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n").expect("send the head");
+    // More than comes with the head, then nothing.
+    s.write_all(&[b'x'; 200_000]).expect("send part of the body");
+    let mut answer = String::new();
+    let ended = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{ended:?} {answer:?}");
+    let path = agent.dir().join("state/logs/web.access.log");
+    let logged = deployer_tests::poll(Duration::from_secs(5), || {
+        let text = std::fs::read_to_string(&path).ok()?;
+        text.contains("\"status\":408").then_some(())
+    });
+    assert!(logged.is_some(), "{}", std::fs::read_to_string(&path).unwrap_or_default());
+}
+
+/// A chunked body whose framing breaks (a chunk size that is not one) is the client's error: 400,
+/// as nginx answers. It was a 502 with "worker failed a request" in the agent's log and the
+/// front's error count when the break came with the head, so any client could make a healthy
+/// app look failing; and a silent close, logged 499, when it came later.
+#[test]
+fn a_malformed_chunked_body_is_the_clients_400_not_a_worker_failure() {
+    let agent = TestEnv::new()
+        .web(|a| a.start(&["node", "-e", "require('http').createServer((q, s) => { q.resume(); q.on('end', () => s.end('whole')); }).listen(Number(process.env.PORT))"]))
+        .instances(1)
+        .start();
+    let port = agent.port("web");
+    let good_chunks: Vec<u8> =
+        (0..100).flat_map(|_| [b"400\r\n".as_slice(), &[b'x'; 1024], b"\r\n"].concat()).collect();
+    for early in [true, false] {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        let mut sent = b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        if !early {
+            // More than comes with the head: the break comes while the body is relayed.
+            sent.extend_from_slice(&good_chunks);
+        }
+        sent.extend_from_slice(b"zz\r\nnot a chunk\r\n");
+        // the front may stop reading at the break
+        let _ = s.write_all(&sent);
+        let mut answer = String::new();
+        let ended = s.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 400"), "early: {early}: {ended:?} {answer:?}");
+    }
+}
+
+/// An app removed from the config (or restarted on another port) waits `drain_timeout` for its
+/// connections and then says it closes those still open. It did not: a head trickling in kept its
+/// connection, and a slot of the fronts' budget, until `header_timeout`, on an app that was gone.
+#[test]
+fn connections_still_open_when_an_apps_drain_timeout_ends_are_closed() {
+    let mut agent = TestEnv::new()
+        .web(|a| {
+            a.start(&["node", &deployer_tests::fixture("echo-head.js")])
+                .reload("drain_timeout", "1s")
+                .set("front", "{ header_timeout: 60s }")
+        })
+        .start();
+    let mut s = TcpStream::connect(("127.0.0.1", agent.port("web"))).expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n").expect("send the start of a head");
+    agent.reconfigure(|env| env.without_app("web"));
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let ended = s.read_to_end(&mut rest);
+    assert!(
+        ended.is_ok() && started.elapsed() < Duration::from_secs(15),
+        "still open {:?} after the app was removed: {ended:?}",
+        started.elapsed()
+    );
 }
 
 /// A `tcp`-front client that sends its input, thinks, then closes its half (`nc -N`, a batch
