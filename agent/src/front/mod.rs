@@ -33,12 +33,25 @@ pub struct Stop {
 }
 
 impl Stop {
-    /// Serve one connection (`serve`) until it ends, or until the open ones are closed.
+    /// Serve one connection (`serve`) until it ends, or until the open ones are closed. The whole
+    /// of a spawned task: the close is listened for at its first poll only (a task's waker
+    /// stays its own), and then only looked at, an atomic load per wake-up, where a poll of
+    /// the listener would take its lock at every one, several times per request.
     pub async fn unless_closed(&self, serve: impl std::future::Future<Output = ()>) {
-        tokio::select! {
-            () = serve => {}
-            () = self.open.cancelled() => {}
-        }
+        let mut serve = std::pin::pin!(serve);
+        let mut closed = std::pin::pin!(self.open.cancelled());
+        let mut listening = false;
+        std::future::poll_fn(|cx| {
+            if serve.as_mut().poll(cx).is_ready() {
+                return std::task::Poll::Ready(());
+            }
+            if !listening {
+                listening = true;
+                return closed.as_mut().poll(cx);
+            }
+            if self.open.is_cancelled() { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+        })
+        .await;
     }
 }
 
