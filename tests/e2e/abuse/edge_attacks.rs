@@ -699,36 +699,7 @@ fn a_lowered_timeout_reaches_connections_already_waiting() {
 /// connect and a close. nginx drops the upstream connection when the client closes and logs 499.
 #[test]
 fn a_client_that_goes_away_cancels_its_request_at_the_worker() {
-    const COUNTS_ABORTS: &str = r#"
-const http = require('http');
-let aborted = 0;
-http.createServer((req, res) => {
-  if (req.url === '/aborted') { res.end(String(aborted)); return; }
-  const later = setTimeout(() => res.end('late'), 10000);
-  res.on('close', () => { if (!res.writableEnded) { aborted++; clearTimeout(later); } });
-}).listen(Number(process.env.PORT));
-"#;
-    let agent = TestEnv::new()
-        .web(|a| a.start(&["node", "-e", COUNTS_ABORTS]).set("front", "{ access_log: true }"))
-        .instances(1)
-        .start();
-    let port = agent.port("web");
-    for _ in 0..10 {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        s.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n").expect("send");
-        // Dropped: the client closes.
-    }
-    let aborted = deployer_tests::poll(Duration::from_secs(5), || {
-        let r = http::get(port, "/aborted").ok()?;
-        (r.body == "10").then_some(())
-    });
-    assert!(aborted.is_some(), "the worker still works for clients that left: {:?}", http::get(port, "/aborted"));
-    let path = agent.dir().join("state/logs/web.access.log");
-    let logged = deployer_tests::poll(Duration::from_secs(5), || {
-        let text = std::fs::read_to_string(&path).ok()?;
-        (text.matches("\"status\":499").count() == 10).then_some(())
-    });
-    assert!(logged.is_some(), "{}", std::fs::read_to_string(&path).unwrap_or_default());
+    clients_that_leave_cancel_their_requests(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n", 10);
 }
 
 /// The same with a body too large to come with the head (an upload, a big form): the front
@@ -736,14 +707,25 @@ http.createServer((req, res) => {
 /// work for a client that had left, as long as the work took.
 #[test]
 fn a_client_that_goes_away_after_sending_a_body_cancels_its_request_too() {
+    // Far more than the front reads with a head: most of it is relayed.
+    let body = vec![b'x'; 1 << 20];
+    let mut request =
+        format!("POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    request.extend_from_slice(&body);
+    clients_that_leave_cancel_their_requests(&request, 5);
+}
+
+/// `n` clients send `request` whole and close: the worker (which would answer each after 10 s)
+/// sees each request aborted, and the access log has a 499 for each.
+fn clients_that_leave_cancel_their_requests(request: &[u8], n: usize) {
     const COUNTS_ABORTS: &str = r#"
 const http = require('http');
-let aborted = 0, bodies = 0;
+let aborted = 0, whole = 0;
 http.createServer((req, res) => {
-  if (req.url === '/aborted') { res.end(`${aborted} of ${bodies}`); return; }
+  if (req.url === '/aborted') { res.end(`${aborted} of ${whole}`); return; }
   let later;
   req.on('data', () => {});
-  req.on('end', () => { bodies++; later = setTimeout(() => res.end('late'), 10000); });
+  req.on('end', () => { whole++; later = setTimeout(() => res.end('late'), 10000); });
   res.on('close', () => { if (!res.writableEnded) { aborted++; clearTimeout(later); } });
 }).listen(Number(process.env.PORT));
 "#;
@@ -752,24 +734,21 @@ http.createServer((req, res) => {
         .instances(1)
         .start();
     let port = agent.port("web");
-    // Far more than the front reads with a head: most of it is relayed.
-    let body = vec![b'x'; 1 << 20];
-    for _ in 0..5 {
+    for _ in 0..n {
         let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        s.write_all(format!("POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes())
-            .expect("send the head");
-        s.write_all(&body).expect("send the body");
+        s.write_all(request).expect("send the request");
         // Dropped: the client closes once its whole request is sent.
     }
+    let expected = format!("{n} of {n}");
     let aborted = deployer_tests::poll(Duration::from_secs(5), || {
         let r = http::get(port, "/aborted").ok()?;
-        (r.body == "5 of 5").then_some(())
+        (r.body == expected).then_some(())
     });
     assert!(aborted.is_some(), "the worker still works for clients that left: {:?}", http::get(port, "/aborted"));
     let path = agent.dir().join("state/logs/web.access.log");
     let logged = deployer_tests::poll(Duration::from_secs(5), || {
         let text = std::fs::read_to_string(&path).ok()?;
-        (text.matches("\"status\":499").count() == 5).then_some(())
+        (text.matches("\"status\":499").count() == n).then_some(())
     });
     assert!(logged.is_some(), "{}", std::fs::read_to_string(&path).unwrap_or_default());
 }
